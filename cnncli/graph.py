@@ -1,0 +1,201 @@
+"""A model's nodes wired by name, with every shape inferred: the network before any array exists.
+
+:func:`build` walks the nodes in file order (which is a topological order:
+a layer may only read layers above it), calls each kind's pure shape function
+and records output shapes, parameter and buffer shapes and MACs. A shape that
+does not fit becomes a :class:`~cnncli.errors.ShapeError` naming the layer,
+its inputs and their shapes. ``summarize`` stops here; the engine allocates
+from it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from cnncli.errors import ShapeError, SpecError
+from cnncli.shapes import KINDS, Shape, ShapeProblem, fmt_shape
+from cnncli.spec import ModelSpec, NodeSpec
+
+
+@dataclass
+class Node:
+    """A node of the graph: its spec plus everything inferred from shapes."""
+
+    spec: NodeSpec
+    in_shapes: list[Shape]
+    out_shape: Shape
+    params: dict[str, Shape] = field(default_factory=dict)   # suffix -> shape
+    buffers: dict[str, Shape] = field(default_factory=dict)
+    macs: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return self.spec.options
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return self.spec.inputs
+
+    @property
+    def trainable(self) -> bool:
+        return bool(self.spec.options.get("trainable", True))
+
+    @property
+    def n_params(self) -> int:
+        """Learnable numbers; a sparse connection table counts only the kernels it keeps."""
+        total = 0
+        for suffix, shape in self.params.items():
+            if suffix == "weight" and self.options.get("connections") is not None:
+                kept = sum(sum(row) for row in self.options["connections"])
+                total += kept * shape[2] * shape[3]
+            else:
+                total += math.prod(shape)
+        return total
+
+
+@dataclass
+class Graph:
+    """The inferred network: nodes in execution order, its input, main and auxiliary outputs."""
+
+    spec: ModelSpec
+    input_shape: Shape
+    nodes: list[Node]
+    output: str
+    aux_outputs: dict[str, float]
+
+    def __getitem__(self, name: str) -> Node:
+        return self._by_name[name]
+
+    def __post_init__(self) -> None:
+        self._by_name = {n.name: n for n in self.nodes}
+
+    @property
+    def output_shape(self) -> Shape:
+        return self[self.output].out_shape
+
+    def param_shapes(self) -> dict[str, Shape]:
+        """``{'<node>.weight': shape, ...}`` in execution order: the checkpoint's keys."""
+        return {f"{n.name}.{k}": s for n in self.nodes for k, s in n.params.items()}
+
+    def buffer_shapes(self) -> dict[str, Shape]:
+        return {f"{n.name}.{k}": s for n in self.nodes for k, s in n.buffers.items()}
+
+    @property
+    def total_params(self) -> int:
+        return sum(n.n_params for n in self.nodes)
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(n.n_params for n in self.nodes if n.trainable)
+
+    @property
+    def macs(self) -> int:
+        return sum(n.macs for n in self.nodes)
+
+
+def _describe(graph_nodes: dict[str, Node], name: str, input_shape: Shape) -> str:
+    if name == "input":
+        return f"the input ({fmt_shape(input_shape)})"
+    n = graph_nodes[name]
+    return f"{n.spec.where} ({fmt_shape(n.out_shape)})"
+
+
+def build(spec: ModelSpec, input_shape: Shape | None = None, aux: bool = True) -> Graph:
+    """Infer every shape of ``spec``; ``input_shape`` overrides the file's input size.
+
+    With ``aux=False`` the nodes that only feed auxiliary outputs are left out
+    (what runs at inference).
+    """
+    shape_in = tuple(input_shape) if input_shape is not None else spec.input
+    keep = _needed(spec, aux)
+    nodes: dict[str, Node] = {}
+    shapes: dict[str, Shape] = {"input": shape_in}
+    for ns in spec.nodes:
+        if ns.name not in keep:
+            continue
+        in_shapes = [shapes[i] for i in ns.inputs]
+        kind = KINDS[ns.kind]
+        try:
+            out = kind.shape(ns.options, in_shapes)
+            if any(d < 1 for d in out):
+                raise ShapeProblem(f"its output would be {fmt_shape(out)}: the input is too small")
+        except ShapeProblem as e:
+            sources = "; ".join(f"input from {_describe(nodes, i, shape_in)}" for i in ns.inputs)
+            hint = "" if input_shape is None else f" (network input {fmt_shape(shape_in)})"
+            raise ShapeError(f"{spec.source}: {ns.where}: {e}{hint}; {sources}") from None
+        node = Node(ns, in_shapes, out, kind.params(ns.options, in_shapes),
+                    kind.buffers(ns.options, in_shapes), kind.macs(ns.options, in_shapes, out))
+        _check_init(spec, node)
+        nodes[ns.name] = node
+        shapes[ns.name] = out
+    aux_outputs = {n.name: n.spec.aux for n in nodes.values() if n.spec.aux is not None} if aux else {}
+    return Graph(spec, shape_in, list(nodes.values()), spec.output, aux_outputs)
+
+
+def _needed(spec: ModelSpec, aux: bool) -> set[str]:
+    """Names of the nodes that the outputs depend on (all outputs, or the main one only)."""
+    targets = [spec.output] + ([n.name for n in spec.nodes if n.aux is not None] if aux else [])
+    by_name = {n.name: n for n in spec.nodes}
+    keep: set[str] = set()
+    stack = list(targets)
+    while stack:
+        name = stack.pop()
+        if name in keep or name == "input":
+            continue
+        keep.add(name)
+        stack.extend(by_name[name].inputs)
+    return keep
+
+
+_INIT_SCHEMES = ("default", "he", "xavier", "zeros")
+
+
+def _check_init(spec: ModelSpec, node: Node) -> None:
+    """Inline initial values must match the parameter shapes exactly."""
+    init = node.spec.init
+    if init is None:
+        return
+    where = f"{spec.source}: {node.spec.where}: init"
+    if isinstance(init, str):
+        if init not in _INIT_SCHEMES:
+            raise SpecError(f"{where} must be one of {', '.join(_INIT_SCHEMES)} or a mapping, got {init!r}")
+        return
+    for key, value in init.items():
+        if key not in node.params:
+            raise SpecError(f"{where}: '{key}' is not a parameter of this layer "
+                            f"(it has {', '.join(node.params) or 'none'})")
+        if isinstance(value, str):
+            if value not in _INIT_SCHEMES:
+                raise SpecError(f"{where}.{key} must be one of {', '.join(_INIT_SCHEMES)} or numbers, got {value!r}")
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            continue  # a constant fills the whole array
+        got = _nested_shape(value)
+        if got is None:
+            raise SpecError(f"{where}.{key} must be a number, a nested list of numbers or a scheme name")
+        if got != node.params[key]:
+            raise SpecError(f"{where}.{key} has shape {fmt_shape(got)} but the layer needs "
+                            f"{fmt_shape(node.params[key])}")
+
+
+def _nested_shape(value: Any) -> Shape | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return ()
+    if not isinstance(value, list) or not value:
+        return None
+    inner = [_nested_shape(v) for v in value]
+    if any(s is None or s != inner[0] for s in inner):
+        return None
+    return (len(value),) + inner[0]  # type: ignore[operator]

@@ -1,0 +1,519 @@
+"""Model files: YAML text → a validated, block-expanded :class:`ModelSpec`.
+
+The format (see ``models/README.md``) is a list of layers read top to bottom;
+each entry is a layer kind with keyword options (``- conv: {filters: 6,
+kernel: 5}``) or a bare kind (``- relu``). Named nodes and ``input:``/
+``inputs:`` wire residual adds and inception concats; ``blocks:`` define
+reusable, parameterised groups of layers used like a kind, with ``repeat``.
+
+Everything is checked here, before any array exists: unknown kinds and options
+(with the closest valid name), option types and ranges, references to nodes,
+block arguments. Shapes are checked next, in :mod:`cnncli.graph`.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import operator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cnncli.errors import SpecError
+from cnncli.shapes import COMMON_OPTIONS, KINDS, Option, Shape, is_parametric
+
+LOSSES = ("cross_entropy", "bce", "mse")
+
+# The `train:` section: option -> (type, check). Values are defaults the CLI may override.
+TRAIN_OPTIONS: dict[str, Option] = {
+    "dataset": Option("choice", "mnist", choices=("mnist", "fashion-mnist")),
+    "optimizer": Option("choice", "sgd", choices=("sgd", "adam")),
+    "lr": Option("float", 0.01, check=lambda v: None if v > 0 else "must be positive"),
+    "momentum": Option("float", 0.0, check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),
+    "nesterov": Option("bool", False),
+    "weight_decay": Option("float", 0.0, check=lambda v: None if v >= 0 else "must not be negative"),
+    "schedule": Option("choice", "constant", choices=("constant", "step", "cosine", "onecycle")),
+    "warmup_epochs": Option("float", 0.0, check=lambda v: None if v >= 0 else "must not be negative"),
+    "step_epochs": Option("int", 10, check=lambda v: None if v > 0 else "must be positive"),
+    "step_gamma": Option("float", 0.1, check=lambda v: None if 0 < v <= 1 else "must be in (0, 1]"),
+    "batch_size": Option("int", 64, check=lambda v: None if v > 0 else "must be positive"),
+    "epochs": Option("int", 10, check=lambda v: None if v >= 1 else "must be at least 1"),
+    "val_size": Option("int", 5000, check=lambda v: None if v >= 0 else "must not be negative"),
+    "seed": Option("int", 0),
+}
+
+_TOP_KEYS = ("name", "description", "reference", "input", "classes", "loss", "train",
+             "blocks", "layers", "output")
+_BLOCK_USE_OPTIONS = ("name", "input", "repeat")
+_MAX_BLOCK_DEPTH = 16
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One layer of the expanded network.
+
+    ``where`` says where it came from in the file, for error messages
+    (``layers[3] (conv 'conv2')``); ``scope`` lists the enclosing block
+    instances (``('layer1', 'layer1.0')``) so ``summarize --depth`` can fold them.
+    """
+
+    name: str
+    kind: str
+    options: dict[str, Any]
+    inputs: tuple[str, ...]
+    where: str
+    scope: tuple[str, ...] = ()
+    aux: float | None = None
+    init: Any = None
+
+
+@dataclass
+class ModelSpec:
+    """A validated model file with its blocks expanded into nodes."""
+
+    name: str
+    source: str
+    input: Shape
+    nodes: list[NodeSpec]
+    output: str
+    description: str = ""
+    reference: str = ""
+    classes: int | None = None
+    loss: str = "cross_entropy"
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def node(self, name: str) -> NodeSpec:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+
+# --- locating files --------------------------------------------------------------
+
+def builtin_dir() -> Path:
+    """The folder of built-in model files: package data when installed, ``models/`` in a source tree."""
+    try:
+        return Path(str(resources.files("cnncli.models")))
+    except ModuleNotFoundError:
+        # Running from a source checkout that was not installed: models/ sits beside cnncli/.
+        return Path(__file__).resolve().parent.parent / "models"
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in builtin_dir().glob("*.yaml"))
+
+
+def resolve(name_or_path: str) -> Path:
+    """A built-in model name or a path to a YAML file → the file's path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.parent != Path("."):
+        if not path.is_file():
+            raise SpecError(f"model file '{name_or_path}' does not exist")
+        return path
+    candidate = builtin_dir() / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    if path.is_file():
+        return path
+    names = builtin_names()
+    close = difflib.get_close_matches(name_or_path, names, n=1)
+    hint = f" — did you mean '{close[0]}'?" if close else ""
+    raise SpecError(
+        f"unknown model '{name_or_path}'{hint}\n"
+        f"built-in models: {', '.join(names)}; or give the path of a .yaml file"
+    )
+
+
+def load(name_or_path: str) -> ModelSpec:
+    """Read and validate a model file (a built-in name or a path)."""
+    path = resolve(name_or_path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"{path}: cannot read: {e}") from None
+    label = f"models/{path.name}" if path.parent == builtin_dir() else str(path)
+    return parse(text, label, default_name=path.stem)
+
+
+# --- parsing -----------------------------------------------------------------------
+
+def parse(text: str, source: str = "<model>", default_name: str = "model") -> ModelSpec:
+    """Parse the text of a model file. ``source`` names it in error messages."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise SpecError(f"{source}: malformed YAML{at}: {problem}") from None
+    return _Parser(source).model(doc, default_name)
+
+
+def _suggest(word: str, valid: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(str(word), list(valid), n=1)
+    return f" — did you mean '{close[0]}'?" if close else ""
+
+
+def _type_name(v: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a mapping", type(None): "empty"}.get(type(v), type(v).__name__)
+
+
+def coerce(value: Any, opt: Option) -> Any:
+    """Check ``value`` against ``opt``; return it normalised. Raises ValueError with the rule."""
+    t = opt.type
+    if value is None and not opt.required and opt.default is None:
+        return None
+    if t == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"must be an integer, got {_type_name(value)} ({value!r})")
+    elif t == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"must be a number, got {_type_name(value)} ({value!r})")
+        value = float(value)
+    elif t == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"must be true or false, got {value!r}")
+    elif t == "pair":
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = (value, value)
+        elif (isinstance(value, list) and len(value) == 2
+              and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            value = tuple(value)
+        else:
+            raise ValueError(f"must be an integer or a list of two integers [h, w], got {value!r}")
+    elif t == "choice":
+        if value not in opt.choices:
+            raise ValueError(f"must be one of {', '.join(opt.choices)}, got {value!r}{_suggest(value, opt.choices)}")
+    elif t == "table":
+        if (not isinstance(value, list) or not value
+                or not all(isinstance(r, list) and r and all(v in (0, 1) and not isinstance(v, float) for v in r)
+                           for r in value)):
+            raise ValueError("must be a list of rows of 0 and 1")
+        value = tuple(tuple(int(v) for v in r) for r in value)
+    if opt.check is not None:
+        rule = opt.check(value)
+        if rule:
+            raise ValueError(f"{rule}, got {value!r}")
+    return value
+
+
+_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+           ast.FloorDiv: operator.floordiv}
+
+
+def _eval_expr(expr: str, args: dict[str, Any]) -> Any:
+    """Evaluate a block expression like ``$filters`` or ``$filters * 4``: names, ints, + - * //."""
+    def ev(node: ast.AST) -> Any:
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Name):
+            if node.id not in args:
+                raise ValueError(f"unknown argument '${node.id}'{_suggest(node.id, list(args))}")
+            return args[node.id]
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return node.value
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+            return _BINOPS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -ev(node.operand)
+        raise ValueError(f"'{expr}' is not a block expression (use $name, integers and + - * //)")
+
+    try:
+        tree = ast.parse(expr.replace("$", ""), mode="eval")
+    except SyntaxError:
+        raise ValueError(f"'{expr}' is not a block expression (use $name, integers and + - * //)") from None
+    return ev(tree)
+
+
+def _substitute(value: Any, args: dict[str, Any]) -> Any:
+    if isinstance(value, str) and value.startswith("$"):
+        return _eval_expr(value, args)
+    if isinstance(value, list):
+        return [_substitute(v, args) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, args) for k, v in value.items()}
+    return value
+
+
+@dataclass
+class _Scope:
+    """Names visible while expanding one list of layers (the file's, or one block instance's)."""
+
+    prefix: str                 # prepended to local names: '' or 'layer1.0.'
+    input_name: str             # what the local name 'in' (or 'input') refers to
+    path: tuple[str, ...]       # enclosing block instances
+    where: str                  # location prefix for messages
+    local: dict[str, str] = field(default_factory=dict)  # local name -> global name
+    counts: dict[str, int] = field(default_factory=dict)
+    last: str = ""
+
+
+class _Parser:
+    def __init__(self, source: str):
+        self.source = source
+        self.nodes: list[NodeSpec] = []
+        self.blocks: dict[str, dict] = {}
+        self.targets: dict[str, str] = {}  # full name -> the node it stands for (a block -> its last node)
+
+    def fail(self, where: str, msg: str) -> SpecError:
+        return SpecError(f"{self.source}: {where}: {msg}" if where else f"{self.source}: {msg}")
+
+    # -- top level --
+    def model(self, doc: Any, default_name: str) -> ModelSpec:
+        if not isinstance(doc, dict):
+            raise self.fail("", f"a model file is a mapping with at least 'input' and 'layers', got {_type_name(doc)}")
+        for key in doc:
+            if key not in _TOP_KEYS:
+                raise self.fail("", f"unknown key '{key}'{_suggest(key, _TOP_KEYS)}")
+        for key in ("input", "layers"):
+            if key not in doc:
+                raise self.fail("", f"missing '{key}'")
+        input_shape = self.input_shape(doc["input"])
+        self.blocks = self.block_defs(doc.get("blocks") or {})
+        layers = doc["layers"]
+        if not isinstance(layers, list) or not layers:
+            raise self.fail("layers", "must be a non-empty list of layers")
+        self.targets["input"] = "input"
+        top = _Scope(prefix="", input_name="input", path=(), where="")
+        top.last = "input"
+        self.expand(layers, top, depth=0)
+
+        output = doc.get("output")
+        if output is None:
+            mains = [n for n in self.nodes if n.aux is None]
+            if not mains:
+                raise self.fail("layers", "every layer belongs to an auxiliary head; nothing is the output")
+            output = mains[-1].name
+        elif output in self.targets and output != "input":
+            output = self.targets[output]
+        else:
+            raise self.fail("output", f"no layer is named '{output}'{_suggest(output, sorted(self.targets))}")
+
+        loss = doc.get("loss", "cross_entropy")
+        if loss not in LOSSES:
+            raise self.fail("loss", f"must be one of {', '.join(LOSSES)}, got {loss!r}{_suggest(loss, LOSSES)}")
+        classes = doc.get("classes")
+        if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 2):
+            raise self.fail("classes", f"must be an integer of at least 2, got {classes!r}")
+        for key in ("name", "description", "reference"):
+            if key in doc and not isinstance(doc[key], str):
+                raise self.fail(key, f"must be a string, got {_type_name(doc[key])}")
+        return ModelSpec(
+            name=doc.get("name", default_name), source=self.source, input=input_shape,
+            nodes=self.nodes, output=output, description=doc.get("description", ""),
+            reference=doc.get("reference", ""), classes=classes, loss=loss,
+            train=self.train(doc.get("train") or {}),
+        )
+
+    def input_shape(self, value: Any) -> Shape:
+        return parse_input_shape(value, lambda msg: self.fail("input", msg))
+
+    def train(self, section: Any) -> dict[str, Any]:
+        if not isinstance(section, dict):
+            raise self.fail("train", f"must be a mapping, got {_type_name(section)}")
+        out = {}
+        for key, value in section.items():
+            if key not in TRAIN_OPTIONS:
+                raise self.fail("train", f"unknown option '{key}'{_suggest(key, list(TRAIN_OPTIONS))}")
+            try:
+                out[key] = coerce(value, TRAIN_OPTIONS[key])
+            except ValueError as e:
+                raise self.fail(f"train.{key}", str(e)) from None
+        return out
+
+    def block_defs(self, blocks: Any) -> dict[str, dict]:
+        if not isinstance(blocks, dict):
+            raise self.fail("blocks", f"must be a mapping of block names to definitions, got {_type_name(blocks)}")
+        out = {}
+        for name, body in blocks.items():
+            where = f"blocks.{name}"
+            if name in KINDS:
+                raise self.fail(where, f"a block cannot be named like the layer kind '{name}'")
+            if not isinstance(body, dict) or "layers" not in body:
+                raise self.fail(where, "a block is a mapping with 'layers' (and optional 'args')")
+            for key in body:
+                if key not in ("args", "layers", "description"):
+                    raise self.fail(where, f"unknown key '{key}'{_suggest(key, ('args', 'layers', 'description'))}")
+            args = body.get("args") or {}
+            if not isinstance(args, dict):
+                raise self.fail(f"{where}.args", "must be a mapping of argument names to defaults (~ for required)")
+            for a in args:
+                if a in _BLOCK_USE_OPTIONS:
+                    raise self.fail(f"{where}.args", f"'{a}' is reserved for every block use")
+            if not isinstance(body["layers"], list) or not body["layers"]:
+                raise self.fail(f"{where}.layers", "must be a non-empty list of layers")
+            out[name] = body
+        return out
+
+    # -- layer lists --
+    def expand(self, entries: list, scope: _Scope, depth: int) -> None:
+        for i, entry in enumerate(entries):
+            where = f"{scope.where}layers[{i}]"
+            kind, opts = self.split_entry(entry, where)
+            if kind in self.blocks:
+                self.use_block(kind, opts, scope, f"{where} ({kind})", depth)
+            elif kind in KINDS:
+                self.layer(kind, opts, scope, f"{where} ({kind})")
+            else:
+                valid = list(KINDS) + list(self.blocks)
+                raise self.fail(where, f"unknown layer kind '{kind}'{_suggest(kind, valid)}")
+
+    def split_entry(self, entry: Any, where: str) -> tuple[str, dict]:
+        if isinstance(entry, str):
+            return entry, {}
+        if isinstance(entry, dict) and len(entry) == 1:
+            kind, opts = next(iter(entry.items()))
+            if opts is None:
+                opts = {}
+            if not isinstance(opts, dict):
+                raise self.fail(f"{where} ({kind})",
+                                f"options must be a mapping like {{kernel: 3}}, got {_type_name(opts)} ({opts!r})")
+            return str(kind), dict(opts)
+        raise self.fail(where, "each layer is a kind (e.g. '- relu') or a kind with options "
+                               "(e.g. '- conv: {filters: 6, kernel: 5}')")
+
+    def new_name(self, scope: _Scope, local: Any, base: str, where: str) -> str:
+        if local is None:
+            scope.counts[base] = scope.counts.get(base, 0) + 1
+            local = f"{base}{scope.counts[base]}"
+            while scope.prefix + local in self.targets:
+                scope.counts[base] += 1
+                local = f"{base}{scope.counts[base]}"
+        elif not isinstance(local, str) or not local or "/" in local:
+            raise self.fail(where, f"name must be a non-empty string without '/', got {local!r}")
+        elif local in ("in", "input"):
+            raise self.fail(where, f"'{local}' is reserved for the input")
+        full = scope.prefix + local
+        if full in self.targets:
+            raise self.fail(where, f"name '{full}' is used twice")
+        scope.local[local] = full
+        self.targets[full] = full
+        return full
+
+    def ref(self, scope: _Scope, name: Any, where: str) -> str:
+        if not isinstance(name, str):
+            raise self.fail(where, f"inputs are layer names, got {_type_name(name)} ({name!r})")
+        if name in ("in", "input"):
+            return scope.input_name
+        if name in scope.local:
+            return scope.local[name]
+        if name in self.targets and not scope.path:
+            return self.targets[name]
+        known = sorted(scope.local) + ["in"]
+        raise self.fail(where, f"input '{name}' is not a layer defined above{_suggest(name, known)}")
+
+    def inputs(self, opts: dict, scope: _Scope, where: str) -> tuple[str, ...]:
+        if "input" in opts and "inputs" in opts:
+            raise self.fail(where, "give either 'input' or 'inputs', not both")
+        if "inputs" in opts:
+            names = opts.pop("inputs")
+            if not isinstance(names, list) or not names:
+                raise self.fail(where, f"inputs must be a list of layer names, got {names!r}")
+            return tuple(self.ref(scope, n, where) for n in names)
+        if "input" in opts:
+            return (self.ref(scope, opts.pop("input"), where),)
+        return (scope.last,)
+
+    def layer(self, kind: str, opts: dict, scope: _Scope, where: str) -> None:
+        k = KINDS[kind]
+        local_name = opts.pop("name", None)
+        if local_name is not None:
+            where = f"{where[:-1]} '{local_name}')"
+        inputs = self.inputs(opts, scope, where)
+        if not k.min_inputs <= len(inputs) <= k.max_inputs:
+            want = (f"{k.min_inputs}" if k.min_inputs == k.max_inputs
+                    else f"at least {k.min_inputs}")
+            raise self.fail(where, f"takes {want} input{'s' if k.min_inputs > 1 else ''}, got {len(inputs)}"
+                            + (" (list them with inputs: [a, b])" if k.min_inputs > 1 else ""))
+        aux = opts.pop("aux", None)
+        if aux is not None and (isinstance(aux, bool) or not isinstance(aux, (int, float)) or aux <= 0):
+            raise self.fail(where, f"aux is the weight of this auxiliary output's loss, a positive number, got {aux!r}")
+        init = opts.pop("init", None)
+        if init is not None:
+            if not is_parametric(kind):
+                raise self.fail(where, f"init is only for layers with parameters; {kind} has none")
+            if not isinstance(init, (str, dict)):
+                raise self.fail(where, "init is a scheme name or a mapping {weight: [...], bias: [...]}")
+        options = {}
+        for key, value in opts.items():
+            if key not in k.options:
+                valid = list(k.options) + list(COMMON_OPTIONS)
+                raise self.fail(where, f"unknown option '{key}'{_suggest(key, valid)}")
+            try:
+                options[key] = coerce(value, k.options[key])
+            except ValueError as e:
+                raise self.fail(where, f"{key} {e}") from None
+        for key, opt in k.options.items():
+            if key not in options:
+                if opt.required:
+                    raise self.fail(where, f"missing option '{key}' ({opt.doc or opt.type})")
+                options[key] = coerce(opt.default, opt)
+        if "stride" in options and options["stride"] is None:
+            options["stride"] = options["kernel"]
+        name = self.new_name(scope, local_name, kind, where)
+        where = f"{where.rsplit(' (', 1)[0]} ({kind} '{name}')"
+        self.nodes.append(NodeSpec(name=name, kind=kind, options=options, inputs=inputs, where=where,
+                                   scope=scope.path, aux=float(aux) if aux is not None else None, init=init))
+        scope.last = name
+
+    def use_block(self, block: str, opts: dict, scope: _Scope, where: str, depth: int) -> None:
+        if depth >= _MAX_BLOCK_DEPTH:
+            raise self.fail(where, f"blocks nest deeper than {_MAX_BLOCK_DEPTH} levels (does a block use itself?)")
+        body = self.blocks[block]
+        declared = body.get("args") or {}
+        repeat = opts.pop("repeat", 1)
+        if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+            raise self.fail(where, f"repeat must be a positive integer, got {repeat!r}")
+        local_name = opts.pop("name", None)
+        start = self.inputs(opts, scope, where)
+        if len(start) != 1:
+            raise self.fail(where, "a block takes one input")
+        args = {}
+        for key, value in opts.items():
+            if key not in declared:
+                raise self.fail(where, f"unknown argument '{key}' for block '{block}'"
+                                       f"{_suggest(key, list(declared) + list(_BLOCK_USE_OPTIONS))}")
+            args[key] = value
+        for key, default in declared.items():
+            if key not in args:
+                if default is None:
+                    raise self.fail(where, f"block '{block}' needs argument '{key}'")
+                args[key] = default
+        instance = self.new_name(scope, local_name, block, where)
+        last = start[0]
+        for r in range(repeat):
+            inst = instance if repeat == 1 else f"{instance}.{r}"
+            inner = _Scope(prefix=inst + ".", input_name=last, path=scope.path + (inst,),
+                           where=f"{where[:-1]} '{inst}') → ")
+            inner.last = last
+            try:
+                layers = _substitute(body["layers"], args)
+            except ValueError as e:
+                raise self.fail(f"{where} → blocks.{block}", str(e)) from None
+            self.expand(layers, inner, depth + 1)
+            last = inner.last
+            self.targets[inst] = last
+        # The block's output is its last layer; downstream layers refer to it by the instance name.
+        scope.local[instance[len(scope.prefix):]] = last
+        self.targets[instance] = last
+        scope.last = last
+
+
+def parse_input_shape(value: Any, fail) -> Shape:
+    """``[1, 28, 28]``, ``"1x28x28"`` or ``[784]`` → a shape tuple."""
+    if isinstance(value, str):
+        parts = value.lower().replace("×", "x").split("x")
+        try:
+            value = [int(p) for p in parts]
+        except ValueError:
+            raise fail(f"must look like 3x224x224 (C×H×W) or [3, 224, 224], got {value!r}") from None
+    if (not isinstance(value, list) or len(value) not in (1, 3)
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+        raise fail(f"must be [C, H, W] (or [features]) of positive integers, got {value!r}")
+    return tuple(value)
