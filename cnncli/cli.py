@@ -1,0 +1,241 @@
+"""The command line: the only module that imports Typer.
+
+Each command is thin: it turns flags into arguments, calls one function that
+returns records, and hands them to :mod:`cnncli.render`. Modules are imported
+inside the commands so that ``cnncli --help`` stays fast and never loads Numba.
+The tool's own errors (:class:`~cnncli.errors.CnnError`) become a message and
+exit status 2 here, at the edge; ``--debug`` shows their traceback too.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+
+from cnncli import __version__
+from cnncli.errors import CnnError, NotAvailable
+
+app = typer.Typer(
+    name="cnncli",
+    help="Train, evaluate, trace and summarize convolutional neural networks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_DEBUG = False
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+class SummaryFormat(str, Enum):
+    table = "table"
+    json = "json"
+    markdown = "markdown"
+
+
+class LossName(str, Enum):
+    ce = "ce"
+    bce = "bce"
+    mse = "mse"
+
+
+class Optimizer(str, Enum):
+    sgd = "sgd"
+    adam = "adam"
+
+
+class Schedule(str, Enum):
+    constant = "constant"
+    step = "step"
+    cosine = "cosine"
+    onecycle = "onecycle"
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    float64 = "float64"
+
+
+class Dataset(str, Enum):
+    mnist = "mnist"
+    fashion_mnist = "fashion-mnist"
+
+
+class Split(str, Enum):
+    test = "test"
+    train = "train"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cnncli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback of errors, for bug reports."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    global _DEBUG
+    _DEBUG = debug or _DEBUG
+
+
+def _need(*modules: str):
+    """Import the modules a command needs; a command not built yet says so plainly."""
+    import importlib
+
+    loaded = []
+    for name in modules:
+        try:
+            loaded.append(importlib.import_module(f"cnncli.{name}"))
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith("cnncli."):
+                ctx = click.get_current_context(silent=True)
+                command = ctx.info_name if ctx else "this command"
+                raise NotAvailable(f"`cnncli {command}` is not available yet in cnncli {__version__}") from None
+            raise
+    return loaded
+
+
+def _console():
+    from cnncli.render import console
+
+    return console()
+
+
+@app.command()
+def models(
+    fmt: SummaryFormat = typer.Option(SummaryFormat.table, "--format", help="table, json or markdown."),
+) -> None:
+    """List the built-in models with their input size and parameter count."""
+    render, summary = _need("render.summary", "summary")
+    render.show_models(summary.builtin_models(), fmt.value, _console())
+
+
+@app.command()
+def summarize(
+    model: str = typer.Argument(..., help="A built-in model name (see `cnncli models`) or a YAML file."),
+    input: Optional[str] = typer.Option(None, "--input", help="Input size CxHxW, e.g. 3x224x224."),
+    depth: Optional[int] = typer.Option(None, "--depth", min=0,
+                                        help="Fold blocks nested deeper than this into one row."),
+    batch: int = typer.Option(1, "--batch", min=1, help="Batch size for the activation-memory estimate."),
+    aux: bool = typer.Option(True, "--aux/--no-aux", help="Include auxiliary training heads."),
+    fmt: SummaryFormat = typer.Option(SummaryFormat.table, "--format", help="table, json or markdown."),
+) -> None:
+    """Layers, output shapes, parameter counts and MACs of a model, without running it."""
+    render, summary = _need("render.summary", "summary")
+    result = summary.summarize(model, input_size=input, batch=batch, aux=aux)
+    render.show_summary(result, fmt.value, depth, _console())
+
+
+@app.command()
+def train(
+    model: str = typer.Argument(..., help="A built-in model name or a YAML file."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs to train (file's default)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
+    optimizer: Optional[Optimizer] = typer.Option(None, "--optimizer", help="sgd or adam."),
+    momentum: Optional[float] = typer.Option(None, "--momentum", help="SGD momentum."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="L2 weight decay."),
+    schedule: Optional[Schedule] = typer.Option(None, "--schedule", help="Learning-rate schedule."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for weights, shuffling and the split."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N training images."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<model>-<time>)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue from a checkpoint (last.npz)."),
+    dtype: DType = typer.Option(DType.float32, "--dtype", help="float32 or float64."),
+) -> None:
+    """Train a model; writes a run folder with metrics and checkpoints."""
+    render, training = _need("render.training", "training")
+
+    overrides = {
+        "epochs": epochs, "batch_size": batch_size, "lr": lr,
+        "optimizer": optimizer.value if optimizer else None, "momentum": momentum,
+        "weight_decay": weight_decay, "schedule": schedule.value if schedule else None, "seed": seed,
+    }
+    config = training.configure(model, overrides, limit=limit, data_dir=data_dir, out=out,
+                                resume=resume, dtype=dtype.value)
+    console = _console()
+    result = training.train(config, render.Reporter(console))
+    render.show_result(result, console)
+
+
+@app.command("eval")
+def evaluate(
+    model: str = typer.Argument(..., help="A built-in model name or a YAML file."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Weights to evaluate (a .npz from train)."),
+    dataset: Optional[Dataset] = typer.Option(None, "--dataset", help="mnist or fashion-mnist (model's default)."),
+    split: Split = typer.Option(Split.test, "--split", help="test or train."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
+    batch_size: int = typer.Option(500, "--batch-size", min=1, help="Images per forward pass."),
+    top_k: int = typer.Option(3, "--top-k", min=1, help="Also report top-k accuracy."),
+    worst: int = typer.Option(6, "--worst", min=0, help="How many of the worst mistakes to draw."),
+    fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+) -> None:
+    """Accuracy, confusion matrix, per-class scores and the worst mistakes of a checkpoint."""
+    render, evaluation = _need("render.evaluation", "evaluation")
+
+    result = evaluation.evaluate(model, checkpoint, dataset=dataset.value if dataset else None,
+                                 split=split.value, data_dir=data_dir, batch_size=batch_size,
+                                 top_k=top_k, worst=worst)
+    render.show(result, fmt.value, _console())
+
+
+@app.command("backprop-trace")
+def backprop_trace(
+    model: str = typer.Argument("slide-mlp", help="slide-mlp (the lecture's example), slide-conv, "
+                                                  "slide-maxpool, slide-avgpool, or any model."),
+    loss: Optional[LossName] = typer.Option(None, "--loss", help="ce, bce or mse (model's default)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate of the shown update."),
+    input: Optional[str] = typer.Option(None, "--input",
+                                        help="Input values (comma-separated) or a .npy file."),
+    target: Optional[str] = typer.Option(None, "--target",
+                                         help="Target: comma-separated values or a class index."),
+    sample: Optional[int] = typer.Option(None, "--sample", help="Use test image I of the model's dataset."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Checkpoint (.npz) to load."),
+    filter: Optional[str] = typer.Option(None, "--filter", help="slide-conv: filter values, comma-separated."),
+    upstream: Optional[str] = typer.Option(None, "--upstream",
+                                           help="slide-conv/pool: ∂E/∂O values, comma-separated."),
+    steps: int = typer.Option(1, "--steps", min=1, help="Repeat the training step N times."),
+    compare_slides: bool = typer.Option(False, "--compare-slides",
+                                        help="Check every number the lecture prints (slides 5–24)."),
+    dump: Optional[Path] = typer.Option(None, "--dump", help="Write all gradients to this .npz file."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
+    fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+) -> None:
+    """One exact forward and backward pass, shown layer by layer (the lecture's derivative tables)."""
+    render, trace = _need("render.trace", "trace")
+
+    result = trace.run(model, loss=loss.value if loss else None, lr=lr, input=input, target=target,
+                       sample=sample, weights=weights, filter=filter, upstream=upstream, steps=steps,
+                       compare_slides=compare_slides, dump=dump, data_dir=data_dir)
+    render.show(result, fmt.value, _console())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning the tool's own errors into exit status 2."""
+    global _DEBUG
+    args = sys.argv[1:] if argv is None else argv
+    _DEBUG = "--debug" in args or os.environ.get("CNNCLI_DEBUG") == "1"
+    try:
+        app(args=args, prog_name="cnncli", standalone_mode=True)
+    except CnnError as e:
+        if _DEBUG:
+            import traceback
+
+            traceback.print_exc()
+        sys.stderr.write(f"error: {e}\n")
+        sys.exit(e.exit_code)

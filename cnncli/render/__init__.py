@@ -1,0 +1,27 @@
+"""Rendering: the only package that imports rich.
+
+Modules elsewhere return records (dataclasses, dicts); the functions here turn
+them into Rich tables, progress bars and JSON. One submodule per command:
+``summary``, ``training``, ``evaluation``, ``trace``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+_SUBMODULES = ("summary", "training", "evaluation", "trace")
+
+
+def console(stderr: bool = False):
+    """The console every command prints to (colour only on a terminal)."""
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+def __getattr__(name: str) -> ModuleType:
+    # Submodules load on first use so that one command never pays for another's imports.
+    if name in _SUBMODULES:
+        return importlib.import_module(f"cnncli.render.{name}")
+    raise AttributeError(name)
