@@ -15,7 +15,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 
 from cnncli import __version__
@@ -93,7 +92,7 @@ def _root(
     _DEBUG = debug or _DEBUG
 
 
-def _need(*modules: str):
+def _need(command: str, *modules: str):
     """Import the modules a command needs; a command not built yet says so plainly."""
     import importlib
 
@@ -103,8 +102,6 @@ def _need(*modules: str):
             loaded.append(importlib.import_module(f"cnncli.{name}"))
         except ModuleNotFoundError as e:
             if e.name and e.name.startswith("cnncli."):
-                ctx = click.get_current_context(silent=True)
-                command = ctx.info_name if ctx else "this command"
                 raise NotAvailable(f"`cnncli {command}` is not available yet in cnncli {__version__}") from None
             raise
     return loaded
@@ -121,7 +118,7 @@ def models(
     fmt: SummaryFormat = typer.Option(SummaryFormat.table, "--format", help="table, json or markdown."),
 ) -> None:
     """List the built-in models with their input size and parameter count."""
-    render, summary = _need("render.summary", "summary")
+    render, summary = _need("models", "render.summary", "summary")
     render.show_models(summary.builtin_models(), fmt.value, _console())
 
 
@@ -136,7 +133,7 @@ def summarize(
     fmt: SummaryFormat = typer.Option(SummaryFormat.table, "--format", help="table, json or markdown."),
 ) -> None:
     """Layers, output shapes, parameter counts and MACs of a model, without running it."""
-    render, summary = _need("render.summary", "summary")
+    render, summary = _need("summarize", "render.summary", "summary")
     result = summary.summarize(model, input_size=input, batch=batch, aux=aux)
     render.show_summary(result, fmt.value, depth, _console())
 
@@ -159,7 +156,7 @@ def train(
     dtype: DType = typer.Option(DType.float32, "--dtype", help="float32 or float64."),
 ) -> None:
     """Train a model; writes a run folder with metrics and checkpoints."""
-    render, training = _need("render.training", "training")
+    render, training = _need("train", "render.training", "training")
 
     overrides = {
         "epochs": epochs, "batch_size": batch_size, "lr": lr,
@@ -186,7 +183,7 @@ def evaluate(
     fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
 ) -> None:
     """Accuracy, confusion matrix, per-class scores and the worst mistakes of a checkpoint."""
-    render, evaluation = _need("render.evaluation", "evaluation")
+    render, evaluation = _need("eval", "render.evaluation", "evaluation")
 
     result = evaluation.evaluate(model, checkpoint, dataset=dataset.value if dataset else None,
                                  split=split.value, data_dir=data_dir, batch_size=batch_size,
@@ -217,7 +214,7 @@ def backprop_trace(
     fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
 ) -> None:
     """One exact forward and backward pass, shown layer by layer (the lecture's derivative tables)."""
-    render, trace = _need("render.trace", "trace")
+    render, trace = _need("backprop-trace", "render.trace", "trace")
 
     result = trace.run(model, loss=loss.value if loss else None, lr=lr, input=input, target=target,
                        sample=sample, weights=weights, filter=filter, upstream=upstream, steps=steps,
