@@ -145,15 +145,19 @@ def build(spec: ModelSpec, input_shape: Shape | None = None, aux: bool = True) -
 def _needed(spec: ModelSpec, aux: bool) -> set[str]:
     """Names of the nodes that the outputs depend on (all outputs, or the main one only)."""
     targets = [spec.output] + ([n.name for n in spec.nodes if n.aux is not None] if aux else [])
-    by_name = {n.name: n for n in spec.nodes}
+    return ancestors({n.name: n.inputs for n in spec.nodes}, targets)
+
+
+def ancestors(inputs_of: dict[str, tuple[str, ...]], names: list[str]) -> set[str]:
+    """``names`` and every node they read from, directly or not (the input excluded)."""
     keep: set[str] = set()
-    stack = list(targets)
+    stack = list(names)
     while stack:
         name = stack.pop()
         if name in keep or name == "input":
             continue
         keep.add(name)
-        stack.extend(by_name[name].inputs)
+        stack.extend(inputs_of[name])
     return keep
 
 

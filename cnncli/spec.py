@@ -379,8 +379,9 @@ class _Parser:
                                "(e.g. '- conv: {filters: 6, kernel: 5}')")
 
     def new_name(self, scope: _Scope, local: Any, base: str, where: str) -> str:
+        # Every layer of a kind counts, named or not, so the third conv of a scope is conv3.
+        scope.counts[base] = scope.counts.get(base, 0) + 1
         if local is None:
-            scope.counts[base] = scope.counts.get(base, 0) + 1
             local = f"{base}{scope.counts[base]}"
             while scope.prefix + local in self.targets:
                 scope.counts[base] += 1

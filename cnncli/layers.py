@@ -1,0 +1,441 @@
+"""Forward and backward of every layer kind, side by side.
+
+Each class takes a graph :class:`~cnncli.graph.Node` (options and shapes are
+already validated), owns references to its parameter arrays, and implements
+
+* ``forward(xs, train) -> y`` — ``xs`` is the list of input batches; it keeps
+  what the backward pass needs;
+* ``backward(dy) -> dxs`` — the gradient for each input, and the parameter
+  gradients written into ``self.grads`` (overwritten, one call per step).
+
+Shapes below are with the batch axis ``N`` first, NCHW for images, like PyTorch.
+Convolution and pooling run on the Numba kernels in :mod:`cnncli.kernels`;
+everything else is a few numpy operations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnncli import kernels
+from cnncli.graph import Node
+
+
+class Layer:
+    """Base class: a node of the graph with its parameters and cached forward state."""
+
+    kind = ""
+
+    def __init__(self, node: Node, params: dict[str, np.ndarray], buffers: dict[str, np.ndarray],
+                 rng: np.random.Generator):
+        self.node = node
+        self.o = node.options
+        self.params = params      # suffix -> array, shared with the network
+        self.buffers = buffers
+        self.grads: dict[str, np.ndarray] = {}
+        self.rng = rng
+        self.trainable = node.trainable
+
+    def forward(self, xs: list[np.ndarray], train: bool) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, dy: np.ndarray) -> list[np.ndarray]:
+        raise NotImplementedError
+
+
+LAYERS: dict[str, type[Layer]] = {}
+
+
+def register(cls: type[Layer]) -> type[Layer]:
+    LAYERS[cls.kind] = cls
+    return cls
+
+
+# --- convolution and pooling -----------------------------------------------------
+
+@register
+class Conv(Layer):
+    """2-D convolution. x (N, C, H, W) → y (N, F, OH, OW); weight (F, C/groups, KH, KW), bias (F,).
+
+    A ``connections`` table (LeNet-5's C3) masks whole (filter, channel) kernels:
+    the masked weights stay at zero and get no gradient.
+    """
+
+    kind = "conv"
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        table = self.o["connections"]
+        self.mask = None
+        if table is not None:
+            w = self.params["weight"]
+            self.mask = np.asarray(table, dtype=w.dtype)[:, :, None, None]
+            w *= self.mask
+
+    def _weight(self) -> np.ndarray:
+        # Masking on every pass keeps absent connections absent whatever the stored weights hold.
+        w = self.params["weight"]
+        return w if self.mask is None else w * self.mask
+
+    def forward(self, xs, train):
+        self.x = xs[0]
+        o = self.o
+        return kernels.conv2d_forward(self.x, self._weight(), self.params.get("bias"),
+                                      o["stride"], o["padding"], o["dilation"], o["groups"])
+
+    def backward(self, dy):
+        o = self.o
+        dx, dw, db = kernels.conv2d_backward(
+            self.x, self._weight(), dy, o["stride"], o["padding"], o["dilation"], o["groups"],
+            need_dx=True, need_db="bias" in self.params)
+        if self.trainable:
+            if self.mask is not None:
+                dw *= self.mask
+            self.grads["weight"] = dw
+            if db is not None:
+                self.grads["bias"] = db
+        return [dx]
+
+
+@register
+class MaxPool(Layer):
+    """Max pooling. x (N, C, H, W) → y (N, C, OH, OW); the gradient goes to each window's maximum."""
+
+    kind = "maxpool"
+
+    def forward(self, xs, train):
+        o = self.o
+        self.in_shape = xs[0].shape
+        y, self.argmax = kernels.maxpool2d_forward(xs[0], o["kernel"], o["stride"], o["padding"],
+                                                   o["ceil_mode"])
+        return y
+
+    def backward(self, dy):
+        return [kernels.maxpool2d_backward(dy, self.argmax, self.in_shape)]
+
+
+@register
+class AvgPool(Layer):
+    """Average pooling. x (N, C, H, W) → y (N, C, OH, OW); each input gets dy / window size."""
+
+    kind = "avgpool"
+
+    def forward(self, xs, train):
+        o = self.o
+        self.in_shape = xs[0].shape
+        return kernels.avgpool2d_forward(xs[0], o["kernel"], o["stride"], o["padding"],
+                                         o["ceil_mode"], o["count_include_pad"])
+
+    def backward(self, dy):
+        o = self.o
+        return [kernels.avgpool2d_backward(dy, self.in_shape, o["kernel"], o["stride"], o["padding"],
+                                           o["ceil_mode"], o["count_include_pad"])]
+
+
+@register
+class AdaptiveAvgPool(Layer):
+    """Adaptive average pooling. x (N, C, H, W) → y (N, C, *output)."""
+
+    kind = "adaptive_avgpool"
+
+    def forward(self, xs, train):
+        self.in_shape = xs[0].shape
+        if xs[0].shape[2:] == tuple(self.o["output"]):
+            return xs[0]  # the usual case at the nominal input size: nothing to average
+        return kernels.adaptive_avgpool2d_forward(xs[0], self.o["output"])
+
+    def backward(self, dy):
+        if self.in_shape[2:] == tuple(self.o["output"]):
+            return [dy]
+        return [kernels.adaptive_avgpool2d_backward(dy, self.in_shape)]
+
+
+@register
+class GlobalAvgPool(Layer):
+    """Mean of each channel's plane. x (N, C, H, W) → y (N, C)."""
+
+    kind = "global_avgpool"
+
+    def forward(self, xs, train):
+        self.in_shape = xs[0].shape
+        return xs[0].mean(axis=(2, 3))
+
+    def backward(self, dy):
+        n, c, h, w = self.in_shape
+        return [np.broadcast_to((dy / (h * w))[:, :, None, None], self.in_shape).copy()]
+
+
+@register
+class Subsample(Layer):
+    """LeNet-5 (1998) subsampling. x (N, C, H, W) → y (N, C, OH, OW) = weight[c] · Σwindow x + bias[c]."""
+
+    kind = "subsample"
+
+    def forward(self, xs, train):
+        o = self.o
+        self.in_shape = xs[0].shape
+        self.area = o["kernel"][0] * o["kernel"][1]
+        self.s = kernels.avgpool2d_forward(xs[0], o["kernel"], o["stride"], o["padding"], False, True)
+        self.s *= self.area
+        w, b = self.params["weight"], self.params["bias"]
+        return self.s * w[None, :, None, None] + b[None, :, None, None]
+
+    def backward(self, dy):
+        o = self.o
+        w = self.params["weight"]
+        if self.trainable:
+            self.grads["weight"] = (dy * self.s).sum(axis=(0, 2, 3))
+            self.grads["bias"] = dy.sum(axis=(0, 2, 3))
+        ds = dy * (w[None, :, None, None] * self.area)
+        return [kernels.avgpool2d_backward(ds, self.in_shape, o["kernel"], o["stride"], o["padding"],
+                                           False, True)]
+
+
+# --- dense and reshaping ------------------------------------------------------------
+
+@register
+class Dense(Layer):
+    """Fully connected: y = x·W + b. x (N, in) → y (N, out); weight (in, out), bias (out,).
+
+    As on slide 25: ∂E/∂x = ∂E/∂y · Wᵀ and δW = xᵀ · ∂E/∂y.
+    """
+
+    kind = "dense"
+
+    def forward(self, xs, train):
+        self.x = xs[0]
+        y = self.x @ self.params["weight"]
+        if "bias" in self.params:
+            y += self.params["bias"]
+        return y
+
+    def backward(self, dy):
+        if self.trainable:
+            self.grads["weight"] = self.x.T @ dy
+            if "bias" in self.params:
+                self.grads["bias"] = dy.sum(axis=0)
+        return [dy @ self.params["weight"].T]
+
+
+@register
+class Flatten(Layer):
+    """x (N, C, H, W) → y (N, C·H·W), in C-major order as PyTorch's flatten."""
+
+    kind = "flatten"
+
+    def forward(self, xs, train):
+        self.in_shape = xs[0].shape
+        return xs[0].reshape(xs[0].shape[0], -1)
+
+    def backward(self, dy):
+        return [dy.reshape(self.in_shape)]
+
+
+# --- activations ------------------------------------------------------------------------
+
+@register
+class ReLU(Layer):
+    """max(0, x), elementwise; ∂/∂x is 1 where x > 0, else 0."""
+
+    kind = "relu"
+
+    def forward(self, xs, train):
+        self.mask = xs[0] > 0
+        return xs[0] * self.mask
+
+    def backward(self, dy):
+        return [dy * self.mask]
+
+
+@register
+class LeakyReLU(Layer):
+    """x if x > 0 else slope·x, elementwise."""
+
+    kind = "leaky_relu"
+
+    def forward(self, xs, train):
+        self.factor = np.where(xs[0] > 0, 1.0, self.o["slope"]).astype(xs[0].dtype)
+        return xs[0] * self.factor
+
+    def backward(self, dy):
+        return [dy * self.factor]
+
+
+@register
+class Sigmoid(Layer):
+    """σ(x) = 1/(1 + e^-x); ∂σ/∂x = σ(1 - σ)."""
+
+    kind = "sigmoid"
+
+    def forward(self, xs, train):
+        x = xs[0]
+        # Split by sign so that e^-x never overflows.
+        e = np.exp(-np.abs(x))
+        self.y = np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
+        return self.y
+
+    def backward(self, dy):
+        return [dy * self.y * (1 - self.y)]
+
+
+@register
+class Tanh(Layer):
+    """tanh(x); ∂/∂x = 1 - tanh²."""
+
+    kind = "tanh"
+
+    def forward(self, xs, train):
+        self.y = np.tanh(xs[0])
+        return self.y
+
+    def backward(self, dy):
+        return [dy * (1 - self.y * self.y)]
+
+
+@register
+class Softmax(Layer):
+    """e^x_i / Σ_a e^x_a over axis 1. Backward uses the full Jacobian: dx = y ⊙ (dy − Σ dy ⊙ y)."""
+
+    kind = "softmax"
+
+    def forward(self, xs, train):
+        z = xs[0] - xs[0].max(axis=1, keepdims=True)
+        e = np.exp(z)
+        self.y = e / e.sum(axis=1, keepdims=True)
+        return self.y
+
+    def backward(self, dy):
+        return [self.y * (dy - (dy * self.y).sum(axis=1, keepdims=True))]
+
+
+# --- normalization and regularization --------------------------------------------------
+
+@register
+class BatchNorm(Layer):
+    """Batch normalization over axis 1. x (N, C, ...) → y, same shape; weight, bias (C,).
+
+    Training normalises with the batch's mean and biased variance and updates
+    the running statistics (unbiased variance) as PyTorch does; inference uses
+    the running statistics.
+    """
+
+    kind = "batchnorm"
+
+    def forward(self, xs, train):
+        x = xs[0]
+        axes = (0,) + tuple(range(2, x.ndim))
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        self.axes, self.shape, self.train = axes, shape, train
+        if train:
+            mean = x.mean(axis=axes)
+            var = x.var(axis=axes)
+            m = x.size // x.shape[1]
+            mom = self.o["momentum"]
+            self.buffers["running_mean"] *= 1 - mom
+            self.buffers["running_mean"] += mom * mean
+            self.buffers["running_var"] *= 1 - mom
+            self.buffers["running_var"] += mom * var * (m / max(m - 1, 1))
+        else:
+            mean, var = self.buffers["running_mean"], self.buffers["running_var"]
+        self.inv_std = (1.0 / np.sqrt(var + self.o["eps"])).astype(x.dtype)
+        self.xhat = (x - mean.reshape(shape)) * self.inv_std.reshape(shape)
+        return self.xhat * self.params["weight"].reshape(shape) + self.params["bias"].reshape(shape)
+
+    def backward(self, dy):
+        axes, shape = self.axes, self.shape
+        if self.trainable:
+            self.grads["weight"] = (dy * self.xhat).sum(axis=axes)
+            self.grads["bias"] = dy.sum(axis=axes)
+        g = dy * self.params["weight"].reshape(shape)
+        if not self.train:
+            return [g * self.inv_std.reshape(shape)]
+        m = dy.size // dy.shape[1]
+        dx = (g - g.mean(axis=axes, keepdims=True)
+              - self.xhat * (g * self.xhat).sum(axis=axes, keepdims=True) / m)
+        return [dx * self.inv_std.reshape(shape)]
+
+
+@register
+class Dropout(Layer):
+    """While training, zero each activation with probability ``rate`` and scale the rest by 1/(1 - rate)."""
+
+    kind = "dropout"
+
+    def forward(self, xs, train):
+        rate = self.o["rate"]
+        if not train or rate == 0:
+            self.mask = None
+            return xs[0]
+        keep = self.rng.random(xs[0].shape) >= rate
+        self.mask = keep.astype(xs[0].dtype) / (1 - rate)
+        return xs[0] * self.mask
+
+    def backward(self, dy):
+        return [dy if self.mask is None else dy * self.mask]
+
+
+@register
+class LRN(Layer):
+    """Local response normalization across channels, as PyTorch's LocalResponseNorm.
+
+    x (N, C, H, W) → y_c = x_c / (k + α/n · Σ_{c' near c} x_c'²)^β, the window
+    running from c − n//2 to c + (n−1)//2.
+    """
+
+    kind = "lrn"
+
+    def _window_sum(self, a: np.ndarray, before: int, after: int) -> np.ndarray:
+        # Σ over channels c-before .. c+after via a cumulative sum along axis 1.
+        n, c = a.shape[:2]
+        padded = np.zeros((n, c + before + after + 1) + a.shape[2:], dtype=a.dtype)
+        np.cumsum(a, axis=1, out=padded[:, before + 1: before + 1 + c])
+        padded[:, before + 1 + c:] = padded[:, before + c: before + c + 1]
+        return padded[:, before + after + 1:] - padded[:, :c]
+
+    def forward(self, xs, train):
+        x = xs[0]
+        size, alpha, beta, k = self.o["size"], self.o["alpha"], self.o["beta"], self.o["k"]
+        self.x = x
+        self.s = k + (alpha / size) * self._window_sum(x * x, size // 2, (size - 1) // 2)
+        self.y = x * self.s ** -beta
+        return self.y
+
+    def backward(self, dy):
+        size, alpha, beta = self.o["size"], self.o["alpha"], self.o["beta"]
+        # Channel j appears in the windows of c = j-(n-1)//2 .. j+n//2.
+        t = dy * self.y / self.s
+        back = self._window_sum(t, (size - 1) // 2, size // 2)
+        return [dy * self.s ** -beta - (2 * alpha * beta / size) * self.x * back]
+
+
+# --- joining paths ----------------------------------------------------------------------
+
+@register
+class Add(Layer):
+    """Elementwise sum of its inputs (a residual connection); each input gets dy."""
+
+    kind = "add"
+
+    def forward(self, xs, train):
+        self.n = len(xs)
+        y = xs[0] + xs[1]
+        for x in xs[2:]:
+            y += x
+        return y
+
+    def backward(self, dy):
+        return [dy] * self.n
+
+
+@register
+class Concat(Layer):
+    """Join inputs along axis 1 (channels); backward splits dy back into their widths."""
+
+    kind = "concat"
+
+    def forward(self, xs, train):
+        self.splits = np.cumsum([x.shape[1] for x in xs])[:-1]
+        return np.concatenate(xs, axis=1)
+
+    def backward(self, dy):
+        return [np.ascontiguousarray(part) for part in np.split(dy, self.splits, axis=1)]

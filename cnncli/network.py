@@ -1,0 +1,193 @@
+"""A runnable network: a shape-inferred graph with parameter arrays and layers.
+
+``Network.forward`` runs the nodes in order; ``Network.loss_and_backward``
+adds the loss of the main output (and of auxiliary outputs while training) and
+walks the nodes backwards, summing the gradients of nodes read by several
+layers (residual and inception branches). Parameters live in one flat dict
+keyed like the checkpoint, ``<node>.weight``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from cnncli.errors import CheckpointError, UsageError
+from cnncli.graph import Graph, Node, ancestors
+from cnncli.layers import LAYERS
+from cnncli.losses import Loss
+from cnncli.shapes import fmt_shape
+
+
+def _fan_in(node: Node) -> int:
+    shape = node.params["weight"]
+    if node.kind == "dense":
+        return shape[0]
+    if node.kind == "subsample":
+        return node.options["kernel"][0] * node.options["kernel"][1]
+    return math.prod(shape[1:])
+
+
+def _fan_out(node: Node) -> int:
+    shape = node.params["weight"]
+    if node.kind == "dense":
+        return shape[1]
+    return shape[0] * math.prod(shape[2:]) if len(shape) == 4 else shape[0]
+
+
+def initial_value(node: Node, suffix: str, rng: np.random.Generator, dtype) -> np.ndarray:
+    """The initial array of one parameter: inline values, a named scheme, or PyTorch's default."""
+    shape = node.params[suffix]
+    init = node.spec.init
+    scheme: Any = init.get(suffix, "default") if isinstance(init, dict) else (init or "default")
+    if not isinstance(scheme, str):
+        return np.broadcast_to(np.asarray(scheme, dtype=dtype), shape).copy()
+    if scheme == "zeros":
+        return np.zeros(shape, dtype=dtype)
+    if node.kind == "batchnorm":
+        return (np.ones if suffix == "weight" else np.zeros)(shape, dtype=dtype)
+    if suffix == "bias" and scheme != "default":
+        return np.zeros(shape, dtype=dtype)
+    fan_in = _fan_in(node)
+    if scheme == "default":
+        # PyTorch's kaiming_uniform(a=√5) for weights and its bias rule both reduce to ±1/√fan_in.
+        bound = 1.0 / math.sqrt(fan_in)
+        return rng.uniform(-bound, bound, size=shape).astype(dtype)
+    if scheme == "he":
+        return (rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)).astype(dtype)
+    bound = math.sqrt(6.0 / (fan_in + _fan_out(node)))  # xavier
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+class Network:
+    """Parameters, buffers and layers of a graph, with forward and backward passes."""
+
+    def __init__(self, graph: Graph, dtype: str | np.dtype = "float32", seed: int = 0):
+        self.graph = graph
+        self.dtype = np.dtype(dtype)
+        rng = np.random.default_rng(seed)
+        # Dropout draws from its own generator so that its state can be checkpointed.
+        self.rng = np.random.default_rng([seed, 1])
+        self.params: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+        self.layers = {}
+        for node in graph.nodes:
+            own = {}
+            for suffix in node.params:
+                own[suffix] = self.params[f"{node.name}.{suffix}"] = initial_value(node, suffix, rng, self.dtype)
+            bufs = {}
+            for suffix, shape in node.buffers.items():
+                fill = np.ones if suffix == "running_var" else np.zeros
+                bufs[suffix] = self.buffers[f"{node.name}.{suffix}"] = fill(shape, dtype=self.dtype)
+            self.layers[node.name] = LAYERS[node.kind](node, own, bufs, self.rng)
+        main = ancestors({n.name: n.inputs for n in graph.nodes}, [graph.output])
+        self.infer_order = [n for n in graph.nodes if n.name in main]
+        self.values: dict[str, np.ndarray] = {}
+        self.node_grads: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.input_grad: np.ndarray | None = None
+
+    # -- parameters --
+    def trainable(self) -> dict[str, np.ndarray]:
+        return {f"{n.name}.{k}": self.params[f"{n.name}.{k}"] for n in self.graph.nodes
+                if n.trainable for k in n.params}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {**{k: v.copy() for k, v in self.params.items()}, **{k: v.copy() for k, v in self.buffers.items()}}
+
+    def load_state_dict(self, state: dict[str, np.ndarray], source: str = "checkpoint") -> None:
+        """Copy weights in; a missing, unexpected or misshapen array is a CheckpointError naming it."""
+        expected = {**self.params, **self.buffers}
+        missing = [k for k in expected if k not in state]
+        if missing:
+            raise CheckpointError(f"{source} has no '{missing[0]}'"
+                                  + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                                  + " — was it saved from another model?")
+        for key, arr in expected.items():
+            got = np.asarray(state[key])
+            if got.shape != arr.shape:
+                raise CheckpointError(f"{source}: '{key}' has shape {fmt_shape(got.shape)} "
+                                      f"but the model needs {fmt_shape(arr.shape)}")
+            if not np.all(np.isfinite(got)):
+                raise CheckpointError(f"{source}: '{key}' holds NaN or infinite values")
+            arr[...] = got
+        unexpected = [k for k in state if k not in expected and "." in k and not k.startswith(("optim.", "meta."))]
+        if unexpected:
+            raise CheckpointError(f"{source} has '{unexpected[0]}', which the model does not have")
+
+    # -- passes --
+    def _check_input(self, x: np.ndarray) -> np.ndarray:
+        want = self.graph.input_shape
+        if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != tuple(want):
+            raise UsageError(f"input batch has shape {fmt_shape(x.shape)}; the model takes "
+                             f"N×{fmt_shape(want)}")
+        return np.ascontiguousarray(x, dtype=self.dtype)
+
+    def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        """x (N, *input) → the main output (N, *output). While training, auxiliary heads run too."""
+        values = {"input": self._check_input(x)}
+        order = self.graph.nodes if train else self.infer_order
+        for node in order:
+            values[node.name] = self.layers[node.name].forward([values[i] for i in node.inputs], train)
+        self.values = values
+        return values[self.graph.output]
+
+    def loss_and_backward(self, x: np.ndarray, target: np.ndarray, loss: Loss,
+                          train: bool = True, keep_node_grads: bool = False) -> tuple[float, np.ndarray]:
+        """Forward, loss (main + weighted auxiliary outputs when training), backward.
+
+        Returns (loss, main output). Parameter gradients land in ``self.grads``;
+        with ``keep_node_grads`` every node's ∂E/∂output in ``self.node_grads``.
+        """
+        out = self.forward(x, train)
+        heads = {self.graph.output: 1.0, **(self.graph.aux_outputs if train else {})}
+        seeds: dict[str, np.ndarray] = {}
+        total = 0.0
+        for name, weight in heads.items():
+            node = self.graph[name]
+            source = node.inputs[0] if loss.fuses_softmax and node.kind == "softmax" else name
+            value = self.values[source]
+            if value.ndim != 2:
+                raise UsageError(f"the loss needs a flat output (classes), but '{source}' gives "
+                                 f"{fmt_shape(value.shape[1:])}")
+            _check_target(target, value.shape, source)
+            lv, g = loss.fn(value, target)
+            total += weight * lv
+            seeds[source] = seeds[source] + weight * g if source in seeds else weight * g
+        self.backward(seeds, keep_node_grads)
+        return total, out
+
+    def backward(self, seeds: dict[str, np.ndarray], keep_node_grads: bool = False) -> None:
+        """Propagate ∂E/∂(node output) from ``seeds`` back to every parameter and the input."""
+        grads = dict(seeds)
+        self.node_grads = {}
+        for layer in self.layers.values():
+            layer.grads = {}
+        for node in reversed(self.graph.nodes):
+            g = grads.pop(node.name, None)
+            if g is None:
+                continue
+            if keep_node_grads:
+                self.node_grads[node.name] = g
+            for inp, dx in zip(node.inputs, self.layers[node.name].backward(g)):
+                # Never add in place: a layer may hand the same array to several inputs.
+                grads[inp] = grads[inp] + dx if inp in grads else dx
+        self.input_grad = grads.get("input")
+        self.grads = {}
+        for node in self.graph.nodes:
+            layer = self.layers[node.name]
+            for suffix in node.params:
+                if node.trainable:
+                    key = f"{node.name}.{suffix}"
+                    self.grads[key] = layer.grads.get(suffix, np.zeros_like(self.params[key]))
+
+
+def _check_target(target: np.ndarray, out_shape: tuple[int, ...], source: str) -> None:
+    n, k = out_shape
+    if target.ndim == 1:
+        if target.shape[0] != n or (target.size and (target.min() < 0 or target.max() >= k)):
+            raise UsageError(f"targets must be {n} class indices in 0..{k - 1} for '{source}'")
+    elif target.shape != (n, k):
+        raise UsageError(f"target has shape {fmt_shape(target.shape)}; '{source}' gives {n}×{k}")

@@ -1,0 +1,319 @@
+"""Finite-difference gradient checks for every layer kind, a composite graph, losses and optimizers.
+
+Each check builds a one-layer network from YAML in float64, takes the scalar
+E = Σ y·R for a fixed random R (so ∂E/∂y = R), and compares the analytic
+gradients of the input and of every parameter with central differences.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnncli import graph, losses, optim, spec
+from cnncli.layers import LAYERS
+from cnncli.network import Network
+from cnncli.shapes import KINDS
+
+# kind -> list of (input shape with batch, layer entry in YAML, train mode)
+CASES: dict[str, list[tuple[tuple[int, ...], str, bool]]] = {
+    "conv": [
+        ((2, 3, 7, 6), "conv: {filters: 4, kernel: 3}", True),
+        ((2, 4, 8, 7), "conv: {filters: 6, kernel: [3, 2], stride: [2, 1], padding: [1, 2], groups: 2}", True),
+        ((1, 2, 9, 9), "conv: {filters: 3, kernel: 3, dilation: 2, padding: 1, bias: false}", True),
+        ((2, 3, 6, 6), "conv: {filters: 3, kernel: 3, groups: 3}", True),
+        ((2, 3, 6, 6), "conv: {filters: 2, kernel: 3, connections: [[1, 0, 1], [0, 1, 1]]}", True),
+    ],
+    "maxpool": [
+        ((2, 3, 6, 6), "maxpool: {kernel: 2}", True),
+        ((2, 2, 7, 7), "maxpool: {kernel: 3, stride: 2, padding: 1, ceil_mode: true}", True),
+    ],
+    "avgpool": [
+        ((2, 3, 6, 6), "avgpool: {kernel: 2}", True),
+        ((2, 2, 7, 7), "avgpool: {kernel: 3, stride: 2, padding: 1}", True),
+        ((2, 2, 7, 7), "avgpool: {kernel: 3, stride: 2, padding: 1, ceil_mode: true, count_include_pad: false}", True),
+    ],
+    "adaptive_avgpool": [((2, 3, 7, 5), "adaptive_avgpool: {output: [3, 2]}", True)],
+    "global_avgpool": [((2, 3, 4, 5), "global_avgpool", True)],
+    "subsample": [((2, 3, 6, 6), "subsample: {kernel: 2}", True)],
+    "dense": [((3, 5), "dense: {units: 4}", True), ((3, 5), "dense: {units: 2, bias: false}", True)],
+    "flatten": [((2, 3, 2, 2), "flatten", True)],
+    "relu": [((3, 7), "relu", True)],
+    "leaky_relu": [((3, 7), "leaky_relu: {slope: 0.1}", True)],
+    "sigmoid": [((3, 7), "sigmoid", True)],
+    "tanh": [((2, 2, 3, 3), "tanh", True)],
+    "softmax": [((3, 5), "softmax", True)],
+    "batchnorm": [
+        ((4, 3, 3, 3), "batchnorm", True),
+        ((4, 3, 3, 3), "batchnorm", False),
+        ((5, 4), "batchnorm", True),
+    ],
+    "dropout": [((3, 8), "dropout: {rate: 0.3}", True), ((3, 8), "dropout: {rate: 0.3}", False)],
+    "lrn": [((2, 6, 3, 3), "lrn: {size: 3, alpha: 0.5, beta: 0.75, k: 2.0}", True),
+            ((2, 5, 2, 2), "lrn: {size: 4, alpha: 0.3, beta: 0.6, k: 1.0}", True)],
+    "add": [((2, 3, 4, 4), "add: {inputs: [input, b]}", True)],
+    "concat": [((2, 3, 4, 4), "concat: {inputs: [input, b]}", True)],
+}
+
+
+def test_every_kind_has_a_layer_and_a_gradient_check():
+    assert set(LAYERS) == set(KINDS) == set(CASES)
+
+
+def _network(in_shape, entry: str, dtype="float64", seed=0) -> Network:
+    pre = ""
+    if entry.startswith(("add", "concat")):
+        pre = "  - tanh: {name: b}\n"  # a second path into the join
+    text = f"input: {list(in_shape[1:])}\nlayers:\n{pre}  - {entry}\n"
+    return Network(graph.build(spec.parse(text)), dtype=dtype, seed=seed)
+
+
+def _perturb_params(net: Network, rng: np.random.Generator) -> None:
+    # Move away from special initial values (batch norm's 1 and 0) so every term is exercised.
+    for key, p in net.trainable().items():
+        p += 0.1 * rng.standard_normal(p.shape)
+        if key.endswith("running_var"):
+            np.abs(p, out=p)
+
+
+def _fd_check(net: Network, x: np.ndarray, train: bool, rng: np.random.Generator, eps=1e-6, tol=1e-6):
+    dropout_state = net.rng.bit_generator.state
+
+    def energy() -> float:
+        net.rng.bit_generator.state = dropout_state  # the same dropout mask on every call
+        saved = {k: v.copy() for k, v in net.buffers.items()}
+        y = net.forward(x, train=train)
+        for k, v in saved.items():
+            net.buffers[k][...] = v
+        return float((y * r).sum())
+
+    net.rng.bit_generator.state = dropout_state
+    y = net.forward(x, train=train)
+    r = rng.standard_normal(y.shape)
+    energy()
+    net.rng.bit_generator.state = dropout_state
+    net.forward(x, train=train)
+    net.backward({net.graph.output: r})
+    dx, grads = net.input_grad, dict(net.grads)
+
+    def numeric(arr: np.ndarray, idx) -> float:
+        old = arr[idx]
+        arr[idx] = old + eps
+        up = energy()
+        arr[idx] = old - eps
+        down = energy()
+        arr[idx] = old
+        return (up - down) / (2 * eps)
+
+    def check(name, arr, analytic):
+        flat = list(np.ndindex(arr.shape))
+        picks = flat if len(flat) <= 40 else [flat[i] for i in rng.choice(len(flat), 40, replace=False)]
+        for idx in picks:
+            num = numeric(arr, idx)
+            assert abs(num - analytic[idx]) <= tol * max(1.0, abs(num)), (name, idx, num, analytic[idx])
+
+    check("input", x, dx)
+    for key, p in net.trainable().items():
+        check(key, p, grads[key])
+
+
+@pytest.mark.parametrize("kind,in_shape,entry,train",
+                         [(k, s, e, t) for k, cases in CASES.items() for s, e, t in cases],
+                         ids=lambda v: v if isinstance(v, str) and ":" not in v else None)
+def test_gradients_match_finite_differences(kind, in_shape, entry, train):
+    rng = np.random.default_rng(1)
+    net = _network(in_shape, entry)
+    if kind == "conv" and "connections" in entry:
+        w = net.params["conv1.weight"]
+        assert np.all(w[0, 1] == 0) and np.all(w[1, 0] == 0)
+    _perturb_params(net, rng)
+    x = rng.standard_normal(in_shape)
+    if kind == "conv" and "connections" in entry:
+        mask = np.array([[1, 0, 1], [0, 1, 1]])[:, :, None, None]
+        _fd_check(net, x, train, rng)
+        assert np.all(net.grads["conv1.weight"] * (1 - mask) == 0)
+        return
+    _fd_check(net, x, train, rng)
+
+
+COMPOSITE = """
+input: [3, 8, 8]
+blocks:
+  basic:
+    args: {filters: ~, stride: 1}
+    layers:
+      - conv: {name: c1, filters: $filters, kernel: 3, stride: $stride, padding: 1, bias: false}
+      - batchnorm
+      - relu
+      - conv: {filters: $filters, kernel: 3, padding: 1}
+      - add: {inputs: [in, conv2]}
+  mix:
+    args: {a: ~}
+    layers:
+      - conv: {name: b1, filters: $a, kernel: 1}
+      - conv: {name: b2, input: in, filters: $a * 2, kernel: 3, padding: 1}
+      - maxpool: {name: b3, input: in, kernel: 3, stride: 1, padding: 1}
+      - concat: {inputs: [b1, b2, b3]}
+layers:
+  - conv: {filters: 4, kernel: 3, padding: 1}
+  - tanh
+  - basic: {name: layer1, filters: 4, repeat: 2}
+  - mix: {name: mix1, a: 2}
+  - avgpool: {kernel: 2}
+  - global_avgpool: {name: aux_pool, input: layer1}
+  - dense: {name: aux, units: 3, aux: 0.3}
+  - flatten: {input: avgpool1}
+  - dense: {units: 5}
+  - softmax
+"""
+
+
+def test_composite_graph_with_blocks_add_concat_and_aux_head():
+    model = spec.parse(COMPOSITE)
+    g = graph.build(model)
+    assert g["mix1.concat1"].out_shape == (10, 8, 8)
+    assert g.aux_outputs == {"aux": 0.3}
+    net = Network(g, dtype="float64", seed=3)
+    rng = np.random.default_rng(0)
+    _perturb_params(net, rng)
+    x = rng.standard_normal((2, 3, 8, 8))
+    # BatchNorm in inference mode keeps the energy a fixed function of the parameters.
+    _fd_check(net, x, train=False, rng=rng, tol=1e-5)
+    inference = Network(graph.build(model, aux=False), dtype="float64", seed=3)
+    assert "aux" not in {n.name for n in inference.graph.nodes}
+
+
+def test_composite_loss_includes_weighted_aux_head_and_fused_softmax():
+    net = Network(graph.build(spec.parse(COMPOSITE)), dtype="float64", seed=4)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 3, 8, 8))
+    target = np.array([0, 2, 1])
+    loss = losses.get("cross_entropy")
+    value, out = net.loss_and_backward(x, target, loss, train=True)
+    logits_main = net.values["dense2"]
+    logits_aux = net.values["aux"]
+    expect = (losses.softmax_cross_entropy(logits_main, target)[0]
+              + 0.3 * losses.softmax_cross_entropy(logits_aux, target)[0])
+    assert value == pytest.approx(expect, rel=1e-12)
+    assert np.allclose(out.sum(axis=1), 1.0)
+    # The parameters of the aux head get gradients while training, none at inference.
+    assert np.abs(net.grads["aux.weight"]).sum() > 0
+    net.loss_and_backward(x, target, loss, train=False)
+    assert np.abs(net.grads["aux.weight"]).sum() == 0
+
+
+def test_float32_agrees_with_float64():
+    model = spec.parse(COMPOSITE)
+    n64 = Network(graph.build(model), dtype="float64", seed=5)
+    n32 = Network(graph.build(model), dtype="float32", seed=5)
+    for k in n64.params:
+        n32.params[k][...] = n64.params[k]
+    x = np.random.default_rng(3).standard_normal((4, 3, 8, 8))
+    target = np.array([0, 1, 2, 1])
+    loss = losses.get("cross_entropy")
+    l64, _ = n64.loss_and_backward(x, target, loss)
+    l32, _ = n32.loss_and_backward(x.astype(np.float32), target, loss)
+    assert l32 == pytest.approx(l64, rel=1e-5)
+    for k, g in n64.grads.items():
+        assert np.allclose(n32.grads[k], g, rtol=1e-3, atol=1e-5 * max(1.0, np.abs(g).max())), k
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "bce", "mse"])
+@pytest.mark.parametrize("target_kind", ["index", "vector"])
+def test_loss_gradients_match_finite_differences(name, target_kind):
+    rng = np.random.default_rng(7)
+    o = rng.uniform(0.05, 0.95, size=(3, 4))
+    target = np.array([1, 0, 3]) if target_kind == "index" else rng.uniform(0, 1, size=(3, 4))
+    fn = losses.get(name).fn
+    _, g = fn(o, target)
+    eps = 1e-6
+    for idx in np.ndindex(o.shape):
+        up, down = o.copy(), o.copy()
+        up[idx] += eps
+        down[idx] -= eps
+        num = (fn(up, target)[0] - fn(down, target)[0]) / (2 * eps)
+        assert num == pytest.approx(g[idx], rel=1e-6, abs=1e-9)
+
+
+def test_fused_cross_entropy_is_stable_for_huge_logits():
+    logits = np.array([[1000.0, 0.0, -1000.0]])
+    value, g = losses.softmax_cross_entropy(logits, np.array([2]))
+    assert value == pytest.approx(2000.0)
+    assert np.all(np.isfinite(g))
+
+
+def test_bce_is_the_lectures_formula():
+    o = np.array([[0.2698, 0.3223, 0.4078]])
+    value, _ = losses.binary_cross_entropy(o, np.array([[1.0, 0.0, 0.0]]))
+    assert value == pytest.approx(-(np.log(0.2698) + np.log(1 - 0.3223) + np.log(1 - 0.4078)))
+
+
+def _reference_sgd(p, grads, lr, momentum, nesterov, wd):
+    p, buf = p.copy(), None
+    for g in grads:
+        g = g + wd * p
+        if momentum:
+            buf = g.copy() if buf is None else momentum * buf + g
+            g = g + momentum * buf if nesterov else buf
+        p = p - lr * g
+    return p
+
+
+@pytest.mark.parametrize("momentum,nesterov,wd", [(0.0, False, 0.0), (0.9, False, 0.0), (0.9, True, 1e-2)])
+def test_sgd_follows_pytorchs_rule_and_its_state_round_trips(momentum, nesterov, wd):
+    rng = np.random.default_rng(0)
+    p0 = rng.standard_normal((3, 2))
+    grads = [rng.standard_normal((3, 2)) for _ in range(4)]
+    p = {"w": p0.copy()}
+    opt = optim.make("sgd", p, lr=0.1, momentum=momentum, nesterov=nesterov, weight_decay=wd)
+    for g in grads[:2]:
+        opt.step({"w": g})
+    # Resume in a fresh optimizer from the saved state: same result as running on.
+    state = {k: v.copy() for k, v in opt.state_dict().items()}
+    p2 = {"w": p["w"].copy()}
+    opt2 = optim.make("sgd", p2, lr=0.1, momentum=momentum, nesterov=nesterov, weight_decay=wd)
+    opt2.load_state_dict(state)
+    for g in grads[2:]:
+        opt.step({"w": g})
+        opt2.step({"w": g})
+    expect = _reference_sgd(p0, grads, 0.1, momentum, nesterov, wd)
+    assert np.allclose(p["w"], expect) and np.array_equal(p["w"], p2["w"])
+
+
+def test_adam_matches_its_definition():
+    rng = np.random.default_rng(1)
+    p0 = rng.standard_normal(5)
+    grads = [rng.standard_normal(5) for _ in range(3)]
+    p = {"w": p0.copy()}
+    opt = optim.make("adam", p, lr=0.01)
+    m = v = np.zeros(5)
+    q = p0.copy()
+    for t, g in enumerate(grads, 1):
+        opt.step({"w": g})
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        q = q - 0.01 * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+    assert np.allclose(p["w"], q)
+
+
+def test_batchnorm_running_statistics_follow_pytorch():
+    net = _network((6, 2), "batchnorm: {momentum: 0.1}")
+    x = np.random.default_rng(0).standard_normal((6, 2)) * 3 + 1
+    net.forward(x, train=True)
+    assert np.allclose(net.buffers["batchnorm1.running_mean"], 0.1 * x.mean(axis=0))
+    assert np.allclose(net.buffers["batchnorm1.running_var"], 0.9 + 0.1 * x.var(axis=0, ddof=1))
+    assert "batchnorm1.running_mean" not in net.params
+
+
+def test_inline_init_sets_the_lectures_weights():
+    net = Network(graph.build(spec.load("slide-mlp")), dtype="float64")
+    assert np.array_equal(net.params["h1.weight"], [[0.1, 0.2, 0.3], [0.3, 0.2, 0.7], [0.4, 0.3, 0.9]])
+    assert np.array_equal(net.params["o.bias"], [1.0, 1.0, 1.0])
+    y = net.forward(np.array([[0.1, 0.2, 0.7]]))
+    # Slides 5–7 print h1 = [1.35 1.27 1.8], h2_in = [2.73 2.76 4.001], o_in = [1.8658 2.2292 2.8204].
+    assert np.allclose(net.values["h1"], [[1.35, 1.27, 1.8]])
+    assert np.allclose(net.values["h2"], [[2.731, 2.76, 4.004]])
+    assert np.allclose(net.values["o"], [[1.8658, 2.2292, 2.8204]], atol=5e-3)
+    # Slide 7's softmax [0.2698 0.3223 0.4078] is a slip: softmax(o_in) is this.
+    e = np.exp(net.values["o"])
+    assert np.allclose(y, e / e.sum()) and np.allclose(y, [[0.1984, 0.2854, 0.5162]], atol=1e-3)
