@@ -17,7 +17,7 @@ import ast
 import difflib
 import operator
 from dataclasses import dataclass, field
-from importlib import resources
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -97,11 +97,13 @@ class ModelSpec:
 
 def builtin_dir() -> Path:
     """The folder of built-in model files: package data when installed, ``models/`` in a source tree."""
-    try:
-        return Path(str(resources.files("cnncli.models")))
-    except ModuleNotFoundError:
-        # Running from a source checkout that was not installed: models/ sits beside cnncli/.
-        return Path(__file__).resolve().parent.parent / "models"
+    # models/ holds no Python, so it installs as a namespace package: ask the import system where it is.
+    found = importlib.util.find_spec("cnncli.models")
+    for location in (found.submodule_search_locations or []) if found else []:
+        if Path(location).is_dir():
+            return Path(location)
+    # Running from a source checkout that was not installed: models/ sits beside cnncli/.
+    return Path(__file__).resolve().parent.parent / "models"
 
 
 def builtin_names() -> list[str]:
