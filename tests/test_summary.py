@@ -1,0 +1,367 @@
+"""``cnncli summarize`` and ``cnncli models``: exact counts of every built-in model, folding,
+other input sizes, the JSON contract, golden tables and the command line.
+
+The expected numbers are torchvision's (checked against hand-written torch
+models outside this repository) and the lecture's; nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from cnncli import spec
+from cnncli.cli import app, main
+from cnncli.errors import CnnError, ShapeError, SpecError, UsageError
+from cnncli.render import summary as render
+from cnncli.summary import Summary, builtin_models, summarize
+
+GOLDEN = Path(__file__).parent / "golden"
+
+# name: (total params, trainable params, exact MACs, the issue's MAC figure or None)
+EXPECTED = {
+    "lenet5": (61_706, 61_706, 416_520, 416_520),
+    "lenet5-1998": (60_840, 60_000, 326_520, None),
+    "alexnet": (61_100_840, 61_100_840, 714_188_480, 0.714e9),
+    "alexnet-2012": (60_965_224, 60_965_224, 724_406_816, None),
+    "vgg16": (138_357_544, 138_357_544, 15_470_264_320, 15.47e9),
+    "resnet18": (11_689_512, 11_689_512, 1_814_073_344, 1.81e9),
+    "resnet34": (21_797_672, 21_797_672, 3_663_761_408, 3.66e9),
+    "resnet50": (25_557_032, 25_557_032, 4_089_184_256, 4.09e9),
+    "googlenet": (13_004_888, 13_004_888, 1_506_748_416, None),
+    "slide-mlp": (36, 36, 27, None),
+}
+
+
+@pytest.fixture(scope="module")
+def summaries() -> dict[str, Summary]:
+    return {}
+
+
+def get(cache: dict, name: str, **kw) -> Summary:
+    key = (name, tuple(sorted(kw.items())))
+    if key not in cache:
+        cache[key] = summarize(name, **kw)
+    return cache[key]
+
+
+def render_text(s: Summary, fmt: str = "table", depth: int | None = None, width: int = 100) -> str:
+    buf = io.StringIO()
+    console = Console(file=buf, width=width, color_system=None, force_terminal=False,
+                      force_jupyter=False, highlight=False, soft_wrap=False, emoji=False)
+    render.show_summary(s, fmt, depth, console)
+    return buf.getvalue()
+
+
+# --- counts -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_counts_of_every_builtin_model(name, summaries):
+    total, trainable, macs, lecture_macs = EXPECTED[name]
+    s = get(summaries, name)
+    assert s.total_params == total
+    assert s.trainable_params == trainable
+    assert s.non_trainable_params == total - trainable
+    assert s.macs == macs
+    if lecture_macs is not None:
+        assert abs(s.macs - lecture_macs) <= 0.01 * lecture_macs
+    # the rows add up to the totals, whatever the folding
+    for depth in (None, 0, 1):
+        rows = s.rows(depth)
+        assert sum(r.params for r in rows) == total
+        assert sum(r.macs for r in rows) == macs
+
+
+def test_googlenet_with_and_without_auxiliary_heads(summaries):
+    with_aux = get(summaries, "googlenet")
+    without = get(summaries, "googlenet", aux=False)
+    assert with_aux.total_params == 13_004_888
+    assert without.total_params == without.trainable_params == 6_624_904
+    assert without.macs == 1_498_376_192
+    assert abs(without.macs - 1.50e9) <= 0.01 * 1.50e9
+    assert set(with_aux.aux_outputs) == {"aux1.fc2", "aux2.fc2"} and without.aux_outputs == {}
+    assert with_aux.aux_params == 13_004_888 - 6_624_904
+    assert not any(r.name.startswith("aux") for r in without.layers)
+    assert all(r.aux for r in with_aux.layers if r.name.startswith("aux"))
+
+
+def test_lenet5_1998_is_the_papers_network(summaries):
+    s = get(summaries, "lenet5-1998")
+    params = {r.name: r.params for r in s.layers}
+    assert params["c1"] == 156 and params["s2"] == 12 and params["c3"] == 1516
+    assert params["s4"] == 32 and params["c5"] == 48_120 and params["f6"] == 10_164
+    assert params["output"] == 840 and not s.layers[-1].trainable
+
+
+def test_batchnorm_running_statistics_are_not_parameters(summaries):
+    s = get(summaries, "resnet18")
+    # running mean and variance: as many numbers as each batch norm's scale and shift
+    assert s.buffers == sum(r.params for r in s.layers if r.type == "batchnorm") == 9_600
+
+
+def test_models_lists_every_builtin_model():
+    infos = {i.name: i for i in builtin_models()}
+    assert set(EXPECTED) <= set(infos)
+    assert set(infos) == set(spec.builtin_names())
+    for name, (total, trainable, macs, _) in EXPECTED.items():
+        i = infos[name]
+        assert (i.params, i.trainable_params, i.macs) == (total, trainable, macs)
+    for i in infos.values():
+        assert i.description and "\n" not in i.description
+        assert i.input
+
+
+def test_every_builtin_file_documents_its_reference():
+    for name in spec.builtin_names():
+        path = spec.resolve(name)
+        text = path.read_text(encoding="utf-8")
+        assert text.startswith("#"), f"{name}: starts without a comment on what its counts follow"
+        m = spec.load(name)
+        assert m.description and m.reference and m.classes, name
+
+
+# --- memory ------------------------------------------------------------------------------
+
+def test_memory_is_float32_and_scales_with_the_batch(summaries):
+    one = get(summaries, "lenet5")
+    eight = get(summaries, "lenet5", batch=8)
+    assert one.param_bytes == 61_706 * 4
+    outputs = sum(math.prod(r.output_shape) for r in one.layers)
+    assert one.activation_bytes == 2 * outputs * 4
+    assert eight.activation_bytes == 8 * one.activation_bytes
+    assert eight.input_bytes == 8 * 28 * 28 * 4
+    with pytest.raises(UsageError):
+        summarize("lenet5", batch=0)
+
+
+# --- depth ------------------------------------------------------------------------------
+
+def test_depth_folds_blocks(summaries):
+    s = get(summaries, "resnet18")
+    top = s.rows(0)
+    assert [r.name for r in top] == ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3",
+                                     "layer4", "avgpool", "fc"]
+    layer1 = top[4]
+    assert layer1.type == "basic ×2" and layer1.output_shape == (64, 56, 56)
+    assert layer1.params == 2 * 73_984 and layer1.folded == 14
+    assert top[5].type == "basic_down, basic" and top[7].output_shape == (512, 7, 7)
+    one = [r.name for r in s.rows(1)]
+    assert one[4:6] == ["layer1.0", "layer1.1"] and "layer2.0" in one and "layer2" not in one
+    assert s.rows(1)[4].type == "basic"
+    every = s.rows(None)
+    assert len(every) == len(s.layers) == len(s.rows(5))
+    assert "layer2.0.downsample.0" in [r.name for r in every]
+    with pytest.raises(UsageError):
+        s.rows(-1)
+
+
+def test_depth_folds_inception_branches(summaries):
+    s = get(summaries, "googlenet")
+    top = {r.name: r for r in s.rows(0)}
+    assert top["inception3a"].type == "inception" and top["inception3a"].output_shape == (256, 28, 28)
+    assert top["aux1"].type == "inception_aux" and top["aux1"].aux
+    assert top["conv1"].type == "basic_conv"
+    one = {r.name: r for r in s.rows(1)}
+    assert one["inception3a.branch2"].type == "basic_conv ×2"
+    assert one["inception3a.branch4"].type == "maxpool, basic_conv"
+    assert one["inception3a.branch3"].output_shape == (32, 28, 28)
+    two = [r.name for r in s.rows(2)]
+    assert "inception3a.branch2.1" in two and "inception3a.branch2.1.conv" not in two
+
+
+def test_rendered_table_shows_group_headers_when_unfolded(summaries):
+    text = render_text(get(summaries, "resnet18"), depth=1)
+    lines = text.splitlines()
+    header = next(line for line in lines if line.split()[:1] == ["layer1"])
+    assert "basic ×2" in header and "73,984" not in header
+    assert any(line.strip().startswith("layer1.0") and "73,984" in line for line in lines)
+
+
+# --- other input sizes ------------------------------------------------------------------------
+
+def test_input_changes_shapes_and_macs(summaries):
+    base = get(summaries, "resnet18")
+    small = get(summaries, "resnet18", input_size="3x64x64")
+    shapes = {r.name: r.output_shape for r in small.layers}
+    assert small.input == (3, 64, 64) and small.model_input == (3, 224, 224)
+    assert shapes["conv1"] == (64, 32, 32) and shapes["layer4.1.relu2"] == (512, 2, 2)
+    assert small.total_params == base.total_params
+    assert small.macs < base.macs / 10
+    assert "3×64×64" in render_text(small, depth=0)
+
+
+def test_adaptive_pooling_keeps_vgg_and_alexnet_working_at_other_sizes():
+    vgg = summarize("vgg16", input_size="3x32x32")
+    assert vgg.total_params == 138_357_544 and vgg.macs < 15.47e9
+    assert summarize("alexnet", input_size="3x256x256").total_params == 61_100_840
+
+
+def test_too_small_input_names_the_layer():
+    with pytest.raises(ShapeError) as err:
+        summarize("vgg16", input_size="3x16x16")
+    assert "'pool5'" in str(err.value) and "3×16×16" in str(err.value)
+    with pytest.raises(ShapeError) as err:
+        summarize("alexnet", input_size="3x32x32")
+    assert "alexnet.yaml" in str(err.value)
+
+
+def test_input_that_would_change_the_weights_names_the_layer():
+    # LeNet-5 has no adaptive pooling: another size changes what c5 receives
+    with pytest.raises(ShapeError) as err:
+        summarize("lenet5", input_size="1x32x32")
+    assert "'c5'" in str(err.value) and "576" in str(err.value) and "400" in str(err.value)
+    # a different number of channels changes the first convolution's weights
+    with pytest.raises(ShapeError) as err:
+        summarize("resnet18", input_size="1x224x224")
+    assert "'conv1'" in str(err.value)
+    with pytest.raises(ShapeError) as err:
+        summarize("lenet5", input_size="784")
+    assert "'c1'" in str(err.value)
+
+
+def test_malformed_input_size_is_a_usage_error():
+    with pytest.raises(UsageError) as err:
+        summarize("lenet5", input_size="28 by 28")
+    assert "--input" in str(err.value)
+
+
+# --- output formats ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("depth", [None, 0])
+def test_json_contract(depth, summaries):
+    s = get(summaries, "googlenet")
+    doc = json.loads(render_text(s, "json", depth))
+    for key, kind in (("model", str), ("input", list), ("total_params", int), ("trainable_params", int),
+                      ("non_trainable_params", int), ("macs", int), ("layers", list)):
+        assert isinstance(doc[key], kind), key
+    assert doc["model"] == "googlenet" and doc["input"] == [3, 224, 224]
+    assert doc["total_params"] == 13_004_888 and doc["non_trainable_params"] == 0
+    assert doc["macs"] == 1_506_748_416
+    for layer in doc["layers"]:
+        assert set(layer) == {"name", "type", "output_shape", "params", "macs"}
+        assert isinstance(layer["name"], str) and isinstance(layer["type"], str)
+        assert isinstance(layer["params"], int) and isinstance(layer["macs"], int)
+        assert all(isinstance(d, int) for d in layer["output_shape"])
+    assert sum(layer["params"] for layer in doc["layers"]) == doc["total_params"]
+    names = [layer["name"] for layer in doc["layers"]]
+    assert ("inception3a" in names) == (depth == 0)
+    assert doc["layers"][0]["type"] == ("basic_conv" if depth == 0 else "conv")
+
+
+def test_markdown(summaries):
+    text = render_text(get(summaries, "lenet5-1998"), "markdown")
+    assert "| Layer | Type | Output shape | Params | MACs |" in text
+    assert "| `c3` | conv 5×5, sparse 60/96 | 16×10×10 | 1,516 | 150,000 |" in text
+    assert "| Trainable params | 60,000 |" in text and "| Non-trainable params | 840 |" in text
+
+
+def test_unknown_format_is_a_usage_error(summaries):
+    with pytest.raises(UsageError):
+        render_text(get(summaries, "lenet5"), "yaml")
+
+
+def test_models_table_and_json():
+    infos = builtin_models()
+    buf = io.StringIO()
+    render.show_models(infos, "json", Console(file=buf, width=100, color_system=None))
+    doc = json.loads(buf.getvalue())
+    assert {d["name"]: d["params"] for d in doc}["vgg16"] == 138_357_544
+    buf = io.StringIO()
+    render.show_models(infos, "table", Console(file=buf, width=120, color_system=None))
+    text = buf.getvalue()
+    for name, (total, *_rest) in EXPECTED.items():
+        assert name in text and f"{total:,}" in text
+
+
+# --- golden files -------------------------------------------------------------------------
+
+def _normalise(text: str) -> str:
+    return "\n".join(line.rstrip() for line in text.splitlines()).strip("\n") + "\n"
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet18"])
+def test_golden_table(name, summaries, update_golden):
+    text = _normalise(render_text(get(summaries, name), "table", None, width=100))
+    path = GOLDEN / f"summarize-{name}.txt"
+    if update_golden:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    assert path.is_file(), f"{path} is missing; run pytest --update-golden"
+    assert text == _normalise(path.read_text(encoding="utf-8")), (
+        f"the rendered table of {name} changed; if that is intended, run pytest --update-golden "
+        "(or CNNCLI_UPDATE_GOLDEN=1) and review the diff")
+
+
+# --- the command line -------------------------------------------------------------------------
+
+runner = CliRunner()
+
+
+def test_cli_summarize():
+    result = runner.invoke(app, ["summarize", "lenet5"])
+    assert result.exit_code == 0, result.output
+    assert "61,706" in result.output and "416,520" in result.output and "c3" in result.output
+
+
+def test_cli_summarize_json_with_input_and_depth():
+    result = runner.invoke(app, ["summarize", "resnet18", "--input", "3x64x64", "--depth", "0",
+                                 "--format", "json", "--batch", "4"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["input"] == [3, 64, 64] and doc["total_params"] == 11_689_512
+    assert [layer["name"] for layer in doc["layers"]][4] == "layer1"
+
+
+def test_cli_no_aux_and_markdown():
+    result = runner.invoke(app, ["summarize", "googlenet", "--no-aux", "--format", "markdown", "--depth", "0"])
+    assert result.exit_code == 0, result.output
+    assert "6,624,904" in result.output and "aux1" not in result.output
+
+
+def test_cli_models():
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0, result.output
+    assert "vgg16" in result.output and "138,357,544" in result.output
+
+
+def test_cli_unknown_model_exits_2_with_a_message(capsys):
+    result = runner.invoke(app, ["summarize", "vgg61"])
+    assert isinstance(result.exception, SpecError) and result.exception.exit_code == 2
+    assert "unknown model 'vgg61'" in str(result.exception)
+    # the real entry point turns it into exit status 2 and a one-line message
+    with pytest.raises(SystemExit) as exit_:
+        main(["summarize", "vgg61"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'vgg61' — did you mean 'vgg16'?" in err and "Traceback" not in err
+
+
+def test_cli_too_small_input_exits_2(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["summarize", "vgg16", "--input", "3x16x16"])
+    assert exit_.value.code == 2
+    assert "pool5" in capsys.readouterr().err
+
+
+def test_summarize_imports_no_engine():
+    # a summary is shape inference only: no Numba, no layers, no kernels
+    assert isinstance(summarize("lenet5"), Summary)
+    code = ("import sys\nfrom cnncli.cli import main\n"
+            "try:\n    main(['summarize', 'googlenet'])\nexcept SystemExit:\n    pass\n"
+            "bad = [m for m in ('numba', 'cnncli.layers', 'cnncli.kernels', 'cnncli.network') if m in sys.modules]\n"
+            "print('LOADED', bad) if bad else print('CLEAN')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("CLEAN"), out[-300:]
+
+
+def test_errors_are_cnn_errors():
+    for exc in (ShapeError, SpecError, UsageError):
+        assert issubclass(exc, CnnError)
