@@ -492,7 +492,8 @@ class _Parser:
         last = start[0]
         for r in range(repeat):
             inst = instance if repeat == 1 else f"{instance}.{r}"
-            inner = _Scope(prefix=inst + ".", input_name=last, path=scope.path + (inst,),
+            path = scope.path + ((instance, inst) if repeat > 1 else (inst,))
+            inner = _Scope(prefix=inst + ".", input_name=last, path=path,
                            where=f"{where[:-1]} '{inst}') → ")
             inner.last = last
             try:

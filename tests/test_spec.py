@@ -64,7 +64,7 @@ layers:
     names = [n.name for n in m.nodes]
     assert names[:3] == ["layer1.0.conv1", "layer1.0.conv2", "layer1.0.conv3"]
     assert names[3] == "layer1.1.conv1" and m.nodes[3].inputs == ("layer1.0.conv3",)
-    assert m.nodes[3].scope == ("layer1.1",)
+    assert m.nodes[3].scope == ("layer1", "layer1.1")
     assert names[6] == "bottleneck2.conv1" and m.nodes[6].inputs == ("layer1.1.conv3",)
     g = graph.build(m)
     assert g.output_shape == (12, 4, 4)
