@@ -1,0 +1,425 @@
+"""``cnncli backprop-trace``: the numbers against finite differences and the slides' formulas, the tables
+against golden files, and every user mistake as exit status 2.
+
+Golden files live in ``tests/golden/trace_*.txt``; ``pytest --update-golden`` (or
+``CNNCLI_UPDATE_GOLDEN=1``) rewrites them from the current output.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from cnncli import cli, graph, losses, slides, spec, trace
+from cnncli.errors import CheckpointError, UsageError
+from cnncli.network import Network
+from cnncli.render import trace as render
+
+GOLDEN = Path(__file__).parent / "golden"
+
+SMALL_CNN = """
+name: small-cnn
+input: [2, 6, 6]
+classes: 3
+loss: cross_entropy
+layers:
+  - conv: {filters: 3, kernel: 3, padding: 1}
+  - relu
+  - maxpool: {kernel: 2}
+  - conv: {filters: 4, kernel: 2, bias: false}
+  - tanh
+  - avgpool: {kernel: 2}
+  - flatten
+  - dense: {units: 3}
+  - softmax
+"""
+
+
+# ---------------------------------------------------------------------------- helpers
+
+def _energy(model: str, loss_name: str, x: np.ndarray, y: np.ndarray):
+    """E(params, x) of a fresh float64 network, as the engine defines it (fused softmax included)."""
+    net = Network(graph.build(spec.load(model)), dtype="float64", seed=0)
+    loss = losses.get(loss_name)
+
+    def energy() -> float:
+        net.forward(x, train=True)
+        node = net.graph[net.graph.output]
+        source = node.inputs[0] if loss.fuses_softmax and node.kind == "softmax" else node.name
+        return loss.fn(net.values[source], y)[0]
+
+    return net, energy
+
+
+def _numeric(arr: np.ndarray, idx, energy, eps: float = 1e-6) -> float:
+    old = arr[idx]
+    arr[idx] = old + eps
+    up = energy()
+    arr[idx] = old - eps
+    down = energy()
+    arr[idx] = old
+    return (up - down) / (2 * eps)
+
+
+def _render(result, width: int = 100) -> str:
+    out = io.StringIO()
+    console = Console(file=out, width=width, color_system=None, highlight=False, soft_wrap=False)
+    render.show(result, "table", console)
+    return out.getvalue()
+
+
+def _golden(name: str, text: str, request) -> None:
+    path = GOLDEN / f"trace_{name}.txt"
+    update = (os.environ.get("CNNCLI_UPDATE_GOLDEN") == "1"
+              or request.config.getoption("--update-golden", default=False))
+    if update or not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        if not update:
+            pytest.fail(f"{path} did not exist and was written; check it and run again")
+    assert text == path.read_text(encoding="utf-8"), (
+        f"{path.name} differs from the output; if the change is intended, run "
+        "pytest --update-golden (or CNNCLI_UPDATE_GOLDEN=1) and review the diff")
+
+
+def _csv(a: np.ndarray) -> str:
+    return ",".join(repr(float(v)) for v in a.ravel())
+
+
+def _exit(argv: list[str], capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    return e.value.code, capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- the worked example
+
+@pytest.mark.parametrize("loss_name", ["bce", "cross_entropy", "mse"])
+def test_worked_example_gradients_match_finite_differences(loss_name):
+    t = trace.run("slide-mlp", loss={"cross_entropy": "ce"}.get(loss_name, loss_name))
+    assert t.loss_name == loss_name
+    x, y = t.x[None], t.target[None]
+    net, energy = _energy("slide-mlp", loss_name, x, y)
+    assert t.loss == pytest.approx(energy(), rel=1e-14)
+    for layer in t.layers:
+        w, b = net.params[f"{layer.name}.weight"], net.params[f"{layer.name}.bias"]
+        assert np.array_equal(layer.weight, w)
+        for idx in np.ndindex(w.shape):
+            assert layer.grad_weight[idx] == pytest.approx(_numeric(w, idx, energy), rel=1e-6, abs=1e-9)
+        for idx in np.ndindex(b.shape):
+            assert layer.grad_bias[idx] == pytest.approx(_numeric(b, idx, energy), rel=1e-6, abs=1e-9)
+    # ∂E/∂x, the gradient the first layer passes back to the input.
+    x = x.copy()
+    net, energy = _energy("slide-mlp", loss_name, x, y)
+    for i in range(x.shape[1]):
+        assert t.layers[0].grad_x[i] == pytest.approx(_numeric(x, (0, i), energy), rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize("loss_name", ["bce", "ce", "mse"])
+def test_worked_example_factors_multiply_out_to_the_engines_gradients(loss_name):
+    t = trace.run("slide-mlp", loss=loss_name)
+    for n, layer in enumerate(t.layers):
+        # ∂E/∂in = Jᵀ·∂E/∂out: with the fused cross-entropy, the table's unfused factors give the fused gradient.
+        assert np.allclose(layer.jacobian.T @ layer.grad_out, layer.grad_in, rtol=1e-12, atol=1e-15)
+        assert np.allclose(np.outer(layer.x, layer.grad_in), layer.grad_weight, rtol=1e-12, atol=1e-15)
+        assert np.allclose(layer.weight @ layer.grad_in, layer.grad_x, rtol=1e-12, atol=1e-15)
+        assert np.allclose(layer.new_weight, layer.weight - t.lr * layer.grad_weight, rtol=0, atol=1e-15)
+        assert np.allclose(layer.new_bias, layer.bias - t.lr * layer.grad_bias, rtol=0, atol=1e-15)
+        if layer.elementwise:
+            # The slides' three-factor product is exact for an elementwise activation.
+            three = layer.grad_out[None, :] * np.diag(layer.jacobian)[None, :] * layer.x[:, None]
+            assert np.allclose(three, layer.grad_weight, rtol=1e-12, atol=1e-15)
+        if n + 1 < len(t.layers):
+            assert np.array_equal(t.layers[n + 1].x, layer.out)
+    out = t.layers[-1]
+    assert out.activation == "softmax" and not out.elementwise
+    p = out.out
+    assert np.allclose(out.jacobian, np.diag(p) - np.outer(p, p), atol=1e-15)
+    assert t.terms.sum() == pytest.approx(t.loss, rel=1e-12)
+
+
+def test_worked_example_is_the_lectures_and_named_as_on_the_slides():
+    t = trace.run()
+    g = slides.load_slides().given
+    assert t.model == "slide-mlp" and t.loss_name == "bce" and t.lr == g.lr
+    assert np.array_equal(t.x, g.x) and np.array_equal(t.target, g.y)
+    assert [layer.weight.tolist() for layer in t.layers] == [g.W_ij.tolist(), g.W_jk.tolist(), g.W_kl.tolist()]
+    assert [layer.rows + layer.cols for layer in t.layers] == ["ij", "jk", "kl"]
+    assert [layer.activation for layer in t.layers] == ["relu", "sigmoid", "softmax"]
+    # The forward values the slides print where they are right (slide 5: 1.35, 1.27, 1.8).
+    assert np.allclose(t.layers[0].z, [1.35, 1.27, 1.8], atol=1e-15)
+
+
+def test_steps_show_the_error_falling_and_keep_the_first_steps_tables():
+    one = trace.run()
+    many = trace.run(steps=5)
+    errors = [s.loss for s in many.steps]
+    assert [s.step for s in many.steps] == list(range(6))
+    assert errors[0] == one.loss and all(b < a for a, b in zip(errors, errors[1:]))
+    assert one.steps[1].loss == pytest.approx(errors[1], rel=1e-14)
+    for a, b in zip(one.layers, many.layers):
+        assert np.array_equal(a.new_weight, b.new_weight)
+
+
+def test_compare_slides_has_an_exact_value_for_every_printed_number():
+    t = trace.run(compare_slides=True)
+    data = slides.load_slides()
+    exact = trace.slide_exact(t)
+    assert {r.id for r in data.records} <= set(exact)
+    assert len(t.slides) == len(data.records)
+    assert all(math.isfinite(c.exact) for c in t.slides)
+    by_id = {c.step: c for c in t.slides}
+    # Spot checks against the engine's own records: the error and the output layer's δW.
+    assert by_id["E"].exact == t.loss
+    assert by_id["dW_kl[1,1]"].exact == t.layers[2].grad_weight[0, 0]
+    assert by_id["W_ij_new[3,3]"].exact == t.layers[0].new_weight[2, 2]
+    assert by_id["dout_din[2]"].exact == t.layers[2].jacobian[1, 1]
+    assert by_id["dE_dh2out[1]"].exact == t.layers[2].grad_x[0]
+    assert by_id["dE_dh2out_term[1,2]"].exact == pytest.approx(0.4 * t.layers[2].grad_in[1], rel=1e-15)
+    assert by_id["dh1out_dh1in[1]"].exact == 1.0
+    # slide 6 prints 4.001 for 1.35·0.5 + 1.27·0.7 + 1.8·0.8 + 1 = 4.004: a slip, at any precision.
+    first = next(c for c in t.slides if c.step == "h2_in[3]")
+    assert first.slide == 6 and not first.match and first.reason
+    assert t.slips and all(line.startswith("slide ") for line in t.slips)
+    d = json.loads(json.dumps(render._json_safe(t.to_dict())))
+    assert set(d["slides"][0]) >= {"step", "slide", "recomputed", "exact", "match", "reason"}
+
+
+def test_worked_example_json_holds_the_promised_fields(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["backprop-trace", "--format", "json", "--steps", "2"])
+    assert e.value.code == 0
+    d = json.loads(capsys.readouterr().out)
+    assert isinstance(d["loss"], float)
+    assert [layer["name"] for layer in d["layers"]] == ["h1", "h2", "o"]
+    for layer in d["layers"]:
+        for key in ("weight", "grad_weight", "new_weight"):
+            assert np.asarray(layer[key]).shape == (3, 3)
+        for key in ("bias", "grad_bias"):
+            assert np.asarray(layer[key]).shape == (3,)
+    assert [s["step"] for s in d["steps"]] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("argv,mode", [
+    (["slide-conv"], "conv"), (["slide-maxpool"], "maxpool"), (["slide-avgpool"], "avgpool"),
+    (["SMALL"], "network"),
+])
+def test_json_in_every_mode(argv, mode, tmp_path, capsys):
+    model, _ = _small_cnn(tmp_path)
+    argv = [model if a == "SMALL" else a for a in argv]
+    with pytest.raises(SystemExit) as e:
+        cli.main(["backprop-trace", *argv, "--format", "json", "--dump", str(tmp_path / "g.npz")])
+    assert e.value.code == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["mode"] == mode and d["dump"] == str(tmp_path / "g.npz")
+    with np.load(tmp_path / "g.npz") as f:
+        assert "act_grad.input" in f.files
+    if mode == "conv":
+        assert np.asarray(d["grad_filter"]).shape == (2, 2) and len(d["grad_filter_sums"]) == 4
+    elif mode == "network":
+        assert d["layers"][-1]["name"] == "input" and isinstance(d["loss"], float)
+    else:
+        assert len(d["shares"]) == 16
+
+
+# ---------------------------------------------------------------- convolution and pooling
+
+def test_conv_example_spells_slides_26_and_27():
+    t = trace.run("slide-conv")
+    text = [f"{s.lhs} = " + " + ".join(f"{p.a}·{p.b}" for p in s.terms) for s in t.forward]
+    assert text == ["O11 = F11·X11 + F12·X12 + F21·X21 + F22·X22",
+                    "O12 = F11·X12 + F12·X13 + F21·X22 + F22·X23",
+                    "O21 = F11·X21 + F12·X22 + F21·X31 + F22·X32",
+                    "O22 = F11·X22 + F12·X23 + F21·X32 + F22·X33"]
+    grads = [f"{s.lhs} = " + " + ".join(f"{p.a} {p.b}" for p in s.terms) for s in t.filter_sums]
+    assert grads == ["∂E/∂F11 = ∂E/∂O11 X11 + ∂E/∂O12 X12 + ∂E/∂O21 X21 + ∂E/∂O22 X22",
+                     "∂E/∂F12 = ∂E/∂O11 X12 + ∂E/∂O12 X13 + ∂E/∂O21 X22 + ∂E/∂O22 X23",
+                     "∂E/∂F21 = ∂E/∂O11 X21 + ∂E/∂O12 X22 + ∂E/∂O21 X31 + ∂E/∂O22 X32",
+                     "∂E/∂F22 = ∂E/∂O11 X22 + ∂E/∂O12 X23 + ∂E/∂O21 X32 + ∂E/∂O22 X33"]
+
+
+@pytest.mark.parametrize("n,k", [(3, 2), (5, 3), (4, 1)])
+def test_conv_example_numbers_follow_the_slides_formulas(n, k):
+    rng = np.random.default_rng(n * 10 + k)
+    x, f = rng.standard_normal((n, n)), rng.standard_normal((k, k))
+    m = n - k + 1
+    dy = rng.standard_normal((m, m))
+    t = trace.run("slide-conv", input=_csv(x), filter=_csv(f), upstream=_csv(dy))
+    o = np.array([[sum(f[a, b] * x[p + a, q + b] for a in range(k) for b in range(k)) for q in range(m)]
+                  for p in range(m)])
+    df = np.array([[sum(dy[p, q] * x[p + a, q + b] for p in range(m) for q in range(m)) for b in range(k)]
+                   for a in range(k)])
+    dx = np.zeros_like(x)
+    for p, q, a, b in np.ndindex(m, m, k, k):
+        dx[p + a, q + b] += dy[p, q] * f[a, b]
+    assert np.allclose(t.output, o, rtol=1e-12, atol=1e-12)
+    assert np.allclose(t.grad_filter, df, rtol=1e-12, atol=1e-12)
+    assert np.allclose(t.grad_input, dx, rtol=1e-12, atol=1e-12)
+    for s in t.forward + t.filter_sums + t.input_sums:
+        assert sum(p.va * p.vb for p in s.terms) == pytest.approx(s.value, rel=1e-12, abs=1e-12)
+
+
+def test_maxpool_sends_each_gradient_to_its_windows_maximum():
+    t = trace.run("slide-maxpool")
+    x, dy = t.x, t.upstream
+    expect = np.zeros_like(x)
+    for (p, q), cells in zip(np.ndindex(dy.shape), t.windows):
+        r, c = max(cells, key=lambda rc: x[rc])
+        assert cells == [(2 * p + a, 2 * q + b) for a in range(2) for b in range(2)]
+        assert t.output[p, q] == x[r, c]
+        share = np.zeros_like(x)
+        share[r, c] = 1.0
+        assert np.array_equal(t.shares[p, q], share)
+        expect[r, c] += dy[p, q]
+    assert np.array_equal(t.grad_input, expect)
+
+
+def test_avgpool_shares_each_gradient_equally():
+    t = trace.run("slide-avgpool", input=",".join(str(v) for v in range(36)), upstream=",".join("123456789"))
+    assert t.x.shape == (6, 6) and t.output.shape == (3, 3)
+    for (p, q), cells in zip(np.ndindex(t.output.shape), t.windows):
+        assert t.output[p, q] == pytest.approx(np.mean([t.x[rc] for rc in cells]))
+        for rc in cells:
+            assert t.shares[(p, q) + rc] == 0.25
+            assert t.grad_input[rc] == t.upstream[p, q] / 4
+        assert t.shares[p, q].sum() == 1.0
+
+
+# ------------------------------------------------------------------------- any network
+
+def _small_cnn(tmp_path: Path) -> tuple[str, np.ndarray]:
+    model = tmp_path / "small-cnn.yaml"
+    model.write_text(SMALL_CNN, encoding="utf-8")
+    x = np.random.default_rng(5).standard_normal((2, 6, 6))
+    np.save(tmp_path / "x.npy", x)
+    return str(model), x
+
+
+def test_dump_gradients_match_finite_differences(tmp_path):
+    model, x = _small_cnn(tmp_path)
+    dump = tmp_path / "grads.npz"
+    t = trace.run(model, input=str(tmp_path / "x.npy"), target="1", dump=dump)
+    assert t.dump == str(dump) and not list(tmp_path.glob(".*part"))
+    with np.load(dump) as f:
+        saved = {k: f[k] for k in f.files}
+    y = np.zeros((1, 3))
+    y[0, 1] = 1
+    xb = x[None].copy()
+    net, energy = _energy(model, "cross_entropy", xb, y)
+    assert set(net.params) <= set(saved)
+    assert {f"act_grad.{n.name}" for n in net.graph.nodes} - {"act_grad.softmax1"} <= set(saved)
+    rng = np.random.default_rng(0)
+    for key, p in net.params.items():
+        flat = list(np.ndindex(p.shape))
+        for i in rng.choice(len(flat), min(len(flat), 12), replace=False):
+            idx = flat[i]
+            assert saved[key][idx] == pytest.approx(_numeric(p, idx, energy), rel=1e-6, abs=1e-9), (key, idx)
+    for idx in [(0, 0, 0, 0), (0, 1, 2, 3), (0, 0, 5, 5), (0, 1, 4, 1)]:
+        assert saved["act_grad.input"][idx] == pytest.approx(_numeric(xb, idx, energy), rel=1e-6, abs=1e-9)
+
+
+def test_network_trace_rows_run_from_the_output_to_the_input(tmp_path):
+    model, _ = _small_cnn(tmp_path)
+    t = trace.run(model, input=str(tmp_path / "x.npy"), lr=0.1)
+    names = [r.name for r in t.layers]
+    assert names[0] == "softmax1" and names[-1] == "input" and names[-2] == "conv1"
+    conv = t.layers[-2]
+    assert conv.shape == (3, 6, 6)
+    assert conv.update_ratio == pytest.approx(0.1 * conv.weight_grad_norm / conv.weight_norm)
+    relu = next(r for r in t.layers if r.kind == "relu")
+    assert 0 <= relu.dead <= 1
+    assert [r.dead is None for r in t.layers if r.kind != "relu"] == [True] * (len(t.layers) - 1)
+    assert all(r.grad_norm and r.grad_norm > 0 for r in t.layers[1:])
+
+
+# ---------------------------------------------------------------------------- user errors
+
+@pytest.mark.parametrize("argv,message", [
+    (["--input", "1,2"], "gives 2 values"),
+    (["--input", "0.1,,0.7"], "empty item"),
+    (["--input", "0.1,x,0.7"], "not a number"),
+    (["--target", "3"], "out of range"),
+    (["--target", "-1"], "out of range"),
+    (["--target", "1,0"], "3 outputs"),
+    (["--target", "one"], "class index"),
+    (["--lr", "0"], "positive"),
+    (["--steps", "0"], ""),
+    (["--filter", "1,2,3,4"], "does not apply"),
+    (["--compare-slides", "--input", "0.2,0.2,0.6"], "lecture's own numbers"),
+    (["slide-conv", "--filter", "1,2,3"], "square grid"),
+    (["slide-conv", "--upstream", "1,2"], "2×2"),
+    (["slide-conv", "--input", "1,2,3,4", "--filter", "1,2,3,4,5,6,7,8,9"], "larger than the input"),
+    (["slide-maxpool", "--input", "1"], "at least 2×2"),
+    (["slide-maxpool", "--target", "1"], "does not apply"),
+    (["no-such-model"], "slide-conv"),
+])
+def test_bad_values_are_user_errors(argv, message, capsys):
+    code, err = _exit(["backprop-trace", *argv], capsys)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_bad_input_arrays_and_checkpoints_are_user_errors(tmp_path, capsys):
+    model, _ = _small_cnn(tmp_path)
+    np.save(tmp_path / "wrong.npy", np.zeros((3, 6, 6)))
+    code, err = _exit(["backprop-trace", model, "--input", str(tmp_path / "wrong.npy")], capsys)
+    assert code == 2 and "3×6×6" in err and "2×6×6" in err
+    (tmp_path / "junk.npy").write_bytes(b"not an array")
+    code, err = _exit(["backprop-trace", model, "--input", str(tmp_path / "junk.npy")], capsys)
+    assert code == 2 and "not a readable" in err
+    net = Network(graph.build(spec.load("slide-mlp")), dtype="float64")
+    state = net.state_dict()
+    state["h2.weight"] = np.zeros((3, 4))
+    np.savez(tmp_path / "other.npz", **state)
+    code, err = _exit(["backprop-trace", "--weights", str(tmp_path / "other.npz")], capsys)
+    assert code == 2 and "h2.weight" in err
+    with pytest.raises(CheckpointError):
+        trace.run(weights=tmp_path / "missing.npz")
+    with pytest.raises(UsageError, match="folder"):
+        trace.run(dump=tmp_path / "no" / "g.npz")
+
+
+def test_a_sample_out_of_range_is_a_user_error(monkeypatch, capsys):
+    from cnncli import data
+
+    monkeypatch.setattr(data, "load", lambda *a, **k: (np.zeros((4, 28, 28), np.uint8), np.arange(4)))
+    code, err = _exit(["backprop-trace", "lenet5", "--sample", "4"], capsys)
+    assert code == 2 and "out of range" in err and "0..3" in err
+    t = trace.run("lenet5", sample=2)
+    assert t.target == "class 2" and "test image 2" in t.input_source
+    code, err = _exit(["backprop-trace", "slide-mlp", "--sample", "0"], capsys)
+    assert code == 2 and "no dataset" in err
+
+
+def test_weights_load_from_a_checkpoint(tmp_path):
+    net = Network(graph.build(spec.load("slide-mlp")), dtype="float64")
+    net.params["o.weight"][...] = 0.5
+    np.savez(tmp_path / "ckpt.npz", **net.state_dict(), **{"meta.epoch": np.array(3)})
+    t = trace.run(weights=tmp_path / "ckpt.npz")
+    assert np.all(t.layers[2].weight == 0.5)
+
+
+# ------------------------------------------------------------------------------ golden
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("slide_mlp", {}),
+    ("slide_mlp_compare", {"compare_slides": True}),
+    ("slide_mlp_ce_steps", {"loss": "ce", "steps": 3}),
+    ("slide_conv", {"model": "slide-conv"}),
+    ("slide_maxpool", {"model": "slide-maxpool"}),
+    ("slide_avgpool", {"model": "slide-avgpool"}),
+])
+def test_golden_tables(name, kwargs, request):
+    _golden(name, _render(trace.run(**kwargs)), request)
+
+
+def test_golden_network_table(tmp_path, monkeypatch, request):
+    _small_cnn(tmp_path)
+    monkeypatch.chdir(tmp_path)  # relative names, so the table does not depend on where tmp_path is
+    _golden("small_cnn", _render(trace.run("small-cnn.yaml", input="x.npy", target="2", steps=2)), request)
