@@ -54,12 +54,24 @@ Pair = tuple[int, int]
 # enough that the GEMMs are big and efficient, small enough to stay a modest
 # share of memory (VGG-16's second layer needs ~115 MB for a single sample,
 # which is then processed one sample per chunk).
-_COLS_BUDGET_BYTES = 64 << 20
+_COLS_BUDGET_BYTES = 4 << 20
 
 # Thin layers go to direct loops: with at most this many multiply-adds per
 # output element and at most this many input channels per group, unfolding
 # costs more than it saves (measured on LeNet-5 and depthwise layers).
 _DIRECT_MAX_TAPS = 32
+
+# Stride-1 layers unfold whole padded rows (see below), computing Wp - OW junk
+# outputs per row; that costs GEMM work in proportion to the filters, while
+# gathering only the OW real outputs costs a slower unfold (short rows). The
+# junk wins while filters-per-group * junk fraction stays under this (measured:
+# LeNet-5's second layer, 16 * 0.4, prefers junk; VGG's 14x14 layers,
+# 512 * 0.14, do not).
+_MAX_JUNK_WORK = 12.0
+
+# Below this many filters per group, OpenBLAS computes the weight gradient
+# about twice as fast as cols @ dy^T (then transposed) than as dy @ cols^T.
+_DW_TRANSPOSED_MAX_F = 32
 _DIRECT_MAX_CG = 2
 
 
@@ -197,7 +209,7 @@ def _unfold(xp, cols, kh_, kw_, sh, sw, dh, dw, oh_, ow_, pitch):
     c_ = xp.shape[1]
     wp_ = xp.shape[3]
     q_ = cols.shape[2]
-    flat_taps = sh == 1 and sw == 1
+    flat_taps = sh == 1 and sw == 1 and pitch == wp_
     for job in prange(xp.shape[0] * c_):
         n = job // c_
         c = job - n * c_
@@ -211,6 +223,12 @@ def _unfold(xp, cols, kh_, kw_, sh, sw, dh, dw, oh_, ow_, pitch):
                     src = flat[off : off + q_]
                     for q in range(q_):
                         dst[q] = src[q]
+                elif sw == 1:
+                    for oh in range(oh_):
+                        src = plane[oh * sh + i * dh, j * dw : j * dw + ow_]
+                        out = dst[oh * pitch : oh * pitch + ow_]
+                        for ow in range(ow_):
+                            out[ow] = src[ow]
                 else:
                     for oh in range(oh_):
                         src = plane[oh * sh + i * dh, j * dw :: sw]
@@ -230,7 +248,7 @@ def _fold(dcols, dxp, dx, n0, ph, pw, kh_, kw_, sh, sw, dh, dw, oh_, ow_, pitch)
     w_ = dx.shape[3]
     wp_ = dxp.shape[3]
     q_ = dcols.shape[2]
-    flat_taps = sh == 1 and sw == 1
+    flat_taps = sh == 1 and sw == 1 and pitch == wp_
     crop = ph > 0 or pw > 0
     for job in prange(dxp.shape[0] * c_):
         n = job // c_
@@ -246,6 +264,12 @@ def _fold(dcols, dxp, dx, n0, ph, pw, kh_, kw_, sh, sw, dh, dw, oh_, ow_, pitch)
                     dst = flat[off : off + q_]
                     for q in range(q_):
                         dst[q] += src[q]
+                elif sw == 1:
+                    for oh in range(oh_):
+                        dst = plane[oh * sh + i * dh, j * dw : j * dw + ow_]
+                        part = src[oh * pitch : oh * pitch + ow_]
+                        for ow in range(ow_):
+                            dst[ow] += part[ow]
                 else:
                     for oh in range(oh_):
                         dst = plane[oh * sh + i * dh, j * dw :: sw]
@@ -468,7 +492,8 @@ class _Geometry:
         self.hp = self.h + 2 * self.ph
         self.wp = self.wd + 2 * self.pw
         unit = self.sh == 1 and self.sw == 1
-        self.pitch = self.wp if unit else self.ow
+        junk_work = (self.f // self.groups) * (self.wp - self.ow) / self.ow
+        self.pitch = self.wp if unit and junk_work <= _MAX_JUNK_WORK else self.ow
         self.q = (self.oh - 1) * self.pitch + self.ow
         self.taps = self.cg * self.kh * self.kw
         self.direct = unit and _use_direct(self.cg, self.kh, self.kw, self.f // g)
@@ -569,6 +594,9 @@ def conv2d_backward(
     g, fg = geo.groups, geo.f // geo.groups
     w3t = geo.w.reshape(g, fg, geo.taps).transpose(0, 2, 1)
     dw3 = dw_out.reshape(g, fg, geo.taps)
+    dw_t = None
+    if not geo.direct and fg <= _DW_TRANSPOSED_MAX_F:
+        dw_t = np.empty((g, geo.taps, fg), dtype=dtype)
     for n0 in range(0, geo.n, geo.step):
         nc = min(geo.step, geo.n - n0)
         xp = geo.padded(n0, nc)
@@ -583,12 +611,16 @@ def conv2d_backward(
         cols = geo.unfolded(xp, nc)
         dyt3 = dyt.reshape(g, fg, nc * geo.q)
         cols3 = cols.reshape(g, geo.taps, nc * geo.q)
-        if n0 == 0:
-            np.matmul(dyt3, cols3.transpose(0, 2, 1), out=dw3)
+        # Chunks are fixed by the shapes alone, so the running sum adds the
+        # same partial products in the same order on every run.
+        if dw_t is not None:
+            part = np.matmul(cols3, dyt3.transpose(0, 2, 1), out=dw_t if n0 == 0 else None)
+            if n0 > 0:
+                dw_t += part
         else:
-            # Chunks are fixed by the shapes alone, so this running sum adds
-            # the same partial products in the same order on every run.
-            dw3 += np.matmul(dyt3, cols3.transpose(0, 2, 1))
+            part = np.matmul(dyt3, cols3.transpose(0, 2, 1), out=dw3 if n0 == 0 else None)
+            if n0 > 0:
+                dw3 += part
         if dx is not None:
             # The unfolded input is spent: its buffer receives the column gradient.
             np.matmul(w3t, dyt3, out=cols3)
@@ -597,6 +629,8 @@ def conv2d_backward(
                 cols, dxp, dx, n0, geo.ph, geo.pw, geo.kh, geo.kw,
                 geo.sh, geo.sw, geo.dh, geo.dw, geo.oh, geo.ow, geo.pitch,
             )  # fmt: skip
+    if dw_t is not None:
+        dw3[...] = dw_t.transpose(0, 2, 1)
     return dx, dw_out, db
 
 
@@ -708,26 +742,37 @@ def maxpool2d_backward(dy: np.ndarray, argmax: np.ndarray, in_shape: tuple[int, 
 
 
 # ---------------------------------------------------------------------------
-# average pooling
+# average pooling (fixed and adaptive)
+#
+# Both are averages over rectangles whose rows and columns are chosen
+# independently, so the wrappers describe each axis by a table of window
+# bounds and divisor factors, and one pair of kernels serves both: a window
+# sum is a sum of whole input rows (contiguous, vectorised) followed by short
+# sums within the summed row.
 # ---------------------------------------------------------------------------
 
 
-@kernel
-def _avg_window(o, stride, pad, k, size, count_include_pad):
-    """Clipped window [lo, hi) on one axis and its divisor factor, PyTorch's rule."""
-    lo = o * stride - pad
-    hi = min(lo + k, size + pad)
+def _avg_axis(size: int, n_out: int, k: int, s: int, p: int, count_include_pad: bool):
+    """Clipped window bounds and divisor factor per output index, PyTorch's rule."""
+    lo = np.arange(n_out, dtype=np.int64) * s - p
+    hi = np.minimum(lo + k, size + p)
     padded = hi - lo
-    lo = max(lo, 0)
-    hi = min(hi, size)
+    lo = np.maximum(lo, 0)
+    hi = np.minimum(hi, size)
     return lo, hi, padded if count_include_pad else hi - lo
 
 
+def _adaptive_axis(size: int, n_out: int):
+    """Windows floor(i*size/n) .. ceil((i+1)*size/n), in exact integer arithmetic."""
+    o = np.arange(n_out, dtype=np.int64)
+    lo = (o * size) // n_out
+    hi = ((o + 1) * size + n_out - 1) // n_out
+    return lo, hi, hi - lo
+
+
 @parallel_kernel
-def _avgpool_forward(x, y, kh_, kw_, sh, sw, ph, pw, count_include_pad):
+def _window_avg_forward(x, y, rlo, rhi, rdiv, clo, chi, cdiv):
     c_ = x.shape[1]
-    h_ = x.shape[2]
-    w_ = x.shape[3]
     oh_ = y.shape[2]
     ow_ = y.shape[3]
     for job in prange(x.shape[0] * c_):
@@ -735,23 +780,24 @@ def _avgpool_forward(x, y, kh_, kw_, sh, sw, ph, pw, count_include_pad):
         c = job - n * c_
         xs = x[n, c]
         ys = y[n, c]
+        band = np.empty(x.shape[3], dtype=x.dtype)
         for oh in range(oh_):
-            h0, h1, hdiv = _avg_window(oh, sh, ph, kh_, h_, count_include_pad)
+            band[:] = 0.0
+            for ih in range(rlo[oh], rhi[oh]):
+                row = xs[ih]
+                for iw in range(band.shape[0]):
+                    band[iw] += row[iw]
+            out = ys[oh]
             for ow in range(ow_):
-                w0, w1, wdiv = _avg_window(ow, sw, pw, kw_, w_, count_include_pad)
                 acc = x.dtype.type(0)
-                for ih in range(h0, h1):
-                    row = xs[ih]
-                    for iw in range(w0, w1):
-                        acc += row[iw]
-                ys[oh, ow] = acc / (hdiv * wdiv)
+                for iw in range(clo[ow], chi[ow]):
+                    acc += band[iw]
+                out[ow] = acc / (rdiv[oh] * cdiv[ow])
 
 
 @parallel_kernel
-def _avgpool_backward(dy, dx, kh_, kw_, sh, sw, ph, pw, count_include_pad):
+def _window_avg_backward(dy, dx, rlo, rhi, rdiv, clo, chi, cdiv):
     c_ = dx.shape[1]
-    h_ = dx.shape[2]
-    w_ = dx.shape[3]
     oh_ = dy.shape[2]
     ow_ = dy.shape[3]
     for job in prange(dx.shape[0] * c_):
@@ -760,15 +806,17 @@ def _avgpool_backward(dy, dx, kh_, kw_, sh, sw, ph, pw, count_include_pad):
         plane = dx[n, c]
         plane[:, :] = 0.0
         g = dy[n, c]
+        band = np.empty(dx.shape[3], dtype=dx.dtype)
         for oh in range(oh_):
-            h0, h1, hdiv = _avg_window(oh, sh, ph, kh_, h_, count_include_pad)
+            band[:] = 0.0
             for ow in range(ow_):
-                w0, w1, wdiv = _avg_window(ow, sw, pw, kw_, w_, count_include_pad)
-                share = g[oh, ow] / (hdiv * wdiv)
-                for ih in range(h0, h1):
-                    row = plane[ih]
-                    for iw in range(w0, w1):
-                        row[iw] += share
+                share = g[oh, ow] / (rdiv[oh] * cdiv[ow])
+                for iw in range(clo[ow], chi[ow]):
+                    band[iw] += share
+            for ih in range(rlo[oh], rhi[oh]):
+                row = plane[ih]
+                for iw in range(band.shape[0]):
+                    row[iw] += band[iw]
 
 
 def _check_avgpool(kernel, stride, padding):
@@ -777,6 +825,13 @@ def _check_avgpool(kernel, stride, padding):
     padding = _pair("padding", padding, 0)
     _check_pool_padding(kernel_hw, padding)
     return kernel_hw, stride, padding
+
+
+def _avg_tables(in_hw: Pair, kernel_hw: Pair, stride: Pair, padding: Pair, ceil_mode, count_include_pad):
+    oh_, ow_ = _out_hw("avgpool2d", in_hw, kernel_hw, stride, padding, ceil_mode=bool(ceil_mode))
+    rows = _avg_axis(in_hw[0], oh_, kernel_hw[0], stride[0], padding[0], bool(count_include_pad))
+    cols = _avg_axis(in_hw[1], ow_, kernel_hw[1], stride[1], padding[1], bool(count_include_pad))
+    return (oh_, ow_), rows, cols
 
 
 def avgpool2d_forward(
@@ -796,9 +851,9 @@ def avgpool2d_forward(
     x = _array("x", x, 4)
     kernel_hw, stride, padding = _check_avgpool(kernel, stride, padding)
     n_, c_, h_, w_ = x.shape
-    oh_, ow_ = _out_hw("avgpool2d", (h_, w_), kernel_hw, stride, padding, ceil_mode=bool(ceil_mode))
-    y = np.empty((n_, c_, oh_, ow_), dtype=x.dtype)
-    _avgpool_forward(x, y, *kernel_hw, *stride, *padding, bool(count_include_pad))
+    out_hw, rows, cols = _avg_tables((h_, w_), kernel_hw, stride, padding, ceil_mode, count_include_pad)
+    y = np.empty((n_, c_, *out_hw), dtype=x.dtype)
+    _window_avg_forward(x, y, *rows, *cols)
     return y
 
 
@@ -819,71 +874,12 @@ def avgpool2d_backward(
     dy = _array("dy", dy, 4)
     n_, c_, h_, w_ = _shape4("in_shape", in_shape)
     kernel_hw, stride, padding = _check_avgpool(kernel, stride, padding)
-    oh_, ow_ = _out_hw("avgpool2d", (h_, w_), kernel_hw, stride, padding, ceil_mode=bool(ceil_mode))
-    if dy.shape != (n_, c_, oh_, ow_):
-        raise ValueError(f"dy must have shape {(n_, c_, oh_, ow_)}, got {dy.shape}")
+    out_hw, rows, cols = _avg_tables((h_, w_), kernel_hw, stride, padding, ceil_mode, count_include_pad)
+    if dy.shape != (n_, c_, *out_hw):
+        raise ValueError(f"dy must have shape {(n_, c_, *out_hw)}, got {dy.shape}")
     dx = np.empty((n_, c_, h_, w_), dtype=dy.dtype)
-    _avgpool_backward(dy, dx, *kernel_hw, *stride, *padding, bool(count_include_pad))
+    _window_avg_backward(dy, dx, *rows, *cols)
     return dx
-
-
-# ---------------------------------------------------------------------------
-# adaptive average pooling
-# ---------------------------------------------------------------------------
-
-
-@kernel
-def _adaptive_window(o, size, n_out):
-    # floor(o*size/n_out) .. ceil((o+1)*size/n_out), in exact integer arithmetic.
-    return (o * size) // n_out, ((o + 1) * size + n_out - 1) // n_out
-
-
-@parallel_kernel
-def _adaptive_avgpool_forward(x, y):
-    c_ = x.shape[1]
-    h_ = x.shape[2]
-    w_ = x.shape[3]
-    oh_ = y.shape[2]
-    ow_ = y.shape[3]
-    for job in prange(x.shape[0] * c_):
-        n = job // c_
-        c = job - n * c_
-        xs = x[n, c]
-        ys = y[n, c]
-        for oh in range(oh_):
-            h0, h1 = _adaptive_window(oh, h_, oh_)
-            for ow in range(ow_):
-                w0, w1 = _adaptive_window(ow, w_, ow_)
-                acc = x.dtype.type(0)
-                for ih in range(h0, h1):
-                    row = xs[ih]
-                    for iw in range(w0, w1):
-                        acc += row[iw]
-                ys[oh, ow] = acc / ((h1 - h0) * (w1 - w0))
-
-
-@parallel_kernel
-def _adaptive_avgpool_backward(dy, dx):
-    c_ = dx.shape[1]
-    h_ = dx.shape[2]
-    w_ = dx.shape[3]
-    oh_ = dy.shape[2]
-    ow_ = dy.shape[3]
-    for job in prange(dx.shape[0] * c_):
-        n = job // c_
-        c = job - n * c_
-        plane = dx[n, c]
-        plane[:, :] = 0.0
-        g = dy[n, c]
-        for oh in range(oh_):
-            h0, h1 = _adaptive_window(oh, h_, oh_)
-            for ow in range(ow_):
-                w0, w1 = _adaptive_window(ow, w_, ow_)
-                share = g[oh, ow] / ((h1 - h0) * (w1 - w0))
-                for ih in range(h0, h1):
-                    row = plane[ih]
-                    for iw in range(w0, w1):
-                        row[iw] += share
 
 
 def adaptive_avgpool2d_forward(x: np.ndarray, out_hw: Pair) -> np.ndarray:
@@ -896,7 +892,7 @@ def adaptive_avgpool2d_forward(x: np.ndarray, out_hw: Pair) -> np.ndarray:
     x = _array("x", x, 4)
     oh_, ow_ = _pair("out_hw", out_hw, 1)
     y = np.empty((x.shape[0], x.shape[1], oh_, ow_), dtype=x.dtype)
-    _adaptive_avgpool_forward(x, y)
+    _window_avg_forward(x, y, *_adaptive_axis(x.shape[2], oh_), *_adaptive_axis(x.shape[3], ow_))
     return y
 
 
@@ -911,5 +907,6 @@ def adaptive_avgpool2d_backward(dy: np.ndarray, in_shape: tuple[int, int, int, i
     if dy.shape[:2] != (n_, c_):
         raise ValueError(f"dy shape {dy.shape} does not fit in_shape {in_shape}")
     dx = np.empty((n_, c_, h_, w_), dtype=dy.dtype)
-    _adaptive_avgpool_backward(dy, dx)
+    oh_, ow_ = dy.shape[2], dy.shape[3]
+    _window_avg_backward(dy, dx, *_adaptive_axis(h_, oh_), *_adaptive_axis(w_, ow_))
     return dx
