@@ -1,0 +1,144 @@
+"""Checkpoints: one ``.npz`` file with weights, optimizer state and where training stood.
+
+Keys are the network's ``state_dict`` (``<node>.weight``, ``<node>.running_mean``),
+the optimizer's (``optim.steps``, ``optim.momentum.<param>``) and ``meta.*``
+entries: ``meta.format``, ``meta.epoch``, ``meta.step`` and ``meta.json`` — one
+JSON string holding the run configuration, the generator states, the metrics
+history and the position inside an interrupted epoch. Every entry is a plain
+array, so ``np.load(path)`` reads a checkpoint without pickle.
+
+A file is written to a temporary name in the same folder, flushed to disk and
+renamed over the old one (:func:`os.replace` is atomic), then the folder entry
+is synced. Whenever the process dies, even by SIGKILL in the middle of a write,
+the file under the final name is either the previous checkpoint or the new one,
+never a torn mix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+import numpy as np
+
+from cnncli.errors import CheckpointError
+
+FORMAT = 1
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read from disk: state arrays and the ``meta`` record."""
+
+    path: Path
+    state: dict[str, np.ndarray]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def epoch(self) -> int:
+        """Epochs completed when it was written."""
+        return int(self.meta.get("epoch", 0))
+
+    @property
+    def step(self) -> int:
+        return int(self.meta.get("step", 0))
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return {k: v for k, v in self.state.items() if not k.startswith(("optim.", "meta."))}
+
+    def optimizer(self) -> dict[str, np.ndarray]:
+        return {k: v for k, v in self.state.items() if k.startswith("optim.")}
+
+
+def save(path: str | os.PathLike[str], weights: dict[str, np.ndarray],
+         optimizer: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
+    """Write a checkpoint atomically; ``meta`` must be JSON-serialisable."""
+    path = Path(path)
+    entries: dict[str, np.ndarray] = {**weights, **optimizer}
+    entries["meta.format"] = np.array(FORMAT, dtype=np.int64)
+    entries["meta.epoch"] = np.array(int(meta.get("epoch", 0)), dtype=np.int64)
+    entries["meta.step"] = np.array(int(meta.get("step", 0)), dtype=np.int64)
+    entries["meta.json"] = np.array(json.dumps(meta, sort_keys=True))
+    write_atomic(path, lambda out: np.savez(out, **entries))
+    return path
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write a file through ``write(stream)`` so that ``path`` is always the old or the new whole file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        # mkstemp makes the file private; give it the mode a plain open() would.
+        os.fchmod(fd, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as out:
+            write(out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _sync_dir(path.parent)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def _sync_dir(folder: Path) -> None:
+    # The rename is durable only once the folder's entry is on disk; not every system allows it.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read and check a checkpoint. Anything wrong is a :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        hint = " (give a file in it, e.g. last.npz)" if (path / "last.npz").exists() else ""
+        raise CheckpointError(f"checkpoint {path} is a folder, not a .npz file{hint}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            # Reading every array checks each entry's CRC: a torn or altered file fails here.
+            state = {k: np.array(npz[k]) for k in npz.files}
+    except (zipfile.BadZipFile, zipfile.LargeZipFile) as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a .npz file ({e})") from None
+    except (ValueError, EOFError, KeyError) as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a .npz file ({e})") from None
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {e.strerror or e}") from None
+    meta: dict[str, Any] = {}
+    if "meta.json" in state:
+        try:
+            meta = json.loads(str(state["meta.json"]))
+        except ValueError as e:
+            raise CheckpointError(f"checkpoint {path}: its meta.json entry is not valid JSON ({e})") from None
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"checkpoint {path}: its meta.json entry is not a JSON object")
+    fmt = int(state["meta.format"]) if "meta.format" in state else FORMAT
+    if fmt > FORMAT:
+        raise CheckpointError(f"checkpoint {path} has format {fmt}; this cnncli reads up to {FORMAT} "
+                              "(it was written by a newer version)")
+    return Checkpoint(path, state, meta)

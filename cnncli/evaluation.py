@@ -1,0 +1,229 @@
+"""Evaluation: how good a checkpoint is and where it goes wrong.
+
+:func:`evaluate` runs a checkpoint over one split of a dataset and returns an
+:class:`EvalResult`: loss, accuracy, top-k accuracy, the confusion matrix,
+per-class precision, recall and F1, the most confused pairs of classes and the
+most confident mistakes (with their pixels, for drawing). :func:`scores` does
+the arithmetic on labels and predictions alone, so it can be checked by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cnncli import checkpoint as ckpt_io
+from cnncli import data, losses, spec
+from cnncli.errors import UsageError
+from cnncli.graph import Graph, build
+from cnncli.losses import Loss
+from cnncli.network import Network
+from cnncli.shapes import fmt_shape
+
+#: Most confused pairs listed.
+CONFUSED_PAIRS = 5
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    """Precision, recall and F1 of one class; ``support`` is how many images truly belong to it."""
+
+    cls: int
+    name: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+@dataclass(frozen=True)
+class ConfusedPair:
+    """``count`` images of class ``true`` were predicted as ``predicted``."""
+
+    true: int
+    predicted: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A misclassified image, with its raw pixels (uint8, H×W) for drawing."""
+
+    index: int                # in the split
+    true: int
+    predicted: int
+    confidence: float         # of the predicted class
+    true_prob: float
+    pixels: np.ndarray = field(repr=False, compare=False)
+
+
+@dataclass
+class Scores:
+    """The label arithmetic of an evaluation."""
+
+    n: int
+    accuracy: float
+    confusion: np.ndarray     # (K, K) int64: rows are true classes, columns predictions
+    per_class: list[ClassScore]
+    confused_pairs: list[ConfusedPair]
+
+
+@dataclass
+class EvalResult:
+    """Everything ``cnncli eval`` shows."""
+
+    model: str
+    checkpoint: Path
+    dataset: str
+    split: str
+    n: int
+    loss: float
+    accuracy: float
+    top_k: int
+    top_k_accuracy: float
+    confusion: np.ndarray
+    class_names: list[str]
+    per_class: list[ClassScore]
+    confused_pairs: list[ConfusedPair]
+    worst: list[Mistake]
+
+
+# --------------------------------------------------------------------------- shared with training
+
+def loss_source(graph: Graph, loss: Loss) -> str:
+    """The node whose output the loss reads: the logits in front of a final softmax when it is fused."""
+    out = graph[graph.output]
+    return out.inputs[0] if loss.fuses_softmax and out.kind == "softmax" else out.name
+
+
+def predict(net: Network, images: np.ndarray, batch_size: int, source: str | None = None) -> np.ndarray:
+    """Inference in batches: the output of ``source`` (default: the main output), (N, K)."""
+    source = source or net.graph.output
+    n = len(images)
+    result: np.ndarray | None = None
+    for i in range(0, n, batch_size):
+        net.forward(images[i:i + batch_size], train=False)
+        out = net.values[source]
+        if result is None:
+            result = np.empty((n, *out.shape[1:]), dtype=out.dtype)
+        result[i:i + len(out)] = out
+    if result is None:
+        return np.empty((0, *net.graph[source].out_shape), dtype=net.dtype)
+    return result
+
+
+# --------------------------------------------------------------------------- arithmetic
+
+def scores(y_true: np.ndarray, y_pred: np.ndarray, classes: int,
+           names: list[str] | None = None) -> Scores:
+    """Accuracy, confusion matrix and per-class scores of predictions; an empty class scores 0."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    names = names or [str(c) for c in range(classes)]
+    confusion = np.bincount(y_true * classes + y_pred, minlength=classes * classes).reshape(classes, classes)
+    hits = np.diag(confusion).astype(np.float64)
+    predicted = confusion.sum(axis=0)
+    actual = confusion.sum(axis=1)
+    precision = np.divide(hits, predicted, out=np.zeros(classes), where=predicted > 0)
+    recall = np.divide(hits, actual, out=np.zeros(classes), where=actual > 0)
+    both = precision + recall
+    f1 = np.divide(2 * precision * recall, both, out=np.zeros(classes), where=both > 0)
+    per_class = [ClassScore(c, names[c], float(precision[c]), float(recall[c]), float(f1[c]), int(actual[c]))
+                 for c in range(classes)]
+    off = confusion.copy()
+    np.fill_diagonal(off, 0)
+    # Stable order: most frequent first, then by class numbers.
+    flat = np.argsort(-off, axis=None, kind="stable")
+    pairs = [ConfusedPair(int(i // classes), int(i % classes), int(off.flat[i]))
+             for i in flat[:CONFUSED_PAIRS] if off.flat[i] > 0]
+    n = len(y_true)
+    return Scores(n, float(hits.sum() / n) if n else 0.0, confusion, per_class, pairs)
+
+
+def top_k_accuracy(scores_: np.ndarray, y_true: np.ndarray, k: int) -> float:
+    """Share of samples whose true class is among the ``k`` highest scores."""
+    if len(y_true) == 0:
+        return 0.0
+    k = min(k, scores_.shape[1])
+    top = np.argpartition(-scores_, k - 1, axis=1)[:, :k]
+    return float(np.mean((top == y_true[:, None]).any(axis=1)))
+
+
+def probabilities(outputs: np.ndarray, loss: Loss) -> np.ndarray:
+    """Class probabilities from what the loss reads: softmax of logits, else the outputs as they are."""
+    if loss.fuses_softmax:
+        z = outputs - outputs.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+    return outputs
+
+
+def worst_mistakes(probs: np.ndarray, y_true: np.ndarray, images: np.ndarray, count: int) -> list[Mistake]:
+    """The ``count`` misclassified images the model was most sure about."""
+    pred = probs.argmax(axis=1)
+    wrong = np.flatnonzero(pred != y_true)
+    conf = probs[wrong, pred[wrong]]
+    order = wrong[np.argsort(-conf, kind="stable")][:count]
+    return [Mistake(int(i), int(y_true[i]), int(pred[i]), float(probs[i, pred[i]]), float(probs[i, y_true[i]]),
+                    images[i].copy()) for i in order]
+
+
+# --------------------------------------------------------------------------- evaluate
+
+def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split: str = "test",
+             data_dir: Path | None = None, batch_size: int = 500, top_k: int = 3,
+             worst: int = 6) -> EvalResult:
+    """Score ``checkpoint`` (weights of ``model``) on ``split`` of ``dataset``.
+
+    The dataset defaults to the one the checkpoint was trained on, else the
+    model file's. A checkpoint that does not fit the model is a CheckpointError
+    naming the parameter and both shapes.
+    """
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    if top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {top_k}")
+    if worst < 0:
+        raise UsageError(f"--worst must not be negative, got {worst}")
+    model_spec = spec.load(model)
+    saved = ckpt_io.load(checkpoint)
+    config = saved.meta.get("config") if isinstance(saved.meta.get("config"), dict) else {}
+    name = dataset or config.get("dataset") or model_spec.train.get("dataset") or "mnist"
+    info = data.get(name)
+    graph = build(model_spec, aux=False)
+    want_in = (1, *info.image_shape)
+    if tuple(graph.input_shape) != want_in:
+        raise UsageError(f"model '{model_spec.name}' takes {fmt_shape(graph.input_shape)} inputs, but "
+                         f"{info.title} images are {fmt_shape(want_in)}")
+    classes = len(info.classes)
+    if tuple(graph.output_shape) != (classes,):
+        raise UsageError(f"model '{model_spec.name}' outputs {fmt_shape(graph.output_shape)}, but "
+                         f"{info.title} has {classes} classes")
+    dtype = config.get("dtype", "float32") if config.get("dtype") in ("float32", "float64") else "float32"
+    net = Network(graph, dtype)
+    # Auxiliary heads are not built for inference, so their weights in the file are skipped.
+    wanted = {**net.params, **net.buffers}
+    net.load_state_dict({k: v for k, v in saved.weights().items()
+                         if k in wanted or not _is_aux_key(k, model_spec, graph)}, source=str(checkpoint))
+
+    images, labels = data.load(info.name, split, data_dir)
+    x = data.normalise(images, dtype, info.name)
+    loss = losses.get(model_spec.loss)
+    outputs = predict(net, x, batch_size, loss_source(graph, loss))
+    loss_value, _ = loss.fn(outputs, labels) if len(labels) else (0.0, None)
+    probs = probabilities(outputs, loss)
+    s = scores(labels, probs.argmax(axis=1), classes, list(info.classes))
+    return EvalResult(
+        model=model_spec.name, checkpoint=Path(checkpoint), dataset=info.name, split=split, n=s.n,
+        loss=float(loss_value), accuracy=s.accuracy, top_k=min(top_k, classes),
+        top_k_accuracy=top_k_accuracy(probs, labels, top_k), confusion=s.confusion,
+        class_names=list(info.classes), per_class=s.per_class, confused_pairs=s.confused_pairs,
+        worst=worst_mistakes(probs, labels, images, worst),
+    )
+
+
+def _is_aux_key(key: str, model_spec: spec.ModelSpec, graph: Graph) -> bool:
+    node = key.rsplit(".", 1)[0]
+    return any(n.name == node for n in model_spec.nodes) and node not in {n.name for n in graph.nodes}

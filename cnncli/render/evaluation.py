@@ -1,0 +1,154 @@
+"""Drawing an evaluation: scores, a coloured confusion matrix, per-class table, worst mistakes.
+
+Mistakes are drawn as pictures in the terminal: each character cell shows two
+pixels stacked, the upper half block ``▀`` with the upper pixel as foreground
+and the lower one as background colour. Without colour (a pipe, a log file)
+the cell is ``█``, ``▀``, ``▄`` or a space by which of the two pixels are inked.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from rich.columns import Columns
+from rich.console import Console, Group
+from rich.style import Style
+from rich.table import Table
+from rich.text import Text
+
+from cnncli import data
+from cnncli.evaluation import EvalResult, Mistake
+
+_INK = 128  # pixel value from which a monochrome cell counts as inked
+_CROP = 2
+
+
+def as_dict(result: EvalResult) -> dict[str, Any]:
+    """The JSON record: the documented keys first, then the extra details."""
+    return {
+        "accuracy": result.accuracy,
+        "loss": result.loss,
+        "n": result.n,
+        "confusion": result.confusion.astype(int).tolist(),
+        "per_class": [{"class": c.cls, "precision": c.precision, "recall": c.recall, "f1": c.f1}
+                      for c in result.per_class],
+        "top_k": {"k": result.top_k, "accuracy": result.top_k_accuracy},
+        "dataset": result.dataset,
+        "split": result.split,
+        "model": result.model,
+        "checkpoint": str(result.checkpoint),
+    }
+
+
+def _dumps(record: dict[str, Any]) -> str:
+    """Indented JSON with each confusion row and each per-class record kept on one line."""
+    rows = {"confusion": record["confusion"], "per_class": record["per_class"]}
+    marked = {k: [f"@row{i}" for i in range(len(v))] if k in rows else v for k, v in record.items()}
+    text = json.dumps(marked, indent=2)
+    for key, values in rows.items():
+        # Placeholders of one key are unique within that key's list, so search from its start.
+        start = text.index(f'"{key}"')
+        for i, value in enumerate(values):
+            token = f'"@row{i}"'
+            at = text.index(token, start)
+            text = text[:at] + json.dumps(value) + text[at + len(token):]
+            start = at
+    return text
+
+
+def _cell_style(count: int, row_total: int, diagonal: bool) -> str:
+    if count == 0:
+        return "dim"
+    share = count / max(row_total, 1)
+    if diagonal:
+        return "bold green" if share >= 0.98 else "green" if share >= 0.9 else "yellow"
+    return "bold red" if share >= 0.02 else "red" if share >= 0.005 else "yellow"
+
+
+def _confusion_table(result: EvalResult) -> Table:
+    k = len(result.class_names)
+    table = Table(title="Confusion matrix (rows: true class, columns: predicted)", title_justify="left",
+                  header_style="bold", show_edge=False, pad_edge=False)
+    table.add_column("true \\ pred", justify="right", no_wrap=True)
+    for c in range(k):
+        table.add_column(str(c), justify="right", no_wrap=True)
+    table.add_column("total", justify="right", style="dim")
+    for t in range(k):
+        row = result.confusion[t]
+        total = int(row.sum())
+        cells = [Text(str(int(v)), style=_cell_style(int(v), total, p == t)) for p, v in enumerate(row)]
+        table.add_row(f"{t} {_short(result.class_names[t])}", *cells, str(total))
+    return table
+
+
+def _short(name: str) -> str:
+    return "" if name.isdigit() else name[:11]
+
+
+def _per_class_table(result: EvalResult) -> Table:
+    table = Table(title="Per class", title_justify="left", header_style="bold", show_edge=False,
+                  pad_edge=False)
+    for name in ("class", "precision", "recall", "F1", "images"):
+        table.add_column(name, justify="right" if name != "class" else "left", no_wrap=True)
+    worst_f1 = min((c.f1 for c in result.per_class), default=0.0)
+    for c in result.per_class:
+        label = c.name if c.name == str(c.cls) else f"{c.cls} {c.name}"
+        style = "red" if c.f1 == worst_f1 else ""
+        table.add_row(label, f"{100 * c.precision:.2f} %", f"{100 * c.recall:.2f} %",
+                      f"{100 * c.f1:.2f} %", f"{c.support:,}", style=style)
+    return table
+
+
+def _picture(pixels: np.ndarray, colour: bool) -> Text:
+    img = np.asarray(pixels, dtype=np.uint8)
+    if img.shape[0] > 8 and img.shape[1] > 8:
+        img = img[_CROP:-_CROP, _CROP:-_CROP]  # MNIST's digits sit inside a blank border
+    if img.shape[0] % 2:
+        img = np.vstack([img, np.zeros((1, img.shape[1]), dtype=np.uint8)])
+    text = Text(no_wrap=True)
+    for r in range(0, img.shape[0], 2):
+        top, bottom = img[r], img[r + 1]
+        for a, b in zip(top.tolist(), bottom.tolist()):
+            if colour:
+                text.append("▀", Style(color=f"rgb({a},{a},{a})", bgcolor=f"rgb({b},{b},{b})"))
+            else:
+                text.append("█" if a >= _INK and b >= _INK else "▀" if a >= _INK else "▄" if b >= _INK else " ")
+        if r + 2 < img.shape[0]:
+            text.append("\n")
+    return text
+
+
+def _mistake(m: Mistake, names: list[str], colour: bool) -> Group:
+    caption = Text(f"#{m.index}: {names[m.true]} → {names[m.predicted]}\n", style="bold", no_wrap=True)
+    caption.append(f"{100 * m.confidence:.1f} % sure (true {100 * m.true_prob:.1f} %)", style="")
+    return Group(caption, _picture(m.pixels, colour))
+
+
+def show(result: EvalResult, fmt: str, console: Console) -> None:
+    """Print an evaluation as tables and pictures (``table``) or as one JSON object (``json``)."""
+    if fmt == "json":
+        console.print(_dumps(as_dict(result)), markup=False, highlight=False, soft_wrap=True)
+        return
+    title = data.get(result.dataset).title
+    console.print(f"[bold]{result.model}[/] · {result.checkpoint} · {title} {result.split} "
+                  f"({result.n:,} images)", highlight=False, soft_wrap=True)
+    console.print(f"accuracy [bold]{100 * result.accuracy:.2f} %[/] ({result.n - int(np.trace(result.confusion)):,} "
+                  f"wrong) · top-{result.top_k} {100 * result.top_k_accuracy:.2f} % · loss {result.loss:.4f}",
+                  highlight=False, soft_wrap=True)
+    console.print()
+    console.print(_confusion_table(result))
+    console.print()
+    console.print(_per_class_table(result))
+    if result.confused_pairs:
+        console.print()
+        console.print("[bold]Most confused[/] (true → predicted):", highlight=False)
+        for p in result.confused_pairs:
+            console.print(f"  {result.class_names[p.true]} → {result.class_names[p.predicted]}: {p.count:,} images",
+                          markup=False, highlight=False, soft_wrap=True)
+    if result.worst:
+        console.print()
+        console.print("[bold]Most confident mistakes[/] (#index in the split):", highlight=False)
+        colour = console.color_system is not None
+        console.print(Columns([_mistake(m, result.class_names, colour) for m in result.worst], padding=(1, 2)))

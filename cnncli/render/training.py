@@ -1,0 +1,194 @@
+"""Drawing a training run: download bars, a live bar per epoch, a table row per finished epoch.
+
+On a terminal the bar shows the running loss and accuracy, images per second
+and the time left in the epoch, and each finished epoch is printed above it as
+a row of one table. When stdout is not a terminal (a log file, CI), nothing is
+redrawn: one plain line per epoch and per download.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TaskID, TextColumn,
+                           TimeRemainingColumn, TransferSpeedColumn)
+from rich.table import Column, Table
+
+from cnncli import data
+from cnncli.data import DownloadEvent
+from cnncli.training import EpochRecord, RunResult, RunStart, StepProgress
+
+_COLUMNS = (("epoch", 7), ("train loss", 10), ("train acc", 9), ("val loss", 9), ("val acc", 8),
+            ("lr", 9), ("img/s", 7), ("time", 7))
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.2f} %"
+
+
+def _num(v: float | None) -> str:
+    return "—" if v is None else f"{v:.4f}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    m, s = divmod(seconds, 60)
+    if m < 60:
+        return f"{m}m{s:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m"
+
+
+def _row(r: EpochRecord, epochs: int) -> list[str]:
+    return [f"{r.epoch}/{epochs}", _num(r.train_loss), _pct(r.train_acc), _num(r.val_loss), _pct(r.val_acc),
+            f"{r.lr:.3g}", f"{r.images_per_s:,.0f}", _duration(r.seconds)]
+
+
+def _table(header: bool) -> Table:
+    cols = [Column(name, width=w, justify="right", no_wrap=True) for name, w in _COLUMNS]
+    return Table(*cols, box=None, show_header=header, header_style="bold", pad_edge=False)
+
+
+class Reporter:
+    """Receives :mod:`cnncli.training`'s events and draws them on ``console``."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.live = console.is_terminal
+        self.progress: Progress | None = None
+        self.task: TaskID | None = None
+        self.downloads: Progress | None = None
+        self.download_tasks: dict[str, TaskID] = {}
+        self.epochs = 0
+        self.epoch = 0
+
+    # -- downloads --
+    def download(self, event: DownloadEvent) -> None:
+        if not self.live:
+            if event.status == "start":
+                size = f" ({event.total / 1e6:.1f} MB)" if event.total else ""
+                self.console.print(f"downloading {event.filename} from {event.url}{size}", markup=False, soft_wrap=True)
+            elif event.status == "done":
+                self.console.print(f"downloaded {event.filename}", markup=False, soft_wrap=True)
+            elif event.status == "failed":
+                self.console.print(f"{event.url} failed: {event.message}", markup=False, soft_wrap=True)
+            return
+        if self.downloads is None:
+            self.downloads = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                      TransferSpeedColumn(), TimeRemainingColumn(), console=self.console)
+            self.downloads.start()
+        task = self.download_tasks.get(event.filename)
+        if event.status == "start":
+            if task is None:
+                task = self.download_tasks[event.filename] = self.downloads.add_task(
+                    f"downloading {event.filename}", total=event.total)
+            else:
+                self.downloads.reset(task, total=event.total)
+        elif task is None:
+            return
+        if event.status in ("start", "progress"):
+            self.downloads.update(task, completed=event.done, total=event.total)
+        elif event.status == "done":
+            self.downloads.update(task, description=f"[green]✓[/] {event.filename}",
+                                  completed=event.total or event.done)
+        elif event.status == "failed":
+            self.downloads.console.print(f"[yellow]{event.url}: {event.message}[/]", highlight=False)
+
+    def _stop_downloads(self) -> None:
+        if self.downloads is not None:
+            self.downloads.stop()
+            self.downloads = None
+
+    # -- training --
+    def start(self, run: RunStart) -> None:
+        self._stop_downloads()
+        c = run.config
+        self.epochs = c.epochs
+        title = data.get(c.dataset).title
+        opt = f"{c.optimizer} lr {c.lr:g}"
+        if c.optimizer == "sgd" and c.momentum:
+            opt += f" momentum {c.momentum:g}" + (" nesterov" if c.nesterov else "")
+        if c.weight_decay:
+            opt += f" weight decay {c.weight_decay:g}"
+        sched = c.schedule + (f" after {c.warmup_epochs:g} warm-up epochs" if c.warmup_epochs else "")
+        lines = [
+            f"Training {c.name} on {title}: {run.n_train:,} training, {run.n_val:,} validation, "
+            f"{run.n_test:,} test images; {run.params:,} parameters ({c.dtype})",
+            f"{opt}, {sched} schedule, batch {c.batch_size}, {c.epochs} epochs, seed {c.seed}"
+            f" → {run.run_dir}",
+        ]
+        if c.resume is not None:
+            at = f"epoch {run.start_epoch}" + (f", step {run.start_batch}" if run.start_batch else "")
+            lines.append(f"resuming from {c.resume} after {at}")
+        for line in lines:
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        if not self.live:
+            return
+        self.console.print(_table(header=True))
+        self.progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}"), BarColumn(bar_width=30), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("acc {task.fields[acc]:6.2%}"),
+            TextColumn("{task.fields[ips]:>6,.0f} img/s"), TextColumn("eta"), TimeRemainingColumn(),
+            console=self.console, transient=True)
+        self.progress.start()
+        self.task = self.progress.add_task("", total=run.steps_per_epoch, completed=run.start_batch,
+                                           epoch=f"{run.start_epoch + 1}/{c.epochs}", loss=0.0, acc=0.0, ips=0.0)
+        self.epoch = run.start_epoch + 1
+
+    def step(self, progress: StepProgress) -> None:
+        if self.progress is None or self.task is None:
+            return
+        if progress.epoch != self.epoch:
+            # A new epoch: restart the bar so its rate and ETA are the new epoch's own.
+            self.epoch = progress.epoch
+            self.progress.reset(self.task, total=progress.steps, completed=progress.batch - 1)
+        self.progress.update(self.task, completed=progress.batch, epoch=f"{progress.epoch}/{progress.epochs}",
+                             loss=progress.loss, acc=progress.accuracy, ips=progress.images_per_s)
+
+    def epoch_end(self, record: EpochRecord) -> None:
+        if self.progress is not None:
+            table = _table(header=False)
+            table.add_row(*_row(record, self.epochs))
+            self.progress.console.print(table)
+            return
+        self.console.print(
+            f"epoch {record.epoch}/{self.epochs}  train loss {_num(record.train_loss)} acc {_pct(record.train_acc)}"
+            f"  val loss {_num(record.val_loss)} acc {_pct(record.val_acc)}  lr {record.lr:.3g}"
+            f"  {record.images_per_s:,.0f} img/s  {_duration(record.seconds)}",
+            markup=False, highlight=False, soft_wrap=True)
+
+    def note(self, text: str) -> None:
+        target = self.progress.console if self.progress is not None else self.console
+        target.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def close(self) -> None:
+        self._stop_downloads()
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def show_result(result: RunResult, console: Console) -> None:
+    """The end of a run: the test accuracy, or how to continue an interrupted one."""
+    c = result.config
+    title = data.get(c.dataset).title
+    if result.status == "completed":
+        console.print(f"[bold]Test accuracy {_pct(result.test_acc)}[/] (loss {_num(result.test_loss)}) "
+                      f"on {result.n_test:,} {title} test images", highlight=False, soft_wrap=True)
+        parts = [f"{result.epochs_done} epochs in {_duration(result.seconds)}"]
+        if result.best_epoch is not None and result.best_val_acc is not None:
+            parts.append(f"best validation accuracy {_pct(result.best_val_acc)} at epoch {result.best_epoch}")
+        console.print("; ".join(parts), highlight=False, soft_wrap=True)
+        console.print(f"run folder {result.run_dir}: config.yaml, metrics.csv, last.npz, best.npz",
+                      markup=False, highlight=False, soft_wrap=True)
+        return
+    if result.status == "interrupted":
+        console.print(f"[yellow]Interrupted by {result.signal_name}[/] after {result.epochs_done} complete "
+                      f"epochs; checkpoint saved: {result.checkpoint}", highlight=False, soft_wrap=True)
+        console.print(f"continue with: cnncli train {c.model} --resume {result.checkpoint}",
+                      markup=False, highlight=False, soft_wrap=True)
+        return
+    last = result.last_path
+    kept = f"the last checkpoint is {last}" if last.exists() else "no checkpoint was written"
+    console.print(f"[red]Stopped at once[/] without saving; {kept}", highlight=False, soft_wrap=True)

@@ -1,0 +1,613 @@
+"""Training: a model file's ``train:`` defaults plus flags → a run folder with checkpoints.
+
+:func:`configure` resolves and checks every setting before any work starts
+(a bad flag is a :class:`~cnncli.errors.UsageError`); :func:`train` runs it and
+returns a :class:`RunResult`. Progress goes to a :class:`Reporter` as records.
+
+The run folder (``runs/<model>-<time>/`` unless ``--out``) holds
+
+* ``config.yaml`` — the resolved configuration;
+* ``metrics.csv`` — one row per finished epoch;
+* ``last.npz`` — written at the end of every epoch and when interrupted;
+* ``best.npz`` — the weights with the best validation accuracy so far;
+* ``test.json`` — the final test loss and accuracy.
+
+Determinism: the seed fixes the initial weights, the validation split, the
+order of every epoch (drawn from a generator seeded with ``(seed, epoch)``, so
+nothing about it needs storing) and dropout (whose generator state is saved).
+Learning rates are a function of the global step. A checkpoint therefore holds
+everything a resumed run needs to continue bit for bit, including from the
+middle of an epoch: weights, optimizer state, dropout state, the position in
+the epoch and the running sums of its metrics.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import yaml
+
+from cnncli import __version__, checkpoint, data, losses, optim, spec
+from cnncli.data import DownloadEvent
+from cnncli.errors import CheckpointError, TrainingStopped, UsageError
+from cnncli.evaluation import loss_source, predict
+from cnncli.graph import build
+from cnncli.network import Network
+from cnncli.schedule import Plan, learning_rate
+from cnncli.shapes import fmt_shape
+
+#: Images per forward pass when scoring the validation and test sets (no gradients kept).
+EVAL_BATCH = 1000
+#: With ``--limit``, the validation set is at most this share of the images.
+MAX_VAL_SHARE = 0.1
+
+_DTYPES = ("float32", "float64")
+_METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
+                  "images_per_s", "seconds")
+
+
+# --------------------------------------------------------------------------- records
+
+@dataclass
+class RunConfig:
+    """Every setting of a run, resolved: file defaults, then flags (or a resumed run's own)."""
+
+    model: str
+    name: str
+    dataset: str
+    optimizer: str
+    lr: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    schedule: str
+    warmup_epochs: float
+    step_epochs: int
+    step_gamma: float
+    batch_size: int
+    epochs: int
+    val_size: int
+    seed: int
+    limit: int | None
+    dtype: str
+    out: Path
+    data_dir: Path | None = None
+    resume: Path | None = None
+    spec: spec.ModelSpec | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as plain values (what ``config.yaml`` and checkpoints hold)."""
+        d = {k: v for k, v in asdict(self).items() if k != "spec"}
+        for key in ("out", "data_dir", "resume"):
+            d[key] = None if d[key] is None else str(d[key])
+        return d
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """Sent once before the first step."""
+
+    config: RunConfig
+    n_train: int
+    n_val: int
+    n_test: int
+    params: int
+    steps_per_epoch: int
+    start_epoch: int          # epochs already done (resumed runs)
+    start_batch: int          # steps already done inside that epoch
+    run_dir: Path
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    """After every optimizer step: where the epoch stands and its running metrics."""
+
+    epoch: int                # 1-based
+    epochs: int
+    batch: int                # steps done in this epoch
+    steps: int                # steps per epoch
+    loss: float               # mean over the epoch so far
+    accuracy: float
+    images_per_s: float
+    lr: float
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One finished epoch: a row of ``metrics.csv``."""
+
+    epoch: int                # 1-based
+    train_loss: float
+    train_acc: float
+    val_loss: float | None
+    val_acc: float | None
+    lr: float                 # of the epoch's last step
+    images_per_s: float
+    seconds: float            # training and validation
+
+
+@dataclass
+class RunResult:
+    """What a run ended with."""
+
+    config: RunConfig
+    run_dir: Path
+    status: str               # "completed", "interrupted" (checkpoint saved) or "aborted"
+    epochs_done: int
+    history: list[EpochRecord]
+    best_epoch: int | None
+    best_val_acc: float | None
+    test_loss: float | None = None
+    test_acc: float | None = None
+    n_test: int = 0
+    seconds: float = 0.0
+    signal_name: str | None = None
+    checkpoint: Path | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0 when completed; 128 + signal number when stopped by a signal, as shells report it."""
+        if self.status == "completed":
+            return 0
+        return 128 + (signal.SIGTERM if self.signal_name == "SIGTERM" else signal.SIGINT)
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "last.npz"
+
+    @property
+    def best_path(self) -> Path:
+        return self.run_dir / "best.npz"
+
+
+class Reporter(Protocol):
+    """Receives a run's events; ``render.training.Reporter`` draws them."""
+
+    def download(self, event: DownloadEvent) -> None: ...
+    def start(self, run: RunStart) -> None: ...
+    def step(self, progress: StepProgress) -> None: ...
+    def epoch_end(self, record: EpochRecord) -> None: ...
+    def note(self, text: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class SilentReporter:
+    """A reporter that shows nothing (library use, tests)."""
+
+    def download(self, event: DownloadEvent) -> None:
+        pass
+
+    def start(self, run: RunStart) -> None:
+        pass
+
+    def step(self, progress: StepProgress) -> None:
+        pass
+
+    def epoch_end(self, record: EpochRecord) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- configure
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _check_setting(key: str, value: Any, where: str) -> Any:
+    try:
+        return spec.coerce(value, spec.TRAIN_OPTIONS[key])
+    except ValueError as e:
+        raise UsageError(f"{where} {e}") from None
+
+
+def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None,
+              data_dir: Path | None = None, out: Path | None = None, resume: Path | None = None,
+              dtype: str = "float32") -> RunConfig:
+    """Resolve a run's settings: defaults < the model file's ``train:`` < flags (``None`` = unset).
+
+    With ``resume`` the checkpoint's own settings are used; only ``epochs`` may
+    change (to train longer), and a flag that contradicts the checkpoint is an error.
+    """
+    model_spec = spec.load(model)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    for key in given:
+        if key not in spec.TRAIN_OPTIONS:
+            raise UsageError(f"unknown training setting '{key}'")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise UsageError(f"--limit must be a positive number of images, got {limit!r}")
+    if dtype not in _DTYPES:
+        raise UsageError(f"--dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+
+    if resume is not None:
+        return _configure_resume(model, model_spec, given, limit, data_dir, out, Path(resume))
+
+    settings = {k: opt.default for k, opt in spec.TRAIN_OPTIONS.items()}
+    settings.update(model_spec.train)
+    for key, value in given.items():
+        settings[key] = _check_setting(key, value, _flag(key))
+    return RunConfig(model=model, name=model_spec.name, **settings, limit=limit, dtype=dtype,
+                     out=_fresh_out(model_spec.name, out), data_dir=data_dir, spec=model_spec)
+
+
+def _fresh_out(name: str, out: Path | None) -> Path:
+    if out is not None:
+        out = Path(out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            what = "is a file" if not out.is_dir() else "already exists and is not empty"
+            hint = (f"; to continue that run use --resume {out / 'last.npz'}"
+                    if (out / "last.npz").is_file() else "")
+            raise UsageError(f"--out {out} {what}: choose a new folder{hint}")
+        return out
+    # The default name never reuses a folder: a second run in the same second gets a suffix.
+    base = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def _configure_resume(model: str, model_spec: spec.ModelSpec, given: dict[str, Any],
+                      limit: int | None, data_dir: Path | None, out: Path | None,
+                      resume: Path) -> RunConfig:
+    ckpt = checkpoint.load(resume)
+    saved = ckpt.meta.get("config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{resume} holds weights but no training state, so it cannot be resumed "
+                              f"(evaluate it with `cnncli eval {model} --checkpoint {resume}`)")
+    if saved.get("name") != model_spec.name:
+        raise UsageError(f"{resume} was trained for model '{saved.get('name')}', not '{model_spec.name}'")
+    settings = {}
+    for key, opt in spec.TRAIN_OPTIONS.items():
+        try:
+            settings[key] = spec.coerce(saved.get(key, opt.default), opt)
+        except ValueError as e:
+            raise CheckpointError(f"{resume}: its saved setting {key} {e}") from None
+    for key, value in given.items():
+        value = _check_setting(key, value, _flag(key))
+        if key == "epochs":
+            if value < ckpt.epoch:
+                raise UsageError(f"--epochs {value} is fewer than the {ckpt.epoch} epochs {resume} "
+                                 "has already trained")
+            settings[key] = value
+        elif value != settings[key]:
+            raise UsageError(f"{_flag(key)} {value} differs from the resumed run's {settings[key]}: "
+                             "a resumed run keeps its settings (only --epochs may change); "
+                             "start a new run to change it")
+    saved_limit = saved.get("limit")
+    if limit is not None and limit != saved_limit:
+        raise UsageError(f"--limit {limit} differs from the resumed run's {saved_limit}")
+    folder = resume.resolve().parent
+    if out is not None and Path(out).resolve() != folder:
+        out = _fresh_out(model_spec.name, out)
+    else:
+        out = resume.parent
+    dtype = saved.get("dtype", "float32")
+    if dtype not in _DTYPES:
+        raise CheckpointError(f"{resume}: unknown dtype {dtype!r} in its configuration")
+    return RunConfig(model=model, name=model_spec.name, **settings, limit=saved_limit, dtype=dtype,
+                     out=out, data_dir=data_dir, resume=resume, spec=model_spec)
+
+
+# --------------------------------------------------------------------------- signals
+
+class _Interrupts:
+    """Turns Ctrl-C and SIGTERM into a flag the loop checks between steps.
+
+    Stopping between steps, never inside one, keeps the weights and the
+    optimizer state consistent for the checkpoint. A second Ctrl-C stops at once.
+    """
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# --------------------------------------------------------------------------- files
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    checkpoint.write_atomic(path, lambda out: out.write(text.encode("utf-8")))
+
+
+def _metrics_csv(history: list[EpochRecord]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(_METRIC_FIELDS)
+    for r in history:
+        row = asdict(r)
+        w.writerow(["" if row[k] is None else (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k])
+                    for k in _METRIC_FIELDS])
+    return buf.getvalue()
+
+
+def _prepare_run_dir(out: Path, config: RunConfig) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # A run killed while writing leaves its temporary file behind; the real files are whole.
+        for stale in out.glob(".*.part"):
+            stale.unlink(missing_ok=True)
+        _write_text_atomic(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    except OSError as e:
+        raise UsageError(f"cannot write the run folder {out}: {e.strerror or e}") from None
+
+
+# --------------------------------------------------------------------------- the run
+
+def _shuffle(seed: int, epoch: int, n: int) -> np.ndarray:
+    # Seeded by (seed, epoch) so that a resumed run finds every epoch's order again.
+    return np.random.default_rng([seed, 2, epoch]).permutation(n)
+
+
+def _rng_state(gen: np.random.Generator) -> dict[str, Any]:
+    return gen.bit_generator.state
+
+
+def _check_model_fits(graph, info: data.DatasetInfo, name: str) -> None:
+    want_in = (1, *info.image_shape)
+    if tuple(graph.input_shape) != want_in:
+        raise UsageError(f"model '{name}' takes {fmt_shape(graph.input_shape)} inputs, but {info.title} "
+                         f"images are {fmt_shape(want_in)}")
+    classes = len(info.classes)
+    if tuple(graph.output_shape) != (classes,):
+        raise UsageError(f"model '{name}' outputs {fmt_shape(graph.output_shape)}, but {info.title} "
+                         f"has {classes} classes: the last layer needs {classes} units")
+
+
+class _Run:
+    """One training run; its fields are the state a checkpoint saves."""
+
+    def __init__(self, config: RunConfig, reporter: Reporter, interrupts: _Interrupts):
+        self.cfg = config
+        self.reporter = reporter
+        self.interrupts = interrupts
+        self.started = time.perf_counter()
+        self.epoch = 0            # epochs completed
+        self.batch = 0            # steps completed in the current epoch
+        self.step = 0             # global step
+        self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+        self.history: list[EpochRecord] = []
+        self.best_epoch: int | None = None
+        self.best_score: float | None = None
+        self.last_lr = config.lr
+
+    # -- setup --
+    def prepare(self) -> None:
+        cfg = self.cfg
+        info = data.get(cfg.dataset)
+        model_spec = cfg.spec or spec.load(cfg.model)
+        self.graph = build(model_spec, aux=True)
+        _check_model_fits(self.graph, info, cfg.name)
+        dtype = np.dtype(cfg.dtype)
+
+        images, labels = data.load(info.name, "train", cfg.data_dir, progress=self.reporter.download)
+        test_images, test_labels = data.load(info.name, "test", cfg.data_dir, progress=self.reporter.download)
+        if cfg.limit is not None:
+            if cfg.limit > len(images):
+                raise UsageError(f"--limit {cfg.limit} is more than the {len(images)} training images "
+                                 f"of {info.title}")
+            images, labels = images[:cfg.limit], labels[:cfg.limit]
+        n = len(images)
+        val_count = min(cfg.val_size, int(n * MAX_VAL_SHARE))
+        train_idx, val_idx = data.train_val_split(n, val_count, cfg.seed)
+        self.x_train = data.normalise(images[train_idx], dtype, info.name)
+        self.y_train = labels[train_idx]
+        self.x_val = data.normalise(images[val_idx], dtype, info.name)
+        self.y_val = labels[val_idx]
+        self.test_images, self.test_labels = test_images, test_labels
+        self.info = info
+
+        self.net = Network(self.graph, dtype, seed=cfg.seed)
+        self.loss = losses.get(model_spec.loss)
+        self.source = loss_source(self.graph, self.loss)
+        self.opt = optim.make(cfg.optimizer, self.net.trainable(), cfg.lr, momentum=cfg.momentum,
+                              nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+        self.steps_per_epoch = math.ceil(len(self.x_train) / cfg.batch_size)
+        self.plan = Plan(cfg.lr, cfg.epochs, self.steps_per_epoch, cfg.warmup_epochs,
+                         cfg.step_epochs, cfg.step_gamma)
+        if cfg.resume is not None:
+            self.restore(checkpoint.load(cfg.resume))
+        _prepare_run_dir(cfg.out, cfg)
+        if self.history:
+            self.write_metrics()
+
+    def restore(self, ckpt: checkpoint.Checkpoint) -> None:
+        self.net.load_state_dict(ckpt.weights(), source=str(ckpt.path))
+        self.opt.load_state_dict(ckpt.optimizer())
+        m = ckpt.meta
+        try:
+            self.net.rng.bit_generator.state = m["rng"]["dropout"]
+            self.epoch, self.batch, self.step = int(m["epoch"]), int(m["batch"]), int(m["step"])
+            self.partial = {k: type(v)(m["partial"][k]) for k, v in self.partial.items()}
+            self.history = [EpochRecord(**r) for r in m["history"]]
+            self.best_epoch, self.best_score = m["best_epoch"], m["best_score"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{ckpt.path}: its training state is incomplete ({e})") from None
+        if self.step != self.epoch * self.steps_per_epoch + self.batch:
+            raise CheckpointError(f"{ckpt.path} is at step {self.step}, which does not match epoch "
+                                  f"{self.epoch} and batch {self.batch} of {self.steps_per_epoch} steps: "
+                                  "was the data or batch size different?")
+
+    # -- checkpoints --
+    def meta(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch, "batch": self.batch, "step": self.step, "partial": self.partial,
+            "history": [asdict(r) for r in self.history], "best_epoch": self.best_epoch,
+            "best_score": self.best_score, "rng": {"dropout": _rng_state(self.net.rng)},
+            "config": self.cfg.to_dict(), "cnncli": __version__,
+        }
+
+    def save(self, name: str) -> Path:
+        for key, arr in self.net.params.items():
+            if not np.all(np.isfinite(arr)):
+                raise TrainingStopped(f"parameter '{key}' holds NaN or infinite values; "
+                                      f"not saving {name}. The last good checkpoint is kept.")
+        try:
+            return checkpoint.save(self.cfg.out / name, self.net.state_dict(), self.opt.state_dict(),
+                                   self.meta())
+        except OSError as e:
+            raise TrainingStopped(f"cannot write {self.cfg.out / name}: {e.strerror or e}") from None
+
+    def write_metrics(self) -> None:
+        try:
+            _write_text_atomic(self.cfg.out / "metrics.csv", _metrics_csv(self.history))
+        except OSError as e:
+            raise TrainingStopped(f"cannot write {self.cfg.out / 'metrics.csv'}: {e.strerror or e}") from None
+
+    # -- loop --
+    def score(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        out = predict(self.net, x, EVAL_BATCH, self.source)
+        loss_value, _ = self.loss.fn(out, y)
+        return float(loss_value), float(np.mean(out.argmax(axis=1) == y))
+
+    def run(self) -> RunResult:
+        cfg = self.cfg
+        self.reporter.start(RunStart(cfg, len(self.x_train), len(self.x_val), len(self.test_images),
+                                     self.graph.total_params, self.steps_per_epoch, self.epoch,
+                                     self.batch, cfg.out))
+        bs = cfg.batch_size
+        xb = np.empty((bs, *self.x_train.shape[1:]), dtype=self.x_train.dtype)
+        yb = np.empty(bs, dtype=self.y_train.dtype)
+        n = len(self.x_train)
+        while self.epoch < cfg.epochs:
+            order = _shuffle(cfg.seed, self.epoch, n)
+            p = self.partial
+            t0 = time.perf_counter() - p["seconds"]
+            for b in range(self.batch, self.steps_per_epoch):
+                idx = order[b * bs:(b + 1) * bs]
+                k = len(idx)
+                x, y = xb[:k], yb[:k]
+                np.take(self.x_train, idx, axis=0, out=x)
+                np.take(self.y_train, idx, out=y)
+                self.opt.lr = self.last_lr = learning_rate(cfg.schedule, self.plan, self.step)
+                loss_value, out = self.net.loss_and_backward(x, y, self.loss)
+                if not math.isfinite(loss_value):
+                    self.stop_non_finite(loss_value)
+                self.opt.step(self.net.grads)
+                self.step += 1
+                self.batch = b + 1
+                p["loss_sum"] += loss_value * k
+                p["correct"] += int(np.count_nonzero(out.argmax(axis=1) == y))
+                p["seen"] += k
+                elapsed = time.perf_counter() - t0
+                p["seconds"] = elapsed
+                self.reporter.step(StepProgress(self.epoch + 1, cfg.epochs, self.batch, self.steps_per_epoch,
+                                                p["loss_sum"] / p["seen"], p["correct"] / p["seen"],
+                                                p["seen"] / max(elapsed, 1e-9), self.last_lr))
+                if self.interrupts.signal_name:
+                    return self.interrupted()
+            self.finish_epoch(t0)
+            if self.interrupts.signal_name:
+                return self.interrupted(saved=True)
+        return self.complete()
+
+    def finish_epoch(self, t0: float) -> None:
+        p = self.partial
+        train_seconds = p["seconds"]
+        val_loss = val_acc = None
+        if len(self.x_val):
+            val_loss, val_acc = self.score(self.x_val, self.y_val)
+        if val_loss is not None and not math.isfinite(val_loss):
+            self.stop_non_finite(val_loss, "validation ")
+        record = EpochRecord(self.epoch + 1, p["loss_sum"] / p["seen"], p["correct"] / p["seen"],
+                             val_loss, val_acc, self.last_lr, p["seen"] / max(train_seconds, 1e-9),
+                             time.perf_counter() - t0)
+        self.epoch += 1
+        self.batch = 0
+        self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+        self.history.append(record)
+        # Without a validation set the training accuracy is the only score there is.
+        score = record.val_acc if record.val_acc is not None else record.train_acc
+        improved = self.best_score is None or score > self.best_score
+        if improved:
+            self.best_epoch, self.best_score = record.epoch, score
+        self.write_metrics()
+        self.save("last.npz")
+        if improved:
+            self.save("best.npz")
+        self.reporter.epoch_end(record)
+
+    def stop_non_finite(self, value: float, what: str = "") -> None:
+        last = self.cfg.out / "last.npz"
+        kept = (f"the last good checkpoint, {last} (epoch {self.epoch}), is kept"
+                if last.exists() else "no checkpoint had been written yet")
+        raise TrainingStopped(
+            f"the {what}loss became {value} at epoch {self.epoch + 1}, step {self.batch + 1} "
+            f"(learning rate {self.last_lr:.4g}); training stopped and {kept}. "
+            "A lower --lr (or a warm-up) usually helps.")
+
+    def interrupted(self, saved: bool = False) -> RunResult:
+        self.reporter.note(f"{self.interrupts.signal_name} received: saving a checkpoint")
+        path = self.cfg.out / "last.npz" if saved else self.save("last.npz")
+        return self.result("interrupted", checkpoint=path)
+
+    def complete(self) -> RunResult:
+        x_test = data.normalise(self.test_images, self.x_train.dtype, self.info.name)
+        test_loss, test_acc = self.score(x_test, self.test_labels)
+        try:
+            _write_text_atomic(self.cfg.out / "test.json",
+                               f'{{"loss": {test_loss!r}, "accuracy": {test_acc!r}, "n": {len(x_test)}}}\n')
+        except OSError as e:
+            raise TrainingStopped(f"cannot write {self.cfg.out / 'test.json'}: {e.strerror or e}") from None
+        return self.result("completed", test_loss=test_loss, test_acc=test_acc, n_test=len(x_test),
+                           checkpoint=self.cfg.out / "last.npz")
+
+    def result(self, status: str, **extra: Any) -> RunResult:
+        best_val = None
+        if self.best_epoch is not None and self.history[self.best_epoch - 1].val_acc is not None:
+            best_val = self.history[self.best_epoch - 1].val_acc
+        return RunResult(self.cfg, self.cfg.out, status, self.epoch, list(self.history), self.best_epoch,
+                         best_val, seconds=time.perf_counter() - self.started,
+                         signal_name=self.interrupts.signal_name, **extra)
+
+
+def train(config: RunConfig, reporter: Reporter | None = None) -> RunResult:
+    """Run the training ``config`` describes; progress goes to ``reporter``.
+
+    Returns when the last epoch is done (status ``completed``, with the test
+    scores), or after Ctrl-C/SIGTERM once a checkpoint is saved (``interrupted``).
+    A second Ctrl-C stops at once (``aborted``); the previous checkpoint stays.
+    A non-finite loss raises :class:`TrainingStopped`.
+    """
+    reporter = reporter or SilentReporter()
+    interrupts = _Interrupts()
+    run = _Run(config, reporter, interrupts)
+    try:
+        with interrupts:
+            try:
+                run.prepare()
+                return run.run()
+            except KeyboardInterrupt:
+                interrupts.signal_name = interrupts.signal_name or "SIGINT"
+                return run.result("aborted")
+    finally:
+        reporter.close()

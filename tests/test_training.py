@@ -1,0 +1,376 @@
+"""Tests of training: learning, determinism, checkpoints, resume, interrupts, user errors.
+
+They train a tiny network for one or two epochs on the first images of the
+real MNIST files (``$CNNCLI_DATA``, else ``../shared/datasets`` beside the
+repository), so each run takes seconds.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from cnncli import checkpoint, cli, schedule, training
+from cnncli.data import DownloadEvent
+from cnncli.errors import CheckpointError, TrainingStopped, UsageError
+from cnncli.losses import Loss, softmax_cross_entropy
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = """\
+name: tiny
+input: [1, 28, 28]
+classes: 10
+train: {optimizer: sgd, lr: 0.05, momentum: 0.9, schedule: cosine, batch_size: 50, epochs: 2, val_size: 100}
+layers:
+  - conv: {filters: 4, kernel: 5, stride: 2}
+  - relu
+  - maxpool: {kernel: 2}
+  - flatten
+  - dropout: {rate: 0.1}
+  - dense: {units: 10}
+"""
+
+
+def _datasets_root() -> Path | None:
+    for c in (os.environ.get("CNNCLI_DATA"), "/work/shared/datasets", str(REPO.parent / "shared" / "datasets")):
+        if c and (Path(c) / "mnist").is_dir():
+            return Path(c)
+    return None
+
+
+DATA = _datasets_root()
+pytestmark = pytest.mark.skipif(DATA is None, reason="real MNIST files not available")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def env(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CNNCLI_DATA", str(DATA))
+        mp.setenv("CNNCLI_OFFLINE", "1")
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("model") / "tiny.yaml"
+    path.write_text(TINY)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny, tmp_path_factory) -> training.RunResult:
+    """The tiny model's run with the file's settings (2 epochs, seed 0) on 1000 images, uninterrupted."""
+    return run(tiny, tmp_path_factory.mktemp("reference") / "run")
+
+
+def run(model: str, out: Path, reporter=None, limit: int = 1000, **overrides) -> training.RunResult:
+    config = training.configure(model, overrides, limit=limit, out=out)
+    return training.train(config, reporter)
+
+
+def weights(path: Path) -> dict[str, np.ndarray]:
+    return checkpoint.load(path).weights()
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
+
+
+class SignalAt(training.SilentReporter):
+    """Sends ``sig`` to this process after step ``batch`` of epoch ``epoch``."""
+
+    def __init__(self, epoch: int, batch: int, sig: int = signal.SIGINT):
+        self.at, self.sig, self.sent = (epoch, batch), sig, False
+
+    def step(self, p: training.StepProgress) -> None:
+        if (p.epoch, p.batch) == self.at and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.sig)
+
+
+# --------------------------------------------------------------------------- learning
+
+def test_loss_falls_and_accuracy_beats_chance(reference):
+    result = reference
+    assert result.status == "completed" and result.exit_code == 0
+    first, second = result.history
+    assert second.train_loss < first.train_loss
+    assert result.test_acc > 0.5  # chance is 0.1
+    assert result.n_test == 10000
+    folder = result.run_dir
+    files = {p.name for p in folder.iterdir()}
+    assert {"config.yaml", "metrics.csv", "last.npz", "best.npz", "test.json"} <= files
+    lines = (folder / "metrics.csv").read_text().splitlines()
+    assert lines[0].split(",") == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
+                                   "images_per_s", "seconds"]
+    assert len(lines) == 3
+    ckpt = checkpoint.load(folder / "last.npz")
+    assert ckpt.epoch == 2 and ckpt.meta["config"]["limit"] == 1000
+    assert "optim.steps" in ckpt.state and "conv1.weight" in ckpt.state
+
+
+def test_other_seed_gives_other_weights(tiny, tmp_path, reference):
+    run(tiny, tmp_path / "c", seed=1, limit=500)
+    wa, wc = weights(reference.last_path), weights(tmp_path / "c" / "last.npz")
+    assert not np.array_equal(wa["conv1.weight"], wc["conv1.weight"])
+
+
+# --------------------------------------------------------------------------- resume
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_then_resumed_equals_uninterrupted(tiny, tmp_path, sig, reference):
+    whole = reference
+    part = run(tiny, tmp_path / "part", reporter=SignalAt(1, 7, sig))
+    assert part.status == "interrupted"
+    assert part.exit_code == 128 + sig
+    saved = checkpoint.load(tmp_path / "part" / "last.npz")
+    assert (saved.epoch, saved.meta["batch"]) == (0, 7)
+    config = training.configure(tiny, {}, resume=tmp_path / "part" / "last.npz")
+    assert config.out == tmp_path / "part"
+    resumed = training.train(config)
+    assert resumed.status == "completed"
+    assert_same_weights(whole.last_path, tmp_path / "part" / "last.npz")
+    assert [(r.train_loss, r.val_acc) for r in resumed.history] == [(r.train_loss, r.val_acc) for r in whole.history]
+    assert resumed.test_acc == whole.test_acc
+    assert len((tmp_path / "part" / "metrics.csv").read_text().splitlines()) == 3
+
+
+def test_resume_keeps_settings_but_may_train_longer(tiny, tmp_path):
+    run(tiny, tmp_path / "r", epochs=1, schedule="constant", limit=500)
+    last = tmp_path / "r" / "last.npz"
+    with pytest.raises(UsageError, match="--lr 0.1 differs"):
+        training.configure(tiny, {"lr": 0.1}, resume=last)
+    with pytest.raises(UsageError, match="--limit 1000 differs"):
+        training.configure(tiny, {}, resume=last, limit=1000)
+    longer = training.train(training.configure(tiny, {"epochs": 2}, resume=last))
+    assert longer.epochs_done == 2 and [r.epoch for r in longer.history] == [1, 2]
+    straight = run(tiny, tmp_path / "s", epochs=2, schedule="constant", limit=500)
+    assert straight.status == "completed"
+    assert_same_weights(tmp_path / "s" / "last.npz", last)
+
+
+_KILLER = textwrap.dedent("""
+    import io, sys, time
+    from pathlib import Path
+    import numpy as np
+    from cnncli import cli
+
+    marker, argv = Path(sys.argv[1]), sys.argv[2:]
+    real, calls = np.savez, []
+
+    def torn_savez(file, **arrays):
+        # The third checkpoint is epoch 2's last.npz: write half of it, then wait to be killed.
+        calls.append(1)
+        if len(calls) == 3:
+            buf = io.BytesIO()
+            real(buf, **arrays)
+            file.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+            file.flush()
+            marker.write_text("writing")
+            time.sleep(120)
+        real(file, **arrays)
+
+    np.savez = torn_savez
+    cli.main(argv)
+""")
+
+
+def test_sigkill_while_checkpointing_keeps_previous_and_resume_continues(tiny, tmp_path, reference):
+    script = tmp_path / "killer.py"
+    script.write_text(_KILLER)
+    marker, out = tmp_path / "marker", tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(script), str(marker), "train", tiny, "--limit", "1000",
+                             "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the training run never reached its third checkpoint"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert list(out.glob(".last.npz.*.part")), "the torn write should have been in a temporary file"
+    survivor = checkpoint.load(out / "last.npz")
+    assert survivor.epoch == 1
+
+    resumed = training.train(training.configure(tiny, {}, resume=out / "last.npz"))
+    assert resumed.status == "completed" and resumed.epochs_done == 2
+    assert not list(out.glob(".*.part"))
+    assert_same_weights(reference.last_path, out / "last.npz")
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "c.npz"
+    checkpoint.save(path, {"w.weight": np.ones(3, np.float32)}, {}, {"epoch": 1})
+
+    def broken(file, **arrays):
+        file.write(b"PK\x03\x04 half a zip")
+        raise OSError(28, "No space left on device")  # the disk filled up mid-write
+
+    monkeypatch.setattr(checkpoint.np, "savez", broken)
+    with pytest.raises(OSError):
+        checkpoint.save(path, {"w.weight": np.zeros(3, np.float32)}, {}, {"epoch": 2})
+    old = checkpoint.load(path)
+    assert old.epoch == 1 and old.weights()["w.weight"].tolist() == [1, 1, 1]
+    assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]
+
+
+def test_corrupt_checkpoint_is_a_checkpoint_error(tmp_path):
+    good = tmp_path / "good.npz"
+    checkpoint.save(good, {"w.weight": np.arange(1000, dtype=np.float32)}, {}, {"epoch": 1})
+    torn = tmp_path / "torn.npz"
+    torn.write_bytes(good.read_bytes()[:700])
+    flipped = tmp_path / "flipped.npz"
+    raw = bytearray(good.read_bytes())
+    raw[400] ^= 0xFF
+    flipped.write_bytes(bytes(raw))
+    (tmp_path / "text.npz").write_text("not a checkpoint")
+    for bad in ("torn.npz", "flipped.npz", "text.npz", "missing.npz"):
+        with pytest.raises(CheckpointError, match="checkpoint"):
+            checkpoint.load(tmp_path / bad)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny, tmp_path, monkeypatch):
+    steps = []
+
+    def poisoned(logits, target):
+        steps.append(1)
+        loss, grad = softmax_cross_entropy(logits, target)
+        return (float("nan"), grad) if len(steps) > 25 else (loss, grad)
+
+    monkeypatch.setattr(training.losses, "get", lambda name: Loss("cross_entropy", poisoned, True))
+    with pytest.raises(TrainingStopped, match=r"loss became nan at epoch 2.*last good checkpoint"):
+        run(tiny, tmp_path / "nan")  # 18 steps per epoch: the 26th is in epoch 2
+    kept = checkpoint.load(tmp_path / "nan" / "last.npz")
+    assert kept.epoch == 1
+    assert all(np.all(np.isfinite(v)) for v in kept.weights().values())
+
+
+# --------------------------------------------------------------------------- user errors at the CLI
+
+def cli_error(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2, capsys.readouterr()
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "-0.1"], "--lr must be positive"),
+    (["--lr", "0"], "--lr must be positive"),
+    (["--batch-size", "0"], "--batch-size must be positive"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--momentum", "1.5"], "--momentum must be in [0, 1)"),
+    (["--weight-decay", "-1"], "--weight-decay must not be negative"),
+    (["--limit", "0"], "--limit must be a positive number"),
+    (["--limit", "70000"], "--limit 70000 is more than the 60000 training images"),
+])
+def test_invalid_flags_exit_2(tiny, tmp_path, capsys, flags, message):
+    err = cli_error(["train", tiny, "--out", str(tmp_path / "o"), *flags], capsys)
+    assert message in err and "Traceback" not in err
+
+
+def test_output_folder_problems_exit_2(tiny, tmp_path, capsys):
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "notes.txt").write_text("mine")
+    assert "already exists and is not empty" in cli_error(["train", tiny, "--out", str(used)], capsys)
+    assert (used / "notes.txt").read_text() == "mine"
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    err = cli_error(["train", tiny, "--limit", "500", "--out", str(blocker / "run")], capsys)
+    assert "cannot write the run folder" in err
+
+
+def test_corrupt_resume_checkpoint_exits_2(tiny, tmp_path, capsys):
+    bad = tmp_path / "last.npz"
+    bad.write_bytes(b"PK\x03\x04garbage")
+    assert "corrupt" in cli_error(["train", tiny, "--resume", str(bad)], capsys)
+
+
+def test_default_run_folder_is_never_reused(tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first = training.configure(tiny, {})
+    assert first.out.parent == Path("runs") and first.out.name.startswith("tiny-")
+    first.out.mkdir(parents=True)
+    (first.out / "last.npz").write_text("")
+    second = training.configure(tiny, {})
+    assert second.out != first.out and not second.out.exists()
+
+
+# --------------------------------------------------------------------------- schedules
+
+def test_schedules():
+    plan = schedule.Plan(lr=0.1, epochs=10, steps_per_epoch=100, step_epochs=3, step_gamma=0.5)
+    lr = schedule.learning_rate
+    assert lr("constant", plan, 0) == lr("constant", plan, 999) == 0.1
+    assert lr("step", plan, 299) == 0.1 and lr("step", plan, 300) == 0.05 and lr("step", plan, 900) == 0.0125
+    assert lr("cosine", plan, 0) == pytest.approx(0.1)
+    assert lr("cosine", plan, 500) == pytest.approx(0.05)
+    assert 0 < lr("cosine", plan, 999) < 1e-5
+    rates = [lr("onecycle", plan, s) for s in range(1000)]
+    assert rates[0] == pytest.approx(0.004) and max(rates) == pytest.approx(0.1, rel=1e-3)
+    assert int(np.argmax(rates)) == 300 and rates[-1] < 1e-5
+    warm = schedule.Plan(lr=0.1, epochs=10, steps_per_epoch=100, warmup_epochs=1)
+    assert lr("cosine", warm, 0) == pytest.approx(0.1 / 101)
+    assert lr("cosine", warm, 100) == pytest.approx(0.1)
+    assert lr("constant", warm, 49) == pytest.approx(0.05 * 100 / 101)
+
+
+# --------------------------------------------------------------------------- rendering
+
+def test_plain_reporter_prints_one_line_per_epoch_and_same_seed_gives_same_weights(tiny, tmp_path, reference):
+    from cnncli.render import training as render
+
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=False, width=80)
+    result = run(tiny, tmp_path / "p", reporter=render.Reporter(console))
+    render.show_result(result, console)
+    lines = buf.getvalue().splitlines()
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert len(epochs) == 2 and "img/s" in epochs[0] and "val loss" in epochs[0]
+    assert any(line.startswith("Test accuracy") for line in lines)
+    assert "\r" not in buf.getvalue()
+    assert_same_weights(reference.last_path, result.last_path)
+
+
+def test_terminal_reporter_draws_bars_and_downloads(tiny, tmp_path):
+    from cnncli.render import training as render
+
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=120)
+    reporter = render.Reporter(console)
+    url = "https://example.invalid/train-images-idx3-ubyte.gz"
+    for event in (DownloadEvent("start", "train-images-idx3-ubyte.gz", url, 0, 1000),
+                  DownloadEvent("progress", "train-images-idx3-ubyte.gz", url, 500, 1000),
+                  DownloadEvent("failed", "train-images-idx3-ubyte.gz", url, 0, None, "HTTP 404"),
+                  DownloadEvent("start", "train-images-idx3-ubyte.gz", url, 0, 1000),
+                  DownloadEvent("done", "train-images-idx3-ubyte.gz", url, 1000, 1000)):
+        reporter.download(event)
+    result = run(tiny, tmp_path / "t", reporter=reporter, epochs=1, limit=300)
+    render.show_result(result, console)
+    text = buf.getvalue()
+    assert "HTTP 404" in text and "train loss" in text and "Test accuracy" in text
