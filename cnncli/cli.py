@@ -168,6 +168,8 @@ def train(
     console = _console()
     result = training.train(config, render.Reporter(console))
     render.show_result(result, console)
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
 
 
 @app.command("eval")
