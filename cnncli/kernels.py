@@ -11,19 +11,22 @@ their floating dtype (float32 or float64) end to end.
 
 Convolution has two strategies, picked per call from the shapes alone:
 
-* ``im2col`` + BLAS: a Numba kernel unfolds a chunk of the batch into a column
-  matrix laid out ``(C*KH*KW, n, OH*OW)``, so that one ``np.matmul`` per chunk
-  (batched over groups) does the forward product, the weight gradient (the
-  batch becomes part of the reduction dimension, so no per-sample partial
-  gradients are stored) and the input gradient (folded back by ``col2im``).
-  Numba's own ``np.dot`` needs SciPy, so GEMMs run in numpy, outside the JIT.
-* direct loops, for layers so thin (few input channels per group, e.g. a
-  first layer on grey images, or depthwise) that BLAS calls would be mostly
-  overhead and the column matrix mostly wasted memory traffic.
+* unfold + BLAS (almost every layer): a kernel unfolds a cache-sized chunk of
+  the batch into a column matrix ``(C*KH*KW, n, Q)`` and ``np.matmul`` does
+  the products, batched over groups. The chunk's samples sit side by side in
+  the GEMM's long dimension, so the weight gradient is one reduction over the
+  whole chunk (no per-sample partial gradients) and the input gradient is one
+  product folded back by the adjoint kernel. Numba's own ``np.dot`` needs
+  SciPy, so GEMMs run in numpy, outside the JIT.
+* direct loops, for stride-1 groups so thin (depthwise) that a GEMM would
+  have a single-digit dimension.
 
-Parallel kernels split work by sample, channel or (sample, channel) plane and
-each iteration writes only its own slice; every reduction runs in a fixed
-order, so results are bit-identical from run to run.
+Parallel kernels split work by (sample, channel) plane, by channel or by
+(filter, channel) pair; each iteration writes only its own slice and every
+reduction runs in a fixed order, so results are bit-identical run to run.
+Large temporaries live in per-thread scratch buffers that grow to the largest
+layer seen and are reused, because fresh multi-megabyte arrays cost page
+faults comparable to filling them.
 """
 
 from __future__ import annotations
@@ -178,7 +181,8 @@ def _out_hw(
 # kw*dw, so every tap is one contiguous run of Q cells and unfolding is a
 # memcpy. The price is Wp - OW junk outputs per row (wrapped across the row
 # end), which are computed, never stored, and given zero gradient. Other
-# strides use pitch = OW and gather with strides.
+# strides, and stride-1 layers where the junk would cost more GEMM work than
+# it saves (see _MAX_JUNK_WORK), use pitch = OW and gather row by row.
 # ---------------------------------------------------------------------------
 
 
@@ -188,7 +192,6 @@ def _pad_input(x, n0, xp, ph, pw):
     h_ = x.shape[2]
     w_ = x.shape[3]
     hp_ = xp.shape[2]
-    wp_ = xp.shape[3]
     for job in prange(xp.shape[0] * c_):
         n = job // c_
         c = job - n * c_
@@ -522,6 +525,8 @@ class _Geometry:
     def input_grad_buffer(self, dx: np.ndarray, n0: int, nc: int) -> np.ndarray:
         if self.ph == 0 and self.pw == 0:
             return dx[n0 : n0 + nc]
+        # Shares the padded input's buffer: callers take it once that input
+        # has been unfolded (or used for dw) and is no longer needed.
         return _scratch("xp", (nc, self.c, self.hp, self.wp), self.x.dtype)
 
 

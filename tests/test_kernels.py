@@ -36,7 +36,7 @@ def conv_out(size, k, s, p, d):
 
 
 def ref_conv2d(x, w, b, stride, padding, dilation, groups):
-    n_, c_, h_, w_ = x.shape
+    n_, _, h_, w_ = x.shape
     f_, cg_, kh_, kw_ = w.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     oh_, ow_ = conv_out(h_, kh_, sh, ph, dh), conv_out(w_, kw_, sw, pw, dw)
@@ -60,7 +60,7 @@ def ref_conv2d(x, w, b, stride, padding, dilation, groups):
 
 
 def ref_conv2d_backward(x, w, dy, stride, padding, dilation, groups):
-    n_, c_, h_, w_ = x.shape
+    n_, _, h_, w_ = x.shape
     f_, cg_, kh_, kw_ = w.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     fg_ = f_ // groups
@@ -136,7 +136,7 @@ def ref_maxpool2d(x, kernel, stride, padding, ceil_mode):
 
 def ref_maxpool2d_backward(dy, idx, in_shape):
     dx = np.zeros(in_shape)
-    n_, c_, h_, w_ = in_shape
+    n_, c_, _, w_ = in_shape
     for n in range(n_):
         for c in range(c_):
             for oh in range(dy.shape[2]):
@@ -461,13 +461,18 @@ def pool_config(seed: int) -> dict:
     }
 
 
+def named_pool(shape, kernel, stride, padding=(0, 0), ceil_mode=False):
+    return {"shape": shape, "kernel": kernel, "stride": stride, "padding": padding, "ceil_mode": ceil_mode}
+
+
 NAMED_POOLS = {
-    "lenet-2x2": {"shape": (2, 3, 8, 8), "kernel": (2, 2), "stride": (2, 2), "padding": (0, 0), "ceil_mode": False},
-    "odd-2x2-ceil": {"shape": (1, 2, 5, 7), "kernel": (2, 2), "stride": (2, 2), "padding": (0, 0), "ceil_mode": True},
-    "3x3s2p1-ceil": {"shape": (2, 2, 6, 6), "kernel": (3, 3), "stride": (2, 2), "padding": (1, 1), "ceil_mode": True},
-    "overlap-3x3s1": {"shape": (1, 2, 5, 6), "kernel": (3, 3), "stride": (1, 1), "padding": (1, 1), "ceil_mode": False},
-    "stride-gt-kernel": {"shape": (1, 1, 9, 8), "kernel": (2, 3), "stride": (3, 4), "padding": (1, 1), "ceil_mode": True},
-    "global": {"shape": (2, 3, 4, 5), "kernel": (4, 5), "stride": (1, 1), "padding": (0, 0), "ceil_mode": False},
+    "lenet-2x2": named_pool((2, 3, 8, 8), (2, 2), (2, 2)),
+    "odd-2x2-ceil": named_pool((1, 2, 5, 7), (2, 2), (2, 2), ceil_mode=True),
+    "3x3s2p1-ceil": named_pool((2, 2, 6, 6), (3, 3), (2, 2), (1, 1), ceil_mode=True),
+    "overlap-3x3s1": named_pool((1, 2, 5, 6), (3, 3), (1, 1), (1, 1)),
+    "stride-gt-kernel": named_pool((1, 1, 9, 8), (2, 3), (3, 4), (1, 1), ceil_mode=True),
+    "global": named_pool((2, 3, 4, 5), (4, 5), (1, 1)),
+    "window-beyond-padded-input": named_pool((1, 2, 2, 3), (4, 4), (1, 1), (1, 1), ceil_mode=True),
 }
 
 POOL_CASES = [pytest.param(pool_config(s), id=f"seed{s}") for s in range(30)] + [
@@ -590,7 +595,9 @@ def test_adaptive_avgpool2d_matches_loops(shape, out_hw, dtype):
     np.testing.assert_allclose(dx, ref_adaptive_avgpool2d_backward(dy, shape), **tolerances(dtype))
     x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
     adj = np.sum(K.adaptive_avgpool2d_backward(dy64, shape) * x64)
-    assert np.sum(dy64 * K.adaptive_avgpool2d_forward(x64, out_hw)) == pytest.approx(adj, rel=1e-12, abs=1e-12)
+    assert np.sum(dy64 * K.adaptive_avgpool2d_forward(x64, out_hw)) == pytest.approx(
+        adj, rel=1e-12, abs=1e-12
+    )
 
 
 def test_adaptive_avgpool2d_literal_pytorch_value():
@@ -633,7 +640,7 @@ def test_pool_output_size_matches_window_walk():
     for size in range(1, 13):
         for kernel in range(1, 6):
             for stride in range(1, 5):
-                for padding in range(0, kernel // 2 + 1):
+                for padding in range(kernel // 2 + 1):
                     for dilation in (1, 2):
                         for ceil_mode in (False, True):
                             want = ref_pool_size(size, kernel, stride, padding, dilation, ceil_mode)
