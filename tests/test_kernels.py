@@ -499,6 +499,8 @@ def test_maxpool2d_matches_loops(cfg, dtype):
     dx = K.maxpool2d_backward(dy, idx, x.shape)
     assert dx.dtype == dtype
     np.testing.assert_allclose(dx, ref_maxpool2d_backward(dy, ridx, x.shape), **tolerances(dtype))
+    # Either index width is accepted.
+    np.testing.assert_array_equal(K.maxpool2d_backward(dy, ridx.astype(np.int64), x.shape), dx)
 
 
 @pytest.mark.parametrize("cfg", POOL_CASES)
