@@ -285,19 +285,19 @@ CONV_CASES = [pytest.param(conv_config(s), id=f"seed{s}") for s in range(30)] + 
 ]
 
 # "auto" lets the kernels pick; the others force one strategy where it applies
-# (direct loops exist for stride 1 only), and "chunked" makes every sample
-# its own GEMM chunk so that the running weight-gradient sum is exercised.
-PATHS = ["auto", "direct", "gemm", "chunked"]
+# (direct loops and direct weight gradients exist for stride 1 only), and
+# "chunked" makes every sample its own chunk so that the running weight-gradient
+# sums are exercised.
+PATHS = ["auto", "direct", "gemm", "gemm+direct-dw", "chunked", "chunked+direct-dw"]
 
 
 @pytest.fixture
 def path(request, monkeypatch):
     mode = request.param
-    if mode == "direct":
-        monkeypatch.setattr(K, "_use_direct", lambda *a: True)
-    elif mode in ("gemm", "chunked"):
-        monkeypatch.setattr(K, "_use_direct", lambda *a: False)
-    if mode == "chunked":
+    if mode != "auto":
+        monkeypatch.setattr(K, "_use_direct", lambda *a: mode == "direct")
+        monkeypatch.setattr(K, "_use_direct_dw", lambda *a: mode.endswith("direct-dw"))
+    if mode.startswith("chunked"):
         monkeypatch.setattr(K, "_COLS_BUDGET_BYTES", 1)
     return mode
 
