@@ -289,6 +289,7 @@ CONV_CASES = [pytest.param(conv_config(s), id=f"seed{s}") for s in range(30)] + 
 # "chunked" makes every sample its own chunk so that the running weight-gradient
 # sums are exercised.
 PATHS = ["auto", "direct", "gemm", "gemm+direct-dw", "chunked", "chunked+direct-dw"]
+FORWARD_PATHS = ["auto", "direct", "gemm", "chunked"]  # the forward pass has no weight gradient
 
 
 @pytest.fixture
@@ -324,7 +325,7 @@ def geometry(cfg):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", PATHS, indirect=True)
+@pytest.mark.parametrize("path", FORWARD_PATHS, indirect=True)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cfg", CONV_CASES)
 def test_conv2d_forward_matches_loops(cfg, dtype, path):
@@ -357,7 +358,7 @@ def test_conv2d_backward_skips_what_is_not_needed(cfg):
     np.testing.assert_array_equal(dw, full[1])
 
 
-@pytest.mark.parametrize("path", PATHS, indirect=True)
+@pytest.mark.parametrize("path", ["auto", "chunked"], indirect=True)
 @pytest.mark.parametrize("cfg", CONV_CASES)
 def test_conv2d_adjoint_identities(cfg, path):
     """y = A x + B w + b is bilinear, so <dy, y> = <dx, x> + <db, b> = <dw, w> + <db, b>,
