@@ -37,7 +37,7 @@ import threading
 import numpy as np
 from numba import prange
 
-from cnncli.jit import parallel_kernel
+from cnncli.jit import kernel, parallel_kernel
 
 __all__ = [
     "adaptive_avgpool2d_backward",
@@ -782,22 +782,37 @@ def maxpool2d_backward(dy: np.ndarray, argmax: np.ndarray, in_shape: tuple[int, 
 # ---------------------------------------------------------------------------
 
 
+@kernel
+def _window_table(size, n_out, k, s, p, count_include_pad, adaptive):
+    """Window bounds [lo, hi) and divisor factor per output index on one axis.
+
+    Fixed windows follow PyTorch's avg_pool2d (divisor clipped to the padded
+    or to the real input); adaptive ones span floor(i*size/n_out) ..
+    ceil((i+1)*size/n_out), in exact integer arithmetic.
+    """
+    lo = np.empty(n_out, dtype=np.int64)
+    hi = np.empty(n_out, dtype=np.int64)
+    div = np.empty(n_out, dtype=np.int64)
+    for o in range(n_out):
+        if adaptive:
+            lo[o] = (o * size) // n_out
+            hi[o] = ((o + 1) * size + n_out - 1) // n_out
+            div[o] = hi[o] - lo[o]
+        else:
+            start = o * s - p
+            end = min(start + k, size + p)
+            lo[o] = max(start, 0)
+            hi[o] = min(end, size)
+            div[o] = end - start if count_include_pad else hi[o] - lo[o]
+    return lo, hi, div
+
+
 def _avg_axis(size: int, n_out: int, k: int, s: int, p: int, count_include_pad: bool):
-    """Clipped window bounds and divisor factor per output index, PyTorch's rule."""
-    lo = np.arange(n_out, dtype=np.int64) * s - p
-    hi = np.minimum(lo + k, size + p)
-    padded = hi - lo
-    lo = np.maximum(lo, 0)
-    hi = np.minimum(hi, size)
-    return lo, hi, padded if count_include_pad else hi - lo
+    return _window_table(size, n_out, k, s, p, count_include_pad, False)
 
 
 def _adaptive_axis(size: int, n_out: int):
-    """Windows floor(i*size/n) .. ceil((i+1)*size/n), in exact integer arithmetic."""
-    o = np.arange(n_out, dtype=np.int64)
-    lo = (o * size) // n_out
-    hi = ((o + 1) * size + n_out - 1) // n_out
-    return lo, hi, hi - lo
+    return _window_table(size, n_out, 1, 1, 0, True, True)
 
 
 @parallel_kernel
