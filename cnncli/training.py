@@ -152,6 +152,8 @@ class RunResult:
     seconds: float = 0.0
     signal_name: str | None = None
     checkpoint: Path | None = None
+    batch: int = 0            # steps done in the unfinished epoch (interrupted runs)
+    steps_per_epoch: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -220,8 +222,10 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
               dtype: str = "float32") -> RunConfig:
     """Resolve a run's settings: defaults < the model file's ``train:`` < flags (``None`` = unset).
 
-    With ``resume`` the checkpoint's own settings are used; only ``epochs`` may
-    change (to train longer), and a flag that contradicts the checkpoint is an error.
+    With ``resume`` the checkpoint's own settings (``limit`` and ``dtype`` too)
+    are used; only ``epochs`` may change (to train longer), and a flag that
+    contradicts the checkpoint is an error. The run goes on in the checkpoint's
+    folder unless ``out`` names a new one.
     """
     model_spec = spec.load(model)
     given = {k: v for k, v in overrides.items() if v is not None}
@@ -587,7 +591,8 @@ class _Run:
             best_val = self.history[self.best_epoch - 1].val_acc
         return RunResult(self.cfg, self.cfg.out, status, self.epoch, list(self.history), self.best_epoch,
                          best_val, seconds=time.perf_counter() - self.started,
-                         signal_name=self.interrupts.signal_name, **extra)
+                         signal_name=self.interrupts.signal_name, batch=self.batch,
+                         steps_per_epoch=getattr(self, "steps_per_epoch", 0), **extra)
 
 
 def train(config: RunConfig, reporter: Reporter | None = None) -> RunResult:

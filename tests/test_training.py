@@ -140,6 +140,13 @@ def test_interrupted_then_resumed_equals_uninterrupted(tiny, tmp_path, sig, refe
     assert part.exit_code == 128 + sig
     saved = checkpoint.load(tmp_path / "part" / "last.npz")
     assert (saved.epoch, saved.meta["batch"]) == (0, 7)
+    from cnncli.render import training as render
+
+    buf = io.StringIO()
+    render.show_result(part, Console(file=buf, force_terminal=False, width=200))
+    name = signal.Signals(sig).name
+    assert f"Interrupted by {name} in epoch 1 (step 7 of 18)" in buf.getvalue()
+    assert f"--resume {tmp_path / 'part' / 'last.npz'}" in buf.getvalue()
     config = training.configure(tiny, {}, resume=tmp_path / "part" / "last.npz")
     assert config.out == tmp_path / "part"
     resumed = training.train(config)

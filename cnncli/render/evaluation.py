@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 import numpy as np
+from rich import box
 from rich.columns import Columns
 from rich.console import Console, Group
 from rich.style import Style
@@ -69,17 +70,17 @@ def _cell_style(count: int, row_total: int, diagonal: bool) -> str:
 
 def _confusion_table(result: EvalResult) -> Table:
     k = len(result.class_names)
+    # No vertical rules: ten 4-digit columns and the row labels fit an 80-column terminal.
     table = Table(title="Confusion matrix (rows: true class, columns: predicted)", title_justify="left",
-                  header_style="bold", show_edge=False, pad_edge=False)
-    table.add_column("true \\ pred", justify="right", no_wrap=True)
+                  header_style="bold", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("true", justify="right", no_wrap=True)
     for c in range(k):
         table.add_column(str(c), justify="right", no_wrap=True)
-    table.add_column("total", justify="right", style="dim")
     for t in range(k):
         row = result.confusion[t]
         total = int(row.sum())
         cells = [Text(str(int(v)), style=_cell_style(int(v), total, p == t)) for p, v in enumerate(row)]
-        table.add_row(f"{t} {_short(result.class_names[t])}", *cells, str(total))
+        table.add_row(f"{t} {_short(result.class_names[t])}".strip(), *cells)
     return table
 
 

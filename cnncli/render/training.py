@@ -176,7 +176,8 @@ def show_result(result: RunResult, console: Console) -> None:
     if result.status == "completed":
         console.print(f"[bold]Test accuracy {_pct(result.test_acc)}[/] (loss {_num(result.test_loss)}) "
                       f"on {result.n_test:,} {title} test images", highlight=False, soft_wrap=True)
-        parts = [f"{result.epochs_done} epochs in {_duration(result.seconds)}"]
+        epochs = "1 epoch" if result.epochs_done == 1 else f"{result.epochs_done} epochs"
+        parts = [f"{epochs} in {_duration(result.seconds)}"]
         if result.best_epoch is not None and result.best_val_acc is not None:
             parts.append(f"best validation accuracy {_pct(result.best_val_acc)} at epoch {result.best_epoch}")
         console.print("; ".join(parts), highlight=False, soft_wrap=True)
@@ -184,8 +185,10 @@ def show_result(result: RunResult, console: Console) -> None:
                       markup=False, highlight=False, soft_wrap=True)
         return
     if result.status == "interrupted":
-        console.print(f"[yellow]Interrupted by {result.signal_name}[/] after {result.epochs_done} complete "
-                      f"epochs; checkpoint saved: {result.checkpoint}", highlight=False, soft_wrap=True)
+        where = (f"in epoch {result.epochs_done + 1} (step {result.batch} of {result.steps_per_epoch})"
+                 if result.batch else f"after epoch {result.epochs_done}")
+        console.print(f"[yellow]Interrupted by {result.signal_name}[/] {where}; checkpoint saved: "
+                      f"{result.checkpoint}", highlight=False, soft_wrap=True)
         console.print(f"continue with: cnncli train {c.model} --resume {result.checkpoint}",
                       markup=False, highlight=False, soft_wrap=True)
         return
