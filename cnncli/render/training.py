@@ -143,7 +143,9 @@ class Reporter:
             # A new epoch: restart the bar so its rate and ETA are the new epoch's own.
             self.epoch = progress.epoch
             self.progress.reset(self.task, total=progress.steps, completed=progress.batch - 1)
-        self.progress.update(self.task, completed=progress.batch, epoch=f"{progress.epoch}/{progress.epochs}",
+        # After the epoch's last step the bar stays up while the validation set is scored.
+        label = f"{progress.epoch}/{progress.epochs}" + (" validating" if progress.batch == progress.steps else "")
+        self.progress.update(self.task, completed=progress.batch, epoch=label,
                              loss=progress.loss, acc=progress.accuracy, ips=progress.images_per_s)
 
     def epoch_end(self, record: EpochRecord) -> None:
