@@ -119,8 +119,9 @@ class Reporter:
             f" → {run.run_dir}",
         ]
         if c.resume is not None:
-            at = f"epoch {run.start_epoch}" + (f", step {run.start_batch}" if run.start_batch else "")
-            lines.append(f"resuming from {c.resume} after {at}")
+            at = (f"in epoch {run.start_epoch + 1} at step {run.start_batch} of {run.steps_per_epoch}"
+                  if run.start_batch else f"after epoch {run.start_epoch}")
+            lines.append(f"resuming from {c.resume} {at}")
         for line in lines:
             self.console.print(line, markup=False, highlight=False, soft_wrap=True)
         if not self.live:
