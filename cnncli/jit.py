@@ -10,6 +10,12 @@ from __future__ import annotations
 
 from numba import njit
 
+from cnncli import threads
+
+# Before any kernel runs: OpenBLAS on one thread, OpenMP threads that sleep
+# rather than spin (see cnncli.threads for why and what was measured).
+threads.configure()
+
 # fastmath lets LLVM reorder float sums and vectorise inner loops; the engine
 # never relies on NaN/Inf semantics inside a kernel (losses check finiteness
 # outside them).
