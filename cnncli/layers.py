@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnncli import kernels
+from cnncli import fused, kernels
 from cnncli.graph import Node
 
 
@@ -62,6 +62,8 @@ class Conv(Layer):
     """
 
     kind = "conv"
+    #: Whether backward computes the input's gradient (a network's first layer needs none).
+    need_dx = True
 
     def __init__(self, *args):
         super().__init__(*args)
@@ -87,7 +89,7 @@ class Conv(Layer):
         o = self.o
         dx, dw, db = kernels.conv2d_backward(
             self.x, self._weight(), dy, o["stride"], o["padding"], o["dilation"], o["groups"],
-            need_dx=True, need_db="bias" in self.params)
+            need_dx=self.need_dx, need_db="bias" in self.params)
         if self.trainable:
             if self.mask is not None:
                 dw *= self.mask
@@ -120,14 +122,23 @@ class AvgPool(Layer):
 
     kind = "avgpool"
 
+    def __init__(self, *args):
+        super().__init__(*args)
+        # Square tiles (kernel = stride, no padding), as in LeNet-5: a kernel made for them.
+        self.tile = self.o["kernel"][0] if fused.is_tile_pool(self.o) else 0
+
     def forward(self, xs, train):
         o = self.o
         self.in_shape = xs[0].shape
+        if self.tile:
+            return fused.tile_avgpool_forward(xs[0], self.tile)
         return kernels.avgpool2d_forward(xs[0], o["kernel"], o["stride"], o["padding"],
                                          o["ceil_mode"], o["count_include_pad"])
 
     def backward(self, dy):
         o = self.o
+        if self.tile:
+            return [fused.tile_avgpool_backward(dy, self.in_shape, self.tile)]
         return [kernels.avgpool2d_backward(dy, self.in_shape, o["kernel"], o["stride"], o["padding"],
                                            o["ceil_mode"], o["count_include_pad"])]
 
@@ -189,6 +200,45 @@ class Subsample(Layer):
         ds = dy * (w[None, :, None, None] * self.area)
         return [kernels.avgpool2d_backward(ds, self.in_shape, o["kernel"], o["stride"], o["padding"],
                                            False, True)]
+
+
+class FusedConv:
+    """A conv layer, its activation and its tiled average pooling run as one :class:`fused.Block`.
+
+    Built by :class:`~cnncli.network.Network` (``fast=True``) for a chain
+    conv → relu/tanh (→ avgpool) whose inner outputs feed nothing else. The
+    conv layer keeps its parameters and receives the weight gradients; the
+    network gets the activation and the block's output as the values of the
+    activation and pooling nodes (the convolution's own output is never stored).
+    """
+
+    def __init__(self, conv: Conv, act: Node, pool: Node | None):
+        self.conv = conv
+        self.nodes = [conv.node.name, act.name] + ([pool.name] if pool is not None else [])
+        k = pool.options["kernel"][0] if pool is not None else 0
+        self.block = fused.Block(conv.o["padding"], act.kind, k)
+
+    @staticmethod
+    def fits(conv: Node) -> bool:
+        o = conv.options
+        return (conv.kind == "conv" and o["groups"] == 1 and tuple(o["stride"]) == (1, 1)
+                and tuple(o["dilation"]) == (1, 1))
+
+    def forward(self, xs):
+        c = self.conv
+        return self.block.forward(xs[0], c._weight(), c.params.get("bias"))
+
+    def backward(self, dy):
+        c = self.conv
+        dx, dw, db = self.block.backward(dy, c._weight(), need_dx=c.need_dx, need_db="bias" in c.params)
+        c.grads = {}
+        if c.trainable:
+            if c.mask is not None:
+                dw *= c.mask
+            c.grads["weight"] = dw
+            if db is not None:
+                c.grads["bias"] = db
+        return [dx]
 
 
 # --- dense and reshaping ------------------------------------------------------------

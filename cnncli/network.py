@@ -16,7 +16,8 @@ import numpy as np
 
 from cnncli.errors import CheckpointError, UsageError
 from cnncli.graph import Graph, Node, ancestors
-from cnncli.layers import LAYERS
+from cnncli import fused
+from cnncli.layers import LAYERS, FusedConv
 from cnncli.losses import Loss
 from cnncli.shapes import fmt_shape
 
@@ -62,10 +63,20 @@ def initial_value(node: Node, suffix: str, rng: np.random.Generator, dtype) -> n
 
 
 class Network:
-    """Parameters, buffers and layers of a graph, with forward and backward passes."""
+    """Parameters, buffers and layers of a graph, with forward and backward passes.
 
-    def __init__(self, graph: Graph, dtype: str | np.dtype = "float32", seed: int = 0):
+    ``fast=True`` is for training and inference, where only the outputs, the
+    loss and the parameter gradients matter: chains conv → relu/tanh
+    (→ tiled avgpool) run fused (:class:`~cnncli.layers.FusedConv`), so the
+    convolution's own output is not in ``values`` and the chain's inner nodes
+    get no ``node_grads``; and no gradient is computed for the input batch
+    (``input_grad`` stays None). The default keeps every value and gradient,
+    as ``backprop-trace`` needs.
+    """
+
+    def __init__(self, graph: Graph, dtype: str | np.dtype = "float32", seed: int = 0, fast: bool = False):
         self.graph = graph
+        self.fast = fast
         self.dtype = np.dtype(dtype)
         rng = np.random.default_rng(seed)
         # Dropout draws from its own generator so that its state can be checkpointed.
@@ -82,12 +93,47 @@ class Network:
                 fill = np.ones if suffix == "running_var" else np.zeros
                 bufs[suffix] = self.buffers[f"{node.name}.{suffix}"] = fill(shape, dtype=self.dtype)
             self.layers[node.name] = LAYERS[node.kind](node, own, bufs, self.rng)
+        # node name -> the fused chain it starts (forward) or ends (backward); inner nodes -> None
+        self.fused_head: dict[str, FusedConv] = {}
+        self.fused_tail: dict[str, FusedConv] = {}
+        self.fused_inner: set[str] = set()
+        if fast:
+            self._fuse()
+            for node in graph.nodes:
+                layer = self.layers[node.name]
+                if node.kind == "conv" and list(node.inputs) == ["input"]:
+                    layer.need_dx = False  # nothing needs the input's gradient
         main = ancestors({n.name: n.inputs for n in graph.nodes}, [graph.output])
         self.infer_order = [n for n in graph.nodes if n.name in main]
         self.values: dict[str, np.ndarray] = {}
         self.node_grads: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
         self.input_grad: np.ndarray | None = None
+
+    def _fuse(self) -> None:
+        readers: dict[str, list[Node]] = {}
+        for node in self.graph.nodes:
+            for name in node.inputs:
+                readers.setdefault(name, []).append(node)
+        ends = {self.graph.output, *self.graph.aux_outputs}
+
+        def only_reader(name: str) -> Node | None:
+            r = readers.get(name, [])
+            return r[0] if len(r) == 1 and name not in ends else None
+
+        for node in self.graph.nodes:
+            if not FusedConv.fits(node):
+                continue
+            act = only_reader(node.name)
+            if act is None or act.kind not in fused.ACTIVATIONS:
+                continue
+            pool = only_reader(act.name)
+            if pool is not None and not (pool.kind == "avgpool" and fused.is_tile_pool(pool.options)):
+                pool = None
+            chain = FusedConv(self.layers[node.name], act, pool)
+            self.fused_head[node.name] = chain
+            self.fused_tail[chain.nodes[-1]] = chain
+            self.fused_inner.update(chain.nodes)
 
     # -- parameters --
     def trainable(self) -> dict[str, np.ndarray]:
@@ -130,6 +176,12 @@ class Network:
         values = {"input": self._check_input(x)}
         order = self.graph.nodes if train else self.infer_order
         for node in order:
+            if node.name in self.fused_inner:
+                chain = self.fused_head.get(node.name)
+                if chain is not None:
+                    outs = chain.forward([values[i] for i in node.inputs])
+                    values.update(zip(chain.nodes[1:], outs))
+                continue
             values[node.name] = self.layers[node.name].forward([values[i] for i in node.inputs], train)
         self.values = values
         return values[self.graph.output]
@@ -171,7 +223,17 @@ class Network:
                 continue
             if keep_node_grads:
                 self.node_grads[node.name] = g
-            for inp, dx in zip(node.inputs, self.layers[node.name].backward(g)):
+            if node.name in self.fused_inner:
+                chain = self.fused_tail.get(node.name)
+                if chain is None:
+                    continue
+                node = self.graph[chain.nodes[0]]
+                dxs = chain.backward(g)
+            else:
+                dxs = self.layers[node.name].backward(g)
+            for inp, dx in zip(node.inputs, dxs):
+                if dx is None:  # not computed: nothing reads it
+                    continue
                 # Never add in place: a layer may hand the same array to several inputs.
                 grads[inp] = grads[inp] + dx if inp in grads else dx
         self.input_grad = grads.get("input")

@@ -317,3 +317,75 @@ def test_inline_init_sets_the_lectures_weights():
     # Slide 7's softmax [0.2698 0.3223 0.4078] is a slip: softmax(o_in) is this.
     e = np.exp(net.values["o"])
     assert np.allclose(y, e / e.sum()) and np.allclose(y, [[0.1984, 0.2854, 0.5162]], atol=1e-3)
+
+
+# Chains that a fast network runs fused (cnncli.fused): conv -> relu/tanh (-> tiled avgpool).
+# A tanh in front makes the chain's input gradient reach the network's input, where it is checked.
+FUSED_CASES = [
+    ((2, 2, 7, 6), "conv: {filters: 3, kernel: 3, padding: 1}\n  - tanh\n  - avgpool: {kernel: 2}"),
+    ((2, 2, 8, 8), "conv: {filters: 3, kernel: 3}\n  - relu\n  - avgpool: {kernel: 3}"),
+    ((3, 1, 9, 9), "conv: {filters: 2, kernel: 5, padding: 2, bias: false}\n  - tanh\n  - avgpool: {kernel: 2}"),
+    ((2, 3, 6, 6), "conv: {filters: 2, kernel: 3, connections: [[1, 0, 1], [0, 1, 1]]}\n  - tanh"),
+    # many filters on a narrow image: the columns are gathered row by row (pitch = output width)
+    ((2, 2, 5, 5), "conv: {filters: 40, kernel: 3, padding: 0}\n  - tanh\n  - avgpool: {kernel: 3}"),
+    # a pooling the block does not take (overlapping windows) stays a layer of its own
+    ((2, 2, 7, 7), "conv: {filters: 3, kernel: 3, padding: 1}\n  - relu\n  - avgpool: {kernel: 3, stride: 2}"),
+]
+
+
+def _fused_network(in_shape, entry: str, dtype="float64", seed=0, fast=True) -> Network:
+    text = f"input: {list(in_shape[1:])}\nlayers:\n  - tanh: {{name: pre}}\n  - {entry}\n"
+    return Network(graph.build(spec.parse(text)), dtype=dtype, seed=seed, fast=fast)
+
+
+@pytest.mark.parametrize("in_shape,entry", FUSED_CASES, ids=range(len(FUSED_CASES)))
+def test_fused_chains_match_finite_differences(in_shape, entry):
+    rng = np.random.default_rng(11)
+    net = _fused_network(in_shape, entry)
+    assert net.fused_head, "the chain should have been fused"
+    _perturb_params(net, rng)
+    x = rng.standard_normal(in_shape)
+    _fd_check(net, x, True, rng)
+
+
+@pytest.mark.parametrize("in_shape,entry", FUSED_CASES, ids=range(len(FUSED_CASES)))
+def test_fused_chains_equal_the_layers_they_replace(in_shape, entry):
+    rng = np.random.default_rng(12)
+    plain, fast = _fused_network(in_shape, entry, fast=False), _fused_network(in_shape, entry)
+    x = rng.standard_normal(in_shape)
+    y = plain.forward(x, train=True)
+    assert np.allclose(fast.forward(x, train=True), y, rtol=1e-12, atol=1e-14)
+    r = rng.standard_normal(y.shape)
+    plain.backward({plain.graph.output: r})
+    fast.backward({fast.graph.output: r})
+    assert np.allclose(fast.input_grad, plain.input_grad, rtol=1e-10, atol=1e-14)
+    for k, g in plain.grads.items():
+        assert np.allclose(fast.grads[k], g, rtol=1e-10, atol=1e-14), k
+
+
+@pytest.mark.parametrize("model,chains", [
+    ("lenet5", [["c1", "tanh1", "s2"], ["c3", "tanh2", "s4"]]),
+    ("lenet5-1998", [["c1", "tanh1"], ["c3", "tanh3"], ["c5", "tanh5"]]),
+])
+def test_fast_network_fuses_lenet_and_skips_the_input_gradient(model, chains):
+    g = graph.build(spec.load(model))
+    plain, fast = Network(g, "float64", seed=1), Network(g, "float64", seed=1, fast=True)
+    assert [c.nodes for c in fast.fused_head.values()] == chains
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((5, *g.input_shape))
+    target = rng.integers(0, 10, 5)
+    loss = losses.get("cross_entropy")
+    lp, op = plain.loss_and_backward(x, target, loss)
+    lf, of = fast.loss_and_backward(x, target, loss)
+    assert lf == pytest.approx(lp, rel=1e-12) and np.allclose(of, op, rtol=1e-12)
+    assert fast.input_grad is None and plain.input_grad is not None
+    for k, grad in plain.grads.items():
+        assert np.allclose(fast.grads[k], grad, rtol=1e-9, atol=1e-15), k
+    # float32 through the fused kernels agrees with float64
+    f32 = Network(g, "float32", seed=1, fast=True)
+    for k in f32.params:
+        f32.params[k][...] = fast.params[k]
+    l32, _ = f32.loss_and_backward(x.astype(np.float32), target, loss)
+    assert l32 == pytest.approx(lf, rel=1e-5)
+    for k, grad in fast.grads.items():
+        assert np.allclose(f32.grads[k], grad, rtol=1e-3, atol=1e-5 * max(1.0, np.abs(grad).max())), k

@@ -1,0 +1,417 @@
+"""Fused kernels for small networks: convolution + bias + activation + tiled average pooling.
+
+LeNet-style networks spend more time in the passes *between* their GEMMs than
+in the GEMMs: storing the convolution's output, adding the bias, the
+activation, the pooling and, going back, the same four in reverse plus the
+bias gradient, each one a trip through memory and a Numba launch. A
+:class:`Block` does a convolution (stride 1, no dilation, one group), its
+activation (ReLU or tanh, or none) and an optional average pooling with
+non-overlapping ``k x k`` tiles (kernel = stride, no padding) as
+
+* forward: pad + unfold a chunk of the batch, one GEMM, then one kernel that
+  adds the bias, applies ReLU, crops the junk columns and writes the
+  activation (tanh runs in numpy in place: its SIMD tanh is ~40x faster than
+  Numba's scalar ``math.tanh``), then one kernel for the tiled average;
+* backward: one kernel spreads the pooled gradient over its tiles, multiplies
+  by the activation's derivative and lays it out for the GEMMs (the bias
+  gradient is one row sum of that), then the weight-gradient GEMM and, only
+  when the block's input needs a gradient, the input-gradient GEMM and a fold.
+
+Layout and conventions are those of :mod:`cnncli.kernels` (NCHW, weights
+``(F, C, KH, KW)``, PyTorch's results); the block keeps the activation for
+the backward pass and nothing else. :func:`tile_avgpool_forward` and
+:func:`tile_avgpool_backward` also serve plain ``avgpool`` layers with
+kernel = stride and no padding, which the general window kernels run 5-10x
+slower on LeNet-5's shapes.
+
+Every kernel writes disjoint slices and sums in a fixed order, so results are
+the same run to run; scratch buffers are per thread, so that blocks of two
+network replicas can run at the same time on different threads.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from numba import prange
+
+from cnncli.jit import parallel_kernel
+
+__all__ = ["ACTIVATIONS", "Block", "tile_avgpool_backward", "tile_avgpool_forward"]
+
+#: Activation codes of the kernels, by layer kind.
+ACTIVATIONS = {None: 0, "relu": 1, "tanh": 2}
+
+# A chunk's column matrix stays under this size, so that the GEMM finds it in
+# cache (the same budget as cnncli.kernels).
+_COLS_BUDGET_BYTES = 4 << 20
+
+# Filters up to this many: the weight gradient is computed as cols @ dy^T and
+# transposed, which OpenBLAS runs about twice as fast for a short M.
+_DW_TRANSPOSED_MAX_F = 32
+
+_workspace = threading.local()
+
+
+def _scratch(slot: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A reusable uninitialised buffer per thread, slot and dtype."""
+    key = (slot, np.dtype(dtype).str)
+    buffers = getattr(_workspace, "buffers", None)
+    if buffers is None:
+        buffers = _workspace.buffers = {}
+    size = 1
+    for d in shape:
+        size *= d
+    buf = buffers.get(key)
+    if buf is None or buf.size < size:
+        buf = buffers[key] = np.empty(size, dtype=dtype)
+    return buf[:size].reshape(shape)
+
+
+# ---------------------------------------------------------------------------
+# kernels
+# ---------------------------------------------------------------------------
+
+
+@parallel_kernel
+def _pad(x, n0, xp, ph, pw):
+    c_ = x.shape[1]
+    h_ = x.shape[2]
+    w_ = x.shape[3]
+    for job in prange(xp.shape[0] * c_):
+        n = job // c_
+        c = job - n * c_
+        dst = xp[n, c]
+        dst[:, :] = 0.0
+        src = x[n0 + n, c]
+        for r in range(h_):
+            dst[ph + r, pw : pw + w_] = src[r]
+
+
+@parallel_kernel
+def _unfold(xp, cols, kh_, kw_, oh_, ow_, pitch):
+    # cols (C*KH*KW, n, Q): one row per weight tap, the chunk's samples side by
+    # side. With pitch = Wp a tap is one contiguous run of the padded plane
+    # (junk outputs wrap across row ends); with pitch = OW rows are gathered.
+    c_ = xp.shape[1]
+    wp_ = xp.shape[3]
+    q_ = cols.shape[2]
+    for job in prange(xp.shape[0] * c_):
+        n = job // c_
+        c = job - n * c_
+        plane = xp[n, c]
+        flat = plane.reshape(-1)
+        for i in range(kh_):
+            for j in range(kw_):
+                dst = cols[(c * kh_ + i) * kw_ + j, n]
+                if pitch == wp_:
+                    off = i * wp_ + j
+                    src = flat[off : off + q_]
+                    for q in range(q_):
+                        dst[q] = src[q]
+                else:
+                    for oh in range(oh_):
+                        src = plane[oh + i, j : j + ow_]
+                        out = dst[oh * pitch : oh * pitch + ow_]
+                        for ow in range(ow_):
+                            out[ow] = src[ow]
+
+
+@parallel_kernel
+def _fold(dcols, dxp, dx, n0, ph, pw, kh_, kw_, oh_, ow_, pitch):
+    # The adjoint of _pad + _unfold: each (sample, channel) plane adds its taps
+    # in a fixed order, then the padding is cropped off into dx (skipped when
+    # dxp is dx's own chunk).
+    c_ = dxp.shape[1]
+    h_ = dx.shape[2]
+    w_ = dx.shape[3]
+    wp_ = dxp.shape[3]
+    q_ = dcols.shape[2]
+    crop = ph > 0 or pw > 0
+    for job in prange(dxp.shape[0] * c_):
+        n = job // c_
+        c = job - n * c_
+        plane = dxp[n, c]
+        flat = plane.reshape(-1)
+        flat[:] = 0.0
+        for i in range(kh_):
+            for j in range(kw_):
+                src = dcols[(c * kh_ + i) * kw_ + j, n]
+                if pitch == wp_:
+                    off = i * wp_ + j
+                    dst = flat[off : off + q_]
+                    for q in range(q_):
+                        dst[q] += src[q]
+                else:
+                    for oh in range(oh_):
+                        dst = plane[oh + i, j : j + ow_]
+                        part = src[oh * pitch : oh * pitch + ow_]
+                        for ow in range(ow_):
+                            dst[ow] += part[ow]
+        if crop:
+            out = dx[n0 + n, c]
+            for r in range(h_):
+                out[r, :] = plane[ph + r, pw : pw + w_]
+
+
+@parallel_kernel
+def _bias_act(ybuf, b, a, n0, pitch, act):
+    # GEMM output (F, n, Q) -> a (N, F, OH, OW): junk columns dropped, bias
+    # added, ReLU applied (act 1); tanh (act 2) is left to the caller.
+    f_ = ybuf.shape[0]
+    oh_ = a.shape[2]
+    ow_ = a.shape[3]
+    has_bias = b.shape[0] > 0
+    for job in prange(ybuf.shape[1] * f_):
+        n = job // f_
+        f = job - n * f_
+        src = ybuf[f, n]
+        dst = a[n0 + n, f]
+        zero = a.dtype.type(0)
+        bias = b[f] if has_bias else zero
+        for oh in range(oh_):
+            row = dst[oh]
+            part = src[oh * pitch : oh * pitch + ow_]
+            for ow in range(ow_):
+                z = part[ow] + bias
+                if act == 1:
+                    z = max(z, zero)
+                row[ow] = z
+
+
+@parallel_kernel
+def _tile_avg(x, y, k):
+    # y[n, c, i, j] = mean of x[n, c, i*k : i*k+k, j*k : j*k+k]
+    c_ = x.shape[1]
+    oh_ = y.shape[2]
+    ow_ = y.shape[3]
+    inv = x.dtype.type(1.0 / (k * k))
+    for job in prange(x.shape[0] * c_):
+        n = job // c_
+        c = job - n * c_
+        src = x[n, c]
+        dst = y[n, c]
+        for i in range(oh_):
+            out = dst[i]
+            for j in range(ow_):
+                out[j] = 0.0
+            for r in range(i * k, i * k + k):
+                row = src[r]
+                for j in range(ow_):
+                    acc = out[j]
+                    for t in range(k):
+                        acc += row[j * k + t]
+                    out[j] = acc
+            for j in range(ow_):
+                out[j] *= inv
+
+
+@parallel_kernel
+def _tile_spread(dy, dx, k):
+    # The adjoint of _tile_avg: each input cell of a tile gets dy / k²; rows
+    # and columns past the last whole tile get zero.
+    c_ = dx.shape[1]
+    h_ = dx.shape[2]
+    w_ = dx.shape[3]
+    oh_ = dy.shape[2]
+    ow_ = dy.shape[3]
+    inv = dx.dtype.type(1.0 / (k * k))
+    for job in prange(dx.shape[0] * c_):
+        n = job // c_
+        c = job - n * c_
+        g = dy[n, c]
+        dst = dx[n, c]
+        for r in range(h_):
+            row = dst[r]
+            i = r // k
+            if i < oh_:
+                grow = g[i]
+                for col in range(ow_ * k):
+                    row[col] = grow[col // k] * inv
+                for col in range(ow_ * k, w_):
+                    row[col] = 0.0
+            else:
+                row[:] = 0.0
+
+
+@parallel_kernel
+def _act_grad(g, a, dyt, n0, pitch, k, act):
+    # dz = (the pooled gradient spread over its k x k tile, or g itself when
+    # k == 0) * act'(a), laid out as the GEMMs' (F, n, Q) with junk zeroed.
+    f_ = dyt.shape[0]
+    oh_ = a.shape[2]
+    ow_ = a.shape[3]
+    kk = max(k, 1)
+    inv = a.dtype.type(1.0 / (kk * kk))
+    zero = a.dtype.type(0)
+    one = a.dtype.type(1)
+    rows = g.shape[2] * kk  # rows (and columns) that reach the output
+    wide = g.shape[3] * kk
+    for job in prange(dyt.shape[1] * f_):
+        n = job // f_
+        f = job - n * f_
+        src = a[n0 + n, f]
+        gs = g[n0 + n, f]
+        dst = dyt[f, n]
+        dst[:] = zero
+        for oh in range(rows):
+            arow = src[oh]
+            grow = gs[oh // kk]
+            out = dst[oh * pitch : oh * pitch + wide]
+            # the tile's share first (a short loop per pooled column), then the derivative
+            for j in range(g.shape[3]):
+                share = grow[j] * inv
+                for t in range(kk):
+                    out[j * kk + t] = share
+            if act == 2:
+                for ow in range(wide):
+                    av = arow[ow]
+                    out[ow] *= one - av * av
+            elif act == 1:
+                for ow in range(wide):
+                    if arow[ow] <= zero:
+                        out[ow] = zero
+
+
+# ---------------------------------------------------------------------------
+# tiled average pooling (kernel = stride, no padding)
+# ---------------------------------------------------------------------------
+
+
+def tile_avgpool_forward(x: np.ndarray, k: int) -> np.ndarray:
+    """Average of each non-overlapping k x k tile: x (N, C, H, W) -> (N, C, H // k, W // k)."""
+    x = np.ascontiguousarray(x)
+    n, c, h, w = x.shape
+    y = np.empty((n, c, h // k, w // k), dtype=x.dtype)
+    _tile_avg(x, y, k)
+    return y
+
+
+def tile_avgpool_backward(dy: np.ndarray, in_shape: tuple[int, int, int, int], k: int) -> np.ndarray:
+    """Gradient of :func:`tile_avgpool_forward`: dy / k² on every cell of its tile."""
+    dx = np.empty(in_shape, dtype=dy.dtype)
+    _tile_spread(np.ascontiguousarray(dy), dx, k)
+    return dx
+
+
+def is_tile_pool(options: dict) -> bool:
+    """True for average-pooling options that :func:`tile_avgpool_forward` computes exactly."""
+    k = tuple(options["kernel"])
+    return (k[0] == k[1] and tuple(options["stride"]) == k and tuple(options["padding"]) == (0, 0)
+            and not options["ceil_mode"])
+
+
+# ---------------------------------------------------------------------------
+# the block
+# ---------------------------------------------------------------------------
+
+
+class Block:
+    """Convolution (+ bias) + activation + optional tiled average pooling, fused.
+
+    ``kernel`` (KH, KW) and ``padding`` (PH, PW) describe the convolution
+    (stride 1, dilation 1, groups 1); ``act`` is None, ``"relu"`` or ``"tanh"``;
+    ``pool`` is the tile size k, or 0 for none. Call :meth:`forward` then
+    :meth:`backward`; the block keeps its input and activation in between.
+    """
+
+    def __init__(self, padding, act: str | None, pool: int):
+        self.ph, self.pw = padding
+        self.act = act
+        self.code = ACTIVATIONS[act]
+        self.pool = int(pool)
+
+    def _geometry(self, x: np.ndarray, w: np.ndarray) -> None:
+        n, c, h, wd = x.shape
+        f, _, kh, kw = w.shape
+        self.hp, self.wp = h + 2 * self.ph, wd + 2 * self.pw
+        self.oh, self.ow = self.hp - kh + 1, self.wp - kw + 1
+        # Whole padded rows (junk outputs included) unless the junk would
+        # cost more GEMM work than a row-by-row gather (cnncli.kernels' rule).
+        junk = f * (self.wp - self.ow) / self.ow
+        self.pitch = self.wp if junk <= 12.0 else self.ow
+        self.q = (self.oh - 1) * self.pitch + self.ow
+        self.taps = c * kh * kw
+        per_sample = self.taps * self.q * x.itemsize
+        step = max(1, min(n, _COLS_BUDGET_BYTES // max(per_sample, 1)))
+        chunks = -(-n // step)
+        self.step = -(-n // chunks)
+
+    def _padded(self, x: np.ndarray, n0: int, nc: int) -> np.ndarray:
+        if self.ph == 0 and self.pw == 0:
+            return x[n0 : n0 + nc]
+        xp = _scratch("xp", (nc, x.shape[1], self.hp, self.wp), x.dtype)
+        _pad(x, n0, xp, self.ph, self.pw)
+        return xp
+
+    def _unfolded(self, xp: np.ndarray, kh: int, kw: int, nc: int) -> np.ndarray:
+        cols = _scratch("cols", (self.taps, nc, self.q), xp.dtype)
+        _unfold(xp, cols, kh, kw, self.oh, self.ow, self.pitch)
+        return cols
+
+    def forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """x (N, C, H, W) -> (activation (N, F, OH, OW), output: pooled (N, F, OH//k, OW//k) or the activation)."""
+        x = np.ascontiguousarray(x)
+        w = np.ascontiguousarray(w)
+        self._geometry(x, w)
+        self.x = x
+        n = x.shape[0]
+        f, _, kh, kw = w.shape
+        dtype = x.dtype
+        bias = np.empty(0, dtype=dtype) if b is None else b
+        a = np.empty((n, f, self.oh, self.ow), dtype=dtype)
+        w2 = w.reshape(f, self.taps)
+        for n0 in range(0, n, self.step):
+            nc = min(self.step, n - n0)
+            cols = self._unfolded(self._padded(x, n0, nc), kh, kw, nc)
+            ybuf = _scratch("out", (f, nc, self.q), dtype)
+            np.matmul(w2, cols.reshape(self.taps, nc * self.q), out=ybuf.reshape(f, nc * self.q))
+            _bias_act(ybuf, bias, a, n0, self.pitch, self.code)
+        if self.code == 2:
+            np.tanh(a, out=a)
+        self.a = a
+        if not self.pool:
+            return a, a
+        return a, tile_avgpool_forward(a, self.pool)
+
+    def backward(self, g: np.ndarray, w: np.ndarray, need_dx: bool = True, need_db: bool = True):
+        """g = dL/d(output) -> (dx or None, dw (F, C, KH, KW), db (F,) or None)."""
+        x, a = self.x, self.a
+        g = np.ascontiguousarray(g)
+        w = np.ascontiguousarray(w)
+        n = x.shape[0]
+        f, _, kh, kw = w.shape
+        dtype = x.dtype
+        dx = np.empty_like(x) if need_dx else None
+        db = np.zeros(f, dtype=dtype) if need_db else None
+        transposed = f <= _DW_TRANSPOSED_MAX_F
+        dw_acc = np.empty((self.taps, f) if transposed else (f, self.taps), dtype=dtype)
+        w2 = w.reshape(f, self.taps)
+        for n0 in range(0, n, self.step):
+            nc = min(self.step, n - n0)
+            dyt = _scratch("out", (f, nc, self.q), dtype)
+            _act_grad(g, a, dyt, n0, self.pitch, self.pool, self.code)
+            dyt2 = dyt.reshape(f, nc * self.q)
+            if db is not None:
+                db += dyt2.sum(axis=1)
+            xp = self._padded(x, n0, nc)
+            cols2 = self._unfolded(xp, kh, kw, nc).reshape(self.taps, nc * self.q)
+            # Fixed chunks, fixed order: the same sums on every run.
+            if transposed:
+                part = np.matmul(cols2, dyt2.T, out=dw_acc if n0 == 0 else None)
+            else:
+                part = np.matmul(dyt2, cols2.T, out=dw_acc if n0 == 0 else None)
+            if n0 > 0:
+                dw_acc += part
+            if dx is None:
+                continue
+            if self.ph == 0 and self.pw == 0:
+                dxp = dx[n0 : n0 + nc]
+            else:
+                dxp = _scratch("xp", (nc, x.shape[1], self.hp, self.wp), dtype)  # the padded input is spent
+            dcols = _scratch("cols", (self.taps, nc, self.q), dtype)  # so are the columns
+            np.matmul(w2.T, dyt2, out=dcols.reshape(self.taps, nc * self.q))
+            _fold(dcols, dxp, dx, n0, self.ph, self.pw, kh, kw, self.oh, self.ow, self.pitch)
+        dw = (dw_acc.T if transposed else dw_acc).reshape(w.shape).copy()
+        return dx, dw, db
