@@ -10,6 +10,9 @@ keyed like the checkpoint, ``<node>.weight``.
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -36,6 +39,47 @@ def _fan_out(node: Node) -> int:
     if node.kind == "dense":
         return shape[1]
     return shape[0] * math.prod(shape[2:]) if len(shape) == 4 else shape[0]
+
+
+#: A fast network splits a batch across threads only into parts of at least this many samples.
+MIN_PART = 16
+
+# Layers whose output for one sample depends on the others in the batch (batch
+# statistics) or on a shared random generator: a network with them never splits.
+_UNSPLITTABLE = ("batchnorm", "dropout")
+
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _thread_pool(workers: int) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < workers:  # noqa: SLF001
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cnncli")
+        return _pool
+
+
+def _engine_threads() -> int:
+    import numba
+
+    return numba.config.NUMBA_NUM_THREADS
+
+
+class _MergedValues(Mapping):
+    """The node values of a batch computed in parts: each one joined along the batch on access."""
+
+    def __init__(self, parts: list[dict[str, np.ndarray]]):
+        self.parts = parts
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return np.concatenate([p[key] for p in self.parts])
+
+    def __iter__(self):
+        return iter(self.parts[0])
+
+    def __len__(self) -> int:
+        return len(self.parts[0])
 
 
 def initial_value(node: Node, suffix: str, rng: np.random.Generator, dtype) -> np.ndarray:
@@ -103,6 +147,15 @@ class Network:
                 layer = self.layers[node.name]
                 if node.kind == "conv" and list(node.inputs) == ["input"]:
                     layer.need_dx = False  # nothing needs the input's gradient
+        # Data parallelism over threads (fast networks only): replicas share the
+        # parameter arrays, each runs its part of the batch with one Numba
+        # thread and one-thread BLAS, and the parts' gradients are averaged.
+        # Unlike prange inside each kernel, the GEMMs run in parallel too, and
+        # the threads meet once per pass instead of after every kernel.
+        self.workers = 1
+        if fast and not any(n.kind in _UNSPLITTABLE for n in graph.nodes):
+            self.workers = max(1, _engine_threads())
+        self._replicas: list[Network] = []
         main = ancestors({n.name: n.inputs for n in graph.nodes}, [graph.output])
         self.infer_order = [n for n in graph.nodes if n.name in main]
         self.values: dict[str, np.ndarray] = {}
@@ -171,8 +224,54 @@ class Network:
                              f"N×{fmt_shape(want)}")
         return np.ascontiguousarray(x, dtype=self.dtype)
 
+    # -- splitting a batch across threads --
+    def _parts(self, n: int) -> list[slice] | None:
+        k = min(self.workers, n // MIN_PART)
+        if k < 2:
+            return None
+        bounds = [n * i // k for i in range(k + 1)]
+        return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+    def _replica(self, i: int) -> Network:
+        while len(self._replicas) < i:
+            r = Network(self.graph, self.dtype, seed=0, fast=True)
+            r.workers = 1
+            r.params, r.buffers, r.rng = self.params, self.buffers, self.rng
+            for node in self.graph.nodes:
+                for suffix in node.params:
+                    r.layers[node.name].params[suffix] = self.params[f"{node.name}.{suffix}"]
+            self._replicas.append(r)
+        return self._replicas[i - 1]
+
+    def _in_parts(self, parts: list[slice], task) -> list[Any]:
+        """task(network, part) for each part, the first on this thread and the rest on the pool."""
+        import numba
+
+        def run(i: int):
+            numba.set_num_threads(1)  # per thread: this part's kernels stay on this thread
+            return task(self if i == 0 else self._replica(i), parts[i])
+
+        for i in range(1, len(parts)):
+            self._replica(i)
+        futures = [_thread_pool(len(parts) - 1).submit(run, i) for i in range(1, len(parts))]
+        before = numba.get_num_threads()
+        try:
+            first = run(0)
+        finally:
+            numba.set_num_threads(before)
+        return [first] + [f.result() for f in futures]
+
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         """x (N, *input) → the main output (N, *output). While training, auxiliary heads run too."""
+        parts = self._parts(x.shape[0]) if self.workers > 1 else None
+        if parts is None:
+            return self._forward(x, train)
+        x = self._check_input(x)
+        self._in_parts(parts, lambda net, part: net._forward(x[part], train))
+        self.values = _MergedValues([self.values] + [r.values for r in self._replicas[:len(parts) - 1]])
+        return self.values[self.graph.output]
+
+    def _forward(self, x: np.ndarray, train: bool) -> np.ndarray:
         values = {"input": self._check_input(x)}
         order = self.graph.nodes if train else self.infer_order
         for node in order:
@@ -193,7 +292,31 @@ class Network:
         Returns (loss, main output). Parameter gradients land in ``self.grads``;
         with ``keep_node_grads`` every node's ∂E/∂output in ``self.node_grads``.
         """
-        out = self.forward(x, train)
+        parts = None
+        if self.workers > 1 and not keep_node_grads and len(target) == len(x):
+            parts = self._parts(x.shape[0])
+        if parts is None:
+            return self._loss_and_backward(x, target, loss, train, keep_node_grads)
+        x = self._check_input(x)
+        n = x.shape[0]
+        done = self._in_parts(parts, lambda net, part: net._loss_and_backward(x[part], target[part], loss,
+                                                                               train, False))
+        nets = [self] + self._replicas[:len(parts) - 1]
+        # Each part's loss is its own mean: weight by the part's share of the batch.
+        shares = [(p.stop - p.start) / n for p in parts]
+        total = sum(s * lv for s, (lv, _) in zip(shares, done))
+        grads = {}
+        for key in self.grads:
+            g = nets[0].grads[key] * self.dtype.type(shares[0])
+            for s, net in zip(shares[1:], nets[1:]):
+                g += net.grads[key] * self.dtype.type(s)
+            grads[key] = g
+        self.grads = grads
+        self.values = _MergedValues([net.values for net in nets])
+        return total, np.concatenate([out for _, out in done])
+
+    def _loss_and_backward(self, x, target, loss, train, keep_node_grads):
+        out = self._forward(x, train)
         heads = {self.graph.output: 1.0, **(self.graph.aux_outputs if train else {})}
         seeds: dict[str, np.ndarray] = {}
         total = 0.0

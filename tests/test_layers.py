@@ -389,3 +389,38 @@ def test_fast_network_fuses_lenet_and_skips_the_input_gradient(model, chains):
     assert l32 == pytest.approx(lf, rel=1e-5)
     for k, grad in fast.grads.items():
         assert np.allclose(f32.grads[k], grad, rtol=1e-3, atol=1e-5 * max(1.0, np.abs(grad).max())), k
+
+
+def test_fast_network_splits_a_batch_across_threads_with_the_same_results():
+    model = spec.parse(COMPOSITE.replace("      - batchnorm\n", ""))
+    g = graph.build(model)
+    whole = Network(g, "float64", seed=6, fast=True)
+    whole.workers = 1
+    split = Network(g, "float64", seed=6, fast=True)
+    split.workers = 3
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((50, 3, 8, 8))
+    target = rng.integers(0, 3, 50)  # the aux head has 3 classes
+    loss = losses.get("cross_entropy")
+    lw, ow = whole.loss_and_backward(x, target, loss)
+    ls, os_ = split.loss_and_backward(x, target, loss)
+    assert len(split._replicas) == 2  # three parts of 16-17 samples
+    assert ls == pytest.approx(lw, rel=1e-12) and np.allclose(os_, ow, rtol=1e-12)
+    assert np.allclose(split.values["aux"], whole.values["aux"], rtol=1e-12)
+    for k, grad in whole.grads.items():
+        assert np.allclose(split.grads[k], grad, rtol=1e-10, atol=1e-15), k
+    assert np.allclose(split.forward(x), whole.forward(x), rtol=1e-12)
+    # the replicas share the parameters: an update is seen by every part
+    for p in split.params.values():
+        p *= 0.5
+    for p in whole.params.values():
+        p *= 0.5
+    assert np.allclose(split.forward(x), whole.forward(x), rtol=1e-12)
+    # small batches are not split
+    split.loss_and_backward(x[:20], target[:20], loss)
+    assert isinstance(split.values, dict)
+
+
+def test_networks_with_batch_statistics_or_dropout_never_split():
+    net = Network(graph.build(spec.parse(COMPOSITE)), "float64", seed=6, fast=True)
+    assert net.workers == 1
