@@ -202,7 +202,7 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
         raise UsageError(f"model '{model_spec.name}' outputs {fmt_shape(graph.output_shape)}, but "
                          f"{info.title} has {classes} classes")
     dtype = config.get("dtype", "float32") if config.get("dtype") in ("float32", "float64") else "float32"
-    net = Network(graph, dtype)
+    net = Network(graph, dtype, fast=True)
     # Auxiliary heads are not built for inference, so their weights in the file are skipped.
     wanted = {**net.params, **net.buffers}
     net.load_state_dict({k: v for k, v in saved.weights().items()

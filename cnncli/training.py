@@ -430,7 +430,7 @@ class _Run:
         self.test_images, self.test_labels = test_images, test_labels
         self.info = info
 
-        self.net = Network(self.graph, dtype, seed=cfg.seed)
+        self.net = Network(self.graph, dtype, seed=cfg.seed, fast=True)
         self.loss = losses.get(model_spec.loss)
         self.source = loss_source(self.graph, self.loss)
         self.opt = optim.make(cfg.optimizer, self.net.trainable(), cfg.lr, momentum=cfg.momentum,
