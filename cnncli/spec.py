@@ -152,12 +152,21 @@ def parse(text: str, source: str = "<model>", default_name: str = "model") -> Mo
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e)
+        # The parser often notices a mistake only later (an unclosed bracket at the end of the
+        # file); its context names where the construct it was reading began.
+        context, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
+        if context and cmark and (not mark or cmark.line != mark.line):
+            problem += f" ({context} at line {cmark.line + 1}, column {cmark.column + 1})"
         raise SpecError(f"{source}: malformed YAML{at}: {problem}") from None
     return _Parser(source).model(doc, default_name)
 
 
 def _suggest(word: str, valid: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(str(word), list(valid), n=1)
+    word = str(word)
+    close = difflib.get_close_matches(word, list(valid), n=1)
+    if not close:
+        # A spelled-out name ('convolution', 'batch_norm') shares a prefix with the short one.
+        close = [v for v in valid if len(v) >= 3 and (word.startswith(v) or v.startswith(word[:4]))][:1]
     return f" — did you mean '{close[0]}'?" if close else ""
 
 
