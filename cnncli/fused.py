@@ -37,6 +37,7 @@ import numpy as np
 from numba import prange
 
 from cnncli.jit import parallel_kernel
+from cnncli.threads import matmul
 
 __all__ = ["ACTIVATIONS", "Block", "tile_avgpool_backward", "tile_avgpool_forward"]
 
@@ -366,7 +367,7 @@ class Block:
             nc = min(self.step, n - n0)
             cols = self._unfolded(self._padded(x, n0, nc), kh, kw, nc)
             ybuf = _scratch("out", (f, nc, self.q), dtype)
-            np.matmul(w2, cols.reshape(self.taps, nc * self.q), out=ybuf.reshape(f, nc * self.q))
+            matmul(w2, cols.reshape(self.taps, nc * self.q), out=ybuf.reshape(f, nc * self.q))
             _bias_act(ybuf, bias, a, n0, self.pitch, self.code)
         if self.code == 2:
             np.tanh(a, out=a)
@@ -399,9 +400,9 @@ class Block:
             cols2 = self._unfolded(xp, kh, kw, nc).reshape(self.taps, nc * self.q)
             # Fixed chunks, fixed order: the same sums on every run.
             if transposed:
-                part = np.matmul(cols2, dyt2.T, out=dw_acc if n0 == 0 else None)
+                part = matmul(cols2, dyt2.T, out=dw_acc if n0 == 0 else None)
             else:
-                part = np.matmul(dyt2, cols2.T, out=dw_acc if n0 == 0 else None)
+                part = matmul(dyt2, cols2.T, out=dw_acc if n0 == 0 else None)
             if n0 > 0:
                 dw_acc += part
             if dx is None:
@@ -411,7 +412,7 @@ class Block:
             else:
                 dxp = _scratch("xp", (nc, x.shape[1], self.hp, self.wp), dtype)  # the padded input is spent
             dcols = _scratch("cols", (self.taps, nc, self.q), dtype)  # so are the columns
-            np.matmul(w2.T, dyt2, out=dcols.reshape(self.taps, nc * self.q))
+            matmul(w2.T, dyt2, out=dcols.reshape(self.taps, nc * self.q))
             _fold(dcols, dxp, dx, n0, self.ph, self.pw, kh, kw, self.oh, self.ow, self.pitch)
         dw = (dw_acc.T if transposed else dw_acc).reshape(w.shape).copy()
         return dx, dw, db

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnncli import fused, kernels
+from cnncli import fused, kernels, threads
 from cnncli.graph import Node
 
 
@@ -254,17 +254,17 @@ class Dense(Layer):
 
     def forward(self, xs, train):
         self.x = xs[0]
-        y = self.x @ self.params["weight"]
+        y = threads.matmul(self.x, self.params["weight"])
         if "bias" in self.params:
             y += self.params["bias"]
         return y
 
     def backward(self, dy):
         if self.trainable:
-            self.grads["weight"] = self.x.T @ dy
+            self.grads["weight"] = threads.matmul(self.x.T, dy)
             if "bias" in self.params:
                 self.grads["bias"] = dy.sum(axis=0)
-        return [dy @ self.params["weight"].T]
+        return [threads.matmul(dy, self.params["weight"].T)]
 
 
 @register

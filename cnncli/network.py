@@ -10,16 +10,14 @@ keyed like the checkpoint, ``<node>.weight``.
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from cnncli.errors import CheckpointError, UsageError
 from cnncli.graph import Graph, Node, ancestors
-from cnncli import fused
+from cnncli import fused, threads
 from cnncli.layers import LAYERS, FusedConv
 from cnncli.losses import Loss
 from cnncli.shapes import fmt_shape
@@ -47,18 +45,6 @@ MIN_PART = 16
 # Layers whose output for one sample depends on the others in the batch (batch
 # statistics) or on a shared random generator: a network with them never splits.
 _UNSPLITTABLE = ("batchnorm", "dropout")
-
-_pool_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
-
-
-def _thread_pool(workers: int) -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool._max_workers < workers:  # noqa: SLF001
-            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cnncli")
-        return _pool
-
 
 def _engine_threads() -> int:
     import numba
@@ -253,7 +239,7 @@ class Network:
 
         for i in range(1, len(parts)):
             self._replica(i)
-        futures = [_thread_pool(len(parts) - 1).submit(run, i) for i in range(1, len(parts))]
+        futures = [threads.pool().submit(run, i) for i in range(1, len(parts))]
         before = numba.get_num_threads()
         try:
             first = run(0)
