@@ -31,9 +31,12 @@ faults comparable to filling them.
 
 from __future__ import annotations
 
+import itertools
 import operator
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import numpy as np
 from numba import prange
 
@@ -475,6 +478,55 @@ def _scratch(slot: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return buf[:size].reshape(shape)
 
 
+# numpy's BLAS runs on one thread (cnncli.threads), so GEMMs big enough to
+# repay a hand-off are cut into equal slabs of the output that the calling
+# thread and a few helpers take in turn (matmul releases the GIL). Taking in
+# turn rather than one fixed share each keeps a core that another process
+# holds from stalling the call. Every output element is still one BLAS call's
+# dot product over the same slab, so results do not depend on which thread
+# ran what: only on the shapes and the thread count.
+_SPLIT_MIN_MACS = 2_000_000
+_gemm_pool: ThreadPoolExecutor | None = None
+_gemm_pool_size = 0
+
+
+def _matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, split: str) -> np.ndarray:
+    """out = a @ b (stacked), in slabs of out's columns (``"cols"``) or rows (``"rows"``)."""
+    global _gemm_pool, _gemm_pool_size
+    threads = numba.get_num_threads()
+    macs = out.size * a.shape[-1]
+    axis_len = out.shape[-1] if split == "cols" else out.shape[-2]
+    parts = min(2 * threads, axis_len // 16, macs // _SPLIT_MIN_MACS)
+    if threads <= 1 or parts <= 1:
+        return np.matmul(a, b, out=out)
+    if _gemm_pool_size < threads - 1:
+        _gemm_pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="cnncli-gemm")
+        _gemm_pool_size = threads - 1
+    edges = [axis_len * i // parts for i in range(parts + 1)]
+    slabs = []
+    for lo, hi in itertools.pairwise(edges):
+        if split == "cols":
+            slabs.append((a, b[..., lo:hi], out[..., lo:hi]))
+        else:
+            slabs.append((a[..., lo:hi, :], b, out[..., lo:hi, :]))
+    queue = iter(slabs)
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                slab = next(queue, None)
+            if slab is None:
+                return
+            np.matmul(slab[0], slab[1], out=slab[2])
+
+    helpers = [_gemm_pool.submit(work) for _ in range(threads - 1)]
+    work()
+    for helper in helpers:
+        helper.result()
+    return out
+
+
 class _Geometry:
     """Shapes and strategy of one convolution call, derived once from the arguments."""
 
@@ -581,7 +633,7 @@ def conv2d_forward(
             _direct_forward(xp, geo.w, ybuf, geo.dh, geo.dw, g)
         else:
             cols = geo.unfolded(xp, nc)
-            np.matmul(w3, cols.reshape(g, geo.taps, nc * geo.q), out=ybuf.reshape(g, fg, nc * geo.q))
+            _matmul(w3, cols.reshape(g, geo.taps, nc * geo.q), ybuf.reshape(g, fg, nc * geo.q), "cols")
         _store_output(ybuf, bias, y, n0, geo.pitch)
     return y
 
@@ -638,12 +690,15 @@ def conv2d_backward(
                 dw_out += part.sum(axis=0)
         else:
             cols3 = geo.unfolded(xp, nc).reshape(g, geo.taps, nc * geo.q)
+            # Split along the taps, so each thread reads only its rows of cols.
             if dw_t is not None:
-                part = np.matmul(cols3, dyt3.transpose(0, 2, 1), out=dw_t if n0 == 0 else None)
+                out = dw_t if n0 == 0 else np.empty_like(dw_t)
+                part = _matmul(cols3, dyt3.transpose(0, 2, 1), out, "rows")
                 if n0 > 0:
                     dw_t += part
             else:
-                part = np.matmul(dyt3, cols3.transpose(0, 2, 1), out=dw3 if n0 == 0 else None)
+                out = dw3 if n0 == 0 else np.empty_like(dw3)
+                part = _matmul(dyt3, cols3.transpose(0, 2, 1), out, "cols")
                 if n0 > 0:
                     dw3 += part
         if dx is None:
@@ -654,7 +709,7 @@ def conv2d_backward(
             continue
         # Same buffer as the unfolded input, which is spent by now.
         dcols = _scratch("cols", (geo.c * geo.kh * geo.kw, nc, geo.q), dtype)
-        np.matmul(w3t, dyt3, out=dcols.reshape(g, geo.taps, nc * geo.q))
+        _matmul(w3t, dyt3, dcols.reshape(g, geo.taps, nc * geo.q), "cols")
         _fold(
             dcols, dxp, dx, n0, geo.ph, geo.pw, geo.kh, geo.kw,
             geo.sh, geo.sw, geo.dh, geo.dw, geo.oh, geo.ow, geo.pitch,

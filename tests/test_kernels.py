@@ -376,6 +376,30 @@ def test_conv2d_adjoint_identities(cfg, path):
     assert (moved - lhs) / eps == pytest.approx(np.sum(dx * v), rel=1e-7, abs=1e-7)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        named_conv((3, 4, 12, 13), 40, (3, 3), padding=(1, 1)),  # dw as dy @ cols^T
+        named_conv((2, 6, 11, 9), 8, (3, 2), stride=(2, 1), padding=(1, 0), groups=2),  # cols @ dy^T
+    ],
+    ids=["wide", "thin-groups"],
+)
+def test_conv2d_split_gemms_match_unsplit(cfg, dtype, monkeypatch):
+    """GEMMs split across threads give the loop references' results, run after run."""
+    x, w, b, dy = conv_arrays(cfg, dtype, seed=4)
+    monkeypatch.setattr(K, "_use_direct_dw", lambda *a: False)
+    monkeypatch.setattr(K, "_SPLIT_MIN_MACS", 1)
+    split = [K.conv2d_forward(x, w, b, *geometry(cfg)), *K.conv2d_backward(x, w, dy, *geometry(cfg))]
+    tol = tolerances(dtype)
+    np.testing.assert_allclose(split[0], ref_conv2d(x, w, b, *geometry(cfg)), **tol)
+    for got, want in zip(split[1:], ref_conv2d_backward(x, w, dy, *geometry(cfg))):
+        np.testing.assert_allclose(got, want, **tol)
+    again = [K.conv2d_forward(x, w, b, *geometry(cfg)), *K.conv2d_backward(x, w, dy, *geometry(cfg))]
+    for a, b_ in zip(split, again):
+        assert a.tobytes() == b_.tobytes()
+
+
 def test_conv2d_literal_pytorch_value():
     x = np.arange(16.0).reshape(1, 1, 4, 4)
     w = np.array([[[[1.0, 2.0], [3.0, 4.0]]]])
