@@ -34,12 +34,12 @@ from __future__ import annotations
 import itertools
 import operator
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 from numba import prange
 
+from cnncli import threads as engine_threads
 from cnncli.jit import kernel, parallel_kernel
 
 __all__ = [
@@ -486,22 +486,21 @@ def _scratch(slot: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 # dot product over the same slab, so results do not depend on which thread
 # ran what: only on the shapes and the thread count.
 _SPLIT_MIN_MACS = 2_000_000
-_gemm_pool: ThreadPoolExecutor | None = None
-_gemm_pool_size = 0
 
 
 def _matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, split: str) -> np.ndarray:
-    """out = a @ b (stacked), in slabs of out's columns (``"cols"``) or rows (``"rows"``)."""
-    global _gemm_pool, _gemm_pool_size
+    """out = a @ b (stacked), in slabs of out's columns (``"cols"``) or rows (``"rows"``).
+
+    The helpers are the engine's worker threads (:func:`cnncli.threads.pool`);
+    inside a part of a batch that the engine already split across the cores
+    (Numba thread count 1) nothing is split again.
+    """
     threads = numba.get_num_threads()
     macs = out.size * a.shape[-1]
     axis_len = out.shape[-1] if split == "cols" else out.shape[-2]
     parts = min(2 * threads, axis_len // 16, macs // _SPLIT_MIN_MACS)
     if threads <= 1 or parts <= 1:
         return np.matmul(a, b, out=out)
-    if _gemm_pool_size < threads - 1:
-        _gemm_pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="cnncli-gemm")
-        _gemm_pool_size = threads - 1
     edges = [axis_len * i // parts for i in range(parts + 1)]
     slabs = []
     for lo, hi in itertools.pairwise(edges):
@@ -520,10 +519,13 @@ def _matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, split: str) -> np.nda
                 return
             np.matmul(slab[0], slab[1], out=slab[2])
 
-    helpers = [_gemm_pool.submit(work) for _ in range(threads - 1)]
+    helpers = [engine_threads.pool().submit(work) for _ in range(threads - 1)]
     work()
+    # A helper still queued (its thread busy, or this is that thread) has
+    # nothing left to take: cancel it rather than wait for it.
     for helper in helpers:
-        helper.result()
+        if not helper.cancel():
+            helper.result()
     return out
 
 
