@@ -52,6 +52,14 @@ _COLS_BUDGET_BYTES = 4 << 20
 # transposed, which OpenBLAS runs about twice as fast for a short M.
 _DW_TRANSPOSED_MAX_F = 32
 
+# Layers with at most this many weights (filters x channels x kernel cells)
+# and whole-row (flat) taps skip the column matrix: the forward pass and the
+# weight gradient run as direct loops. LeNet-5's first layer (150 weights, 32
+# samples, one thread): forward 0.36 -> 0.26 ms, weight gradient 0.42 -> 0.20 ms
+# (GEMMs with 6 rows run at a fraction of OpenBLAS's speed); its second layer
+# (2,400 weights) is faster as GEMMs.
+_DIRECT_MAX_WEIGHTS = 256
+
 _workspace = threading.local()
 
 
@@ -179,6 +187,114 @@ def _bias_act(ybuf, b, a, n0, pitch, act):
                 if act == 1:
                     z = max(z, zero)
                 row[ow] = z
+
+
+@parallel_kernel
+def _direct_forward(xp, w, b, a, n0, act):
+    # For layers with few weights (flat taps, pitch = Wp): each sample's
+    # filters accumulate their taps' shifted runs of the padded plane straight
+    # into one row, then bias, ReLU and the junk crop as in _bias_act.
+    f_ = w.shape[0]
+    c_ = w.shape[1]
+    kh_ = w.shape[2]
+    kw_ = w.shape[3]
+    wp_ = xp.shape[3]
+    oh_ = a.shape[2]
+    ow_ = a.shape[3]
+    q_ = (oh_ - 1) * wp_ + ow_
+    zero = a.dtype.type(0)
+    has_bias = b.shape[0] > 0
+    for n in prange(xp.shape[0]):
+        acc = np.empty(q_, dtype=a.dtype)
+        for f in range(f_):
+            acc[:] = b[f] if has_bias else zero
+            for c in range(c_):
+                flat = xp[n, c].reshape(-1)
+                for i in range(kh_):
+                    for j in range(kw_):
+                        wv = w[f, c, i, j]
+                        src = flat[i * wp_ + j : i * wp_ + j + q_]
+                        for q in range(q_):
+                            acc[q] += wv * src[q]
+            dst = a[n0 + n, f]
+            for oh in range(oh_):
+                row = dst[oh]
+                part = acc[oh * wp_ : oh * wp_ + ow_]
+                for ow in range(ow_):
+                    z = part[ow]
+                    if act == 1:
+                        z = max(z, zero)
+                    row[ow] = z
+
+
+@parallel_kernel
+def _direct_dw(xp, dyt, dw, first):
+    # Weight gradient of layers with few weights (flat taps), without a column
+    # matrix: one job per (filter, channel, kernel row) sums over the chunk's
+    # samples the dot products of the gradient row with the shifted input;
+    # five taps of a kernel row at a time share each load of the gradient.
+    # first: overwrite dw, else add to it (later chunks).
+    f_ = dw.shape[0]
+    c_ = dw.shape[1]
+    kh_ = dw.shape[2]
+    kw_ = dw.shape[3]
+    wp_ = xp.shape[3]
+    q_ = dyt.shape[2]
+    zero = dw.dtype.type(0)
+    for job in prange(f_ * c_ * kh_):
+        f = job // (c_ * kh_)
+        r = job - f * (c_ * kh_)
+        c = r // kh_
+        i = r - c * kh_
+        j0 = 0
+        while j0 < kw_:
+            wide = min(5, kw_ - j0)
+            t0 = zero
+            t1 = zero
+            t2 = zero
+            t3 = zero
+            t4 = zero
+            for n in range(xp.shape[0]):
+                g = dyt[f, n]
+                flat = xp[n, c].reshape(-1)
+                off = i * wp_ + j0
+                a0 = zero
+                a1 = zero
+                a2 = zero
+                a3 = zero
+                a4 = zero
+                if wide == 5:
+                    src = flat[off : off + q_ + 4]
+                    for q in range(q_):
+                        gq = g[q]
+                        a0 += gq * src[q]
+                        a1 += gq * src[q + 1]
+                        a2 += gq * src[q + 2]
+                        a3 += gq * src[q + 3]
+                        a4 += gq * src[q + 4]
+                else:
+                    src = flat[off : off + q_]
+                    for q in range(q_):
+                        a0 += g[q] * src[q]
+                t0 += a0
+                t1 += a1
+                t2 += a2
+                t3 += a3
+                t4 += a4
+            if wide == 5:
+                sums = (t0, t1, t2, t3, t4)
+                for t in range(5):
+                    if first:
+                        dw[f, c, i, j0 + t] = sums[t]
+                    else:
+                        dw[f, c, i, j0 + t] += sums[t]
+                j0 += 5
+            else:
+                if first:
+                    dw[f, c, i, j0] = t0
+                else:
+                    dw[f, c, i, j0] += t0
+                j0 += 1
 
 
 @parallel_kernel
@@ -338,6 +454,7 @@ class Block:
         step = max(1, min(n, _COLS_BUDGET_BYTES // max(per_sample, 1)))
         chunks = -(-n // step)
         self.step = -(-n // chunks)
+        self.direct = self.pitch == self.wp and w.size <= _DIRECT_MAX_WEIGHTS
 
     def _padded(self, x: np.ndarray, n0: int, nc: int) -> np.ndarray:
         if self.ph == 0 and self.pw == 0:
@@ -365,6 +482,9 @@ class Block:
         w2 = w.reshape(f, self.taps)
         for n0 in range(0, n, self.step):
             nc = min(self.step, n - n0)
+            if self.direct:
+                _direct_forward(self._padded(x, n0, nc), w, bias, a, n0, self.code)
+                continue
             cols = self._unfolded(self._padded(x, n0, nc), kh, kw, nc)
             ybuf = _scratch("out", (f, nc, self.q), dtype)
             matmul(w2, cols.reshape(self.taps, nc * self.q), out=ybuf.reshape(f, nc * self.q))
@@ -388,6 +508,7 @@ class Block:
         db = np.zeros(f, dtype=dtype) if need_db else None
         transposed = f <= _DW_TRANSPOSED_MAX_F
         dw_acc = np.empty((self.taps, f) if transposed else (f, self.taps), dtype=dtype)
+        dw_direct = np.empty_like(w) if self.direct else None
         w2 = w.reshape(f, self.taps)
         for n0 in range(0, n, self.step):
             nc = min(self.step, n - n0)
@@ -396,15 +517,18 @@ class Block:
             dyt2 = dyt.reshape(f, nc * self.q)
             if db is not None:
                 db += dyt2.sum(axis=1)
-            xp = self._padded(x, n0, nc)
-            cols2 = self._unfolded(xp, kh, kw, nc).reshape(self.taps, nc * self.q)
             # Fixed chunks, fixed order: the same sums on every run.
-            if transposed:
-                part = matmul(cols2, dyt2.T, out=dw_acc if n0 == 0 else None)
+            xp = self._padded(x, n0, nc)
+            if self.direct:
+                _direct_dw(xp, dyt, dw_direct, n0 == 0)
             else:
-                part = matmul(dyt2, cols2.T, out=dw_acc if n0 == 0 else None)
-            if n0 > 0:
-                dw_acc += part
+                cols2 = self._unfolded(xp, kh, kw, nc).reshape(self.taps, nc * self.q)
+                if transposed:
+                    part = matmul(cols2, dyt2.T, out=dw_acc if n0 == 0 else None)
+                else:
+                    part = matmul(dyt2, cols2.T, out=dw_acc if n0 == 0 else None)
+                if n0 > 0:
+                    dw_acc += part
             if dx is None:
                 continue
             if self.ph == 0 and self.pw == 0:
@@ -414,5 +538,7 @@ class Block:
             dcols = _scratch("cols", (self.taps, nc, self.q), dtype)  # so are the columns
             matmul(w2.T, dyt2, out=dcols.reshape(self.taps, nc * self.q))
             _fold(dcols, dxp, dx, n0, self.ph, self.pw, kh, kw, self.oh, self.ow, self.pitch)
+        if self.direct:
+            return dx, dw_direct, db
         dw = (dw_acc.T if transposed else dw_acc).reshape(w.shape).copy()
         return dx, dw, db
