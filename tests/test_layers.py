@@ -326,6 +326,8 @@ FUSED_CASES = [
     ((2, 2, 8, 8), "conv: {filters: 3, kernel: 3}\n  - relu\n  - avgpool: {kernel: 3}"),
     ((3, 1, 9, 9), "conv: {filters: 2, kernel: 5, padding: 2, bias: false}\n  - tanh\n  - avgpool: {kernel: 2}"),
     ((2, 3, 6, 6), "conv: {filters: 2, kernel: 3, connections: [[1, 0, 1], [0, 1, 1]]}\n  - tanh"),
+    # more than 256 weights: GEMMs on whole padded rows instead of direct loops
+    ((2, 3, 6, 6), "conv: {filters: 12, kernel: 3, padding: 1}\n  - tanh\n  - avgpool: {kernel: 2}"),
     # many filters on a narrow image: the columns are gathered row by row (pitch = output width)
     ((2, 2, 5, 5), "conv: {filters: 40, kernel: 3, padding: 0}\n  - tanh\n  - avgpool: {kernel: 3}"),
     # a pooling the block does not take (overlapping windows) stays a layer of its own
@@ -348,8 +350,13 @@ def test_fused_chains_match_finite_differences(in_shape, entry):
     _fd_check(net, x, True, rng)
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["one-chunk", "chunk-per-sample"])
 @pytest.mark.parametrize("in_shape,entry", FUSED_CASES, ids=range(len(FUSED_CASES)))
-def test_fused_chains_equal_the_layers_they_replace(in_shape, entry):
+def test_fused_chains_equal_the_layers_they_replace(in_shape, entry, chunked, monkeypatch):
+    from cnncli import fused
+
+    if chunked:  # every sample its own chunk: the chunks' gradients add up
+        monkeypatch.setattr(fused, "_COLS_BUDGET_BYTES", 1)
     rng = np.random.default_rng(12)
     plain, fast = _fused_network(in_shape, entry, fast=False), _fused_network(in_shape, entry)
     x = rng.standard_normal(in_shape)
