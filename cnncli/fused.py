@@ -299,29 +299,33 @@ def _direct_dw(xp, dyt, dw, first):
 
 @parallel_kernel
 def _tile_avg(x, y, k):
-    # y[n, c, i, j] = mean of x[n, c, i*k : i*k+k, j*k : j*k+k]
+    # y[n, c, i, j] = mean of x[n, c, i*k : i*k+k, j*k : j*k+k]: the tile's k
+    # rows are added whole (vectorised), then k neighbours within that sum.
     c_ = x.shape[1]
     oh_ = y.shape[2]
     ow_ = y.shape[3]
+    wide = ow_ * k
     inv = x.dtype.type(1.0 / (k * k))
     for job in prange(x.shape[0] * c_):
         n = job // c_
         c = job - n * c_
         src = x[n, c]
         dst = y[n, c]
+        band = np.empty(wide, dtype=x.dtype)
         for i in range(oh_):
+            first = src[i * k]
+            for col in range(wide):
+                band[col] = first[col]
+            for r in range(i * k + 1, i * k + k):
+                row = src[r]
+                for col in range(wide):
+                    band[col] += row[col]
             out = dst[i]
             for j in range(ow_):
-                out[j] = 0.0
-            for r in range(i * k, i * k + k):
-                row = src[r]
-                for j in range(ow_):
-                    acc = out[j]
-                    for t in range(k):
-                        acc += row[j * k + t]
-                    out[j] = acc
-            for j in range(ow_):
-                out[j] *= inv
+                acc = band[j * k]
+                for t in range(1, k):
+                    acc += band[j * k + t]
+                out[j] = acc * inv
 
 
 @parallel_kernel
@@ -356,15 +360,15 @@ def _tile_spread(dy, dx, k):
 def _act_grad(g, a, dyt, n0, pitch, k, act):
     # dz = (the pooled gradient spread over its k x k tile, or g itself when
     # k == 0) * act'(a), laid out as the GEMMs' (F, n, Q) with junk zeroed.
+    # A pooled row is spread once into a full-width row that its k output
+    # rows then share, so the per-cell loops run contiguous and vectorised.
     f_ = dyt.shape[0]
-    oh_ = a.shape[2]
     ow_ = a.shape[3]
     kk = max(k, 1)
     inv = a.dtype.type(1.0 / (kk * kk))
     zero = a.dtype.type(0)
     one = a.dtype.type(1)
-    rows = g.shape[2] * kk  # rows (and columns) that reach the output
-    wide = g.shape[3] * kk
+    wide = g.shape[3] * kk  # columns (and, below, rows) that reach the output
     for job in prange(dyt.shape[1] * f_):
         n = job // f_
         f = job - n * f_
@@ -372,23 +376,28 @@ def _act_grad(g, a, dyt, n0, pitch, k, act):
         gs = g[n0 + n, f]
         dst = dyt[f, n]
         dst[:] = zero
-        for oh in range(rows):
-            arow = src[oh]
-            grow = gs[oh // kk]
-            out = dst[oh * pitch : oh * pitch + wide]
-            # the tile's share first (a short loop per pooled column), then the derivative
-            for j in range(g.shape[3]):
-                share = grow[j] * inv
-                for t in range(kk):
-                    out[j * kk + t] = share
-            if act == 2:
-                for ow in range(wide):
-                    av = arow[ow]
-                    out[ow] *= one - av * av
-            elif act == 1:
-                for ow in range(wide):
-                    if arow[ow] <= zero:
-                        out[ow] = zero
+        spread = np.empty(wide, dtype=a.dtype)
+        for i in range(g.shape[2]):
+            grow = gs[i]
+            if k > 0:
+                for j in range(g.shape[3]):
+                    share = grow[j] * inv
+                    for t in range(kk):
+                        spread[j * kk + t] = share
+            else:
+                spread[:] = grow
+            for oh in range(i * kk, i * kk + kk):
+                arow = src[oh]
+                out = dst[oh * pitch : oh * pitch + wide]
+                if act == 2:
+                    for ow in range(wide):
+                        av = arow[ow]
+                        out[ow] = spread[ow] * (one - av * av)
+                elif act == 1:
+                    for ow in range(wide):
+                        out[ow] = spread[ow] if arow[ow] > zero else zero
+                else:
+                    out[:] = spread
 
 
 # ---------------------------------------------------------------------------
