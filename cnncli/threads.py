@@ -162,12 +162,14 @@ def matmul(a, b, out=None):
     """
     import numpy as np
 
-    import numba
-
     m, k = a.shape
     n = b.shape[1]
+    if m * n * k < BIG_GEMM:
+        return np.matmul(a, b, out=out)
+    import numba
+
     cores = numba.get_num_threads()  # 1 inside a part of a split batch
-    if m * n * k < BIG_GEMM or cores < 2:
+    if cores < 2:
         return np.matmul(a, b, out=out)
     if out is None:
         out = np.empty((m, n), dtype=np.result_type(a, b))
