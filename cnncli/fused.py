@@ -447,9 +447,10 @@ class Block:
         self.act = act
         self.code = ACTIVATIONS[act]
         self.pool = int(pool)
-        # A batch that is one chunk keeps its column matrix for the backward
-        # pass in this buffer of the block's own (LeNet-5's second layer on 32
-        # samples: 2.6 MB, an unfold of 0.2 ms saved per step).
+        # A batch that is one chunk within the cache budget keeps its column
+        # matrix for the backward pass in this buffer of the block's own
+        # (LeNet-5's second layer on 32 samples: 2.6 MB, an unfold of 0.2 ms
+        # saved per step). Bigger ones unfold again rather than hold memory.
         self._cols: np.ndarray | None = None
         self.kept: np.ndarray | None = None
 
@@ -500,8 +501,8 @@ class Block:
             if self.direct:
                 _direct_forward(self._padded(x, n0, nc), w, bias, a, n0, self.code)
                 continue
-            if nc == n:
-                size = self.taps * n * self.q
+            size = self.taps * n * self.q
+            if nc == n and size * x.itemsize <= _COLS_BUDGET_BYTES:
                 if self._cols is None or self._cols.size < size or self._cols.dtype != dtype:
                     self._cols = np.empty(size, dtype=dtype)
                 self.kept = self._cols[:size].reshape(self.taps, n, self.q)
