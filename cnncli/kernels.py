@@ -15,18 +15,21 @@ Convolution has two strategies, picked per call from the shapes alone:
   the batch into a column matrix ``(C*KH*KW, n, Q)`` and ``np.matmul`` does
   the products, batched over groups. The chunk's samples sit side by side in
   the GEMM's long dimension, so the weight gradient is one reduction over the
-  whole chunk (no per-sample partial gradients) and the input gradient is one
-  product folded back by the adjoint kernel. Numba's own ``np.dot`` needs
-  SciPy, so GEMMs run in numpy, outside the JIT.
+  whole chunk and the input gradient is one product folded back by the
+  adjoint kernel. Numba's own ``np.dot`` needs SciPy, so GEMMs run in numpy,
+  outside the JIT; BLAS runs on one thread (:mod:`cnncli.threads`), so large
+  GEMMs are cut into slabs shared with the engine's worker threads. Filters
+  too small for an efficient GEMM get their weight gradient from direct dot
+  products instead.
 * direct loops, for stride-1 groups so thin (depthwise) that a GEMM would
   have a single-digit dimension.
 
-Parallel kernels split work by (sample, channel) plane, by channel or by
-(filter, channel) pair; each iteration writes only its own slice and every
-reduction runs in a fixed order, so results are bit-identical run to run.
-Large temporaries live in per-thread scratch buffers that grow to the largest
-layer seen and are reused, because fresh multi-megabyte arrays cost page
-faults comparable to filling them.
+Parallel kernels split work by (sample, channel) plane or (sample, filter)
+pair, or by channel; each iteration writes only its own slice, per-sample
+partial sums are added in sample order, and GEMM slabs partition the output,
+so results are bit-identical run to run. Large temporaries live in per-thread
+scratch buffers that grow to the largest layer seen and are reused, because
+fresh multi-megabyte arrays cost page faults comparable to filling them.
 """
 
 from __future__ import annotations
