@@ -7,25 +7,23 @@ JSON string holding the run configuration, the generator states, the metrics
 history and the position inside an interrupted epoch. Every entry is a plain
 array, so ``np.load(path)`` reads a checkpoint without pickle.
 
-A file is written to a temporary name in the same folder, flushed to disk and
-renamed over the old one (:func:`os.replace` is atomic), then the folder entry
-is synced. Whenever the process dies, even by SIGKILL in the middle of a write,
-the file under the final name is either the previous checkpoint or the new one,
-never a torn mix.
+Files are written through :func:`cnncli.atomic.write_atomic`: whenever the
+process dies, even by SIGKILL in the middle of a write, the file under the
+final name is either the previous checkpoint or the new one, never a torn mix.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any
 
 import numpy as np
 
+from cnncli.atomic import write_atomic
 from cnncli.errors import CheckpointError
 
 FORMAT = 1
@@ -66,49 +64,6 @@ def save(path: str | os.PathLike[str], weights: dict[str, np.ndarray],
     entries["meta.json"] = np.array(json.dumps(meta, sort_keys=True))
     write_atomic(path, lambda out: np.savez(out, **entries))
     return path
-
-
-def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write a file through ``write(stream)`` so that ``path`` is always the old or the new whole file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        # mkstemp makes the file private; give it the mode a plain open() would.
-        os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as out:
-            write(out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _sync_dir(path.parent)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def _sync_dir(folder: Path) -> None:
-    # The rename is durable only once the folder's entry is on disk; not every system allows it.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load(path: str | os.PathLike[str]) -> Checkpoint:

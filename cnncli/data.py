@@ -54,6 +54,7 @@ from typing import Literal
 import numpy as np
 
 from . import __version__
+from .atomic import write_atomic, write_text_atomic
 from .errors import DataError, UsageError
 
 __all__ = [
@@ -706,17 +707,7 @@ def _load_decoded(
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            np.save(out, array, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_atomic(path, lambda out: np.save(out, array, allow_pickle=False))
 
 
 def _save_decoded(
@@ -742,17 +733,7 @@ def _save_decoded(
             "sources": {k: {**_identity(sources[k]), "sha256": digests[k]} for k in ("images", "labels")},
             "arrays": arrays,
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{record_path.name}.", suffix=".part", dir=record_path.parent)
-        try:
-            with os.fdopen(fd, "w") as out:
-                json.dump(record, out, indent=1)
-            os.replace(tmp, record_path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        write_text_atomic(record_path, json.dumps(record, indent=1))
     except OSError:
         pass
 

@@ -23,8 +23,6 @@ live in :data:`MODES`. ``run`` is what the CLI calls.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +32,7 @@ import numpy as np
 from cnncli import graph as graph_mod
 from cnncli import losses as losses_mod
 from cnncli import optim, spec
+from cnncli.atomic import write_atomic
 from cnncli.errors import CheckpointError, SpecError, UsageError
 from cnncli.network import Network
 from cnncli.shapes import fmt_shape
@@ -470,21 +469,9 @@ def write_dump(path: Path, net: Network) -> str:
     path = Path(path)
     folder = _dump_folder(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
+        write_atomic(path, lambda out: np.savez(out, **arrays))
     except OSError as e:
-        raise UsageError(f"--dump: cannot write in {folder}: {e}") from None
-    try:
-        with os.fdopen(fd, "wb") as out:
-            np.savez(out, **arrays)
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(e, OSError):
-            raise UsageError(f"--dump: cannot write {path}: {e}") from None
-        raise
+        raise UsageError(f"--dump: cannot write {path} in {folder}: {e}") from None
     return str(path)
 
 

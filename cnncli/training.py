@@ -37,6 +37,7 @@ import numpy as np
 import yaml
 
 from cnncli import __version__, checkpoint, data, losses, optim, spec
+from cnncli.atomic import write_text_atomic
 from cnncli.data import DownloadEvent
 from cnncli.errors import CheckpointError, TrainingStopped, UsageError
 from cnncli.evaluation import loss_source, predict
@@ -339,10 +340,6 @@ class _Interrupts:
 
 # --------------------------------------------------------------------------- files
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    checkpoint.write_atomic(path, lambda out: out.write(text.encode("utf-8")))
-
-
 def _metrics_csv(history: list[EpochRecord]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -360,7 +357,7 @@ def _prepare_run_dir(out: Path, config: RunConfig) -> None:
         # A run killed while writing leaves its temporary file behind; the real files are whole.
         for stale in out.glob(".*.part"):
             stale.unlink(missing_ok=True)
-        _write_text_atomic(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+        write_text_atomic(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     except OSError as e:
         raise UsageError(f"cannot write the run folder {out}: {e.strerror or e}") from None
 
@@ -483,7 +480,7 @@ class _Run:
 
     def write_metrics(self) -> None:
         try:
-            _write_text_atomic(self.cfg.out / "metrics.csv", _metrics_csv(self.history))
+            write_text_atomic(self.cfg.out / "metrics.csv", _metrics_csv(self.history))
         except OSError as e:
             raise TrainingStopped(f"cannot write {self.cfg.out / 'metrics.csv'}: {e.strerror or e}") from None
 
@@ -578,7 +575,7 @@ class _Run:
         x_test = data.normalise(self.test_images, self.x_train.dtype, self.info.name)
         test_loss, test_acc = self.score(x_test, self.test_labels)
         try:
-            _write_text_atomic(self.cfg.out / "test.json",
+            write_text_atomic(self.cfg.out / "test.json",
                                f'{{"loss": {test_loss!r}, "accuracy": {test_acc!r}, "n": {len(x_test)}}}\n')
         except OSError as e:
             raise TrainingStopped(f"cannot write {self.cfg.out / 'test.json'}: {e.strerror or e}") from None
