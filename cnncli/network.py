@@ -230,22 +230,12 @@ class Network:
         return self._replicas[i - 1]
 
     def _in_parts(self, parts: list[slice], task) -> list[Any]:
-        """task(network, part) for each part, the first on this thread and the rest on the pool."""
-        import numba
-
-        def run(i: int):
-            numba.set_num_threads(1)  # per thread: this part's kernels stay on this thread
-            return task(self if i == 0 else self._replica(i), parts[i])
-
-        for i in range(1, len(parts)):
-            self._replica(i)
-        futures = [threads.pool().submit(run, i) for i in range(1, len(parts))]
-        before = numba.get_num_threads()
-        try:
-            first = run(0)
-        finally:
-            numba.set_num_threads(before)
-        return [first] + [f.result() for f in futures]
+        """task(network, part) for each part, each on a worker thread (one Numba thread each)."""
+        nets = [self] + [self._replica(i) for i in range(1, len(parts))]
+        # The caller only waits: switching its own Numba thread count per call
+        # costs a process-wide lock that the workers' kernels contend for too.
+        futures = [threads.pool().submit(task, net, part) for net, part in zip(nets, parts)]
+        return [f.result() for f in futures]
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         """x (N, *input) → the main output (N, *output). While training, auxiliary heads run too."""

@@ -135,16 +135,26 @@ BIG_GEMM = 20_000_000
 _pool = None
 
 
+def _one_numba_thread() -> None:
+    import numba
+
+    numba.set_num_threads(1)
+
+
 def pool():
-    """The engine's worker threads (one per engine thread beyond the caller's), started on first use."""
+    """The engine's worker threads, one per engine thread, started on first use.
+
+    Each runs its Numba kernels on itself alone (one Numba thread): the work
+    handed to it is already one core's share.
+    """
     global _pool
     if _pool is None:
         from concurrent.futures import ThreadPoolExecutor
 
         import numba
 
-        workers = max(1, numba.config.NUMBA_NUM_THREADS - 1)
-        _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cnncli")
+        _pool = ThreadPoolExecutor(max_workers=max(1, numba.config.NUMBA_NUM_THREADS),
+                                   thread_name_prefix="cnncli", initializer=_one_numba_thread)
     return _pool
 
 
