@@ -491,26 +491,29 @@ def _scratch(slot: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 _SPLIT_MIN_MACS = 2_000_000
 
 
-def _matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, split: str) -> np.ndarray:
-    """out = a @ b (stacked), in slabs of out's columns (``"cols"``) or rows (``"rows"``).
+def _matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out = a @ b (stacked), in slabs along out's longer axis (rows or columns).
 
-    The helpers are the engine's worker threads (:func:`cnncli.threads.pool`);
-    inside a part of a batch that the engine already split across the cores
-    (Numba thread count 1) nothing is split again.
+    Slabs of the longer axis keep every slab's GEMM wide enough for BLAS to run
+    at speed (VGG's 14x14 layers have 512 filter rows but ~200 columns per
+    sample). The helpers are the engine's worker threads
+    (:func:`cnncli.threads.pool`); inside a part of a batch that the engine
+    already split across the cores (Numba thread count 1) nothing is split.
     """
     threads = numba.get_num_threads()
     macs = out.size * a.shape[-1]
-    axis_len = out.shape[-1] if split == "cols" else out.shape[-2]
-    parts = min(2 * threads, axis_len // 16, macs // _SPLIT_MIN_MACS)
+    rows = out.shape[-2] > out.shape[-1]
+    axis_len = out.shape[-2] if rows else out.shape[-1]
+    parts = min(2 * threads, axis_len // 32, macs // _SPLIT_MIN_MACS)
     if threads <= 1 or parts <= 1:
         return np.matmul(a, b, out=out)
     edges = [axis_len * i // parts for i in range(parts + 1)]
     slabs = []
     for lo, hi in itertools.pairwise(edges):
-        if split == "cols":
-            slabs.append((a, b[..., lo:hi], out[..., lo:hi]))
-        else:
+        if rows:
             slabs.append((a[..., lo:hi, :], b, out[..., lo:hi, :]))
+        else:
+            slabs.append((a, b[..., lo:hi], out[..., lo:hi]))
     queue = iter(slabs)
     lock = threading.Lock()
 
@@ -638,7 +641,7 @@ def conv2d_forward(
             _direct_forward(xp, geo.w, ybuf, geo.dh, geo.dw, g)
         else:
             cols = geo.unfolded(xp, nc)
-            _matmul(w3, cols.reshape(g, geo.taps, nc * geo.q), ybuf.reshape(g, fg, nc * geo.q), "cols")
+            _matmul(w3, cols.reshape(g, geo.taps, nc * geo.q), ybuf.reshape(g, fg, nc * geo.q))
         _store_output(ybuf, bias, y, n0, geo.pitch)
     return y
 
@@ -695,15 +698,14 @@ def conv2d_backward(
                 dw_out += part.sum(axis=0)
         else:
             cols3 = geo.unfolded(xp, nc).reshape(g, geo.taps, nc * geo.q)
-            # Split along the taps, so each thread reads only its rows of cols.
             if dw_t is not None:
                 out = dw_t if n0 == 0 else np.empty_like(dw_t)
-                part = _matmul(cols3, dyt3.transpose(0, 2, 1), out, "rows")
+                part = _matmul(cols3, dyt3.transpose(0, 2, 1), out)
                 if n0 > 0:
                     dw_t += part
             else:
                 out = dw3 if n0 == 0 else np.empty_like(dw3)
-                part = _matmul(dyt3, cols3.transpose(0, 2, 1), out, "cols")
+                part = _matmul(dyt3, cols3.transpose(0, 2, 1), out)
                 if n0 > 0:
                     dw3 += part
         if dx is None:
@@ -714,7 +716,7 @@ def conv2d_backward(
             continue
         # Same buffer as the unfolded input, which is spent by now.
         dcols = _scratch("cols", (geo.c * geo.kh * geo.kw, nc, geo.q), dtype)
-        _matmul(w3t, dyt3, dcols.reshape(g, geo.taps, nc * geo.q), "cols")
+        _matmul(w3t, dyt3, dcols.reshape(g, geo.taps, nc * geo.q))
         _fold(
             dcols, dxp, dx, n0, geo.ph, geo.pw, geo.kh, geo.kw,
             geo.sh, geo.sw, geo.dh, geo.dw, geo.oh, geo.ow, geo.pitch,

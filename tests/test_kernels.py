@@ -380,10 +380,11 @@ def test_conv2d_adjoint_identities(cfg, path):
 @pytest.mark.parametrize(
     "cfg",
     [
-        named_conv((3, 4, 12, 13), 40, (3, 3), padding=(1, 1)),  # dw as dy @ cols^T
-        named_conv((2, 6, 11, 9), 8, (3, 2), stride=(2, 1), padding=(1, 0), groups=2),  # cols @ dy^T
+        named_conv((3, 8, 12, 13), 40, (3, 3), padding=(1, 1)),  # dw = dy @ cols^T, split by taps
+        named_conv((2, 8, 9, 9), 8, (3, 3), padding=(1, 1)),  # dw = cols @ dy^T, split by taps
+        named_conv((2, 6, 11, 9), 8, (3, 2), stride=(2, 1), padding=(1, 0), groups=2),
     ],
-    ids=["wide", "thin-groups"],
+    ids=["many-filters", "few-filters", "strided-groups"],
 )
 def test_conv2d_split_gemms_match_unsplit(cfg, dtype, monkeypatch):
     """GEMMs split across threads give the loop references' results, run after run."""
