@@ -324,8 +324,11 @@ def test_inline_init_sets_the_lectures_weights():
 FUSED_CASES = [
     ((2, 2, 7, 6), "conv: {filters: 3, kernel: 3, padding: 1}\n  - tanh\n  - avgpool: {kernel: 2}"),
     ((2, 2, 8, 8), "conv: {filters: 3, kernel: 3}\n  - relu\n  - avgpool: {kernel: 3}"),
+    # direct loops, five taps of a kernel row per pass
     ((3, 1, 9, 9), "conv: {filters: 2, kernel: 5, padding: 2, bias: false}\n  - tanh\n  - avgpool: {kernel: 2}"),
     ((2, 3, 6, 6), "conv: {filters: 2, kernel: 3, connections: [[1, 0, 1], [0, 1, 1]]}\n  - tanh"),
+    # LeNet-5's second layer in small: 5x5, 16 filters, GEMMs
+    ((2, 6, 9, 9), "conv: {filters: 16, kernel: 5}\n  - tanh\n  - avgpool: {kernel: 2}"),
     # more than 256 weights: GEMMs on whole padded rows instead of direct loops
     ((2, 3, 6, 6), "conv: {filters: 12, kernel: 3, padding: 1}\n  - tanh\n  - avgpool: {kernel: 2}"),
     # many filters on a narrow image: the columns are gathered row by row (pitch = output width)
