@@ -48,6 +48,9 @@ ACTIVATIONS = {None: 0, "relu": 1, "tanh": 2}
 # cache (the same budget as cnncli.kernels).
 _COLS_BUDGET_BYTES = 4 << 20
 
+# Column matrices of a whole batch up to this size are kept for the backward pass.
+_KEEP_COLS_BYTES = 32 << 20
+
 # Filters up to this many: the weight gradient is computed as cols @ dy^T and
 # transposed, which OpenBLAS runs about twice as fast for a short M.
 _DW_TRANSPOSED_MAX_F = 32
@@ -514,12 +517,13 @@ class Block:
         self.act = act
         self.code = ACTIVATIONS[act]
         self.pool = int(pool)
-        # A batch that is one chunk within the cache budget keeps its column
-        # matrix for the backward pass in this buffer of the block's own
-        # (LeNet-5's second layer on 32 samples: 2.6 MB, an unfold of 0.2 ms
-        # saved per step). Bigger ones unfold again rather than hold memory.
+        # A batch whose column matrices (all chunks) fit _KEEP_COLS_BYTES keeps
+        # them for the backward pass, in this buffer of the block's own
+        # (LeNet-5's second layer: 2.6 MB on 32 samples, 10 MB on 128; an
+        # unfold of 0.2 / 0.6 ms saved per step). Bigger ones (VGG-16) unfold
+        # again rather than hold memory.
         self._cols: np.ndarray | None = None
-        self.kept: np.ndarray | None = None
+        self.kept: list[np.ndarray] | None = None
 
     def _geometry(self, x: np.ndarray, w: np.ndarray) -> None:
         n, c, h, wd = x.shape
@@ -565,17 +569,20 @@ class Block:
         a = np.empty((n, f, self.oh, self.ow), dtype=dtype)
         w2 = w.reshape(f, self.taps)
         self.kept = None
+        size = self.taps * n * self.q
+        if not self.direct and size * x.itemsize <= _KEEP_COLS_BYTES:
+            if self._cols is None or self._cols.size < size or self._cols.dtype != dtype:
+                self._cols = np.empty(size, dtype=dtype)
+            self.kept = []
         for n0 in range(0, n, self.step):
             nc = min(self.step, n - n0)
             if self.direct:
                 _direct_forward(self._padded(x, n0, nc), w, bias, a, n0, self.code)
                 continue
-            size = self.taps * n * self.q
-            if nc == n and size * x.itemsize <= _COLS_BUDGET_BYTES:
-                if self._cols is None or self._cols.size < size or self._cols.dtype != dtype:
-                    self._cols = np.empty(size, dtype=dtype)
-                self.kept = self._cols[:size].reshape(self.taps, n, self.q)
-                cols = self.kept
+            if self.kept is not None:
+                part = self._cols[self.taps * n0 * self.q : self.taps * (n0 + nc) * self.q]
+                cols = part.reshape(self.taps, nc, self.q)
+                self.kept.append(cols)
                 _unfold(self._padded(x, n0, nc), cols, kh, kw, self.oh, self.ow, self.pitch)
             else:
                 cols = self._unfolded(self._padded(x, n0, nc), kh, kw, nc)
@@ -615,7 +622,7 @@ class Block:
             if self.direct:
                 _direct_dw(xp, dyt, dw_direct, n0 == 0)
             else:
-                cols = self.kept if self.kept is not None else self._unfolded(xp, kh, kw, nc)
+                cols = self.kept[n0 // self.step] if self.kept is not None else self._unfolded(xp, kh, kw, nc)
                 cols2 = cols.reshape(self.taps, nc * self.q)
                 if transposed:
                     part = matmul(cols2, dyt2.T, out=dw_acc if n0 == 0 else None)

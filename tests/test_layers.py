@@ -353,13 +353,15 @@ def test_fused_chains_match_finite_differences(in_shape, entry):
     _fd_check(net, x, True, rng)
 
 
-@pytest.mark.parametrize("chunked", [False, True], ids=["one-chunk", "chunk-per-sample"])
+@pytest.mark.parametrize("chunked", [False, "kept", True], ids=["one-chunk", "chunks-kept", "chunk-per-sample"])
 @pytest.mark.parametrize("in_shape,entry", FUSED_CASES, ids=range(len(FUSED_CASES)))
 def test_fused_chains_equal_the_layers_they_replace(in_shape, entry, chunked, monkeypatch):
     from cnncli import fused
 
     if chunked:  # every sample its own chunk: the chunks' gradients add up
         monkeypatch.setattr(fused, "_COLS_BUDGET_BYTES", 1)
+    if chunked is True:  # and each chunk is unfolded again for the backward pass
+        monkeypatch.setattr(fused, "_KEEP_COLS_BYTES", 0)
     rng = np.random.default_rng(12)
     plain, fast = _fused_network(in_shape, entry, fast=False), _fused_network(in_shape, entry)
     x = rng.standard_normal(in_shape)
