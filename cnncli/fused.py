@@ -31,12 +31,14 @@ network replicas can run at the same time on different threads.
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
 from numba import prange
 
-from cnncli.jit import parallel_kernel
+from cnncli.jit import vector_kernel as kernel
+from cnncli.jit import vector_parallel_kernel as parallel_kernel
 from cnncli.threads import matmul
 
 __all__ = ["ACTIVATIONS", "Block", "tile_avgpool_backward", "tile_avgpool_forward"]
@@ -50,6 +52,7 @@ _COLS_BUDGET_BYTES = 4 << 20
 
 # Column matrices of a whole batch up to this size are kept for the backward pass.
 _KEEP_COLS_BYTES = 32 << 20
+_KEEP_MAX_PER_SAMPLE = 1 << 20
 
 # Filters up to this many: the weight gradient is computed as cols @ dy^T and
 # transposed, which OpenBLAS runs about twice as fast for a short M.
@@ -85,6 +88,86 @@ def _scratch(slot: str, shape: tuple[int, ...], dtype) -> np.ndarray:
 # ---------------------------------------------------------------------------
 # kernels
 # ---------------------------------------------------------------------------
+
+
+# Eigen's fast float tanh: odd degree 13 over even degree 6, as float32
+# constants so that the arithmetic stays in float32 lanes.
+_TANH_CLAMP = np.float32(7.90531110763549805)
+_TANH_P = tuple(np.float32(c) for c in (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
+                                        5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04,
+                                        4.89352455891786e-03))
+_TANH_Q = tuple(np.float32(c) for c in (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03,
+                                        4.89352518554385e-03))
+
+
+@kernel
+def _tanh32(z):
+    # tanh of a float32 as a rational function on [-7.9053, 7.9053] (float32
+    # tanh is +-1 beyond), within a few ulp of the exact value. Plain
+    # arithmetic, so that LLVM vectorises it: Numba's math.tanh is a scalar
+    # call ~40x slower than numpy's SIMD tanh, and this lets the activation
+    # and the pooling share one pass over the output.
+    c = _TANH_CLAMP
+    z = min(max(z, -c), c)
+    z2 = z * z
+    p0, p1, p2, p3, p4, p5, p6 = _TANH_P
+    q0, q1, q2, q3 = _TANH_Q
+    p = z2 * p0 + p1
+    p = z2 * p + p2
+    p = z2 * p + p3
+    p = z2 * p + p4
+    p = z2 * p + p5
+    p = z2 * p + p6
+    q = z2 * q0 + q1
+    q = z2 * q + q2
+    q = z2 * q + q3
+    return z * p / q
+
+
+@kernel
+def _activate_rows(src, pitch, bias, dst, act, exact):
+    # dst[oh, ow] = act(src[oh * pitch + ow] + bias): 1 ReLU, 2 tanh (exact:
+    # math.tanh, for float64; else _tanh32), 0 none.
+    zero = dst.dtype.type(0)
+    ow_ = dst.shape[1]
+    for oh in range(dst.shape[0]):
+        row = dst[oh]
+        part = src[oh * pitch : oh * pitch + ow_]
+        if act == 2 and not exact:
+            for ow in range(ow_):
+                row[ow] = _tanh32(part[ow] + bias)
+        elif act == 2:
+            for ow in range(ow_):
+                row[ow] = math.tanh(part[ow] + bias)
+        elif act == 1:
+            for ow in range(ow_):
+                row[ow] = max(part[ow] + bias, zero)
+        else:
+            for ow in range(ow_):
+                row[ow] = part[ow] + bias
+
+
+@kernel
+def _pool_plane(src, dst, k, band):
+    # dst[i, j] = mean of src's k x k tile (i, j): the tile's rows are added
+    # whole (vectorised), then k neighbours within that sum.
+    ow_ = dst.shape[1]
+    wide = ow_ * k
+    inv = src.dtype.type(1.0 / (k * k))
+    for i in range(dst.shape[0]):
+        first = src[i * k]
+        for col in range(wide):
+            band[col] = first[col]
+        for r in range(i * k + 1, i * k + k):
+            row = src[r]
+            for col in range(wide):
+                band[col] += row[col]
+        out = dst[i]
+        for j in range(ow_):
+            acc = band[j * k]
+            for t in range(1, k):
+                acc += band[j * k + t]
+            out[j] = acc * inv
 
 
 @parallel_kernel
@@ -169,35 +252,27 @@ def _fold(dcols, dxp, dx, n0, ph, pw, kh_, kw_, oh_, ow_, pitch):
 
 
 @parallel_kernel
-def _bias_act(ybuf, b, a, n0, pitch, act):
+def _bias_act(ybuf, b, a, p, n0, pitch, act, k, exact):
     # GEMM output (F, n, Q) -> a (N, F, OH, OW): junk columns dropped, bias
-    # added, ReLU applied (act 1); tanh (act 2) is left to the caller.
+    # added, activation applied; then, with k > 0, the tiled average into p.
     f_ = ybuf.shape[0]
-    oh_ = a.shape[2]
-    ow_ = a.shape[3]
     has_bias = b.shape[0] > 0
     for job in prange(ybuf.shape[1] * f_):
         n = job // f_
         f = job - n * f_
-        src = ybuf[f, n]
-        dst = a[n0 + n, f]
-        zero = a.dtype.type(0)
-        bias = b[f] if has_bias else zero
-        for oh in range(oh_):
-            row = dst[oh]
-            part = src[oh * pitch : oh * pitch + ow_]
-            for ow in range(ow_):
-                z = part[ow] + bias
-                if act == 1:
-                    z = max(z, zero)
-                row[ow] = z
+        bias = b[f] if has_bias else a.dtype.type(0)
+        plane = a[n0 + n, f]
+        _activate_rows(ybuf[f, n], pitch, bias, plane, act, exact)
+        if k > 0:
+            _pool_plane(plane, p[n0 + n, f], k, np.empty(p.shape[3] * k, dtype=a.dtype))
 
 
 @parallel_kernel
-def _direct_forward(xp, w, b, a, n0, act):
+def _direct_forward(xp, w, b, a, p, n0, act, k, exact):
     # For layers with few weights (flat taps, pitch = Wp): each sample's
     # filters accumulate their taps' shifted runs of the padded plane straight
-    # into one row, then bias, ReLU and the junk crop as in _bias_act.
+    # into one row (bias first), then the activation, the junk crop and the
+    # pooling as in _bias_act.
     f_ = w.shape[0]
     c_ = w.shape[1]
     kh_ = w.shape[2]
@@ -210,6 +285,7 @@ def _direct_forward(xp, w, b, a, n0, act):
     has_bias = b.shape[0] > 0
     for n in prange(xp.shape[0]):
         acc = np.empty(q_, dtype=a.dtype)
+        band = np.empty(p.shape[3] * k, dtype=a.dtype)
         for f in range(f_):
             acc[:] = b[f] if has_bias else zero
             for c in range(c_):
@@ -232,15 +308,10 @@ def _direct_forward(xp, w, b, a, n0, act):
                         src = flat[i * wp_ + j : i * wp_ + j + q_]
                         for q in range(q_):
                             acc[q] += wv * src[q]
-            dst = a[n0 + n, f]
-            for oh in range(oh_):
-                row = dst[oh]
-                part = acc[oh * wp_ : oh * wp_ + ow_]
-                for ow in range(ow_):
-                    z = part[ow]
-                    if act == 1:
-                        z = max(z, zero)
-                    row[ow] = z
+            plane = a[n0 + n, f]
+            _activate_rows(acc, wp_, zero, plane, act, exact)
+            if k > 0:
+                _pool_plane(plane, p[n0 + n, f], k, band)
 
 
 @parallel_kernel
@@ -567,17 +638,23 @@ class Block:
         dtype = x.dtype
         bias = np.empty(0, dtype=dtype) if b is None else b
         a = np.empty((n, f, self.oh, self.ow), dtype=dtype)
+        k = self.pool
+        p = np.empty((n, f, self.oh // k, self.ow // k) if k else (1, 1, 1, 1), dtype=dtype)
+        exact = dtype != np.float32  # float64 (checks) takes math.tanh
         w2 = w.reshape(f, self.taps)
         self.kept = None
         size = self.taps * n * self.q
-        if not self.direct and size * x.itemsize <= _KEEP_COLS_BYTES:
+        # (only for small layers: VGG-16's, with 4-115 MB per sample, would hold
+        # hundreds of MB for little gain)
+        small = self.taps * self.q * x.itemsize <= _KEEP_MAX_PER_SAMPLE
+        if not self.direct and small and size * x.itemsize <= _KEEP_COLS_BYTES:
             if self._cols is None or self._cols.size < size or self._cols.dtype != dtype:
                 self._cols = np.empty(size, dtype=dtype)
             self.kept = []
         for n0 in range(0, n, self.step):
             nc = min(self.step, n - n0)
             if self.direct:
-                _direct_forward(self._padded(x, n0, nc), w, bias, a, n0, self.code)
+                _direct_forward(self._padded(x, n0, nc), w, bias, a, p, n0, self.code, self.pool, exact)
                 continue
             if self.kept is not None:
                 part = self._cols[self.taps * n0 * self.q : self.taps * (n0 + nc) * self.q]
@@ -588,13 +665,9 @@ class Block:
                 cols = self._unfolded(self._padded(x, n0, nc), kh, kw, nc)
             ybuf = _scratch("out", (f, nc, self.q), dtype)
             matmul(w2, cols.reshape(self.taps, nc * self.q), out=ybuf.reshape(f, nc * self.q))
-            _bias_act(ybuf, bias, a, n0, self.pitch, self.code)
-        if self.code == 2:
-            np.tanh(a, out=a)
+            _bias_act(ybuf, bias, a, p, n0, self.pitch, self.code, self.pool, exact)
         self.a = a
-        if not self.pool:
-            return a, a
-        return a, tile_avgpool_forward(a, self.pool)
+        return a, (p if self.pool else a)
 
     def backward(self, g: np.ndarray, w: np.ndarray, need_dx: bool = True, need_db: bool = True):
         """g = dL/d(output) -> (dx or None, dw (F, C, KH, KW), db (F,) or None)."""

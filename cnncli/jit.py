@@ -22,6 +22,14 @@ threads.configure()
 FLAGS = {"cache": True, "nogil": True, "fastmath": True}
 
 
+# numpy's error model: a float division by zero gives inf/nan, as in numpy,
+# instead of raising. Numba's default (Python's) model tests every divisor,
+# and that branch, like the NaN handling of its min/max, keeps LLVM from
+# vectorising a loop: a rational tanh ran 0.85 ms per 400k floats with it and
+# 0.06 ms without. For kernels whose divisors are never zero (cnncli.fused).
+VECTOR_FLAGS = {**FLAGS, "error_model": "numpy"}
+
+
 def kernel(fn):
     """Compile ``fn`` as a serial kernel."""
     return njit(**FLAGS)(fn)
@@ -30,3 +38,13 @@ def kernel(fn):
 def parallel_kernel(fn):
     """Compile ``fn`` as a kernel whose ``prange`` loops run on all cores."""
     return njit(parallel=True, **FLAGS)(fn)
+
+
+def vector_kernel(fn):
+    """A serial kernel with numpy's float error model (see VECTOR_FLAGS)."""
+    return njit(**VECTOR_FLAGS)(fn)
+
+
+def vector_parallel_kernel(fn):
+    """A ``prange`` kernel with numpy's float error model (see VECTOR_FLAGS)."""
+    return njit(parallel=True, **VECTOR_FLAGS)(fn)
