@@ -164,12 +164,17 @@ def matmul(a, b, out=None):
     OpenBLAS itself stays on one thread (see above): its pool would spin after
     every GEMM and collapse whenever another process holds a core (VGG-16 on
     one image: 1.4-2 s with one thread, 3.4 s with two, on a busy machine).
-    Instead a big GEMM is cut into one block of output rows (or columns, for a
-    short wide result) per core, each a one-thread GEMM on its own thread,
-    and the threads sleep when done. Calls from a thread whose Numba thread
-    count is 1 (a part of a batch that a fast network split across the cores)
-    are not split again.
+    Instead a big GEMM is cut into slabs of output rows (or columns, for a
+    short wide result), two per core, which the caller and the worker threads
+    take in turn, so that a core held by another process delays one slab, not
+    half the product; the workers sleep when done. Every output element is one
+    BLAS call's dot product either way, so the result does not depend on which
+    thread ran what. Calls from a thread whose Numba thread count is 1 (a part
+    of a batch that a fast network split across the cores) are not split again.
+    (cnncli.kernels splits its convolution GEMMs the same way.)
     """
+    import threading
+
     import numpy as np
 
     m, k = a.shape
@@ -185,20 +190,29 @@ def matmul(a, b, out=None):
         out = np.empty((m, n), dtype=np.result_type(a, b))
     rows = m >= n
     size = m if rows else n
-    parts = min(cores, size)
+    parts = min(2 * cores, size)
     bounds = [size * i // parts for i in range(parts + 1)]
-    slices = [slice(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
+    slabs = iter([slice(lo, hi) for lo, hi in zip(bounds, bounds[1:])])
+    lock = threading.Lock()
 
-    def block(s):
-        if rows:
-            np.matmul(a[s], b, out=out[s])
-        else:
-            np.matmul(a, b[:, s], out=out[:, s])
+    def work():
+        while True:
+            with lock:
+                s = next(slabs, None)
+            if s is None:
+                return
+            if rows:
+                np.matmul(a[s], b, out=out[s])
+            else:
+                np.matmul(a, b[:, s], out=out[:, s])
 
-    futures = [pool().submit(block, s) for s in slices[1:]]
-    block(slices[0])
-    for f in futures:
-        f.result()
+    helpers = [pool().submit(work) for _ in range(cores - 1)]
+    work()
+    # A helper that has not started has nothing left to take: cancel it
+    # rather than wait for a busy worker to reach it.
+    for h in helpers:
+        if not h.cancel():
+            h.result()
     return out
 
 
