@@ -285,9 +285,14 @@ def _direct_forward(xp, w, b, a, p, n0, act, k, exact):
     has_bias = b.shape[0] > 0
     for n in prange(xp.shape[0]):
         acc = np.empty(q_, dtype=a.dtype)
+        acc2 = np.empty(q_, dtype=a.dtype)
         band = np.empty(p.shape[3] * k, dtype=a.dtype)
-        for f in range(f_):
+        for f in range(0, f_, 2):
+            # two filters per pass (the second may be f itself, computed twice
+            # and dropped): each load of the input feeds both
+            f2 = min(f + 1, f_ - 1)
             acc[:] = b[f] if has_bias else zero
+            acc2[:] = b[f2] if has_bias else zero
             for c in range(c_):
                 flat = xp[n, c].reshape(-1)
                 for i in range(kh_):
@@ -298,20 +303,37 @@ def _direct_forward(xp, w, b, a, p, n0, act, k, exact):
                         w2 = w[f, c, i, 2]
                         w3 = w[f, c, i, 3]
                         w4 = w[f, c, i, 4]
+                        v0 = w[f2, c, i, 0]
+                        v1 = w[f2, c, i, 1]
+                        v2 = w[f2, c, i, 2]
+                        v3 = w[f2, c, i, 3]
+                        v4 = w[f2, c, i, 4]
                         src = flat[i * wp_ : i * wp_ + q_ + 4]
                         for q in range(q_):
-                            acc[q] += (w0 * src[q] + w1 * src[q + 1] + w2 * src[q + 2]
-                                       + w3 * src[q + 3] + w4 * src[q + 4])
+                            s0 = src[q]
+                            s1 = src[q + 1]
+                            s2 = src[q + 2]
+                            s3 = src[q + 3]
+                            s4 = src[q + 4]
+                            acc[q] += w0 * s0 + w1 * s1 + w2 * s2 + w3 * s3 + w4 * s4
+                            acc2[q] += v0 * s0 + v1 * s1 + v2 * s2 + v3 * s3 + v4 * s4
                         continue
                     for j in range(kw_):
                         wv = w[f, c, i, j]
+                        vv = w[f2, c, i, j]
                         src = flat[i * wp_ + j : i * wp_ + j + q_]
                         for q in range(q_):
                             acc[q] += wv * src[q]
+                            acc2[q] += vv * src[q]
             plane = a[n0 + n, f]
             _activate_rows(acc, wp_, zero, plane, act, exact)
             if k > 0:
                 _pool_plane(plane, p[n0 + n, f], k, band)
+            if f2 != f:
+                plane = a[n0 + n, f2]
+                _activate_rows(acc2, wp_, zero, plane, act, exact)
+                if k > 0:
+                    _pool_plane(plane, p[n0 + n, f2], k, band)
 
 
 @parallel_kernel
