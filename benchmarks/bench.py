@@ -178,7 +178,7 @@ def cnncli_vgg() -> dict:
 # --------------------------------------------------------------------------- torch workers
 
 def _torch_lenet():
-    import torch.nn as nn
+    from torch import nn
 
     return nn.Sequential(
         nn.Conv2d(1, 6, 5, padding=2), nn.Tanh(), nn.AvgPool2d(2),
@@ -187,7 +187,7 @@ def _torch_lenet():
 
 
 def _torch_vgg16():
-    import torch.nn as nn
+    from torch import nn
 
     layers, c = [], 3
     for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"):
@@ -208,7 +208,9 @@ def torch_train(batch: int) -> dict:
     import numpy as np
     import torch
 
-    from cnncli import data  # only to read the same files the same way (no engine import)
+    from cnncli import (
+        data,  # only to read the same files the same way (no engine import)
+    )
 
     torch.manual_seed(0)
     images, labels = _mnist("train")
@@ -319,7 +321,7 @@ def _first_batch(env: dict) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
         proc = subprocess.run([sys.executable, "-c", _FIRST_BATCH, str(Path(tmp) / "run")], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
     for line in proc.stderr.splitlines():
         if line.startswith("FIRST_BATCH "):
             return float(line.split()[1]) - t0
@@ -360,7 +362,7 @@ def run_worker(framework: str, workload: str, env: dict) -> dict:
     if framework == "torch-passive":
         framework, env = "torch", {**env, "OMP_WAIT_POLICY": "PASSIVE"}
     proc = subprocess.run([sys.executable, __file__, "--worker", framework, workload], env=env,
-                          capture_output=True, text=True, cwd=ROOT)
+                          capture_output=True, text=True, cwd=ROOT, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{framework} {workload} failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -371,7 +373,7 @@ def run_worker(framework: str, workload: str, env: dict) -> dict:
 def machine() -> dict:
     info = {"python": platform.python_version(), "cores": os.cpu_count()}
     try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
             if line.startswith("Model name:"):
                 info["cpu"] = line.split(":", 1)[1].strip()
     except OSError:
@@ -450,9 +452,11 @@ def main() -> int:
         # The baseline: whichever PyTorch configuration was faster.
         torch_fws = [f for f in fws if f != "cnncli"]
         if torch_fws:
-            key = (lambda f: -med[f]["seconds"]) if w == "vgg" else (lambda f: med[f]["images_per_s"])
-            med["torch"] = med[max(torch_fws, key=key)]
-            results.setdefault("baseline", {})[w] = max(torch_fws, key=key)
+            metric = "seconds" if w == "vgg" else "images_per_s"
+            sign = -1 if w == "vgg" else 1
+            best = max(torch_fws, key=lambda f, m=med: sign * m[f][metric])
+            med["torch"] = med[best]
+            results.setdefault("baseline", {})[w] = best
         if w == "vgg":
             c = med["cnncli"]
             t = med.get("torch")

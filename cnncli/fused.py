@@ -9,26 +9,34 @@ activation (ReLU or tanh, or none) and an optional average pooling with
 non-overlapping ``k x k`` tiles (kernel = stride, no padding) as
 
 * forward: pad + unfold a chunk of the batch, one GEMM, then one kernel that
-  adds the bias, applies ReLU, crops the junk columns and writes the
-  activation (tanh runs in numpy in place: its SIMD tanh is ~40x faster than
-  Numba's scalar ``math.tanh``), then one kernel for the tiled average;
+  adds the bias, applies the activation, crops the junk columns, writes the
+  activation and averages its tiles; layers with at most 256 weights (LeNet-5's
+  first) skip the column matrix and the GEMM for direct loops;
 * backward: one kernel spreads the pooled gradient over its tiles, multiplies
   by the activation's derivative and lays it out for the GEMMs (the bias
-  gradient is one row sum of that), then the weight-gradient GEMM and, only
-  when the block's input needs a gradient, the input-gradient GEMM and a fold.
+  gradient is one row sum of that), then the weight-gradient GEMM (or direct
+  loops) and, only when the block's input needs a gradient, the
+  input-gradient GEMM and a fold (or direct loops). Small layers keep their
+  column matrices from the forward pass instead of unfolding again.
+
+float32 tanh is a rational approximation (Eigen's, within a few ulp) that
+LLVM vectorises inside these kernels; Numba's ``math.tanh`` is a scalar call
+~40x slower than numpy's SIMD tanh. float64 (gradient checks) uses the exact
+``math.tanh``. The kernels use numpy's float error model
+(:data:`cnncli.jit.VECTOR_FLAGS`), without which no loop that divides or
+takes a min/max is vectorised.
 
 Layout and conventions are those of :mod:`cnncli.kernels` (NCHW, weights
-``(F, C, KH, KW)``, PyTorch's results); the block keeps the activation for
-the backward pass and nothing else. :func:`tile_avgpool_forward` and
-:func:`tile_avgpool_backward` also serve plain ``avgpool`` layers with
-kernel = stride and no padding, which the general window kernels run 5-10x
-slower on LeNet-5's shapes.
+``(F, C, KH, KW)``, PyTorch's results); the block keeps its input, the
+activation and the small column matrices for the backward pass.
+:func:`tile_avgpool_forward` and :func:`tile_avgpool_backward` also serve
+plain ``avgpool`` layers with kernel = stride and no padding, which the
+general window kernels run 5-10x slower on LeNet-5's shapes.
 
 Every kernel writes disjoint slices and sums in a fixed order, so results are
 the same run to run; scratch buffers are per thread, so that blocks of two
 network replicas can run at the same time on different threads.
 """
-
 from __future__ import annotations
 
 import math
@@ -526,7 +534,6 @@ def _act_grad(g, a, dyt, n0, pitch, k, act):
     # A pooled row is spread once into a full-width row that its k output
     # rows then share, so the per-cell loops run contiguous and vectorised.
     f_ = dyt.shape[0]
-    ow_ = a.shape[3]
     kk = max(k, 1)
     inv = a.dtype.type(1.0 / (kk * kk))
     zero = a.dtype.type(0)

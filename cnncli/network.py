@@ -9,15 +9,16 @@ keyed like the checkpoint, ``<node>.weight``.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from cnncli import fused, threads
 from cnncli.errors import CheckpointError, UsageError
 from cnncli.graph import Graph, Node, ancestors
-from cnncli import fused, threads
 from cnncli.layers import LAYERS, FusedConv
 from cnncli.losses import Loss
 from cnncli.shapes import fmt_shape
@@ -216,7 +217,7 @@ class Network:
         if k < 2:
             return None
         bounds = [n * i // k for i in range(k + 1)]
-        return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+        return [slice(a, b) for a, b in itertools.pairwise(bounds)]
 
     def _replica(self, i: int) -> Network:
         while len(self._replicas) < i:

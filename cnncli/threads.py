@@ -35,6 +35,7 @@ Everything is process-wide and idempotent; :func:`status` says what was done.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import sys
 
@@ -192,7 +193,7 @@ def matmul(a, b, out=None):
     size = m if rows else n
     parts = min(2 * cores, size)
     bounds = [size * i // parts for i in range(parts + 1)]
-    slabs = iter([slice(lo, hi) for lo, hi in zip(bounds, bounds[1:])])
+    slabs = iter([slice(lo, hi) for lo, hi in itertools.pairwise(bounds)])
     lock = threading.Lock()
 
     def work():
