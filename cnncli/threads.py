@@ -17,8 +17,10 @@ imported) therefore
 
 * runs OpenBLAS on one thread, through its C API (``openblas_set_num_threads``
   under whichever name numpy's build exports): the engine's parallelism comes
-  from Numba over the batch and the channels, and LeNet-size GEMMs are too
-  small to gain from a second thread anyway;
+  from its own threads instead, which sleep when idle: a fast network splits
+  a batch into one part per core (:mod:`cnncli.network`), and a big GEMM is
+  cut into slabs taken in turn by the caller and the worker threads of
+  :func:`pool` (:func:`matmul`, and ``cnncli.kernels`` for its convolutions);
 * makes OpenMP threads sleep, not spin, while they wait for work
   (``OMP_WAIT_POLICY=PASSIVE``), so that a GEMM running in the main thread
   has its core. libgomp reads the variable once, when Numba loads it for the
