@@ -172,6 +172,18 @@ def worst_mistakes(probs: np.ndarray, y_true: np.ndarray, images: np.ndarray, co
 
 # --------------------------------------------------------------------------- evaluate
 
+def check_model_fits(graph, info: data.DatasetInfo, name: str) -> None:
+    """The model must take the dataset's images and give one output per class."""
+    want_in = (1, *info.image_shape)
+    if tuple(graph.input_shape) != want_in:
+        raise UsageError(f"model '{name}' takes {fmt_shape(graph.input_shape)} inputs, but {info.title} "
+                         f"images are {fmt_shape(want_in)}")
+    classes = len(info.classes)
+    if tuple(graph.output_shape) != (classes,):
+        raise UsageError(f"model '{name}' outputs {fmt_shape(graph.output_shape)}, but {info.title} "
+                         f"has {classes} classes: the last layer needs {classes} units")
+
+
 def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split: str = "test",
              data_dir: Path | None = None, batch_size: int = 500, top_k: int = 3,
              worst: int = 6) -> EvalResult:
@@ -193,14 +205,8 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
     name = dataset or config.get("dataset") or model_spec.train.get("dataset") or "mnist"
     info = data.get(name)
     graph = build(model_spec, aux=False)
-    want_in = (1, *info.image_shape)
-    if tuple(graph.input_shape) != want_in:
-        raise UsageError(f"model '{model_spec.name}' takes {fmt_shape(graph.input_shape)} inputs, but "
-                         f"{info.title} images are {fmt_shape(want_in)}")
+    check_model_fits(graph, info, model_spec.name)
     classes = len(info.classes)
-    if tuple(graph.output_shape) != (classes,):
-        raise UsageError(f"model '{model_spec.name}' outputs {fmt_shape(graph.output_shape)}, but "
-                         f"{info.title} has {classes} classes")
     dtype = config.get("dtype", "float32") if config.get("dtype") in ("float32", "float64") else "float32"
     net = Network(graph, dtype, fast=True)
     # Auxiliary heads are not built for inference, so their weights in the file are skipped.

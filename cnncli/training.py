@@ -40,11 +40,10 @@ from cnncli import __version__, checkpoint, data, losses, optim, spec
 from cnncli.atomic import write_text_atomic
 from cnncli.data import DownloadEvent
 from cnncli.errors import CheckpointError, TrainingStopped, UsageError
-from cnncli.evaluation import loss_source, predict
+from cnncli.evaluation import check_model_fits, loss_source, predict
 from cnncli.graph import build
 from cnncli.network import Network
 from cnncli.schedule import Plan, learning_rate
-from cnncli.shapes import fmt_shape
 
 #: Images per forward pass when scoring the validation and test sets (no gradients kept).
 EVAL_BATCH = 1000
@@ -373,17 +372,6 @@ def _rng_state(gen: np.random.Generator) -> dict[str, Any]:
     return gen.bit_generator.state
 
 
-def _check_model_fits(graph, info: data.DatasetInfo, name: str) -> None:
-    want_in = (1, *info.image_shape)
-    if tuple(graph.input_shape) != want_in:
-        raise UsageError(f"model '{name}' takes {fmt_shape(graph.input_shape)} inputs, but {info.title} "
-                         f"images are {fmt_shape(want_in)}")
-    classes = len(info.classes)
-    if tuple(graph.output_shape) != (classes,):
-        raise UsageError(f"model '{name}' outputs {fmt_shape(graph.output_shape)}, but {info.title} "
-                         f"has {classes} classes: the last layer needs {classes} units")
-
-
 class _Run:
     """One training run; its fields are the state a checkpoint saves."""
 
@@ -407,7 +395,7 @@ class _Run:
         info = data.get(cfg.dataset)
         model_spec = cfg.spec or spec.load(cfg.model)
         self.graph = build(model_spec, aux=True)
-        _check_model_fits(self.graph, info, cfg.name)
+        check_model_fits(self.graph, info, cfg.name)
         dtype = np.dtype(cfg.dtype)
 
         images, labels = data.load(info.name, "train", cfg.data_dir, progress=self.reporter.download)
