@@ -40,13 +40,13 @@ network replicas can run at the same time on different threads.
 from __future__ import annotations
 
 import math
-import threading
 
 import numpy as np
 from numba import prange
 
 from cnncli.jit import vector_kernel as kernel
 from cnncli.jit import vector_parallel_kernel as parallel_kernel
+from cnncli.kernels import scratch
 from cnncli.threads import matmul
 
 __all__ = ["ACTIVATIONS", "Block", "tile_avgpool_backward", "tile_avgpool_forward"]
@@ -75,22 +75,9 @@ _DW_TRANSPOSED_MAX_F = 32
 # is faster as GEMMs: direct loops measured 0.57 / 1.37 ms against 0.43 / 0.93.
 _DIRECT_MAX_WEIGHTS = 256
 
-_workspace = threading.local()
-
-
 def _scratch(slot: str, shape: tuple[int, ...], dtype) -> np.ndarray:
-    """A reusable uninitialised buffer per thread, slot and dtype."""
-    key = (slot, np.dtype(dtype).str)
-    buffers = getattr(_workspace, "buffers", None)
-    if buffers is None:
-        buffers = _workspace.buffers = {}
-    size = 1
-    for d in shape:
-        size *= d
-    buf = buffers.get(key)
-    if buf is None or buf.size < size:
-        buf = buffers[key] = np.empty(size, dtype=dtype)
-    return buf[:size].reshape(shape)
+    """A reusable buffer from the engine's per-thread workspace, in slots of this module's own."""
+    return scratch(f"fused.{slot}", shape, dtype)
 
 
 # ---------------------------------------------------------------------------

@@ -462,8 +462,11 @@ def _direct_dx(dyt, w, dxp, dx, n0, ph, pw, dh, dw, groups):
 _workspace = threading.local()
 
 
-def _scratch(slot: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+def scratch(slot: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """A reusable uninitialised buffer, one per thread, slot and dtype.
+
+    Slots are shared by every module on a thread: callers outside this module
+    prefix theirs (``fused.cols``) so that buffers in use never alias.
 
     Column matrices run to tens of megabytes; allocating them afresh on every
     call costs page faults comparable to filling them.
@@ -582,12 +585,12 @@ class _Geometry:
     def padded(self, n0: int, nc: int) -> np.ndarray:
         if self.ph == 0 and self.pw == 0:
             return self.x[n0 : n0 + nc]
-        xp = _scratch("xp", (nc, self.c, self.hp, self.wp), self.x.dtype)
+        xp = scratch("xp", (nc, self.c, self.hp, self.wp), self.x.dtype)
         _pad_input(self.x, n0, xp, self.ph, self.pw)
         return xp
 
     def unfolded(self, xp: np.ndarray, nc: int) -> np.ndarray:
-        cols = _scratch("cols", (self.c * self.kh * self.kw, nc, self.q), self.x.dtype)
+        cols = scratch("cols", (self.c * self.kh * self.kw, nc, self.q), self.x.dtype)
         _unfold(xp, cols, self.kh, self.kw, self.sh, self.sw, self.dh, self.dw, self.oh, self.ow, self.pitch)
         return cols
 
@@ -596,7 +599,7 @@ class _Geometry:
             return dx[n0 : n0 + nc]
         # Shares the padded input's buffer: callers take it once that input
         # has been unfolded (or used for dw) and is no longer needed.
-        return _scratch("xp", (nc, self.c, self.hp, self.wp), self.x.dtype)
+        return scratch("xp", (nc, self.c, self.hp, self.wp), self.x.dtype)
 
 
 def _use_direct(cg_: int, kh_: int, kw_: int, fg_: int) -> bool:
@@ -636,7 +639,7 @@ def conv2d_forward(
     for n0 in range(0, geo.n, geo.step):
         nc = min(geo.step, geo.n - n0)
         xp = geo.padded(n0, nc)
-        ybuf = _scratch("out", (geo.f, nc, geo.q), dtype)
+        ybuf = scratch("out", (geo.f, nc, geo.q), dtype)
         if geo.direct:
             _direct_forward(xp, geo.w, ybuf, geo.dh, geo.dw, g)
         else:
@@ -684,13 +687,13 @@ def conv2d_backward(
     for n0 in range(0, geo.n, geo.step):
         nc = min(geo.step, geo.n - n0)
         xp = geo.padded(n0, nc)
-        dyt = _scratch("out", (geo.f, nc, geo.q), dtype)
+        dyt = scratch("out", (geo.f, nc, geo.q), dtype)
         _load_grad(dy, n0, dyt, geo.pitch)
         dyt3 = dyt.reshape(g, fg, nc * geo.q)
         # Chunks are fixed by the shapes alone, so the running sums below add
         # the same partial products in the same order on every run.
         if geo.direct_dw:
-            part = _scratch("dw", (nc, *dw_out.shape), dtype)
+            part = scratch("dw", (nc, *dw_out.shape), dtype)
             _direct_dw(xp, dyt, part, geo.dh, geo.dw, g)
             if n0 == 0:
                 np.sum(part, axis=0, out=dw_out)
@@ -715,7 +718,7 @@ def conv2d_backward(
             _direct_dx(dyt, geo.w, dxp, dx, n0, geo.ph, geo.pw, geo.dh, geo.dw, g)
             continue
         # Same buffer as the unfolded input, which is spent by now.
-        dcols = _scratch("cols", (geo.c * geo.kh * geo.kw, nc, geo.q), dtype)
+        dcols = scratch("cols", (geo.c * geo.kh * geo.kw, nc, geo.q), dtype)
         _matmul(w3t, dyt3, dcols.reshape(g, geo.taps, nc * geo.q))
         _fold(
             dcols, dxp, dx, n0, geo.ph, geo.pw, geo.kh, geo.kw,
