@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from cnncli import fused, threads
+from cnncli import fused, parallel, threads
 from cnncli.errors import CheckpointError, UsageError
 from cnncli.graph import Graph, Node, ancestors
 from cnncli.layers import LAYERS, FusedConv
@@ -40,8 +40,9 @@ def _fan_out(node: Node) -> int:
     return shape[0] * math.prod(shape[2:]) if len(shape) == 4 else shape[0]
 
 
-#: A fast network splits a batch across threads only into parts of at least this many samples.
+#: A fast network splits a batch across cores only into parts of at least this many samples.
 MIN_PART = 16
+
 
 # Layers whose output for one sample depends on the others in the batch (batch
 # statistics) or on a shared random generator: a network with them never splits.
@@ -105,7 +106,10 @@ class Network:
     as ``backprop-trace`` needs.
     """
 
-    def __init__(self, graph: Graph, dtype: str | np.dtype = "float32", seed: int = 0, fast: bool = False):
+    def __init__(self, graph: Graph, dtype: str | np.dtype = "float32", seed: int = 0, fast: bool = False,
+                 params: Mapping[str, np.ndarray] | None = None, workers: int | None = None):
+        """``params``: arrays to use as the parameters, not copied (a replica's); ``workers``: how many
+        parts a batch may be split into (default: one per engine thread for a fast network)."""
         self.graph = graph
         self.fast = fast
         self.dtype = np.dtype(dtype)
@@ -118,7 +122,9 @@ class Network:
         for node in graph.nodes:
             own = {}
             for suffix in node.params:
-                own[suffix] = self.params[f"{node.name}.{suffix}"] = initial_value(node, suffix, rng, self.dtype)
+                key = f"{node.name}.{suffix}"
+                value = params[key] if params is not None else initial_value(node, suffix, rng, self.dtype)
+                own[suffix] = self.params[key] = value
             bufs = {}
             for suffix, shape in node.buffers.items():
                 fill = np.ones if suffix == "running_var" else np.zeros
@@ -140,9 +146,13 @@ class Network:
         # Unlike prange inside each kernel, the GEMMs run in parallel too, and
         # the threads meet once per pass instead of after every kernel.
         self.workers = 1
-        if fast and not any(n.kind in _UNSPLITTABLE for n in graph.nodes):
-            self.workers = max(1, _engine_threads())
+        self.splits = fast and not any(n.kind in _UNSPLITTABLE for n in graph.nodes)
+        if self.splits:
+            self.workers = max(1, _engine_threads()) if workers is None else workers
         self._replicas: list[Network] = []
+        self._group: parallel.ProcessGroup | None = None
+        #: Why parts went back from processes to threads (None: they did not).
+        self.processes_failed: str | None = None
         main = ancestors({n.name: n.inputs for n in graph.nodes}, [graph.output])
         self.infer_order = [n for n in graph.nodes if n.name in main]
         self.values: dict[str, np.ndarray] = {}
@@ -213,22 +223,62 @@ class Network:
 
     # -- splitting a batch across threads --
     def _parts(self, n: int) -> list[slice] | None:
-        k = min(self.workers, n // MIN_PART)
-        if k < 2:
-            return None
+        """Inference: one part per worker thread (of at least MIN_PART samples), or None."""
+        blocks = self._blocks(n)
+        return blocks if len(blocks) > 1 else None
+
+    def _blocks(self, n: int) -> list[slice]:
+        """Training: a batch's contiguous blocks, one per core (of at least MIN_PART samples)."""
+        k = max(1, min(self.workers, n // MIN_PART))
         bounds = [n * i // k for i in range(k + 1)]
         return [slice(a, b) for a, b in itertools.pairwise(bounds)]
 
     def _replica(self, i: int) -> Network:
         while len(self._replicas) < i:
-            r = Network(self.graph, self.dtype, seed=0, fast=True)
-            r.workers = 1
-            r.params, r.buffers, r.rng = self.params, self.buffers, self.rng
-            for node in self.graph.nodes:
-                for suffix in node.params:
-                    r.layers[node.name].params[suffix] = self.params[f"{node.name}.{suffix}"]
+            r = Network(self.graph, self.dtype, fast=True, params=self.params, workers=1)
+            r.buffers, r.rng = self.buffers, self.rng
             self._replicas.append(r)
         return self._replicas[i - 1]
+
+    def spawn_workers(self, max_batch: int) -> None:
+        """Start replicas in child processes for the training batches (up to ``max_batch``) to come.
+
+        They boot in the background; until they are ready (or if they fail),
+        :meth:`loss_and_backward` splits batches across threads as before.
+        Call :meth:`close` when done. Does nothing unless batches of
+        ``max_batch`` would be split (see :mod:`cnncli.parallel`).
+        """
+        parts = self._parts(max_batch) if self.workers > 1 else None
+        if parts is None or self._group is not None:
+            return
+        capacity = max(p.stop - p.start for p in parts)
+        try:
+            self._group = parallel.ProcessGroup(self.graph, self.dtype, capacity, len(parts) - 1)
+        except OSError as e:
+            self.processes_failed = f"cannot start worker processes: {e}"
+
+    def close(self) -> None:
+        """Stop the worker processes, if any."""
+        if self._group is not None:
+            self._group.close()
+            self._group = None
+
+    def _processes(self, parts: list[slice]) -> parallel.ProcessGroup | None:
+        """The process group, if it is ready for these parts (never waits for it)."""
+        group = self._group
+        if group is None or len(parts) - 1 != group.children:
+            return None
+        if max(p.stop - p.start for p in parts[1:]) > group.capacity:
+            return None
+        try:
+            return group if group.ready() else None
+        except parallel.WorkerLost as e:
+            self._lost(e)
+            return None
+
+    def _lost(self, e: Exception) -> None:
+        self.processes_failed = str(e)
+        self.close()
 
     def _in_parts(self, parts: list[slice], task) -> list[Any]:
         """task(network, part) for each part, each on a worker thread (one Numba thread each)."""
@@ -268,29 +318,70 @@ class Network:
 
         Returns (loss, main output). Parameter gradients land in ``self.grads``;
         with ``keep_node_grads`` every node's ∂E/∂output in ``self.node_grads``.
+        A fast network without batch statistics or dropout splits a batch into
+        one block per core (:meth:`_blocks`), on threads or, after
+        :meth:`spawn_workers`, in worker processes; node values are then not kept.
         """
-        parts = None
-        if self.workers > 1 and not keep_node_grads and len(target) == len(x):
-            parts = self._parts(x.shape[0])
-        if parts is None:
+        if not self.splits or keep_node_grads or len(target) != len(x):
             return self._loss_and_backward(x, target, loss, train, keep_node_grads)
+        n = len(x)
+        blocks = self._blocks(n)
+        if len(blocks) == 1:
+            return self._loss_and_backward(x, target, loss, train, False)
         x = self._check_input(x)
-        n = x.shape[0]
-        done = self._in_parts(parts, lambda net, part: net._loss_and_backward(x[part], target[part], loss,
-                                                                               train, False))
-        nets = [self] + self._replicas[:len(parts) - 1]
+        group = self._processes(blocks)
+        results = None
+        if group is not None:
+            results = self._loss_and_backward_processes(group, x, target, loss, train, blocks)
+        if results is None:
+            done = self._in_parts(blocks, lambda net, b: net._loss_and_backward(x[b], target[b], loss, train,
+                                                                                 False))
+            nets = [self] + self._replicas[:len(blocks) - 1]
+            results = [(lv, out, net.grads) for (lv, out), net in zip(done, nets)]
+        self.values = {}  # the parts' values are gone (some in other processes)
+        return self._combine(blocks, n, results)
+
+    def _loss_and_backward_processes(self, group, x, target, loss, train, blocks):
+        """The first block here, the others in the worker processes: [(loss, output, grads)] or None."""
+        import numba
+
+        try:
+            group.submit(self.params, [x[b] for b in blocks[1:]], [target[b] for b in blocks[1:]],
+                         loss.name, train)
+        except parallel.WorkerLost as e:
+            self._lost(e)
+            return None
+        # One Numba thread here too: the other cores run the other blocks.
+        threads_before = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            first = self._loss_and_backward(x[blocks[0]], target[blocks[0]], loss, train, False)
+        finally:
+            numba.set_num_threads(threads_before)
+        results = [(first[0], first[1], self.grads)]
+        try:
+            results += group.collect()
+        except parallel.WorkerLost as e:
+            self._lost(e)
+            for i, b in enumerate(blocks[1:], 1):  # the same blocks, computed here instead
+                replica = self._replica(i)
+                lv, out = replica._loss_and_backward(x[b], target[b], loss, train, False)
+                results.append((lv, out, replica.grads))
+        return results
+
+    def _combine(self, parts, n, results) -> tuple[float, np.ndarray]:
+        """Loss, output and gradients of a batch from its parts' [(loss, output, grads)], in part order."""
         # Each part's loss is its own mean: weight by the part's share of the batch.
         shares = [(p.stop - p.start) / n for p in parts]
-        total = sum(s * lv for s, (lv, _) in zip(shares, done))
+        total = sum(s * lv for s, (lv, _, _) in zip(shares, results))
         grads = {}
-        for key in self.grads:
-            g = nets[0].grads[key] * self.dtype.type(shares[0])
-            for s, net in zip(shares[1:], nets[1:]):
-                g += net.grads[key] * self.dtype.type(s)
+        for key in results[0][2]:
+            g = results[0][2][key] * self.dtype.type(shares[0])
+            for s, (_, _, part_grads) in zip(shares[1:], results[1:]):
+                g += part_grads[key] * self.dtype.type(s)
             grads[key] = g
         self.grads = grads
-        self.values = _MergedValues([net.values for net in nets])
-        return total, np.concatenate([out for _, out in done])
+        return total, np.concatenate([out for _, out, _ in results])
 
     def _loss_and_backward(self, x, target, loss, train, keep_node_grads):
         out = self._forward(x, train)

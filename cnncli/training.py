@@ -397,6 +397,9 @@ class _Run:
         self.graph = build(model_spec, aux=True)
         check_model_fits(self.graph, info, cfg.name)
         dtype = np.dtype(cfg.dtype)
+        self.net = Network(self.graph, dtype, seed=cfg.seed, fast=True)
+        # Worker processes boot while the data loads (until they are ready, threads split the batches).
+        self.net.spawn_workers(cfg.batch_size)
 
         images, labels = data.load(info.name, "train", cfg.data_dir, progress=self.reporter.download)
         test_images, test_labels = data.load(info.name, "test", cfg.data_dir, progress=self.reporter.download)
@@ -415,7 +418,6 @@ class _Run:
         self.test_images, self.test_labels = test_images, test_labels
         self.info = info
 
-        self.net = Network(self.graph, dtype, seed=cfg.seed, fast=True)
         self.loss = losses.get(model_spec.loss)
         self.source = loss_source(self.graph, self.loss)
         self.opt = optim.make(cfg.optimizer, self.net.trainable(), cfg.lr, momentum=cfg.momentum,
@@ -487,6 +489,7 @@ class _Run:
         xb = np.empty((bs, *self.x_train.shape[1:]), dtype=self.x_train.dtype)
         yb = np.empty(bs, dtype=self.y_train.dtype)
         n = len(self.x_train)
+        noted_fallback = False
         while self.epoch < cfg.epochs:
             order = _shuffle(cfg.seed, self.epoch, n)
             p = self.partial
@@ -499,6 +502,10 @@ class _Run:
                 np.take(self.y_train, idx, out=y)
                 self.opt.lr = self.last_lr = learning_rate(cfg.schedule, self.plan, self.step)
                 loss_value, out = self.net.loss_and_backward(x, y, self.loss)
+                if self.net.processes_failed and not noted_fallback:
+                    noted_fallback = True
+                    self.reporter.note(f"{self.net.processes_failed}; splitting batches across "
+                                       "threads instead (slower)")
                 if not math.isfinite(loss_value):
                     self.stop_non_finite(loss_value)
                 self.opt.step(self.net.grads)
@@ -600,4 +607,6 @@ def train(config: RunConfig, reporter: Reporter | None = None) -> RunResult:
                 interrupts.signal_name = interrupts.signal_name or "SIGINT"
                 return run.result("aborted")
     finally:
+        if hasattr(run, "net"):
+            run.net.close()
         reporter.close()
