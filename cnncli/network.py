@@ -249,7 +249,7 @@ class Network:
         ``max_batch`` would be split (see :mod:`cnncli.parallel`).
         """
         parts = self._parts(max_batch) if self.workers > 1 else None
-        if parts is None or self._group is not None:
+        if parts is None or self._group is not None or not parallel.available():
             return
         capacity = max(p.stop - p.start for p in parts)
         try:

@@ -12,21 +12,26 @@ holding
 * the parameters, copied in by the parent before every step (the parent's own
   arrays stay where they are, so the optimizer, checkpoints and
   ``load_state_dict`` never see shared memory);
-* per child: its part of the batch, its outputs and its parameter gradients.
+* per child: control words, its part of the batch and its targets, its
+  loss, outputs and parameter gradients.
 
-Per step the parent writes each child's part, sends it the targets over a
-socket, computes its own part meanwhile and then collects the children's
-losses and gradients; :class:`~cnncli.network.Network` averages them in the
-same fixed order as parts run on threads, so the numbers do not depend on
-where a part ran.
+Per step the parent writes each child's part and sets its GO word, computes
+its own part meanwhile, and then waits for each child's DONE word (spinning
+first: a message through a socket costs the sender 30-60 µs, and a sleeping
+process as much to wake, on this virtual machine);
+:class:`~cnncli.network.Network` averages the parts' gradients in the same
+fixed order as parts run on threads, so the numbers do not depend on where a
+part ran.
 
 Children boot in the background (importing Numba and loading the cached
 kernels takes about a second): until they are ready the parent keeps using
 threads, so a short run never waits for them. A child ignores SIGINT and
 SIGTERM, which the parent handles (it saves its checkpoint), and exits when
 its socket closes, which is also what happens when the parent is killed. A
-child that fails to start or dies is reported by :meth:`ProcessGroup.ready`
-raising :class:`WorkerLost`; the network then goes back to threads.
+child that fails to start, fails or dies is reported by raising
+:class:`WorkerLost`; the network then goes back to threads. Processes are used
+on x86-64 only (:func:`available`), whose stores become visible in program
+order, which the control words rely on.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -47,11 +53,13 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ProcessGroup", "WorkerLost", "serve"]
+from cnncli import losses
+
+__all__ = ["ProcessGroup", "WorkerLost", "available", "serve"]
 
 _ALIGN = 64  # bytes: every array starts on a cache line
 
-#: How long a process polls for its next message before it blocks (see _wait).
+#: How long a process spins on a control word before it sleeps between checks (see _wait).
 SPIN_SECONDS = 0.005
 
 
@@ -59,38 +67,64 @@ class WorkerLost(RuntimeError):
     """A child process failed to start, answered with an error, or died."""
 
 
-def _layout(graph, dtype: np.dtype, capacity: int, children: int) -> dict[str, tuple[int, tuple[int, ...]]]:
-    """Offsets and shapes of the shared arrays, computed alike by parent and children.
+# A child's control words (int64, in shared memory). The parent writes a
+# step's inputs, then GO; the child writes its results, then DONE = GO. x86-64
+# keeps stores in program order, so whoever sees the flag sees what was
+# written before it (processes are used on x86-64 only; see available()).
+GO, DONE, N, TARGET_KIND, LOSS, TRAIN, FAILED = range(7)
+_CTRL_WORDS = 8
+_LABELS, _SOFT = 0, 1
 
-    ``param.<key>`` for every parameter; ``<i>.x``, ``<i>.out`` and
-    ``<i>.grad.<key>`` (trainable parameters only) for child i.
+#: The losses a child can run, by index (control word LOSS).
+_LOSS_NAMES = tuple(sorted(losses.LOSSES))
+
+
+def available() -> bool:
+    """Whether batches may go to worker processes here: x86-64 (see the control words) with POSIX fds."""
+    return platform.machine().lower() in ("x86_64", "amd64") and os.name == "posix"
+
+
+def _layout(graph, dtype: np.dtype, capacity: int, children: int) -> dict[str, tuple[int, tuple[int, ...], str]]:
+    """Offsets, shapes and dtypes of the shared arrays, computed alike by parent and children.
+
+    ``param.<key>`` for every parameter; for child i: ``<i>.ctrl`` (control
+    words), ``<i>.loss``, ``<i>.x``, ``<i>.labels`` and ``<i>.soft`` (class
+    indices or target vectors), ``<i>.out`` and ``<i>.grad.<key>`` (trainable
+    parameters only).
     """
-    item = dtype.itemsize
-    entries: dict[str, tuple[int, tuple[int, ...]]] = {}
+    entries: dict[str, tuple[int, tuple[int, ...], str]] = {}
     offset = 0
 
-    def add(name: str, shape: tuple[int, ...]) -> None:
+    def add(name: str, shape: tuple[int, ...], kind: np.dtype = dtype) -> None:
         nonlocal offset
-        entries[name] = (offset, shape)
-        offset += -(-math.prod(shape) * item // _ALIGN) * _ALIGN
+        entries[name] = (offset, shape, np.dtype(kind).str)
+        offset += -(-math.prod(shape) * np.dtype(kind).itemsize // _ALIGN) * _ALIGN
 
-    for key, shape in graph.param_shapes().items():
+    shapes = graph.param_shapes()
+    for key, shape in shapes.items():
         add(f"param.{key}", tuple(shape))
     trainable = [f"{n.name}.{s}" for n in graph.nodes if n.trainable for s in n.params]
-    shapes = graph.param_shapes()
     for i in range(children):
+        add(f"{i}.ctrl", (_CTRL_WORDS,), np.int64)
+        add(f"{i}.loss", (1,), np.float64)
         add(f"{i}.x", (capacity, *graph.input_shape))
+        add(f"{i}.labels", (capacity,), np.int64)
+        add(f"{i}.soft", (capacity, *graph.output_shape))
         add(f"{i}.out", (capacity, *graph.output_shape))
         for key in trainable:
             add(f"{i}.grad.{key}", tuple(shapes[key]))
-    entries[""] = (offset, ())  # the total size
+    entries[""] = (offset, (), "")  # the total size
     return entries
 
 
-def _map(fd: int, layout, dtype: np.dtype) -> dict[str, np.ndarray]:
+def _map(fd: int, layout) -> dict[str, np.ndarray]:
     buf = mmap.mmap(fd, max(layout[""][0], 1))  # shared, read-write; keeps its own reference to the file
-    return {name: np.ndarray(shape, dtype=dtype, buffer=buf, offset=off)
-            for name, (off, shape) in layout.items() if name}
+    return {name: np.ndarray(shape, dtype=kind, buffer=buf, offset=off)
+            for name, (off, shape, kind) in layout.items() if name}
+
+
+def _views(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
 
 def _shared_file(size: int) -> int:
@@ -102,18 +136,6 @@ def _shared_file(size: int) -> int:
             fd = os.dup(f.fileno())
     os.ftruncate(fd, max(size, 1))
     return fd
-
-
-def _wait(conn: Connection) -> None:
-    """Poll ``conn`` for up to SPIN_SECONDS before a blocking read would sleep.
-
-    Parent and children hand each other work every few milliseconds; a
-    process that sleeps in between takes ~0.1 ms to wake on a virtual machine
-    (an idle vCPU is halted), twice per step.
-    """
-    end = time.perf_counter() + SPIN_SECONDS
-    while not conn.poll(0) and time.perf_counter() < end:
-        pass
 
 
 def _stop(procs: list[subprocess.Popen], conns: list[Connection], fd: int | None) -> None:
@@ -136,8 +158,9 @@ class ProcessGroup:
         self.children = children
         layout = _layout(graph, self.dtype, capacity, children)
         self.fd = _shared_file(layout[""][0])
-        self.arrays = _map(self.fd, layout, self.dtype)
-        self.params = {k[len("param."):]: v for k, v in self.arrays.items() if k.startswith("param.")}
+        self.arrays = _map(self.fd, layout)
+        self.params = _views(self.arrays, "param.")
+        self.ctrl = [self.arrays[f"{i}.ctrl"] for i in range(children)]
         self.procs: list[subprocess.Popen] = []
         self.conns: list[Connection] = []
         self._ready = [False] * children
@@ -168,19 +191,21 @@ class ProcessGroup:
                         raise WorkerLost(f"worker process {i + 1} exited while starting "
                                          f"(status {self.procs[i].returncode})")
                     return False
-                self._answer(i)
+                self._message(i)
                 self._ready[i] = True
         return True
 
-    def _answer(self, i: int):
+    def _message(self, i: int):
         try:
-            _wait(self.conns[i])
             kind, value = self.conns[i].recv()
         except (EOFError, OSError):
-            raise WorkerLost(f"worker process {i + 1} died (status {self.procs[i].poll()})") from None
+            raise self._lost(i) from None
         if kind == "error":
             raise WorkerLost(f"worker process {i + 1}: {value}")
         return value
+
+    def _lost(self, i: int) -> WorkerLost:
+        return WorkerLost(f"worker process {i + 1} died (status {self.procs[i].poll()})")
 
     def submit(self, params: Mapping[str, np.ndarray], parts: list[np.ndarray], targets: list[np.ndarray],
                loss: str, train: bool) -> None:
@@ -190,11 +215,18 @@ class ProcessGroup:
         self._pending = []
         for i, (x, target) in enumerate(zip(parts, targets)):
             n = len(x)
+            ctrl = self.ctrl[i]
             np.copyto(self.arrays[f"{i}.x"][:n], x)
-            try:
-                self.conns[i].send((n, target, loss, train))
-            except OSError:
-                raise WorkerLost(f"worker process {i + 1} died (status {self.procs[i].poll()})") from None
+            if target.ndim == 1:
+                np.copyto(self.arrays[f"{i}.labels"][:n], target)
+                ctrl[TARGET_KIND] = _LABELS
+            else:
+                np.copyto(self.arrays[f"{i}.soft"][:n], target)
+                ctrl[TARGET_KIND] = _SOFT
+            ctrl[N] = n
+            ctrl[LOSS] = _LOSS_NAMES.index(loss)
+            ctrl[TRAIN] = int(train)
+            ctrl[GO] += 1  # last: the child starts once it sees this
             self._pending.append(i)
 
     def collect(self) -> list[tuple[float, np.ndarray, dict[str, np.ndarray]]]:
@@ -202,14 +234,37 @@ class ProcessGroup:
         results = []
         pending, self._pending = self._pending, []
         for i in pending:
-            loss, n = self._answer(i)
-            grads = {k[len(f"{i}.grad."):]: v for k, v in self.arrays.items() if k.startswith(f"{i}.grad.")}
-            results.append((loss, self.arrays[f"{i}.out"][:n], grads))
+            ctrl = self.ctrl[i]
+            if not _wait(lambda: ctrl[DONE] == ctrl[GO], lambda: self.procs[i].poll() is None):
+                raise self._lost(i)
+            if ctrl[FAILED]:
+                self._message(i)  # raises, with the child's error
+            n = int(ctrl[N])
+            results.append((float(self.arrays[f"{i}.loss"][0]), self.arrays[f"{i}.out"][:n],
+                            _views(self.arrays, f"{i}.grad.")))
         return results
 
     def close(self) -> None:
         """Stop the children and release the shared memory (also done when the group is collected)."""
         self._finalizer()
+
+
+def _wait(done, alive) -> bool:
+    """Wait until done(): spin for SPIN_SECONDS, then check every 0.2-2 ms. False if alive() turns False first.
+
+    Parent and children hand each other work every few milliseconds; a process
+    that went to sleep takes 30-60 µs to wake on a virtual machine (an idle
+    vCPU is halted), and a message through a socket costs the sender as much.
+    """
+    start = time.perf_counter()
+    while not done():
+        waited = time.perf_counter() - start
+        if waited > SPIN_SECONDS:
+            if not alive():
+                return done()
+            # A long wait (validation, a checkpoint) needs no fast wake-up.
+            time.sleep(0.0002 if waited < 0.05 else 0.002)
+    return True
 
 
 def serve() -> None:
@@ -223,35 +278,46 @@ def serve() -> None:
     except EOFError:
         return
     try:
-        from cnncli import losses
         from cnncli.network import Network
 
         dtype = np.dtype(dtype)
-        arrays = _map(fd, _layout(graph, dtype, capacity, children), dtype)
-        params = {k[len("param."):]: v for k, v in arrays.items() if k.startswith("param.")}
-        net = Network(graph, dtype, fast=True, params=params, workers=1)
+        arrays = _map(fd, _layout(graph, dtype, capacity, children))
+        net = Network(graph, dtype, fast=True, params=_views(arrays, "param."), workers=1)
+        ctrl, value = arrays[f"{index}.ctrl"], arrays[f"{index}.loss"]
         x, out = arrays[f"{index}.x"], arrays[f"{index}.out"]
-        prefix = f"{index}.grad."
-        grads = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+        targets = (arrays[f"{index}.labels"], arrays[f"{index}.soft"])
+        grads = _views(arrays, f"{index}.grad.")
     except Exception as e:  # noqa: BLE001 (reported to the parent, which falls back to threads)
         conn.send(("error", f"{type(e).__name__}: {e}"))
         return
     conn.send(("ready", None))
+    step = int(ctrl[GO])
+    closed = False
+
+    def parent_gone() -> bool:
+        nonlocal closed
+        # The socket turns readable (EOF) when the parent closes it or dies.
+        closed = closed or conn.poll(0)
+        return closed
+
     while True:
-        try:
-            _wait(conn)
-            n, target, loss, train = conn.recv()
-        except (EOFError, OSError):
+        if not _wait(lambda: ctrl[GO] != step, lambda: not parent_gone()):
             return
+        step = int(ctrl[GO])
+        n = int(ctrl[N])
         try:
-            value, result = net._loss_and_backward(x[:n], target, losses.get(loss), train, False)
+            loss = losses.get(_LOSS_NAMES[int(ctrl[LOSS])])
+            lv, result = net._loss_and_backward(x[:n], targets[int(ctrl[TARGET_KIND])][:n], loss,
+                                                bool(ctrl[TRAIN]), False)
+            value[0] = lv
             out[:n] = result
             for key, g in grads.items():
                 np.copyto(g, net.grads[key])
-            answer = ("done", (value, n))
+            ctrl[FAILED] = 0
         except Exception as e:  # noqa: BLE001
-            answer = ("error", f"{type(e).__name__}: {e}")
-        try:
-            conn.send(answer)
-        except OSError:
-            return
+            ctrl[FAILED] = 1
+            try:
+                conn.send(("error", f"{type(e).__name__}: {e}"))
+            except OSError:
+                return
+        ctrl[DONE] = step  # last: the parent reads the results once it sees this
