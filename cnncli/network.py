@@ -434,7 +434,8 @@ class Network:
             for suffix in node.params:
                 if node.trainable:
                     key = f"{node.name}.{suffix}"
-                    self.grads[key] = layer.grads.get(suffix, np.zeros_like(self.params[key]))
+                    g = layer.grads.get(suffix)
+                    self.grads[key] = np.zeros_like(self.params[key]) if g is None else g
 
 
 def _check_target(target: np.ndarray, out_shape: tuple[int, ...], source: str) -> None:
