@@ -30,9 +30,24 @@ FLAGS = {"cache": True, "nogil": True, "fastmath": True}
 VECTOR_FLAGS = {**FLAGS, "error_model": "numpy"}
 
 
+# Without fastmath: every float operation rounded as written, no fused
+# multiply-adds. For kernels whose results must not depend on where the arrays
+# sit in memory: with fastmath, LLVM may contract a*b+c into an FMA in the
+# vectorised body of a loop but not in the scalar iterations it peels off to
+# align the arrays, so an element's rounding would depend on the address.
+# (The optimizer's update: a resumed run, whose arrays were reloaded, must
+# repeat the uninterrupted run bit for bit.)
+EXACT_FLAGS = {"cache": True, "nogil": True, "error_model": "numpy"}
+
+
 def kernel(fn):
     """Compile ``fn`` as a serial kernel."""
     return njit(**FLAGS)(fn)
+
+
+def exact_kernel(fn):
+    """A serial kernel without fastmath (see EXACT_FLAGS)."""
+    return njit(**EXACT_FLAGS)(fn)
 
 
 def parallel_kernel(fn):

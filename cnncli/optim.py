@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnncli.errors import CheckpointError
-from cnncli.jit import kernel
+from cnncli.jit import exact_kernel
 
 
 class Optimizer:
@@ -56,7 +56,7 @@ class Optimizer:
             self.slots.setdefault(name, {})[slot] = arr.astype(self.params[name].dtype)
 
 
-@kernel
+@exact_kernel
 def _sgd_update(p, g, v, lr, momentum, weight_decay, nesterov, first):
     # PyTorch's SGD on flat arrays, arithmetic in the parameters' dtype as numpy
     # would do it: d = g + wd·p; v = d (first step) or μ·v + d; p -= lr·(d + μ·v or v).
