@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnncli import fused, kernels, threads
+from cnncli import fused, kernels, lanes, threads
 from cnncli.graph import Node
 
 
@@ -216,7 +216,9 @@ class FusedConv:
         self.conv = conv
         self.nodes = [conv.node.name, act.name] + ([pool.name] if pool is not None else [])
         k = pool.options["kernel"][0] if pool is not None else 0
-        self.block = fused.Block(conv.o["padding"], act.kind, k)
+        self.nchw = fused.Block(conv.o["padding"], act.kind, k)
+        self.lanes = lanes.Block(conv.o["padding"], act.kind, k)
+        self.block: fused.Block | lanes.Block = self.nchw  # the one that ran the last forward pass
 
     @staticmethod
     def fits(conv: Node) -> bool:
@@ -226,7 +228,12 @@ class FusedConv:
 
     def forward(self, xs):
         c = self.conv
-        return self.block.forward(xs[0], c._weight(), c.params.get("bias"))
+        w = c._weight()
+        x = xs[0]
+        # Big batches of small layers run batch-innermost (see cnncli.lanes).
+        fits = lanes.Block.fits(x.shape, w.shape, c.o["padding"], x.dtype.itemsize)
+        self.block = self.lanes if fits else self.nchw
+        return self.block.forward(x, w, c.params.get("bias"))
 
     def backward(self, dy):
         c = self.conv

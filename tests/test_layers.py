@@ -343,22 +343,40 @@ def _fused_network(in_shape, entry: str, dtype="float64", seed=0, fast=True) -> 
     return Network(graph.build(spec.parse(text)), dtype=dtype, seed=seed, fast=fast)
 
 
+def _use_layout(layout: str, monkeypatch) -> type:
+    """Make fused chains run NCHW (cnncli.fused) or batch-innermost (cnncli.lanes), whatever the batch."""
+    from cnncli import fused, lanes
+
+    monkeypatch.setattr(lanes, "MIN_LANES", 1 if layout == "lanes" else 10**9)
+    return lanes.Block if layout == "lanes" else fused.Block
+
+
+def _ran(net: Network, block_type: type) -> None:
+    assert net.fused_head, "the chain should have been fused"
+    for chain in net.fused_head.values():
+        assert isinstance(chain.block, block_type)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "lanes"])
 @pytest.mark.parametrize("in_shape,entry", FUSED_CASES, ids=range(len(FUSED_CASES)))
-def test_fused_chains_match_finite_differences(in_shape, entry):
+def test_fused_chains_match_finite_differences(in_shape, entry, layout, monkeypatch):
+    block_type = _use_layout(layout, monkeypatch)
     rng = np.random.default_rng(11)
     net = _fused_network(in_shape, entry)
-    assert net.fused_head, "the chain should have been fused"
     _perturb_params(net, rng)
     x = rng.standard_normal(in_shape)
     _fd_check(net, x, True, rng)
+    _ran(net, block_type)
 
 
-@pytest.mark.parametrize("chunked", [False, "kept", True], ids=["one-chunk", "chunks-kept", "chunk-per-sample"])
+@pytest.mark.parametrize("chunked", [False, "kept", True, "lanes"],
+                         ids=["one-chunk", "chunks-kept", "chunk-per-sample", "lanes"])
 @pytest.mark.parametrize("in_shape,entry", FUSED_CASES, ids=range(len(FUSED_CASES)))
 def test_fused_chains_equal_the_layers_they_replace(in_shape, entry, chunked, monkeypatch):
     from cnncli import fused
 
-    if chunked:  # every sample its own chunk: the chunks' gradients add up
+    block_type = _use_layout("lanes" if chunked == "lanes" else "nchw", monkeypatch)
+    if chunked and chunked != "lanes":  # every sample its own chunk: the chunks' gradients add up
         monkeypatch.setattr(fused, "_COLS_BUDGET_BYTES", 1)
     if chunked is True:  # and each chunk is unfolded again for the backward pass
         monkeypatch.setattr(fused, "_KEEP_COLS_BYTES", 0)
@@ -367,6 +385,7 @@ def test_fused_chains_equal_the_layers_they_replace(in_shape, entry, chunked, mo
     x = rng.standard_normal(in_shape)
     y = plain.forward(x, train=True)
     assert np.allclose(fast.forward(x, train=True), y, rtol=1e-12, atol=1e-14)
+    _ran(fast, block_type)
     r = rng.standard_normal(y.shape)
     plain.backward({plain.graph.output: r})
     fast.backward({fast.graph.output: r})
@@ -436,3 +455,29 @@ def test_fast_network_splits_a_batch_across_threads_with_the_same_results():
 def test_networks_with_batch_statistics_or_dropout_never_split():
     net = Network(graph.build(spec.parse(COMPOSITE)), "float64", seed=6, fast=True)
     assert net.workers == 1
+
+
+def test_lenet_batches_run_batch_innermost_with_the_nchw_results(monkeypatch):
+    from cnncli import fused, lanes
+
+    g = graph.build(spec.load("lenet5"))
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((40, *g.input_shape))
+    target = rng.integers(0, 10, 40)
+    loss = losses.get("cross_entropy")
+    results = {}
+    for layout in ("lanes", "nchw"):
+        if layout == "nchw":
+            monkeypatch.setattr(lanes, "MIN_LANES", 10**9)
+        net = Network(g, "float64", seed=2, fast=True, workers=1)
+        results[layout] = net.loss_and_backward(x, target, loss), dict(net.grads)
+        kind = lanes.Block if layout == "lanes" else fused.Block
+        assert all(isinstance(c.block, kind) for c in net.fused_head.values())
+    (l1, o1), g1 = results["lanes"]
+    (l2, o2), g2 = results["nchw"]
+    assert l1 == pytest.approx(l2, rel=1e-12) and np.allclose(o1, o2, rtol=1e-12)
+    for k in g2:
+        assert np.allclose(g1[k], g2[k], rtol=1e-10, atol=1e-15), k
+    # a big inference batch would need a column matrix over the budget: the NCHW block takes it
+    assert not lanes.Block.fits((5000, 6, 14, 14), (16, 6, 5, 5), (0, 0), 4)
+    assert lanes.Block.fits((5000, 1, 28, 28), (6, 1, 5, 5), (2, 2), 4)  # direct loops, no columns

@@ -1,0 +1,437 @@
+"""Fused convolution blocks with the batch as the innermost axis: vector lanes for small layers.
+
+:class:`cnncli.fused.Block` keeps PyTorch's NCHW layout. On LeNet-sized
+layers that leaves the vector units idle: a 10 x 10 output plane is rows of
+10 numbers, so the activation, the pooling and their gradients run loops of
+10 with scalar remainders, and the flat-tap unfold pads every row with junk
+columns that the GEMMs then compute (36 % extra on LeNet-5's second layer).
+
+This block lays a batch out as (C, H, W, N), the batch innermost (as
+cuda-convnet did): every pixel is a vector of N numbers, one per sample. Then
+
+* an unfolded tap is, per output row, one contiguous run of OW*N numbers
+  (no junk columns: the GEMMs do only the work of the convolution);
+* bias, activation, pooling and their gradients run over whole vectors;
+* layers with few weights (:data:`DIRECT_MAX_WEIGHTS`, LeNet-5's first) skip
+  the column matrix: each output row adds its taps' shifted input rows, again
+  contiguous runs, and the weight gradient is a dot product of such runs.
+
+The block transposes at its edges (input and input gradient from and to NCHW,
+the output into NCHW), which costs a few percent of what it saves.
+:meth:`Block.fits` says when it applies: at least :data:`MIN_LANES` samples
+(a vector's worth), and a column matrix (kept for the backward pass) of at
+most :data:`MAX_COLS_BYTES`; otherwise :class:`~cnncli.layers.FusedConv` uses
+:class:`cnncli.fused.Block`. Same arithmetic, same conventions (stride 1, no
+dilation, one group; tiled average pooling; PyTorch's results); the sums run
+in a fixed order, so results repeat bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import prange
+
+from cnncli.fused import _DW_TRANSPOSED_MAX_F, ACTIVATIONS, _tanh32
+from cnncli.jit import vector_parallel_kernel as parallel_kernel
+from cnncli.threads import matmul
+
+__all__ = ["DIRECT_MAX_WEIGHTS", "MAX_COLS_BYTES", "MIN_LANES", "Block"]
+
+#: Fewest samples for which the batch-innermost layout pays (one AVX-512 vector of float32).
+MIN_LANES = 16
+
+#: Largest column matrix (all taps, the whole batch) the block keeps for its backward pass.
+MAX_COLS_BYTES = 16 << 20
+
+#: Layers with at most this many weights run as direct loops, without a column matrix.
+DIRECT_MAX_WEIGHTS = 256
+
+
+# ---------------------------------------------------------------------------
+# layout changes
+# ---------------------------------------------------------------------------
+
+
+@parallel_kernel
+def _to_lanes(x, xp, ph, pw):
+    # x (N, C, H, W) -> xp (C, H + 2ph, W + 2pw, N), zero border.
+    n_, c_, h_, w_ = x.shape
+    hp_ = xp.shape[1]
+    zero = xp.dtype.type(0)
+    for job in prange(c_ * hp_):
+        c = job // hp_
+        r = job - c * hp_
+        row = xp[c, r]
+        h = r - ph
+        if h < 0 or h >= h_:
+            row[:, :] = zero
+            continue
+        row[:pw, :] = zero
+        row[pw + w_ :, :] = zero
+        for w in range(w_):
+            dst = row[pw + w]
+            for n in range(n_):
+                dst[n] = x[n, c, h, w]
+
+
+@parallel_kernel
+def _from_lanes(src, dst, ph, pw):
+    # src (C, Hp, Wp, N) -> dst (N, C, H, W) = src[:, ph:ph+H, pw:pw+W, :] transposed.
+    n_, c_, h_, w_ = dst.shape
+    for job in prange(n_ * c_):
+        n = job // c_
+        c = job - n * c_
+        plane = dst[n, c]
+        for h in range(h_):
+            row = src[c, ph + h]
+            out = plane[h]
+            for w in range(w_):
+                out[w] = row[pw + w, n]
+
+
+# ---------------------------------------------------------------------------
+# forward
+# ---------------------------------------------------------------------------
+
+
+@parallel_kernel
+def _unfold(xp, cols, kh_, kw_):
+    # cols (C*KH*KW, OH, OW*N): tap (c, i, j), output row oh = xp[c, oh+i, j:j+OW, :], one run.
+    c_ = xp.shape[0]
+    n_ = xp.shape[3]
+    oh_ = cols.shape[1]
+    run = cols.shape[2]
+    for job in prange(c_ * kh_):
+        c = job // kh_
+        i = job - c * kh_
+        for j in range(kw_):
+            tap = (c * kh_ + i) * kw_ + j
+            for oh in range(oh_):
+                src = xp[c, oh + i].reshape(-1)[j * n_ : j * n_ + run]
+                dst = cols[tap, oh]
+                for t in range(run):
+                    dst[t] = src[t]
+
+
+@parallel_kernel
+def _direct_forward(xp, w, b, z):
+    # z (F, OH, OW, N) = b + sum over taps of w * the tap's shifted input rows (runs of OW*N).
+    f_, c_, kh_, kw_ = w.shape
+    oh_ = z.shape[1]
+    n_ = z.shape[3]
+    run = z.shape[2] * n_
+    has_bias = b.shape[0] > 0
+    for job in prange(f_ * oh_):
+        f = job // oh_
+        oh = job - f * oh_
+        acc = z[f, oh].reshape(-1)
+        acc[:] = b[f] if has_bias else z.dtype.type(0)
+        for c in range(c_):
+            for i in range(kh_):
+                row = xp[c, oh + i].reshape(-1)
+                if kw_ == 5:  # a kernel row's five taps per pass: one load and store of acc
+                    w0 = w[f, c, i, 0]
+                    w1 = w[f, c, i, 1]
+                    w2 = w[f, c, i, 2]
+                    w3 = w[f, c, i, 3]
+                    w4 = w[f, c, i, 4]
+                    r0 = row[0:run]
+                    r1 = row[n_ : n_ + run]
+                    r2 = row[2 * n_ : 2 * n_ + run]
+                    r3 = row[3 * n_ : 3 * n_ + run]
+                    r4 = row[4 * n_ : 4 * n_ + run]
+                    for t in range(run):
+                        acc[t] += w0 * r0[t] + w1 * r1[t] + w2 * r2[t] + w3 * r3[t] + w4 * r4[t]
+                    continue
+                for j in range(kw_):
+                    wv = w[f, c, i, j]
+                    src = row[j * n_ : j * n_ + run]
+                    for t in range(run):
+                        acc[t] += wv * src[t]
+
+
+@parallel_kernel
+def _act_pool(z, b, pl, act, k, exact):
+    # z (F, OH, OW, N) in place: act(z + b); then, with k > 0, the k x k tile means into pl (F, PH, PW, N).
+    f_ = z.shape[0]
+    n_ = z.shape[3]
+    has_bias = b.shape[0] > 0
+    zero = z.dtype.type(0)
+    inv = z.dtype.type(1.0 / max(k * k, 1))
+    for f in prange(f_):
+        flat = z[f].reshape(-1)
+        bias = b[f] if has_bias else zero
+        if act == 2 and not exact:
+            for t in range(flat.shape[0]):
+                flat[t] = _tanh32(flat[t] + bias)
+        elif act == 2:
+            for t in range(flat.shape[0]):
+                flat[t] = math.tanh(flat[t] + bias)
+        elif act == 1:
+            for t in range(flat.shape[0]):
+                flat[t] = max(flat[t] + bias, zero)
+        elif has_bias:
+            for t in range(flat.shape[0]):
+                flat[t] += bias
+        if k == 0:
+            continue
+        for i in range(pl.shape[1]):
+            for j in range(pl.shape[2]):
+                out = pl[f, i, j]
+                if k == 2:  # LeNet's tiles: one pass
+                    s00 = z[f, 2 * i, 2 * j]
+                    s01 = z[f, 2 * i, 2 * j + 1]
+                    s10 = z[f, 2 * i + 1, 2 * j]
+                    s11 = z[f, 2 * i + 1, 2 * j + 1]
+                    for t in range(n_):
+                        out[t] = ((s00[t] + s01[t]) + (s10[t] + s11[t])) * inv
+                    continue
+                out[:] = zero
+                for r in range(k):
+                    for s in range(k):
+                        src = z[f, i * k + r, j * k + s]
+                        for t in range(n_):
+                            out[t] += src[t]
+                for t in range(n_):
+                    out[t] *= inv
+
+
+# ---------------------------------------------------------------------------
+# backward
+# ---------------------------------------------------------------------------
+
+
+@parallel_kernel
+def _act_grad(gl, z, dz, k, act):
+    # dz (F, OH, OW, N) = (gl (F, ., ., N) spread over its k x k tile / k², or gl itself when k == 0)
+    # * act'(z); cells beyond the last whole tile get zero.
+    f_, oh_, ow_, n_ = dz.shape
+    kk = max(k, 1)
+    inv = dz.dtype.type(1.0 / (kk * kk))
+    zero = dz.dtype.type(0)
+    one = dz.dtype.type(1)
+    gh = gl.shape[1]
+    gw = gl.shape[2]
+    for job in prange(f_ * oh_):
+        f = job // oh_
+        oh = job - f * oh_
+        i = oh // kk
+        for ow in range(ow_):
+            dst = dz[f, oh, ow]
+            j = ow // kk
+            if i >= gh or j >= gw:
+                dst[:] = zero
+                continue
+            src = gl[f, i, j]
+            a = z[f, oh, ow]
+            if act == 2:
+                for n in range(n_):
+                    dst[n] = src[n] * inv * (one - a[n] * a[n])
+            elif act == 1:
+                for n in range(n_):
+                    dst[n] = src[n] * inv if a[n] > zero else zero
+            else:
+                for n in range(n_):
+                    dst[n] = src[n] * inv
+
+
+@parallel_kernel
+def _fold(dcols, dxp, kh_, kw_):
+    # The adjoint of _unfold: dxp (C, Hp, Wp, N) = the taps' runs added in place, a channel per job.
+    c_ = dxp.shape[0]
+    n_ = dxp.shape[3]
+    oh_ = dcols.shape[1]
+    run = dcols.shape[2]
+    for c in prange(c_):
+        dxp[c] = 0.0
+        for i in range(kh_):
+            for j in range(kw_):
+                tap = (c * kh_ + i) * kw_ + j
+                for oh in range(oh_):
+                    dst = dxp[c, oh + i].reshape(-1)[j * n_ : j * n_ + run]
+                    src = dcols[tap, oh]
+                    for t in range(run):
+                        dst[t] += src[t]
+
+
+@parallel_kernel
+def _direct_dw(xp, dz, dw):
+    # dw[f, c, i, j] = sum over output rows of dot(dz[f, oh] (a run of OW*N), xp[c, oh+i] shifted by j).
+    f_, c_, kh_, kw_ = dw.shape
+    oh_ = dz.shape[1]
+    n_ = dz.shape[3]
+    run = dz.shape[2] * n_
+    zero = dw.dtype.type(0)
+    for job in prange(f_ * c_ * kh_):
+        f = job // (c_ * kh_)
+        rest = job - f * (c_ * kh_)
+        c = rest // kh_
+        i = rest - c * kh_
+        if kw_ == 5:  # five taps share each load of the gradient
+            t0 = zero
+            t1 = zero
+            t2 = zero
+            t3 = zero
+            t4 = zero
+            for oh in range(oh_):
+                g = dz[f, oh].reshape(-1)
+                row = xp[c, oh + i].reshape(-1)
+                r0 = row[0:run]
+                r1 = row[n_ : n_ + run]
+                r2 = row[2 * n_ : 2 * n_ + run]
+                r3 = row[3 * n_ : 3 * n_ + run]
+                r4 = row[4 * n_ : 4 * n_ + run]
+                a0 = zero
+                a1 = zero
+                a2 = zero
+                a3 = zero
+                a4 = zero
+                for t in range(run):
+                    gt = g[t]
+                    a0 += gt * r0[t]
+                    a1 += gt * r1[t]
+                    a2 += gt * r2[t]
+                    a3 += gt * r3[t]
+                    a4 += gt * r4[t]
+                t0 += a0
+                t1 += a1
+                t2 += a2
+                t3 += a3
+                t4 += a4
+            dw[f, c, i, 0] = t0
+            dw[f, c, i, 1] = t1
+            dw[f, c, i, 2] = t2
+            dw[f, c, i, 3] = t3
+            dw[f, c, i, 4] = t4
+            continue
+        for j in range(kw_):
+            total = zero
+            for oh in range(oh_):
+                g = dz[f, oh].reshape(-1)
+                src = xp[c, oh + i].reshape(-1)[j * n_ : j * n_ + run]
+                acc = zero
+                for t in range(run):
+                    acc += g[t] * src[t]
+                total += acc
+            dw[f, c, i, j] = total
+
+
+@parallel_kernel
+def _direct_dx(dz, w, dxp):
+    # dxp (C, Hp, Wp, N) = for every filter and tap, w * dz[f, oh] added at the tap's shifted rows.
+    f_, c_, kh_, kw_ = w.shape
+    oh_ = dz.shape[1]
+    n_ = dz.shape[3]
+    run = dz.shape[2] * n_
+    for c in prange(c_):
+        dxp[c] = 0.0
+        for f in range(f_):
+            for i in range(kh_):
+                for j in range(kw_):
+                    wv = w[f, c, i, j]
+                    for oh in range(oh_):
+                        g = dz[f, oh].reshape(-1)
+                        dst = dxp[c, oh + i].reshape(-1)[j * n_ : j * n_ + run]
+                        for t in range(run):
+                            dst[t] += wv * g[t]
+
+
+# ---------------------------------------------------------------------------
+# the block
+# ---------------------------------------------------------------------------
+
+
+class Block:
+    """Convolution (+ bias) + activation + optional tiled average pooling in the batch-innermost layout.
+
+    The interface of :class:`cnncli.fused.Block`: ``padding`` (PH, PW), ``act``
+    None, ``"relu"`` or ``"tanh"``, ``pool`` the tile size k or 0; call
+    :meth:`forward` then :meth:`backward`. Check :meth:`fits` first.
+    """
+
+    def __init__(self, padding, act: str | None, pool: int):
+        self.ph, self.pw = padding
+        self.act = act
+        self.code = ACTIVATIONS[act]
+        self.pool = int(pool)
+
+    @staticmethod
+    def fits(x_shape: tuple[int, ...], w_shape: tuple[int, ...], padding, itemsize: int) -> bool:
+        """Whether this layout pays for a batch of ``x_shape`` (N, C, H, W) and weights (F, C, KH, KW)."""
+        n, c, h, w = x_shape
+        f, _, kh, kw = w_shape
+        if n < MIN_LANES:
+            return False
+        if f * c * kh * kw <= DIRECT_MAX_WEIGHTS:
+            return True
+        oh, ow = h + 2 * padding[0] - kh + 1, w + 2 * padding[1] - kw + 1
+        return c * kh * kw * oh * ow * n * itemsize <= MAX_COLS_BYTES
+
+    def forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """x (N, C, H, W) -> (activation (N, F, OH, OW), output: pooled (N, F, OH//k, OW//k) or the activation).
+
+        The activation is a view of the block's (F, OH, OW, N) array; the output is contiguous.
+        """
+        x = np.ascontiguousarray(x)
+        w = np.ascontiguousarray(w)
+        n, c, h, wd = x.shape
+        f, _, kh, kw = w.shape
+        dtype = x.dtype
+        hp, wp = h + 2 * self.ph, wd + 2 * self.pw
+        oh, ow = hp - kh + 1, wp - kw + 1
+        self.x_shape = x.shape
+        self.xp = xp = np.empty((c, hp, wp, n), dtype=dtype)
+        _to_lanes(x, xp, self.ph, self.pw)
+        self.direct = w.size <= DIRECT_MAX_WEIGHTS
+        z = np.empty((f, oh, ow, n), dtype=dtype)
+        bias = np.empty(0, dtype=dtype) if b is None else b
+        if self.direct:
+            _direct_forward(xp, w, bias, z)
+            bias = np.empty(0, dtype=dtype)  # added already
+            self.cols = None
+        else:
+            self.cols = cols = np.empty((c * kh * kw, oh, ow * n), dtype=dtype)
+            _unfold(xp, cols, kh, kw)
+            matmul(w.reshape(f, -1), cols.reshape(c * kh * kw, -1), out=z.reshape(f, -1))
+        k = self.pool
+        pl = np.empty((f, oh // k, ow // k, n) if k else (f, 1, 1, 1), dtype=dtype)
+        _act_pool(z, bias, pl, self.code, k, dtype != np.float32)
+        self.z = z
+        a = z.transpose(3, 0, 1, 2)
+        out = np.empty((n, *pl.shape[:3]) if k else (n, f, oh, ow), dtype=dtype)
+        _from_lanes(pl if k else z, out, 0, 0)
+        return a, out
+
+    def backward(self, g: np.ndarray, w: np.ndarray, need_dx: bool = True, need_db: bool = True):
+        """g = dL/d(output) (N, F, ., .) -> (dx (N, C, H, W) or None, dw (F, C, KH, KW), db (F,) or None)."""
+        g = np.ascontiguousarray(g)
+        w = np.ascontiguousarray(w)
+        z, xp = self.z, self.xp
+        f, c, kh, kw = w.shape
+        gl = np.empty((g.shape[1], g.shape[2], g.shape[3], g.shape[0]), dtype=z.dtype)
+        _to_lanes(g, gl, 0, 0)
+        dz = np.empty_like(z)
+        _act_grad(gl, z, dz, self.pool, self.code)
+        dz2 = dz.reshape(f, -1)
+        db = dz2.sum(axis=1) if need_db else None
+        if self.direct:
+            dw = np.empty_like(w)
+            _direct_dw(xp, dz, dw)
+        elif f <= _DW_TRANSPOSED_MAX_F:  # OpenBLAS runs a short M about twice as fast this way round
+            dw = np.ascontiguousarray(matmul(self.cols.reshape(c * kh * kw, -1), dz2.T).T).reshape(w.shape)
+        else:
+            dw = matmul(dz2, self.cols.reshape(c * kh * kw, -1).T).reshape(w.shape)
+        if not need_dx:
+            return None, dw, db
+        dxp = np.empty_like(xp)
+        if self.direct:
+            _direct_dx(dz, w, dxp)
+        else:
+            dcols = np.empty_like(self.cols)
+            matmul(w.reshape(f, -1).T, dz2, out=dcols.reshape(c * kh * kw, -1))
+            _fold(dcols, dxp, kh, kw)
+        dx = np.empty(self.x_shape, dtype=xp.dtype)
+        _from_lanes(dxp, dx, self.ph, self.pw)
+        return dx, dw, db
