@@ -460,6 +460,10 @@ def test_networks_with_batch_statistics_or_dropout_never_split():
 def test_lenet_batches_run_batch_innermost_with_the_nchw_results(monkeypatch):
     from cnncli import fused, lanes
 
+    # a big inference batch would need a column matrix over the budget: the NCHW block takes it
+    assert not lanes.Block.fits((5000, 6, 14, 14), (16, 6, 5, 5), (0, 0), 4)
+    assert lanes.Block.fits((5000, 1, 28, 28), (6, 1, 5, 5), (2, 2), 4)  # direct loops, no columns
+    assert not lanes.Block.fits((8, 1, 28, 28), (6, 1, 5, 5), (2, 2), 4)  # too few samples for a vector
     g = graph.build(spec.load("lenet5"))
     rng = np.random.default_rng(9)
     x = rng.standard_normal((40, *g.input_shape))
@@ -478,6 +482,3 @@ def test_lenet_batches_run_batch_innermost_with_the_nchw_results(monkeypatch):
     assert l1 == pytest.approx(l2, rel=1e-12) and np.allclose(o1, o2, rtol=1e-12)
     for k in g2:
         assert np.allclose(g1[k], g2[k], rtol=1e-10, atol=1e-15), k
-    # a big inference batch would need a column matrix over the budget: the NCHW block takes it
-    assert not lanes.Block.fits((5000, 6, 14, 14), (16, 6, 5, 5), (0, 0), 4)
-    assert lanes.Block.fits((5000, 1, 28, 28), (6, 1, 5, 5), (2, 2), 4)  # direct loops, no columns
