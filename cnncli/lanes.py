@@ -16,8 +16,11 @@ cuda-convnet did): every pixel is a vector of N numbers, one per sample. Then
   the column matrix: each output row adds its taps' shifted input rows, again
   contiguous runs, and the weight gradient is a dot product of such runs.
 
-The block transposes at its edges (input and input gradient from and to NCHW,
-the output into NCHW), which costs a few percent of what it saves.
+The block hands out its output, activation and input gradient as NCHW-shaped
+*views* of its batch-innermost arrays: a following block reads them back as
+contiguous runs (LeNet-5's two blocks pass their tensors without a transpose),
+and any other layer gets numpy's copy (the kernels' wrappers make their inputs
+contiguous).
 :meth:`Block.fits` says when it applies: at least :data:`MIN_LANES` samples
 (a vector's worth), and a column matrix (kept for the backward pass) of at
 most :data:`MAX_COLS_BYTES`; otherwise :class:`~cnncli.layers.FusedConv` uses
@@ -50,13 +53,13 @@ DIRECT_MAX_WEIGHTS = 256
 
 
 # ---------------------------------------------------------------------------
-# layout changes
+# layout change
 # ---------------------------------------------------------------------------
 
 
 @parallel_kernel
 def _to_lanes(x, xp, ph, pw):
-    # x (N, C, H, W) -> xp (C, H + 2ph, W + 2pw, N), zero border.
+    # x (N, C, H, W), any strides -> xp (C, H + 2ph, W + 2pw, N), zero border.
     n_, c_, h_, w_ = x.shape
     hp_ = xp.shape[1]
     zero = xp.dtype.type(0)
@@ -74,21 +77,6 @@ def _to_lanes(x, xp, ph, pw):
             dst = row[pw + w]
             for n in range(n_):
                 dst[n] = x[n, c, h, w]
-
-
-@parallel_kernel
-def _from_lanes(src, dst, ph, pw):
-    # src (C, Hp, Wp, N) -> dst (N, C, H, W) = src[:, ph:ph+H, pw:pw+W, :] transposed.
-    n_, c_, h_, w_ = dst.shape
-    for job in prange(n_ * c_):
-        n = job // c_
-        c = job - n * c_
-        plane = dst[n, c]
-        for h in range(h_):
-            row = src[c, ph + h]
-            out = plane[h]
-            for w in range(w_):
-                out[w] = row[pw + w, n]
 
 
 # ---------------------------------------------------------------------------
@@ -372,9 +360,11 @@ class Block:
     def forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """x (N, C, H, W) -> (activation (N, F, OH, OW), output: pooled (N, F, OH//k, OW//k) or the activation).
 
-        The activation is a view of the block's (F, OH, OW, N) array; the output is contiguous.
+        Both are views of the block's batch-innermost arrays (strides (1, ...) in
+        elements along N), not copies: a following block reads them back into its
+        layout as contiguous runs, and numpy (or a kernel's wrapper) copies them
+        for any other layer. ``x`` may be such a view too.
         """
-        x = np.ascontiguousarray(x)
         w = np.ascontiguousarray(w)
         n, c, h, wd = x.shape
         f, _, kh, kw = w.shape
@@ -400,13 +390,13 @@ class Block:
         _act_pool(z, bias, pl, self.code, k, dtype != np.float32)
         self.z = z
         a = z.transpose(3, 0, 1, 2)
-        out = np.empty((n, *pl.shape[:3]) if k else (n, f, oh, ow), dtype=dtype)
-        _from_lanes(pl if k else z, out, 0, 0)
-        return a, out
+        return a, (pl.transpose(3, 0, 1, 2) if k else a)
 
     def backward(self, g: np.ndarray, w: np.ndarray, need_dx: bool = True, need_db: bool = True):
-        """g = dL/d(output) (N, F, ., .) -> (dx (N, C, H, W) or None, dw (F, C, KH, KW), db (F,) or None)."""
-        g = np.ascontiguousarray(g)
+        """g = dL/d(output) (N, F, ., .) -> (dx (N, C, H, W) or None, dw (F, C, KH, KW), db (F,) or None).
+
+        ``g`` may be a view in any layout; ``dx`` is a view of a batch-innermost array.
+        """
         w = np.ascontiguousarray(w)
         z, xp = self.z, self.xp
         f, c, kh, kw = w.shape
@@ -432,6 +422,6 @@ class Block:
             dcols = np.empty_like(self.cols)
             matmul(w.reshape(f, -1).T, dz2, out=dcols.reshape(c * kh * kw, -1))
             _fold(dcols, dxp, kh, kw)
-        dx = np.empty(self.x_shape, dtype=xp.dtype)
-        _from_lanes(dxp, dx, self.ph, self.pw)
+        _, _, h, wd = self.x_shape
+        dx = dxp[:, self.ph : self.ph + h, self.pw : self.pw + wd, :].transpose(3, 0, 1, 2)
         return dx, dw, db
