@@ -153,7 +153,7 @@ def train(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<model>-<time>)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue from a checkpoint (last.npz)."),
-    dtype: DType = typer.Option(DType.float32, "--dtype", help="float32 or float64."),
+    dtype: Optional[DType] = typer.Option(None, "--dtype", help="float32 (default) or float64."),
 ) -> None:
     """Train a model; writes a run folder with metrics and checkpoints."""
     render, training = _need("train", "render.training", "training")
@@ -164,7 +164,7 @@ def train(
         "weight_decay": weight_decay, "schedule": schedule.value if schedule else None, "seed": seed,
     }
     config = training.configure(model, overrides, limit=limit, data_dir=data_dir, out=out,
-                                resume=resume, dtype=dtype.value)
+                                resume=resume, dtype=dtype.value if dtype else None)
     console = _console()
     result = training.train(config, render.Reporter(console))
     render.show_result(result, console)

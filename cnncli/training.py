@@ -219,13 +219,14 @@ def _check_setting(key: str, value: Any, where: str) -> Any:
 
 def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None,
               data_dir: Path | None = None, out: Path | None = None, resume: Path | None = None,
-              dtype: str = "float32") -> RunConfig:
+              dtype: str | None = None) -> RunConfig:
     """Resolve a run's settings: defaults < the model file's ``train:`` < flags (``None`` = unset).
 
     With ``resume`` the checkpoint's own settings (``limit`` and ``dtype`` too)
     are used; only ``epochs`` may change (to train longer), and a flag that
     contradicts the checkpoint is an error. The run goes on in the checkpoint's
-    folder unless ``out`` names a new one.
+    folder unless ``out`` names a new one. ``dtype`` None: float32, or the
+    checkpoint's.
     """
     model_spec = spec.load(model)
     given = {k: v for k, v in overrides.items() if v is not None}
@@ -234,11 +235,12 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
             raise UsageError(f"unknown training setting '{key}'")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise UsageError(f"--limit must be a positive number of images, got {limit!r}")
-    if dtype not in _DTYPES:
+    if dtype is not None and dtype not in _DTYPES:
         raise UsageError(f"--dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
 
     if resume is not None:
-        return _configure_resume(model, model_spec, given, limit, data_dir, out, Path(resume))
+        return _configure_resume(model, model_spec, given, limit, data_dir, out, Path(resume), dtype)
+    dtype = dtype or "float32"
 
     settings = {k: opt.default for k, opt in spec.TRAIN_OPTIONS.items()}
     settings.update(model_spec.train)
@@ -268,7 +270,7 @@ def _fresh_out(name: str, out: Path | None) -> Path:
 
 def _configure_resume(model: str, model_spec: spec.ModelSpec, given: dict[str, Any],
                       limit: int | None, data_dir: Path | None, out: Path | None,
-                      resume: Path) -> RunConfig:
+                      resume: Path, dtype: str | None) -> RunConfig:
     ckpt = checkpoint.load(resume)
     saved = ckpt.meta.get("config")
     if not isinstance(saved, dict):
@@ -301,9 +303,12 @@ def _configure_resume(model: str, model_spec: spec.ModelSpec, given: dict[str, A
         out = _fresh_out(model_spec.name, out)
     else:
         out = resume.parent
-    dtype = saved.get("dtype", "float32")
-    if dtype not in _DTYPES:
-        raise CheckpointError(f"{resume}: unknown dtype {dtype!r} in its configuration")
+    saved_dtype = saved.get("dtype", "float32")
+    if saved_dtype not in _DTYPES:
+        raise CheckpointError(f"{resume}: unknown dtype {saved_dtype!r} in its configuration")
+    if dtype is not None and dtype != saved_dtype:
+        raise UsageError(f"--dtype {dtype} differs from the resumed run's {saved_dtype}")
+    dtype = saved_dtype
     return RunConfig(model=model, name=model_spec.name, **settings, limit=saved_limit, dtype=dtype,
                      out=out, data_dir=data_dir, resume=resume, spec=model_spec)
 

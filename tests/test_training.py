@@ -164,6 +164,9 @@ def test_resume_keeps_settings_but_may_train_longer(tiny, tmp_path):
         training.configure(tiny, {"lr": 0.1}, resume=last)
     with pytest.raises(UsageError, match="--limit 1000 differs"):
         training.configure(tiny, {}, resume=last, limit=1000)
+    with pytest.raises(UsageError, match="--dtype float64 differs from the resumed run's float32"):
+        training.configure(tiny, {}, resume=last, dtype="float64")
+    assert training.configure(tiny, {}, resume=last, dtype="float32").dtype == "float32"
     longer = training.train(training.configure(tiny, {"epochs": 2}, resume=last))
     assert longer.epochs_done == 2 and [r.epoch for r in longer.history] == [1, 2]
     straight = run(tiny, tmp_path / "s", epochs=2, schedule="constant", limit=500)
