@@ -185,12 +185,17 @@ def evaluate(
     fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
 ) -> None:
     """Accuracy, confusion matrix, per-class scores and the worst mistakes of a checkpoint."""
-    render, evaluation = _need("eval", "render.evaluation", "evaluation")
+    render, downloads, evaluation = _need("eval", "render.evaluation", "render.downloads", "evaluation")
 
-    result = evaluation.evaluate(model, checkpoint, dataset=dataset.value if dataset else None,
-                                 split=split.value, data_dir=data_dir, batch_size=batch_size,
-                                 top_k=top_k, worst=worst)
-    render.show(result, fmt.value, _console())
+    console = _console()
+    shown = downloads.Downloads(console)
+    try:
+        result = evaluation.evaluate(model, checkpoint, dataset=dataset.value if dataset else None,
+                                     split=split.value, data_dir=data_dir, batch_size=batch_size,
+                                     top_k=top_k, worst=worst, progress=shown)
+    finally:
+        shown.close()
+    render.show(result, fmt.value, console)
 
 
 @app.command("backprop-trace")
@@ -216,12 +221,17 @@ def backprop_trace(
     fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
 ) -> None:
     """One exact forward and backward pass, shown layer by layer (the lecture's derivative tables)."""
-    render, trace = _need("backprop-trace", "render.trace", "trace")
+    render, downloads, trace = _need("backprop-trace", "render.trace", "render.downloads", "trace")
 
-    result = trace.run(model, loss=loss.value if loss else None, lr=lr, input=input, target=target,
-                       sample=sample, weights=weights, filter=filter, upstream=upstream, steps=steps,
-                       compare_slides=compare_slides, dump=dump, data_dir=data_dir)
-    render.show(result, fmt.value, _console())
+    console = _console()
+    shown = downloads.Downloads(console)
+    try:
+        result = trace.run(model, loss=loss.value if loss else None, lr=lr, input=input, target=target,
+                           sample=sample, weights=weights, filter=filter, upstream=upstream, steps=steps,
+                           compare_slides=compare_slides, dump=dump, data_dir=data_dir, progress=shown)
+    finally:
+        shown.close()
+    render.show(result, fmt.value, console)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -186,8 +186,10 @@ def check_model_fits(graph, info: data.DatasetInfo, name: str) -> None:
 
 def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split: str = "test",
              data_dir: Path | None = None, batch_size: int = 500, top_k: int = 3,
-             worst: int = 6) -> EvalResult:
+             worst: int = 6, progress: data.ProgressCallback | None = None) -> EvalResult:
     """Score ``checkpoint`` (weights of ``model``) on ``split`` of ``dataset``.
+
+    ``progress`` receives the download events of the dataset's files.
 
     The dataset defaults to the one the checkpoint was trained on, else the
     model file's. A checkpoint that does not fit the model is a CheckpointError
@@ -214,7 +216,7 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
     net.load_state_dict({k: v for k, v in saved.weights().items()
                          if k in wanted or not _is_aux_key(k, model_spec, graph)}, source=str(checkpoint))
 
-    images, labels = data.load(info.name, split, data_dir)
+    images, labels = data.load(info.name, split, data_dir, progress=progress)
     x = data.normalise(images, dtype, info.name)
     loss = losses.get(model_spec.loss)
     outputs = predict(net, x, batch_size, loss_source(graph, loss))

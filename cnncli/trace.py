@@ -500,14 +500,14 @@ def _classes(net: Network) -> int:
 
 
 def _sample(model_spec: spec.ModelSpec, index: int, data_dir: Path | None,
-            shape: tuple[int, ...]) -> tuple[np.ndarray, int, str]:
+            shape: tuple[int, ...], progress=None) -> tuple[np.ndarray, int, str]:
     from cnncli import data
 
     dataset = model_spec.train.get("dataset")
     if dataset is None:
         raise UsageError(f"--sample: model '{model_spec.name}' names no dataset (train.dataset), "
                          "so there is no test image to take; give --input instead")
-    images, labels = data.load(dataset, "test", data_dir)
+    images, labels = data.load(dataset, "test", data_dir, progress=progress)
     if not 0 <= index < len(images):
         raise UsageError(f"--sample {index} is out of range: the {dataset} test set has "
                          f"{len(images)} images (0..{len(images) - 1})")
@@ -519,7 +519,8 @@ def _sample(model_spec: spec.ModelSpec, index: int, data_dir: Path | None,
 
 
 def _inputs(model_spec: spec.ModelSpec, net: Network, input: str | None, sample: int | None,
-            target: str | None, loss_name: str, data_dir: Path | None) -> tuple[np.ndarray, np.ndarray, str]:
+            target: str | None, loss_name: str, data_dir: Path | None,
+            progress=None) -> tuple[np.ndarray, np.ndarray, str]:
     """The batch of one and its target vector, from the options or the model's defaults."""
     shape = net.graph.input_shape
     classes = _classes(net)
@@ -530,7 +531,7 @@ def _inputs(model_spec: spec.ModelSpec, net: Network, input: str | None, sample:
     if example is not None and (tuple(shape) != (len(example[0]),) or classes != len(example[1])):
         example = None  # a model file of the same name but another shape
     if sample is not None:
-        x, label, source = _sample(model_spec, sample, data_dir, shape)
+        x, label, source = _sample(model_spec, sample, data_dir, shape, progress)
     elif input is not None:
         x = load_input(input, shape)
         source = f"--input {input}"
@@ -913,8 +914,12 @@ def _reject(given: dict[str, Any], allowed: tuple[str, ...], what: str) -> None:
 def run(model: str = "slide-mlp", loss: str | None = None, lr: float | None = None, input: str | None = None,
         target: str | None = None, sample: int | None = None, weights: Path | None = None,
         filter: str | None = None, upstream: str | None = None, steps: int = 1,
-        compare_slides: bool = False, dump: Path | None = None, data_dir: Path | None = None) -> Trace:
-    """Trace ``model``: a built-in mode (:data:`MODES`) or a model file, in the view that fits it."""
+        compare_slides: bool = False, dump: Path | None = None, data_dir: Path | None = None,
+        progress: Callable[[Any], None] | None = None) -> Trace:
+    """Trace ``model``: a built-in mode (:data:`MODES`) or a model file, in the view that fits it.
+
+    ``progress`` receives the download events of ``--sample``'s dataset.
+    """
     options = dict(loss=loss, lr=lr, input=input, target=target, sample=sample, weights=weights,
                    filter=filter, upstream=upstream, steps=steps, compare_slides=compare_slides,
                    dump=dump, data_dir=data_dir)
@@ -936,7 +941,7 @@ def run(model: str = "slide-mlp", loss: str | None = None, lr: float | None = No
         raise
     loss_obj = losses_mod.get(_loss_name(loss, model_spec))
     rate = _check_lr(lr if lr is not None else float(model_spec.train.get("lr", 0.01)))
-    x, y, source = _inputs(model_spec, net, input, sample, target, loss_obj.name, data_dir)
+    x, y, source = _inputs(model_spec, net, input, sample, target, loss_obj.name, data_dir, progress)
     pairs = worked_chain(net.graph)
     if pairs is not None:
         trace: Trace = _worked(model_spec, net, pairs, x, y, loss_obj, rate, steps, source, dump)

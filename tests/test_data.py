@@ -650,3 +650,23 @@ def test_real_fashion_mnist_test_split(monkeypatch):
     x, y = data.load("fashion-mnist", "test", data_dir="/usr/share/datasets")
     assert x.shape == (10000, 28, 28)
     assert np.bincount(y, minlength=10).tolist() == [1000] * 10
+
+
+@pytest.mark.parametrize("argv", [["eval", "lenet5", "--checkpoint", "{ckpt}", "--worst", "0"],
+                                  ["backprop-trace", "lenet5", "--sample", "3"]],
+                         ids=["eval", "backprop-trace"])
+def test_commands_that_load_data_show_their_downloads(argv, server, fake_mnist, monkeypatch, tmp_path, capsys):
+    from cnncli import checkpoint, cli, graph, spec
+    from cnncli.network import Network
+
+    monkeypatch.setenv("CNNCLI_MIRRORS", serve(server, "good", fake_mnist))
+    net = Network(graph.build(spec.load("lenet5"), aux=False), "float32", seed=0)
+    ckpt = tmp_path / "w.npz"
+    checkpoint.save(ckpt, net.state_dict(), {}, {})
+    with pytest.raises(SystemExit) as done:
+        cli.main([a.format(ckpt=ckpt) for a in argv])
+    assert done.value.code in (0, None)
+    out = capsys.readouterr().out
+    # Not a terminal: a plain line per download event, before the command's own output.
+    assert f"downloading {TEST_IMAGES}.gz from {server.url}/good/{TEST_IMAGES}.gz" in out
+    assert f"downloaded {TEST_LABELS}.gz" in out

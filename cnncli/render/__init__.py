@@ -2,7 +2,8 @@
 
 Modules elsewhere return records (dataclasses, dicts); the functions here turn
 them into Rich tables, progress bars and JSON. One submodule per command:
-``summary``, ``training``, ``evaluation``, ``trace``.
+``summary``, ``training``, ``evaluation``, ``trace``; and ``downloads``, which
+the commands that load a dataset share.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-_SUBMODULES = ("summary", "training", "evaluation", "trace")
+_SUBMODULES = ("summary", "training", "evaluation", "trace", "downloads")
 
 
 def console(stderr: bool = False):

@@ -9,12 +9,12 @@ redrawn: one plain line per epoch and per download.
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TaskID, TextColumn,
-                           TimeRemainingColumn, TransferSpeedColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
 
 from cnncli import data
 from cnncli.data import DownloadEvent
+from cnncli.render.downloads import Downloads
 from cnncli.training import EpochRecord, RunResult, RunStart, StepProgress
 
 _COLUMNS = (("epoch", 7), ("train loss", 10), ("train acc", 9), ("val loss", 9), ("val acc", 8),
@@ -58,47 +58,16 @@ class Reporter:
         self.live = console.is_terminal
         self.progress: Progress | None = None
         self.task: TaskID | None = None
-        self.downloads: Progress | None = None
-        self.download_tasks: dict[str, TaskID] = {}
+        self.downloads = Downloads(console)
         self.epochs = 0
         self.epoch = 0
 
     # -- downloads --
     def download(self, event: DownloadEvent) -> None:
-        if not self.live:
-            if event.status == "start":
-                size = f" ({event.total / 1e6:.1f} MB)" if event.total else ""
-                self.console.print(f"downloading {event.filename} from {event.url}{size}", markup=False, soft_wrap=True)
-            elif event.status == "done":
-                self.console.print(f"downloaded {event.filename}", markup=False, soft_wrap=True)
-            elif event.status == "failed":
-                self.console.print(f"{event.url} failed: {event.message}", markup=False, soft_wrap=True)
-            return
-        if self.downloads is None:
-            self.downloads = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                                      TransferSpeedColumn(), TimeRemainingColumn(), console=self.console)
-            self.downloads.start()
-        task = self.download_tasks.get(event.filename)
-        if event.status == "start":
-            if task is None:
-                task = self.download_tasks[event.filename] = self.downloads.add_task(
-                    f"downloading {event.filename}", total=event.total)
-            else:
-                self.downloads.reset(task, total=event.total)
-        elif task is None:
-            return
-        if event.status in ("start", "progress"):
-            self.downloads.update(task, completed=event.done, total=event.total)
-        elif event.status == "done":
-            self.downloads.update(task, description=f"[green]✓[/] {event.filename}",
-                                  completed=event.total or event.done)
-        elif event.status == "failed":
-            self.downloads.console.print(f"[yellow]{event.url}: {event.message}[/]", highlight=False)
+        self.downloads(event)
 
     def _stop_downloads(self) -> None:
-        if self.downloads is not None:
-            self.downloads.stop()
-            self.downloads = None
+        self.downloads.close()
 
     # -- training --
     def start(self, run: RunStart) -> None:

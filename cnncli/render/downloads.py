@@ -1,0 +1,61 @@
+"""Drawing dataset downloads: a bar per file on a terminal, a plain line per event elsewhere.
+
+:class:`Downloads` is the ``progress`` callback that :func:`cnncli.data.load`
+takes; ``train``, ``eval`` and ``backprop-trace --sample`` all pass one, so a
+first run on a new machine shows what it fetches, from where, and how fast.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeRemainingColumn, \
+    TransferSpeedColumn
+
+from cnncli.data import DownloadEvent
+
+
+class Downloads:
+    """Receives :class:`~cnncli.data.DownloadEvent`s and draws them on ``console``; :meth:`close` when done."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.live = console.is_terminal
+        self.progress: Progress | None = None
+        self.tasks: dict[str, TaskID] = {}
+
+    def __call__(self, event: DownloadEvent) -> None:
+        if not self.live:
+            if event.status == "start":
+                size = f" ({event.total / 1e6:.1f} MB)" if event.total else ""
+                self.console.print(f"downloading {event.filename} from {event.url}{size}", markup=False,
+                                   soft_wrap=True)
+            elif event.status == "done":
+                self.console.print(f"downloaded {event.filename}", markup=False, soft_wrap=True)
+            elif event.status == "failed":
+                self.console.print(f"{event.url} failed: {event.message}", markup=False, soft_wrap=True)
+            return
+        if self.progress is None:
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                     TransferSpeedColumn(), TimeRemainingColumn(), console=self.console)
+            self.progress.start()
+        task = self.tasks.get(event.filename)
+        if event.status == "start":
+            if task is None:
+                task = self.tasks[event.filename] = self.progress.add_task(
+                    f"downloading {event.filename}", total=event.total)
+            else:
+                self.progress.reset(task, total=event.total)
+        elif task is None:
+            return
+        if event.status in ("start", "progress"):
+            self.progress.update(task, completed=event.done, total=event.total)
+        elif event.status == "done":
+            self.progress.update(task, description=f"[green]✓[/] {event.filename}",
+                                 completed=event.total or event.done)
+        elif event.status == "failed":
+            self.progress.console.print(f"[yellow]{event.url}: {event.message}[/]", highlight=False)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
