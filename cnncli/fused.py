@@ -457,33 +457,13 @@ def _direct_dx(dyt, w, dxp, dx, n0, ph, pw):
 
 @parallel_kernel
 def _tile_avg(x, y, k):
-    # y[n, c, i, j] = mean of x[n, c, i*k : i*k+k, j*k : j*k+k]: the tile's k
-    # rows are added whole (vectorised), then k neighbours within that sum.
+    # y[n, c, i, j] = mean of x[n, c, i*k : i*k+k, j*k : j*k+k], a plane per job.
     c_ = x.shape[1]
-    oh_ = y.shape[2]
-    ow_ = y.shape[3]
-    wide = ow_ * k
-    inv = x.dtype.type(1.0 / (k * k))
+    wide = y.shape[3] * k
     for job in prange(x.shape[0] * c_):
         n = job // c_
         c = job - n * c_
-        src = x[n, c]
-        dst = y[n, c]
-        band = np.empty(wide, dtype=x.dtype)
-        for i in range(oh_):
-            first = src[i * k]
-            for col in range(wide):
-                band[col] = first[col]
-            for r in range(i * k + 1, i * k + k):
-                row = src[r]
-                for col in range(wide):
-                    band[col] += row[col]
-            out = dst[i]
-            for j in range(ow_):
-                acc = band[j * k]
-                for t in range(1, k):
-                    acc += band[j * k + t]
-                out[j] = acc * inv
+        _pool_plane(x[n, c], y[n, c], k, np.empty(wide, dtype=x.dtype))
 
 
 @parallel_kernel
