@@ -34,11 +34,9 @@ fresh multi-megabyte arrays cost page faults comparable to filling them.
 
 from __future__ import annotations
 
-import itertools
 import operator
 import threading
 
-import numba
 import numpy as np
 from numba import prange
 
@@ -484,60 +482,6 @@ def scratch(slot: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return buf[:size].reshape(shape)
 
 
-# numpy's BLAS runs on one thread (cnncli.threads), so GEMMs big enough to
-# repay a hand-off are cut into equal slabs of the output that the calling
-# thread and a few helpers take in turn (matmul releases the GIL). Taking in
-# turn rather than one fixed share each keeps a core that another process
-# holds from stalling the call. Every output element is still one BLAS call's
-# dot product over the same slab, so results do not depend on which thread
-# ran what: only on the shapes and the thread count.
-_SPLIT_MIN_MACS = 2_000_000
-
-
-def _matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """out = a @ b (stacked), in slabs along out's longer axis (rows or columns).
-
-    Slabs of the longer axis keep every slab's GEMM wide enough for BLAS to run
-    at speed (VGG's 14x14 layers have 512 filter rows but ~200 columns per
-    sample). The helpers are the engine's worker threads
-    (:func:`cnncli.threads.pool`); inside a part of a batch that the engine
-    already split across the cores (Numba thread count 1) nothing is split.
-    """
-    threads = numba.get_num_threads()
-    macs = out.size * a.shape[-1]
-    rows = out.shape[-2] > out.shape[-1]
-    axis_len = out.shape[-2] if rows else out.shape[-1]
-    parts = min(2 * threads, axis_len // 32, macs // _SPLIT_MIN_MACS)
-    if threads <= 1 or parts <= 1:
-        return np.matmul(a, b, out=out)
-    edges = [axis_len * i // parts for i in range(parts + 1)]
-    slabs = []
-    for lo, hi in itertools.pairwise(edges):
-        if rows:
-            slabs.append((a[..., lo:hi, :], b, out[..., lo:hi, :]))
-        else:
-            slabs.append((a, b[..., lo:hi], out[..., lo:hi]))
-    queue = iter(slabs)
-    lock = threading.Lock()
-
-    def work() -> None:
-        while True:
-            with lock:
-                slab = next(queue, None)
-            if slab is None:
-                return
-            np.matmul(slab[0], slab[1], out=slab[2])
-
-    helpers = [engine_threads.pool().submit(work) for _ in range(threads - 1)]
-    work()
-    # A helper still queued (its thread busy, or this is that thread) has
-    # nothing left to take: cancel it rather than wait for it.
-    for helper in helpers:
-        if not helper.cancel():
-            helper.result()
-    return out
-
-
 class _Geometry:
     """Shapes and strategy of one convolution call, derived once from the arguments."""
 
@@ -644,7 +588,7 @@ def conv2d_forward(
             _direct_forward(xp, geo.w, ybuf, geo.dh, geo.dw, g)
         else:
             cols = geo.unfolded(xp, nc)
-            _matmul(w3, cols.reshape(g, geo.taps, nc * geo.q), ybuf.reshape(g, fg, nc * geo.q))
+            engine_threads.matmul(w3, cols.reshape(g, geo.taps, nc * geo.q), ybuf.reshape(g, fg, nc * geo.q))
         _store_output(ybuf, bias, y, n0, geo.pitch)
     return y
 
@@ -703,12 +647,12 @@ def conv2d_backward(
             cols3 = geo.unfolded(xp, nc).reshape(g, geo.taps, nc * geo.q)
             if dw_t is not None:
                 out = dw_t if n0 == 0 else np.empty_like(dw_t)
-                part = _matmul(cols3, dyt3.transpose(0, 2, 1), out)
+                part = engine_threads.matmul(cols3, dyt3.transpose(0, 2, 1), out)
                 if n0 > 0:
                     dw_t += part
             else:
                 out = dw3 if n0 == 0 else np.empty_like(dw3)
-                part = _matmul(dyt3, cols3.transpose(0, 2, 1), out)
+                part = engine_threads.matmul(dyt3, cols3.transpose(0, 2, 1), out)
                 if n0 > 0:
                     dw3 += part
         if dx is None:
@@ -719,7 +663,7 @@ def conv2d_backward(
             continue
         # Same buffer as the unfolded input, which is spent by now.
         dcols = scratch("cols", (geo.c * geo.kh * geo.kw, nc, geo.q), dtype)
-        _matmul(w3t, dyt3, dcols.reshape(g, geo.taps, nc * geo.q))
+        engine_threads.matmul(w3t, dyt3, dcols.reshape(g, geo.taps, nc * geo.q))
         _fold(
             dcols, dxp, dx, n0, geo.ph, geo.pw, geo.kh, geo.kw,
             geo.sh, geo.sw, geo.dh, geo.dw, geo.oh, geo.ow, geo.pitch,

@@ -132,8 +132,8 @@ def configure() -> None:
     set_blas_threads(BLAS_THREADS)
 
 
-#: Multiply-adds of one GEMM above which :func:`matmul` splits it across the cores.
-BIG_GEMM = 20_000_000
+#: The fewest multiply-adds in a slab of a GEMM that :func:`matmul` splits across the cores.
+SPLIT_MIN_MACS = 2_000_000
 
 _pool = None
 
@@ -162,38 +162,39 @@ def pool():
 
 
 def matmul(a, b, out=None):
-    """``np.matmul(a, b, out=out)`` for 2-D arrays, split across the cores when it is big.
+    """``np.matmul(a, b, out=out)`` for 2-D or stacked ``(..., m, k) @ (..., k, n)``, split when big.
 
     OpenBLAS itself stays on one thread (see above): its pool would spin after
     every GEMM and collapse whenever another process holds a core (VGG-16 on
     one image: 1.4-2 s with one thread, 3.4 s with two, on a busy machine).
-    Instead a big GEMM is cut into slabs of output rows (or columns, for a
-    short wide result), two per core, which the caller and the worker threads
+    Instead a GEMM of at least two slabs' worth of work (:data:`SPLIT_MIN_MACS`
+    multiply-adds and 32 rows or columns each) is cut into up to two slabs per
+    core along the output's longer axis (VGG-16's 14x14 layers have 512 filter
+    rows but ~200 columns per sample), which the caller and the worker threads
     take in turn, so that a core held by another process delays one slab, not
     half the product; the workers sleep when done. Every output element is one
     BLAS call's dot product either way, so the result does not depend on which
     thread ran what. Calls from a thread whose Numba thread count is 1 (a part
     of a batch that a fast network split across the cores) are not split again.
-    (cnncli.kernels splits its convolution GEMMs the same way.)
     """
     import threading
 
     import numpy as np
 
-    m, k = a.shape
-    n = b.shape[1]
-    if m * n * k < BIG_GEMM:
+    if out is None:
+        shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+        out = np.empty(shape, dtype=np.result_type(a, b))
+    macs = out.size * a.shape[-1]
+    rows = out.shape[-2] > out.shape[-1]
+    size = out.shape[-2] if rows else out.shape[-1]
+    if macs < 2 * SPLIT_MIN_MACS or size < 64:
         return np.matmul(a, b, out=out)
     import numba
 
     cores = numba.get_num_threads()  # 1 inside a part of a split batch
-    if cores < 2:
+    parts = min(2 * cores, size // 32, macs // SPLIT_MIN_MACS)
+    if cores < 2 or parts < 2:
         return np.matmul(a, b, out=out)
-    if out is None:
-        out = np.empty((m, n), dtype=np.result_type(a, b))
-    rows = m >= n
-    size = m if rows else n
-    parts = min(2 * cores, size)
     bounds = [size * i // parts for i in range(parts + 1)]
     slabs = iter([slice(lo, hi) for lo, hi in itertools.pairwise(bounds)])
     lock = threading.Lock()
@@ -205,9 +206,9 @@ def matmul(a, b, out=None):
             if s is None:
                 return
             if rows:
-                np.matmul(a[s], b, out=out[s])
+                np.matmul(a[..., s, :], b, out=out[..., s, :])
             else:
-                np.matmul(a, b[:, s], out=out[:, s])
+                np.matmul(a, b[..., s], out=out[..., s])
 
     helpers = [pool().submit(work) for _ in range(cores - 1)]
     work()

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from cnncli import kernels as K
+from cnncli import threads
 
 DTYPES = [np.float32, np.float64]
 
@@ -390,7 +391,7 @@ def test_conv2d_split_gemms_match_unsplit(cfg, dtype, monkeypatch):
     """GEMMs split across threads give the loop references' results, run after run."""
     x, w, b, dy = conv_arrays(cfg, dtype, seed=4)
     monkeypatch.setattr(K, "_use_direct_dw", lambda *a: False)
-    monkeypatch.setattr(K, "_SPLIT_MIN_MACS", 1)
+    monkeypatch.setattr(threads, "SPLIT_MIN_MACS", 1)
     split = [K.conv2d_forward(x, w, b, *geometry(cfg)), *K.conv2d_backward(x, w, dy, *geometry(cfg))]
     tol = tolerances(dtype)
     np.testing.assert_allclose(split[0], ref_conv2d(x, w, b, *geometry(cfg)), **tol)

@@ -18,7 +18,7 @@ def test_engine_runs_openblas_on_one_thread_and_openmp_waits_passively():
 
 @pytest.mark.parametrize("shape", [(64, 300, 500), (3, 200, 700), (1, 50, 4096), (257, 31, 1)])
 def test_split_matmul_equals_numpy(monkeypatch, shape):
-    monkeypatch.setattr(threads, "BIG_GEMM", 0)
+    monkeypatch.setattr(threads, "SPLIT_MIN_MACS", 1)
     m, k, n = shape
     rng = np.random.default_rng(0)
     a = rng.standard_normal((m, k)).astype(np.float32)
@@ -30,3 +30,24 @@ def test_split_matmul_equals_numpy(monkeypatch, shape):
     assert np.allclose(out, want, rtol=1e-5, atol=1e-4)
     # transposed operands (views), as the layers pass them
     assert np.allclose(threads.matmul(b.T, a.T), want.T, rtol=1e-5, atol=1e-4)
+
+
+def test_stacked_matmul_splits_along_the_longer_axis(monkeypatch):
+    monkeypatch.setattr(threads, "SPLIT_MIN_MACS", 1)
+    submitted = []
+    real_pool = threads.pool()
+
+    class Spy:
+        def submit(self, fn):
+            submitted.append(fn)
+            return real_pool.submit(fn)
+
+    monkeypatch.setattr(threads, "pool", lambda: Spy())
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((2, 96, 40))   # groups x filters x taps
+    b = rng.standard_normal((2, 40, 300))  # groups x taps x columns
+    out = np.empty((2, 96, 300))
+    assert threads.matmul(a, b, out) is out
+    assert np.allclose(out, a @ b, rtol=1e-12)
+    import numba
+    assert len(submitted) == (numba.get_num_threads() - 1)
