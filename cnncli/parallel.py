@@ -169,15 +169,16 @@ class ProcessGroup:
         self._ready = [False] * children
         self._pending: list[int] = []
         self._finalizer = weakref.finalize(self, _stop, self.procs, self.conns, self.fd)
+        # The child imports this very copy of cnncli, whatever the working
+        # directory holds (`python -c` puts it first on sys.path).
         package_parent = str(Path(__file__).resolve().parent.parent)
+        code = f"import sys; sys.path.insert(0, {package_parent!r}); from cnncli.parallel import serve; serve()"
         env = dict(os.environ, NUMBA_NUM_THREADS="1")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
         for i in range(children):
             mine, theirs = socket.socketpair()
             with theirs:
                 proc = subprocess.Popen(
-                    [sys.executable, "-c", "from cnncli.parallel import serve; serve()",
-                     str(theirs.fileno()), str(self.fd)],
+                    [sys.executable, "-c", code, str(theirs.fileno()), str(self.fd)],
                     pass_fds=(theirs.fileno(), self.fd), env=env, stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             conn = Connection(mine.detach())

@@ -173,3 +173,17 @@ def test_no_workers_for_batches_that_are_not_split():
     _, procs = _pair("float32")
     procs.spawn_workers(16)  # too small to split (MIN_PART samples a block)
     assert procs._group is None
+
+
+def test_workers_import_this_cnncli_whatever_the_working_directory(tmp_path, monkeypatch):
+    # A folder named cnncli in the working directory (another checkout, say) must not be imported.
+    fake = tmp_path / "cnncli"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('the wrong cnncli')\n")
+    monkeypatch.chdir(tmp_path)
+    _, procs = _pair("float32")
+    procs.spawn_workers(32)
+    try:
+        _wait_ready(procs)
+    finally:
+        procs.close()
