@@ -157,7 +157,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tiny, tmp_path, sig, refe
     assert len((tmp_path / "part" / "metrics.csv").read_text().splitlines()) == 3
 
 
-def test_resume_keeps_settings_but_may_train_longer(tiny, tmp_path):
+def test_resume_keeps_settings_but_may_train_longer(tiny, tmp_path, capsys):
     run(tiny, tmp_path / "r", epochs=1, schedule="constant", limit=500)
     last = tmp_path / "r" / "last.npz"
     with pytest.raises(UsageError, match="--lr 0.1 differs"):
@@ -167,6 +167,8 @@ def test_resume_keeps_settings_but_may_train_longer(tiny, tmp_path):
     with pytest.raises(UsageError, match="--dtype float64 differs from the resumed run's float32"):
         training.configure(tiny, {}, resume=last, dtype="float64")
     assert training.configure(tiny, {}, resume=last, dtype="float32").dtype == "float32"
+    assert "--dtype float64 differs" in cli_error(["train", tiny, "--resume", str(last), "--dtype", "float64"],
+                                                  capsys)
     longer = training.train(training.configure(tiny, {"epochs": 2}, resume=last))
     assert longer.epochs_done == 2 and [r.epoch for r in longer.history] == [1, 2]
     straight = run(tiny, tmp_path / "s", epochs=2, schedule="constant", limit=500)
