@@ -182,8 +182,8 @@ def matmul(a, b, out=None):
     import numpy as np
 
     if out is None:
-        shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
-        out = np.empty(shape, dtype=np.result_type(a, b))
+        stack = () if a.ndim == b.ndim == 2 else np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        out = np.empty((*stack, a.shape[-2], b.shape[-1]), dtype=np.result_type(a, b))
     macs = out.size * a.shape[-1]
     rows = out.shape[-2] > out.shape[-1]
     size = out.shape[-2] if rows else out.shape[-1]
