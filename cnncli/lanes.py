@@ -106,20 +106,31 @@ def _unfold(xp, cols, kh_, kw_):
 @parallel_kernel
 def _direct_forward(xp, w, b, z):
     # z (F, OH, OW, N) = b + sum over taps of w * the tap's shifted input rows (runs of OW*N).
+    # A job is an output row of two filters (the second may be the first again,
+    # computed once): with 5-wide kernel rows each load of the five shifted
+    # input runs feeds both filters' sums.
     f_, c_, kh_, kw_ = w.shape
     oh_ = z.shape[1]
     n_ = z.shape[3]
     run = z.shape[2] * n_
     has_bias = b.shape[0] > 0
-    for job in prange(f_ * oh_):
-        f = job // oh_
-        oh = job - f * oh_
+    zero = z.dtype.type(0)
+    pairs = (f_ + 1) // 2
+    for job in prange(pairs * oh_):
+        pair = job // oh_
+        oh = job - pair * oh_
+        f = 2 * pair
+        f2 = min(f + 1, f_ - 1)
+        two = f2 != f
         acc = z[f, oh].reshape(-1)
-        acc[:] = b[f] if has_bias else z.dtype.type(0)
+        acc2 = z[f2, oh].reshape(-1)
+        acc[:] = b[f] if has_bias else zero
+        if two:
+            acc2[:] = b[f2] if has_bias else zero
         for c in range(c_):
             for i in range(kh_):
                 row = xp[c, oh + i].reshape(-1)
-                if kw_ == 5:  # a kernel row's five taps per pass: one load and store of acc
+                if kw_ == 5:
                     w0 = w[f, c, i, 0]
                     w1 = w[f, c, i, 1]
                     w2 = w[f, c, i, 2]
@@ -130,14 +141,33 @@ def _direct_forward(xp, w, b, z):
                     r2 = row[2 * n_ : 2 * n_ + run]
                     r3 = row[3 * n_ : 3 * n_ + run]
                     r4 = row[4 * n_ : 4 * n_ + run]
+                    if not two:
+                        for t in range(run):
+                            acc[t] += w0 * r0[t] + w1 * r1[t] + w2 * r2[t] + w3 * r3[t] + w4 * r4[t]
+                        continue
+                    v0 = w[f2, c, i, 0]
+                    v1 = w[f2, c, i, 1]
+                    v2 = w[f2, c, i, 2]
+                    v3 = w[f2, c, i, 3]
+                    v4 = w[f2, c, i, 4]
                     for t in range(run):
-                        acc[t] += w0 * r0[t] + w1 * r1[t] + w2 * r2[t] + w3 * r3[t] + w4 * r4[t]
+                        s0 = r0[t]
+                        s1 = r1[t]
+                        s2 = r2[t]
+                        s3 = r3[t]
+                        s4 = r4[t]
+                        acc[t] += w0 * s0 + w1 * s1 + w2 * s2 + w3 * s3 + w4 * s4
+                        acc2[t] += v0 * s0 + v1 * s1 + v2 * s2 + v3 * s3 + v4 * s4
                     continue
                 for j in range(kw_):
-                    wv = w[f, c, i, j]
                     src = row[j * n_ : j * n_ + run]
+                    wv = w[f, c, i, j]
                     for t in range(run):
                         acc[t] += wv * src[t]
+                    if two:
+                        vv = w[f2, c, i, j]
+                        for t in range(run):
+                            acc2[t] += vv * src[t]
 
 
 @parallel_kernel

@@ -326,6 +326,8 @@ FUSED_CASES = [
     ((2, 2, 8, 8), "conv: {filters: 3, kernel: 3}\n  - relu\n  - avgpool: {kernel: 3}"),
     # direct loops, five taps of a kernel row per pass
     ((3, 1, 9, 9), "conv: {filters: 2, kernel: 5, padding: 2, bias: false}\n  - tanh\n  - avgpool: {kernel: 2}"),
+    # an odd number of filters: the last of the pairs the direct loops run is alone
+    ((2, 1, 9, 9), "conv: {filters: 3, kernel: 5, padding: 2}\n  - relu\n  - avgpool: {kernel: 2}"),
     ((2, 3, 6, 6), "conv: {filters: 2, kernel: 3, connections: [[1, 0, 1], [0, 1, 1]]}\n  - tanh"),
     # LeNet-5's second layer in small: 5x5, 16 filters, GEMMs
     ((2, 6, 9, 9), "conv: {filters: 16, kernel: 5}\n  - tanh\n  - avgpool: {kernel: 2}"),
