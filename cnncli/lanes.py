@@ -37,6 +37,7 @@ import numpy as np
 from numba import prange
 
 from cnncli.fused import _DW_TRANSPOSED_MAX_F, ACTIVATIONS, _tanh32
+from cnncli.jit import vector_kernel as kernel
 from cnncli.jit import vector_parallel_kernel as parallel_kernel
 from cnncli.threads import matmul
 
@@ -274,66 +275,114 @@ def _fold(dcols, dxp, kh_, kw_):
                         dst[t] += src[t]
 
 
+@kernel
+def _dw_row5(xp, dz, dw, f, f2, c, i):
+    # dw[f, c, i, :5] and dw[f2, c, i, :5] (f2 may be f): the dot products of
+    # dz[f] and dz[f2] with the five shifted input runs, each load shared.
+    oh_ = dz.shape[1]
+    n_ = dz.shape[3]
+    run = dz.shape[2] * n_
+    zero = dw.dtype.type(0)
+    t0 = zero
+    t1 = zero
+    t2 = zero
+    t3 = zero
+    t4 = zero
+    u0 = zero
+    u1 = zero
+    u2 = zero
+    u3 = zero
+    u4 = zero
+    for oh in range(oh_):
+        g = dz[f, oh].reshape(-1)
+        h = dz[f2, oh].reshape(-1)
+        row = xp[c, oh + i].reshape(-1)
+        r0 = row[0:run]
+        r1 = row[n_ : n_ + run]
+        r2 = row[2 * n_ : 2 * n_ + run]
+        r3 = row[3 * n_ : 3 * n_ + run]
+        r4 = row[4 * n_ : 4 * n_ + run]
+        a0 = zero
+        a1 = zero
+        a2 = zero
+        a3 = zero
+        a4 = zero
+        b0 = zero
+        b1 = zero
+        b2 = zero
+        b3 = zero
+        b4 = zero
+        for t in range(run):
+            gt = g[t]
+            ht = h[t]
+            s0 = r0[t]
+            s1 = r1[t]
+            s2 = r2[t]
+            s3 = r3[t]
+            s4 = r4[t]
+            a0 += gt * s0
+            a1 += gt * s1
+            a2 += gt * s2
+            a3 += gt * s3
+            a4 += gt * s4
+            b0 += ht * s0
+            b1 += ht * s1
+            b2 += ht * s2
+            b3 += ht * s3
+            b4 += ht * s4
+        t0 += a0
+        t1 += a1
+        t2 += a2
+        t3 += a3
+        t4 += a4
+        u0 += b0
+        u1 += b1
+        u2 += b2
+        u3 += b3
+        u4 += b4
+    dw[f, c, i, 0] = t0
+    dw[f, c, i, 1] = t1
+    dw[f, c, i, 2] = t2
+    dw[f, c, i, 3] = t3
+    dw[f, c, i, 4] = t4
+    dw[f2, c, i, 0] = u0
+    dw[f2, c, i, 1] = u1
+    dw[f2, c, i, 2] = u2
+    dw[f2, c, i, 3] = u3
+    dw[f2, c, i, 4] = u4
+
+
 @parallel_kernel
 def _direct_dw(xp, dz, dw):
-    # dw[f, c, i, j] = sum over output rows of dot(dz[f, oh] (a run of OW*N), xp[c, oh+i] shifted by j).
+    # dw[f, c, i, j] = sum over output rows of dot(dz[f, oh] (a run of OW*N), xp[c, oh+i] shifted by j);
+    # a job is a kernel row of two filters (the second may be the first again).
     f_, c_, kh_, kw_ = dw.shape
     oh_ = dz.shape[1]
     n_ = dz.shape[3]
     run = dz.shape[2] * n_
     zero = dw.dtype.type(0)
-    for job in prange(f_ * c_ * kh_):
-        f = job // (c_ * kh_)
-        rest = job - f * (c_ * kh_)
+    pairs = (f_ + 1) // 2
+    for job in prange(pairs * c_ * kh_):
+        pair = job // (c_ * kh_)
+        rest = job - pair * (c_ * kh_)
         c = rest // kh_
         i = rest - c * kh_
-        if kw_ == 5:  # five taps share each load of the gradient
-            t0 = zero
-            t1 = zero
-            t2 = zero
-            t3 = zero
-            t4 = zero
-            for oh in range(oh_):
-                g = dz[f, oh].reshape(-1)
-                row = xp[c, oh + i].reshape(-1)
-                r0 = row[0:run]
-                r1 = row[n_ : n_ + run]
-                r2 = row[2 * n_ : 2 * n_ + run]
-                r3 = row[3 * n_ : 3 * n_ + run]
-                r4 = row[4 * n_ : 4 * n_ + run]
-                a0 = zero
-                a1 = zero
-                a2 = zero
-                a3 = zero
-                a4 = zero
-                for t in range(run):
-                    gt = g[t]
-                    a0 += gt * r0[t]
-                    a1 += gt * r1[t]
-                    a2 += gt * r2[t]
-                    a3 += gt * r3[t]
-                    a4 += gt * r4[t]
-                t0 += a0
-                t1 += a1
-                t2 += a2
-                t3 += a3
-                t4 += a4
-            dw[f, c, i, 0] = t0
-            dw[f, c, i, 1] = t1
-            dw[f, c, i, 2] = t2
-            dw[f, c, i, 3] = t3
-            dw[f, c, i, 4] = t4
+        f = 2 * pair
+        f2 = min(f + 1, f_ - 1)
+        if kw_ == 5:
+            _dw_row5(xp, dz, dw, f, f2, c, i)
             continue
-        for j in range(kw_):
-            total = zero
-            for oh in range(oh_):
-                g = dz[f, oh].reshape(-1)
-                src = xp[c, oh + i].reshape(-1)[j * n_ : j * n_ + run]
-                acc = zero
-                for t in range(run):
-                    acc += g[t] * src[t]
-                total += acc
-            dw[f, c, i, j] = total
+        for ff in (f, f2):
+            for j in range(kw_):
+                total = zero
+                for oh in range(oh_):
+                    g = dz[ff, oh].reshape(-1)
+                    src = xp[c, oh + i].reshape(-1)[j * n_ : j * n_ + run]
+                    acc = zero
+                    for t in range(run):
+                        acc += g[t] * src[t]
+                    total += acc
+                dw[ff, c, i, j] = total
 
 
 @parallel_kernel
