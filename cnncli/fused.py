@@ -26,6 +26,9 @@ LLVM vectorises inside these kernels; Numba's ``math.tanh`` is a scalar call
 (:data:`cnncli.jit.VECTOR_FLAGS`), without which no loop that divides or
 takes a min/max is vectorised.
 
+Big batches of small layers run in :mod:`cnncli.lanes` instead, which lays the
+batch innermost; this block takes small batches and big layers (VGG-16).
+
 Layout and conventions are those of :mod:`cnncli.kernels` (NCHW, weights
 ``(F, C, KH, KW)``, PyTorch's results); the block keeps its input, the
 activation and the small column matrices for the backward pass.

@@ -203,7 +203,11 @@ class Subsample(Layer):
 
 
 class FusedConv:
-    """A conv layer, its activation and its tiled average pooling run as one :class:`fused.Block`.
+    """A conv layer, its activation and its tiled average pooling run as one fused block.
+
+    A batch of at least :data:`cnncli.lanes.MIN_LANES` samples of a small layer
+    runs batch-innermost (:class:`cnncli.lanes.Block`), anything else in NCHW
+    (:class:`cnncli.fused.Block`); both give the same numbers.
 
     Built by :class:`~cnncli.network.Network` (``fast=True``) for a chain
     conv → relu/tanh (→ avgpool) whose inner outputs feed nothing else. The
