@@ -207,7 +207,7 @@ class FusedConv:
 
     A batch of at least :data:`cnncli.lanes.MIN_LANES` samples of a small layer
     runs batch-innermost (:class:`cnncli.lanes.Block`), anything else in NCHW
-    (:class:`cnncli.fused.Block`); both give the same numbers.
+    (:class:`cnncli.fused.Block`); the two agree up to the rounding of their sums.
 
     Built by :class:`~cnncli.network.Network` (``fast=True``) for a chain
     conv → relu/tanh (→ avgpool) whose inner outputs feed nothing else. The
