@@ -49,9 +49,16 @@ MIN_PART = 16
 _UNSPLITTABLE = ("batchnorm", "dropout")
 
 def _engine_threads() -> int:
+    """Cores a batch may be split across: Numba's thread count, at most the CPUs this process may use."""
+    import os
+
     import numba
 
-    return numba.config.NUMBA_NUM_THREADS
+    try:
+        usable = len(os.sched_getaffinity(0))  # taskset, a container's cpuset
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    return max(1, min(numba.config.NUMBA_NUM_THREADS, usable))
 
 
 class _MergedValues(Mapping):

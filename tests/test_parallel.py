@@ -187,3 +187,11 @@ def test_workers_import_this_cnncli_whatever_the_working_directory(tmp_path, mon
         _wait_ready(procs)
     finally:
         procs.close()
+
+
+def test_a_batch_is_split_only_across_the_cpus_this_process_may_use(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)  # as under `taskset -c 0`
+    net = Network(graph.build(spec.parse(SMALL)), "float32", fast=True)
+    assert net.workers == 1
+    net.spawn_workers(64)
+    assert net._group is None
