@@ -123,6 +123,13 @@ def _tanh32(z):
 
 
 @kernel
+def _row5(w, f, c, i):
+    # The five weights of kernel row i of filter f, channel c: the unrolled
+    # 5-wide loops hold them in registers.
+    return w[f, c, i, 0], w[f, c, i, 1], w[f, c, i, 2], w[f, c, i, 3], w[f, c, i, 4]
+
+
+@kernel
 def _activate_rows(src, pitch, bias, dst, act, exact):
     # dst[oh, ow] = act(src[oh * pitch + ow] + bias): 1 ReLU, 2 tanh (exact:
     # math.tanh, for float64; else _tanh32), 0 none.
@@ -296,16 +303,8 @@ def _direct_forward(xp, w, b, a, p, n0, act, k, exact):
                 for i in range(kh_):
                     if kw_ == 5:
                         # a kernel row's five taps per pass: one load and store of acc
-                        w0 = w[f, c, i, 0]
-                        w1 = w[f, c, i, 1]
-                        w2 = w[f, c, i, 2]
-                        w3 = w[f, c, i, 3]
-                        w4 = w[f, c, i, 4]
-                        v0 = w[f2, c, i, 0]
-                        v1 = w[f2, c, i, 1]
-                        v2 = w[f2, c, i, 2]
-                        v3 = w[f2, c, i, 3]
-                        v4 = w[f2, c, i, 4]
+                        w0, w1, w2, w3, w4 = _row5(w, f, c, i)
+                        v0, v1, v2, v3, v4 = _row5(w, f2, c, i)
                         src = flat[i * wp_ : i * wp_ + q_ + 4]
                         for q in range(q_):
                             s0 = src[q]
@@ -435,11 +434,7 @@ def _direct_dx(dyt, w, dxp, dx, n0, ph, pw):
                 flat = dxp[n, c].reshape(-1)
                 for i in range(kh_):
                     if kw_ == 5:
-                        w0 = w[f, c, i, 0]
-                        w1 = w[f, c, i, 1]
-                        w2 = w[f, c, i, 2]
-                        w3 = w[f, c, i, 3]
-                        w4 = w[f, c, i, 4]
+                        w0, w1, w2, w3, w4 = _row5(w, f, c, i)
                         dst = flat[i * wp_ : i * wp_ + q_ + 4]
                         for r in range(q_ + 4):
                             dst[r] += (w0 * srcp[r + 4] + w1 * srcp[r + 3] + w2 * srcp[r + 2]

@@ -36,7 +36,7 @@ import math
 import numpy as np
 from numba import prange
 
-from cnncli.fused import _DW_TRANSPOSED_MAX_F, ACTIVATIONS, _tanh32
+from cnncli.fused import _DW_TRANSPOSED_MAX_F, ACTIVATIONS, _row5, _tanh32
 from cnncli.jit import vector_kernel as kernel
 from cnncli.jit import vector_parallel_kernel as parallel_kernel
 from cnncli.threads import matmul
@@ -132,11 +132,7 @@ def _direct_forward(xp, w, b, z):
             for i in range(kh_):
                 row = xp[c, oh + i].reshape(-1)
                 if kw_ == 5:
-                    w0 = w[f, c, i, 0]
-                    w1 = w[f, c, i, 1]
-                    w2 = w[f, c, i, 2]
-                    w3 = w[f, c, i, 3]
-                    w4 = w[f, c, i, 4]
+                    w0, w1, w2, w3, w4 = _row5(w, f, c, i)
                     r0 = row[0:run]
                     r1 = row[n_ : n_ + run]
                     r2 = row[2 * n_ : 2 * n_ + run]
@@ -146,11 +142,7 @@ def _direct_forward(xp, w, b, z):
                         for t in range(run):
                             acc[t] += w0 * r0[t] + w1 * r1[t] + w2 * r2[t] + w3 * r3[t] + w4 * r4[t]
                         continue
-                    v0 = w[f2, c, i, 0]
-                    v1 = w[f2, c, i, 1]
-                    v2 = w[f2, c, i, 2]
-                    v3 = w[f2, c, i, 3]
-                    v4 = w[f2, c, i, 4]
+                    v0, v1, v2, v3, v4 = _row5(w, f2, c, i)
                     for t in range(run):
                         s0 = r0[t]
                         s1 = r1[t]
