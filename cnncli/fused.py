@@ -49,7 +49,8 @@ from numba import prange
 
 from cnncli.jit import vector_kernel as kernel
 from cnncli.jit import vector_parallel_kernel as parallel_kernel
-from cnncli.kernels import scratch
+# Padding, unfolding and folding are the general convolution's, at stride and dilation 1.
+from cnncli.kernels import _fold, _pad_input, _unfold, scratch
 from cnncli.threads import matmul
 
 __all__ = ["ACTIVATIONS", "Block", "tile_avgpool_backward", "tile_avgpool_forward"]
@@ -173,87 +174,6 @@ def _pool_plane(src, dst, k, band):
             for t in range(1, k):
                 acc += band[j * k + t]
             out[j] = acc * inv
-
-
-@parallel_kernel
-def _pad(x, n0, xp, ph, pw):
-    c_ = x.shape[1]
-    h_ = x.shape[2]
-    w_ = x.shape[3]
-    for job in prange(xp.shape[0] * c_):
-        n = job // c_
-        c = job - n * c_
-        dst = xp[n, c]
-        dst[:, :] = 0.0
-        src = x[n0 + n, c]
-        for r in range(h_):
-            dst[ph + r, pw : pw + w_] = src[r]
-
-
-@parallel_kernel
-def _unfold(xp, cols, kh_, kw_, oh_, ow_, pitch):
-    # cols (C*KH*KW, n, Q): one row per weight tap, the chunk's samples side by
-    # side. With pitch = Wp a tap is one contiguous run of the padded plane
-    # (junk outputs wrap across row ends); with pitch = OW rows are gathered.
-    c_ = xp.shape[1]
-    wp_ = xp.shape[3]
-    q_ = cols.shape[2]
-    for job in prange(xp.shape[0] * c_):
-        n = job // c_
-        c = job - n * c_
-        plane = xp[n, c]
-        flat = plane.reshape(-1)
-        for i in range(kh_):
-            for j in range(kw_):
-                dst = cols[(c * kh_ + i) * kw_ + j, n]
-                if pitch == wp_:
-                    off = i * wp_ + j
-                    src = flat[off : off + q_]
-                    for q in range(q_):
-                        dst[q] = src[q]
-                else:
-                    for oh in range(oh_):
-                        src = plane[oh + i, j : j + ow_]
-                        out = dst[oh * pitch : oh * pitch + ow_]
-                        for ow in range(ow_):
-                            out[ow] = src[ow]
-
-
-@parallel_kernel
-def _fold(dcols, dxp, dx, n0, ph, pw, kh_, kw_, oh_, ow_, pitch):
-    # The adjoint of _pad + _unfold: each (sample, channel) plane adds its taps
-    # in a fixed order, then the padding is cropped off into dx (skipped when
-    # dxp is dx's own chunk).
-    c_ = dxp.shape[1]
-    h_ = dx.shape[2]
-    w_ = dx.shape[3]
-    wp_ = dxp.shape[3]
-    q_ = dcols.shape[2]
-    crop = ph > 0 or pw > 0
-    for job in prange(dxp.shape[0] * c_):
-        n = job // c_
-        c = job - n * c_
-        plane = dxp[n, c]
-        flat = plane.reshape(-1)
-        flat[:] = 0.0
-        for i in range(kh_):
-            for j in range(kw_):
-                src = dcols[(c * kh_ + i) * kw_ + j, n]
-                if pitch == wp_:
-                    off = i * wp_ + j
-                    dst = flat[off : off + q_]
-                    for q in range(q_):
-                        dst[q] += src[q]
-                else:
-                    for oh in range(oh_):
-                        dst = plane[oh + i, j : j + ow_]
-                        part = src[oh * pitch : oh * pitch + ow_]
-                        for ow in range(ow_):
-                            dst[ow] += part[ow]
-        if crop:
-            out = dx[n0 + n, c]
-            for r in range(h_):
-                out[r, :] = plane[ph + r, pw : pw + w_]
 
 
 @parallel_kernel
@@ -613,12 +533,12 @@ class Block:
         if self.ph == 0 and self.pw == 0:
             return x[n0 : n0 + nc]
         xp = _scratch("xp", (nc, x.shape[1], self.hp, self.wp), x.dtype)
-        _pad(x, n0, xp, self.ph, self.pw)
+        _pad_input(x, n0, xp, self.ph, self.pw)
         return xp
 
     def _unfolded(self, xp: np.ndarray, kh: int, kw: int, nc: int) -> np.ndarray:
         cols = _scratch("cols", (self.taps, nc, self.q), xp.dtype)
-        _unfold(xp, cols, kh, kw, self.oh, self.ow, self.pitch)
+        _unfold(xp, cols, kh, kw, 1, 1, 1, 1, self.oh, self.ow, self.pitch)
         return cols
 
     def forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -654,7 +574,7 @@ class Block:
                 part = self._cols[self.taps * n0 * self.q : self.taps * (n0 + nc) * self.q]
                 cols = part.reshape(self.taps, nc, self.q)
                 self.kept.append(cols)
-                _unfold(self._padded(x, n0, nc), cols, kh, kw, self.oh, self.ow, self.pitch)
+                _unfold(self._padded(x, n0, nc), cols, kh, kw, 1, 1, 1, 1, self.oh, self.ow, self.pitch)
             else:
                 cols = self._unfolded(self._padded(x, n0, nc), kh, kw, nc)
             ybuf = _scratch("out", (f, nc, self.q), dtype)
@@ -708,7 +628,7 @@ class Block:
                 continue
             dcols = _scratch("cols", (self.taps, nc, self.q), dtype)  # so are the columns
             matmul(w2.T, dyt2, out=dcols.reshape(self.taps, nc * self.q))
-            _fold(dcols, dxp, dx, n0, self.ph, self.pw, kh, kw, self.oh, self.ow, self.pitch)
+            _fold(dcols, dxp, dx, n0, self.ph, self.pw, kh, kw, 1, 1, 1, 1, self.oh, self.ow, self.pitch)
         if self.direct:
             return dx, dw_direct, db
         dw = (dw_acc.T if transposed else dw_acc).reshape(w.shape).copy()
