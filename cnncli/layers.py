@@ -90,13 +90,17 @@ class Conv(Layer):
         dx, dw, db = kernels.conv2d_backward(
             self.x, self._weight(), dy, o["stride"], o["padding"], o["dilation"], o["groups"],
             need_dx=self.need_dx, need_db="bias" in self.params)
+        self.keep_grads(dw, db)
+        return [dx]
+
+    def keep_grads(self, dw: np.ndarray, db: np.ndarray | None) -> None:
+        """Store the parameter gradients (also a fused chain's); kernels a connection table drops get none."""
         if self.trainable:
             if self.mask is not None:
                 dw *= self.mask
             self.grads["weight"] = dw
             if db is not None:
                 self.grads["bias"] = db
-        return [dx]
 
 
 @register
@@ -243,12 +247,7 @@ class FusedConv:
         c = self.conv
         dx, dw, db = self.block.backward(dy, c._weight(), need_dx=c.need_dx, need_db="bias" in c.params)
         c.grads = {}
-        if c.trainable:
-            if c.mask is not None:
-                dw *= c.mask
-            c.grads["weight"] = dw
-            if db is not None:
-                c.grads["bias"] = db
+        c.keep_grads(dw, db)
         return [dx]
 
 
