@@ -48,6 +48,7 @@ import tempfile
 import time
 import weakref
 from collections.abc import Mapping
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -130,6 +131,24 @@ def _views(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
     return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
 
+@dataclass
+class _Slot:
+    """Child i's arrays in the shared block, as both sides see them."""
+
+    ctrl: np.ndarray
+    loss: np.ndarray
+    x: np.ndarray
+    labels: np.ndarray
+    soft: np.ndarray
+    out: np.ndarray
+    grads: dict[str, np.ndarray]
+
+
+def _slot(arrays: dict[str, np.ndarray], i: int) -> _Slot:
+    return _Slot(arrays[f"{i}.ctrl"], arrays[f"{i}.loss"], arrays[f"{i}.x"], arrays[f"{i}.labels"],
+                 arrays[f"{i}.soft"], arrays[f"{i}.out"], _views(arrays, f"{i}.grad."))
+
+
 def _shared_file(size: int) -> int:
     """A file descriptor of ``size`` zero bytes of memory that a child can map; it has no name to leak."""
     if hasattr(os, "memfd_create"):
@@ -163,7 +182,7 @@ class ProcessGroup:
         self.fd = _shared_file(layout[""][0])
         self.arrays = _map(self.fd, layout)
         self.params = _views(self.arrays, "param.")
-        self.ctrl = [self.arrays[f"{i}.ctrl"] for i in range(children)]
+        self.slots = [_slot(self.arrays, i) for i in range(children)]
         self.procs: list[subprocess.Popen] = []
         self.conns: list[Connection] = []
         self._ready = [False] * children
@@ -219,13 +238,14 @@ class ProcessGroup:
         self._pending = []
         for i, (x, target) in enumerate(zip(parts, targets)):
             n = len(x)
-            ctrl = self.ctrl[i]
-            np.copyto(self.arrays[f"{i}.x"][:n], x)
+            slot = self.slots[i]
+            ctrl = slot.ctrl
+            np.copyto(slot.x[:n], x)
             if target.ndim == 1:
-                np.copyto(self.arrays[f"{i}.labels"][:n], target)
+                np.copyto(slot.labels[:n], target)
                 ctrl[TARGET_KIND] = _LABELS
             else:
-                np.copyto(self.arrays[f"{i}.soft"][:n], target)
+                np.copyto(slot.soft[:n], target)
                 ctrl[TARGET_KIND] = _SOFT
             ctrl[N] = n
             ctrl[LOSS] = _LOSS_NAMES.index(loss)
@@ -238,14 +258,14 @@ class ProcessGroup:
         results = []
         pending, self._pending = self._pending, []
         for i in pending:
-            ctrl = self.ctrl[i]
+            slot = self.slots[i]
+            ctrl = slot.ctrl
             if not _wait(lambda: ctrl[DONE] == ctrl[GO], lambda: self.procs[i].poll() is None):
                 raise self._lost(i)
             if ctrl[FAILED]:
                 self._message(i)  # raises, with the child's error
             n = int(ctrl[N])
-            results.append((float(self.arrays[f"{i}.loss"][0]), self.arrays[f"{i}.out"][:n],
-                            _views(self.arrays, f"{i}.grad.")))
+            results.append((float(slot.loss[0]), slot.out[:n], slot.grads))
         return results
 
     def close(self) -> None:
@@ -287,14 +307,13 @@ def serve() -> None:
         dtype = np.dtype(dtype)
         arrays = _map(fd, _layout(graph, dtype, capacity, children))
         net = Network(graph, dtype, fast=True, params=_views(arrays, "param."), workers=1)
-        ctrl, value = arrays[f"{index}.ctrl"], arrays[f"{index}.loss"]
-        x, out = arrays[f"{index}.x"], arrays[f"{index}.out"]
-        targets = (arrays[f"{index}.labels"], arrays[f"{index}.soft"])
-        grads = _views(arrays, f"{index}.grad.")
+        slot = _slot(arrays, index)
     except Exception as e:  # noqa: BLE001 (reported to the parent, which falls back to threads)
         conn.send(("error", f"{type(e).__name__}: {e}"))
         return
     conn.send(("ready", None))
+    ctrl = slot.ctrl
+    targets = (slot.labels, slot.soft)
     step = int(ctrl[GO])
     closed = False
 
@@ -311,11 +330,11 @@ def serve() -> None:
         n = int(ctrl[N])
         try:
             loss = losses.get(_LOSS_NAMES[int(ctrl[LOSS])])
-            lv, result = net._loss_and_backward(x[:n], targets[int(ctrl[TARGET_KIND])][:n], loss,
+            lv, result = net._loss_and_backward(slot.x[:n], targets[int(ctrl[TARGET_KIND])][:n], loss,
                                                 bool(ctrl[TRAIN]), False)
-            value[0] = lv
-            out[:n] = result
-            for key, g in grads.items():
+            slot.loss[0] = lv
+            slot.out[:n] = result
+            for key, g in slot.grads.items():
                 np.copyto(g, net.grads[key])
             ctrl[FAILED] = 0
         except Exception as e:  # noqa: BLE001
