@@ -188,13 +188,10 @@ def evaluate(
     render, downloads, evaluation = _need("eval", "render.evaluation", "render.downloads", "evaluation")
 
     console = _console()
-    shown = downloads.Downloads(console)
-    try:
+    with downloads.Downloads(console) as shown:
         result = evaluation.evaluate(model, checkpoint, dataset=dataset.value if dataset else None,
                                      split=split.value, data_dir=data_dir, batch_size=batch_size,
                                      top_k=top_k, worst=worst, progress=shown)
-    finally:
-        shown.close()
     render.show(result, fmt.value, console)
 
 
@@ -224,13 +221,10 @@ def backprop_trace(
     render, downloads, trace = _need("backprop-trace", "render.trace", "render.downloads", "trace")
 
     console = _console()
-    shown = downloads.Downloads(console)
-    try:
+    with downloads.Downloads(console) as shown:
         result = trace.run(model, loss=loss.value if loss else None, lr=lr, input=input, target=target,
                            sample=sample, weights=weights, filter=filter, upstream=upstream, steps=steps,
                            compare_slides=compare_slides, dump=dump, data_dir=data_dir, progress=shown)
-    finally:
-        shown.close()
     render.show(result, fmt.value, console)
 
 

@@ -15,7 +15,8 @@ from cnncli.data import DownloadEvent
 
 
 class Downloads:
-    """Receives :class:`~cnncli.data.DownloadEvent`s and draws them on ``console``; :meth:`close` when done."""
+    """Receives :class:`~cnncli.data.DownloadEvent`s and draws them on ``console``; :meth:`close` (or a
+    ``with`` block) ends the bars."""
 
     def __init__(self, console: Console):
         self.console = console
@@ -59,3 +60,9 @@ class Downloads:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+    def __enter__(self) -> Downloads:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
