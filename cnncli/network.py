@@ -255,12 +255,12 @@ class Network:
         Call :meth:`close` when done. Does nothing unless batches of
         ``max_batch`` would be split (see :mod:`cnncli.parallel`).
         """
-        parts = self._parts(max_batch) if self.workers > 1 else None
-        if parts is None or self._group is not None or not parallel.available():
+        blocks = self._blocks(max_batch)
+        if len(blocks) < 2 or self._group is not None or not parallel.available():
             return
-        capacity = max(p.stop - p.start for p in parts)
+        capacity = max(b.stop - b.start for b in blocks[1:])
         try:
-            self._group = parallel.ProcessGroup(self.graph, self.dtype, capacity, len(parts) - 1)
+            self._group = parallel.ProcessGroup(self.graph, self.dtype, capacity, len(blocks) - 1)
         except OSError as e:
             self.processes_failed = f"cannot start worker processes: {e}"
 
