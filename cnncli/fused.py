@@ -499,7 +499,6 @@ class Block:
 
     def __init__(self, padding, act: str | None, pool: int):
         self.ph, self.pw = padding
-        self.act = act
         self.code = ACTIVATIONS[act]
         self.pool = int(pool)
         # A batch whose column matrices (all chunks) fit _KEEP_COLS_BYTES keeps

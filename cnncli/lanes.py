@@ -412,7 +412,6 @@ class Block:
 
     def __init__(self, padding, act: str | None, pool: int):
         self.ph, self.pw = padding
-        self.act = act
         self.code = ACTIVATIONS[act]
         self.pool = int(pool)
 
