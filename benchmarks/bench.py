@@ -168,10 +168,11 @@ def cnncli_train(batch: int) -> dict:
 
 
 def cnncli_infer() -> dict:
-    from cnncli import data, spec
+    from cnncli import data
+    from cnncli.engine.network import Network
     from cnncli.evaluation import predict
-    from cnncli.graph import build
-    from cnncli.network import Network
+    from cnncli.model import spec
+    from cnncli.model.graph import build
 
     images, _ = _mnist("test")
     x = data.normalise(images, "float32", "mnist")
@@ -188,9 +189,10 @@ def cnncli_infer() -> dict:
 def cnncli_vgg() -> dict:
     import numpy as np
 
-    from cnncli import losses, spec
-    from cnncli.graph import build
-    from cnncli.network import Network
+    from cnncli.engine import losses
+    from cnncli.engine.network import Network
+    from cnncli.model import spec
+    from cnncli.model.graph import build
 
     net = Network(build(spec.load("vgg16"), aux=False), "float32", seed=0, fast=True)  # as `cnncli train`
     loss = losses.get("cross_entropy")
@@ -327,7 +329,7 @@ def torch_vgg() -> dict:
 
 _FIRST_BATCH = r"""
 import os, sys, time
-import cnncli.network as network
+import cnncli.engine.network as network
 original = network.Network.loss_and_backward
 def first(self, *a, **k):
     os.write(2, f"FIRST_BATCH {time.time()!r}\n".encode())

@@ -1,15 +1,19 @@
 """cnncli: train, evaluate, trace and summarize convolutional neural networks.
 
-The package reads top-down, one concept per module:
+The folders show the architecture, read top-down from the description of a
+model to what the user sees:
 
-    spec      YAML model file -> validated, block-expanded node list
-    shapes    the pure shape/parameter/MAC function of every layer kind
-    graph     nodes wired by name, shapes inferred, topological order
-    layers    forward and backward of every layer kind (numpy + kernels)
-    kernels   Numba @njit kernels for convolution and pooling
-    losses, optim, network, data, checkpoint, train, evaluate, trace, summary
-    render    the only module that imports rich
-    cli       the only module that imports typer
+    model/      YAML model file -> validated nodes -> graph with every shape inferred
+                (no Numba: ``summarize``, ``models`` and ``--help`` stop here)
+    engine/     arrays, layers with backward beside forward, Numba kernels, losses,
+                optimizers, the runnable network; its docstring is the engine map
+    lecture/    the lecture's hand-worked numbers and ``backprop-trace``
+    data, checkpoint, atomic, schedule
+                datasets, weight files, crash-safe writes, learning-rate plans
+    training, evaluation, summary
+                what ``train``, ``eval`` and ``summarize`` compute, as records
+    render/     the only package that imports Rich
+    cli         the only module that imports Typer
 """
 
 __version__ = "0.1.0"

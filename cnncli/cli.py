@@ -18,7 +18,7 @@ from typing import Optional
 import typer
 
 from cnncli import __version__
-from cnncli.errors import CnnError, NotAvailable
+from cnncli.errors import CnnError
 
 app = typer.Typer(
     name="cnncli",
@@ -92,21 +92,6 @@ def _root(
     _DEBUG = debug or _DEBUG
 
 
-def _need(command: str, *modules: str):
-    """Import the modules a command needs; a command not built yet says so plainly."""
-    import importlib
-
-    loaded = []
-    for name in modules:
-        try:
-            loaded.append(importlib.import_module(f"cnncli.{name}"))
-        except ModuleNotFoundError as e:
-            if e.name and e.name.startswith("cnncli."):
-                raise NotAvailable(f"`cnncli {command}` is not available yet in cnncli {__version__}") from None
-            raise
-    return loaded
-
-
 def _console():
     from cnncli.render import console
 
@@ -118,7 +103,9 @@ def models(
     fmt: SummaryFormat = typer.Option(SummaryFormat.table, "--format", help="table, json or markdown."),
 ) -> None:
     """List the built-in models with their input size and parameter count."""
-    render, summary = _need("models", "render.summary", "summary")
+    from cnncli import summary
+    from cnncli.render import summary as render
+
     render.show_models(summary.builtin_models(), fmt.value, _console())
 
 
@@ -133,7 +120,9 @@ def summarize(
     fmt: SummaryFormat = typer.Option(SummaryFormat.table, "--format", help="table, json or markdown."),
 ) -> None:
     """Layers, output shapes, parameter counts and MACs of a model, without running it."""
-    render, summary = _need("summarize", "render.summary", "summary")
+    from cnncli import summary
+    from cnncli.render import summary as render
+
     result = summary.summarize(model, input_size=input, batch=batch, aux=aux)
     render.show_summary(result, fmt.value, depth, _console())
 
@@ -156,7 +145,8 @@ def train(
     dtype: Optional[DType] = typer.Option(None, "--dtype", help="float32 (default) or float64."),
 ) -> None:
     """Train a model; writes a run folder with metrics and checkpoints."""
-    render, training = _need("train", "render.training", "training")
+    from cnncli import training
+    from cnncli.render import training as render
 
     overrides = {
         "epochs": epochs, "batch_size": batch_size, "lr": lr,
@@ -185,7 +175,9 @@ def evaluate(
     fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
 ) -> None:
     """Accuracy, confusion matrix, per-class scores and the worst mistakes of a checkpoint."""
-    render, downloads, evaluation = _need("eval", "render.evaluation", "render.downloads", "evaluation")
+    from cnncli import evaluation
+    from cnncli.render import downloads
+    from cnncli.render import evaluation as render
 
     console = _console()
     with downloads.Downloads(console) as shown:
@@ -218,7 +210,9 @@ def backprop_trace(
     fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
 ) -> None:
     """One exact forward and backward pass, shown layer by layer (the lecture's derivative tables)."""
-    render, downloads, trace = _need("backprop-trace", "render.trace", "render.downloads", "trace")
+    from cnncli.lecture import trace
+    from cnncli.render import downloads
+    from cnncli.render import trace as render
 
     console = _console()
     with downloads.Downloads(console) as shown:

@@ -36,9 +36,3 @@ class UsageError(CnnError):
 
 class TrainingStopped(CnnError):
     """Training stopped early (non-finite loss); the last good checkpoint is kept."""
-
-
-class NotAvailable(CnnError):
-    """A command this version does not provide yet."""
-
-    exit_code = 1

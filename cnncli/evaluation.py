@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from cnncli import checkpoint as ckpt_io
-from cnncli import data, losses, spec
+from cnncli import data
+from cnncli.engine import losses
+from cnncli.engine.losses import Loss
+from cnncli.engine.network import Network
 from cnncli.errors import UsageError
-from cnncli.graph import Graph, build
-from cnncli.losses import Loss
-from cnncli.network import Network
-from cnncli.shapes import fmt_shape
+from cnncli.model import spec
+from cnncli.model.graph import Graph, build
+from cnncli.model.kinds import fmt_shape
 
 #: Most confused pairs listed.
 CONFUSED_PAIRS = 5

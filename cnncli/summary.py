@@ -1,6 +1,6 @@
 """``cnncli summarize`` and ``cnncli models``: a network's layers, shapes, parameters and MACs.
 
-Pure shape inference on top of :mod:`cnncli.graph`: no weight array is
+Pure shape inference on top of :mod:`cnncli.model.graph`: no weight array is
 allocated and nothing here imports Numba, the layers or the kernels, so
 ``cnncli summarize vgg16`` answers at once. The functions return records;
 :mod:`cnncli.render.summary` draws them.
@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from cnncli import graph as graph_mod
-from cnncli import spec as spec_mod
 from cnncli.errors import ShapeError, UsageError
-from cnncli.shapes import Shape, fmt_shape
+from cnncli.model import graph as graph_mod
+from cnncli.model import spec as spec_mod
+from cnncli.model.kinds import Shape, fmt_shape
 
 BYTES_PER_NUMBER = 4  # float32
 

@@ -36,13 +36,15 @@ from typing import Any, Protocol
 import numpy as np
 import yaml
 
-from cnncli import __version__, checkpoint, data, losses, optim, spec
+from cnncli import __version__, checkpoint, data
 from cnncli.atomic import write_text_atomic
 from cnncli.data import DownloadEvent
+from cnncli.engine import losses, optim
+from cnncli.engine.network import Network
 from cnncli.errors import CheckpointError, TrainingStopped, UsageError
 from cnncli.evaluation import check_model_fits, loss_source, predict
-from cnncli.graph import build
-from cnncli.network import Network
+from cnncli.model import spec
+from cnncli.model.graph import build
 from cnncli.schedule import Plan, learning_rate
 
 #: Images per forward pass when scoring the validation and test sets (no gradients kept).

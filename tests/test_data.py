@@ -656,8 +656,9 @@ def test_real_fashion_mnist_test_split(monkeypatch):
                                   ["backprop-trace", "lenet5", "--sample", "3"]],
                          ids=["eval", "backprop-trace"])
 def test_commands_that_load_data_show_their_downloads(argv, server, fake_mnist, monkeypatch, tmp_path, capsys):
-    from cnncli import checkpoint, cli, graph, spec
-    from cnncli.network import Network
+    from cnncli import checkpoint, cli
+    from cnncli.engine.network import Network
+    from cnncli.model import graph, spec
 
     monkeypatch.setenv("CNNCLI_MIRRORS", serve(server, "good", fake_mnist))
     net = Network(graph.build(spec.load("lenet5"), aux=False), "float32", seed=0)

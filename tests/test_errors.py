@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnncli import graph, spec
 from cnncli.cli import main
+from cnncli.model import graph, spec
 
 REPO = Path(__file__).resolve().parent.parent
 

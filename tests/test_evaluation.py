@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from cnncli import checkpoint, cli, evaluation, spec
+from cnncli import checkpoint, cli, evaluation
+from cnncli.engine.network import Network
 from cnncli.errors import CheckpointError
-from cnncli.graph import build
-from cnncli.network import Network
+from cnncli.model import spec
+from cnncli.model.graph import build
 from cnncli.render import evaluation as render
 
 REPO = Path(__file__).resolve().parents[1]

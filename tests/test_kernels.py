@@ -1,4 +1,4 @@
-"""Each kernel of cnncli.kernels against a slow, obvious loop reference.
+"""Each kernel of cnncli.engine.kernels against a slow, obvious loop reference.
 
 References are written straight from the definitions, with Python loops over
 small shapes, in float64. Backward references add up each output's
@@ -17,8 +17,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from cnncli import kernels as K
-from cnncli import threads
+from cnncli.engine import kernels as K
+from cnncli.engine import threads
 
 DTYPES = [np.float32, np.float64]
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnncli import graph, losses, optim, spec
-from cnncli.layers import LAYERS
-from cnncli.network import Network
-from cnncli.shapes import KINDS
+from cnncli.engine import losses, optim
+from cnncli.engine.layers import LAYERS
+from cnncli.engine.network import Network
+from cnncli.model import graph, spec
+from cnncli.model.kinds import KINDS
 
 # kind -> list of (input shape with batch, layer entry in YAML, train mode)
 CASES: dict[str, list[tuple[tuple[int, ...], str, bool]]] = {
@@ -319,7 +320,7 @@ def test_inline_init_sets_the_lectures_weights():
     assert np.allclose(y, e / e.sum()) and np.allclose(y, [[0.1984, 0.2854, 0.5162]], atol=1e-3)
 
 
-# Chains that a fast network runs fused (cnncli.fused): conv -> relu/tanh (-> tiled avgpool).
+# Chains that a fast network runs fused (cnncli.engine.fast.fused): conv -> relu/tanh (-> tiled avgpool).
 # A tanh in front makes the chain's input gradient reach the network's input, where it is checked.
 FUSED_CASES = [
     ((2, 2, 7, 6), "conv: {filters: 3, kernel: 3, padding: 1}\n  - tanh\n  - avgpool: {kernel: 2}"),
@@ -346,8 +347,8 @@ def _fused_network(in_shape, entry: str, dtype="float64", seed=0, fast=True) -> 
 
 
 def _use_layout(layout: str, monkeypatch) -> type:
-    """Make fused chains run NCHW (cnncli.fused) or batch-innermost (cnncli.lanes), whatever the batch."""
-    from cnncli import fused, lanes
+    """Make fused chains run NCHW (cnncli.engine.fast.fused) or batch-innermost (cnncli.engine.fast.lanes), whatever the batch."""
+    from cnncli.engine.fast import fused, lanes
 
     monkeypatch.setattr(lanes, "MIN_LANES", 1 if layout == "lanes" else 10**9)
     return lanes.Block if layout == "lanes" else fused.Block
@@ -375,7 +376,7 @@ def test_fused_chains_match_finite_differences(in_shape, entry, layout, monkeypa
                          ids=["one-chunk", "chunks-kept", "chunk-per-sample", "lanes"])
 @pytest.mark.parametrize("in_shape,entry", FUSED_CASES, ids=range(len(FUSED_CASES)))
 def test_fused_chains_equal_the_layers_they_replace(in_shape, entry, chunked, monkeypatch):
-    from cnncli import fused
+    from cnncli.engine.fast import fused
 
     block_type = _use_layout("lanes" if chunked == "lanes" else "nchw", monkeypatch)
     if chunked and chunked != "lanes":  # every sample its own chunk: the chunks' gradients add up
@@ -460,7 +461,7 @@ def test_networks_with_batch_statistics_or_dropout_never_split():
 
 
 def test_lenet_batches_run_batch_innermost_with_the_nchw_results(monkeypatch):
-    from cnncli import fused, lanes
+    from cnncli.engine.fast import fused, lanes
 
     # a big inference batch would need a column matrix over the budget: the NCHW block takes it
     assert not lanes.Block.fits((5000, 6, 14, 14), (16, 6, 5, 5), (0, 0), 4)

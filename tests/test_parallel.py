@@ -16,8 +16,9 @@ import time
 import numpy as np
 import pytest
 
-from cnncli import graph, losses, parallel, spec
-from cnncli.network import Network
+from cnncli.engine import losses, parallel
+from cnncli.engine.network import Network
+from cnncli.model import graph, spec
 
 SMALL = """
 name: small
@@ -120,8 +121,8 @@ def test_workers_exit_when_their_parent_is_killed(tmp_path):
     # The parent prints its worker's pid once the worker runs, then waits to be killed.
     script = textwrap.dedent(f"""
         import sys, time
-        from cnncli import graph, spec
-        from cnncli.network import Network
+        from cnncli.model import graph, spec
+        from cnncli.engine.network import Network
         net = Network(graph.build(spec.parse({SMALL!r})), "float32", fast=True, workers=2)
         net.spawn_workers(32)
         while not net._group.ready():

@@ -14,7 +14,7 @@ import re
 import numpy as np
 import pytest
 
-from cnncli.slides import (
+from cnncli.lecture.slides import (
     SlideCheck,
     SlideData,
     compare,

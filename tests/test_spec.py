@@ -7,8 +7,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cnncli import graph, spec
 from cnncli.errors import CnnError, ShapeError, SpecError
+from cnncli.model import graph, spec
 
 LENET_LAYERS = """
   - conv: {filters: 6, kernel: 5, padding: 2}

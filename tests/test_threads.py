@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import cnncli.jit  # noqa: F401  (loading the engine applies the settings)
-from cnncli import threads
+import cnncli.engine.jit  # noqa: F401  (loading the engine applies the settings)
+from cnncli.engine import threads
 
 
 def test_engine_runs_openblas_on_one_thread_and_openmp_waits_passively():

@@ -17,9 +17,12 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from cnncli import cli, graph, losses, slides, spec, trace
+from cnncli import cli
+from cnncli.engine import losses
+from cnncli.engine.network import Network
 from cnncli.errors import CheckpointError, UsageError
-from cnncli.network import Network
+from cnncli.lecture import slides, trace
+from cnncli.model import graph, spec
 from cnncli.render import trace as render
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -22,8 +22,8 @@ from rich.console import Console
 
 from cnncli import checkpoint, cli, schedule, training
 from cnncli.data import DownloadEvent
+from cnncli.engine.losses import Loss, softmax_cross_entropy
 from cnncli.errors import CheckpointError, TrainingStopped, UsageError
-from cnncli.losses import Loss, softmax_cross_entropy
 
 REPO = Path(__file__).resolve().parents[1]
 

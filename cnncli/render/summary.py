@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cnncli.shapes import fmt_shape
+from cnncli.model.kinds import fmt_shape
 
 _FORMATS = ("table", "json", "markdown")
 _INDENT = "  "

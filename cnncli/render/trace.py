@@ -1,6 +1,6 @@
 """Drawing ``cnncli backprop-trace``: the lecture's tables as Rich tables, or JSON.
 
-The records come from :mod:`cnncli.trace`; nothing here computes a gradient.
+The records come from :mod:`cnncli.lecture.trace`; nothing here computes a gradient.
 Formulas are spelled from the records' index letters and symbols, and numbers
 are substituted into them the way the slides write them (``-3.7064·0.1591·0.938``).
 One drawing function per trace record type, in :data:`_VIEWS`.
@@ -19,7 +19,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from cnncli.shapes import fmt_shape
+from cnncli.model.kinds import fmt_shape
 
 _FORMATS = ("table", "json")
 _SIG = 5                 # significant digits of a number shown alone or inside a formula
@@ -466,7 +466,7 @@ def _share(share: float, out: str) -> str:
 
 
 def _show_pool(t, console: Console) -> None:
-    from cnncli.trace import sym
+    from cnncli.lecture.trace import sym
 
     kind = "Max" if t.kind == "max" else "Average"
     kh, kw = t.kernel
@@ -574,7 +574,7 @@ _VIEWS: dict[str, Callable[[Any, Console], None]] = {
 
 
 def show(result, fmt: str, console: Console) -> None:
-    """Print a trace record from :func:`cnncli.trace.run` as tables or JSON."""
+    """Print a trace record from :func:`cnncli.lecture.trace.run` as tables or JSON."""
     _check(fmt)
     if fmt == "json":
         console.out(json.dumps(_json_safe(result.to_dict()), indent=2, ensure_ascii=False), highlight=False)

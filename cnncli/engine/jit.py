@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from numba import njit
 
-from cnncli import threads
+from cnncli.engine import threads
 
 # Before any kernel runs: OpenBLAS on one thread, OpenMP threads that sleep
-# rather than spin (see cnncli.threads for why and what was measured).
+# rather than spin (see cnncli.engine.threads for why and what was measured).
 threads.configure()
 
 # fastmath lets LLVM reorder float sums and vectorise inner loops; the engine
@@ -26,7 +26,7 @@ FLAGS = {"cache": True, "nogil": True, "fastmath": True}
 # instead of raising. Numba's default (Python's) model tests every divisor,
 # and that branch, like the NaN handling of its min/max, keeps LLVM from
 # vectorising a loop: a rational tanh ran 0.85 ms per 400k floats with it and
-# 0.06 ms without. For kernels whose divisors are never zero (cnncli.fused).
+# 0.06 ms without. For kernels whose divisors are never zero (cnncli.engine.fast.fused).
 VECTOR_FLAGS = {**FLAGS, "error_model": "numpy"}
 
 

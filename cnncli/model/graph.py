@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cnncli.errors import ShapeError, SpecError
-from cnncli.shapes import KINDS, Shape, ShapeProblem, fmt_shape
-from cnncli.spec import ModelSpec, NodeSpec
+from cnncli.model.kinds import KINDS, Shape, ShapeProblem, fmt_shape
+from cnncli.model.spec import ModelSpec, NodeSpec
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Data parallelism across processes: replicas of a network in child processes.
 
 A fast network splits a training batch into one part per core. On threads of
-one process (:meth:`cnncli.network.Network.loss_and_backward`'s default) the
+one process (:meth:`cnncli.engine.network.Network.loss_and_backward`'s default) the
 parts lose 20-40 % on LeNet-5-sized networks: every kernel call releases and
 retakes the GIL, so the Python between two kernels of one part waits for the
 other part's. A child process has an interpreter of its own. A
@@ -19,7 +19,7 @@ Per step the parent writes each child's part and sets its GO word, computes
 its own part meanwhile, and then waits for each child's DONE word (spinning
 first: a message through a socket costs the sender 30-60 µs, and a sleeping
 process as much to wake, on this virtual machine);
-:class:`~cnncli.network.Network` averages the parts' gradients in the same
+:class:`~cnncli.engine.network.Network` averages the parts' gradients in the same
 fixed order as parts run on threads, so the numbers do not depend on where a
 part ran.
 
@@ -54,7 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli import losses
+from cnncli.engine import losses
 
 __all__ = ["ProcessGroup", "WorkerLost", "available", "serve"]
 
@@ -190,8 +190,8 @@ class ProcessGroup:
         self._finalizer = weakref.finalize(self, _stop, self.procs, self.conns, self.fd)
         # The child imports this very copy of cnncli, whatever the working
         # directory holds (`python -c` puts it first on sys.path).
-        package_parent = str(Path(__file__).resolve().parent.parent)
-        code = f"import sys; sys.path.insert(0, {package_parent!r}); from cnncli.parallel import serve; serve()"
+        package_parent = str(Path(__file__).resolve().parents[2])
+        code = f"import sys; sys.path.insert(0, {package_parent!r}); from cnncli.engine.parallel import serve; serve()"
         env = dict(os.environ, NUMBA_NUM_THREADS="1")
         for i in range(children):
             mine, theirs = socket.socketpair()
@@ -302,7 +302,7 @@ def serve() -> None:
     except EOFError:
         return
     try:
-        from cnncli.network import Network
+        from cnncli.engine.network import Network
 
         dtype = np.dtype(dtype)
         arrays = _map(fd, _layout(graph, dtype, capacity, children))

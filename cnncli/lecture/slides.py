@@ -161,8 +161,8 @@ class SlideCheck:
 
 
 def load_slides() -> SlideData:
-    """Read ``cnncli/slides.yaml`` from the installed package."""
-    text = resources.files("cnncli").joinpath("slides.yaml").read_text(encoding="utf-8")
+    """Read ``cnncli/lecture/slides.yaml`` from the installed package."""
+    text = resources.files("cnncli.lecture").joinpath("slides.yaml").read_text(encoding="utf-8")
     return _parse_yaml(yaml.safe_load(text))
 
 

@@ -23,13 +23,13 @@ float32 tanh is a rational approximation (Eigen's, within a few ulp) that
 LLVM vectorises inside these kernels; Numba's ``math.tanh`` is a scalar call
 ~40x slower than numpy's SIMD tanh. float64 (gradient checks) uses the exact
 ``math.tanh``. The kernels use numpy's float error model
-(:data:`cnncli.jit.VECTOR_FLAGS`), without which no loop that divides or
+(:data:`cnncli.engine.jit.VECTOR_FLAGS`), without which no loop that divides or
 takes a min/max is vectorised.
 
-Big batches of small layers run in :mod:`cnncli.lanes` instead, which lays the
+Big batches of small layers run in :mod:`cnncli.engine.fast.lanes` instead, which lays the
 batch innermost; this block takes small batches and big layers (VGG-16).
 
-Layout and conventions are those of :mod:`cnncli.kernels` (NCHW, weights
+Layout and conventions are those of :mod:`cnncli.engine.kernels` (NCHW, weights
 ``(F, C, KH, KW)``, PyTorch's results); the block keeps its input, the
 activation and the small column matrices for the backward pass.
 :func:`tile_avgpool_forward` and :func:`tile_avgpool_backward` also serve
@@ -47,11 +47,12 @@ import math
 import numpy as np
 from numba import prange
 
-from cnncli.jit import vector_kernel as kernel
-from cnncli.jit import vector_parallel_kernel as parallel_kernel
+from cnncli.engine.jit import vector_kernel as kernel
+from cnncli.engine.jit import vector_parallel_kernel as parallel_kernel
+
 # Padding, unfolding and folding are the general convolution's, at stride and dilation 1.
-from cnncli.kernels import _fold, _pad_input, _unfold, scratch
-from cnncli.threads import matmul
+from cnncli.engine.kernels import _fold, _pad_input, _unfold, scratch
+from cnncli.engine.threads import matmul
 
 __all__ = ["ACTIVATIONS", "Block", "tile_avgpool_backward", "tile_avgpool_forward"]
 
@@ -59,7 +60,7 @@ __all__ = ["ACTIVATIONS", "Block", "tile_avgpool_backward", "tile_avgpool_forwar
 ACTIVATIONS = {None: 0, "relu": 1, "tanh": 2}
 
 # A chunk's column matrix stays under this size, so that the GEMM finds it in
-# cache (the same budget as cnncli.kernels).
+# cache (the same budget as cnncli.engine.kernels).
 _COLS_BUDGET_BYTES = 4 << 20
 
 # Column matrices of a whole batch up to this size are kept for the backward pass.
@@ -515,7 +516,7 @@ class Block:
         self.hp, self.wp = h + 2 * self.ph, wd + 2 * self.pw
         self.oh, self.ow = self.hp - kh + 1, self.wp - kw + 1
         # Whole padded rows (junk outputs included) unless the junk would
-        # cost more GEMM work than a row-by-row gather (cnncli.kernels' rule).
+        # cost more GEMM work than a row-by-row gather (cnncli.engine.kernels' rule).
         junk = f * (self.wp - self.ow) / self.ow
         self.pitch = self.wp if junk <= 12.0 else self.ow
         self.q = (self.oh - 1) * self.pitch + self.ow

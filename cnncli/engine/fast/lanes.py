@@ -1,6 +1,6 @@
 """Fused convolution blocks with the batch as the innermost axis: vector lanes for small layers.
 
-:class:`cnncli.fused.Block` keeps PyTorch's NCHW layout. On LeNet-sized
+:class:`cnncli.engine.fast.fused.Block` keeps PyTorch's NCHW layout. On LeNet-sized
 layers that leaves the vector units idle: a 10 x 10 output plane is rows of
 10 numbers, so the activation, the pooling and their gradients run loops of
 10 with scalar remainders, and the flat-tap unfold pads every row with junk
@@ -23,8 +23,8 @@ and any other layer gets numpy's copy (the kernels' wrappers make their inputs
 contiguous).
 :meth:`Block.fits` says when it applies: at least :data:`MIN_LANES` samples
 (a vector's worth), and a column matrix (kept for the backward pass) of at
-most :data:`MAX_COLS_BYTES`; otherwise :class:`~cnncli.layers.FusedConv` uses
-:class:`cnncli.fused.Block`. Same arithmetic, same conventions (stride 1, no
+most :data:`MAX_COLS_BYTES`; otherwise :class:`~cnncli.engine.layers.FusedConv` uses
+:class:`cnncli.engine.fast.fused.Block`. Same arithmetic, same conventions (stride 1, no
 dilation, one group; tiled average pooling; PyTorch's results); the sums run
 in a fixed order, so results repeat bit for bit.
 """
@@ -36,10 +36,10 @@ import math
 import numpy as np
 from numba import prange
 
-from cnncli.fused import _DW_TRANSPOSED_MAX_F, ACTIVATIONS, _row5, _tanh32
-from cnncli.jit import vector_kernel as kernel
-from cnncli.jit import vector_parallel_kernel as parallel_kernel
-from cnncli.threads import matmul
+from cnncli.engine.fast.fused import _DW_TRANSPOSED_MAX_F, ACTIVATIONS, _row5, _tanh32
+from cnncli.engine.jit import vector_kernel as kernel
+from cnncli.engine.jit import vector_parallel_kernel as parallel_kernel
+from cnncli.engine.threads import matmul
 
 __all__ = ["DIRECT_MAX_WEIGHTS", "MAX_COLS_BYTES", "MIN_LANES", "Block"]
 
@@ -405,7 +405,7 @@ def _direct_dx(dz, w, dxp):
 class Block:
     """Convolution (+ bias) + activation + optional tiled average pooling in the batch-innermost layout.
 
-    The interface of :class:`cnncli.fused.Block`: ``padding`` (PH, PW), ``act``
+    The interface of :class:`cnncli.engine.fast.fused.Block`: ``padding`` (PH, PW), ``act``
     None, ``"relu"`` or ``"tanh"``, ``pool`` the tile size k or 0; call
     :meth:`forward` then :meth:`backward`. Check :meth:`fits` first.
     """

@@ -6,7 +6,7 @@ divisors, same max-pool tie rule), so a model file means the same here.
 
 Each public function is plain Python: it checks its arguments (a failure is a
 bug in the calling layer, hence :class:`ValueError`) and hands arrays and
-scalars to private ``_kernels`` compiled through :mod:`cnncli.jit`. Arrays keep
+scalars to private ``_kernels`` compiled through :mod:`cnncli.engine.jit`. Arrays keep
 their floating dtype (float32 or float64) end to end.
 
 Convolution has two strategies, picked per call from the shapes alone:
@@ -17,7 +17,7 @@ Convolution has two strategies, picked per call from the shapes alone:
   the GEMM's long dimension, so the weight gradient is one reduction over the
   whole chunk and the input gradient is one product folded back by the
   adjoint kernel. Numba's own ``np.dot`` needs SciPy, so GEMMs run in numpy,
-  outside the JIT; BLAS runs on one thread (:mod:`cnncli.threads`), so large
+  outside the JIT; BLAS runs on one thread (:mod:`cnncli.engine.threads`), so large
   GEMMs are cut into slabs shared with the engine's worker threads. Filters
   too small for an efficient GEMM get their weight gradient from direct dot
   products instead.
@@ -40,8 +40,8 @@ import threading
 import numpy as np
 from numba import prange
 
-from cnncli import threads as engine_threads
-from cnncli.jit import kernel, parallel_kernel
+from cnncli.engine import threads as engine_threads
+from cnncli.engine.jit import kernel, parallel_kernel
 
 __all__ = [
     "adaptive_avgpool2d_backward",

@@ -1,14 +1,14 @@
 """``cnncli backprop-trace``: one exact forward and backward pass, recorded for display.
 
-Every number comes from the engine (:class:`~cnncli.network.Network`, its
-layers and :mod:`cnncli.losses`) in float64; this module only arranges them
+Every number comes from the engine (:class:`~cnncli.engine.network.Network`, its
+layers and :mod:`cnncli.engine.losses`) in float64; this module only arranges them
 into records, and :mod:`cnncli.render.trace` draws them. Four views:
 
 * **worked** — a small chain of dense layers (``slide-mlp``, the lecture's
   3-3-3-3 example of slides 4–24): the forward products ``[x]×[W]+[b]``, the
   error term by term, then per layer from the output back the chain-rule
   factors, δW and the updated W. ``--compare-slides`` sets every number the
-  lecture prints beside its step-local recomputation (:mod:`cnncli.slides`)
+  lecture prints beside its step-local recomputation (:mod:`cnncli.lecture.slides`)
   and the exact value computed here.
 * **conv** — ``slide-conv``: slides 26–27, one filter over one small image.
 * **pool** — ``slide-maxpool``, ``slide-avgpool``: slide 28, which input cell
@@ -29,13 +29,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cnncli import graph as graph_mod
-from cnncli import losses as losses_mod
-from cnncli import optim, spec
 from cnncli.atomic import write_atomic
+from cnncli.engine import losses as losses_mod
+from cnncli.engine import optim
+from cnncli.engine.network import Network
 from cnncli.errors import CheckpointError, SpecError, UsageError
-from cnncli.network import Network
-from cnncli.shapes import fmt_shape
+from cnncli.model import graph as graph_mod
+from cnncli.model import spec
+from cnncli.model.kinds import fmt_shape
 
 # Index letters of successive layers' units, as the slides name them (i → j → k → l).
 INDEX_LETTERS = "ijklmnpqrstuvw"
@@ -135,7 +136,7 @@ class WorkedTrace:
     layers: list[WorkedLayer]          # in network order; shown from the last one back
     steps: list[StepLoss]
     input_source: str
-    slides: list[Any] | None = None    # cnncli.slides.SlideCheck, with --compare-slides
+    slides: list[Any] | None = None    # cnncli.lecture.slides.SlideCheck, with --compare-slides
     slips: list[str] | None = None
     slide_notes: tuple[str, ...] = ()
     dump: str | None = None
@@ -693,7 +694,7 @@ def slide_exact(t: WorkedTrace) -> dict[str, float]:
 
 
 def _compare_slides(t: WorkedTrace) -> None:
-    from cnncli import slides
+    from cnncli.lecture import slides
 
     data = slides.load_slides()
     g = data.given

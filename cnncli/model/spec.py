@@ -8,23 +8,23 @@ reusable, parameterised groups of layers used like a kind, with ``repeat``.
 
 Everything is checked here, before any array exists: unknown kinds and options
 (with the closest valid name), option types and ranges, references to nodes,
-block arguments. Shapes are checked next, in :mod:`cnncli.graph`.
+block arguments. Shapes are checked next, in :mod:`cnncli.model.graph`.
 """
 
 from __future__ import annotations
 
 import ast
 import difflib
+import importlib.util
 import operator
 from dataclasses import dataclass, field
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from cnncli.errors import SpecError
-from cnncli.shapes import COMMON_OPTIONS, KINDS, Option, Shape, is_parametric
+from cnncli.model.kinds import COMMON_OPTIONS, KINDS, Option, Shape, is_parametric
 
 LOSSES = ("cross_entropy", "bce", "mse")
 
@@ -103,7 +103,7 @@ def builtin_dir() -> Path:
         if Path(location).is_dir():
             return Path(location)
     # Running from a source checkout that was not installed: models/ sits beside cnncli/.
-    return Path(__file__).resolve().parent.parent / "models"
+    return Path(__file__).resolve().parents[2] / "models"
 
 
 def builtin_names() -> list[str]:

@@ -1,6 +1,6 @@
 """Forward and backward of every layer kind, side by side.
 
-Each class takes a graph :class:`~cnncli.graph.Node` (options and shapes are
+Each class takes a graph :class:`~cnncli.model.graph.Node` (options and shapes are
 already validated), owns references to its parameter arrays, and implements
 
 * ``forward(xs, train) -> y`` — ``xs`` is the list of input batches; it keeps
@@ -9,7 +9,7 @@ already validated), owns references to its parameter arrays, and implements
   gradients written into ``self.grads`` (overwritten, one call per step).
 
 Shapes below are with the batch axis ``N`` first, NCHW for images, like PyTorch.
-Convolution and pooling run on the Numba kernels in :mod:`cnncli.kernels`;
+Convolution and pooling run on the Numba kernels in :mod:`cnncli.engine.kernels`;
 everything else is a few numpy operations.
 """
 
@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnncli import fused, kernels, lanes, threads
-from cnncli.graph import Node
+from cnncli.engine import kernels, threads
+from cnncli.engine.fast import fused, lanes
+from cnncli.model.graph import Node
 
 
 class Layer:
@@ -209,11 +210,11 @@ class Subsample(Layer):
 class FusedConv:
     """A conv layer, its activation and its tiled average pooling run as one fused block.
 
-    A batch of at least :data:`cnncli.lanes.MIN_LANES` samples of a small layer
-    runs batch-innermost (:class:`cnncli.lanes.Block`), anything else in NCHW
-    (:class:`cnncli.fused.Block`); the two agree up to the rounding of their sums.
+    A batch of at least :data:`cnncli.engine.fast.lanes.MIN_LANES` samples of a small layer
+    runs batch-innermost (:class:`cnncli.engine.fast.lanes.Block`), anything else in NCHW
+    (:class:`cnncli.engine.fast.fused.Block`); the two agree up to the rounding of their sums.
 
-    Built by :class:`~cnncli.network.Network` (``fast=True``) for a chain
+    Built by :class:`~cnncli.engine.network.Network` (``fast=True``) for a chain
     conv → relu/tanh (→ avgpool) whose inner outputs feed nothing else. The
     conv layer keeps its parameters and receives the weight gradients; the
     network gets the activation and the block's output as the values of the
@@ -238,7 +239,7 @@ class FusedConv:
         c = self.conv
         w = c._weight()
         x = xs[0]
-        # Big batches of small layers run batch-innermost (see cnncli.lanes).
+        # Big batches of small layers run batch-innermost (see cnncli.engine.fast.lanes).
         fits = lanes.Block.fits(x.shape, w.shape, c.o["padding"], x.dtype.itemsize)
         self.block = self.lanes if fits else self.nchw
         return self.block.forward(x, w, c.params.get("bias"))

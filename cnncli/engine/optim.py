@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnncli.engine.jit import exact_kernel
 from cnncli.errors import CheckpointError
-from cnncli.jit import exact_kernel
 
 
 class Optimizer:

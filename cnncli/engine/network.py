@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from cnncli import fused, parallel, threads
+from cnncli.engine import parallel, threads
+from cnncli.engine.fast import fused
+from cnncli.engine.layers import LAYERS, FusedConv
+from cnncli.engine.losses import Loss
 from cnncli.errors import CheckpointError, UsageError
-from cnncli.graph import Graph, Node, ancestors
-from cnncli.layers import LAYERS, FusedConv
-from cnncli.losses import Loss
-from cnncli.shapes import fmt_shape
+from cnncli.model.graph import Graph, Node, ancestors
+from cnncli.model.kinds import fmt_shape
 
 
 def _fan_in(node: Node) -> int:
@@ -106,7 +107,7 @@ class Network:
 
     ``fast=True`` is for training and inference, where only the outputs, the
     loss and the parameter gradients matter: chains conv → relu/tanh
-    (→ tiled avgpool) run fused (:class:`~cnncli.layers.FusedConv`), so the
+    (→ tiled avgpool) run fused (:class:`~cnncli.engine.layers.FusedConv`), so the
     convolution's own output is not in ``values`` and the chain's inner nodes
     get no ``node_grads``; and no gradient is computed for the input batch
     (``input_grad`` stays None). The default keeps every value and gradient,
@@ -253,7 +254,7 @@ class Network:
         They boot in the background; until they are ready (or if they fail),
         :meth:`loss_and_backward` splits batches across threads as before.
         Call :meth:`close` when done. Does nothing unless batches of
-        ``max_batch`` would be split (see :mod:`cnncli.parallel`).
+        ``max_batch`` would be split (see :mod:`cnncli.engine.parallel`).
         """
         blocks = self._blocks(max_batch)
         if len(blocks) < 2 or self._group is not None or not parallel.available():

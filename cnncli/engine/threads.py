@@ -12,15 +12,15 @@ VGG-16 forward + backward also got faster (4.7 s -> 1.4-2.1 s), because
 any core taken by another process stalls whichever pool splits its work
 statically across both cores.
 
-:func:`configure` (called by :mod:`cnncli.jit`, that is, when the engine is
+:func:`configure` (called by :mod:`cnncli.engine.jit`, that is, when the engine is
 imported) therefore
 
 * runs OpenBLAS on one thread, through its C API (``openblas_set_num_threads``
   under whichever name numpy's build exports): the engine's parallelism comes
   from its own threads instead, which sleep when idle: a fast network splits
-  a batch into one part per core (:mod:`cnncli.network`), and a big GEMM is
+  a batch into one part per core (:mod:`cnncli.engine.network`), and a big GEMM is
   cut into slabs taken in turn by the caller and the worker threads of
-  :func:`pool` (:func:`matmul`, and ``cnncli.kernels`` for its convolutions);
+  :func:`pool` (:func:`matmul`, and ``cnncli.engine.kernels`` for its convolutions);
 * makes OpenMP threads sleep, not spin, while they wait for work
   (``OMP_WAIT_POLICY=PASSIVE``), so that a GEMM running in the main thread
   has its core. libgomp reads the variable once, when Numba loads it for the
