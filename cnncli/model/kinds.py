@@ -97,17 +97,22 @@ def _image(in_shape: Shape, kind: str) -> tuple[int, int, int]:
 
 def window_output(size: int, kernel: int, stride: int, padding: int,
                   dilation: int = 1, ceil_mode: bool = False) -> int:
-    """Output length of a sliding window along one axis, by PyTorch's rule."""
+    """Output length of a sliding window along one axis, by PyTorch's rule; 0 when no window fits.
+
+    ``ceil_mode`` rounds up, then drops a last window that would start beyond
+    the input and its left padding (PyTorch's correction); it may admit a
+    window longer than the padded input. The engine's kernels, the shape
+    inference and ``summarize`` all take their sizes from here.
+    """
     span = size + 2 * padding - dilation * (kernel - 1) - 1
-    if span < 0:
-        return 0
     if ceil_mode:
         out = -(-span // stride) + 1
         # PyTorch: the last window must start inside the input or left padding.
         if (out - 1) * stride >= size + padding:
             out -= 1
-        return out
-    return span // stride + 1
+    else:
+        out = span // stride + 1
+    return max(out, 0)
 
 
 # --- convolution ---------------------------------------------------------------
@@ -164,13 +169,25 @@ def _conv_macs(o: dict, s: list[Shape], out: Shape) -> int:
 
 # --- pooling -------------------------------------------------------------------
 
+def pool_padding_problem(kernel: tuple[int, int], padding: tuple[int, int]) -> str | None:
+    """PyTorch's pooling rule: padding at most half the kernel, so every window sees a real cell.
+
+    Returns the rule a pooling layer's ``kernel`` and ``padding`` (``(h, w)`` each) break, or ``None``.
+    """
+    (kh, kw), (ph, pw) = kernel, padding
+    if 2 * ph > kh or 2 * pw > kw:
+        return f"padding (={ph}×{pw}) must be at most half the kernel ({kh}×{kw})"
+    return None
+
+
 def _pool_shape(kind: str) -> Callable[[dict, list[Shape]], Shape]:
     def shape(o: dict, s: list[Shape]) -> Shape:
         c, h, w = _image(s[0], kind)
         (kh, kw), (ph, pw) = o["kernel"], o["padding"]
         stride = o["stride"] or o["kernel"]
-        if 2 * ph > kh or 2 * pw > kw:
-            raise ShapeProblem(f"padding (={ph}×{pw}) must be at most half the kernel ({kh}×{kw})")
+        problem = pool_padding_problem(o["kernel"], o["padding"])
+        if problem:
+            raise ShapeProblem(problem)
         if kh > h + 2 * ph or kw > w + 2 * pw:
             raise ShapeProblem(f"kernel (={kh}×{kw}) is larger than its input ({h}×{w})")
         ceil = o.get("ceil_mode", False)
