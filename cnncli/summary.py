@@ -295,7 +295,7 @@ def _detail(kind: str, o: dict) -> str:
 
 
 def _summary(spec: spec_mod.ModelSpec, g: graph_mod.Graph, batch: int, aux: bool) -> Summary:
-    main = _feeds(g, [g.output])
+    main = graph_mod.ancestors({n.name: n.inputs for n in g.nodes}, [g.output])
     names = {n.name for n in g.nodes}
     block_types: dict[str, str] = {}
     rows = []
@@ -320,19 +320,6 @@ def _summary(spec: spec_mod.ModelSpec, g: graph_mod.Graph, batch: int, aux: bool
         activations=sum(math.prod(n.out_shape) for n in g.nodes),
         block_types=block_types,
     )
-
-
-def _feeds(g: graph_mod.Graph, targets: list[str]) -> set[str]:
-    """The nodes the targets depend on (themselves included)."""
-    keep: set[str] = set()
-    stack = list(targets)
-    while stack:
-        name = stack.pop()
-        if name in keep or name == "input":
-            continue
-        keep.add(name)
-        stack.extend(g[name].inputs)
-    return keep
 
 
 def builtin_models() -> list[ModelInfo]:
