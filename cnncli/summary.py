@@ -36,7 +36,7 @@ from typing import Any
 from cnncli.errors import ShapeError, UsageError
 from cnncli.model import graph as graph_mod
 from cnncli.model import spec as spec_mod
-from cnncli.model.kinds import Shape, fmt_shape
+from cnncli.model.kinds import Shape, conv_connections, fmt_shape
 
 BYTES_PER_NUMBER = 4  # float32
 
@@ -274,8 +274,8 @@ def _detail(kind: str, o: dict) -> str:
         text = pair(o["kernel"]) + stride(o["stride"])
         if o.get("groups", 1) > 1:
             text += f", groups {o['groups']}"
-        if o.get("connections") is not None:
-            kept = sum(sum(r) for r in o["connections"])
+        kept = conv_connections(o)
+        if kept is not None:
             total = sum(len(r) for r in o["connections"])
             text += f", sparse {kept}/{total}"
         if o.get("dilation", (1, 1)) != (1, 1):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cnncli.errors import ShapeError, SpecError
-from cnncli.model.kinds import KINDS, Shape, ShapeProblem, fmt_shape
+from cnncli.model.kinds import KINDS, Shape, ShapeProblem, conv_connections, fmt_shape
 from cnncli.model.spec import ModelSpec, NodeSpec
 
 
@@ -53,10 +53,10 @@ class Node:
     @property
     def n_params(self) -> int:
         """Learnable numbers; a sparse connection table counts only the kernels it keeps."""
+        kept = conv_connections(self.options)
         total = 0
         for suffix, shape in self.params.items():
-            if suffix == "weight" and self.options.get("connections") is not None:
-                kept = sum(sum(row) for row in self.options["connections"])
+            if suffix == "weight" and kept is not None:
                 total += kept * shape[2] * shape[3]
             else:
                 total += math.prod(shape)
