@@ -28,7 +28,6 @@ everything deeper into one row per group.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -39,8 +38,6 @@ from cnncli.model import spec as spec_mod
 from cnncli.model.kinds import Shape, conv_connections, fmt_shape
 
 BYTES_PER_NUMBER = 4  # float32
-
-_INSTANCE = re.compile(r"\((\S+) '([^']+)'\)")
 
 
 @dataclass(frozen=True)
@@ -300,8 +297,8 @@ def _summary(spec: spec_mod.ModelSpec, g: graph_mod.Graph, batch: int, aux: bool
     block_types: dict[str, str] = {}
     rows = []
     for n in g.nodes:
-        for kind, inst in _INSTANCE.findall(n.spec.where)[:-1]:
-            block_types.setdefault(inst, kind)
+        for inst, block in n.spec.blocks:
+            block_types.setdefault(inst, block)
         groups = _groups(n.name, names)
         detail = _detail(n.kind, n.options)
         if n.spec.aux is not None:

@@ -59,6 +59,9 @@ class NodeSpec:
     ``where`` says where it came from in the file, for error messages
     (``layers[3] (conv 'conv2')``); ``scope`` lists the enclosing block
     instances (``('layer1', 'layer1.0')``) so ``summarize --depth`` can fold them.
+    ``blocks`` pairs each enclosing block instance with the name of its block,
+    outermost first (``(('layer1.0', 'basic'),)``); a ``repeat`` group such as
+    ``layer1`` is in ``scope`` but not here, as it is no one block.
     """
 
     name: str
@@ -67,6 +70,7 @@ class NodeSpec:
     inputs: tuple[str, ...]
     where: str
     scope: tuple[str, ...] = ()
+    blocks: tuple[tuple[str, str], ...] = ()
     aux: float | None = None
     init: Any = None
 
@@ -259,6 +263,7 @@ class _Scope:
     prefix: str                 # prepended to local names: '' or 'layer1.0.'
     input_name: str             # what the local name 'in' (or 'input') refers to
     path: tuple[str, ...]       # enclosing block instances
+    blocks: tuple[tuple[str, str], ...]  # (instance, block name) of each enclosing block instance
     where: str                  # location prefix for messages
     local: dict[str, str] = field(default_factory=dict)  # local name -> global name
     counts: dict[str, int] = field(default_factory=dict)
@@ -291,7 +296,7 @@ class _Parser:
         if not isinstance(layers, list) or not layers:
             raise self.fail("layers", "must be a non-empty list of layers")
         self.targets["input"] = "input"
-        top = _Scope(prefix="", input_name="input", path=(), where="")
+        top = _Scope(prefix="", input_name="input", path=(), blocks=(), where="")
         top.last = "input"
         self.expand(layers, top, depth=0)
 
@@ -471,7 +476,7 @@ class _Parser:
         name = self.new_name(scope, local_name, kind, where)
         where = f"{where.rsplit(' (', 1)[0]} ({kind} '{name}')"
         self.nodes.append(NodeSpec(name=name, kind=kind, options=options, inputs=inputs, where=where,
-                                   scope=scope.path, aux=float(aux) if aux is not None else None, init=init))
+                                   scope=scope.path, blocks=scope.blocks, aux=float(aux) if aux is not None else None, init=init))
         scope.last = name
 
     def use_block(self, block: str, opts: dict, scope: _Scope, where: str, depth: int) -> None:
@@ -503,7 +508,7 @@ class _Parser:
             inst = instance if repeat == 1 else f"{instance}.{r}"
             path = scope.path + ((instance, inst) if repeat > 1 else (inst,))
             inner = _Scope(prefix=inst + ".", input_name=last, path=path,
-                           where=f"{where[:-1]} '{inst}') → ")
+                           blocks=scope.blocks + ((inst, block),), where=f"{where[:-1]} '{inst}') → ")
             inner.last = last
             try:
                 layers = _substitute(body["layers"], args)
