@@ -18,6 +18,10 @@ class SpecError(CnnError):
     """A model file that is malformed or does not describe a valid network."""
 
 
+class UnknownModel(SpecError):
+    """A model name that is neither a built-in model nor a model file."""
+
+
 class ShapeError(SpecError):
     """Layers whose shapes do not fit together, or an input the network cannot take."""
 

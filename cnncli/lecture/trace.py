@@ -33,7 +33,7 @@ from cnncli.atomic import write_atomic
 from cnncli.engine import losses as losses_mod
 from cnncli.engine import optim
 from cnncli.engine.network import Network
-from cnncli.errors import CheckpointError, SpecError, UsageError
+from cnncli.errors import CheckpointError, UnknownModel, UsageError
 from cnncli.model import graph as graph_mod
 from cnncli.model import spec
 from cnncli.model.kinds import fmt_shape
@@ -936,10 +936,8 @@ def run(model: str = "slide-mlp", loss: str | None = None, lr: float | None = No
                                      f"{', '.join(MODES)})")
     try:
         model_spec, net = _network(model, weights)
-    except SpecError as e:
-        if str(e).startswith("unknown model"):
-            raise SpecError(f"{e}\nbuilt-in traces: {', '.join(MODES)}") from None
-        raise
+    except UnknownModel as e:
+        raise UnknownModel(f"{e}\nbuilt-in traces: {', '.join(MODES)}") from None
     loss_obj = losses_mod.get(_loss_name(loss, model_spec))
     rate = _check_lr(lr if lr is not None else float(model_spec.train.get("lr", 0.01)))
     x, y, source = _inputs(model_spec, net, input, sample, target, loss_obj.name, data_dir, progress)

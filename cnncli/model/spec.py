@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from cnncli.errors import SpecError
+from cnncli.errors import SpecError, UnknownModel
 from cnncli.model.kinds import COMMON_OPTIONS, KINDS, Option, Shape, is_parametric
 
 LOSSES = ("cross_entropy", "bce", "mse")
@@ -129,7 +129,7 @@ def resolve(name_or_path: str) -> Path:
     names = builtin_names()
     close = difflib.get_close_matches(name_or_path, names, n=1)
     hint = f" — did you mean '{close[0]}'?" if close else ""
-    raise SpecError(
+    raise UnknownModel(
         f"unknown model '{name_or_path}'{hint}\n"
         f"built-in models: {', '.join(names)}; or give the path of a .yaml file"
     )
