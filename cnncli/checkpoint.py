@@ -75,7 +75,10 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
         hint = " (give a file in it, e.g. last.npz)" if (path / "last.npz").exists() else ""
         raise CheckpointError(f"checkpoint {path} is a folder, not a .npz file{hint}")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise CheckpointError(f"checkpoint {path} is a single array (.npy), not a .npz checkpoint")
+        with loaded as npz:
             # Reading every array checks each entry's CRC: a torn or altered file fails here.
             state = {k: np.array(npz[k]) for k in npz.files}
     except (zipfile.BadZipFile, zipfile.LargeZipFile) as e:
