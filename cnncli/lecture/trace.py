@@ -29,11 +29,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from cnncli import checkpoint
 from cnncli.atomic import write_atomic
 from cnncli.engine import losses as losses_mod
 from cnncli.engine import optim
 from cnncli.engine.network import Network
-from cnncli.errors import CheckpointError, UnknownModel, UsageError
+from cnncli.errors import UnknownModel, UsageError
 from cnncli.model import graph as graph_mod
 from cnncli.model import spec
 from cnncli.model.kinds import fmt_shape
@@ -413,19 +414,6 @@ def _jacobian(layer, n: int) -> np.ndarray:
     return np.array(rows)
 
 
-def _load_weights(net: Network, path: Path | None) -> None:
-    if path is None:
-        return
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            state = {k: f[k] for k in f.files}
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} does not exist") from None
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable .npz checkpoint ({e})") from None
-    net.load_state_dict(state, source=str(path))
-
-
 def _steps(net: Network, x: np.ndarray, target: np.ndarray, loss, lr: float, steps: int,
            first: Callable[[float], None]) -> list[StepLoss]:
     """Run ``steps`` plain-SGD steps (the slides' w − lr·δw, biases too); ``first`` records step 1.
@@ -489,7 +477,8 @@ def _network(model: str, weights: Path | None) -> tuple[spec.ModelSpec, Network]
     model_spec = spec.load(model)
     g = graph_mod.build(model_spec)
     net = Network(g, dtype="float64", seed=0)
-    _load_weights(net, weights)
+    if weights is not None:
+        net.load_state_dict(checkpoint.load(weights).weights(), source=str(weights))
     return model_spec, net
 
 
