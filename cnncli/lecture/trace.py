@@ -928,7 +928,7 @@ def run(model: str = "slide-mlp", loss: str | None = None, lr: float | None = No
     except UnknownModel as e:
         raise UnknownModel(f"{e}\nbuilt-in traces: {', '.join(MODES)}") from None
     loss_obj = losses_mod.get(_loss_name(loss, model_spec))
-    rate = _check_lr(lr if lr is not None else float(model_spec.train.get("lr", 0.01)))
+    rate = _check_lr(lr if lr is not None else float(model_spec.train_setting("lr")))
     x, y, source = _inputs(model_spec, net, input, sample, target, loss_obj.name, data_dir, progress)
     pairs = worked_chain(net.graph)
     if pairs is not None:

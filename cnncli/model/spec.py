@@ -90,6 +90,10 @@ class ModelSpec:
     loss: str = "cross_entropy"
     train: dict[str, Any] = field(default_factory=dict)
 
+    def train_setting(self, key: str) -> Any:
+        """A ``train:`` setting: the file's value, else its default in :data:`TRAIN_OPTIONS`."""
+        return self.train.get(key, TRAIN_OPTIONS[key].default)
+
     def node(self, name: str) -> NodeSpec:
         for n in self.nodes:
             if n.name == name:
