@@ -1,4 +1,4 @@
-"""Each kernel of cnncli.engine.kernels against a slow, obvious loop reference.
+"""Each convolution and pooling kernel (cnncli.engine.conv, cnncli.engine.pool) against a slow, obvious loop reference.
 
 References are written straight from the definitions, with Python loops over
 small shapes, in float64. Backward references add up each output's
@@ -17,8 +17,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from cnncli.engine import kernels as K
-from cnncli.engine import threads
+from cnncli.engine import conv, pool, rules, threads
+from cnncli.model.kinds import window_output
 
 DTYPES = [np.float32, np.float64]
 
@@ -297,10 +297,10 @@ FORWARD_PATHS = ["auto", "direct", "gemm", "chunked"]  # the forward pass has no
 def path(request, monkeypatch):
     mode = request.param
     if mode != "auto":
-        monkeypatch.setattr(K, "_use_direct", lambda *a: mode == "direct")
-        monkeypatch.setattr(K, "_use_direct_dw", lambda *a: mode.endswith("direct-dw"))
+        monkeypatch.setattr(rules, "depthwise", lambda taps, filters, unit: unit and mode == "direct")
+        monkeypatch.setattr(rules, "direct_weights", lambda *a: mode.endswith("direct-dw"))
     if mode.startswith("chunked"):
-        monkeypatch.setattr(K, "_COLS_BUDGET_BYTES", 1)
+        monkeypatch.setattr(rules, "COLS_BUDGET_BYTES", 1)
     return mode
 
 
@@ -331,7 +331,7 @@ def geometry(cfg):
 @pytest.mark.parametrize("cfg", CONV_CASES)
 def test_conv2d_forward_matches_loops(cfg, dtype, path):
     x, w, b, _ = conv_arrays(cfg, dtype)
-    y = K.conv2d_forward(x, w, b, *geometry(cfg))
+    y = conv.conv2d_forward(x, w, b, *geometry(cfg))
     assert y.dtype == dtype
     np.testing.assert_allclose(y, ref_conv2d(x, w, b, *geometry(cfg)), **tolerances(dtype))
 
@@ -341,7 +341,7 @@ def test_conv2d_forward_matches_loops(cfg, dtype, path):
 @pytest.mark.parametrize("cfg", CONV_CASES)
 def test_conv2d_backward_matches_loops(cfg, dtype, path):
     x, w, _, dy = conv_arrays(cfg, dtype)
-    dx, dw, db = K.conv2d_backward(x, w, dy, *geometry(cfg))
+    dx, dw, db = conv.conv2d_backward(x, w, dy, *geometry(cfg))
     rdx, rdw, rdb = ref_conv2d_backward(x, w, dy, *geometry(cfg))
     assert dx.dtype == dw.dtype == db.dtype == dtype
     tol = tolerances(dtype)
@@ -353,8 +353,8 @@ def test_conv2d_backward_matches_loops(cfg, dtype, path):
 @pytest.mark.parametrize("cfg", CONV_CASES[:10] + CONV_CASES[-len(NAMED_CONVS) :])
 def test_conv2d_backward_skips_what_is_not_needed(cfg):
     x, w, _, dy = conv_arrays(cfg, np.float64)
-    full = K.conv2d_backward(x, w, dy, *geometry(cfg))
-    dx, dw, db = K.conv2d_backward(x, w, dy, *geometry(cfg), need_dx=False, need_db=False)
+    full = conv.conv2d_backward(x, w, dy, *geometry(cfg))
+    dx, dw, db = conv.conv2d_backward(x, w, dy, *geometry(cfg), need_dx=False, need_db=False)
     assert dx is None and db is None
     np.testing.assert_array_equal(dw, full[1])
 
@@ -366,14 +366,14 @@ def test_conv2d_adjoint_identities(cfg, path):
     and a step eps*v changes <dy, y> by exactly eps*<dx, v>."""
     x, w, b, dy = conv_arrays(cfg, np.float64, seed=1)
     b = np.random.default_rng(2).standard_normal(w.shape[0])
-    y = K.conv2d_forward(x, w, b, *geometry(cfg))
-    dx, dw, db = K.conv2d_backward(x, w, dy, *geometry(cfg))
+    y = conv.conv2d_forward(x, w, b, *geometry(cfg))
+    dx, dw, db = conv.conv2d_backward(x, w, dy, *geometry(cfg))
     lhs = np.sum(dy * y)
     assert lhs == pytest.approx(np.sum(dx * x) + np.sum(db * b), rel=1e-10, abs=1e-10)
     assert lhs == pytest.approx(np.sum(dw * w) + np.sum(db * b), rel=1e-10, abs=1e-10)
     v = np.random.default_rng(3).standard_normal(x.shape)
     eps = 1e-3
-    moved = np.sum(dy * K.conv2d_forward(x + eps * v, w, b, *geometry(cfg)))
+    moved = np.sum(dy * conv.conv2d_forward(x + eps * v, w, b, *geometry(cfg)))
     assert (moved - lhs) / eps == pytest.approx(np.sum(dx * v), rel=1e-7, abs=1e-7)
 
 
@@ -390,14 +390,14 @@ def test_conv2d_adjoint_identities(cfg, path):
 def test_conv2d_split_gemms_match_unsplit(cfg, dtype, monkeypatch):
     """GEMMs split across threads give the loop references' results, run after run."""
     x, w, b, dy = conv_arrays(cfg, dtype, seed=4)
-    monkeypatch.setattr(K, "_use_direct_dw", lambda *a: False)
+    monkeypatch.setattr(rules, "direct_weights", lambda *a: False)
     monkeypatch.setattr(threads, "SPLIT_MIN_MACS", 1)
-    split = [K.conv2d_forward(x, w, b, *geometry(cfg)), *K.conv2d_backward(x, w, dy, *geometry(cfg))]
+    split = [conv.conv2d_forward(x, w, b, *geometry(cfg)), *conv.conv2d_backward(x, w, dy, *geometry(cfg))]
     tol = tolerances(dtype)
     np.testing.assert_allclose(split[0], ref_conv2d(x, w, b, *geometry(cfg)), **tol)
     for got, want in zip(split[1:], ref_conv2d_backward(x, w, dy, *geometry(cfg))):
         np.testing.assert_allclose(got, want, **tol)
-    again = [K.conv2d_forward(x, w, b, *geometry(cfg)), *K.conv2d_backward(x, w, dy, *geometry(cfg))]
+    again = [conv.conv2d_forward(x, w, b, *geometry(cfg)), *conv.conv2d_backward(x, w, dy, *geometry(cfg))]
     for a, b_ in zip(split, again):
         assert a.tobytes() == b_.tobytes()
 
@@ -405,7 +405,7 @@ def test_conv2d_split_gemms_match_unsplit(cfg, dtype, monkeypatch):
 def test_conv2d_literal_pytorch_value():
     x = np.arange(16.0).reshape(1, 1, 4, 4)
     w = np.array([[[[1.0, 2.0], [3.0, 4.0]]]])
-    y = K.conv2d_forward(x, w, np.array([0.5]), (1, 1), (1, 1), (1, 1), 1)
+    y = conv.conv2d_forward(x, w, np.array([0.5]), (1, 1), (1, 1), (1, 1), 1)
     expected = [
         [0.5, 4.5, 11.5, 18.5, 9.5],
         [16.5, 34.5, 44.5, 54.5, 24.5],
@@ -422,10 +422,10 @@ def test_conv2d_accepts_non_contiguous_views():
     w = rng.standard_normal((3, 3, 2, 2))[:, :, ::-1]
     dy = rng.standard_normal((2, 3, 3, 4))
     args = ((1, 1), (0, 0), (1, 1), 1)
-    y = K.conv2d_forward(x, w, None, *args)
-    np.testing.assert_array_equal(y, K.conv2d_forward(x.copy(), w.copy(), None, *args))
-    grads = K.conv2d_backward(x, w, dy[:, :, :, :], *args)
-    for got, want in zip(grads, K.conv2d_backward(x.copy(), w.copy(), dy, *args)):
+    y = conv.conv2d_forward(x, w, None, *args)
+    np.testing.assert_array_equal(y, conv.conv2d_forward(x.copy(), w.copy(), None, *args))
+    grads = conv.conv2d_backward(x, w, dy[:, :, :, :], *args)
+    for got, want in zip(grads, conv.conv2d_backward(x.copy(), w.copy(), dy, *args)):
         np.testing.assert_array_equal(got, want)
 
 
@@ -455,12 +455,12 @@ def test_conv2d_rejects_bad_arguments(kwargs):
     }
     args.update(kwargs)
     with pytest.raises(ValueError):
-        K.conv2d_forward(**args)
+        conv.conv2d_forward(**args)
 
 
 def test_conv2d_backward_rejects_wrong_dy_shape():
     with pytest.raises(ValueError):
-        K.conv2d_backward(np.zeros((1, 1, 5, 5)), np.zeros((1, 1, 3, 3)), np.zeros((1, 1, 2, 3)),
+        conv.conv2d_backward(np.zeros((1, 1, 5, 5)), np.zeros((1, 1, 3, 3)), np.zeros((1, 1, 2, 3)),
                           (1, 1), (0, 0), (1, 1), 1)  # fmt: skip
 
 
@@ -517,17 +517,17 @@ def test_maxpool2d_matches_loops(cfg, dtype):
     rng = np.random.default_rng(7)
     # Small integers make ties common, so the first-maximum rule is exercised.
     x = rng.integers(-3, 4, cfg["shape"]).astype(dtype)
-    y, idx = K.maxpool2d_forward(x, *pool_args(cfg))
+    y, idx = pool.maxpool2d_forward(x, *pool_args(cfg))
     ry, ridx = ref_maxpool2d(x, *pool_args(cfg))
     assert y.dtype == dtype and idx.dtype in (np.int32, np.int64)
     np.testing.assert_array_equal(y, ry)
     np.testing.assert_array_equal(idx, ridx)
     dy = rng.standard_normal(y.shape).astype(dtype)
-    dx = K.maxpool2d_backward(dy, idx, x.shape)
+    dx = pool.maxpool2d_backward(dy, idx, x.shape)
     assert dx.dtype == dtype
     np.testing.assert_allclose(dx, ref_maxpool2d_backward(dy, ridx, x.shape), **tolerances(dtype))
     # Either index width is accepted.
-    np.testing.assert_array_equal(K.maxpool2d_backward(dy, ridx.astype(np.int64), x.shape), dx)
+    np.testing.assert_array_equal(pool.maxpool2d_backward(dy, ridx.astype(np.int64), x.shape), dx)
 
 
 @pytest.mark.parametrize("cfg", POOL_CASES)
@@ -535,23 +535,23 @@ def test_maxpool2d_adjoint_and_finite_difference(cfg):
     rng = np.random.default_rng(8)
     # Distinct values with gaps far wider than eps: no argmax moves under the step.
     x = rng.permutation(np.prod(cfg["shape"])).reshape(cfg["shape"]).astype(np.float64)
-    y, idx = K.maxpool2d_forward(x, *pool_args(cfg))
+    y, idx = pool.maxpool2d_forward(x, *pool_args(cfg))
     dy = rng.standard_normal(y.shape)
-    dx = K.maxpool2d_backward(dy, idx, x.shape)
+    dx = pool.maxpool2d_backward(dy, idx, x.shape)
     assert np.sum(dy * y) == pytest.approx(np.sum(dx * x), rel=1e-12)
     v = rng.standard_normal(x.shape)
     eps = 1e-3
-    moved = np.sum(dy * K.maxpool2d_forward(x + eps * v, *pool_args(cfg))[0])
+    moved = np.sum(dy * pool.maxpool2d_forward(x + eps * v, *pool_args(cfg))[0])
     assert (moved - np.sum(dy * y)) / eps == pytest.approx(np.sum(dx * v), rel=1e-7, abs=1e-7)
 
 
 def test_maxpool2d_literal_pytorch_values():
     x = np.array([[[[1.0, 3, 3], [3, 2, 3], [0, 3, 1]]]])
-    y, idx = K.maxpool2d_forward(x, (2, 2), (1, 1), (0, 0))
+    y, idx = pool.maxpool2d_forward(x, (2, 2), (1, 1), (0, 0))
     np.testing.assert_array_equal(y[0, 0], [[3, 3], [3, 3]])
     np.testing.assert_array_equal(idx[0, 0], [[1, 1], [3, 5]])
     # An all -inf window still points at its first real cell, as in PyTorch.
-    y, idx = K.maxpool2d_forward(np.full((1, 1, 3, 3), -np.inf, np.float32), (2, 2), (2, 2), (1, 1))
+    y, idx = pool.maxpool2d_forward(np.full((1, 1, 3, 3), -np.inf, np.float32), (2, 2), (2, 2), (1, 1))
     assert np.all(y == -np.inf)
     np.testing.assert_array_equal(idx[0, 0], [[0, 1], [3, 4]])
 
@@ -562,11 +562,11 @@ def test_maxpool2d_literal_pytorch_values():
 def test_avgpool2d_matches_loops(cfg, dtype, count_include_pad):
     rng = np.random.default_rng(9)
     x = rng.standard_normal(cfg["shape"]).astype(dtype)
-    y = K.avgpool2d_forward(x, *pool_args(cfg), count_include_pad)
+    y = pool.avgpool2d_forward(x, *pool_args(cfg), count_include_pad)
     assert y.dtype == dtype
     np.testing.assert_allclose(y, ref_avgpool2d(x, *pool_args(cfg), count_include_pad), **tolerances(dtype))
     dy = rng.standard_normal(y.shape).astype(dtype)
-    dx = K.avgpool2d_backward(dy, x.shape, *pool_args(cfg), count_include_pad)
+    dx = pool.avgpool2d_backward(dy, x.shape, *pool_args(cfg), count_include_pad)
     assert dx.dtype == dtype
     ref = ref_avgpool2d_backward(dy, x.shape, *pool_args(cfg), count_include_pad)
     np.testing.assert_allclose(dx, ref, **tolerances(dtype))
@@ -577,26 +577,26 @@ def test_avgpool2d_matches_loops(cfg, dtype, count_include_pad):
 def test_avgpool2d_adjoint(cfg, count_include_pad):
     rng = np.random.default_rng(10)
     x = rng.standard_normal(cfg["shape"])
-    y = K.avgpool2d_forward(x, *pool_args(cfg), count_include_pad)
+    y = pool.avgpool2d_forward(x, *pool_args(cfg), count_include_pad)
     dy = rng.standard_normal(y.shape)
-    dx = K.avgpool2d_backward(dy, x.shape, *pool_args(cfg), count_include_pad)
+    dx = pool.avgpool2d_backward(dy, x.shape, *pool_args(cfg), count_include_pad)
     assert np.sum(dy * y) == pytest.approx(np.sum(dx * x), rel=1e-12, abs=1e-12)
 
 
 def test_avgpool2d_literal_pytorch_values():
     ones = np.ones((1, 1, 6, 6))
-    y = K.avgpool2d_forward(ones, (3, 3), (2, 2), (1, 1), ceil_mode=True, count_include_pad=True)
+    y = pool.avgpool2d_forward(ones, (3, 3), (2, 2), (1, 1), ceil_mode=True, count_include_pad=True)
     expected = np.array([[4, 6, 6, 3], [6, 9, 9, 4.5], [6, 9, 9, 4.5], [3, 4.5, 4.5, 2.25]]) / 9
     np.testing.assert_allclose(y[0, 0], expected, rtol=1e-15)
-    y = K.avgpool2d_forward(ones, (3, 3), (2, 2), (1, 1), ceil_mode=True, count_include_pad=False)
+    y = pool.avgpool2d_forward(ones, (3, 3), (2, 2), (1, 1), ceil_mode=True, count_include_pad=False)
     np.testing.assert_array_equal(y, np.ones((1, 1, 4, 4)))
     x = np.arange(25.0).reshape(1, 1, 5, 5)
-    y = K.avgpool2d_forward(x, (2, 2), (2, 2), (0, 0), ceil_mode=True)
+    y = pool.avgpool2d_forward(x, (2, 2), (2, 2), (0, 0), ceil_mode=True)
     np.testing.assert_array_equal(y[0, 0], [[3, 5, 6.5], [13, 15, 16.5], [20.5, 22.5, 24]])
-    y = K.avgpool2d_forward(x, (3, 3), (2, 2), (1, 1), ceil_mode=True)
+    y = pool.avgpool2d_forward(x, (3, 3), (2, 2), (1, 1), ceil_mode=True)
     np.testing.assert_allclose(y[0, 0], [[12 / 9, 3, 24 / 9], [7, 12, 9], [72 / 9, 13, 84 / 9]], rtol=1e-15)
     # A ceil-mode window longer than the padded input divides by its padded part.
-    y = K.avgpool2d_forward(np.ones((1, 1, 2, 2)), (4, 4), (1, 1), (1, 1), ceil_mode=True)
+    y = pool.avgpool2d_forward(np.ones((1, 1, 2, 2)), (4, 4), (1, 1), (1, 1), ceil_mode=True)
     np.testing.assert_array_equal(y, [[[[0.25]]]])
 
 
@@ -615,22 +615,22 @@ ADAPTIVE_CASES = [
 def test_adaptive_avgpool2d_matches_loops(shape, out_hw, dtype):
     rng = np.random.default_rng(11)
     x = rng.standard_normal(shape).astype(dtype)
-    y = K.adaptive_avgpool2d_forward(x, out_hw)
+    y = pool.adaptive_avgpool2d_forward(x, out_hw)
     assert y.dtype == dtype
     np.testing.assert_allclose(y, ref_adaptive_avgpool2d(x, out_hw), **tolerances(dtype))
     dy = rng.standard_normal(y.shape).astype(dtype)
-    dx = K.adaptive_avgpool2d_backward(dy, shape)
+    dx = pool.adaptive_avgpool2d_backward(dy, shape)
     assert dx.dtype == dtype
     np.testing.assert_allclose(dx, ref_adaptive_avgpool2d_backward(dy, shape), **tolerances(dtype))
     x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
-    adj = np.sum(K.adaptive_avgpool2d_backward(dy64, shape) * x64)
-    assert np.sum(dy64 * K.adaptive_avgpool2d_forward(x64, out_hw)) == pytest.approx(
+    adj = np.sum(pool.adaptive_avgpool2d_backward(dy64, shape) * x64)
+    assert np.sum(dy64 * pool.adaptive_avgpool2d_forward(x64, out_hw)) == pytest.approx(
         adj, rel=1e-12, abs=1e-12
     )
 
 
 def test_adaptive_avgpool2d_literal_pytorch_value():
-    y = K.adaptive_avgpool2d_forward(np.arange(35.0).reshape(1, 1, 5, 7), (3, 4))
+    y = pool.adaptive_avgpool2d_forward(np.arange(35.0).reshape(1, 1, 5, 7), (3, 4))
     expected = [[4, 5.5, 7.5, 9], [14.5, 16, 18, 19.5], [25, 26.5, 28.5, 30]]
     np.testing.assert_allclose(y[0, 0], expected, rtol=1e-15)
 
@@ -660,12 +660,12 @@ PYTORCH_POOL_SIZES = [
 
 
 @pytest.mark.parametrize("args,expected", PYTORCH_POOL_SIZES)
-def test_pool_output_size_literal_pytorch_values(args, expected):
+def test_window_output_literal_pytorch_values(args, expected):
     size, kernel, stride, padding, dilation, ceil_mode = args
-    assert K.pool_output_size(size, kernel, stride, padding, dilation, ceil_mode) == expected
+    assert window_output(size, kernel, stride, padding, dilation, ceil_mode) == expected
 
 
-def test_pool_output_size_matches_window_walk():
+def test_window_output_matches_window_walk():
     for size in range(1, 13):
         for kernel in range(1, 6):
             for stride in range(1, 5):
@@ -673,33 +673,37 @@ def test_pool_output_size_matches_window_walk():
                     for dilation in (1, 2):
                         for ceil_mode in (False, True):
                             want = ref_pool_size(size, kernel, stride, padding, dilation, ceil_mode)
-                            got = K.pool_output_size(size, kernel, stride, padding, dilation, ceil_mode)
+                            got = window_output(size, kernel, stride, padding, dilation, ceil_mode)
                             if want >= 1 or got >= 1:
                                 assert got == want, (size, kernel, stride, padding, dilation, ceil_mode)
 
 
-def test_pool_output_size_rejects_bad_arguments():
-    for args in [(0, 1, 1, 0), (3, 0, 1, 0), (3, 1, 0, 0), (3, 1, 1, -1)]:
+def test_window_arguments_are_checked_by_the_wrappers():
+    x = np.zeros((1, 1, 4, 4))
+    w = np.zeros((1, 1, 1, 1))
+    for stride, padding, dilation in [((0, 1), (0, 0), (1, 1)), ((1, 1), (-1, 0), (1, 1)), ((1, 1), (0, 0), (0, 1))]:
         with pytest.raises(ValueError):
-            K.pool_output_size(*args)
+            conv.conv2d_forward(x, w, None, stride, padding, dilation, 1)
     with pytest.raises(ValueError):
-        K.pool_output_size(3, 1, 1, 0, dilation=0)
+        pool.maxpool2d_forward(x, (0, 2), (2, 2), (0, 0))
+    with pytest.raises(ValueError):
+        pool.avgpool2d_forward(x, (2, 2), (0, 2), (0, 0))
 
 
 def test_pooling_rejects_bad_arguments():
     x = np.zeros((1, 1, 4, 4))
     with pytest.raises(ValueError):
-        K.maxpool2d_forward(x, (2, 2), (2, 2), (2, 0))  # padding over half the kernel
+        pool.maxpool2d_forward(x, (2, 2), (2, 2), (2, 0))  # padding over half the kernel
     with pytest.raises(ValueError):
-        K.avgpool2d_forward(x, (5, 5), (1, 1), (0, 0))  # window larger than the input
+        pool.avgpool2d_forward(x, (5, 5), (1, 1), (0, 0))  # window larger than the input
     with pytest.raises(ValueError):
-        K.avgpool2d_forward(x.astype(np.int64), (2, 2), (2, 2), (0, 0))
+        pool.avgpool2d_forward(x.astype(np.int64), (2, 2), (2, 2), (0, 0))
     with pytest.raises(ValueError):
-        K.maxpool2d_backward(np.zeros((1, 1, 2, 2)), np.full((1, 1, 2, 2), 16, np.int64), (1, 1, 4, 4))
+        pool.maxpool2d_backward(np.zeros((1, 1, 2, 2)), np.full((1, 1, 2, 2), 16, np.int64), (1, 1, 4, 4))
     with pytest.raises(ValueError):
-        K.avgpool2d_backward(np.zeros((1, 1, 3, 2)), (1, 1, 4, 4), (2, 2), (2, 2), (0, 0))
+        pool.avgpool2d_backward(np.zeros((1, 1, 3, 2)), (1, 1, 4, 4), (2, 2), (2, 2), (0, 0))
     with pytest.raises(ValueError):
-        K.adaptive_avgpool2d_forward(x, (0, 2))
+        pool.adaptive_avgpool2d_forward(x, (0, 2))
 
 
 # ---------------------------------------------------------------------------
@@ -720,17 +724,17 @@ def test_pooling_rejects_bad_arguments():
 @pytest.mark.parametrize("budget", [None, 3 * 2**14], ids=["one-chunk", "chunks"])
 def test_results_are_bit_identical_run_to_run(cfg, dtype, budget, monkeypatch):
     if budget is not None:
-        monkeypatch.setattr(K, "_COLS_BUDGET_BYTES", budget)
+        monkeypatch.setattr(rules, "COLS_BUDGET_BYTES", budget)
     x, w, b, dy = conv_arrays(cfg, dtype, seed=5)
 
     def run():
-        out = [K.conv2d_forward(x, w, b, *geometry(cfg)), *K.conv2d_backward(x, w, dy, *geometry(cfg))]
-        y, idx = K.maxpool2d_forward(x, (3, 3), (2, 2), (1, 1), True)
-        out += [y, idx, K.maxpool2d_backward(y, idx, x.shape)]
-        y = K.avgpool2d_forward(x, (3, 3), (2, 2), (1, 1), True, False)
-        out += [y, K.avgpool2d_backward(y, x.shape, (3, 3), (2, 2), (1, 1), True, False)]
-        y = K.adaptive_avgpool2d_forward(x, (3, 5))
-        out += [y, K.adaptive_avgpool2d_backward(y, x.shape)]
+        out = [conv.conv2d_forward(x, w, b, *geometry(cfg)), *conv.conv2d_backward(x, w, dy, *geometry(cfg))]
+        y, idx = pool.maxpool2d_forward(x, (3, 3), (2, 2), (1, 1), True)
+        out += [y, idx, pool.maxpool2d_backward(y, idx, x.shape)]
+        y = pool.avgpool2d_forward(x, (3, 3), (2, 2), (1, 1), True, False)
+        out += [y, pool.avgpool2d_backward(y, x.shape, (3, 3), (2, 2), (1, 1), True, False)]
+        y = pool.adaptive_avgpool2d_forward(x, (3, 5))
+        out += [y, pool.adaptive_avgpool2d_backward(y, x.shape)]
         return out
 
     first, second = run(), run()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnncli.engine import losses, optim
+from cnncli.engine import losses, optim, rules
 from cnncli.engine.layers import LAYERS
 from cnncli.engine.network import Network
 from cnncli.model import graph, spec
@@ -350,7 +350,7 @@ def _use_layout(layout: str, monkeypatch) -> type:
     """Make fused chains run NCHW (cnncli.engine.fast.fused) or batch-innermost (cnncli.engine.fast.lanes), whatever the batch."""
     from cnncli.engine.fast import fused, lanes
 
-    monkeypatch.setattr(lanes, "MIN_LANES", 1 if layout == "lanes" else 10**9)
+    monkeypatch.setattr(rules, "MIN_LANES", 1 if layout == "lanes" else 10**9)
     return lanes.Block if layout == "lanes" else fused.Block
 
 
@@ -376,13 +376,12 @@ def test_fused_chains_match_finite_differences(in_shape, entry, layout, monkeypa
                          ids=["one-chunk", "chunks-kept", "chunk-per-sample", "lanes"])
 @pytest.mark.parametrize("in_shape,entry", FUSED_CASES, ids=range(len(FUSED_CASES)))
 def test_fused_chains_equal_the_layers_they_replace(in_shape, entry, chunked, monkeypatch):
-    from cnncli.engine.fast import fused
 
     block_type = _use_layout("lanes" if chunked == "lanes" else "nchw", monkeypatch)
     if chunked and chunked != "lanes":  # every sample its own chunk: the chunks' gradients add up
-        monkeypatch.setattr(fused, "_COLS_BUDGET_BYTES", 1)
+        monkeypatch.setattr(rules, "COLS_BUDGET_BYTES", 1)
     if chunked is True:  # and each chunk is unfolded again for the backward pass
-        monkeypatch.setattr(fused, "_KEEP_COLS_BYTES", 0)
+        monkeypatch.setattr(rules, "KEEP_COLS_BYTES", 0)
     rng = np.random.default_rng(12)
     plain, fast = _fused_network(in_shape, entry, fast=False), _fused_network(in_shape, entry)
     x = rng.standard_normal(in_shape)
@@ -475,7 +474,7 @@ def test_lenet_batches_run_batch_innermost_with_the_nchw_results(monkeypatch):
     results = {}
     for layout in ("lanes", "nchw"):
         if layout == "nchw":
-            monkeypatch.setattr(lanes, "MIN_LANES", 10**9)
+            monkeypatch.setattr(rules, "MIN_LANES", 10**9)
         net = Network(g, "float64", seed=2, fast=True, workers=1)
         results[layout] = net.loss_and_backward(x, target, loss), dict(net.grads)
         kind = lanes.Block if layout == "lanes" else fused.Block

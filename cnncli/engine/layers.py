@@ -9,7 +9,8 @@ already validated), owns references to its parameter arrays, and implements
   gradients written into ``self.grads`` (overwritten, one call per step).
 
 Shapes below are with the batch axis ``N`` first, NCHW for images, like PyTorch.
-Convolution and pooling run on the Numba kernels in :mod:`cnncli.engine.kernels`;
+Convolution and pooling run on the Numba kernels of :mod:`cnncli.engine.conv` and
+:mod:`cnncli.engine.pool` (or, fused, of :mod:`cnncli.engine.fast`);
 everything else is a few numpy operations.
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnncli.engine import kernels, threads
+from cnncli.engine import conv, pool, threads
 from cnncli.engine.fast import fused, lanes
 from cnncli.model.graph import Node
 
@@ -83,12 +84,12 @@ class Conv(Layer):
     def forward(self, xs, train):
         self.x = xs[0]
         o = self.o
-        return kernels.conv2d_forward(self.x, self._weight(), self.params.get("bias"),
+        return conv.conv2d_forward(self.x, self._weight(), self.params.get("bias"),
                                       o["stride"], o["padding"], o["dilation"], o["groups"])
 
     def backward(self, dy):
         o = self.o
-        dx, dw, db = kernels.conv2d_backward(
+        dx, dw, db = conv.conv2d_backward(
             self.x, self._weight(), dy, o["stride"], o["padding"], o["dilation"], o["groups"],
             need_dx=self.need_dx, need_db="bias" in self.params)
         self.keep_grads(dw, db)
@@ -113,12 +114,12 @@ class MaxPool(Layer):
     def forward(self, xs, train):
         o = self.o
         self.in_shape = xs[0].shape
-        y, self.argmax = kernels.maxpool2d_forward(xs[0], o["kernel"], o["stride"], o["padding"],
+        y, self.argmax = pool.maxpool2d_forward(xs[0], o["kernel"], o["stride"], o["padding"],
                                                    o["ceil_mode"])
         return y
 
     def backward(self, dy):
-        return [kernels.maxpool2d_backward(dy, self.argmax, self.in_shape)]
+        return [pool.maxpool2d_backward(dy, self.argmax, self.in_shape)]
 
 
 @register
@@ -130,21 +131,21 @@ class AvgPool(Layer):
     def __init__(self, *args):
         super().__init__(*args)
         # Square tiles (kernel = stride, no padding), as in LeNet-5: a kernel made for them.
-        self.tile = self.o["kernel"][0] if fused.is_tile_pool(self.o) else 0
+        self.tile = self.o["kernel"][0] if pool.is_tile_pool(self.o) else 0
 
     def forward(self, xs, train):
         o = self.o
         self.in_shape = xs[0].shape
         if self.tile:
-            return fused.tile_avgpool_forward(xs[0], self.tile)
-        return kernels.avgpool2d_forward(xs[0], o["kernel"], o["stride"], o["padding"],
+            return pool.tile_avgpool_forward(xs[0], self.tile)
+        return pool.avgpool2d_forward(xs[0], o["kernel"], o["stride"], o["padding"],
                                          o["ceil_mode"], o["count_include_pad"])
 
     def backward(self, dy):
         o = self.o
         if self.tile:
-            return [fused.tile_avgpool_backward(dy, self.in_shape, self.tile)]
-        return [kernels.avgpool2d_backward(dy, self.in_shape, o["kernel"], o["stride"], o["padding"],
+            return [pool.tile_avgpool_backward(dy, self.in_shape, self.tile)]
+        return [pool.avgpool2d_backward(dy, self.in_shape, o["kernel"], o["stride"], o["padding"],
                                            o["ceil_mode"], o["count_include_pad"])]
 
 
@@ -158,12 +159,12 @@ class AdaptiveAvgPool(Layer):
         self.in_shape = xs[0].shape
         if xs[0].shape[2:] == tuple(self.o["output"]):
             return xs[0]  # the usual case at the nominal input size: nothing to average
-        return kernels.adaptive_avgpool2d_forward(xs[0], self.o["output"])
+        return pool.adaptive_avgpool2d_forward(xs[0], self.o["output"])
 
     def backward(self, dy):
         if self.in_shape[2:] == tuple(self.o["output"]):
             return [dy]
-        return [kernels.adaptive_avgpool2d_backward(dy, self.in_shape)]
+        return [pool.adaptive_avgpool2d_backward(dy, self.in_shape)]
 
 
 @register
@@ -191,7 +192,7 @@ class Subsample(Layer):
         o = self.o
         self.in_shape = xs[0].shape
         self.area = o["kernel"][0] * o["kernel"][1]
-        self.s = kernels.avgpool2d_forward(xs[0], o["kernel"], o["stride"], o["padding"], False, True)
+        self.s = pool.avgpool2d_forward(xs[0], o["kernel"], o["stride"], o["padding"], False, True)
         self.s *= self.area
         w, b = self.params["weight"], self.params["bias"]
         return self.s * w[None, :, None, None] + b[None, :, None, None]
@@ -203,7 +204,7 @@ class Subsample(Layer):
             self.grads["weight"] = (dy * self.s).sum(axis=(0, 2, 3))
             self.grads["bias"] = dy.sum(axis=(0, 2, 3))
         ds = dy * (w[None, :, None, None] * self.area)
-        return [kernels.avgpool2d_backward(ds, self.in_shape, o["kernel"], o["stride"], o["padding"],
+        return [pool.avgpool2d_backward(ds, self.in_shape, o["kernel"], o["stride"], o["padding"],
                                            False, True)]
 
 

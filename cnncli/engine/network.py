@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from cnncli.engine import parallel, threads
-from cnncli.engine.fast import fused
+from cnncli.engine.fast.vector import ACTIVATIONS
 from cnncli.engine.layers import LAYERS, FusedConv
 from cnncli.engine.losses import Loss
+from cnncli.engine.pool import is_tile_pool
 from cnncli.errors import CheckpointError, UsageError
 from cnncli.model.graph import Graph, Node, ancestors
 from cnncli.model.kinds import fmt_shape
@@ -183,10 +184,10 @@ class Network:
             if not FusedConv.fits(node):
                 continue
             act = only_reader(node.name)
-            if act is None or act.kind not in fused.ACTIVATIONS:
+            if act is None or act.kind not in ACTIVATIONS:
                 continue
             pool = only_reader(act.name)
-            if pool is not None and not (pool.kind == "avgpool" and fused.is_tile_pool(pool.options)):
+            if pool is not None and not (pool.kind == "avgpool" and is_tile_pool(pool.options)):
                 pool = None
             chain = FusedConv(self.layers[node.name], act, pool)
             self.fused_head[node.name] = chain

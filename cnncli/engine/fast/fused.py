@@ -1,4 +1,4 @@
-"""Fused kernels for small networks: convolution + bias + activation + tiled average pooling.
+"""The fused NCHW block: convolution + bias + activation + tiled average pooling in one pass each way.
 
 LeNet-style networks spend more time in the passes *between* their GEMMs than
 in the GEMMs: storing the convolution's output, adding the bias, the
@@ -10,36 +10,32 @@ non-overlapping ``k x k`` tiles (kernel = stride, no padding) as
 
 * forward: pad + unfold a chunk of the batch, one GEMM, then one kernel that
   adds the bias, applies the activation, crops the junk columns, writes the
-  activation and averages its tiles; layers with at most 256 weights (LeNet-5's
-  first) skip the column matrix and the GEMM for direct loops;
+  activation and averages its tiles; layers with few weights
+  (:func:`cnncli.engine.rules.direct_weights`, LeNet-5's first) skip the
+  column matrix and the GEMM for direct loops;
 * backward: one kernel spreads the pooled gradient over its tiles, multiplies
   by the activation's derivative and lays it out for the GEMMs (the bias
   gradient is one row sum of that), then the weight-gradient GEMM (or direct
   loops) and, only when the block's input needs a gradient, the
   input-gradient GEMM and a fold (or direct loops). Small layers keep their
-  column matrices from the forward pass instead of unfolding again.
+  column matrices from the forward pass (:func:`cnncli.engine.rules.keep_cols`)
+  instead of unfolding again.
 
-float32 tanh is a rational approximation (Eigen's, within a few ulp) that
-LLVM vectorises inside these kernels; Numba's ``math.tanh`` is a scalar call
-~40x slower than numpy's SIMD tanh. float64 (gradient checks) uses the exact
-``math.tanh``. The kernels use numpy's float error model
-(:data:`cnncli.engine.jit.VECTOR_FLAGS`), without which no loop that divides or
-takes a min/max is vectorised.
+The kernels use numpy's float error model (:data:`cnncli.engine.jit.VECTOR_FLAGS`),
+without which no loop that divides or takes a min/max is vectorised, and the
+float32 tanh of :mod:`cnncli.engine.fast.vector`. Big batches of small layers
+run in :mod:`cnncli.engine.fast.lanes` instead; this block takes small batches
+and big layers (VGG-16).
 
-Big batches of small layers run in :mod:`cnncli.engine.fast.lanes` instead, which lays the
-batch innermost; this block takes small batches and big layers (VGG-16).
-
-Layout and conventions are those of :mod:`cnncli.engine.kernels` (NCHW, weights
-``(F, C, KH, KW)``, PyTorch's results); the block keeps its input, the
-activation and the small column matrices for the backward pass.
-:func:`tile_avgpool_forward` and :func:`tile_avgpool_backward` also serve
-plain ``avgpool`` layers with kernel = stride and no padding, which the
-general window kernels run 5-10x slower on LeNet-5's shapes.
-
-Every kernel writes disjoint slices and sums in a fixed order, so results are
-the same run to run; scratch buffers are per thread, so that blocks of two
-network replicas can run at the same time on different threads.
+Layout and conventions are those of :mod:`cnncli.engine.conv` (NCHW, weights
+``(F, C, KH, KW)``, PyTorch's results), whose pad, unfold and fold kernels it
+uses at stride and dilation 1; the block keeps its input, the activation and
+the small column matrices for the backward pass. Every kernel writes disjoint
+slices and sums in a fixed order, so results are the same run to run; scratch
+buffers are per thread, so that blocks of two network replicas can run at the
+same time on different threads.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,38 +43,16 @@ import math
 import numpy as np
 from numba import prange
 
-from cnncli.engine.jit import vector_kernel as kernel
-from cnncli.engine.jit import vector_parallel_kernel as parallel_kernel
-
-# Padding, unfolding and folding are the general convolution's, at stride and dilation 1.
-from cnncli.engine.kernels import _fold, _pad_input, _unfold, scratch
+from cnncli.engine import rules
+from cnncli.engine.arrays import scratch
+from cnncli.engine.conv import nchw_fold, nchw_pad, nchw_unfold
+from cnncli.engine.fast.vector import ACTIVATIONS, row5, tanh32
+from cnncli.engine.jit import vector_kernel, vector_parallel_kernel
+from cnncli.engine.pool import tile_mean_plane
 from cnncli.engine.threads import matmul
 
-__all__ = ["ACTIVATIONS", "Block", "tile_avgpool_backward", "tile_avgpool_forward"]
+__all__ = ["Block"]
 
-#: Activation codes of the kernels, by layer kind.
-ACTIVATIONS = {None: 0, "relu": 1, "tanh": 2}
-
-# A chunk's column matrix stays under this size, so that the GEMM finds it in
-# cache (the same budget as cnncli.engine.kernels).
-_COLS_BUDGET_BYTES = 4 << 20
-
-# Column matrices of a whole batch up to this size are kept for the backward pass.
-_KEEP_COLS_BYTES = 32 << 20
-_KEEP_MAX_PER_SAMPLE = 1 << 20
-
-# Filters up to this many: the weight gradient is computed as cols @ dy^T and
-# transposed, which OpenBLAS runs about twice as fast for a short M.
-_DW_TRANSPOSED_MAX_F = 32
-
-# Layers with at most this many weights (filters x channels x kernel cells)
-# and whole-row (flat) taps skip the column matrix: the forward pass and both
-# gradients run as direct loops (5-wide kernel rows five taps per pass).
-# LeNet-5's first layer on 32 samples, one thread: forward 0.49 -> 0.34 ms,
-# backward 0.60 -> 0.36 ms (0.82 -> 0.54 ms with the input gradient): GEMMs with
-# 6 rows run at a fraction of OpenBLAS's speed. Its second layer (2,400 weights)
-# is faster as GEMMs: direct loops measured 0.57 / 1.37 ms against 0.43 / 0.93.
-_DIRECT_MAX_WEIGHTS = 256
 
 def _scratch(slot: str, shape: tuple[int, ...], dtype) -> np.ndarray:
     """A reusable buffer from the engine's per-thread workspace, in slots of this module's own."""
@@ -90,94 +64,30 @@ def _scratch(slot: str, shape: tuple[int, ...], dtype) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
-# Eigen's fast float tanh: odd degree 13 over even degree 6, as float32
-# constants so that the arithmetic stays in float32 lanes.
-_TANH_CLAMP = np.float32(7.90531110763549805)
-_TANH_P = tuple(np.float32(c) for c in (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
-                                        5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04,
-                                        4.89352455891786e-03))
-_TANH_Q = tuple(np.float32(c) for c in (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03,
-                                        4.89352518554385e-03))
-
-
-@kernel
-def _tanh32(z):
-    # tanh of a float32 as a rational function on [-7.9053, 7.9053] (float32
-    # tanh is +-1 beyond), within a few ulp of the exact value. Plain
-    # arithmetic, so that LLVM vectorises it: Numba's math.tanh is a scalar
-    # call ~40x slower than numpy's SIMD tanh, and this lets the activation
-    # and the pooling share one pass over the output.
-    c = _TANH_CLAMP
-    z = min(max(z, -c), c)
-    z2 = z * z
-    p0, p1, p2, p3, p4, p5, p6 = _TANH_P
-    q0, q1, q2, q3 = _TANH_Q
-    p = z2 * p0 + p1
-    p = z2 * p + p2
-    p = z2 * p + p3
-    p = z2 * p + p4
-    p = z2 * p + p5
-    p = z2 * p + p6
-    q = z2 * q0 + q1
-    q = z2 * q + q2
-    q = z2 * q + q3
-    return z * p / q
-
-
-@kernel
-def _row5(w, f, c, i):
-    # The five weights of kernel row i of filter f, channel c: the unrolled
-    # 5-wide loops hold them in registers.
-    return w[f, c, i, 0], w[f, c, i, 1], w[f, c, i, 2], w[f, c, i, 3], w[f, c, i, 4]
-
-
-@kernel
+@vector_kernel
 def _activate_rows(src, pitch, bias, dst, act, exact):
     # dst[oh, ow] = act(src[oh * pitch + ow] + bias): 1 ReLU, 2 tanh (exact:
-    # math.tanh, for float64; else _tanh32), 0 none.
+    # math.tanh, for float64; else tanh32), 0 none.
     zero = dst.dtype.type(0)
     ow_ = dst.shape[1]
     for oh in range(dst.shape[0]):
         row = dst[oh]
-        part = src[oh * pitch : oh * pitch + ow_]
+        partial = src[oh * pitch : oh * pitch + ow_]
         if act == 2 and not exact:
             for ow in range(ow_):
-                row[ow] = _tanh32(part[ow] + bias)
+                row[ow] = tanh32(partial[ow] + bias)
         elif act == 2:
             for ow in range(ow_):
-                row[ow] = math.tanh(part[ow] + bias)
+                row[ow] = math.tanh(partial[ow] + bias)
         elif act == 1:
             for ow in range(ow_):
-                row[ow] = max(part[ow] + bias, zero)
+                row[ow] = max(partial[ow] + bias, zero)
         else:
             for ow in range(ow_):
-                row[ow] = part[ow] + bias
+                row[ow] = partial[ow] + bias
 
 
-@kernel
-def _pool_plane(src, dst, k, band):
-    # dst[i, j] = mean of src's k x k tile (i, j): the tile's rows are added
-    # whole (vectorised), then k neighbours within that sum.
-    ow_ = dst.shape[1]
-    wide = ow_ * k
-    inv = src.dtype.type(1.0 / (k * k))
-    for i in range(dst.shape[0]):
-        first = src[i * k]
-        for col in range(wide):
-            band[col] = first[col]
-        for r in range(i * k + 1, i * k + k):
-            row = src[r]
-            for col in range(wide):
-                band[col] += row[col]
-        out = dst[i]
-        for j in range(ow_):
-            acc = band[j * k]
-            for t in range(1, k):
-                acc += band[j * k + t]
-            out[j] = acc * inv
-
-
-@parallel_kernel
+@vector_parallel_kernel
 def _bias_act(ybuf, b, a, p, n0, pitch, act, k, exact):
     # GEMM output (F, n, Q) -> a (N, F, OH, OW): junk columns dropped, bias
     # added, activation applied; then, with k > 0, the tiled average into p.
@@ -190,11 +100,11 @@ def _bias_act(ybuf, b, a, p, n0, pitch, act, k, exact):
         plane = a[n0 + n, f]
         _activate_rows(ybuf[f, n], pitch, bias, plane, act, exact)
         if k > 0:
-            _pool_plane(plane, p[n0 + n, f], k, np.empty(p.shape[3] * k, dtype=a.dtype))
+            tile_mean_plane(plane, p[n0 + n, f], k, np.empty(p.shape[3] * k, dtype=a.dtype))
 
 
-@parallel_kernel
-def _direct_forward(xp, w, b, a, p, n0, act, k, exact):
+@vector_parallel_kernel
+def _fused_direct_forward(xp, w, b, a, p, n0, act, k, exact):
     # For layers with few weights (flat taps, pitch = Wp): each sample's
     # filters accumulate their taps' shifted runs of the padded plane straight
     # into one row (bias first), then the activation, the junk crop and the
@@ -224,8 +134,8 @@ def _direct_forward(xp, w, b, a, p, n0, act, k, exact):
                 for i in range(kh_):
                     if kw_ == 5:
                         # a kernel row's five taps per pass: one load and store of acc
-                        w0, w1, w2, w3, w4 = _row5(w, f, c, i)
-                        v0, v1, v2, v3, v4 = _row5(w, f2, c, i)
+                        w0, w1, w2, w3, w4 = row5(w, f, c, i)
+                        v0, v1, v2, v3, v4 = row5(w, f2, c, i)
                         src = flat[i * wp_ : i * wp_ + q_ + 4]
                         for q in range(q_):
                             s0 = src[q]
@@ -246,16 +156,16 @@ def _direct_forward(xp, w, b, a, p, n0, act, k, exact):
             plane = a[n0 + n, f]
             _activate_rows(acc, wp_, zero, plane, act, exact)
             if k > 0:
-                _pool_plane(plane, p[n0 + n, f], k, band)
+                tile_mean_plane(plane, p[n0 + n, f], k, band)
             if f2 != f:
                 plane = a[n0 + n, f2]
                 _activate_rows(acc2, wp_, zero, plane, act, exact)
                 if k > 0:
-                    _pool_plane(plane, p[n0 + n, f2], k, band)
+                    tile_mean_plane(plane, p[n0 + n, f2], k, band)
 
 
-@parallel_kernel
-def _direct_dw(xp, dyt, dw, first):
+@vector_parallel_kernel
+def _fused_direct_dw(xp, dyt, dw, first):
     # Weight gradient of layers with few weights (flat taps), without a column
     # matrix: one job per (filter, channel, kernel row) sums over the chunk's
     # samples the dot products of the gradient row with the shifted input;
@@ -324,8 +234,8 @@ def _direct_dw(xp, dyt, dw, first):
                 j0 += 1
 
 
-@parallel_kernel
-def _direct_dx(dyt, w, dxp, dx, n0, ph, pw):
+@vector_parallel_kernel
+def _fused_direct_dx(dyt, w, dxp, dx, n0, ph, pw):
     # Input gradient without a column matrix (flat taps): one job per sample
     # adds, for every filter, its gradient row times each tap's weight into the
     # shifted runs of the padded planes, then crops the padding off into dx
@@ -355,7 +265,7 @@ def _direct_dx(dyt, w, dxp, dx, n0, ph, pw):
                 flat = dxp[n, c].reshape(-1)
                 for i in range(kh_):
                     if kw_ == 5:
-                        w0, w1, w2, w3, w4 = _row5(w, f, c, i)
+                        w0, w1, w2, w3, w4 = row5(w, f, c, i)
                         dst = flat[i * wp_ : i * wp_ + q_ + 4]
                         for r in range(q_ + 4):
                             dst[r] += (w0 * srcp[r + 4] + w1 * srcp[r + 3] + w2 * srcp[r + 2]
@@ -374,47 +284,8 @@ def _direct_dx(dyt, w, dxp, dx, n0, ph, pw):
                     out[r, :] = plane[ph + r, pw : pw + w_]
 
 
-@parallel_kernel
-def _tile_avg(x, y, k):
-    # y[n, c, i, j] = mean of x[n, c, i*k : i*k+k, j*k : j*k+k], a plane per job.
-    c_ = x.shape[1]
-    wide = y.shape[3] * k
-    for job in prange(x.shape[0] * c_):
-        n = job // c_
-        c = job - n * c_
-        _pool_plane(x[n, c], y[n, c], k, np.empty(wide, dtype=x.dtype))
-
-
-@parallel_kernel
-def _tile_spread(dy, dx, k):
-    # The adjoint of _tile_avg: each input cell of a tile gets dy / k²; rows
-    # and columns past the last whole tile get zero.
-    c_ = dx.shape[1]
-    h_ = dx.shape[2]
-    w_ = dx.shape[3]
-    oh_ = dy.shape[2]
-    ow_ = dy.shape[3]
-    inv = dx.dtype.type(1.0 / (k * k))
-    for job in prange(dx.shape[0] * c_):
-        n = job // c_
-        c = job - n * c_
-        g = dy[n, c]
-        dst = dx[n, c]
-        for r in range(h_):
-            row = dst[r]
-            i = r // k
-            if i < oh_:
-                grow = g[i]
-                for col in range(ow_ * k):
-                    row[col] = grow[col // k] * inv
-                for col in range(ow_ * k, w_):
-                    row[col] = 0.0
-            else:
-                row[:] = 0.0
-
-
-@parallel_kernel
-def _act_grad(g, a, dyt, n0, pitch, k, act):
+@vector_parallel_kernel
+def _fused_act_grad(g, a, dyt, n0, pitch, k, act):
     # dz = (the pooled gradient spread over its k x k tile, or g itself when
     # k == 0) * act'(a), laid out as the GEMMs' (F, n, Q) with junk zeroed.
     # A pooled row is spread once into a full-width row that its k output
@@ -457,34 +328,6 @@ def _act_grad(g, a, dyt, n0, pitch, k, act):
 
 
 # ---------------------------------------------------------------------------
-# tiled average pooling (kernel = stride, no padding)
-# ---------------------------------------------------------------------------
-
-
-def tile_avgpool_forward(x: np.ndarray, k: int) -> np.ndarray:
-    """Average of each non-overlapping k x k tile: x (N, C, H, W) -> (N, C, H // k, W // k)."""
-    x = np.ascontiguousarray(x)
-    n, c, h, w = x.shape
-    y = np.empty((n, c, h // k, w // k), dtype=x.dtype)
-    _tile_avg(x, y, k)
-    return y
-
-
-def tile_avgpool_backward(dy: np.ndarray, in_shape: tuple[int, int, int, int], k: int) -> np.ndarray:
-    """Gradient of :func:`tile_avgpool_forward`: dy / k² on every cell of its tile."""
-    dx = np.empty(in_shape, dtype=dy.dtype)
-    _tile_spread(np.ascontiguousarray(dy), dx, k)
-    return dx
-
-
-def is_tile_pool(options: dict) -> bool:
-    """True for average-pooling options that :func:`tile_avgpool_forward` computes exactly."""
-    k = tuple(options["kernel"])
-    return (k[0] == k[1] and tuple(options["stride"]) == k and tuple(options["padding"]) == (0, 0)
-            and not options["ceil_mode"])
-
-
-# ---------------------------------------------------------------------------
 # the block
 # ---------------------------------------------------------------------------
 
@@ -502,11 +345,10 @@ class Block:
         self.ph, self.pw = padding
         self.code = ACTIVATIONS[act]
         self.pool = int(pool)
-        # A batch whose column matrices (all chunks) fit _KEEP_COLS_BYTES keeps
-        # them for the backward pass, in this buffer of the block's own
-        # (LeNet-5's second layer: 2.6 MB on 32 samples, 10 MB on 128; an
-        # unfold of 0.2 / 0.6 ms saved per step). Bigger ones (VGG-16) unfold
-        # again rather than hold memory.
+        # A batch whose column matrices (all chunks) are small enough
+        # (rules.keep_cols) keeps them for the backward pass in this buffer of
+        # the block's own, saving an unfold per step; bigger ones (VGG-16's)
+        # unfold again rather than hold memory.
         self._cols: np.ndarray | None = None
         self.kept: list[np.ndarray] | None = None
 
@@ -516,29 +358,24 @@ class Block:
         self.hp, self.wp = h + 2 * self.ph, wd + 2 * self.pw
         self.oh, self.ow = self.hp - kh + 1, self.wp - kw + 1
         # Whole padded rows (junk outputs included) unless the junk would
-        # cost more GEMM work than a row-by-row gather (cnncli.engine.kernels' rule).
-        junk = f * (self.wp - self.ow) / self.ow
-        self.pitch = self.wp if junk <= 12.0 else self.ow
+        # cost more GEMM work than a row-by-row gather: the general convolution's rule.
+        self.pitch = self.wp if rules.flat_rows(f, self.wp, self.ow, True) else self.ow
         self.q = (self.oh - 1) * self.pitch + self.ow
         self.taps = c * kh * kw
-        per_sample = self.taps * self.q * x.itemsize
-        step = max(1, min(n, _COLS_BUDGET_BYTES // max(per_sample, 1)))
-        chunks = -(-n // step)
-        self.step = -(-n // chunks)
-        self.direct = self.pitch == self.wp and w.size <= _DIRECT_MAX_WEIGHTS
-        if self.direct:
-            self.step = n  # no column matrix to keep in cache
+        self.direct = self.pitch == self.wp and rules.direct_weights(w.size)
+        # Direct loops need no column matrix to keep in cache: the whole batch is one chunk.
+        self.step = rules.chunk_size(n, 0 if self.direct else self.taps * self.q * x.itemsize)
 
     def _padded(self, x: np.ndarray, n0: int, nc: int) -> np.ndarray:
         if self.ph == 0 and self.pw == 0:
             return x[n0 : n0 + nc]
         xp = _scratch("xp", (nc, x.shape[1], self.hp, self.wp), x.dtype)
-        _pad_input(x, n0, xp, self.ph, self.pw)
+        nchw_pad(x, n0, xp, self.ph, self.pw)
         return xp
 
     def _unfolded(self, xp: np.ndarray, kh: int, kw: int, nc: int) -> np.ndarray:
         cols = _scratch("cols", (self.taps, nc, self.q), xp.dtype)
-        _unfold(xp, cols, kh, kw, 1, 1, 1, 1, self.oh, self.ow, self.pitch)
+        nchw_unfold(xp, cols, kh, kw, 1, 1, 1, 1, self.oh, self.ow, self.pitch)
         return cols
 
     def forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -558,23 +395,20 @@ class Block:
         w2 = w.reshape(f, self.taps)
         self.kept = None
         size = self.taps * n * self.q
-        # (only for small layers: VGG-16's, with 4-115 MB per sample, would hold
-        # hundreds of MB for little gain)
-        small = self.taps * self.q * x.itemsize <= _KEEP_MAX_PER_SAMPLE
-        if not self.direct and small and size * x.itemsize <= _KEEP_COLS_BYTES:
+        if not self.direct and rules.keep_cols(self.taps * self.q * x.itemsize, n):
             if self._cols is None or self._cols.size < size or self._cols.dtype != dtype:
                 self._cols = np.empty(size, dtype=dtype)
             self.kept = []
         for n0 in range(0, n, self.step):
             nc = min(self.step, n - n0)
             if self.direct:
-                _direct_forward(self._padded(x, n0, nc), w, bias, a, p, n0, self.code, self.pool, exact)
+                _fused_direct_forward(self._padded(x, n0, nc), w, bias, a, p, n0, self.code, self.pool, exact)
                 continue
             if self.kept is not None:
-                part = self._cols[self.taps * n0 * self.q : self.taps * (n0 + nc) * self.q]
-                cols = part.reshape(self.taps, nc, self.q)
+                span = self._cols[self.taps * n0 * self.q : self.taps * (n0 + nc) * self.q]
+                cols = span.reshape(self.taps, nc, self.q)
                 self.kept.append(cols)
-                _unfold(self._padded(x, n0, nc), cols, kh, kw, 1, 1, 1, 1, self.oh, self.ow, self.pitch)
+                nchw_unfold(self._padded(x, n0, nc), cols, kh, kw, 1, 1, 1, 1, self.oh, self.ow, self.pitch)
             else:
                 cols = self._unfolded(self._padded(x, n0, nc), kh, kw, nc)
             ybuf = _scratch("out", (f, nc, self.q), dtype)
@@ -593,30 +427,30 @@ class Block:
         dtype = x.dtype
         dx = np.empty_like(x) if need_dx else None
         db = np.zeros(f, dtype=dtype) if need_db else None
-        transposed = f <= _DW_TRANSPOSED_MAX_F
+        transposed = rules.dw_transposed(f)
         dw_acc = np.empty((self.taps, f) if transposed else (f, self.taps), dtype=dtype)
         dw_direct = np.empty_like(w) if self.direct else None
         w2 = w.reshape(f, self.taps)
         for n0 in range(0, n, self.step):
             nc = min(self.step, n - n0)
             dyt = _scratch("out", (f, nc, self.q), dtype)
-            _act_grad(g, a, dyt, n0, self.pitch, self.pool, self.code)
+            _fused_act_grad(g, a, dyt, n0, self.pitch, self.pool, self.code)
             dyt2 = dyt.reshape(f, nc * self.q)
             if db is not None:
                 db += dyt2.sum(axis=1)
             # Fixed chunks, fixed order: the same sums on every run.
             xp = self._padded(x, n0, nc)
             if self.direct:
-                _direct_dw(xp, dyt, dw_direct, n0 == 0)
+                _fused_direct_dw(xp, dyt, dw_direct, n0 == 0)
             else:
                 cols = self.kept[n0 // self.step] if self.kept is not None else self._unfolded(xp, kh, kw, nc)
                 cols2 = cols.reshape(self.taps, nc * self.q)
                 if transposed:
-                    part = matmul(cols2, dyt2.T, out=dw_acc if n0 == 0 else None)
+                    partial = matmul(cols2, dyt2.T, out=dw_acc if n0 == 0 else None)
                 else:
-                    part = matmul(dyt2, cols2.T, out=dw_acc if n0 == 0 else None)
+                    partial = matmul(dyt2, cols2.T, out=dw_acc if n0 == 0 else None)
                 if n0 > 0:
-                    dw_acc += part
+                    dw_acc += partial
             if dx is None:
                 continue
             if self.ph == 0 and self.pw == 0:
@@ -624,11 +458,11 @@ class Block:
             else:
                 dxp = _scratch("xp", (nc, x.shape[1], self.hp, self.wp), dtype)  # the padded input is spent
             if self.direct:
-                _direct_dx(dyt, w, dxp, dx, n0, self.ph, self.pw)
+                _fused_direct_dx(dyt, w, dxp, dx, n0, self.ph, self.pw)
                 continue
             dcols = _scratch("cols", (self.taps, nc, self.q), dtype)  # so are the columns
             matmul(w2.T, dyt2, out=dcols.reshape(self.taps, nc * self.q))
-            _fold(dcols, dxp, dx, n0, self.ph, self.pw, kh, kw, 1, 1, 1, 1, self.oh, self.ow, self.pitch)
+            nchw_fold(dcols, dxp, dx, n0, self.ph, self.pw, kh, kw, 1, 1, 1, 1, self.oh, self.ow, self.pitch)
         if self.direct:
             return dx, dw_direct, db
         dw = (dw_acc.T if transposed else dw_acc).reshape(w.shape).copy()

@@ -12,7 +12,7 @@ cuda-convnet did): every pixel is a vector of N numbers, one per sample. Then
 * an unfolded tap is, per output row, one contiguous run of OW*N numbers
   (no junk columns: the GEMMs do only the work of the convolution);
 * bias, activation, pooling and their gradients run over whole vectors;
-* layers with few weights (:data:`DIRECT_MAX_WEIGHTS`, LeNet-5's first) skip
+* layers with few weights (:func:`cnncli.engine.rules.direct_weights`, LeNet-5's first) skip
   the column matrix: each output row adds its taps' shifted input rows, again
   contiguous runs, and the weight gradient is a dot product of such runs.
 
@@ -21,9 +21,10 @@ The block hands out its output, activation and input gradient as NCHW-shaped
 contiguous runs (LeNet-5's two blocks pass their tensors without a transpose),
 and any other layer gets numpy's copy (the kernels' wrappers make their inputs
 contiguous).
-:meth:`Block.fits` says when it applies: at least :data:`MIN_LANES` samples
+:meth:`Block.fits` says when it applies (:func:`cnncli.engine.rules.lanes`): at least
+:data:`~cnncli.engine.rules.MIN_LANES` samples
 (a vector's worth), and a column matrix (kept for the backward pass) of at
-most :data:`MAX_COLS_BYTES`; otherwise :class:`~cnncli.engine.layers.FusedConv` uses
+most :data:`~cnncli.engine.rules.MAX_LANES_COLS_BYTES`; otherwise :class:`~cnncli.engine.layers.FusedConv` uses
 :class:`cnncli.engine.fast.fused.Block`. Same arithmetic, same conventions (stride 1, no
 dilation, one group; tiled average pooling; PyTorch's results); the sums run
 in a fixed order, so results repeat bit for bit.
@@ -36,21 +37,12 @@ import math
 import numpy as np
 from numba import prange
 
-from cnncli.engine.fast.fused import _DW_TRANSPOSED_MAX_F, ACTIVATIONS, _row5, _tanh32
-from cnncli.engine.jit import vector_kernel as kernel
-from cnncli.engine.jit import vector_parallel_kernel as parallel_kernel
+from cnncli.engine import rules
+from cnncli.engine.fast.vector import ACTIVATIONS, row5, tanh32
+from cnncli.engine.jit import vector_kernel, vector_parallel_kernel
 from cnncli.engine.threads import matmul
 
-__all__ = ["DIRECT_MAX_WEIGHTS", "MAX_COLS_BYTES", "MIN_LANES", "Block"]
-
-#: Fewest samples for which the batch-innermost layout pays (one AVX-512 vector of float32).
-MIN_LANES = 16
-
-#: Largest column matrix (all taps, the whole batch) the block keeps for its backward pass.
-MAX_COLS_BYTES = 16 << 20
-
-#: Layers with at most this many weights run as direct loops, without a column matrix.
-DIRECT_MAX_WEIGHTS = 256
+__all__ = ["Block"]
 
 
 # ---------------------------------------------------------------------------
@@ -58,7 +50,7 @@ DIRECT_MAX_WEIGHTS = 256
 # ---------------------------------------------------------------------------
 
 
-@parallel_kernel
+@vector_parallel_kernel
 def _to_lanes(x, xp, ph, pw):
     # x (N, C, H, W), any strides -> xp (C, H + 2ph, W + 2pw, N), zero border.
     n_, c_, h_, w_ = x.shape
@@ -85,8 +77,8 @@ def _to_lanes(x, xp, ph, pw):
 # ---------------------------------------------------------------------------
 
 
-@parallel_kernel
-def _unfold(xp, cols, kh_, kw_):
+@vector_parallel_kernel
+def _lanes_unfold(xp, cols, kh_, kw_):
     # cols (C*KH*KW, OH, OW*N): tap (c, i, j), output row oh = xp[c, oh+i, j:j+OW, :], one run.
     c_ = xp.shape[0]
     n_ = xp.shape[3]
@@ -104,8 +96,8 @@ def _unfold(xp, cols, kh_, kw_):
                     dst[t] = src[t]
 
 
-@parallel_kernel
-def _direct_forward(xp, w, b, z):
+@vector_parallel_kernel
+def _lanes_direct_forward(xp, w, b, z):
     # z (F, OH, OW, N) = b + sum over taps of w * the tap's shifted input rows (runs of OW*N).
     # A job is an output row of two filters (the second may be the first again,
     # computed once): with 5-wide kernel rows each load of the five shifted
@@ -132,7 +124,7 @@ def _direct_forward(xp, w, b, z):
             for i in range(kh_):
                 row = xp[c, oh + i].reshape(-1)
                 if kw_ == 5:
-                    w0, w1, w2, w3, w4 = _row5(w, f, c, i)
+                    w0, w1, w2, w3, w4 = row5(w, f, c, i)
                     r0 = row[0:run]
                     r1 = row[n_ : n_ + run]
                     r2 = row[2 * n_ : 2 * n_ + run]
@@ -142,7 +134,7 @@ def _direct_forward(xp, w, b, z):
                         for t in range(run):
                             acc[t] += w0 * r0[t] + w1 * r1[t] + w2 * r2[t] + w3 * r3[t] + w4 * r4[t]
                         continue
-                    v0, v1, v2, v3, v4 = _row5(w, f2, c, i)
+                    v0, v1, v2, v3, v4 = row5(w, f2, c, i)
                     for t in range(run):
                         s0 = r0[t]
                         s1 = r1[t]
@@ -163,8 +155,8 @@ def _direct_forward(xp, w, b, z):
                             acc2[t] += vv * src[t]
 
 
-@parallel_kernel
-def _act_pool(z, b, pl, act, k, exact):
+@vector_parallel_kernel
+def _lanes_act_pool(z, b, pl, act, k, exact):
     # z (F, OH, OW, N) in place: act(z + b); then, with k > 0, the k x k tile means into pl (F, PH, PW, N).
     f_ = z.shape[0]
     n_ = z.shape[3]
@@ -176,7 +168,7 @@ def _act_pool(z, b, pl, act, k, exact):
         bias = b[f] if has_bias else zero
         if act == 2 and not exact:
             for t in range(flat.shape[0]):
-                flat[t] = _tanh32(flat[t] + bias)
+                flat[t] = tanh32(flat[t] + bias)
         elif act == 2:
             for t in range(flat.shape[0]):
                 flat[t] = math.tanh(flat[t] + bias)
@@ -214,8 +206,8 @@ def _act_pool(z, b, pl, act, k, exact):
 # ---------------------------------------------------------------------------
 
 
-@parallel_kernel
-def _act_grad(gl, z, dz, k, act):
+@vector_parallel_kernel
+def _lanes_act_grad(gl, z, dz, k, act):
     # dz (F, OH, OW, N) = (gl (F, ., ., N) spread over its k x k tile / k², or gl itself when k == 0)
     # * act'(z); cells beyond the last whole tile get zero.
     f_, oh_, ow_, n_ = dz.shape
@@ -248,9 +240,9 @@ def _act_grad(gl, z, dz, k, act):
                     dst[n] = src[n] * inv
 
 
-@parallel_kernel
-def _fold(dcols, dxp, kh_, kw_):
-    # The adjoint of _unfold: dxp (C, Hp, Wp, N) = the taps' runs added in place, a channel per job.
+@vector_parallel_kernel
+def _lanes_fold(dcols, dxp, kh_, kw_):
+    # The adjoint of _lanes_unfold: dxp (C, Hp, Wp, N) = the taps' runs added in place, a channel per job.
     c_ = dxp.shape[0]
     n_ = dxp.shape[3]
     oh_ = dcols.shape[1]
@@ -267,8 +259,8 @@ def _fold(dcols, dxp, kh_, kw_):
                         dst[t] += src[t]
 
 
-@kernel
-def _dw_row5(xp, dz, dw, f, f2, c, i):
+@vector_kernel
+def _lanes_dw_row5(xp, dz, dw, f, f2, c, i):
     # dw[f, c, i, :5] and dw[f2, c, i, :5] (f2 may be f): the dot products of
     # dz[f] and dz[f2] with the five shifted input runs, each load shared.
     oh_ = dz.shape[1]
@@ -344,8 +336,8 @@ def _dw_row5(xp, dz, dw, f, f2, c, i):
     dw[f2, c, i, 4] = u4
 
 
-@parallel_kernel
-def _direct_dw(xp, dz, dw):
+@vector_parallel_kernel
+def _lanes_direct_dw(xp, dz, dw):
     # dw[f, c, i, j] = sum over output rows of dot(dz[f, oh] (a run of OW*N), xp[c, oh+i] shifted by j);
     # a job is a kernel row of two filters (the second may be the first again).
     f_, c_, kh_, kw_ = dw.shape
@@ -362,7 +354,7 @@ def _direct_dw(xp, dz, dw):
         f = 2 * pair
         f2 = min(f + 1, f_ - 1)
         if kw_ == 5:
-            _dw_row5(xp, dz, dw, f, f2, c, i)
+            _lanes_dw_row5(xp, dz, dw, f, f2, c, i)
             continue
         for ff in (f, f2):
             for j in range(kw_):
@@ -377,8 +369,8 @@ def _direct_dw(xp, dz, dw):
                 dw[ff, c, i, j] = total
 
 
-@parallel_kernel
-def _direct_dx(dz, w, dxp):
+@vector_parallel_kernel
+def _lanes_direct_dx(dz, w, dxp):
     # dxp (C, Hp, Wp, N) = for every filter and tap, w * dz[f, oh] added at the tap's shifted rows.
     f_, c_, kh_, kw_ = w.shape
     oh_ = dz.shape[1]
@@ -420,12 +412,8 @@ class Block:
         """Whether this layout pays for a batch of ``x_shape`` (N, C, H, W) and weights (F, C, KH, KW)."""
         n, c, h, w = x_shape
         f, _, kh, kw = w_shape
-        if n < MIN_LANES:
-            return False
-        if f * c * kh * kw <= DIRECT_MAX_WEIGHTS:
-            return True
         oh, ow = h + 2 * padding[0] - kh + 1, w + 2 * padding[1] - kw + 1
-        return c * kh * kw * oh * ow * n * itemsize <= MAX_COLS_BYTES
+        return rules.lanes(n, f * c * kh * kw, c * kh * kw * oh * ow * n * itemsize)
 
     def forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """x (N, C, H, W) -> (activation (N, F, OH, OW), output: pooled (N, F, OH//k, OW//k) or the activation).
@@ -444,20 +432,20 @@ class Block:
         self.x_shape = x.shape
         self.xp = xp = np.empty((c, hp, wp, n), dtype=dtype)
         _to_lanes(x, xp, self.ph, self.pw)
-        self.direct = w.size <= DIRECT_MAX_WEIGHTS
+        self.direct = rules.direct_weights(w.size)
         z = np.empty((f, oh, ow, n), dtype=dtype)
         bias = np.empty(0, dtype=dtype) if b is None else b
         if self.direct:
-            _direct_forward(xp, w, bias, z)
+            _lanes_direct_forward(xp, w, bias, z)
             bias = np.empty(0, dtype=dtype)  # added already
             self.cols = None
         else:
             self.cols = cols = np.empty((c * kh * kw, oh, ow * n), dtype=dtype)
-            _unfold(xp, cols, kh, kw)
+            _lanes_unfold(xp, cols, kh, kw)
             matmul(w.reshape(f, -1), cols.reshape(c * kh * kw, -1), out=z.reshape(f, -1))
         k = self.pool
         pl = np.empty((f, oh // k, ow // k, n) if k else (f, 1, 1, 1), dtype=dtype)
-        _act_pool(z, bias, pl, self.code, k, dtype != np.float32)
+        _lanes_act_pool(z, bias, pl, self.code, k, dtype != np.float32)
         self.z = z
         a = z.transpose(3, 0, 1, 2)
         return a, (pl.transpose(3, 0, 1, 2) if k else a)
@@ -473,13 +461,13 @@ class Block:
         gl = np.empty((g.shape[1], g.shape[2], g.shape[3], g.shape[0]), dtype=z.dtype)
         _to_lanes(g, gl, 0, 0)
         dz = np.empty_like(z)
-        _act_grad(gl, z, dz, self.pool, self.code)
+        _lanes_act_grad(gl, z, dz, self.pool, self.code)
         dz2 = dz.reshape(f, -1)
         db = dz2.sum(axis=1) if need_db else None
         if self.direct:
             dw = np.empty_like(w)
-            _direct_dw(xp, dz, dw)
-        elif f <= _DW_TRANSPOSED_MAX_F:  # OpenBLAS runs a short M about twice as fast this way round
+            _lanes_direct_dw(xp, dz, dw)
+        elif rules.dw_transposed(f):
             dw = np.ascontiguousarray(matmul(self.cols.reshape(c * kh * kw, -1), dz2.T).T).reshape(w.shape)
         else:
             dw = matmul(dz2, self.cols.reshape(c * kh * kw, -1).T).reshape(w.shape)
@@ -487,11 +475,11 @@ class Block:
             return None, dw, db
         dxp = np.empty_like(xp)
         if self.direct:
-            _direct_dx(dz, w, dxp)
+            _lanes_direct_dx(dz, w, dxp)
         else:
             dcols = np.empty_like(self.cols)
             matmul(w.reshape(f, -1).T, dz2, out=dcols.reshape(c * kh * kw, -1))
-            _fold(dcols, dxp, kh, kw)
+            _lanes_fold(dcols, dxp, kh, kw)
         _, _, h, wd = self.x_shape
         dx = dxp[:, self.ph : self.ph + h, self.pw : self.pw + wd, :].transpose(3, 0, 1, 2)
         return dx, dw, db

@@ -1,0 +1,505 @@
+"""2-D convolution in NCHW, forward and backward: unfold + BLAS, or direct loops for thin groups.
+
+Layout is NCHW and weights are ``(F, C // groups, KH, KW)``, as in PyTorch,
+and every result matches ``torch.nn.functional.conv2d`` (same output sizes),
+so a model file means the same here. Every conv layer can run here; the fused
+blocks of :mod:`cnncli.engine.fast` take the common stride-1 chains instead
+(the engine map, :mod:`cnncli.engine`, says which).
+
+The public functions check their arguments (:mod:`cnncli.engine.arrays`) and
+hand arrays and scalars to private ``@njit`` kernels compiled through
+:mod:`cnncli.engine.jit`. Arrays keep their floating dtype (float32 or
+float64) end to end. Two strategies, picked per call from the shapes alone by
+:mod:`cnncli.engine.rules`:
+
+* unfold + BLAS (almost every layer): a kernel unfolds a *chunk* of the batch
+  (:func:`~cnncli.engine.rules.chunk_size`) into a column matrix
+  ``(C*KH*KW, n, Q)`` and :func:`cnncli.engine.threads.matmul` does the
+  products, batched over groups. The chunk's samples sit side by side in the
+  GEMM's long dimension, so the weight gradient is one reduction over the
+  whole chunk and the input gradient is one product folded back by the
+  adjoint kernel. Numba's own ``np.dot`` needs SciPy, so GEMMs run in numpy,
+  outside the JIT, cut into *slabs* shared with the engine's worker threads.
+  Filters with few weights (:func:`~cnncli.engine.rules.direct_weights`) get
+  their weight gradient from direct dot products instead.
+* direct loops, for stride-1 groups so thin (depthwise,
+  :func:`~cnncli.engine.rules.depthwise`) that a GEMM would have a
+  single-digit dimension.
+
+Parallel kernels split work by (sample, channel) plane or (sample, filter)
+pair, or by channel; each iteration writes only its own slice, per-sample
+partial sums are added in sample order, and GEMM slabs partition the output,
+so results are bit-identical run to run. Large temporaries live in per-thread
+scratch buffers (:func:`cnncli.engine.arrays.scratch`).
+"""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+from numba import prange
+
+from cnncli.engine import rules
+from cnncli.engine import threads as engine_threads
+from cnncli.engine.arrays import Pair, array, out_hw, pair, scratch
+from cnncli.engine.jit import parallel_kernel
+
+__all__ = ["conv2d_backward", "conv2d_forward", "nchw_fold", "nchw_pad", "nchw_unfold"]
+
+
+# ---------------------------------------------------------------------------
+# kernels
+#
+# Both strategies share one intermediate layout. The input chunk is first
+# copied into a zero-padded buffer ``xp`` (n, C, Hp, Wp), so no inner loop
+# tests borders. Output positions are then numbered q = oh * pitch + ow with
+# Q = (OH - 1) * pitch + OW of them per sample. For stride 1, pitch = Wp: the
+# input cell under tap (kh, kw) of output q is xp's flat index q + kh*dh*Wp +
+# kw*dw, so every tap is one contiguous run of Q cells and unfolding is a
+# memcpy. The price is Wp - OW junk outputs per row (wrapped across the row
+# end), which are computed, never stored, and given zero gradient. Other
+# strides, and stride-1 layers where the junk would cost more GEMM work than
+# it saves (see rules.flat_rows), use pitch = OW and gather row by row.
+# ---------------------------------------------------------------------------
+
+
+@parallel_kernel
+def nchw_pad(x, n0, xp, ph, pw):
+    c_ = x.shape[1]
+    h_ = x.shape[2]
+    w_ = x.shape[3]
+    hp_ = xp.shape[2]
+    for job in prange(xp.shape[0] * c_):
+        n = job // c_
+        c = job - n * c_
+        src = x[n0 + n, c]
+        dst = xp[n, c]
+        for r in range(ph):
+            dst[r, :] = 0.0
+        for r in range(h_):
+            row = dst[ph + r]
+            row[:pw] = 0.0
+            row[pw : pw + w_] = src[r]
+            row[pw + w_ :] = 0.0
+        for r in range(ph + h_, hp_):
+            dst[r, :] = 0.0
+
+
+@parallel_kernel
+def nchw_unfold(xp, cols, kh_, kw_, sh, sw, dh, dw, oh_, ow_, pitch):
+    # cols is (C*KH*KW, n, Q): a row per weight tap (what one weight multiplies),
+    # with the chunk's samples side by side so that one GEMM covers them all.
+    c_ = xp.shape[1]
+    wp_ = xp.shape[3]
+    q_ = cols.shape[2]
+    flat_taps = sh == 1 and sw == 1 and pitch == wp_
+    for job in prange(xp.shape[0] * c_):
+        n = job // c_
+        c = job - n * c_
+        plane = xp[n, c]
+        flat = plane.reshape(-1)
+        for i in range(kh_):
+            for j in range(kw_):
+                dst = cols[(c * kh_ + i) * kw_ + j, n]
+                if flat_taps:
+                    off = i * dh * wp_ + j * dw
+                    src = flat[off : off + q_]
+                    for q in range(q_):
+                        dst[q] = src[q]
+                elif sw == 1:
+                    for oh in range(oh_):
+                        src = plane[oh * sh + i * dh, j * dw : j * dw + ow_]
+                        out = dst[oh * pitch : oh * pitch + ow_]
+                        for ow in range(ow_):
+                            out[ow] = src[ow]
+                else:
+                    for oh in range(oh_):
+                        src = plane[oh * sh + i * dh, j * dw :: sw]
+                        out = dst[oh * pitch : oh * pitch + ow_]
+                        for ow in range(ow_):
+                            out[ow] = src[ow]
+
+
+@parallel_kernel
+def nchw_fold(dcols, dxp, dx, n0, ph, pw, kh_, kw_, sh, sw, dh, dw, oh_, ow_, pitch):
+    # The adjoint of nchw_pad + nchw_unfold. Each (sample, channel) plane is owned
+    # by one iteration, which adds its KH*KW overlapping taps in a fixed order
+    # and then crops the padding off into dx. dxp may be dx's own chunk (no
+    # padding), in which case the crop is skipped.
+    c_ = dxp.shape[1]
+    h_ = dx.shape[2]
+    w_ = dx.shape[3]
+    wp_ = dxp.shape[3]
+    q_ = dcols.shape[2]
+    flat_taps = sh == 1 and sw == 1 and pitch == wp_
+    crop = ph > 0 or pw > 0
+    for job in prange(dxp.shape[0] * c_):
+        n = job // c_
+        c = job - n * c_
+        plane = dxp[n, c]
+        flat = plane.reshape(-1)
+        flat[:] = 0.0
+        for i in range(kh_):
+            for j in range(kw_):
+                src = dcols[(c * kh_ + i) * kw_ + j, n]
+                if flat_taps:
+                    off = i * dh * wp_ + j * dw
+                    dst = flat[off : off + q_]
+                    for q in range(q_):
+                        dst[q] += src[q]
+                elif sw == 1:
+                    for oh in range(oh_):
+                        dst = plane[oh * sh + i * dh, j * dw : j * dw + ow_]
+                        partial = src[oh * pitch : oh * pitch + ow_]
+                        for ow in range(ow_):
+                            dst[ow] += partial[ow]
+                else:
+                    for oh in range(oh_):
+                        dst = plane[oh * sh + i * dh, j * dw :: sw]
+                        partial = src[oh * pitch : oh * pitch + ow_]
+                        for ow in range(ow_):
+                            dst[ow] += partial[ow]
+        if crop:
+            out = dx[n0 + n, c]
+            for r in range(h_):
+                out[r, :] = plane[ph + r, pw : pw + w_]
+
+
+@parallel_kernel
+def _store_output(ybuf, b, y, n0, pitch):
+    # (F, n, Q) -> y's (N, F, OH, OW), dropping junk columns; the copy is
+    # needed anyway, so the bias rides along.
+    f_ = ybuf.shape[0]
+    oh_ = y.shape[2]
+    ow_ = y.shape[3]
+    has_bias = b.shape[0] > 0
+    for job in prange(ybuf.shape[1] * f_):
+        n = job // f_
+        f = job - n * f_
+        src = ybuf[f, n]
+        dst = y[n0 + n, f]
+        bias = b[f] if has_bias else b.dtype.type(0)
+        for oh in range(oh_):
+            row = dst[oh]
+            partial = src[oh * pitch : oh * pitch + ow_]
+            for ow in range(ow_):
+                row[ow] = partial[ow] + bias
+
+
+@parallel_kernel
+def _load_grad(dy, n0, dyt, pitch):
+    # The adjoint of _store_output: (N, F, OH, OW) -> (F, n, Q), junk columns
+    # zeroed so that they add nothing to dw or dx.
+    f_ = dyt.shape[0]
+    oh_ = dy.shape[2]
+    ow_ = dy.shape[3]
+    q_ = dyt.shape[2]
+    for job in prange(dyt.shape[1] * f_):
+        n = job // f_
+        f = job - n * f_
+        src = dy[n0 + n, f]
+        dst = dyt[f, n]
+        for oh in range(oh_):
+            row = src[oh]
+            partial = dst[oh * pitch : min((oh + 1) * pitch, q_)]
+            for ow in range(ow_):
+                partial[ow] = row[ow]
+            for q in range(ow_, partial.shape[0]):
+                partial[q] = 0.0
+
+
+@parallel_kernel
+def _bias_grad(dy, db):
+    # One channel per iteration; the batch is summed in sample order.
+    n_ = dy.shape[0]
+    f_ = dy.shape[1]
+    p_ = dy.shape[2]
+    for f in prange(f_):
+        total = dy.dtype.type(0)
+        for n in range(n_):
+            row = dy[n, f]
+            acc = dy.dtype.type(0)
+            for p in range(p_):
+                acc += row[p]
+            total += acc
+        db[f] = total
+
+
+@parallel_kernel
+def _grouped_direct_forward(xp, w, ybuf, dh, dw, groups):
+    # Fused unfold + product for thin layers (stride 1 only): accumulate each
+    # tap's contiguous run straight into the output row.
+    f_ = w.shape[0]
+    cg_ = w.shape[1]
+    kh_ = w.shape[2]
+    kw_ = w.shape[3]
+    wp_ = xp.shape[3]
+    q_ = ybuf.shape[2]
+    fg_ = f_ // groups
+    for job in prange(xp.shape[0] * f_):
+        n = job // f_
+        f = job - n * f_
+        acc = ybuf[f, n]
+        acc[:] = 0.0
+        c0 = (f // fg_) * cg_
+        for cg in range(cg_):
+            flat = xp[n, c0 + cg].reshape(-1)
+            for i in range(kh_):
+                for j in range(kw_):
+                    wv = w[f, cg, i, j]
+                    off = i * dh * wp_ + j * dw
+                    src = flat[off : off + q_]
+                    for q in range(q_):
+                        acc[q] += wv * src[q]
+
+
+@parallel_kernel
+def _grouped_direct_dw(xp, dyt, partial, dh, dw, groups):
+    # Weight gradient without a column matrix (stride 1, flat taps): one
+    # (sample, filter) pair per iteration writes that sample's contribution to
+    # the filter's weights into its own slot of partial (n, F, C/groups, KH, KW);
+    # the caller sums the samples in order.
+    f_ = partial.shape[1]
+    cg_ = partial.shape[2]
+    kh_ = partial.shape[3]
+    kw_ = partial.shape[4]
+    wp_ = xp.shape[3]
+    q_ = dyt.shape[2]
+    fg_ = f_ // groups
+    for job in prange(partial.shape[0] * f_):
+        n = job // f_
+        f = job - n * f_
+        g = dyt[f, n]
+        c0 = (f // fg_) * cg_
+        for cg in range(cg_):
+            flat = xp[n, c0 + cg].reshape(-1)
+            for i in range(kh_):
+                for j in range(kw_):
+                    off = i * dh * wp_ + j * dw
+                    src = flat[off : off + q_]
+                    acc = xp.dtype.type(0)
+                    for q in range(q_):
+                        acc += g[q] * src[q]
+                    partial[n, f, cg, i, j] = acc
+
+
+@parallel_kernel
+def _grouped_direct_dx(dyt, w, dxp, dx, n0, ph, pw, dh, dw, groups):
+    c_ = dxp.shape[1]
+    h_ = dx.shape[2]
+    w_ = dx.shape[3]
+    f_ = w.shape[0]
+    cg_ = w.shape[1]
+    kh_ = w.shape[2]
+    kw_ = w.shape[3]
+    wp_ = dxp.shape[3]
+    q_ = dyt.shape[2]
+    fg_ = f_ // groups
+    crop = ph > 0 or pw > 0
+    for job in prange(dxp.shape[0] * c_):
+        n = job // c_
+        c = job - n * c_
+        g = c // cg_
+        cg = c - g * cg_
+        plane = dxp[n, c]
+        flat = plane.reshape(-1)
+        flat[:] = 0.0
+        for f in range(g * fg_, (g + 1) * fg_):
+            src = dyt[f, n]
+            for i in range(kh_):
+                for j in range(kw_):
+                    wv = w[f, cg, i, j]
+                    off = i * dh * wp_ + j * dw
+                    dst = flat[off : off + q_]
+                    for q in range(q_):
+                        dst[q] += wv * src[q]
+        if crop:
+            out = dx[n0 + n, c]
+            for r in range(h_):
+                out[r, :] = plane[ph + r, pw : pw + w_]
+
+
+# ---------------------------------------------------------------------------
+# the public functions
+# ---------------------------------------------------------------------------
+
+
+class _Geometry:
+    """Shapes and strategy of one convolution call, derived once from the arguments."""
+
+    def __init__(self, x, w, stride, padding, dilation, groups):
+        self.x = array("x", x, 4)
+        self.w = array("w", w, 4, self.x.dtype)
+        self.sh, self.sw = pair("stride", stride, 1)
+        self.ph, self.pw = pair("padding", padding, 0)
+        self.dh, self.dw = pair("dilation", dilation, 1)
+        self.groups = operator.index(groups)
+        self.n, self.c, self.h, self.wd = self.x.shape
+        self.f, self.cg, self.kh, self.kw = self.w.shape
+        g = self.groups
+        if g < 1 or self.c % g or self.f % g:
+            raise ValueError(f"groups={g} must divide in channels {self.c} and filters {self.f}")
+        if self.cg * g != self.c:
+            raise ValueError(
+                f"w has {self.cg} input channels per group, x has {self.c} channels in {g} groups"
+            )
+        self.oh, self.ow = out_hw(
+            "conv2d",
+            (self.h, self.wd),
+            (self.kh, self.kw),
+            (self.sh, self.sw),
+            (self.ph, self.pw),
+            (self.dh, self.dw),
+        )
+        self.hp = self.h + 2 * self.ph
+        self.wp = self.wd + 2 * self.pw
+        unit = self.sh == 1 and self.sw == 1
+        fg = self.f // g
+        self.pitch = self.wp if rules.flat_rows(fg, self.wp, self.ow, unit) else self.ow
+        self.q = (self.oh - 1) * self.pitch + self.ow
+        self.taps = self.cg * self.kh * self.kw
+        self.direct = rules.depthwise(self.taps, fg, unit)
+        flat = unit and self.pitch == self.wp
+        self.direct_dw = self.direct or (flat and rules.direct_weights(self.taps * fg))
+        # Direct kernels need no column matrix, so the whole batch is one chunk.
+        per_sample = 0 if self.direct else self.c * self.kh * self.kw * self.q * self.x.itemsize
+        self.step = rules.chunk_size(self.n, per_sample)
+
+    def padded(self, n0: int, nc: int) -> np.ndarray:
+        if self.ph == 0 and self.pw == 0:
+            return self.x[n0 : n0 + nc]
+        xp = scratch("xp", (nc, self.c, self.hp, self.wp), self.x.dtype)
+        nchw_pad(self.x, n0, xp, self.ph, self.pw)
+        return xp
+
+    def unfolded(self, xp: np.ndarray, nc: int) -> np.ndarray:
+        cols = scratch("cols", (self.c * self.kh * self.kw, nc, self.q), self.x.dtype)
+        nchw_unfold(xp, cols, self.kh, self.kw, self.sh, self.sw, self.dh, self.dw, self.oh, self.ow, self.pitch)
+        return cols
+
+    def input_grad_buffer(self, dx: np.ndarray, n0: int, nc: int) -> np.ndarray:
+        if self.ph == 0 and self.pw == 0:
+            return dx[n0 : n0 + nc]
+        # Shares the padded input's buffer: callers take it once that input
+        # has been unfolded (or used for dw) and is no longer needed.
+        return scratch("xp", (nc, self.c, self.hp, self.wp), self.x.dtype)
+
+
+def conv2d_forward(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    groups: int,
+) -> np.ndarray:
+    """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
+
+    x (N, C, H, W); w (F, C // groups, KH, KW); b (F,) or None.
+    Returns y (N, F, OH, OW) with OH = (H + 2*ph - dh*(KH-1) - 1) // sh + 1
+    (likewise OW), in the dtype of x.
+    """
+    geo = _Geometry(x, w, stride, padding, dilation, groups)
+    dtype = geo.x.dtype
+    if b is None:
+        bias = np.empty(0, dtype=dtype)
+    else:
+        bias = array("b", b, 1, dtype)
+        if bias.shape[0] != geo.f:
+            raise ValueError(f"b must have shape ({geo.f},), got {bias.shape}")
+    y = np.empty((geo.n, geo.f, geo.oh, geo.ow), dtype=dtype)
+    g, fg = geo.groups, geo.f // geo.groups
+    w3 = geo.w.reshape(g, fg, geo.taps)
+    for n0 in range(0, geo.n, geo.step):
+        nc = min(geo.step, geo.n - n0)
+        xp = geo.padded(n0, nc)
+        ybuf = scratch("out", (geo.f, nc, geo.q), dtype)
+        if geo.direct:
+            _grouped_direct_forward(xp, geo.w, ybuf, geo.dh, geo.dw, g)
+        else:
+            cols = geo.unfolded(xp, nc)
+            engine_threads.matmul(w3, cols.reshape(g, geo.taps, nc * geo.q), ybuf.reshape(g, fg, nc * geo.q))
+        _store_output(ybuf, bias, y, n0, geo.pitch)
+    return y
+
+
+def conv2d_backward(
+    x: np.ndarray,
+    w: np.ndarray,
+    dy: np.ndarray,
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    groups: int,
+    need_dx: bool = True,
+    need_db: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """Gradients of :func:`conv2d_forward` given dy = dL/dy.
+
+    x (N, C, H, W); w (F, C // groups, KH, KW); dy (N, F, OH, OW).
+    Returns (dx (N, C, H, W) or None, dw (F, C // groups, KH, KW), db (F,) or None);
+    dx is skipped unless ``need_dx`` (a first layer needs no input gradient),
+    db unless ``need_db`` (a layer without bias).
+    """
+    geo = _Geometry(x, w, stride, padding, dilation, groups)
+    dtype = geo.x.dtype
+    dy = array("dy", dy, 4, dtype)
+    if dy.shape != (geo.n, geo.f, geo.oh, geo.ow):
+        raise ValueError(f"dy must have shape {(geo.n, geo.f, geo.oh, geo.ow)}, got {dy.shape}")
+    db = None
+    if need_db:
+        db = np.empty(geo.f, dtype=dtype)
+        _bias_grad(dy.reshape(geo.n, geo.f, geo.oh * geo.ow), db)
+    dx = np.empty_like(geo.x) if need_dx else None
+    dw_out = np.empty_like(geo.w)
+    g, fg = geo.groups, geo.f // geo.groups
+    w3t = geo.w.reshape(g, fg, geo.taps).transpose(0, 2, 1)
+    dw3 = dw_out.reshape(g, fg, geo.taps)
+    dw_t = None
+    if not geo.direct_dw and rules.dw_transposed(fg):
+        dw_t = np.empty((g, geo.taps, fg), dtype=dtype)
+    for n0 in range(0, geo.n, geo.step):
+        nc = min(geo.step, geo.n - n0)
+        xp = geo.padded(n0, nc)
+        dyt = scratch("out", (geo.f, nc, geo.q), dtype)
+        _load_grad(dy, n0, dyt, geo.pitch)
+        dyt3 = dyt.reshape(g, fg, nc * geo.q)
+        # Chunks are fixed by the shapes alone, so the running sums below add
+        # the same partial products in the same order on every run.
+        if geo.direct_dw:
+            partial = scratch("dw", (nc, *dw_out.shape), dtype)
+            _grouped_direct_dw(xp, dyt, partial, geo.dh, geo.dw, g)
+            if n0 == 0:
+                np.sum(partial, axis=0, out=dw_out)
+            else:
+                dw_out += partial.sum(axis=0)
+        else:
+            cols3 = geo.unfolded(xp, nc).reshape(g, geo.taps, nc * geo.q)
+            if dw_t is not None:
+                out = dw_t if n0 == 0 else np.empty_like(dw_t)
+                partial = engine_threads.matmul(cols3, dyt3.transpose(0, 2, 1), out)
+                if n0 > 0:
+                    dw_t += partial
+            else:
+                out = dw3 if n0 == 0 else np.empty_like(dw3)
+                partial = engine_threads.matmul(dyt3, cols3.transpose(0, 2, 1), out)
+                if n0 > 0:
+                    dw3 += partial
+        if dx is None:
+            continue
+        dxp = geo.input_grad_buffer(dx, n0, nc)
+        if geo.direct:
+            _grouped_direct_dx(dyt, geo.w, dxp, dx, n0, geo.ph, geo.pw, geo.dh, geo.dw, g)
+            continue
+        # Same buffer as the unfolded input, which is spent by now.
+        dcols = scratch("cols", (geo.c * geo.kh * geo.kw, nc, geo.q), dtype)
+        engine_threads.matmul(w3t, dyt3, dcols.reshape(g, geo.taps, nc * geo.q))
+        nchw_fold(
+            dcols, dxp, dx, n0, geo.ph, geo.pw, geo.kh, geo.kw,
+            geo.sh, geo.sw, geo.dh, geo.dw, geo.oh, geo.ow, geo.pitch,
+        )  # fmt: skip
+    if dw_t is not None:
+        dw3[...] = dw_t.transpose(0, 2, 1)
+    return dx, dw_out, db

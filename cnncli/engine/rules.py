@@ -1,0 +1,121 @@
+"""Every threshold by which the engine picks a path: the one place they are set.
+
+A rule here is a pure function of shapes and sizes; the kernels' wrappers, the
+fused blocks and the network ask it and never compare against a number of
+their own. Each number says why it has its value; what was measured to choose
+it is in benchmarks/README.md ("Why the engine's thresholds are what they are").
+"""
+
+from __future__ import annotations
+
+# --- chunks: a slice of the batch whose column matrix stays in cache ----------
+
+#: A chunk's column matrix (taps × samples × output positions) is kept under this
+#: size, so that it is still in cache when the GEMM reads it back. Layers whose
+#: per-sample matrix is bigger (VGG-16's) go one sample at a time, where the GEMM
+#: is large enough not to care.
+COLS_BUDGET_BYTES = 4 << 20
+
+
+def chunk_size(n: int, per_sample_bytes: int) -> int:
+    """Samples per chunk for a batch of ``n``: equal chunks under :data:`COLS_BUDGET_BYTES`.
+
+    Equal chunks rather than full ones and a runt, so that no chunk's GEMM is
+    tiny. ``per_sample_bytes == 0`` (no column matrix) makes the batch one chunk.
+    """
+    step = max(1, min(n, COLS_BUDGET_BYTES // max(per_sample_bytes, 1)))
+    chunks = -(-n // step)
+    return -(-n // chunks)
+
+
+# --- the unfold's pitch: whole padded rows, or only the real outputs ---------
+
+#: Stride-1 layers unfold whole padded rows, computing Wp - OW junk outputs per
+#: row, which costs GEMM work in proportion to the filters; gathering only the
+#: OW real outputs costs a slower unfold (short rows). Junk wins while
+#: filters-per-group × junk fraction stays under this.
+MAX_JUNK_WORK = 12.0
+
+
+def flat_rows(filters_per_group: int, padded_width: int, out_width: int, unit_stride: bool) -> bool:
+    """Whether a convolution unfolds whole padded rows (pitch = Wp) rather than real outputs (pitch = OW)."""
+    junk_work = filters_per_group * (padded_width - out_width) / out_width
+    return unit_stride and junk_work <= MAX_JUNK_WORK
+
+
+# --- direct loops instead of unfold + GEMM -----------------------------------
+
+#: Stride-1 groups this thin (depthwise-like: at most this many filters and this
+#: many weights per filter) run as direct loops, where a GEMM would have a
+#: single-digit dimension.
+DEPTHWISE_MAX_FILTERS = 2
+DEPTHWISE_MAX_TAPS = 32
+
+
+def depthwise(taps_per_filter: int, filters_per_group: int, unit_stride: bool) -> bool:
+    """Whether the general convolution runs as direct (depthwise) loops."""
+    return unit_stride and filters_per_group <= DEPTHWISE_MAX_FILTERS and taps_per_filter <= DEPTHWISE_MAX_TAPS
+
+
+#: Layers with at most this many weights (filters × taps, per group) get their
+#: weight gradient from direct dot products (the general convolution, flat rows
+#: only) and, in the fused blocks, run forward and both gradients as direct
+#: loops: a GEMM with a handful of rows runs at a fraction of BLAS's speed.
+#: LeNet-5's first layer (150 weights) is below, its second (2,400) above.
+DIRECT_MAX_WEIGHTS = 256
+
+
+def direct_weights(weights: int) -> bool:
+    """Whether a layer with this many weights (per group) takes the direct loops."""
+    return weights <= DIRECT_MAX_WEIGHTS
+
+
+#: Up to this many filters per group, OpenBLAS computes the weight gradient about
+#: twice as fast as cols @ dyᵀ (then transposed) than as dy @ colsᵀ: a short M.
+DW_TRANSPOSED_MAX_FILTERS = 32
+
+
+def dw_transposed(filters_per_group: int) -> bool:
+    """Whether the weight-gradient GEMM runs as cols @ dyᵀ and is transposed after."""
+    return filters_per_group <= DW_TRANSPOSED_MAX_FILTERS
+
+
+# --- the fused NCHW block: column matrices kept for the backward pass ---------
+
+#: A batch whose column matrices (all chunks) fit this size keeps them for the
+#: backward pass instead of unfolding again; bigger ones (VGG-16's) are
+#: recomputed rather than held.
+KEEP_COLS_BYTES = 32 << 20
+#: ... and only for layers with at most this much per sample.
+KEEP_MAX_PER_SAMPLE = 1 << 20
+
+
+def keep_cols(per_sample_bytes: int, n: int) -> bool:
+    """Whether the NCHW fused block keeps a batch's column matrices for the backward pass."""
+    return per_sample_bytes <= KEEP_MAX_PER_SAMPLE and per_sample_bytes * n <= KEEP_COLS_BYTES
+
+
+# --- the batch-innermost (lanes) fused block ---------------------------------
+
+#: Fewest samples for which the batch-innermost layout pays (one AVX-512 vector of float32).
+MIN_LANES = 16
+
+#: Largest column matrix (all taps, the whole batch) the lanes block keeps for its backward pass.
+MAX_LANES_COLS_BYTES = 16 << 20
+
+
+def lanes(n: int, weights: int, cols_bytes: int) -> bool:
+    """Whether a fused block runs batch-innermost: a vector's worth of samples, and either
+    direct loops or a column matrix of at most :data:`MAX_LANES_COLS_BYTES`."""
+    return n >= MIN_LANES and (direct_weights(weights) or cols_bytes <= MAX_LANES_COLS_BYTES)
+
+
+# --- parts: slices of the batch run on separate cores -------------------------
+
+#: A batch is split across cores only into parts of at least this many samples.
+MIN_PART = 16
+
+
+def part_count(n: int, cores: int) -> int:
+    """How many parts a batch of ``n`` splits into on ``cores`` cores."""
+    return max(1, min(cores, n // MIN_PART))
