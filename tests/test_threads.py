@@ -2,18 +2,82 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import cnncli.engine.jit  # noqa: F401  (loading the engine applies the settings)
 from cnncli.engine import threads
 
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))
+import blas_probe  # noqa: E402  (the thread count read from OpenBLAS itself, not through cnncli)
 
-def test_engine_runs_openblas_on_one_thread_and_openmp_waits_passively():
-    status = threads.status()
-    # numpy's wheels bundle OpenBLAS; another BLAS is left alone (None).
-    assert status["blas_threads"] in (1, None)
-    assert status["omp_wait_policy"] is not None
+OPENBLAS = blas_probe.numpy_uses_openblas()
+needs_openblas = pytest.mark.skipif(
+    not OPENBLAS, reason=f"numpy here uses {blas_probe.numpy_blas_name() or 'an unknown BLAS'}, not OpenBLAS: "
+                         "there is no OpenBLAS thread setter to call")
+
+
+@needs_openblas
+def test_engine_runs_openblas_on_one_thread():
+    # numpy's wheels (Linux x86-64 among them) bundle OpenBLAS: the setter must be found and used.
+    assert threads.status()["blas_threads"] == threads.BLAS_THREADS == 1
+    counts = blas_probe.openblas_thread_counts()
+    if counts is None:
+        pytest.skip("no threadpoolctl and no /proc/self/maps: the thread count cannot be read independently here")
+    assert counts and all(n == 1 for n in counts), counts
+
+
+@pytest.mark.skipif(OPENBLAS, reason="numpy here uses OpenBLAS (see the test above)")
+def test_another_blas_is_left_alone():
+    assert threads.status()["blas_threads"] is None
+
+
+_PROBE = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import blas_probe
+before = blas_probe.openblas_thread_counts()
+import cnncli.engine.jit
+from cnncli.engine import threads
+print(json.dumps({"before": before, "after": blas_probe.openblas_thread_counts(), "status": threads.status()}))
+"""
+
+
+def _probe(**env_vars: str) -> dict:
+    """Thread counts in a fresh interpreter before and after it imports the engine, and threads.status()."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    env.update(env_vars)
+    out = subprocess.run([sys.executable, "-c", _PROBE, str(TESTS)], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+@needs_openblas
+def test_loading_the_engine_brings_openblas_down_to_one_thread_and_makes_openmp_wait_passively():
+    # A fresh interpreter that starts OpenBLAS on two threads: importing the engine must set it to one.
+    got = _probe(OPENBLAS_NUM_THREADS="2")
+    if got["before"] is None:
+        pytest.skip("no threadpoolctl and no /proc/self/maps: the thread count cannot be read independently here")
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    if cpus >= 2:  # OpenBLAS caps its threads at the CPUs: with one, "before" is 1 already
+        assert got["before"] and all(n == 2 for n in got["before"]), got
+    assert got["after"] and all(n == 1 for n in got["after"]), got
+    assert got["status"] == {"blas_threads": 1, "omp_wait_policy": "PASSIVE"}
+
+
+def test_a_users_openmp_wait_policy_is_kept():
+    assert _probe(OMP_WAIT_POLICY="ACTIVE")["status"]["omp_wait_policy"] == "ACTIVE"
 
 
 @pytest.mark.parametrize("shape", [(64, 300, 500), (3, 200, 700), (1, 50, 4096), (257, 31, 1)])
