@@ -92,30 +92,6 @@ class EvalResult:
     worst: list[Mistake]
 
 
-# --------------------------------------------------------------------------- shared with training
-
-def loss_source(graph: Graph, loss: Loss) -> str:
-    """The node whose output the loss reads: the logits in front of a final softmax when it is fused."""
-    out = graph[graph.output]
-    return out.inputs[0] if loss.fuses_softmax and out.kind == "softmax" else out.name
-
-
-def predict(net: Network, images: np.ndarray, batch_size: int, source: str | None = None) -> np.ndarray:
-    """Inference in batches: the output of ``source`` (default: the main output), (N, K)."""
-    source = source or net.graph.output
-    n = len(images)
-    result: np.ndarray | None = None
-    for i in range(0, n, batch_size):
-        net.forward(images[i:i + batch_size], train=False)
-        out = net.values[source]
-        if result is None:
-            result = np.empty((n, *out.shape[1:]), dtype=out.dtype)
-        result[i:i + len(out)] = out
-    if result is None:
-        return np.empty((0, *net.graph[source].out_shape), dtype=net.dtype)
-    return result
-
-
 # --------------------------------------------------------------------------- arithmetic
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray, classes: int,
@@ -221,7 +197,7 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
     images, labels = data.load(info.name, split, data_dir, progress=progress)
     x = data.normalise(images, dtype, info.name)
     loss = losses.get(model_spec.loss)
-    outputs = predict(net, x, batch_size, loss_source(graph, loss))
+    outputs = net.predict(x, batch_size, loss.source(graph))
     loss_value, _ = loss.fn(outputs, labels) if len(labels) else (0.0, None)
     probs = probabilities(outputs, loss)
     s = scores(labels, probs.argmax(axis=1), classes, list(info.classes))

@@ -42,7 +42,7 @@ from cnncli.data import DownloadEvent
 from cnncli.engine import losses, optim
 from cnncli.engine.network import Network
 from cnncli.errors import CheckpointError, TrainingStopped, UsageError
-from cnncli.evaluation import check_model_fits, loss_source, predict
+from cnncli.evaluation import check_model_fits
 from cnncli.model import spec
 from cnncli.model.graph import build
 from cnncli.schedule import Plan, learning_rate
@@ -426,7 +426,7 @@ class _Run:
         self.info = info
 
         self.loss = losses.get(model_spec.loss)
-        self.source = loss_source(self.graph, self.loss)
+        self.source = self.loss.source(self.graph)
         self.opt = optim.make(cfg.optimizer, self.net.trainable(), cfg.lr, momentum=cfg.momentum,
                               nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
         self.steps_per_epoch = math.ceil(len(self.x_train) / cfg.batch_size)
@@ -483,7 +483,7 @@ class _Run:
 
     # -- loop --
     def score(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-        out = predict(self.net, x, EVAL_BATCH, self.source)
+        out = self.net.predict(x, EVAL_BATCH, self.source)
         loss_value, _ = self.loss.fn(out, y)
         return float(loss_value), float(np.mean(out.argmax(axis=1) == y))
 

@@ -77,6 +77,15 @@ class Loss:
     fn: Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]
     fuses_softmax: bool = False
 
+    def source(self, graph, head: str | None = None) -> str:
+        """The node whose output this loss reads for the output ``head`` of ``graph`` (default: the main one).
+
+        The logits in front of a final softmax when the loss fuses it, else the
+        head itself. Training, evaluation, the trace and the network all ask here.
+        """
+        node = graph[graph.output if head is None else head]
+        return node.inputs[0] if self.fuses_softmax and node.kind == "softmax" else node.name
+
 
 LOSSES: dict[str, Loss] = {
     "cross_entropy": Loss("cross_entropy", softmax_cross_entropy, fuses_softmax=True),

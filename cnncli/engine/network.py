@@ -398,8 +398,7 @@ class Network:
         seeds: dict[str, np.ndarray] = {}
         total = 0.0
         for name, weight in heads.items():
-            node = self.graph[name]
-            source = node.inputs[0] if loss.fuses_softmax and node.kind == "softmax" else name
+            source = loss.source(self.graph, name)
             value = self.values[source]
             if value.ndim != 2:
                 raise UsageError(f"the loss needs a flat output (classes), but '{source}' gives "
@@ -410,6 +409,24 @@ class Network:
             seeds[source] = seeds[source] + weight * g if source in seeds else weight * g
         self.backward(seeds, keep_node_grads)
         return total, out
+
+    def predict(self, images: np.ndarray, batch_size: int, source: str | None = None) -> np.ndarray:
+        """Inference in batches of ``batch_size``: the output of node ``source`` (default: the main output).
+
+        images (N, *input) → (N, *output of source).
+        """
+        source = source or self.graph.output
+        n = len(images)
+        result: np.ndarray | None = None
+        for i in range(0, n, batch_size):
+            self.forward(images[i:i + batch_size], train=False)
+            out = self.values[source]
+            if result is None:
+                result = np.empty((n, *out.shape[1:]), dtype=out.dtype)
+            result[i:i + len(out)] = out
+        if result is None:
+            return np.empty((0, *self.graph[source].out_shape), dtype=self.dtype)
+        return result
 
     def backward(self, seeds: dict[str, np.ndarray], keep_node_grads: bool = False) -> None:
         """Propagate ∂E/∂(node output) from ``seeds`` back to every parameter and the input."""

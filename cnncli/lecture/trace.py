@@ -440,13 +440,7 @@ def _error(net: Network, x: np.ndarray, target: np.ndarray, loss) -> float:
         # Auxiliary heads add weighted losses; let the network sum them rather than repeat its rule.
         return net.loss_and_backward(x, target, loss, train=True)[0]
     net.forward(x, train=True)
-    return loss.fn(net.values[_loss_source(net, loss)], target)[0]
-
-
-def _loss_source(net: Network, loss) -> str:
-    """The node the loss reads: the logits in front of a final softmax when the loss fuses it."""
-    node = net.graph[net.graph.output]
-    return node.inputs[0] if loss.fuses_softmax and node.kind == "softmax" else node.name
+    return loss.fn(net.values[loss.source(net.graph)], target)[0]
 
 
 def write_dump(path: Path, net: Network) -> str:
@@ -604,7 +598,7 @@ def _worked(model_spec: spec.ModelSpec, net: Network, pairs, x: np.ndarray, y: n
     # δW and Ŵ belong to the first step (--steps N only adds the error of the later ones).
     after = _first_step_params(before, grads, lr)
     out_node = net.graph.output
-    src = _loss_source(net, loss)
+    src = loss.source(net.graph)
     y_out = values[out_node][0]
 
     layers = []
