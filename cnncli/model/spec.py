@@ -51,6 +51,12 @@ _TOP_KEYS = ("name", "description", "reference", "input", "classes", "loss", "tr
 _BLOCK_USE_OPTIONS = ("name", "input", "repeat")
 _MAX_BLOCK_DEPTH = 16
 
+# Bounds on the document itself, so that a runaway or hostile file is a SpecError rather than a
+# RecursionError (yaml and every walk of the document recurse per level) or an exhausted memory.
+MAX_FILE_BYTES = 10_000_000     # a model file's text; the largest built-in one is a few kB
+MAX_NESTING = 100               # lists and mappings inside one another; the built-in files need at most 7
+MAX_ITEMS = 10_000_000          # values in the document with aliases expanded (no file needs aliases)
+
 
 @dataclass(frozen=True)
 class NodeSpec:
@@ -142,20 +148,116 @@ def resolve(name_or_path: str) -> Path:
 def load(name_or_path: str) -> ModelSpec:
     """Read and validate a model file (a built-in name or a path)."""
     path = resolve(name_or_path)
+    label = f"models/{path.name}" if path.parent == builtin_dir() else str(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise _too_large(label, size)  # before reading it all into memory
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(f"{path}: cannot read: {e}") from None
-    label = f"models/{path.name}" if path.parent == builtin_dir() else str(path)
     return parse(text, label, default_name=path.stem)
 
 
 # --- parsing -----------------------------------------------------------------------
 
+def _too_large(source: str, size: int) -> SpecError:
+    return SpecError(f"{source}: the file is {size:,} bytes; a model file may be at most "
+                     f"{MAX_FILE_BYTES // 1_000_000} MB ({MAX_FILE_BYTES:,} bytes)")
+
+
+def _too_deep(source: str, at: str = "") -> SpecError:
+    return SpecError(f"{source}: lists and mappings nest deeper than {MAX_NESTING} levels{at}; "
+                     "a model file needs fewer than ten")
+
+
+class _TooDeep(Exception):
+    """Raised by :class:`_Loader` at the node that nests too deep (``mark`` locates it)."""
+
+    def __init__(self, mark: Any):
+        super().__init__()
+        self.mark = mark
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml's safe loader, refusing to nest lists and mappings deeper than :data:`MAX_NESTING`.
+
+    yaml composes nested nodes recursively, so a file of 5,000 nested brackets would end in a
+    RecursionError; this stops at the first node beyond the limit instead.
+    """
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._nesting = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if not self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent):
+            return super().compose_node(parent, index)
+        if self._nesting >= MAX_NESTING:
+            raise _TooDeep(self.peek_event().start_mark)
+        self._nesting += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._nesting -= 1
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` within the bounds on nesting; errors other than YAML's become SpecErrors."""
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    except _TooDeep as e:
+        raise _too_deep(source, f" (at line {e.mark.line + 1}, column {e.mark.column + 1})") from None
+    except RecursionError:
+        raise _too_deep(source) from None
+    finally:
+        loader.dispose()
+
+
+def _check_document(doc: Any, source: str) -> None:
+    """Nesting and size of the loaded document with aliases followed.
+
+    An alias can repeat a node deeper than it was written, refer to a node that contains it
+    (a cycle) or multiply a document exponentially; each node is measured once.
+    """
+    measured: dict[int, tuple[int, int]] = {}   # id -> (levels below it, values in it)
+    open_nodes: set[int] = set()
+
+    def measure(value: Any, level: int) -> tuple[int, int]:
+        if not isinstance(value, (list, dict)):
+            return 0, 1
+        key = id(value)
+        if key in open_nodes:
+            raise SpecError(f"{source}: an alias (*name) refers to a list or mapping that contains it")
+        if key not in measured:
+            if level > MAX_NESTING:
+                raise _too_deep(source)
+            open_nodes.add(key)
+            below, items = 0, 1
+            for child in (value.values() if isinstance(value, dict) else value):
+                child_below, child_items = measure(child, level + 1)
+                below = max(below, child_below + (1 if isinstance(child, (list, dict)) else 0))
+                items += child_items
+                if items > MAX_ITEMS:
+                    raise SpecError(f"{source}: its aliases expand to more than {MAX_ITEMS:,} values")
+            open_nodes.discard(key)
+            measured[key] = (below, items)
+        below, items = measured[key]
+        if level + below > MAX_NESTING:
+            raise _too_deep(source)
+        return below, items
+
+    measure(doc, 1)
+
+
 def parse(text: str, source: str = "<model>", default_name: str = "model") -> ModelSpec:
     """Parse the text of a model file. ``source`` names it in error messages."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_FILE_BYTES:
+        raise _too_large(source, size)
     try:
-        doc = yaml.safe_load(text)
+        doc = _load_yaml(text, source)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -166,6 +268,7 @@ def parse(text: str, source: str = "<model>", default_name: str = "model") -> Mo
         if context and cmark and (not mark or cmark.line != mark.line):
             problem += f" ({context} at line {cmark.line + 1}, column {cmark.column + 1})"
         raise SpecError(f"{source}: malformed YAML{at}: {problem}") from None
+    _check_document(doc, source)
     return _Parser(source).model(doc, default_name)
 
 
@@ -244,10 +347,14 @@ def _eval_expr(expr: str, args: dict[str, Any]) -> Any:
         raise ValueError(f"'{expr}' is not a block expression (use $name, integers and + - * //)")
 
     try:
-        tree = ast.parse(expr.replace("$", ""), mode="eval")
+        return ev(ast.parse(expr.replace("$", ""), mode="eval"))
     except SyntaxError:
         raise ValueError(f"'{expr}' is not a block expression (use $name, integers and + - * //)") from None
-    return ev(tree)
+    except RecursionError:
+        raise ValueError(f"'{expr[:40]}…' is too long a block expression (use $name, integers and + - * //)") \
+            from None
+    except (ZeroDivisionError, TypeError) as e:
+        raise ValueError(f"'{expr}' cannot be computed: {e}") from None
 
 
 def _substitute(value: Any, args: dict[str, Any]) -> Any:
