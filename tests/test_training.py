@@ -22,8 +22,11 @@ from rich.console import Console
 
 from cnncli import checkpoint, cli, schedule, training
 from cnncli.data import DownloadEvent
+from cnncli.engine import parallel  # the worker processes a split batch runs in (ProcessGroup)
 from cnncli.engine.losses import Loss, softmax_cross_entropy
+from cnncli.engine.network import MIN_PART, Network
 from cnncli.errors import CheckpointError, TrainingStopped, UsageError
+from cnncli.model import graph, spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -230,6 +233,136 @@ def test_sigkill_while_checkpointing_keeps_previous_and_resume_continues(tiny, t
     assert resumed.status == "completed" and resumed.epochs_done == 2
     assert not list(out.glob(".*.part"))
     assert_same_weights(reference.last_path, out / "last.npz")
+
+
+# --------------------------------------------------------------------------- the split path
+
+# TINY has dropout, so its batches are never split (a shared random generator);
+# this one has neither dropout nor batch norm, so a fast network splits each
+# batch of 64 into parts of at least MIN_PART samples and, as `cnncli train`
+# does, runs all parts but the first in worker processes.
+SPLIT = """\
+name: tiny-split
+input: [1, 28, 28]
+classes: 10
+train: {optimizer: sgd, lr: 0.05, momentum: 0.9, schedule: cosine, batch_size: 64, epochs: 2, val_size: 100}
+layers:
+  - conv: {filters: 4, kernel: 5}
+  - relu
+  - maxpool: {kernel: 2}
+  - conv: {filters: 6, kernel: 5}
+  - tanh
+  - avgpool: {kernel: 2}
+  - flatten
+  - dense: {units: 10}
+"""
+# 1000 images, 100 of them for validation: 900 training images, 14 batches of 64
+# (split) and one of 4 (too small to split) per epoch.
+SPLIT_STEPS_PER_EPOCH, SPLIT_BATCHES_PER_EPOCH = 15, 14
+BOOT_SECONDS = 60
+
+
+@pytest.fixture(scope="module")
+def split_model(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("split-model") / "tiny-split.yaml"
+    path.write_text(SPLIT)
+    net = Network(graph.build(spec.load(str(path))), "float32", fast=True)
+    if net.workers < 2:
+        pytest.skip("this process may use one CPU only: a batch is not split")
+    if not parallel.available():
+        pytest.skip("worker processes are not used on this platform (see cnncli.engine.parallel.available)")
+    assert net.splits and 64 // 2 >= MIN_PART  # no dropout or batch norm; two parts of 32
+    return str(path)
+
+
+class _Parts:
+    """Replaces the engine's process group with one that is ready before training starts and counts its steps."""
+
+    def __init__(self):
+        self.collected: list[int] = []  # per step handed to the workers: how many parts they sent back
+        self.groups = 0
+        parts = self
+
+        class Group(parallel.ProcessGroup):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                parts.groups += 1
+                end = time.monotonic() + BOOT_SECONDS  # so that every step, the first too, goes to them
+                while not self.ready():
+                    assert time.monotonic() < end, "the worker processes did not start"
+                    time.sleep(0.02)
+
+            def collect(self):
+                results = super().collect()
+                parts.collected.append(len(results))
+                return results
+
+        self.group = Group
+
+
+def run_in_processes(model: str, out: Path, reporter=None,
+                     resume: Path | None = None) -> tuple[training.RunResult, _Parts]:
+    parts = _Parts()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(parallel, "ProcessGroup", parts.group)
+        if resume is None:
+            result = run(model, out, reporter=reporter)
+        else:
+            result = training.train(training.configure(model, {}, resume=resume), reporter)
+    return result, parts
+
+
+class Notes(training.SilentReporter):
+    def __init__(self, then: training.SilentReporter | None = None):
+        self.notes, self.then = [], then
+
+    def step(self, p: training.StepProgress) -> None:
+        if self.then is not None:
+            self.then.step(p)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+@pytest.fixture(scope="module")
+def split_reference(split_model, tmp_path_factory) -> training.RunResult:
+    """tiny-split's uninterrupted run (2 epochs, seed 0, 1000 images) with its parts in worker processes."""
+    notes = Notes()
+    result, parts = run_in_processes(split_model, tmp_path_factory.mktemp("split-reference") / "run", notes)
+    assert result.status == "completed" and result.steps_per_epoch == SPLIT_STEPS_PER_EPOCH
+    # Every batch that splits went through the worker processes, none fell back to threads.
+    assert parts.groups == 1
+    assert len(parts.collected) == 2 * SPLIT_BATCHES_PER_EPOCH and all(n >= 1 for n in parts.collected)
+    assert notes.notes == []
+    return result
+
+
+def test_split_batches_in_worker_processes_resume_bit_for_bit(split_model, split_reference, tmp_path):
+    whole = split_reference
+    assert whole.history[1].train_loss < whole.history[0].train_loss and whole.test_acc > 0.5
+    notes = Notes(SignalAt(1, 7))
+    part, parts = run_in_processes(split_model, tmp_path / "part", notes)
+    assert part.status == "interrupted" and len(parts.collected) == 7
+    saved = checkpoint.load(tmp_path / "part" / "last.npz")
+    assert (saved.epoch, saved.meta["batch"]) == (0, 7)
+    resumed_notes = Notes()
+    resumed, parts = run_in_processes(split_model, tmp_path / "part", resumed_notes,
+                                      resume=tmp_path / "part" / "last.npz")
+    assert resumed.status == "completed" and resumed_notes.notes == []
+    assert len(parts.collected) == 2 * SPLIT_BATCHES_PER_EPOCH - 7
+    assert_same_weights(whole.last_path, tmp_path / "part" / "last.npz")
+    assert [(r.train_loss, r.train_acc, r.val_loss, r.val_acc) for r in resumed.history] == \
+        [(r.train_loss, r.train_acc, r.val_loss, r.val_acc) for r in whole.history]
+    assert (resumed.test_loss, resumed.test_acc) == (whole.test_loss, whole.test_acc)
+    assert not any("threads" in n for n in notes.notes), notes.notes  # no fallback from processes to threads
+
+
+def test_split_batches_give_the_same_weights_in_processes_as_on_threads(split_model, split_reference, tmp_path,
+                                                                        monkeypatch):
+    monkeypatch.setattr(parallel, "available", lambda: False)  # no worker processes: the parts run on threads
+    on_threads = run(split_model, tmp_path / "threads")
+    assert_same_weights(split_reference.last_path, on_threads.last_path)
+    assert on_threads.test_acc == split_reference.test_acc
 
 
 # --------------------------------------------------------------------------- checkpoints
