@@ -67,7 +67,6 @@ __all__ = [
     "ProgressCallback",
     "cache_dir",
     "class_names",
-    "fetch",
     "get",
     "load",
     "locate",
@@ -783,24 +782,6 @@ def load(
         info, split, sources, {"images": image_digest, "labels": label_digest}, images, labels
     )
     return images, labels
-
-
-def fetch(
-    name: str,
-    data_dir: str | os.PathLike[str] | None = None,
-    progress: ProgressCallback | None = None,
-    splits: Sequence[str] = SPLITS,
-) -> dict[str, dict[str, Path]]:
-    """Make sure ``splits`` of dataset ``name`` are present and verified.
-
-    Downloads what is missing and fills the decoded cache; returns
-    ``{split: {"images": path, "labels": path}}``.
-    """
-    result = {}
-    for split in splits:
-        load(name, split, data_dir, progress)
-        result[_check_split(get(name), split)] = locate(name, split, data_dir, download=False)
-    return result
 
 
 # --------------------------------------------------------------------------- preparing
