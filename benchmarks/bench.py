@@ -201,7 +201,7 @@ def cnncli_vgg() -> dict:
     base = _vm("VmRSS")
     _reset_peak()
     ts = []
-    for i in range(4):
+    for _ in range(4):
         t = time.perf_counter()
         net.loss_and_backward(x, y, loss)
         ts.append(time.perf_counter() - t)
@@ -317,7 +317,7 @@ def torch_vgg() -> dict:
     base = _vm("VmRSS")
     _reset_peak()
     ts = []
-    for i in range(4):
+    for _ in range(4):
         t = time.perf_counter()
         net.zero_grad(set_to_none=True)
         lossf(net(x), y).backward()

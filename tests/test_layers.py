@@ -427,17 +427,15 @@ def test_fast_network_fuses_lenet_and_skips_the_input_gradient(model, chains):
 def test_fast_network_splits_a_batch_across_threads_with_the_same_results():
     model = spec.parse(COMPOSITE.replace("      - batchnorm\n", ""))
     g = graph.build(model)
-    whole = Network(g, "float64", seed=6, fast=True)
-    whole.workers = 1
-    split = Network(g, "float64", seed=6, fast=True)
-    split.workers = 3
+    whole = Network(g, "float64", seed=6, fast=True, workers=1)
+    split = Network(g, "float64", seed=6, fast=True, workers=3)
     rng = np.random.default_rng(8)
     x = rng.standard_normal((50, 3, 8, 8))
     target = rng.integers(0, 3, 50)  # the aux head has 3 classes
     loss = losses.get("cross_entropy")
     lw, ow = whole.loss_and_backward(x, target, loss)
     ls, os_ = split.loss_and_backward(x, target, loss)
-    assert len(split._replicas) == 2  # three parts of 16-17 samples
+    assert len(split.parts.replicas) == 2  # three parts of 16-17 samples
     assert ls == pytest.approx(lw, rel=1e-12) and np.allclose(os_, ow, rtol=1e-12)
     assert split.values == {}  # the parts' values are not kept
     for k, grad in whole.grads.items():

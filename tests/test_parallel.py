@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from cnncli.engine import losses, parallel
+from cnncli.engine import losses, processes
 from cnncli.engine.network import Network
 from cnncli.model import graph, spec
 
@@ -46,7 +46,7 @@ def _pair(dtype: str, workers: int = 2) -> tuple[Network, Network]:
 
 def _wait_ready(net: Network) -> None:
     end = time.monotonic() + BOOT_SECONDS
-    while not net._group.ready():
+    while not net.parts.group.ready():
         assert time.monotonic() < end, "worker processes did not start"
         time.sleep(0.02)
 
@@ -61,7 +61,7 @@ def test_processes_give_the_same_bits_as_threads(dtype):
     threads, procs = _pair(dtype, workers=3)
     procs.spawn_workers(48)
     try:
-        assert procs._group is not None and procs._group.children == 2
+        assert procs.parts.group is not None and procs.parts.group.children == 2
         _wait_ready(procs)
         loss = losses.get("cross_entropy")
         for step in range(3):  # parameters change between steps: the children must see them
@@ -77,7 +77,7 @@ def test_processes_give_the_same_bits_as_threads(dtype):
         assert procs.processes_failed is None
         # A smaller batch (two blocks instead of three) does not fit the group: threads take it.
         x, y = _batch(40, dtype)
-        assert procs._processes(procs._blocks(40)) is None
+        assert procs.parts.ready_group(procs.parts.slices(40)) is None
         lt, _ = threads.loss_and_backward(x, y, loss)
         lp, _ = procs.loss_and_backward(x, y, loss)
         assert lp == lt
@@ -89,7 +89,7 @@ def test_a_dead_worker_falls_back_to_threads_with_the_same_numbers():
     threads, procs = _pair("float64")
     procs.spawn_workers(32)
     _wait_ready(procs)
-    child = procs._group.procs[0]
+    child = procs.parts.group.procs[0]
     child.kill()
     child.wait()
     loss = losses.get("cross_entropy")
@@ -100,14 +100,14 @@ def test_a_dead_worker_falls_back_to_threads_with_the_same_numbers():
     for k in threads.grads:
         assert np.array_equal(procs.grads[k], threads.grads[k]), k
     assert procs.processes_failed is not None and "worker process 1" in procs.processes_failed
-    assert procs._group is None
+    assert procs.parts.group is None
 
 
 def test_workers_ignore_ctrl_c_and_close_reaps_them():
     _, procs = _pair("float32")
     procs.spawn_workers(32)
     _wait_ready(procs)
-    child = procs._group.procs[0]
+    child = procs.parts.group.procs[0]
     os.kill(child.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends the whole process group
     os.kill(child.pid, signal.SIGTERM)
     x, y = _batch(32, "float32")
@@ -125,9 +125,9 @@ def test_workers_exit_when_their_parent_is_killed(tmp_path):
         from cnncli.engine.network import Network
         net = Network(graph.build(spec.parse({SMALL!r})), "float32", fast=True, workers=2)
         net.spawn_workers(32)
-        while not net._group.ready():
+        while not net.parts.group.ready():
             time.sleep(0.02)
-        print(net._group.procs[0].pid, flush=True)
+        print(net.parts.group.procs[0].pid, flush=True)
         time.sleep(600)
     """)
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
@@ -159,9 +159,9 @@ def _is_zombie(pid: int) -> bool:
 
 def test_a_worker_that_cannot_start_is_reported(monkeypatch):
     _, procs = _pair("float32")
-    monkeypatch.setattr(parallel.sys, "executable", "/nonexistent/python")
+    monkeypatch.setattr(processes.sys, "executable", "/nonexistent/python")
     procs.spawn_workers(32)
-    assert procs._group is None and "cannot start worker processes" in procs.processes_failed
+    assert procs.parts.group is None and "cannot start worker processes" in procs.processes_failed
     x, y = _batch(32, "float32")
     value, _ = procs.loss_and_backward(x, y, losses.get("cross_entropy"))  # threads do it
     assert np.isfinite(value)
@@ -170,10 +170,10 @@ def test_a_worker_that_cannot_start_is_reported(monkeypatch):
 def test_no_workers_for_batches_that_are_not_split():
     threads, _ = _pair("float32", workers=1)
     threads.spawn_workers(256)
-    assert threads._group is None
+    assert threads.parts is None
     _, procs = _pair("float32")
     procs.spawn_workers(16)  # too small to split (MIN_PART samples a block)
-    assert procs._group is None
+    assert procs.parts.group is None
 
 
 def test_workers_import_this_cnncli_whatever_the_working_directory(tmp_path, monkeypatch):
@@ -195,4 +195,4 @@ def test_a_batch_is_split_only_across_the_cpus_this_process_may_use(monkeypatch)
     net = Network(graph.build(spec.parse(SMALL)), "float32", fast=True)
     assert net.workers == 1
     net.spawn_workers(64)
-    assert net._group is None
+    assert net.parts is None

@@ -9,17 +9,17 @@ keyed like the checkpoint, ``<node>.weight``.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from cnncli.engine import parallel, threads
+from cnncli.engine import rules
 from cnncli.engine.fast.vector import ACTIVATIONS
 from cnncli.engine.layers import LAYERS, FusedConv
 from cnncli.engine.losses import Loss
+from cnncli.engine.parts import Parts, usable_cores
 from cnncli.engine.pool import is_tile_pool
 from cnncli.errors import CheckpointError, UsageError
 from cnncli.model.graph import Graph, Node, ancestors
@@ -40,43 +40,6 @@ def _fan_out(node: Node) -> int:
     if node.kind == "dense":
         return shape[1]
     return shape[0] * math.prod(shape[2:]) if len(shape) == 4 else shape[0]
-
-
-#: A fast network splits a batch across cores only into parts of at least this many samples.
-MIN_PART = 16
-
-
-# Layers whose output for one sample depends on the others in the batch (batch
-# statistics) or on a shared random generator: a network with them never splits.
-_UNSPLITTABLE = ("batchnorm", "dropout")
-
-def _engine_threads() -> int:
-    """Cores a batch may be split across: Numba's thread count, at most the CPUs this process may use."""
-    import os
-
-    import numba
-
-    try:
-        usable = len(os.sched_getaffinity(0))  # taskset, a container's cpuset
-    except (AttributeError, OSError):
-        usable = os.cpu_count() or 1
-    return max(1, min(numba.config.NUMBA_NUM_THREADS, usable))
-
-
-class _MergedValues(Mapping):
-    """The node values of a batch computed in parts: each one joined along the batch on access."""
-
-    def __init__(self, parts: list[dict[str, np.ndarray]]):
-        self.parts = parts
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        return np.concatenate([p[key] for p in self.parts])
-
-    def __iter__(self):
-        return iter(self.parts[0])
-
-    def __len__(self) -> int:
-        return len(self.parts[0])
 
 
 def initial_value(node: Node, suffix: str, rng: np.random.Generator, dtype) -> np.ndarray:
@@ -149,19 +112,12 @@ class Network:
                 layer = self.layers[node.name]
                 if node.kind == "conv" and list(node.inputs) == ["input"]:
                     layer.need_dx = False  # nothing needs the input's gradient
-        # Data parallelism over threads (fast networks only): replicas share the
-        # parameter arrays, each runs its part of the batch with one Numba
-        # thread and one-thread BLAS, and the parts' gradients are averaged.
-        # Unlike prange inside each kernel, the GEMMs run in parallel too, and
-        # the threads meet once per pass instead of after every kernel.
-        self.workers = 1
-        self.splits = fast and not any(n.kind in _UNSPLITTABLE for n in graph.nodes)
-        if self.splits:
-            self.workers = max(1, _engine_threads()) if workers is None else workers
-        self._replicas: list[Network] = []
-        self._group: parallel.ProcessGroup | None = None
-        #: Why parts went back from processes to threads (None: they did not).
-        self.processes_failed: str | None = None
+        # A fast network of per-sample layers splits a batch into parts, one per core.
+        self.parts: Parts | None = None
+        if fast and rules.splittable(n.kind for n in graph.nodes):
+            cores = usable_cores() if workers is None else workers
+            if cores > 1:
+                self.parts = Parts(self, cores)
         main = ancestors({n.name: n.inputs for n in graph.nodes}, [graph.output])
         self.infer_order = [n for n in graph.nodes if n.name in main]
         self.values: dict[str, np.ndarray] = {}
@@ -230,84 +186,51 @@ class Network:
                              f"N×{fmt_shape(want)}")
         return np.ascontiguousarray(x, dtype=self.dtype)
 
-    # -- splitting a batch across threads --
-    def _parts(self, n: int) -> list[slice] | None:
-        """Inference: one part per worker thread (of at least MIN_PART samples), or None."""
-        blocks = self._blocks(n)
-        return blocks if len(blocks) > 1 else None
+    # -- splitting a batch into parts (cnncli.engine.parts) --
+    @property
+    def workers(self) -> int:
+        """How many parts a batch may be split into (1: never split)."""
+        return 1 if self.parts is None else self.parts.cores
 
-    def _blocks(self, n: int) -> list[slice]:
-        """Training: a batch's contiguous blocks, one per core (of at least MIN_PART samples)."""
-        k = max(1, min(self.workers, n // MIN_PART))
-        bounds = [n * i // k for i in range(k + 1)]
-        return [slice(a, b) for a, b in itertools.pairwise(bounds)]
-
-    def _replica(self, i: int) -> Network:
-        while len(self._replicas) < i:
-            r = Network(self.graph, self.dtype, fast=True, params=self.params, workers=1)
-            r.buffers, r.rng = self.buffers, self.rng
-            self._replicas.append(r)
-        return self._replicas[i - 1]
+    @property
+    def processes_failed(self) -> str | None:
+        """Why parts went back from worker processes to threads (None: they did not)."""
+        return None if self.parts is None else self.parts.processes_failed
 
     def spawn_workers(self, max_batch: int) -> None:
-        """Start replicas in child processes for the training batches (up to ``max_batch``) to come.
+        """Start worker processes for the training batches (up to ``max_batch``) to come; see :class:`Parts`.
 
-        They boot in the background; until they are ready (or if they fail),
-        :meth:`loss_and_backward` splits batches across threads as before.
-        Call :meth:`close` when done. Does nothing unless batches of
-        ``max_batch`` would be split (see :mod:`cnncli.engine.parallel`).
+        Call :meth:`close` when done.
         """
-        blocks = self._blocks(max_batch)
-        if len(blocks) < 2 or self._group is not None or not parallel.available():
-            return
-        capacity = max(b.stop - b.start for b in blocks[1:])
-        try:
-            self._group = parallel.ProcessGroup(self.graph, self.dtype, capacity, len(blocks) - 1)
-        except OSError as e:
-            self.processes_failed = f"cannot start worker processes: {e}"
+        if self.parts is not None:
+            self.parts.spawn_workers(max_batch)
 
     def close(self) -> None:
         """Stop the worker processes, if any."""
-        if self._group is not None:
-            self._group.close()
-            self._group = None
+        if self.parts is not None:
+            self.parts.close()
 
-    def _processes(self, parts: list[slice]) -> parallel.ProcessGroup | None:
-        """The process group, if it is ready for these parts (never waits for it)."""
-        group = self._group
-        if group is None or len(parts) - 1 != group.children:
+    def _split(self, n: int) -> list[slice] | None:
+        """The parts of a batch of ``n`` samples, or None when it runs whole."""
+        if self.parts is None:
             return None
-        if max(p.stop - p.start for p in parts[1:]) > group.capacity:
-            return None
-        try:
-            return group if group.ready() else None
-        except parallel.WorkerLost as e:
-            self._lost(e)
-            return None
+        slices = self.parts.slices(n)
+        return slices if len(slices) > 1 else None
 
-    def _lost(self, e: Exception) -> None:
-        self.processes_failed = str(e)
-        self.close()
-
-    def _in_parts(self, parts: list[slice], task) -> list[Any]:
-        """task(network, part) for each part, each on a worker thread (one Numba thread each)."""
-        nets = [self] + [self._replica(i) for i in range(1, len(parts))]
-        # The caller only waits: switching its own Numba thread count per call
-        # costs a process-wide lock that the workers' kernels contend for too.
-        futures = [threads.pool().submit(task, net, part) for net, part in zip(nets, parts)]
-        return [f.result() for f in futures]
-
+    # -- passes --
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
-        """x (N, *input) → the main output (N, *output). While training, auxiliary heads run too."""
-        parts = self._parts(x.shape[0]) if self.workers > 1 else None
-        if parts is None:
-            return self._forward(x, train)
-        x = self._check_input(x)
-        self._in_parts(parts, lambda net, part: net._forward(x[part], train))
-        self.values = _MergedValues([self.values] + [r.values for r in self._replicas[:len(parts) - 1]])
-        return self.values[self.graph.output]
+        """x (N, *input) → the main output (N, *output). While training, auxiliary heads run too.
 
-    def _forward(self, x: np.ndarray, train: bool) -> np.ndarray:
+        A fast network may run the batch in parts (on threads); ``values`` then
+        joins the parts' values on access.
+        """
+        slices = self._split(x.shape[0])
+        if slices is None:
+            return self.forward_part(x, train)
+        return self.parts.forward(self._check_input(x), slices, train)
+
+    def forward_part(self, x: np.ndarray, train: bool) -> np.ndarray:
+        """The forward pass of this network alone, never split: x (N, *input) → the main output."""
         values = {"input": self._check_input(x)}
         order = self.graph.nodes if train else self.infer_order
         for node in order:
@@ -325,75 +248,22 @@ class Network:
                           train: bool = True, keep_node_grads: bool = False) -> tuple[float, np.ndarray]:
         """Forward, loss (main + weighted auxiliary outputs when training), backward.
 
-        Returns (loss, main output). Parameter gradients land in ``self.grads``;
-        with ``keep_node_grads`` every node's ∂E/∂output in ``self.node_grads``.
-        A fast network without batch statistics or dropout splits a batch into
-        one block per core (:meth:`_blocks`), on threads or, after
-        :meth:`spawn_workers`, in worker processes; node values are then not kept.
+        x (N, *input), target (N,) class indices or (N, K) → (loss, main output
+        (N, *output)). Parameter gradients land in ``self.grads``; with
+        ``keep_node_grads`` every node's ∂E/∂output in ``self.node_grads``. A
+        fast network of per-sample layers runs the batch in parts
+        (:mod:`cnncli.engine.parts`, on threads or, after :meth:`spawn_workers`,
+        in worker processes); node values are then not kept.
         """
-        if not self.splits or keep_node_grads or len(target) != len(x):
-            return self._loss_and_backward(x, target, loss, train, keep_node_grads)
-        n = len(x)
-        blocks = self._blocks(n)
-        if len(blocks) == 1:
-            return self._loss_and_backward(x, target, loss, train, False)
-        x = self._check_input(x)
-        group = self._processes(blocks)
-        results = None
-        if group is not None:
-            results = self._loss_and_backward_processes(group, x, target, loss, train, blocks)
-        if results is None:
-            done = self._in_parts(blocks, lambda net, b: net._loss_and_backward(x[b], target[b], loss, train,
-                                                                                 False))
-            nets = [self] + self._replicas[:len(blocks) - 1]
-            results = [(lv, out, net.grads) for (lv, out), net in zip(done, nets)]
-        self.values = {}  # the parts' values are gone (some in other processes)
-        return self._combine(blocks, n, results)
+        slices = None if keep_node_grads or len(target) != len(x) else self._split(len(x))
+        if slices is None:
+            return self.loss_and_backward_part(x, target, loss, train, keep_node_grads)
+        return self.parts.loss_and_backward(self._check_input(x), target, loss, train, slices)
 
-    def _loss_and_backward_processes(self, group, x, target, loss, train, blocks):
-        """The first block here, the others in the worker processes: [(loss, output, grads)] or None."""
-        import numba
-
-        try:
-            group.submit(self.params, [x[b] for b in blocks[1:]], [target[b] for b in blocks[1:]],
-                         loss.name, train)
-        except parallel.WorkerLost as e:
-            self._lost(e)
-            return None
-        # One Numba thread here too: the other cores run the other blocks.
-        threads_before = numba.get_num_threads()
-        numba.set_num_threads(1)
-        try:
-            first = self._loss_and_backward(x[blocks[0]], target[blocks[0]], loss, train, False)
-        finally:
-            numba.set_num_threads(threads_before)
-        results = [(first[0], first[1], self.grads)]
-        try:
-            results += group.collect()
-        except parallel.WorkerLost as e:
-            self._lost(e)
-            for i, b in enumerate(blocks[1:], 1):  # the same blocks, computed here instead
-                replica = self._replica(i)
-                lv, out = replica._loss_and_backward(x[b], target[b], loss, train, False)
-                results.append((lv, out, replica.grads))
-        return results
-
-    def _combine(self, parts, n, results) -> tuple[float, np.ndarray]:
-        """Loss, output and gradients of a batch from its parts' [(loss, output, grads)], in part order."""
-        # Each part's loss is its own mean: weight by the part's share of the batch.
-        shares = [(p.stop - p.start) / n for p in parts]
-        total = sum(s * lv for s, (lv, _, _) in zip(shares, results))
-        grads = {}
-        for key in results[0][2]:
-            g = results[0][2][key] * self.dtype.type(shares[0])
-            for s, (_, _, part_grads) in zip(shares[1:], results[1:]):
-                g += part_grads[key] * self.dtype.type(s)
-            grads[key] = g
-        self.grads = grads
-        return total, np.concatenate([out for _, out, _ in results])
-
-    def _loss_and_backward(self, x, target, loss, train, keep_node_grads):
-        out = self._forward(x, train)
+    def loss_and_backward_part(self, x: np.ndarray, target: np.ndarray, loss: Loss, train: bool = True,
+                               keep_node_grads: bool = False) -> tuple[float, np.ndarray]:
+        """:meth:`loss_and_backward` on this network alone, never split (a part's pass)."""
+        out = self.forward_part(x, train)
         heads = {self.graph.output: 1.0, **(self.graph.aux_outputs if train else {})}
         seeds: dict[str, np.ndarray] = {}
         total = 0.0

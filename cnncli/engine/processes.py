@@ -1,37 +1,35 @@
-"""Data parallelism across processes: replicas of a network in child processes.
+"""Parts of a training batch in worker processes: replicas of a network in child processes.
 
-A fast network splits a training batch into one part per core. On threads of
-one process (:meth:`cnncli.engine.network.Network.loss_and_backward`'s default) the
-parts lose 20-40 % on LeNet-5-sized networks: every kernel call releases and
-retakes the GIL, so the Python between two kernels of one part waits for the
-other part's. A child process has an interpreter of its own. A
+On threads of one process (:mod:`cnncli.engine.parts`) the parts of a
+LeNet-sized batch wait on each other: every kernel call releases and retakes
+the GIL, so the Python between two kernels of one part waits for the other
+part's. A child process has an interpreter of its own. A
 :class:`ProcessGroup` runs one child per extra core, each with a replica of the
-network (one Numba thread, one-thread BLAS) and a block of shared memory
-holding
+network (one Numba thread, one-thread BLAS; :mod:`cnncli.engine.worker` is the
+child's side) and a block of shared memory holding
 
 * the parameters, copied in by the parent before every step (the parent's own
   arrays stay where they are, so the optimizer, checkpoints and
   ``load_state_dict`` never see shared memory);
-* per child: control words, its part of the batch and its targets, its
-  loss, outputs and parameter gradients.
+* per child (its *slot*): control words, its part of the batch and its
+  targets, its loss, outputs and parameter gradients.
 
 Per step the parent writes each child's part and sets its GO word, computes
-its own part meanwhile, and then waits for each child's DONE word (spinning
-first: a message through a socket costs the sender 30-60 µs, and a sleeping
-process as much to wake, on this virtual machine);
-:class:`~cnncli.engine.network.Network` averages the parts' gradients in the same
-fixed order as parts run on threads, so the numbers do not depend on where a
-part ran.
+its own part meanwhile, and then waits for each child's DONE word, spinning
+first (:func:`wait`): a message through a socket, or waking a sleeping
+process, costs more than the parent's own work between two steps on a
+virtual machine. :class:`~cnncli.engine.parts.Parts` combines the parts in the
+same fixed order as parts run on threads, so the numbers do not depend on
+where a part ran.
 
 Children boot in the background (importing Numba and loading the cached
-kernels takes about a second): until they are ready the parent keeps using
-threads, so a short run never waits for them. A child ignores SIGINT and
-SIGTERM, which the parent handles (it saves its checkpoint), and exits when
-its socket closes, which is also what happens when the parent is killed. A
-child that fails to start, fails or dies is reported by raising
-:class:`WorkerLost`; the network then goes back to threads. Processes are used
-on x86-64 only (:func:`available`), whose stores become visible in program
-order, which the control words rely on.
+kernels): until they are ready the parent keeps using threads, so a short run
+never waits for them. A child ignores SIGINT and SIGTERM, which the parent
+handles (it saves its checkpoint), and exits when its socket closes, which is
+also what happens when the parent is killed. A child that fails to start,
+fails or dies is reported by raising :class:`WorkerLost`; the parts then go
+back to threads. Processes are used on x86-64 only (:func:`available`), whose
+stores become visible in program order, which the control words rely on.
 """
 
 from __future__ import annotations
@@ -40,7 +38,6 @@ import math
 import mmap
 import os
 import platform
-import signal
 import socket
 import subprocess
 import sys
@@ -54,17 +51,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli.engine import losses
+from cnncli.engine import losses, rules
 
-__all__ = ["ProcessGroup", "WorkerLost", "available", "serve"]
+__all__ = ["ProcessGroup", "Slot", "WorkerLost", "available", "child_slot", "map_shared", "shared_layout", "views", "wait"]
 
 _ALIGN = 64  # bytes: every array starts on a cache line
 
-#: How long a process spins on a control word before it sleeps between checks (see _wait):
-#: longer than the parent's work between two steps (~0.3 ms on LeNet-5), short
-#: enough not to steal much from another program that shares the cores (two
-#: trainings at once ran 10,000 images/s each with 5 ms, 10,500-11,000 with 1 ms).
-SPIN_SECONDS = 0.001
 
 
 class WorkerLost(RuntimeError):
@@ -77,10 +69,10 @@ class WorkerLost(RuntimeError):
 # written before it (processes are used on x86-64 only; see available()).
 GO, DONE, N, TARGET_KIND, LOSS, TRAIN, FAILED = range(7)
 _CTRL_WORDS = 8
-_LABELS, _SOFT = 0, 1
+LABELS, SOFT = 0, 1
 
 #: The losses a child can run, by index (control word LOSS).
-_LOSS_NAMES = tuple(sorted(losses.LOSSES))
+LOSS_NAMES = tuple(sorted(losses.LOSSES))
 
 
 def available() -> bool:
@@ -88,7 +80,7 @@ def available() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64") and os.name == "posix"
 
 
-def _layout(graph, dtype: np.dtype, capacity: int, children: int) -> dict[str, tuple[int, tuple[int, ...], str]]:
+def shared_layout(graph, dtype: np.dtype, capacity: int, children: int) -> dict[str, tuple[int, tuple[int, ...], str]]:
     """Offsets, shapes and dtypes of the shared arrays, computed alike by parent and children.
 
     ``param.<key>`` for every parameter; for child i: ``<i>.ctrl`` (control
@@ -121,18 +113,18 @@ def _layout(graph, dtype: np.dtype, capacity: int, children: int) -> dict[str, t
     return entries
 
 
-def _map(fd: int, layout) -> dict[str, np.ndarray]:
+def map_shared(fd: int, layout) -> dict[str, np.ndarray]:
     buf = mmap.mmap(fd, max(layout[""][0], 1))  # shared, read-write; keeps its own reference to the file
     return {name: np.ndarray(shape, dtype=kind, buffer=buf, offset=off)
             for name, (off, shape, kind) in layout.items() if name}
 
 
-def _views(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+def views(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
     return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
 
 @dataclass
-class _Slot:
+class Slot:
     """Child i's arrays in the shared block, as both sides see them."""
 
     ctrl: np.ndarray
@@ -144,9 +136,9 @@ class _Slot:
     grads: dict[str, np.ndarray]
 
 
-def _slot(arrays: dict[str, np.ndarray], i: int) -> _Slot:
-    return _Slot(arrays[f"{i}.ctrl"], arrays[f"{i}.loss"], arrays[f"{i}.x"], arrays[f"{i}.labels"],
-                 arrays[f"{i}.soft"], arrays[f"{i}.out"], _views(arrays, f"{i}.grad."))
+def child_slot(arrays: dict[str, np.ndarray], i: int) -> Slot:
+    return Slot(arrays[f"{i}.ctrl"], arrays[f"{i}.loss"], arrays[f"{i}.x"], arrays[f"{i}.labels"],
+                 arrays[f"{i}.soft"], arrays[f"{i}.out"], views(arrays, f"{i}.grad."))
 
 
 def _shared_file(size: int) -> int:
@@ -178,11 +170,11 @@ class ProcessGroup:
         self.dtype = np.dtype(dtype)
         self.capacity = capacity
         self.children = children
-        layout = _layout(graph, self.dtype, capacity, children)
+        layout = shared_layout(graph, self.dtype, capacity, children)
         self.fd = _shared_file(layout[""][0])
-        self.arrays = _map(self.fd, layout)
-        self.params = _views(self.arrays, "param.")
-        self.slots = [_slot(self.arrays, i) for i in range(children)]
+        self.arrays = map_shared(self.fd, layout)
+        self.params = views(self.arrays, "param.")
+        self.slots = [child_slot(self.arrays, i) for i in range(children)]
         self.procs: list[subprocess.Popen] = []
         self.conns: list[Connection] = []
         self._ready = [False] * children
@@ -191,7 +183,7 @@ class ProcessGroup:
         # The child imports this very copy of cnncli, whatever the working
         # directory holds (`python -c` puts it first on sys.path).
         package_parent = str(Path(__file__).resolve().parents[2])
-        code = f"import sys; sys.path.insert(0, {package_parent!r}); from cnncli.engine.parallel import serve; serve()"
+        code = f"import sys; sys.path.insert(0, {package_parent!r}); from cnncli.engine.worker import serve; serve()"
         env = dict(os.environ, NUMBA_NUM_THREADS="1")
         for i in range(children):
             mine, theirs = socket.socketpair()
@@ -243,12 +235,12 @@ class ProcessGroup:
             np.copyto(slot.x[:n], x)
             if target.ndim == 1:
                 np.copyto(slot.labels[:n], target)
-                ctrl[TARGET_KIND] = _LABELS
+                ctrl[TARGET_KIND] = LABELS
             else:
                 np.copyto(slot.soft[:n], target)
-                ctrl[TARGET_KIND] = _SOFT
+                ctrl[TARGET_KIND] = SOFT
             ctrl[N] = n
-            ctrl[LOSS] = _LOSS_NAMES.index(loss)
+            ctrl[LOSS] = LOSS_NAMES.index(loss)
             ctrl[TRAIN] = int(train)
             ctrl[GO] += 1  # last: the child starts once it sees this
             self._pending.append(i)
@@ -260,7 +252,8 @@ class ProcessGroup:
         for i in pending:
             slot = self.slots[i]
             ctrl = slot.ctrl
-            if not _wait(lambda: ctrl[DONE] == ctrl[GO], lambda: self.procs[i].poll() is None):
+            proc = self.procs[i]
+            if not wait(lambda c=ctrl: c[DONE] == c[GO], lambda p=proc: p.poll() is None):
                 raise self._lost(i)
             if ctrl[FAILED]:
                 self._message(i)  # raises, with the child's error
@@ -273,74 +266,19 @@ class ProcessGroup:
         self._finalizer()
 
 
-def _wait(done, alive) -> bool:
-    """Wait until done(): spin for SPIN_SECONDS, then check every 0.2-2 ms. False if alive() turns False first.
+def wait(done, alive) -> bool:
+    """Wait until done(): spin for rules.SPIN_SECONDS, then check every 0.2-2 ms. False if alive() turns False first.
 
     Parent and children hand each other work every few milliseconds; a process
-    that went to sleep takes 30-60 µs to wake on a virtual machine (an idle
-    vCPU is halted), and a message through a socket costs the sender as much.
+    that went to sleep is slow to wake on a virtual machine (an idle vCPU is
+    halted), and a message through a socket costs the sender as much.
     """
     start = time.perf_counter()
     while not done():
         waited = time.perf_counter() - start
-        if waited > SPIN_SECONDS:
+        if waited > rules.SPIN_SECONDS:
             if not alive():
                 return done()
             # A long wait (validation, a checkpoint) needs no fast wake-up.
             time.sleep(0.0002 if waited < 0.05 else 0.002)
     return True
-
-
-def serve() -> None:
-    """A child's life (run as ``python -c``): build the replica, then run parts until the socket closes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    conn = Connection(int(sys.argv[1]))
-    fd = int(sys.argv[2])
-    try:
-        graph, dtype, capacity, children, index = conn.recv()
-    except EOFError:
-        return
-    try:
-        from cnncli.engine.network import Network
-
-        dtype = np.dtype(dtype)
-        arrays = _map(fd, _layout(graph, dtype, capacity, children))
-        net = Network(graph, dtype, fast=True, params=_views(arrays, "param."), workers=1)
-        slot = _slot(arrays, index)
-    except Exception as e:  # noqa: BLE001 (reported to the parent, which falls back to threads)
-        conn.send(("error", f"{type(e).__name__}: {e}"))
-        return
-    conn.send(("ready", None))
-    ctrl = slot.ctrl
-    targets = (slot.labels, slot.soft)
-    step = int(ctrl[GO])
-    closed = False
-
-    def parent_gone() -> bool:
-        nonlocal closed
-        # The socket turns readable (EOF) when the parent closes it or dies.
-        closed = closed or conn.poll(0)
-        return closed
-
-    while True:
-        if not _wait(lambda: ctrl[GO] != step, lambda: not parent_gone()):
-            return
-        step = int(ctrl[GO])
-        n = int(ctrl[N])
-        try:
-            loss = losses.get(_LOSS_NAMES[int(ctrl[LOSS])])
-            lv, result = net._loss_and_backward(slot.x[:n], targets[int(ctrl[TARGET_KIND])][:n], loss,
-                                                bool(ctrl[TRAIN]), False)
-            slot.loss[0] = lv
-            slot.out[:n] = result
-            for key, g in slot.grads.items():
-                np.copyto(g, net.grads[key])
-            ctrl[FAILED] = 0
-        except Exception as e:  # noqa: BLE001
-            ctrl[FAILED] = 1
-            try:
-                conn.send(("error", f"{type(e).__name__}: {e}"))
-            except OSError:
-                return
-        ctrl[DONE] = step  # last: the parent reads the results once it sees this

@@ -1,0 +1,90 @@
+"""A worker process's side of :mod:`cnncli.engine.processes`: a replica that runs parts until told to stop.
+
+The parent starts ``python -c "... from cnncli.engine.worker import serve; serve()"``
+with a socket and the shared memory's file descriptor as arguments
+(:class:`cnncli.engine.processes.ProcessGroup`). The child builds its replica
+of the network on the shared parameter arrays, says it is ready, then waits
+for each step's GO word, runs its part (one Numba thread, one-thread BLAS) and
+writes its loss, outputs and gradients before setting DONE.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from multiprocessing.connection import Connection
+
+import numpy as np
+
+from cnncli.engine import losses
+from cnncli.engine.network import Network
+from cnncli.engine.processes import (
+    DONE,
+    FAILED,
+    GO,
+    LOSS,
+    LOSS_NAMES,
+    TARGET_KIND,
+    TRAIN,
+    N,
+    child_slot,
+    map_shared,
+    shared_layout,
+    views,
+    wait,
+)
+
+__all__ = ["serve"]
+
+
+def serve() -> None:
+    """A child's life (run as ``python -c``): build the replica, then run parts until the socket closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    conn = Connection(int(sys.argv[1]))
+    fd = int(sys.argv[2])
+    try:
+        graph, dtype, capacity, children, index = conn.recv()
+    except EOFError:
+        return
+    try:
+        dtype = np.dtype(dtype)
+        arrays = map_shared(fd, shared_layout(graph, dtype, capacity, children))
+        net = Network(graph, dtype, fast=True, params=views(arrays, "param."), workers=1)
+        slot = child_slot(arrays, index)
+    except Exception as e:  # noqa: BLE001 (reported to the parent, which falls back to threads)
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+        return
+    conn.send(("ready", None))
+    ctrl = slot.ctrl
+    targets = (slot.labels, slot.soft)
+    step = int(ctrl[GO])
+    closed = False
+
+    def parent_gone() -> bool:
+        nonlocal closed
+        # The socket turns readable (EOF) when the parent closes it or dies.
+        closed = closed or conn.poll(0)
+        return closed
+
+    while True:
+        if not wait(lambda last=step: ctrl[GO] != last, lambda: not parent_gone()):
+            return
+        step = int(ctrl[GO])
+        n = int(ctrl[N])
+        try:
+            loss = losses.get(LOSS_NAMES[int(ctrl[LOSS])])
+            lv, result = net.loss_and_backward_part(slot.x[:n], targets[int(ctrl[TARGET_KIND])][:n], loss,
+                                                    bool(ctrl[TRAIN]))
+            slot.loss[0] = lv
+            slot.out[:n] = result
+            for key, g in slot.grads.items():
+                np.copyto(g, net.grads[key])
+            ctrl[FAILED] = 0
+        except Exception as e:  # noqa: BLE001
+            ctrl[FAILED] = 1
+            try:
+                conn.send(("error", f"{type(e).__name__}: {e}"))
+            except OSError:
+                return
+        ctrl[DONE] = step  # last: the parent reads the results once it sees this
