@@ -818,7 +818,7 @@ def slips(checks: Sequence[SlideCheck]) -> list[str]:
         headline = c.reason.split(" — ", 1)[0]
         groups.setdefault((c.slide, family, headline), []).append(c)
     lines = []
-    for (slide, family, headline), members in sorted(groups.items(), key=lambda kv: kv[0][0]):
+    for (slide, _family, headline), members in sorted(groups.items(), key=lambda kv: kv[0][0]):
         first = members[0]
         which = ", ".join(m.step for m in members)
         exact = "" if math.isnan(first.exact) else f", exact {_g(first.exact)}"
