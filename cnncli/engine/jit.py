@@ -25,8 +25,9 @@ FLAGS = {"cache": True, "nogil": True, "fastmath": True}
 # numpy's error model: a float division by zero gives inf/nan, as in numpy,
 # instead of raising. Numba's default (Python's) model tests every divisor,
 # and that branch, like the NaN handling of its min/max, keeps LLVM from
-# vectorising a loop: a rational tanh ran 0.85 ms per 400k floats with it and
-# 0.06 ms without. For kernels whose divisors are never zero (cnncli.engine.fast.fused).
+# vectorising a loop (a rational tanh ran an order of magnitude slower with
+# it). For kernels whose divisors are never zero: the fused blocks
+# (cnncli.engine.fast) and the tiled average pooling.
 VECTOR_FLAGS = {**FLAGS, "error_model": "numpy"}
 
 

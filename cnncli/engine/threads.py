@@ -6,11 +6,9 @@ OpenBLAS (one per core for every GEMM). Left at their defaults they starve
 each other: both pools busy-wait after finishing their work (OpenBLAS for about
 0.1 s, OpenMP for a few hundred thousand spins), so on a 2-core machine a
 Numba kernel that follows a GEMM finds both cores taken by spinning OpenBLAS
-threads, and the other way round. Measured on LeNet-5 (batch 64, 2 cores):
-~200-600 images/s with the defaults, ~8,000-9,000 with the settings below;
-VGG-16 forward + backward also got faster (4.7 s -> 1.4-2.1 s), because
-any core taken by another process stalls whichever pool splits its work
-statically across both cores.
+threads, and the other way round; and any core taken by another process
+stalls whichever pool splits its work statically across both cores. (What
+was measured, with these settings and without: benchmarks/README.md.)
 
 :func:`configure` (called by :mod:`cnncli.engine.jit`, that is, when the engine is
 imported) therefore
@@ -18,20 +16,19 @@ imported) therefore
 * runs OpenBLAS on one thread, through its C API (``openblas_set_num_threads``
   under whichever name numpy's build exports): the engine's parallelism comes
   from its own threads instead, which sleep when idle: a fast network splits
-  a batch into one part per core (:mod:`cnncli.engine.network`), and a big GEMM is
-  cut into slabs taken in turn by the caller and the worker threads of
-  :func:`pool` (:func:`matmul`, and ``cnncli.engine.kernels`` for its convolutions);
+  a batch into one part per core (:mod:`cnncli.engine.parts`), and a big GEMM
+  is cut into *slabs* taken in turn by the caller and the worker threads of
+  :func:`pool` (:func:`matmul`, for every GEMM of the engine);
 * makes OpenMP threads sleep, not spin, while they wait for work
   (``OMP_WAIT_POLICY=PASSIVE``), so that a GEMM running in the main thread
   has its core. libgomp reads the variable once, when Numba loads it for the
   first parallel kernel; so this must run before any kernel does, and a value
   the user set is kept.
 
-Measured alternatives, worse on this 2-core machine: OpenBLAS at 1 thread with
-spinning OpenMP threads (LeNet-5 ~250-300 images/s whenever anything else runs
-on the machine), Numba's ``workqueue`` layer instead of OpenMP (20-30 % slower
-on LeNet-5), OpenBLAS at 2 threads with passive OpenMP (VGG-16 ~2x slower).
-Everything is process-wide and idempotent; :func:`status` says what was done.
+The alternatives (spinning OpenMP threads beside one-thread OpenBLAS, Numba's
+``workqueue`` layer instead of OpenMP, OpenBLAS on two threads with passive
+OpenMP) all measured worse on a 2-core machine. Everything is process-wide and
+idempotent; :func:`status` says what was done.
 """
 
 from __future__ import annotations

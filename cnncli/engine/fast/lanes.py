@@ -4,7 +4,7 @@
 layers that leaves the vector units idle: a 10 x 10 output plane is rows of
 10 numbers, so the activation, the pooling and their gradients run loops of
 10 with scalar remainders, and the flat-tap unfold pads every row with junk
-columns that the GEMMs then compute (36 % extra on LeNet-5's second layer).
+columns that the GEMMs then compute (a third more work on LeNet-5's second layer).
 
 This block lays a batch out as (C, H, W, N), the batch innermost (as
 cuda-convnet did): every pixel is a vector of N numbers, one per sample. Then

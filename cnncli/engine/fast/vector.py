@@ -34,7 +34,7 @@ def tanh32(z):
     # tanh of a float32 as a rational function on [-7.9053, 7.9053] (float32
     # tanh is +-1 beyond), within a few ulp of the exact value. Plain
     # arithmetic, so that LLVM vectorises it: Numba's math.tanh is a scalar
-    # call ~40x slower than numpy's SIMD tanh, and this lets the activation
+    # call, far slower than numpy's SIMD tanh, and this lets the activation
     # and the pooling share one pass over the output.
     c = _TANH_CLAMP
     z = min(max(z, -c), c)
