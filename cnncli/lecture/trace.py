@@ -793,15 +793,15 @@ def run_conv(input: str | None, filter: str | None, upstream: str | None, dump: 
     if f.shape[0] > x.shape[0]:
         raise UsageError(f"the filter ({f.shape[0]}×{f.shape[1]}) is larger than the input "
                          f"({x.shape[0]}×{x.shape[1]})")
-    oh, ow = x.shape[0] - f.shape[0] + 1, x.shape[1] - f.shape[1] + 1
-    default_up = CONV_DEFAULTS.upstream if (oh, ow) == CONV_DEFAULTS.upstream.shape else \
-        np.ones((oh, ow))
-    dy = _grid(upstream, default_up, "--upstream", "∂E/∂O", shape=(oh, ow))
     kh, kw = f.shape
     text = (f"input: [1, {x.shape[0]}, {x.shape[1]}]\nlayers:\n"
             f"  - conv: {{name: conv, filters: 1, kernel: [{kh}, {kw}], bias: false, "
             f"init: {{weight: {f.reshape(1, 1, kh, kw).tolist()}}}}}\n")
     net = _tiny_net(text)
+    _, oh, ow = net.graph["conv"].out_shape
+    default_up = CONV_DEFAULTS.upstream if (oh, ow) == CONV_DEFAULTS.upstream.shape else \
+        np.ones((oh, ow))
+    dy = _grid(upstream, default_up, "--upstream", "∂E/∂O", shape=(oh, ow))
     o = net.forward(x[None, None])[0, 0]
     net.backward({"conv": dy[None, None]}, keep_node_grads=True)
     gf = net.grads["conv.weight"][0, 0]
@@ -838,11 +838,11 @@ def run_pool(kind: str, input: str | None, upstream: str | None, dump: Path | No
     """Slide 28 on the engine: a max or average pool node with 2×2 windows, stride 2."""
     kh, kw = POOL_DEFAULTS.f.shape
     x = _grid(input, POOL_DEFAULTS.x, "--input", "the input", at_least=kh)
-    oh, ow = (x.shape[0] - kh) // kh + 1, (x.shape[1] - kw) // kw + 1
-    default_up = POOL_DEFAULTS.upstream if (oh, ow) == POOL_DEFAULTS.upstream.shape else np.ones((oh, ow))
-    dy = _grid(upstream, default_up, "--upstream", "∂E/∂O", shape=(oh, ow))
     layer = f"{kind}pool"
     net = _tiny_net(f"input: [1, {x.shape[0]}, {x.shape[1]}]\nlayers:\n  - {layer}: {{name: pool, kernel: {kh}}}\n")
+    _, oh, ow = net.graph["pool"].out_shape
+    default_up = POOL_DEFAULTS.upstream if (oh, ow) == POOL_DEFAULTS.upstream.shape else np.ones((oh, ow))
+    dy = _grid(upstream, default_up, "--upstream", "∂E/∂O", shape=(oh, ow))
     o = net.forward(x[None, None])[0, 0]
     shares = np.zeros((oh, ow) + x.shape)
     for p, q in np.ndindex(oh, ow):
