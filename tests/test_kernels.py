@@ -17,7 +17,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from cnncli.engine import conv, pool, rules, threads
+from cnncli.engine import conv, pool, rules
 from cnncli.model.kinds import window_output
 
 DTYPES = [np.float32, np.float64]
@@ -391,7 +391,7 @@ def test_conv2d_split_gemms_match_unsplit(cfg, dtype, monkeypatch):
     """GEMMs split across threads give the loop references' results, run after run."""
     x, w, b, dy = conv_arrays(cfg, dtype, seed=4)
     monkeypatch.setattr(rules, "direct_weights", lambda *a: False)
-    monkeypatch.setattr(threads, "SPLIT_MIN_MACS", 1)
+    monkeypatch.setattr(rules, "SLAB_MIN_MACS", 1)
     split = [conv.conv2d_forward(x, w, b, *geometry(cfg)), *conv.conv2d_backward(x, w, dy, *geometry(cfg))]
     tol = tolerances(dtype)
     np.testing.assert_allclose(split[0], ref_conv2d(x, w, b, *geometry(cfg)), **tol)

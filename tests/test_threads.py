@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import cnncli.engine.jit  # noqa: F401  (loading the engine applies the settings)
-from cnncli.engine import threads
+from cnncli.engine import rules, threads
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
@@ -82,7 +82,7 @@ def test_a_users_openmp_wait_policy_is_kept():
 
 @pytest.mark.parametrize("shape", [(64, 300, 500), (3, 200, 700), (1, 50, 4096), (257, 31, 1)])
 def test_split_matmul_equals_numpy(monkeypatch, shape):
-    monkeypatch.setattr(threads, "SPLIT_MIN_MACS", 1)
+    monkeypatch.setattr(rules, "SLAB_MIN_MACS", 1)
     m, k, n = shape
     rng = np.random.default_rng(0)
     a = rng.standard_normal((m, k)).astype(np.float32)
@@ -97,7 +97,7 @@ def test_split_matmul_equals_numpy(monkeypatch, shape):
 
 
 def test_stacked_matmul_splits_along_the_longer_axis(monkeypatch):
-    monkeypatch.setattr(threads, "SPLIT_MIN_MACS", 1)
+    monkeypatch.setattr(rules, "SLAB_MIN_MACS", 1)
     submitted = []
     real_pool = threads.pool()
 

@@ -110,6 +110,27 @@ def lanes(n: int, weights: int, cols_bytes: int) -> bool:
     return n >= MIN_LANES and (direct_weights(weights) or cols_bytes <= MAX_LANES_COLS_BYTES)
 
 
+# --- slabs: slices of one GEMM's output computed by separate threads ---------
+
+#: The fewest multiply-adds in a slab of a GEMM that is split across the cores,
+#: and the fewest rows (or columns) of its output: below that a slab's BLAS call
+#: costs more to hand over than it saves.
+SLAB_MIN_MACS = 2_000_000
+SLAB_MIN_SIZE = 32
+
+
+def worth_slabs(macs: int, size: int) -> bool:
+    """Whether a GEMM of ``macs`` multiply-adds whose output's longer axis is ``size`` is big enough to split."""
+    return macs >= 2 * SLAB_MIN_MACS and size >= 2 * SLAB_MIN_SIZE
+
+
+def slab_count(macs: int, size: int, cores: int) -> int:
+    """Slabs for such a GEMM on ``cores`` cores: up to two per core, so a core held elsewhere delays one slab."""
+    if not worth_slabs(macs, size) or cores < 2:
+        return 1
+    return max(1, min(2 * cores, size // SLAB_MIN_SIZE, macs // SLAB_MIN_MACS))
+
+
 # --- parts: slices of the batch run on separate cores -------------------------
 
 #: A batch is split across cores only into parts of at least this many samples.

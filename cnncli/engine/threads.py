@@ -38,6 +38,8 @@ import itertools
 import os
 import sys
 
+from cnncli.engine import rules
+
 __all__ = ["configure", "matmul", "pool", "set_blas_threads", "status"]
 
 # The names numpy's OpenBLAS builds export the setter under, newest first:
@@ -129,9 +131,6 @@ def configure() -> None:
     set_blas_threads(BLAS_THREADS)
 
 
-#: The fewest multiply-adds in a slab of a GEMM that :func:`matmul` splits across the cores.
-SPLIT_MIN_MACS = 2_000_000
-
 _pool = None
 
 
@@ -163,9 +162,9 @@ def matmul(a, b, out=None):
 
     OpenBLAS itself stays on one thread (see above): its pool would spin after
     every GEMM and collapse whenever another process holds a core (VGG-16 on
-    one image: 1.4-2 s with one thread, 3.4 s with two, on a busy machine).
-    Instead a GEMM of at least two slabs' worth of work (:data:`SPLIT_MIN_MACS`
-    multiply-adds and 32 rows or columns each) is cut into up to two slabs per
+    one image ran over twice as long with two OpenBLAS threads on a busy machine).
+    Instead a GEMM of at least two slabs' worth of work
+    (:func:`cnncli.engine.rules.slab_count`) is cut into up to two slabs per
     core along the output's longer axis (VGG-16's 14x14 layers have 512 filter
     rows but ~200 columns per sample), which the caller and the worker threads
     take in turn, so that a core held by another process delays one slab, not
@@ -184,15 +183,15 @@ def matmul(a, b, out=None):
     macs = out.size * a.shape[-1]
     rows = out.shape[-2] > out.shape[-1]
     size = out.shape[-2] if rows else out.shape[-1]
-    if macs < 2 * SPLIT_MIN_MACS or size < 64:
+    if not rules.worth_slabs(macs, size):
         return np.matmul(a, b, out=out)
     import numba
 
     cores = numba.get_num_threads()  # 1 inside a part of a split batch
-    parts = min(2 * cores, size // 32, macs // SPLIT_MIN_MACS)
-    if cores < 2 or parts < 2:
+    count = rules.slab_count(macs, size, cores)
+    if count < 2:
         return np.matmul(a, b, out=out)
-    bounds = [size * i // parts for i in range(parts + 1)]
+    bounds = [size * i // count for i in range(count + 1)]
     slabs = iter([slice(lo, hi) for lo, hi in itertools.pairwise(bounds)])
     lock = threading.Lock()
 
