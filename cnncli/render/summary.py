@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cnncli.model.kinds import fmt_shape
+from cnncli.summary import BYTES_PER_NUMBER
 
 _FORMATS = ("table", "json", "markdown")
 _INDENT = "  "
@@ -84,8 +85,9 @@ def notes(s) -> list[str]:
         out.append(f"{s.non_trainable_params:,} params are fixed (trainable: false).")
     out.append("MACs: multiply-accumulates of convolution and dense layers for one sample "
                "(torchvision's \"GFLOPS\").")
-    out.append(f"Memory in float32 (4 bytes, MB = 10⁶ bytes): params × 4; forward/backward = every "
-               f"layer's output kept for the backward pass plus its gradient, × batch {s.batch}.")
+    out.append(f"Memory in float32 ({BYTES_PER_NUMBER} bytes, MB = 10⁶ bytes): params × {BYTES_PER_NUMBER}; "
+               f"forward/backward = every layer's output kept for the backward pass plus its gradient, "
+               f"× batch {s.batch}.")
     if s.aux_outputs:
         heads = ", ".join(f"{name} (×{w:g})" for name, w in s.aux_outputs.items())
         out.append(f"Auxiliary heads {heads}: training only, {s.aux_params:,} of the params and "
