@@ -1,1 +1,119 @@
-"""The engine. (map to come)"""
+"""The engine: a graph of :mod:`cnncli.model` made runnable, forward and backward, on Numba kernels.
+
+This docstring is the engine's map: its files, which path runs which layer
+and by which rule, where it runs in parallel, and the words it uses.
+
+Files, top-down
+---------------
+
+==============  ==========================================================
+network         :class:`~cnncli.engine.network.Network`: parameters, the
+                layers of a graph, forward, loss, backward, ``predict``
+parts           a batch split into parts, one per core (threads or
+                worker processes), gradients combined in part order
+processes       worker processes: shared memory, control words;
+worker          the worker process's own side (its replica's loop)
+layers          forward and backward of every layer kind, side by side,
+                registered in ``LAYERS`` (one per kind of model.kinds)
+losses, optim   loss functions (value and gradient), SGD and Adam
+conv, pool      the general NCHW convolution and pooling kernels
+fast/           optional speed: fused conv → activation → tiled-pool
+                blocks, in NCHW (``fused``) and batch-innermost
+                (``lanes``), and what both share (``vector``)
+rules           every threshold by which a path is chosen
+arrays          argument checks, output sizes, per-thread scratch buffers
+threads         the two thread pools (Numba's, OpenBLAS's) and the
+                slab-split GEMM (``matmul``)
+jit             Numba's flags, set once: ``kernel``, ``parallel_kernel``,
+                ``vector_kernel``, ``vector_parallel_kernel``,
+                ``exact_kernel``
+==============  ==========================================================
+
+Which path runs which layer
+---------------------------
+
+Every layer kind has one plain path in :mod:`~cnncli.engine.layers`, which
+``backprop-trace`` and the gradient checks use (``Network(fast=False)``:
+every node's value and gradient kept). ``train`` and ``eval`` build
+``Network(fast=True)``, which takes the faster paths below where they apply;
+each is tested equal to the plain path (and against finite differences).
+
+* **conv**: in a fast network, a chain conv (stride 1, dilation 1, one group)
+  → relu or tanh (→ avgpool with square tiles, ``pool.is_tile_pool``) whose
+  inner outputs nothing else reads runs as one fused block
+  (:class:`~cnncli.engine.layers.FusedConv`):
+
+  - batch-innermost (``fast.lanes``) when ``rules.lanes``: at least
+    ``MIN_LANES`` samples and few weights or a small column matrix;
+  - else NCHW (``fast.fused``), in chunks (``rules.chunk_size``);
+  - inside either, layers with few weights (``rules.direct_weights``) run as
+    direct loops without a column matrix; the NCHW block keeps small column
+    matrices for the backward pass (``rules.keep_cols``).
+
+  Every other conv runs in ``conv``: direct loops for thin groups
+  (``rules.depthwise``), else unfold + GEMM in chunks, whole padded rows
+  when ``rules.flat_rows``, the weight gradient by direct dot products when
+  ``rules.direct_weights`` (flat rows only), and the weight-gradient GEMM
+  transposed when ``rules.dw_transposed``.
+* **maxpool**: ``pool.maxpool2d_*``. **avgpool**: ``pool.tile_avgpool_*``
+  for square non-overlapping tiles (``pool.is_tile_pool``), else the window
+  kernels ``pool.avgpool2d_*``. **adaptive_avgpool**: the window kernels
+  (nothing to do when input and output sizes agree). **subsample**: the
+  window kernels' sum times a learned coefficient.
+* **dense**: ``threads.matmul`` (slab-split when big). Activations, softmax,
+  batch norm, dropout, LRN, flatten, add and concat: numpy in
+  :mod:`~cnncli.engine.layers`.
+* The network's first conv computes no input gradient in a fast network.
+
+Where it runs in parallel, and why
+----------------------------------
+
+Three levels, each used where the one above it is not:
+
+1. **Parts** (:mod:`~cnncli.engine.parts`): a fast network whose layers treat
+   every sample alone (``rules.splittable``: no batch norm, no dropout)
+   splits a batch into one part per core (``rules.part_count``, at least
+   ``MIN_PART`` samples each). Each part runs on a network of its own with
+   one Numba thread and one-thread BLAS, so the cores meet once per pass
+   instead of after every kernel, and the GEMMs run in parallel too.
+   Inference runs parts on threads; training runs them in worker processes
+   (:mod:`~cnncli.engine.processes`), where no part waits for another's GIL,
+   with threads standing in while the workers boot or if one fails. Parts
+   are combined in a fixed order: the same bits on threads or processes.
+2. **Slabs**: outside a part (a network that does not split, or a batch too
+   small to), a big GEMM is cut into slabs of its output that the calling
+   thread and the pool's threads take in turn (``threads.matmul``,
+   ``rules.slab_count``); OpenBLAS itself stays on one thread, because its own
+   pool spins and collapses when another process holds a core.
+3. **prange** inside the kernels: over (sample, channel) planes or (sample,
+   filter) pairs, on Numba's OpenMP threads, which wait passively
+   (:mod:`~cnncli.engine.threads`); one thread inside a part.
+
+Every parallel kernel writes only its own slice and adds partial sums in a
+fixed order, so results are bit-identical run to run. Per-thread scratch
+buffers (``arrays.scratch``) let replicas run side by side without sharing one.
+
+Words
+-----
+
+block
+    a YAML block (a named, reusable group of layers in a model file), or a
+    fused conv block (``fast.fused.Block``, ``fast.lanes.Block``); nothing else.
+part
+    a contiguous slice of a batch that one core runs (``parts``).
+replica
+    a network built on another's parameter arrays that runs one part, on a
+    thread or in a worker process.
+worker
+    a child process that holds a replica; its *slot* is its region of the
+    shared memory (control words, inputs, outputs, gradients).
+chunk
+    a slice of a batch (or part) whose column matrix fits the cache budget,
+    inside one convolution call.
+slab
+    a slice of one GEMM's output computed by one thread.
+lanes
+    the batch-innermost layout (C, H, W, N): every pixel a vector of samples.
+flat rows
+    unfolding whole padded rows (pitch = padded width), junk outputs included.
+"""
