@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-ENGINE = ("numba", "cnncli.engine.layers", "cnncli.engine.kernels", "cnncli.engine.network")
+ENGINE = ("numba", "cnncli.engine.layers", "cnncli.engine.conv", "cnncli.engine.network")
 
 
 def wall(cmd: list[str], runs: int) -> list[float]:

@@ -356,7 +356,7 @@ def test_summarize_imports_no_engine():
     assert isinstance(summarize("lenet5"), Summary)
     code = ("import sys\nfrom cnncli.cli import main\n"
             "try:\n    main(['summarize', 'googlenet'])\nexcept SystemExit:\n    pass\n"
-            "bad = [m for m in ('numba', 'cnncli.engine.layers', 'cnncli.engine.kernels', 'cnncli.engine.network') if m in sys.modules]\n"
+            "bad = [m for m in ('numba', 'cnncli.engine.layers', 'cnncli.engine.conv', 'cnncli.engine.network') if m in sys.modules]\n"
             "print('LOADED', bad) if bad else print('CLEAN')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("CLEAN"), out[-300:]
