@@ -211,9 +211,10 @@ class Subsample(Layer):
 class FusedConv:
     """A conv layer, its activation and its tiled average pooling run as one fused block.
 
-    A batch of at least :data:`cnncli.engine.fast.lanes.MIN_LANES` samples of a small layer
-    runs batch-innermost (:class:`cnncli.engine.fast.lanes.Block`), anything else in NCHW
-    (:class:`cnncli.engine.fast.fused.Block`); the two agree up to the rounding of their sums.
+    A batch that :func:`cnncli.engine.rules.lanes` admits (enough samples, a
+    small layer) runs batch-innermost (:class:`cnncli.engine.fast.lanes.Block`),
+    anything else in NCHW (:class:`cnncli.engine.fast.fused.Block`); the two
+    agree up to the rounding of their sums.
 
     Built by :class:`~cnncli.engine.network.Network` (``fast=True``) for a chain
     conv → relu/tanh (→ avgpool) whose inner outputs feed nothing else. The
@@ -222,18 +223,19 @@ class FusedConv:
     activation and pooling nodes (the convolution's own output is never stored).
     """
 
-    def __init__(self, conv: Conv, act: Node, pool: Node | None):
-        self.conv = conv
-        self.nodes = [conv.node.name, act.name] + ([pool.name] if pool is not None else [])
-        k = pool.options["kernel"][0] if pool is not None else 0
-        self.nchw = fused.Block(conv.o["padding"], act.kind, k)
-        self.lanes = lanes.Block(conv.o["padding"], act.kind, k)
+    def __init__(self, layer: Conv, act: Node, pool_node: Node | None):
+        self.conv = layer
+        self.nodes = [layer.node.name, act.name] + ([pool_node.name] if pool_node is not None else [])
+        k = pool_node.options["kernel"][0] if pool_node is not None else 0
+        self.nchw = fused.Block(layer.o["padding"], act.kind, k)
+        self.lanes = lanes.Block(layer.o["padding"], act.kind, k)
         self.block: fused.Block | lanes.Block = self.nchw  # the one that ran the last forward pass
 
     @staticmethod
-    def fits(conv: Node) -> bool:
-        o = conv.options
-        return (conv.kind == "conv" and o["groups"] == 1 and tuple(o["stride"]) == (1, 1)
+    def fits(node: Node) -> bool:
+        """Whether a node can start a fused chain: a conv of stride 1, dilation 1, one group."""
+        o = node.options
+        return (node.kind == "conv" and o["groups"] == 1 and tuple(o["stride"]) == (1, 1)
                 and tuple(o["dilation"]) == (1, 1))
 
     def forward(self, xs):

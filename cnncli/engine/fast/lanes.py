@@ -21,13 +21,13 @@ The block hands out its output, activation and input gradient as NCHW-shaped
 contiguous runs (LeNet-5's two blocks pass their tensors without a transpose),
 and any other layer gets numpy's copy (the kernels' wrappers make their inputs
 contiguous).
-:meth:`Block.fits` says when it applies (:func:`cnncli.engine.rules.lanes`): at least
-:data:`~cnncli.engine.rules.MIN_LANES` samples
-(a vector's worth), and a column matrix (kept for the backward pass) of at
-most :data:`~cnncli.engine.rules.MAX_LANES_COLS_BYTES`; otherwise :class:`~cnncli.engine.layers.FusedConv` uses
-:class:`cnncli.engine.fast.fused.Block`. Same arithmetic, same conventions (stride 1, no
-dilation, one group; tiled average pooling; PyTorch's results); the sums run
-in a fixed order, so results repeat bit for bit.
+
+:meth:`Block.fits` says when it applies (:func:`cnncli.engine.rules.lanes`): a
+vector's worth of samples and a column matrix (kept for the backward pass)
+that is small enough; otherwise :class:`~cnncli.engine.layers.FusedConv` uses
+:class:`cnncli.engine.fast.fused.Block`. Same arithmetic, same conventions
+(stride 1, no dilation, one group; tiled average pooling; PyTorch's results);
+the sums run in a fixed order, so results repeat bit for bit.
 """
 
 from __future__ import annotations
