@@ -502,4 +502,4 @@ class Concat(Layer):
         return np.concatenate(xs, axis=1)
 
     def backward(self, dy):
-        return [np.ascontiguousarray(part) for part in np.split(dy, self.splits, axis=1)]
+        return [np.ascontiguousarray(piece) for piece in np.split(dy, self.splits, axis=1)]
