@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 from pathlib import Path
 
@@ -171,22 +170,119 @@ def test_steps_show_the_error_falling_and_keep_the_first_steps_tables():
         assert np.array_equal(a.new_weight, b.new_weight)
 
 
+# The lecture's worked example as the slides give it (slides 5-8 and 13): input, target, the three
+# weight matrices laid out (inputs, outputs) as the slides print them, every bias 1.0, lr 0.01.
+LECTURE_X = np.array([0.1, 0.2, 0.7])
+LECTURE_Y = np.array([1.0, 0.0, 0.0])
+LECTURE_W = {
+    "ij": np.array([[0.1, 0.2, 0.3], [0.3, 0.2, 0.7], [0.4, 0.3, 0.9]]),
+    "jk": np.array([[0.2, 0.3, 0.5], [0.3, 0.5, 0.7], [0.6, 0.4, 0.8]]),
+    "kl": np.array([[0.1, 0.4, 0.8], [0.3, 0.7, 0.2], [0.5, 0.2, 0.9]]),
+}
+LECTURE_BIAS = 1.0
+LECTURE_LR = 0.01
+
+
+def lecture_reference() -> dict[str, float]:
+    """Every quantity ``slide_exact`` reports, by the textbook formulas in plain float64 numpy.
+
+    Independent of the engine: no cnncli code, the lecture's numbers written out
+    above. The network is x -> ReLU(x·W_ij + 1) -> Sigmoid(h1·W_jk + 1) ->
+    Softmax(h2·W_kl + 1) = o, the error is the per-output binary cross-entropy
+    E = Σ_l -(y_l ln o_l + (1 - y_l) ln(1 - o_l)), and one plain SGD step
+    W_new = W - lr·∂E/∂W. Indices in the keys are 1-based, [row, column] = [input, output].
+    """
+    x, y, w, lr = LECTURE_X, LECTURE_Y, LECTURE_W, LECTURE_LR
+    # forward
+    h1_in = x @ w["ij"] + LECTURE_BIAS
+    h1_out = np.maximum(h1_in, 0.0)
+    h2_in = h1_out @ w["jk"] + LECTURE_BIAS
+    h2_out = 1.0 / (1.0 + np.exp(-h2_in))
+    o_in = h2_out @ w["kl"] + LECTURE_BIAS
+    o_out = np.exp(o_in) / np.exp(o_in).sum()
+    e_term = -(y * np.log(o_out) + (1 - y) * np.log(1 - o_out))
+    # backward, layer by layer from the output
+    de_dout = -y / o_out + (1 - y) / (1 - o_out)                 # ∂E/∂o_l
+    softmax_jac = np.diag(o_out) - np.outer(o_out, o_out)         # [a, b] = ∂o_a/∂o_in_b
+    de_doin = softmax_jac.T @ de_dout                              # ∂E/∂o_in_l, through the full Jacobian
+    dw_kl = np.outer(h2_out, de_doin)
+    dh2out_term = w["kl"] * de_doin[None, :]                       # [k, l] = W_kl·∂E/∂o_in_l
+    de_dh2out = dh2out_term.sum(axis=1)
+    sigmoid_d = h2_out * (1 - h2_out)
+    de_dh2in = de_dh2out * sigmoid_d
+    dw_jk = np.outer(h1_out, de_dh2in)
+    dh1out_term = w["jk"] * de_dh2in[None, :]                      # [j, k] = W_jk·∂E/∂h2_in_k
+    de_dh1out = dh1out_term.sum(axis=1)
+    relu_d = (h1_in > 0).astype(float)
+    de_dh1in = de_dh1out * relu_d
+    dw_ij = np.outer(x, de_dh1in)
+
+    ref: dict[str, float] = {"E": float(e_term.sum())}
+    vectors = {
+        "E_term": e_term, "one_minus_o_out": 1 - o_out,
+        "h1_in": h1_in, "h1_out": h1_out, "dE_dh1out": de_dh1out, "dh1out_dh1in": relu_d,
+        "h2_in": h2_in, "h2_out": h2_out, "dE_dh2out": de_dh2out, "dh2out_dh2in": sigmoid_d,
+        "o_in": o_in, "o_out": o_out, "dE_dout": de_dout, "dout_din": np.diag(softmax_jac),
+    }
+    matrices = {
+        "dW_ij": dw_ij, "W_ij_new": w["ij"] - lr * dw_ij,
+        "dW_jk": dw_jk, "W_jk_new": w["jk"] - lr * dw_jk,
+        "dW_kl": dw_kl, "W_kl_new": w["kl"] - lr * dw_kl,
+        "dE_dh1out_term": dh1out_term, "dE_dh2out_term": dh2out_term,
+    }
+    for name, v in vectors.items():
+        ref.update({f"{name}[{n + 1}]": float(v[n]) for n in range(3)})
+    for name, m in matrices.items():
+        ref.update({f"{name}[{r + 1},{c + 1}]": float(m[r, c]) for r in range(3) for c in range(3)})
+    return ref
+
+
+def _close(a: float, b: float, tol: float = 1e-12) -> bool:
+    return abs(a - b) <= tol * max(1.0, abs(b))
+
+
+def test_lecture_reference_gradients_match_finite_differences():
+    # The reference's own check: its ∂E/∂W against central differences of its own forward pass.
+    def error(ws: dict[str, np.ndarray]) -> float:
+        h1 = np.maximum(LECTURE_X @ ws["ij"] + LECTURE_BIAS, 0.0)
+        h2 = 1.0 / (1.0 + np.exp(-(h1 @ ws["jk"] + LECTURE_BIAS)))
+        z = h2 @ ws["kl"] + LECTURE_BIAS
+        o = np.exp(z) / np.exp(z).sum()
+        return float(-(LECTURE_Y * np.log(o) + (1 - LECTURE_Y) * np.log(1 - o)).sum())
+
+    ref = lecture_reference()
+    assert ref["E"] == pytest.approx(error(LECTURE_W), rel=1e-15)
+    for pair in LECTURE_W:
+        for r, c in np.ndindex(3, 3):
+            up = {k: v.copy() for k, v in LECTURE_W.items()}
+            down = {k: v.copy() for k, v in LECTURE_W.items()}
+            up[pair][r, c] += 1e-6
+            down[pair][r, c] -= 1e-6
+            numeric = (error(up) - error(down)) / 2e-6
+            assert ref[f"dW_{pair}[{r + 1},{c + 1}]"] == pytest.approx(numeric, rel=1e-6, abs=1e-9)
+
+
+def test_slide_exact_values_equal_an_independent_float64_reference():
+    t = trace.run()
+    assert t.model == "slide-mlp" and t.loss_name == "bce" and t.lr == LECTURE_LR
+    exact, ref = trace.slide_exact(t), lecture_reference()
+    # Every quantity has a reference (a new one without a reference fails here), and no reference is unused.
+    assert set(exact) == set(ref)
+    wrong = {k: (exact[k], ref[k]) for k in ref if not _close(exact[k], ref[k])}
+    assert not wrong, wrong
+
+
 def test_compare_slides_has_an_exact_value_for_every_printed_number():
     t = trace.run(compare_slides=True)
     data = slides.load_slides()
     exact = trace.slide_exact(t)
     assert {r.id for r in data.records} <= set(exact)
     assert len(t.slides) == len(data.records)
-    assert all(math.isfinite(c.exact) for c in t.slides)
-    by_id = {c.step: c for c in t.slides}
-    # Spot checks against the engine's own records: the error and the output layer's δW.
-    assert by_id["E"].exact == t.loss
-    assert by_id["dW_kl[1,1]"].exact == t.layers[2].grad_weight[0, 0]
-    assert by_id["W_ij_new[3,3]"].exact == t.layers[0].new_weight[2, 2]
-    assert by_id["dout_din[2]"].exact == t.layers[2].jacobian[1, 1]
-    assert by_id["dE_dh2out[1]"].exact == t.layers[2].grad_x[0]
-    assert by_id["dE_dh2out_term[1,2]"].exact == pytest.approx(0.4 * t.layers[2].grad_in[1], rel=1e-15)
-    assert by_id["dh1out_dh1in[1]"].exact == 1.0
+    # Each printed number is set beside the exact value of its quantity (the independent reference's).
+    ref = lecture_reference()
+    assert [c.step for c in t.slides] == [r.id for r in data.records]
+    wrong = [c for c in t.slides if not _close(c.exact, ref[c.step])]
+    assert not wrong, wrong
     # slide 6 prints 4.001 for 1.35·0.5 + 1.27·0.7 + 1.8·0.8 + 1 = 4.004: a slip, at any precision.
     first = next(c for c in t.slides if c.step == "h2_in[3]")
     assert first.slide == 6 and not first.match and first.reason
