@@ -22,9 +22,10 @@ from rich.console import Console
 
 from cnncli import checkpoint, cli, schedule, training
 from cnncli.data import DownloadEvent
-from cnncli.engine import parallel  # the worker processes a split batch runs in (ProcessGroup)
+from cnncli.engine import processes  # the worker processes a split batch runs in (ProcessGroup)
 from cnncli.engine.losses import Loss, softmax_cross_entropy
-from cnncli.engine.network import MIN_PART, Network
+from cnncli.engine.network import Network
+from cnncli.engine.rules import MIN_PART
 from cnncli.errors import CheckpointError, TrainingStopped, UsageError
 from cnncli.model import graph, spec
 
@@ -266,12 +267,13 @@ BOOT_SECONDS = 60
 def split_model(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("split-model") / "tiny-split.yaml"
     path.write_text(SPLIT)
-    net = Network(graph.build(spec.load(str(path))), "float32", fast=True)
-    if net.workers < 2:
+    g = graph.build(spec.load(str(path)))
+    # No dropout or batch norm: on two cores a batch of 64 is split into two parts of 32.
+    assert Network(g, "float32", fast=True, workers=2).workers == 2 and 64 // 2 >= MIN_PART
+    if Network(g, "float32", fast=True).workers < 2:
         pytest.skip("this process may use one CPU only: a batch is not split")
-    if not parallel.available():
-        pytest.skip("worker processes are not used on this platform (see cnncli.engine.parallel.available)")
-    assert net.splits and 64 // 2 >= MIN_PART  # no dropout or batch norm; two parts of 32
+    if not processes.available():
+        pytest.skip("worker processes are not used on this platform (see cnncli.engine.processes.available)")
     return str(path)
 
 
@@ -283,7 +285,7 @@ class _Parts:
         self.groups = 0
         parts = self
 
-        class Group(parallel.ProcessGroup):
+        class Group(processes.ProcessGroup):
             def __init__(self, *args, **kwargs):
                 super().__init__(*args, **kwargs)
                 parts.groups += 1
@@ -304,7 +306,7 @@ def run_in_processes(model: str, out: Path, reporter=None,
                      resume: Path | None = None) -> tuple[training.RunResult, _Parts]:
     parts = _Parts()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(parallel, "ProcessGroup", parts.group)
+        mp.setattr(processes, "ProcessGroup", parts.group)
         if resume is None:
             result = run(model, out, reporter=reporter)
         else:
@@ -359,7 +361,7 @@ def test_split_batches_in_worker_processes_resume_bit_for_bit(split_model, split
 
 def test_split_batches_give_the_same_weights_in_processes_as_on_threads(split_model, split_reference, tmp_path,
                                                                         monkeypatch):
-    monkeypatch.setattr(parallel, "available", lambda: False)  # no worker processes: the parts run on threads
+    monkeypatch.setattr(processes, "available", lambda: False)  # no worker processes: the parts run on threads
     on_threads = run(split_model, tmp_path / "threads")
     assert_same_weights(split_reference.last_path, on_threads.last_path)
     assert on_threads.test_acc == split_reference.test_acc
