@@ -70,11 +70,14 @@ def _network(in_shape, entry: str, dtype="float64", seed=0) -> Network:
 
 
 def _perturb_params(net: Network, rng: np.random.Generator) -> None:
-    # Move away from special initial values (batch norm's 1 and 0) so every term is exercised.
-    for key, p in net.trainable().items():
+    # Move away from special initial values (batch norm's scale 1 and shift 0, and its running
+    # statistics' mean 0 and variance 1, which inference reads) so every term is exercised.
+    for p in net.trainable().values():
         p += 0.1 * rng.standard_normal(p.shape)
+    for key, b in net.buffers.items():
+        b += 0.1 * rng.standard_normal(b.shape)
         if key.endswith("running_var"):
-            np.abs(p, out=p)
+            np.abs(b, out=b)
 
 
 def _fd_check(net: Network, x: np.ndarray, train: bool, rng: np.random.Generator, eps=1e-6, tol=1e-6):
@@ -91,7 +94,11 @@ def _fd_check(net: Network, x: np.ndarray, train: bool, rng: np.random.Generator
     net.rng.bit_generator.state = dropout_state
     y = net.forward(x, train=train)
     r = rng.standard_normal(y.shape)
-    energy()
+    # energy() repeats this very pass (the same dropout mask, the running statistics put back),
+    # so E = Σ y·R and ∂E/∂y = R hold for the finite differences below.
+    buffers = {k: v.copy() for k, v in net.buffers.items()}
+    assert energy() == float((y * r).sum())
+    assert all(np.array_equal(net.buffers[k], v) for k, v in buffers.items())
     net.rng.bit_generator.state = dropout_state
     net.forward(x, train=train)
     net.backward({net.graph.output: r})
@@ -128,6 +135,7 @@ def test_gradients_match_finite_differences(kind, in_shape, entry, train):
         w = net.params["conv1.weight"]
         assert np.all(w[0, 1] == 0) and np.all(w[1, 0] == 0)
     _perturb_params(net, rng)
+    assert all(np.all((b != 0) & (b != 1)) for b in net.buffers.values())  # batch norm's running statistics
     x = rng.standard_normal(in_shape)
     if kind == "conv" and "connections" in entry:
         mask = np.array([[1, 0, 1], [0, 1, 1]])[:, :, None, None]
@@ -367,6 +375,7 @@ def test_fused_chains_match_finite_differences(in_shape, entry, layout, monkeypa
     rng = np.random.default_rng(11)
     net = _fused_network(in_shape, entry)
     _perturb_params(net, rng)
+    assert all(np.all((b != 0) & (b != 1)) for b in net.buffers.values())  # batch norm's running statistics
     x = rng.standard_normal(in_shape)
     _fd_check(net, x, True, rng)
     _ran(net, block_type)
