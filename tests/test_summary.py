@@ -12,7 +12,6 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -23,8 +22,6 @@ from cnncli.errors import CnnError, ShapeError, SpecError, UsageError
 from cnncli.model import spec
 from cnncli.render import summary as render
 from cnncli.summary import Summary, builtin_models, summarize
-
-GOLDEN = Path(__file__).parent / "golden"
 
 # name: (total params, trainable params, exact MACs, the MAC figure or None)
 EXPECTED = {
@@ -287,17 +284,11 @@ def _normalise(text: str) -> str:
     return "\n".join(line.rstrip() for line in text.splitlines()).strip("\n") + "\n"
 
 
+# Snapshots of the reviewed tables, not independent truth (the counts in them are checked above);
+# `pytest --update-golden` regenerates them (see tests/conftest.py).
 @pytest.mark.parametrize("name", ["lenet5", "resnet18"])
-def test_golden_table(name, summaries, update_golden):
-    text = _normalise(render_text(get(summaries, name), "table", None, width=100))
-    path = GOLDEN / f"summarize-{name}.txt"
-    if update_golden:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    assert path.is_file(), f"{path} is missing; run pytest --update-golden"
-    assert text == _normalise(path.read_text(encoding="utf-8")), (
-        f"the rendered table of {name} changed; if that is intended, run pytest --update-golden "
-        "(or CNNCLI_UPDATE_GOLDEN=1) and review the diff")
+def test_golden_table(name, summaries, golden):
+    golden(f"summarize-{name}.txt", _normalise(render_text(get(summaries, name), "table", None, width=100)))
 
 
 # --- the command line -------------------------------------------------------------------------
