@@ -619,8 +619,7 @@ def test_normalise():
 def _real_datasets_root() -> Path | None:
     candidates = [
         _ORIGINAL_CNNCLI_DATA,
-        "/work/shared/datasets",
-        str(Path(__file__).resolve().parents[2] / "shared" / "datasets"),
+        str(Path(__file__).resolve().parents[2] / "shared" / "datasets"),  # beside the repository
     ]
     for c in candidates:
         if c and (Path(c) / "mnist").is_dir():

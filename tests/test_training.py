@@ -47,7 +47,7 @@ layers:
 
 
 def _datasets_root() -> Path | None:
-    for c in (os.environ.get("CNNCLI_DATA"), "/work/shared/datasets", str(REPO.parent / "shared" / "datasets")):
+    for c in (os.environ.get("CNNCLI_DATA"), str(REPO.parent / "shared" / "datasets")):
         if c and (Path(c) / "mnist").is_dir():
             return Path(c)
     return None
