@@ -36,6 +36,12 @@ def files(tmp_path: Path) -> dict[str, Path]:
     f["bad_shape"] = tmp_path / "shape.yaml"
     f["bad_shape"].write_text("input: [1, 8, 8]\nlayers:\n  - conv: {filters: 3, kernel: 3, padding: 1}\n"
                               "  - add: {inputs: [input, conv1]}\n")
+    f["deep"] = tmp_path / "deep.yaml"
+    f["deep"].write_text("input: [1, 28, 28]\nlayers: " + "[" * 5000 + "]" * 5000 + "\n")
+    f["deep_mapping"] = tmp_path / "deep_mapping.yaml"
+    f["deep_mapping"].write_text("input: [1, 28, 28]\nlayers: " + "{a: " * 5000 + "1" + "}" * 5000 + "\n")
+    f["huge"] = tmp_path / "huge.yaml"
+    f["huge"].write_text("input: [4]\nlayers: [relu]\n" + "#" * 10_000_000 + "\n")
     f["not_a_model"] = tmp_path / "list.yaml"
     f["not_a_model"].write_text("- just\n- a list\n")
     # A checkpoint whose first convolution has the wrong shape, and one that is not a .npz at all.
@@ -71,6 +77,9 @@ CASES = [
     ("wrong option type", ["summarize", "{bad_type}"], "filters must be an integer"),
     ("shapes that do not fit", ["summarize", "{bad_shape}"], "inputs have different shapes"),
     ("not a model", ["summarize", "{not_a_model}"], "a model file is a mapping"),
+    ("model nested 5,000 deep", ["summarize", "{deep}"], "nest deeper than 100 levels"),
+    ("mapping nested 5,000 deep", ["train", "{deep_mapping}"], "nest deeper than 100 levels"),
+    ("model file over 10 MB", ["summarize", "{huge}"], "a model file may be at most 10 MB"),
     ("input too small", ["summarize", "vgg16", "--input", "3x16x16"], "is larger than its input"),
     ("malformed input size", ["summarize", "vgg16", "--input", "3by224"], "must look like 3x224x224"),
     ("unknown model", ["train", "lenet6"], "built-in models:"),

@@ -7,7 +7,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cnncli.errors import CnnError, ShapeError, SpecError
+from cnncli.errors import CnnError, ShapeError, SpecError, UnknownModel
 from cnncli.model import graph, spec
 
 LENET_LAYERS = """
@@ -218,3 +218,65 @@ def _load_or_spec_error(text: str) -> None:
         graph.build(spec.parse(text, "fuzz.yaml"))
     except CnnError as e:
         assert str(e).startswith("fuzz.yaml"), str(e)
+
+
+# --- documents a loader must refuse without recursing or expanding forever ----------
+
+
+@pytest.mark.parametrize("layers", [
+    "[" * 5000 + "]" * 5000,
+    "{a: " * 5000 + "1" + "}" * 5000,
+    "\n" + "".join("  " * i + "-\n" for i in range(1, 300)),
+], ids=["flow lists", "flow mappings", "block lists"])
+def test_a_deeply_nested_document_is_a_spec_error(layers):
+    with pytest.raises(SpecError, match=r"nest deeper than 100 levels \(at line \d+, column \d+\)"):
+        load("input: [1, 28, 28]\nlayers: " + layers + "\n")
+
+
+def test_nesting_up_to_the_limit_reaches_the_usual_checks():
+    with pytest.raises(SpecError, match="description: must be a string"):
+        load("input: [4]\ndescription: " + "[" * 99 + "]" * 99 + "\nlayers: [relu]\n")
+    with pytest.raises(SpecError, match="nest deeper than 100 levels"):
+        load("input: [4]\ndescription: " + "[" * 100 + "]" * 100 + "\nlayers: [relu]\n")
+
+
+def test_aliases_cannot_nest_deeper_loop_or_explode():
+    deep = "[" * 60 + "]" * 60
+    with pytest.raises(SpecError, match="nest deeper than 100 levels"):
+        load(f"input: [4]\ndescription: &a {deep}\nreference: {'[' * 60}*a{']' * 60}\nlayers: [relu]\n")
+    with pytest.raises(SpecError, match="alias"):
+        load("input: [4]\nlayers:\n  - dense: {units: 3, init: {weight: &x [*x]}}\n")
+    # 10 values, each level ten aliases of the one before: 10^12 values if expanded ("billion laughs").
+    laughs = "".join(f"  - &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 12))
+    with pytest.raises(SpecError, match="aliases expand to more than 10,000,000 values"):
+        load("input: [4]\ndescription:\n  - &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + laughs + "layers: [relu]\n")
+
+
+def test_a_model_file_over_10_mb_is_refused_before_it_is_parsed(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_text("input: [4]\nlayers: [relu]\n" + "#" * 10_000_000 + "\n")
+    with pytest.raises(SpecError, match=r"at most 10 MB \(10,000,000 bytes\)"):
+        spec.load(str(big))
+
+
+@pytest.mark.parametrize("expr,message", [("$a" + "+1" * 50_000, "too long a block expression"),
+                                          ("$a // 0", "cannot be computed")])
+def test_block_expressions_that_cannot_be_computed_are_spec_errors(expr, message):
+    with pytest.raises(SpecError, match=message):
+        load(f"input: [4]\nblocks:\n  b: {{args: {{a: 3}}, layers: [{{dense: {{units: '{expr}'}}}}]}}\n"
+             "layers:\n  - b\n")
+
+
+def test_an_unknown_model_name_is_its_own_spec_error():
+    with pytest.raises(UnknownModel, match="unknown model 'lenet6'"):
+        spec.resolve("lenet6")
+
+
+def test_node_spec_records_the_block_of_each_instance():
+    m = load("input: [1, 8, 8]\nblocks:\n  inner: {layers: [relu]}\n"
+             "  outer: {layers: [{conv: {filters: 2, kernel: 3, padding: 1}}, inner]}\n"
+             "layers:\n  - outer: {name: stage, repeat: 2}\n")
+    relu = m.node("stage.1.inner1.relu1")
+    assert relu.scope == ("stage", "stage.1", "stage.1.inner1")
+    assert relu.blocks == (("stage.1", "outer"), ("stage.1.inner1", "inner"))
+
