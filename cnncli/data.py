@@ -56,6 +56,7 @@ import numpy as np
 from . import __version__
 from .atomic import write_atomic, write_text_atomic
 from .errors import DataError, UsageError
+from .model.kinds import fmt_shape
 
 __all__ = [
     "DATASETS",
@@ -66,6 +67,7 @@ __all__ = [
     "Place",
     "ProgressCallback",
     "cache_dir",
+    "check_model_fits",
     "class_names",
     "get",
     "load",
@@ -202,6 +204,18 @@ def get(name: str) -> DatasetInfo:
     except KeyError:
         valid = ", ".join(sorted(DATASETS))
         raise DataError(f"Unknown dataset {name!r}. Valid datasets: {valid}.") from None
+
+
+def check_model_fits(graph, info: DatasetInfo, name: str) -> None:
+    """A model (its inferred graph) must take the dataset's images and give one output per class; else UsageError."""
+    want_in = (1, *info.image_shape)
+    if tuple(graph.input_shape) != want_in:
+        raise UsageError(f"model '{name}' takes {fmt_shape(graph.input_shape)} inputs, but {info.title} "
+                         f"images are {fmt_shape(want_in)}")
+    classes = len(info.classes)
+    if tuple(graph.output_shape) != (classes,):
+        raise UsageError(f"model '{name}' outputs {fmt_shape(graph.output_shape)}, but {info.title} "
+                         f"has {classes} classes: the last layer needs {classes} units")
 
 
 def class_names(name: str) -> list[str]:

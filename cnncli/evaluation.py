@@ -22,7 +22,6 @@ from cnncli.engine.network import Network
 from cnncli.errors import UsageError
 from cnncli.model import spec
 from cnncli.model.graph import Graph, build
-from cnncli.model.kinds import fmt_shape
 
 #: Most confused pairs listed.
 CONFUSED_PAIRS = 5
@@ -150,18 +149,6 @@ def worst_mistakes(probs: np.ndarray, y_true: np.ndarray, images: np.ndarray, co
 
 # --------------------------------------------------------------------------- evaluate
 
-def check_model_fits(graph, info: data.DatasetInfo, name: str) -> None:
-    """The model must take the dataset's images and give one output per class."""
-    want_in = (1, *info.image_shape)
-    if tuple(graph.input_shape) != want_in:
-        raise UsageError(f"model '{name}' takes {fmt_shape(graph.input_shape)} inputs, but {info.title} "
-                         f"images are {fmt_shape(want_in)}")
-    classes = len(info.classes)
-    if tuple(graph.output_shape) != (classes,):
-        raise UsageError(f"model '{name}' outputs {fmt_shape(graph.output_shape)}, but {info.title} "
-                         f"has {classes} classes: the last layer needs {classes} units")
-
-
 def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split: str = "test",
              data_dir: Path | None = None, batch_size: int = 500, top_k: int = 3,
              worst: int = 6, progress: data.ProgressCallback | None = None) -> EvalResult:
@@ -182,10 +169,10 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
     model_spec = spec.load(model)
     saved = ckpt_io.load(checkpoint)
     config = saved.meta.get("config") if isinstance(saved.meta.get("config"), dict) else {}
-    name = dataset or config.get("dataset") or model_spec.train.get("dataset") or "mnist"
+    name = dataset or config.get("dataset") or model_spec.train_setting("dataset")
     info = data.get(name)
     graph = build(model_spec, aux=False)
-    check_model_fits(graph, info, model_spec.name)
+    data.check_model_fits(graph, info, model_spec.name)
     classes = len(info.classes)
     dtype = config.get("dtype", "float32") if config.get("dtype") in ("float32", "float64") else "float32"
     net = Network(graph, dtype, fast=True)

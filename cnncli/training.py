@@ -42,7 +42,6 @@ from cnncli.data import DownloadEvent
 from cnncli.engine import losses, optim
 from cnncli.engine.network import Network
 from cnncli.errors import CheckpointError, TrainingStopped, UsageError
-from cnncli.evaluation import check_model_fits
 from cnncli.model import spec
 from cnncli.model.graph import build
 from cnncli.schedule import Plan, learning_rate
@@ -402,7 +401,7 @@ class _Run:
         info = data.get(cfg.dataset)
         model_spec = cfg.spec or spec.load(cfg.model)
         self.graph = build(model_spec, aux=True)
-        check_model_fits(self.graph, info, cfg.name)
+        data.check_model_fits(self.graph, info, cfg.name)
         dtype = np.dtype(cfg.dtype)
         self.net = Network(self.graph, dtype, seed=cfg.seed, fast=True)
         # Worker processes boot while the data loads (until they are ready, threads split the batches).
