@@ -61,6 +61,30 @@ def test_every_kind_has_a_layer_and_a_gradient_check():
     assert set(LAYERS) == set(KINDS) == set(CASES)
 
 
+def test_every_init_scheme_a_model_file_may_name_is_implemented():
+    from cnncli.engine.init import SCHEMES
+
+    assert set(SCHEMES) == set(graph.INIT_SCHEMES)
+
+
+@pytest.mark.parametrize("scheme", sorted(graph.INIT_SCHEMES))
+def test_init_schemes_draw_what_they_say(scheme):
+    """Bounds and spreads of each scheme on a dense layer of fan-in 400, fan-out 100."""
+    text = f"input: [400]\nlayers:\n  - dense: {{units: 100, init: {scheme}}}\n"
+    net = Network(graph.build(spec.parse(text)), "float64", seed=1)
+    w, b = net.params["dense1.weight"], net.params["dense1.bias"]
+    if scheme == "zeros":
+        assert not w.any() and not b.any()
+    elif scheme == "default":  # PyTorch's: uniform in ±1/√fan_in, weights and biases alike
+        for a in (w, b):
+            assert np.abs(a).max() <= 1 / 20 and np.abs(a).max() > 0.9 / 20
+    elif scheme == "he":  # normal with standard deviation √(2/fan_in); zero biases
+        assert w.std() == pytest.approx(np.sqrt(2 / 400), rel=0.02) and not b.any()
+    else:  # xavier: uniform in ±√(6/(fan_in + fan_out)); zero biases
+        bound = np.sqrt(6 / 500)
+        assert np.abs(w).max() <= bound and np.abs(w).max() > 0.99 * bound and not b.any()
+
+
 def _network(in_shape, entry: str, dtype="float64", seed=0) -> Network:
     pre = ""
     if entry.startswith(("add", "concat")):

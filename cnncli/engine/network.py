@@ -9,14 +9,13 @@ keyed like the checkpoint, ``<node>.weight``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 
 from cnncli.engine import rules
 from cnncli.engine.fast.vector import ACTIVATIONS
+from cnncli.engine.init import initial_value
 from cnncli.engine.layers import LAYERS, FusedConv
 from cnncli.engine.losses import Loss
 from cnncli.engine.parts import Parts, usable_cores
@@ -24,46 +23,6 @@ from cnncli.engine.pool import is_tile_pool
 from cnncli.errors import CheckpointError, UsageError
 from cnncli.model.graph import Graph, Node, ancestors
 from cnncli.model.kinds import fmt_shape
-
-
-def _fan_in(node: Node) -> int:
-    shape = node.params["weight"]
-    if node.kind == "dense":
-        return shape[0]
-    if node.kind == "subsample":
-        return node.options["kernel"][0] * node.options["kernel"][1]
-    return math.prod(shape[1:])
-
-
-def _fan_out(node: Node) -> int:
-    shape = node.params["weight"]
-    if node.kind == "dense":
-        return shape[1]
-    return shape[0] * math.prod(shape[2:]) if len(shape) == 4 else shape[0]
-
-
-def initial_value(node: Node, suffix: str, rng: np.random.Generator, dtype) -> np.ndarray:
-    """The initial array of one parameter: inline values, a named scheme, or PyTorch's default."""
-    shape = node.params[suffix]
-    init = node.spec.init
-    scheme: Any = init.get(suffix, "default") if isinstance(init, dict) else (init or "default")
-    if not isinstance(scheme, str):
-        return np.broadcast_to(np.asarray(scheme, dtype=dtype), shape).copy()
-    if scheme == "zeros":
-        return np.zeros(shape, dtype=dtype)
-    if node.kind == "batchnorm":
-        return (np.ones if suffix == "weight" else np.zeros)(shape, dtype=dtype)
-    if suffix == "bias" and scheme != "default":
-        return np.zeros(shape, dtype=dtype)
-    fan_in = _fan_in(node)
-    if scheme == "default":
-        # PyTorch's kaiming_uniform(a=√5) for weights and its bias rule both reduce to ±1/√fan_in.
-        bound = 1.0 / math.sqrt(fan_in)
-        return rng.uniform(-bound, bound, size=shape).astype(dtype)
-    if scheme == "he":
-        return (rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)).astype(dtype)
-    bound = math.sqrt(6.0 / (fan_in + _fan_out(node)))  # xavier
-    return rng.uniform(-bound, bound, size=shape).astype(dtype)
 
 
 class Network:

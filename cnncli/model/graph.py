@@ -161,7 +161,8 @@ def ancestors(inputs_of: dict[str, tuple[str, ...]], names: list[str]) -> set[st
     return keep
 
 
-_INIT_SCHEMES = ("default", "he", "xavier", "zeros")
+#: The names a layer's ``init`` may use (implemented by cnncli.engine.init.SCHEMES).
+INIT_SCHEMES = ("default", "he", "xavier", "zeros")
 
 
 def _check_init(spec: ModelSpec, node: Node) -> None:
@@ -171,16 +172,16 @@ def _check_init(spec: ModelSpec, node: Node) -> None:
         return
     where = f"{spec.source}: {node.spec.where}: init"
     if isinstance(init, str):
-        if init not in _INIT_SCHEMES:
-            raise SpecError(f"{where} must be one of {', '.join(_INIT_SCHEMES)} or a mapping, got {init!r}")
+        if init not in INIT_SCHEMES:
+            raise SpecError(f"{where} must be one of {', '.join(INIT_SCHEMES)} or a mapping, got {init!r}")
         return
     for key, value in init.items():
         if key not in node.params:
             raise SpecError(f"{where}: '{key}' is not a parameter of this layer "
                             f"(it has {', '.join(node.params) or 'none'})")
         if isinstance(value, str):
-            if value not in _INIT_SCHEMES:
-                raise SpecError(f"{where}.{key} must be one of {', '.join(_INIT_SCHEMES)} or numbers, got {value!r}")
+            if value not in INIT_SCHEMES:
+                raise SpecError(f"{where}.{key} must be one of {', '.join(INIT_SCHEMES)} or numbers, got {value!r}")
             continue
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             continue  # a constant fills the whole array
