@@ -16,6 +16,7 @@ worker          the worker process's own side (its replica's loop)
 layers          forward and backward of every layer kind, side by side,
                 registered in ``LAYERS`` (one per kind of model.kinds)
 losses, optim   loss functions (value and gradient), SGD and Adam
+init            initial parameter values, a registry of named schemes
 conv, pool      the general NCHW convolution and pooling kernels
 fast/           optional speed: fused conv → activation → tiled-pool
                 blocks, in NCHW (``fused``) and batch-innermost
