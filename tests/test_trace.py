@@ -507,3 +507,23 @@ def test_golden_network_table(tmp_path, monkeypatch, golden):
     _small_cnn(tmp_path)
     monkeypatch.chdir(tmp_path)  # relative names, so the table does not depend on where tmp_path is
     golden("trace_small_cnn.txt", _render(trace.run("small-cnn.yaml", input="x.npy", target="2", steps=2)))
+
+
+def test_trace_weights_go_through_checkpoint_load(tmp_path):
+    """--weights is read by checkpoint.load: its format and corruption checks apply to the trace too."""
+    from cnncli import checkpoint
+
+    net = Network(graph.build(spec.load("slide-mlp")), dtype="float64")
+    checkpoint.save(tmp_path / "new.npz", net.state_dict(), {}, {})
+    with np.load(tmp_path / "new.npz") as f:
+        state = {k: f[k] for k in f.files}
+    state["meta.format"] = np.array(checkpoint.FORMAT + 1)
+    np.savez(tmp_path / "newer.npz", **state)
+    with pytest.raises(CheckpointError, match="newer version"):
+        trace.run(weights=tmp_path / "newer.npz")
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    with pytest.raises(CheckpointError, match=r"single array \(.npy\)"):
+        trace.run(weights=tmp_path / "one.npy")
+    with pytest.raises(CheckpointError, match="folder"):
+        trace.run(weights=tmp_path)
+    assert trace.run(weights=tmp_path / "new.npz").model == "slide-mlp"
