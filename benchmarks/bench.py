@@ -170,18 +170,17 @@ def cnncli_train(batch: int) -> dict:
 def cnncli_infer() -> dict:
     from cnncli import data
     from cnncli.engine.network import Network
-    from cnncli.evaluation import predict
     from cnncli.model import spec
     from cnncli.model.graph import build
 
     images, _ = _mnist("test")
     x = data.normalise(images, "float32", "mnist")
     net = Network(build(spec.load("lenet5"), aux=False), "float32", seed=0, fast=True)  # as `cnncli eval`
-    predict(net, x, EVAL_BATCH)
+    net.predict(x, EVAL_BATCH)
     ts = []
     for _ in range(7):
         t = time.perf_counter()
-        predict(net, x, EVAL_BATCH)
+        net.predict(x, EVAL_BATCH)
         ts.append(time.perf_counter() - t)
     return {"images_per_s": len(x) / statistics.median(ts), "seconds": statistics.median(ts)}
 
