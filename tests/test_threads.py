@@ -76,6 +76,28 @@ def test_loading_the_engine_brings_openblas_down_to_one_thread_and_makes_openmp_
     assert got["status"] == {"blas_threads": 1, "omp_wait_policy": "PASSIVE"}
 
 
+_LATER = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import blas_probe
+import cnncli.engine.jit
+import scipy.linalg  # what Numba imports while it compiles or loads its first kernel, where SciPy is installed
+print(json.dumps({"libraries": blas_probe._mapped_openblas(), "counts": blas_probe.openblas_thread_counts()}))
+"""
+
+
+@needs_openblas
+def test_an_openblas_loaded_after_the_engine_starts_on_one_thread_too():
+    pytest.importorskip("scipy.linalg")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", _LATER, str(TESTS)], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    got = json.loads(out.splitlines()[-1])
+    if got["counts"] is None:
+        pytest.skip("no threadpoolctl and no /proc/self/maps: the thread count cannot be read independently here")
+    assert got["counts"] and all(n == 1 for n in got["counts"]), got
+
+
 def test_a_users_openmp_wait_policy_is_kept():
     assert _probe(OMP_WAIT_POLICY="ACTIVE")["status"]["omp_wait_policy"] == "ACTIVE"
 

@@ -14,7 +14,9 @@ was measured, with these settings and without: benchmarks/README.md.)
 imported) therefore
 
 * runs OpenBLAS on one thread, through its C API (``openblas_set_num_threads``
-  under whichever name numpy's build exports): the engine's parallelism comes
+  under whichever name numpy's build exports) and, for any OpenBLAS loaded
+  later (SciPy's, which Numba loads where SciPy is installed), through
+  ``OPENBLAS_NUM_THREADS``: the engine's parallelism comes
   from its own threads instead, which sleep when idle: a fast network splits
   a batch into one part per core (:mod:`cnncli.engine.parts`), and a big GEMM
   is cut into *slabs* taken in turn by the caller and the worker threads of
@@ -128,6 +130,10 @@ def configure() -> None:
     if "numba.np.ufunc.omppool" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _state["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
+    # An OpenBLAS loaded later reads this when it starts: where SciPy is
+    # installed, Numba loads SciPy's own OpenBLAS while it compiles (or loads)
+    # its first kernel, and that one must not start a thread per core either.
+    os.environ["OPENBLAS_NUM_THREADS"] = str(BLAS_THREADS)
     set_blas_threads(BLAS_THREADS)
 
 
