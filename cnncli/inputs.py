@@ -1,0 +1,211 @@
+"""How a dataset's images become a model's input: adaptation, augmentation, normalisation.
+
+A dataset gives uint8 images ``(N, C, H, W)``; a model takes ``(C', H', W')``.
+:func:`plan` decides, once, how one becomes the other, and says so in words
+for the run's header and its config (:meth:`InputPlan.describe`):
+
+* **size**: the same; or a centred zero border when the model's input is
+  larger (MNIST's 28×28 in a 32×32 CIFAR network: 2 pixels each side); or a
+  centre crop when it is smaller. Only small changes are made this way (the
+  border or the crop at most a quarter of the image's side): a 28×28 digit is
+  never blown up to 224×224, which would need resizing that changes what the
+  lecture's networks see.
+* **channels**: the same; or a grey image replicated into the three channels
+  of a colour network. A colour image is never turned grey.
+
+Anything else is a :class:`~cnncli.errors.UsageError` naming the dataset, the
+model and the rule.
+
+Training batches may then be **augmented** (:class:`Augmentation`, the CIFAR
+recipe): a random crop after a zero border of ``crop_padding`` pixels, and a
+horizontal flip of half the images. The offsets and flips of an epoch are drawn
+for every training image from a generator seeded with ``(seed, epoch)``, by the
+image's index, so they do not depend on the batch size, on how a batch is split
+across cores, or on where a run was interrupted: a resumed run sees the same
+images as an uninterrupted one.
+
+Last, pixels are **normalised** with the dataset's per-channel statistics
+(:func:`cnncli.data.normalise`), before grey channels are replicated. Images
+stay uint8 until a batch is made, so a dataset costs one byte per pixel in
+memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cnncli.errors import UsageError
+
+__all__ = ["Augmentation", "Draws", "InputPlan", "plan"]
+
+Shape3 = tuple[int, int, int]
+
+#: The largest border or crop, as a share of the image's side, that adaptation makes.
+MAX_ADAPT_SHARE = 0.25
+
+
+def _fmt(shape) -> str:
+    return "×".join(str(d) for d in shape)
+
+
+@dataclass(frozen=True)
+class Draws:
+    """One epoch's augmentation draws for every training image, by index: crop offsets and flips."""
+
+    dy: np.ndarray    # (N,) int64 in [0, 2p]
+    dx: np.ndarray    # (N,) int64 in [0, 2p]
+    flip: np.ndarray  # (N,) bool
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Random crop after a zero border of ``crop_padding`` pixels, and a horizontal flip of half the images."""
+
+    crop_padding: int = 0
+    flip: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.crop_padding, bool) or not isinstance(self.crop_padding, int) or self.crop_padding < 0:
+            raise UsageError(f"--crop-padding must be a whole number of pixels, at least 0, got {self.crop_padding!r}")
+
+    @property
+    def active(self) -> bool:
+        return self.crop_padding > 0 or self.flip
+
+    def describe(self) -> str:
+        parts = []
+        if self.crop_padding:
+            parts.append(f"random crop after a {self.crop_padding}-pixel border")
+        if self.flip:
+            parts.append("horizontal flip of half the images")
+        return ", ".join(parts) if parts else "none"
+
+    def draws(self, seed: int, epoch: int, n: int) -> Draws:
+        """The draws of epoch ``epoch`` (0-based) for ``n`` training images; the same for the same arguments."""
+        rng = np.random.default_rng([seed, epoch, 0xA5])
+        span = 2 * self.crop_padding + 1
+        dy = rng.integers(0, span, size=n) if self.crop_padding else np.full(n, 0, np.int64)
+        dx = rng.integers(0, span, size=n) if self.crop_padding else np.full(n, 0, np.int64)
+        flip = rng.random(n) < 0.5 if self.flip else np.zeros(n, dtype=bool)
+        return Draws(dy.astype(np.int64), dx.astype(np.int64), flip)
+
+    def apply(self, images: np.ndarray, dy: np.ndarray, dx: np.ndarray, flip: np.ndarray) -> np.ndarray:
+        """images uint8 (n, C, H, W), with one draw each → augmented uint8 (n, C, H, W)."""
+        n, c, h, w = images.shape
+        p = self.crop_padding
+        src = np.pad(images, ((0, 0), (0, 0), (p, p), (p, p))) if p else images
+        rows = dy[:, None] + np.arange(h)[None, :]                       # (n, H)
+        cols = np.where(flip[:, None], w - 1 - np.arange(w)[None, :], np.arange(w)[None, :]) + dx[:, None]
+        return src[np.arange(n)[:, None, None, None], np.arange(c)[None, :, None, None],
+                   rows[:, None, :, None], cols[:, None, None, :]]
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    """How images of ``source`` (C, H, W) become inputs of ``target`` (C', H', W'); see the module docstring.
+
+    ``border`` (top, bottom, left, right) pixels of zeros are added, or
+    ``crop`` (top, left) is the corner of the centred window kept.
+    """
+
+    dataset: str
+    source: Shape3
+    target: Shape3
+    border: tuple[int, int, int, int] = (0, 0, 0, 0)
+    crop: tuple[int, int] | None = None
+    replicate: bool = False
+    augmentation: Augmentation = Augmentation()
+
+    @property
+    def identity(self) -> bool:
+        return self.source == self.target
+
+    def describe(self) -> str:
+        """The adaptation in words, for the run's header (``as is`` when there is none)."""
+        words = []
+        (_, h, w), (tc, th, tw) = self.source, self.target
+        if (h, w) != (th, tw):
+            if self.crop is None:
+                words.append(f"{h}×{w} padded to {th}×{tw} with zeros")
+            else:
+                words.append(f"{h}×{w} centre-cropped to {th}×{tw}")
+        if self.replicate:
+            words.append(f"grey replicated into {tc} channels")
+        return ", ".join(words) if words else "as is"
+
+    def to_config(self) -> dict[str, Any]:
+        return {"dataset_shape": list(self.source), "model_shape": list(self.target),
+                "adaptation": self.describe(), "crop_padding": self.augmentation.crop_padding,
+                "flip": self.augmentation.flip}
+
+    def adapt(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (n, C, H, W) → uint8 (n, C, H', W'): the border or the crop (channels come later)."""
+        if self.crop is not None:
+            top, left = self.crop
+            return images[:, :, top:top + self.target[1], left:left + self.target[2]]
+        if any(self.border):
+            t, b, le, r = self.border
+            return np.pad(images, ((0, 0), (0, 0), (t, b), (le, r)))
+        return images
+
+    def batch(self, images: np.ndarray, dtype, normalise, draws: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
+        """uint8 (n, C, H, W) → the model's float input (n, C', H', W').
+
+        ``normalise(uint8 images, dtype) -> float images`` applies the dataset's
+        statistics; ``draws`` (dy, dx, flip) per image augment a training batch.
+        """
+        x = self.adapt(images)
+        if draws is not None and self.augmentation.active:
+            x = self.augmentation.apply(x, *draws)
+        x = normalise(np.ascontiguousarray(x), dtype)
+        if self.replicate:
+            x = np.repeat(x, self.target[0], axis=1)
+        return x
+
+
+def _axis(size: int, want: int, what: str, dataset: str, model: str) -> tuple[int, int, bool]:
+    """(before, after, crop) for one spatial axis; UsageError when the change is too large."""
+    if size == want:
+        return 0, 0, False
+    change = abs(want - size)
+    if change > MAX_ADAPT_SHARE * size * 2:
+        verb = "pad" if want > size else "crop"
+        raise UsageError(
+            f"{dataset} images are {size} pixels {what} but model '{model}' takes {want}: cnncli would have to "
+            f"{verb} {change} pixels, more than a quarter of the image on each side; resizing is not done "
+            f"(give the model an input of {size} pixels {what}, or use a dataset closer to its size)")
+    before = change // 2
+    return before, change - before, want < size
+
+
+def plan(dataset: str, source: Shape3, target: tuple[int, ...], model: str,
+         augmentation: Augmentation | None = None) -> InputPlan:
+    """How ``dataset``'s images (``source``, C×H×W) become the input of ``model`` (``target``).
+
+    ``target`` must be an image shape (C, H, W). Raises :class:`UsageError`
+    for a combination that cannot be adapted (see the module docstring).
+    """
+    augmentation = augmentation or Augmentation()
+    if len(target) != 3:
+        raise UsageError(f"model '{model}' takes {_fmt(target)} inputs, not images (C×H×W): it cannot be "
+                         f"trained on {dataset}")
+    (c, h, w), (tc, th, tw) = tuple(source), tuple(target)
+    if tc != c and not (c == 1 and tc == 3):
+        raise UsageError(
+            f"model '{model}' takes {tc}-channel inputs but {dataset} images have {c}: cnncli only replicates "
+            "a grey channel into three (give the model an input of "
+            f"[{c}, {th}, {tw}])")
+    top, bottom, crop_h = _axis(h, th, "high", dataset, model)
+    left, right, crop_w = _axis(w, tw, "wide", dataset, model)
+    if crop_h != crop_w and (top or bottom) and (left or right):
+        raise UsageError(f"{dataset} images are {h}×{w} but model '{model}' takes {th}×{tw}: one side would "
+                         "be padded and the other cropped; give the model a square input closer to the images")
+    crop = (top, left) if (crop_h or crop_w) else None
+    border = (0, 0, 0, 0) if crop is not None else (top, bottom, left, right)
+    p = augmentation.crop_padding
+    if p > min(th, tw) // 2:
+        raise UsageError(f"--crop-padding {p} is more than half the model's {th}×{tw} input")
+    return InputPlan(dataset, (c, h, w), (tc, th, tw), border, crop, tc != c, augmentation)
