@@ -13,6 +13,7 @@ import pytest
 from cnncli.engine import losses, optim, rules
 from cnncli.engine.layers import LAYERS
 from cnncli.engine.network import Network
+from cnncli.errors import ShapeError, SpecError
 from cnncli.model import graph, spec
 from cnncli.model.kinds import KINDS
 
@@ -52,6 +53,11 @@ CASES: dict[str, list[tuple[tuple[int, ...], str, bool]]] = {
     "dropout": [((3, 8), "dropout: {rate: 0.3}", True), ((3, 8), "dropout: {rate: 0.3}", False)],
     "lrn": [((2, 6, 3, 3), "lrn: {size: 3, alpha: 0.5, beta: 0.75, k: 2.0}", True),
             ((2, 5, 2, 2), "lrn: {size: 4, alpha: 0.3, beta: 0.6, k: 1.0}", True)],
+    "shortcut_pad": [
+        ((2, 3, 6, 6), "shortcut_pad: {stride: 2, channels: 6}", True),   # ResNet's stage change
+        ((2, 2, 7, 5), "shortcut_pad: {stride: [2, 3], channels: 3}", True),  # odd sizes: ⌈7/2⌉ × ⌈5/3⌉
+        ((2, 3, 4, 4), "shortcut_pad: {channels: 3}", True),   # stride 1, no new channels: the identity
+    ],
     "add": [((2, 3, 4, 4), "add: {inputs: [input, b]}", True)],
     "concat": [((2, 3, 4, 4), "concat: {inputs: [input, b]}", True)],
 }
@@ -167,6 +173,37 @@ def test_gradients_match_finite_differences(kind, in_shape, entry, train):
         assert np.all(net.grads["conv1.weight"] * (1 - mask) == 0)
         return
     _fd_check(net, x, train, rng)
+
+
+def test_shortcut_pad_keeps_every_strided_cell_and_appends_zero_channels():
+    # What the gradient check cannot see: which cells are kept and where the zero channels go.
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 7, 5))
+    net = _network(x.shape, "shortcut_pad: {stride: 2, channels: 8}")
+    y = net.forward(x, train=True)
+    assert y.shape == (2, *net.graph.output_shape) == (2, 8, 4, 3)
+    dy = rng.standard_normal(y.shape)
+    net.backward({net.graph.output: dy})
+    dx = np.zeros_like(x)
+    for i in range(4):
+        for j in range(3):
+            assert np.array_equal(y[:, :3, i, j], x[:, :, 2 * i, 2 * j])  # the input's channels first
+            dx[:, :, 2 * i, 2 * j] = dy[:, :3, i, j]
+    assert not y[:, 3:].any()  # then zeros
+    assert np.array_equal(net.input_grad, dx)
+
+
+@pytest.mark.parametrize("in_shape,entry,error,message", [
+    ([12], "shortcut_pad: {channels: 16}", ShapeError, "shortcut_pad needs an image input (C×H×W), got 12"),
+    ([16, 8, 8], "shortcut_pad: {stride: 2, channels: 8}", ShapeError,
+     "channels (=8) must be at least its input channels (=16)"),
+    ([16, 8, 8], "shortcut_pad: {stride: 2}", SpecError, "missing option 'channels'"),
+    ([16, 8, 8], "shortcut_pad: {stride: 0, channels: 16}", SpecError, "stride must be positive"),
+])
+def test_shortcut_pad_says_what_it_cannot_take(in_shape, entry, error, message):
+    with pytest.raises(error) as e:
+        graph.build(spec.parse(f"input: {in_shape}\nlayers:\n  - {entry}\n"))
+    assert message in str(e.value)
 
 
 COMPOSITE = """

@@ -64,6 +64,7 @@ each is tested equal to the plain path (and against finite differences).
 * **dense**: ``threads.matmul`` (slab-split when big). Activations, softmax,
   batch norm, dropout, LRN, flatten, add and concat: numpy in
   :mod:`~cnncli.engine.layers`.
+* **shortcut_pad** (ResNet's option-A shortcut): numpy slicing, in :mod:`~cnncli.engine.layers`.
 * The network's first conv computes no input gradient in a fast network.
 
 Where it runs in parallel, and why

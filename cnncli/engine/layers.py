@@ -475,6 +475,34 @@ class LRN(Layer):
 # --- joining paths ----------------------------------------------------------------------
 
 @register
+class ShortcutPad(Layer):
+    """He et al.'s option-A shortcut, no parameters. x (N, C, H, W) → y (N, channels, ⌈H/sh⌉, ⌈W/sw⌉).
+
+    Forward: y[:, :C] = x[:, :, ::sh, ::sw] and y[:, C:] = 0 (the zero channels after the
+    input's own, see ``model.kinds``). Backward: each kept cell gets its dy,
+    dx[:, :, ::sh, ::sw] = dy[:, :C]; the cells it skipped get 0 (the zero channels
+    depend on nothing).
+    """
+
+    kind = "shortcut_pad"
+
+    def forward(self, xs, train):
+        x = xs[0]
+        sh, sw = self.o["stride"]
+        self.in_shape = x.shape
+        kept = x[:, :, ::sh, ::sw]
+        y = np.zeros((x.shape[0], self.o["channels"]) + kept.shape[2:], dtype=x.dtype)
+        y[:, :x.shape[1]] = kept
+        return y
+
+    def backward(self, dy):
+        sh, sw = self.o["stride"]
+        dx = np.zeros(self.in_shape, dtype=dy.dtype)
+        dx[:, :, ::sh, ::sw] = dy[:, :self.in_shape[1]]
+        return [dx]
+
+
+@register
 class Add(Layer):
     """Elementwise sum of its inputs (a residual connection); each input gets dy."""
 

@@ -208,6 +208,25 @@ def _global_pool_shape(o: dict, s: list[Shape]) -> Shape:
     return (_image(s[0], "global_avgpool")[0],)
 
 
+# He et al.'s option-A shortcut (section 3.3, used for their CIFAR-10 networks, section 4.2):
+# an identity where the shape is kept; where a stage halves the size and widens the channels,
+# x[:, :, ::s, ::s] with zero channels added. The zeros go after the input's channels, as in
+# fb.resnet.torch (Gross & Wilber's reproduction: Concat(Identity, MulConstant(0))): channel c of
+# the input stays channel c, so the shortcut is an identity onto the first channels. Some PyTorch
+# ports put half the zeros before and half after; that is the same network with the channels of
+# the stage in another order (filters are initialised alike, so even the start is the same in law).
+def _shortcut_pad_shape(o: dict, s: list[Shape]) -> Shape:
+    c, h, w = _image(s[0], "shortcut_pad")
+    if o["channels"] < c:
+        raise ShapeProblem(
+            f"channels (={o['channels']}) must be at least its input channels (={c}): "
+            f"the shortcut adds zero channels, it never drops any"
+        )
+    sh, sw = o["stride"]
+    # x[:, :, ::s, ::s]: every s-th row and column from the first, ⌈h/s⌉ of them.
+    return (o["channels"], window_output(h, 1, sh, 0), window_output(w, 1, sw, 0))
+
+
 def _subsample_params(o: dict, s: list[Shape]) -> dict[str, Shape]:
     return {"weight": (s[0][0],), "bias": (s[0][0],)}
 
@@ -305,6 +324,15 @@ KINDS: dict[str, Kind] = {
                  "padding": _PAD,
                  "trainable": _TRAINABLE,
              }, params=_subsample_params),
+        Kind("shortcut_pad",
+             "option-A shortcut of He et al. 2016, no parameters: x[:, :, ::stride, ::stride], then "
+             "zero channels after the input's own up to `channels` (as fb.resnet.torch; why: see "
+             "_shortcut_pad_shape)",
+             _shortcut_pad_shape, {
+                 "stride": Option("pair", 1, "keep every stride-th row and column, an int or [h, w]",
+                                  check=_positive),
+                 "channels": Option("int", doc="output channels (at least the input's)", check=_positive),
+             }),
         Kind("dense", "fully connected: x·W + b, W laid out (in, out)", _dense_shape, {
             "units": Option("int", doc="output features", check=_positive),
             "bias": _BIAS,
