@@ -89,7 +89,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("CNNCLI_MIRRORS", "http://127.0.0.1:9/")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setattr(data, "DOWNLOAD_TIMEOUT", 5.0)
+    monkeypatch.setattr(data.fetch, "DOWNLOAD_TIMEOUT", 5.0)
     # No system copies in unit tests: they would shadow the fake datasets.
     for key, info in list(data.DATASETS.items()):
         monkeypatch.setitem(data.DATASETS, key, dataclasses.replace(info, system_dirs=()))
@@ -300,7 +300,7 @@ def test_decoded_cache_is_used_and_invalidated(tmp_path, fake_mnist, monkeypatch
         raise AssertionError("the decoded cache should have been used")
 
     with monkeypatch.context() as m:
-        m.setattr(data, "read_idx_file", no_reading)
+        m.setattr(data.idx, "read_idx_file", no_reading)
         x2, y2 = data.load("mnist", "test", data_dir=folder)
     np.testing.assert_array_equal(x1, x2)
     np.testing.assert_array_equal(y1, y2)
@@ -474,7 +474,7 @@ def test_download_success_is_atomic(server, fake_mnist, monkeypatch):
         else:
             assert final.is_file()
 
-    monkeypatch.setattr(data.os, "replace", spy_replace)
+    monkeypatch.setattr(os, "replace", spy_replace)
     x, y = data.load("mnist", "test", progress=progress)
     ex, ey = fake_split(1000)
     np.testing.assert_array_equal(x, ex)

@@ -1,0 +1,196 @@
+"""Datasets: MNIST and Fashion-MNIST, found on disk or downloaded, verified, decoded.
+
+Each dataset is four IDX files (``train-images-idx3-ubyte``,
+``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
+``t10k-labels-idx1-ubyte``), each either gzip-compressed (``NAME.gz``) or plain
+(``NAME``). A file is looked for, in this order, in
+
+1. the ``data_dir`` argument (the CLI's ``--data-dir``): ``DIR/<dataset>/`` then ``DIR/``;
+2. the environment variable ``CNNCLI_DATA``: ``$CNNCLI_DATA/<dataset>/`` then ``$CNNCLI_DATA/``;
+3. the user cache ``$XDG_CACHE_HOME/cnncli/<dataset>/`` (default ``~/.cache/cnncli/<dataset>/``);
+4. system copies (Fashion-MNIST: ``/usr/share/datasets/fashion-mnist``, from
+   Debian's ``dataset-fashion-mnist`` package);
+
+and when it is in none of them it is downloaded into the user cache from the
+dataset's public mirrors, tried in turn. ``CNNCLI_MIRRORS`` (comma-separated
+base URLs; ``{dataset}`` in one is replaced by the dataset name) replaces the
+built-in mirror list, and ``CNNCLI_OFFLINE=1`` forbids downloading at all.
+
+Every file is checked against the SHA-256 of its *uncompressed* bytes in
+:data:`DATASETS` (so a re-compressed copy of the official files is accepted),
+then parsed strictly: magic number, dimensions, byte count, label range, and
+that images and labels agree in number. Anything wrong raises
+:class:`~cnncli.errors.DataError` naming the file, the fault and the remedy.
+
+Downloads stream into a temporary file in the cache directory and are verified
+before an atomic :func:`os.replace` gives them their final name, so a file under
+its final name is always complete. Decoded arrays are cached as ``.npy`` files in
+``<cache>/<dataset>/decoded/`` together with a small JSON record of the source
+files' path, size, modification time and verified SHA-256; while those match,
+a load reads the ``.npy`` files and skips decompressing and hashing.
+
+Progress of downloads is reported through an optional callback, see
+:class:`DownloadEvent`. Anything worth a user's attention that is not an error
+(a file whose checksum is not known) is a :class:`DataWarning`.
+"""
+
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from cnncli.errors import UsageError
+from cnncli.model.kinds import fmt_shape
+
+from . import decoded, fetch, idx, places, registry  # noqa: F401  (the submodules, for tests and tools)
+from .fetch import DOWNLOAD_TIMEOUT, DownloadEvent, ProgressCallback
+from .idx import IMAGES_MAGIC, LABELS_MAGIC, parse_idx, read_idx_file
+from .places import Place, cache_dir, mirrors, search_dirs
+from .registry import DATASETS, SPLITS, DatasetInfo, DataWarning, check_split, class_names, get
+
+__all__ = [
+    "DATASETS",
+    "DOWNLOAD_TIMEOUT",
+    "IMAGES_MAGIC",
+    "LABELS_MAGIC",
+    "SPLITS",
+    "DataWarning",
+    "DatasetInfo",
+    "DownloadEvent",
+    "Place",
+    "ProgressCallback",
+    "cache_dir",
+    "check_model_fits",
+    "class_names",
+    "get",
+    "load",
+    "locate",
+    "mirrors",
+    "normalise",
+    "parse_idx",
+    "read_idx_file",
+    "search_dirs",
+    "train_val_split",
+]
+
+
+def check_model_fits(graph, info: DatasetInfo, name: str) -> None:
+    """A model (its inferred graph) must take the dataset's images and give one output per class; else UsageError."""
+    want_in = (1, *info.image_shape)
+    if tuple(graph.input_shape) != want_in:
+        raise UsageError(f"model '{name}' takes {fmt_shape(graph.input_shape)} inputs, but {info.title} "
+                         f"images are {fmt_shape(want_in)}")
+    classes = len(info.classes)
+    if tuple(graph.output_shape) != (classes,):
+        raise UsageError(f"model '{name}' outputs {fmt_shape(graph.output_shape)}, but {info.title} "
+                         f"has {classes} classes: the last layer needs {classes} units")
+
+
+def locate(
+    name: str,
+    split: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    download: bool = True,
+) -> dict[str, Path]:
+    """Paths of ``split``'s images and labels files, downloading what is missing.
+
+    Returns ``{"images": path, "labels": path}``. Files are searched for in
+    :func:`search_dirs` order; a missing one is downloaded into
+    :func:`cache_dir` unless ``download`` is false or ``CNNCLI_OFFLINE`` is set.
+    Files found are not verified here (:func:`load` does that).
+    """
+    info = get(name)
+    split = check_split(info, split)
+    return idx.locate(info, split, data_dir, progress, download)
+
+
+def load(
+    name: str,
+    split: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    progress: ProgressCallback | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Load one split of a dataset: images uint8 (N, 28, 28) and labels int64 (N,).
+
+    ``name`` is a key of :data:`DATASETS`, ``split`` is ``"train"`` or ``"test"``,
+    ``data_dir`` the CLI's ``--data-dir`` (searched first), ``progress`` an optional
+    :data:`ProgressCallback` for downloads. Raises :class:`DataError` when the
+    files cannot be found or fetched, or are not the genuine, complete files.
+    The arrays are fresh and writable.
+    """
+    info = get(name)
+    split = check_split(info, split)
+    return idx.load_split(info, split, data_dir, progress)
+
+
+# --------------------------------------------------------------------------- preparing
+
+
+def train_val_split(n: int, val: float | int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``range(n)`` into sorted (train indices, validation indices), int64.
+
+    ``val`` is a fraction in [0, 1) when a float (rounded, at least one example
+    when positive) or a count in [0, n) when an int. The same ``seed`` always
+    gives the same split. Raises :class:`UsageError` for an impossible ``val``.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise UsageError(f"Cannot split {n!r} examples: need a positive whole number.")
+    n = int(n)
+    if isinstance(val, bool) or not isinstance(val, (int, float, np.integer, np.floating)):
+        raise UsageError(f"Validation size {val!r} must be a fraction in [0, 1) or a count.")
+    if isinstance(val, (float, np.floating)):
+        if not 0.0 <= float(val) < 1.0:
+            raise UsageError(
+                f"Validation fraction {val} must be at least 0 and less than 1 "
+                "(or give a whole number of examples)."
+            )
+        count = int(round(n * float(val)))
+        if val > 0:
+            count = max(count, 1)
+    else:
+        count = int(val)
+        if count < 0:
+            raise UsageError(f"Validation count {count} must not be negative.")
+    if count >= n:
+        raise UsageError(
+            f"A validation set of {count} leaves no training examples out of {n}; use fewer."
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[count:]).astype(np.int64), np.sort(order[:count]).astype(np.int64)
+
+
+def normalise(
+    images: np.ndarray, dtype: np.dtype | type = np.float32, dataset: str = "mnist"
+) -> np.ndarray:
+    """Scale uint8 pixels to zero mean, unit variance with ``dataset``'s statistics.
+
+    Accepts (N, H, W), (N, 1, H, W) or one (H, W) image; returns a new
+    (N, 1, H, W) array of float ``dtype``: ``(pixel / 255 - mean) / std``.
+    """
+    info = get(dataset)
+    array = np.asarray(images)
+    if array.dtype != np.uint8:
+        raise UsageError(
+            f"normalise expects raw uint8 pixels 0..255, got {array.dtype} "
+            "(already normalised?)."
+        )
+    if array.ndim == 2:
+        array = array[None, None]
+    elif array.ndim == 3:
+        array = array[:, None]
+    elif not (array.ndim == 4 and array.shape[1] == 1):
+        raise UsageError(
+            f"normalise expects images shaped (N, H, W) or (N, 1, H, W), got {array.shape}."
+        )
+    dt = np.dtype(dtype)
+    if dt.kind != "f":
+        raise UsageError(f"normalise needs a floating dtype, got {dt}.")
+    out = array.astype(dt)
+    out *= dt.type(1.0 / (255.0 * info.std))
+    out -= dt.type(info.mean / info.std)
+    return out
