@@ -18,6 +18,7 @@ from typing import Optional
 import typer
 
 from cnncli import __version__
+from cnncli.dataset_names import DATASET_NAMES
 from cnncli.errors import CnnError
 
 app = typer.Typer(
@@ -66,9 +67,8 @@ class DType(str, Enum):
     float64 = "float64"
 
 
-class Dataset(str, Enum):
-    mnist = "mnist"
-    fashion_mnist = "fashion-mnist"
+# The registry's names (cnncli.dataset_names), so that a new dataset needs no edit here.
+Dataset = Enum("Dataset", {name.replace("-", "_"): name for name in DATASET_NAMES}, type=str)
 
 
 class Split(str, Enum):
@@ -138,6 +138,7 @@ def train(
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="L2 weight decay."),
     schedule: Optional[Schedule] = typer.Option(None, "--schedule", help="Learning-rate schedule."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for weights, shuffling and the split."),
+    dataset: Optional[Dataset] = typer.Option(None, "--dataset", help="The dataset (the model file's by default)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N training images."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<model>-<time>)."),
@@ -152,6 +153,7 @@ def train(
         "epochs": epochs, "batch_size": batch_size, "lr": lr,
         "optimizer": optimizer.value if optimizer else None, "momentum": momentum,
         "weight_decay": weight_decay, "schedule": schedule.value if schedule else None, "seed": seed,
+        "dataset": dataset.value if dataset else None,
     }
     config = training.configure(model, overrides, limit=limit, data_dir=data_dir, out=out,
                                 resume=resume, dtype=dtype.value if dtype else None)
@@ -166,7 +168,7 @@ def train(
 def evaluate(
     model: str = typer.Argument(..., help="A built-in model name or a YAML file."),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Weights to evaluate (a .npz from train)."),
-    dataset: Optional[Dataset] = typer.Option(None, "--dataset", help="mnist or fashion-mnist (model's default)."),
+    dataset: Optional[Dataset] = typer.Option(None, "--dataset", help="The dataset (the checkpoint's, else the model file's)."),
     split: Split = typer.Option(Split.test, "--split", help="test or train."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
     batch_size: int = typer.Option(500, "--batch-size", min=1, help="Images per forward pass."),

@@ -12,6 +12,8 @@ import gzip
 import hashlib
 import http.server
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -126,6 +128,21 @@ def test_registry_and_class_names():
         assert all(s is not None and len(s) == 64 for s in info.sha256.values())
         assert len(info.mirrors) >= 2
         assert 0 < info.mean < 1 and 0 < info.std < 1
+
+
+def test_dataset_names_have_one_home():
+    from cnncli import cli
+    from cnncli.dataset_names import DATASET_NAMES
+    from cnncli.model import spec
+
+    assert tuple(data.DATASETS) == DATASET_NAMES
+    assert tuple(d.value for d in cli.Dataset) == DATASET_NAMES
+    assert tuple(spec.TRAIN_OPTIONS["dataset"].choices) == DATASET_NAMES
+    # The CLI reads the names without the data code (nor numpy): --help stays fast.
+    code = ("import sys, cnncli.cli, cnncli.model.spec; "
+            "print(sorted(m for m in ('numpy', 'cnncli.data') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_unknown_dataset_lists_valid_names():

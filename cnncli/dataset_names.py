@@ -1,0 +1,8 @@
+"""The names of the datasets cnncli can load: the one list that the CLI's ``--dataset``, the model files'
+``train: dataset:`` and :data:`cnncli.data.DATASETS` all use (a test holds them equal).
+
+It imports nothing, so that ``--help``, ``summarize`` and ``models`` can read it without loading
+numpy or the data code.
+"""
+
+DATASET_NAMES: tuple[str, ...] = ("mnist", "fashion-mnist")
