@@ -4,11 +4,14 @@ other input sizes, the JSON contract, golden tables and the command line.
 Where the expected counts come from: every parameter and MAC count in ``EXPECTED``
 is re-derived here layer by layer from the model files' options by closed-form
 formulas (``closed_form`` below: conv and dense weights and biases, batch norm and
-subsampling's two numbers per channel; MACs = out_h·out_w·filters·in_channels/groups·kh·kw
-for a convolution, in·units for a dense layer), with every output shape recomputed by
+subsampling's two numbers per channel, nothing for ResNet's option-A shortcut;
+MACs = out_h·out_w·filters·in_channels/groups·kh·kw for a convolution, in·units for
+a dense layer), with every output shape recomputed by
 PyTorch's window formula, and the sums must equal the totals. Independently of
-that, the totals that torchvision publishes (``PUBLISHED``) must agree, and
-LeNet-5 (1998)'s per-layer counts are the paper's. Nothing here imports torch.
+that, the totals that torchvision publishes (``PUBLISHED``) must agree,
+LeNet-5 (1998)'s per-layer counts are the paper's, and the CIFAR-10 ResNets'
+totals equal a closed form of the whole network (``resnet_cifar``) and He et
+al.'s Table 6. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -43,7 +46,45 @@ EXPECTED = {
     "resnet50": (25_557_032, 25_557_032, 4_089_184_256),
     "googlenet": (13_004_888, 13_004_888, 1_506_748_416),
     "slide-mlp": (36, 36, 27),
+    # CIFAR-10 networks (3×32×32, 10 classes). ResNets and plain nets: resnet_cifar(n) below, in closed form.
+    "resnet20": (269_722, 269_722, 40_551_040),
+    "resnet32": (464_154, 464_154, 68_862_592),
+    "resnet44": (658_586, 658_586, 97_174_144),
+    "resnet56": (853_018, 853_018, 125_485_696),
+    "resnet110": (1_727_962, 1_727_962, 252_887_680),
+    "plain20": (269_722, 269_722, 40_551_040),
+    "plain32": (464_154, 464_154, 68_862_592),
+    "plain44": (658_586, 658_586, 97_174_144),
+    "plain56": (853_018, 853_018, 125_485_696),
 }
+
+
+def resnet_cifar(n: int) -> tuple[int, int]:
+    """(parameters, MACs) of He et al.'s CIFAR-10 ResNet with 6n + 2 layers (section 4.2), option A.
+
+    3×3 convolutions without bias, each followed by batch norm (2 parameters per channel):
+      stem        conv 3→16: 3·16·9 = 432, batch norm 32;       head: fc 64·10 + 10 = 650
+      stage 1     n blocks of two convs 16→16:   n · (2·16·16·9 + 2·32)       = 4,672 n
+      stage 2     first block 16→32, 32→32:          16·32·9 + 32·32·9 + 2·64  = 13,952
+                  then n − 1 blocks:          (n − 1) · (2·32·32·9 + 2·64)     = 18,560 (n − 1)
+      stage 3     first block 32→64, 64→64:          32·64·9 + 64·64·9 + 2·128 = 55,552
+                  then n − 1 blocks:          (n − 1) · (2·64·64·9 + 2·128)    = 73,984 (n − 1)
+      shortcuts   identity or subsample-and-zero-pad: 0
+    total = 1,114 + 13,952 + 55,552 + 4,672 n + 92,544 (n − 1) = 97,216 n − 21,926.
+
+    MACs: every stride-1 conv of a stage costs 32·32·16·16·9 = 16·16·32·32·9 = 8·8·64·64·9 = 2,359,296
+    (the area quarters as the channels double), so a block costs 4,718,592; a stage's first block
+    16·16·(16·32·9 + 32·32·9) = 8·8·(32·64·9 + 64·64·9) = 3,538,944; the stem 32·32·16·27 = 442,368,
+    fc 640. total = 442,368 + 640 + 2 · 3,538,944 + (3n − 2) · 4,718,592. A plain net has the same
+    layers without the shortcuts, so the same counts.
+    """
+    params = 97_216 * n - 21_926
+    macs = 442_368 + 640 + 2 * 3_538_944 + (3 * n - 2) * 4_718_592
+    return params, macs
+
+
+# He et al. 2016, Table 6: "# params" of the CIFAR-10 ResNets, as printed (in millions).
+TABLE6 = {"resnet20": "0.27", "resnet32": "0.46", "resnet44": "0.66", "resnet56": "0.85", "resnet110": "1.7"}
 
 # torchvision's published figures for its ImageNet weights (IMAGENET1K_V1): "num_params" and
 # "GFLOPS" (in units of 10^9, 2 decimals) on each model's page,
@@ -118,6 +159,9 @@ def closed_form(kind: str, o: dict, ins: list[tuple[int, ...]]) -> tuple[tuple[i
         return (math.prod(x),), 0, 0
     if kind == "concat":
         return (sum(i[0] for i in ins), *x[1:]), 0, 0
+    if kind == "shortcut_pad":  # x[:, :, ::s, ::s] plus zero channels: ⌈h/s⌉ × ⌈w/s⌉, no parameters
+        sh, sw = o["stride"]
+        return (o["channels"], -(-x[1] // sh), -(-x[2] // sw)), 0, 0
     assert kind in ("relu", "leaky_relu", "sigmoid", "tanh", "softmax", "dropout", "lrn", "add"), kind
     return x, 0, 0
 
@@ -160,6 +204,48 @@ def test_closed_form_by_hand_for_a_few_layers():
     # GoogLeNet's ceil-mode max pooling: 112 → 56.
     assert closed_form("maxpool", {"kernel": (3, 3), "stride": (2, 2), "padding": (0, 0), "ceil_mode": True},
                        [(64, 112, 112)])[0] == (64, 56, 56)
+
+
+@pytest.mark.parametrize("depth", [20, 32, 44, 56, 110])
+def test_cifar_resnets_have_the_papers_parameter_counts(depth, summaries):
+    n = (depth - 2) // 6
+    params, macs = resnet_cifar(n)
+    for name in (f"resnet{depth}", f"plain{depth}"):
+        if name not in EXPECTED:  # no plain110 (Figure 6 leaves it out)
+            continue
+        s = get(summaries, name)
+        assert (s.total_params, s.trainable_params, s.macs) == (params, params, macs) == \
+            (EXPECTED[name][0], EXPECTED[name][1], EXPECTED[name][2])
+    # as Table 6 prints it: 0.27M … 0.85M to two decimals, 1.7M to one
+    printed = TABLE6[f"resnet{depth}"]
+    assert f"{params / 1e6:.{len(printed.split('.')[1])}f}" == printed
+    # option A: no shortcut has a parameter, and the network has 6n + 2 weighted layers
+    s = get(summaries, f"resnet{depth}")
+    shortcuts = [r for r in s.layers if r.type == "shortcut_pad"]
+    assert len(shortcuts) == 2 and all(r.params == 0 and r.macs == 0 for r in shortcuts)
+    assert sum(r.type in ("conv", "dense") for r in s.layers) == 6 * n + 2
+    assert sum(r.type == "add" for r in s.layers) == 3 * n
+
+
+def test_cifar_resnet_shortcuts_subsample_and_pad(summaries):
+    s = get(summaries, "resnet20")
+    rows = {r.name: r for r in s.layers}
+    assert rows["layer2.down.shortcut"].output_shape == (32, 16, 16)
+    assert rows["layer3.down.shortcut"].output_shape == (64, 8, 8)
+    assert [r.name for r in s.rows(0)] == ["conv1", "bn1", "relu", "layer1", "layer2", "layer3", "avgpool", "fc"]
+    assert s.group_row("layer2").type == "basic_down, basic ×2"
+    plain = get(summaries, "plain20")
+    assert not any(r.type in ("add", "shortcut_pad") for r in plain.layers)
+    # the same layers with the same names, but for the shortcuts
+    assert {r.name: r.params for r in plain.layers if r.params} == {r.name: r.params for r in s.layers if r.params}
+
+
+def test_cifar_models_take_32x32_images_and_have_10_classes(summaries):
+    for name in ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "plain20", "plain32",
+                 "plain44", "plain56"):
+        m = spec.load(name)
+        assert m.input == (3, 32, 32) and m.classes == 10, name
+        assert get(summaries, name).output_shape == (10,), name
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))

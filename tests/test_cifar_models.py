@@ -1,0 +1,74 @@
+"""The built-in CIFAR-10 networks run: a forward and backward pass through the engine.
+
+Their counts are checked in tests/test_summary.py; here each one takes a batch of two
+random 3×32×32 images in float64 through the plain network (every layer on its
+plain path), and the fast network gives ResNet-20 the same loss and gradients.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnncli.engine import losses
+from cnncli.engine.network import Network
+from cnncli.model import graph, spec
+
+CIFAR_MODELS = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
+                "plain20", "plain32", "plain44", "plain56"]
+
+
+def _batch(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((2, 3, 32, 32)), np.array([3, 7])
+
+
+@pytest.mark.parametrize("name", CIFAR_MODELS)
+def test_forward_and_backward_on_two_images(name):
+    g = graph.build(spec.load(name))
+    net = Network(g, "float64", seed=0)
+    x, target = _batch()
+    value, out = net.loss_and_backward(x, target, losses.get("cross_entropy"), train=True)
+    assert np.isfinite(value) and out.shape == (2, 10)  # the logits; the loss is softmax cross-entropy
+    assert value == pytest.approx(losses.softmax_cross_entropy(out, target)[0], rel=1e-12)
+    assert net.input_grad.shape == x.shape and np.isfinite(net.input_grad).all()
+    assert set(net.grads) == set(net.trainable())
+    for key, grad in net.grads.items():
+        assert grad.shape == net.params[key].shape, key
+        assert np.isfinite(grad).all() and np.abs(grad).sum() > 0, key
+    # inference on the running statistics, and the same output with no gradient kept
+    y = net.forward(x, train=False)
+    assert y.shape == (2, 10) and np.isfinite(y).all()
+
+
+def test_shortcut_gradient_reaches_the_stem_of_resnet20():
+    """Option A passes the gradient on: through layer2.down's shortcut, dx is dy's first channels, subsampled."""
+    g = graph.build(spec.load("resnet20"))
+    net = Network(g, "float64", seed=0)
+    x, target = _batch(1)
+    net.loss_and_backward(x, target, losses.get("cross_entropy"), train=True)
+    layer = net.layers["layer2.down.shortcut"]
+    dy = np.random.default_rng(2).standard_normal((2, 32, 16, 16))
+    (dx,) = layer.backward(dy)
+    assert dx.shape == (2, 16, 32, 32)
+    assert np.array_equal(dx[:, :, ::2, ::2], dy[:, :16]) and not dx[:, :, 1::2].any() and not dx[:, :, :, 1::2].any()
+
+
+def test_fast_network_gives_resnet20_the_same_loss_and_gradients():
+    g = graph.build(spec.load("resnet20"))
+    plain = Network(g, "float64", seed=4)
+    fast = Network(g, "float64", seed=5, fast=True)
+    for key, p in plain.params.items():  # the same weights, whatever each drew
+        fast.params[key][...] = p
+    for key, b in plain.buffers.items():
+        fast.buffers[key][...] = b
+    x, target = _batch(3)
+    loss = losses.get("cross_entropy")
+    lp, op = plain.loss_and_backward(x, target, loss, train=True)
+    lf, of = fast.loss_and_backward(x, target, loss, train=True)
+    assert lf == pytest.approx(lp, rel=1e-10) and np.allclose(of, op, rtol=1e-10)
+    # What the fast network does differently here: its first conv computes no input gradient. Nothing is
+    # fused (every conv feeds a batch norm) and the batch is not split (batch statistics).
+    assert fast.input_grad is None and not fast.fused_head and fast.workers == 1
+    for key, grad in plain.grads.items():
+        assert np.allclose(fast.grads[key], grad, rtol=1e-8, atol=1e-12), key
