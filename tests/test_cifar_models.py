@@ -15,7 +15,8 @@ from cnncli.engine.network import Network
 from cnncli.model import graph, spec
 
 CIFAR_MODELS = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
-                "plain20", "plain32", "plain44", "plain56"]
+                "plain20", "plain32", "plain44", "plain56",
+                "vgg11-bn", "vgg16-bn", "googlenet-cifar", "alexnet-cifar"]
 
 
 def _batch(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

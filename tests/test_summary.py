@@ -56,6 +56,19 @@ EXPECTED = {
     "plain32": (464_154, 464_154, 68_862_592),
     "plain44": (658_586, 658_586, 97_174_144),
     "plain56": (853_018, 853_018, 125_485_696),
+    # VGG with batch norm: the convolutions with their biases, 2 per channel of batch norm, fc 512·10 + 10.
+    # vgg11-bn: convs 1,792 + 73,856 + 295,168 + 590,080 + 1,180,160 + 3 · 2,359,808 = 9,220,480,
+    # batch norm 2 · (64 + 128 + 2·256 + 4·512) = 5,504, fc 5,130.
+    "vgg11-bn": (9_231_114, 9_231_114, 152_769_536),
+    # vgg16-bn: convs as vgg16's (138,357,544 less its three dense layers, 123,642,856) = 14,714,688,
+    # batch norm 2 · (2·64 + 2·128 + 3·256 + 6·512) = 8,448, fc 5,130.
+    "vgg16-bn": (14_728_266, 14_728_266, 313_201_664),
+    # googlenet-cifar: googlenet's nine inception modules (6,624,904 without the aux heads, less its stem
+    # 9,536 + 4,224 + 110,976 and fc 1,025,000: 5,475,168), a stem 3·192·9 + 2·192 = 5,568, fc 1024·10 + 10.
+    "googlenet-cifar": (5_490_986, 5_490_986, 1_337_141_248),
+    # alexnet-cifar: convs 1,792 + 110,784 + 663,936 + 884,992 + 590,080 = 2,251,584,
+    # fc6 4096·1024 + 1024, fc7 1024·1024 + 1024, fc8 1024·10 + 10.
+    "alexnet-cifar": (7_506_762, 7_506_762, 172_173_312),
 }
 
 
@@ -242,7 +255,7 @@ def test_cifar_resnet_shortcuts_subsample_and_pad(summaries):
 
 def test_cifar_models_take_32x32_images_and_have_10_classes(summaries):
     for name in ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "plain20", "plain32",
-                 "plain44", "plain56"):
+                 "plain44", "plain56", "vgg11-bn", "vgg16-bn", "googlenet-cifar", "alexnet-cifar"):
         m = spec.load(name)
         assert m.input == (3, 32, 32) and m.classes == 10, name
         assert get(summaries, name).output_shape == (10,), name
