@@ -127,7 +127,9 @@ def test_registry_and_class_names():
         assert len(info.files) == 4
         assert all(s is not None and len(s) == 64 for s in info.sha256.values())
         assert len(info.mirrors) >= 2
-        assert 0 < info.mean < 1 and 0 < info.std < 1
+        channels = info.image_shape[0]
+        assert len(info.mean) == len(info.std) == channels
+        assert all(0 < m < 1 for m in info.mean) and all(0 < s < 1 for s in info.std)
 
 
 def test_dataset_names_have_one_home():
@@ -151,6 +153,17 @@ def test_unknown_dataset_lists_valid_names():
     assert "cifar10" in str(err.value)
     assert "mnist" in str(err.value) and "fashion-mnist" in str(err.value)
     assert isinstance(err.value, CnnError) and err.value.exit_code == 2
+
+
+def test_check_model_fits():
+    from types import SimpleNamespace
+
+    info = data.get("mnist")
+    data.check_model_fits(SimpleNamespace(input_shape=(1, 28, 28), output_shape=(10,)), info, "m")
+    with pytest.raises(UsageError, match=r"model 'm' takes 3×32×32 inputs, but MNIST images are 1×28×28"):
+        data.check_model_fits(SimpleNamespace(input_shape=(3, 32, 32), output_shape=(10,)), info, "m")
+    with pytest.raises(UsageError, match="has 10 classes: the last layer needs 10 units"):
+        data.check_model_fits(SimpleNamespace(input_shape=(1, 28, 28), output_shape=(100,)), info, "m")
 
 
 def test_unknown_split():
@@ -290,7 +303,7 @@ def test_unknown_checksum_warns(tmp_path, fake_mnist, monkeypatch):
     folder = write_files(tmp_path / "data", fake_mnist)
     with pytest.warns(data.DataWarning, match="no known SHA-256"):
         x, _ = data.load("mnist", "test", data_dir=folder)
-    assert x.shape == (N_FAKE, 28, 28)
+    assert x.shape == (N_FAKE, 1, 28, 28)
 
 
 # --------------------------------------------------------------------------- load + cache
@@ -301,9 +314,9 @@ def test_load_returns_typed_arrays(tmp_path, fake_mnist, gz):
     folder = write_files(tmp_path / "data" / "mnist", fake_mnist, gz=gz)
     x, y = data.load("mnist", "train", data_dir=folder.parent)
     ex, ey = fake_split(0)
-    assert x.dtype == np.uint8 and x.shape == (N_FAKE, 28, 28)
+    assert x.dtype == np.uint8 and x.shape == (N_FAKE, 1, 28, 28)
     assert y.dtype == np.int64 and y.shape == (N_FAKE,)
-    np.testing.assert_array_equal(x, ex)
+    np.testing.assert_array_equal(x[:, 0], ex)
     np.testing.assert_array_equal(y, ey)
     assert x.flags.writeable and y.flags.writeable
 
@@ -367,7 +380,7 @@ def test_resolution_order(tmp_path, fake_mnist, monkeypatch):
 
     # And every source loads the same verified arrays.
     x, y = data.load("mnist", "test", data_dir=tmp_path / "explicit")
-    assert x.shape == (N_FAKE, 28, 28) and y.shape == (N_FAKE,)
+    assert x.shape == (N_FAKE, 1, 28, 28) and y.shape == (N_FAKE,)
 
 
 def test_dataset_subfolder_preferred_over_flat(tmp_path, fake_mnist):
@@ -494,7 +507,7 @@ def test_download_success_is_atomic(server, fake_mnist, monkeypatch):
     monkeypatch.setattr(os, "replace", spy_replace)
     x, y = data.load("mnist", "test", progress=progress)
     ex, ey = fake_split(1000)
-    np.testing.assert_array_equal(x, ex)
+    np.testing.assert_array_equal(x[:, 0], ex)
     np.testing.assert_array_equal(y, ey)
 
     for name in (TEST_IMAGES, TEST_LABELS):
@@ -524,7 +537,7 @@ def test_data_dir_without_files_falls_through_to_download(tmp_path, server, fake
     empty = tmp_path / "given"
     empty.mkdir()
     x, _ = data.load("mnist", "train", data_dir=empty)
-    assert x.shape == (N_FAKE, 28, 28)
+    assert x.shape == (N_FAKE, 1, 28, 28)
     assert (cache_mnist() / (TRAIN_IMAGES + ".gz")).is_file()
     assert list(empty.iterdir()) == []
 
@@ -535,7 +548,7 @@ def test_corrupt_mirror_then_good(server, fake_mnist, monkeypatch):
     monkeypatch.setenv("CNNCLI_MIRRORS", f"{bad},{good}")
     events = []
     x, y = data.load("mnist", "test", progress=events.append)
-    np.testing.assert_array_equal(x, fake_split(1000)[0])
+    np.testing.assert_array_equal(x[:, 0], fake_split(1000)[0])
     failed = [e for e in events if e.status == "failed"]
     assert len(failed) == 2 and all("SHA-256" in e.message for e in failed)
     assert all(e.url.startswith(bad) for e in failed)
@@ -548,7 +561,7 @@ def test_dropped_connection_then_good(server, fake_mnist, monkeypatch):
     monkeypatch.setenv("CNNCLI_MIRRORS", f"{drop},{good}")
     events = []
     x, _ = data.load("mnist", "test", progress=events.append)
-    np.testing.assert_array_equal(x, fake_split(1000)[0])
+    np.testing.assert_array_equal(x[:, 0], fake_split(1000)[0])
     failed = [e for e in events if e.status == "failed"]
     assert len(failed) == 2 and all("closed" in e.message for e in failed)
     assert leftovers(cache_mnist()) == []
@@ -623,11 +636,15 @@ def test_normalise():
     np.testing.assert_allclose(out[:, 0], expected, rtol=1e-5, atol=1e-6)
     out64 = data.normalise(x, np.float64, dataset="fashion-mnist")
     np.testing.assert_allclose(out64[:, 0], (x / 255 - 0.2860) / 0.3530, rtol=1e-12)
-    assert data.normalise(x[:, None], np.float32).shape == (1, 1, 2, 2)
+    # (N, 1, H, W), (N, H, W) and one (H, W) image give the same numbers.
+    np.testing.assert_array_equal(data.normalise(x[:, None], np.float32), out)
+    np.testing.assert_array_equal(data.normalise(x[0], np.float32), out)
     with pytest.raises(UsageError, match="uint8"):
         data.normalise(out, np.float32)
     with pytest.raises(UsageError, match="floating"):
         data.normalise(x, np.int32)
+    with pytest.raises(UsageError, match=r"\(N, 1, H, W\).*\(1, 3, 2, 2\)"):
+        data.normalise(np.zeros((1, 3, 2, 2), np.uint8), np.float32)
 
 
 # --------------------------------------------------------------------------- real data
@@ -649,7 +666,7 @@ def test_real_mnist_test_split(monkeypatch):
     monkeypatch.setenv("CNNCLI_DATA", str(_real_datasets_root()))
     monkeypatch.setenv("CNNCLI_OFFLINE", "1")
     x, y = data.load("mnist", "test")
-    assert x.shape == (10000, 28, 28) and x.dtype == np.uint8
+    assert x.shape == (10000, 1, 28, 28) and x.dtype == np.uint8
     assert y.shape == (10000,) and y.dtype == np.int64
     assert np.bincount(y, minlength=10).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     x2, y2 = data.load("mnist", "test")  # from the decoded cache
@@ -664,7 +681,7 @@ def test_real_mnist_test_split(monkeypatch):
 def test_real_fashion_mnist_test_split(monkeypatch):
     monkeypatch.setenv("CNNCLI_OFFLINE", "1")
     x, y = data.load("fashion-mnist", "test", data_dir="/usr/share/datasets")
-    assert x.shape == (10000, 28, 28)
+    assert x.shape == (10000, 1, 28, 28)
     assert np.bincount(y, minlength=10).tolist() == [1000] * 10
 
 

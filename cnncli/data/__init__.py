@@ -46,14 +46,13 @@ from cnncli.errors import UsageError
 from cnncli.model.kinds import fmt_shape
 
 from . import decoded, fetch, idx, places, registry  # noqa: F401  (the submodules, for tests and tools)
-from .fetch import DOWNLOAD_TIMEOUT, DownloadEvent, ProgressCallback
+from .fetch import DownloadEvent, ProgressCallback
 from .idx import IMAGES_MAGIC, LABELS_MAGIC, parse_idx, read_idx_file
 from .places import Place, cache_dir, mirrors, search_dirs
 from .registry import DATASETS, SPLITS, DatasetInfo, DataWarning, check_split, class_names, get
 
 __all__ = [
     "DATASETS",
-    "DOWNLOAD_TIMEOUT",
     "IMAGES_MAGIC",
     "LABELS_MAGIC",
     "SPLITS",
@@ -79,7 +78,7 @@ __all__ = [
 
 def check_model_fits(graph, info: DatasetInfo, name: str) -> None:
     """A model (its inferred graph) must take the dataset's images and give one output per class; else UsageError."""
-    want_in = (1, *info.image_shape)
+    want_in = tuple(info.image_shape)
     if tuple(graph.input_shape) != want_in:
         raise UsageError(f"model '{name}' takes {fmt_shape(graph.input_shape)} inputs, but {info.title} "
                          f"images are {fmt_shape(want_in)}")
@@ -115,7 +114,7 @@ def load(
     data_dir: str | os.PathLike[str] | None = None,
     progress: ProgressCallback | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Load one split of a dataset: images uint8 (N, 28, 28) and labels int64 (N,).
+    """Load one split of a dataset: images uint8 (N, C, H, W) and labels int64 (N,).
 
     ``name`` is a key of :data:`DATASETS`, ``split`` is ``"train"`` or ``"test"``,
     ``data_dir`` the CLI's ``--data-dir`` (searched first), ``progress`` an optional
@@ -167,30 +166,35 @@ def train_val_split(n: int, val: float | int, seed: int) -> tuple[np.ndarray, np
 def normalise(
     images: np.ndarray, dtype: np.dtype | type = np.float32, dataset: str = "mnist"
 ) -> np.ndarray:
-    """Scale uint8 pixels to zero mean, unit variance with ``dataset``'s statistics.
+    """Scale uint8 pixels to zero mean, unit variance per channel with ``dataset``'s statistics.
 
-    Accepts (N, H, W), (N, 1, H, W) or one (H, W) image; returns a new
-    (N, 1, H, W) array of float ``dtype``: ``(pixel / 255 - mean) / std``.
+    Takes (N, C, H, W) with the dataset's C channels; a one-channel dataset also
+    takes (N, H, W) or one (H, W) image. Returns a new (N, C, H, W) array of
+    float ``dtype``: ``(pixel / 255 - mean[c]) / std[c]``.
     """
     info = get(dataset)
+    channels = len(info.mean)
     array = np.asarray(images)
     if array.dtype != np.uint8:
         raise UsageError(
             f"normalise expects raw uint8 pixels 0..255, got {array.dtype} "
             "(already normalised?)."
         )
-    if array.ndim == 2:
+    if channels == 1 and array.ndim == 2:
         array = array[None, None]
-    elif array.ndim == 3:
+    elif channels == 1 and array.ndim == 3:
         array = array[:, None]
-    elif not (array.ndim == 4 and array.shape[1] == 1):
+    elif not (array.ndim == 4 and array.shape[1] == channels):
+        grey = " (or (N, H, W) for a one-channel dataset)" if channels == 1 else ""
         raise UsageError(
-            f"normalise expects images shaped (N, H, W) or (N, 1, H, W), got {array.shape}."
+            f"normalise expects {info.title} images shaped (N, {channels}, H, W){grey}, got {array.shape}."
         )
     dt = np.dtype(dtype)
     if dt.kind != "f":
         raise UsageError(f"normalise needs a floating dtype, got {dt}.")
     out = array.astype(dt)
-    out *= dt.type(1.0 / (255.0 * info.std))
-    out -= dt.type(info.mean / info.std)
+    for c, (mean, std) in enumerate(zip(info.mean, info.std)):
+        plane = out[:, c]
+        plane *= dt.type(1.0 / (255.0 * std))
+        plane -= dt.type(mean / std)
     return out

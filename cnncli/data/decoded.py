@@ -21,7 +21,7 @@ from cnncli.atomic import write_atomic, write_text_atomic
 from .places import cache_dir
 from .registry import DatasetInfo
 
-_FORMAT = 1
+_FORMAT = 2  # 2: images (N, C, H, W)
 
 
 def _identity(path: Path) -> dict[str, object]:
@@ -71,7 +71,7 @@ def load(
         return None
     if (
         images.dtype != np.uint8
-        or images.ndim != 3
+        or images.ndim != 4
         or images.shape[1:] != tuple(info.image_shape)
         or labels.dtype != np.int64
         or labels.shape != (images.shape[0],)

@@ -198,7 +198,7 @@ def _installer(info: DatasetInfo, filename: str, dest: Path):
         if expected is None:
             kind: Kind = "images" if "images" in filename else "labels"
             try:
-                _check_header(data_head, kind, url, info.image_shape)
+                _check_header(data_head, kind, url, info.image_shape[1:])
             except DataError as exc:
                 raise MirrorFailed(str(exc)) from exc
         elif digest != expected:
@@ -290,7 +290,7 @@ def load_split(
     data_dir: str | os.PathLike[str] | None,
     progress: ProgressCallback | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One split, verified and decoded: images uint8 (N, rows, cols), labels int64 (N,)."""
+    """One split, verified and decoded: images uint8 (N, 1, rows, cols), labels int64 (N,)."""
     sources = locate(info, split, data_dir, progress, download=True)
     files = dict(zip(("images", "labels"), info.splits[split]))
     for kind, filename in files.items():
@@ -305,10 +305,11 @@ def load_split(
     cached = decoded.load(info, split, sources, expected)
     if cached is not None:
         return cached
-    images, image_digest = read_idx_file(sources["images"], "images", expected["images"], info.image_shape)
-    labels_u8, label_digest = read_idx_file(sources["labels"], "labels", expected["labels"], info.image_shape)
+    rows_cols = info.image_shape[1:]
+    images, image_digest = read_idx_file(sources["images"], "images", expected["images"], rows_cols)
+    labels_u8, label_digest = read_idx_file(sources["labels"], "labels", expected["labels"], rows_cols)
     _check_pair(info, images, labels_u8, sources["images"], sources["labels"])
-    images = images.copy()
+    images = images[:, None].copy()  # IDX images are grey: one channel
     labels = labels_u8.astype(np.int64)
     decoded.save(info, split, sources, {"images": image_digest, "labels": label_digest}, images, labels)
     return images, labels

@@ -20,8 +20,9 @@ class DatasetInfo:
 
     ``sha256`` maps each file's name (without ``.gz``) to the SHA-256 of its
     uncompressed bytes, or to ``None`` when it is not known (the file is then
-    only checked structurally, with a :class:`DataWarning`). ``mean`` and ``std``
-    are of the training pixels scaled to [0, 1].
+    only checked structurally, with a :class:`DataWarning`). ``image_shape`` is
+    one image's (C, H, W); ``mean`` and ``std`` are per channel, of the training
+    pixels scaled to [0, 1].
     """
 
     name: str
@@ -30,9 +31,9 @@ class DatasetInfo:
     sha256: Mapping[str, str | None]
     mirrors: tuple[str, ...]
     classes: tuple[str, ...]
-    mean: float
-    std: float
-    image_shape: tuple[int, int] = (28, 28)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_shape: tuple[int, int, int] = (1, 28, 28)
     system_dirs: tuple[str, ...] = ()
 
     @property
@@ -64,8 +65,8 @@ DATASETS: dict[str, DatasetInfo] = {
             "http://yann.lecun.com/exdb/mnist/",
         ),
         classes=tuple(str(d) for d in range(10)),
-        mean=0.1307,  # 0.13066047627...
-        std=0.3081,  # 0.30810780385...
+        mean=(0.1307,),  # 0.13066047627...
+        std=(0.3081,),  # 0.30810780385...
     ),
     "fashion-mnist": DatasetInfo(
         name="fashion-mnist",
@@ -95,8 +96,8 @@ DATASETS: dict[str, DatasetInfo] = {
             "Bag",
             "Ankle boot",
         ),
-        mean=0.2860,  # 0.28604059698...
-        std=0.3530,  # 0.35302424451...
+        mean=(0.2860,),  # 0.28604059698...
+        std=(0.3530,),  # 0.35302424451...
         system_dirs=("/usr/share/datasets/fashion-mnist",),
     ),
 }

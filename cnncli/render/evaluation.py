@@ -104,6 +104,8 @@ def _per_class_table(result: EvalResult) -> Table:
 
 def _picture(pixels: np.ndarray, colour: bool) -> Text:
     img = np.asarray(pixels, dtype=np.uint8)
+    if img.ndim == 3:  # (C, H, W): a grey image's one channel, a colour image's mean brightness
+        img = img[0] if img.shape[0] == 1 else img.mean(axis=0).astype(np.uint8)
     if img.shape[0] > 8 and img.shape[1] > 8:
         img = img[_CROP:-_CROP, _CROP:-_CROP]  # MNIST's digits sit inside a blank border
     if img.shape[0] % 2:
