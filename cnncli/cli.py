@@ -139,6 +139,9 @@ def train(
     schedule: Optional[Schedule] = typer.Option(None, "--schedule", help="Learning-rate schedule."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for weights, shuffling and the split."),
     dataset: Optional[Dataset] = typer.Option(None, "--dataset", help="The dataset (the model file's by default)."),
+    crop_padding: Optional[int] = typer.Option(None, "--crop-padding",
+                                               help="Augment: random crop after a border of N pixels (0: off)."),
+    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Augment: flip half the images."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N training images."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<model>-<time>)."),
@@ -154,6 +157,7 @@ def train(
         "optimizer": optimizer.value if optimizer else None, "momentum": momentum,
         "weight_decay": weight_decay, "schedule": schedule.value if schedule else None, "seed": seed,
         "dataset": dataset.value if dataset else None,
+        "crop_padding": crop_padding, "flip": flip,
     }
     config = training.configure(model, overrides, limit=limit, data_dir=data_dir, out=out,
                                 resume=resume, dtype=dtype.value if dtype else None)
@@ -222,6 +226,23 @@ def backprop_trace(
                            sample=sample, weights=weights, filter=filter, upstream=upstream, steps=steps,
                            compare_slides=compare_slides, dump=dump, data_dir=data_dir, progress=shown)
     render.show(result, fmt.value, console)
+
+
+@app.command()
+def predict(
+    model: str = typer.Argument(..., help="A built-in model name or a YAML file."),
+    images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG) or folders of them."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Weights to use (a .npz from train)."),
+    top_k: int = typer.Option(3, "--top-k", min=1, help="How many classes to show per image."),
+    invert: bool = typer.Option(False, "--invert", help="Invert the images (dark digits on light paper)."),
+    fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+) -> None:
+    """The top classes of image files under a checkpoint, each image drawn as the network saw it."""
+    from cnncli import predict as predict_mod
+    from cnncli.render import predict as render
+
+    result = predict_mod.predict(model, checkpoint, images, top_k=top_k, invert=invert)
+    render.show(result, fmt.value, _console())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli import checkpoint as ckpt_io
-from cnncli import data
+from cnncli import data, inputs
 from cnncli.engine import losses
 from cnncli.engine.losses import Loss
 from cnncli.engine.network import Network
@@ -172,19 +172,14 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
     name = dataset or config.get("dataset") or model_spec.train_setting("dataset")
     info = data.get(name)
     graph = build(model_spec, aux=False)
-    data.check_model_fits(graph, info, model_spec.name)
+    plan = inputs.plan(info.title, info.image_shape, graph.input_shape, model_spec.name)
     classes = len(info.classes)
-    dtype = config.get("dtype", "float32") if config.get("dtype") in ("float32", "float64") else "float32"
-    net = Network(graph, dtype, fast=True)
-    # Auxiliary heads are not built for inference, so their weights in the file are skipped.
-    wanted = {**net.params, **net.buffers}
-    net.load_state_dict({k: v for k, v in saved.weights().items()
-                         if k in wanted or not _is_aux_key(k, model_spec, graph)}, source=str(checkpoint))
+    inputs.check_outputs(graph.output_shape, classes, info.title, model_spec.name)
+    net = inference_network(model_spec, graph, saved)
 
     images, labels = data.load(info.name, split, data_dir, progress=progress)
-    x = data.normalise(images, dtype, info.name)
     loss = losses.get(model_spec.loss)
-    outputs = net.predict(x, batch_size, loss.source(graph))
+    outputs = predict_images(net, plan, info.name, images, batch_size, loss.source(graph))
     loss_value, _ = loss.fn(outputs, labels) if len(labels) else (0.0, None)
     probs = probabilities(outputs, loss)
     s = scores(labels, probs.argmax(axis=1), classes, list(info.classes))
@@ -195,6 +190,33 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
         class_names=list(info.classes), per_class=s.per_class, confused_pairs=s.confused_pairs,
         worst=worst_mistakes(probs, labels, images, worst),
     )
+
+
+def inference_network(model_spec: spec.ModelSpec, graph: Graph, saved: ckpt_io.Checkpoint) -> Network:
+    """A fast network of ``graph`` (built without auxiliary heads) holding a checkpoint's weights.
+
+    The dtype is the one the checkpoint was trained in; weights of auxiliary
+    heads in the file are skipped, anything else that does not fit is a
+    CheckpointError naming it.
+    """
+    config = saved.meta.get("config") if isinstance(saved.meta.get("config"), dict) else {}
+    dtype = config.get("dtype", "float32") if config.get("dtype") in ("float32", "float64") else "float32"
+    net = Network(graph, dtype, fast=True)
+    wanted = {**net.params, **net.buffers}
+    net.load_state_dict({k: v for k, v in saved.weights().items()
+                         if k in wanted or not _is_aux_key(k, model_spec, graph)}, source=str(saved.path))
+    return net
+
+
+def predict_images(net: Network, plan: inputs.InputPlan, dataset: str, images: np.ndarray, batch_size: int,
+                   source: str) -> np.ndarray:
+    """Node ``source``'s output for uint8 images (N, C, H, W) of ``dataset``, adapted by ``plan``: (N, K)."""
+    def prepare(u8: np.ndarray) -> np.ndarray:
+        return plan.batch(u8, net.dtype, lambda x, dtype: data.normalise(x, dtype, dataset))
+
+    parts = [net.predict(prepare(images[i:i + batch_size]), batch_size, source)
+             for i in range(0, len(images), batch_size)]
+    return np.concatenate(parts) if parts else np.empty((0, *net.graph[source].out_shape), dtype=net.dtype)
 
 
 def _is_aux_key(key: str, model_spec: spec.ModelSpec, graph: Graph) -> bool:

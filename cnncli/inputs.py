@@ -39,7 +39,7 @@ import numpy as np
 
 from cnncli.errors import UsageError
 
-__all__ = ["Augmentation", "Draws", "InputPlan", "plan"]
+__all__ = ["Augmentation", "Draws", "InputPlan", "check_outputs", "plan"]
 
 Shape3 = tuple[int, int, int]
 
@@ -209,3 +209,11 @@ def plan(dataset: str, source: Shape3, target: tuple[int, ...], model: str,
     if p > min(th, tw) // 2:
         raise UsageError(f"--crop-padding {p} is more than half the model's {th}×{tw} input")
     return InputPlan(dataset, (c, h, w), (tc, th, tw), border, crop, tc != c, augmentation)
+
+
+def check_outputs(output_shape: tuple[int, ...], classes: int, dataset: str, model: str) -> None:
+    """A classifier of ``dataset`` must give one output per class; else :class:`UsageError`."""
+    if tuple(output_shape) != (classes,):
+        raise UsageError(f"model '{model}' outputs {_fmt(output_shape)}, but {dataset} has {classes} classes: "
+                         f"the last layer needs {classes} units")
+

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 import yaml
 
-from cnncli import __version__, checkpoint, data
+from cnncli import __version__, checkpoint, data, inputs
 from cnncli.atomic import write_text_atomic
 from cnncli.data import DownloadEvent
 from cnncli.engine import losses, optim
@@ -78,6 +78,8 @@ class RunConfig:
     epochs: int
     val_size: int
     seed: int
+    crop_padding: int
+    flip: bool
     limit: int | None
     dtype: str
     out: Path
@@ -106,6 +108,7 @@ class RunStart:
     start_epoch: int          # epochs already done (resumed runs)
     start_batch: int          # steps already done inside that epoch
     run_dir: Path
+    inputs: inputs.InputPlan | None = None  # how the dataset's images become the model's input
 
 
 @dataclass(frozen=True)
@@ -356,13 +359,14 @@ def _metrics_csv(history: list[EpochRecord]) -> str:
     return buf.getvalue()
 
 
-def _prepare_run_dir(out: Path, config: RunConfig) -> None:
+def _prepare_run_dir(out: Path, config: RunConfig, plan: inputs.InputPlan) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
         # A run killed while writing leaves its temporary file behind; the real files are whole.
         for stale in out.glob(".*.part"):
             stale.unlink(missing_ok=True)
-        write_text_atomic(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+        record = {**config.to_dict(), "input": plan.to_config()}
+        write_text_atomic(out / "config.yaml", yaml.safe_dump(record, sort_keys=False))
     except OSError as e:
         raise UsageError(f"cannot write the run folder {out}: {e.strerror or e}") from None
 
@@ -372,6 +376,19 @@ def _prepare_run_dir(out: Path, config: RunConfig) -> None:
 def _shuffle(seed: int, epoch: int, n: int) -> np.ndarray:
     # Seeded by (seed, epoch) so that a resumed run finds every epoch's order again.
     return np.random.default_rng([seed, 2, epoch]).permutation(n)
+
+
+class _Rows:
+    """Rows ``index`` of an image array, read only when a batch asks for them (no copy of the whole split)."""
+
+    def __init__(self, images: np.ndarray, index: np.ndarray):
+        self.images, self.index = images, index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return self.images[self.index[rows]]
 
 
 def _rng_state(gen: np.random.Generator) -> dict[str, Any]:
@@ -401,8 +418,11 @@ class _Run:
         info = data.get(cfg.dataset)
         model_spec = cfg.spec or spec.load(cfg.model)
         self.graph = build(model_spec, aux=True)
-        data.check_model_fits(self.graph, info, cfg.name)
+        self.inputs = inputs.plan(info.title, info.image_shape, self.graph.input_shape, cfg.name,
+                                  inputs.Augmentation(cfg.crop_padding, cfg.flip))
+        inputs.check_outputs(self.graph.output_shape, len(info.classes), info.title, cfg.name)
         dtype = np.dtype(cfg.dtype)
+        self.dtype = dtype
         self.net = Network(self.graph, dtype, seed=cfg.seed, fast=True)
         # Worker processes boot while the data loads (until they are ready, threads split the batches).
         self.net.spawn_workers(cfg.batch_size)
@@ -417,10 +437,9 @@ class _Run:
         n = len(images)
         val_count = min(cfg.val_size, int(n * MAX_VAL_SHARE))
         train_idx, val_idx = data.train_val_split(n, val_count, cfg.seed)
-        self.x_train = data.normalise(images[train_idx], dtype, info.name)
-        self.y_train = labels[train_idx]
-        self.x_val = data.normalise(images[val_idx], dtype, info.name)
-        self.y_val = labels[val_idx]
+        # Images stay uint8, where they are (a memory map for a big folder), until a batch is made.
+        self.x_train, self.y_train = _Rows(images, train_idx), labels[train_idx]
+        self.x_val, self.y_val = _Rows(images, val_idx), labels[val_idx]
         self.test_images, self.test_labels = test_images, test_labels
         self.info = info
 
@@ -433,7 +452,7 @@ class _Run:
                          cfg.step_epochs, cfg.step_gamma)
         if cfg.resume is not None:
             self.restore(checkpoint.load(cfg.resume))
-        _prepare_run_dir(cfg.out, cfg)
+        _prepare_run_dir(cfg.out, cfg, self.inputs)
         if self.history:
             self.write_metrics()
 
@@ -460,7 +479,7 @@ class _Run:
             "epoch": self.epoch, "batch": self.batch, "step": self.step, "partial": self.partial,
             "history": [asdict(r) for r in self.history], "best_epoch": self.best_epoch,
             "best_score": self.best_score, "rng": {"dropout": _rng_state(self.net.rng)},
-            "config": self.cfg.to_dict(), "cnncli": __version__,
+            "config": self.cfg.to_dict(), "input": self.inputs.to_config(), "cnncli": __version__,
         }
 
     def save(self, name: str) -> Path:
@@ -481,8 +500,19 @@ class _Run:
             raise TrainingStopped(f"cannot write {self.cfg.out / 'metrics.csv'}: {e.strerror or e}") from None
 
     # -- loop --
-    def score(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-        out = self.net.predict(x, EVAL_BATCH, self.source)
+    def make_batch(self, images: np.ndarray, draws: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
+        """uint8 images (n, C, H, W) → the model's float input, augmented when ``draws`` are given."""
+        return self.inputs.batch(images, self.dtype, lambda u8, dtype: data.normalise(u8, dtype, self.info.name),
+                                 draws)
+
+    def outputs(self, images: np.ndarray) -> np.ndarray:
+        """The loss's input for every image (uint8 (N, C, H, W)), in passes of EVAL_BATCH."""
+        parts = [self.net.predict(self.make_batch(images[i:i + EVAL_BATCH]), EVAL_BATCH, self.source)
+                 for i in range(0, len(images), EVAL_BATCH)]
+        return np.concatenate(parts)
+
+    def score(self, images: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        out = self.outputs(images)
         loss_value, _ = self.loss.fn(out, y)
         return float(loss_value), float(np.mean(out.argmax(axis=1) == y))
 
@@ -490,22 +520,22 @@ class _Run:
         cfg = self.cfg
         self.reporter.start(RunStart(cfg, len(self.x_train), len(self.x_val), len(self.test_images),
                                      self.graph.total_params, self.steps_per_epoch, self.epoch,
-                                     self.batch, cfg.out))
+                                     self.batch, cfg.out, self.inputs))
         bs = cfg.batch_size
-        xb = np.empty((bs, *self.x_train.shape[1:]), dtype=self.x_train.dtype)
-        yb = np.empty(bs, dtype=self.y_train.dtype)
         n = len(self.x_train)
+        augmentation = self.inputs.augmentation
         noted_fallback = False
         while self.epoch < cfg.epochs:
             order = _shuffle(cfg.seed, self.epoch, n)
+            draws = augmentation.draws(cfg.seed, self.epoch, n) if augmentation.active else None
             p = self.partial
             t0 = time.perf_counter() - p["seconds"]
             for b in range(self.batch, self.steps_per_epoch):
                 idx = order[b * bs:(b + 1) * bs]
                 k = len(idx)
-                x, y = xb[:k], yb[:k]
-                np.take(self.x_train, idx, axis=0, out=x)
-                np.take(self.y_train, idx, out=y)
+                x = self.make_batch(self.x_train[idx], None if draws is None else
+                               (draws.dy[idx], draws.dx[idx], draws.flip[idx]))
+                y = self.y_train[idx]
                 self.opt.lr = self.last_lr = learning_rate(cfg.schedule, self.plan, self.step)
                 loss_value, out = self.net.loss_and_backward(x, y, self.loss)
                 if self.net.processes_failed and not noted_fallback:
@@ -573,14 +603,13 @@ class _Run:
         return self.result("interrupted", checkpoint=path)
 
     def complete(self) -> RunResult:
-        x_test = data.normalise(self.test_images, self.x_train.dtype, self.info.name)
-        test_loss, test_acc = self.score(x_test, self.test_labels)
+        test_loss, test_acc = self.score(self.test_images, self.test_labels)
         try:
             write_text_atomic(self.cfg.out / "test.json",
-                               f'{{"loss": {test_loss!r}, "accuracy": {test_acc!r}, "n": {len(x_test)}}}\n')
+                               f'{{"loss": {test_loss!r}, "accuracy": {test_acc!r}, "n": {len(self.test_images)}}}\n')
         except OSError as e:
             raise TrainingStopped(f"cannot write {self.cfg.out / 'test.json'}: {e.strerror or e}") from None
-        return self.result("completed", test_loss=test_loss, test_acc=test_acc, n_test=len(x_test),
+        return self.result("completed", test_loss=test_loss, test_acc=test_acc, n_test=len(self.test_images),
                            checkpoint=self.cfg.out / "last.npz")
 
     def result(self, status: str, **extra: Any) -> RunResult:

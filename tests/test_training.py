@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from rich.console import Console
 
 from cnncli import checkpoint, cli, schedule, training
@@ -521,3 +522,70 @@ def test_terminal_reporter_draws_bars_and_downloads(tiny, tmp_path):
     render.show_result(result, console)
     text = buf.getvalue()
     assert "HTTP 404" in text and "train loss" in text and "Test accuracy" in text
+
+
+# --------------------------------------------------------------------------- inputs: adaptation and augmentation
+
+COLOUR = """\
+name: colour
+input: [3, 32, 32]
+classes: 10
+train: {optimizer: sgd, lr: 0.05, momentum: 0.9, batch_size: 50, epochs: 2, val_size: 100,
+        crop_padding: 4, flip: true}
+layers:
+  - conv: {filters: 4, kernel: 5, stride: 3}
+  - relu
+  - flatten
+  - dense: {units: 10}
+"""
+
+
+@pytest.fixture(scope="module")
+def colour(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("model") / "colour.yaml"
+    path.write_text(COLOUR)
+    return str(path)
+
+
+def test_digits_train_a_colour_network_padded_replicated_and_augmented(colour, tmp_path):
+    """MNIST (1×28×28) into a 3×32×32 network; the adaptation and augmentation are in the config and eval applies them."""
+    from cnncli import evaluation
+
+    result = run(colour, tmp_path / "run", limit=500)
+    assert result.status == "completed" and result.test_acc > 0.3
+    record = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert record["input"] == {"dataset_shape": [1, 28, 28], "model_shape": [3, 32, 32],
+                               "adaptation": "28×28 padded to 32×32 with zeros, grey replicated into 3 channels",
+                               "crop_padding": 4, "flip": True}
+    assert record["crop_padding"] == 4 and record["flip"] is True
+    scored = evaluation.evaluate(colour, result.last_path, worst=0)
+    assert scored.accuracy == pytest.approx(result.test_acc)  # the test set seen the same way, unaugmented
+
+
+def test_augmented_runs_resume_bit_for_bit(colour, tmp_path):
+    whole = run(colour, tmp_path / "whole", limit=500)
+    part = run(colour, tmp_path / "part", limit=500, reporter=SignalAt(1, 4))
+    assert part.status == "interrupted"
+    resumed = training.train(training.configure(colour, {}, resume=tmp_path / "part" / "last.npz"))
+    assert resumed.status == "completed"
+    assert_same_weights(whole.last_path, tmp_path / "part" / "last.npz")
+    # the draws changed what was learnt: without augmentation the weights differ
+    plain = run(colour, tmp_path / "plain", limit=500, crop_padding=0, flip=False)
+    assert not np.array_equal(weights(plain.last_path)["conv1.weight"], weights(whole.last_path)["conv1.weight"])
+
+
+def test_the_header_says_how_images_are_adapted(colour, tmp_path):
+    from cnncli.render import training as render
+
+    buf = io.StringIO()
+    reporter = render.Reporter(Console(file=buf, force_terminal=False, width=200))
+    run(colour, tmp_path / "run", reporter=reporter, limit=200, epochs=1)
+    assert ("input: 28×28 padded to 32×32 with zeros, grey replicated into 3 channels; augmentation: random crop "
+            "after a 4-pixel border, horizontal flip of half the images") in buf.getvalue()
+
+
+def test_a_model_that_cannot_take_the_images_exits_2(tmp_path, capsys):
+    model = tmp_path / "big.yaml"
+    model.write_text(COLOUR.replace("input: [3, 32, 32]", "input: [3, 64, 64]"))
+    message = cli_error(["train", str(model), "--out", str(tmp_path / "r")], capsys)
+    assert "cnncli would have to pad 36 pixels" in message and "resizing is not done" in message

@@ -384,7 +384,7 @@ def decode_image(path: str | os.PathLike[str], shape: Sequence[int]) -> np.ndarr
     return np.ascontiguousarray(pixels[None] if c == 1 else pixels.transpose(2, 0, 1))
 
 
-def _unreadable_errors() -> tuple[type[BaseException], ...]:
+def unreadable_errors() -> tuple[type[BaseException], ...]:
     image_mod, _ = _pillow()
     # Pillow reports damaged files as OSError (UnidentifiedImageError is one), and from some
     # decoders as SyntaxError, EOFError, struct.error, ValueError, IndexError or TypeError.
@@ -481,7 +481,7 @@ def _write_npy_header(out, shape: tuple[int, ...]) -> None:
 def _decode_split(dataset: FolderDataset, files: Sequence[ImageFile], shape: tuple[int, int, int],
                   folder: Path, stem: str, progress: Progress | None) -> list[dict[str, str]]:
     """Decode ``files`` into ``folder/stem.npy`` and its record, atomically; return the files left out."""
-    unreadable = _unreadable_errors()
+    unreadable = unreadable_errors()
     per_image = int(np.prod(shape))
     need = len(files) * per_image + 4096
     free = shutil.disk_usage(folder).free

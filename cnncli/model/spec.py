@@ -45,6 +45,10 @@ TRAIN_OPTIONS: dict[str, Option] = {
     "epochs": Option("int", 10, check=lambda v: None if v >= 1 else "must be at least 1"),
     "val_size": Option("int", 5000, check=lambda v: None if v >= 0 else "must not be negative"),
     "seed": Option("int", 0),
+    # Augmentation of training batches (cnncli.inputs): the CIFAR recipe is crop_padding 4 and flip.
+    "crop_padding": Option("int", 0, "random crop after a zero border of this many pixels",
+                           check=lambda v: None if v >= 0 else "must not be negative"),
+    "flip": Option("bool", False, "flip half the training images horizontally"),
 }
 
 _TOP_KEYS = ("name", "description", "reference", "input", "classes", "loss", "train",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-_SUBMODULES = ("summary", "training", "evaluation", "trace", "downloads")
+_SUBMODULES = ("summary", "training", "evaluation", "trace", "downloads", "pictures", "predict")
 
 
 def console(stderr: bool = False):

@@ -1,9 +1,6 @@
 """Drawing an evaluation: scores, a coloured confusion matrix, per-class table, worst mistakes.
 
-Mistakes are drawn as pictures in the terminal: each character cell shows two
-pixels stacked, the upper half block ``▀`` with the upper pixel as foreground
-and the lower one as background colour. Without colour (a pipe, a log file)
-the cell is ``█``, ``▀``, ``▄`` or a space by which of the two pixels are inked.
+Mistakes are drawn as pictures in the terminal (:mod:`cnncli.render.pictures`).
 """
 
 from __future__ import annotations
@@ -15,15 +12,12 @@ import numpy as np
 from rich import box
 from rich.columns import Columns
 from rich.console import Console, Group
-from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
 from cnncli import data
 from cnncli.evaluation import EvalResult, Mistake
-
-_INK = 128  # pixel value from which a monochrome cell counts as inked
-_CROP = 2
+from cnncli.render.pictures import picture
 
 
 def as_dict(result: EvalResult) -> dict[str, Any]:
@@ -102,31 +96,10 @@ def _per_class_table(result: EvalResult) -> Table:
     return table
 
 
-def _picture(pixels: np.ndarray, colour: bool) -> Text:
-    img = np.asarray(pixels, dtype=np.uint8)
-    if img.ndim == 3:  # (C, H, W): a grey image's one channel, a colour image's mean brightness
-        img = img[0] if img.shape[0] == 1 else img.mean(axis=0).astype(np.uint8)
-    if img.shape[0] > 8 and img.shape[1] > 8:
-        img = img[_CROP:-_CROP, _CROP:-_CROP]  # MNIST's digits sit inside a blank border
-    if img.shape[0] % 2:
-        img = np.vstack([img, np.zeros((1, img.shape[1]), dtype=np.uint8)])
-    text = Text(no_wrap=True)
-    for r in range(0, img.shape[0], 2):
-        top, bottom = img[r], img[r + 1]
-        for a, b in zip(top.tolist(), bottom.tolist()):
-            if colour:
-                text.append("▀", Style(color=f"rgb({a},{a},{a})", bgcolor=f"rgb({b},{b},{b})"))
-            else:
-                text.append("█" if a >= _INK and b >= _INK else "▀" if a >= _INK else "▄" if b >= _INK else " ")
-        if r + 2 < img.shape[0]:
-            text.append("\n")
-    return text
-
-
 def _mistake(m: Mistake, names: list[str], colour: bool) -> Group:
     caption = Text(f"#{m.index}: {names[m.true]} → {names[m.predicted]}\n", style="bold", no_wrap=True)
     caption.append(f"{100 * m.confidence:.1f} % sure (true {100 * m.true_prob:.1f} %)", style="")
-    return Group(caption, _picture(m.pixels, colour))
+    return Group(caption, picture(m.pixels, colour, crop=True))
 
 
 def show(result: EvalResult, fmt: str, console: Console) -> None:

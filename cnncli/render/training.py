@@ -87,6 +87,8 @@ class Reporter:
             f"{opt}, {sched} schedule, batch {c.batch_size}, {c.epochs} epochs, seed {c.seed}"
             f" → {run.run_dir}",
         ]
+        if run.inputs is not None and (not run.inputs.identity or run.inputs.augmentation.active):
+            lines.append(f"input: {run.inputs.describe()}; augmentation: {run.inputs.augmentation.describe()}")
         if c.resume is not None:
             at = (f"in epoch {run.start_epoch + 1} at step {run.start_batch} of {run.steps_per_epoch}"
                   if run.start_batch else f"after epoch {run.start_epoch}")
