@@ -527,3 +527,22 @@ def test_trace_weights_go_through_checkpoint_load(tmp_path):
     with pytest.raises(CheckpointError, match="folder"):
         trace.run(weights=tmp_path)
     assert trace.run(weights=tmp_path / "new.npz").model == "slide-mlp"
+
+
+def test_a_sample_reaches_a_larger_colour_network_as_training_images_do(monkeypatch, tmp_path):
+    from cnncli import data
+
+    digits = np.random.default_rng(1).integers(0, 256, (4, 1, 28, 28), dtype=np.uint8)
+    monkeypatch.setattr(data, "load", lambda *a, **k: (digits, np.arange(4)))
+    model = tmp_path / "colour.yaml"
+    model.write_text("input: [3, 32, 32]\nclasses: 10\ntrain: {dataset: mnist}\nlayers:\n"
+                     "  - conv: {filters: 2, kernel: 5, stride: 4}\n  - flatten\n  - dense: {units: 10}\n")
+    t = trace.run(str(model), sample=1)
+    assert "28×28 padded to 32×32 with zeros, grey replicated into 3 channels" in t.input_source
+    # the same pass by hand: the digit normalised, bordered with the normalised zero, in all three channels
+    x = np.full((1, 3, 32, 32), (0 - 0.1307) / 0.3081)
+    x[:, :, 2:30, 2:30] = data.normalise(digits[1:2], np.float64, "mnist")[0, 0]
+    net = Network(graph.build(spec.load(str(model))), dtype="float64", seed=0)
+    want, _ = net.loss_and_backward(x, np.array([1]), losses.get("cross_entropy"))
+    assert t.loss == pytest.approx(want, rel=1e-12)
+    assert t.predicted == int(net.values[net.graph.output].argmax())

@@ -485,21 +485,22 @@ def _classes(net: Network) -> int:
 
 def _sample(model_spec: spec.ModelSpec, index: int, data_dir: Path | None,
             shape: tuple[int, ...], progress=None) -> tuple[np.ndarray, int, str]:
-    from cnncli import data
+    from cnncli import data, inputs
 
     dataset = model_spec.train.get("dataset")
     if dataset is None:
         raise UsageError(f"--sample: model '{model_spec.name}' names no dataset (train.dataset), "
                          "so there is no test image to take; give --input instead")
+    info = data.get(dataset)
+    # The image reaches the network as training images do: adapted to its input, then normalised.
+    plan = inputs.plan(info.title, info.image_shape, tuple(shape), model_spec.name)
     images, labels = data.load(dataset, "test", data_dir, progress=progress)
     if not 0 <= index < len(images):
         raise UsageError(f"--sample {index} is out of range: the {dataset} test set has "
                          f"{len(images)} images (0..{len(images) - 1})")
-    x = data.normalise(images[index:index + 1], np.float64, dataset)
-    if tuple(x.shape[1:]) != tuple(shape):
-        raise UsageError(f"--sample: {dataset} images are {fmt_shape(x.shape[1:])} but model "
-                         f"'{model_spec.name}' takes {fmt_shape(shape)}")
-    return x, int(labels[index]), f"{dataset} test image {index} (label {int(labels[index])})"
+    x = plan.batch(images[index:index + 1], np.float64, lambda u8, dtype: data.normalise(u8, dtype, dataset))
+    adapted = "" if plan.identity else f", {plan.describe()}"
+    return x, int(labels[index]), f"{dataset} test image {index} (label {int(labels[index])}{adapted})"
 
 
 def _inputs(model_spec: spec.ModelSpec, net: Network, input: str | None, sample: int | None,
