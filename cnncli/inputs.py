@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from cnncli.engine.jit import kernel
 from cnncli.errors import UsageError
 
 __all__ = ["Augmentation", "Draws", "InputPlan", "check_outputs", "plan"]
@@ -94,13 +95,33 @@ class Augmentation:
 
     def apply(self, images: np.ndarray, dy: np.ndarray, dx: np.ndarray, flip: np.ndarray) -> np.ndarray:
         """images uint8 (n, C, H, W), with one draw each → augmented uint8 (n, C, H, W)."""
-        n, c, h, w = images.shape
-        p = self.crop_padding
-        src = np.pad(images, ((0, 0), (0, 0), (p, p), (p, p))) if p else images
-        rows = dy[:, None] + np.arange(h)[None, :]                       # (n, H)
-        cols = np.where(flip[:, None], w - 1 - np.arange(w)[None, :], np.arange(w)[None, :]) + dx[:, None]
-        return src[np.arange(n)[:, None, None, None], np.arange(c)[None, :, None, None],
-                   rows[:, None, :, None], cols[:, None, None, :]]
+        out = np.empty_like(images)
+        _crop_flip(np.ascontiguousarray(images), out, np.ascontiguousarray(dy, dtype=np.int64),
+                   np.ascontiguousarray(dx, dtype=np.int64), np.ascontiguousarray(flip, dtype=np.bool_),
+                   self.crop_padding)
+        return out
+
+
+@kernel
+def _crop_flip(src, out, dy, dx, flip, p):
+    # out[i] = the H×W window at (dy, dx) of src[i] bordered by p zeros, mirrored left-right where flip[i]:
+    # the border is never built, a source cell outside the image reads as 0.
+    n, c, h, w = out.shape
+    zero = out.dtype.type(0)
+    for i in range(n):
+        oy = dy[i] - p
+        ox = dx[i] - p
+        for ch in range(c):
+            for r in range(h):
+                sr = r + oy
+                row = out[i, ch, r]
+                if sr < 0 or sr >= h:
+                    row[:] = zero
+                    continue
+                srow = src[i, ch, sr]
+                for col in range(w):
+                    sc = (w - 1 - col if flip[i] else col) + ox
+                    row[col] = srow[sc] if 0 <= sc < w else zero
 
 
 @dataclass(frozen=True)
