@@ -5,4 +5,4 @@ It imports nothing, so that ``--help``, ``summarize`` and ``models`` can read it
 numpy or the data code.
 """
 
-DATASET_NAMES: tuple[str, ...] = ("mnist", "fashion-mnist")
+DATASET_NAMES: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10", "cifar100", "cifar100-coarse")

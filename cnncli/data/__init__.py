@@ -1,9 +1,22 @@
-"""Datasets: MNIST and Fashion-MNIST, found on disk or downloaded, verified, decoded.
+"""Datasets: MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100, found on disk or downloaded, verified, decoded.
 
-Each dataset is four IDX files (``train-images-idx3-ubyte``,
-``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
-``t10k-labels-idx1-ubyte``), each either gzip-compressed (``NAME.gz``) or plain
-(``NAME``). A file is looked for, in this order, in
+Every dataset loads the same way (:func:`load`): images uint8 (N, C, H, W)
+(MNIST's 1×28×28, CIFAR's 3×32×32), labels int64 (N,), for the ``train`` or
+``test`` split. The files are
+
+* MNIST, Fashion-MNIST: four IDX files (``train-images-idx3-ubyte``,
+  ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
+  ``t10k-labels-idx1-ubyte``), each gzip-compressed (``NAME.gz``) or plain
+  (``NAME``), each checked against the SHA-256 of its *uncompressed* bytes (so
+  a re-compressed copy of the official files is accepted) (:mod:`.idx`);
+* CIFAR-10 (``cifar10``), CIFAR-100 (``cifar100``: the 100 fine classes;
+  ``cifar100-coarse``: the 20 superclasses, from the same files): the
+  authors' binary archive ``cifar-10-binary.tar.gz`` or
+  ``cifar-100-binary.tar.gz``, checked by its size, MD5 and SHA-256, then
+  extracted safely into the cache; or its extracted folder
+  (``cifar-10-batches-bin/``, ``cifar-100-binary/``) (:mod:`.cifar`).
+
+They are looked for, in this order, in
 
 1. the ``data_dir`` argument (the CLI's ``--data-dir``): ``DIR/<dataset>/`` then ``DIR/``;
 2. the environment variable ``CNNCLI_DATA``: ``$CNNCLI_DATA/<dataset>/`` then ``$CNNCLI_DATA/``;
@@ -11,29 +24,40 @@ Each dataset is four IDX files (``train-images-idx3-ubyte``,
 4. system copies (Fashion-MNIST: ``/usr/share/datasets/fashion-mnist``, from
    Debian's ``dataset-fashion-mnist`` package);
 
-and when it is in none of them it is downloaded into the user cache from the
-dataset's public mirrors, tried in turn. ``CNNCLI_MIRRORS`` (comma-separated
-base URLs; ``{dataset}`` in one is replaced by the dataset name) replaces the
+(``<dataset>`` is ``cifar100`` for both CIFAR-100 datasets) and when they are
+in none of them they are downloaded into the user cache from the dataset's
+public mirrors, tried in turn. ``CNNCLI_MIRRORS`` (comma-separated base URLs;
+``{dataset}`` in one is replaced by the dataset's folder name) replaces the
 built-in mirror list, and ``CNNCLI_OFFLINE=1`` forbids downloading at all.
+Offline, copy the files (for CIFAR, the archive as published) into one of the
+places above; the error that reports them missing lists every place and the
+file names.
 
-Every file is checked against the SHA-256 of its *uncompressed* bytes in
-:data:`DATASETS` (so a re-compressed copy of the official files is accepted),
-then parsed strictly: magic number, dimensions, byte count, label range, and
-that images and labels agree in number. Anything wrong raises
-:class:`~cnncli.errors.DataError` naming the file, the fault and the remedy.
+After verification every file is parsed strictly (IDX: magic number,
+dimensions, byte count; CIFAR: a whole number of records, the official count,
+class names), labels are checked to be in range, and images and labels must
+agree in number. Anything wrong raises :class:`~cnncli.errors.DataError`
+naming the file, the fault and the remedy.
 
 Downloads stream into a temporary file in the cache directory and are verified
-before an atomic :func:`os.replace` gives them their final name, so a file under
-its final name is always complete. Decoded arrays are cached as ``.npy`` files in
-``<cache>/<dataset>/decoded/`` together with a small JSON record of the source
-files' path, size, modification time and verified SHA-256; while those match,
-a load reads the ``.npy`` files and skips decompressing and hashing.
+before an atomic :func:`os.replace` gives them their final name (or, for an
+archive, before it is extracted into a temporary folder that is then renamed
+into place), so nothing under a final name is ever half-written, even after
+Ctrl-C. Decoded arrays are cached as ``.npy`` files in ``<cache>/<dataset>/decoded/``
+together with a small JSON record of the source files' path, size,
+modification time and verified SHA-256 (:mod:`.decoded`); while those match,
+a load reads the ``.npy`` files and skips decompressing, hashing and parsing.
 
 Progress of downloads is reported through an optional callback, see
 :class:`DownloadEvent`. Anything worth a user's attention that is not an error
-(a file whose checksum is not known) is a :class:`DataWarning`.
-"""
+(a file whose checksum is not known, a CIFAR folder extracted by hand) is a
+:class:`DataWarning`.
 
+The package, top-down: :mod:`.registry` (what each dataset is), :mod:`.places`
+(where its files are looked for), :mod:`.fetch` (downloading one file),
+:mod:`.idx` and :mod:`.cifar` (the two formats), :mod:`.decoded` (the cache of
+decoded arrays).
+"""
 
 from __future__ import annotations
 
@@ -45,17 +69,18 @@ import numpy as np
 from cnncli.errors import UsageError
 from cnncli.model.kinds import fmt_shape
 
-from . import decoded, fetch, idx, places, registry  # noqa: F401  (the submodules, for tests and tools)
+from . import cifar, decoded, fetch, idx, places, registry  # noqa: F401  (the submodules, for tests and tools)
 from .fetch import DownloadEvent, ProgressCallback
 from .idx import IMAGES_MAGIC, LABELS_MAGIC, parse_idx, read_idx_file
 from .places import Place, cache_dir, mirrors, search_dirs
-from .registry import DATASETS, SPLITS, DatasetInfo, DataWarning, check_split, class_names, get
+from .registry import DATASETS, SPLITS, Archive, DatasetInfo, DataWarning, check_split, class_names, get
 
 __all__ = [
     "DATASETS",
     "IMAGES_MAGIC",
     "LABELS_MAGIC",
     "SPLITS",
+    "Archive",
     "DataWarning",
     "DatasetInfo",
     "DownloadEvent",
@@ -96,16 +121,19 @@ def locate(
     progress: ProgressCallback | None = None,
     download: bool = True,
 ) -> dict[str, Path]:
-    """Paths of ``split``'s images and labels files, downloading what is missing.
+    """Paths of ``split``'s files, downloading what is missing.
 
-    Returns ``{"images": path, "labels": path}``. Files are searched for in
-    :func:`search_dirs` order; a missing one is downloaded into
+    Returns ``{"images": path, "labels": path}`` for an IDX dataset, and
+    ``{file name: path}`` of the split's data files for CIFAR. Files are
+    searched for in :func:`search_dirs` order; a missing one is downloaded into
     :func:`cache_dir` unless ``download`` is false or ``CNNCLI_OFFLINE`` is set.
-    Files found are not verified here (:func:`load` does that).
+    A CIFAR archive is verified and extracted here; other files found are not
+    verified here (:func:`load` does that).
     """
     info = get(name)
     split = check_split(info, split)
-    return idx.locate(info, split, data_dir, progress, download)
+    fmt = idx if info.archive is None else cifar
+    return fmt.locate(info, split, data_dir, progress, download)
 
 
 def load(
@@ -124,7 +152,8 @@ def load(
     """
     info = get(name)
     split = check_split(info, split)
-    return idx.load_split(info, split, data_dir, progress)
+    fmt = idx if info.archive is None else cifar
+    return fmt.load_split(info, split, data_dir, progress)
 
 
 # --------------------------------------------------------------------------- preparing

@@ -1,7 +1,7 @@
 """The decoded cache: a split's arrays kept as ``.npy`` files, valid while their source files are unchanged.
 
 A split decoded once is saved as ``<cache>/<dataset>/decoded/<split>-images.npy``
-and ``<split>-labels.npy`` with a JSON record of each source file's path, size,
+and ``<split>-labels.npy`` (``<dataset>-<split>-...`` where datasets share a folder) with a JSON record of each source file's path, size,
 modification time and verified SHA-256. A later load whose sources still match
 that record (and whose expected checksums are the recorded ones) reads the
 ``.npy`` files and skips decompressing, hashing and parsing. Anything that does
@@ -32,10 +32,12 @@ def _identity(path: Path) -> dict[str, object]:
 def paths(info: DatasetInfo, split: str) -> tuple[Path, Path, Path]:
     """The images ``.npy``, labels ``.npy`` and JSON record of one split."""
     folder = cache_dir(info.name) / "decoded"
+    # Datasets sharing a folder (cifar100, cifar100-coarse) differ in their labels.
+    stem = split if info.directory == info.name else f"{info.name}-{split}"
     return (
-        folder / f"{split}-images.npy",
-        folder / f"{split}-labels.npy",
-        folder / f"{split}.json",
+        folder / f"{stem}-images.npy",
+        folder / f"{stem}-labels.npy",
+        folder / f"{stem}.json",
     )
 
 

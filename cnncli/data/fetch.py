@@ -40,11 +40,13 @@ class DownloadEvent:
       and ``total`` the size in bytes, or ``None`` when the server did not say.
       After a failed mirror the same file starts again from 0 at the next one.
     * ``"progress"``: ``done`` bytes of ``total`` have arrived.
-    * ``"done"``: the file is verified and in place under its final name.
+    * ``"done"``: the file is verified and in place under its final name (an
+      archive: verified and extracted).
     * ``"failed"``: this mirror did not work; ``message`` says why. Another mirror
       may follow (with a new ``"start"``), or :func:`load` raises ``DataError``.
 
-    ``filename`` is the name being fetched (``train-images-idx3-ubyte.gz``).
+    ``filename`` is the name being fetched (``train-images-idx3-ubyte.gz``,
+    ``cifar-10-binary.tar.gz``).
     """
 
     status: Literal["start", "progress", "done", "failed"]

@@ -228,7 +228,7 @@ def _how_to_supply(info: DatasetInfo) -> str:
     names = ", ".join(info.files)
     return (
         f"To supply the files (each plain or gzipped, as NAME or NAME.gz: {names}), do one of:\n"
-        f"  - pass --data-dir DIR, with the files in DIR/{info.name}/ or in DIR/ itself;\n"
+        f"  - pass --data-dir DIR, with the files in DIR/{info.directory}/ or in DIR/ itself;\n"
         f"  - set {ENV_DATA}=DIR in the environment, DIR laid out the same way;\n"
         f"  - copy them into {cache_dir(info.name)}/;\n"
         f"  - or let cnncli download them (needs network access; {ENV_MIRRORS}=URL,... "

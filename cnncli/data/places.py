@@ -27,12 +27,13 @@ class Place:
 def cache_dir(name: str | None = None) -> Path:
     """cnncli's user cache, ``$XDG_CACHE_HOME/cnncli`` (default ``~/.cache/cnncli``).
 
-    With a dataset ``name``, that dataset's folder in it (downloads land there).
+    With a dataset ``name``, that dataset's folder in it (downloads land there;
+    datasets that share their files share the folder).
     """
     base = os.environ.get("XDG_CACHE_HOME", "")
     root = Path(base) if base and os.path.isabs(base) else Path.home() / ".cache"
     root = root / "cnncli"
-    return root / get(name).name if name is not None else root
+    return root / get(name).directory if name is not None else root
 
 
 def search_dirs(name: str, data_dir: str | os.PathLike[str] | None = None) -> list[Place]:
@@ -43,7 +44,7 @@ def search_dirs(name: str, data_dir: str | os.PathLike[str] | None = None) -> li
         if root is None or str(root) == "":
             continue
         root = Path(root).expanduser()
-        places.append(Place(root / info.name, origin))
+        places.append(Place(root / info.directory, origin))
         places.append(Place(root, origin))
     places.append(Place(cache_dir(info.name), "cache"))
     places.extend(Place(Path(d), "system") for d in info.system_dirs)
@@ -55,7 +56,7 @@ def mirrors(name: str) -> list[str]:
     info = get(name)
     env = os.environ.get(ENV_MIRRORS, "").strip()
     bases = [b.strip() for b in env.split(",") if b.strip()] if env else list(info.mirrors)
-    return [b.replace("{dataset}", info.name) for b in bases]
+    return [b.replace("{dataset}", info.directory) for b in bases]
 
 
 def offline() -> bool:

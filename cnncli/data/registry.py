@@ -1,4 +1,19 @@
-"""The registry: every dataset cnncli can load, what its files are and how they are checked."""
+"""The registry: every dataset cnncli can load, what its files are and how they are checked.
+
+Sources of the numbers:
+
+* MNIST's and Fashion-MNIST's SHA-256 are of the uncompressed IDX files (see
+  each entry); their mean and std are computed over the training images.
+* CIFAR's archives: the MD5 of each binary archive is the one its authors
+  publish on https://www.cs.toronto.edu/~kriz/cifar.html (torchvision's
+  ``torchvision/datasets/cifar.py`` lists only the pickled Python archives,
+  which cnncli does not read); the SHA-256 and the size in bytes are those of
+  TensorFlow Datasets' ``tensorflow_datasets/url_checksums/cifar10.txt`` and
+  ``cifar100.txt``. The record counts (10,000 per CIFAR-10 file; 50,000 and
+  10,000 in CIFAR-100's train and test) and the class names are the authors'.
+  No checksum of the extracted ``.bin`` files is published, so they are
+  trusted as far as the verified archive they came from (see :mod:`.cifar`).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +30,32 @@ class DataWarning(UserWarning):
 
 
 @dataclass(frozen=True)
+class Archive:
+    """A dataset published as one ``.tar.gz`` of binary record files (CIFAR's layout).
+
+    Each record is one byte per label, ``len(label_classes)`` of them (the
+    classes each can take, in record order), then the image's pixels, one
+    channel plane after the other, each row-major. ``records`` gives every
+    data file (inside the archive's folder ``root``) and its number of records;
+    ``label_files`` every class-name file and the names it lists, one a line.
+    """
+
+    filename: str
+    md5: str
+    sha256: str
+    size: int
+    root: str
+    label_classes: tuple[int, ...]
+    records: Mapping[str, int]
+    label_files: Mapping[str, tuple[str, ...]]
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """The files extracted from ``root/``: the data files, then the class-name files."""
+        return (*self.records, *self.label_files)
+
+
+@dataclass(frozen=True)
 class DatasetInfo:
     """Everything cnncli knows about one dataset.
 
@@ -23,11 +64,17 @@ class DatasetInfo:
     only checked structurally, with a :class:`DataWarning`). ``image_shape`` is
     one image's (C, H, W); ``mean`` and ``std`` are per channel, of the training
     pixels scaled to [0, 1].
+
+    ``directory`` names the dataset's folder in data directories and in the
+    cache (the dataset's name unless it shares another one's files). A dataset
+    with an ``archive`` is read from that (its ``splits`` list data files in
+    it, and ``label_byte`` says which of a record's labels is the class);
+    otherwise from IDX files, ``splits`` giving each split's (images, labels).
     """
 
     name: str
     title: str
-    splits: Mapping[str, tuple[str, str]]  # split -> (images file, labels file)
+    splits: Mapping[str, tuple[str, ...]]  # split -> (images file, labels file), or its archive's data files
     sha256: Mapping[str, str | None]
     mirrors: tuple[str, ...]
     classes: tuple[str, ...]
@@ -35,12 +82,73 @@ class DatasetInfo:
     std: tuple[float, ...]
     image_shape: tuple[int, int, int] = (1, 28, 28)
     system_dirs: tuple[str, ...] = ()
+    directory: str = ""
+    archive: Archive | None = None
+    label_byte: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.directory:
+            object.__setattr__(self, "directory", self.name)
 
     @property
     def files(self) -> tuple[str, ...]:
-        """All of the dataset's file names, without ``.gz``."""
-        return tuple(f for pair in self.splits.values() for f in pair)
+        """All of the dataset's file names (IDX: without ``.gz``; an archive's: its data files)."""
+        return tuple(f for names in self.splits.values() for f in names)
 
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+#: CIFAR-100's classes as its ``fine_label_names.txt`` lists them (label order).
+CIFAR100_FINE = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
+    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
+    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
+    "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
+    "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain",
+    "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
+    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
+    "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
+    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger",
+    "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+)
+
+#: CIFAR-100's 20 superclasses as its ``coarse_label_names.txt`` lists them.
+CIFAR100_COARSE = (
+    "aquatic_mammals", "fish", "flowers", "food_containers", "fruit_and_vegetables",
+    "household_electrical_devices", "household_furniture", "insects", "large_carnivores",
+    "large_man-made_outdoor_things", "large_natural_outdoor_scenes", "large_omnivores_and_herbivores",
+    "medium_mammals", "non-insect_invertebrates", "people", "reptiles", "small_mammals", "trees",
+    "vehicles_1", "vehicles_2",
+)
+
+_CIFAR10_ARCHIVE = Archive(
+    filename="cifar-10-binary.tar.gz",
+    md5="c32a1d4ab5d03f1284b67883e8d87530",
+    sha256="c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd",
+    size=170_052_171,
+    root="cifar-10-batches-bin",
+    label_classes=(10,),
+    records={**{f"data_batch_{i}.bin": 10_000 for i in range(1, 6)}, "test_batch.bin": 10_000},
+    label_files={"batches.meta.txt": CIFAR10_CLASSES},
+)
+
+_CIFAR100_ARCHIVE = Archive(
+    filename="cifar-100-binary.tar.gz",
+    md5="03b5dce01913d631647c71ecec9e9cb8",
+    sha256="58a81ae192c23a4be8b1804d68e518ed807d710a4eb253b1f2a199162a40d8ec",
+    size=168_513_733,
+    root="cifar-100-binary",
+    label_classes=(20, 100),  # coarse, fine
+    records={"train.bin": 50_000, "test.bin": 10_000},
+    label_files={"coarse_label_names.txt": CIFAR100_COARSE, "fine_label_names.txt": CIFAR100_FINE},
+)
+
+_CIFAR100_SPLITS = {"train": ("train.bin",), "test": ("test.bin",)}
+# Per-pixel statistics of the 50,000 training images, as published in weiaicunzai/pytorch-cifar100,
+# conf/global_settings.py: mean 0.5070751592371323, 0.48654887331495095, 0.4409178433670343;
+# std 0.2673342858792401, 0.2564384629170883, 0.27615047132568404.
+_CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+_CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
 _IDX_SPLITS = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -100,9 +208,58 @@ DATASETS: dict[str, DatasetInfo] = {
         std=(0.3530,),  # 0.35302424451...
         system_dirs=("/usr/share/datasets/fashion-mnist",),
     ),
+    "cifar10": DatasetInfo(
+        name="cifar10",
+        title="CIFAR-10",
+        splits={"train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)), "test": ("test_batch.bin",)},
+        sha256={},
+        mirrors=("https://www.cs.toronto.edu/~kriz/",),
+        classes=CIFAR10_CLASSES,
+        # Per-pixel statistics of the 50,000 training images, as published (to ten
+        # digits) in tensorflow/swift-models, Datasets/CIFAR10/CIFAR10.swift:
+        # mean 0.4913996898, 0.4821584196, 0.4465309242; std 0.2470322324, 0.2434851280, 0.2615878417.
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+        image_shape=(3, 32, 32),
+        archive=_CIFAR10_ARCHIVE,
+    ),
+    "cifar100": DatasetInfo(
+        name="cifar100",
+        title="CIFAR-100",
+        splits=_CIFAR100_SPLITS,
+        sha256={},
+        mirrors=("https://www.cs.toronto.edu/~kriz/",),
+        classes=CIFAR100_FINE,
+        mean=_CIFAR100_MEAN,
+        std=_CIFAR100_STD,
+        image_shape=(3, 32, 32),
+        archive=_CIFAR100_ARCHIVE,
+        label_byte=1,  # a record's labels are (coarse, fine)
+    ),
+    "cifar100-coarse": DatasetInfo(
+        name="cifar100-coarse",
+        title="CIFAR-100 (20 superclasses)",
+        splits=_CIFAR100_SPLITS,
+        sha256={},
+        mirrors=("https://www.cs.toronto.edu/~kriz/",),
+        classes=CIFAR100_COARSE,
+        mean=_CIFAR100_MEAN,
+        std=_CIFAR100_STD,
+        image_shape=(3, 32, 32),
+        directory="cifar100",  # the same files as cifar100
+        archive=_CIFAR100_ARCHIVE,
+        label_byte=0,
+    ),
 }
 
-_ALIASES = {"fashion": "fashion-mnist", "fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist"}
+_ALIASES = {
+    "fashion": "fashion-mnist",
+    "fashionmnist": "fashion-mnist",
+    "fmnist": "fashion-mnist",
+    "cifar-10": "cifar10",
+    "cifar-100": "cifar100",
+    "cifar-100-coarse": "cifar100-coarse",
+}
 
 
 def get(name: str) -> DatasetInfo:
