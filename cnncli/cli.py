@@ -18,7 +18,7 @@ from typing import Optional
 import typer
 
 from cnncli import __version__
-from cnncli.dataset_names import DATASET_NAMES
+from cnncli.dataset_names import CHOICES
 from cnncli.errors import CnnError
 
 app = typer.Typer(
@@ -68,7 +68,7 @@ class DType(str, Enum):
 
 
 # The registry's names (cnncli.dataset_names), so that a new dataset needs no edit here.
-Dataset = Enum("Dataset", {name.replace("-", "_"): name for name in DATASET_NAMES}, type=str)
+Dataset = Enum("Dataset", {name.replace("-", "_"): name for name in CHOICES}, type=str)
 
 
 class Split(str, Enum):

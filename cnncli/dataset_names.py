@@ -6,3 +6,9 @@ numpy or the data code.
 """
 
 DATASET_NAMES: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10", "cifar100", "cifar100-coarse")
+
+#: A folder of the user's own images (``--data-dir DIR``; cnncli.data.folder), not a registered dataset.
+FOLDER = "image-folder"
+
+#: What ``--dataset`` and ``train: dataset:`` accept.
+CHOICES: tuple[str, ...] = DATASET_NAMES + (FOLDER,)

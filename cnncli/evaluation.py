@@ -16,6 +16,7 @@ import numpy as np
 
 from cnncli import checkpoint as ckpt_io
 from cnncli import data, inputs
+from cnncli.data.source import FOLDER, open_source
 from cnncli.engine import losses
 from cnncli.engine.losses import Loss
 from cnncli.engine.network import Network
@@ -89,6 +90,7 @@ class EvalResult:
     per_class: list[ClassScore]
     confused_pairs: list[ConfusedPair]
     worst: list[Mistake]
+    dataset_title: str = ""   # a registered dataset's title, or an image folder's
 
 
 # --------------------------------------------------------------------------- arithmetic
@@ -170,21 +172,24 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
     saved = ckpt_io.load(checkpoint)
     config = saved.meta.get("config") if isinstance(saved.meta.get("config"), dict) else {}
     name = dataset or config.get("dataset") or model_spec.train_setting("dataset")
-    info = data.get(name)
     graph = build(model_spec, aux=False)
+    if name == FOLDER and data_dir is None and config.get("data_dir"):
+        data_dir = Path(config["data_dir"])  # the folder the checkpoint was trained on
+    info = open_source(name, data_dir, graph.input_shape)
     plan = inputs.plan(info.title, info.image_shape, graph.input_shape, model_spec.name)
     classes = len(info.classes)
     inputs.check_outputs(graph.output_shape, classes, info.title, model_spec.name)
     net = inference_network(model_spec, graph, saved)
 
-    images, labels = data.load(info.name, split, data_dir, progress=progress)
+    images, labels = info.load(split, data_dir, progress=progress)
     loss = losses.get(model_spec.loss)
-    outputs = predict_images(net, plan, info.name, images, batch_size, loss.source(graph))
+    outputs = predict_images(net, plan, info.normalise, images, batch_size, loss.source(graph))
     loss_value, _ = loss.fn(outputs, labels) if len(labels) else (0.0, None)
     probs = probabilities(outputs, loss)
     s = scores(labels, probs.argmax(axis=1), classes, list(info.classes))
     return EvalResult(
-        model=model_spec.name, checkpoint=Path(checkpoint), dataset=info.name, split=split, n=s.n,
+        model=model_spec.name, checkpoint=Path(checkpoint), dataset=info.name, dataset_title=info.title,
+        split=split, n=s.n,
         loss=float(loss_value), accuracy=s.accuracy, top_k=min(top_k, classes),
         top_k_accuracy=top_k_accuracy(probs, labels, top_k), confusion=s.confusion,
         class_names=list(info.classes), per_class=s.per_class, confused_pairs=s.confused_pairs,
@@ -208,11 +213,11 @@ def inference_network(model_spec: spec.ModelSpec, graph: Graph, saved: ckpt_io.C
     return net
 
 
-def predict_images(net: Network, plan: inputs.InputPlan, dataset: str, images: np.ndarray, batch_size: int,
+def predict_images(net: Network, plan: inputs.InputPlan, normalise, images: np.ndarray, batch_size: int,
                    source: str) -> np.ndarray:
-    """Node ``source``'s output for uint8 images (N, C, H, W) of ``dataset``, adapted by ``plan``: (N, K)."""
+    """Node ``source``'s output for uint8 images (N, C, H, W), adapted by ``plan``, then ``normalise``d: (N, K)."""
     def prepare(u8: np.ndarray) -> np.ndarray:
-        return plan.batch(u8, net.dtype, lambda x, dtype: data.normalise(x, dtype, dataset))
+        return plan.batch(u8, net.dtype, normalise)
 
     parts = [net.predict(prepare(images[i:i + batch_size]), batch_size, source)
              for i in range(0, len(images), batch_size)]

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from cnncli import checkpoint as ckpt_io
-from cnncli import data, inputs
+from cnncli import inputs
 from cnncli.data import folder
+from cnncli.data.source import FOLDER, Source, open_source
 from cnncli.engine import losses
 from cnncli.errors import UsageError
 from cnncli.evaluation import inference_network, predict_images, probabilities
@@ -55,6 +56,7 @@ class PredictResult:
     model: str
     checkpoint: Path
     dataset: str
+    dataset_title: str
     input: str                 # the adaptation, in words
     top_k: int
     predictions: list[ImagePrediction]
@@ -94,19 +96,27 @@ def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int = 3,
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
     model_spec = spec.load(model)
     saved = ckpt_io.load(checkpoint)
-    config = saved.meta.get("config") if isinstance(saved.meta.get("config"), dict) else {}
-    info = data.get(dataset or config.get("dataset") or model_spec.train_setting("dataset"))
     graph = build(model_spec, aux=False)
+    recorded = saved.meta.get("source")
+    if dataset is None and isinstance(recorded, dict):
+        info = Source.from_config(recorded)  # classes and statistics as trained, the data not needed
+    else:
+        config = saved.meta.get("config") if isinstance(saved.meta.get("config"), dict) else {}
+        name = dataset or config.get("dataset") or model_spec.train_setting("dataset")
+        if name == FOLDER:
+            raise UsageError(f"{checkpoint} does not record its image folder's classes and statistics: "
+                             "predict needs a checkpoint written by this version of train")
+        info = open_source(name)
     plan = inputs.plan(info.title, info.image_shape, graph.input_shape, model_spec.name)
     inputs.check_outputs(graph.output_shape, len(info.classes), info.title, model_spec.name)
     files = _files(images)
     pixels = np.stack([read_image(f, info.image_shape, invert) for f in files])
     net = inference_network(model_spec, graph, saved)
     loss = losses.get(model_spec.loss)
-    probs = probabilities(predict_images(net, plan, info.name, pixels, 256, loss.source(graph)), loss)
+    probs = probabilities(predict_images(net, plan, info.normalise, pixels, 256, loss.source(graph)), loss)
     k = min(top_k, len(info.classes))
     predictions = []
     for f, img, p in zip(files, pixels, probs):
         order = np.argsort(-p, kind="stable")[:k]
         predictions.append(ImagePrediction(f, img, [Guess(int(i), info.classes[i], float(p[i])) for i in order]))
-    return PredictResult(model_spec.name, Path(checkpoint), info.name, plan.describe(), k, predictions)
+    return PredictResult(model_spec.name, Path(checkpoint), info.name, info.title, plan.describe(), k, predictions)

@@ -39,6 +39,7 @@ import yaml
 from cnncli import __version__, checkpoint, data, inputs
 from cnncli.atomic import write_text_atomic
 from cnncli.data import DownloadEvent
+from cnncli.data.source import Source, open_source
 from cnncli.engine import losses, optim
 from cnncli.engine.network import Network
 from cnncli.errors import CheckpointError, TrainingStopped, UsageError
@@ -109,6 +110,7 @@ class RunStart:
     start_batch: int          # steps already done inside that epoch
     run_dir: Path
     inputs: inputs.InputPlan | None = None  # how the dataset's images become the model's input
+    notes: tuple[str, ...] = ()               # about the data (an image folder's split, skipped files)
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,7 @@ class RunResult:
     checkpoint: Path | None = None
     batch: int = 0            # steps done in the unfinished epoch (interrupted runs)
     steps_per_epoch: int = 0
+    dataset_title: str = ""   # what the images were (a registered dataset's title, or an image folder)
 
     @property
     def exit_code(self) -> int:
@@ -359,13 +362,13 @@ def _metrics_csv(history: list[EpochRecord]) -> str:
     return buf.getvalue()
 
 
-def _prepare_run_dir(out: Path, config: RunConfig, plan: inputs.InputPlan) -> None:
+def _prepare_run_dir(out: Path, config: RunConfig, plan: inputs.InputPlan, source: Source) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
         # A run killed while writing leaves its temporary file behind; the real files are whole.
         for stale in out.glob(".*.part"):
             stale.unlink(missing_ok=True)
-        record = {**config.to_dict(), "input": plan.to_config()}
+        record = {**config.to_dict(), "input": plan.to_config(), "source": source.to_config()}
         write_text_atomic(out / "config.yaml", yaml.safe_dump(record, sort_keys=False))
     except OSError as e:
         raise UsageError(f"cannot write the run folder {out}: {e.strerror or e}") from None
@@ -415,9 +418,9 @@ class _Run:
     # -- setup --
     def prepare(self) -> None:
         cfg = self.cfg
-        info = data.get(cfg.dataset)
         model_spec = cfg.spec or spec.load(cfg.model)
         self.graph = build(model_spec, aux=True)
+        info = self.data_source = open_source(cfg.dataset, cfg.data_dir, self.graph.input_shape)
         self.inputs = inputs.plan(info.title, info.image_shape, self.graph.input_shape, cfg.name,
                                   inputs.Augmentation(cfg.crop_padding, cfg.flip))
         inputs.check_outputs(self.graph.output_shape, len(info.classes), info.title, cfg.name)
@@ -427,8 +430,8 @@ class _Run:
         # Worker processes boot while the data loads (until they are ready, threads split the batches).
         self.net.spawn_workers(cfg.batch_size)
 
-        images, labels = data.load(info.name, "train", cfg.data_dir, progress=self.reporter.download)
-        test_images, test_labels = data.load(info.name, "test", cfg.data_dir, progress=self.reporter.download)
+        images, labels = info.load("train", cfg.data_dir, progress=self.reporter.download)
+        test_images, test_labels = info.load("test", cfg.data_dir, progress=self.reporter.download)
         if cfg.limit is not None:
             if cfg.limit > len(images):
                 raise UsageError(f"--limit {cfg.limit} is more than the {len(images)} training images "
@@ -441,7 +444,6 @@ class _Run:
         self.x_train, self.y_train = _Rows(images, train_idx), labels[train_idx]
         self.x_val, self.y_val = _Rows(images, val_idx), labels[val_idx]
         self.test_images, self.test_labels = test_images, test_labels
-        self.info = info
 
         self.loss = losses.get(model_spec.loss)
         self.source = self.loss.source(self.graph)
@@ -452,7 +454,7 @@ class _Run:
                          cfg.step_epochs, cfg.step_gamma)
         if cfg.resume is not None:
             self.restore(checkpoint.load(cfg.resume))
-        _prepare_run_dir(cfg.out, cfg, self.inputs)
+        _prepare_run_dir(cfg.out, cfg, self.inputs, self.data_source)
         if self.history:
             self.write_metrics()
 
@@ -479,7 +481,8 @@ class _Run:
             "epoch": self.epoch, "batch": self.batch, "step": self.step, "partial": self.partial,
             "history": [asdict(r) for r in self.history], "best_epoch": self.best_epoch,
             "best_score": self.best_score, "rng": {"dropout": _rng_state(self.net.rng)},
-            "config": self.cfg.to_dict(), "input": self.inputs.to_config(), "cnncli": __version__,
+            "config": self.cfg.to_dict(), "input": self.inputs.to_config(), "source": self.data_source.to_config(),
+            "cnncli": __version__,
         }
 
     def save(self, name: str) -> Path:
@@ -502,8 +505,7 @@ class _Run:
     # -- loop --
     def make_batch(self, images: np.ndarray, draws: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
         """uint8 images (n, C, H, W) → the model's float input, augmented when ``draws`` are given."""
-        return self.inputs.batch(images, self.dtype, lambda u8, dtype: data.normalise(u8, dtype, self.info.name),
-                                 draws)
+        return self.inputs.batch(images, self.dtype, self.data_source.normalise, draws)
 
     def outputs(self, images: np.ndarray) -> np.ndarray:
         """The loss's input for every image (uint8 (N, C, H, W)), in passes of EVAL_BATCH."""
@@ -520,7 +522,7 @@ class _Run:
         cfg = self.cfg
         self.reporter.start(RunStart(cfg, len(self.x_train), len(self.x_val), len(self.test_images),
                                      self.graph.total_params, self.steps_per_epoch, self.epoch,
-                                     self.batch, cfg.out, self.inputs))
+                                     self.batch, cfg.out, self.inputs, self.data_source.notes))
         bs = cfg.batch_size
         n = len(self.x_train)
         augmentation = self.inputs.augmentation
@@ -619,7 +621,8 @@ class _Run:
         return RunResult(self.cfg, self.cfg.out, status, self.epoch, list(self.history), self.best_epoch,
                          best_val, seconds=time.perf_counter() - self.started,
                          signal_name=self.interrupts.signal_name, batch=self.batch,
-                         steps_per_epoch=getattr(self, "steps_per_epoch", 0), **extra)
+                         steps_per_epoch=getattr(self, "steps_per_epoch", 0),
+                         dataset_title=self.data_source.title if hasattr(self, "data_source") else "", **extra)
 
 
 def train(config: RunConfig, reporter: Reporter | None = None) -> RunResult:

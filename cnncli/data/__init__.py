@@ -96,6 +96,7 @@ __all__ = [
     "normalise",
     "parse_idx",
     "read_idx_file",
+    "scale",
     "search_dirs",
     "train_val_split",
 ]
@@ -218,12 +219,19 @@ def normalise(
         raise UsageError(
             f"normalise expects {info.title} images shaped (N, {channels}, H, W){grey}, got {array.shape}."
         )
+    return scale(array, dtype, info.mean, info.std)
+
+
+def scale(images: np.ndarray, dtype, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """uint8 (N, C, H, W) → float ``dtype`` (N, C, H, W): ``(pixel / 255 - mean[c]) / std[c]`` per channel."""
     dt = np.dtype(dtype)
     if dt.kind != "f":
         raise UsageError(f"normalise needs a floating dtype, got {dt}.")
-    out = array.astype(dt)
-    for c, (mean, std) in enumerate(zip(info.mean, info.std)):
+    if images.ndim != 4 or images.shape[1] != len(mean) or len(std) != len(mean):
+        raise UsageError(f"{len(mean)}-channel statistics cannot normalise images shaped {images.shape}")
+    out = images.astype(dt)
+    for c, (m, s) in enumerate(zip(mean, std)):
         plane = out[:, c]
-        plane *= dt.type(1.0 / (255.0 * std))
-        plane -= dt.type(mean / std)
+        plane *= dt.type(1.0 / (255.0 * s))
+        plane -= dt.type(m / s)
     return out

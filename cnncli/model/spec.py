@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from cnncli.dataset_names import DATASET_NAMES
+from cnncli.dataset_names import CHOICES
 from cnncli.errors import SpecError, UnknownModel
 from cnncli.model.kinds import COMMON_OPTIONS, KINDS, Option, Shape, is_parametric
 
@@ -31,7 +31,7 @@ LOSSES = ("cross_entropy", "bce", "mse")
 
 # The `train:` section: option -> (type, check). Values are defaults the CLI may override.
 TRAIN_OPTIONS: dict[str, Option] = {
-    "dataset": Option("choice", "mnist", choices=DATASET_NAMES),
+    "dataset": Option("choice", "mnist", choices=CHOICES),
     "optimizer": Option("choice", "sgd", choices=("sgd", "adam")),
     "lr": Option("float", 0.01, check=lambda v: None if v > 0 else "must be positive"),
     "momentum": Option("float", 0.0, check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),

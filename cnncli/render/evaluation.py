@@ -15,7 +15,6 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from cnncli import data
 from cnncli.evaluation import EvalResult, Mistake
 from cnncli.render.pictures import picture
 
@@ -107,7 +106,7 @@ def show(result: EvalResult, fmt: str, console: Console) -> None:
     if fmt == "json":
         console.print(_dumps(as_dict(result)), markup=False, highlight=False, soft_wrap=True)
         return
-    title = data.get(result.dataset).title
+    title = result.dataset_title or result.dataset
     console.print(f"[bold]{result.model}[/] · {result.checkpoint} · {title} {result.split} "
                   f"({result.n:,} images)", highlight=False, soft_wrap=True)
     console.print(f"accuracy [bold]{100 * result.accuracy:.2f} %[/] ({result.n - int(np.trace(result.confusion)):,} "

@@ -9,7 +9,6 @@ from rich.columns import Columns
 from rich.console import Console, Group
 from rich.text import Text
 
-from cnncli import data
 from cnncli.predict import PredictResult
 from cnncli.render.pictures import picture
 
@@ -43,7 +42,7 @@ def show(result: PredictResult, fmt: str, console: Console) -> None:
     if fmt == "json":
         console.print(json.dumps(as_dict(result), indent=2), markup=False, highlight=False, soft_wrap=True)
         return
-    title = data.get(result.dataset).title
+    title = result.dataset_title
     console.print(f"[bold]{result.model}[/] · {result.checkpoint} · classes of {title} · input {result.input}",
                   highlight=False, soft_wrap=True)
     colour = console.color_system is not None

@@ -12,7 +12,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
 
-from cnncli import data
 from cnncli.data import DownloadEvent
 from cnncli.render.downloads import Downloads
 from cnncli.training import EpochRecord, RunResult, RunStart, StepProgress
@@ -74,7 +73,7 @@ class Reporter:
         self._stop_downloads()
         c = run.config
         self.epochs = c.epochs
-        title = data.get(c.dataset).title
+        title = run.inputs.dataset if run.inputs is not None else c.dataset
         opt = f"{c.optimizer} lr {c.lr:g}"
         if c.optimizer == "sgd" and c.momentum:
             opt += f" momentum {c.momentum:g}" + (" nesterov" if c.nesterov else "")
@@ -87,6 +86,7 @@ class Reporter:
             f"{opt}, {sched} schedule, batch {c.batch_size}, {c.epochs} epochs, seed {c.seed}"
             f" → {run.run_dir}",
         ]
+        lines += [f"data: {note}" for note in run.notes]
         if run.inputs is not None and (not run.inputs.identity or run.inputs.augmentation.active):
             lines.append(f"input: {run.inputs.describe()}; augmentation: {run.inputs.augmentation.describe()}")
         if c.resume is not None:
@@ -146,7 +146,7 @@ class Reporter:
 def show_result(result: RunResult, console: Console) -> None:
     """The end of a run: the test accuracy, or how to continue an interrupted one."""
     c = result.config
-    title = data.get(c.dataset).title
+    title = result.dataset_title or c.dataset
     if result.status == "completed":
         console.print(f"[bold]Test accuracy {_pct(result.test_acc)}[/] (loss {_num(result.test_loss)}) "
                       f"on {result.n_test:,} {title} test images", highlight=False, soft_wrap=True)

@@ -1,0 +1,120 @@
+"""Where a run's images come from: a registered dataset, or a folder of the user's own pictures.
+
+``train``, ``eval``, ``predict`` and ``backprop-trace --sample`` ask a
+:class:`Source` for its title, class names, image shape, normalisation and
+splits, whichever kind it is:
+
+* a **registered dataset** (MNIST, Fashion-MNIST, CIFAR; :mod:`cnncli.data.registry`):
+  its published statistics; files found or downloaded by :func:`cnncli.data.load`;
+* an **image folder** (``--dataset image-folder --data-dir DIR``;
+  :mod:`cnncli.data.folder`): class names from the subfolders, images decoded
+  once at the model's input size (so nothing is adapted later), and the
+  per-channel mean and standard deviation of its training images, computed
+  when it is first opened. The test split is drawn with a fixed seed, not the
+  run's, so runs with different seeds are scored on the same images.
+
+A source's :meth:`~Source.to_config` record is saved in a run's config and
+checkpoints; :meth:`Source.from_config` gives a checkpoint's classes and
+statistics back without the data (what ``predict`` needs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnncli.dataset_names import FOLDER
+from cnncli.errors import UsageError
+
+__all__ = ["FOLDER", "Source", "open_source"]
+
+#: The seed of an image folder's test split (see the module docstring).
+FOLDER_SPLIT_SEED = 0
+
+
+@dataclass
+class Source:
+    """A dataset as a run sees it; ``root`` is an image folder's, None for a registered dataset."""
+
+    name: str
+    title: str
+    classes: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    root: Path | None = None
+    notes: tuple[str, ...] = ()
+    _splits: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+
+    def normalise(self, images: np.ndarray, dtype) -> np.ndarray:
+        """uint8 (N, C, H, W) → float (N, C, H, W) with this source's per-channel statistics."""
+        from cnncli import data
+
+        return data.scale(images, dtype, self.mean, self.std)
+
+    def load(self, split: str, data_dir: Path | None = None, progress=None) -> tuple[np.ndarray, np.ndarray]:
+        """Images uint8 (N, C, H, W) (a read-only memory map for a folder) and labels int64 (N,)."""
+        if split in self._splits:
+            return self._splits[split]
+        if self.root is None:
+            from cnncli import data
+
+            return data.load(self.name, split, data_dir, progress=progress)
+        from cnncli.data import folder
+
+        loaded = folder.load(folder.scan(self.root), split, self.image_shape, FOLDER_SPLIT_SEED)
+        self._splits[split] = loaded
+        return loaded
+
+    def to_config(self) -> dict[str, Any]:
+        return {"name": self.name, "title": self.title, "classes": list(self.classes),
+                "image_shape": list(self.image_shape), "mean": list(self.mean), "std": list(self.std),
+                "root": None if self.root is None else str(self.root)}
+
+    @classmethod
+    def from_config(cls, record: dict[str, Any]) -> Source:
+        """A source as a checkpoint recorded it (its data need not be there)."""
+        try:
+            return cls(str(record["name"]), str(record["title"]), tuple(str(c) for c in record["classes"]),
+                       tuple(int(d) for d in record["image_shape"]),  # type: ignore[arg-type]
+                       tuple(float(m) for m in record["mean"]), tuple(float(s) for s in record["std"]),
+                       None if record.get("root") is None else Path(record["root"]))
+        except (KeyError, TypeError, ValueError) as e:
+            from cnncli.errors import CheckpointError
+
+            raise CheckpointError(f"the checkpoint's record of its dataset is incomplete ({e})") from None
+
+
+def open_source(name: str, data_dir: Path | None = None, input_shape: tuple[int, ...] | None = None,
+                progress=None) -> Source:
+    """The source ``name`` names; an image folder needs ``data_dir`` and the model's ``input_shape``.
+
+    Opening an image folder decodes its training split (once: it is cached) to
+    compute its statistics.
+    """
+    if name != FOLDER:
+        from cnncli import data
+
+        info = data.get(name)
+        return Source(info.name, info.title, tuple(info.classes), tuple(info.image_shape),  # type: ignore[arg-type]
+                      tuple(info.mean), tuple(info.std))
+    if data_dir is None:
+        raise UsageError(f"--dataset {FOLDER} needs --data-dir DIR: a folder with one subfolder of images per class "
+                         "(or train/ and test/ folders holding them)")
+    shape = tuple(input_shape or ())
+    if len(shape) != 3 or shape[0] not in (1, 3):
+        raise UsageError(f"an image folder trains models whose input is a grey or colour image (1×H×W or 3×H×W), "
+                         f"not {'×'.join(map(str, shape)) or 'nothing'}")
+    from cnncli.data import folder
+
+    dataset = folder.scan(data_dir)
+    images, labels = folder.load(dataset, "train", shape, FOLDER_SPLIT_SEED)
+    mean, std = folder.pixel_stats(images)
+    source = Source(FOLDER, dataset.title, tuple(dataset.classes), shape,  # type: ignore[arg-type]
+                    tuple(mean), tuple(std), Path(data_dir).resolve(),
+                    (dataset.split_rule(FOLDER_SPLIT_SEED), folder.describe(shape), *dataset.notes))
+    source._splits["train"] = (images, labels)
+    return source
