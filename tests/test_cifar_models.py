@@ -25,6 +25,16 @@ def _batch(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("name", CIFAR_MODELS)
+def test_train_section_names_cifar10_and_the_model_fits_it(name):
+    from cnncli import data
+
+    m = spec.load(name)
+    assert m.train_setting("dataset") == "cifar10"
+    assert m.train_setting("crop_padding") == 4 and m.train_setting("flip") is True  # the usual CIFAR recipe
+    data.check_model_fits(graph.build(m), data.DATASETS["cifar10"], name)  # 3×32×32 images, 10 classes
+
+
+@pytest.mark.parametrize("name", CIFAR_MODELS)
 def test_forward_and_backward_on_two_images(name):
     g = graph.build(spec.load(name))
     net = Network(g, "float64", seed=0)
