@@ -26,12 +26,14 @@ def _batch(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("name", CIFAR_MODELS)
 def test_train_section_names_cifar10_and_the_model_fits_it(name):
-    from cnncli import data
+    from cnncli import data, inputs
 
     m = spec.load(name)
     assert m.train_setting("dataset") == "cifar10"
     assert m.train_setting("crop_padding") == 4 and m.train_setting("flip") is True  # the usual CIFAR recipe
-    data.check_model_fits(graph.build(m), data.DATASETS["cifar10"], name)  # 3×32×32 images, 10 classes
+    g, info = graph.build(m), data.DATASETS["cifar10"]
+    assert tuple(g.input_shape) == info.image_shape  # 3×32×32 images, taken as they are
+    inputs.check_outputs(g.output_shape, len(info.classes), info.title, name)  # 10 classes
 
 
 @pytest.mark.parametrize("name", CIFAR_MODELS)

@@ -155,15 +155,14 @@ def test_unknown_dataset_lists_valid_names():
     assert isinstance(err.value, CnnError) and err.value.exit_code == 2
 
 
-def test_check_model_fits():
-    from types import SimpleNamespace
+def test_a_model_must_give_one_output_per_class():
+    from cnncli import inputs
 
-    info = data.get("mnist")
-    data.check_model_fits(SimpleNamespace(input_shape=(1, 28, 28), output_shape=(10,)), info, "m")
-    with pytest.raises(UsageError, match=r"model 'm' takes 3×32×32 inputs, but MNIST images are 1×28×28"):
-        data.check_model_fits(SimpleNamespace(input_shape=(3, 32, 32), output_shape=(10,)), info, "m")
+    inputs.check_outputs((10,), len(data.get("mnist").classes), "MNIST", "m")
     with pytest.raises(UsageError, match="has 10 classes: the last layer needs 10 units"):
-        data.check_model_fits(SimpleNamespace(input_shape=(1, 28, 28), output_shape=(100,)), info, "m")
+        inputs.check_outputs((100,), len(data.get("mnist").classes), "MNIST", "m")
+    with pytest.raises(UsageError, match="only replicates a grey channel"):  # the input side: cnncli.inputs.plan
+        inputs.plan("CIFAR-10", data.get("cifar10").image_shape, (1, 32, 32), "m")
 
 
 def test_unknown_split():

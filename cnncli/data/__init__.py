@@ -87,7 +87,6 @@ __all__ = [
     "Place",
     "ProgressCallback",
     "cache_dir",
-    "check_model_fits",
     "class_names",
     "get",
     "load",
@@ -100,18 +99,6 @@ __all__ = [
     "search_dirs",
     "train_val_split",
 ]
-
-
-def check_model_fits(graph, info: DatasetInfo, name: str) -> None:
-    """A model (its inferred graph) must take the dataset's images and give one output per class; else UsageError."""
-    want_in = tuple(info.image_shape)
-    if tuple(graph.input_shape) != want_in:
-        raise UsageError(f"model '{name}' takes {fmt_shape(graph.input_shape)} inputs, but {info.title} "
-                         f"images are {fmt_shape(want_in)}")
-    classes = len(info.classes)
-    if tuple(graph.output_shape) != (classes,):
-        raise UsageError(f"model '{name}' outputs {fmt_shape(graph.output_shape)}, but {info.title} "
-                         f"has {classes} classes: the last layer needs {classes} units")
 
 
 def locate(
