@@ -67,7 +67,6 @@ from pathlib import Path
 import numpy as np
 
 from cnncli.errors import UsageError
-from cnncli.model.kinds import fmt_shape
 
 from . import cifar, decoded, fetch, idx, places, registry  # noqa: F401  (the submodules, for tests and tools)
 from .fetch import DownloadEvent, ProgressCallback
