@@ -8,10 +8,13 @@ model to what the user sees:
     engine/     arrays, layers with backward beside forward, Numba kernels, losses,
                 optimizers, the runnable network; its docstring is the engine map
     lecture/    the lecture's hand-worked numbers and ``backprop-trace``
-    data, checkpoint, atomic, schedule
-                datasets, weight files, crash-safe writes, learning-rate plans
-    training, evaluation, summary
-                what ``train``, ``eval`` and ``summarize`` compute, as records
+    data/       datasets (MNIST, Fashion-MNIST, CIFAR, image folders): found,
+                downloaded, verified, decoded; ``source`` is what a run reads
+    inputs      a dataset's images → a model's input: adaptation, augmentation
+    checkpoint, atomic, schedule, dataset_names
+                weight files, crash-safe writes, learning-rate plans, the dataset names
+    training, evaluation, predict, summary
+                what ``train``, ``eval``, ``predict`` and ``summarize`` compute, as records
     render/     the only package that imports Rich
     cli         the only module that imports Typer
 """
