@@ -166,3 +166,22 @@ def test_corrupt_or_missing_checkpoint_exits_2(tmp_path, capsys):
             cli.main(["eval", model, "--checkpoint", str(path)])
         assert e.value.code == 2
         assert "checkpoint" in capsys.readouterr().err
+
+
+def test_many_classes_are_scored_without_drawing_their_matrix():
+    from cnncli.render import evaluation as render
+
+    k = 25
+    rng = np.random.default_rng(3)
+    y_true, y_pred = rng.integers(0, k, 400), rng.integers(0, k, 400)
+    names = [f"class{i}" for i in range(k)]
+    s = evaluation.scores(y_true, y_pred, k, names)
+    result = evaluation.EvalResult(
+        model="m", checkpoint=Path("c.npz"), dataset="cifar100", split="test", n=s.n, loss=1.0,
+        accuracy=s.accuracy, top_k=3, top_k_accuracy=0.5, confusion=s.confusion, class_names=names,
+        per_class=s.per_class, confused_pairs=s.confused_pairs, worst=[], dataset_title="CIFAR-100")
+    buf = io.StringIO()
+    render.show(result, "table", Console(file=buf, width=120, force_terminal=False))
+    text = buf.getvalue()
+    assert "25 classes, too many to draw" in text and "Confusion matrix (rows" not in text
+    assert "class24" in text  # the per-class table still lists every class

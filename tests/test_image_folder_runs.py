@@ -75,6 +75,11 @@ def test_train_eval_and_predict_on_an_image_folder(folder, tmp_path, capsys, mon
     scored = json.loads(out)
     assert scored["accuracy"] == 1.0 and scored["n"] == 9
 
+    code, out, err = _cli(["backprop-trace", str(model), "--sample", "0", "--data-dir", str(root), "--weights",
+                           str(run / "last.npz"), "--format", "json"], capsys)
+    assert code == 0, err
+    assert "image-folder test image 0 (label 0)" in json.loads(out)["input"]
+
     # predict needs only the checkpoint: the folder may be gone
     new = tmp_path / "new-red.png"
     PIL.fromarray(_picture(COLOURS["red"], np.random.default_rng(5), (30, 30)), "RGB").save(new)

@@ -472,7 +472,7 @@ def test_bad_input_arrays_and_checkpoints_are_user_errors(tmp_path, capsys):
 def test_a_sample_out_of_range_is_a_user_error(monkeypatch, capsys):
     from cnncli import data
 
-    monkeypatch.setattr(data, "load", lambda *a, **k: (np.zeros((4, 28, 28), np.uint8), np.arange(4)))
+    monkeypatch.setattr(data, "load", lambda *a, **k: (np.zeros((4, 1, 28, 28), np.uint8), np.arange(4)))
     code, err = _exit(["backprop-trace", "lenet5", "--sample", "4"], capsys)
     assert code == 2 and "out of range" in err and "0..3" in err
     t = trace.run("lenet5", sample=2)

@@ -485,20 +485,21 @@ def _classes(net: Network) -> int:
 
 def _sample(model_spec: spec.ModelSpec, index: int, data_dir: Path | None,
             shape: tuple[int, ...], progress=None) -> tuple[np.ndarray, int, str]:
-    from cnncli import data, inputs
+    from cnncli import inputs
+    from cnncli.data.source import open_source
 
     dataset = model_spec.train.get("dataset")
     if dataset is None:
         raise UsageError(f"--sample: model '{model_spec.name}' names no dataset (train.dataset), "
                          "so there is no test image to take; give --input instead")
-    info = data.get(dataset)
+    source = open_source(dataset, data_dir, tuple(shape))
     # The image reaches the network as training images do: adapted to its input, then normalised.
-    plan = inputs.plan(info.title, info.image_shape, tuple(shape), model_spec.name)
-    images, labels = data.load(dataset, "test", data_dir, progress=progress)
+    plan = inputs.plan(source.title, source.image_shape, tuple(shape), model_spec.name)
+    images, labels = source.load("test", data_dir, progress=progress)
     if not 0 <= index < len(images):
         raise UsageError(f"--sample {index} is out of range: the {dataset} test set has "
                          f"{len(images)} images (0..{len(images) - 1})")
-    x = plan.batch(images[index:index + 1], np.float64, lambda u8, dtype: data.normalise(u8, dtype, dataset))
+    x = plan.batch(images[index:index + 1], np.float64, source.normalise)
     adapted = "" if plan.identity else f", {plan.describe()}"
     return x, int(labels[index]), f"{dataset} test image {index} (label {int(labels[index])}{adapted})"
 

@@ -61,6 +61,10 @@ def _cell_style(count: int, row_total: int, diagonal: bool) -> str:
     return "bold red" if share >= 0.02 else "red" if share >= 0.005 else "yellow"
 
 
+#: Up to this many classes the confusion matrix is drawn (one column each).
+MAX_MATRIX_CLASSES = 20
+
+
 def _confusion_table(result: EvalResult) -> Table:
     k = len(result.class_names)
     # No vertical rules: ten 4-digit columns and the row labels fit an 80-column terminal.
@@ -113,7 +117,11 @@ def show(result: EvalResult, fmt: str, console: Console) -> None:
                   f"wrong) · top-{result.top_k} {100 * result.top_k_accuracy:.2f} % · loss {result.loss:.4f}",
                   highlight=False, soft_wrap=True)
     console.print()
-    console.print(_confusion_table(result))
+    if len(result.class_names) <= MAX_MATRIX_CLASSES:
+        console.print(_confusion_table(result))
+    else:  # a 100×100 matrix is no use in a terminal: the per-class table and the confused pairs say it
+        console.print(f"Confusion matrix: {len(result.class_names)} classes, too many to draw "
+                      "(it is in --format json)", highlight=False, soft_wrap=True)
     console.print()
     console.print(_per_class_table(result))
     if result.confused_pairs:
