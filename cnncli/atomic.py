@@ -32,7 +32,7 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
         except FileNotFoundError:
             pass
         raise
-    _sync_dir(path.parent)
+    sync_dir(path.parent)
 
 
 def _current_umask() -> int:
@@ -44,7 +44,8 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-def _sync_dir(folder: Path) -> None:
+def sync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (fsync the folder); a system that does not allow it is skipped."""
     # The rename is durable only once the folder's entry is on disk; not every system allows it.
     try:
         fd = os.open(folder, os.O_RDONLY)

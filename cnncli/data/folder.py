@@ -92,7 +92,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli.atomic import write_text_atomic
+from cnncli.atomic import sync_dir, write_text_atomic
 from cnncli.errors import UsageError
 
 from .places import cache_dir
@@ -537,7 +537,7 @@ def _decode_split(dataset: FolderDataset, files: Sequence[ImageFile], shape: tup
         # The record first, the array last: an array under its final name always has its record.
         write_text_atomic(folder / f"{stem}.json", json.dumps(record, indent=1))
         os.replace(tmp, folder / f"{stem}.npy")
-        _sync_dir(folder)
+        sync_dir(folder)
     except BaseException as e:
         for path in (tmp, extra):
             if path is not None:
@@ -550,19 +550,6 @@ def _decode_split(dataset: FolderDataset, files: Sequence[ImageFile], shape: tup
                              f"{e.strerror or e} (point XDG_CACHE_HOME elsewhere, or free some space)") from None
         raise
     return skipped
-
-
-def _sync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _check_every_class_left(dataset: FolderDataset, files: Sequence[ImageFile],
