@@ -253,8 +253,17 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
     settings.update(model_spec.train)
     for key, value in given.items():
         settings[key] = _check_setting(key, value, _flag(key))
+    if settings["flip"] and "flip" not in given and not _mirror_ok(settings["dataset"]):
+        settings["flip"] = False  # the model file's flip is for photographs; --flip still forces it
     return RunConfig(model=model, name=model_spec.name, **settings, limit=limit, dtype=dtype,
                      out=_fresh_out(model_spec.name, out), data_dir=data_dir, spec=model_spec)
+
+
+def _mirror_ok(dataset: str) -> bool:
+    """Whether ``dataset``'s images may be flipped left-right (digits may not); a user's folder may."""
+    from cnncli.dataset_names import FOLDER
+
+    return dataset == FOLDER or data.get(dataset).mirror_ok
 
 
 def _fresh_out(name: str, out: Path | None) -> Path:

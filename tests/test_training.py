@@ -556,15 +556,15 @@ def test_digits_train_a_colour_network_padded_replicated_and_augmented(colour, t
     record = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert record["input"] == {"dataset_shape": [1, 28, 28], "model_shape": [3, 32, 32],
                                "adaptation": "28×28 padded to 32×32 with zeros, grey replicated into 3 channels",
-                               "crop_padding": 4, "flip": True}
-    assert record["crop_padding"] == 4 and record["flip"] is True
+                               "crop_padding": 4, "flip": False}
+    assert record["crop_padding"] == 4 and record["flip"] is False  # the file's flip is not for digits
     scored = evaluation.evaluate(colour, result.last_path, worst=0)
     assert scored.accuracy == pytest.approx(result.test_acc)  # the test set seen the same way, unaugmented
 
 
 def test_augmented_runs_resume_bit_for_bit(colour, tmp_path):
-    whole = run(colour, tmp_path / "whole", limit=500)
-    part = run(colour, tmp_path / "part", limit=500, reporter=SignalAt(1, 4))
+    whole = run(colour, tmp_path / "whole", limit=500, flip=True)
+    part = run(colour, tmp_path / "part", limit=500, reporter=SignalAt(1, 4), flip=True)
     assert part.status == "interrupted"
     resumed = training.train(training.configure(colour, {}, resume=tmp_path / "part" / "last.npz"))
     assert resumed.status == "completed"
@@ -579,7 +579,7 @@ def test_the_header_says_how_images_are_adapted(colour, tmp_path):
 
     buf = io.StringIO()
     reporter = render.Reporter(Console(file=buf, force_terminal=False, width=200))
-    run(colour, tmp_path / "run", reporter=reporter, limit=200, epochs=1)
+    run(colour, tmp_path / "run", reporter=reporter, limit=200, epochs=1, flip=True)
     assert ("input: 28×28 padded to 32×32 with zeros, grey replicated into 3 channels; augmentation: random crop "
             "after a 4-pixel border, horizontal flip of half the images") in buf.getvalue()
 
@@ -589,3 +589,10 @@ def test_a_model_that_cannot_take_the_images_exits_2(tmp_path, capsys):
     model.write_text(COLOUR.replace("input: [3, 32, 32]", "input: [3, 64, 64]"))
     message = cli_error(["train", str(model), "--out", str(tmp_path / "r")], capsys)
     assert "cnncli would have to pad 36 pixels" in message and "resizing is not done" in message
+
+
+def test_digits_are_not_flipped_unless_asked(colour):
+    # the model file asks for flips (the CIFAR recipe); a mirrored digit is not a digit
+    assert training.configure(colour, {}).flip is False
+    assert training.configure(colour, {"flip": True}).flip is True
+    assert training.configure(colour, {"dataset": "fashion-mnist"}).flip is True

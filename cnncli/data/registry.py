@@ -85,6 +85,8 @@ class DatasetInfo:
     directory: str = ""
     archive: Archive | None = None
     label_byte: int = 0
+    #: Whether a left-right mirror image is still an image of its class (a mirrored digit is not).
+    mirror_ok: bool = True
 
     def __post_init__(self) -> None:
         if not self.directory:
@@ -175,6 +177,7 @@ DATASETS: dict[str, DatasetInfo] = {
         classes=tuple(str(d) for d in range(10)),
         mean=(0.1307,),  # 0.13066047627...
         std=(0.3081,),  # 0.30810780385...
+        mirror_ok=False,
     ),
     "fashion-mnist": DatasetInfo(
         name="fashion-mnist",
