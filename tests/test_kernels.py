@@ -740,3 +740,42 @@ def test_results_are_bit_identical_run_to_run(cfg, dtype, budget, monkeypatch):
     first, second = run(), run()
     for a, b_ in zip(first, second):
         assert a.dtype == b_.dtype and a.tobytes() == b_.tobytes()
+
+
+# ---------------------------------------------------------------------------
+# batch normalization (cnncli.engine.norm) against numpy's formulas
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (7, 2), (2, 5, 1, 9)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batchnorm_kernels_equal_the_formulas(shape, dtype):
+    from cnncli.engine import norm
+
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    w, b = rng.standard_normal(shape[1]).astype(dtype), rng.standard_normal(shape[1]).astype(dtype)
+    axes = (0,) + tuple(range(2, len(shape)))
+    bshape = (1, -1) + (1,) * (len(shape) - 2)
+    x64 = x.astype(np.float64)
+    mean, var = norm.batch_stats(x)
+    np.testing.assert_allclose(mean, x64.mean(axis=axes), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(var, x64.var(axis=axes), rtol=1e-12, atol=1e-12)
+    inv = (1 / np.sqrt(var + 1e-5)).astype(dtype)
+    y, xhat = norm.forward(x, mean, inv, w, b)
+    want_xhat = (x64 - mean.reshape(bshape)) * inv.astype(np.float64).reshape(bshape)
+    tol = tolerances(dtype)
+    np.testing.assert_allclose(xhat, want_xhat, **tol)
+    np.testing.assert_allclose(y, want_xhat * w.reshape(bshape) + b.reshape(bshape), **tol)
+    for train in (True, False):
+        dx, dw, db = norm.backward(dy, xhat, w, inv, train)
+        dy64, h64 = dy.astype(np.float64), xhat.astype(np.float64)
+        g = dy64 * w.astype(np.float64).reshape(bshape)
+        if train:
+            want = g - g.mean(axis=axes, keepdims=True) - h64 * (g * h64).mean(axis=axes, keepdims=True)
+        else:
+            want = g
+        np.testing.assert_allclose(dx, want * inv.astype(np.float64).reshape(bshape), **tol)
+        np.testing.assert_allclose(dw, (dy64 * h64).sum(axis=axes), **tol)
+        np.testing.assert_allclose(db, dy64.sum(axis=axes), **tol)

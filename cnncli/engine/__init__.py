@@ -18,6 +18,7 @@ layers          forward and backward of every layer kind, side by side,
 losses, optim   loss functions (value and gradient), SGD and Adam
 init            initial parameter values, a registry of named schemes
 conv, pool      the general NCHW convolution and pooling kernels
+norm            batch normalization's kernels (statistics, normalise, gradients)
 fast/           optional speed: fused conv → activation → tiled-pool
                 blocks, in NCHW (``fused``) and batch-innermost
                 (``lanes``), and what both share (``vector``)
@@ -61,9 +62,10 @@ each is tested equal to the plain path (and against finite differences).
   kernels ``pool.avgpool2d_*``. **adaptive_avgpool**: the window kernels
   (nothing to do when input and output sizes agree). **subsample**: the
   window kernels' sum times a learned coefficient.
+* **batchnorm**: the kernels of ``norm`` (one pass each for the statistics,
+  the normalisation and the two gradients, parallel over channels).
 * **dense**: ``threads.matmul`` (slab-split when big). Activations, softmax,
-  batch norm, dropout, LRN, flatten, add and concat: numpy in
-  :mod:`~cnncli.engine.layers`.
+  dropout, LRN, flatten, add and concat: numpy in :mod:`~cnncli.engine.layers`.
 * **shortcut_pad** (ResNet's option-A shortcut): numpy slicing, in :mod:`~cnncli.engine.layers`.
 * The network's first conv computes no input gradient in a fast network.
 

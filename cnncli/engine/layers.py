@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnncli.engine import conv, pool, threads
+from cnncli.engine import conv, norm, pool, threads
 from cnncli.engine.fast import fused, lanes
 from cnncli.model.graph import Node
 
@@ -380,43 +380,34 @@ class BatchNorm(Layer):
 
     Training normalises with the batch's mean and biased variance and updates
     the running statistics (unbiased variance) as PyTorch does; inference uses
-    the running statistics.
+    the running statistics. The passes are the kernels of :mod:`cnncli.engine.norm`:
+    ∂E/∂x = w·inv_std·(dy − mean(dy) − x̂·mean(dy·x̂)) while training, w·inv_std·dy after.
     """
 
     kind = "batchnorm"
 
     def forward(self, xs, train):
         x = xs[0]
-        axes = (0,) + tuple(range(2, x.ndim))
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        self.axes, self.shape, self.train = axes, shape, train
+        self.train = train
         if train:
-            mean = x.mean(axis=axes)
-            var = x.var(axis=axes)
+            mean, var = norm.batch_stats(x)
             m = x.size // x.shape[1]
             mom = self.o["momentum"]
             self.buffers["running_mean"] *= 1 - mom
-            self.buffers["running_mean"] += mom * mean
+            self.buffers["running_mean"] += (mom * mean).astype(x.dtype)
             self.buffers["running_var"] *= 1 - mom
-            self.buffers["running_var"] += mom * var * (m / max(m - 1, 1))
+            self.buffers["running_var"] += (mom * var * (m / max(m - 1, 1))).astype(x.dtype)
         else:
             mean, var = self.buffers["running_mean"], self.buffers["running_var"]
-        self.inv_std = (1.0 / np.sqrt(var + self.o["eps"])).astype(x.dtype)
-        self.xhat = (x - mean.reshape(shape)) * self.inv_std.reshape(shape)
-        return self.xhat * self.params["weight"].reshape(shape) + self.params["bias"].reshape(shape)
+        self.inv_std = (1.0 / np.sqrt(np.asarray(var, dtype=np.float64) + self.o["eps"])).astype(x.dtype)
+        y, self.xhat = norm.forward(x, mean, self.inv_std, self.params["weight"], self.params["bias"])
+        return y
 
     def backward(self, dy):
-        axes, shape = self.axes, self.shape
+        dx, dw, db = norm.backward(dy, self.xhat, self.params["weight"], self.inv_std, self.train)
         if self.trainable:
-            self.grads["weight"] = (dy * self.xhat).sum(axis=axes)
-            self.grads["bias"] = dy.sum(axis=axes)
-        g = dy * self.params["weight"].reshape(shape)
-        if not self.train:
-            return [g * self.inv_std.reshape(shape)]
-        m = dy.size // dy.shape[1]
-        dx = (g - g.mean(axis=axes, keepdims=True)
-              - self.xhat * (g * self.xhat).sum(axis=axes, keepdims=True) / m)
-        return [dx * self.inv_std.reshape(shape)]
+            self.grads["weight"], self.grads["bias"] = dw, db
+        return [dx]
 
 
 @register
