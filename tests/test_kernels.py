@@ -300,7 +300,7 @@ def path(request, monkeypatch):
         monkeypatch.setattr(rules, "depthwise", lambda taps, filters, unit: unit and mode == "direct")
         monkeypatch.setattr(rules, "direct_weights", lambda *a: mode.endswith("direct-dw"))
     if mode.startswith("chunked"):
-        monkeypatch.setattr(rules, "COLS_BUDGET_BYTES", 1)
+        monkeypatch.setattr(rules, "CONV_COLS_BUDGET_BYTES", 1)
     return mode
 
 
@@ -724,7 +724,7 @@ def test_pooling_rejects_bad_arguments():
 @pytest.mark.parametrize("budget", [None, 3 * 2**14], ids=["one-chunk", "chunks"])
 def test_results_are_bit_identical_run_to_run(cfg, dtype, budget, monkeypatch):
     if budget is not None:
-        monkeypatch.setattr(rules, "COLS_BUDGET_BYTES", budget)
+        monkeypatch.setattr(rules, "CONV_COLS_BUDGET_BYTES", budget)
     x, w, b, dy = conv_arrays(cfg, dtype, seed=5)
 
     def run():

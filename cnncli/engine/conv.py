@@ -364,7 +364,7 @@ class _Geometry:
         self.direct_dw = self.direct or (flat and rules.direct_weights(self.taps * fg))
         # Direct kernels need no column matrix, so the whole batch is one chunk.
         per_sample = 0 if self.direct else self.c * self.kh * self.kw * self.q * self.x.itemsize
-        self.step = rules.chunk_size(self.n, per_sample)
+        self.step = rules.chunk_size(self.n, per_sample, rules.CONV_COLS_BUDGET_BYTES)
 
     def padded(self, n0: int, nc: int) -> np.ndarray:
         if self.ph == 0 and self.pw == 0:

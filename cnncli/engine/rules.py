@@ -11,19 +11,25 @@ from __future__ import annotations
 # --- chunks: a slice of the batch whose column matrix stays in cache ----------
 
 #: A chunk's column matrix (taps × samples × output positions) is kept under this
-#: size, so that it is still in cache when the GEMM reads it back. Layers whose
-#: per-sample matrix is bigger (VGG-16's) go one sample at a time, where the GEMM
-#: is large enough not to care.
+#: size in the fused blocks, so that it is still in cache when the GEMM reads it
+#: back. Layers whose per-sample matrix is bigger (VGG-16's) go one sample at a
+#: time, where the GEMM is large enough not to care.
 COLS_BUDGET_BYTES = 4 << 20
 
+#: The general convolution's chunks may be larger: its GEMMs (ResNet's 3×3
+#: layers of 16-64 filters, followed by batch norm, so never fused) are short in
+#: one dimension and pay more per call than they lose to cache misses.
+CONV_COLS_BUDGET_BYTES = 16 << 20
 
-def chunk_size(n: int, per_sample_bytes: int) -> int:
-    """Samples per chunk for a batch of ``n``: equal chunks under :data:`COLS_BUDGET_BYTES`.
+
+def chunk_size(n: int, per_sample_bytes: int, budget: int | None = None) -> int:
+    """Samples per chunk for a batch of ``n``: equal chunks under ``budget`` (default :data:`COLS_BUDGET_BYTES`).
 
     Equal chunks rather than full ones and a runt, so that no chunk's GEMM is
     tiny. ``per_sample_bytes == 0`` (no column matrix) makes the batch one chunk.
     """
-    step = max(1, min(n, COLS_BUDGET_BYTES // max(per_sample_bytes, 1)))
+    budget = COLS_BUDGET_BYTES if budget is None else budget
+    step = max(1, min(n, budget // max(per_sample_bytes, 1)))
     chunks = -(-n // step)
     return -(-n // chunks)
 
