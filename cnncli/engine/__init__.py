@@ -53,7 +53,9 @@ each is tested equal to the plain path (and against finite differences).
     matrices for the backward pass (``rules.keep_cols``).
 
   Every other conv runs in ``conv``: direct loops for thin groups
-  (``rules.depthwise``), else unfold + GEMM in chunks, whole padded rows
+  (``rules.depthwise``), else unfold + GEMM in chunks of up to
+  ``CONV_COLS_BUDGET_BYTES`` of columns (the fused blocks' budget is smaller:
+  their layers are small and cache-bound), whole padded rows
   when ``rules.flat_rows``, the weight gradient by direct dot products when
   ``rules.direct_weights`` (flat rows only), and the weight-gradient GEMM
   transposed when ``rules.dw_transposed``.
