@@ -46,6 +46,12 @@ class Checkpoint:
     def step(self) -> int:
         return int(self.meta.get("step", 0))
 
+    @property
+    def config(self) -> dict[str, Any]:
+        """The configuration of the run that wrote it; empty for a file of weights alone."""
+        config = self.meta.get("config")
+        return config if isinstance(config, dict) else {}
+
     def weights(self) -> dict[str, np.ndarray]:
         return {k: v for k, v in self.state.items() if not k.startswith(("optim.", "meta."))}
 

@@ -170,7 +170,7 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
         raise UsageError(f"--worst must not be negative, got {worst}")
     model_spec = spec.load(model)
     saved = ckpt_io.load(checkpoint)
-    config = saved.meta.get("config") if isinstance(saved.meta.get("config"), dict) else {}
+    config = saved.config
     name = dataset or config.get("dataset") or model_spec.train_setting("dataset")
     graph = build(model_spec, aux=False)
     if name == FOLDER and data_dir is None and config.get("data_dir"):
@@ -183,7 +183,7 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
 
     images, labels = info.load(split, data_dir, progress=progress)
     loss = losses.get(model_spec.loss)
-    outputs = predict_images(net, plan, info.normalise, images, batch_size, loss.source(graph))
+    outputs = net.predict(images, batch_size, loss.source(graph), plan.preparer(net.dtype, info.normalise))
     loss_value, _ = loss.fn(outputs, labels) if len(labels) else (0.0, None)
     probs = probabilities(outputs, loss)
     s = scores(labels, probs.argmax(axis=1), classes, list(info.classes))
@@ -204,24 +204,13 @@ def inference_network(model_spec: spec.ModelSpec, graph: Graph, saved: ckpt_io.C
     heads in the file are skipped, anything else that does not fit is a
     CheckpointError naming it.
     """
-    config = saved.meta.get("config") if isinstance(saved.meta.get("config"), dict) else {}
+    config = saved.config
     dtype = config.get("dtype", "float32") if config.get("dtype") in ("float32", "float64") else "float32"
     net = Network(graph, dtype, fast=True)
     wanted = {**net.params, **net.buffers}
     net.load_state_dict({k: v for k, v in saved.weights().items()
                          if k in wanted or not _is_aux_key(k, model_spec, graph)}, source=str(saved.path))
     return net
-
-
-def predict_images(net: Network, plan: inputs.InputPlan, normalise, images: np.ndarray, batch_size: int,
-                   source: str) -> np.ndarray:
-    """Node ``source``'s output for uint8 images (N, C, H, W), adapted by ``plan``, then ``normalise``d: (N, K)."""
-    def prepare(u8: np.ndarray) -> np.ndarray:
-        return plan.batch(u8, net.dtype, normalise)
-
-    parts = [net.predict(prepare(images[i:i + batch_size]), batch_size, source)
-             for i in range(0, len(images), batch_size)]
-    return np.concatenate(parts) if parts else np.empty((0, *net.graph[source].out_shape), dtype=net.dtype)
 
 
 def _is_aux_key(key: str, model_spec: spec.ModelSpec, graph: Graph) -> bool:

@@ -186,6 +186,10 @@ class InputPlan:
             x = np.repeat(x, self.target[0], axis=1)
         return x
 
+    def preparer(self, dtype, normalise):
+        """:meth:`batch` without augmentation, as a function of a batch of uint8 images (for inference)."""
+        return lambda images: self.batch(images, dtype, normalise)
+
 
 def _axis(size: int, want: int, what: str, dataset: str, model: str) -> tuple[int, int, bool]:
     """(before, after, crop) for one spatial axis; UsageError when the change is too large."""

@@ -25,7 +25,7 @@ from cnncli.data import folder
 from cnncli.data.source import FOLDER, Source, open_source
 from cnncli.engine import losses
 from cnncli.errors import UsageError
-from cnncli.evaluation import inference_network, predict_images, probabilities
+from cnncli.evaluation import inference_network, probabilities
 from cnncli.model import spec
 from cnncli.model.graph import build
 
@@ -101,8 +101,7 @@ def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int = 3,
     if dataset is None and isinstance(recorded, dict):
         info = Source.from_config(recorded)  # classes and statistics as trained, the data not needed
     else:
-        config = saved.meta.get("config") if isinstance(saved.meta.get("config"), dict) else {}
-        name = dataset or config.get("dataset") or model_spec.train_setting("dataset")
+        name = dataset or saved.config.get("dataset") or model_spec.train_setting("dataset")
         if name == FOLDER:
             raise UsageError(f"{checkpoint} does not record its image folder's classes and statistics: "
                              "predict needs a checkpoint written by this version of train")
@@ -113,7 +112,8 @@ def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int = 3,
     pixels = np.stack([read_image(f, info.image_shape, invert) for f in files])
     net = inference_network(model_spec, graph, saved)
     loss = losses.get(model_spec.loss)
-    probs = probabilities(predict_images(net, plan, info.normalise, pixels, 256, loss.source(graph)), loss)
+    probs = probabilities(net.predict(pixels, 256, loss.source(graph), plan.preparer(net.dtype, info.normalise)),
+                          loss)
     k = min(top_k, len(info.classes))
     predictions = []
     for f, img, p in zip(files, pixels, probs):

@@ -516,14 +516,8 @@ class _Run:
         """uint8 images (n, C, H, W) → the model's float input, augmented when ``draws`` are given."""
         return self.inputs.batch(images, self.dtype, self.data_source.normalise, draws)
 
-    def outputs(self, images: np.ndarray) -> np.ndarray:
-        """The loss's input for every image (uint8 (N, C, H, W)), in passes of EVAL_BATCH."""
-        parts = [self.net.predict(self.make_batch(images[i:i + EVAL_BATCH]), EVAL_BATCH, self.source)
-                 for i in range(0, len(images), EVAL_BATCH)]
-        return np.concatenate(parts)
-
     def score(self, images: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-        out = self.outputs(images)
+        out = self.net.predict(images, EVAL_BATCH, self.source, self.make_batch)
         loss_value, _ = self.loss.fn(out, y)
         return float(loss_value), float(np.mean(out.argmax(axis=1) == y))
 

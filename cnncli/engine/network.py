@@ -239,16 +239,19 @@ class Network:
         self.backward(seeds, keep_node_grads)
         return total, out
 
-    def predict(self, images: np.ndarray, batch_size: int, source: str | None = None) -> np.ndarray:
+    def predict(self, images, batch_size: int, source: str | None = None, prepare=None) -> np.ndarray:
         """Inference in batches of ``batch_size``: the output of node ``source`` (default: the main output).
 
-        images (N, *input) → (N, *output of source).
+        images (N, *input) → (N, *output of source). ``prepare`` turns each
+        batch of ``images`` (a slice) into the network's input first: raw
+        dataset images are adapted and normalised a batch at a time.
         """
         source = source or self.graph.output
         n = len(images)
         result: np.ndarray | None = None
         for i in range(0, n, batch_size):
-            self.forward(images[i:i + batch_size], train=False)
+            batch = images[i:i + batch_size]
+            self.forward(batch if prepare is None else prepare(batch), train=False)
             out = self.values[source]
             if result is None:
                 result = np.empty((n, *out.shape[1:]), dtype=out.dtype)
