@@ -26,8 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from cnncli import data
+from cnncli.data import folder
 from cnncli.dataset_names import FOLDER
-from cnncli.errors import UsageError
+from cnncli.errors import CheckpointError, UsageError
 
 __all__ = ["FOLDER", "Source", "open_source"]
 
@@ -51,8 +53,6 @@ class Source:
 
     def normalise(self, images: np.ndarray, dtype) -> np.ndarray:
         """uint8 (N, C, H, W) → float (N, C, H, W) with this source's per-channel statistics."""
-        from cnncli import data
-
         return data.scale(images, dtype, self.mean, self.std)
 
     def load(self, split: str, data_dir: Path | None = None, progress=None) -> tuple[np.ndarray, np.ndarray]:
@@ -60,11 +60,7 @@ class Source:
         if split in self._splits:
             return self._splits[split]
         if self.root is None:
-            from cnncli import data
-
             return data.load(self.name, split, data_dir, progress=progress)
-        from cnncli.data import folder
-
         loaded = folder.load(folder.scan(self.root), split, self.image_shape, FOLDER_SPLIT_SEED)
         self._splits[split] = loaded
         return loaded
@@ -83,8 +79,6 @@ class Source:
                        tuple(float(m) for m in record["mean"]), tuple(float(s) for s in record["std"]),
                        None if record.get("root") is None else Path(record["root"]))
         except (KeyError, TypeError, ValueError) as e:
-            from cnncli.errors import CheckpointError
-
             raise CheckpointError(f"the checkpoint's record of its dataset is incomplete ({e})") from None
 
 
@@ -96,8 +90,6 @@ def open_source(name: str, data_dir: Path | None = None, input_shape: tuple[int,
     compute its statistics.
     """
     if name != FOLDER:
-        from cnncli import data
-
         info = data.get(name)
         return Source(info.name, info.title, tuple(info.classes), tuple(info.image_shape),  # type: ignore[arg-type]
                       tuple(info.mean), tuple(info.std))
@@ -108,8 +100,6 @@ def open_source(name: str, data_dir: Path | None = None, input_shape: tuple[int,
     if len(shape) != 3 or shape[0] not in (1, 3):
         raise UsageError(f"an image folder trains models whose input is a grey or colour image (1×H×W or 3×H×W), "
                          f"not {'×'.join(map(str, shape)) or 'nothing'}")
-    from cnncli.data import folder
-
     dataset = folder.scan(data_dir)
     images, labels = folder.load(dataset, "train", shape, FOLDER_SPLIT_SEED)
     mean, std = folder.pixel_stats(images)
