@@ -403,10 +403,6 @@ class _Rows:
         return self.images[self.index[rows]]
 
 
-def _rng_state(gen: np.random.Generator) -> dict[str, Any]:
-    return gen.bit_generator.state
-
-
 class _Run:
     """One training run; its fields are the state a checkpoint saves."""
 
@@ -472,7 +468,6 @@ class _Run:
         self.opt.load_state_dict(ckpt.optimizer())
         m = ckpt.meta
         try:
-            self.net.rng.bit_generator.state = m["rng"]["dropout"]
             self.epoch, self.batch, self.step = int(m["epoch"]), int(m["batch"]), int(m["step"])
             self.partial = {k: type(v)(m["partial"][k]) for k, v in self.partial.items()}
             self.history = [EpochRecord(**r) for r in m["history"]]
@@ -489,7 +484,7 @@ class _Run:
         return {
             "epoch": self.epoch, "batch": self.batch, "step": self.step, "partial": self.partial,
             "history": [asdict(r) for r in self.history], "best_epoch": self.best_epoch,
-            "best_score": self.best_score, "rng": {"dropout": _rng_state(self.net.rng)},
+            "best_score": self.best_score,
             "config": self.cfg.to_dict(), "input": self.inputs.to_config(), "source": self.data_source.to_config(),
             "cnncli": __version__,
         }
@@ -542,6 +537,7 @@ class _Run:
                                (draws.dy[idx], draws.dx[idx], draws.flip[idx]))
                 y = self.y_train[idx]
                 self.opt.lr = self.last_lr = learning_rate(cfg.schedule, self.plan, self.step)
+                self.net.passes = self.step  # dropout's masks are numbered by the step: a resumed run draws them again
                 loss_value, out = self.net.loss_and_backward(x, y, self.loss)
                 if self.net.processes_failed and not noted_fallback:
                     noted_fallback = True

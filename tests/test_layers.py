@@ -111,17 +111,17 @@ def _perturb_params(net: Network, rng: np.random.Generator) -> None:
 
 
 def _fd_check(net: Network, x: np.ndarray, train: bool, rng: np.random.Generator, eps=1e-6, tol=1e-6):
-    dropout_state = net.rng.bit_generator.state
+    passes = net.passes
 
     def energy() -> float:
-        net.rng.bit_generator.state = dropout_state  # the same dropout mask on every call
+        net.passes = passes  # the same dropout mask on every call
         saved = {k: v.copy() for k, v in net.buffers.items()}
         y = net.forward(x, train=train)
         for k, v in saved.items():
             net.buffers[k][...] = v
         return float((y * r).sum())
 
-    net.rng.bit_generator.state = dropout_state
+    net.passes = passes
     y = net.forward(x, train=train)
     r = rng.standard_normal(y.shape)
     # energy() repeats this very pass (the same dropout mask, the running statistics put back),
@@ -129,7 +129,7 @@ def _fd_check(net: Network, x: np.ndarray, train: bool, rng: np.random.Generator
     buffers = {k: v.copy() for k, v in net.buffers.items()}
     assert energy() == float((y * r).sum())
     assert all(np.array_equal(net.buffers[k], v) for k, v in buffers.items())
-    net.rng.bit_generator.state = dropout_state
+    net.passes = passes
     net.forward(x, train=train)
     net.backward({net.graph.output: r})
     dx, grads = net.input_grad, dict(net.grads)
@@ -494,37 +494,92 @@ def test_fast_network_fuses_lenet_and_skips_the_input_gradient(model, chains):
         assert np.allclose(f32.grads[k], grad, rtol=1e-3, atol=1e-5 * max(1.0, np.abs(grad).max())), k
 
 
+# COMPOSITE with dropout before its classifier: batch statistics and random draws in one network.
+WITH_DROPOUT = COMPOSITE.replace("  - dense: {units: 5}", "  - dropout: {rate: 0.4}\n  - dense: {units: 5}")
+
+
 def test_fast_network_splits_a_batch_across_threads_with_the_same_results():
-    model = spec.parse(COMPOSITE.replace("      - batchnorm\n", ""))
-    g = graph.build(model)
+    g = graph.build(spec.parse(WITH_DROPOUT))
     whole = Network(g, "float64", seed=6, fast=True, workers=1)
     split = Network(g, "float64", seed=6, fast=True, workers=3)
     rng = np.random.default_rng(8)
     x = rng.standard_normal((50, 3, 8, 8))
     target = rng.integers(0, 3, 50)  # the aux head has 3 classes
     loss = losses.get("cross_entropy")
-    lw, ow = whole.loss_and_backward(x, target, loss)
-    ls, os_ = split.loss_and_backward(x, target, loss)
-    assert len(split.parts.replicas) == 2  # three parts of 16-17 samples
-    assert ls == pytest.approx(lw, rel=1e-12) and np.allclose(os_, ow, rtol=1e-12)
-    assert split.values == {}  # the parts' values are not kept
-    for k, grad in whole.grads.items():
-        assert np.allclose(split.grads[k], grad, rtol=1e-10, atol=1e-15), k
+    for _ in range(2):  # two training passes: the second draws other dropout masks, in both
+        lw, ow = whole.loss_and_backward(x, target, loss)
+        ls, os_ = split.loss_and_backward(x, target, loss)
+        assert len(split.parts.replicas) == 2  # three parts of 16-17 samples: unequal shares of the batch
+        assert ls == pytest.approx(lw, rel=1e-12) and np.allclose(os_, ow, rtol=1e-12)
+        assert split.values == {}  # the parts' values are not kept
+        for k, grad in whole.grads.items():
+            assert np.allclose(split.grads[k], grad, rtol=1e-10, atol=1e-15), k
+        # batch norm's running statistics: updated once per batch, from the whole batch's statistics
+        for k, buf in whole.buffers.items():
+            assert np.allclose(split.buffers[k], buf, rtol=1e-13, atol=1e-15), k
+    assert split.passes == whole.passes == 2
     assert np.allclose(split.forward(x), whole.forward(x), rtol=1e-12)
-    # the replicas share the parameters: an update is seen by every part
-    for p in split.params.values():
-        p *= 0.5
-    for p in whole.params.values():
-        p *= 0.5
+    # the replicas share the parameters and the running statistics: an update is seen by every part
+    for net in (split, whole):
+        for p in net.params.values():
+            p *= 0.5
+        for b in net.buffers.values():
+            b *= 1.5
     assert np.allclose(split.forward(x), whole.forward(x), rtol=1e-12)
     # small batches are not split
     split.loss_and_backward(x[:20], target[:20], loss)
     assert isinstance(split.values, dict)
 
 
-def test_networks_with_batch_statistics_or_dropout_never_split():
-    net = Network(graph.build(spec.parse(COMPOSITE)), "float64", seed=6, fast=True)
-    assert net.workers == 1
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batch_norm_in_a_split_batch_uses_the_whole_batchs_statistics_bit_for_bit(dtype):
+    # A conv whose output per sample does not depend on the batch around it (direct loops: 3 taps of
+    # 1 channel), then batch norm: its statistics, and so the running ones, are the same bits whole or split.
+    g = graph.build(spec.parse("""
+input: [1, 6, 6]
+layers:
+  - conv: {filters: 4, kernel: [1, 3], padding: [0, 1], bias: false}
+  - batchnorm
+  - flatten
+  - dense: {units: 3}
+"""))
+    whole = Network(g, dtype, seed=2, fast=True, workers=1)
+    split = Network(g, dtype, seed=2, fast=True, workers=2)
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((40, 1, 6, 6)) * 3 + 2).astype(dtype)
+    target = rng.integers(0, 3, 40)
+    loss = losses.get("cross_entropy")
+    whole.loss_and_backward(x, target, loss)
+    split.loss_and_backward(x, target, loss)
+    assert split.parts.replicas  # it did split
+    for k, buf in whole.buffers.items():
+        assert split.buffers[k].tobytes() == buf.tobytes(), k
+    bn = "batchnorm1"
+    assert split.layers[bn].inv_std.tobytes() == whole.layers[bn].inv_std.tobytes()
+
+
+def test_dropout_masks_do_not_depend_on_the_split_and_follow_the_pass_number():
+    from cnncli.engine import draws
+    from cnncli.engine.batch import Place
+
+    g = graph.build(spec.parse("input: [7]\nlayers:\n  - dropout: {rate: 0.5}"))
+    net = Network(g, "float64", seed=9)
+    x = np.ones((6, 7))
+    first = net.forward(x, train=True)
+    again = net.forward(x, train=True)
+    assert net.passes == 2 and not np.array_equal(first, again)  # each training pass draws anew
+    net.passes = 0
+    assert np.array_equal(net.forward(x, train=True), first)  # the pass number is the generator's state
+    assert np.array_equal(net.forward(x, train=False), x) and net.passes == 1  # inference draws nothing
+    # samples 2.. of the batch, run as a part, get the whole batch's masks of samples 2..
+    part = net.forward_part(x[2:], True, Place(2, 6, 4, 0, 9))
+    assert np.array_equal(part, first[2:])
+    # the masks are the reference's: element j of sample i keeps iff uniform(key, 7 i + j) >= rate
+    u = draws.uniform(draws.key(9, 0, 0), np.arange(42).reshape(6, 7))
+    assert np.array_equal(first, np.where(u >= 0.5, 2.0, 0.0))
+    kept = draws.dropout_mask((4000, 50), 0, 0.3, draws.key(1, 2, 3), np.float32) > 0
+    assert abs(kept.mean() - 0.7) < 0.005  # 200,000 draws: the standard error is 0.001
+    assert abs(kept[:, 0].mean() - kept[0, :].mean()) < 0.15  # no pattern along either axis
 
 
 def test_lenet_batches_run_batch_innermost_with_the_nchw_results(monkeypatch):

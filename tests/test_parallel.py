@@ -103,6 +103,76 @@ def test_a_dead_worker_falls_back_to_threads_with_the_same_numbers():
     assert procs.parts.group is None
 
 
+# Batch norm and dropout: the parts exchange their sums through shared memory and draw per-sample masks.
+NORMED = """
+name: normed
+input: [1, 12, 12]
+classes: 4
+layers:
+  - conv: {filters: 3, kernel: 3, padding: 1, bias: false}
+  - batchnorm
+  - relu
+  - conv: {filters: 5, kernel: 3, stride: 2}
+  - batchnorm
+  - relu
+  - flatten
+  - dropout: {rate: 0.3}
+  - dense: {units: 4}
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_batch_norm_and_dropout_in_processes_give_the_bits_of_threads_and_the_numbers_of_the_whole(dtype):
+    g = graph.build(spec.parse(NORMED))
+    threads = Network(g, dtype, seed=5, fast=True, workers=3)
+    procs = Network(g, dtype, seed=5, fast=True, workers=3)
+    whole = Network(g, dtype, seed=5, fast=True, workers=1)
+    procs.spawn_workers(50)
+    try:
+        _wait_ready(procs)
+        loss = losses.get("cross_entropy")
+        for step in range(3):
+            x, y = _batch(50, dtype, seed=step)  # parts of 16, 17, 17: unequal shares
+            lt, ot = threads.loss_and_backward(x, y, loss)
+            lp, op = procs.loss_and_backward(x, y, loss)
+            lw, ow = whole.loss_and_backward(x, y, loss)
+            assert lp == lt and np.array_equal(op, ot)
+            tol = {"rtol": 1e-10, "atol": 1e-13} if dtype == "float64" else {"rtol": 2e-4, "atol": 1e-5}
+            assert lp == pytest.approx(lw, rel=tol["rtol"]) and np.allclose(op, ow, **tol)
+            for k in threads.grads:
+                assert np.array_equal(procs.grads[k], threads.grads[k]), k
+                assert np.allclose(procs.grads[k], whole.grads[k], **tol), k
+                for net in (threads, procs, whole):
+                    net.params[k] -= 0.1 * net.grads[k]
+            for k in threads.buffers:
+                assert np.array_equal(procs.buffers[k], threads.buffers[k]), k
+                assert np.allclose(procs.buffers[k], whole.buffers[k], **tol), k
+        assert procs.processes_failed is None
+    finally:
+        procs.close()
+
+
+def test_a_worker_lost_in_the_middle_of_a_batch_norm_step_reruns_the_step_on_threads():
+    g = graph.build(spec.parse(NORMED))
+    threads = Network(g, "float64", seed=5, fast=True, workers=2)
+    procs = Network(g, "float64", seed=5, fast=True, workers=2)
+    procs.spawn_workers(32)
+    _wait_ready(procs)
+    child = procs.parts.group.procs[0]
+    child.kill()  # the parent finds out while its part waits for the child's batch-norm sums
+    child.wait()
+    loss = losses.get("cross_entropy")
+    x, y = _batch(32, "float64")
+    lt, _ = threads.loss_and_backward(x, y, loss)
+    lp, _ = procs.loss_and_backward(x, y, loss)
+    assert lp == lt
+    for k in threads.grads:
+        assert np.array_equal(procs.grads[k], threads.grads[k]), k
+    for k in threads.buffers:  # the running statistics were updated once, not once per attempt
+        assert np.array_equal(procs.buffers[k], threads.buffers[k]), k
+    assert procs.processes_failed is not None and procs.parts.group is None
+
+
 def test_workers_ignore_ctrl_c_and_close_reaps_them():
     _, procs = _pair("float32")
     procs.spawn_workers(32)

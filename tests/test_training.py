@@ -402,16 +402,17 @@ def test_corrupt_checkpoint_is_a_checkpoint_error(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny, tmp_path, monkeypatch):
-    steps = []
+    seen = []
 
     def poisoned(logits, target):
-        steps.append(1)
+        # Counted in samples: a batch split into parts calls the loss once per part.
+        seen.append(len(target))
         loss, grad = softmax_cross_entropy(logits, target)
-        return (float("nan"), grad) if len(steps) > 25 else (loss, grad)
+        return (float("nan"), grad) if sum(seen) > 1300 else (loss, grad)
 
     monkeypatch.setattr(training.losses, "get", lambda name: Loss("cross_entropy", poisoned, True))
     with pytest.raises(TrainingStopped, match=r"loss became nan at epoch 2.*last good checkpoint"):
-        run(tiny, tmp_path / "nan")  # 18 steps per epoch: the 26th is in epoch 2
+        run(tiny, tmp_path / "nan")  # 900 training samples per epoch (and at most 100 validated): 1300 is in epoch 2
     kept = checkpoint.load(tmp_path / "nan" / "last.npz")
     assert kept.epoch == 1
     assert all(np.all(np.isfinite(v)) for v in kept.weights().values())

@@ -37,7 +37,9 @@ VECTOR_FLAGS = {**FLAGS, "error_model": "numpy"}
 # vectorised body of a loop but not in the scalar iterations it peels off to
 # align the arrays, so an element's rounding would depend on the address.
 # (The optimizer's update: a resumed run, whose arrays were reloaded, must
-# repeat the uninterrupted run bit for bit.)
+# repeat the uninterrupted run bit for bit. Batch norm's per-row sums: a part
+# of a split batch sums its rows where they sit in the part's arrays, and must
+# get the bits the whole batch gets.)
 EXACT_FLAGS = {"cache": True, "nogil": True, "error_model": "numpy"}
 
 
@@ -49,6 +51,11 @@ def kernel(fn):
 def exact_kernel(fn):
     """A serial kernel without fastmath (see EXACT_FLAGS)."""
     return njit(**EXACT_FLAGS)(fn)
+
+
+def exact_parallel_kernel(fn):
+    """A ``prange`` kernel without fastmath (see EXACT_FLAGS)."""
+    return njit(parallel=True, **EXACT_FLAGS)(fn)
 
 
 def parallel_kernel(fn):

@@ -18,25 +18,38 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnncli.engine import conv, norm, pool, threads
+from cnncli.engine import conv, draws, norm, pool, threads
+from cnncli.engine.batch import Place
 from cnncli.engine.fast import fused, lanes
 from cnncli.model.graph import Node
 
 
 class Layer:
-    """Base class: a node of the graph with its parameters and cached forward state."""
+    """Base class: a node of the graph with its parameters and cached forward state.
+
+    ``index`` is the node's position in the graph; ``place`` (set by the
+    network before each pass) says where the batch being run sits in the
+    whole batch, for the layers that look beyond their own sample
+    (:mod:`cnncli.engine.batch`).
+    """
 
     kind = ""
 
-    def __init__(self, node: Node, params: dict[str, np.ndarray], buffers: dict[str, np.ndarray],
-                 rng: np.random.Generator):
+    def __init__(self, node: Node, params: dict[str, np.ndarray], buffers: dict[str, np.ndarray], index: int):
         self.node = node
         self.o = node.options
         self.params = params      # suffix -> array, shared with the network
         self.buffers = buffers
         self.grads: dict[str, np.ndarray] = {}
-        self.rng = rng
+        self.index = index
         self.trainable = node.trainable
+        self.place: Place | None = None
+
+    @classmethod
+    def exchanges(cls, node: Node) -> dict[str, tuple[int, ...]]:
+        """The tables of per-sample rows this layer shares with the other parts of a split batch while
+        training: key → the shape of one sample's rows (float64). Most layers share none."""
+        return {}
 
     def forward(self, xs: list[np.ndarray], train: bool) -> np.ndarray:
         raise NotImplementedError
@@ -382,21 +395,33 @@ class BatchNorm(Layer):
     the running statistics (unbiased variance) as PyTorch does; inference uses
     the running statistics. The passes are the kernels of :mod:`cnncli.engine.norm`:
     ∂E/∂x = w·inv_std·(dy − mean(dy) − x̂·mean(dy·x̂)) while training, w·inv_std·dy after.
+    In a part of a split batch the means are the whole batch's: each part's
+    per-row sums go through the place's exchange (``forward``: each row's sum
+    and squared deviations; ``backward``: Σ dy and Σ dy·x̂, in the batch's units).
     """
 
     kind = "batchnorm"
+
+    @classmethod
+    def exchanges(cls, node):
+        rows = (node.out_shape[0], 2)  # per channel: two sums
+        return {f"{node.name}.forward": rows, f"{node.name}.backward": rows}
 
     def forward(self, xs, train):
         x = xs[0]
         self.train = train
         if train:
-            mean, var = norm.batch_stats(x)
-            m = x.size // x.shape[1]
-            mom = self.o["momentum"]
-            self.buffers["running_mean"] *= 1 - mom
-            self.buffers["running_mean"] += (mom * mean).astype(x.dtype)
-            self.buffers["running_var"] *= 1 - mom
-            self.buffers["running_var"] += (mom * var * (m / max(m - 1, 1))).astype(x.dtype)
+            place = self.place
+            per_row = norm.per_row(x.shape)
+            rows = place.gather(f"{self.node.name}.forward", norm.row_moments(x))
+            mean, var = norm.moments(rows, per_row)
+            if place.first:  # the running statistics are updated once per batch
+                m = place.total * per_row
+                mom = self.o["momentum"]
+                self.buffers["running_mean"] *= 1 - mom
+                self.buffers["running_mean"] += (mom * mean).astype(x.dtype)
+                self.buffers["running_var"] *= 1 - mom
+                self.buffers["running_var"] += (mom * var * (m / max(m - 1, 1))).astype(x.dtype)
         else:
             mean, var = self.buffers["running_mean"], self.buffers["running_var"]
         self.inv_std = (1.0 / np.sqrt(np.asarray(var, dtype=np.float64) + self.o["eps"])).astype(x.dtype)
@@ -404,15 +429,29 @@ class BatchNorm(Layer):
         return y
 
     def backward(self, dy):
-        dx, dw, db = norm.backward(dy, self.xhat, self.params["weight"], self.inv_std, self.train)
+        rows = norm.grad_rows(dy, self.xhat)
+        own = norm.totals(rows)
+        count = dy.shape[0] * norm.per_row(dy.shape)
+        sums = own
+        if self.train and self.place.exchange is not None:
+            # This part's dy is its own loss's (a mean over its samples): scaled by its share of the
+            # batch it is the batch loss's; the sums come back in this part's units.
+            w = self.place.weight
+            sums = norm.totals(self.place.gather(f"{self.node.name}.backward", rows * w)) / w
+            count = self.place.total * norm.per_row(dy.shape)
+        dx = norm.input_grad(dy, self.xhat, self.params["weight"], self.inv_std, sums, count, self.train)
         if self.trainable:
-            self.grads["weight"], self.grads["bias"] = dw, db
+            self.grads["weight"], self.grads["bias"] = own[:, 1].astype(dy.dtype), own[:, 0].astype(dy.dtype)
         return [dx]
 
 
 @register
 class Dropout(Layer):
-    """While training, zero each activation with probability ``rate`` and scale the rest by 1/(1 - rate)."""
+    """While training, zero each activation with probability ``rate`` and scale the rest by 1/(1 - rate).
+
+    The mask is drawn per element from (seed, layer, pass, index in the batch)
+    (:mod:`cnncli.engine.draws`), the same whether or not the batch is split.
+    """
 
     kind = "dropout"
 
@@ -421,8 +460,9 @@ class Dropout(Layer):
         if not train or rate == 0:
             self.mask = None
             return xs[0]
-        keep = self.rng.random(xs[0].shape) >= rate
-        self.mask = keep.astype(xs[0].dtype) / (1 - rate)
+        place = self.place
+        key = draws.key(place.seed, self.index, place.draw)
+        self.mask = draws.dropout_mask(xs[0].shape, place.start, rate, key, xs[0].dtype)
         return xs[0] * self.mask
 
     def backward(self, dy):

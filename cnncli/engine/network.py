@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from cnncli.engine import rules
+from cnncli.engine.batch import Place, whole
 from cnncli.engine.fast.vector import ACTIVATIONS
 from cnncli.engine.init import initial_value
 from cnncli.engine.layers import LAYERS, FusedConv
@@ -38,19 +38,24 @@ class Network:
     """
 
     def __init__(self, graph: Graph, dtype: str | np.dtype = "float32", seed: int = 0, fast: bool = False,
-                 params: Mapping[str, np.ndarray] | None = None, workers: int | None = None):
-        """``params``: arrays to use as the parameters, not copied (a replica's); ``workers``: how many
-        parts a batch may be split into (default: one per engine thread for a fast network)."""
+                 params: Mapping[str, np.ndarray] | None = None, workers: int | None = None,
+                 buffers: Mapping[str, np.ndarray] | None = None):
+        """``params``, ``buffers``: arrays to use as the parameters and buffers, not copied (a
+        replica's); ``workers``: how many parts a batch may be split into (default: one per engine
+        thread for a fast network)."""
         self.graph = graph
         self.fast = fast
         self.dtype = np.dtype(dtype)
+        if seed < 0:
+            raise UsageError(f"the seed must be 0 or more, got {seed}")
+        self.seed = seed
+        #: Training passes made: dropout's draws are numbered by it (cnncli.engine.draws).
+        self.passes = 0
         rng = np.random.default_rng(seed)
-        # Dropout draws from its own generator so that its state can be checkpointed.
-        self.rng = np.random.default_rng([seed, 1])
         self.params: dict[str, np.ndarray] = {}
         self.buffers: dict[str, np.ndarray] = {}
         self.layers = {}
-        for node in graph.nodes:
+        for index, node in enumerate(graph.nodes):
             own = {}
             for suffix in node.params:
                 key = f"{node.name}.{suffix}"
@@ -58,9 +63,15 @@ class Network:
                 own[suffix] = self.params[key] = value
             bufs = {}
             for suffix, shape in node.buffers.items():
-                fill = np.ones if suffix == "running_var" else np.zeros
-                bufs[suffix] = self.buffers[f"{node.name}.{suffix}"] = fill(shape, dtype=self.dtype)
-            self.layers[node.name] = LAYERS[node.kind](node, own, bufs, self.rng)
+                key = f"{node.name}.{suffix}"
+                if buffers is not None:
+                    value = buffers[key]
+                else:
+                    value = (np.ones if suffix == "running_var" else np.zeros)(shape, dtype=self.dtype)
+                bufs[suffix] = self.buffers[key] = value
+            self.layers[node.name] = LAYERS[node.kind](node, own, bufs, index)
+        #: Tables of per-sample rows that the parts of a split training batch share (see Layer.exchanges).
+        self.exchanges = exchanges(graph)
         # node name -> the fused chain it starts (forward) or ends (backward); inner nodes -> None
         self.fused_head: dict[str, FusedConv] = {}
         self.fused_tail: dict[str, FusedConv] = {}
@@ -71,9 +82,9 @@ class Network:
                 layer = self.layers[node.name]
                 if node.kind == "conv" and list(node.inputs) == ["input"]:
                     layer.need_dx = False  # nothing needs the input's gradient
-        # A fast network of per-sample layers splits a batch into parts, one per core.
+        # A fast network splits a batch into parts, one per core.
         self.parts: Parts | None = None
-        if fast and rules.splittable(n.kind for n in graph.nodes):
+        if fast:
             cores = usable_cores() if workers is None else workers
             if cores > 1:
                 self.parts = Parts(self, cores)
@@ -177,19 +188,32 @@ class Network:
         return slices if len(slices) > 1 else None
 
     # -- passes --
+    def _draw(self, train: bool) -> int:
+        """The number of this pass's random draws: a training pass takes the next one."""
+        draw = self.passes
+        if train:
+            self.passes += 1
+        return draw
+
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         """x (N, *input) → the main output (N, *output). While training, auxiliary heads run too.
 
         A fast network may run the batch in parts (on threads); ``values`` then
         joins the parts' values on access.
         """
+        draw = self._draw(train)
         slices = self._split(x.shape[0])
         if slices is None:
-            return self.forward_part(x, train)
-        return self.parts.forward(self._check_input(x), slices, train)
+            return self.forward_part(x, train, whole(len(x), draw, self.seed))
+        return self.parts.forward(self._check_input(x), slices, train, draw)
 
-    def forward_part(self, x: np.ndarray, train: bool) -> np.ndarray:
-        """The forward pass of this network alone, never split: x (N, *input) → the main output."""
+    def forward_part(self, x: np.ndarray, train: bool, place: Place) -> np.ndarray:
+        """The forward pass of this network alone, never split: x (N, *input) → the main output.
+
+        ``place``: where ``x`` sits in its batch (:mod:`cnncli.engine.batch`).
+        """
+        for layer in self.layers.values():
+            layer.place = place
         values = {"input": self._check_input(x)}
         order = self.graph.nodes if train else self.infer_order
         for node in order:
@@ -214,15 +238,17 @@ class Network:
         (:mod:`cnncli.engine.parts`, on threads or, after :meth:`spawn_workers`,
         in worker processes); node values are then not kept.
         """
+        draw = self._draw(train)
         slices = None if keep_node_grads or len(target) != len(x) else self._split(len(x))
         if slices is None:
-            return self.loss_and_backward_part(x, target, loss, train, keep_node_grads)
-        return self.parts.loss_and_backward(self._check_input(x), target, loss, train, slices)
+            return self.loss_and_backward_part(x, target, loss, train, whole(len(x), draw, self.seed),
+                                               keep_node_grads)
+        return self.parts.loss_and_backward(self._check_input(x), target, loss, train, slices, draw)
 
-    def loss_and_backward_part(self, x: np.ndarray, target: np.ndarray, loss: Loss, train: bool = True,
-                               keep_node_grads: bool = False) -> tuple[float, np.ndarray]:
-        """:meth:`loss_and_backward` on this network alone, never split (a part's pass)."""
-        out = self.forward_part(x, train)
+    def loss_and_backward_part(self, x: np.ndarray, target: np.ndarray, loss: Loss, train: bool,
+                               place: Place, keep_node_grads: bool = False) -> tuple[float, np.ndarray]:
+        """:meth:`loss_and_backward` on this network alone, never split (a part's pass at ``place``)."""
+        out = self.forward_part(x, train, place)
         heads = {self.graph.output: 1.0, **(self.graph.aux_outputs if train else {})}
         seeds: dict[str, np.ndarray] = {}
         total = 0.0
@@ -294,6 +320,15 @@ class Network:
                     key = f"{node.name}.{suffix}"
                     g = layer.grads.get(suffix)
                     self.grads[key] = np.zeros_like(self.params[key]) if g is None else g
+
+
+def exchanges(graph: Graph) -> dict[str, tuple[int, ...]]:
+    """The tables of per-sample rows that the parts of a split training batch of ``graph`` share:
+    key → one sample's rows' shape (float64); see :mod:`cnncli.engine.batch`."""
+    tables: dict[str, tuple[int, ...]] = {}
+    for node in graph.nodes:
+        tables.update(LAYERS[node.kind].exchanges(node))
+    return tables
 
 
 def _check_target(target: np.ndarray, out_shape: tuple[int, ...], source: str) -> None:

@@ -1,10 +1,21 @@
 """Batch normalization kernels: per-channel statistics, normalise + scale + shift, and the gradients.
 
 An input (N, C, ...) is viewed as (N, C, L), L the product of its spatial
-sizes (1 after a dense layer). Each kernel makes one pass over the data where
-numpy makes several (a mean, a variance, a subtraction, a product, a sum, each
-a trip through memory). Sums over a channel are accumulated in float64 in a
-fixed order, so results repeat bit for bit; work is split by channel, or by
+sizes (1 after a dense layer); a *row* is one sample's L values of one
+channel. Statistics are built in two steps, so that a batch split into parts
+(:mod:`cnncli.engine.parts`) gets the same bits as the whole batch:
+
+1. each row's own sums (:func:`row_moments`, :func:`grad_rows`), computed
+   from that row alone, in float64, without fastmath (:func:`cnncli.engine.jit.exact_parallel_kernel`:
+   a sum must not depend on where the row sits in memory);
+2. the rows of the whole batch combined in batch order (:func:`moments`,
+   :func:`totals`): a part hands its rows to the others
+   (:class:`cnncli.engine.batch.Place`), so every part combines the same rows
+   in the same order.
+
+The mean and variance combine Chan et al.'s way (each row's sum and squared
+deviations from its own mean), as stable as a two-pass variance. Each kernel
+makes one pass over the data where numpy makes several; work is split by
 (sample, channel) row, each writing only its own slice.
 """
 
@@ -14,30 +25,100 @@ import numpy as np
 from numba import prange
 
 from cnncli.engine.arrays import array
-from cnncli.engine.jit import parallel_kernel
+from cnncli.engine.jit import exact_parallel_kernel, kernel, parallel_kernel
 
-__all__ = ["backward", "batch_stats", "forward"]
+__all__ = ["backward", "batch_stats", "forward", "grad_rows", "input_grad", "moments", "row_moments", "totals"]
 
 
-@parallel_kernel
-def _stats(x, mean, var):
+@exact_parallel_kernel
+def _row_moments(x, rows):
     n_, c_, l_ = x.shape
-    count = n_ * l_
-    for c in prange(c_):
+    whole = l_ - l_ % 4
+    for job in prange(n_ * c_):
+        n = job // c_
+        c = job - n * c_
+        row = x[n, c]
+        # Four running sums in a fixed pattern: independent chains for the
+        # CPU, the same rounding wherever the row sits.
+        s0 = s1 = s2 = s3 = 0.0
+        for i in range(0, whole, 4):
+            s0 += row[i]
+            s1 += row[i + 1]
+            s2 += row[i + 2]
+            s3 += row[i + 3]
+        for i in range(whole, l_):
+            s0 += row[i]
+        s = (s0 + s1) + (s2 + s3)
+        m = s / l_
+        q0 = q1 = q2 = q3 = 0.0
+        for i in range(0, whole, 4):
+            d0 = row[i] - m
+            d1 = row[i + 1] - m
+            d2 = row[i + 2] - m
+            d3 = row[i + 3] - m
+            q0 += d0 * d0
+            q1 += d1 * d1
+            q2 += d2 * d2
+            q3 += d3 * d3
+        for i in range(whole, l_):
+            d0 = row[i] - m
+            q0 += d0 * d0
+        rows[n, c, 0] = s
+        rows[n, c, 1] = (q0 + q1) + (q2 + q3)
+
+
+@exact_parallel_kernel
+def _grad_rows(dy, xhat, rows):
+    n_, c_, l_ = dy.shape
+    whole = l_ - l_ % 4
+    for job in prange(n_ * c_):
+        n = job // c_
+        c = job - n * c_
+        g, h = dy[n, c], xhat[n, c]
+        s0 = s1 = s2 = s3 = 0.0
+        t0 = t1 = t2 = t3 = 0.0
+        for i in range(0, whole, 4):
+            s0 += g[i]
+            s1 += g[i + 1]
+            s2 += g[i + 2]
+            s3 += g[i + 3]
+            t0 += np.float64(g[i]) * h[i]
+            t1 += np.float64(g[i + 1]) * h[i + 1]
+            t2 += np.float64(g[i + 2]) * h[i + 2]
+            t3 += np.float64(g[i + 3]) * h[i + 3]
+        for i in range(whole, l_):
+            s0 += g[i]
+            t0 += np.float64(g[i]) * h[i]
+        rows[n, c, 0] = (s0 + s1) + (s2 + s3)
+        rows[n, c, 1] = (t0 + t1) + (t2 + t3)
+
+
+@kernel
+def _moments(rows, per_row, mean, var):
+    n_, c_, _ = rows.shape
+    count = n_ * per_row
+    for c in range(c_):
         s = 0.0
         for n in range(n_):
-            row = x[n, c]
-            for i in range(l_):
-                s += row[i]
+            s += rows[n, c, 0]
         m = s / count
         q = 0.0
         for n in range(n_):
-            row = x[n, c]
-            for i in range(l_):
-                d = row[i] - m
-                q += d * d
+            d = rows[n, c, 0] / per_row - m
+            q += rows[n, c, 1] + per_row * d * d
         mean[c] = m
         var[c] = q / count
+
+
+@kernel
+def _totals(rows, out):
+    n_, c_, k_ = rows.shape
+    for c in range(c_):
+        for k in range(k_):
+            s = 0.0
+            for n in range(n_):
+                s += rows[n, c, k]
+            out[c, k] = s
 
 
 @parallel_kernel
@@ -55,24 +136,8 @@ def _normalise(x, mean, inv_std, w, b, xhat, y):
 
 
 @parallel_kernel
-def _sums(dy, xhat, sum_dy, sum_dy_xhat):
+def _input_grad(dy, xhat, w, inv_std, sum_dy, sum_dy_xhat, count, train, dx):
     n_, c_, l_ = dy.shape
-    for c in prange(c_):
-        s = 0.0
-        t = 0.0
-        for n in range(n_):
-            g, h = dy[n, c], xhat[n, c]
-            for i in range(l_):
-                s += g[i]
-                t += g[i] * h[i]
-        sum_dy[c] = s
-        sum_dy_xhat[c] = t
-
-
-@parallel_kernel
-def _input_grad(dy, xhat, w, inv_std, sum_dy, sum_dy_xhat, train, dx):
-    n_, c_, l_ = dy.shape
-    count = n_ * l_
     for job in prange(n_ * c_):
         n = job // c_
         c = job - n * c_
@@ -95,13 +160,40 @@ def _view(name: str, x: np.ndarray) -> np.ndarray:
     return array(name, x, x.ndim).reshape(x.shape[0], x.shape[1], -1)
 
 
+def _rows(name: str, rows: np.ndarray) -> np.ndarray:
+    if rows.ndim != 3 or rows.shape[2] != 2 or rows.dtype != np.float64:
+        raise ValueError(f"{name} must be float64 (N, C, 2), got {rows.dtype} {rows.shape}")
+    return np.ascontiguousarray(rows)
+
+
+def per_row(x_shape: tuple[int, ...]) -> int:
+    """How many values one row (a sample's channel) of an input of this shape holds: L."""
+    return int(np.prod(x_shape[2:], dtype=np.int64))
+
+
+def row_moments(x: np.ndarray) -> np.ndarray:
+    """x (N, C, ...) → rows (N, C, 2) float64: each row's sum and its squared deviations from its own mean."""
+    x3 = _view("x", x)
+    rows = np.empty((x3.shape[0], x3.shape[1], 2))
+    _row_moments(x3, rows)
+    return rows
+
+
+def moments(rows: np.ndarray, per_row: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of :func:`row_moments` (N, C, 2), each of ``per_row`` values → (mean, biased variance), float64 (C,).
+
+    The rows are combined in order, so the same rows give the same bits however they were computed.
+    """
+    rows = _rows("rows", rows)
+    mean = np.empty(rows.shape[1])
+    var = np.empty(rows.shape[1])
+    _moments(rows, int(per_row), mean, var)
+    return mean, var
+
+
 def batch_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """x (N, C, ...) → (mean, biased variance) per channel, float64 (C,)."""
-    x3 = _view("x", x)
-    mean = np.empty(x3.shape[1])
-    var = np.empty(x3.shape[1])
-    _stats(x3, mean, var)
-    return mean, var
+    return moments(row_moments(x), per_row(x.shape))
 
 
 def forward(x: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, w: np.ndarray,
@@ -115,20 +207,51 @@ def forward(x: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, w: np.ndarray,
     return y.reshape(x.shape), xhat.reshape(x.shape)
 
 
+def _pair(dy: np.ndarray, xhat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    dy3, h3 = _view("dy", dy), _view("xhat", xhat)
+    if dy3.shape != h3.shape or dy3.dtype != h3.dtype:
+        raise ValueError(f"dy {dy.shape} {dy.dtype} and xhat {xhat.shape} {xhat.dtype} must agree")
+    return dy3, h3
+
+
+def grad_rows(dy: np.ndarray, xhat: np.ndarray) -> np.ndarray:
+    """dy, x̂ (N, C, ...) → rows (N, C, 2) float64: each row's Σ dy and Σ dy·x̂."""
+    dy3, h3 = _pair(dy, xhat)
+    rows = np.empty((dy3.shape[0], dy3.shape[1], 2))
+    _grad_rows(dy3, h3, rows)
+    return rows
+
+
+def totals(rows: np.ndarray) -> np.ndarray:
+    """Rows (N, C, 2) → their sums over the batch (C, 2), added in batch order."""
+    rows = _rows("rows", rows)
+    out = np.empty(rows.shape[1:])
+    _totals(rows, out)
+    return out
+
+
+def input_grad(dy: np.ndarray, xhat: np.ndarray, w: np.ndarray, inv_std: np.ndarray, sums: np.ndarray,
+               count: int, train: bool) -> np.ndarray:
+    """∂E/∂x (like dy) from dy, x̂ (N, C, ...) and ``sums`` (C, 2) = (Σ dy, Σ dy·x̂) over ``count`` values per channel.
+
+    ``train``: the mean and variance were the batch's own (their gradient flows
+    into dx, through ``sums``); else they were fixed (running statistics).
+    """
+    dy3, h3 = _pair(dy, xhat)
+    dx = np.empty_like(dy3)
+    sums = np.ascontiguousarray(sums, dtype=np.float64)
+    _input_grad(dy3, h3, np.ascontiguousarray(w, dtype=np.float64), np.ascontiguousarray(inv_std, dtype=np.float64),
+                sums[:, 0].copy(), sums[:, 1].copy(), float(count), bool(train), dx)
+    return dx.reshape(dy.shape)
+
+
 def backward(dy: np.ndarray, xhat: np.ndarray, w: np.ndarray, inv_std: np.ndarray,
              train: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gradients of :func:`forward`: dy, x̂ (N, C, ...) → (dx like dy, dw (C,), db (C,)).
+    """Gradients of :func:`forward` over a whole batch: dy, x̂ (N, C, ...) → (dx like dy, dw (C,), db (C,)).
 
     ``train``: the mean and variance were the batch's own (their gradient flows
     into dx); else they were fixed (running statistics).
     """
-    dy3, h3 = _view("dy", dy), _view("xhat", xhat)
-    if dy3.shape != h3.shape or dy3.dtype != h3.dtype:
-        raise ValueError(f"dy {dy.shape} {dy.dtype} and xhat {xhat.shape} {xhat.dtype} must agree")
-    c_ = dy3.shape[1]
-    sum_dy, sum_dy_xhat = np.empty(c_), np.empty(c_)
-    _sums(dy3, h3, sum_dy, sum_dy_xhat)
-    dx = np.empty_like(dy3)
-    _input_grad(dy3, h3, np.ascontiguousarray(w, dtype=np.float64), np.ascontiguousarray(inv_std, dtype=np.float64),
-                sum_dy, sum_dy_xhat, bool(train), dx)
-    return dx.reshape(dy.shape), sum_dy_xhat.astype(dy.dtype), sum_dy.astype(dy.dtype)
+    sums = totals(grad_rows(dy, xhat))
+    dx = input_grad(dy, xhat, w, inv_std, sums, dy.shape[0] * per_row(dy.shape), train)
+    return dx, sums[:, 1].astype(dy.dtype), sums[:, 0].astype(dy.dtype)

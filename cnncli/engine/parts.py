@@ -1,13 +1,14 @@
 """A batch split into parts, one per core: data parallelism inside one step.
 
 A fast network (:class:`~cnncli.engine.network.Network` with ``fast=True``)
-whose layers treat every sample on its own (no batch statistics, no shared
-random draws: :func:`cnncli.engine.rules.splittable`) splits a batch into
-contiguous *parts* (:func:`cnncli.engine.rules.part_count`), runs each part
-on a network of its own with one Numba thread and one-thread BLAS, and
-averages the parts' gradients in part order. Unlike ``prange`` inside each
-kernel, the GEMMs run in parallel too, and the cores meet once per pass
-instead of after every kernel.
+splits a batch into contiguous *parts* (:func:`cnncli.engine.rules.part_count`),
+runs each part on a network of its own with one Numba thread and one-thread
+BLAS, and averages the parts' gradients in part order. Unlike ``prange``
+inside each kernel, the GEMMs run in parallel too, and the cores meet once per
+pass instead of after every kernel — and, while training, once per batch-norm
+layer in each direction, where the parts exchange their per-sample sums so
+that every part normalises with the whole batch's statistics
+(:mod:`cnncli.engine.batch`).
 
 Where a part runs:
 
@@ -23,19 +24,24 @@ Where a part runs:
 
 Either way a part's numbers do not depend on where it ran, and the parts are
 combined in the same fixed order, so a split step is bit-identical from run to
-run and between threads and processes.
+run and between threads and processes. A worker lost in the middle of a step
+(while its part waited for the others, say) is not patched up: the running
+statistics are put back and the whole step runs again on threads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 from collections.abc import Mapping
+from threading import BrokenBarrierError
 from typing import Any
 
 import numpy as np
 
 from cnncli.engine import processes, rules, threads
+from cnncli.engine.batch import Place, ThreadExchange
 
 __all__ = ["Parts", "usable_cores"]
 
@@ -93,10 +99,23 @@ class Parts:
         """The network that runs part ``i`` (1, 2, ...) on a thread: shares the parameters, buffers and generator."""
         net = self.net
         while len(self.replicas) < i:
-            r = type(net)(net.graph, net.dtype, fast=True, params=net.params, workers=1)
-            r.buffers, r.rng = net.buffers, net.rng
-            self.replicas.append(r)
+            self.replicas.append(type(net)(net.graph, net.dtype, fast=True, params=net.params,
+                                           buffers=net.buffers, workers=1))
         return self.replicas[i - 1]
+
+    def places(self, slices: list[slice], draw: int, exchange=None) -> list[Place]:
+        """Where each part sits in its batch, the parts sharing ``exchange``."""
+        n = slices[-1].stop
+        return [Place(s.start, n, s.stop - s.start, draw, self.net.seed, first=i == 0, exchange=exchange)
+                for i, s in enumerate(slices)]
+
+    def exchanging(self, train: bool) -> bool:
+        """Whether the parts of a pass exchange rows: while training a network with batch norm."""
+        return train and bool(self.net.exchanges)
+
+    def thread_places(self, slices: list[slice], draw: int, train: bool) -> list[Place]:
+        """:meth:`places` for parts on threads (exchanging through a :class:`ThreadExchange` if need be)."""
+        return self.places(slices, draw, ThreadExchange(len(slices)) if self.exchanging(train) else None)
 
     # -- processes --
     def spawn_workers(self, max_batch: int) -> None:
@@ -112,7 +131,8 @@ class Parts:
             return
         capacity = max(s.stop - s.start for s in slices[1:])
         try:
-            self.group = processes.ProcessGroup(self.net.graph, self.net.dtype, capacity, len(slices) - 1)
+            self.group = processes.ProcessGroup(self.net.graph, self.net.dtype, capacity, len(slices) - 1,
+                                                self.net.exchanges)
         except OSError as e:
             self.processes_failed = f"cannot start worker processes: {e}"
 
@@ -140,63 +160,79 @@ class Parts:
         self.close()
 
     # -- passes --
-    def in_threads(self, slices: list[slice], task) -> list[Any]:
-        """task(network, part) for each part, each on a worker thread (one Numba thread each)."""
+    def in_threads(self, slices: list[slice], places: list[Place], task) -> list[Any]:
+        """task(network, part, place) for each part, each on a worker thread (one Numba thread each)."""
         nets = [self.net] + [self.replica(i) for i in range(1, len(slices))]
+        exchange = places[0].exchange
+
+        def run(net, part, place):
+            try:
+                return task(net, part, place)
+            except BaseException:
+                if exchange is not None:
+                    exchange.abort()  # the other parts stop waiting for this one
+                raise
+
         # The caller only waits: switching its own Numba thread count per call
         # costs a process-wide lock that the workers' kernels contend for too.
-        futures = [threads.pool().submit(task, net, part) for net, part in zip(nets, slices)]
+        workers = threads.pool(len(slices))
+        futures = [workers.submit(run, *job) for job in zip(nets, slices, places)]
+        errors = [f.exception() for f in futures]
+        # The first real failure, not the broken barrier it left the other parts with.
+        for e in sorted((e for e in errors if e is not None), key=lambda e: isinstance(e, BrokenBarrierError)):
+            raise e
         return [f.result() for f in futures]
 
-    def forward(self, x: np.ndarray, slices: list[slice], train: bool) -> np.ndarray:
+    def forward(self, x: np.ndarray, slices: list[slice], train: bool, draw: int) -> np.ndarray:
         """The main output of a batch run in parts on threads; ``net.values`` joins the parts' values."""
-        self.in_threads(slices, lambda net, part: net.forward_part(x[part], train))
+        self.in_threads(slices, self.thread_places(slices, draw, train),
+                        lambda net, part, place: net.forward_part(x[part], train, place))
         nets = [self.net] + self.replicas[:len(slices) - 1]
         self.net.values = MergedValues([net.values for net in nets])
         return self.net.values[self.net.graph.output]
 
     def loss_and_backward(self, x: np.ndarray, target: np.ndarray, loss, train: bool,
-                          slices: list[slice]) -> tuple[float, np.ndarray]:
+                          slices: list[slice], draw: int) -> tuple[float, np.ndarray]:
         """Loss and output of a batch run in parts, its gradients averaged into ``net.grads``."""
         group = self.ready_group(slices)
         results = None
         if group is not None:
-            results = self._in_processes(group, x, target, loss, train, slices)
+            results = self._in_processes(group, x, target, loss, train, slices, draw)
         if results is None:
-            done = self.in_threads(slices, lambda net, s: net.loss_and_backward_part(x[s], target[s], loss, train))
+            done = self.in_threads(
+                slices, self.thread_places(slices, draw, train),
+                lambda net, s, place: net.loss_and_backward_part(x[s], target[s], loss, train, place))
             nets = [self.net] + self.replicas[:len(slices) - 1]
             results = [(lv, out, net.grads) for (lv, out), net in zip(done, nets)]
         self.net.values = {}  # the parts' values are gone (some in other processes)
         return self._combine(slices, len(x), results)
 
-    def _in_processes(self, group, x, target, loss, train, slices):
-        """The first part here, the others in the child processes: [(loss, output, grads)] or None."""
+    def _in_processes(self, group, x, target, loss, train, slices, draw):
+        """The first part here, the others in the child processes: [(loss, output, grads)], or None when a
+        worker was lost (the running statistics are then as they were before the step)."""
         import numba
 
         net = self.net
+        places = self.places(slices, draw)
+        saved = {k: v.copy() for k, v in net.buffers.items()} if self.exchanging(train) else {}
         try:
-            group.submit(net.params, [x[s] for s in slices[1:]], [target[s] for s in slices[1:]],
-                         loss.name, train)
+            exchange = group.submit(net.params, [x[s] for s in slices[1:]], [target[s] for s in slices[1:]],
+                                    loss.name, train, places[1:])
+            if self.exchanging(train):
+                places[0] = dataclasses.replace(places[0], exchange=exchange)
+            # One Numba thread here too: the other cores run the other parts.
+            threads_before = numba.get_num_threads()
+            numba.set_num_threads(1)
+            try:
+                first = net.loss_and_backward_part(x[slices[0]], target[slices[0]], loss, train, places[0])
+            finally:
+                numba.set_num_threads(threads_before)
+            return [(first[0], first[1], net.grads)] + group.collect()
         except processes.WorkerLost as e:
             self._lost(e)
+            for k, v in saved.items():
+                net.buffers[k][...] = v
             return None
-        # One Numba thread here too: the other cores run the other parts.
-        threads_before = numba.get_num_threads()
-        numba.set_num_threads(1)
-        try:
-            first = net.loss_and_backward_part(x[slices[0]], target[slices[0]], loss, train)
-        finally:
-            numba.set_num_threads(threads_before)
-        results = [(first[0], first[1], net.grads)]
-        try:
-            results += group.collect()
-        except processes.WorkerLost as e:
-            self._lost(e)
-            for i, s in enumerate(slices[1:], 1):  # the same parts, computed here instead
-                replica = self.replica(i)
-                lv, out = replica.loss_and_backward_part(x[s], target[s], loss, train)
-                results.append((lv, out, replica.grads))
-        return results
 
     def _combine(self, slices, n, results) -> tuple[float, np.ndarray]:
         """Loss, output and gradients of a batch from its parts' [(loss, output, grads)], in part order."""

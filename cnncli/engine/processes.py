@@ -12,7 +12,11 @@ child's side) and a block of shared memory holding
   arrays stay where they are, so the optimizer, checkpoints and
   ``load_state_dict`` never see shared memory);
 * per child (its *slot*): control words, its part of the batch and its
-  targets, its loss, outputs and parameter gradients.
+  targets, its loss, outputs and parameter gradients;
+* the tables through which the parts exchange per-sample rows while training
+  (batch norm's sums, :mod:`cnncli.engine.batch`), with a word per table and
+  part that says which step's rows the part has put there
+  (:class:`ProcessExchange`).
 
 Per step the parent writes each child's part and sets its GO word, computes
 its own part meanwhile, and then waits for each child's DONE word, spinning
@@ -53,7 +57,8 @@ import numpy as np
 
 from cnncli.engine import losses, rules
 
-__all__ = ["ProcessGroup", "Slot", "WorkerLost", "available", "child_slot", "map_shared", "shared_layout", "views", "wait"]
+__all__ = ["ProcessExchange", "ProcessGroup", "Slot", "StepAbandoned", "WorkerLost", "available", "child_slot",
+           "map_shared", "shared_layout", "views", "wait"]
 
 _ALIGN = 64  # bytes: every array starts on a cache line
 
@@ -63,12 +68,17 @@ class WorkerLost(RuntimeError):
     """A child process failed to start, answered with an error, or died."""
 
 
+class StepAbandoned(RuntimeError):
+    """In a child: the parent gave up the step whose exchange the child waits in (it failed or moved on)."""
+
+
 # A child's control words (int64, in shared memory). The parent writes a
 # step's inputs, then GO; the child writes its results, then DONE = GO. x86-64
 # keeps stores in program order, so whoever sees the flag sees what was
 # written before it (processes are used on x86-64 only; see available()).
-GO, DONE, N, TARGET_KIND, LOSS, TRAIN, FAILED = range(7)
-_CTRL_WORDS = 8
+# START, TOTAL, DRAW and SEED place the child's part in its batch (cnncli.engine.batch.Place).
+GO, DONE, N, TARGET_KIND, LOSS, TRAIN, FAILED, START, TOTAL, DRAW, SEED = range(11)
+_CTRL_WORDS = 16
 LABELS, SOFT = 0, 1
 
 #: The losses a child can run, by index (control word LOSS).
@@ -80,13 +90,16 @@ def available() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64") and os.name == "posix"
 
 
-def shared_layout(graph, dtype: np.dtype, capacity: int, children: int) -> dict[str, tuple[int, tuple[int, ...], str]]:
+def shared_layout(graph, dtype: np.dtype, capacity: int, children: int,
+                  tables: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, tuple[int, ...], str]]:
     """Offsets, shapes and dtypes of the shared arrays, computed alike by parent and children.
 
     ``param.<key>`` for every parameter; for child i: ``<i>.ctrl`` (control
     words), ``<i>.loss``, ``<i>.x``, ``<i>.labels`` and ``<i>.soft`` (class
     indices or target vectors), ``<i>.out`` and ``<i>.grad.<key>`` (trainable
-    parameters only).
+    parameters only); for each exchanged table (``tables``: key → one sample's
+    rows' shape, :func:`cnncli.engine.network.exchanges`) ``table.<key>``
+    with room for every part's samples, and ``arrived`` (tables × parts).
     """
     entries: dict[str, tuple[int, tuple[int, ...], str]] = {}
     offset = 0
@@ -109,6 +122,9 @@ def shared_layout(graph, dtype: np.dtype, capacity: int, children: int) -> dict[
         add(f"{i}.out", (capacity, *graph.output_shape))
         for key in trainable:
             add(f"{i}.grad.{key}", tuple(shapes[key]))
+    for key, shape in tables.items():
+        add(f"table.{key}", (capacity * (children + 1), *shape), np.float64)
+    add("arrived", (max(len(tables), 1), children + 1), np.int64)
     entries[""] = (offset, (), "")  # the total size
     return entries
 
@@ -163,18 +179,50 @@ def _stop(procs: list[subprocess.Popen], conns: list[Connection], fd: int | None
         os.close(fd)
 
 
-class ProcessGroup:
-    """``children`` child processes, each holding a replica of ``graph`` for parts of up to ``capacity`` samples."""
+class ProcessExchange:
+    """Part ``party``'s side of the exchange tables in shared memory, for step ``stamp``.
 
-    def __init__(self, graph, dtype, capacity: int, children: int):
+    :meth:`share` writes the part's rows into the table, then its word in
+    ``arrived`` (x86-64 stores: whoever sees the word sees the rows), and
+    spins until every part's word shows this step. ``alive()`` turning False
+    while waiting ends the wait with ``broken()``, an exception to raise.
+    """
+
+    def __init__(self, tables: dict[str, np.ndarray], arrived: np.ndarray, party: int, stamp: int, alive, broken):
+        self.tables = tables  # key -> table, in the order of arrived's rows (exchange_tables)
+        self.order = {key: i for i, key in enumerate(tables)}
+        self.arrived = arrived
+        self.party, self.stamp = party, stamp
+        self.alive, self.broken = alive, broken
+
+    def share(self, key: str, start: int, rows: np.ndarray, total: int) -> np.ndarray:
+        table = self.tables[key]
+        table[start:start + len(rows)] = rows
+        arrived = self.arrived[self.order[key]]
+        stamp = self.stamp
+        arrived[self.party] = stamp  # last: the others read the rows once they see this
+        if not wait(lambda: bool((arrived == stamp).all()), self.alive):
+            raise self.broken()
+        return table[:total]
+
+
+class ProcessGroup:
+    """``children`` child processes, each holding a replica of ``graph`` for parts of up to ``capacity`` samples.
+
+    ``tables``: the rows the parts exchange while training (see :func:`shared_layout`).
+    """
+
+    def __init__(self, graph, dtype, capacity: int, children: int, tables: Mapping[str, tuple[int, ...]]):
         self.dtype = np.dtype(dtype)
         self.capacity = capacity
         self.children = children
-        layout = shared_layout(graph, self.dtype, capacity, children)
+        self.step = 0
+        layout = shared_layout(graph, self.dtype, capacity, children, tables)
         self.fd = _shared_file(layout[""][0])
         self.arrays = map_shared(self.fd, layout)
         self.params = views(self.arrays, "param.")
         self.slots = [child_slot(self.arrays, i) for i in range(children)]
+        self.tables = views(self.arrays, "table.")
         self.procs: list[subprocess.Popen] = []
         self.conns: list[Connection] = []
         self._ready = [False] * children
@@ -223,15 +271,18 @@ class ProcessGroup:
         return WorkerLost(f"worker process {i + 1} died (status {self.procs[i].poll()})")
 
     def submit(self, params: Mapping[str, np.ndarray], parts: list[np.ndarray], targets: list[np.ndarray],
-               loss: str, train: bool) -> None:
-        """Start child i on ``parts[i]`` (at most ``capacity`` samples) with the current ``params``."""
+               loss: str, train: bool, places: list) -> ProcessExchange:
+        """Start child i on ``parts[i]`` (at most ``capacity`` samples, at ``places[i]`` of the batch) with the
+        current ``params``; the parent's side of this step's exchange."""
         for key, arr in params.items():
             np.copyto(self.params[key], arr)
         self._pending = []
-        for i, (x, target) in enumerate(zip(parts, targets)):
+        self.step += 1
+        for i, (x, target, place) in enumerate(zip(parts, targets, places)):
             n = len(x)
             slot = self.slots[i]
             ctrl = slot.ctrl
+            ctrl[START], ctrl[TOTAL], ctrl[DRAW], ctrl[SEED] = place.start, place.total, place.draw, place.seed
             np.copyto(slot.x[:n], x)
             if target.ndim == 1:
                 np.copyto(slot.labels[:n], target)
@@ -242,8 +293,25 @@ class ProcessGroup:
             ctrl[N] = n
             ctrl[LOSS] = LOSS_NAMES.index(loss)
             ctrl[TRAIN] = int(train)
-            ctrl[GO] += 1  # last: the child starts once it sees this
+            ctrl[GO] = self.step  # last: the child starts once it sees this
             self._pending.append(i)
+        return ProcessExchange(self.tables, self.arrays["arrived"], 0, self.step, self._children_alive, self._failure)
+
+    def _children_alive(self) -> bool:
+        """While the parent waits in an exchange: no child died or failed this step."""
+        return all(p.poll() is None for p in self.procs) and not any(
+            s.ctrl[FAILED] and s.ctrl[DONE] == self.step for s in self.slots)
+
+    def _failure(self) -> WorkerLost:
+        for i, slot in enumerate(self.slots):
+            if self.procs[i].poll() is not None:
+                return self._lost(i)
+            if slot.ctrl[FAILED] and slot.ctrl[DONE] == self.step:
+                try:
+                    self._message(i)
+                except WorkerLost as e:
+                    return e
+        return WorkerLost("a worker process stopped answering")
 
     def collect(self) -> list[tuple[float, np.ndarray, dict[str, np.ndarray]]]:
         """Wait for the submitted parts: (loss, outputs, gradients) of each, as views of shared memory."""

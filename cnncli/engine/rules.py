@@ -148,16 +148,6 @@ def part_count(n: int, cores: int) -> int:
     return max(1, min(cores, n // MIN_PART))
 
 
-#: Layers whose output for one sample depends on the others in the batch (batch
-#: statistics) or on a shared random generator: a network with them never splits.
-UNSPLITTABLE = ("batchnorm", "dropout")
-
-
-def splittable(kinds) -> bool:
-    """Whether a network made of these layer kinds may split a batch into parts."""
-    return not any(kind in UNSPLITTABLE for kind in kinds)
-
-
 #: A worker process (or the parent) spins on a control word this long before it
 #: sleeps between checks: longer than the parent's own work between two steps
 #: of a small network, short enough not to take much from another program that

@@ -138,6 +138,7 @@ def configure() -> None:
 
 
 _pool = None
+_pool_size = 0
 
 
 def _one_numba_thread() -> None:
@@ -146,20 +147,25 @@ def _one_numba_thread() -> None:
     numba.set_num_threads(1)
 
 
-def pool():
-    """The engine's worker threads, one per engine thread, started on first use.
+def pool(at_least: int = 1):
+    """The engine's worker threads, one per engine thread (or ``at_least``), started on first use.
 
     Each runs its Numba kernels on itself alone (one Numba thread): the work
-    handed to it is already one core's share.
+    handed to it is already one core's share. Parts of a batch that wait for
+    each other (batch norm's exchange) need a thread each at the same time:
+    they ask for ``at_least`` that many, and a pool too small is replaced.
     """
-    global _pool
-    if _pool is None:
+    global _pool, _pool_size
+    import numba
+
+    size = max(1, numba.config.NUMBA_NUM_THREADS, at_least)
+    if _pool is None or _pool_size < size:
         from concurrent.futures import ThreadPoolExecutor
 
-        import numba
-
-        _pool = ThreadPoolExecutor(max_workers=max(1, numba.config.NUMBA_NUM_THREADS),
-                                   thread_name_prefix="cnncli", initializer=_one_numba_thread)
+        if _pool is not None:
+            _pool.shutdown(wait=False)  # its threads end once their work is done
+        _pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="cnncli", initializer=_one_numba_thread)
+        _pool_size = size
     return _pool
 
 

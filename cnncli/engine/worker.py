@@ -17,16 +17,23 @@ from multiprocessing.connection import Connection
 import numpy as np
 
 from cnncli.engine import losses
-from cnncli.engine.network import Network
+from cnncli.engine.batch import Place
+from cnncli.engine.network import Network, exchanges
 from cnncli.engine.processes import (
     DONE,
+    DRAW,
     FAILED,
     GO,
     LOSS,
     LOSS_NAMES,
+    SEED,
+    START,
     TARGET_KIND,
+    TOTAL,
     TRAIN,
     N,
+    ProcessExchange,
+    StepAbandoned,
     child_slot,
     map_shared,
     shared_layout,
@@ -49,9 +56,10 @@ def serve() -> None:
         return
     try:
         dtype = np.dtype(dtype)
-        arrays = map_shared(fd, shared_layout(graph, dtype, capacity, children))
+        arrays = map_shared(fd, shared_layout(graph, dtype, capacity, children, exchanges(graph)))
         net = Network(graph, dtype, fast=True, params=views(arrays, "param."), workers=1)
         slot = child_slot(arrays, index)
+        tables, arrived = views(arrays, "table."), arrays["arrived"]
     except Exception as e:  # noqa: BLE001 (reported to the parent, which falls back to threads)
         conn.send(("error", f"{type(e).__name__}: {e}"))
         return
@@ -67,20 +75,30 @@ def serve() -> None:
         closed = closed or conn.poll(0)
         return closed
 
+    def abandoned() -> StepAbandoned:
+        return StepAbandoned()
+
     while True:
         if not wait(lambda last=step: ctrl[GO] != last, lambda: not parent_gone()):
             return
         step = int(ctrl[GO])
         n = int(ctrl[N])
+        # While waiting in an exchange: the parent must be alive and still on this step.
+        exchange = ProcessExchange(tables, arrived, index + 1, step,
+                                   lambda s=step: ctrl[GO] == s and not parent_gone(), abandoned)
+        place = Place(int(ctrl[START]), int(ctrl[TOTAL]), n, int(ctrl[DRAW]), int(ctrl[SEED]), first=False,
+                      exchange=exchange)
         try:
             loss = losses.get(LOSS_NAMES[int(ctrl[LOSS])])
             lv, result = net.loss_and_backward_part(slot.x[:n], targets[int(ctrl[TARGET_KIND])][:n], loss,
-                                                    bool(ctrl[TRAIN]))
+                                                    bool(ctrl[TRAIN]), place)
             slot.loss[0] = lv
             slot.out[:n] = result
             for key, g in slot.grads.items():
                 np.copyto(g, net.grads[key])
             ctrl[FAILED] = 0
+        except StepAbandoned:
+            continue  # the parent has moved on (or is gone): no results for this step
         except Exception as e:  # noqa: BLE001
             ctrl[FAILED] = 1
             try:
