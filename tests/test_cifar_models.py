@@ -83,5 +83,8 @@ def test_fast_network_gives_resnet20_the_same_loss_and_gradients():
     # What the fast network does differently here: its first conv computes no input gradient. Nothing is
     # fused (every conv feeds a batch norm) and a batch of 3 is not split (parts have at least MIN_PART samples).
     assert fast.input_grad is None and not fast.fused_head and fast._split(3) is None
+    # Every ReLU runs inside the batch norm or residual sum before it: 19 of them (9 blocks × 2 + the stem).
+    assert len(fast.folded) == sum(n.kind == "relu" for n in g.nodes) == 19
+    assert {g[s].kind for s in fast.folded.values()} == {"batchnorm", "add"}
     for key, grad in plain.grads.items():
         assert np.allclose(fast.grads[key], grad, rtol=1e-8, atol=1e-12), key

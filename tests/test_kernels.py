@@ -779,3 +779,29 @@ def test_batchnorm_kernels_equal_the_formulas(shape, dtype):
         np.testing.assert_allclose(dx, want * inv.astype(np.float64).reshape(bshape), **tol)
         np.testing.assert_allclose(dw, (dy64 * h64).sum(axis=axes), **tol)
         np.testing.assert_allclose(db, dy64.sum(axis=axes), **tol)
+
+
+# ---------------------------------------------------------------------------
+# ReLU kernels (cnncli.engine.elementwise) against numpy
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_kernels_equal_numpy_and_let_nan_through(dtype):
+    from cnncli.engine import elementwise
+
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((3, 5, 7, 11)).astype(dtype)  # not a multiple of the kernels' job size
+    b = rng.standard_normal(a.shape).astype(dtype)
+    a[0, 0, 0, :3] = [np.nan, 0.0, -0.0]
+    dy = rng.standard_normal(a.shape).astype(dtype)
+    y = elementwise.relu(a)
+    want = np.where(a > 0, a, 0).astype(dtype)
+    want[0, 0, 0, 0] = np.nan
+    np.testing.assert_array_equal(y, want)
+    s = elementwise.add_relu(a, b)
+    want_s = np.maximum(a + b, 0)  # numpy's maximum passes NaN on too
+    np.testing.assert_array_equal(s, want_s)
+    np.testing.assert_array_equal(elementwise.relu_grad(dy, y), np.where(y > 0, dy, 0))
+    big = rng.standard_normal(100_003).astype(dtype)  # several parallel jobs
+    np.testing.assert_array_equal(elementwise.relu(big), np.maximum(big, 0))

@@ -43,7 +43,7 @@ from numba import prange
 from cnncli.engine import rules
 from cnncli.engine import threads as engine_threads
 from cnncli.engine.arrays import Pair, array, out_hw, pair, scratch
-from cnncli.engine.jit import parallel_kernel
+from cnncli.engine.jit import kernel, parallel_kernel
 
 __all__ = ["conv2d_backward", "conv2d_forward", "nchw_fold", "nchw_pad", "nchw_unfold"]
 
@@ -64,26 +64,58 @@ __all__ = ["conv2d_backward", "conv2d_forward", "nchw_fold", "nchw_pad", "nchw_u
 # ---------------------------------------------------------------------------
 
 
+@kernel
+def _pad_plane(src, dst, ph, pw):
+    # One (H, W) plane into its zero-padded (Hp, Wp) buffer.
+    h_ = src.shape[0]
+    w_ = src.shape[1]
+    for r in range(ph):
+        dst[r, :] = 0.0
+    for r in range(h_):
+        row = dst[ph + r]
+        row[:pw] = 0.0
+        row[pw : pw + w_] = src[r]
+        row[pw + w_ :] = 0.0
+    for r in range(ph + h_, dst.shape[0]):
+        dst[r, :] = 0.0
+
+
 @parallel_kernel
 def nchw_pad(x, n0, xp, ph, pw):
     c_ = x.shape[1]
-    h_ = x.shape[2]
-    w_ = x.shape[3]
-    hp_ = xp.shape[2]
     for job in prange(xp.shape[0] * c_):
         n = job // c_
         c = job - n * c_
-        src = x[n0 + n, c]
-        dst = xp[n, c]
-        for r in range(ph):
-            dst[r, :] = 0.0
-        for r in range(h_):
-            row = dst[ph + r]
-            row[:pw] = 0.0
-            row[pw : pw + w_] = src[r]
-            row[pw + w_ :] = 0.0
-        for r in range(ph + h_, hp_):
-            dst[r, :] = 0.0
+        _pad_plane(x[n0 + n, c], xp[n, c], ph, pw)
+
+
+@kernel
+def _unfold_plane(plane, taps, kh_, kw_, sh, sw, dh, dw, oh_, ow_, pitch):
+    # One padded input plane → its KH*KW rows of a column matrix (taps: (KH*KW, Q)).
+    wp_ = plane.shape[1]
+    q_ = taps.shape[1]
+    flat = plane.reshape(-1)
+    flat_taps = sh == 1 and sw == 1 and pitch == wp_
+    for i in range(kh_):
+        for j in range(kw_):
+            dst = taps[i * kw_ + j]
+            if flat_taps:
+                off = i * dh * wp_ + j * dw
+                src = flat[off : off + q_]
+                for q in range(q_):
+                    dst[q] = src[q]
+            elif sw == 1:
+                for oh in range(oh_):
+                    src = plane[oh * sh + i * dh, j * dw : j * dw + ow_]
+                    out = dst[oh * pitch : oh * pitch + ow_]
+                    for ow in range(ow_):
+                        out[ow] = src[ow]
+            else:
+                for oh in range(oh_):
+                    src = plane[oh * sh + i * dh, j * dw :: sw]
+                    out = dst[oh * pitch : oh * pitch + ow_]
+                    for ow in range(ow_):
+                        out[ow] = src[ow]
 
 
 @parallel_kernel
@@ -91,34 +123,50 @@ def nchw_unfold(xp, cols, kh_, kw_, sh, sw, dh, dw, oh_, ow_, pitch):
     # cols is (C*KH*KW, n, Q): a row per weight tap (what one weight multiplies),
     # with the chunk's samples side by side so that one GEMM covers them all.
     c_ = xp.shape[1]
-    wp_ = xp.shape[3]
-    q_ = cols.shape[2]
-    flat_taps = sh == 1 and sw == 1 and pitch == wp_
+    kk = kh_ * kw_
     for job in prange(xp.shape[0] * c_):
         n = job // c_
         c = job - n * c_
-        plane = xp[n, c]
-        flat = plane.reshape(-1)
-        for i in range(kh_):
-            for j in range(kw_):
-                dst = cols[(c * kh_ + i) * kw_ + j, n]
-                if flat_taps:
-                    off = i * dh * wp_ + j * dw
-                    src = flat[off : off + q_]
-                    for q in range(q_):
-                        dst[q] = src[q]
-                elif sw == 1:
-                    for oh in range(oh_):
-                        src = plane[oh * sh + i * dh, j * dw : j * dw + ow_]
-                        out = dst[oh * pitch : oh * pitch + ow_]
-                        for ow in range(ow_):
-                            out[ow] = src[ow]
-                else:
-                    for oh in range(oh_):
-                        src = plane[oh * sh + i * dh, j * dw :: sw]
-                        out = dst[oh * pitch : oh * pitch + ow_]
-                        for ow in range(ow_):
-                            out[ow] = src[ow]
+        _unfold_plane(xp[n, c], cols[c * kk : (c + 1) * kk, n], kh_, kw_, sh, sw, dh, dw, oh_, ow_, pitch)
+
+
+@kernel
+def _fold_plane(taps, plane, kh_, kw_, sh, sw, dh, dw, oh_, ow_, pitch):
+    # The adjoint of _unfold_plane: a plane's KH*KW rows of column gradients
+    # added into the padded plane (zeroed first), taps in a fixed order.
+    wp_ = plane.shape[1]
+    q_ = taps.shape[1]
+    flat = plane.reshape(-1)
+    flat[:] = 0.0
+    flat_taps = sh == 1 and sw == 1 and pitch == wp_
+    for i in range(kh_):
+        for j in range(kw_):
+            src = taps[i * kw_ + j]
+            if flat_taps:
+                off = i * dh * wp_ + j * dw
+                dst = flat[off : off + q_]
+                for q in range(q_):
+                    dst[q] += src[q]
+            elif sw == 1:
+                for oh in range(oh_):
+                    dst = plane[oh * sh + i * dh, j * dw : j * dw + ow_]
+                    partial = src[oh * pitch : oh * pitch + ow_]
+                    for ow in range(ow_):
+                        dst[ow] += partial[ow]
+            else:
+                for oh in range(oh_):
+                    dst = plane[oh * sh + i * dh, j * dw :: sw]
+                    partial = src[oh * pitch : oh * pitch + ow_]
+                    for ow in range(ow_):
+                        dst[ow] += partial[ow]
+
+
+@kernel
+def _crop_plane(plane, out, ph, pw):
+    h_ = out.shape[0]
+    w_ = out.shape[1]
+    for r in range(h_):
+        out[r, :] = plane[ph + r, pw : pw + w_]
 
 
 @parallel_kernel
@@ -128,42 +176,15 @@ def nchw_fold(dcols, dxp, dx, n0, ph, pw, kh_, kw_, sh, sw, dh, dw, oh_, ow_, pi
     # and then crops the padding off into dx. dxp may be dx's own chunk (no
     # padding), in which case the crop is skipped.
     c_ = dxp.shape[1]
-    h_ = dx.shape[2]
-    w_ = dx.shape[3]
-    wp_ = dxp.shape[3]
-    q_ = dcols.shape[2]
-    flat_taps = sh == 1 and sw == 1 and pitch == wp_
+    kk = kh_ * kw_
     crop = ph > 0 or pw > 0
     for job in prange(dxp.shape[0] * c_):
         n = job // c_
         c = job - n * c_
         plane = dxp[n, c]
-        flat = plane.reshape(-1)
-        flat[:] = 0.0
-        for i in range(kh_):
-            for j in range(kw_):
-                src = dcols[(c * kh_ + i) * kw_ + j, n]
-                if flat_taps:
-                    off = i * dh * wp_ + j * dw
-                    dst = flat[off : off + q_]
-                    for q in range(q_):
-                        dst[q] += src[q]
-                elif sw == 1:
-                    for oh in range(oh_):
-                        dst = plane[oh * sh + i * dh, j * dw : j * dw + ow_]
-                        partial = src[oh * pitch : oh * pitch + ow_]
-                        for ow in range(ow_):
-                            dst[ow] += partial[ow]
-                else:
-                    for oh in range(oh_):
-                        dst = plane[oh * sh + i * dh, j * dw :: sw]
-                        partial = src[oh * pitch : oh * pitch + ow_]
-                        for ow in range(ow_):
-                            dst[ow] += partial[ow]
+        _fold_plane(dcols[c * kk : (c + 1) * kk, n], plane, kh_, kw_, sh, sw, dh, dw, oh_, ow_, pitch)
         if crop:
-            out = dx[n0 + n, c]
-            for r in range(h_):
-                out[r, :] = plane[ph + r, pw : pw + w_]
+            _crop_plane(plane, dx[n0 + n, c], ph, pw)
 
 
 @parallel_kernel

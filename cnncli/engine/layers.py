@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnncli.engine import conv, draws, norm, pool, threads
+from cnncli.engine import conv, draws, elementwise, norm, pool, threads
 from cnncli.engine.batch import Place
 from cnncli.engine.fast import fused, lanes
 from cnncli.model.graph import Node
@@ -34,6 +34,9 @@ class Layer:
     """
 
     kind = ""
+    #: Whether a ReLU that alone reads this layer's output may be folded into it (``relu = True``: the
+    #: layer then outputs max(y, 0) and takes the ReLU's output gradient); a fast network decides.
+    folds_relu = False
 
     def __init__(self, node: Node, params: dict[str, np.ndarray], buffers: dict[str, np.ndarray], index: int):
         self.node = node
@@ -44,6 +47,7 @@ class Layer:
         self.index = index
         self.trainable = node.trainable
         self.place: Place | None = None
+        self.relu = False
 
     @classmethod
     def exchanges(cls, node: Node) -> dict[str, tuple[int, ...]]:
@@ -312,16 +316,16 @@ class Flatten(Layer):
 
 @register
 class ReLU(Layer):
-    """max(0, x), elementwise; ∂/∂x is 1 where x > 0, else 0."""
+    """max(0, x), elementwise; ∂/∂x is 1 where x > 0, else 0 (:mod:`cnncli.engine.elementwise`)."""
 
     kind = "relu"
 
     def forward(self, xs, train):
-        self.mask = xs[0] > 0
-        return xs[0] * self.mask
+        self.y = elementwise.relu(xs[0])
+        return self.y
 
     def backward(self, dy):
-        return [dy * self.mask]
+        return [elementwise.relu_grad(dy, self.y)]
 
 
 @register
@@ -401,6 +405,7 @@ class BatchNorm(Layer):
     """
 
     kind = "batchnorm"
+    folds_relu = True
 
     @classmethod
     def exchanges(cls, node):
@@ -425,11 +430,12 @@ class BatchNorm(Layer):
         else:
             mean, var = self.buffers["running_mean"], self.buffers["running_var"]
         self.inv_std = (1.0 / np.sqrt(np.asarray(var, dtype=np.float64) + self.o["eps"])).astype(x.dtype)
-        y, self.xhat = norm.forward(x, mean, self.inv_std, self.params["weight"], self.params["bias"])
+        y, self.xhat = norm.forward(x, mean, self.inv_std, self.params["weight"], self.params["bias"], self.relu)
+        self.y = y if self.relu else None
         return y
 
     def backward(self, dy):
-        rows = norm.grad_rows(dy, self.xhat)
+        rows = norm.grad_rows(dy, self.xhat, self.y)
         own = norm.totals(rows)
         count = dy.shape[0] * norm.per_row(dy.shape)
         sums = own
@@ -439,7 +445,7 @@ class BatchNorm(Layer):
             w = self.place.weight
             sums = norm.totals(self.place.gather(f"{self.node.name}.backward", rows * w)) / w
             count = self.place.total * norm.per_row(dy.shape)
-        dx = norm.input_grad(dy, self.xhat, self.params["weight"], self.inv_std, sums, count, self.train)
+        dx = norm.input_grad(dy, self.xhat, self.params["weight"], self.inv_std, sums, count, self.train, self.y)
         if self.trainable:
             self.grads["weight"], self.grads["bias"] = own[:, 1].astype(dy.dtype), own[:, 0].astype(dy.dtype)
         return [dx]
@@ -535,18 +541,28 @@ class ShortcutPad(Layer):
 
 @register
 class Add(Layer):
-    """Elementwise sum of its inputs (a residual connection); each input gets dy."""
+    """Elementwise sum of its inputs (a residual connection); each input gets dy.
+
+    With a ReLU folded in (``relu``), max(sum, 0) in the same pass, and dy through it.
+    """
 
     kind = "add"
+    folds_relu = True
 
     def forward(self, xs, train):
         self.n = len(xs)
+        if self.relu and len(xs) == 2 and xs[0].shape == xs[1].shape and xs[0].dtype == xs[1].dtype:
+            self.y = elementwise.add_relu(xs[0], xs[1])
+            return self.y
         y = xs[0] + xs[1]
         for x in xs[2:]:
             y += x
-        return y
+        self.y = elementwise.relu(y) if self.relu else None
+        return y if self.y is None else self.y
 
     def backward(self, dy):
+        if self.relu:
+            dy = elementwise.relu_grad(dy, self.y)
         return [dy] * self.n
 
 

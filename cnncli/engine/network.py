@@ -76,6 +76,8 @@ class Network:
         self.fused_head: dict[str, FusedConv] = {}
         self.fused_tail: dict[str, FusedConv] = {}
         self.fused_inner: set[str] = set()
+        #: ReLU node -> the node it is folded into (that layer's ``relu``); its value is that node's.
+        self.folded: dict[str, str] = {}
         if fast:
             self._fuse()
             for node in graph.nodes:
@@ -119,6 +121,16 @@ class Network:
             self.fused_head[node.name] = chain
             self.fused_tail[chain.nodes[-1]] = chain
             self.fused_inner.update(chain.nodes)
+        # A ReLU that alone reads a batch norm or a residual sum runs in that layer's pass.
+        for node in self.graph.nodes:
+            if node.kind != "relu" or node.name in ends:
+                continue
+            (source,) = node.inputs
+            layer = self.layers.get(source)
+            if layer is not None and layer.folds_relu and source not in self.fused_inner \
+                    and only_reader(source) is node:
+                layer.relu = True
+                self.folded[node.name] = source
 
     # -- parameters --
     def trainable(self) -> dict[str, np.ndarray]:
@@ -216,7 +228,11 @@ class Network:
             layer.place = place
         values = {"input": self._check_input(x)}
         order = self.graph.nodes if train else self.infer_order
+        folded = self.folded
         for node in order:
+            if node.name in folded:
+                values[node.name] = values[folded[node.name]]
+                continue
             if node.name in self.fused_inner:
                 chain = self.fused_head.get(node.name)
                 if chain is not None:
@@ -298,6 +314,9 @@ class Network:
                 continue
             if keep_node_grads:
                 self.node_grads[node.name] = g
+            if node.name in self.folded:  # the layer it is folded into takes its output's gradient
+                grads[self.folded[node.name]] = g
+                continue
             if node.name in self.fused_inner:
                 chain = self.fused_tail.get(node.name)
                 if chain is None:

@@ -68,27 +68,35 @@ def _row_moments(x, rows):
 
 
 @exact_parallel_kernel
-def _grad_rows(dy, xhat, rows):
+def _grad_rows(dy, xhat, y, relu, rows):
     n_, c_, l_ = dy.shape
     whole = l_ - l_ % 4
+    zero = dy.dtype.type(0)
     for job in prange(n_ * c_):
         n = job // c_
         c = job - n * c_
-        g, h = dy[n, c], xhat[n, c]
+        g, h, out = dy[n, c], xhat[n, c], y[n, c]
         s0 = s1 = s2 = s3 = 0.0
         t0 = t1 = t2 = t3 = 0.0
         for i in range(0, whole, 4):
-            s0 += g[i]
-            s1 += g[i + 1]
-            s2 += g[i + 2]
-            s3 += g[i + 3]
-            t0 += np.float64(g[i]) * h[i]
-            t1 += np.float64(g[i + 1]) * h[i + 1]
-            t2 += np.float64(g[i + 2]) * h[i + 2]
-            t3 += np.float64(g[i + 3]) * h[i + 3]
+            g0, g1, g2, g3 = g[i], g[i + 1], g[i + 2], g[i + 3]
+            if relu:  # dy is the folded ReLU's: it passed where the output is > 0
+                g0 = g0 if out[i] > 0 else zero
+                g1 = g1 if out[i + 1] > 0 else zero
+                g2 = g2 if out[i + 2] > 0 else zero
+                g3 = g3 if out[i + 3] > 0 else zero
+            s0 += g0
+            s1 += g1
+            s2 += g2
+            s3 += g3
+            t0 += np.float64(g0) * h[i]
+            t1 += np.float64(g1) * h[i + 1]
+            t2 += np.float64(g2) * h[i + 2]
+            t3 += np.float64(g3) * h[i + 3]
         for i in range(whole, l_):
-            s0 += g[i]
-            t0 += np.float64(g[i]) * h[i]
+            g0 = g[i] if not relu or out[i] > 0 else zero
+            s0 += g0
+            t0 += np.float64(g0) * h[i]
         rows[n, c, 0] = (s0 + s1) + (s2 + s3)
         rows[n, c, 1] = (t0 + t1) + (t2 + t3)
 
@@ -122,36 +130,46 @@ def _totals(rows, out):
 
 
 @parallel_kernel
-def _normalise(x, mean, inv_std, w, b, xhat, y):
+def _normalise(x, mean, inv_std, w, b, relu, xhat, y):
     n_, c_, l_ = x.shape
     for job in prange(n_ * c_):
         n = job // c_
         c = job - n * c_
         m, k, wc, bc = mean[c], inv_std[c], w[c], b[c]
         src, h, out = x[n, c], xhat[n, c], y[n, c]
-        for i in range(l_):
-            v = (src[i] - m) * k
-            h[i] = v
-            out[i] = v * wc + bc
+        if relu:
+            for i in range(l_):
+                v = (src[i] - m) * k
+                h[i] = v
+                o = v * wc + bc
+                out[i] = 0 if o < 0 else o
+        else:
+            for i in range(l_):
+                v = (src[i] - m) * k
+                h[i] = v
+                out[i] = v * wc + bc
 
 
 @parallel_kernel
-def _input_grad(dy, xhat, w, inv_std, sum_dy, sum_dy_xhat, count, train, dx):
+def _input_grad(dy, xhat, y, relu, w, inv_std, sum_dy, sum_dy_xhat, count, train, dx):
     n_, c_, l_ = dy.shape
+    zero = dy.dtype.type(0)
     for job in prange(n_ * c_):
         n = job // c_
         c = job - n * c_
         scale = w[c] * inv_std[c]
-        g, h, out = dy[n, c], xhat[n, c], dx[n, c]
-        if train:
-            # dx = w·inv_std·(dy − mean(dy) − x̂·mean(dy·x̂)), the batch statistics' own gradient included
-            a = dy.dtype.type(sum_dy[c] / count)
-            bb = dy.dtype.type(sum_dy_xhat[c] / count)
+        g, h, out, passed = dy[n, c], xhat[n, c], dx[n, c], y[n, c]
+        # dx = w·inv_std·(dy − mean(dy) − x̂·mean(dy·x̂)) while training (the batch statistics' own gradient
+        # included), w·inv_std·dy with fixed statistics; dy through the folded ReLU if there is one
+        a = dy.dtype.type(sum_dy[c] / count) if train else zero
+        bb = dy.dtype.type(sum_dy_xhat[c] / count) if train else zero
+        if relu:
             for i in range(l_):
-                out[i] = (g[i] - a - h[i] * bb) * scale
+                gi = g[i] if passed[i] > 0 else zero
+                out[i] = (gi - a - h[i] * bb) * scale
         else:
             for i in range(l_):
-                out[i] = g[i] * scale
+                out[i] = (g[i] - a - h[i] * bb) * scale
 
 
 def _view(name: str, x: np.ndarray) -> np.ndarray:
@@ -197,28 +215,40 @@ def batch_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def forward(x: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, w: np.ndarray,
-            b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """x (N, C, ...); mean, inv_std, w, b (C,) → (y, x̂), both the shape of x: x̂ = (x − mean)·inv_std, y = x̂·w + b."""
+            b: np.ndarray, relu: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """x (N, C, ...); mean, inv_std, w, b (C,) → (y, x̂), both the shape of x: x̂ = (x − mean)·inv_std, y = x̂·w + b.
+
+    ``relu``: y = max(x̂·w + b, 0), the ReLU after the layer in the same pass.
+    """
     x3 = _view("x", x)
     dtype = x3.dtype
     xhat = np.empty_like(x3)
     y = np.empty_like(x3)
-    _normalise(x3, *(np.ascontiguousarray(a, dtype=dtype) for a in (mean, inv_std, w, b)), xhat, y)
+    _normalise(x3, *(np.ascontiguousarray(a, dtype=dtype) for a in (mean, inv_std, w, b)), bool(relu), xhat, y)
     return y.reshape(x.shape), xhat.reshape(x.shape)
 
 
-def _pair(dy: np.ndarray, xhat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _pair(dy: np.ndarray, xhat: np.ndarray, relu_out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     dy3, h3 = _view("dy", dy), _view("xhat", xhat)
     if dy3.shape != h3.shape or dy3.dtype != h3.dtype:
         raise ValueError(f"dy {dy.shape} {dy.dtype} and xhat {xhat.shape} {xhat.dtype} must agree")
-    return dy3, h3
+    if relu_out is None:
+        return dy3, h3, dy3  # not read
+    y3 = _view("relu_out", relu_out)
+    if y3.shape != dy3.shape or y3.dtype != dy3.dtype:
+        raise ValueError(f"relu_out {relu_out.shape} {relu_out.dtype} must agree with dy {dy.shape} {dy.dtype}")
+    return dy3, h3, y3
 
 
-def grad_rows(dy: np.ndarray, xhat: np.ndarray) -> np.ndarray:
-    """dy, x̂ (N, C, ...) → rows (N, C, 2) float64: each row's Σ dy and Σ dy·x̂."""
-    dy3, h3 = _pair(dy, xhat)
+def grad_rows(dy: np.ndarray, xhat: np.ndarray, relu_out: np.ndarray | None = None) -> np.ndarray:
+    """dy, x̂ (N, C, ...) → rows (N, C, 2) float64: each row's Σ dy and Σ dy·x̂.
+
+    ``relu_out``: the forward pass's output with the ReLU folded in; dy is
+    then the ReLU's and passes where that output is > 0.
+    """
+    dy3, h3, y3 = _pair(dy, xhat, relu_out)
     rows = np.empty((dy3.shape[0], dy3.shape[1], 2))
-    _grad_rows(dy3, h3, rows)
+    _grad_rows(dy3, h3, y3, relu_out is not None, rows)
     return rows
 
 
@@ -231,27 +261,29 @@ def totals(rows: np.ndarray) -> np.ndarray:
 
 
 def input_grad(dy: np.ndarray, xhat: np.ndarray, w: np.ndarray, inv_std: np.ndarray, sums: np.ndarray,
-               count: int, train: bool) -> np.ndarray:
+               count: int, train: bool, relu_out: np.ndarray | None = None) -> np.ndarray:
     """∂E/∂x (like dy) from dy, x̂ (N, C, ...) and ``sums`` (C, 2) = (Σ dy, Σ dy·x̂) over ``count`` values per channel.
 
     ``train``: the mean and variance were the batch's own (their gradient flows
     into dx, through ``sums``); else they were fixed (running statistics).
+    ``relu_out``: as for :func:`grad_rows`.
     """
-    dy3, h3 = _pair(dy, xhat)
+    dy3, h3, y3 = _pair(dy, xhat, relu_out)
     dx = np.empty_like(dy3)
     sums = np.ascontiguousarray(sums, dtype=np.float64)
-    _input_grad(dy3, h3, np.ascontiguousarray(w, dtype=np.float64), np.ascontiguousarray(inv_std, dtype=np.float64),
-                sums[:, 0].copy(), sums[:, 1].copy(), float(count), bool(train), dx)
+    _input_grad(dy3, h3, y3, relu_out is not None, np.ascontiguousarray(w, dtype=np.float64),
+                np.ascontiguousarray(inv_std, dtype=np.float64), sums[:, 0].copy(), sums[:, 1].copy(),
+                float(count), bool(train), dx)
     return dx.reshape(dy.shape)
 
 
-def backward(dy: np.ndarray, xhat: np.ndarray, w: np.ndarray, inv_std: np.ndarray,
-             train: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def backward(dy: np.ndarray, xhat: np.ndarray, w: np.ndarray, inv_std: np.ndarray, train: bool,
+             relu_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of :func:`forward` over a whole batch: dy, x̂ (N, C, ...) → (dx like dy, dw (C,), db (C,)).
 
     ``train``: the mean and variance were the batch's own (their gradient flows
-    into dx); else they were fixed (running statistics).
+    into dx); else they were fixed (running statistics). ``relu_out``: as for :func:`grad_rows`.
     """
-    sums = totals(grad_rows(dy, xhat))
-    dx = input_grad(dy, xhat, w, inv_std, sums, dy.shape[0] * per_row(dy.shape), train)
+    sums = totals(grad_rows(dy, xhat, relu_out))
+    dx = input_grad(dy, xhat, w, inv_std, sums, dy.shape[0] * per_row(dy.shape), train, relu_out)
     return dx, sums[:, 1].astype(dy.dtype), sums[:, 0].astype(dy.dtype)

@@ -66,7 +66,7 @@ BLAS_THREADS = 1
 _state: dict[str, object] = {"configured": False, "blas": None, "omp_wait_policy": None}
 
 
-def _loaded_openblas() -> list[str]:
+def loaded_openblas() -> list[str]:
     """Paths of the OpenBLAS libraries mapped into this process (numpy's among them)."""
     import numpy  # noqa: F401  (loads numpy's BLAS, so that it is mapped)
 
@@ -90,7 +90,7 @@ def _loaded_openblas() -> list[str]:
 
 def _blas_functions():
     """(set, get) of the loaded OpenBLAS, or None when numpy uses another BLAS."""
-    for path in _loaded_openblas():
+    for path in loaded_openblas():
         try:
             lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_GLOBAL)
         except OSError:

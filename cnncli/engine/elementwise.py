@@ -1,0 +1,77 @@
+"""ReLU and its gradient as one pass each, alone or after a residual sum.
+
+numpy's ReLU takes a pass for the mask, one for the product and one for the
+gradient's product, with a boolean mask kept in between; here the forward
+pass writes max(x, 0) and the backward pass reads the output itself (x > 0
+exactly where y > 0), so nothing else is kept. A residual connection's sum and
+the ReLU after it (ResNet's ``add`` → ``relu``) share the one pass.
+Every array is viewed flat; work is split into contiguous ranges. Compiled
+without fastmath (a compare and a select vectorise without it), so that NaN
+goes through a ReLU as it does in numpy and PyTorch instead of turning into 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from cnncli.engine.jit import exact_parallel_kernel
+
+__all__ = ["add_relu", "relu", "relu_grad"]
+
+_SPAN = 1 << 14  # values per parallel job: enough work to be worth a thread's wake-up
+
+
+@exact_parallel_kernel
+def _relu(x, y):
+    n = x.size
+    for job in prange((n + _SPAN - 1) // _SPAN):
+        for i in range(job * _SPAN, min(n, (job + 1) * _SPAN)):
+            v = x[i]
+            y[i] = 0 if v < 0 else v
+
+
+@exact_parallel_kernel
+def _add_relu(a, b, y):
+    n = a.size
+    for job in prange((n + _SPAN - 1) // _SPAN):
+        for i in range(job * _SPAN, min(n, (job + 1) * _SPAN)):
+            v = a[i] + b[i]
+            y[i] = 0 if v < 0 else v
+
+
+@exact_parallel_kernel
+def _relu_grad(dy, y, dx):
+    n = dy.size
+    for job in prange((n + _SPAN - 1) // _SPAN):
+        for i in range(job * _SPAN, min(n, (job + 1) * _SPAN)):
+            dx[i] = dy[i] if y[i] > 0 else 0
+
+
+def _flat(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x).reshape(-1)
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    """max(x, 0), a new array like x."""
+    y = np.empty(x.shape, dtype=x.dtype)
+    _relu(_flat(x), y.reshape(-1))
+    return y
+
+
+def add_relu(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """max(a + b, 0) for a and b of one shape and dtype, a new array."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        raise ValueError(f"a {a.shape} {a.dtype} and b {b.shape} {b.dtype} must agree")
+    y = np.empty(a.shape, dtype=a.dtype)
+    _add_relu(_flat(a), _flat(b), y.reshape(-1))
+    return y
+
+
+def relu_grad(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The gradient through a ReLU whose output was ``y``: dy where y > 0, else 0."""
+    if dy.shape != y.shape:
+        raise ValueError(f"dy {dy.shape} and y {y.shape} must have one shape")
+    dx = np.empty(dy.shape, dtype=dy.dtype)
+    _relu_grad(_flat(dy), _flat(y).astype(dy.dtype, copy=False), dx.reshape(-1))
+    return dx
