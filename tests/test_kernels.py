@@ -286,21 +286,32 @@ CONV_CASES = [pytest.param(conv_config(s), id=f"seed{s}") for s in range(30)] + 
 ]
 
 # "auto" lets the kernels pick; the others force one strategy where it applies
-# (direct loops and direct weight gradients exist for stride 1 only), and
-# "chunked" makes every sample its own chunk so that the running weight-gradient
-# sums are exercised.
-PATHS = ["auto", "direct", "gemm", "gemm+direct-dw", "chunked", "chunked+direct-dw"]
-FORWARD_PATHS = ["auto", "direct", "gemm", "chunked"]  # the forward pass has no weight gradient
+# (direct loops and direct weight gradients exist for stride 1 only). "gemm"
+# runs the GEMMs inside the kernel on groups of samples (all of a small test
+# batch in one group), "groups-of-one" makes every sample its own group;
+# "numpy" is the path without a BLAS callable from kernels (numpy's GEMMs on
+# chunks of the batch), and "chunked" makes every sample its own chunk there,
+# so that the running weight-gradient sums are exercised.
+PATHS = ["auto", "direct", "gemm", "gemm+direct-dw", "groups-of-one", "numpy", "chunked", "chunked+direct-dw"]
+FORWARD_PATHS = ["auto", "direct", "gemm", "groups-of-one", "numpy", "chunked"]  # the forward pass has no dw
 
 
 @pytest.fixture
 def path(request, monkeypatch):
+    from cnncli.engine import blas
+
     mode = request.param
     if mode != "auto":
         monkeypatch.setattr(rules, "depthwise", lambda taps, filters, unit: unit and mode == "direct")
         monkeypatch.setattr(rules, "direct_weights", lambda *a: mode.endswith("direct-dw"))
+    if mode == "groups-of-one":
+        monkeypatch.setattr(rules, "GROUP_COLS_BYTES", 1)
+    if mode.startswith(("numpy", "chunked")):
+        monkeypatch.setattr(blas, "FUNCTIONS", None)
     if mode.startswith("chunked"):
         monkeypatch.setattr(rules, "CONV_COLS_BUDGET_BYTES", 1)
+    if mode != "auto" and not mode.startswith(("numpy", "chunked")) and blas.FUNCTIONS is None:
+        pytest.skip("numpy's BLAS exports no CBLAS GEMM here")
     return mode
 
 
@@ -359,7 +370,7 @@ def test_conv2d_backward_skips_what_is_not_needed(cfg):
     np.testing.assert_array_equal(dw, full[1])
 
 
-@pytest.mark.parametrize("path", ["auto", "chunked"], indirect=True)
+@pytest.mark.parametrize("path", ["auto", "groups-of-one", "chunked"], indirect=True)
 @pytest.mark.parametrize("cfg", CONV_CASES)
 def test_conv2d_adjoint_identities(cfg, path):
     """y = A x + B w + b is bilinear, so <dy, y> = <dx, x> + <db, b> = <dw, w> + <db, b>,
@@ -389,7 +400,10 @@ def test_conv2d_adjoint_identities(cfg, path):
 )
 def test_conv2d_split_gemms_match_unsplit(cfg, dtype, monkeypatch):
     """GEMMs split across threads give the loop references' results, run after run."""
+    from cnncli.engine import blas
+
     x, w, b, dy = conv_arrays(cfg, dtype, seed=4)
+    monkeypatch.setattr(blas, "FUNCTIONS", None)  # the numpy path's slabs
     monkeypatch.setattr(rules, "direct_weights", lambda *a: False)
     monkeypatch.setattr(rules, "SLAB_MIN_MACS", 1)
     split = [conv.conv2d_forward(x, w, b, *geometry(cfg)), *conv.conv2d_backward(x, w, dy, *geometry(cfg))]
@@ -805,3 +819,70 @@ def test_relu_kernels_equal_numpy_and_let_nan_through(dtype):
     np.testing.assert_array_equal(elementwise.relu_grad(dy, y), np.where(y > 0, dy, 0))
     big = rng.standard_normal(100_003).astype(dtype)  # several parallel jobs
     np.testing.assert_array_equal(elementwise.relu(big), np.maximum(big, 0))
+
+
+# ---------------------------------------------------------------------------
+# GEMM called from inside a kernel (cnncli.engine.blas)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_from_a_kernel_equals_numpy_for_every_transpose_and_leading_dimension(dtype):
+    from numba import njit
+
+    from cnncli.engine import blas
+
+    if blas.FUNCTIONS is None:
+        pytest.skip("numpy's BLAS exports no CBLAS GEMM here")
+
+    @njit
+    def call(address, ilp64, ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc):
+        blas.gemm(address, ilp64, ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc)
+
+    rng = np.random.default_rng(6)
+    f = blas.FUNCTIONS
+    m, n, k = 5, 7, 9
+    for ta in (blas.NO_TRANS, blas.TRANS):
+        for tb in (blas.NO_TRANS, blas.TRANS):
+            # Matrices inside wider arrays, starting at an offset: leading dimensions larger than a row.
+            a_big = rng.standard_normal((12, 15)).astype(dtype)
+            b_big = rng.standard_normal((12, 15)).astype(dtype)
+            c_big = rng.standard_normal((9, 11)).astype(dtype)
+            a = a_big[2:, 3:]
+            b = b_big[1:, 2:]
+            opa = a[:m, :k] if ta == blas.NO_TRANS else a[:k, :m].T
+            opb = b[:k, :n] if tb == blas.NO_TRANS else b[:n, :k].T
+            for beta in (0.0, 1.0):
+                c = c_big.copy()
+                want = opa.astype(np.float64) @ opb + beta * c[1:1 + m, :n]
+                flat_a = a_big.reshape(-1)[2 * 15 + 3:]
+                flat_b = b_big.reshape(-1)[1 * 15 + 2:]
+                flat_c = c.reshape(-1)[1 * 11:]
+                call(f.of(np.dtype(dtype)), f.ilp64, ta, tb, m, n, k, flat_a, 15, flat_b, 15, beta, flat_c, 11)
+                np.testing.assert_allclose(c[1:1 + m, :n], want, **tolerances(dtype))
+                untouched = np.ones(c.shape, bool)
+                untouched[1:1 + m, :n] = False
+                assert np.array_equal(c[untouched], c_big[untouched])  # nothing written outside C
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_grouped_convolution_gives_the_same_bits_on_one_thread_or_two(dtype, monkeypatch):
+    import numba
+
+    from cnncli.engine import blas
+
+    if blas.FUNCTIONS is None or numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs a CBLAS GEMM and two engine threads")
+    monkeypatch.setattr(rules, "GROUP_COLS_BYTES", 1)  # a group per sample: eight groups to share out
+    cfg = named_conv((8, 6, 9, 9), 10, (3, 3), padding=(1, 1))
+    x, w, b, dy = conv_arrays(cfg, dtype, seed=8)
+    results = []
+    for threads in (1, 2):
+        numba.set_num_threads(threads)
+        try:
+            results.append([conv.conv2d_forward(x, w, b, *geometry(cfg)),
+                            *conv.conv2d_backward(x, w, dy, *geometry(cfg))])
+        finally:
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    for one, two in zip(*results):
+        assert one.tobytes() == two.tobytes()

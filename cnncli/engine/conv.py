@@ -37,12 +37,14 @@ from __future__ import annotations
 
 import operator
 
+import numba
 import numpy as np
-from numba import prange
+from numba import get_thread_id, prange
 
-from cnncli.engine import rules
+from cnncli.engine import blas, rules
 from cnncli.engine import threads as engine_threads
 from cnncli.engine.arrays import Pair, array, out_hw, pair, scratch
+from cnncli.engine.blas import NO_TRANS, TRANS, gemm
 from cnncli.engine.jit import kernel, parallel_kernel
 
 __all__ = ["conv2d_backward", "conv2d_forward", "nchw_fold", "nchw_pad", "nchw_unfold"]
@@ -342,6 +344,116 @@ def _grouped_direct_dx(dyt, w, dxp, dx, n0, ph, pw, dh, dw, groups):
 
 
 # ---------------------------------------------------------------------------
+# a few samples at a time, the GEMMs called from the kernel (cnncli.engine.blas)
+#
+# A group of samples whose columns (C*KH*KW, n*Q) fit in a core's cache
+# (rules.sample_group): the unfold writes them there and the GEMM reads them
+# back from there, where a chunk's columns went through main memory. Each
+# thread has its own buffers (index get_thread_id()). Each group's weight
+# gradient has its own slot, which the caller adds up in order: the same bits
+# on any number of threads.
+# ---------------------------------------------------------------------------
+
+
+@kernel
+def _columns(x, n, xp, cols, kh_, kw_, sh, sw, ph, pw, dh, dw, oh_, ow_, pitch):
+    # Sample n of x → its column matrix (C*KH*KW, Q), through the padded planes xp (C, Hp, Wp).
+    kk = kh_ * kw_
+    padded = ph > 0 or pw > 0
+    for c in range(x.shape[1]):
+        plane = x[n, c]
+        if padded:
+            _pad_plane(plane, xp[c], ph, pw)
+            plane = xp[c]
+        _unfold_plane(plane, cols[c * kk : (c + 1) * kk], kh_, kw_, sh, sw, dh, dw, oh_, ow_, pitch)
+
+
+@parallel_kernel
+def _forward_groups(address, ilp64, x, w2, bias, y, per, xp_buf, cols_buf, out_buf,
+                    kh_, kw_, sh, sw, ph, pw, dh, dw, pitch, q_, groups):
+    # cols_buf[t] (C*KH*KW, per*Q) and out_buf[t] (F, per*Q): sample j's columns at j*Q.
+    n_ = x.shape[0]
+    f_ = w2.shape[0]
+    taps = w2.shape[1]
+    fg = f_ // groups
+    oh_ = y.shape[2]
+    ow_ = y.shape[3]
+    ld = per * q_
+    has_bias = bias.shape[0] > 0
+    for gi in prange((n_ + per - 1) // per):
+        t = get_thread_id()
+        cols, out = cols_buf[t], out_buf[t]
+        n0 = gi * per
+        ns = min(per, n_ - n0)
+        for j in range(ns):
+            _columns(x, n0 + j, xp_buf[t], cols[:, j * q_ : (j + 1) * q_], kh_, kw_, sh, sw, ph, pw, dh, dw,
+                     oh_, ow_, pitch)
+        for g in range(groups):
+            gemm(address, ilp64, NO_TRANS, NO_TRANS, fg, ns * q_, taps, w2[g * fg :], taps,
+                 cols[g * taps :], ld, 0.0, out[g * fg :], ld)
+        for j in range(ns):
+            for f in range(f_):
+                src = out[f, j * q_ : (j + 1) * q_]
+                dst = y[n0 + j, f]
+                b = bias[f] if has_bias else bias.dtype.type(0)
+                for oh in range(oh_):
+                    row = dst[oh]
+                    partial = src[oh * pitch : oh * pitch + ow_]
+                    for ow in range(ow_):
+                        row[ow] = partial[ow] + b
+
+
+@parallel_kernel
+def _backward_groups(address, ilp64, x, w2, dy, dx, dw_groups, per, xp_buf, cols_buf, dy_buf,
+                     kh_, kw_, sh, sw, ph, pw, dh, dw, pitch, q_, groups, need_dx):
+    n_ = x.shape[0]
+    c_ = x.shape[1]
+    f_ = w2.shape[0]
+    taps = w2.shape[1]
+    fg = f_ // groups
+    oh_ = dy.shape[2]
+    ow_ = dy.shape[3]
+    kk = kh_ * kw_
+    ld = per * q_
+    padded = ph > 0 or pw > 0
+    for gi in prange(dw_groups.shape[0]):
+        t = get_thread_id()
+        cols, dyt, xp = cols_buf[t], dy_buf[t], xp_buf[t]
+        n0 = gi * per
+        ns = min(per, n_ - n0)
+        for j in range(ns):
+            _columns(x, n0 + j, xp, cols[:, j * q_ : (j + 1) * q_], kh_, kw_, sh, sw, ph, pw, dh, dw,
+                     oh_, ow_, pitch)
+            # dy of the sample as (F, Q), junk columns zeroed so that they add nothing
+            for f in range(f_):
+                src = dy[n0 + j, f]
+                dst = dyt[f, j * q_ : (j + 1) * q_]
+                for oh in range(oh_):
+                    row = src[oh]
+                    partial = dst[oh * pitch : min((oh + 1) * pitch, q_)]
+                    for ow in range(ow_):
+                        partial[ow] = row[ow]
+                    for q in range(ow_, partial.shape[0]):
+                        partial[q] = 0.0
+        part = dw_groups[gi]
+        for g in range(groups):  # this group's dwᵀ = cols · dyᵀ (OpenBLAS runs it faster than dy · colsᵀ)
+            gemm(address, ilp64, NO_TRANS, TRANS, taps, fg, ns * q_, cols[g * taps :], ld,
+                 dyt[g * fg :], ld, 0.0, part[g], fg)
+        if not need_dx:
+            continue
+        for g in range(groups):  # column gradients wᵀ · dy, into the spent columns
+            gemm(address, ilp64, TRANS, NO_TRANS, taps, ns * q_, fg, w2[g * fg :], taps,
+                 dyt[g * fg :], ld, 0.0, cols[g * taps :], ld)
+        for j in range(ns):
+            for c in range(c_):
+                plane = xp[c] if padded else dx[n0 + j, c]
+                _fold_plane(cols[c * kk : (c + 1) * kk, j * q_ : (j + 1) * q_], plane, kh_, kw_, sh, sw, dh, dw,
+                            oh_, ow_, pitch)
+                if padded:
+                    _crop_plane(plane, dx[n0 + j, c], ph, pw)
+
+
+# ---------------------------------------------------------------------------
 # the public functions
 # ---------------------------------------------------------------------------
 
@@ -399,6 +511,22 @@ class _Geometry:
         nchw_unfold(xp, cols, self.kh, self.kw, self.sh, self.sw, self.dh, self.dw, self.oh, self.ow, self.pitch)
         return cols
 
+    @property
+    def in_groups(self) -> bool:
+        """Whether this call runs a few samples at a time with in-kernel GEMMs (blas.FUNCTIONS found, no direct loops)."""
+        return blas.FUNCTIONS is not None and not self.direct
+
+    def group_buffers(self, per: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-thread buffers of the group kernels: padded planes, columns, outputs (or dy) of ``per`` samples."""
+        t = numba.get_num_threads()
+        dtype = self.x.dtype
+        return (scratch("group.xp", (t, self.c, self.hp, self.wp), dtype),
+                scratch("group.cols", (t, self.c * self.kh * self.kw, per * self.q), dtype),
+                scratch("group.out", (t, self.f, per * self.q), dtype))
+
+    def group_size(self) -> int:
+        return rules.sample_group(self.n, self.c * self.kh * self.kw * self.q * self.x.itemsize)
+
     def input_grad_buffer(self, dx: np.ndarray, n0: int, nc: int) -> np.ndarray:
         if self.ph == 0 and self.pw == 0:
             return dx[n0 : n0 + nc]
@@ -432,6 +560,12 @@ def conv2d_forward(
             raise ValueError(f"b must have shape ({geo.f},), got {bias.shape}")
     y = np.empty((geo.n, geo.f, geo.oh, geo.ow), dtype=dtype)
     g, fg = geo.groups, geo.f // geo.groups
+    if geo.in_groups:
+        f, per = blas.FUNCTIONS, geo.group_size()
+        _forward_groups(f.of(dtype), f.ilp64, geo.x, geo.w.reshape(geo.f, geo.taps), bias, y, per,
+                        *geo.group_buffers(per), geo.kh, geo.kw, geo.sh, geo.sw, geo.ph, geo.pw, geo.dh, geo.dw,
+                        geo.pitch, geo.q, g)
+        return y
     w3 = geo.w.reshape(g, fg, geo.taps)
     for n0 in range(0, geo.n, geo.step):
         nc = min(geo.step, geo.n - n0)
@@ -476,6 +610,15 @@ def conv2d_backward(
     dx = np.empty_like(geo.x) if need_dx else None
     dw_out = np.empty_like(geo.w)
     g, fg = geo.groups, geo.f // geo.groups
+    if geo.in_groups and not geo.direct_dw:
+        f, per = blas.FUNCTIONS, geo.group_size()
+        parts = np.empty((-(-geo.n // per), g, geo.taps, fg), dtype=dtype)  # dwᵀ per group of samples
+        _backward_groups(f.of(dtype), f.ilp64, geo.x, geo.w.reshape(geo.f, geo.taps), dy,
+                         dx if dx is not None else np.empty((0, 0, 0, 0), dtype), parts, per,
+                         *geo.group_buffers(per), geo.kh, geo.kw, geo.sh, geo.sw, geo.ph, geo.pw, geo.dh, geo.dw,
+                         geo.pitch, geo.q, g, need_dx)
+        dw_out.reshape(g, fg, geo.taps)[...] = parts.sum(axis=0).transpose(0, 2, 1)
+        return dx, dw_out, db
     w3t = geo.w.reshape(g, fg, geo.taps).transpose(0, 2, 1)
     dw3 = dw_out.reshape(g, fg, geo.taps)
     dw_t = None

@@ -137,6 +137,16 @@ def slab_count(macs: int, size: int, cores: int) -> int:
     return max(1, min(2 * cores, size // SLAB_MIN_SIZE, macs // SLAB_MIN_MACS))
 
 
+#: The general convolution with in-kernel GEMMs (conv._forward_groups) unfolds this many bytes of
+#: columns at a time: half of a core's 2 MB L2, the rest for the output and the GEMM's packing.
+GROUP_COLS_BYTES = 1 << 20
+
+
+def sample_group(n: int, per_sample_bytes: int) -> int:
+    """How many of ``n`` samples the in-kernel-GEMM convolution unfolds together (at least one)."""
+    return max(1, min(n, GROUP_COLS_BYTES // max(per_sample_bytes, 1)))
+
+
 # --- parts: slices of the batch run on separate cores -------------------------
 
 #: A batch is split across cores only into parts of at least this many samples.
