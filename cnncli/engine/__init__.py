@@ -11,6 +11,8 @@ network         :class:`~cnncli.engine.network.Network`: parameters, the
                 layers of a graph, forward, loss, backward, ``predict``
 parts           a batch split into parts, one per core (threads or
                 worker processes), gradients combined in part order
+batch           where a part sits in its batch: the rows batch norm's
+                parts exchange, the place dropout draws by
 processes       worker processes: shared memory, control words;
 worker          the worker process's own side (its replica's loop)
 layers          forward and backward of every layer kind, side by side,
@@ -18,7 +20,10 @@ layers          forward and backward of every layer kind, side by side,
 losses, optim   loss functions (value and gradient), SGD and Adam
 init            initial parameter values, a registry of named schemes
 conv, pool      the general NCHW convolution and pooling kernels
+blas            numpy's CBLAS GEMM, callable from inside a kernel
 norm            batch normalization's kernels (statistics, normalise, gradients)
+elementwise     ReLU (alone or after a residual sum) and its gradient
+draws           counter-based random numbers (dropout's masks)
 fast/           optional speed: fused conv → activation → tiled-pool
                 blocks, in NCHW (``fused``) and batch-innermost
                 (``lanes``), and what both share (``vector``)
@@ -53,21 +58,30 @@ each is tested equal to the plain path (and against finite differences).
     matrices for the backward pass (``rules.keep_cols``).
 
   Every other conv runs in ``conv``: direct loops for thin groups
-  (``rules.depthwise``), else unfold + GEMM in chunks of up to
-  ``CONV_COLS_BUDGET_BYTES`` of columns (the fused blocks' budget is smaller:
-  their layers are small and cache-bound), whole padded rows
-  when ``rules.flat_rows``, the weight gradient by direct dot products when
-  ``rules.direct_weights`` (flat rows only), and the weight-gradient GEMM
-  transposed when ``rules.dw_transposed``.
+  (``rules.depthwise``), else unfold + GEMM — in groups of a few samples
+  with the GEMMs called from the kernel (``blas``; ``rules.sample_group``:
+  columns up to ``GROUP_COLS_BYTES``, half a core's L2) where numpy's BLAS
+  exports a CBLAS GEMM, else in chunks of up to ``CONV_COLS_BUDGET_BYTES``
+  of columns with numpy's GEMMs between kernels. Whole padded rows when
+  ``rules.flat_rows``, the weight gradient by direct dot products when
+  ``rules.direct_weights`` (flat rows only); in chunks, the weight-gradient
+  GEMM transposed when ``rules.dw_transposed`` (in groups, always).
 * **maxpool**: ``pool.maxpool2d_*``. **avgpool**: ``pool.tile_avgpool_*``
   for square non-overlapping tiles (``pool.is_tile_pool``), else the window
   kernels ``pool.avgpool2d_*``. **adaptive_avgpool**: the window kernels
   (nothing to do when input and output sizes agree). **subsample**: the
   window kernels' sum times a learned coefficient.
-* **batchnorm**: the kernels of ``norm`` (one pass each for the statistics,
-  the normalisation and the two gradients, parallel over channels).
-* **dense**: ``threads.matmul`` (slab-split when big). Activations, softmax,
-  dropout, LRN, flatten, add and concat: numpy in :mod:`~cnncli.engine.layers`.
+* **batchnorm**: the kernels of ``norm`` (per-sample row sums, combined in
+  batch order; one pass each for the normalisation and the gradients). In a
+  part of a split training batch the rows of all parts are exchanged
+  (``batch``), so every part normalises with the whole batch's statistics.
+* **relu**: ``elementwise``; in a fast network a ReLU that alone reads a
+  batch norm or a residual ``add`` is folded into that layer's pass
+  (``Network.folded``).
+* **dropout**: masks from ``draws``, by (seed, layer, training pass, sample
+  index in the batch): the same whether or not the batch is split.
+* **dense**: ``threads.matmul`` (slab-split when big). Other activations,
+  softmax, LRN, flatten, add and concat: numpy in :mod:`~cnncli.engine.layers`.
 * **shortcut_pad** (ResNet's option-A shortcut): numpy slicing, in :mod:`~cnncli.engine.layers`.
 * The network's first conv computes no input gradient in a fast network.
 
@@ -76,18 +90,20 @@ Where it runs in parallel, and why
 
 Three levels, each used where the one above it is not:
 
-1. **Parts** (:mod:`~cnncli.engine.parts`): a fast network whose layers treat
-   every sample alone (``rules.splittable``: no batch norm, no dropout)
-   splits a batch into one part per core (``rules.part_count``, at least
-   ``MIN_PART`` samples each). Each part runs on a network of its own with
-   one Numba thread and one-thread BLAS, so the cores meet once per pass
-   instead of after every kernel, and the GEMMs run in parallel too.
+1. **Parts** (:mod:`~cnncli.engine.parts`): a fast network splits a batch
+   into one part per core (``rules.part_count``, at least ``MIN_PART``
+   samples each). Each part runs on a network of its own with one Numba
+   thread and one-thread BLAS, so the cores meet once per pass instead of
+   after every kernel (and, while training a network with batch norm, at
+   each batch norm, forward and backward, to exchange the parts' sums), and
+   the GEMMs run in parallel too.
    Inference runs parts on threads; training runs them in worker processes
    (:mod:`~cnncli.engine.processes`), where no part waits for another's GIL,
    with threads standing in while the workers boot or if one fails. Parts
    are combined in a fixed order: the same bits on threads or processes.
-2. **Slabs**: outside a part (a network that does not split, or a batch too
-   small to), a big GEMM is cut into slabs of its output that the calling
+2. **Slabs** and **groups**: outside a part (a batch too small to split), a
+   convolution's groups of samples are shared out over the threads, and a
+   big numpy GEMM is cut into slabs of its output that the calling
    thread and the pool's threads take in turn (``threads.matmul``,
    ``rules.slab_count``); OpenBLAS itself stays on one thread, because its own
    pool spins and collapses when another process holds a core.
@@ -108,14 +124,21 @@ block
 part
     a contiguous slice of a batch that one core runs (``parts``).
 replica
-    a network built on another's parameter arrays that runs one part, on a
-    thread or in a worker process.
+    a network built on another's parameter and buffer arrays that runs one
+    part, on a thread or in a worker process.
+place
+    where a part sits in its batch (first sample, batch size, training
+    pass); exchange: how the parts of a batch share per-sample rows.
 worker
     a child process that holds a replica; its *slot* is its region of the
     shared memory (control words, inputs, outputs, gradients).
 chunk
     a slice of a batch (or part) whose column matrix fits the cache budget,
-    inside one convolution call.
+    inside one convolution call (numpy GEMMs).
+group
+    a few samples whose columns fit in a core's L2, inside one convolution
+    kernel (in-kernel GEMMs); not to be confused with a convolution's
+    ``groups`` (channel groups, as in PyTorch).
 slab
     a slice of one GEMM's output computed by one thread.
 lanes

@@ -9,28 +9,36 @@ blocks of :mod:`cnncli.engine.fast` take the common stride-1 chains instead
 The public functions check their arguments (:mod:`cnncli.engine.arrays`) and
 hand arrays and scalars to private ``@njit`` kernels compiled through
 :mod:`cnncli.engine.jit`. Arrays keep their floating dtype (float32 or
-float64) end to end. Two strategies, picked per call from the shapes alone by
+float64) end to end. The strategies, picked per call from the shapes alone by
 :mod:`cnncli.engine.rules`:
 
-* unfold + BLAS (almost every layer): a kernel unfolds a *chunk* of the batch
-  (:func:`~cnncli.engine.rules.chunk_size`) into a column matrix
+* unfold + BLAS in groups (almost every layer, where numpy's BLAS exports a
+  CBLAS GEMM, :mod:`cnncli.engine.blas`): one kernel runs a few samples at a
+  time (:func:`~cnncli.engine.rules.sample_group`: their columns fit in half
+  of a core's L2), unfolding them into a column matrix ``(C*KH*KW, n*Q)``
+  and calling the GEMM itself, groups shared out over the threads. The
+  columns never leave the cache, and no Python runs between samples. The
+  weight gradient is computed as cols·dyᵀ (faster in OpenBLAS than dy·colsᵀ
+  for these shapes) per group, the groups added in order.
+* unfold + BLAS in chunks (no CBLAS GEMM found): a kernel unfolds a *chunk*
+  of the batch (:func:`~cnncli.engine.rules.chunk_size`) into
   ``(C*KH*KW, n, Q)`` and :func:`cnncli.engine.threads.matmul` does the
-  products, batched over groups. The chunk's samples sit side by side in the
-  GEMM's long dimension, so the weight gradient is one reduction over the
-  whole chunk and the input gradient is one product folded back by the
-  adjoint kernel. Numba's own ``np.dot`` needs SciPy, so GEMMs run in numpy,
-  outside the JIT, cut into *slabs* shared with the engine's worker threads.
-  Filters with few weights (:func:`~cnncli.engine.rules.direct_weights`) get
-  their weight gradient from direct dot products instead.
+  products in numpy, cut into *slabs* shared with the engine's worker
+  threads (Numba's own ``np.dot`` needs SciPy). Filters with few weights
+  (:func:`~cnncli.engine.rules.direct_weights`) get their weight gradient
+  from direct dot products instead, in both strategies.
 * direct loops, for stride-1 groups so thin (depthwise,
   :func:`~cnncli.engine.rules.depthwise`) that a GEMM would have a
   single-digit dimension.
 
-Parallel kernels split work by (sample, channel) plane or (sample, filter)
-pair, or by channel; each iteration writes only its own slice, per-sample
-partial sums are added in sample order, and GEMM slabs partition the output,
-so results are bit-identical run to run. Large temporaries live in per-thread
-scratch buffers (:func:`cnncli.engine.arrays.scratch`).
+The unfold, its adjoint (fold) and the padding are written once, per plane
+(``_pad_plane``, ``_unfold_plane``, ``_fold_plane``), and used by every
+strategy. Parallel kernels split work by group of samples, (sample, channel)
+plane or (sample, filter) pair, or by channel; each iteration writes only its
+own slice, partial sums are added in a fixed order, and GEMM slabs partition
+the output, so results are bit-identical run to run and on any number of
+threads. Large temporaries live in per-thread scratch buffers
+(:func:`cnncli.engine.arrays.scratch`).
 """
 
 from __future__ import annotations

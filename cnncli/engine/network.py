@@ -32,7 +32,9 @@ class Network:
     loss and the parameter gradients matter: chains conv → relu/tanh
     (→ tiled avgpool) run fused (:class:`~cnncli.engine.layers.FusedConv`), so the
     convolution's own output is not in ``values`` and the chain's inner nodes
-    get no ``node_grads``; and no gradient is computed for the input batch
+    get no ``node_grads``; a ReLU that alone reads a batch norm or a residual
+    sum runs inside that layer (``folded``; that layer's value is then the
+    ReLU's output); and no gradient is computed for the input batch
     (``input_grad`` stays None). The default keeps every value and gradient,
     as ``backprop-trace`` needs.
     """
