@@ -245,11 +245,30 @@ def predict(
     render.show(result, fmt.value, _console())
 
 
+def _warning_shower(original):
+    """Python's warning display, except the tool's own warnings (images left out, ...): one plain line each."""
+
+    if getattr(original, "cnncli", False):
+        return original
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not category.__module__.startswith("cnncli"):
+            return original(message, category, filename, lineno, file, line)
+        (file or sys.stderr).write(f"warning: {message}\n")
+
+    show.cnncli = True
+    return show
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning the tool's own errors into exit status 2."""
     global _DEBUG
+    import warnings
+
     args = sys.argv[1:] if argv is None else argv
     _DEBUG = "--debug" in args or os.environ.get("CNNCLI_DEBUG") == "1"
+    if not _DEBUG:
+        warnings.showwarning = _warning_shower(warnings.showwarning)
     try:
         app(args=args, prog_name="cnncli", standalone_mode=True)
     except CnnError as e:

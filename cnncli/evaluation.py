@@ -175,7 +175,7 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
     graph = build(model_spec, aux=False)
     if name == FOLDER and data_dir is None and config.get("data_dir"):
         data_dir = Path(config["data_dir"])  # the folder the checkpoint was trained on
-    info = open_source(name, data_dir, graph.input_shape)
+    info = open_source(name, data_dir, graph.input_shape, progress=progress)
     plan = inputs.plan(info.title, info.image_shape, graph.input_shape, model_spec.name)
     classes = len(info.classes)
     inputs.check_outputs(graph.output_shape, classes, info.title, model_spec.name)

@@ -425,7 +425,8 @@ class _Run:
         cfg = self.cfg
         model_spec = cfg.spec or spec.load(cfg.model)
         self.graph = build(model_spec, aux=True)
-        info = self.data_source = open_source(cfg.dataset, cfg.data_dir, self.graph.input_shape)
+        info = self.data_source = open_source(cfg.dataset, cfg.data_dir, self.graph.input_shape,
+                                              progress=self.reporter.download)
         self.inputs = inputs.plan(info.title, info.image_shape, self.graph.input_shape, cfg.name,
                                   inputs.Augmentation(cfg.crop_padding, cfg.flip))
         inputs.check_outputs(self.graph.output_shape, len(info.classes), info.title, cfg.name)

@@ -65,6 +65,9 @@ def test_train_eval_and_predict_on_an_image_folder(folder, tmp_path, capsys, mon
     assert code == 0, err
     assert "Training colours on image folder pictures" in out
     assert "test: 20% of each class" in out and "centre-cropped to 8×8" in out
+    # the first run decodes the folder into the cache, and says so (in files, not bytes)
+    shown = out + err
+    assert f"decoding the train images of {root} (36 files)" in shown and "decoded test images" in shown
     record = yaml.safe_load((run / "config.yaml").read_text())
     assert record["source"]["classes"] == ["blue", "green", "red"] and len(record["source"]["mean"]) == 3
     test = json.loads((run / "test.json").read_text())
@@ -72,6 +75,7 @@ def test_train_eval_and_predict_on_an_image_folder(folder, tmp_path, capsys, mon
 
     code, out, err = _cli(["eval", str(model), "--checkpoint", str(run / "last.npz"), "--format", "json"], capsys)
     assert code == 0, err
+    assert "decoding" not in out + err  # from the cache this time
     scored = json.loads(out)
     assert scored["accuracy"] == 1.0 and scored["n"] == 9
 
@@ -97,3 +101,14 @@ def test_an_image_folder_needs_its_folder(folder, tmp_path, capsys):
     code, _, err = _cli(["train", str(model), "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")],
                         capsys)
     assert code == 2 and "nowhere" in err
+
+
+def test_images_left_out_are_a_plain_warning_line(folder, tmp_path, capsys, monkeypatch):
+    root, model = folder
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (root / "red" / "broken.png").write_bytes(b"not a picture")
+    code, out, err = _cli(["train", str(model), "--data-dir", str(root), "--out", str(tmp_path / "run"),
+                           "--epochs", "1"], capsys)
+    assert code == 0, err
+    assert "warning: 1 of " in err and "broken.png" in err
+    assert "DataWarning" not in err and "warnings.warn" not in err  # not Python's own display

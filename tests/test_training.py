@@ -597,3 +597,15 @@ def test_digits_are_not_flipped_unless_asked(colour):
     assert training.configure(colour, {}).flip is False
     assert training.configure(colour, {"flip": True}).flip is True
     assert training.configure(colour, {"dataset": "fashion-mnist"}).flip is True
+
+
+def test_terminal_reporter_counts_a_folder_decode_in_files():
+    from cnncli.render.downloads import Downloads
+
+    buf = io.StringIO()
+    with Downloads(Console(file=buf, force_terminal=True, width=120)) as shown:
+        for done in (0, 700, 1500):
+            shown(DownloadEvent("start" if done == 0 else "done" if done == 1500 else "progress",
+                                "train images", "/pictures", done, 1500, unit="files"))
+    text = buf.getvalue()
+    assert "decoding train images" in text and "1,500/1,500 files" in text and "MB" not in text

@@ -46,7 +46,9 @@ class DownloadEvent:
       may follow (with a new ``"start"``), or :func:`load` raises ``DataError``.
 
     ``filename`` is the name being fetched (``train-images-idx3-ubyte.gz``,
-    ``cifar-10-binary.tar.gz``).
+    ``cifar-10-binary.tar.gz``). ``unit`` is ``"bytes"`` for a download; an
+    image folder being decoded into the cache reports the same way in
+    ``"files"`` (``filename``: which split, ``url``: the folder).
     """
 
     status: Literal["start", "progress", "done", "failed"]
@@ -55,6 +57,7 @@ class DownloadEvent:
     done: int
     total: int | None
     message: str = ""
+    unit: Literal["bytes", "files"] = "bytes"
 
 
 #: ``progress(event)``; called from the loading thread, between network reads.

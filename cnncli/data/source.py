@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from cnncli import data
-from cnncli.data import folder
+from cnncli.data import DownloadEvent, folder
 from cnncli.dataset_names import FOLDER
 from cnncli.errors import CheckpointError, UsageError
 
@@ -61,7 +61,8 @@ class Source:
             return self._splits[split]
         if self.root is None:
             return data.load(self.name, split, data_dir, progress=progress)
-        loaded = folder.load(folder.scan(self.root), split, self.image_shape, FOLDER_SPLIT_SEED)
+        loaded = folder.load(folder.scan(self.root), split, self.image_shape, FOLDER_SPLIT_SEED,
+                             progress=_decoding(progress, split, self.root))
         self._splits[split] = loaded
         return loaded
 
@@ -82,12 +83,24 @@ class Source:
             raise CheckpointError(f"the checkpoint's record of its dataset is incomplete ({e})") from None
 
 
+def _decoding(progress, split: str, root: Path):
+    """A folder decode's ``(done, total)`` reports as DownloadEvents in files for ``progress`` (None: none)."""
+    if progress is None:
+        return None
+
+    def report(done: int, total: int) -> None:
+        status = "done" if done >= total > 0 else "start" if done == 0 else "progress"
+        progress(DownloadEvent(status, f"{split} images", str(root), done, total, unit="files"))
+
+    return report
+
+
 def open_source(name: str, data_dir: Path | None = None, input_shape: tuple[int, ...] | None = None,
                 progress=None) -> Source:
     """The source ``name`` names; an image folder needs ``data_dir`` and the model's ``input_shape``.
 
     Opening an image folder decodes its training split (once: it is cached) to
-    compute its statistics.
+    compute its statistics; ``progress`` receives DownloadEvents meanwhile.
     """
     if name != FOLDER:
         info = data.get(name)
@@ -101,7 +114,8 @@ def open_source(name: str, data_dir: Path | None = None, input_shape: tuple[int,
         raise UsageError(f"an image folder trains models whose input is a grey or colour image (1×H×W or 3×H×W), "
                          f"not {'×'.join(map(str, shape)) or 'nothing'}")
     dataset = folder.scan(data_dir)
-    images, labels = folder.load(dataset, "train", shape, FOLDER_SPLIT_SEED)
+    images, labels = folder.load(dataset, "train", shape, FOLDER_SPLIT_SEED,
+                                 progress=_decoding(progress, "train", Path(data_dir)))
     mean, std = folder.pixel_stats(images)
     source = Source(FOLDER, dataset.title, tuple(dataset.classes), shape,  # type: ignore[arg-type]
                     tuple(mean), tuple(std), Path(data_dir).resolve(),

@@ -3,6 +3,7 @@
 :class:`Downloads` is the ``progress`` callback that :func:`cnncli.data.load`
 takes; ``train``, ``eval`` and ``backprop-trace --sample`` all pass one, so a
 first run on a new machine shows what it fetches, from where, and how fast.
+An image folder decoded into the cache is shown the same way, counted in files.
 """
 
 from __future__ import annotations
@@ -12,13 +13,31 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.text import Text
 
 from cnncli.data import DownloadEvent
+
+
+class _Amount(ProgressColumn):
+    """Bytes and speed for a download, files and files per second for a folder being decoded."""
+
+    def __init__(self):
+        super().__init__()
+        self.size, self.speed = DownloadColumn(), TransferSpeedColumn()
+
+    def render(self, task: Task) -> Text:
+        if task.fields.get("unit") == "files":
+            rate = f" {task.speed:,.0f} files/s" if task.speed else ""
+            total = "?" if task.total is None else f"{int(task.total):,}"
+            return Text(f"{int(task.completed):,}/{total} files{rate}", style="progress.download")
+        return Text.assemble(self.size.render(task), " ", self.speed.render(task))
 
 
 class Downloads:
@@ -32,25 +51,31 @@ class Downloads:
         self.tasks: dict[str, TaskID] = {}
 
     def __call__(self, event: DownloadEvent) -> None:
+        files = event.unit == "files"
         if not self.live:
-            if event.status == "start":
+            if event.status == "start" and files:
+                self.console.print(f"decoding the {event.filename} of {event.url} ({event.total:,} files) "
+                                   "into the cache", markup=False, soft_wrap=True)
+            elif event.status == "start":
                 size = f" ({event.total / 1e6:.1f} MB)" if event.total else ""
                 self.console.print(f"downloading {event.filename} from {event.url}{size}", markup=False,
                                    soft_wrap=True)
             elif event.status == "done":
-                self.console.print(f"downloaded {event.filename}", markup=False, soft_wrap=True)
+                self.console.print(f"{'decoded' if files else 'downloaded'} {event.filename}", markup=False,
+                                   soft_wrap=True)
             elif event.status == "failed":
                 self.console.print(f"{event.url} failed: {event.message}", markup=False, soft_wrap=True)
             return
         if self.progress is None:
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                                     TransferSpeedColumn(), TimeRemainingColumn(), console=self.console)
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), _Amount(),
+                                     TimeRemainingColumn(), console=self.console)
             self.progress.start()
         task = self.tasks.get(event.filename)
         if event.status == "start":
             if task is None:
                 task = self.tasks[event.filename] = self.progress.add_task(
-                    f"downloading {event.filename}", total=event.total)
+                    f"{'decoding' if files else 'downloading'} {event.filename}", total=event.total,
+                    unit=event.unit)
             else:
                 self.progress.reset(task, total=event.total)
         elif task is None:
