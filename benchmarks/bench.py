@@ -2,8 +2,10 @@
 
 Run from the repository root (MNIST under $CNNCLI_DATA or --data-dir)::
 
-    python benchmarks/bench.py                      # every workload, 3 runs each
+    python benchmarks/bench.py                      # the classic workloads, 3 runs each
     python benchmarks/bench.py train64 infer -r 5   # some workloads, 5 runs
+    python benchmarks/bench.py modern -r 1          # the modern CNNs (``all``: everything)
+    python benchmarks/bench.py resnet20 --smoke     # tiny shapes: checks the harness in seconds
     python benchmarks/bench.py --json out.json      # raw numbers too
 
 Workloads (see benchmarks/README.md for what each measures and the numbers):
@@ -35,14 +37,45 @@ Workloads (see benchmarks/README.md for what each measures and the numbers):
     ``cnncli --help`` and ``cnncli summarize vgg16``, and the time from
     launching ``cnncli train lenet5 --epochs 1`` until its first batch starts.
 
+Modern CNNs (the group ``modern``; synthetic data, no dataset needed). PyTorch
+runs the same network: :func:`torch_network` translates the cnncli graph node
+by node and copies cnncli's initial weights in (a test checks loss, gradients
+and inference output against cnncli's in float64).
+
+``resnet20``, ``resnet20-mnist``, ``resnet56``, ``vgg11bn``
+    Training of models/resnet20.yaml (3x32x32, or 1x28x28 for
+    ``resnet20-mnist``), resnet56.yaml and vgg11-bn.yaml at batch 128: SGD
+    momentum 0.9, weight decay 5e-4, constant rate 0.1, softmax
+    cross-entropy, float32, 4 fixed batches of standard-normal images and
+    uniform labels, cycled. cnncli: ``Network(fast=True)`` with its worker
+    processes spawned first, ``loss_and_backward`` + the SGD step; PyTorch:
+    ``zero_grad(set_to_none=True)``, forward, backward, ``step``. Both read
+    the loss back every step. Images/s in 5 windows after a warm-up of 3 steps
+    and 3 s (the worker processes have booted), over at least 8 s and 5 steps;
+    the median window counts.
+``resnet18``, ``googlenet``
+    Forward + backward (no optimizer step) of a batch of 8 3x224x224 images,
+    median of 3 after one warm-up, peak memory as for ``vgg``. GoogLeNet keeps
+    its two auxiliary heads on both sides, as ``cnncli train`` does: loss =
+    main + 0.3 x each auxiliary head's, dropout active.
+``infer-resnet20``
+    resnet20 inference (batch norm with running statistics) over 10,000
+    synthetic 3x32x32 images in batches of 1000: cnncli's ``predict``,
+    PyTorch's ``eval()`` under ``inference_mode``; median of 3 passes after one
+    batch as warm-up.
+
+Every modern workload also reports GFLOPS: the graph's multiply-accumulates per
+image (``cnncli summarize``: conv and dense layers) x 2 x 3 for training and
+forward + backward (x 2 for inference) x images/s.
+
 Every measurement runs in a fresh worker process (``--worker``), cnncli and
 PyTorch alternating, so neither inherits the other's threads, caches or
 memory. Torch is optional: without it only cnncli's numbers are shown.
 PyTorch runs twice per round: as installed, and with ``OMP_WAIT_POLICY=PASSIVE``
 (what cnncli sets for its own OpenMP threads), because its spinning OpenMP
 threads collapse (to a few hundred images/s) whenever another process holds a
-core; for training, also bare (above). The fastest configuration is the baseline. The ratio is cnncli's speed over
-that baseline (above 1: cnncli is faster) and, for memory, cnncli's peak over
+core; for LeNet-5 training, also bare (above). The fastest configuration is the
+baseline. The ratio is cnncli's speed over that baseline (above 1: cnncli is faster) and, for memory, cnncli's peak over
 PyTorch's. The machine is shared: the load average is printed with every
 result, and medians over runs are reported.
 """
@@ -53,6 +86,7 @@ import argparse
 import importlib.util
 import itertools
 import json
+import math
 import os
 import platform
 import shutil
@@ -62,10 +96,26 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = ("train64", "train256", "infer", "vgg", "startup")
-TORCH_WORKLOADS = ("train64", "train256", "infer", "vgg")
+CLASSIC_WORKLOADS = ("train64", "train256", "infer", "vgg", "startup")
+MODERN_WORKLOADS = ("resnet20", "resnet20-mnist", "resnet56", "vgg11bn", "resnet18", "googlenet", "infer-resnet20")
+WORKLOADS = CLASSIC_WORKLOADS + MODERN_WORKLOADS
+# Names on the command line that stand for several workloads; no workload names means "classic".
+GROUPS = {"classic": CLASSIC_WORKLOADS, "modern": MODERN_WORKLOADS, "all": WORKLOADS}
+TORCH_WORKLOADS = ("train64", "train256", "infer", "vgg") + MODERN_WORKLOADS
+# Workloads measured in seconds per pass (with peak memory), the others in images/s.
+PASS_WORKLOADS = ("vgg", "resnet18", "googlenet")
+LABELS = {
+    "train64": "LeNet-5 train, batch 64", "train256": "LeNet-5 train, batch 256",
+    "infer": "LeNet-5 inference, batch 1000", "vgg": "VGG-16 fwd+bwd, 1 image",
+    "resnet20": "ResNet-20 train, batch 128", "resnet20-mnist": "ResNet-20 train (1×28×28), batch 128",
+    "resnet56": "ResNet-56 train, batch 128", "vgg11bn": "VGG-11-BN train, batch 128",
+    "resnet18": "ResNet-18 fwd+bwd, batch 8", "googlenet": "GoogLeNet fwd+bwd (aux heads), batch 8",
+    "infer-resnet20": "ResNet-20 inference, batch 1000",
+}
+TARGETS = {"train64": "≥ 1.5x", "train256": "≥ 1.5x", "infer": "≥ 1.5x", "vgg": "≤ 1.5x time, ≤ 2x memory"}
 
 WARMUP_STEPS = 20
 # cnncli's worker processes boot in the background (about 0.3-1 s) while the
@@ -100,23 +150,40 @@ def _reset_peak() -> None:
         pass
 
 
-def _warm(times: list[float]) -> int:
-    """Index of the last warm-up step: at least WARMUP_STEPS steps and WARMUP_SECONDS."""
-    for i in range(WARMUP_STEPS - 1, len(times)):
-        if times[i] - times[0] >= WARMUP_SECONDS:
+class Pace(NamedTuple):
+    """When a training run's measurement starts and ends: a warm-up of at least ``warm_steps`` steps and
+    ``warm_seconds``, then at least ``measure_seconds`` and ``min_steps`` steps."""
+
+    warm_steps: int
+    warm_seconds: float
+    measure_seconds: float
+    min_steps: int = 1
+
+
+LENET_PACE = Pace(WARMUP_STEPS, WARMUP_SECONDS, MEASURE_SECONDS)
+# A modern CNN's step at batch 128 takes a fraction of a second to seconds: a warm-up of 3 steps and
+# 3 s (cnncli's worker processes are running by then), then at least 8 s and one step per window.
+MODERN_PACE = Pace(3, 3.0, 8.0, WINDOWS)
+
+
+def _warm(times: list[float], pace: Pace = LENET_PACE) -> int:
+    """Index of the last warm-up step: at least ``pace.warm_steps`` steps and ``pace.warm_seconds``."""
+    for i in range(pace.warm_steps - 1, len(times)):
+        if times[i] - times[0] >= pace.warm_seconds:
             return i
     return len(times)
 
 
-def _measured(times: list[float]) -> bool:
-    """Whether the run has its warm-up and MEASURE_SECONDS after it."""
-    w = _warm(times)
-    return w < len(times) and times[-1] - times[w] > MEASURE_SECONDS
+def _measured(times: list[float], pace: Pace = LENET_PACE) -> bool:
+    """Whether the run has its warm-up and the measurement after it."""
+    w = _warm(times, pace)
+    return (w < len(times) and len(times) - 1 - w >= pace.min_steps
+            and times[-1] - times[w] >= pace.measure_seconds)
 
 
-def _windows(times: list[float], images: list[int]) -> list[float]:
+def _windows(times: list[float], images: list[int], pace: Pace = LENET_PACE) -> list[float]:
     """Images/s in WINDOWS equal windows of the steps after warm-up (times[i] = end of step i)."""
-    w = _warm(times)
+    w = _warm(times, pace)
     t, n = times[w:], images[w:]
     steps = len(t) - 1
     per = max(1, steps // WINDOWS)
@@ -324,6 +391,417 @@ def torch_vgg() -> dict:
     return {"seconds": statistics.median(ts[1:]), "first": ts[0], "peak_mb": _vm("VmHWM"), "base_mb": base}
 
 
+# --------------------------------------------------------------------------- modern CNNs: shared
+
+
+class Modern(NamedTuple):
+    """A modern-CNN workload: a built-in model, its input (None: the file's), batch, and what runs.
+
+    ``mode``: ``train`` (steps of SGD, throughput in windows), ``pass`` (forward + backward, no
+    optimizer step, seconds per pass and peak memory) or ``infer`` (eval mode over INFER_IMAGES).
+    """
+
+    model: str
+    input: tuple[int, ...] | None
+    batch: int
+    mode: str
+
+
+MODERN = {
+    "resnet20": Modern("resnet20", None, 128, "train"),
+    "resnet20-mnist": Modern("resnet20", (1, 28, 28), 128, "train"),
+    "resnet56": Modern("resnet56", None, 128, "train"),
+    "vgg11bn": Modern("vgg11-bn", None, 128, "train"),
+    "resnet18": Modern("resnet18", None, 8, "pass"),
+    "googlenet": Modern("googlenet", None, 8, "pass"),
+    "infer-resnet20": Modern("resnet20", None, EVAL_BATCH, "infer"),
+}
+# Tiny shapes for `--smoke` (and the tests): the same code paths in seconds, numbers meaningless.
+# Training keeps 32 samples so that cnncli still splits the batch into two parts.
+SMOKE = {
+    "resnet20": Modern("resnet20", (3, 16, 16), 32, "train"),
+    "resnet20-mnist": Modern("resnet20", (1, 12, 12), 32, "train"),
+    "resnet56": Modern("resnet56", (3, 8, 8), 32, "train"),
+    "vgg11bn": Modern("vgg11-bn", None, 32, "train"),
+    "resnet18": Modern("resnet18", (3, 64, 64), 2, "pass"),
+    "googlenet": Modern("googlenet", (3, 64, 64), 2, "pass"),
+    "infer-resnet20": Modern("resnet20", (3, 16, 16), 32, "infer"),
+}
+TRAIN_LR = 0.1
+TRAIN_MOMENTUM = 0.9
+TRAIN_WEIGHT_DECAY = 5e-4
+FIXED_BATCHES = 4       # synthetic training batches, cycled
+INFER_IMAGES = 10_000
+PASSES = 3              # measured forward + backward or inference passes, after one warm-up
+
+
+def _smoke() -> bool:
+    return os.environ.get("BENCH_SMOKE") == "1"
+
+
+def _modern(name: str) -> Modern:
+    return (SMOKE if _smoke() else MODERN)[name]
+
+
+def _pace() -> Pace:
+    return Pace(1, 0.0, 0.0, 2) if _smoke() else MODERN_PACE
+
+
+def _graph(w: Modern, aux: bool = True):
+    """The workload's cnncli graph (no engine import: the PyTorch workers build it too).
+
+    Training and forward + backward keep the auxiliary heads, as ``cnncli train`` does; inference
+    leaves them out, as ``cnncli eval`` does.
+    """
+    from cnncli.model import spec
+    from cnncli.model.graph import build
+
+    return build(spec.load(w.model), w.input, aux=aux)
+
+
+def _flops_per_image(graph, mode: str) -> float:
+    """Floating-point operations per image: 2 per multiply-accumulate of the graph (conv and dense,
+    ``cnncli summarize``'s count), times 3 for forward + backward (the input and the weight gradient
+    each cost about a forward pass), times 1 for inference."""
+    return graph.macs * 2 * (1 if mode == "infer" else 3)
+
+
+def _synthetic(graph, batch: int, count: int, seed: int = 0):
+    """``count`` fixed batches of standard-normal images and uniform labels (float32, int64)."""
+    import numpy as np
+
+    rng = np.random.default_rng([seed, batch])
+    classes = graph.output_shape[0]
+    xs = [rng.standard_normal((batch, *graph.input_shape), dtype=np.float32) for _ in range(count)]
+    ys = [rng.integers(0, classes, batch).astype(np.int64) for _ in range(count)]
+    return xs, ys
+
+
+def _heads(graph, train: bool) -> list[tuple[str, float]]:
+    """The nodes cnncli's softmax cross-entropy reads, with their weights: the main output (and, while
+    training, the auxiliary ones), each the logits in front of a final softmax if it has one (as
+    ``cnncli.engine.losses.Loss.source``; mirrored here so that the PyTorch workers never import
+    the engine, whose import configures thread pools)."""
+    heads = {graph.output: 1.0, **(graph.aux_outputs if train else {})}
+    out: dict[str, float] = {}
+    for name, weight in heads.items():
+        node = graph[name]
+        source = node.inputs[0] if node.kind == "softmax" else name
+        out[source] = out.get(source, 0.0) + weight
+    return list(out.items())
+
+
+def _initial_params(graph, dtype: str = "float32", seed: int = 0) -> dict:
+    """The initial parameters ``Network(graph, dtype, seed)`` draws, without building the network.
+
+    The same calls in the same order as :class:`cnncli.engine.network.Network` (one generator
+    seeded with ``seed``, parameters in node order); a test holds the two equal.
+    """
+    import numpy as np
+
+    from cnncli.engine.init import initial_value  # numpy only: no Numba, no thread settings
+
+    rng = np.random.default_rng(seed)
+    return {f"{n.name}.{k}": initial_value(n, k, rng, np.dtype(dtype)) for n in graph.nodes for k in n.params}
+
+
+def _rate_result(graph, w: Modern, times: list[float], seen: list[int], losses: list[float]) -> dict:
+    rates = _windows(times, seen, _pace())
+    ips = statistics.median(rates)
+    flops = _flops_per_image(graph, w.mode)
+    return {"images_per_s": ips, "gflops": ips * flops / 1e9, "windows": rates, "steps": len(times),
+            "batch": w.batch, "macs_per_image": graph.macs, "loss_first": losses[0], "loss_last": losses[-1]}
+
+
+def _pass_result(graph, w: Modern, ts: list[float], base: float, loss: float) -> dict:
+    seconds = statistics.median(ts[1:])
+    return {"seconds": seconds, "first": ts[0], "gflops": w.batch * _flops_per_image(graph, w.mode) / seconds / 1e9,
+            "peak_mb": _vm("VmHWM"), "base_mb": base, "batch": w.batch, "macs_per_image": graph.macs, "loss": loss}
+
+
+def _infer_result(graph, n: int, ts: list[float]) -> dict:
+    seconds = statistics.median(ts)
+    ips = n / seconds
+    return {"images_per_s": ips, "gflops": ips * _flops_per_image(graph, "infer") / 1e9, "seconds": seconds,
+            "passes": ts, "macs_per_image": graph.macs}
+
+
+# --------------------------------------------------------------------------- modern CNNs: cnncli workers
+
+def cnncli_modern(name: str) -> dict:
+    import numpy as np
+
+    from cnncli.engine import losses, optim
+    from cnncli.engine.network import Network
+
+    w = _modern(name)
+    graph = _graph(w, aux=w.mode != "infer")
+    net = Network(graph, "float32", seed=0, fast=True)
+    loss = losses.get("cross_entropy")
+    try:
+        if w.mode == "train":
+            xs, ys = _synthetic(graph, w.batch, FIXED_BATCHES)
+            net.spawn_workers(w.batch)  # boots in the background; threads run the parts meanwhile
+            opt = optim.make("sgd", net.trainable(), TRAIN_LR, momentum=TRAIN_MOMENTUM,
+                             weight_decay=TRAIN_WEIGHT_DECAY)
+            pace = _pace()
+            times: list[float] = []
+            seen: list[int] = []
+            values: list[float] = []
+            for i in itertools.count():
+                value, _ = net.loss_and_backward(xs[i % FIXED_BATCHES], ys[i % FIXED_BATCHES], loss)
+                opt.step(net.grads)
+                times.append(time.perf_counter())
+                seen.append((i + 1) * w.batch)
+                values.append(float(value))
+                if _measured(times, pace):
+                    break
+            return _rate_result(graph, w, times, seen, values) | {"processes_failed": net.processes_failed}
+        if w.mode == "pass":
+            (x,), (y,) = _synthetic(graph, w.batch, 1)
+            base = _vm("VmRSS")
+            _reset_peak()
+            ts = []
+            for _ in range(1 + PASSES):
+                t = time.perf_counter()
+                value, _ = net.loss_and_backward(x, y, loss)
+                ts.append(time.perf_counter() - t)
+            return _pass_result(graph, w, ts, base, float(value))
+        n = 2 * w.batch if _smoke() else INFER_IMAGES
+        x = np.random.default_rng(1).standard_normal((n, *graph.input_shape), dtype=np.float32)
+        net.predict(x[:w.batch], w.batch)  # warm-up: one batch
+        ts = []
+        for _ in range(PASSES):
+            t = time.perf_counter()
+            net.predict(x, w.batch)
+            ts.append(time.perf_counter() - t)
+        return _infer_result(graph, n, ts)
+    finally:
+        net.close()
+
+
+# --------------------------------------------------------------------------- modern CNNs: PyTorch
+
+def torch_network(graph, params: dict | None = None, buffers: dict | None = None, dtype: str = "float32"):
+    """A ``torch.nn.Module`` that computes cnncli's ``graph``, node by node, with cnncli's parameters.
+
+    ``params``/``buffers``: arrays keyed like cnncli's (``<node>.weight``, ``<node>.running_mean``),
+    copied in (default: the initial values cnncli draws with seed 0; running statistics 0 and 1).
+    Dense weights are transposed: cnncli lays them out (in, out), ``nn.Linear`` (out, in).
+
+    ``module(x, names)`` returns the outputs of the nodes ``names`` (default: the main output) and runs
+    only the nodes they depend on. Each value is dropped after its last reader, and a ReLU whose input
+    nothing else reads (and whose input's backward does not need its own output) runs in place, as
+    torchvision's networks do, so that PyTorch's memory is what an idiomatic model of it would use.
+    """
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from cnncli.model.graph import ancestors
+
+    tdtype = getattr(torch, dtype)
+    params = _initial_params(graph, dtype) if params is None else params
+    buffers = buffers or {}
+    readers: dict[str, int] = {}
+    for node in graph.nodes:
+        for name in node.inputs:
+            readers[name] = readers.get(name, 0) + 1
+    ends = {graph.output, *graph.aux_outputs}
+
+    def holder(channels: int) -> nn.Module:
+        """A module holding per-channel ``weight`` and ``bias`` (LeNet-5 (1998) subsampling)."""
+        m = nn.Module()
+        m.weight = nn.Parameter(torch.empty(channels))
+        m.bias = nn.Parameter(torch.empty(channels))
+        return m
+
+    def make(node) -> tuple[nn.Module | None, object]:
+        """(the module holding the node's parameters or None, fn(list of inputs) -> output)."""
+        o, kind, shape_in = node.options, node.kind, node.in_shapes[0]
+        if kind == "conv":
+            m = nn.Conv2d(shape_in[0], o["filters"], o["kernel"], o["stride"], o["padding"], o["dilation"],
+                          o["groups"], bias=o["bias"])
+            if o["connections"] is None:
+                return m, lambda xs: m(xs[0])
+            m.register_buffer("mask", torch.tensor(o["connections"])[:, :, None, None])
+            return m, lambda xs: F.conv2d(xs[0], m.weight * m.mask, m.bias, m.stride, m.padding, m.dilation)
+        if kind == "dense":
+            m = nn.Linear(shape_in[0], o["units"], bias=o["bias"])
+            return m, lambda xs: m(xs[0])
+        if kind == "batchnorm":
+            bn = nn.BatchNorm2d if len(shape_in) == 3 else nn.BatchNorm1d
+            m = bn(shape_in[0], eps=o["eps"], momentum=o["momentum"])
+            return m, lambda xs: m(xs[0])
+        if kind == "subsample":
+            m = holder(shape_in[0])
+            k, s, p = o["kernel"], o["stride"] or o["kernel"], o["padding"]
+            area = k[0] * k[1]
+            return m, lambda xs: (F.avg_pool2d(xs[0], k, s, p, count_include_pad=True) * area
+                                  * m.weight[None, :, None, None] + m.bias[None, :, None, None])
+        if kind == "relu":
+            src = node.inputs[0]
+            inplace = (readers[src] == 1 and src != "input" and src not in ends
+                       and graph[src].kind in ("conv", "batchnorm", "add", "dense"))
+            return None, (lambda xs: F.relu_(xs[0])) if inplace else (lambda xs: F.relu(xs[0]))
+        simple = {
+            "leaky_relu": lambda xs: F.leaky_relu(xs[0], o["slope"]),
+            "sigmoid": lambda xs: torch.sigmoid(xs[0]),
+            "tanh": lambda xs: torch.tanh(xs[0]),
+            "softmax": lambda xs: torch.softmax(xs[0], 1),
+            "flatten": lambda xs: torch.flatten(xs[0], 1),
+            "global_avgpool": lambda xs: xs[0].mean((2, 3)),
+            "add": lambda xs: sum(xs[1:], xs[0]),
+            "concat": lambda xs: torch.cat(xs, 1),
+        }
+        if kind in simple:
+            return None, simple[kind]
+        if kind == "shortcut_pad":
+            # He et al.'s option A as cnncli's ShortcutPad: x[:, :, ::sh, ::sw], then zero channels after.
+            (sh, sw), extra = o["stride"], o["channels"] - shape_in[0]
+            return None, lambda xs: F.pad(xs[0][:, :, ::sh, ::sw], (0, 0, 0, 0, 0, extra))
+        if kind == "maxpool":
+            m = nn.MaxPool2d(o["kernel"], o["stride"] or o["kernel"], o["padding"], ceil_mode=o["ceil_mode"])
+        elif kind == "avgpool":
+            m = nn.AvgPool2d(o["kernel"], o["stride"] or o["kernel"], o["padding"], ceil_mode=o["ceil_mode"],
+                             count_include_pad=o["count_include_pad"])
+        elif kind == "adaptive_avgpool":
+            m = nn.AdaptiveAvgPool2d(o["output"])
+        elif kind == "dropout":
+            m = nn.Dropout(o["rate"])
+        elif kind == "lrn":
+            m = nn.LocalResponseNorm(o["size"], o["alpha"], o["beta"], o["k"])
+        else:
+            raise NotImplementedError(f"no PyTorch translation for layer kind {kind!r}")
+        return m, lambda xs: m(xs[0])
+
+    class GraphModule(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.graph = graph
+            self.holders = nn.ModuleDict()  # keys: node index (node names hold dots)
+            self.ops = []
+            for i, node in enumerate(graph.nodes):
+                m, fn = make(node)
+                if m is not None:
+                    self.holders[str(i)] = m
+                self.ops.append((node.name, node.inputs, fn))
+            self._plans: dict[tuple[str, ...], list] = {}
+
+        def plan(self, names: tuple[str, ...]) -> list:
+            if names not in self._plans:
+                keep = ancestors({n.name: n.inputs for n in graph.nodes}, list(names))
+                ops = [op for op in self.ops if op[0] in keep]
+                last: dict[str, int] = {}
+                for i, (_, inputs, _) in enumerate(ops):
+                    for name in inputs:
+                        last[name] = i
+                self._plans[names] = [(name, inputs, fn, [v for v in set(inputs) if last[v] == i
+                                                            and v not in names])
+                                      for i, (name, inputs, fn) in enumerate(ops)]
+            return self._plans[names]
+
+        def forward(self, x, names=None):
+            names = tuple(names or (graph.output,))
+            values = {"input": x}
+            for name, inputs, fn, drop in self.plan(names):
+                values[name] = fn([values[i] for i in inputs])
+                for v in drop:
+                    del values[v]
+            return [values[n] for n in names]
+
+    module = GraphModule().to(tdtype)
+    with torch.no_grad():
+        for i, node in enumerate(graph.nodes):
+            m = module.holders[str(i)] if str(i) in module.holders else None
+            for suffix in node.params:
+                value = np.asarray(params[f"{node.name}.{suffix}"])
+                if node.kind == "dense" and suffix == "weight":
+                    value = value.T
+                getattr(m, suffix).copy_(torch.from_numpy(np.ascontiguousarray(value)))
+                getattr(m, suffix).requires_grad_(node.trainable)
+            for suffix in node.buffers:
+                key = f"{node.name}.{suffix}"
+                if key in buffers:
+                    getattr(m, suffix).copy_(torch.from_numpy(np.asarray(buffers[key])))
+    return module
+
+
+def torch_loss(module, x, y, train: bool = True):
+    """Softmax cross-entropy as cnncli's loss_and_backward computes it: the main output's, plus each
+    auxiliary output's times its weight while training."""
+    import torch.nn.functional as F
+
+    heads = _heads(module.graph, train)
+    outs = module(x, [name for name, _ in heads])
+    terms = [F.cross_entropy(out, y) * weight if weight != 1.0 else F.cross_entropy(out, y)
+             for out, (_, weight) in zip(outs, heads)]
+    return sum(terms[1:], terms[0])
+
+
+def torch_modern(name: str) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    w = _modern(name)
+    graph = _graph(w, aux=w.mode != "infer")
+    net = torch_network(graph)
+    if w.mode == "train":
+        xs, ys = _synthetic(graph, w.batch, FIXED_BATCHES)
+        xs, ys = [torch.from_numpy(x) for x in xs], [torch.from_numpy(y) for y in ys]
+        opt = torch.optim.SGD(net.parameters(), lr=TRAIN_LR, momentum=TRAIN_MOMENTUM,
+                              weight_decay=TRAIN_WEIGHT_DECAY)
+        pace = _pace()
+        times: list[float] = []
+        seen: list[int] = []
+        values: list[float] = []
+        net.train()
+        for i in itertools.count():
+            opt.zero_grad(set_to_none=True)
+            loss = torch_loss(net, xs[i % FIXED_BATCHES], ys[i % FIXED_BATCHES])
+            loss.backward()
+            opt.step()
+            values.append(loss.item())  # what cnncli's step returns: the loss as a Python number
+            times.append(time.perf_counter())
+            seen.append((i + 1) * w.batch)
+            if _measured(times, pace):
+                break
+        return _rate_result(graph, w, times, seen, values)
+    if w.mode == "pass":
+        (x,), (y,) = _synthetic(graph, w.batch, 1)
+        x, y = torch.from_numpy(x), torch.from_numpy(y)
+        net.train()
+        base = _vm("VmRSS")
+        _reset_peak()
+        ts = []
+        for _ in range(1 + PASSES):
+            t = time.perf_counter()
+            net.zero_grad(set_to_none=True)
+            loss = torch_loss(net, x, y)
+            loss.backward()
+            value = loss.item()
+            ts.append(time.perf_counter() - t)
+        return _pass_result(graph, w, ts, base, value)
+    import numpy as np
+
+    n = 2 * w.batch if _smoke() else INFER_IMAGES
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((n, *graph.input_shape), dtype=np.float32))
+    net.eval()
+
+    def run(images):
+        with torch.inference_mode():
+            return torch.cat([net(images[i:i + w.batch])[0] for i in range(0, len(images), w.batch)])
+
+    run(x[:w.batch])
+    ts = []
+    for _ in range(PASSES):
+        t = time.perf_counter()
+        run(x)
+        ts.append(time.perf_counter() - t)
+    return _infer_result(graph, n, ts)
+
+
 # --------------------------------------------------------------------------- start-up (cnncli only)
 
 _FIRST_BATCH = r"""
@@ -388,6 +866,8 @@ WORKERS = {
     ("torch-bare", "train256"): lambda: torch_train(256, readback=False),
     ("torch", "infer"): torch_infer,
     ("torch", "vgg"): torch_vgg,
+    **{("cnncli", w): (lambda w=w: cnncli_modern(w)) for w in MODERN_WORKLOADS},
+    **{("torch", w): (lambda w=w: torch_modern(w)) for w in MODERN_WORKLOADS},
 }
 
 
@@ -429,15 +909,29 @@ def _fmt_rate(v):
     return "—" if v is None else f"{v:,.0f}"
 
 
+def _fmt_gflops(r: dict) -> str:
+    return f", {r['gflops']:.1f} GFLOPS" if "gflops" in r else ""
+
+
+def _detail(r: dict, pass_workload: bool) -> str:
+    """One result (a run's, or the medians) as the table shows it."""
+    if pass_workload:
+        return f"{r['seconds']:.3f} s, {r['peak_mb']:,.0f} MB{_fmt_gflops(r)}"
+    return f"{_fmt_rate(r['images_per_s'])} img/s{_fmt_gflops(r)}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("workloads", nargs="*", default=list(WORKLOADS), help=", ".join(WORKLOADS))
+    ap.add_argument("workloads", nargs="*", default=["classic"],
+                    help=f"{', '.join(WORKLOADS)}; or the groups {', '.join(GROUPS)} (default: classic)")
     ap.add_argument("-r", "--runs", type=int, default=3, help="worker processes per framework and workload")
     ap.add_argument("--no-torch", action="store_true", help="measure cnncli only")
     ap.add_argument("--data-dir", help="folder with mnist/ (default: $CNNCLI_DATA)")
     ap.add_argument("--clean-openblas-env", action="store_true",
                     help=f"unset {' and '.join(OPENBLAS_OVERRIDES)} for the measured processes")
     ap.add_argument("--json", help="also write the raw results here")
+    ap.add_argument("--smoke", action="store_true",
+                    help="modern CNNs at tiny shapes and a few steps: checks the harness, numbers meaningless")
     ap.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "WORKLOAD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -446,9 +940,12 @@ def main() -> int:
         return 0
 
     for w in args.workloads:
-        if w not in WORKLOADS:
-            ap.error(f"unknown workload {w!r}; choose from {', '.join(WORKLOADS)}")
+        if w not in WORKLOADS and w not in GROUPS:
+            ap.error(f"unknown workload {w!r}; choose from {', '.join(WORKLOADS)} or {', '.join(GROUPS)}")
+    workloads = list(dict.fromkeys(x for w in args.workloads for x in GROUPS.get(w, (w,))))
     env = dict(os.environ)
+    if args.smoke:
+        env["BENCH_SMOKE"] = "1"
     if args.data_dir:
         env["BENCH_DATA_DIR"] = args.data_dir
     if args.clean_openblas_env:
@@ -463,9 +960,9 @@ def main() -> int:
         print(f"OpenBLAS overrides in the environment: {info['openblas_env']}"
               + (" (unset for the workers)" if args.clean_openblas_env else ""))
 
-    results: dict = {"machine": info, "runs": {}}
+    results: dict = {"machine": info, "smoke": args.smoke, "runs": {}, "medians": {}}
     rows = []
-    for w in args.workloads:
+    for w in workloads:
         if w == "startup":
             s = startup(max(args.runs, 5), env)
             results["runs"]["startup"] = s
@@ -479,39 +976,36 @@ def main() -> int:
         if have_torch and w.startswith("train"):
             fws.append("torch-bare")
         got: dict[str, list[dict]] = {f: [] for f in fws}
+        per_pass = w in PASS_WORKLOADS
         for _ in range(args.runs):
             for f in fws:
                 r = run_worker(f, w, env)
                 got[f].append(r)
-                detail = (f"{r['images_per_s']:,.0f} img/s" if "images_per_s" in r
-                          else f"{r['seconds']:.3f} s, peak {r['peak_mb']:,.0f} MB")
-                print(f"  {w:9s} {f:13s} {detail}   (load {r['load']:.2f})", flush=True)
+                note = f"   worker processes failed: {r['processes_failed']}" if r.get("processes_failed") else ""
+                if not math.isfinite(r.get("loss_last", 0.0)):
+                    note += "   the loss is no longer finite"
+                print(f"  {w:14s} {f:13s} {_detail(r, per_pass)}   (load {r['load']:.2f}){note}", flush=True)
         results["runs"][w] = got
         med = {f: {k: statistics.median(r[k] for r in rs) for k in rs[0] if isinstance(rs[0][k], (int, float))}
                for f, rs in got.items()}
         # The baseline: whichever PyTorch configuration was faster.
         torch_fws = [f for f in fws if f != "cnncli"]
         if torch_fws:
-            metric = "seconds" if w == "vgg" else "images_per_s"
-            sign = -1 if w == "vgg" else 1
+            metric = "seconds" if per_pass else "images_per_s"
+            sign = -1 if per_pass else 1
             best = max(torch_fws, key=lambda f, m=med: sign * m[f][metric])
             med["torch"] = med[best]
             results.setdefault("baseline", {})[w] = best
-        if w == "vgg":
-            c = med["cnncli"]
-            t = med.get("torch")
+        results["medians"][w] = med
+        c = med["cnncli"]
+        t = med.get("torch")
+        if per_pass:
             ratio = f"{c['seconds'] / t['seconds']:.2f}x time, {c['peak_mb'] / t['peak_mb']:.2f}x memory" if t else ""
-            rows.append(("VGG-16 fwd+bwd, 1 image",
-                         f"{c['seconds']:.3f} s, {c['peak_mb']:,.0f} MB",
-                         f"{t['seconds']:.3f} s, {t['peak_mb']:,.0f} MB" if t else "—", ratio,
-                         "≤ 1.5x time, ≤ 2x memory"))
         else:
-            c = med["cnncli"]["images_per_s"]
-            t = med["torch"]["images_per_s"] if "torch" in med else None
-            name = {"train64": "LeNet-5 train, batch 64", "train256": "LeNet-5 train, batch 256",
-                    "infer": "LeNet-5 inference, batch 1000"}[w]
-            rows.append((name, f"{_fmt_rate(c)} img/s", f"{_fmt_rate(t)} img/s" if t else "—",
-                         f"{c / t:.2f}x" if t else "", "≥ 1.5x"))
+            ratio = f"{c['images_per_s'] / t['images_per_s']:.2f}x" if t else ""
+        label = LABELS[w] + (" [smoke: tiny shapes]" if args.smoke and w in MODERN_WORKLOADS else "")
+        rows.append((label, _detail(c, per_pass), _detail(t, per_pass) if t else "—", ratio,
+                     TARGETS.get(w, "")))
     print()
     print("| workload | cnncli | PyTorch | ratio | target |")
     print("| --- | ---: | ---: | ---: | --- |")
