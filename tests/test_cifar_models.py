@@ -88,3 +88,18 @@ def test_fast_network_gives_resnet20_the_same_loss_and_gradients():
     assert {g[s].kind for s in fast.folded.values()} == {"batchnorm", "add"}
     for key, grad in plain.grads.items():
         assert np.allclose(fast.grads[key], grad, rtol=1e-8, atol=1e-12), key
+
+
+def test_an_inference_pass_keeps_only_what_it_returns():
+    g = graph.build(spec.load("resnet20"))
+    plain = Network(g, "float64", seed=4)
+    fast = Network(g, "float64", seed=4, fast=True, workers=1)
+    x = np.concatenate([_batch(3)[0], _batch(4)[0][:1]])  # three samples, predicted in batches of two
+    want = plain.forward(x)  # a plain network keeps every value (backprop-trace shows them)
+    got = fast.predict(x, 2, source="layer3.1.relu2")
+    assert np.allclose(got, plain.values["layer3.1.relu2"], rtol=1e-12)
+    assert set(fast.values) == {g.output, "layer3.1.relu2"}
+    assert np.allclose(fast.values[g.output], want[2:], rtol=1e-12)  # the last batch: sample 2 alone
+    for layer in fast.layers.values():  # nothing kept for a backward pass
+        assert all(getattr(layer, name, None) is None for name in layer.cached), layer.node.name
+    assert len(plain.values) == len(g.nodes) + 1

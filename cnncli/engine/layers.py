@@ -34,6 +34,8 @@ class Layer:
     """
 
     kind = ""
+    #: What ``forward`` keeps for ``backward`` (attribute names): dropped by :meth:`release`.
+    cached: tuple[str, ...] = ()
     #: Whether a ReLU that alone reads this layer's output may be folded into it (``relu = True``: the
     #: layer then outputs max(y, 0) and takes the ReLU's output gradient); a fast network decides.
     folds_relu = False
@@ -58,6 +60,11 @@ class Layer:
     def forward(self, xs: list[np.ndarray], train: bool) -> np.ndarray:
         raise NotImplementedError
 
+    def release(self) -> None:
+        """Drop what the last forward pass kept for a backward pass (an inference pass needs none)."""
+        for name in self.cached:
+            setattr(self, name, None)
+
     def backward(self, dy: np.ndarray) -> list[np.ndarray]:
         raise NotImplementedError
 
@@ -81,6 +88,7 @@ class Conv(Layer):
     """
 
     kind = "conv"
+    cached = ("x",)
     #: Whether backward computes the input's gradient (a network's first layer needs none).
     need_dx = True
 
@@ -127,6 +135,7 @@ class MaxPool(Layer):
     """Max pooling. x (N, C, H, W) → y (N, C, OH, OW); the gradient goes to each window's maximum."""
 
     kind = "maxpool"
+    cached = ("argmax",)
 
     def forward(self, xs, train):
         o = self.o
@@ -204,6 +213,7 @@ class Subsample(Layer):
     """LeNet-5 (1998) subsampling. x (N, C, H, W) → y (N, C, OH, OW) = weight[c] · Σwindow x + bias[c]."""
 
     kind = "subsample"
+    cached = ("s",)
 
     def forward(self, xs, train):
         o = self.o
@@ -264,6 +274,10 @@ class FusedConv:
         self.block = self.lanes if fits else self.nchw
         return self.block.forward(x, w, c.params.get("bias"))
 
+    def release(self) -> None:
+        """Drop what the block kept for a backward pass."""
+        self.block.release()
+
     def backward(self, dy):
         c = self.conv
         dx, dw, db = self.block.backward(dy, c._weight(), need_dx=c.need_dx, need_db="bias" in c.params)
@@ -282,6 +296,7 @@ class Dense(Layer):
     """
 
     kind = "dense"
+    cached = ("x",)
 
     def forward(self, xs, train):
         self.x = xs[0]
@@ -319,6 +334,7 @@ class ReLU(Layer):
     """max(0, x), elementwise; ∂/∂x is 1 where x > 0, else 0 (:mod:`cnncli.engine.elementwise`)."""
 
     kind = "relu"
+    cached = ("y",)
 
     def forward(self, xs, train):
         self.y = elementwise.relu(xs[0])
@@ -333,6 +349,7 @@ class LeakyReLU(Layer):
     """x if x > 0 else slope·x, elementwise."""
 
     kind = "leaky_relu"
+    cached = ("factor",)
 
     def forward(self, xs, train):
         self.factor = np.where(xs[0] > 0, 1.0, self.o["slope"]).astype(xs[0].dtype)
@@ -347,6 +364,7 @@ class Sigmoid(Layer):
     """σ(x) = 1/(1 + e^-x); ∂σ/∂x = σ(1 - σ)."""
 
     kind = "sigmoid"
+    cached = ("y",)
 
     def forward(self, xs, train):
         x = xs[0]
@@ -364,6 +382,7 @@ class Tanh(Layer):
     """tanh(x); ∂/∂x = 1 - tanh²."""
 
     kind = "tanh"
+    cached = ("y",)
 
     def forward(self, xs, train):
         self.y = np.tanh(xs[0])
@@ -378,6 +397,7 @@ class Softmax(Layer):
     """e^x_i / Σ_a e^x_a over axis 1. Backward uses the full Jacobian: dx = y ⊙ (dy − Σ dy ⊙ y)."""
 
     kind = "softmax"
+    cached = ("y",)
 
     def forward(self, xs, train):
         z = xs[0] - xs[0].max(axis=1, keepdims=True)
@@ -405,6 +425,7 @@ class BatchNorm(Layer):
     """
 
     kind = "batchnorm"
+    cached = ("xhat", "y")
     folds_relu = True
 
     @classmethod
@@ -460,6 +481,7 @@ class Dropout(Layer):
     """
 
     kind = "dropout"
+    cached = ("mask",)
 
     def forward(self, xs, train):
         rate = self.o["rate"]
@@ -484,6 +506,7 @@ class LRN(Layer):
     """
 
     kind = "lrn"
+    cached = ("x", "s", "y")
 
     def _window_sum(self, a: np.ndarray, before: int, after: int) -> np.ndarray:
         # Σ over channels c-before .. c+after via a cumulative sum along axis 1.
@@ -547,6 +570,7 @@ class Add(Layer):
     """
 
     kind = "add"
+    cached = ("y",)
     folds_relu = True
 
     def forward(self, xs, train):

@@ -94,6 +94,14 @@ class Network:
                 self.parts = Parts(self, cores)
         main = ancestors({n.name: n.inputs for n in graph.nodes}, [graph.output])
         self.infer_order = [n for n in graph.nodes if n.name in main]
+        #: node -> the values an inference pass no longer needs once that node has run (their last reader).
+        self.spent: dict[str, list[str]] = {n.name: [] for n in self.infer_order}
+        last: dict[str, str] = {}
+        for node in self.infer_order:
+            for name in node.inputs:
+                last[name] = node.name
+        for name, reader in last.items():
+            self.spent[reader].append(name)
         self.values: dict[str, np.ndarray] = {}
         self.node_grads: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
@@ -209,39 +217,53 @@ class Network:
             self.passes += 1
         return draw
 
-    def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+    def forward(self, x: np.ndarray, train: bool = False, keep: tuple[str, ...] = ()) -> np.ndarray:
         """x (N, *input) → the main output (N, *output). While training, auxiliary heads run too.
 
         A fast network may run the batch in parts (on threads); ``values`` then
-        joins the parts' values on access.
+        joins the parts' values on access. An inference pass of a fast network
+        keeps only the output and the nodes named in ``keep`` (see :meth:`forward_part`).
         """
         draw = self._draw(train)
         slices = self._split(x.shape[0])
         if slices is None:
-            return self.forward_part(x, train, whole(len(x), draw, self.seed))
-        return self.parts.forward(self._check_input(x), slices, train, draw)
+            return self.forward_part(x, train, whole(len(x), draw, self.seed), keep)
+        return self.parts.forward(self._check_input(x), slices, train, draw, keep)
 
-    def forward_part(self, x: np.ndarray, train: bool, place: Place) -> np.ndarray:
+    def forward_part(self, x: np.ndarray, train: bool, place: Place, keep: tuple[str, ...] = ()) -> np.ndarray:
         """The forward pass of this network alone, never split: x (N, *input) → the main output.
 
         ``place``: where ``x`` sits in its batch (:mod:`cnncli.engine.batch`).
+        An inference pass of a fast network holds no more than it must, as
+        PyTorch's inference mode does: the layers keep nothing for a backward
+        pass, and a node's value is dropped once its last reader has run, unless
+        it is the output or in ``keep``; ``values`` then holds just those.
         """
         for layer in self.layers.values():
             layer.place = place
         values = {"input": self._check_input(x)}
+        lean = self.fast and not train
         order = self.graph.nodes if train else self.infer_order
         folded = self.folded
         for node in order:
             if node.name in folded:
                 values[node.name] = values[folded[node.name]]
-                continue
-            if node.name in self.fused_inner:
+            elif node.name in self.fused_inner:
                 chain = self.fused_head.get(node.name)
                 if chain is not None:
                     outs = chain.forward([values[i] for i in node.inputs])
                     values.update(zip(chain.nodes[1:], outs))
-                continue
-            values[node.name] = self.layers[node.name].forward([values[i] for i in node.inputs], train)
+                    if lean:
+                        chain.release()
+            else:
+                layer = self.layers[node.name]
+                values[node.name] = layer.forward([values[i] for i in node.inputs], train)
+                if lean:
+                    layer.release()
+            if lean:
+                for name in self.spent[node.name]:
+                    if name not in keep and name != self.graph.output:
+                        values.pop(name, None)
         self.values = values
         return values[self.graph.output]
 
@@ -295,7 +317,7 @@ class Network:
         result: np.ndarray | None = None
         for i in range(0, n, batch_size):
             batch = images[i:i + batch_size]
-            self.forward(batch if prepare is None else prepare(batch), train=False)
+            self.forward(batch if prepare is None else prepare(batch), train=False, keep=(source,))
             out = self.values[source]
             if result is None:
                 result = np.empty((n, *out.shape[1:]), dtype=out.dtype)

@@ -183,10 +183,11 @@ class Parts:
             raise e
         return [f.result() for f in futures]
 
-    def forward(self, x: np.ndarray, slices: list[slice], train: bool, draw: int) -> np.ndarray:
+    def forward(self, x: np.ndarray, slices: list[slice], train: bool, draw: int,
+                keep: tuple[str, ...] = ()) -> np.ndarray:
         """The main output of a batch run in parts on threads; ``net.values`` joins the parts' values."""
         self.in_threads(slices, self.thread_places(slices, draw, train),
-                        lambda net, part, place: net.forward_part(x[part], train, place))
+                        lambda net, part, place: net.forward_part(x[part], train, place, keep))
         nets = [self.net] + self.replicas[:len(slices) - 1]
         self.net.values = MergedValues([net.values for net in nets])
         return self.net.values[self.net.graph.output]

@@ -378,6 +378,11 @@ class Block:
         nchw_unfold(xp, cols, kh, kw, 1, 1, 1, 1, self.oh, self.ow, self.pitch)
         return cols
 
+    def release(self) -> None:
+        """Drop what the last forward pass kept for a backward pass (an inference pass needs none)."""
+        for name in ("x", "a", "kept"):
+            setattr(self, name, None)
+
     def forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """x (N, C, H, W) -> (activation (N, F, OH, OW), output: pooled (N, F, OH//k, OW//k) or the activation)."""
         x = np.ascontiguousarray(x)

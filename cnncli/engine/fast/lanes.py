@@ -415,6 +415,11 @@ class Block:
         oh, ow = h + 2 * padding[0] - kh + 1, w + 2 * padding[1] - kw + 1
         return rules.lanes(n, f * c * kh * kw, c * kh * kw * oh * ow * n * itemsize)
 
+    def release(self) -> None:
+        """Drop what the last forward pass kept for a backward pass (an inference pass needs none)."""
+        for name in ("xp", "cols", "z"):
+            setattr(self, name, None)
+
     def forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """x (N, C, H, W) -> (activation (N, F, OH, OW), output: pooled (N, F, OH//k, OW//k) or the activation).
 
