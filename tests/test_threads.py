@@ -137,3 +137,18 @@ def test_stacked_matmul_splits_along_the_longer_axis(monkeypatch):
     assert np.allclose(out, a @ b, rtol=1e-12)
     import numba
     assert len(submitted) == (numba.get_num_threads() - 1)
+
+
+GLIBC = sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION") is not None
+
+
+@pytest.mark.skipif(not GLIBC, reason="the allocator settings are glibc's")
+def test_the_engine_keeps_freed_memory_unless_the_user_set_the_allocator():
+    from cnncli.engine import memory
+
+    assert memory.status() == {"kept": True}
+    probe = ("import json, cnncli.engine.jit; from cnncli.engine import memory; "
+             "print(json.dumps(memory.status()))")
+    env = dict(os.environ, MALLOC_TRIM_THRESHOLD_="131072")
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == {"kept": False}  # the user's own setting stands

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from numba import njit
 
-from cnncli.engine import threads
+from cnncli.engine import memory, threads
 
 # Before any kernel runs: OpenBLAS on one thread, OpenMP threads that sleep
-# rather than spin (see cnncli.engine.threads for why and what was measured).
+# rather than spin (see cnncli.engine.threads for why and what was measured);
+# freed memory kept for the next batch (cnncli.engine.memory).
 threads.configure()
+memory.configure()
 
 # fastmath lets LLVM reorder float sums and vectorise inner loops; the engine
 # never relies on NaN/Inf semantics inside a kernel (losses check finiteness
