@@ -31,6 +31,7 @@ rules           every threshold by which a path is chosen
 arrays          argument checks, output sizes, per-thread scratch buffers
 threads         the two thread pools (Numba's, OpenBLAS's) and the
                 slab-split GEMM (``matmul``)
+memory          glibc keeps freed memory for the next batch (no page faults)
 jit             Numba's flags, set once: ``kernel``, ``parallel_kernel``,
                 ``vector_kernel``, ``vector_parallel_kernel``,
                 ``exact_kernel``
