@@ -197,47 +197,52 @@ def nchw_fold(dcols, dxp, dx, n0, ph, pw, kh_, kw_, sh, sw, dh, dw, oh_, ow_, pi
             _crop_plane(plane, dx[n0 + n, c], ph, pw)
 
 
+@kernel
+def _store_plane(src, dst, bias, pitch):
+    # One output plane from its GEMM row: src (Q,) -> dst (OH, OW), dropping
+    # junk columns; the copy is needed anyway, so the bias rides along.
+    ow_ = dst.shape[1]
+    for oh in range(dst.shape[0]):
+        row = dst[oh]
+        partial = src[oh * pitch : oh * pitch + ow_]
+        for ow in range(ow_):
+            row[ow] = partial[ow] + bias
+
+
+@kernel
+def _load_plane(src, dst, pitch):
+    # The adjoint of _store_plane: src (OH, OW) -> dst (Q,), junk columns
+    # zeroed so that they add nothing to dw or dx.
+    ow_ = src.shape[1]
+    q_ = dst.shape[0]
+    for oh in range(src.shape[0]):
+        row = src[oh]
+        partial = dst[oh * pitch : min((oh + 1) * pitch, q_)]
+        for ow in range(ow_):
+            partial[ow] = row[ow]
+        for q in range(ow_, partial.shape[0]):
+            partial[q] = 0.0
+
+
 @parallel_kernel
 def _store_output(ybuf, b, y, n0, pitch):
-    # (F, n, Q) -> y's (N, F, OH, OW), dropping junk columns; the copy is
-    # needed anyway, so the bias rides along.
+    # (F, n, Q) -> y's (N, F, OH, OW), plane by plane.
     f_ = ybuf.shape[0]
-    oh_ = y.shape[2]
-    ow_ = y.shape[3]
     has_bias = b.shape[0] > 0
     for job in prange(ybuf.shape[1] * f_):
         n = job // f_
         f = job - n * f_
-        src = ybuf[f, n]
-        dst = y[n0 + n, f]
-        bias = b[f] if has_bias else b.dtype.type(0)
-        for oh in range(oh_):
-            row = dst[oh]
-            partial = src[oh * pitch : oh * pitch + ow_]
-            for ow in range(ow_):
-                row[ow] = partial[ow] + bias
+        _store_plane(ybuf[f, n], y[n0 + n, f], b[f] if has_bias else b.dtype.type(0), pitch)
 
 
 @parallel_kernel
 def _load_grad(dy, n0, dyt, pitch):
-    # The adjoint of _store_output: (N, F, OH, OW) -> (F, n, Q), junk columns
-    # zeroed so that they add nothing to dw or dx.
+    # The adjoint of _store_output: (N, F, OH, OW) -> (F, n, Q).
     f_ = dyt.shape[0]
-    oh_ = dy.shape[2]
-    ow_ = dy.shape[3]
-    q_ = dyt.shape[2]
     for job in prange(dyt.shape[1] * f_):
         n = job // f_
         f = job - n * f_
-        src = dy[n0 + n, f]
-        dst = dyt[f, n]
-        for oh in range(oh_):
-            row = src[oh]
-            partial = dst[oh * pitch : min((oh + 1) * pitch, q_)]
-            for ow in range(ow_):
-                partial[ow] = row[ow]
-            for q in range(ow_, partial.shape[0]):
-                partial[q] = 0.0
+        _load_plane(dy[n0 + n, f], dyt[f, n], pitch)
 
 
 @parallel_kernel
@@ -401,14 +406,8 @@ def _forward_groups(address, ilp64, x, w2, bias, y, per, xp_buf, cols_buf, out_b
                  cols[g * taps :], ld, 0.0, out[g * fg :], ld)
         for j in range(ns):
             for f in range(f_):
-                src = out[f, j * q_ : (j + 1) * q_]
-                dst = y[n0 + j, f]
-                b = bias[f] if has_bias else bias.dtype.type(0)
-                for oh in range(oh_):
-                    row = dst[oh]
-                    partial = src[oh * pitch : oh * pitch + ow_]
-                    for ow in range(ow_):
-                        row[ow] = partial[ow] + b
+                _store_plane(out[f, j * q_ : (j + 1) * q_], y[n0 + j, f],
+                             bias[f] if has_bias else bias.dtype.type(0), pitch)
 
 
 @parallel_kernel
@@ -432,17 +431,8 @@ def _backward_groups(address, ilp64, x, w2, dy, dx, dw_groups, per, xp_buf, cols
         for j in range(ns):
             _columns(x, n0 + j, xp, cols[:, j * q_ : (j + 1) * q_], kh_, kw_, sh, sw, ph, pw, dh, dw,
                      oh_, ow_, pitch)
-            # dy of the sample as (F, Q), junk columns zeroed so that they add nothing
-            for f in range(f_):
-                src = dy[n0 + j, f]
-                dst = dyt[f, j * q_ : (j + 1) * q_]
-                for oh in range(oh_):
-                    row = src[oh]
-                    partial = dst[oh * pitch : min((oh + 1) * pitch, q_)]
-                    for ow in range(ow_):
-                        partial[ow] = row[ow]
-                    for q in range(ow_, partial.shape[0]):
-                        partial[q] = 0.0
+            for f in range(f_):  # dy of the sample as (F, Q)
+                _load_plane(dy[n0 + j, f], dyt[f, j * q_ : (j + 1) * q_], pitch)
         part = dw_groups[gi]
         for g in range(groups):  # this group's dwᵀ = cols · dyᵀ (OpenBLAS runs it faster than dy · colsᵀ)
             gemm(address, ilp64, NO_TRANS, TRANS, taps, fg, ns * q_, cols[g * taps :], ld,
