@@ -288,12 +288,15 @@ CONV_CASES = [pytest.param(conv_config(s), id=f"seed{s}") for s in range(30)] + 
 # "auto" lets the kernels pick; the others force one strategy where it applies
 # (direct loops and direct weight gradients exist for stride 1 only). "gemm"
 # runs the GEMMs inside the kernel on groups of samples (all of a small test
-# batch in one group), "groups-of-one" makes every sample its own group;
+# batch in one group), "groups-of-one" makes every sample its own group and
+# "row-bands" unfolds one output row of one sample at a time (what the
+# 224×224 layers do with bigger bands);
 # "numpy" is the path without a BLAS callable from kernels (numpy's GEMMs on
 # chunks of the batch), and "chunked" makes every sample its own chunk there,
 # so that the running weight-gradient sums are exercised.
-PATHS = ["auto", "direct", "gemm", "gemm+direct-dw", "groups-of-one", "numpy", "chunked", "chunked+direct-dw"]
-FORWARD_PATHS = ["auto", "direct", "gemm", "groups-of-one", "numpy", "chunked"]  # the forward pass has no dw
+PATHS = ["auto", "direct", "gemm", "gemm+direct-dw", "groups-of-one", "row-bands", "numpy", "chunked",
+         "chunked+direct-dw"]
+FORWARD_PATHS = ["auto", "direct", "gemm", "groups-of-one", "row-bands", "numpy", "chunked"]  # no dw forward
 
 
 @pytest.fixture
@@ -305,6 +308,8 @@ def path(request, monkeypatch):
         monkeypatch.setattr(rules, "depthwise", lambda taps, filters, unit: unit and mode == "direct")
         monkeypatch.setattr(rules, "direct_weights", lambda *a: mode.endswith("direct-dw"))
     if mode == "groups-of-one":
+        monkeypatch.setattr(rules, "sample_group", lambda n, rows, per_row, per_sample: (1, rows))
+    if mode == "row-bands":
         monkeypatch.setattr(rules, "GROUP_COLS_BYTES", 1)
     if mode.startswith(("numpy", "chunked")):
         monkeypatch.setattr(blas, "FUNCTIONS", None)
@@ -370,7 +375,7 @@ def test_conv2d_backward_skips_what_is_not_needed(cfg):
     np.testing.assert_array_equal(dw, full[1])
 
 
-@pytest.mark.parametrize("path", ["auto", "groups-of-one", "chunked"], indirect=True)
+@pytest.mark.parametrize("path", ["auto", "groups-of-one", "row-bands", "chunked"], indirect=True)
 @pytest.mark.parametrize("cfg", CONV_CASES)
 def test_conv2d_adjoint_identities(cfg, path):
     """y = A x + B w + b is bilinear, so <dy, y> = <dx, x> + <db, b> = <dw, w> + <db, b>,
@@ -873,7 +878,7 @@ def test_grouped_convolution_gives_the_same_bits_on_one_thread_or_two(dtype, mon
 
     if blas.FUNCTIONS is None or numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs a CBLAS GEMM and two engine threads")
-    monkeypatch.setattr(rules, "GROUP_COLS_BYTES", 1)  # a group per sample: eight groups to share out
+    monkeypatch.setattr(rules, "GROUP_COLS_BYTES", 1)  # a sample per group, in bands of one row
     cfg = named_conv((8, 6, 9, 9), 10, (3, 3), padding=(1, 1))
     x, w, b, dy = conv_arrays(cfg, dtype, seed=8)
     results = []
@@ -886,3 +891,19 @@ def test_grouped_convolution_gives_the_same_bits_on_one_thread_or_two(dtype, mon
             numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     for one, two in zip(*results):
         assert one.tobytes() == two.tobytes()
+
+
+def test_scratch_buffers_start_on_the_same_boundary_in_every_thread():
+    # A fastmath reduction's order may depend on where its data starts: every part of a batch, on any thread or
+    # in any process, must find its buffers on the same boundary to get the same bits.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cnncli.engine import arrays
+
+    def starts(tag):
+        return [arrays.scratch(f"test.{tag}.{i}", (i + 3, 5), np.dtype(dt)).ctypes.data % arrays.ALIGN
+                for i, dt in enumerate(["float32", "float64", "float32"])]
+
+    with ThreadPoolExecutor(2) as pool:
+        found = list(pool.map(starts, ["a", "b"])) + [starts("c")]
+    assert found == [[0, 0, 0]] * 3

@@ -100,5 +100,23 @@ def scratch(slot: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         size *= d
     buf = buffers.get(key)
     if buf is None or buf.size < size:
-        buf = buffers[key] = np.empty(size, dtype=dtype)
+        buf = buffers[key] = _aligned(size, np.dtype(dtype))
     return buf[:size].reshape(shape)
+
+
+#: Every scratch buffer starts on this boundary (bytes): a cache line, and an AVX-512 vector.
+ALIGN = 64
+
+
+def _aligned(size: int, dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array of ``size`` elements whose data starts on an ALIGN-byte boundary.
+
+    A fastmath kernel's vectorised loop may start with a few scalar iterations
+    until its data is aligned, and add those in another order (or without a
+    fused multiply-add): where an array starts changes the last bit of a sum.
+    Buffers that start on the same boundary in every thread and process give
+    the same bits wherever a part of a batch runs.
+    """
+    raw = np.empty(size * dtype.itemsize + ALIGN, dtype=np.uint8)
+    start = -raw.ctypes.data % ALIGN
+    return raw[start:start + size * dtype.itemsize].view(dtype)

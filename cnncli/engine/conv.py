@@ -53,7 +53,7 @@ from cnncli.engine import blas, rules
 from cnncli.engine import threads as engine_threads
 from cnncli.engine.arrays import Pair, array, out_hw, pair, scratch
 from cnncli.engine.blas import NO_TRANS, TRANS, gemm
-from cnncli.engine.jit import kernel, parallel_kernel
+from cnncli.engine.jit import exact_parallel_kernel, kernel, parallel_kernel
 
 __all__ = ["conv2d_backward", "conv2d_forward", "nchw_fold", "nchw_pad", "nchw_unfold"]
 
@@ -100,30 +100,31 @@ def nchw_pad(x, n0, xp, ph, pw):
 
 
 @kernel
-def _unfold_plane(plane, taps, kh_, kw_, sh, sw, dh, dw, oh_, ow_, pitch):
-    # One padded input plane → its KH*KW rows of a column matrix (taps: (KH*KW, Q)).
+def _unfold_plane(plane, taps, kh_, kw_, sh, sw, dh, dw, oh0, oh1, ow_, pitch):
+    # One padded input plane → its KH*KW rows of a column matrix, for output
+    # rows oh0..oh1-1: taps (KH*KW, ≥ (oh1 - oh0 - 1) * pitch + OW).
     wp_ = plane.shape[1]
-    q_ = taps.shape[1]
+    q_ = (oh1 - oh0 - 1) * pitch + ow_
     flat = plane.reshape(-1)
     flat_taps = sh == 1 and sw == 1 and pitch == wp_
     for i in range(kh_):
         for j in range(kw_):
             dst = taps[i * kw_ + j]
             if flat_taps:
-                off = i * dh * wp_ + j * dw
+                off = i * dh * wp_ + j * dw + oh0 * pitch
                 src = flat[off : off + q_]
                 for q in range(q_):
                     dst[q] = src[q]
             elif sw == 1:
-                for oh in range(oh_):
+                for oh in range(oh0, oh1):
                     src = plane[oh * sh + i * dh, j * dw : j * dw + ow_]
-                    out = dst[oh * pitch : oh * pitch + ow_]
+                    out = dst[(oh - oh0) * pitch : (oh - oh0) * pitch + ow_]
                     for ow in range(ow_):
                         out[ow] = src[ow]
             else:
-                for oh in range(oh_):
+                for oh in range(oh0, oh1):
                     src = plane[oh * sh + i * dh, j * dw :: sw]
-                    out = dst[oh * pitch : oh * pitch + ow_]
+                    out = dst[(oh - oh0) * pitch : (oh - oh0) * pitch + ow_]
                     for ow in range(ow_):
                         out[ow] = src[ow]
 
@@ -137,36 +138,38 @@ def nchw_unfold(xp, cols, kh_, kw_, sh, sw, dh, dw, oh_, ow_, pitch):
     for job in prange(xp.shape[0] * c_):
         n = job // c_
         c = job - n * c_
-        _unfold_plane(xp[n, c], cols[c * kk : (c + 1) * kk, n], kh_, kw_, sh, sw, dh, dw, oh_, ow_, pitch)
+        _unfold_plane(xp[n, c], cols[c * kk : (c + 1) * kk, n], kh_, kw_, sh, sw, dh, dw, 0, oh_, ow_, pitch)
 
 
 @kernel
-def _fold_plane(taps, plane, kh_, kw_, sh, sw, dh, dw, oh_, ow_, pitch):
+def _fold_plane(taps, plane, kh_, kw_, sh, sw, dh, dw, oh0, oh1, ow_, pitch, zero):
     # The adjoint of _unfold_plane: a plane's KH*KW rows of column gradients
-    # added into the padded plane (zeroed first), taps in a fixed order.
+    # for output rows oh0..oh1-1 added into the padded plane (zeroed first if
+    # ``zero``: the first rows of a sample), taps in a fixed order.
     wp_ = plane.shape[1]
-    q_ = taps.shape[1]
+    q_ = (oh1 - oh0 - 1) * pitch + ow_
     flat = plane.reshape(-1)
-    flat[:] = 0.0
+    if zero:
+        flat[:] = 0.0
     flat_taps = sh == 1 and sw == 1 and pitch == wp_
     for i in range(kh_):
         for j in range(kw_):
             src = taps[i * kw_ + j]
             if flat_taps:
-                off = i * dh * wp_ + j * dw
+                off = i * dh * wp_ + j * dw + oh0 * pitch
                 dst = flat[off : off + q_]
                 for q in range(q_):
                     dst[q] += src[q]
             elif sw == 1:
-                for oh in range(oh_):
+                for oh in range(oh0, oh1):
                     dst = plane[oh * sh + i * dh, j * dw : j * dw + ow_]
-                    partial = src[oh * pitch : oh * pitch + ow_]
+                    partial = src[(oh - oh0) * pitch : (oh - oh0) * pitch + ow_]
                     for ow in range(ow_):
                         dst[ow] += partial[ow]
             else:
-                for oh in range(oh_):
+                for oh in range(oh0, oh1):
                     dst = plane[oh * sh + i * dh, j * dw :: sw]
-                    partial = src[oh * pitch : oh * pitch + ow_]
+                    partial = src[(oh - oh0) * pitch : (oh - oh0) * pitch + ow_]
                     for ow in range(ow_):
                         dst[ow] += partial[ow]
 
@@ -192,7 +195,7 @@ def nchw_fold(dcols, dxp, dx, n0, ph, pw, kh_, kw_, sh, sw, dh, dw, oh_, ow_, pi
         n = job // c_
         c = job - n * c_
         plane = dxp[n, c]
-        _fold_plane(dcols[c * kk : (c + 1) * kk, n], plane, kh_, kw_, sh, sw, dh, dw, oh_, ow_, pitch)
+        _fold_plane(dcols[c * kk : (c + 1) * kk, n], plane, kh_, kw_, sh, sw, dh, dw, 0, oh_, ow_, pitch, True)
         if crop:
             _crop_plane(plane, dx[n0 + n, c], ph, pw)
 
@@ -245,8 +248,10 @@ def _load_grad(dy, n0, dyt, pitch):
         _load_plane(dy[n0 + n, f], dyt[f, n], pitch)
 
 
-@parallel_kernel
+@exact_parallel_kernel
 def _bias_grad(dy, db):
+    # Without fastmath: dy is any array, and a vectorised sum's order would
+    # depend on where its rows start (see jit.EXACT_FLAGS).
     # One channel per iteration; the batch is summed in sample order.
     n_ = dy.shape[0]
     f_ = dy.shape[1]
@@ -369,50 +374,58 @@ def _grouped_direct_dx(dyt, w, dxp, dx, n0, ph, pw, dh, dw, groups):
 
 
 @kernel
-def _columns(x, n, xp, cols, kh_, kw_, sh, sw, ph, pw, dh, dw, oh_, ow_, pitch):
-    # Sample n of x → its column matrix (C*KH*KW, Q), through the padded planes xp (C, Hp, Wp).
+def _columns(x, n, xp, cols, kh_, kw_, sh, sw, ph, pw, dh, dw, oh0, oh1, ow_, pitch):
+    # Output rows oh0..oh1-1 of sample n of x → their column matrix (C*KH*KW, ≥ band's Q), through
+    # the padded planes xp (C, Hp, Wp), padded when a sample's first rows are unfolded.
     kk = kh_ * kw_
     padded = ph > 0 or pw > 0
     for c in range(x.shape[1]):
         plane = x[n, c]
         if padded:
-            _pad_plane(plane, xp[c], ph, pw)
+            if oh0 == 0:
+                _pad_plane(plane, xp[c], ph, pw)
             plane = xp[c]
-        _unfold_plane(plane, cols[c * kk : (c + 1) * kk], kh_, kw_, sh, sw, dh, dw, oh_, ow_, pitch)
+        _unfold_plane(plane, cols[c * kk : (c + 1) * kk], kh_, kw_, sh, sw, dh, dw, oh0, oh1, ow_, pitch)
 
 
 @parallel_kernel
-def _forward_groups(address, ilp64, x, w2, bias, y, per, xp_buf, cols_buf, out_buf,
-                    kh_, kw_, sh, sw, ph, pw, dh, dw, pitch, q_, groups):
-    # cols_buf[t] (C*KH*KW, per*Q) and out_buf[t] (F, per*Q): sample j's columns at j*Q.
+def _forward_groups(address, ilp64, x, w2, bias, y, per, band, xp_buf, cols_buf, out_buf,
+                    kh_, kw_, sh, sw, ph, pw, dh, dw, pitch, groups):
+    # Groups of ``per`` samples, each sample's output rows in bands of ``band`` (all of them unless one
+    # sample's columns are too big). cols_buf[t] (C*KH*KW, per*qmax), out_buf[t] (F, per*qmax): sample j
+    # of a group at j*qmax, qmax a band's column count.
     n_ = x.shape[0]
     f_ = w2.shape[0]
     taps = w2.shape[1]
     fg = f_ // groups
     oh_ = y.shape[2]
     ow_ = y.shape[3]
-    ld = per * q_
+    qmax = (band - 1) * pitch + ow_
+    ld = per * qmax
     has_bias = bias.shape[0] > 0
     for gi in prange((n_ + per - 1) // per):
         t = get_thread_id()
         cols, out = cols_buf[t], out_buf[t]
         n0 = gi * per
         ns = min(per, n_ - n0)
-        for j in range(ns):
-            _columns(x, n0 + j, xp_buf[t], cols[:, j * q_ : (j + 1) * q_], kh_, kw_, sh, sw, ph, pw, dh, dw,
-                     oh_, ow_, pitch)
-        for g in range(groups):
-            gemm(address, ilp64, NO_TRANS, NO_TRANS, fg, ns * q_, taps, w2[g * fg :], taps,
-                 cols[g * taps :], ld, 0.0, out[g * fg :], ld)
-        for j in range(ns):
-            for f in range(f_):
-                _store_plane(out[f, j * q_ : (j + 1) * q_], y[n0 + j, f],
-                             bias[f] if has_bias else bias.dtype.type(0), pitch)
+        for r0 in range(0, oh_, band):
+            r1 = min(oh_, r0 + band)
+            qb = (r1 - r0 - 1) * pitch + ow_
+            for j in range(ns):
+                _columns(x, n0 + j, xp_buf[t], cols[:, j * qmax : j * qmax + qb], kh_, kw_, sh, sw, ph, pw,
+                         dh, dw, r0, r1, ow_, pitch)
+            for g in range(groups):
+                gemm(address, ilp64, NO_TRANS, NO_TRANS, fg, (ns - 1) * qmax + qb, taps, w2[g * fg :], taps,
+                     cols[g * taps :], ld, 0.0, out[g * fg :], ld)
+            for j in range(ns):
+                for f in range(f_):
+                    _store_plane(out[f, j * qmax : j * qmax + qb], y[n0 + j, f, r0:r1],
+                                 bias[f] if has_bias else bias.dtype.type(0), pitch)
 
 
 @parallel_kernel
-def _backward_groups(address, ilp64, x, w2, dy, dx, dw_groups, per, xp_buf, cols_buf, dy_buf,
-                     kh_, kw_, sh, sw, ph, pw, dh, dw, pitch, q_, groups, need_dx):
+def _backward_groups(address, ilp64, x, w2, dy, dx, dw_groups, per, band, xp_buf, dxp_buf, cols_buf, dy_buf,
+                     kh_, kw_, sh, sw, ph, pw, dh, dw, pitch, groups, need_dx):
     n_ = x.shape[0]
     c_ = x.shape[1]
     f_ = w2.shape[0]
@@ -421,34 +434,39 @@ def _backward_groups(address, ilp64, x, w2, dy, dx, dw_groups, per, xp_buf, cols
     oh_ = dy.shape[2]
     ow_ = dy.shape[3]
     kk = kh_ * kw_
-    ld = per * q_
+    qmax = (band - 1) * pitch + ow_
+    ld = per * qmax
     padded = ph > 0 or pw > 0
     for gi in prange(dw_groups.shape[0]):
         t = get_thread_id()
-        cols, dyt, xp = cols_buf[t], dy_buf[t], xp_buf[t]
+        cols, dyt, xp, dxp = cols_buf[t], dy_buf[t], xp_buf[t], dxp_buf[t]
         n0 = gi * per
         ns = min(per, n_ - n0)
-        for j in range(ns):
-            _columns(x, n0 + j, xp, cols[:, j * q_ : (j + 1) * q_], kh_, kw_, sh, sw, ph, pw, dh, dw,
-                     oh_, ow_, pitch)
-            for f in range(f_):  # dy of the sample as (F, Q)
-                _load_plane(dy[n0 + j, f], dyt[f, j * q_ : (j + 1) * q_], pitch)
         part = dw_groups[gi]
-        for g in range(groups):  # this group's dwᵀ = cols · dyᵀ (OpenBLAS runs it faster than dy · colsᵀ)
-            gemm(address, ilp64, NO_TRANS, TRANS, taps, fg, ns * q_, cols[g * taps :], ld,
-                 dyt[g * fg :], ld, 0.0, part[g], fg)
-        if not need_dx:
-            continue
-        for g in range(groups):  # column gradients wᵀ · dy, into the spent columns
-            gemm(address, ilp64, TRANS, NO_TRANS, taps, ns * q_, fg, w2[g * fg :], taps,
-                 dyt[g * fg :], ld, 0.0, cols[g * taps :], ld)
-        for j in range(ns):
-            for c in range(c_):
-                plane = xp[c] if padded else dx[n0 + j, c]
-                _fold_plane(cols[c * kk : (c + 1) * kk, j * q_ : (j + 1) * q_], plane, kh_, kw_, sh, sw, dh, dw,
-                            oh_, ow_, pitch)
-                if padded:
-                    _crop_plane(plane, dx[n0 + j, c], ph, pw)
+        for r0 in range(0, oh_, band):
+            r1 = min(oh_, r0 + band)
+            qb = (r1 - r0 - 1) * pitch + ow_
+            width = (ns - 1) * qmax + qb
+            for j in range(ns):
+                _columns(x, n0 + j, xp, cols[:, j * qmax : j * qmax + qb], kh_, kw_, sh, sw, ph, pw, dh, dw,
+                         r0, r1, ow_, pitch)
+                for f in range(f_):  # dy of the sample's rows as (F, band's Q)
+                    _load_plane(dy[n0 + j, f, r0:r1], dyt[f, j * qmax : j * qmax + qb], pitch)
+            for g in range(groups):  # this group's dwᵀ += cols · dyᵀ (OpenBLAS runs it faster than dy · colsᵀ)
+                gemm(address, ilp64, NO_TRANS, TRANS, taps, fg, width, cols[g * taps :], ld,
+                     dyt[g * fg :], ld, 0.0 if r0 == 0 else 1.0, part[g], fg)
+            if not need_dx:
+                continue
+            for g in range(groups):  # column gradients wᵀ · dy, into the spent columns
+                gemm(address, ilp64, TRANS, NO_TRANS, taps, width, fg, w2[g * fg :], taps,
+                     dyt[g * fg :], ld, 0.0, cols[g * taps :], ld)
+            for j in range(ns):
+                for c in range(c_):
+                    plane = dxp[c] if padded else dx[n0 + j, c]
+                    _fold_plane(cols[c * kk : (c + 1) * kk, j * qmax : j * qmax + qb], plane, kh_, kw_, sh, sw,
+                                dh, dw, r0, r1, ow_, pitch, r0 == 0)
+                    if padded and r1 == oh_:  # the sample's last rows: its gradient is complete
+                        _crop_plane(plane, dx[n0 + j, c], ph, pw)
 
 
 # ---------------------------------------------------------------------------
@@ -514,16 +532,20 @@ class _Geometry:
         """Whether this call runs a few samples at a time with in-kernel GEMMs (blas.FUNCTIONS found, no direct loops)."""
         return blas.FUNCTIONS is not None and not self.direct
 
-    def group_buffers(self, per: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per-thread buffers of the group kernels: padded planes, columns, outputs (or dy) of ``per`` samples."""
+    def group_plan(self) -> tuple[int, int]:
+        """(samples per group, output rows per band) of the group kernels (rules.sample_group)."""
+        return rules.sample_group(self.n, self.oh, self.c * self.kh * self.kw * self.pitch * self.x.itemsize,
+                                  self.c * self.kh * self.kw * self.q * self.x.itemsize)
+
+    def group_buffers(self, per: int, band: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-thread buffers of the group kernels: padded planes, columns, outputs (or dy) of ``per`` samples'
+        bands of ``band`` output rows."""
         t = numba.get_num_threads()
         dtype = self.x.dtype
+        qmax = (band - 1) * self.pitch + self.ow
         return (scratch("group.xp", (t, self.c, self.hp, self.wp), dtype),
-                scratch("group.cols", (t, self.c * self.kh * self.kw, per * self.q), dtype),
-                scratch("group.out", (t, self.f, per * self.q), dtype))
-
-    def group_size(self) -> int:
-        return rules.sample_group(self.n, self.c * self.kh * self.kw * self.q * self.x.itemsize)
+                scratch("group.cols", (t, self.c * self.kh * self.kw, per * qmax), dtype),
+                scratch("group.out", (t, self.f, per * qmax), dtype))
 
     def input_grad_buffer(self, dx: np.ndarray, n0: int, nc: int) -> np.ndarray:
         if self.ph == 0 and self.pw == 0:
@@ -559,10 +581,11 @@ def conv2d_forward(
     y = np.empty((geo.n, geo.f, geo.oh, geo.ow), dtype=dtype)
     g, fg = geo.groups, geo.f // geo.groups
     if geo.in_groups:
-        f, per = blas.FUNCTIONS, geo.group_size()
-        _forward_groups(f.of(dtype), f.ilp64, geo.x, geo.w.reshape(geo.f, geo.taps), bias, y, per,
-                        *geo.group_buffers(per), geo.kh, geo.kw, geo.sh, geo.sw, geo.ph, geo.pw, geo.dh, geo.dw,
-                        geo.pitch, geo.q, g)
+        f = blas.FUNCTIONS
+        per, band = geo.group_plan()
+        _forward_groups(f.of(dtype), f.ilp64, geo.x, geo.w.reshape(geo.f, geo.taps), bias, y, per, band,
+                        *geo.group_buffers(per, band), geo.kh, geo.kw, geo.sh, geo.sw, geo.ph, geo.pw, geo.dh,
+                        geo.dw, geo.pitch, g)
         return y
     w3 = geo.w.reshape(g, fg, geo.taps)
     for n0 in range(0, geo.n, geo.step):
@@ -609,12 +632,15 @@ def conv2d_backward(
     dw_out = np.empty_like(geo.w)
     g, fg = geo.groups, geo.f // geo.groups
     if geo.in_groups and not geo.direct_dw:
-        f, per = blas.FUNCTIONS, geo.group_size()
+        f = blas.FUNCTIONS
+        per, band = geo.group_plan()
         parts = np.empty((-(-geo.n // per), g, geo.taps, fg), dtype=dtype)  # dwᵀ per group of samples
+        xp, cols, dyt = geo.group_buffers(per, band)
+        dxp = scratch("group.dxp", xp.shape, dtype)
         _backward_groups(f.of(dtype), f.ilp64, geo.x, geo.w.reshape(geo.f, geo.taps), dy,
-                         dx if dx is not None else np.empty((0, 0, 0, 0), dtype), parts, per,
-                         *geo.group_buffers(per), geo.kh, geo.kw, geo.sh, geo.sw, geo.ph, geo.pw, geo.dh, geo.dw,
-                         geo.pitch, geo.q, g, need_dx)
+                         dx if dx is not None else np.empty((0, 0, 0, 0), dtype), parts, per, band,
+                         xp, dxp, cols, dyt, geo.kh, geo.kw, geo.sh, geo.sw, geo.ph, geo.pw, geo.dh, geo.dw,
+                         geo.pitch, g, need_dx)
         dw_out.reshape(g, fg, geo.taps)[...] = parts.sum(axis=0).transpose(0, 2, 1)
         return dx, dw_out, db
     w3t = geo.w.reshape(g, fg, geo.taps).transpose(0, 2, 1)

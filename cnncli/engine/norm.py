@@ -25,7 +25,7 @@ import numpy as np
 from numba import prange
 
 from cnncli.engine.arrays import array
-from cnncli.engine.jit import exact_parallel_kernel, kernel, parallel_kernel
+from cnncli.engine.jit import exact_kernel, exact_parallel_kernel
 
 __all__ = ["backward", "batch_stats", "forward", "grad_rows", "input_grad", "moments", "row_moments", "totals"]
 
@@ -101,7 +101,7 @@ def _grad_rows(dy, xhat, y, relu, rows):
         rows[n, c, 1] = (t0 + t1) + (t2 + t3)
 
 
-@kernel
+@exact_kernel
 def _moments(rows, per_row, mean, var):
     n_, c_, _ = rows.shape
     count = n_ * per_row
@@ -118,7 +118,7 @@ def _moments(rows, per_row, mean, var):
         var[c] = q / count
 
 
-@kernel
+@exact_kernel
 def _totals(rows, out):
     n_, c_, k_ = rows.shape
     for c in range(c_):
@@ -129,7 +129,7 @@ def _totals(rows, out):
             out[c, k] = s
 
 
-@parallel_kernel
+@exact_parallel_kernel
 def _normalise(x, mean, inv_std, w, b, relu, xhat, y):
     n_, c_, l_ = x.shape
     for job in prange(n_ * c_):
@@ -150,7 +150,7 @@ def _normalise(x, mean, inv_std, w, b, relu, xhat, y):
                 out[i] = v * wc + bc
 
 
-@parallel_kernel
+@exact_parallel_kernel
 def _input_grad(dy, xhat, y, relu, w, inv_std, sum_dy, sum_dy_xhat, count, train, dx):
     n_, c_, l_ = dy.shape
     zero = dy.dtype.type(0)

@@ -142,9 +142,12 @@ def slab_count(macs: int, size: int, cores: int) -> int:
 GROUP_COLS_BYTES = 1 << 20
 
 
-def sample_group(n: int, per_sample_bytes: int) -> int:
-    """How many of ``n`` samples the in-kernel-GEMM convolution unfolds together (at least one)."""
-    return max(1, min(n, GROUP_COLS_BYTES // max(per_sample_bytes, 1)))
+def sample_group(n: int, rows: int, per_row_bytes: int, per_sample_bytes: int) -> tuple[int, int]:
+    """(samples, output rows) the in-kernel-GEMM convolution unfolds at a time, of ``n`` samples of ``rows``
+    output rows: as many samples as fit GROUP_COLS_BYTES, or one sample in bands of rows that fit."""
+    if per_sample_bytes <= GROUP_COLS_BYTES:
+        return max(1, min(n, GROUP_COLS_BYTES // max(per_sample_bytes, 1))), rows
+    return 1, max(1, min(rows, GROUP_COLS_BYTES // max(per_row_bytes, 1)))
 
 
 # --- parts: slices of the batch run on separate cores -------------------------
