@@ -114,7 +114,10 @@ Three levels, each used where the one above it is not:
 
 Every parallel kernel writes only its own slice and adds partial sums in a
 fixed order, so results are bit-identical run to run. Per-thread scratch
-buffers (``arrays.scratch``) let replicas run side by side without sharing one.
+buffers (``arrays.scratch``) let replicas run side by side without sharing one;
+they start on a 64-byte boundary everywhere, and kernels that reduce arrays of
+any alignment compile without fastmath (``jit.EXACT_FLAGS``), so that a part
+gets the same bits on a thread or in a worker process.
 
 Words
 -----

@@ -39,9 +39,10 @@ VECTOR_FLAGS = {**FLAGS, "error_model": "numpy"}
 # vectorised body of a loop but not in the scalar iterations it peels off to
 # align the arrays, so an element's rounding would depend on the address.
 # (The optimizer's update: a resumed run, whose arrays were reloaded, must
-# repeat the uninterrupted run bit for bit. Batch norm's per-row sums: a part
-# of a split batch sums its rows where they sit in the part's arrays, and must
-# get the bits the whole batch gets.)
+# repeat the uninterrupted run bit for bit. Batch norm's kernels and the
+# convolution's bias gradient: a part of a split batch runs them on arrays that
+# start elsewhere than the whole batch's, or than the same part's on another
+# thread or in a worker process, and must get the same bits.)
 EXACT_FLAGS = {"cache": True, "nogil": True, "error_model": "numpy"}
 
 
