@@ -293,10 +293,14 @@ CONV_CASES = [pytest.param(conv_config(s), id=f"seed{s}") for s in range(30)] + 
 # 224×224 layers do with bigger bands);
 # "numpy" is the path without a BLAS callable from kernels (numpy's GEMMs on
 # chunks of the batch), and "chunked" makes every sample its own chunk there,
-# so that the running weight-gradient sums are exercised.
-PATHS = ["auto", "direct", "gemm", "gemm+direct-dw", "groups-of-one", "row-bands", "numpy", "chunked",
-         "chunked+direct-dw"]
-FORWARD_PATHS = ["auto", "direct", "gemm", "groups-of-one", "row-bands", "numpy", "chunked"]  # no dw forward
+# so that the running weight-gradient sums are exercised. "taps" runs every
+# stride-1 layer as one GEMM per kernel tap (whatever its junk), in its default
+# groups of samples; "taps-bands" with every sample its own group and its
+# output rows one band each.
+PATHS = ["auto", "direct", "gemm", "gemm+direct-dw", "groups-of-one", "row-bands", "taps", "taps-bands", "numpy",
+         "chunked", "chunked+direct-dw"]
+FORWARD_PATHS = ["auto", "direct", "gemm", "groups-of-one", "row-bands", "taps", "taps-bands", "numpy",
+                 "chunked"]  # no dw forward
 
 
 @pytest.fixture
@@ -307,6 +311,10 @@ def path(request, monkeypatch):
     if mode != "auto":
         monkeypatch.setattr(rules, "depthwise", lambda taps, filters, unit: unit and mode == "direct")
         monkeypatch.setattr(rules, "direct_weights", lambda *a: mode.endswith("direct-dw"))
+        monkeypatch.setattr(rules, "tap_gemms", lambda unit, padded, out: unit and mode.startswith("taps"))
+    if mode == "taps-bands":
+        monkeypatch.setattr(rules, "GROUP_COLS_BYTES", 1)
+        monkeypatch.setattr(rules, "TAP_GROUPS", 10**9)
     if mode == "groups-of-one":
         monkeypatch.setattr(rules, "sample_group", lambda n, rows, per_row, per_sample: (1, rows))
     if mode == "row-bands":
@@ -375,7 +383,7 @@ def test_conv2d_backward_skips_what_is_not_needed(cfg):
     np.testing.assert_array_equal(dw, full[1])
 
 
-@pytest.mark.parametrize("path", ["auto", "groups-of-one", "row-bands", "chunked"], indirect=True)
+@pytest.mark.parametrize("path", ["auto", "groups-of-one", "row-bands", "taps-bands", "chunked"], indirect=True)
 @pytest.mark.parametrize("cfg", CONV_CASES)
 def test_conv2d_adjoint_identities(cfg, path):
     """y = A x + B w + b is bilinear, so <dy, y> = <dx, x> + <db, b> = <dw, w> + <db, b>,
@@ -870,8 +878,9 @@ def test_gemm_from_a_kernel_equals_numpy_for_every_transpose_and_leading_dimensi
                 assert np.array_equal(c[untouched], c_big[untouched])  # nothing written outside C
 
 
+@pytest.mark.parametrize("taps", [False, True], ids=["unfolded", "taps"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_grouped_convolution_gives_the_same_bits_on_one_thread_or_two(dtype, monkeypatch):
+def test_grouped_convolution_gives_the_same_bits_on_one_thread_or_two(dtype, taps, monkeypatch):
     import numba
 
     from cnncli.engine import blas
@@ -879,6 +888,7 @@ def test_grouped_convolution_gives_the_same_bits_on_one_thread_or_two(dtype, mon
     if blas.FUNCTIONS is None or numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs a CBLAS GEMM and two engine threads")
     monkeypatch.setattr(rules, "GROUP_COLS_BYTES", 1)  # a sample per group, in bands of one row
+    monkeypatch.setattr(rules, "tap_gemms", lambda unit, padded, out: unit and taps)
     cfg = named_conv((8, 6, 9, 9), 10, (3, 3), padding=(1, 1))
     x, w, b, dy = conv_arrays(cfg, dtype, seed=8)
     results = []

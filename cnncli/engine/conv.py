@@ -12,8 +12,14 @@ hand arrays and scalars to private ``@njit`` kernels compiled through
 float64) end to end. The strategies, picked per call from the shapes alone by
 :mod:`cnncli.engine.rules`:
 
-* unfold + BLAS in groups (almost every layer, where numpy's BLAS exports a
-  CBLAS GEMM, :mod:`cnncli.engine.blas`): one kernel runs a few samples at a
+* a GEMM per kernel tap (stride-1 layers, where numpy's BLAS exports a CBLAS
+  GEMM, :mod:`cnncli.engine.blas`; :func:`~cnncli.engine.rules.tap_gemms`):
+  with whole padded rows as the pitch, the columns a tap multiplies are a
+  window of the padded input itself, so each tap's GEMM reads it in place and
+  no column matrix is written; the input and weight gradients likewise, tap
+  by tap. A sample at a time, in bands of rows when its output is big.
+* unfold + BLAS in groups (the other layers, where numpy's BLAS exports a
+  CBLAS GEMM): one kernel runs a few samples at a
   time (:func:`~cnncli.engine.rules.sample_group`: their columns fit in half
   of a core's L2), unfolding them into a column matrix ``(C*KH*KW, n*Q)``
   and calling the GEMM itself, groups shared out over the threads. The
@@ -470,6 +476,109 @@ def _backward_groups(address, ilp64, x, w2, dy, dx, dw_groups, per, band, xp_buf
 
 
 # ---------------------------------------------------------------------------
+# stride 1: one GEMM per kernel tap, no column matrix (rules.tap_gemms)
+#
+# With whole padded rows as the pitch, the input under tap (i, j) of every
+# output q is the padded plane's flat cell q + i*dh*Wp + j*dw, so the column
+# matrix's rows for that tap are a (C, Q) window of the padded planes with
+# leading dimension Hp*Wp: a GEMM reads it in place. The forward pass is the
+# sum over taps of w_tap (F, C) · window, the input gradient adds w_tapᵀ · dy
+# into the same windows of a padded gradient buffer, and the weight gradient
+# of tap k is window · dyᵀ, written into rows k, k+KH*KW, ... of the group's
+# (C*KH*KW, F) slot (leading dimension KH*KW*F). Unfolding wrote and re-read
+# KH*KW copies of the input; here the GEMMs read the padded input directly.
+# One sample at a time (its rows in bands when its output is bigger than
+# GROUP_COLS_BYTES); groups of samples share a weight-gradient slot, added up in
+# order by the caller.
+# ---------------------------------------------------------------------------
+
+
+@parallel_kernel
+def _forward_taps(address, ilp64, x, wt, bias, y, per, band, xp_buf, out_buf, kh_, kw_, ph, pw, dh, dw, groups):
+    # wt (KH*KW, F, C/groups); xp_buf[t] (C, Hp, Wp); out_buf[t] (F, ≥ a band's Q).
+    n_ = x.shape[0]
+    c_ = x.shape[1]
+    f_ = wt.shape[1]
+    cg = wt.shape[2]
+    fg = f_ // groups
+    oh_ = y.shape[2]
+    ow_ = y.shape[3]
+    hp = xp_buf.shape[2]
+    wp = xp_buf.shape[3]
+    plane = hp * wp
+    ld = out_buf.shape[2]
+    has_bias = bias.shape[0] > 0
+    for gi in prange((n_ + per - 1) // per):
+        t = get_thread_id()
+        xp, out = xp_buf[t], out_buf[t]
+        flat = xp.reshape(c_, plane)
+        for n in range(gi * per, min(n_, gi * per + per)):
+            for c in range(c_):
+                _pad_plane(x[n, c], xp[c], ph, pw)
+            for r0 in range(0, oh_, band):
+                r1 = min(oh_, r0 + band)
+                qb = (r1 - r0 - 1) * wp + ow_
+                for i in range(kh_):
+                    for j in range(kw_):
+                        k = i * kw_ + j
+                        off = (r0 + i * dh) * wp + j * dw
+                        for g in range(groups):
+                            gemm(address, ilp64, NO_TRANS, NO_TRANS, fg, qb, cg, wt[k, g * fg :], cg,
+                                 flat[g * cg :, off:], plane, 0.0 if k == 0 else 1.0, out[g * fg :], ld)
+                for f in range(f_):
+                    _store_plane(out[f, :qb], y[n, f, r0:r1], bias[f] if has_bias else bias.dtype.type(0), wp)
+
+
+@parallel_kernel
+def _backward_taps(address, ilp64, x, wt, dy, dx, dw_groups, per, band, xp_buf, dxp_buf, dy_buf,
+                   kh_, kw_, ph, pw, dh, dw, groups, need_dx):
+    # dw_groups (groups of samples, channel groups, C/groups*KH*KW, F/groups): each group's dwᵀ.
+    n_ = x.shape[0]
+    c_ = x.shape[1]
+    f_ = wt.shape[1]
+    cg = wt.shape[2]
+    fg = f_ // groups
+    kk = kh_ * kw_
+    oh_ = dy.shape[2]
+    ow_ = dy.shape[3]
+    hp = xp_buf.shape[2]
+    wp = xp_buf.shape[3]
+    plane = hp * wp
+    ld = dy_buf.shape[2]
+    for gi in prange(dw_groups.shape[0]):
+        t = get_thread_id()
+        xp, dxp, dyt = xp_buf[t], dxp_buf[t], dy_buf[t]
+        flat = xp.reshape(c_, plane)
+        dflat = dxp.reshape(c_, plane)
+        slot = dw_groups[gi]
+        first = True
+        for n in range(gi * per, min(n_, gi * per + per)):
+            for c in range(c_):
+                _pad_plane(x[n, c], xp[c], ph, pw)
+            if need_dx:
+                dxp[:] = 0.0
+            for r0 in range(0, oh_, band):
+                r1 = min(oh_, r0 + band)
+                qb = (r1 - r0 - 1) * wp + ow_
+                for f in range(f_):  # junk columns zeroed: they add nothing to dw or dx
+                    _load_plane(dy[n, f, r0:r1], dyt[f, :qb], wp)
+                for i in range(kh_):
+                    for j in range(kw_):
+                        k = i * kw_ + j
+                        off = (r0 + i * dh) * wp + j * dw
+                        for g in range(groups):
+                            gemm(address, ilp64, NO_TRANS, TRANS, cg, fg, qb, flat[g * cg :, off:], plane,
+                                 dyt[g * fg :], ld, 0.0 if first else 1.0, slot[g].reshape(-1)[k * fg :], kk * fg)
+                            if need_dx:
+                                gemm(address, ilp64, TRANS, NO_TRANS, cg, qb, fg, wt[k, g * fg :], cg,
+                                     dyt[g * fg :], ld, 1.0, dflat[g * cg :, off:], plane)
+                first = False
+            if need_dx:
+                for c in range(c_):
+                    _crop_plane(dxp[c], dx[n, c], ph, pw)
+
+
+# ---------------------------------------------------------------------------
 # the public functions
 # ---------------------------------------------------------------------------
 
@@ -505,10 +614,12 @@ class _Geometry:
         self.wp = self.wd + 2 * self.pw
         unit = self.sh == 1 and self.sw == 1
         fg = self.f // g
-        self.pitch = self.wp if rules.flat_rows(fg, self.wp, self.ow, unit) else self.ow
-        self.q = (self.oh - 1) * self.pitch + self.ow
         self.taps = self.cg * self.kh * self.kw
         self.direct = rules.depthwise(self.taps, fg, unit)
+        self.by_taps = (blas.FUNCTIONS is not None and not self.direct
+                        and rules.tap_gemms(unit, self.wp, self.ow))
+        self.pitch = self.wp if self.by_taps or rules.flat_rows(fg, self.wp, self.ow, unit) else self.ow
+        self.q = (self.oh - 1) * self.pitch + self.ow
         flat = unit and self.pitch == self.wp
         self.direct_dw = self.direct or (flat and rules.direct_weights(self.taps * fg))
         # Direct kernels need no column matrix, so the whole batch is one chunk.
@@ -547,6 +658,22 @@ class _Geometry:
                 scratch("group.cols", (t, self.c * self.kh * self.kw, per * qmax), dtype),
                 scratch("group.out", (t, self.f, per * qmax), dtype))
 
+    def tap_plan(self) -> tuple[int, int]:
+        """(samples per group, output rows per band) of the tap kernels (rules.tap_plan)."""
+        return rules.tap_plan(self.n, self.oh, self.f * self.pitch * self.x.itemsize,
+                              self.f * self.q * self.x.itemsize)
+
+    def tap_weights(self) -> np.ndarray:
+        """The weights as (KH*KW, F, C/groups): one (F, C/groups) matrix per tap, for the tap kernels."""
+        return np.ascontiguousarray(self.w.transpose(2, 3, 0, 1)).reshape(self.kh * self.kw, self.f, self.cg)
+
+    def tap_buffers(self, band: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-thread buffers of the tap kernels: a sample's padded planes, a band's outputs (or dy)."""
+        t = numba.get_num_threads()
+        dtype = self.x.dtype
+        return (scratch("group.xp", (t, self.c, self.hp, self.wp), dtype),
+                scratch("group.out", (t, self.f, (band - 1) * self.pitch + self.ow), dtype))
+
     def input_grad_buffer(self, dx: np.ndarray, n0: int, nc: int) -> np.ndarray:
         if self.ph == 0 and self.pw == 0:
             return dx[n0 : n0 + nc]
@@ -580,6 +707,12 @@ def conv2d_forward(
             raise ValueError(f"b must have shape ({geo.f},), got {bias.shape}")
     y = np.empty((geo.n, geo.f, geo.oh, geo.ow), dtype=dtype)
     g, fg = geo.groups, geo.f // geo.groups
+    if geo.by_taps:
+        f = blas.FUNCTIONS
+        per, band = geo.tap_plan()
+        _forward_taps(f.of(dtype), f.ilp64, geo.x, geo.tap_weights(), bias, y, per, band, *geo.tap_buffers(band),
+                      geo.kh, geo.kw, geo.ph, geo.pw, geo.dh, geo.dw, g)
+        return y
     if geo.in_groups:
         f = blas.FUNCTIONS
         per, band = geo.group_plan()
@@ -631,6 +764,17 @@ def conv2d_backward(
     dx = np.empty_like(geo.x) if need_dx else None
     dw_out = np.empty_like(geo.w)
     g, fg = geo.groups, geo.f // geo.groups
+    if geo.by_taps and not geo.direct_dw:
+        f = blas.FUNCTIONS
+        per, band = geo.tap_plan()
+        parts = np.empty((-(-geo.n // per), g, geo.taps, fg), dtype=dtype)  # dwᵀ per group of samples
+        xp, dyt = geo.tap_buffers(band)
+        _backward_taps(f.of(dtype), f.ilp64, geo.x, geo.tap_weights(), dy,
+                       dx if dx is not None else np.empty((0, 0, 0, 0), dtype), parts, per, band,
+                       xp, scratch("group.dxp", xp.shape, dtype), dyt, geo.kh, geo.kw, geo.ph, geo.pw, geo.dh,
+                       geo.dw, g, need_dx)
+        dw_out.reshape(g, fg, geo.taps)[...] = parts.sum(axis=0).transpose(0, 2, 1)
+        return dx, dw_out, db
     if geo.in_groups and not geo.direct_dw:
         f = blas.FUNCTIONS
         per, band = geo.group_plan()

@@ -150,6 +150,32 @@ def sample_group(n: int, rows: int, per_row_bytes: int, per_sample_bytes: int) -
     return 1, max(1, min(rows, GROUP_COLS_BYTES // max(per_row_bytes, 1)))
 
 
+# --- stride 1: a GEMM per kernel tap, reading the padded input in place ---------
+
+#: Stride-1 layers run one GEMM per kernel tap on windows of the padded input
+#: (conv._forward_taps) while the junk outputs of whole padded rows, (Wp - OW) /
+#: OW, stay under this: every tap's GEMM computes them. ResNet-20's 8×8 layers
+#: (junk 0.25) ran 1.4x faster so than unfolded with a pitch of OW.
+MAX_TAP_JUNK = 0.5
+
+#: The tap kernels give the weight gradient of up to this many groups of
+#: samples each its own slot (added up in order): groups for two cores to share
+#: when the batch is not split, few slots to add up.
+TAP_GROUPS = 4
+
+
+def tap_gemms(unit_stride: bool, padded_width: int, out_width: int) -> bool:
+    """Whether a convolution runs as one GEMM per kernel tap (stride 1, junk of whole padded rows small)."""
+    return unit_stride and (padded_width - out_width) <= MAX_TAP_JUNK * out_width
+
+
+def tap_plan(n: int, rows: int, per_row_bytes: int, per_sample_bytes: int) -> tuple[int, int]:
+    """(samples per group, output rows per band) of the tap kernels: up to TAP_GROUPS groups of samples, a
+    sample's output (or dy) in bands of rows that fit GROUP_COLS_BYTES."""
+    band = rows if per_sample_bytes <= GROUP_COLS_BYTES else max(1, min(rows, GROUP_COLS_BYTES // max(per_row_bytes, 1)))
+    return -(-n // min(n, TAP_GROUPS)), band
+
+
 # --- parts: slices of the batch run on separate cores -------------------------
 
 #: A batch is split across cores only into parts of at least this many samples.
