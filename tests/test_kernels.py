@@ -311,7 +311,7 @@ def path(request, monkeypatch):
     if mode != "auto":
         monkeypatch.setattr(rules, "depthwise", lambda taps, filters, unit: unit and mode == "direct")
         monkeypatch.setattr(rules, "direct_weights", lambda *a: mode.endswith("direct-dw"))
-        monkeypatch.setattr(rules, "tap_gemms", lambda unit, padded, out: unit and mode.startswith("taps"))
+        monkeypatch.setattr(rules, "tap_gemms", lambda unit, channels, padded, out: unit and mode.startswith("taps"))
     if mode == "taps-bands":
         monkeypatch.setattr(rules, "GROUP_COLS_BYTES", 1)
         monkeypatch.setattr(rules, "TAP_GROUPS", 10**9)
@@ -808,6 +808,31 @@ def test_batchnorm_kernels_equal_the_formulas(shape, dtype):
         np.testing.assert_allclose(db, dy64.sum(axis=axes), **tol)
 
 
+@pytest.mark.parametrize("length", [1, 7, 49, 64, 1024])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batchnorm_row_sums_do_not_depend_on_where_the_rows_sit(length, dtype):
+    # A part of a split batch sums its rows where they sit in the part's arrays, the whole batch where they sit
+    # in its own: the sums must be the same bits at every offset from a 64-byte boundary (jit.REDUCE_FLAGS).
+    from cnncli.engine import norm
+
+    rng = np.random.default_rng(12)
+    shape = (3, 5, length)
+    x, dy, h = (rng.standard_normal(shape).astype(dtype) * 3 + 1 for _ in range(3))
+    size = x.size
+    found = set()
+    for offset in range(64 // np.dtype(dtype).itemsize):
+        views = []
+        for a in (x, dy, h):
+            buf = np.empty(size + 64, dtype)
+            v = buf[offset : offset + size].reshape(shape)
+            v[...] = a
+            views.append(v)
+        vx, vdy, vh = views
+        found.add((norm.row_moments(vx).tobytes(), norm.grad_rows(vdy, vh).tobytes(),
+                   norm.grad_rows(vdy, vh, relu_out=vx).tobytes()))
+    assert len(found) == 1
+
+
 # ---------------------------------------------------------------------------
 # ReLU kernels (cnncli.engine.elementwise) against numpy
 # ---------------------------------------------------------------------------
@@ -888,7 +913,7 @@ def test_grouped_convolution_gives_the_same_bits_on_one_thread_or_two(dtype, tap
     if blas.FUNCTIONS is None or numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs a CBLAS GEMM and two engine threads")
     monkeypatch.setattr(rules, "GROUP_COLS_BYTES", 1)  # a sample per group, in bands of one row
-    monkeypatch.setattr(rules, "tap_gemms", lambda unit, padded, out: unit and taps)
+    monkeypatch.setattr(rules, "tap_gemms", lambda unit, channels, padded, out: unit and taps)
     cfg = named_conv((8, 6, 9, 9), 10, (3, 3), padding=(1, 1))
     x, w, b, dy = conv_arrays(cfg, dtype, seed=8)
     results = []

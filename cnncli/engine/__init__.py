@@ -59,10 +59,11 @@ each is tested equal to the plain path (and against finite differences).
     matrices for the backward pass (``rules.keep_cols``).
 
   Every other conv runs in ``conv``: direct loops for thin groups
-  (``rules.depthwise``); stride 1 (``rules.tap_gemms``: junk of whole
-  padded rows at most half the row) as one GEMM per kernel tap reading the
+  (``rules.depthwise``); stride 1 with up to 128 channels and short
+  padding (``rules.tap_gemms``) as one GEMM per kernel tap reading the
   padded input in place, no column matrix (twice as fast as unfolding on
-  ResNet-20's 16-channel layers, forward and backward); else unfold + GEMM — in groups of a few samples
+  ResNet-20's 16-channel layers; with more channels a tap's GEMM is too
+  short for its weights); else unfold + GEMM — in groups of a few samples
   with the GEMMs called from the kernel (``blas``; ``rules.sample_group``:
   columns up to ``GROUP_COLS_BYTES``, half a core's L2) where numpy's BLAS
   exports a CBLAS GEMM, else in chunks of up to ``CONV_COLS_BUDGET_BYTES``

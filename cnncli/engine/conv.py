@@ -617,7 +617,7 @@ class _Geometry:
         self.taps = self.cg * self.kh * self.kw
         self.direct = rules.depthwise(self.taps, fg, unit)
         self.by_taps = (blas.FUNCTIONS is not None and not self.direct
-                        and rules.tap_gemms(unit, self.wp, self.ow))
+                        and rules.tap_gemms(unit, self.cg, self.wp, self.ow))
         self.pitch = self.wp if self.by_taps or rules.flat_rows(fg, self.wp, self.ow, unit) else self.ow
         self.q = (self.oh - 1) * self.pitch + self.ow
         flat = unit and self.pitch == self.wp

@@ -6,8 +6,9 @@ channel. Statistics are built in two steps, so that a batch split into parts
 (:mod:`cnncli.engine.parts`) gets the same bits as the whole batch:
 
 1. each row's own sums (:func:`row_moments`, :func:`grad_rows`), computed
-   from that row alone, in float64, without fastmath (:func:`cnncli.engine.jit.exact_parallel_kernel`:
-   a sum must not depend on where the row sits in memory);
+   from that row alone, in float64, vectorised in an order fixed by the row's
+   length (:func:`cnncli.engine.jit.reduce_parallel_kernel`: a sum must not
+   depend on where the row sits in memory);
 2. the rows of the whole batch combined in batch order (:func:`moments`,
    :func:`totals`): a part hands its rows to the others
    (:class:`cnncli.engine.batch.Place`), so every part combines the same rows
@@ -25,80 +26,51 @@ import numpy as np
 from numba import prange
 
 from cnncli.engine.arrays import array
-from cnncli.engine.jit import exact_kernel, exact_parallel_kernel
+from cnncli.engine.jit import exact_kernel, exact_parallel_kernel, reduce_parallel_kernel
 
 __all__ = ["backward", "batch_stats", "forward", "grad_rows", "input_grad", "moments", "row_moments", "totals"]
 
 
-@exact_parallel_kernel
+@reduce_parallel_kernel
 def _row_moments(x, rows):
     n_, c_, l_ = x.shape
-    whole = l_ - l_ % 4
     for job in prange(n_ * c_):
         n = job // c_
         c = job - n * c_
         row = x[n, c]
-        # Four running sums in a fixed pattern: independent chains for the
-        # CPU, the same rounding wherever the row sits.
-        s0 = s1 = s2 = s3 = 0.0
-        for i in range(0, whole, 4):
-            s0 += row[i]
-            s1 += row[i + 1]
-            s2 += row[i + 2]
-            s3 += row[i + 3]
-        for i in range(whole, l_):
-            s0 += row[i]
-        s = (s0 + s1) + (s2 + s3)
+        s = 0.0
+        for i in range(l_):
+            s += row[i]
         m = s / l_
-        q0 = q1 = q2 = q3 = 0.0
-        for i in range(0, whole, 4):
-            d0 = row[i] - m
-            d1 = row[i + 1] - m
-            d2 = row[i + 2] - m
-            d3 = row[i + 3] - m
-            q0 += d0 * d0
-            q1 += d1 * d1
-            q2 += d2 * d2
-            q3 += d3 * d3
-        for i in range(whole, l_):
-            d0 = row[i] - m
-            q0 += d0 * d0
+        q = 0.0
+        for i in range(l_):
+            d = row[i] - m
+            q += d * d
         rows[n, c, 0] = s
-        rows[n, c, 1] = (q0 + q1) + (q2 + q3)
+        rows[n, c, 1] = q
 
 
-@exact_parallel_kernel
+@reduce_parallel_kernel
 def _grad_rows(dy, xhat, y, relu, rows):
     n_, c_, l_ = dy.shape
-    whole = l_ - l_ % 4
     zero = dy.dtype.type(0)
     for job in prange(n_ * c_):
         n = job // c_
         c = job - n * c_
         g, h, out = dy[n, c], xhat[n, c], y[n, c]
-        s0 = s1 = s2 = s3 = 0.0
-        t0 = t1 = t2 = t3 = 0.0
-        for i in range(0, whole, 4):
-            g0, g1, g2, g3 = g[i], g[i + 1], g[i + 2], g[i + 3]
-            if relu:  # dy is the folded ReLU's: it passed where the output is > 0
-                g0 = g0 if out[i] > 0 else zero
-                g1 = g1 if out[i + 1] > 0 else zero
-                g2 = g2 if out[i + 2] > 0 else zero
-                g3 = g3 if out[i + 3] > 0 else zero
-            s0 += g0
-            s1 += g1
-            s2 += g2
-            s3 += g3
-            t0 += np.float64(g0) * h[i]
-            t1 += np.float64(g1) * h[i + 1]
-            t2 += np.float64(g2) * h[i + 2]
-            t3 += np.float64(g3) * h[i + 3]
-        for i in range(whole, l_):
-            g0 = g[i] if not relu or out[i] > 0 else zero
-            s0 += g0
-            t0 += np.float64(g0) * h[i]
-        rows[n, c, 0] = (s0 + s1) + (s2 + s3)
-        rows[n, c, 1] = (t0 + t1) + (t2 + t3)
+        s = 0.0
+        t = 0.0
+        if relu:  # dy is the folded ReLU's: it passed where the output is > 0
+            for i in range(l_):
+                gi = g[i] if out[i] > 0 else zero
+                s += gi
+                t += np.float64(gi) * h[i]
+        else:
+            for i in range(l_):
+                s += g[i]
+                t += np.float64(g[i]) * h[i]
+        rows[n, c, 0] = s
+        rows[n, c, 1] = t
 
 
 @exact_kernel

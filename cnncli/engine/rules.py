@@ -152,11 +152,17 @@ def sample_group(n: int, rows: int, per_row_bytes: int, per_sample_bytes: int) -
 
 # --- stride 1: a GEMM per kernel tap, reading the padded input in place ---------
 
-#: Stride-1 layers run one GEMM per kernel tap on windows of the padded input
-#: (conv._forward_taps) while the junk outputs of whole padded rows, (Wp - OW) /
-#: OW, stay under this: every tap's GEMM computes them. ResNet-20's 8×8 layers
-#: (junk 0.25) ran 1.4x faster so than unfolded with a pitch of OW.
-MAX_TAP_JUNK = 0.5
+#: Stride-1 layers with at most this many input channels per group run one
+#: GEMM per kernel tap on windows of the padded input (conv._forward_taps),
+#: while the junk outputs of whole padded rows, (Wp - OW) / OW, stay at most
+#: MAX_TAP_JUNK: every tap's GEMM computes them. Measured on one core against
+#: unfolding (forward + backward, ms): ResNet-20's 16/32/64-channel layers at
+#: batch 64 27 -> 14, 22 -> 16, 23 -> 20 (8×8: junk 0.25); 128 channels at 16×16
+#: 245 -> 238, at 28×28 (batch 8) 83 -> 63; but 256 channels at 8×8 282 -> 276,
+#: at 14×14 65 -> 85, 512 at 4×4 (junk 0.5) 348 -> 470: with many channels and
+#: short rows each tap's GEMM repacks a big weight matrix for few outputs.
+TAP_MAX_CHANNELS = 128
+MAX_TAP_JUNK = 0.25
 
 #: The tap kernels give the weight gradient of up to this many groups of
 #: samples each its own slot (added up in order): groups for two cores to share
@@ -164,9 +170,10 @@ MAX_TAP_JUNK = 0.5
 TAP_GROUPS = 4
 
 
-def tap_gemms(unit_stride: bool, padded_width: int, out_width: int) -> bool:
-    """Whether a convolution runs as one GEMM per kernel tap (stride 1, junk of whole padded rows small)."""
-    return unit_stride and (padded_width - out_width) <= MAX_TAP_JUNK * out_width
+def tap_gemms(unit_stride: bool, channels: int, padded_width: int, out_width: int) -> bool:
+    """Whether a convolution with this many input channels per group runs as one GEMM per kernel tap."""
+    return (unit_stride and channels <= TAP_MAX_CHANNELS
+            and (padded_width - out_width) <= MAX_TAP_JUNK * out_width)
 
 
 def tap_plan(n: int, rows: int, per_row_bytes: int, per_sample_bytes: int) -> tuple[int, int]:
