@@ -149,6 +149,9 @@ group
     ``groups`` (channel groups, as in PyTorch).
 slab
     a slice of one GEMM's output computed by one thread.
+tap
+    one position (i, j) of a convolution's kernel; a *tap GEMM* multiplies
+    that position's weights (F, C) by the window of the padded input under it.
 lanes
     the batch-innermost layout (C, H, W, N): every pixel a vector of samples.
 flat rows
