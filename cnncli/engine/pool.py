@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from cnncli.engine import rules
 from cnncli.engine.arrays import Pair, array, check_pool_padding, out_hw, pair, shape4
 from cnncli.engine.jit import kernel, parallel_kernel, vector_kernel, vector_parallel_kernel
 
@@ -42,13 +43,81 @@ __all__ = [
 # max pooling
 # ---------------------------------------------------------------------------
 
+@kernel
+def _max_windows(xs, ys, am, oh, h0, h1, ow0, ow1, kw_, sw, pw):
+    # Output cells (oh, ow0..ow1-1), any window, one at a time. Padding never
+    # wins, so start from the first real cell (every window has one, see
+    # check_pool_padding) rather than from an -inf constant that fast-math may
+    # assume away. Strict '>' then keeps the first maximum in row-major order,
+    # PyTorch's tie rule.
+    w_ = xs.shape[1]
+    for ow in range(ow0, ow1):
+        w0 = ow * sw - pw
+        w1 = min(w0 + kw_, w_)
+        w0 = max(w0, 0)
+        best = xs[h0, w0]
+        best_i = h0 * w_ + w0
+        for ih in range(h0, h1):
+            row = xs[ih]
+            for iw in range(w0, w1):
+                v = row[iw]
+                if v > best:
+                    best = v
+                    best_i = ih * w_ + iw
+        ys[oh, ow] = best
+        am[oh, ow] = best_i
+
+
+@kernel
+def _max_inner(xs, ys, am, oh, h0, h1, ow0, ow1, kw_, sw, pw):
+    # Output cells (oh, ow0..ow1-1) whose windows lie inside the row: the
+    # window's cells in the same row-major order and with the same strict '>'
+    # as _max_windows, each one across all these columns at once (selects, so
+    # that the loop over columns vectorises).
+    w_ = xs.shape[1]
+    m = ow1 - ow0
+    y_row = ys[oh, ow0:ow1]
+    a_row = am[oh, ow0:ow1]
+    c0 = ow0 * sw - pw  # the first column's window starts here
+    first = xs[h0, c0 : c0 + (m - 1) * sw + 1 : sw]
+    for o in range(m):
+        y_row[o] = first[o]
+        a_row[o] = h0 * w_ + c0 + o * sw
+    for ih in range(h0, h1):
+        for j in range(kw_):
+            if ih == h0 and j == 0:
+                continue
+            base = ih * w_ + c0 + j
+            if sw == 1:  # contiguous cells: a loop LLVM vectorises without gathers
+                cells = xs[ih, c0 + j : c0 + j + m]
+                for o in range(m):
+                    v = cells[o]
+                    cur = y_row[o]
+                    take = v > cur
+                    y_row[o] = v if take else cur
+                    a_row[o] = base + o if take else a_row[o]
+            else:
+                cells = xs[ih, c0 + j : c0 + j + (m - 1) * sw + 1 : sw]
+                for o in range(m):
+                    v = cells[o]
+                    cur = y_row[o]
+                    take = v > cur
+                    y_row[o] = v if take else cur
+                    a_row[o] = base + o * sw if take else a_row[o]
+
+
 @parallel_kernel
-def _maxpool_forward(x, y, argmax, kh_, kw_, sh, sw, ph, pw):
+def _maxpool_forward(x, y, argmax, kh_, kw_, sh, sw, ph, pw, vector_columns):
     c_ = x.shape[1]
     h_ = x.shape[2]
     w_ = x.shape[3]
     oh_ = y.shape[2]
     ow_ = y.shape[3]
+    # Columns whose windows lie inside the row: ow*sw - pw >= 0 and ow*sw - pw + kw <= W.
+    inner0 = min(ow_, (pw + sw - 1) // sw)
+    inner1 = max(inner0, min(ow_, (w_ - kw_ + pw) // sw + 1)) if w_ >= kw_ - pw else inner0
+    if inner1 - inner0 < vector_columns:  # too short a row to gain from vectors
+        inner1 = inner0
     for job in prange(x.shape[0] * c_):
         n = job // c_
         c = job - n * c_
@@ -59,26 +128,12 @@ def _maxpool_forward(x, y, argmax, kh_, kw_, sh, sw, ph, pw):
             h0 = oh * sh - ph
             h1 = min(h0 + kh_, h_)
             h0 = max(h0, 0)
-            for ow in range(ow_):
-                w0 = ow * sw - pw
-                w1 = min(w0 + kw_, w_)
-                w0 = max(w0, 0)
-                # Padding never wins, so start from the first real cell
-                # (every window has one, see check_pool_padding) rather
-                # than from an -inf constant that fast-math may assume away.
-                # Strict '>' then keeps the first maximum in row-major order,
-                # PyTorch's tie rule.
-                best = xs[h0, w0]
-                best_i = h0 * w_ + w0
-                for ih in range(h0, h1):
-                    row = xs[ih]
-                    for iw in range(w0, w1):
-                        v = row[iw]
-                        if v > best:
-                            best = v
-                            best_i = ih * w_ + iw
-                ys[oh, ow] = best
-                am[oh, ow] = best_i
+            if inner1 == inner0:
+                _max_windows(xs, ys, am, oh, h0, h1, 0, ow_, kw_, sw, pw)
+                continue
+            _max_windows(xs, ys, am, oh, h0, h1, 0, inner0, kw_, sw, pw)
+            _max_inner(xs, ys, am, oh, h0, h1, inner0, inner1, kw_, sw, pw)
+            _max_windows(xs, ys, am, oh, h0, h1, inner1, ow_, kw_, sw, pw)
 
 
 @parallel_kernel
@@ -115,7 +170,7 @@ def maxpool2d_forward(
     y = np.empty((n_, c_, oh_, ow_), dtype=x.dtype)
     index_dtype = np.int32 if h_ * w_ <= np.iinfo(np.int32).max else np.int64
     argmax = np.empty((n_, c_, oh_, ow_), dtype=index_dtype)
-    _maxpool_forward(x, y, argmax, *kernel_hw, *stride, *padding)
+    _maxpool_forward(x, y, argmax, *kernel_hw, *stride, *padding, rules.MAXPOOL_VECTOR_COLUMNS)
     return y, argmax
 
 

@@ -183,6 +183,16 @@ def tap_plan(n: int, rows: int, per_row_bytes: int, per_sample_bytes: int) -> tu
     return -(-n // min(n, TAP_GROUPS)), band
 
 
+# --- max pooling --------------------------------------------------------------
+
+#: Max pooling takes the windows inside a row across all their output columns
+#: at once (vectorised selects) when there are at least this many such columns
+#: in a row, else one window at a time. One core, GoogLeNet's shapes at batch 8:
+#: 3×3 stride 1 on 192×28×28 17-29 -> 16 ms, 3×3 stride 2 on 64×112×112 21-37
+#: -> 16-25 ms, but 3×3 stride 1 on 480×14×14 (12 such columns) 10 -> 25 ms.
+MAXPOOL_VECTOR_COLUMNS = 16
+
+
 # --- parts: slices of the batch run on separate cores -------------------------
 
 #: A batch is split across cores only into parts of at least this many samples.
