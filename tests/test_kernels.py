@@ -296,9 +296,10 @@ CONV_CASES = [pytest.param(conv_config(s), id=f"seed{s}") for s in range(30)] + 
 # so that the running weight-gradient sums are exercised. "taps" runs every
 # stride-1 layer as one GEMM per kernel tap (whatever its junk), in its default
 # groups of samples; "taps-bands" with every sample its own group and its
-# output rows one band each.
-PATHS = ["auto", "direct", "gemm", "gemm+direct-dw", "groups-of-one", "row-bands", "taps", "taps-bands", "numpy",
-         "chunked", "chunked+direct-dw"]
+# output rows one band each. "...-one-slot": every group's weight gradient
+# summed into one slot, in order.
+PATHS = ["auto", "direct", "gemm", "gemm+direct-dw", "groups-of-one", "groups-of-one-one-slot", "row-bands", "taps",
+         "taps-bands", "taps-one-slot", "numpy", "chunked", "chunked+direct-dw"]
 FORWARD_PATHS = ["auto", "direct", "gemm", "groups-of-one", "row-bands", "taps", "taps-bands", "numpy",
                  "chunked"]  # no dw forward
 
@@ -314,9 +315,11 @@ def path(request, monkeypatch):
         monkeypatch.setattr(rules, "tap_gemms", lambda unit, channels, padded, out: unit and mode.startswith("taps"))
     if mode == "taps-bands":
         monkeypatch.setattr(rules, "GROUP_COLS_BYTES", 1)
-        monkeypatch.setattr(rules, "TAP_GROUPS", 10**9)
-    if mode == "groups-of-one":
+        monkeypatch.setattr(rules, "DW_SLOTS", 10**9)
+    if mode.startswith("groups-of-one"):
         monkeypatch.setattr(rules, "sample_group", lambda n, rows, per_row, per_sample: (1, rows))
+    if mode.endswith("one-slot"):
+        monkeypatch.setattr(rules, "DW_SLOTS", 1)
     if mode == "row-bands":
         monkeypatch.setattr(rules, "GROUP_COLS_BYTES", 1)
     if mode.startswith(("numpy", "chunked")):

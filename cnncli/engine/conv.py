@@ -430,8 +430,10 @@ def _forward_groups(address, ilp64, x, w2, bias, y, per, band, xp_buf, cols_buf,
 
 
 @parallel_kernel
-def _backward_groups(address, ilp64, x, w2, dy, dx, dw_groups, per, band, xp_buf, dxp_buf, cols_buf, dy_buf,
+def _backward_groups(address, ilp64, x, w2, dy, dx, dw_slots, per, span, band, xp_buf, dxp_buf, cols_buf, dy_buf,
                      kh_, kw_, sh, sw, ph, pw, dh, dw, pitch, groups, need_dx):
+    # dw_slots (slots, channel groups, C/groups*KH*KW, F/groups): slot s sums the dwᵀ of groups of samples
+    # s*span … s*span + span - 1, in order.
     n_ = x.shape[0]
     c_ = x.shape[1]
     f_ = w2.shape[0]
@@ -443,36 +445,38 @@ def _backward_groups(address, ilp64, x, w2, dy, dx, dw_groups, per, band, xp_buf
     qmax = (band - 1) * pitch + ow_
     ld = per * qmax
     padded = ph > 0 or pw > 0
-    for gi in prange(dw_groups.shape[0]):
+    group_count = (n_ + per - 1) // per
+    for si in prange(dw_slots.shape[0]):
         t = get_thread_id()
         cols, dyt, xp, dxp = cols_buf[t], dy_buf[t], xp_buf[t], dxp_buf[t]
-        n0 = gi * per
-        ns = min(per, n_ - n0)
-        part = dw_groups[gi]
-        for r0 in range(0, oh_, band):
-            r1 = min(oh_, r0 + band)
-            qb = (r1 - r0 - 1) * pitch + ow_
-            width = (ns - 1) * qmax + qb
-            for j in range(ns):
-                _columns(x, n0 + j, xp, cols[:, j * qmax : j * qmax + qb], kh_, kw_, sh, sw, ph, pw, dh, dw,
-                         r0, r1, ow_, pitch)
-                for f in range(f_):  # dy of the sample's rows as (F, band's Q)
-                    _load_plane(dy[n0 + j, f, r0:r1], dyt[f, j * qmax : j * qmax + qb], pitch)
-            for g in range(groups):  # this group's dwᵀ += cols · dyᵀ (OpenBLAS runs it faster than dy · colsᵀ)
-                gemm(address, ilp64, NO_TRANS, TRANS, taps, fg, width, cols[g * taps :], ld,
-                     dyt[g * fg :], ld, 0.0 if r0 == 0 else 1.0, part[g], fg)
-            if not need_dx:
-                continue
-            for g in range(groups):  # column gradients wᵀ · dy, into the spent columns
-                gemm(address, ilp64, TRANS, NO_TRANS, taps, width, fg, w2[g * fg :], taps,
-                     dyt[g * fg :], ld, 0.0, cols[g * taps :], ld)
-            for j in range(ns):
-                for c in range(c_):
-                    plane = dxp[c] if padded else dx[n0 + j, c]
-                    _fold_plane(cols[c * kk : (c + 1) * kk, j * qmax : j * qmax + qb], plane, kh_, kw_, sh, sw,
-                                dh, dw, r0, r1, ow_, pitch, r0 == 0)
-                    if padded and r1 == oh_:  # the sample's last rows: its gradient is complete
-                        _crop_plane(plane, dx[n0 + j, c], ph, pw)
+        part = dw_slots[si]
+        for gi in range(si * span, min(group_count, si * span + span)):
+            n0 = gi * per
+            ns = min(per, n_ - n0)
+            for r0 in range(0, oh_, band):
+                r1 = min(oh_, r0 + band)
+                qb = (r1 - r0 - 1) * pitch + ow_
+                width = (ns - 1) * qmax + qb
+                for j in range(ns):
+                    _columns(x, n0 + j, xp, cols[:, j * qmax : j * qmax + qb], kh_, kw_, sh, sw, ph, pw, dh, dw,
+                             r0, r1, ow_, pitch)
+                    for f in range(f_):  # dy of the sample's rows as (F, band's Q)
+                        _load_plane(dy[n0 + j, f, r0:r1], dyt[f, j * qmax : j * qmax + qb], pitch)
+                for g in range(groups):  # this group's dwᵀ += cols · dyᵀ (OpenBLAS runs it faster than dy · colsᵀ)
+                    gemm(address, ilp64, NO_TRANS, TRANS, taps, fg, width, cols[g * taps :], ld,
+                         dyt[g * fg :], ld, 0.0 if r0 == 0 and gi == si * span else 1.0, part[g], fg)
+                if not need_dx:
+                    continue
+                for g in range(groups):  # column gradients wᵀ · dy, into the spent columns
+                    gemm(address, ilp64, TRANS, NO_TRANS, taps, width, fg, w2[g * fg :], taps,
+                         dyt[g * fg :], ld, 0.0, cols[g * taps :], ld)
+                for j in range(ns):
+                    for c in range(c_):
+                        plane = dxp[c] if padded else dx[n0 + j, c]
+                        _fold_plane(cols[c * kk : (c + 1) * kk, j * qmax : j * qmax + qb], plane, kh_, kw_, sh, sw,
+                                    dh, dw, r0, r1, ow_, pitch, r0 == 0)
+                        if padded and r1 == oh_:  # the sample's last rows: its gradient is complete
+                            _crop_plane(plane, dx[n0 + j, c], ph, pw)
 
 
 # ---------------------------------------------------------------------------
@@ -778,11 +782,12 @@ def conv2d_backward(
     if geo.in_groups and not geo.direct_dw:
         f = blas.FUNCTIONS
         per, band = geo.group_plan()
-        parts = np.empty((-(-geo.n // per), g, geo.taps, fg), dtype=dtype)  # dwᵀ per group of samples
+        slots, span = rules.dw_slots(-(-geo.n // per))
+        parts = np.empty((slots, g, geo.taps, fg), dtype=dtype)  # dwᵀ per slot of groups of samples
         xp, cols, dyt = geo.group_buffers(per, band)
         dxp = scratch("group.dxp", xp.shape, dtype)
         _backward_groups(f.of(dtype), f.ilp64, geo.x, geo.w.reshape(geo.f, geo.taps), dy,
-                         dx if dx is not None else np.empty((0, 0, 0, 0), dtype), parts, per, band,
+                         dx if dx is not None else np.empty((0, 0, 0, 0), dtype), parts, per, span, band,
                          xp, dxp, cols, dyt, geo.kh, geo.kw, geo.sh, geo.sw, geo.ph, geo.pw, geo.dh, geo.dw,
                          geo.pitch, g, need_dx)
         dw_out.reshape(g, fg, geo.taps)[...] = parts.sum(axis=0).transpose(0, 2, 1)

@@ -164,10 +164,20 @@ def sample_group(n: int, rows: int, per_row_bytes: int, per_sample_bytes: int) -
 TAP_MAX_CHANNELS = 128
 MAX_TAP_JUNK = 0.25
 
-#: The tap kernels give the weight gradient of up to this many groups of
-#: samples each its own slot (added up in order): groups for two cores to share
-#: when the batch is not split, few slots to add up.
-TAP_GROUPS = 4
+#: The convolution's group and tap kernels sum the weight gradients of their
+#: groups of samples into at most this many slots (a slot takes a run of groups
+#: in order), added up in order after: enough for two cores to share when the
+#: batch is not split, few to add up. One slot per group made ResNet-18-sized
+#: layers write and add up tens of 2-9 MB partial gradients: backward of
+#: 512×512×7×7 at batch 8, one core, 82 -> 52 ms with four slots (benchmarks/README).
+DW_SLOTS = 4
+
+
+def dw_slots(groups: int) -> tuple[int, int]:
+    """(slots, groups per slot) for the weight gradients of ``groups`` groups of samples."""
+    slots = max(1, min(groups, DW_SLOTS))
+    span = -(-groups // slots)
+    return -(-groups // span), span
 
 
 def tap_gemms(unit_stride: bool, channels: int, padded_width: int, out_width: int) -> bool:
@@ -177,10 +187,10 @@ def tap_gemms(unit_stride: bool, channels: int, padded_width: int, out_width: in
 
 
 def tap_plan(n: int, rows: int, per_row_bytes: int, per_sample_bytes: int) -> tuple[int, int]:
-    """(samples per group, output rows per band) of the tap kernels: up to TAP_GROUPS groups of samples, a
-    sample's output (or dy) in bands of rows that fit GROUP_COLS_BYTES."""
+    """(samples per group, output rows per band) of the tap kernels: up to DW_SLOTS groups of samples (a slot
+    each), a sample's output (or dy) in bands of rows that fit GROUP_COLS_BYTES."""
     band = rows if per_sample_bytes <= GROUP_COLS_BYTES else max(1, min(rows, GROUP_COLS_BYTES // max(per_row_bytes, 1)))
-    return -(-n // min(n, TAP_GROUPS)), band
+    return -(-n // min(n, DW_SLOTS)), band
 
 
 # --- max pooling --------------------------------------------------------------
