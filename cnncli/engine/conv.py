@@ -582,6 +582,28 @@ def _backward_taps(address, ilp64, x, wt, dy, dx, dw_groups, per, band, xp_buf, 
                     _crop_plane(dxp[c], dx[n, c], ph, pw)
 
 
+@exact_parallel_kernel
+def _sum_slots(slots, dw3):
+    # dw3 (groups, F/groups, taps)[g, f, t] = Σ over slots s, in order, of slots (S, groups, taps, F/groups)[s, g, t, f]:
+    # the slots' sum and the transpose in one pass, tile by tile so that both sides stay in cache.
+    s_, g_, t_, f_ = slots.shape
+    tile = 32
+    f_tiles = (f_ + tile - 1) // tile
+    for job in prange(g_ * f_tiles):
+        g = job // f_tiles
+        f0 = (job - g * f_tiles) * tile
+        f1 = min(f_, f0 + tile)
+        for t0 in range(0, t_, tile):
+            t1 = min(t_, t0 + tile)
+            for f in range(f0, f1):
+                out = dw3[g, f]
+                for t in range(t0, t1):
+                    total = slots[0, g, t, f]
+                    for k in range(1, s_):
+                        total += slots[k, g, t, f]
+                    out[t] = total
+
+
 # ---------------------------------------------------------------------------
 # the public functions
 # ---------------------------------------------------------------------------
@@ -777,7 +799,7 @@ def conv2d_backward(
                        dx if dx is not None else np.empty((0, 0, 0, 0), dtype), parts, per, band,
                        xp, scratch("group.dxp", xp.shape, dtype), dyt, geo.kh, geo.kw, geo.ph, geo.pw, geo.dh,
                        geo.dw, g, need_dx)
-        dw_out.reshape(g, fg, geo.taps)[...] = parts.sum(axis=0).transpose(0, 2, 1)
+        _sum_slots(parts, dw_out.reshape(g, fg, geo.taps))
         return dx, dw_out, db
     if geo.in_groups and not geo.direct_dw:
         f = blas.FUNCTIONS
@@ -790,7 +812,7 @@ def conv2d_backward(
                          dx if dx is not None else np.empty((0, 0, 0, 0), dtype), parts, per, span, band,
                          xp, dxp, cols, dyt, geo.kh, geo.kw, geo.sh, geo.sw, geo.ph, geo.pw, geo.dh, geo.dw,
                          geo.pitch, g, need_dx)
-        dw_out.reshape(g, fg, geo.taps)[...] = parts.sum(axis=0).transpose(0, 2, 1)
+        _sum_slots(parts, dw_out.reshape(g, fg, geo.taps))
         return dx, dw_out, db
     w3t = geo.w.reshape(g, fg, geo.taps).transpose(0, 2, 1)
     dw3 = dw_out.reshape(g, fg, geo.taps)

@@ -166,11 +166,11 @@ MAX_TAP_JUNK = 0.25
 
 #: The convolution's group and tap kernels sum the weight gradients of their
 #: groups of samples into at most this many slots (a slot takes a run of groups
-#: in order), added up in order after: enough for two cores to share when the
-#: batch is not split, few to add up. One slot per group made ResNet-18-sized
-#: layers write and add up tens of 2-9 MB partial gradients: backward of
-#: 512×512×7×7 at batch 8, one core, 82 -> 52 ms with four slots (benchmarks/README).
-DW_SLOTS = 4
+#: in order), added up in order after: one per core when the batch is not
+#: split, and as few 2-9 MB partial gradients of wide layers as possible to
+#: write and add up. ResNet-18 fwd+bwd at batch 8 (2 threads): one slot per
+#: group 1.06 s, 4 slots 0.95 s, 2 slots 0.85 s.
+DW_SLOTS = 2
 
 
 def dw_slots(groups: int) -> tuple[int, int]:
