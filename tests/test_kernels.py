@@ -590,6 +590,23 @@ def test_maxpool2d_literal_pytorch_values():
     np.testing.assert_array_equal(idx[0, 0], [[0, 1], [3, 4]])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fill", ["-inf", "lowest", "mixed"])
+def test_maxpool2d_stride_one_windows_of_the_lowest_values(fill, dtype):
+    # Stride 1 pads a plane with the lowest finite value and takes it whole; a window whose real cells are all
+    # that value (or -inf) must still point at its first real cell, as one window at a time does.
+    low = np.finfo(dtype).min
+    x = np.full((2, 3, 5, 6), -np.inf if fill == "-inf" else low, dtype)
+    if fill == "mixed":
+        x[0, 1, 2, 3] = -np.inf
+        x[1, 2] = np.random.default_rng(4).standard_normal((5, 6))
+    for kernel, padding in (((3, 3), (1, 1)), ((2, 3), (1, 1)), ((3, 2), (0, 1))):
+        y, idx = pool.maxpool2d_forward(x, kernel, (1, 1), padding)
+        ry, ridx = ref_maxpool2d(x, kernel, (1, 1), padding, False)
+        np.testing.assert_array_equal(y, ry)
+        np.testing.assert_array_equal(idx, ridx)
+
+
 @pytest.mark.parametrize("count_include_pad", [True, False])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cfg", POOL_CASES)

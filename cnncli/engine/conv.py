@@ -25,7 +25,10 @@ float64) end to end. The strategies, picked per call from the shapes alone by
   and calling the GEMM itself, groups shared out over the threads. The
   columns never leave the cache, and no Python runs between samples. The
   weight gradient is computed as cols·dyᵀ (faster in OpenBLAS than dy·colsᵀ
-  for these shapes) per group, the groups added in order.
+  for these shapes), summed over runs of groups into a few *slots*
+  (:func:`~cnncli.engine.rules.dw_slots`, one per core), the slots added
+  in order and transposed in one pass (``_sum_slots``); the tap kernels
+  share the slots.
 * unfold + BLAS in chunks (no CBLAS GEMM found): a kernel unfolds a *chunk*
   of the batch (:func:`~cnncli.engine.rules.chunk_size`) into
   ``(C*KH*KW, n, Q)`` and :func:`cnncli.engine.threads.matmul` does the

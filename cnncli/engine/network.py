@@ -329,6 +329,7 @@ class Network:
     def backward(self, seeds: dict[str, np.ndarray], keep_node_grads: bool = False) -> None:
         """Propagate ∂E/∂(node output) from ``seeds`` back to every parameter and the input."""
         grads = dict(seeds)
+        owned: set[str] = set()  # gradients summed here, into arrays no layer handed out
         self.node_grads = {}
         for layer in self.layers.values():
             layer.grads = {}
@@ -352,8 +353,14 @@ class Network:
             for inp, dx in zip(node.inputs, dxs):
                 if dx is None:  # not computed: nothing reads it
                     continue
-                # Never add in place: a layer may hand the same array to several inputs.
-                grads[inp] = grads[inp] + dx if inp in grads else dx
+                # A layer may hand the same array to several inputs: add in place only into a sum made here.
+                if inp not in grads:
+                    grads[inp] = dx
+                elif inp in owned:
+                    grads[inp] += dx
+                else:
+                    grads[inp] = grads[inp] + dx
+                    owned.add(inp)
         self.input_grad = grads.get("input")
         self.grads = {}
         for node in self.graph.nodes:

@@ -106,8 +106,55 @@ def _max_inner(xs, ys, am, oh, h0, h1, ow0, ow1, kw_, sw, pw):
                     a_row[o] = base + o * sw if take else a_row[o]
 
 
+@kernel
+def _max_flat(xs, ys, am, kh_, kw_, ph, pw, low, buf, best, where):
+    # Stride 1, the whole plane at once: xs copied into buf (Hp, Wp), padded
+    # with the lowest finite value, whose flat cells q + i*Wp + j (q = oh*Wp +
+    # ow) are window cell (i, j) of output (oh, ow), the Wp - OW last of each row
+    # junk; so each cell of the windows is one long loop of selects over the
+    # plane, in row-major order with strict '>' as _max_windows. A window whose
+    # real cells are all that lowest value (or -inf) would keep a padding cell:
+    # False then, and the caller takes the plane one window at a time.
+    h_, w_ = xs.shape
+    wp = buf.shape[1]
+    oh_, ow_ = ys.shape
+    buf[:] = low
+    for r in range(h_):
+        buf[ph + r, pw : pw + w_] = xs[r]
+    flat = buf.reshape(-1)
+    q_ = (oh_ - 1) * wp + ow_
+    b = best[:q_]
+    k = where[:q_]
+    for q in range(q_):
+        b[q] = flat[q]
+        k[q] = q
+    for i in range(kh_):
+        for j in range(kw_):
+            if i == 0 and j == 0:
+                continue
+            off = i * wp + j
+            cells = flat[off : off + q_]
+            for q in range(q_):
+                v = cells[q]
+                cur = b[q]
+                take = v > cur
+                b[q] = v if take else cur
+                k[q] = q + off if take else k[q]
+    for oh in range(oh_):
+        for ow in range(ow_):
+            q = oh * wp + ow
+            r = k[q] // wp
+            c = k[q] - r * wp - pw
+            r -= ph
+            if r < 0 or r >= h_ or c < 0 or c >= w_:
+                return False
+            ys[oh, ow] = b[q]
+            am[oh, ow] = r * w_ + c
+    return True
+
+
 @parallel_kernel
-def _maxpool_forward(x, y, argmax, kh_, kw_, sh, sw, ph, pw, vector_columns):
+def _maxpool_forward(x, y, argmax, kh_, kw_, sh, sw, ph, pw, vector_columns, low):
     c_ = x.shape[1]
     h_ = x.shape[2]
     w_ = x.shape[3]
@@ -118,12 +165,20 @@ def _maxpool_forward(x, y, argmax, kh_, kw_, sh, sw, ph, pw, vector_columns):
     inner1 = max(inner0, min(ow_, (w_ - kw_ + pw) // sw + 1)) if w_ >= kw_ - pw else inner0
     if inner1 - inner0 < vector_columns:  # too short a row to gain from vectors
         inner1 = inner0
+    flat = sh == 1 and sw == 1
+    hp = h_ + 2 * ph
+    wp = w_ + 2 * pw
     for job in prange(x.shape[0] * c_):
         n = job // c_
         c = job - n * c_
         xs = x[n, c]
         ys = y[n, c]
         am = argmax[n, c]
+        if flat:
+            q_ = (oh_ - 1) * wp + ow_
+            if _max_flat(xs, ys, am, kh_, kw_, ph, pw, low, np.empty((hp, wp), x.dtype),
+                         np.empty(q_, x.dtype), np.empty(q_, np.int64)):
+                continue
         for oh in range(oh_):
             h0 = oh * sh - ph
             h1 = min(h0 + kh_, h_)
@@ -170,7 +225,8 @@ def maxpool2d_forward(
     y = np.empty((n_, c_, oh_, ow_), dtype=x.dtype)
     index_dtype = np.int32 if h_ * w_ <= np.iinfo(np.int32).max else np.int64
     argmax = np.empty((n_, c_, oh_, ow_), dtype=index_dtype)
-    _maxpool_forward(x, y, argmax, *kernel_hw, *stride, *padding, rules.MAXPOOL_VECTOR_COLUMNS)
+    _maxpool_forward(x, y, argmax, *kernel_hw, *stride, *padding, rules.MAXPOOL_VECTOR_COLUMNS,
+                     np.finfo(x.dtype).min)
     return y, argmax
 
 
