@@ -65,7 +65,7 @@ each is tested equal to the plain path (and against finite differences).
   ResNet-20's 16-channel layers; with more channels a tap's GEMM is too
   short for its weights); else unfold + GEMM — in groups of a few samples
   with the GEMMs called from the kernel (``blas``; ``rules.sample_group``:
-  columns up to ``GROUP_COLS_BYTES``, half a core's L2) where numpy's BLAS
+  columns up to ``GROUP_COLS_BYTES``, a core's L2) where numpy's BLAS
   exports a CBLAS GEMM, else in chunks of up to ``CONV_COLS_BUDGET_BYTES``
   of columns with numpy's GEMMs between kernels. Whole padded rows when
   ``rules.flat_rows``, the weight gradient by direct dot products when

@@ -20,8 +20,8 @@ float64) end to end. The strategies, picked per call from the shapes alone by
   by tap. A sample at a time, in bands of rows when its output is big.
 * unfold + BLAS in groups (the other layers, where numpy's BLAS exports a
   CBLAS GEMM): one kernel runs a few samples at a
-  time (:func:`~cnncli.engine.rules.sample_group`: their columns fit in half
-  of a core's L2), unfolding them into a column matrix ``(C*KH*KW, n*Q)``
+  time (:func:`~cnncli.engine.rules.sample_group`: their columns fit in
+  a core's L2), unfolding them into a column matrix ``(C*KH*KW, n*Q)``
   and calling the GEMM itself, groups shared out over the threads. The
   columns never leave the cache, and no Python runs between samples. The
   weight gradient is computed as cols·dyᵀ (faster in OpenBLAS than dy·colsᵀ

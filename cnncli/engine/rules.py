@@ -138,8 +138,12 @@ def slab_count(macs: int, size: int, cores: int) -> int:
 
 
 #: The general convolution with in-kernel GEMMs (conv._forward_groups) unfolds this many bytes of
-#: columns at a time: half of a core's 2 MB L2, the rest for the output and the GEMM's packing.
-GROUP_COLS_BYTES = 1 << 20
+#: columns at a time (and the tap kernels keep a band of output this big): a core's 2 MB L2. 1 MB
+#: was best for ResNet-20's 16-64-channel layers, which now run as tap GEMMs; the layers left here
+#: are wide, and more samples per GEMM pay: ResNet-18 fwd+bwd at batch 8 811-825 -> 713-791 ms,
+#: VGG-11-BN (a part of 64, one core) 880-896 -> 809-841 ms, GoogLeNet and ResNet-20 unchanged
+#: (4 MB: GoogLeNet 10 % slower).
+GROUP_COLS_BYTES = 2 << 20
 
 
 def sample_group(n: int, rows: int, per_row_bytes: int, per_sample_bytes: int) -> tuple[int, int]:
