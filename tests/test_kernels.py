@@ -530,10 +530,12 @@ NAMED_POOLS = {
     "stride-gt-kernel": named_pool((1, 1, 9, 8), (2, 3), (3, 4), (1, 1), ceil_mode=True),
     "global": named_pool((2, 3, 4, 5), (4, 5), (1, 1)),
     "window-beyond-padded-input": named_pool((1, 2, 2, 3), (4, 4), (1, 1), (1, 1), ceil_mode=True),
-    # rows wide enough for the max-pool kernel's inner columns, on both sides of them border columns
+    # rows wide enough for the max-pool kernel's vectorised inner columns (rules.MAXPOOL_VECTOR_COLUMNS), with
+    # border columns on both sides
     "wide-3x3s1p1": named_pool((1, 2, 6, 37), (3, 3), (1, 1), (1, 1)),
-    "wide-3x3s2-ceil": named_pool((2, 1, 9, 40), (3, 3), (2, 2), ceil_mode=True),
-    "wide-2x3s3p1": named_pool((1, 1, 5, 41), (2, 3), (3, 3), (1, 1), ceil_mode=True),
+    "wide-3x3s2-ceil": named_pool((2, 1, 9, 103), (3, 3), (2, 2), ceil_mode=True),  # 50 inner columns
+    "wide-2x3s3p1": named_pool((1, 1, 5, 152), (2, 3), (3, 3), (1, 1), ceil_mode=True),  # 50 inner columns
+    "wide-3x3s21p1": named_pool((1, 2, 7, 60), (3, 3), (2, 1), (1, 1)),  # 58 inner columns, unit column stride
 }
 
 POOL_CASES = [pytest.param(pool_config(s), id=f"seed{s}") for s in range(30)] + [

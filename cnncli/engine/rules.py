@@ -201,12 +201,14 @@ def tap_plan(n: int, rows: int, per_row_bytes: int, per_sample_bytes: int) -> tu
 
 #: Max pooling of stride 1 takes the whole plane at once (pool._max_flat); other
 #: strides take the windows inside a row across all their output columns at
-#: once (vectorised selects) when there are at least this many such columns in
-#: a row, else one window at a time. Stride 1 whole planes, one core, batch 8:
-#: 480×14×14 9.7 -> 6.8 ms, 192×28×28 15 -> 9 ms, 832×7×7 4.3 -> 4.5 ms. One core, GoogLeNet's shapes at batch 8:
-#: 3×3 stride 1 on 192×28×28 17-29 -> 16 ms, 3×3 stride 2 on 64×112×112 21-37
-#: -> 16-25 ms, but 3×3 stride 1 on 480×14×14 (12 such columns) 10 -> 25 ms.
-MAXPOOL_VECTOR_COLUMNS = 16
+#: once (vectorised selects, strided loads) when there are at least this many
+#: such columns in a row, else one window at a time. One core, against one
+#: window at a time: 2×2 stride 2 on 64×224×224 5.9 -> 1.5 ms, on 128×112×112
+#: 3.0 -> 1.1 ms, 3×3 stride 2 on 64×112×112 (batch 8) 21-37 -> 16-25 ms; but
+#: 2×2 stride 2 on 256×56×56 1.5 -> 2.3 ms (28 columns), 3×3 stride 2 on
+#: 192×56×56 (batch 8, 27 columns) 25 -> 39 ms. Stride 1 whole planes, batch 8:
+#: 480×14×14 9.7 -> 6.8 ms, 192×28×28 15 -> 9 ms, 832×7×7 4.3 -> 4.5 ms.
+MAXPOOL_VECTOR_COLUMNS = 48
 
 
 # --- parts: slices of the batch run on separate cores -------------------------
