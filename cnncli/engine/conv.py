@@ -537,9 +537,10 @@ def _forward_taps(address, ilp64, x, wt, bias, y, per, band, xp_buf, out_buf, kh
 
 
 @parallel_kernel
-def _backward_taps(address, ilp64, x, wt, dy, dx, dw_groups, per, band, xp_buf, dxp_buf, dy_buf,
+def _backward_taps(address, ilp64, x, wt, dy, dx, dw_slots, per, band, xp_buf, dxp_buf, dy_buf,
                    kh_, kw_, ph, pw, dh, dw, groups, need_dx):
-    # dw_groups (groups of samples, channel groups, C/groups*KH*KW, F/groups): each group's dwᵀ.
+    # dw_slots (groups of samples, channel groups, C/groups*KH*KW, F/groups): each group of samples has a
+    # slot (rules.tap_plan makes at most DW_SLOTS groups), its dwᵀ summed over its samples in order.
     n_ = x.shape[0]
     c_ = x.shape[1]
     f_ = wt.shape[1]
@@ -552,12 +553,12 @@ def _backward_taps(address, ilp64, x, wt, dy, dx, dw_groups, per, band, xp_buf, 
     wp = xp_buf.shape[3]
     plane = hp * wp
     ld = dy_buf.shape[2]
-    for gi in prange(dw_groups.shape[0]):
+    for gi in prange(dw_slots.shape[0]):
         t = get_thread_id()
         xp, dxp, dyt = xp_buf[t], dxp_buf[t], dy_buf[t]
         flat = xp.reshape(c_, plane)
         dflat = dxp.reshape(c_, plane)
-        slot = dw_groups[gi]
+        slot = dw_slots[gi]
         first = True
         for n in range(gi * per, min(n_, gi * per + per)):
             for c in range(c_):
@@ -645,8 +646,7 @@ class _Geometry:
         fg = self.f // g
         self.taps = self.cg * self.kh * self.kw
         self.direct = rules.depthwise(self.taps, fg, unit)
-        self.by_taps = (blas.FUNCTIONS is not None and not self.direct
-                        and rules.tap_gemms(unit, self.cg, self.wp, self.ow))
+        self.by_taps = self.in_groups and rules.tap_gemms(unit, self.cg, self.wp, self.ow)
         self.pitch = self.wp if self.by_taps or rules.flat_rows(fg, self.wp, self.ow, unit) else self.ow
         self.q = (self.oh - 1) * self.pitch + self.ow
         flat = unit and self.pitch == self.wp
@@ -796,7 +796,7 @@ def conv2d_backward(
     if geo.by_taps and not geo.direct_dw:
         f = blas.FUNCTIONS
         per, band = geo.tap_plan()
-        parts = np.empty((-(-geo.n // per), g, geo.taps, fg), dtype=dtype)  # dwᵀ per group of samples
+        parts = np.empty((-(-geo.n // per), g, geo.taps, fg), dtype=dtype)  # dwᵀ per slot: a group of samples each
         xp, dyt = geo.tap_buffers(band)
         _backward_taps(f.of(dtype), f.ilp64, geo.x, geo.tap_weights(), dy,
                        dx if dx is not None else np.empty((0, 0, 0, 0), dtype), parts, per, band,

@@ -88,22 +88,13 @@ def _max_inner(xs, ys, am, oh, h0, h1, ow0, ow1, kw_, sw, pw):
             if ih == h0 and j == 0:
                 continue
             base = ih * w_ + c0 + j
-            if sw == 1:  # contiguous cells: a loop LLVM vectorises without gathers
-                cells = xs[ih, c0 + j : c0 + j + m]
-                for o in range(m):
-                    v = cells[o]
-                    cur = y_row[o]
-                    take = v > cur
-                    y_row[o] = v if take else cur
-                    a_row[o] = base + o if take else a_row[o]
-            else:
-                cells = xs[ih, c0 + j : c0 + j + (m - 1) * sw + 1 : sw]
-                for o in range(m):
-                    v = cells[o]
-                    cur = y_row[o]
-                    take = v > cur
-                    y_row[o] = v if take else cur
-                    a_row[o] = base + o * sw if take else a_row[o]
+            cells = xs[ih, c0 + j : c0 + j + (m - 1) * sw + 1 : sw]
+            for o in range(m):
+                v = cells[o]
+                cur = y_row[o]
+                take = v > cur
+                y_row[o] = v if take else cur
+                a_row[o] = base + o * sw if take else a_row[o]
 
 
 @kernel

@@ -193,7 +193,7 @@ def tap_gemms(unit_stride: bool, channels: int, padded_width: int, out_width: in
 def tap_plan(n: int, rows: int, per_row_bytes: int, per_sample_bytes: int) -> tuple[int, int]:
     """(samples per group, output rows per band) of the tap kernels: up to DW_SLOTS groups of samples (a slot
     each), a sample's output (or dy) in bands of rows that fit GROUP_COLS_BYTES."""
-    band = rows if per_sample_bytes <= GROUP_COLS_BYTES else max(1, min(rows, GROUP_COLS_BYTES // max(per_row_bytes, 1)))
+    _, band = sample_group(n, rows, per_row_bytes, per_sample_bytes)
     return -(-n // min(n, DW_SLOTS)), band
 
 
