@@ -245,6 +245,38 @@ def predict(
     render.show(result, fmt.value, _console())
 
 
+class GradientMetric(str, Enum):
+    grad_norm = "grad_norm"
+    update_ratio = "update_ratio"
+    weight_norm = "weight_norm"
+
+
+@app.command()
+def plot(
+    runs: list[Path] = typer.Argument(..., help="Run folders (from `cnncli train`), drawn together."),
+    gradients: bool = typer.Option(False, "--gradients",
+                                   help="Draw one run's gradient flow (layers × epochs) instead of its curves."),
+    metric: GradientMetric = typer.Option(GradientMetric.grad_norm, "--metric",
+                                          help="With --gradients: grad_norm, update_ratio or weight_norm."),
+    all_layers: bool = typer.Option(False, "--all-layers",
+                                    help="With --gradients: batch norm and other parametrised layers too."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the picture to a .png, .svg or .pdf file."),
+    fmt: Format = typer.Option(Format.table, "--format", help="table (charts) or json (the numbers)."),
+) -> None:
+    """Training curves of runs (loss, accuracy per epoch), or a run's gradient flow as a heat map."""
+    from cnncli import plot as plot_mod
+    from cnncli.errors import UsageError
+    from cnncli.render import plot as render
+
+    plot_mod.check_out(out)
+    if gradients:
+        if len(runs) != 1:
+            raise UsageError(f"--gradients draws one run, got {len(runs)}: plot them one at a time")
+        render.show_gradients(plot_mod.gradient_map(runs[0], metric.value, all_layers), fmt.value, _console(), out)
+    else:
+        render.show_curves(plot_mod.curves(runs), fmt.value, _console(), out)
+
+
 def _warning_shower(original):
     """Python's warning display, except the tool's own warnings (images left out, ...): one plain line each."""
 

@@ -4,13 +4,8 @@
 (a bad flag is a :class:`~cnncli.errors.UsageError`); :func:`train` runs it and
 returns a :class:`RunResult`. Progress goes to a :class:`Reporter` as records.
 
-The run folder (``runs/<model>-<time>/`` unless ``--out``) holds
-
-* ``config.yaml`` — the resolved configuration;
-* ``metrics.csv`` — one row per finished epoch;
-* ``last.npz`` — written at the end of every epoch and when interrupted;
-* ``best.npz`` — the weights with the best validation accuracy so far;
-* ``test.json`` — the final test loss and accuracy.
+The run folder's files (``config.yaml``, ``metrics.csv``, ``gradients.csv``,
+``last.npz``, ``best.npz``, ``test.json``) are described in :mod:`cnncli.runs`.
 
 Determinism: the seed fixes the initial weights, the validation split, the
 order of every epoch (drawn from a generator seeded with ``(seed, epoch)``, so
@@ -23,8 +18,6 @@ the epoch and the running sums of its metrics.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import signal
 import threading
@@ -36,13 +29,14 @@ from typing import Any, Protocol
 import numpy as np
 import yaml
 
-from cnncli import __version__, checkpoint, data, inputs
+from cnncli import __version__, checkpoint, data, inputs, runs
 from cnncli.atomic import write_text_atomic
 from cnncli.data import DownloadEvent
 from cnncli.data.source import Source, open_source
 from cnncli.engine import losses, optim
 from cnncli.engine.network import Network
 from cnncli.errors import CheckpointError, TrainingStopped, UsageError
+from cnncli.gradflow import GradientFlow
 from cnncli.model import spec
 from cnncli.model.graph import build
 from cnncli.schedule import Plan, learning_rate
@@ -53,8 +47,6 @@ EVAL_BATCH = 1000
 MAX_VAL_SHARE = 0.1
 
 _DTYPES = ("float32", "float64")
-_METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
-                  "images_per_s", "seconds")
 
 
 # --------------------------------------------------------------------------- records
@@ -227,7 +219,8 @@ def _check_setting(key: str, value: Any, where: str) -> Any:
 def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None,
               data_dir: Path | None = None, out: Path | None = None, resume: Path | None = None,
               dtype: str | None = None) -> RunConfig:
-    """Resolve a run's settings: defaults < the model file's ``train:`` < flags (``None`` = unset).
+    """Resolve a run's settings: defaults < the model file's ``train:`` < its entry for the dataset
+    (``train: datasets:``) < flags (``None`` = unset).
 
     With ``resume`` the checkpoint's own settings (``limit`` and ``dtype`` too)
     are used; only ``epochs`` may change (to train longer), and a flag that
@@ -249,8 +242,8 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
         return _configure_resume(model, model_spec, given, limit, data_dir, out, Path(resume), dtype)
     dtype = dtype or "float32"
 
-    settings = {k: opt.default for k, opt in spec.TRAIN_OPTIONS.items()}
-    settings.update(model_spec.train)
+    dataset = _check_setting("dataset", given["dataset"], "--dataset") if "dataset" in given else None
+    settings = model_spec.train_settings(dataset)
     for key, value in given.items():
         settings[key] = _check_setting(key, value, _flag(key))
     if settings["flip"] and "flip" not in given and not _mirror_ok(settings["dataset"]):
@@ -360,17 +353,6 @@ class _Interrupts:
 
 # --------------------------------------------------------------------------- files
 
-def _metrics_csv(history: list[EpochRecord]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(_METRIC_FIELDS)
-    for r in history:
-        row = asdict(r)
-        w.writerow(["" if row[k] is None else (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k])
-                    for k in _METRIC_FIELDS])
-    return buf.getvalue()
-
-
 def _prepare_run_dir(out: Path, config: RunConfig, plan: inputs.InputPlan, source: Source) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -378,7 +360,7 @@ def _prepare_run_dir(out: Path, config: RunConfig, plan: inputs.InputPlan, sourc
         for stale in out.glob(".*.part"):
             stale.unlink(missing_ok=True)
         record = {**config.to_dict(), "input": plan.to_config(), "source": source.to_config()}
-        write_text_atomic(out / "config.yaml", yaml.safe_dump(record, sort_keys=False))
+        write_text_atomic(out / runs.CONFIG, yaml.safe_dump(record, sort_keys=False))
     except OSError as e:
         raise UsageError(f"cannot write the run folder {out}: {e.strerror or e}") from None
 
@@ -455,6 +437,7 @@ class _Run:
         self.source = self.loss.source(self.graph)
         self.opt = optim.make(cfg.optimizer, self.net.trainable(), cfg.lr, momentum=cfg.momentum,
                               nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+        self.flow = GradientFlow.of(self.net)
         self.steps_per_epoch = math.ceil(len(self.x_train) / cfg.batch_size)
         self.plan = Plan(cfg.lr, cfg.epochs, self.steps_per_epoch, cfg.warmup_epochs,
                          cfg.step_epochs, cfg.step_gamma)
@@ -473,6 +456,7 @@ class _Run:
             self.partial = {k: type(v)(m["partial"][k]) for k, v in self.partial.items()}
             self.history = [EpochRecord(**r) for r in m["history"]]
             self.best_epoch, self.best_score = m["best_epoch"], m["best_score"]
+            self.flow.restore(m.get("gradient_flow"))
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{ckpt.path}: its training state is incomplete ({e})") from None
         if self.step != self.epoch * self.steps_per_epoch + self.batch:
@@ -485,7 +469,7 @@ class _Run:
         return {
             "epoch": self.epoch, "batch": self.batch, "step": self.step, "partial": self.partial,
             "history": [asdict(r) for r in self.history], "best_epoch": self.best_epoch,
-            "best_score": self.best_score,
+            "best_score": self.best_score, "gradient_flow": self.flow.state(),
             "config": self.cfg.to_dict(), "input": self.inputs.to_config(), "source": self.data_source.to_config(),
             "cnncli": __version__,
         }
@@ -502,10 +486,12 @@ class _Run:
             raise TrainingStopped(f"cannot write {self.cfg.out / name}: {e.strerror or e}") from None
 
     def write_metrics(self) -> None:
-        try:
-            write_text_atomic(self.cfg.out / "metrics.csv", _metrics_csv(self.history))
-        except OSError as e:
-            raise TrainingStopped(f"cannot write {self.cfg.out / 'metrics.csv'}: {e.strerror or e}") from None
+        for name, text in ((runs.METRICS, runs.metrics_csv([asdict(r) for r in self.history])),
+                           (runs.GRADIENTS, runs.gradients_csv(self.flow.history))):
+            try:
+                write_text_atomic(self.cfg.out / name, text)
+            except OSError as e:
+                raise TrainingStopped(f"cannot write {self.cfg.out / name}: {e.strerror or e}") from None
 
     # -- loop --
     def make_batch(self, images: np.ndarray, draws: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
@@ -546,6 +532,7 @@ class _Run:
                                        "threads instead (slower)")
                 if not math.isfinite(loss_value):
                     self.stop_non_finite(loss_value)
+                self.flow.add(self.net.grads, self.net.params, self.last_lr)
                 self.opt.step(self.net.grads)
                 self.step += 1
                 self.batch = b + 1
@@ -575,6 +562,7 @@ class _Run:
         record = EpochRecord(self.epoch + 1, p["loss_sum"] / p["seen"], p["correct"] / p["seen"],
                              val_loss, val_acc, self.last_lr, p["seen"] / max(train_seconds, 1e-9),
                              time.perf_counter() - t0)
+        self.flow.end_epoch(self.epoch + 1, self.net.params)
         self.epoch += 1
         self.batch = 0
         self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
@@ -607,10 +595,10 @@ class _Run:
     def complete(self) -> RunResult:
         test_loss, test_acc = self.score(self.test_images, self.test_labels)
         try:
-            write_text_atomic(self.cfg.out / "test.json",
+            write_text_atomic(self.cfg.out / runs.TEST,
                                f'{{"loss": {test_loss!r}, "accuracy": {test_acc!r}, "n": {len(self.test_images)}}}\n')
         except OSError as e:
-            raise TrainingStopped(f"cannot write {self.cfg.out / 'test.json'}: {e.strerror or e}") from None
+            raise TrainingStopped(f"cannot write {self.cfg.out / runs.TEST}: {e.strerror or e}") from None
         return self.result("completed", test_loss=test_loss, test_acc=test_acc, n_test=len(self.test_images),
                            checkpoint=self.cfg.out / "last.npz")
 

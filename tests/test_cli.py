@@ -12,6 +12,9 @@ from cnncli import __version__
 from cnncli.cli import app, main
 
 runner = CliRunner()
+# Every registered command (the app is the registry); the core ones must be among them.
+COMMANDS = tuple(c.name or c.callback.__name__ for c in app.registered_commands)
+assert {"train", "eval", "backprop-trace", "summarize", "models", "predict", "plot"} <= set(COMMANDS)
 
 
 def run_main(args: list[str], capsys) -> tuple[int, str, str]:
@@ -28,11 +31,11 @@ def run_main(args: list[str], capsys) -> tuple[int, str, str]:
 def test_help_lists_every_command():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("train", "eval", "backprop-trace", "summarize", "models"):
+    for command in COMMANDS:
         assert command in result.output
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "backprop-trace", "summarize", "models"])
+@pytest.mark.parametrize("command", COMMANDS)
 def test_each_command_has_help(command):
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0, result.output

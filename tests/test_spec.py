@@ -103,6 +103,16 @@ BAD = [
     ("input: [1, 28, 28]\nloss: crossentropy\nlayers:\n  - relu\n", "did you mean 'cross_entropy'?"),
     ("input: [1, 28, 28]\ntrain: {lr: -1}\nlayers:\n  - relu\n", "train.lr: must be positive"),
     ("input: [1, 28, 28]\ntrain: {epoch: 3}\nlayers:\n  - relu\n", "did you mean 'epochs'?"),
+    ("input: [1, 28, 28]\ntrain: {datasets: {fashion_mnist: {epochs: 3}}}\nlayers:\n  - relu\n",
+     "train.datasets: unknown dataset 'fashion_mnist'"),
+    ("input: [1, 28, 28]\ntrain: {datasets: {mnist: {epoch: 3}}}\nlayers:\n  - relu\n",
+     "train.datasets.mnist: unknown option 'epoch' — did you mean 'epochs'?"),
+    ("input: [1, 28, 28]\ntrain: {datasets: {mnist: {dataset: cifar10}}}\nlayers:\n  - relu\n",
+     "train.datasets.mnist: unknown option 'dataset'"),
+    ("input: [1, 28, 28]\ntrain: {datasets: {mnist: {lr: 0}}}\nlayers:\n  - relu\n",
+     "train.datasets.mnist.lr: must be positive"),
+    ("input: [1, 28, 28]\ntrain: {datasets: [mnist]}\nlayers:\n  - relu\n",
+     "train.datasets: must be a mapping of dataset names to settings"),
     ("input: [1, 28, 28]\nlayers:\n  - relu: 3\n", "options must be a mapping"),
     ("input: [1, 28, 28]\nlayers:\n  - [relu]\n", "each layer is a kind"),
     ("input: [1, 28, 28]\nlayers:\n  - conv: {filters: 2, kernel: 3\n", "malformed YAML at line 4, column 1"),
@@ -280,3 +290,25 @@ def test_node_spec_records_the_block_of_each_instance():
     assert relu.scope == ("stage", "stage.1", "stage.1.inner1")
     assert relu.blocks == (("stage.1", "outer"), ("stage.1.inner1", "inner"))
 
+
+
+def test_a_datasets_entry_replaces_the_train_settings_for_that_dataset_only():
+    m = load("""
+input: [1, 28, 28]
+train:
+  dataset: cifar10
+  epochs: 182
+  weight_decay: 0.0001
+  datasets:
+    fashion-mnist: {epochs: 30, weight_decay: 0.0005}
+    cifar10: {lr: 0.2}
+layers:
+  - relu
+""")
+    assert m.train_setting("epochs") == 182  # the file's own section, entries aside
+    own = m.train_settings()
+    assert (own["dataset"], own["epochs"], own["lr"], own["weight_decay"]) == ("cifar10", 182, 0.2, 0.0001)
+    other = m.train_settings("fashion-mnist")
+    assert (other["dataset"], other["epochs"], other["lr"], other["weight_decay"]) == ("fashion-mnist", 30, 0.01, 0.0005)
+    plain = m.train_settings("mnist")
+    assert (plain["epochs"], plain["weight_decay"]) == (182, 0.0001)

@@ -8,6 +8,7 @@ repository), so each run takes seconds.
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ import pytest
 import yaml
 from rich.console import Console
 
-from cnncli import checkpoint, cli, schedule, training
+from cnncli import checkpoint, cli, runs, schedule, training
 from cnncli.data import DownloadEvent
 from cnncli.engine import processes  # the worker processes a split batch runs in (ProcessGroup)
 from cnncli.engine.losses import Loss, softmax_cross_entropy
@@ -119,7 +120,7 @@ def test_loss_falls_and_accuracy_beats_chance(reference):
     assert result.n_test == 10000
     folder = result.run_dir
     files = {p.name for p in folder.iterdir()}
-    assert {"config.yaml", "metrics.csv", "last.npz", "best.npz", "test.json"} <= files
+    assert {"config.yaml", "metrics.csv", "gradients.csv", "last.npz", "best.npz", "test.json"} <= files
     lines = (folder / "metrics.csv").read_text().splitlines()
     assert lines[0].split(",") == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
                                    "images_per_s", "seconds"]
@@ -160,6 +161,9 @@ def test_interrupted_then_resumed_equals_uninterrupted(tiny, tmp_path, sig, refe
     assert [(r.train_loss, r.val_acc) for r in resumed.history] == [(r.train_loss, r.val_acc) for r in whole.history]
     assert resumed.test_acc == whole.test_acc
     assert len((tmp_path / "part" / "metrics.csv").read_text().splitlines()) == 3
+    gradients = (whole.run_dir / "gradients.csv").read_text()
+    assert (tmp_path / "part" / "gradients.csv").read_text() == gradients
+    assert len(gradients.splitlines()) == 1 + 2 * 2  # header, then epochs × parametrised layers (conv1, dense1)
 
 
 def test_resume_keeps_settings_but_may_train_longer(tiny, tmp_path, capsys):
@@ -470,7 +474,72 @@ def test_default_run_folder_is_never_reused(tiny, tmp_path, monkeypatch):
     assert second.out != first.out and not second.out.exists()
 
 
+# --------------------------------------------------------------------------- gradient flow
+
+def test_gradient_flow_rows_agree_with_the_update_they_describe(tmp_path):
+    """One plain SGD step (no momentum, decay or dropout): W1 = W0 − lr·g, so g = (W0 − W1)/lr per layer."""
+    path = tmp_path / "plain-step.yaml"
+    path.write_text(TINY.replace("  - dropout: {rate: 0.1}\n", ""))
+    lr = 0.05
+    result = run(str(path), tmp_path / "run", limit=50, batch_size=50, epochs=1, momentum=0.0,
+                 schedule="constant", lr=lr)
+    assert result.steps_per_epoch == 1  # 45 training images (5 held out), one batch
+    before = Network(graph.build(spec.load(str(path))), "float32", seed=0).params
+    after = weights(result.last_path)
+    folder = runs.load(result.run_dir)
+    assert [(r["epoch"], r["layer"], r["kind"]) for r in folder.gradients] == [(1, "conv1", "conv"),
+                                                                               (1, "dense1", "dense")]
+    for row in folder.gradients:
+        keys = [k for k in before if k.startswith(row["layer"] + ".")]
+        w0 = np.sqrt(sum(np.sum(before[k].astype(np.float64) ** 2) for k in keys))
+        w1 = np.sqrt(sum(np.sum(after[k].astype(np.float64) ** 2) for k in keys))
+        step = np.sqrt(sum(np.sum((before[k].astype(np.float64) - after[k]) ** 2) for k in keys))
+        assert row["grad_norm"] == pytest.approx(step / lr, rel=2e-3)
+        assert row["update_ratio"] == pytest.approx(step / w0, rel=2e-3)
+        assert row["weight_norm"] == pytest.approx(w1, rel=1e-5)
+
+
+def test_gradient_flow_means_over_steps_against_numpy():
+    from cnncli.gradflow import GradientFlow, Layer
+
+    rng = np.random.default_rng(3)
+    flow = GradientFlow([Layer("a", "conv", ("a.weight", "a.bias")), Layer("b", "dense", ("b.weight",))])
+    shapes = {"a.weight": (4, 3, 3, 3), "a.bias": (4,), "b.weight": (5, 2)}
+    params = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    expected = {"a": [0.0, 0.0], "b": [0.0, 0.0]}
+    for lr in (0.1, 0.05, 0.2):
+        grads = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+        flow.add(grads, params, lr)
+        for layer, keys in (("a", ("a.weight", "a.bias")), ("b", ("b.weight",))):
+            g = np.linalg.norm(np.concatenate([grads[k].ravel() for k in keys]).astype(np.float64))
+            w = np.linalg.norm(np.concatenate([params[k].ravel() for k in keys]).astype(np.float64))
+            expected[layer][0] += g / 3
+            expected[layer][1] += lr * g / w / 3
+    state = flow.state()
+    rows = flow.end_epoch(1, params)
+    for row in rows:
+        assert row["grad_norm"] == pytest.approx(expected[row["layer"]][0], rel=1e-5)
+        assert row["update_ratio"] == pytest.approx(expected[row["layer"]][1], rel=1e-5)
+    again = GradientFlow(flow.layers)
+    again.restore(json.loads(json.dumps(state)))  # as a checkpoint stores it
+    assert again.end_epoch(1, params) == rows
+    with pytest.raises(ValueError, match="for 2 layers, the model has 1"):
+        GradientFlow(flow.layers[:1]).restore(state)
+
+
 # --------------------------------------------------------------------------- schedules
+
+def test_a_models_settings_for_the_chosen_dataset_sit_between_its_own_and_the_flags(tmp_path):
+    path = tmp_path / "per-dataset.yaml"
+    path.write_text(TINY.replace("train: {", "train: {dataset: cifar10, datasets: {fashion-mnist: "
+                                             "{epochs: 7, weight_decay: 0.0005}}, "))
+    own = training.configure(str(path), {}, out=tmp_path / "a")
+    assert (own.dataset, own.epochs, own.weight_decay, own.lr) == ("cifar10", 2, 0.0, 0.05)
+    chosen = training.configure(str(path), {"dataset": "fashion-mnist"}, out=tmp_path / "b")
+    assert (chosen.dataset, chosen.epochs, chosen.weight_decay, chosen.lr) == ("fashion-mnist", 7, 0.0005, 0.05)
+    flagged = training.configure(str(path), {"dataset": "fashion-mnist", "epochs": 3}, out=tmp_path / "c")
+    assert (flagged.epochs, flagged.weight_decay) == (3, 0.0005)
+
 
 def test_schedules():
     plan = schedule.Plan(lr=0.1, epochs=10, steps_per_epoch=100, step_epochs=3, step_gamma=0.5)

@@ -51,6 +51,9 @@ TRAIN_OPTIONS: dict[str, Option] = {
     "flip": Option("bool", False, "flip half the training images horizontally"),
 }
 
+#: The key inside ``train:`` whose entries override its settings for one dataset.
+_PER_DATASET = "datasets"
+
 _TOP_KEYS = ("name", "description", "reference", "input", "classes", "loss", "train",
              "blocks", "layers", "output")
 _BLOCK_USE_OPTIONS = ("name", "input", "repeat")
@@ -100,10 +103,24 @@ class ModelSpec:
     classes: int | None = None
     loss: str = "cross_entropy"
     train: dict[str, Any] = field(default_factory=dict)
+    #: ``train: datasets:``: for a dataset, the settings that replace ``train``'s when training on it.
+    train_by_dataset: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def train_setting(self, key: str) -> Any:
         """A ``train:`` setting: the file's value, else its default in :data:`TRAIN_OPTIONS`."""
         return self.train.get(key, TRAIN_OPTIONS[key].default)
+
+    def train_settings(self, dataset: str | None = None) -> dict[str, Any]:
+        """Every ``train:`` setting for ``dataset`` (the file's own when None).
+
+        Defaults < the file's ``train:`` < its ``train: datasets: <dataset>:`` entry.
+        """
+        settings = {k: opt.default for k, opt in TRAIN_OPTIONS.items()}
+        settings.update(self.train)
+        if dataset is not None:
+            settings["dataset"] = dataset
+        settings.update(self.train_by_dataset.get(settings["dataset"], {}))
+        return settings
 
     def node(self, name: str) -> NodeSpec:
         for n in self.nodes:
@@ -436,27 +453,47 @@ class _Parser:
         for key in ("name", "description", "reference"):
             if key in doc and not isinstance(doc[key], str):
                 raise self.fail(key, f"must be a string, got {_type_name(doc[key])}")
+        train_section = doc.get("train") or {}
+        train = self.train(train_section)
+        by_dataset = self.train_by_dataset(train_section.get(_PER_DATASET))
         return ModelSpec(
             name=doc.get("name", default_name), source=self.source, input=input_shape,
             nodes=self.nodes, output=output, description=doc.get("description", ""),
             reference=doc.get("reference", ""), classes=classes, loss=loss,
-            train=self.train(doc.get("train") or {}),
+            train=train, train_by_dataset=by_dataset,
         )
 
     def input_shape(self, value: Any) -> Shape:
         return parse_input_shape(value, lambda msg: self.fail("input", msg))
 
-    def train(self, section: Any) -> dict[str, Any]:
+    def train(self, section: Any, where: str = "train", nested: bool = True) -> dict[str, Any]:
         if not isinstance(section, dict):
-            raise self.fail("train", f"must be a mapping, got {_type_name(section)}")
+            raise self.fail(where, f"must be a mapping, got {_type_name(section)}")
         out = {}
         for key, value in section.items():
-            if key not in TRAIN_OPTIONS:
-                raise self.fail("train", f"unknown option '{key}'{_suggest(key, list(TRAIN_OPTIONS))}")
+            if key == _PER_DATASET and nested:
+                continue
+            if key not in TRAIN_OPTIONS or (key == "dataset" and not nested):
+                known = [k for k in TRAIN_OPTIONS if nested or k != "dataset"] + [_PER_DATASET] * nested
+                raise self.fail(where, f"unknown option '{key}'{_suggest(key, known)}")
             try:
                 out[key] = coerce(value, TRAIN_OPTIONS[key])
             except ValueError as e:
-                raise self.fail(f"train.{key}", str(e)) from None
+                raise self.fail(f"{where}.{key}", str(e)) from None
+        return out
+
+    def train_by_dataset(self, section: Any) -> dict[str, dict[str, Any]]:
+        where = f"train.{_PER_DATASET}"
+        if section is None:
+            return {}
+        if not isinstance(section, dict):
+            raise self.fail(where, f"must be a mapping of dataset names to settings, got {_type_name(section)}")
+        out = {}
+        for name, settings in section.items():
+            if name not in CHOICES:
+                raise self.fail(where, f"unknown dataset '{name}' (one of {', '.join(CHOICES)})"
+                                       f"{_suggest(str(name), CHOICES)}")
+            out[name] = self.train(settings or {}, f"{where}.{name}", nested=False)
         return out
 
     def block_defs(self, blocks: Any) -> dict[str, dict]:

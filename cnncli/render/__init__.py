@@ -11,7 +11,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-_SUBMODULES = ("summary", "training", "evaluation", "trace", "downloads", "pictures", "predict")
+_SUBMODULES = ("summary", "training", "evaluation", "trace", "downloads", "pictures", "predict", "charts",
+               "plot", "figures")
 
 
 def console(stderr: bool = False):
@@ -19,6 +20,12 @@ def console(stderr: bool = False):
     from rich.console import Console
 
     return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+def colour_on(console) -> bool:
+    """Whether ``console`` shows colour: a terminal, and ``NO_COLOR`` unset (Rich then strips colours,
+    so pictures and charts must draw with glyphs instead)."""
+    return console.color_system is not None and not console.no_color
 
 
 def __getattr__(name: str) -> ModuleType:

@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cnncli.evaluation import EvalResult, Mistake
+from cnncli.render import colour_on
 from cnncli.render.pictures import picture
 
 
@@ -133,5 +134,5 @@ def show(result: EvalResult, fmt: str, console: Console) -> None:
     if result.worst:
         console.print()
         console.print("[bold]Most confident mistakes[/] (#index in the split):", highlight=False)
-        colour = console.color_system is not None
+        colour = colour_on(console)
         console.print(Columns([_mistake(m, result.class_names, colour) for m in result.worst], padding=(1, 2)))

@@ -10,6 +10,7 @@ from rich.console import Console, Group
 from rich.text import Text
 
 from cnncli.predict import PredictResult
+from cnncli.render import colour_on
 from cnncli.render.pictures import picture
 
 _BAR = 20  # characters of a 100 % probability bar
@@ -45,7 +46,7 @@ def show(result: PredictResult, fmt: str, console: Console) -> None:
     title = result.dataset_title
     console.print(f"[bold]{result.model}[/] · {result.checkpoint} · classes of {title} · input {result.input}",
                   highlight=False, soft_wrap=True)
-    colour = console.color_system is not None
+    colour = colour_on(console)
     for p in result.predictions:
         console.print()
         console.print(Columns([picture(p.pixels, colour), Group(_guesses(p, colour))], padding=(0, 2)))

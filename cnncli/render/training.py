@@ -155,7 +155,7 @@ def show_result(result: RunResult, console: Console) -> None:
         if result.best_epoch is not None and result.best_val_acc is not None:
             parts.append(f"best validation accuracy {_pct(result.best_val_acc)} at epoch {result.best_epoch}")
         console.print("; ".join(parts), highlight=False, soft_wrap=True)
-        console.print(f"run folder {result.run_dir}: config.yaml, metrics.csv, last.npz, best.npz",
+        console.print(f"run folder {result.run_dir}: config.yaml, metrics.csv, gradients.csv, last.npz, best.npz",
                       markup=False, highlight=False, soft_wrap=True)
         return
     if result.status == "interrupted":

@@ -1,0 +1,95 @@
+"""Pictures as files (``--out``): PNG, SVG or PDF through matplotlib, written atomically.
+
+matplotlib is the ``plots`` extra, not a runtime dependency: it (with its own
+dependencies) is several times the size of everything else cnncli needs, and
+only files need it; the terminal charts are Rich alone. Figures are built on
+:class:`matplotlib.figure.Figure` directly, never pyplot, so no GUI backend or
+global state is involved. A file appears whole or not at all
+(:func:`cnncli.atomic.write_atomic`).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+
+from cnncli.atomic import write_atomic
+from cnncli.errors import UsageError
+from cnncli.plot import CURVES, Curves, GradientMap
+
+INSTALL = "pip install 'cnncli[plots]'"
+
+
+def _figure(**kwargs):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise UsageError(f"writing pictures to files (--out) needs matplotlib: {INSTALL}") from None
+    return Figure(**kwargs)
+
+
+def save(fig, path: Path) -> Path:
+    """Write ``fig`` to ``path`` in the format its suffix names (.png, .svg, .pdf)."""
+    path = Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.suffix.lower().lstrip("."), dpi=150, bbox_inches="tight")
+    try:
+        write_atomic(path, lambda out: out.write(buf.getvalue()))
+    except OSError as e:
+        raise UsageError(f"cannot write --out {path}: {e.strerror or e}") from None
+    return path
+
+
+def curves_figure(curves: Curves, error: bool = False):
+    """Loss and accuracy (or, with ``error``, training error alone) per epoch: solid training, dashed validation."""
+    from matplotlib.ticker import MaxNLocator
+
+    panels = [("train_acc", "val_acc")] if error else [("train_loss", "val_loss"), ("train_acc", "val_acc")]
+    fig = _figure(figsize=(6.4 * len(panels), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    names = dict(CURVES)
+    for ax, keys in zip(axes, panels):
+        for i, run in enumerate(curves.runs):
+            colour = f"C{i % 10}"
+            for key, style in zip(keys, ("-", "--")):
+                values = run.values[key]
+                if all(v is None for v in values):
+                    continue
+                ys = [np.nan if v is None else (100 * (1 - v) if error else 100 * v if "acc" in key else v)
+                      for v in values]
+                what = ("training error" if key == "train_acc" else "validation error") if error else names[key]
+                label = f"{run.label} {what.split()[0]}" if len(curves.runs) > 1 else what
+                ax.plot(run.epochs, ys, style, color=colour, label=label, marker="." if len(ys) < 30 else None)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if curves.x_range[1] > curves.x_range[0]:
+            ax.set_xlim(*curves.x_range)
+        ax.set_ylabel("error (%)" if error else "loss" if "loss" in keys[0] else "accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return fig
+
+
+def gradient_figure(gmap: GradientMap):
+    """The gradient map as an image: layers down (input side on top), epochs across, log colour scale."""
+    from matplotlib.colors import LogNorm
+    from matplotlib.ticker import MaxNLocator
+
+    values = np.array([[np.nan if v is None or not v > 0 else v for v in row] for row in gmap.values], dtype=float)
+    rows, cols = values.shape
+    fig = _figure(figsize=(min(4 + 0.25 * cols, 14), min(2 + 0.18 * rows, 18)), layout="constrained")
+    ax = fig.subplots()
+    finite = values[np.isfinite(values)]
+    image = ax.imshow(values, aspect="auto", interpolation="nearest", cmap="viridis",
+                      norm=LogNorm(vmin=finite.min(), vmax=finite.max()),
+                      extent=(gmap.epochs[0] - 0.5, gmap.epochs[-1] + 0.5, rows - 0.5, -0.5))
+    every = max(1, math.ceil(rows / 60))
+    ax.set_yticks(range(0, rows, every), [gmap.layers[i] for i in range(0, rows, every)], fontsize="x-small")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(gmap.title, fontsize="medium")
+    fig.colorbar(image, ax=ax, label=gmap.metric.replace("_", " "))
+    return fig

@@ -1,0 +1,89 @@
+"""Drawing ``cnncli plot``: training curves and gradient maps in the terminal, as files, or as JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from cnncli.plot import Curves, GradientMap
+from cnncli.render import colour_on
+from cnncli.render.charts import Series, heat_map, line_chart
+
+CHART_ROWS = 10      # rows of braille per chart (40 dots high)
+MAX_WIDTH = 120      # charts wider than this are harder to read, not clearer
+
+
+def _width(console: Console) -> int:
+    return max(40, min(console.width, MAX_WIDTH))
+
+
+def _series(curves: Curves, keys: tuple[str, str], scale: float) -> list[Series]:
+    out = []
+    for run in curves.runs:
+        for key, what in zip(keys, ("training", "validation")):
+            values = run.values[key]
+            if all(v is None for v in values):
+                continue
+            label = f"{run.label} {what}" if len(curves.runs) > 1 else what
+            out.append(Series(label, [(e, None if v is None else v * scale) for e, v in zip(run.epochs, values)]))
+    return out
+
+
+def _state(run) -> str:
+    done = len(run.epochs)
+    planned = f" of {run.epochs_planned}" if run.epochs_planned else ""
+    if run.complete:
+        test = f", test accuracy {100 * run.test_acc:.2f} %" if run.test_acc is not None else ""
+        return f"{done}{planned} epochs, complete{test}"
+    return f"{done}{planned} epochs so far (training, or stopped: resume with --resume {run.folder}/last.npz)"
+
+
+def _save(figure, out: Path | None, console: Console, fmt: str) -> str | None:
+    if out is None:
+        return None
+    from cnncli.render import figures
+
+    path = str(figures.save(figure(), out))
+    if fmt != "json":
+        console.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
+    return path
+
+
+def show_curves(curves: Curves, fmt: str, console: Console, out: Path | None = None) -> None:
+    """Loss and accuracy charts of the runs (``table``), or their numbers (``json``); ``out``: a file too."""
+    from cnncli.render import figures
+
+    if fmt == "json":
+        path = _save(lambda: figures.curves_figure(curves), out, console, fmt)
+        record = {**curves.to_json(), **({"file": path} if path else {})}
+        console.print(json.dumps(record, indent=2), markup=False, highlight=False, soft_wrap=True)
+        return
+    colour, width = colour_on(console), _width(console)
+    for run in curves.runs:
+        console.print(f"{run.label}: {run.model} on {run.dataset}, {_state(run)}",
+                      markup=False, highlight=False, soft_wrap=True)
+    for name in curves.empty:
+        console.print(f"{name}: no finished epoch yet", markup=False, highlight=False, soft_wrap=True)
+    console.print()
+    console.print(line_chart(_series(curves, ("train_loss", "val_loss"), 1.0), width=width, height=CHART_ROWS,
+                             colour=colour, title="loss", x_range=curves.x_range, x_label="epoch"))
+    console.print()
+    console.print(line_chart(_series(curves, ("train_acc", "val_acc"), 100.0), width=width, height=CHART_ROWS,
+                             colour=colour, title="accuracy (%)", x_range=curves.x_range, x_label="epoch"))
+    _save(lambda: figures.curves_figure(curves), out, console, fmt)
+
+
+def show_gradients(gmap: GradientMap, fmt: str, console: Console, out: Path | None = None) -> None:
+    """The gradient map as a heat map (``table``) or its numbers (``json``); ``out``: a file too."""
+    from cnncli.render import figures
+
+    if fmt == "json":
+        path = _save(lambda: figures.gradient_figure(gmap), out, console, fmt)
+        record = {**gmap.to_json(), **({"file": path} if path else {})}
+        console.print(json.dumps(record, indent=2), markup=False, highlight=False, soft_wrap=True)
+        return
+    console.print(heat_map(gmap.layers, gmap.epochs, gmap.values, width=_width(console), colour=colour_on(console),
+                           title=gmap.title, value_label=f"{gmap.metric}, log scale"))
+    _save(lambda: figures.gradient_figure(gmap), out, console, fmt)

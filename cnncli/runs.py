@@ -1,0 +1,150 @@
+"""Run folders: the files ``cnncli train`` writes, and reading them back.
+
+A run folder (``runs/<model>-<time>/`` unless ``--out``) holds
+
+* ``config.yaml`` — the resolved configuration, written before the first step;
+* ``metrics.csv`` — one row per finished epoch (:data:`METRIC_FIELDS`);
+* ``gradients.csv`` — one row per finished epoch and parametrised layer
+  (:data:`GRADIENT_FIELDS`; what the numbers are: :mod:`cnncli.gradflow`);
+* ``last.npz`` — written at the end of every epoch and when interrupted;
+* ``best.npz`` — the weights with the best validation accuracy so far;
+* ``test.json`` — the final test loss and accuracy, once the run is complete.
+
+This module is the one home of the two CSV formats: training writes them with
+:func:`metrics_csv` and :func:`gradients_csv`, and :func:`load` reads a folder,
+also one that is still training: every file is replaced whole (atomically), so a
+reader sees the previous version or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cnncli.errors import UsageError
+
+METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "seconds")
+GRADIENT_FIELDS = ("epoch", "layer", "kind", "grad_norm", "update_ratio", "weight_norm")
+_TEXT_FIELDS = ("layer", "kind")
+
+CONFIG, METRICS, GRADIENTS, TEST = "config.yaml", "metrics.csv", "gradients.csv", "test.json"
+
+
+def number(value: float | None) -> str:
+    """A CSV cell: six significant digits, empty for a missing or undefined value."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _csv(fields: tuple[str, ...], rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(fields)
+    for row in rows:
+        w.writerow([number(row[k]) if k not in _TEXT_FIELDS else row[k] for k in fields])
+    return buf.getvalue()
+
+
+def metrics_csv(rows: list[dict[str, Any]]) -> str:
+    """``metrics.csv``'s text: a header and one row per epoch record (a dict with :data:`METRIC_FIELDS`)."""
+    return _csv(METRIC_FIELDS, rows)
+
+
+def gradients_csv(rows: list[dict[str, Any]]) -> str:
+    """``gradients.csv``'s text: a header and one row per (epoch, layer)."""
+    return _csv(GRADIENT_FIELDS, rows)
+
+
+@dataclass
+class RunFolder:
+    """A run folder as read from disk; ``metrics`` and ``gradients`` hold the finished epochs so far."""
+
+    path: Path
+    config: dict[str, Any]
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    gradients: list[dict[str, Any]] = field(default_factory=list)
+    test: dict[str, Any] | None = None
+
+    @property
+    def label(self) -> str:
+        """How charts and tables name the run: its folder's name."""
+        return self.path.name
+
+    @property
+    def model(self) -> str:
+        return str(self.config.get("name", "?"))
+
+    @property
+    def epochs_planned(self) -> int | None:
+        value = self.config.get("epochs")
+        return value if isinstance(value, int) else None
+
+    @property
+    def complete(self) -> bool:
+        return self.test is not None
+
+
+def _read_csv(path: Path, fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []  # no epoch has finished yet
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if header is None:
+        return []
+    if tuple(header) != fields:
+        raise UsageError(f"{path} is not a cnncli {path.name}: its header is {','.join(header)}, "
+                         f"expected {','.join(fields)}")
+    rows = []
+    for line, cells in enumerate(reader, start=2):
+        if len(cells) != len(fields):
+            raise UsageError(f"{path}, line {line}: {len(cells)} values, expected {len(fields)}")
+        row: dict[str, Any] = {}
+        for key, cell in zip(fields, cells):
+            try:
+                row[key] = cell if key in _TEXT_FIELDS else (
+                    int(cell) if key == "epoch" else None if cell == "" else float(cell))
+            except ValueError:
+                raise UsageError(f"{path}, line {line}: {key} is {cell!r}, not a number") from None
+        rows.append(row)
+    return rows
+
+
+def load(path: str | Path) -> RunFolder:
+    """Read the run folder ``path`` (or the folder of a file inside one, such as its ``last.npz``)."""
+    path = Path(path)
+    if path.is_file() and (path.parent / CONFIG).is_file():
+        path = path.parent
+    if not path.is_dir():
+        raise UsageError(f"{path} is not a run folder: no such folder (`cnncli train` writes run folders "
+                         "under runs/, or where --out says)")
+    config_path = path / CONFIG
+    if not config_path.is_file():
+        raise UsageError(f"{path} is not a run folder: it has no {CONFIG} (`cnncli train` writes one into "
+                         "every run folder, e.g. runs/lenet5-<time>/)")
+    try:
+        config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise UsageError(f"cannot read {config_path}: {e}") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"{config_path} is not a run's configuration (a mapping)")
+    test = None
+    try:
+        test = json.loads((path / TEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read {path / TEST}: {e}") from None
+    return RunFolder(path, config, _read_csv(path / METRICS, METRIC_FIELDS),
+                     _read_csv(path / GRADIENTS, GRADIENT_FIELDS), test if isinstance(test, dict) else None)

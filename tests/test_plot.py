@@ -1,0 +1,255 @@
+"""``cnncli plot``: run folders read back, terminal charts (golden), files read back, JSON, user mistakes.
+
+The run folders here are written with the run-folder writers (cnncli.runs) from
+numbers the tests choose, so that every chart is reproducible; that training
+writes true numbers into them is tested in test_training.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+from rich.console import Console
+from test_cli import run_main
+
+from cnncli import plot, runs
+from cnncli.errors import UsageError
+from cnncli.render import charts
+from cnncli.render import plot as render
+
+LAYERS = [("conv1", "conv"), ("bn1", "batchnorm"), ("conv2", "conv"), ("fc", "dense")]
+
+
+def make_run(folder: Path, epochs: int, planned: int, *, val: bool = True, complete: bool = True,
+             gradients: bool = True, rate: float = 0.5) -> Path:
+    """A run folder with smooth made-up curves: loss 2.3·e^(−rate·epoch), accuracy rising toward 1."""
+    folder.mkdir(parents=True)
+    config = {"model": "tiny", "name": "tiny", "dataset": "mnist", "epochs": planned, "lr": 0.1}
+    (folder / runs.CONFIG).write_text(yaml.safe_dump(config))
+    rows = []
+    for e in range(1, epochs + 1):
+        loss = 2.3 * math.exp(-rate * e)
+        rows.append({"epoch": e, "train_loss": loss, "train_acc": 1 - 0.9 * math.exp(-rate * e),
+                     "val_loss": loss * 1.1 if val else None, "val_acc": 1 - math.exp(-rate * e) if val else None,
+                     "lr": 0.1, "images_per_s": 1000.0, "seconds": 10.0})
+    (folder / runs.METRICS).write_text(runs.metrics_csv(rows))
+    if gradients:
+        grads = [{"epoch": e, "layer": name, "kind": kind, "grad_norm": 10.0 ** (-3 + i - 0.1 * e),
+                  "update_ratio": 10.0 ** (-4 + 0.5 * i), "weight_norm": 1.0 + i}
+                 for e in range(1, epochs + 1) for i, (name, kind) in enumerate(LAYERS)]
+        (folder / runs.GRADIENTS).write_text(runs.gradients_csv(grads))
+    if complete:
+        (folder / runs.TEST).write_text('{"loss": 0.1, "accuracy": 0.97, "n": 10000}\n')
+    return folder
+
+
+@pytest.fixture
+def two_runs(tmp_path) -> tuple[Path, Path]:
+    return (make_run(tmp_path / "fast", 6, 6, rate=0.6),
+            make_run(tmp_path / "slow", 4, 10, rate=0.25, complete=False))
+
+
+def text_of(show, *args, width: int = 80, terminal: bool = False, no_color: bool = False) -> str:
+    buf = io.StringIO()
+    show(*args, Console(file=buf, width=width, force_terminal=terminal, no_color=no_color,
+                        color_system="truecolor" if terminal else None))
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- reading run folders
+
+def test_a_run_folder_reads_back_what_training_wrote(two_runs):
+    fast = runs.load(two_runs[0])
+    assert fast.complete and fast.epochs_planned == 6 and fast.model == "tiny"
+    assert [r["epoch"] for r in fast.metrics] == [1, 2, 3, 4, 5, 6]
+    assert fast.metrics[0]["train_loss"] == pytest.approx(2.3 * math.exp(-0.6), rel=1e-5)  # six digits kept
+    assert len(fast.gradients) == 6 * len(LAYERS) and fast.gradients[1]["kind"] == "batchnorm"
+    assert runs.load(two_runs[0] / "metrics.csv").path == two_runs[0]  # a file inside the folder names it
+
+
+def test_curves_keep_the_runs_order_and_the_planned_epochs(two_runs):
+    curves = plot.curves([two_runs[1], two_runs[0]])
+    assert [r.label for r in curves.runs] == ["slow", "fast"]
+    assert curves.x_range == (1, 10)  # the slow run plans 10 epochs, 4 done
+    assert curves.runs[0].complete is False and curves.runs[1].test_acc == 0.97
+
+
+def test_gradient_map_shows_weight_layers_unless_all_are_asked_for(two_runs):
+    default = plot.gradient_map(two_runs[0])
+    assert default.layers == ["conv1", "conv2", "fc"] and default.epochs == [1, 2, 3, 4, 5, 6]
+    assert default.values[0][0] == pytest.approx(10.0 ** -3.1, rel=1e-5)
+    every = plot.gradient_map(two_runs[0], "update_ratio", all_layers=True)
+    assert every.layers == [name for name, _ in LAYERS]
+    assert every.values[1][0] == pytest.approx(10.0 ** -3.5, rel=1e-5)
+
+
+def test_same_folder_names_are_told_apart_by_their_parents(tmp_path):
+    a, b = make_run(tmp_path / "a" / "run", 2, 2), make_run(tmp_path / "b" / "run", 2, 2)
+    assert [r.label for r in plot.curves([a, b]).runs] == ["a/run", "b/run"]
+
+
+# --------------------------------------------------------------------------- terminal charts (golden)
+
+def test_curves_chart_snapshot(two_runs, golden):
+    text = text_of(render.show_curves, plot.curves(list(two_runs)), "table")
+    golden("plot-curves.txt", text.replace(str(two_runs[1].parent), "<tmp>"))
+
+
+def test_gradient_map_snapshot(two_runs, golden):
+    golden("plot-gradients.txt", text_of(render.show_gradients, plot.gradient_map(two_runs[0], all_layers=True),
+                                         "table"))
+
+
+def test_no_color_draws_with_markers_and_colour_draws_with_colours(two_runs):
+    curves = plot.curves(list(two_runs))
+    plain = text_of(render.show_curves, curves, "table", terminal=True, no_color=True)
+    assert "\x1b[3" not in plain and "\x1b[4" not in plain and charts.MARKERS[0] in plain
+    coloured = text_of(render.show_curves, curves, "table", terminal=True)
+    assert "\x1b[36m" in coloured and charts.MARKERS[0] not in coloured  # cyan lines, no markers
+    heat = text_of(render.show_gradients, plot.gradient_map(two_runs[0]), "table", terminal=True)
+    assert "\x1b[48;2;" in heat  # cells as background colours
+
+
+def test_a_chart_fits_the_width_it_is_given(two_runs):
+    for width in (40, 60, 100):
+        text = text_of(render.show_curves, plot.curves(list(two_runs)), "table", width=width)
+        chart_lines = [line for line in text.splitlines() if "┤" in line or "└" in line]
+        assert chart_lines and max(len(line) for line in chart_lines) <= width
+
+
+# --------------------------------------------------------------------------- chart pieces
+
+@pytest.mark.parametrize("lo,hi", [(0.0, 1.0), (0.013, 0.018), (-3.0, 250.0), (97.1, 99.4), (5.0, 5.0), (1e-7, 3e-7)])
+def test_nice_ticks_cover_the_range_at_round_even_steps(lo, hi):
+    ticks = charts.nice_ticks(lo, hi)
+    assert ticks[0] <= lo and ticks[-1] >= hi and 2 <= len(ticks) <= 8
+    steps = {round(b - a, 12) for a, b in zip(ticks, ticks[1:])}
+    assert len(steps) == 1
+    (step,) = steps
+    mantissa = step / 10 ** math.floor(math.log10(step))
+    assert any(math.isclose(mantissa, m) for m in (1, 2, 2.5, 5))
+
+
+def test_a_flat_line_lights_one_row_of_dots_at_its_value():
+    text = charts.line_chart([charts.Series("a", [(1, 1.0), (9, 1.0)]), charts.Series("b", [(1, 0.0), (9, 0.0)])],
+                             width=40, height=4, colour=True).plain
+    rows = text.splitlines()[:4]
+    assert rows[0].startswith("1.0 ┤") and rows[-1].startswith("0.0 ┤")
+    top = rows[0].split("┤")[1].strip()
+    assert set(top) == {chr(0x2800 + 0x01 + 0x08)}  # the top dot of both columns in every cell
+
+
+def test_a_gap_breaks_the_line():
+    text = charts.line_chart([charts.Series("a", [(1, 0.0), (2, None), (3, 1.0)])], width=30, height=4,
+                             colour=True).plain
+    cells = "".join(line.split("┤" if "┤" in line else "│")[1] for line in text.splitlines()[:4])
+    assert sum(ch != " " for ch in cells) == 2  # two lone points, nothing between them
+
+
+def test_charts_refuse_nothing_to_draw():
+    with pytest.raises(ValueError, match="at least one finite value"):
+        charts.line_chart([charts.Series("a", [(1, None)])], width=40, height=4, colour=False)
+    with pytest.raises(ValueError, match="at least one positive value"):
+        charts.heat_map(["a"], [1], [[None]], width=40, colour=False)
+
+
+def test_heat_map_merges_columns_by_geometric_mean_when_they_do_not_fit():
+    values = [[10.0 ** (k % 2) for k in range(200)]]  # 1, 10, 1, 10, ...
+    merged, starts, spans = charts._merge_columns(values, list(range(1, 201)), 50)
+    assert len(merged[0]) == 50 and spans[0] == (1, 4) and spans[-1] == (197, 200)
+    assert all(v == pytest.approx(10 ** 0.5) for v in merged[0])
+
+
+# --------------------------------------------------------------------------- the command
+
+def test_json_holds_the_numbers_of_the_csv_files(two_runs, capsys):
+    code, out, _ = run_main(["plot", str(two_runs[0]), str(two_runs[1]), "--format", "json"], capsys)
+    assert code == 0
+    record = json.loads(out)
+    fast = runs.load(two_runs[0])
+    assert record["runs"][0]["train_loss"] == [r["train_loss"] for r in fast.metrics]
+    assert record["runs"][1]["complete"] is False and record["runs"][1]["epochs_planned"] == 10
+    code, out, _ = run_main(["plot", str(two_runs[0]), "--gradients", "--format", "json"], capsys)
+    grads = json.loads(out)
+    assert [row["layer"] for row in grads["layers"]] == ["conv1", "conv2", "fc"]
+    assert grads["layers"][2]["values"] == [r["grad_norm"] for r in fast.gradients if r["layer"] == "fc"]
+
+
+@pytest.mark.parametrize("suffix", [".png", ".svg", ".pdf"])
+def test_files_are_written_whole_and_read_back(two_runs, tmp_path, capsys, suffix):
+    pytest.importorskip("matplotlib")
+    for args, name in (([str(two_runs[0]), str(two_runs[1])], "curves"), ([str(two_runs[0]), "--gradients"], "grads")):
+        out = tmp_path / f"{name}{suffix}"
+        code, stdout, err = run_main(["plot", *args, "--out", str(out)], capsys)
+        assert code == 0, err
+        assert f"wrote {out}" in stdout
+        data = out.read_bytes()
+        if suffix == ".png":
+            from PIL import Image
+
+            with Image.open(out) as image:
+                image.load()
+                assert image.width > 300 and image.height > 200
+        elif suffix == ".svg":
+            assert ET.fromstring(data).tag.endswith("svg")
+        else:
+            assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
+    assert not list(tmp_path.glob(".*.part"))
+
+
+def test_a_run_still_training_is_drawn_with_what_it_has(tmp_path, capsys):
+    folder = make_run(tmp_path / "running", 2, 8, complete=False)
+    code, out, _ = run_main(["plot", str(folder)], capsys)
+    assert code == 0 and "2 of 8 epochs so far" in out and f"--resume {folder}/last.npz" in out
+    started = make_run(tmp_path / "started", 0, 8, complete=False, gradients=False)
+    code, out, _ = run_main(["plot", str(folder), str(started)], capsys)
+    assert code == 0 and "started: no finished epoch yet" in out
+
+
+PROBLEMS = [
+    (lambda t: [str(t / "nowhere")], "is not a run folder: no such folder"),
+    (lambda t: [str((t / "empty").mkdir() or t / "empty")], "it has no config.yaml"),
+    (lambda t: [str(make_run(t / "r", 0, 3, complete=False, gradients=False))], "no epoch has finished yet"),
+    (lambda t: [str(make_run(t / "r", 2, 3)), "--out", str(t / "c.jpg")], "must be one of .png, .svg, .pdf"),
+    (lambda t: [str(make_run(t / "a", 2, 3)), str(make_run(t / "b", 2, 3)), "--gradients"],
+     "--gradients draws one run, got 2"),
+    (lambda t: [str(make_run(t / "r", 2, 3, gradients=False)), "--gradients"],
+     "did not record gradient flow"),
+    (lambda t: [str(make_run(t / "r", 2, 3)), "--out", str(t / "missing" / "c.png")], "cannot write --out"),
+]
+
+
+@pytest.mark.parametrize("args,message", PROBLEMS, ids=[m for _, m in PROBLEMS])
+def test_mistakes_exit_2_with_a_message(tmp_path, capsys, args, message):
+    if "cannot write" in message:
+        pytest.importorskip("matplotlib")
+    code, _, err = run_main(["plot", *args(tmp_path)], capsys)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_a_foreign_csv_is_named_with_its_header(tmp_path, capsys):
+    folder = make_run(tmp_path / "r", 2, 2)
+    (folder / runs.METRICS).write_text("step,loss\n1,0.5\n")
+    code, _, err = run_main(["plot", str(folder)], capsys)
+    assert code == 2 and "is not a cnncli metrics.csv: its header is step,loss" in err
+
+
+def test_files_without_matplotlib_name_the_extra(two_runs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails as if not installed
+    code, _, err = run_main(["plot", str(two_runs[0]), "--out", str(tmp_path / "c.png")], capsys)
+    assert code == 2 and "pip install 'cnncli[plots]'" in err
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_plot_checks_its_arguments_before_reading(tmp_path):
+    with pytest.raises(UsageError, match="at least one run folder"):
+        plot.curves([])
+    with pytest.raises(UsageError, match="--metric must be one of"):
+        plot.gradient_map(tmp_path, "norm")
