@@ -277,6 +277,74 @@ def plot(
         render.show_curves(plot_mod.curves(runs), fmt.value, _console(), out)
 
 
+@app.command()
+def features(
+    model: str = typer.Argument(..., help="A built-in model name or a YAML file."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Weights to use (a .npz from train)."),
+    sample: Optional[int] = typer.Option(None, "--sample", help="Use test image I of the dataset."),
+    image: Optional[Path] = typer.Option(None, "--image", help="Use an image file (PNG, JPEG; images extra)."),
+    layer: Optional[list[str]] = typer.Option(None, "--layer", help="A layer to show (repeatable; "
+                                              "default: every convolution)."),
+    max_maps: int = typer.Option(16, "--max-maps", min=1, help="Channels shown per layer."),
+    dataset: Optional[Dataset] = typer.Option(None, "--dataset", help="The dataset (the checkpoint's by default)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
+    invert: bool = typer.Option(False, "--invert", help="Invert --image (dark digits on light paper)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the grid to a .png, .svg or .pdf file."),
+    fmt: Format = typer.Option(Format.table, "--format", help="table (pictures) or json (the numbers)."),
+) -> None:
+    """The feature maps each layer makes of one image, and the first layer's filters (slide 39)."""
+    from cnncli import features as features_mod
+    from cnncli.plot import check_out
+    from cnncli.render import downloads
+    from cnncli.render import features as render
+
+    check_out(out)
+    console = _console()
+    with downloads.Downloads(console) as shown:
+        result = features_mod.features(model, checkpoint, sample=sample, image=image, layers=layer,
+                                       max_maps=max_maps, dataset=dataset.value if dataset else None,
+                                       data_dir=data_dir, invert=invert, progress=shown)
+    render.show(result, fmt.value, console, out)
+
+
+@app.command()
+def compare(
+    models: list[str] = typer.Argument(..., help="Two or more models (built-in names or YAML files)."),
+    dataset: Optional[Dataset] = typer.Option(None, "--dataset", help="The dataset (the first model's by default)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs for every model (the first model's default)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N training images."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for weights, shuffling and the split."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Experiment folder (default runs/compare-<time>); "
+                                       "run the command again with it to go on."),
+    figure: Optional[Path] = typer.Option(None, "--figure", help="Also write the error curves to a "
+                                          ".png, .svg or .pdf file."),
+    fmt: Format = typer.Option(Format.table, "--format", help="table (charts) or json (the numbers)."),
+) -> None:
+    """Train models with one recipe and seed, then draw their error curves together (the depth experiment)."""
+    from cnncli import compare as compare_mod
+    from cnncli import plot as plot_mod
+    from cnncli.render import compare as render
+
+    plot_mod.check_out(figure, "--figure")
+    overrides = {"dataset": dataset.value if dataset else None, "epochs": epochs, "batch_size": batch_size,
+                 "lr": lr, "seed": seed}
+    experiment = compare_mod.plan(models, overrides, limit=limit, data_dir=data_dir, out=out)
+    console = _console()
+    view = render.ExperimentView(experiment, console)
+    result = compare_mod.run(experiment, view.reporter)
+    folders = [r.run_dir for r in result.results if r.history]
+    curves = plot_mod.curves(folders) if folders else plot_mod.Curves([])
+    render.show(result, curves, fmt.value, console, figure)
+    if result.exit_code:
+        if fmt.value != "json":
+            console.print(f"stopped; run the same command with --out {experiment.folder} to go on",
+                          markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(result.exit_code)
+
+
 def _warning_shower(original):
     """Python's warning display, except the tool's own warnings (images left out, ...): one plain line each."""
 

@@ -170,11 +170,8 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
         raise UsageError(f"--worst must not be negative, got {worst}")
     model_spec = spec.load(model)
     saved = ckpt_io.load(checkpoint)
-    config = saved.config
-    name = dataset or config.get("dataset") or model_spec.train_setting("dataset")
+    name, data_dir = data_for(model_spec, saved, dataset, data_dir)
     graph = build(model_spec, aux=False)
-    if name == FOLDER and data_dir is None and config.get("data_dir"):
-        data_dir = Path(config["data_dir"])  # the folder the checkpoint was trained on
     info = open_source(name, data_dir, graph.input_shape, progress=progress)
     plan = inputs.plan(info.title, info.image_shape, graph.input_shape, model_spec.name)
     classes = len(info.classes)
@@ -197,16 +194,29 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
     )
 
 
-def inference_network(model_spec: spec.ModelSpec, graph: Graph, saved: ckpt_io.Checkpoint) -> Network:
-    """A fast network of ``graph`` (built without auxiliary heads) holding a checkpoint's weights.
+def data_for(model_spec: spec.ModelSpec, saved: ckpt_io.Checkpoint, dataset: str | None = None,
+             data_dir: Path | None = None) -> tuple[str, Path | None]:
+    """The dataset (and folder) a checkpoint is used with: ``dataset`` if given, else the one it was
+    trained on, else the model file's; an image folder's place is the run's unless ``data_dir`` says."""
+    config = saved.config
+    name = dataset or config.get("dataset") or model_spec.train_setting("dataset")
+    if name == FOLDER and data_dir is None and config.get("data_dir"):
+        data_dir = Path(config["data_dir"])  # the folder the checkpoint was trained on
+    return name, data_dir
+
+
+def inference_network(model_spec: spec.ModelSpec, graph: Graph, saved: ckpt_io.Checkpoint,
+                      fast: bool = True) -> Network:
+    """A network of ``graph`` (built without auxiliary heads) holding a checkpoint's weights.
 
     The dtype is the one the checkpoint was trained in; weights of auxiliary
     heads in the file are skipped, anything else that does not fit is a
-    CheckpointError naming it.
+    CheckpointError naming it. ``fast=False`` keeps every layer's output
+    (:class:`~cnncli.engine.network.Network`).
     """
     config = saved.config
     dtype = config.get("dtype", "float32") if config.get("dtype") in ("float32", "float64") else "float32"
-    net = Network(graph, dtype, fast=True)
+    net = Network(graph, dtype, fast=fast)
     wanted = {**net.params, **net.buffers}
     net.load_state_dict({k: v for k, v in saved.weights().items()
                          if k in wanted or not _is_aux_key(k, model_spec, graph)}, source=str(saved.path))

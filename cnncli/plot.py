@@ -89,11 +89,11 @@ class GradientMap:
                                                   for name, kind, row in zip(self.layers, self.kinds, self.values)]}
 
 
-def check_out(out: Path | None) -> None:
-    """``--out``'s file type must be one we write; checked before any work."""
+def check_out(out: Path | None, flag: str = "--out") -> None:
+    """A picture file's type must be one we write; checked before any work."""
     if out is not None and Path(out).suffix.lower() not in FILE_TYPES:
-        raise UsageError(f"--out {out}: the file type is taken from its name and must be one of "
-                         f"{', '.join(FILE_TYPES)}, e.g. --out curves.png")
+        raise UsageError(f"{flag} {out}: the file type is taken from its name and must be one of "
+                         f"{', '.join(FILE_TYPES)}, e.g. {flag} curves.png")
 
 
 def _labels(folders: Sequence[runs.RunFolder]) -> list[str]:

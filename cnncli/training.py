@@ -46,7 +46,7 @@ EVAL_BATCH = 1000
 #: With ``--limit``, the validation set is at most this share of the images.
 MAX_VAL_SHARE = 0.1
 
-_DTYPES = ("float32", "float64")
+DTYPES = ("float32", "float64")
 
 
 # --------------------------------------------------------------------------- records
@@ -229,27 +229,43 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
     checkpoint's.
     """
     model_spec = spec.load(model)
-    given = {k: v for k, v in overrides.items() if v is not None}
-    for key in given:
-        if key not in spec.TRAIN_OPTIONS:
-            raise UsageError(f"unknown training setting '{key}'")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise UsageError(f"--limit must be a positive number of images, got {limit!r}")
-    if dtype is not None and dtype not in _DTYPES:
-        raise UsageError(f"--dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    given = _given(overrides)
+    check_limit_and_dtype(limit, dtype)
 
     if resume is not None:
         return _configure_resume(model, model_spec, given, limit, data_dir, out, Path(resume), dtype)
     dtype = dtype or "float32"
+    settings = resolve(model_spec, given)
+    return RunConfig(model=model, name=model_spec.name, **settings, limit=limit, dtype=dtype,
+                     out=_fresh_out(model_spec.name, out), data_dir=data_dir, spec=model_spec)
 
+
+def check_limit_and_dtype(limit: int | None, dtype: str | None) -> None:
+    """``--limit`` (a positive number of images) and ``--dtype`` (one of :data:`DTYPES`), when given."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise UsageError(f"--limit must be a positive number of images, got {limit!r}")
+    if dtype is not None and dtype not in DTYPES:
+        raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+
+
+def _given(overrides: dict[str, Any]) -> dict[str, Any]:
+    given = {k: v for k, v in overrides.items() if v is not None}
+    for key in given:
+        if key not in spec.TRAIN_OPTIONS:
+            raise UsageError(f"unknown training setting '{key}'")
+    return given
+
+
+def resolve(model_spec: spec.ModelSpec, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Every training setting of a new run of ``model_spec``: the file's for the dataset, then ``overrides``."""
+    given = _given(overrides)
     dataset = _check_setting("dataset", given["dataset"], "--dataset") if "dataset" in given else None
     settings = model_spec.train_settings(dataset)
     for key, value in given.items():
         settings[key] = _check_setting(key, value, _flag(key))
     if settings["flip"] and "flip" not in given and not _mirror_ok(settings["dataset"]):
         settings["flip"] = False  # the model file's flip is for photographs; --flip still forces it
-    return RunConfig(model=model, name=model_spec.name, **settings, limit=limit, dtype=dtype,
-                     out=_fresh_out(model_spec.name, out), data_dir=data_dir, spec=model_spec)
+    return settings
 
 
 def _mirror_ok(dataset: str) -> bool:
@@ -313,7 +329,7 @@ def _configure_resume(model: str, model_spec: spec.ModelSpec, given: dict[str, A
     else:
         out = resume.parent
     saved_dtype = saved.get("dtype", "float32")
-    if saved_dtype not in _DTYPES:
+    if saved_dtype not in DTYPES:
         raise CheckpointError(f"{resume}: unknown dtype {saved_dtype!r} in its configuration")
     if dtype is not None and dtype != saved_dtype:
         raise UsageError(f"--dtype {dtype} differs from the resumed run's {saved_dtype}")

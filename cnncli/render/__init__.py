@@ -1,9 +1,11 @@
 """Rendering: the only package that imports rich.
 
 Modules elsewhere return records (dataclasses, dicts); the functions here turn
-them into Rich tables, progress bars and JSON. One submodule per command:
-``summary``, ``training``, ``evaluation``, ``trace``; and ``downloads``, which
-the commands that load a dataset share.
+them into Rich tables, progress bars, charts and JSON. One submodule per command:
+``summary``, ``training``, ``evaluation``, ``trace``, ``predict``, ``plot``,
+``features``, ``compare``; and the pieces they share: ``downloads`` (dataset
+bars), ``pictures`` (images as half blocks), ``charts`` (line charts, heat
+maps) and ``figures`` (files through matplotlib).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import importlib
 from types import ModuleType
 
 _SUBMODULES = ("summary", "training", "evaluation", "trace", "downloads", "pictures", "predict", "charts",
-               "plot", "figures")
+               "plot", "figures", "features", "compare")
 
 
 def console(stderr: bool = False):

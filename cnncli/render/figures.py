@@ -18,6 +18,7 @@ import numpy as np
 
 from cnncli.atomic import write_atomic
 from cnncli.errors import UsageError
+from cnncli.features import FeatureResult
 from cnncli.plot import CURVES, Curves, GradientMap
 
 INSTALL = "pip install 'cnncli[plots]'"
@@ -92,4 +93,35 @@ def gradient_figure(gmap: GradientMap):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(gmap.title, fontsize="medium")
     fig.colorbar(image, ax=ax, label=gmap.metric.replace("_", " "))
+    return fig
+
+
+def _image(ax, pixels: np.ndarray, title: str) -> None:
+    """uint8 (1 or 3, H, W) into ``ax``, without axes."""
+    if pixels.shape[0] == 3:
+        ax.imshow(np.moveaxis(pixels, 0, -1), interpolation="nearest")
+    else:
+        ax.imshow(pixels[0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.set_title(title, fontsize="x-small")
+    ax.set_axis_off()
+
+
+def feature_figure(result: FeatureResult, per_row: int = 8):
+    """The input, the first layer's filters and each layer's maps, one block of rows per layer."""
+    blocks = [("input and " + (f"filters of {result.filters.layer}" if result.filters else "no filters"),
+               [("input", result.pixels)] + ([(f"{i}", p) for i, p in enumerate(result.filters.pictures)]
+                                             if result.filters else []))]
+    for m in result.layers:
+        blocks.append((f"{m.name} ({m.kind}) {'×'.join(map(str, m.shape))}",
+                       [(f"{s.channel}", p[None]) for s, p in zip(m.stats, m.pictures)]))
+    heights = [math.ceil(len(tiles) / per_row) for _, tiles in blocks]
+    fig = _figure(figsize=(1.3 * per_row, 1.5 * sum(heights) + 0.4 * len(blocks)), layout="constrained")
+    sub = fig.subfigures(len(blocks), 1, height_ratios=heights, squeeze=False)[:, 0]
+    for panel, (title, tiles), rows in zip(sub, blocks, heights):
+        panel.suptitle(title, fontsize="small")
+        axes = panel.subplots(rows, per_row, squeeze=False).ravel()
+        for ax in axes[len(tiles):]:
+            ax.set_axis_off()
+        for ax, (name, pixels) in zip(axes, tiles):
+            _image(ax, pixels, name)
     return fig

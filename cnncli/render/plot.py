@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -15,19 +16,21 @@ CHART_ROWS = 10      # rows of braille per chart (40 dots high)
 MAX_WIDTH = 120      # charts wider than this are harder to read, not clearer
 
 
-def _width(console: Console) -> int:
+def width(console: Console) -> int:
     return max(40, min(console.width, MAX_WIDTH))
 
 
-def _series(curves: Curves, keys: tuple[str, str], scale: float) -> list[Series]:
+def series(curves: Curves, keys: tuple[str, ...], value: Callable[[float], float] = lambda v: v) -> list[Series]:
+    """One line per run and key (``train_*`` is "training", ``val_*`` "validation"), values through ``value``."""
     out = []
     for run in curves.runs:
-        for key, what in zip(keys, ("training", "validation")):
+        for key in keys:
             values = run.values[key]
             if all(v is None for v in values):
                 continue
-            label = f"{run.label} {what}" if len(curves.runs) > 1 else what
-            out.append(Series(label, [(e, None if v is None else v * scale) for e, v in zip(run.epochs, values)]))
+            what = "training" if key.startswith("train") else "validation"
+            label = (f"{run.label} {what}" if len(keys) > 1 else run.label) if len(curves.runs) > 1 else what
+            out.append(Series(label, [(e, None if v is None else value(v)) for e, v in zip(run.epochs, values)]))
     return out
 
 
@@ -40,7 +43,7 @@ def _state(run) -> str:
     return f"{done}{planned} epochs so far (training, or stopped: resume with --resume {run.folder}/last.npz)"
 
 
-def _save(figure, out: Path | None, console: Console, fmt: str) -> str | None:
+def save(figure, out: Path | None, console: Console, fmt: str) -> str | None:
     if out is None:
         return None
     from cnncli.render import figures
@@ -56,23 +59,23 @@ def show_curves(curves: Curves, fmt: str, console: Console, out: Path | None = N
     from cnncli.render import figures
 
     if fmt == "json":
-        path = _save(lambda: figures.curves_figure(curves), out, console, fmt)
+        path = save(lambda: figures.curves_figure(curves), out, console, fmt)
         record = {**curves.to_json(), **({"file": path} if path else {})}
         console.print(json.dumps(record, indent=2), markup=False, highlight=False, soft_wrap=True)
         return
-    colour, width = colour_on(console), _width(console)
+    colour, chart_width = colour_on(console), width(console)
     for run in curves.runs:
         console.print(f"{run.label}: {run.model} on {run.dataset}, {_state(run)}",
                       markup=False, highlight=False, soft_wrap=True)
     for name in curves.empty:
         console.print(f"{name}: no finished epoch yet", markup=False, highlight=False, soft_wrap=True)
     console.print()
-    console.print(line_chart(_series(curves, ("train_loss", "val_loss"), 1.0), width=width, height=CHART_ROWS,
+    console.print(line_chart(series(curves, ("train_loss", "val_loss")), width=chart_width, height=CHART_ROWS,
                              colour=colour, title="loss", x_range=curves.x_range, x_label="epoch"))
     console.print()
-    console.print(line_chart(_series(curves, ("train_acc", "val_acc"), 100.0), width=width, height=CHART_ROWS,
-                             colour=colour, title="accuracy (%)", x_range=curves.x_range, x_label="epoch"))
-    _save(lambda: figures.curves_figure(curves), out, console, fmt)
+    console.print(line_chart(series(curves, ("train_acc", "val_acc"), lambda v: 100 * v), width=chart_width,
+                             height=CHART_ROWS, colour=colour, title="accuracy (%)", x_range=curves.x_range, x_label="epoch"))
+    save(lambda: figures.curves_figure(curves), out, console, fmt)
 
 
 def show_gradients(gmap: GradientMap, fmt: str, console: Console, out: Path | None = None) -> None:
@@ -80,10 +83,10 @@ def show_gradients(gmap: GradientMap, fmt: str, console: Console, out: Path | No
     from cnncli.render import figures
 
     if fmt == "json":
-        path = _save(lambda: figures.gradient_figure(gmap), out, console, fmt)
+        path = save(lambda: figures.gradient_figure(gmap), out, console, fmt)
         record = {**gmap.to_json(), **({"file": path} if path else {})}
         console.print(json.dumps(record, indent=2), markup=False, highlight=False, soft_wrap=True)
         return
-    console.print(heat_map(gmap.layers, gmap.epochs, gmap.values, width=_width(console), colour=colour_on(console),
+    console.print(heat_map(gmap.layers, gmap.epochs, gmap.values, width=width(console), colour=colour_on(console),
                            title=gmap.title, value_label=f"{gmap.metric}, log scale"))
-    _save(lambda: figures.gradient_figure(gmap), out, console, fmt)
+    save(lambda: figures.gradient_figure(gmap), out, console, fmt)

@@ -8,6 +8,8 @@ redrawn: one plain line per epoch and per download.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
@@ -50,10 +52,15 @@ def _table(header: bool) -> Table:
 
 
 class Reporter:
-    """Receives :mod:`cnncli.training`'s events and draws them on ``console``."""
+    """Receives :mod:`cnncli.training`'s events and draws them on ``console``.
 
-    def __init__(self, console: Console):
+    ``overall(epoch, batch, steps)``, when given, is text shown at the head of the
+    bar: where a bigger job that this run is part of stands (``cnncli compare``).
+    """
+
+    def __init__(self, console: Console, overall: Callable[[int, int, int], str] | None = None):
         self.console = console
+        self.overall = overall
         self.live = console.is_terminal
         self.progress: Progress | None = None
         self.task: TaskID | None = None
@@ -99,13 +106,16 @@ class Reporter:
             return
         self.console.print(_table(header=True))
         self.progress = Progress(
+            *([TextColumn("{task.fields[overall]}")] if self.overall else []),
             TextColumn("epoch {task.fields[epoch]}"), BarColumn(bar_width=30), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("acc {task.fields[acc]:6.2%}"),
             TextColumn("{task.fields[ips]:>6,.0f} img/s"), TextColumn("eta"), TimeRemainingColumn(),
             console=self.console, transient=True)
         self.progress.start()
         self.task = self.progress.add_task("", total=run.steps_per_epoch, completed=run.start_batch,
-                                           epoch=f"{run.start_epoch + 1}/{c.epochs}", loss=0.0, acc=0.0, ips=0.0)
+                                           epoch=f"{run.start_epoch + 1}/{c.epochs}", loss=0.0, acc=0.0, ips=0.0,
+                                           overall=self._overall(run.start_epoch + 1, run.start_batch,
+                                                                 run.steps_per_epoch))
         self.epoch = run.start_epoch + 1
 
     def step(self, progress: StepProgress) -> None:
@@ -118,7 +128,11 @@ class Reporter:
         # After the epoch's last step the bar stays up while the validation set is scored.
         label = f"{progress.epoch}/{progress.epochs}" + (" validating" if progress.batch == progress.steps else "")
         self.progress.update(self.task, completed=progress.batch, epoch=label,
-                             loss=progress.loss, acc=progress.accuracy, ips=progress.images_per_s)
+                             loss=progress.loss, acc=progress.accuracy, ips=progress.images_per_s,
+                             overall=self._overall(progress.epoch, progress.batch, progress.steps))
+
+    def _overall(self, epoch: int, batch: int, steps: int) -> str:
+        return self.overall(epoch, batch, steps) if self.overall else ""
 
     def epoch_end(self, record: EpochRecord) -> None:
         if self.progress is not None:

@@ -1,0 +1,201 @@
+"""``cnncli compare``: several models trained with one recipe, then their curves together.
+
+The experiment of He et al. 2016 (Figures 1 and 6, the lecture's slides 41–42):
+train plain and residual networks of two depths the same way and compare their
+training error. One recipe — the first model's ``train:`` settings for the
+dataset, then the flags — is resolved once and given to every model, with the
+same seed; each model trains into its own run folder ``<out>/<model name>/``.
+
+The experiment folder holds ``compare.yaml`` (the models and the recipe). Run
+the same command again with the same ``--out`` and it goes on: finished runs
+are kept, an interrupted one resumes from its ``last.npz`` (exactly, as
+``train --resume`` does), and ``--epochs`` may grow, which trains every run
+further. A different model list or recipe in an existing folder is an error,
+never an overwrite.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cnncli import inputs, runs, training
+from cnncli.atomic import write_text_atomic
+from cnncli.checkpoint import load as load_checkpoint
+from cnncli.data.source import open_source
+from cnncli.errors import UsageError
+from cnncli.model import spec
+from cnncli.model.graph import build
+
+RECORD = "compare.yaml"
+#: Settings that may differ when an experiment goes on: more epochs train every run further.
+_MAY_GROW = ("epochs",)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One model of the experiment: how the user named it, its name, its run folder and its cost."""
+
+    model: str
+    name: str
+    folder: Path
+    macs: int                 # per image, forward: the share of the experiment's time it will take
+
+
+@dataclass
+class Experiment:
+    folder: Path
+    entries: list[Entry]
+    settings: dict[str, Any]   # the recipe: every training setting
+    limit: int | None
+    dtype: str
+    data_dir: Path | None = None
+
+    @property
+    def epochs(self) -> int:
+        return int(self.settings["epochs"])
+
+    def record(self) -> dict[str, Any]:
+        return {"models": [e.model for e in self.entries], "settings": self.settings, "limit": self.limit,
+                "dtype": self.dtype}
+
+
+@dataclass
+class CompareResult:
+    experiment: Experiment
+    results: list[training.RunResult]   # in model order, as far as the experiment got
+    status: str                         # "completed" or the stopped run's status
+
+    @property
+    def exit_code(self) -> int:
+        return next((r.exit_code for r in self.results if r.exit_code), 0)
+
+
+def _default_folder() -> Path:
+    base = Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def plan(models: list[str], overrides: dict[str, Any], *, limit: int | None = None, data_dir: Path | None = None,
+         out: Path | None = None, dtype: str | None = None) -> Experiment:
+    """Check the models and the recipe before anything trains; an existing ``out`` must be this experiment."""
+    if len(models) < 2:
+        raise UsageError(f"compare needs at least two models, got {len(models)}: e.g. "
+                         "cnncli compare plain20 plain56 resnet20 resnet56")
+    specs = [spec.load(m) for m in models]
+    names = [s.name for s in specs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"model {twice[0]} is given twice: give each model once")
+    training.check_limit_and_dtype(limit, dtype)
+    # The recipe: the first model's settings for the dataset, then the flags (checked as train checks them).
+    settings = training.resolve(specs[0], overrides)
+    folder = Path(out) if out is not None else _default_folder()
+    entries = []
+    for model, model_spec in zip(models, specs):
+        graph = build(model_spec, aux=True)
+        source = open_source(settings["dataset"], data_dir, graph.input_shape)
+        # Every model must take the dataset before any trains (train would find out only when it starts).
+        inputs.plan(source.title, source.image_shape, graph.input_shape, model_spec.name)
+        inputs.check_outputs(graph.output_shape, len(source.classes), source.title, model_spec.name)
+        entries.append(Entry(model, model_spec.name, folder / model_spec.name, graph.macs))
+    experiment = Experiment(folder, entries, settings, limit, dtype or "float32", data_dir)
+    _check_folder(experiment)
+    return experiment
+
+
+def _check_folder(experiment: Experiment) -> None:
+    path = experiment.folder / RECORD
+    if not experiment.folder.exists():
+        return
+    if not path.is_file():
+        if any(experiment.folder.iterdir()):
+            raise UsageError(f"--out {experiment.folder} exists and is not an experiment folder (it has no "
+                             f"{RECORD}): choose a new folder")
+        return
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise UsageError(f"cannot read {path}: {e}") from None
+    mine = experiment.record()
+    if not isinstance(saved, dict) or saved.get("models") != mine["models"]:
+        got = saved.get("models") if isinstance(saved, dict) else None
+        raise UsageError(f"{experiment.folder} holds the experiment {got}, not {mine['models']}: "
+                         "go on with the same models, or choose a new --out")
+    for key in ("limit", "dtype"):
+        if saved.get(key) != mine[key]:
+            raise UsageError(f"{experiment.folder} was started with {key} {saved.get(key)}, not {mine[key]}: "
+                             "an experiment keeps its recipe; choose a new --out to change it")
+    old = saved.get("settings") or {}
+    for key, value in mine["settings"].items():
+        if key in _MAY_GROW and isinstance(old.get(key), int) and value >= old[key]:
+            continue
+        if old.get(key) != value:
+            raise UsageError(f"{experiment.folder} was started with {key} {old.get(key)}, not {value}: an "
+                             "experiment keeps its recipe (only --epochs may grow); choose a new --out")
+
+
+def _config(experiment: Experiment, entry: Entry) -> training.RunConfig | None:
+    """How ``entry`` goes on: a fresh run, a resumed one, or None when it has trained every epoch."""
+    last = entry.folder / "last.npz"
+    if last.is_file():
+        done = load_checkpoint(last)
+        if done.epoch >= experiment.epochs and done.meta.get("batch", 0) == 0 and (entry.folder / runs.TEST).is_file():
+            return None
+        return training.configure(entry.model, {"epochs": experiment.epochs}, resume=last,
+                                  data_dir=experiment.data_dir)
+    if entry.folder.exists():
+        # Stopped before its first checkpoint: only the configuration (and temporary files) were written.
+        leftovers = [p for p in entry.folder.iterdir() if p.name != runs.CONFIG and not p.name.endswith(".part")]
+        if leftovers:
+            raise UsageError(f"{entry.folder} holds {leftovers[0].name} but no last.npz: it is not a run this "
+                             "experiment can continue; move it away or choose a new --out")
+        for p in entry.folder.iterdir():
+            p.unlink()
+        entry.folder.rmdir()
+    overrides = {k: v for k, v in experiment.settings.items()}
+    return training.configure(entry.model, overrides, limit=experiment.limit, data_dir=experiment.data_dir,
+                              out=entry.folder, dtype=experiment.dtype)
+
+
+def run(experiment: Experiment, reporter: Callable[[int, Entry], training.Reporter] | None = None) -> CompareResult:
+    """Train every model in turn (``reporter(i, entry)`` draws run i); stops at the first interrupted run."""
+    experiment.folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(experiment.folder / RECORD, yaml.safe_dump(experiment.record(), sort_keys=False))
+    results = []
+    for i, entry in enumerate(experiment.entries):
+        config = _config(experiment, entry)
+        if config is None:
+            results.append(_finished(entry))
+            continue
+        result = training.train(config, reporter(i, entry) if reporter else None)
+        results.append(result)
+        if result.status != "completed":
+            return CompareResult(experiment, results, result.status)
+    return CompareResult(experiment, results, "completed")
+
+
+def _finished(entry: Entry) -> training.RunResult:
+    """The record of a run that an earlier invocation finished (read back from its folder)."""
+    folder = runs.load(entry.folder)
+    history = [training.EpochRecord(**row) for row in folder.metrics]
+    test = folder.test or {}
+    config = training.configure(entry.model, {}, resume=entry.folder / "last.npz")
+    return training.RunResult(config, entry.folder, "completed", len(history), history, None, None,
+                              test_loss=test.get("loss"), test_acc=test.get("accuracy"), n_test=test.get("n", 0))
+
+
+def done_fraction(experiment: Experiment, index: int, epochs_done: float) -> float:
+    """How much of the experiment's work (epochs × MACs) is done when run ``index`` is ``epochs_done`` in."""
+    total = sum(e.macs for e in experiment.entries) * experiment.epochs
+    before = sum(e.macs for e in experiment.entries[:index]) * experiment.epochs
+    return (before + experiment.entries[index].macs * epochs_done) / total if total else 0.0

@@ -1,0 +1,172 @@
+"""``cnncli features``: what a trained network's layers make of one image (the lecture's slide 39).
+
+One image — a test image of the checkpoint's dataset (``--sample I``) or an
+image file (``--image FILE``, read as ``predict`` reads it) — goes through the
+network the way evaluation sends it (the run's input adaptation and
+normalisation). Every layer's output is kept (a plain, unfused network), and
+for each chosen layer (every convolution by default) the activation maps of
+its first ``max_maps`` channels are returned with their statistics, together
+with the first convolution's filters and the network's prediction.
+
+For display, each map (and each filter) is scaled on its own from its minimum
+(black) to its maximum (white): a map's shape is what it shows, not its
+magnitude, which is in the statistics (min, max, mean and the share of zeros,
+a ReLU's inactive units).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cnncli import checkpoint as ckpt_io
+from cnncli import inputs
+from cnncli.data.source import Source, open_source
+from cnncli.engine import losses
+from cnncli.errors import UsageError
+from cnncli.evaluation import data_for, inference_network, probabilities
+from cnncli.model import spec
+from cnncli.model.graph import build
+from cnncli.predict import Guess, read_image
+
+#: Channels of a layer shown unless --max-maps says otherwise.
+MAX_MAPS = 16
+
+
+@dataclass(frozen=True)
+class MapStats:
+    channel: int
+    min: float
+    max: float
+    mean: float
+    zeros: float              # share of exactly-zero values (inactive ReLU units)
+
+
+@dataclass(frozen=True)
+class LayerMaps:
+    """One layer's output for the image: ``shape`` (C, H, W), the first channels as uint8 pictures."""
+
+    name: str
+    kind: str
+    shape: tuple[int, int, int]
+    values: np.ndarray        # float (shown, H, W): the raw activations of the shown channels
+    pictures: np.ndarray      # uint8 (shown, H, W), each map scaled from its min to its max
+    stats: list[MapStats]
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The first convolution's filters as pictures: uint8 (out, 3 or 1, kh, kw), each scaled on its own."""
+
+    layer: str
+    shape: tuple[int, ...]    # the weight's (out, in, kh, kw)
+    values: np.ndarray
+    pictures: np.ndarray
+
+
+@dataclass(frozen=True)
+class FeatureResult:
+    model: str
+    checkpoint: Path
+    source: str               # what the image is, in words
+    pixels: np.ndarray        # uint8 (C, H, W): the image as the dataset has it
+    label: int | None         # the true class of a test image
+    class_names: list[str]
+    guesses: list[Guess]
+    input: str                # the adaptation, in words
+    layers: list[LayerMaps]
+    filters: Filters | None
+
+
+def scale_to_bytes(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """``a`` scaled to 0..255 over ``axes`` (min → 0, max → 255); a constant block is black."""
+    a = np.asarray(a, dtype=np.float64)
+    lo, hi = a.min(axis=axes, keepdims=True), a.max(axis=axes, keepdims=True)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    return np.round((a - lo) / span * 255).astype(np.uint8)
+
+
+def _choose_layers(graph, wanted: list[str] | None) -> list:
+    nodes = {n.name: n for n in graph.nodes}
+    if not wanted:
+        chosen = [n for n in graph.nodes if n.kind == "conv"]
+        if not chosen:
+            raise UsageError("the model has no convolution; name the layers to show with --layer")
+        return chosen
+    out = []
+    for name in wanted:
+        node = nodes.get(name)
+        if node is None:
+            close = difflib.get_close_matches(name, list(nodes), n=3)
+            hint = f" — did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            convs = [n.name for n in graph.nodes if n.kind == "conv"][:6]
+            raise UsageError(f"--layer {name}: no such layer in the model{hint} (its convolutions: "
+                             f"{', '.join(convs) or 'none'}; `cnncli summarize` lists every layer)")
+        if len(node.out_shape) != 3:
+            raise UsageError(f"--layer {name}: its output is {'×'.join(map(str, node.out_shape))}, not maps "
+                             "(channels × height × width); choose a layer before the flatten")
+        out.append(node)
+    return out
+
+
+def features(model: str, checkpoint: Path, *, sample: int | None = None, image: Path | None = None,
+             layers: list[str] | None = None, max_maps: int = MAX_MAPS, dataset: str | None = None,
+             data_dir: Path | None = None, invert: bool = False, top_k: int = 3,
+             progress=None) -> FeatureResult:
+    """The activation maps of ``layers`` (every convolution by default) for one image."""
+    if (sample is None) == (image is None):
+        raise UsageError("give one image: --sample I (a test image of the dataset) or --image FILE")
+    if max_maps < 1:
+        raise UsageError(f"--max-maps must be at least 1, got {max_maps}")
+    model_spec = spec.load(model)
+    saved = ckpt_io.load(checkpoint)
+    graph = build(model_spec, aux=False)
+    chosen = _choose_layers(graph, layers)
+    recorded = saved.meta.get("source")
+    if image is not None and dataset is None and isinstance(recorded, dict):
+        info = Source.from_config(recorded)  # what the run trained on; no data needed for a file
+    else:
+        name, data_dir = data_for(model_spec, saved, dataset, data_dir)
+        info = open_source(name, data_dir, graph.input_shape, progress=progress)
+    plan = inputs.plan(info.title, info.image_shape, graph.input_shape, model_spec.name)
+    inputs.check_outputs(graph.output_shape, len(info.classes), info.title, model_spec.name)
+
+    label = None
+    if sample is not None:
+        images, labels = info.load("test", data_dir, progress=progress)
+        if not 0 <= sample < len(images):
+            raise UsageError(f"--sample {sample} is out of range: the {info.title} test set has "
+                             f"{len(images)} images (0..{len(images) - 1})")
+        pixels, label = np.asarray(images[sample]), int(labels[sample])
+        what = f"{info.title} test image {sample} (class {info.classes[label]})"
+    else:
+        pixels = read_image(Path(image), info.image_shape, invert)
+        what = f"{image}" + (" (inverted)" if invert else "")
+
+    net = inference_network(model_spec, graph, saved, fast=False)
+    loss = losses.get(model_spec.loss)
+    out = net.forward(plan.batch(pixels[None], net.dtype, info.normalise))
+    probs = probabilities(out, loss)[0]
+    order = np.argsort(-probs, kind="stable")[:min(top_k, len(info.classes))]
+    guesses = [Guess(int(i), info.classes[i], float(probs[i])) for i in order]
+
+    maps = []
+    for node in chosen:
+        value = np.asarray(net.values[node.name][0], dtype=np.float64)
+        shown = value[:max_maps]
+        stats = [MapStats(c, float(m.min()), float(m.max()), float(m.mean()), float(np.mean(m == 0)))
+                 for c, m in enumerate(shown)]
+        maps.append(LayerMaps(node.name, node.kind, tuple(value.shape), shown, scale_to_bytes(shown, (1, 2)), stats))
+
+    filters = None
+    first = next((n for n in graph.nodes if n.kind == "conv"), None)
+    if first is not None:
+        w = np.asarray(net.params[f"{first.name}.weight"], dtype=np.float64)
+        # Three input channels are a colour filter; otherwise each filter's first input channel.
+        shown_w = w if w.shape[1] == 3 else w[:, :1]
+        filters = Filters(first.name, tuple(w.shape), shown_w, scale_to_bytes(shown_w, (1, 2, 3)))
+    return FeatureResult(model_spec.name, Path(checkpoint), what, pixels, label, list(info.classes), guesses,
+                         plan.describe(), maps, filters)
