@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -312,3 +314,12 @@ layers:
     assert (other["dataset"], other["epochs"], other["lr"], other["weight_decay"]) == ("fashion-mnist", 30, 0.01, 0.0005)
     plain = m.train_settings("mnist")
     assert (plain["epochs"], plain["weight_decay"]) == (182, 0.0001)
+
+
+def test_the_model_format_guides_first_example_is_a_valid_model():
+    """models/README.md's complete example (with its train: datasets: entry) loads as written."""
+    text = (Path(__file__).resolve().parents[1] / "models" / "README.md").read_text(encoding="utf-8")
+    example = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    m = load(example)
+    assert m.name == "tiny" and m.train_settings("fashion-mnist")["epochs"] == 20
+    assert graph.build(m).output_shape == (10,)
