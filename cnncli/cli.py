@@ -345,6 +345,25 @@ def compare(
         raise typer.Exit(result.exit_code)
 
 
+class ExportTarget(str, Enum):
+    onnx = "onnx"
+
+
+@app.command()
+def export(
+    model: str = typer.Argument(..., help="A built-in model name or a YAML file."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Weights to export (a .npz from train)."),
+    to: ExportTarget = typer.Option(..., "--to", help="onnx (needs the onnx extra)."),
+    out: Path = typer.Option(..., "-o", "--output", help="The file to write (model.onnx)."),
+    fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+) -> None:
+    """Write a trained model for another engine: an ONNX graph of its inference network."""
+    from cnncli import export as export_mod
+    from cnncli.render import export as render
+
+    render.show(export_mod.export(model, checkpoint, to.value, out), fmt.value, _console())
+
+
 def _warning_shower(original):
     """Python's warning display, except the tool's own warnings (images left out, ...): one plain line each."""
 

@@ -3,7 +3,7 @@
 Modules elsewhere return records (dataclasses, dicts); the functions here turn
 them into Rich tables, progress bars, charts and JSON. One submodule per command:
 ``summary``, ``training``, ``evaluation``, ``trace``, ``predict``, ``plot``,
-``features``, ``compare``; and the pieces they share: ``downloads`` (dataset
+``features``, ``compare``, ``export``; and the pieces they share: ``downloads`` (dataset
 bars), ``pictures`` (images as half blocks), ``charts`` (line charts, heat
 maps) and ``figures`` (files through matplotlib).
 """
@@ -14,7 +14,7 @@ import importlib
 from types import ModuleType
 
 _SUBMODULES = ("summary", "training", "evaluation", "trace", "downloads", "pictures", "predict", "charts",
-               "plot", "figures", "features", "compare")
+               "plot", "figures", "features", "compare", "export")
 
 
 def console(stderr: bool = False):

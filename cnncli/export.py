@@ -1,0 +1,67 @@
+"""``cnncli export``: a trained model handed to another engine, as a file that engine reads.
+
+``--to onnx`` writes the inference network as an ONNX graph
+(:mod:`cnncli.exchange.onnx_model` says what is in it). The weights are a
+checkpoint's (``train``'s ``best.npz`` or ``last.npz``); the images the graph
+expects are prepared as the run prepared them, which its ``config.yaml`` records
+(input adaptation, the dataset's mean and standard deviation). The file is
+written whole or not at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cnncli import checkpoint as ckpt_io
+from cnncli.atomic import write_atomic
+from cnncli.errors import UsageError
+from cnncli.evaluation import inference_network
+from cnncli.model import spec
+from cnncli.model.graph import build
+
+#: Export targets: name -> the file suffix they write.
+TARGETS = {"onnx": ".onnx"}
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    model: str
+    checkpoint: Path
+    target: str
+    path: Path
+    bytes: int
+    input_name: str
+    input_shape: tuple
+    output_name: str
+    output_shape: tuple
+    output_meaning: str
+    opset: int | None = None
+
+
+def export(model: str, checkpoint: Path, to: str, out: Path) -> ExportResult:
+    """Write ``model`` with ``checkpoint``'s weights to ``out`` in the format ``to`` names."""
+    if to not in TARGETS:
+        raise UsageError(f"--to must be one of {', '.join(TARGETS)}, got {to!r}")
+    out = Path(out)
+    if out.suffix.lower() != TARGETS[to]:
+        raise UsageError(f"-o {out}: an {to} export is a {TARGETS[to]} file, e.g. -o model{TARGETS[to]}")
+    if not out.parent.is_dir():
+        raise UsageError(f"-o {out}: the folder {out.parent} does not exist")
+    from cnncli.exchange import onnx_model
+
+    onnx_model._onnx()  # a missing extra is reported before any work
+    model_spec = spec.load(model)
+    saved = ckpt_io.load(checkpoint)
+    graph = build(model_spec, aux=False)
+    net = inference_network(model_spec, graph, saved)
+    proto = onnx_model.to_onnx(graph, net.params, net.buffers, model_spec.name)
+    data = proto.SerializeToString()
+    try:
+        write_atomic(out, lambda f: f.write(data))
+    except OSError as e:
+        raise UsageError(f"cannot write -o {out}: {e.strerror or e}") from None
+    meaning = "logits (softmax is in the loss)" if model_spec.loss == "cross_entropy" else "the model's output"
+    return ExportResult(model_spec.name, Path(checkpoint), to, out, len(data), onnx_model.INPUT,
+                        ("batch", *graph.input_shape), onnx_model.OUTPUT, ("batch", *graph.output_shape), meaning,
+                        onnx_model.OPSET)

@@ -1,0 +1,142 @@
+"""ONNX export: every layer kind and every built-in model, run in onnxruntime, equal to cnncli's forward pass."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from test_cli import run_main
+
+from cnncli import checkpoint
+from cnncli.engine.network import Network
+from cnncli.model import graph, spec
+from cnncli.model.kinds import KINDS
+from cnncli.summary import builtin_models
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from cnncli.exchange import onnx_model  # noqa: E402  (after the skip: it needs the extra)
+
+TOLERANCE = 1e-5  # float32 outputs of the same network in two engines
+
+
+def _network(model_spec: spec.ModelSpec, seed: int = 0) -> Network:
+    """The inference network with its initial weights and made-up running statistics (so batch norm is no identity)."""
+    net = Network(graph.build(model_spec, aux=False), "float32", seed=seed, fast=True)
+    rng = np.random.default_rng(seed + 1)
+    for key, value in net.buffers.items():
+        value[...] = rng.uniform(0.5, 1.5, value.shape) if key.endswith("var") else rng.normal(0, 0.2, value.shape)
+    return net
+
+
+def assert_runs_equal(model_spec: spec.ModelSpec, batch: int = 3, seed: int = 0) -> None:
+    net = _network(model_spec, seed)
+    proto = onnx_model.to_onnx(net.graph, net.params, net.buffers, model_spec.name)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(seed + 2).standard_normal((batch, *net.graph.input_shape), dtype=np.float32)
+    expected = net.forward(x)
+    got = session.run(None, {onnx_model.INPUT: x})[0]
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE)
+
+
+# One small network per layer kind, with the options whose conventions differ most between engines.
+CASES = {
+    "conv": "input: [4, 11, 9]\nlayers:\n  - conv: {filters: 6, kernel: [3, 2], stride: [2, 1], padding: [1, 2], "
+            "dilation: [1, 2], groups: 2}\n  - conv: {filters: 3, kernel: 1, bias: false}\n  - conv: {filters: 2, "
+            "kernel: 2, connections: [[1, 0, 1], [0, 1, 1]]}",
+    "maxpool": "input: [2, 9, 10]\nlayers:\n  - maxpool: {kernel: 3, stride: 2, padding: 1, ceil_mode: true}\n"
+               "  - maxpool: {kernel: [2, 3], stride: [1, 2]}",
+    "avgpool": "input: [2, 9, 10]\nlayers:\n  - avgpool: {kernel: 3, stride: 2, padding: 1, count_include_pad: false}\n"
+               "  - avgpool: {kernel: 2, stride: 2, ceil_mode: true}",
+    "adaptive_avgpool": "input: [3, 7, 5]\nlayers:\n  - adaptive_avgpool: {output: [3, 2]}",
+    "global_avgpool": "input: [3, 5, 4]\nlayers:\n  - global_avgpool",
+    "subsample": "input: [3, 8, 8]\nlayers:\n  - subsample: {kernel: 2, stride: 2}",
+    "shortcut_pad": "input: [3, 8, 7]\nlayers:\n  - shortcut_pad: {stride: 2, channels: 5}",
+    "dense": "input: [6]\nlayers:\n  - dense: {units: 4}\n  - dense: {units: 3, bias: false}",
+    "flatten": "input: [2, 3, 4]\nlayers:\n  - flatten\n  - dense: {units: 2}",
+    "relu": "input: [5]\nlayers:\n  - relu",
+    "leaky_relu": "input: [5]\nlayers:\n  - leaky_relu: {slope: 0.2}",
+    "sigmoid": "input: [5]\nlayers:\n  - sigmoid",
+    "tanh": "input: [5]\nlayers:\n  - tanh",
+    "softmax": "input: [5]\nlayers:\n  - dense: {units: 4}\n  - softmax",
+    "batchnorm": "input: [3, 4, 4]\nlayers:\n  - batchnorm: {eps: 0.001}\n  - flatten\n  - dense: {units: 4}\n"
+                 "  - batchnorm",
+    "dropout": "input: [6]\nlayers:\n  - dropout: {rate: 0.5}\n  - dense: {units: 2}",
+    "lrn": "input: [7, 4, 4]\nlayers:\n  - lrn: {size: 3, alpha: 0.01, beta: 0.75, k: 2}",
+    "add": "input: [3, 4, 4]\nlayers:\n  - conv: {name: a, filters: 3, kernel: 1}\n  - conv: {name: b, filters: 3, "
+           "kernel: 3, padding: 1, input: input}\n  - add: {inputs: [a, b, input]}",
+    "concat": "input: [3, 4, 4]\nlayers:\n  - conv: {name: a, filters: 2, kernel: 1}\n  - relu: {name: b, input: input}\n"
+              "  - concat: {inputs: [a, b]}",
+}
+
+
+def test_every_layer_kind_has_a_translation_and_a_case():
+    assert set(onnx_model.EMIT) == set(KINDS) == set(CASES)
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_each_layer_kind_runs_as_cnncli_computes_it(kind):
+    assert_runs_equal(spec.parse(CASES[kind], f"{kind}.yaml"))
+
+
+def test_adaptive_pooling_matrices_are_pytorchs_windows():
+    # 7 rows into 3: windows [0, 3), [2, 5), [4, 7), overlapping as PyTorch's adaptive pooling does.
+    a = onnx_model._averaging(7, 3)
+    np.testing.assert_allclose(a.sum(axis=1), 1.0)
+    assert [list(np.nonzero(row)[0]) for row in a] == [[0, 1, 2], [2, 3, 4], [4, 5, 6]]
+
+
+@pytest.mark.parametrize("name", [m.name for m in builtin_models()])
+def test_every_built_in_model_runs_as_cnncli_computes_it(name):
+    model_spec = spec.load(name)
+    big = model_spec.input[-1] > 64
+    assert_runs_equal(model_spec, batch=1 if big else 3)
+
+
+@pytest.fixture
+def lenet_checkpoint(tmp_path):
+    net = Network(graph.build(spec.load("lenet5")), "float32", seed=3)
+    path = tmp_path / "lenet5.npz"
+    checkpoint.save(path, net.state_dict(), {}, {"config": {"dataset": "mnist", "dtype": "float32"}})
+    return path, net
+
+
+def test_the_command_writes_a_checked_file_that_runs(lenet_checkpoint, tmp_path, capsys):
+    path, net = lenet_checkpoint
+    out = tmp_path / "lenet5.onnx"
+    code, stdout, err = run_main(["export", "lenet5", "--checkpoint", str(path), "--to", "onnx", "-o", str(out)],
+                                 capsys)
+    assert code == 0, err
+    assert f"wrote {out}" in stdout and "input 'input' float32 [batch, 1, 28, 28]" in stdout
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    assert model.opset_import[0].version == onnx_model.OPSET
+    x = np.random.default_rng(0).standard_normal((5, 1, 28, 28), dtype=np.float32)
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.testing.assert_allclose(got, net.forward(x), atol=TOLERANCE)
+    assert not list(tmp_path.glob(".*.part"))
+    code, stdout, _ = run_main(["export", "lenet5", "--checkpoint", str(path), "--to", "onnx", "-o", str(out),
+                                "--format", "json"], capsys)
+    record = json.loads(stdout)
+    assert record["path"] == str(out) and record["output_shape"] == ["batch", 10] and record["bytes"] > 240_000
+
+
+def test_mistakes_exit_2(lenet_checkpoint, tmp_path, capsys, monkeypatch):
+    path, _ = lenet_checkpoint
+    base = ["export", "lenet5", "--checkpoint", str(path), "--to", "onnx"]
+    cases = [
+        (["-o", str(tmp_path / "m.pt")], "an onnx export is a .onnx file"),
+        (["-o", str(tmp_path / "nowhere" / "m.onnx")], "does not exist"),
+    ]
+    for args, message in cases:
+        code, _, err = run_main([*base, *args], capsys)
+        assert code == 2 and message in err, err
+    code, _, err = run_main(["export", "resnet20", "--checkpoint", str(path), "--to", "onnx", "-o",
+                             str(tmp_path / "r.onnx")], capsys)
+    assert code == 2 and "has no" in err  # a checkpoint of another model
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    code, _, err = run_main([*base, "-o", str(tmp_path / "m.onnx")], capsys)
+    assert code == 2 and "pip install 'cnncli[onnx]'" in err and not (tmp_path / "m.onnx").exists()
