@@ -55,6 +55,15 @@ class Checkpoint:
     def weights(self) -> dict[str, np.ndarray]:
         return {k: v for k, v in self.state.items() if not k.startswith(("optim.", "meta."))}
 
+    def weights_for(self, graph) -> dict[str, np.ndarray]:
+        """The weights with cnncli's names and layouts for ``graph``: a PyTorch state dict's are mapped
+        (:func:`cnncli.exchange.torch_module.to_cnncli`), a checkpoint's are as they are."""
+        if self.meta.get("origin") == "torch":
+            from cnncli.exchange.torch_module import to_cnncli
+
+            return to_cnncli(self.weights(), graph)
+        return self.weights()
+
     def optimizer(self) -> dict[str, np.ndarray]:
         return {k: v for k, v in self.state.items() if k.startswith("optim.")}
 
@@ -73,13 +82,19 @@ def save(path: str | os.PathLike[str], weights: dict[str, np.ndarray],
 
 
 def load(path: str | os.PathLike[str]) -> Checkpoint:
-    """Read and check a checkpoint. Anything wrong is a :class:`CheckpointError`."""
+    """Read and check a checkpoint (or a PyTorch state dict, ``.pt``/``.pth``, when torch is installed).
+    Anything wrong is a :class:`CheckpointError`."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_dir():
         hint = " (give a file in it, e.g. last.npz)" if (path / "last.npz").exists() else ""
         raise CheckpointError(f"checkpoint {path} is a folder, not a .npz file{hint}")
+    from cnncli.exchange import torch_module
+
+    if path.suffix.lower() in torch_module.SUFFIXES:
+        # A PyTorch state dict (weights only, e.g. from `cnncli export --to torch` or a run elsewhere).
+        return Checkpoint(path, torch_module.read_state_dict(path), {"origin": "torch"})
     try:
         loaded = np.load(path, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):

@@ -347,17 +347,19 @@ def compare(
 
 class ExportTarget(str, Enum):
     onnx = "onnx"
+    torch = "torch"
 
 
 @app.command()
 def export(
     model: str = typer.Argument(..., help="A built-in model name or a YAML file."),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Weights to export (a .npz from train)."),
-    to: ExportTarget = typer.Option(..., "--to", help="onnx (needs the onnx extra)."),
-    out: Path = typer.Option(..., "-o", "--output", help="The file to write (model.onnx)."),
+    to: ExportTarget = typer.Option(..., "--to", help="onnx (the onnx extra) or torch (the torch extra)."),
+    out: Path = typer.Option(..., "-o", "--output", help="The file to write: model.onnx, or model.py "
+                             "(with model.pt beside it)."),
     fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
 ) -> None:
-    """Write a trained model for another engine: an ONNX graph of its inference network."""
+    """Write a trained model for another engine: an ONNX graph, or a PyTorch module and its weights."""
     from cnncli import export as export_mod
     from cnncli.render import export as render
 

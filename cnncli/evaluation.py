@@ -218,7 +218,7 @@ def inference_network(model_spec: spec.ModelSpec, graph: Graph, saved: ckpt_io.C
     dtype = config.get("dtype", "float32") if config.get("dtype") in ("float32", "float64") else "float32"
     net = Network(graph, dtype, fast=fast)
     wanted = {**net.params, **net.buffers}
-    net.load_state_dict({k: v for k, v in saved.weights().items()
+    net.load_state_dict({k: v for k, v in saved.weights_for(graph).items()
                          if k in wanted or not _is_aux_key(k, model_spec, graph)}, source=str(saved.path))
     return net
 

@@ -1,7 +1,9 @@
 """``cnncli export``: a trained model handed to another engine, as a file that engine reads.
 
 ``--to onnx`` writes the inference network as an ONNX graph
-(:mod:`cnncli.exchange.onnx_model` says what is in it). The weights are a
+(:mod:`cnncli.exchange.onnx_model` says what is in it); ``--to torch`` a PyTorch
+module's source (``model.py``) and its state dict beside it (``model.pt``)
+(:mod:`cnncli.exchange.torch_module`). The weights are a
 checkpoint's (``train``'s ``best.npz`` or ``last.npz``); the images the graph
 expects are prepared as the run prepared them, which its ``config.yaml`` records
 (input adaptation, the dataset's mean and standard deviation). The file is
@@ -21,7 +23,7 @@ from cnncli.model import spec
 from cnncli.model.graph import build
 
 #: Export targets: name -> the file suffix they write.
-TARGETS = {"onnx": ".onnx"}
+TARGETS = {"onnx": ".onnx", "torch": ".py"}
 
 
 @dataclass(frozen=True)
@@ -31,12 +33,14 @@ class ExportResult:
     target: str
     path: Path
     bytes: int
+    weights_path: Path | None
     input_name: str
     input_shape: tuple
     output_name: str
     output_shape: tuple
     output_meaning: str
     opset: int | None = None
+    class_name: str | None = None
 
 
 def export(model: str, checkpoint: Path, to: str, out: Path) -> ExportResult:
@@ -48,20 +52,31 @@ def export(model: str, checkpoint: Path, to: str, out: Path) -> ExportResult:
         raise UsageError(f"-o {out}: an {to} export is a {TARGETS[to]} file, e.g. -o model{TARGETS[to]}")
     if not out.parent.is_dir():
         raise UsageError(f"-o {out}: the folder {out.parent} does not exist")
-    from cnncli.exchange import onnx_model
+    from cnncli.exchange import onnx_model, torch_module
 
-    onnx_model._onnx()  # a missing extra is reported before any work
+    (onnx_model if to == "onnx" else torch_module).require()  # a missing extra is reported before any work
     model_spec = spec.load(model)
     saved = ckpt_io.load(checkpoint)
     graph = build(model_spec, aux=False)
     net = inference_network(model_spec, graph, saved)
-    proto = onnx_model.to_onnx(graph, net.params, net.buffers, model_spec.name)
-    data = proto.SerializeToString()
-    try:
-        write_atomic(out, lambda f: f.write(data))
-    except OSError as e:
-        raise UsageError(f"cannot write -o {out}: {e.strerror or e}") from None
     meaning = "logits (softmax is in the loss)" if model_spec.loss == "cross_entropy" else "the model's output"
-    return ExportResult(model_spec.name, Path(checkpoint), to, out, len(data), onnx_model.INPUT,
-                        ("batch", *graph.input_shape), onnx_model.OUTPUT, ("batch", *graph.output_shape), meaning,
-                        onnx_model.OPSET)
+    shapes = (("batch", *graph.input_shape), ("batch", *graph.output_shape))
+    if to == "onnx":
+        data = onnx_model.to_onnx(graph, net.params, net.buffers, model_spec.name).SerializeToString()
+        _write(out, data)
+        return ExportResult(model_spec.name, Path(checkpoint), to, out, len(data), None, onnx_model.INPUT,
+                            shapes[0], onnx_model.OUTPUT, shapes[1], meaning, opset=onnx_model.OPSET)
+    weights = out.with_suffix(".pt")
+    state = torch_module.state_dict(graph, net.params, net.buffers)
+    source = torch_module.module_source(graph, model_spec.name, model_spec.source, weights.name)
+    _write(weights, torch_module.save_state_dict(state, weights))
+    _write(out, source.encode("utf-8"))
+    return ExportResult(model_spec.name, Path(checkpoint), to, out, len(source), weights, "x", shapes[0],
+                        "outputs", shapes[1], meaning, class_name=torch_module.class_name(model_spec.name))
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        write_atomic(path, lambda f: f.write(data))
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: {e.strerror or e}") from None

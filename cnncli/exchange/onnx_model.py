@@ -30,7 +30,8 @@ INPUT, OUTPUT = "input", "output"
 INSTALL = "pip install 'cnncli[onnx]'"
 
 
-def _onnx():
+def require():
+    """The onnx package, or a UsageError naming the extra."""
     try:
         import onnx
     except ImportError:
@@ -194,7 +195,7 @@ EMIT: dict[str, Callable] = {
 
 def to_onnx(graph, params: dict[str, np.ndarray], buffers: dict[str, np.ndarray], name: str = "cnncli"):
     """The ONNX model (an ``onnx.ModelProto``, checked) of ``graph`` (built without auxiliary heads)."""
-    onnx = _onnx()
+    onnx = require()
     b = _Builder(onnx, params, buffers)
     b.used.update((INPUT, OUTPUT))
     tensor = {"input": INPUT}

@@ -472,7 +472,7 @@ def _network(model: str, weights: Path | None) -> tuple[spec.ModelSpec, Network]
     g = graph_mod.build(model_spec)
     net = Network(g, dtype="float64", seed=0)
     if weights is not None:
-        net.load_state_dict(checkpoint.load(weights).weights(), source=str(weights))
+        net.load_state_dict(checkpoint.load(weights).weights_for(net.graph), source=str(weights))
     return model_spec, net
 
 
