@@ -62,6 +62,11 @@ class Schedule(str, Enum):
     onecycle = "onecycle"
 
 
+class Engine(str, Enum):
+    numba = "numba"
+    torch = "torch"
+
+
 class DType(str, Enum):
     float32 = "float32"
     float64 = "float64"
@@ -147,6 +152,8 @@ def train(
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<model>-<time>)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue from a checkpoint (last.npz)."),
     dtype: Optional[DType] = typer.Option(None, "--dtype", help="float32 (default) or float64."),
+    engine: Optional[Engine] = typer.Option(None, "--engine", help="numba (cnncli's kernels, default) or torch "
+                                            "(PyTorch runs the passes; the torch extra)."),
 ) -> None:
     """Train a model; writes a run folder with metrics and checkpoints."""
     from cnncli import training
@@ -160,7 +167,8 @@ def train(
         "crop_padding": crop_padding, "flip": flip,
     }
     config = training.configure(model, overrides, limit=limit, data_dir=data_dir, out=out,
-                                resume=resume, dtype=dtype.value if dtype else None)
+                                resume=resume, dtype=dtype.value if dtype else None,
+                                engine=engine.value if engine else None)
     console = _console()
     result = training.train(config, render.Reporter(console))
     render.show_result(result, console)

@@ -47,6 +47,8 @@ EVAL_BATCH = 1000
 MAX_VAL_SHARE = 0.1
 
 DTYPES = ("float32", "float64")
+#: Engines that run a model's passes: cnncli's own (Numba kernels) and PyTorch (the torch extra).
+ENGINES = ("numba", "torch")
 
 
 # --------------------------------------------------------------------------- records
@@ -76,6 +78,7 @@ class RunConfig:
     limit: int | None
     dtype: str
     out: Path
+    engine: str = "numba"     # which engine runs the passes: ENGINES
     data_dir: Path | None = None
     resume: Path | None = None
     spec: spec.ModelSpec | None = field(default=None, repr=False, compare=False)
@@ -103,6 +106,7 @@ class RunStart:
     run_dir: Path
     inputs: inputs.InputPlan | None = None  # how the dataset's images become the model's input
     notes: tuple[str, ...] = ()               # about the data (an image folder's split, skipped files)
+    engine: str = ""                          # what runs the passes, when not cnncli's own engine
 
 
 @dataclass(frozen=True)
@@ -218,7 +222,7 @@ def _check_setting(key: str, value: Any, where: str) -> Any:
 
 def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None,
               data_dir: Path | None = None, out: Path | None = None, resume: Path | None = None,
-              dtype: str | None = None) -> RunConfig:
+              dtype: str | None = None, engine: str | None = None) -> RunConfig:
     """Resolve a run's settings: defaults < the model file's ``train:`` < its entry for the dataset
     (``train: datasets:``) < flags (``None`` = unset).
 
@@ -226,18 +230,24 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
     are used; only ``epochs`` may change (to train longer), and a flag that
     contradicts the checkpoint is an error. The run goes on in the checkpoint's
     folder unless ``out`` names a new one. ``dtype`` None: float32, or the
-    checkpoint's.
+    checkpoint's. ``engine`` None: numba, or the checkpoint's; a resumed run may change it (the
+    state is the same), though only the same engine repeats an uninterrupted run bit for bit.
     """
     model_spec = spec.load(model)
     given = _given(overrides)
     check_limit_and_dtype(limit, dtype)
+    if engine is not None and engine not in ENGINES:
+        raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
 
     if resume is not None:
-        return _configure_resume(model, model_spec, given, limit, data_dir, out, Path(resume), dtype)
+        config = _configure_resume(model, model_spec, given, limit, data_dir, out, Path(resume), dtype)
+        config.engine = engine or config.engine
+        return config
     dtype = dtype or "float32"
     settings = resolve(model_spec, given)
     return RunConfig(model=model, name=model_spec.name, **settings, limit=limit, dtype=dtype,
-                     out=_fresh_out(model_spec.name, out), data_dir=data_dir, spec=model_spec)
+                     out=_fresh_out(model_spec.name, out), data_dir=data_dir, spec=model_spec,
+                     engine=engine or "numba")
 
 
 def check_limit_and_dtype(limit: int | None, dtype: str | None) -> None:
@@ -334,8 +344,10 @@ def _configure_resume(model: str, model_spec: spec.ModelSpec, given: dict[str, A
     if dtype is not None and dtype != saved_dtype:
         raise UsageError(f"--dtype {dtype} differs from the resumed run's {saved_dtype}")
     dtype = saved_dtype
+    saved_engine = saved.get("engine", "numba")
     return RunConfig(model=model, name=model_spec.name, **settings, limit=saved_limit, dtype=dtype,
-                     out=out, data_dir=data_dir, resume=resume, spec=model_spec)
+                     out=out, data_dir=data_dir, resume=resume, spec=model_spec,
+                     engine=saved_engine if saved_engine in ENGINES else "numba")
 
 
 # --------------------------------------------------------------------------- signals
@@ -430,7 +442,12 @@ class _Run:
         inputs.check_outputs(self.graph.output_shape, len(info.classes), info.title, cfg.name)
         dtype = np.dtype(cfg.dtype)
         self.dtype = dtype
-        self.net = Network(self.graph, dtype, seed=cfg.seed, fast=True)
+        if cfg.engine == "torch":
+            from cnncli.exchange.torch_engine import TorchNetwork
+
+            self.net = TorchNetwork(self.graph, build(model_spec, aux=False), model_spec.name, dtype, seed=cfg.seed)
+        else:
+            self.net = Network(self.graph, dtype, seed=cfg.seed, fast=True)
         # Worker processes boot while the data loads (until they are ready, threads split the batches).
         self.net.spawn_workers(cfg.batch_size)
 
@@ -523,7 +540,8 @@ class _Run:
         cfg = self.cfg
         self.reporter.start(RunStart(cfg, len(self.x_train), len(self.x_val), len(self.test_images),
                                      self.graph.total_params, self.steps_per_epoch, self.epoch,
-                                     self.batch, cfg.out, self.inputs, self.data_source.notes))
+                                     self.batch, cfg.out, self.inputs, self.data_source.notes,
+                                     getattr(self.net, "description", "")))
         bs = cfg.batch_size
         n = len(self.x_train)
         augmentation = self.inputs.augmentation

@@ -150,8 +150,11 @@ class Subsample(nn.Module):
 '''
 
 
-def module_source(graph, model: str, source: str, weights_file: str) -> str:
-    """The Python source of one ``nn.Module`` class computing ``graph`` (built without auxiliary heads)."""
+def module_source(graph, model: str, source: str, weights_file: str, returns: tuple[str, ...] | None = None) -> str:
+    """The Python source of one ``nn.Module`` class computing ``graph`` (built without auxiliary heads).
+
+    ``returns``: node names whose values ``forward`` returns, as a tuple (default: the graph's output alone).
+    """
     cls = class_name(model)
     lines = [
         f'"""{model} as a PyTorch module, written by `cnncli export` from {source}.',
@@ -193,7 +196,10 @@ def module_source(graph, model: str, source: str, weights_file: str) -> str:
     for node in graph.nodes:
         expr = _call(node, [names[i] for i in node.inputs], _module_ref(node.name))
         lines.append(f"        {names[node.name]} = {expr}")
-    lines.append(f"        return {names[graph.output]}")
+    if returns is None:
+        lines.append(f"        return {names[graph.output]}")
+    else:
+        lines.append(f"        return ({''.join(names[r] + ', ' for r in returns)})")
     return "\n".join(lines) + "\n"
 
 

@@ -94,6 +94,8 @@ class Reporter:
             f" → {run.run_dir}",
         ]
         lines += [f"data: {note}" for note in run.notes]
+        if run.engine:
+            lines.append(f"engine: {run.engine}")
         if run.inputs is not None and (not run.inputs.identity or run.inputs.augmentation.active):
             lines.append(f"input: {run.inputs.describe()}; augmentation: {run.inputs.augmentation.describe()}")
         if c.resume is not None:

@@ -1,0 +1,144 @@
+"""PyTorch as a second engine for ``train``: the model's forward and backward passes run in PyTorch.
+
+Everything else is cnncli's, unchanged: the initial weights (drawn as the Numba
+engine draws them), the data, batches and augmentation, the loss (computed on
+the outputs' values, its gradient handed back to PyTorch's autograd), the
+optimizer and schedule, gradient flow, checkpoints (``.npz``) and the run
+folder. So one step of either engine from the same weights and batch gives the
+same update within float rounding, and ``eval``, ``plot``, ``--resume`` (on
+either engine) read the result as any run's.
+
+How: the module is the one ``cnncli export --to torch`` writes
+(:func:`~cnncli.exchange.torch_module.module_source`), built from that source,
+and its parameters and batch-norm buffers are replaced by tensors that share
+memory with cnncli's numpy arrays (a dense weight as the transposed view of
+cnncli's (in, out) array). cnncli's optimizer updates the arrays in place;
+PyTorch reads them at the next step and writes the running statistics into
+them. Gradients come back as numpy views of ``.grad``.
+
+Dropout draws its masks from PyTorch's generator (seeded from the run's seed),
+so a dropout network's masks differ from the Numba engine's, and a resumed run
+of one is not bit-identical to an uninterrupted one. Inference uses a second
+module built without auxiliary heads over the same arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnncli.engine.network import Network
+from cnncli.exchange import torch_module
+from cnncli.model.graph import Graph
+
+
+def _build(graph: Graph, returns: tuple[str, ...], name: str):
+    """An instance of the module ``export --to torch`` writes for ``graph``, returning the nodes ``returns``."""
+    source = torch_module.module_source(graph, name, "the torch engine", "", returns=returns)
+    namespace: dict = {}
+    exec(compile(source, f"<cnncli torch engine: {name}>", "exec"), namespace)  # our own generated source
+    return namespace[torch_module.class_name(name)]()
+
+
+class TorchNetwork:
+    """What training needs of a :class:`~cnncli.engine.network.Network`, computed by PyTorch on the CPU."""
+
+    def __init__(self, graph: Graph, infer_graph: Graph, name: str, dtype: str | np.dtype = "float32",
+                 seed: int = 0, threads: int | None = None):
+        """``graph``: the training graph (auxiliary heads included); ``infer_graph``: the same without them;
+        ``name``: the model's."""
+        torch = torch_module.require()
+        self.torch = torch
+        if threads is not None:
+            torch.set_num_threads(threads)
+        torch.manual_seed(seed)  # dropout's masks
+        self.graph, self.infer_graph, self.name = graph, infer_graph, name
+        self.base = Network(graph, dtype, seed=seed)   # owns the arrays: initial weights as cnncli draws them
+        self.dtype = self.base.dtype
+        self.params, self.buffers = self.base.params, self.base.buffers
+        self.grads: dict[str, np.ndarray] = {}
+        self.passes = 0
+        self.processes_failed = None
+        #: For the run's header.
+        self.description = (f"PyTorch {torch.__version__} runs the passes on the CPU ({torch.get_num_threads()} "
+                            "threads); data, loss, optimizer and checkpoints are cnncli's")
+        self._modules: dict[tuple, object] = {}
+
+    # -- the arrays cnncli owns, shared with the modules --
+    def trainable(self) -> dict[str, np.ndarray]:
+        return self.base.trainable()
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return self.base.state_dict()
+
+    def load_state_dict(self, state: dict[str, np.ndarray], source: str = "checkpoint") -> None:
+        self.base.load_state_dict(state, source)  # copies into the shared arrays
+
+    def _module(self, graph: Graph, returns: tuple[str, ...]):
+        key = (id(graph), returns)
+        if key not in self._modules:
+            torch = self.torch
+            module = _build(graph, returns, self.name)
+            module.to(getattr(torch, self.dtype.name))
+            dense = {n.name for n in graph.nodes if n.kind == "dense"}
+            named = dict(module.named_parameters())
+            with torch.no_grad():
+                for key_, p in named.items():
+                    array = self.params[key_]
+                    view = array.T if key_.rsplit(".", 1)[0] in dense and key_.endswith(".weight") else array
+                    p.data = torch.from_numpy(view)
+                for mod_name, mod in module.named_modules():
+                    for buf in ("running_mean", "running_var"):
+                        if getattr(mod, buf, None) is not None:
+                            setattr(mod, buf, torch.from_numpy(self.buffers[f"{mod_name}.{buf}"]))
+            self._modules[key] = module
+        return self._modules[key]
+
+    # -- passes --
+    def spawn_workers(self, max_batch: int) -> None:
+        """Nothing to start: PyTorch parallelises inside its operators."""
+
+    def loss_and_backward(self, x: np.ndarray, target: np.ndarray, loss, train: bool = True,
+                          keep_node_grads: bool = False) -> tuple[float, np.ndarray]:
+        """Forward (training mode: batch statistics, dropout, auxiliary heads), cnncli's loss, backward."""
+        torch = self.torch
+        heads = {self.graph.output: 1.0, **(self.graph.aux_outputs if train else {})}
+        sources = tuple(loss.source(self.graph, h) for h in heads)
+        module = self._module(self.graph, sources)
+        module.train(train)
+        for p in module.parameters():
+            p.grad = None
+        outs = module(torch.from_numpy(np.ascontiguousarray(x, dtype=self.dtype)))
+        total, seeds = 0.0, []
+        for out, weight in zip(outs, heads.values()):
+            value, grad = loss.fn(out.detach().numpy(), target)
+            total += weight * value
+            seeds.append(torch.from_numpy(np.ascontiguousarray(weight * grad, dtype=self.dtype)))
+        torch.autograd.backward(outs, seeds)
+        dense = {n.name for n in self.graph.nodes if n.kind == "dense"}
+        self.grads = {}
+        for key, p in module.named_parameters():
+            if p.grad is None:
+                continue  # a fixed layer (trainable: false)
+            g = p.grad.numpy()
+            self.grads[key] = g.T if key.rsplit(".", 1)[0] in dense and key.endswith(".weight") else g
+        self.passes += 1
+        return total, outs[0].detach().numpy()
+
+    def predict(self, images, batch_size: int, source: str | None = None, prepare=None) -> np.ndarray:
+        """Inference in batches (running statistics, no dropout, no auxiliary heads)."""
+        torch = self.torch
+        source = source or self.infer_graph.output
+        module = self._module(self.infer_graph, (source,)).eval()
+        parts = []
+        with torch.no_grad():
+            for i in range(0, len(images), batch_size):
+                batch = images[i:i + batch_size]
+                x = batch if prepare is None else prepare(batch)
+                (out,) = module(torch.from_numpy(np.ascontiguousarray(x, dtype=self.dtype)))
+                parts.append(out.numpy().copy())
+        if not parts:
+            return np.empty((0, *self.infer_graph[source].out_shape), dtype=self.dtype)
+        return np.concatenate(parts)
+
+    def close(self) -> None:
+        self._modules.clear()

@@ -1,0 +1,97 @@
+"""``train --engine torch``: PyTorch runs the passes; a step equals the Numba engine's, runs are ordinary runs."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from test_cli import run_main
+from test_training import DATA, SignalAt, assert_same_weights
+
+from cnncli import checkpoint, evaluation, training
+from cnncli.engine import losses, optim
+from cnncli.engine.network import Network
+from cnncli.model import graph, spec
+
+torch = pytest.importorskip("torch")
+from cnncli.exchange.torch_engine import TorchNetwork  # noqa: E402  (after the skip: it needs the extra)
+
+AUX = """
+name: with-aux
+input: [3, 12, 12]
+classes: 5
+layers:
+  - conv: {filters: 4, kernel: 3, padding: 1, bias: false}
+  - batchnorm
+  - relu: {name: trunk}
+  - global_avgpool: {name: side_pool}
+  - dense: {name: aux1, units: 5, aux: 0.3}
+  - maxpool: {kernel: 2, input: trunk}
+  - flatten
+  - dense: {units: 5}
+"""
+
+
+def _engines(model_spec: spec.ModelSpec, dtype: str = "float32"):
+    g = graph.build(model_spec, aux=True)
+    numba = Network(g, dtype, seed=5, fast=True, workers=1)
+    torch_net = TorchNetwork(g, graph.build(model_spec, aux=False), model_spec.name, dtype, seed=5)
+    return numba, torch_net
+
+
+@pytest.mark.parametrize("model", ["lenet5", "resnet20", "with-aux"])
+def test_one_step_equals_the_numba_engines(model, tmp_path):
+    model_spec = spec.parse(AUX, "with-aux.yaml") if model == "with-aux" else spec.load(model)
+    numba, torch_net = _engines(model_spec)
+    for key in numba.params:
+        np.testing.assert_array_equal(numba.params[key], torch_net.params[key])  # the same initial weights
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, *numba.graph.input_shape), dtype=np.float32)
+    y = rng.integers(0, numba.graph.output_shape[0], 6)
+    loss = losses.get(model_spec.loss)
+    (value_a, out_a), (value_b, out_b) = numba.loss_and_backward(x, y, loss), torch_net.loss_and_backward(x, y, loss)
+    assert value_b == pytest.approx(value_a, rel=1e-5)
+    np.testing.assert_allclose(out_b, out_a, rtol=1e-4, atol=1e-5)
+    assert set(torch_net.grads) == set(numba.grads)
+    for key in numba.grads:
+        np.testing.assert_allclose(torch_net.grads[key], numba.grads[key], rtol=1e-3, atol=2e-6, err_msg=key)
+    for net in (numba, torch_net):
+        optim.make("sgd", net.trainable(), 0.1, momentum=0.9, weight_decay=1e-4).step(net.grads)
+    for key in numba.params:
+        np.testing.assert_allclose(torch_net.params[key], numba.params[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    for key in numba.buffers:  # batch norm's running statistics, written by PyTorch into cnncli's arrays
+        np.testing.assert_allclose(torch_net.buffers[key], numba.buffers[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    # After the update PyTorch computes with the new weights (the arrays are shared, not copied).
+    np.testing.assert_allclose(torch_net.predict(x, 4), numba.predict(x, 4), rtol=1e-4, atol=1e-5)
+    numba.close()
+
+
+@pytest.mark.skipif(DATA is None, reason="real MNIST files not available")
+def test_a_torch_run_is_an_ordinary_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CNNCLI_DATA", str(DATA))
+    common = {"epochs": 2, "batch_size": 50}
+    whole = training.train(training.configure("lenet5", common, limit=600, out=tmp_path / "whole", engine="torch"))
+    numba = training.train(training.configure("lenet5", common, limit=600, out=tmp_path / "numba"))
+    assert whole.status == "completed" and whole.config.engine == "torch"
+    assert whole.test_acc == pytest.approx(numba.test_acc, abs=0.01)  # float rounding apart, the same training
+    assert checkpoint.load(whole.last_path).config["engine"] == "torch"
+    scored = evaluation.evaluate("lenet5", whole.last_path)
+    assert scored.accuracy == pytest.approx(whole.test_acc, abs=1e-9)
+    # Stopped inside epoch 2 and resumed on the torch engine: the same weights as the uninterrupted run.
+    part = training.train(training.configure("lenet5", common, limit=600, out=tmp_path / "part", engine="torch"),
+                          SignalAt(2, 4))
+    assert part.status == "interrupted"
+    resumed = training.train(training.configure("lenet5", {}, resume=part.last_path))
+    assert resumed.config.engine == "torch"
+    assert_same_weights(whole.last_path, resumed.last_path)
+    # ... and a torch run's checkpoint goes on on the Numba engine.
+    code, out, err = run_main(["train", "lenet5", "--resume", str(whole.last_path), "--epochs", "3",
+                               "--engine", "numba"], capsys)
+    assert code == 0, err
+
+
+def test_without_torch_the_engine_names_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    code, _, err = run_main(["train", "lenet5", "--engine", "torch", "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "pip install 'cnncli[torch]'" in err
