@@ -154,6 +154,8 @@ def train(
     dtype: Optional[DType] = typer.Option(None, "--dtype", help="float32 (default) or float64."),
     engine: Optional[Engine] = typer.Option(None, "--engine", help="numba (cnncli's kernels, default) or torch "
                                             "(PyTorch runs the passes; the torch extra)."),
+    nproc: Optional[int] = typer.Option(None, "--nproc", help="With --engine torch: data-parallel processes "
+                                        "on this machine (several machines: see README, torchrun)."),
 ) -> None:
     """Train a model; writes a run folder with metrics and checkpoints."""
     from cnncli import training
@@ -168,7 +170,7 @@ def train(
     }
     config = training.configure(model, overrides, limit=limit, data_dir=data_dir, out=out,
                                 resume=resume, dtype=dtype.value if dtype else None,
-                                engine=engine.value if engine else None)
+                                engine=engine.value if engine else None, nproc=nproc)
     console = _console()
     result = training.train(config, render.Reporter(console))
     render.show_result(result, console)

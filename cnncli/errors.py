@@ -40,3 +40,8 @@ class UsageError(CnnError):
 
 class TrainingStopped(CnnError):
     """Training stopped early (non-finite loss); the last good checkpoint is kept."""
+
+
+class WorkerLost(RuntimeError):
+    """A data-parallel collective failed because another process of the group stopped (not a user's mistake:
+    training ends with a checkpoint and status ``stopped``)."""

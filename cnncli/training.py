@@ -35,7 +35,7 @@ from cnncli.data import DownloadEvent
 from cnncli.data.source import Source, open_source
 from cnncli.engine import losses, optim
 from cnncli.engine.network import Network
-from cnncli.errors import CheckpointError, TrainingStopped, UsageError
+from cnncli.errors import CheckpointError, TrainingStopped, UsageError, WorkerLost
 from cnncli.gradflow import GradientFlow
 from cnncli.model import spec
 from cnncli.model.graph import build
@@ -79,6 +79,7 @@ class RunConfig:
     dtype: str
     out: Path
     engine: str = "numba"     # which engine runs the passes: ENGINES
+    nproc: int = 1            # data-parallel processes (the torch engine)
     data_dir: Path | None = None
     resume: Path | None = None
     spec: spec.ModelSpec | None = field(default=None, repr=False, compare=False)
@@ -157,12 +158,16 @@ class RunResult:
     batch: int = 0            # steps done in the unfinished epoch (interrupted runs)
     steps_per_epoch: int = 0
     dataset_title: str = ""   # what the images were (a registered dataset's title, or an image folder)
+    reason: str | None = None  # why a run "stopped" (a data-parallel worker process was lost)
 
     @property
     def exit_code(self) -> int:
-        """0 when completed; 128 + signal number when stopped by a signal, as shells report it."""
+        """0 when completed; 128 + signal number when stopped by a signal, as shells report it; 1 when a
+        worker process was lost."""
         if self.status == "completed":
             return 0
+        if self.status == "stopped":
+            return 1
         return 128 + (signal.SIGTERM if self.signal_name == "SIGTERM" else signal.SIGINT)
 
     @property
@@ -222,7 +227,7 @@ def _check_setting(key: str, value: Any, where: str) -> Any:
 
 def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None,
               data_dir: Path | None = None, out: Path | None = None, resume: Path | None = None,
-              dtype: str | None = None, engine: str | None = None) -> RunConfig:
+              dtype: str | None = None, engine: str | None = None, nproc: int | None = None) -> RunConfig:
     """Resolve a run's settings: defaults < the model file's ``train:`` < its entry for the dataset
     (``train: datasets:``) < flags (``None`` = unset).
 
@@ -232,22 +237,32 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
     folder unless ``out`` names a new one. ``dtype`` None: float32, or the
     checkpoint's. ``engine`` None: numba, or the checkpoint's; a resumed run may change it (the
     state is the same), though only the same engine repeats an uninterrupted run bit for bit.
+    ``nproc``: data-parallel processes of the torch engine (1 by default; may change on resume).
     """
     model_spec = spec.load(model)
     given = _given(overrides)
     check_limit_and_dtype(limit, dtype)
     if engine is not None and engine not in ENGINES:
         raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if nproc is not None and (isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1):
+        raise UsageError(f"--nproc must be a positive number of processes, got {nproc!r}")
 
     if resume is not None:
         config = _configure_resume(model, model_spec, given, limit, data_dir, out, Path(resume), dtype)
         config.engine = engine or config.engine
-        return config
-    dtype = dtype or "float32"
-    settings = resolve(model_spec, given)
-    return RunConfig(model=model, name=model_spec.name, **settings, limit=limit, dtype=dtype,
-                     out=_fresh_out(model_spec.name, out), data_dir=data_dir, spec=model_spec,
-                     engine=engine or "numba")
+    else:
+        settings = resolve(model_spec, given)
+        config = RunConfig(model=model, name=model_spec.name, **settings, limit=limit, dtype=dtype or "float32",
+                           out=_fresh_out(model_spec.name, out), data_dir=data_dir, spec=model_spec,
+                           engine=engine or "numba")
+    config.nproc = nproc or 1
+    if config.nproc > 1 and config.engine != "torch":
+        raise UsageError(f"--nproc {config.nproc} runs data-parallel processes of the torch engine: add "
+                         "--engine torch (the Numba engine already uses every core of one machine)")
+    if config.nproc > config.batch_size:
+        raise UsageError(f"--nproc {config.nproc} is more than the batch of {config.batch_size} images: each "
+                         "process needs at least one")
+    return config
 
 
 def check_limit_and_dtype(limit: int | None, dtype: str | None) -> None:
@@ -359,8 +374,9 @@ class _Interrupts:
     optimizer state consistent for the checkpoint. A second Ctrl-C stops at once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, active: bool = True) -> None:
         self.signal_name: str | None = None
+        self.active = active      # a data-parallel worker leaves signals to the lead
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -371,7 +387,7 @@ class _Interrupts:
     def __enter__(self) -> _Interrupts:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
+                self._previous[sig] = signal.signal(sig, self._handle if self.active else signal.SIG_IGN)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -416,8 +432,10 @@ class _Rows:
 class _Run:
     """One training run; its fields are the state a checkpoint saves."""
 
-    def __init__(self, config: RunConfig, reporter: Reporter, interrupts: _Interrupts):
+    def __init__(self, config: RunConfig, reporter: Reporter, interrupts: _Interrupts, group=None):
         self.cfg = config
+        self.group = group        # a data-parallel group (cnncli.exchange.torch_distributed), or None
+        self.lead = group is None or group.lead  # the process that scores, reports and writes
         self.reporter = reporter
         self.interrupts = interrupts
         self.started = time.perf_counter()
@@ -445,7 +463,8 @@ class _Run:
         if cfg.engine == "torch":
             from cnncli.exchange.torch_engine import TorchNetwork
 
-            self.net = TorchNetwork(self.graph, build(model_spec, aux=False), model_spec.name, dtype, seed=cfg.seed)
+            self.net = TorchNetwork(self.graph, build(model_spec, aux=False), model_spec.name, dtype, seed=cfg.seed,
+                                    group=self.group)
         else:
             self.net = Network(self.graph, dtype, seed=cfg.seed, fast=True)
         # Worker processes boot while the data loads (until they are ready, threads split the batches).
@@ -476,9 +495,10 @@ class _Run:
                          cfg.step_epochs, cfg.step_gamma)
         if cfg.resume is not None:
             self.restore(checkpoint.load(cfg.resume))
-        _prepare_run_dir(cfg.out, cfg, self.inputs, self.data_source)
-        if self.history:
-            self.write_metrics()
+        if self.lead:
+            _prepare_run_dir(cfg.out, cfg, self.inputs, self.data_source)
+            if self.history:
+                self.write_metrics()
 
     def restore(self, ckpt: checkpoint.Checkpoint) -> None:
         self.net.load_state_dict(ckpt.weights(), source=str(ckpt.path))
@@ -559,7 +579,11 @@ class _Run:
                 y = self.y_train[idx]
                 self.opt.lr = self.last_lr = learning_rate(cfg.schedule, self.plan, self.step)
                 self.net.passes = self.step  # dropout's masks are numbered by the step: a resumed run draws them again
-                loss_value, out = self.net.loss_and_backward(x, y, self.loss)
+                before = None if self.group is None else {k: v.copy() for k, v in self.net.buffers.items()}
+                try:
+                    loss_value, out = self.net.loss_and_backward(x, y, self.loss)
+                except WorkerLost as e:
+                    return self.worker_lost(e, before)
                 if self.net.processes_failed and not noted_fallback:
                     noted_fallback = True
                     self.reporter.note(f"{self.net.processes_failed}; splitting batches across "
@@ -588,6 +612,11 @@ class _Run:
     def finish_epoch(self, t0: float) -> None:
         p = self.partial
         train_seconds = p["seconds"]
+        if not self.lead:
+            # A data-parallel worker only computes: the lead scores, writes and reports.
+            self.epoch, self.batch = self.epoch + 1, 0
+            self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+            return
         val_loss = val_acc = None
         if len(self.x_val):
             val_loss, val_acc = self.score(self.x_val, self.y_val)
@@ -626,7 +655,19 @@ class _Run:
         path = self.cfg.out / "last.npz" if saved else self.save("last.npz")
         return self.result("interrupted", checkpoint=path)
 
+    def worker_lost(self, error: Exception, buffers: dict[str, np.ndarray] | None) -> RunResult:
+        """Another process of the group stopped mid-step: the lead saves the state before that step."""
+        reason = f"a data-parallel process stopped ({error})"
+        if not self.lead:
+            return self.result("stopped", reason=reason)
+        for key, value in (buffers or {}).items():
+            self.net.buffers[key][...] = value  # the failed step's forward had moved the running statistics
+        path = self.save("last.npz")
+        return self.result("stopped", checkpoint=path, reason=reason)
+
     def complete(self) -> RunResult:
+        if not self.lead:
+            return self.result("completed")
         test_loss, test_acc = self.score(self.test_images, self.test_labels)
         try:
             write_text_atomic(self.cfg.out / runs.TEST,
@@ -647,17 +688,27 @@ class _Run:
                          dataset_title=self.data_source.title if hasattr(self, "data_source") else "", **extra)
 
 
-def train(config: RunConfig, reporter: Reporter | None = None) -> RunResult:
+def train(config: RunConfig, reporter: Reporter | None = None, group=None) -> RunResult:
     """Run the training ``config`` describes; progress goes to ``reporter``.
 
     Returns when the last epoch is done (status ``completed``, with the test
     scores), or after Ctrl-C/SIGTERM once a checkpoint is saved (``interrupted``).
     A second Ctrl-C stops at once (``aborted``); the previous checkpoint stays.
-    A non-finite loss raises :class:`TrainingStopped`.
+    A non-finite loss raises :class:`TrainingStopped`. With ``nproc`` > 1 the
+    torch engine's processes are started here (or joined, under ``torchrun``);
+    a lost process ends the run with status ``stopped`` and a checkpoint.
     """
+    if group is None and config.engine == "torch":
+        from cnncli.exchange import torch_distributed
+
+        group = torch_distributed.from_environment()
+        if group is None and config.nproc > 1:
+            return torch_distributed.launch(config, reporter)
+    if group is not None and not group.lead:
+        reporter = None  # only the lead reports
     reporter = reporter or SilentReporter()
-    interrupts = _Interrupts()
-    run = _Run(config, reporter, interrupts)
+    interrupts = _Interrupts(active=group is None or group.lead)
+    run = _Run(config, reporter, interrupts, group)
     try:
         with interrupts:
             try:

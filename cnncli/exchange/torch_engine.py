@@ -28,6 +28,7 @@ import numpy as np
 
 from cnncli.engine.network import Network
 from cnncli.exchange import torch_module
+from cnncli.exchange.torch_distributed import Group
 from cnncli.model.graph import Graph
 
 
@@ -43,14 +44,19 @@ class TorchNetwork:
     """What training needs of a :class:`~cnncli.engine.network.Network`, computed by PyTorch on the CPU."""
 
     def __init__(self, graph: Graph, infer_graph: Graph, name: str, dtype: str | np.dtype = "float32",
-                 seed: int = 0, threads: int | None = None):
+                 seed: int = 0, threads: int | None = None, group: Group | None = None):
         """``graph``: the training graph (auxiliary heads included); ``infer_graph``: the same without them;
-        ``name``: the model's."""
+        ``name``: the model's; ``group``: this process's place in a data-parallel group
+        (:mod:`cnncli.exchange.torch_distributed`), None for a one-process run."""
         torch = torch_module.require()
         self.torch = torch
+        self.group = group
+        if group is not None:
+            group.join()
+            threads = threads or max(1, torch.get_num_threads() // group.world)
         if threads is not None:
             torch.set_num_threads(threads)
-        torch.manual_seed(seed)  # dropout's masks
+        torch.manual_seed(seed + 7919 * (group.rank if group else 0))  # dropout's masks, per process
         self.graph, self.infer_graph, self.name = graph, infer_graph, name
         self.base = Network(graph, dtype, seed=seed)   # owns the arrays: initial weights as cnncli draws them
         self.dtype = self.base.dtype
@@ -59,8 +65,11 @@ class TorchNetwork:
         self.passes = 0
         self.processes_failed = None
         #: For the run's header.
-        self.description = (f"PyTorch {torch.__version__} runs the passes on the CPU ({torch.get_num_threads()} "
-                            "threads); data, loss, optimizer and checkpoints are cnncli's")
+        n = torch.get_num_threads()
+        threads_ = f"{n} thread" + ("s" if n > 1 else "")
+        where = f"{group.world} processes of {threads_} each" if group else threads_
+        self.description = (f"PyTorch {torch.__version__} runs the passes on the CPU ({where}); data, loss, "
+                            "optimizer and checkpoints are cnncli's")
         self._modules: dict[tuple, object] = {}
 
     # -- the arrays cnncli owns, shared with the modules --
@@ -107,22 +116,53 @@ class TorchNetwork:
         module.train(train)
         for p in module.parameters():
             p.grad = None
-        outs = module(torch.from_numpy(np.ascontiguousarray(x, dtype=self.dtype)))
-        total, seeds = 0.0, []
-        for out, weight in zip(outs, heads.values()):
-            value, grad = loss.fn(out.detach().numpy(), target)
-            total += weight * value
-            seeds.append(torch.from_numpy(np.ascontiguousarray(weight * grad, dtype=self.dtype)))
-        torch.autograd.backward(outs, seeds)
+        k = len(x)
+        rows = self.group.shard(k) if self.group else slice(0, k)
+        total = 0.0
+        if rows.stop > rows.start:
+            outs = module(torch.from_numpy(np.ascontiguousarray(x[rows], dtype=self.dtype)))
+            # A shard's loss gradient counts its share of the batch, so that the sum over shards is the batch mean.
+            share = (rows.stop - rows.start) / k
+            seeds = []
+            for out, weight in zip(outs, heads.values()):
+                value, grad = loss.fn(out.detach().numpy(), target[rows])
+                total += weight * value * share
+                seeds.append(torch.from_numpy(np.ascontiguousarray(weight * share * grad, dtype=self.dtype)))
+            torch.autograd.backward(outs, seeds)
+            main = outs[0].detach().numpy()
+        else:
+            # A batch smaller than the group leaves this process no rows: it adds nothing to the sums.
+            for p in module.parameters():
+                if p.requires_grad:
+                    p.grad = torch.zeros_like(p)
+            main = np.zeros((0, *self.graph[sources[0]].out_shape), dtype=self.dtype)
+        named = [(key, p) for key, p in module.named_parameters() if p.grad is not None]  # fixed layers have none
+        if self.group is not None:
+            total, main = self._sum_over_group(named, total, main, k, rows)
         dense = {n.name for n in self.graph.nodes if n.kind == "dense"}
         self.grads = {}
-        for key, p in module.named_parameters():
-            if p.grad is None:
-                continue  # a fixed layer (trainable: false)
+        for key, p in named:
             g = p.grad.numpy()
             self.grads[key] = g.T if key.rsplit(".", 1)[0] in dense and key.endswith(".weight") else g
         self.passes += 1
-        return total, outs[0].detach().numpy()
+        return total, main
+
+    def _sum_over_group(self, named, total: float, main: np.ndarray, k: int, rows: slice):
+        """One all_reduce of every gradient, the loss and the batch's outputs (each shard fills its rows)."""
+        torch = self.torch
+        outputs = torch.zeros((k, *main.shape[1:]), dtype=getattr(torch, self.dtype.name))
+        outputs[rows] = torch.from_numpy(main)
+        parts = [p.grad.reshape(-1) for _, p in named] + [torch.tensor([total], dtype=outputs.dtype),
+                                                         outputs.reshape(-1)]
+        flat = torch.cat(parts)
+        self.group.sum(flat)
+        at = 0
+        for _, p in named:
+            n = p.grad.numel()
+            p.grad.copy_(flat[at:at + n].view_as(p.grad))
+            at += n
+        total = float(flat[at])
+        return total, flat[at + 1:].reshape(outputs.shape).numpy().copy()
 
     def predict(self, images, batch_size: int, source: str | None = None, prepare=None) -> np.ndarray:
         """Inference in batches (running statistics, no dropout, no auxiliary heads)."""
@@ -142,3 +182,5 @@ class TorchNetwork:
 
     def close(self) -> None:
         self._modules.clear()
+        if self.group is not None:
+            self.group.leave()

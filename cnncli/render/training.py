@@ -182,6 +182,13 @@ def show_result(result: RunResult, console: Console) -> None:
         console.print(f"continue with: cnncli train {c.model} --resume {result.checkpoint}",
                       markup=False, highlight=False, soft_wrap=True)
         return
+    if result.status == "stopped":
+        where = f"in epoch {result.epochs_done + 1} (step {result.batch} of {result.steps_per_epoch})"
+        console.print(f"[red]Stopped[/] {where}: {result.reason}; checkpoint saved: {result.checkpoint}",
+                      highlight=False, soft_wrap=True)
+        console.print(f"continue with: cnncli train {c.model} --resume {result.checkpoint}",
+                      markup=False, highlight=False, soft_wrap=True)
+        return
     last = result.last_path
     kept = f"the last checkpoint is {last}" if last.exists() else "no checkpoint was written"
     console.print(f"[red]Stopped at once[/] without saving; {kept}", highlight=False, soft_wrap=True)
