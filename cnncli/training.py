@@ -19,6 +19,7 @@ the epoch and the running sums of its metrics.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 import time
@@ -159,6 +160,7 @@ class RunResult:
     steps_per_epoch: int = 0
     dataset_title: str = ""   # what the images were (a registered dataset's title, or an image folder)
     reason: str | None = None  # why a run "stopped" (a data-parallel worker process was lost)
+    lead: bool = True         # False in a data-parallel worker, which neither scores nor writes
 
     @property
     def exit_code(self) -> int:
@@ -252,9 +254,11 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
         config.engine = engine or config.engine
     else:
         settings = resolve(model_spec, given)
+        # Under torchrun only process 0 writes the run folder; the others must not judge it (it is 0's by now).
+        follower = engine == "torch" and os.environ.get("RANK", "0") != "0"
         config = RunConfig(model=model, name=model_spec.name, **settings, limit=limit, dtype=dtype or "float32",
-                           out=_fresh_out(model_spec.name, out), data_dir=data_dir, spec=model_spec,
-                           engine=engine or "numba")
+                           out=Path(out or ".") if follower else _fresh_out(model_spec.name, out), data_dir=data_dir,
+                           spec=model_spec, engine=engine or "numba")
     config.nproc = nproc or 1
     if config.nproc > 1 and config.engine != "torch":
         raise UsageError(f"--nproc {config.nproc} runs data-parallel processes of the torch engine: add "
@@ -685,7 +689,8 @@ class _Run:
                          best_val, seconds=time.perf_counter() - self.started,
                          signal_name=self.interrupts.signal_name, batch=self.batch,
                          steps_per_epoch=getattr(self, "steps_per_epoch", 0),
-                         dataset_title=self.data_source.title if hasattr(self, "data_source") else "", **extra)
+                         dataset_title=self.data_source.title if hasattr(self, "data_source") else "",
+                         lead=self.lead, **extra)
 
 
 def train(config: RunConfig, reporter: Reporter | None = None, group=None) -> RunResult:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -92,6 +94,18 @@ def test_the_group_comes_from_torchruns_variables(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "x")
     with pytest.raises(UsageError, match="must be integers"):
         torch_distributed.from_environment()
+
+
+def test_torchrun_starts_the_processes_and_process_0_writes_the_run(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "cnncli", "train", "lenet5", "--engine", "torch", "--epochs", "1", "--limit", "300",
+                           "--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("Test accuracy") == 1  # one process reports
+    assert "2 processes of 1 thread each" in done.stdout
+    assert checkpoint.load(out / "last.npz").epoch == 1 and (out / "test.json").is_file()
 
 
 def test_shards_cover_every_row_once():

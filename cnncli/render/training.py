@@ -161,6 +161,8 @@ class Reporter:
 
 def show_result(result: RunResult, console: Console) -> None:
     """The end of a run: the test accuracy, or how to continue an interrupted one."""
+    if not result.lead:
+        return  # a data-parallel worker: process 0 reports the run
     c = result.config
     title = result.dataset_title or c.dataset
     if result.status == "completed":
