@@ -7,6 +7,7 @@ Run from the repository root (MNIST under $CNNCLI_DATA or --data-dir)::
     python benchmarks/bench.py modern -r 1          # the modern CNNs (``all``: everything)
     python benchmarks/bench.py resnet20 --smoke     # tiny shapes: checks the harness in seconds
     python benchmarks/bench.py --json out.json      # raw numbers too
+    python benchmarks/bench.py train64 resnet20 --engines   # cnncli's Numba engine against its torch engine
 
 Workloads (see benchmarks/README.md for what each measures and the numbers):
 
@@ -67,6 +68,11 @@ and inference output against cnncli's in float64).
 Every modern workload also reports GFLOPS: the graph's multiply-accumulates per
 image (``cnncli summarize``: conv and dense layers) x 2 x 3 for training and
 forward + backward (x 2 for inference) x images/s.
+
+``--engines`` runs cnncli's own loop twice per round, on the Numba engine and on
+``train --engine torch`` (PyTorch computes the passes of the module ``export
+--to torch`` writes; data, loss and optimizer stay cnncli's), for the LeNet-5
+training and modern-CNN workloads, and reports their ratio.
 
 Every measurement runs in a fresh worker process (``--worker``), cnncli and
 PyTorch alternating, so neither inherits the other's threads, caches or
@@ -205,7 +211,7 @@ def _mnist(split: str):
 
 # --------------------------------------------------------------------------- cnncli workers
 
-def cnncli_train(batch: int) -> dict:
+def cnncli_train(batch: int, engine: str = "numba") -> dict:
     from cnncli import training
 
     times: list[float] = []
@@ -228,7 +234,8 @@ def cnncli_train(batch: int) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = training.configure("lenet5", {"epochs": 20, "batch_size": batch},
-                                 data_dir=os.environ.get("BENCH_DATA_DIR") or None, out=Path(tmp) / "run")
+                                 data_dir=os.environ.get("BENCH_DATA_DIR") or None, out=Path(tmp) / "run",
+                                 engine=engine)
         training.train(cfg, Timer())
     rates = _windows(times, seen)
     return {"images_per_s": statistics.median(rates), "windows": rates, "steps": len(times)}
@@ -528,7 +535,7 @@ def _infer_result(graph, n: int, ts: list[float]) -> dict:
 
 # --------------------------------------------------------------------------- modern CNNs: cnncli workers
 
-def cnncli_modern(name: str) -> dict:
+def cnncli_modern(name: str, engine: str = "numba") -> dict:
     import numpy as np
 
     from cnncli.engine import losses, optim
@@ -536,7 +543,12 @@ def cnncli_modern(name: str) -> dict:
 
     w = _modern(name)
     graph = _graph(w, aux=w.mode != "infer")
-    net = Network(graph, "float32", seed=0, fast=True)
+    if engine == "torch":
+        from cnncli.exchange.torch_engine import TorchNetwork
+
+        net = TorchNetwork(graph, _graph(w, aux=False), w.model, "float32", seed=0)
+    else:
+        net = Network(graph, "float32", seed=0, fast=True)
     loss = losses.get("cross_entropy")
     try:
         if w.mode == "train":
@@ -868,7 +880,13 @@ WORKERS = {
     ("torch", "vgg"): torch_vgg,
     **{("cnncli", w): (lambda w=w: cnncli_modern(w)) for w in MODERN_WORKLOADS},
     **{("torch", w): (lambda w=w: torch_modern(w)) for w in MODERN_WORKLOADS},
+    # cnncli's own loop on its PyTorch engine (train --engine torch), for --engines.
+    ("cnncli-torch", "train64"): lambda: cnncli_train(64, engine="torch"),
+    ("cnncli-torch", "train256"): lambda: cnncli_train(256, engine="torch"),
+    **{("cnncli-torch", w): (lambda w=w: cnncli_modern(w, engine="torch")) for w in MODERN_WORKLOADS},
 }
+#: Workloads --engines compares (the Numba engine against cnncli's torch engine).
+ENGINE_WORKLOADS = ("train64", "train256") + tuple(w for w in MODERN_WORKLOADS if w != "infer-resnet20")
 
 
 def _load() -> float:
@@ -930,6 +948,8 @@ def main() -> int:
     ap.add_argument("--clean-openblas-env", action="store_true",
                     help=f"unset {' and '.join(OPENBLAS_OVERRIDES)} for the measured processes")
     ap.add_argument("--json", help="also write the raw results here")
+    ap.add_argument("--engines", action="store_true",
+                    help="compare cnncli's engines (Numba against --engine torch) instead of cnncli against PyTorch")
     ap.add_argument("--smoke", action="store_true",
                     help="modern CNNs at tiny shapes and a few steps: checks the harness, numbers meaningless")
     ap.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "WORKLOAD"), help=argparse.SUPPRESS)
@@ -975,6 +995,10 @@ def main() -> int:
         fws = ["cnncli", "torch", "torch-passive"] if have_torch and w in TORCH_WORKLOADS else ["cnncli"]
         if have_torch and w.startswith("train"):
             fws.append("torch-bare")
+        if args.engines:
+            if w not in ENGINE_WORKLOADS or not have_torch:
+                ap.error(f"--engines compares {', '.join(ENGINE_WORKLOADS)} and needs torch")
+            fws = ["cnncli", "cnncli-torch"]
         got: dict[str, list[dict]] = {f: [] for f in fws}
         per_pass = w in PASS_WORKLOADS
         for _ in range(args.runs):
@@ -1007,7 +1031,11 @@ def main() -> int:
         rows.append((label, _detail(c, per_pass), _detail(t, per_pass) if t else "—", ratio,
                      TARGETS.get(w, "")))
     print()
-    print("| workload | cnncli | PyTorch | ratio | target |")
+    if args.engines:
+        print("Numba engine against cnncli's torch engine (images/s ratio above 1, or time ratio below 1: the "
+              "Numba engine is faster)")
+    print("| workload | cnncli | PyTorch | ratio | target |" if not args.engines
+          else "| workload | Numba engine | torch engine | ratio | target |")
     print("| --- | ---: | ---: | ---: | --- |")
     for row in rows:
         print("| " + " | ".join(row) + " |")

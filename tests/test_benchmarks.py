@@ -87,6 +87,20 @@ def test_torch_modern_workers_at_smoke_size(workload):
     assert result["images_per_s"] > 0 and result["gflops"] > 0
 
 
+@pytest.mark.parametrize("workload,field", [("resnet20", "images_per_s"), ("googlenet", "seconds")])
+def test_torch_engine_workers_at_smoke_size(workload, field):
+    # --engines: cnncli's loop on its torch engine (train --engine torch), as the harness runs it.
+    pytest.importorskip("torch")
+    bench = _bench()
+    assert all(("cnncli-torch", w) in bench.WORKERS for w in bench.ENGINE_WORKLOADS)
+    env = dict(os.environ, PYTHONPATH=str(REPO), BENCH_SMOKE="1", OMP_WAIT_POLICY="PASSIVE")
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench.py"), "--worker", "cnncli-torch",
+                           workload], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result[field] > 0 and result["gflops"] > 0
+
+
 @pytest.mark.parametrize("model,input_shape,batch,train,fast", [
     ("resnet20", None, 4, True, False),             # option-A shortcuts, batch norm in training
     ("resnet20", (1, 28, 28), 2, True, False),      # the MNIST-shaped variant
