@@ -16,7 +16,6 @@ never an overwrite.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,15 +75,6 @@ class CompareResult:
         return next((r.exit_code for r in self.results if r.exit_code), 0)
 
 
-def _default_folder() -> Path:
-    base = Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    candidate, n = base, 1
-    while candidate.exists():
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    return candidate
-
-
 def plan(models: list[str], overrides: dict[str, Any], *, limit: int | None = None, data_dir: Path | None = None,
          out: Path | None = None, dtype: str | None = None) -> Experiment:
     """Check the models and the recipe before anything trains; an existing ``out`` must be this experiment."""
@@ -99,7 +89,7 @@ def plan(models: list[str], overrides: dict[str, Any], *, limit: int | None = No
     training.check_limit_and_dtype(limit, dtype)
     # The recipe: the first model's settings for the dataset, then the flags (checked as train checks them).
     settings = training.resolve(specs[0], overrides)
-    folder = Path(out) if out is not None else _default_folder()
+    folder = Path(out) if out is not None else runs.new_folder("compare")
     entries = []
     for model, model_spec in zip(models, specs):
         graph = build(model_spec, aux=True)

@@ -22,6 +22,7 @@ import csv
 import io
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,16 @@ def metrics_csv(rows: list[dict[str, Any]]) -> str:
 def gradients_csv(rows: list[dict[str, Any]]) -> str:
     """``gradients.csv``'s text: a header and one row per (epoch, layer)."""
     return _csv(GRADIENT_FIELDS, rows)
+
+
+def new_folder(name: str, parent: Path = Path("runs")) -> Path:
+    """``runs/<name>-<time>``, never one that exists: a second folder in the same second gets a suffix."""
+    base = parent / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
 
 
 @dataclass

@@ -313,13 +313,7 @@ def _fresh_out(name: str, out: Path | None) -> Path:
                     if (out / "last.npz").is_file() else "")
             raise UsageError(f"--out {out} {what}: choose a new folder{hint}")
         return out
-    # The default name never reuses a folder: a second run in the same second gets a suffix.
-    base = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    candidate, n = base, 1
-    while candidate.exists():
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    return candidate
+    return runs.new_folder(name)
 
 
 def _configure_resume(model: str, model_spec: spec.ModelSpec, given: dict[str, Any],

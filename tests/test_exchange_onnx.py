@@ -10,7 +10,6 @@ import pytest
 from exchange_cases import CASES
 from test_cli import run_main
 
-from cnncli import checkpoint
 from cnncli.engine.network import Network
 from cnncli.model import graph, spec
 from cnncli.model.kinds import KINDS
@@ -64,14 +63,6 @@ def test_every_built_in_model_runs_as_cnncli_computes_it(name):
     model_spec = spec.load(name)
     big = model_spec.input[-1] > 64
     assert_runs_equal(model_spec, batch=1 if big else 3)
-
-
-@pytest.fixture
-def lenet_checkpoint(tmp_path):
-    net = Network(graph.build(spec.load("lenet5")), "float32", seed=3)
-    path = tmp_path / "lenet5.npz"
-    checkpoint.save(path, net.state_dict(), {}, {"config": {"dataset": "mnist", "dtype": "float32"}})
-    return path, net
 
 
 def test_the_command_writes_a_checked_file_that_runs(lenet_checkpoint, tmp_path, capsys):

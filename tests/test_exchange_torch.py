@@ -101,14 +101,6 @@ def test_class_names_and_module_paths_are_python():
     assert torch_module._module_ref("class") == "self._modules['class']"
 
 
-@pytest.fixture
-def lenet_checkpoint(tmp_path):
-    net = Network(graph.build(spec.load("lenet5")), "float32", seed=3)
-    path = tmp_path / "lenet5.npz"
-    checkpoint.save(path, net.state_dict(), {}, {"config": {"dataset": "mnist", "dtype": "float32"}})
-    return path, net
-
-
 def test_export_then_import_round_trips_the_weights(lenet_checkpoint, tmp_path, capsys):
     path, net = lenet_checkpoint
     out = tmp_path / "lenet.py"

@@ -54,39 +54,41 @@ def save(figure, out: Path | None, console: Console, fmt: str) -> str | None:
     return path
 
 
+def _json(record: dict, figure, out: Path | None, console: Console) -> None:
+    """The numbers behind a picture as one JSON object (with ``file`` when one was written)."""
+    path = save(figure, out, console, "json")
+    console.print(json.dumps({**record, **({"file": path} if path else {})}, indent=2), markup=False,
+                  highlight=False, soft_wrap=True)
+
+
 def show_curves(curves: Curves, fmt: str, console: Console, out: Path | None = None) -> None:
     """Loss and accuracy charts of the runs (``table``), or their numbers (``json``); ``out``: a file too."""
     from cnncli.render import figures
 
+    figure = lambda: figures.curves_figure(curves)  # noqa: E731
     if fmt == "json":
-        path = save(lambda: figures.curves_figure(curves), out, console, fmt)
-        record = {**curves.to_json(), **({"file": path} if path else {})}
-        console.print(json.dumps(record, indent=2), markup=False, highlight=False, soft_wrap=True)
-        return
+        return _json(curves.to_json(), figure, out, console)
     colour, chart_width = colour_on(console), width(console)
     for run in curves.runs:
         console.print(f"{run.label}: {run.model} on {run.dataset}, {_state(run)}",
                       markup=False, highlight=False, soft_wrap=True)
     for name in curves.empty:
         console.print(f"{name}: no finished epoch yet", markup=False, highlight=False, soft_wrap=True)
-    console.print()
-    console.print(line_chart(series(curves, ("train_loss", "val_loss")), width=chart_width, height=CHART_ROWS,
-                             colour=colour, title="loss", x_range=curves.x_range, x_label="epoch"))
-    console.print()
-    console.print(line_chart(series(curves, ("train_acc", "val_acc"), lambda v: 100 * v), width=chart_width,
-                             height=CHART_ROWS, colour=colour, title="accuracy (%)", x_range=curves.x_range, x_label="epoch"))
-    save(lambda: figures.curves_figure(curves), out, console, fmt)
+    for keys, title, value in ((("train_loss", "val_loss"), "loss", lambda v: v),
+                               (("train_acc", "val_acc"), "accuracy (%)", lambda v: 100 * v)):
+        console.print()
+        console.print(line_chart(series(curves, keys, value), width=chart_width, height=CHART_ROWS, colour=colour,
+                                 title=title, x_range=curves.x_range, x_label="epoch"))
+    save(figure, out, console, fmt)
 
 
 def show_gradients(gmap: GradientMap, fmt: str, console: Console, out: Path | None = None) -> None:
     """The gradient map as a heat map (``table``) or its numbers (``json``); ``out``: a file too."""
     from cnncli.render import figures
 
+    figure = lambda: figures.gradient_figure(gmap)  # noqa: E731
     if fmt == "json":
-        path = save(lambda: figures.gradient_figure(gmap), out, console, fmt)
-        record = {**gmap.to_json(), **({"file": path} if path else {})}
-        console.print(json.dumps(record, indent=2), markup=False, highlight=False, soft_wrap=True)
-        return
+        return _json(gmap.to_json(), figure, out, console)
     console.print(heat_map(gmap.layers, gmap.epochs, gmap.values, width=width(console), colour=colour_on(console),
                            title=gmap.title, value_label=f"{gmap.metric}, log scale"))
-    save(lambda: figures.gradient_figure(gmap), out, console, fmt)
+    save(figure, out, console, fmt)
