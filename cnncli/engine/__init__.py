@@ -37,6 +37,12 @@ jit             Numba's flags, set once: ``kernel``, ``parallel_kernel``,
                 ``exact_kernel``
 ==============  ==========================================================
 
+A second engine, PyTorch, lives outside this package
+(:mod:`cnncli.exchange.torch_engine`, ``train --engine torch``): it runs the
+passes of the module ``export --to torch`` writes, over tensors that share
+memory with a :class:`Network`'s parameter arrays, and leaves the rest of
+training (data, loss, optimizer, checkpoints) to the same code as this engine.
+
 Which path runs which layer
 ---------------------------
 
