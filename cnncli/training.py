@@ -702,7 +702,7 @@ def train(config: RunConfig, reporter: Reporter | None = None, group=None) -> Ru
 
         group = torch_distributed.from_environment()
         if group is None and config.nproc > 1:
-            return torch_distributed.launch(config, reporter)
+            return torch_distributed.launch(config, reporter, train)
     if group is not None and not group.lead:
         reporter = None  # only the lead reports
     reporter = reporter or SilentReporter()

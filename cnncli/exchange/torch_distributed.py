@@ -92,31 +92,24 @@ def from_environment() -> Group | None:
     return Group(rank, world, "env://") if world > 1 else None
 
 
-def launch(config, reporter):
-    """Train ``config`` in ``config.nproc`` processes on this machine: workers 1..N−1 started here, this one
-    process 0 (the lead, which reports and writes). Returns the lead's :class:`~cnncli.training.RunResult`."""
+def launch(config, reporter, train):
+    """Train ``config`` in ``config.nproc`` processes on this machine with ``train`` (:func:`cnncli.training.train`,
+    passed in so that this module does not import training): workers 1..N−1 started here, this process
+    process 0 (the lead, which reports and writes). Returns the lead's result."""
     import multiprocessing
-
-    from cnncli import training
 
     torch_module.require()
     world = config.nproc
     init = f"tcp://127.0.0.1:{free_port()}"
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked threads or Numba state
-    workers = [context.Process(target=_worker, args=(config, Group(rank, world, init)), daemon=True,
+    workers = [context.Process(target=train, args=(config, None, Group(rank, world, init)), daemon=True,
                                name=f"cnncli-worker-{rank}") for rank in range(1, world)]
     for w in workers:
         w.start()
     try:
-        return training.train(config, reporter, group=Group(0, world, init))
+        return train(config, reporter, group=Group(0, world, init))
     finally:
         for w in workers:
             w.join(timeout=60)
             if w.is_alive():
                 w.terminate()
-
-
-def _worker(config, group: Group) -> None:
-    from cnncli import training
-
-    training.train(config, None, group=group)
