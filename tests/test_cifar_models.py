@@ -103,3 +103,14 @@ def test_an_inference_pass_keeps_only_what_it_returns():
     for layer in fast.layers.values():  # nothing kept for a backward pass
         assert all(getattr(layer, name, None) is None for name in layer.cached), layer.node.name
     assert len(plain.values) == len(g.nodes) + 1
+
+
+def test_resnet20_has_the_measured_fashion_mnist_recipe():
+    """models/resnet20.yaml's Fashion-MNIST entry: the recipe that reached 94.50 % (benchmarks/README.md)."""
+    from cnncli import training
+
+    settings = training.resolve(spec.load("resnet20"), {"dataset": "fashion-mnist"})
+    assert (settings["epochs"], settings["weight_decay"], settings["lr"], settings["schedule"]) == \
+        (30, 0.0005, 0.1, "cosine")
+    assert (settings["crop_padding"], settings["flip"], settings["batch_size"]) == (4, True, 128)
+    assert training.resolve(spec.load("resnet20"), {})["epochs"] == 182  # CIFAR-10 keeps the paper's recipe
