@@ -62,6 +62,8 @@ class TorchNetwork:
         self.dtype = self.base.dtype
         self.params, self.buffers = self.base.params, self.base.buffers
         self.grads: dict[str, np.ndarray] = {}
+        #: Keys laid out transposed in PyTorch (shared as transposed views); the inference graph's are a subset.
+        self.transposed = torch_module.transposed(graph)
         self.passes = 0
         self.processes_failed = None
         #: For the run's header.
@@ -88,13 +90,10 @@ class TorchNetwork:
             torch = self.torch
             module = _build(graph, returns, self.name)
             module.to(getattr(torch, self.dtype.name))
-            dense = {n.name for n in graph.nodes if n.kind == "dense"}
-            named = dict(module.named_parameters())
             with torch.no_grad():
-                for key_, p in named.items():
-                    array = self.params[key_]
-                    view = array.T if key_.rsplit(".", 1)[0] in dense and key_.endswith(".weight") else array
-                    p.data = torch.from_numpy(view)
+                for name, p in module.named_parameters():
+                    array = self.params[name]
+                    p.data = torch.from_numpy(array.T if name in self.transposed else array)
                 for mod_name, mod in module.named_modules():
                     for buf in ("running_mean", "running_var"):
                         if getattr(mod, buf, None) is not None:
@@ -139,11 +138,10 @@ class TorchNetwork:
         named = [(key, p) for key, p in module.named_parameters() if p.grad is not None]  # fixed layers have none
         if self.group is not None:
             total, main = self._sum_over_group(named, total, main, k, rows)
-        dense = {n.name for n in self.graph.nodes if n.kind == "dense"}
         self.grads = {}
         for key, p in named:
             g = p.grad.numpy()
-            self.grads[key] = g.T if key.rsplit(".", 1)[0] in dense and key.endswith(".weight") else g
+            self.grads[key] = g.T if key in self.transposed else g
         self.passes += 1
         return total, main
 

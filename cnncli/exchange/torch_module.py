@@ -212,14 +212,21 @@ def _assign_target(name: str) -> str:
     return _module_ref(".".join([head, *rest[:-1]])) + f"[{rest[-1]!r}]"
 
 
+def transposed(graph) -> set[str]:
+    """The parameter keys whose PyTorch layout is the transpose of cnncli's: dense weights, (in, out) here,
+    (out, in) in ``nn.Linear``. Export, import and the torch engine all ask here."""
+    return {f"{n.name}.weight" for n in graph.nodes if n.kind == "dense"}
+
+
 def state_dict(graph, params: dict[str, np.ndarray], buffers: dict[str, np.ndarray], dtype: str = "float32") -> dict:
     """cnncli's weights as the exported module's state dict (torch tensors; dense weights transposed)."""
     t = require()
+    flipped = transposed(graph)
     out = {}
     for node in graph.nodes:
         for suffix in node.params:
             value = np.asarray(params[f"{node.name}.{suffix}"], dtype=dtype)
-            if node.kind == "dense" and suffix == "weight":
+            if f"{node.name}.{suffix}" in flipped:
                 value = value.T
             out[f"{node.name}.{suffix}"] = t.from_numpy(np.ascontiguousarray(value))
         for suffix in node.buffers:
@@ -256,7 +263,7 @@ def read_state_dict(path: Path) -> dict[str, np.ndarray]:
 def to_cnncli(state: dict[str, np.ndarray], graph) -> dict[str, np.ndarray]:
     """A state dict with the exported module's names → cnncli's weights: dense weights transposed back,
     ``num_batches_tracked`` dropped, a ``module.`` prefix (DataParallel's) removed."""
-    dense = {f"{n.name}.weight" for n in graph.nodes if n.kind == "dense"}
+    dense = transposed(graph)
     out = {}
     for key, value in state.items():
         key = key[len("module."):] if key.startswith("module.") else key
