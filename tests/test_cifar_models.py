@@ -114,3 +114,14 @@ def test_resnet20_has_the_measured_fashion_mnist_recipe():
         (30, 0.0005, 0.1, "cosine")
     assert (settings["crop_padding"], settings["flip"], settings["batch_size"]) == (4, True, 128)
     assert training.resolve(spec.load("resnet20"), {})["epochs"] == 182  # CIFAR-10 keeps the paper's recipe
+
+
+@pytest.mark.parametrize("depth", [20, 32, 44, 56])
+@pytest.mark.parametrize("dataset", [None, "cifar10", "fashion-mnist"])
+def test_plain_nets_train_as_their_residual_twins(depth, dataset):
+    """He et al. train plain and residual nets alike, so the depth experiment compares networks, not recipes."""
+    from cnncli import training
+
+    overrides = {} if dataset is None else {"dataset": dataset}
+    assert training.resolve(spec.load(f"plain{depth}"), overrides) == \
+        training.resolve(spec.load(f"resnet{depth}"), overrides)
