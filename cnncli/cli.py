@@ -67,6 +67,11 @@ class Engine(str, Enum):
     torch = "torch"
 
 
+class Device(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
 class DType(str, Enum):
     float32 = "float32"
     float64 = "float64"
@@ -156,6 +161,8 @@ def train(
                                             "(PyTorch runs the passes; the torch extra)."),
     nproc: Optional[int] = typer.Option(None, "--nproc", help="With --engine torch: data-parallel processes "
                                         "on this machine (several machines: see README, torchrun)."),
+    device: Optional[Device] = typer.Option(None, "--device", help="With --engine torch: cpu (default) or cuda "
+                                            "(one GPU per process)."),
 ) -> None:
     """Train a model; writes a run folder with metrics and checkpoints."""
     from cnncli import training
@@ -170,7 +177,8 @@ def train(
     }
     config = training.configure(model, overrides, limit=limit, data_dir=data_dir, out=out,
                                 resume=resume, dtype=dtype.value if dtype else None,
-                                engine=engine.value if engine else None, nproc=nproc)
+                                engine=engine.value if engine else None, nproc=nproc,
+                                device=device.value if device else None)
     console = _console()
     result = training.train(config, render.Reporter(console))
     render.show_result(result, console)

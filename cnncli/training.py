@@ -50,6 +50,7 @@ MAX_VAL_SHARE = 0.1
 DTYPES = ("float32", "float64")
 #: Engines that run a model's passes: cnncli's own (Numba kernels) and PyTorch (the torch extra).
 ENGINES = ("numba", "torch")
+DEVICES = ("cpu", "cuda")  # where the torch engine runs the passes
 
 
 # --------------------------------------------------------------------------- records
@@ -81,6 +82,7 @@ class RunConfig:
     out: Path
     engine: str = "numba"     # which engine runs the passes: ENGINES
     nproc: int = 1            # data-parallel processes (the torch engine)
+    device: str = "cpu"       # where the torch engine runs the passes: DEVICES
     data_dir: Path | None = None
     resume: Path | None = None
     spec: spec.ModelSpec | None = field(default=None, repr=False, compare=False)
@@ -229,7 +231,8 @@ def _check_setting(key: str, value: Any, where: str) -> Any:
 
 def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None,
               data_dir: Path | None = None, out: Path | None = None, resume: Path | None = None,
-              dtype: str | None = None, engine: str | None = None, nproc: int | None = None) -> RunConfig:
+              dtype: str | None = None, engine: str | None = None, nproc: int | None = None,
+              device: str | None = None) -> RunConfig:
     """Resolve a run's settings: defaults < the model file's ``train:`` < its entry for the dataset
     (``train: datasets:``) < flags (``None`` = unset).
 
@@ -240,6 +243,8 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
     checkpoint's. ``engine`` None: numba, or the checkpoint's; a resumed run may change it (the
     state is the same), though only the same engine repeats an uninterrupted run bit for bit.
     ``nproc``: data-parallel processes of the torch engine (1 by default; may change on resume).
+    ``device``: where the torch engine runs (``cpu`` by default, or ``cuda``: one GPU per process; may
+    change on resume).
     """
     model_spec = spec.load(model)
     given = _given(overrides)
@@ -266,7 +271,29 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
     if config.nproc > config.batch_size:
         raise UsageError(f"--nproc {config.nproc} is more than the batch of {config.batch_size} images: each "
                          "process needs at least one")
+    config.device = _check_device(device or "cpu", config.engine, config.nproc)
     return config
+
+
+def _check_device(device: str, engine: str, nproc: int) -> str:
+    """``--device``: one of :data:`DEVICES`; ``cuda`` needs the torch engine and a GPU per local process."""
+    if device not in DEVICES:
+        raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "cpu":
+        return device
+    if engine != "torch":
+        raise UsageError("--device cuda runs the torch engine on GPUs: add --engine torch (the Numba engine "
+                         "runs on the CPU)")
+    from cnncli.exchange import torch_module
+
+    torch = torch_module.require()
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise UsageError(f"--device cuda: PyTorch {torch.__version__} finds no CUDA GPU on this machine "
+                         "(a CPU build of torch, or no driver); leave --device out to train on the CPU")
+    if "LOCAL_RANK" not in os.environ and nproc > count:
+        raise UsageError(f"--nproc {nproc} with --device cuda needs a GPU per process; this machine has {count}")
+    return device
 
 
 def check_limit_and_dtype(limit: int | None, dtype: str | None) -> None:
@@ -462,7 +489,7 @@ class _Run:
             from cnncli.exchange.torch_engine import TorchNetwork
 
             self.net = TorchNetwork(self.graph, build(model_spec, aux=False), model_spec.name, dtype, seed=cfg.seed,
-                                    group=self.group)
+                                    group=self.group, device=cfg.device)
         else:
             self.net = Network(self.graph, dtype, seed=cfg.seed, fast=True)
         # Worker processes boot while the data loads (until they are ready, threads split the batches).
@@ -700,7 +727,7 @@ def train(config: RunConfig, reporter: Reporter | None = None, group=None) -> Ru
     if group is None and config.engine == "torch":
         from cnncli.exchange import torch_distributed
 
-        group = torch_distributed.from_environment()
+        group = torch_distributed.from_environment(config.device)
         if group is None and config.nproc > 1:
             return torch_distributed.launch(config, reporter, train)
     if group is not None and not group.lead:

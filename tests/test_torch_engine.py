@@ -95,3 +95,63 @@ def test_without_torch_the_engine_names_the_extra(tmp_path, capsys, monkeypatch)
     monkeypatch.setitem(sys.modules, "torch", None)
     code, _, err = run_main(["train", "lenet5", "--engine", "torch", "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and "pip install 'cnncli[torch]'" in err
+
+
+@pytest.mark.parametrize("model", ["resnet20", "with-aux"])
+def test_copies_to_a_device_and_back_give_the_shared_tensors_bits(model):
+    """The GPU path (--device cuda) copies cnncli's arrays to the device and back each pass; run on the CPU, the
+    same code must give exactly what the shared tensors give: outputs, gradients, running statistics, over
+    two steps (so the second upload carries the first update) and an inference after them."""
+    model_spec = spec.parse(AUX, "with-aux.yaml") if model == "with-aux" else spec.load(model)
+    g, infer = graph.build(model_spec, aux=True), graph.build(model_spec, aux=False)
+    shared = TorchNetwork(g, infer, model_spec.name, "float32", seed=5)
+    copied = TorchNetwork(g, infer, model_spec.name, "float32", seed=5, mirror=True)
+    assert (shared.mirror, copied.mirror) == (False, True)
+    rng = np.random.default_rng(1)
+    loss = losses.get(model_spec.loss)
+    opts = [optim.make("sgd", net.trainable(), 0.1, momentum=0.9) for net in (shared, copied)]
+    for _ in range(2):
+        x = rng.standard_normal((5, *g.input_shape), dtype=np.float32)
+        y = rng.integers(0, g.output_shape[0], 5)
+        (va, oa), (vb, ob) = shared.loss_and_backward(x, y, loss), copied.loss_and_backward(x, y, loss)
+        assert va == vb
+        np.testing.assert_array_equal(oa, ob)
+        assert set(shared.grads) == set(copied.grads)
+        for key in shared.grads:
+            np.testing.assert_array_equal(shared.grads[key], copied.grads[key], err_msg=key)
+        for net, opt in zip((shared, copied), opts):
+            opt.step(net.grads)
+    for key in shared.buffers:  # the device's running statistics came back into cnncli's arrays
+        np.testing.assert_array_equal(shared.buffers[key], copied.buffers[key], err_msg=key)
+    np.testing.assert_array_equal(shared.predict(x, 3), copied.predict(x, 3))
+    assert all(p.data_ptr() != copied.params[k].ctypes.data  # copies, not views of cnncli's arrays
+               for m in copied._modules.values() for k, p in m.named_parameters())
+
+
+def test_device_mistakes_exit_2(tmp_path, capsys, monkeypatch):
+    code, _, err = run_main(["train", "lenet5", "--device", "cuda", "--out", str(tmp_path / "a")], capsys)
+    assert code == 2 and "--engine torch" in err  # the Numba engine runs on the CPU
+    code, _, err = run_main(["train", "lenet5", "--device", "tpu", "--out", str(tmp_path / "b")], capsys)
+    assert code == 2 and "tpu" in err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, _, err = run_main(["train", "lenet5", "--engine", "torch", "--device", "cuda",
+                             "--out", str(tmp_path / "c")], capsys)
+    assert code == 2 and "finds no CUDA GPU" in err and "leave --device out" in err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    code, _, err = run_main(["train", "lenet5", "--engine", "torch", "--device", "cuda", "--nproc", "4",
+                             "--out", str(tmp_path / "d")], capsys)
+    assert code == 2 and "needs a GPU per process; this machine has 2" in err
+    assert not any((tmp_path / name).exists() for name in "abcd")  # nothing written for a refused run
+
+
+def test_each_process_takes_its_gpu_and_nccl():
+    from cnncli.exchange import torch_distributed as td
+
+    env = {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        assert td.from_environment("cuda") == td.Group(5, 8, "env://", "nccl", 1)
+        assert td.from_environment() == td.Group(5, 8, "env://", "gloo", 1)

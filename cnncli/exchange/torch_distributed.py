@@ -14,10 +14,10 @@ validation and test sets and writes the run folder; the others wait in the
 next step's ``all_reduce``.
 
 Launch: ``train --engine torch --nproc N`` starts N − 1 worker processes on
-this machine (gloo on CPU, NCCL on GPUs; a free local port) and is process 0
-itself. On several machines, ``torchrun`` starts the processes and sets
-``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``; cnncli then joins
-that group (:func:`from_environment`). A process that dies ends the others'
+this machine (gloo on CPU; NCCL with ``--device cuda``, process i on GPU i; a free
+local port) and is process 0 itself. On several machines, ``torchrun`` starts the processes and sets
+``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (the GPU), ``MASTER_ADDR`` and
+``MASTER_PORT``; cnncli then joins that group (:func:`from_environment`). A process that dies ends the others'
 collectives with an error; the lead then saves the state before the failed
 step, which ``--resume`` continues.
 """
@@ -35,6 +35,9 @@ from cnncli.exchange import torch_module
 #: How long a collective waits for the others (the lead scores the validation set meanwhile).
 TIMEOUT = timedelta(minutes=30)
 
+#: torch.distributed's backend for each ``--device``.
+BACKENDS = {"cpu": "gloo", "cuda": "nccl"}
+
 
 @dataclass(frozen=True)
 class Group:
@@ -43,7 +46,8 @@ class Group:
     rank: int
     world: int
     init: str                 # torch.distributed's init_method ("tcp://127.0.0.1:port" or "env://")
-    backend: str = "gloo"
+    backend: str = "gloo"     # BACKENDS[device]
+    local_rank: int = 0       # this process's number on its machine: its GPU under --device cuda
 
     @property
     def lead(self) -> bool:
@@ -79,17 +83,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def from_environment() -> Group | None:
+def from_environment(device: str = "cpu") -> Group | None:
     """The group ``torchrun`` (or any launcher of torch.distributed) set up, from its variables; else None."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return None
     try:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local = int(os.environ.get("LOCAL_RANK", rank))
     except ValueError:
-        raise UsageError("RANK and WORLD_SIZE must be integers (they are set by torchrun)") from None
+        raise UsageError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (they are set by torchrun)") from None
     if world < 1 or not 0 <= rank < world:
         raise UsageError(f"RANK {rank} is not a process of WORLD_SIZE {world}")
-    return Group(rank, world, "env://") if world > 1 else None
+    return Group(rank, world, "env://", BACKENDS[device], local) if world > 1 else None
 
 
 def launch(config, reporter, train):
@@ -102,12 +107,13 @@ def launch(config, reporter, train):
     world = config.nproc
     init = f"tcp://127.0.0.1:{free_port()}"
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked threads or Numba state
-    workers = [context.Process(target=train, args=(config, None, Group(rank, world, init)), daemon=True,
-                               name=f"cnncli-worker-{rank}") for rank in range(1, world)]
+    backend = BACKENDS[config.device]
+    workers = [context.Process(target=train, args=(config, None, Group(rank, world, init, backend, rank)),
+                               daemon=True, name=f"cnncli-worker-{rank}") for rank in range(1, world)]
     for w in workers:
         w.start()
     try:
-        return train(config, reporter, group=Group(0, world, init))
+        return train(config, reporter, group=Group(0, world, init, backend, 0))
     finally:
         for w in workers:
             w.join(timeout=60)

@@ -16,6 +16,13 @@ cnncli's (in, out) array). cnncli's optimizer updates the arrays in place;
 PyTorch reads them at the next step and writes the running statistics into
 them. Gradients come back as numpy views of ``.grad``.
 
+On a GPU (``--device cuda``) the module's tensors live on the device instead:
+before every pass the parameters (and running statistics) are copied there from
+cnncli's arrays, and after it the gradients (and the running statistics) come
+back, so the optimizer, checkpoints and the rest stay as on the CPU. The copies
+are the same code on any device: the tests run them on the CPU (``mirror``),
+where they must give the bits the shared tensors give.
+
 Dropout draws its masks from PyTorch's generator (seeded from the run's seed),
 so a dropout network's masks differ from the Numba engine's, and a resumed run
 of one is not bit-identical to an uninterrupted one. Inference uses a second
@@ -41,16 +48,25 @@ def _build(graph: Graph, returns: tuple[str, ...], name: str):
 
 
 class TorchNetwork:
-    """What training needs of a :class:`~cnncli.engine.network.Network`, computed by PyTorch on the CPU."""
+    """What training needs of a :class:`~cnncli.engine.network.Network`, computed by PyTorch (on the CPU or a GPU)."""
 
     def __init__(self, graph: Graph, infer_graph: Graph, name: str, dtype: str | np.dtype = "float32",
-                 seed: int = 0, threads: int | None = None, group: Group | None = None):
+                 seed: int = 0, threads: int | None = None, group: Group | None = None, device: str = "cpu",
+                 mirror: bool | None = None):
         """``graph``: the training graph (auxiliary heads included); ``infer_graph``: the same without them;
         ``name``: the model's; ``group``: this process's place in a data-parallel group
-        (:mod:`cnncli.exchange.torch_distributed`), None for a one-process run."""
+        (:mod:`cnncli.exchange.torch_distributed`), None for a one-process run; ``device``: ``cpu`` or
+        ``cuda`` (the group's local rank picks the GPU); ``mirror``: copy the arrays to the device and back
+        every pass rather than share them (None: on any device but the CPU)."""
         torch = torch_module.require()
         self.torch = torch
         self.group = group
+        if device == "cuda":
+            self.device = torch.device("cuda", group.local_rank if group else torch.cuda.current_device())
+            torch.cuda.set_device(self.device)  # before the group forms: NCCL binds a process to its GPU
+        else:
+            self.device = torch.device(device)
+        self.mirror = self.device.type != "cpu" if mirror is None else mirror
         if group is not None:
             group.join()
             threads = threads or max(1, torch.get_num_threads() // group.world)
@@ -69,10 +85,16 @@ class TorchNetwork:
         #: For the run's header.
         n = torch.get_num_threads()
         threads_ = f"{n} thread" + ("s" if n > 1 else "")
-        where = f"{group.world} processes of {threads_} each" if group else threads_
-        self.description = (f"PyTorch {torch.__version__} runs the passes on the CPU ({where}); data, loss, "
+        if self.device.type == "cuda":
+            where = f"GPU {torch.cuda.get_device_name(self.device)}"
+            where = f"{group.world} GPUs, one per process; this one {where}" if group else where
+        else:
+            where = f"the CPU ({group.world} processes of {threads_} each)" if group else f"the CPU ({threads_})"
+        self.description = (f"PyTorch {torch.__version__} runs the passes on {where}; data, loss, "
                             "optimizer and checkpoints are cnncli's")
         self._modules: dict[tuple, object] = {}
+        #: Per module, in mirror mode: (tensor on the device, cnncli's array as PyTorch lays it out, is a buffer).
+        self._links: dict[tuple, list] = {}
 
     # -- the arrays cnncli owns, shared with the modules --
     def trainable(self) -> dict[str, np.ndarray]:
@@ -90,16 +112,39 @@ class TorchNetwork:
             torch = self.torch
             module = _build(graph, returns, self.name)
             module.to(getattr(torch, self.dtype.name))
+            links = []
+
+            def place(array: np.ndarray, buffer: bool):
+                host = torch.from_numpy(array)
+                if not self.mirror:
+                    return host
+                tensor = torch.empty_like(host, device=self.device)  # the host's strides: the same GEMMs
+                links.append((tensor, host, buffer))
+                return tensor
+
             with torch.no_grad():
                 for name, p in module.named_parameters():
                     array = self.params[name]
-                    p.data = torch.from_numpy(array.T if name in self.transposed else array)
+                    p.data = place(array.T if name in self.transposed else array, False)
                 for mod_name, mod in module.named_modules():
                     for buf in ("running_mean", "running_var"):
                         if getattr(mod, buf, None) is not None:
-                            setattr(mod, buf, torch.from_numpy(self.buffers[f"{mod_name}.{buf}"]))
-            self._modules[key] = module
-        return self._modules[key]
+                            setattr(mod, buf, place(self.buffers[f"{mod_name}.{buf}"], True))
+            self._modules[key], self._links[key] = module, links
+        module = self._modules[key]
+        with self.torch.no_grad():
+            for tensor, host, _ in self._links[key]:  # mirror mode: cnncli's arrays as they are now
+                tensor.copy_(host)
+        return module
+
+    def _download_buffers(self, graph: Graph, returns: tuple[str, ...]) -> None:
+        """Mirror mode: the running statistics a training pass updated on the device, back into cnncli's arrays."""
+        for tensor, host, buffer in self._links[(id(graph), returns)]:
+            if buffer:
+                host.copy_(tensor)
+
+    def _tensor(self, array: np.ndarray):
+        return self.torch.from_numpy(np.ascontiguousarray(array, dtype=self.dtype)).to(self.device)
 
     # -- passes --
     def spawn_workers(self, max_batch: int) -> None:
@@ -119,16 +164,16 @@ class TorchNetwork:
         rows = self.group.shard(k) if self.group else slice(0, k)
         total = 0.0
         if rows.stop > rows.start:
-            outs = module(torch.from_numpy(np.ascontiguousarray(x[rows], dtype=self.dtype)))
+            outs = module(self._tensor(x[rows]))
             # A shard's loss gradient counts its share of the batch, so that the sum over shards is the batch mean.
             share = (rows.stop - rows.start) / k
             seeds = []
             for out, weight in zip(outs, heads.values()):
-                value, grad = loss.fn(out.detach().numpy(), target[rows])
+                value, grad = loss.fn(out.detach().cpu().numpy(), target[rows])
                 total += weight * value * share
-                seeds.append(torch.from_numpy(np.ascontiguousarray(weight * share * grad, dtype=self.dtype)))
+                seeds.append(self._tensor(weight * share * grad))
             torch.autograd.backward(outs, seeds)
-            main = outs[0].detach().numpy()
+            main = outs[0].detach().cpu().numpy()
         else:
             # A batch smaller than the group leaves this process no rows: it adds nothing to the sums.
             for p in module.parameters():
@@ -138,9 +183,11 @@ class TorchNetwork:
         named = [(key, p) for key, p in module.named_parameters() if p.grad is not None]  # fixed layers have none
         if self.group is not None:
             total, main = self._sum_over_group(named, total, main, k, rows)
+        if self.mirror and train:
+            self._download_buffers(self.graph, sources)
         self.grads = {}
         for key, p in named:
-            g = p.grad.numpy()
+            g = p.grad.cpu().numpy()
             self.grads[key] = g.T if key in self.transposed else g
         self.passes += 1
         return total, main
@@ -148,10 +195,10 @@ class TorchNetwork:
     def _sum_over_group(self, named, total: float, main: np.ndarray, k: int, rows: slice):
         """One all_reduce of every gradient, the loss and the batch's outputs (each shard fills its rows)."""
         torch = self.torch
-        outputs = torch.zeros((k, *main.shape[1:]), dtype=getattr(torch, self.dtype.name))
-        outputs[rows] = torch.from_numpy(main)
-        parts = [p.grad.reshape(-1) for _, p in named] + [torch.tensor([total], dtype=outputs.dtype),
-                                                         outputs.reshape(-1)]
+        outputs = torch.zeros((k, *main.shape[1:]), dtype=getattr(torch, self.dtype.name), device=self.device)
+        outputs[rows] = self._tensor(main)
+        parts = [p.grad.reshape(-1) for _, p in named] + [torch.tensor([total], dtype=outputs.dtype,
+                                                                       device=self.device), outputs.reshape(-1)]
         flat = torch.cat(parts)
         self.group.sum(flat)
         at = 0
@@ -160,7 +207,7 @@ class TorchNetwork:
             p.grad.copy_(flat[at:at + n].view_as(p.grad))
             at += n
         total = float(flat[at])
-        return total, flat[at + 1:].reshape(outputs.shape).numpy().copy()
+        return total, flat[at + 1:].reshape(outputs.shape).cpu().numpy().copy()
 
     def predict(self, images, batch_size: int, source: str | None = None, prepare=None) -> np.ndarray:
         """Inference in batches (running statistics, no dropout, no auxiliary heads)."""
@@ -172,13 +219,14 @@ class TorchNetwork:
             for i in range(0, len(images), batch_size):
                 batch = images[i:i + batch_size]
                 x = batch if prepare is None else prepare(batch)
-                (out,) = module(torch.from_numpy(np.ascontiguousarray(x, dtype=self.dtype)))
-                parts.append(out.numpy().copy())
+                (out,) = module(self._tensor(x))
+                parts.append(out.cpu().numpy().copy())
         if not parts:
             return np.empty((0, *self.infer_graph[source].out_shape), dtype=self.dtype)
         return np.concatenate(parts)
 
     def close(self) -> None:
         self._modules.clear()
+        self._links.clear()
         if self.group is not None:
             self.group.leave()
