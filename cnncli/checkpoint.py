@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from cnncli.atomic import write_atomic
+from cnncli.dataset_names import FOLDER
 from cnncli.errors import CheckpointError
 
 FORMAT = 1
@@ -51,6 +52,16 @@ class Checkpoint:
         """The configuration of the run that wrote it; empty for a file of weights alone."""
         config = self.meta.get("config")
         return config if isinstance(config, dict) else {}
+
+    def data_for(self, model_spec, dataset: str | None = None,
+                 data_dir: Path | None = None) -> tuple[str | None, Path | None]:
+        """The dataset (and folder) this checkpoint is used with: ``dataset`` if given, else the one it was
+        trained on, else the model file's; an image folder's place is the run's unless ``data_dir`` says."""
+        config = self.config
+        name = dataset or config.get("dataset") or model_spec.train_setting("dataset")
+        if name == FOLDER and data_dir is None and config.get("data_dir"):
+            data_dir = Path(config["data_dir"])  # the folder the checkpoint was trained on
+        return name, data_dir
 
     def weights(self) -> dict[str, np.ndarray]:
         return {k: v for k, v in self.state.items() if not k.startswith(("optim.", "meta."))}

@@ -16,7 +16,7 @@ import numpy as np
 
 from cnncli import checkpoint as ckpt_io
 from cnncli import data, inputs
-from cnncli.data.source import FOLDER, open_source
+from cnncli.data.source import open_source
 from cnncli.engine import losses
 from cnncli.engine.losses import Loss
 from cnncli.engine.network import Network
@@ -170,7 +170,7 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
         raise UsageError(f"--worst must not be negative, got {worst}")
     model_spec = spec.load(model)
     saved = ckpt_io.load(checkpoint)
-    name, data_dir = data_for(model_spec, saved, dataset, data_dir)
+    name, data_dir = saved.data_for(model_spec, dataset, data_dir)
     graph = build(model_spec, aux=False)
     info = open_source(name, data_dir, graph.input_shape, progress=progress)
     plan = inputs.plan(info.title, info.image_shape, graph.input_shape, model_spec.name)
@@ -192,17 +192,6 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
         class_names=list(info.classes), per_class=s.per_class, confused_pairs=s.confused_pairs,
         worst=worst_mistakes(probs, labels, images, worst),
     )
-
-
-def data_for(model_spec: spec.ModelSpec, saved: ckpt_io.Checkpoint, dataset: str | None = None,
-             data_dir: Path | None = None) -> tuple[str, Path | None]:
-    """The dataset (and folder) a checkpoint is used with: ``dataset`` if given, else the one it was
-    trained on, else the model file's; an image folder's place is the run's unless ``data_dir`` says."""
-    config = saved.config
-    name = dataset or config.get("dataset") or model_spec.train_setting("dataset")
-    if name == FOLDER and data_dir is None and config.get("data_dir"):
-        data_dir = Path(config["data_dir"])  # the folder the checkpoint was trained on
-    return name, data_dir
 
 
 def inference_network(model_spec: spec.ModelSpec, graph: Graph, saved: ckpt_io.Checkpoint,

@@ -27,7 +27,7 @@ from cnncli import inputs
 from cnncli.data.source import Source, open_source
 from cnncli.engine import losses
 from cnncli.errors import UsageError
-from cnncli.evaluation import data_for, inference_network, probabilities
+from cnncli.evaluation import inference_network, probabilities
 from cnncli.model import spec
 from cnncli.model.graph import build
 from cnncli.predict import Guess, read_image
@@ -129,7 +129,7 @@ def features(model: str, checkpoint: Path, *, sample: int | None = None, image: 
     if image is not None and dataset is None and isinstance(recorded, dict):
         info = Source.from_config(recorded)  # what the run trained on; no data needed for a file
     else:
-        name, data_dir = data_for(model_spec, saved, dataset, data_dir)
+        name, data_dir = saved.data_for(model_spec, dataset, data_dir)
         info = open_source(name, data_dir, graph.input_shape, progress=progress)
     plan = inputs.plan(info.title, info.image_shape, graph.input_shape, model_spec.name)
     inputs.check_outputs(graph.output_shape, len(info.classes), info.title, model_spec.name)

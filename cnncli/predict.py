@@ -25,7 +25,7 @@ from cnncli.data import folder
 from cnncli.data.source import FOLDER, Source, open_source
 from cnncli.engine import losses
 from cnncli.errors import UsageError
-from cnncli.evaluation import data_for, inference_network, probabilities
+from cnncli.evaluation import inference_network, probabilities
 from cnncli.model import spec
 from cnncli.model.graph import build
 
@@ -101,7 +101,7 @@ def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int = 3,
     if dataset is None and isinstance(recorded, dict):
         info = Source.from_config(recorded)  # classes and statistics as trained, the data not needed
     else:
-        name, _ = data_for(model_spec, saved, dataset)
+        name, _ = saved.data_for(model_spec, dataset)
         if name == FOLDER:
             raise UsageError(f"{checkpoint} does not record its image folder's classes and statistics: "
                              "predict needs a checkpoint written by this version of train")

@@ -546,3 +546,22 @@ def test_a_sample_reaches_a_larger_colour_network_as_training_images_do(monkeypa
     want, _ = net.loss_and_backward(x, np.array([1]), losses.get("cross_entropy"))
     assert t.loss == pytest.approx(want, rel=1e-12)
     assert t.predicted == int(net.values[net.graph.output].argmax())
+
+
+def test_a_sample_comes_from_the_dataset_the_weights_were_trained_on(monkeypatch, tmp_path):
+    """--sample with --weights takes the checkpoint's dataset (as eval, predict and features do), not the file's."""
+    from cnncli import checkpoint, data
+
+    asked = []
+
+    def load(name, *a, **k):
+        asked.append(name)
+        return np.zeros((4, 1, 28, 28), np.uint8), np.arange(4)
+
+    monkeypatch.setattr(data, "load", load)
+    net = Network(graph.build(spec.load("lenet5")), dtype="float64")
+    checkpoint.save(tmp_path / "fashion.npz", net.state_dict(), {}, {"config": {"dataset": "fashion-mnist"}})
+    t = trace.run("lenet5", sample=3, weights=tmp_path / "fashion.npz")
+    assert asked == ["fashion-mnist"] and t.input_source.startswith("fashion-mnist test image 3")
+    t = trace.run("lenet5", sample=3)  # without weights: the model file's dataset
+    assert asked[-1] == "mnist" and t.input_source.startswith("mnist test image 3")

@@ -467,13 +467,15 @@ def _dump_folder(path: Path) -> Path:
     return folder
 
 
-def _network(model: str, weights: Path | None) -> tuple[spec.ModelSpec, Network]:
+def _network(model: str, weights: Path | None) -> tuple[spec.ModelSpec, Network, checkpoint.Checkpoint | None]:
     model_spec = spec.load(model)
     g = graph_mod.build(model_spec)
     net = Network(g, dtype="float64", seed=0)
+    saved = None
     if weights is not None:
-        net.load_state_dict(checkpoint.load(weights).weights_for(net.graph), source=str(weights))
-    return model_spec, net
+        saved = checkpoint.load(weights)
+        net.load_state_dict(saved.weights_for(net.graph), source=str(weights))
+    return model_spec, net, saved
 
 
 def _classes(net: Network) -> int:
@@ -483,12 +485,16 @@ def _classes(net: Network) -> int:
     return shape[0]
 
 
-def _sample(model_spec: spec.ModelSpec, index: int, data_dir: Path | None,
+def _sample(model_spec: spec.ModelSpec, saved: checkpoint.Checkpoint | None, index: int, data_dir: Path | None,
             shape: tuple[int, ...], progress=None) -> tuple[np.ndarray, int, str]:
+    """Test image ``index`` of the dataset the weights were trained on (else the model file's)."""
     from cnncli import inputs
     from cnncli.data.source import open_source
 
-    dataset = model_spec.train.get("dataset")
+    if saved is not None:
+        dataset, data_dir = saved.data_for(model_spec, None, data_dir)
+    else:
+        dataset = model_spec.train.get("dataset")
     if dataset is None:
         raise UsageError(f"--sample: model '{model_spec.name}' names no dataset (train.dataset), "
                          "so there is no test image to take; give --input instead")
@@ -504,8 +510,8 @@ def _sample(model_spec: spec.ModelSpec, index: int, data_dir: Path | None,
     return x, int(labels[index]), f"{dataset} test image {index} (label {int(labels[index])}{adapted})"
 
 
-def _inputs(model_spec: spec.ModelSpec, net: Network, input: str | None, sample: int | None,
-            target: str | None, loss_name: str, data_dir: Path | None,
+def _inputs(model_spec: spec.ModelSpec, net: Network, saved: checkpoint.Checkpoint | None, input: str | None,
+            sample: int | None, target: str | None, loss_name: str, data_dir: Path | None,
             progress=None) -> tuple[np.ndarray, np.ndarray, str]:
     """The batch of one and its target vector, from the options or the model's defaults."""
     shape = net.graph.input_shape
@@ -517,7 +523,7 @@ def _inputs(model_spec: spec.ModelSpec, net: Network, input: str | None, sample:
     if example is not None and (tuple(shape) != (len(example[0]),) or classes != len(example[1])):
         example = None  # a model file of the same name but another shape
     if sample is not None:
-        x, label, source = _sample(model_spec, sample, data_dir, shape, progress)
+        x, label, source = _sample(model_spec, saved, sample, data_dir, shape, progress)
     elif input is not None:
         x = load_input(input, shape)
         source = f"--input {input}"
@@ -920,12 +926,12 @@ def run(model: str = "slide-mlp", loss: str | None = None, lr: float | None = No
     _reject(options, _MODEL_OPTIONS, f"model '{model}' (--filter and --upstream are for "
                                      f"{', '.join(MODES)})")
     try:
-        model_spec, net = _network(model, weights)
+        model_spec, net, saved = _network(model, weights)
     except UnknownModel as e:
         raise UnknownModel(f"{e}\nbuilt-in traces: {', '.join(MODES)}") from None
     loss_obj = losses_mod.get(_loss_name(loss, model_spec))
     rate = _check_lr(lr if lr is not None else float(model_spec.train_setting("lr")))
-    x, y, source = _inputs(model_spec, net, input, sample, target, loss_obj.name, data_dir, progress)
+    x, y, source = _inputs(model_spec, net, saved, input, sample, target, loss_obj.name, data_dir, progress)
     pairs = worked_chain(net.graph)
     if pairs is not None:
         trace: Trace = _worked(model_spec, net, pairs, x, y, loss_obj, rate, steps, source, dump)
