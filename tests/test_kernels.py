@@ -279,6 +279,12 @@ NAMED_CONVS = {
     "asymmetric": named_conv((1, 2, 7, 4), 3, (3, 1), stride=(2, 1), padding=(0, 2)),
     "window-eq-input": named_conv((2, 2, 3, 4), 2, (5, 6), padding=(1, 1)),
     "tall-kernel-pad": named_conv((1, 1, 2, 3), 2, (4, 2), padding=(2, 0)),
+    # 3×3 stride 1, one group (Winograd's layers): odd and even sizes, every padding, a 1×1 output
+    "winograd-odd": named_conv((3, 5, 7, 9), 6, (3, 3), padding=(1, 1)),
+    "winograd-no-padding": named_conv((2, 4, 8, 5), 3, (3, 3)),
+    "winograd-padding-2": named_conv((2, 3, 4, 3), 2, (3, 3), padding=(2, 2), bias=False),
+    "winograd-asymmetric": named_conv((2, 6, 6, 7), 4, (3, 3), padding=(1, 0)),
+    "winograd-one-output": named_conv((2, 2, 3, 3), 3, (3, 3)),
 }
 
 CONV_CASES = [pytest.param(conv_config(s), id=f"seed{s}") for s in range(30)] + [
@@ -297,11 +303,14 @@ CONV_CASES = [pytest.param(conv_config(s), id=f"seed{s}") for s in range(30)] + 
 # stride-1 layer as one GEMM per kernel tap (whatever its junk), in its default
 # groups of samples; "taps-bands" with every sample its own group and its
 # output rows one band each. "...-one-slot": every group's weight gradient
-# summed into one slot, in order.
+# summed into one slot, in order. "winograd" runs every 3×3 stride-1 layer of one
+# group as Winograd F(2×2, 3×3), its samples in one group; "winograd-groups-of-one"
+# each sample its own group and slot; "winograd-one-slot" those groups summed into one.
 PATHS = ["auto", "direct", "gemm", "gemm+direct-dw", "groups-of-one", "groups-of-one-one-slot", "row-bands", "taps",
-         "taps-bands", "taps-one-slot", "numpy", "chunked", "chunked+direct-dw"]
+         "taps-bands", "taps-one-slot", "numpy", "chunked", "chunked+direct-dw", "winograd",
+         "winograd-groups-of-one", "winograd-one-slot"]
 FORWARD_PATHS = ["auto", "direct", "gemm", "groups-of-one", "row-bands", "taps", "taps-bands", "numpy",
-                 "chunked"]  # no dw forward
+                 "chunked", "winograd", "winograd-groups-of-one"]  # no dw forward
 
 
 @pytest.fixture
@@ -313,6 +322,12 @@ def path(request, monkeypatch):
         monkeypatch.setattr(rules, "depthwise", lambda taps, filters, unit: unit and mode == "direct")
         monkeypatch.setattr(rules, "direct_weights", lambda *a: mode.endswith("direct-dw"))
         monkeypatch.setattr(rules, "tap_gemms", lambda unit, channels, padded, out: unit and mode.startswith("taps"))
+        monkeypatch.setattr(rules, "winograd_pays", lambda *a: mode.startswith("winograd"))
+    if mode == "winograd":
+        monkeypatch.setattr(rules, "winograd_plan", lambda n, *a: n)
+    if mode.startswith("winograd-"):
+        monkeypatch.setattr(rules, "winograd_plan", lambda n, *a: 1)
+        monkeypatch.setattr(rules, "DW_SLOTS", 1 if mode.endswith("one-slot") else 10**9)
     if mode == "taps-bands":
         monkeypatch.setattr(rules, "GROUP_COLS_BYTES", 1)
         monkeypatch.setattr(rules, "DW_SLOTS", 10**9)
@@ -386,7 +401,8 @@ def test_conv2d_backward_skips_what_is_not_needed(cfg):
     np.testing.assert_array_equal(dw, full[1])
 
 
-@pytest.mark.parametrize("path", ["auto", "groups-of-one", "row-bands", "taps-bands", "chunked"], indirect=True)
+@pytest.mark.parametrize("path", ["auto", "groups-of-one", "row-bands", "taps-bands", "chunked", "winograd-groups-of-one"],
+                         indirect=True)
 @pytest.mark.parametrize("cfg", CONV_CASES)
 def test_conv2d_adjoint_identities(cfg, path):
     """y = A x + B w + b is bilinear, so <dy, y> = <dx, x> + <db, b> = <dw, w> + <db, b>,
@@ -929,9 +945,9 @@ def test_gemm_from_a_kernel_equals_numpy_for_every_transpose_and_leading_dimensi
                 assert np.array_equal(c[untouched], c_big[untouched])  # nothing written outside C
 
 
-@pytest.mark.parametrize("taps", [False, True], ids=["unfolded", "taps"])
+@pytest.mark.parametrize("path", ["unfolded", "taps", "winograd"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_grouped_convolution_gives_the_same_bits_on_one_thread_or_two(dtype, taps, monkeypatch):
+def test_grouped_convolution_gives_the_same_bits_on_one_thread_or_two(dtype, path, monkeypatch):
     import numba
 
     from cnncli.engine import blas
@@ -939,7 +955,9 @@ def test_grouped_convolution_gives_the_same_bits_on_one_thread_or_two(dtype, tap
     if blas.FUNCTIONS is None or numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs a CBLAS GEMM and two engine threads")
     monkeypatch.setattr(rules, "GROUP_COLS_BYTES", 1)  # a sample per group, in bands of one row
-    monkeypatch.setattr(rules, "tap_gemms", lambda unit, channels, padded, out: unit and taps)
+    monkeypatch.setattr(rules, "tap_gemms", lambda unit, channels, padded, out: unit and path == "taps")
+    monkeypatch.setattr(rules, "winograd_pays", lambda *a: path == "winograd")
+    monkeypatch.setattr(rules, "winograd_plan", lambda *a: 3)  # groups of 3, 3 and 2 samples, 2 slots
     cfg = named_conv((8, 6, 9, 9), 10, (3, 3), padding=(1, 1))
     x, w, b, dy = conv_arrays(cfg, dtype, seed=8)
     results = []
@@ -968,3 +986,30 @@ def test_scratch_buffers_start_on_the_same_boundary_in_every_thread():
     with ThreadPoolExecutor(2) as pool:
         found = list(pool.map(starts, ["a", "b"])) + [starts("c")]
     assert found == [[0, 0, 0]] * 3
+
+
+def test_winograd_takes_the_wide_3x3_layers_and_keeps_float32_close():
+    """The rule sends wide 3×3 stride-1 layers to Winograd F(2×2, 3×3) and the rest elsewhere; in float32 its
+    results stay within a few units in the last place of the float64 convolution."""
+    from cnncli.engine import blas
+
+    if blas.FUNCTIONS is None:
+        pytest.skip("numpy's BLAS exports no CBLAS GEMM here")
+    geometry_of = conv._Geometry
+    wide = np.zeros((2, 64, 8, 8), np.float32)
+    assert geometry_of(wide, np.zeros((64, 64, 3, 3), np.float32), (1, 1), (1, 1), (1, 1), 1).winograd
+    assert not geometry_of(wide, np.zeros((64, 64, 3, 3), np.float32), (2, 2), (1, 1), (1, 1), 1).winograd
+    assert not geometry_of(wide[:, :16], np.zeros((16, 16, 3, 3), np.float32), (1, 1), (1, 1), (1, 1), 1).winograd
+    assert not geometry_of(wide[:, :, :4, :4], np.zeros((64, 64, 3, 3), np.float32), (1, 1), (1, 1), (1, 1),
+                           1).winograd
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 64, 10, 9))
+    w = rng.standard_normal((32, 64, 3, 3)) / 24
+    dy = rng.standard_normal((3, 32, 10, 9))
+    want = [conv.conv2d_forward(x, w, None, (1, 1), (1, 1), (1, 1), 1),
+            *conv.conv2d_backward(x, w, dy, (1, 1), (1, 1), (1, 1), 1)[:2]]
+    x32, w32, dy32 = (a.astype(np.float32) for a in (x, w, dy))
+    got = [conv.conv2d_forward(x32, w32, None, (1, 1), (1, 1), (1, 1), 1),
+           *conv.conv2d_backward(x32, w32, dy32, (1, 1), (1, 1), (1, 1), 1)[:2]]
+    for g, ref in zip(got, want):
+        assert np.abs(g - ref).max() / np.abs(ref).max() < 5e-6  # float32's unit roundoff is 6e-8

@@ -20,6 +20,7 @@ layers          forward and backward of every layer kind, side by side,
 losses, optim   loss functions (value and gradient), SGD and Adam
 init            initial parameter values, a registry of named schemes
 conv, pool      the general NCHW convolution and pooling kernels
+winograd        3×3 stride-1 convolution by Winograd's F(2×2, 3×3)
 blas            numpy's CBLAS GEMM, callable from inside a kernel
 norm            batch normalization's kernels (statistics, normalise, gradients)
 elementwise     ReLU (alone or after a residual sum) and its gradient
@@ -64,7 +65,12 @@ each is tested equal to the plain path (and against finite differences).
     direct loops without a column matrix; the NCHW block keeps small column
     matrices for the backward pass (``rules.keep_cols``).
 
-  Every other conv runs in ``conv``: direct loops for thin groups
+  Every other conv runs in ``conv``: 3×3 stride 1, one group, at least
+  64 channels and 8×8 outputs (``rules.winograd_applies``,
+  ``rules.winograd_pays``) as Winograd F(2×2, 3×3) (``winograd``: 16 GEMMs
+  of (F, C) by (C, tiles) per group of samples, 2.25x fewer multiply-adds;
+  narrower layers or smaller maps lose more to its transforms than they
+  gain); direct loops for thin groups
   (``rules.depthwise``); stride 1 with up to 128 channels and short
   padding (``rules.tap_gemms``) as one GEMM per kernel tap reading the
   padded input in place, no column matrix (twice as fast as unfolding on
@@ -158,6 +164,9 @@ slab
 tap
     one position (i, j) of a convolution's kernel; a *tap GEMM* multiplies
     that position's weights (F, C) by the window of the padded input under it.
+tile
+    in Winograd's F(2×2, 3×3), a 2×2 block of outputs and the 4×4 input
+    window under it; transformed, 16 numbers per channel (V) or filter (M).
 lanes
     the batch-innermost layout (C, H, W, N): every pixel a vector of samples.
 flat rows

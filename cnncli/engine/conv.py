@@ -12,6 +12,9 @@ hand arrays and scalars to private ``@njit`` kernels compiled through
 float64) end to end. The strategies, picked per call from the shapes alone by
 :mod:`cnncli.engine.rules`:
 
+* Winograd F(2×2, 3×3) (:mod:`cnncli.engine.winograd`) for 3×3 stride-1
+  layers of one group that are wide enough to pay for its transforms
+  (:func:`~cnncli.engine.rules.winograd_pays`): 2.25x fewer multiply-adds.
 * a GEMM per kernel tap (stride-1 layers, where numpy's BLAS exports a CBLAS
   GEMM, :mod:`cnncli.engine.blas`; :func:`~cnncli.engine.rules.tap_gemms`):
   with whole padded rows as the pitch, the columns a tap multiplies are a
@@ -58,7 +61,7 @@ import numba
 import numpy as np
 from numba import get_thread_id, prange
 
-from cnncli.engine import blas, rules
+from cnncli.engine import blas, rules, winograd
 from cnncli.engine import threads as engine_threads
 from cnncli.engine.arrays import Pair, array, out_hw, pair, scratch
 from cnncli.engine.blas import NO_TRANS, TRANS, gemm
@@ -646,6 +649,9 @@ class _Geometry:
         fg = self.f // g
         self.taps = self.cg * self.kh * self.kw
         self.direct = rules.depthwise(self.taps, fg, unit)
+        self.winograd = (blas.FUNCTIONS is not None
+                         and rules.winograd_applies((self.kh, self.kw), (self.sh, self.sw), (self.dh, self.dw), g)
+                         and rules.winograd_pays(self.c, self.oh, self.ow))
         self.by_taps = self.in_groups and rules.tap_gemms(unit, self.cg, self.wp, self.ow)
         self.pitch = self.wp if self.by_taps or rules.flat_rows(fg, self.wp, self.ow, unit) else self.ow
         self.q = (self.oh - 1) * self.pitch + self.ow
@@ -736,6 +742,8 @@ def conv2d_forward(
             raise ValueError(f"b must have shape ({geo.f},), got {bias.shape}")
     y = np.empty((geo.n, geo.f, geo.oh, geo.ow), dtype=dtype)
     g, fg = geo.groups, geo.f // geo.groups
+    if geo.winograd:
+        return winograd.forward(geo.x, geo.w, bias, y, geo.ph, geo.pw)
     if geo.by_taps:
         f = blas.FUNCTIONS
         per, band = geo.tap_plan()
@@ -793,6 +801,9 @@ def conv2d_backward(
     dx = np.empty_like(geo.x) if need_dx else None
     dw_out = np.empty_like(geo.w)
     g, fg = geo.groups, geo.f // geo.groups
+    if geo.winograd:
+        winograd.backward(geo.x, geo.w, dy, dx, dw_out, geo.ph, geo.pw)
+        return dx, dw_out, db
     if geo.by_taps and not geo.direct_dw:
         f = blas.FUNCTIONS
         per, band = geo.tap_plan()
