@@ -152,3 +152,38 @@ def test_the_engine_keeps_freed_memory_unless_the_user_set_the_allocator():
     env = dict(os.environ, MALLOC_TRIM_THRESHOLD_="131072")
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == {"kept": False}  # the user's own setting stands
+
+
+_FOREIGN = """
+import builtins, json, os, sys
+import cnncli.engine.jit
+from cnncli.engine import threads
+from cnncli.exchange import torch_module
+seen = {}
+real_import = builtins.__import__
+def spy(name, *args, **kwargs):
+    if name == "torch" and "torch" not in sys.modules:
+        seen["at_import"] = os.environ.get("OMP_WAIT_POLICY")
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = spy
+try:
+    torch_module.require()
+except Exception as e:  # torch not installed: what the variable was while it was looked for still counts
+    seen["error"] = type(e).__name__
+seen["after"] = os.environ.get("OMP_WAIT_POLICY")
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("user", [None, "ACTIVE", "PASSIVE"])
+def test_pytorch_loads_with_the_users_openmp_policy_not_the_engines(user):
+    """The engine's passive OpenMP waiting is for its own threads: PyTorch's runtime, which reads the variable
+    when torch is imported, gets what the user set (or nothing), and the engine's setting is back after."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if user is not None:
+        env["OMP_WAIT_POLICY"] = user
+    out = subprocess.run([sys.executable, "-c", _FOREIGN], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    got = json.loads(out.splitlines()[-1])
+    assert got["at_import"] == user
+    assert got["after"] == (user or "PASSIVE")

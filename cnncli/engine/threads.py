@@ -39,6 +39,8 @@ import ctypes
 import itertools
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from cnncli.engine import rules
 
@@ -63,7 +65,7 @@ _GETTERS = (
 #: OpenBLAS threads the engine uses.
 BLAS_THREADS = 1
 
-_state: dict[str, object] = {"configured": False, "blas": None, "omp_wait_policy": None}
+_state: dict[str, object] = {"configured": False, "blas": None, "omp_wait_policy": None, "policy_ours": False}
 
 
 def loaded_openblas() -> list[str]:
@@ -127,8 +129,9 @@ def configure() -> None:
         return
     _state["configured"] = True
     # Must precede the first parallel kernel: libgomp reads it when it is loaded.
-    if "numba.np.ufunc.omppool" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "numba.np.ufunc.omppool" not in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        _state["policy_ours"] = True
     _state["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
     # An OpenBLAS loaded later reads this when it starts: where SciPy is
     # installed, Numba loads SciPy's own OpenBLAS while it compiles (or loads)
@@ -226,6 +229,22 @@ def matmul(a, b, out=None):
         if not h.cancel():
             h.result()
     return out
+
+
+@contextmanager
+def foreign_openmp() -> Iterator[None]:
+    """While a library with an OpenMP runtime of its own loads (PyTorch's, which reads the variables then),
+    the environment without the engine's ``OMP_WAIT_POLICY`` (one the user set stays): passive waiting suits
+    the engine's threads beside one-thread BLAS, but PyTorch's meet at every operator, and the torch engine
+    ran LeNet-5 25 % slower with it (benchmarks/README.md)."""
+    ours = _state["policy_ours"] and os.environ.get("OMP_WAIT_POLICY") == "PASSIVE"
+    if ours:
+        del os.environ["OMP_WAIT_POLICY"]
+    try:
+        yield
+    finally:
+        if ours:
+            os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
 def status() -> dict[str, object]:

@@ -30,8 +30,11 @@ SUFFIXES = (".pt", ".pth")
 
 def require():
     """The torch module, or a UsageError naming the extra."""
+    from cnncli.engine import threads
+
     try:
-        import torch as module
+        with threads.foreign_openmp():
+            import torch as module
     except ImportError:
         raise UsageError(f"this needs PyTorch: {INSTALL}") from None
     return module
