@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from rich.console import Console
+from test_training import DATA
 
 from cnncli import checkpoint, cli, evaluation
 from cnncli.engine.network import Network
@@ -17,8 +17,6 @@ from cnncli.errors import CheckpointError
 from cnncli.model import spec
 from cnncli.model.graph import build
 from cnncli.render import evaluation as render
-
-REPO = Path(__file__).resolve().parents[1]
 
 TINY = """\
 name: tiny
@@ -33,14 +31,6 @@ layers:
 """
 
 
-def _datasets_root() -> Path | None:
-    for c in (os.environ.get("CNNCLI_DATA"), str(REPO.parent / "shared" / "datasets")):
-        if c and (Path(c) / "mnist").is_dir():
-            return Path(c)
-    return None
-
-
-DATA = _datasets_root()
 needs_data = pytest.mark.skipif(DATA is None, reason="real MNIST files not available")
 
 
