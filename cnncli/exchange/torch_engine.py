@@ -111,7 +111,9 @@ class TorchNetwork:
         if key not in self._modules:
             torch = self.torch
             module = _build(graph, returns, self.name)
-            module.to(getattr(torch, self.dtype.name))
+            # Every tensor of the module on the device (its own constant buffers too), then ours in place of its
+            # parameters and running statistics.
+            module.to(device=self.device if self.mirror else None, dtype=getattr(torch, self.dtype.name))
             links = []
 
             def place(array: np.ndarray, buffer: bool):
