@@ -289,26 +289,29 @@ def _filters(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(u.transpose(0, 3, 1, 2)).reshape(16, w.shape[0], w.shape[1])
 
 
-def _buffers(n_tiles: int, c: int, f: int, ty: int, tx: int, dtype) -> tuple[np.ndarray, ...]:
-    """Per-thread scratch: padded plane, V, M (room for ``n_tiles`` tiles), and the transforms' rows."""
-    t = numba.get_num_threads()
-    return (scratch("winograd.pad", (t, 2 * ty + 2, 2 * tx + 2), dtype),
-            scratch("winograd.v", (t, 16, c, n_tiles), dtype),
-            scratch("winograd.m", (t, 16, f, n_tiles), dtype),
-            scratch("winograd.rows", (t, 4, ty, 2 * tx + 2), dtype))
+def _plan(x: np.ndarray, f: int, oh: int, ow: int, adjoint: bool) -> tuple[int, tuple[np.ndarray, ...]]:
+    """(samples per group, per-thread scratch) of a call: the padded plane, V, M (room
+    for a group's tiles), the rows of the input transform, and those of the output transform (forward) or of
+    the input transform's adjoint (backward)."""
+    n, c = x.shape[:2]
+    ty, tx = tiles(oh, ow)
+    per = rules.winograd_plan(n, c, f, ty * tx, x.itemsize)
+    t, dtype = numba.get_num_threads(), x.dtype
+    last = (scratch("winograd.h", (t, 4, 4, ty, tx), dtype) if adjoint
+            else scratch("winograd.ab", (t, 8, ty, tx), dtype))
+    return per, (scratch("winograd.pad", (t, 2 * ty + 2, 2 * tx + 2), dtype),
+                 scratch("winograd.v", (t, 16, c, per * ty * tx), dtype),
+                 scratch("winograd.m", (t, 16, f, per * ty * tx), dtype),
+                 scratch("winograd.rows", (t, 4, ty, 2 * tx + 2), dtype), last)
 
 
 def forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray, y: np.ndarray, ph: int, pw: int) -> np.ndarray:
     """y (N, F, OH, OW) = conv(x (N, C, H, W), w (F, C, 3, 3)) + bias (F,) or (0,): stride 1, dilation 1, one
     group, padding (ph, pw); OH = H + 2·ph − 2. Arrays as conv2d_forward has checked them."""
-    n, c = x.shape[:2]
     f, oh, ow = y.shape[1:]
-    ty, tx = tiles(oh, ow)
-    per = rules.winograd_plan(n, c, f, ty * tx, x.itemsize)
+    per, buffers = _plan(x, f, oh, ow, adjoint=False)
     fns = blas.FUNCTIONS
-    t = numba.get_num_threads()
-    _forward(fns.of(x.dtype), fns.ilp64, x, _filters(w), bias, y, per, ph, pw,
-             *_buffers(per * ty * tx, c, f, ty, tx, x.dtype), scratch("winograd.ab", (t, 8, ty, tx), x.dtype))
+    _forward(fns.of(x.dtype), fns.ilp64, x, _filters(w), bias, y, per, ph, pw, *buffers)
     return y
 
 
@@ -318,15 +321,12 @@ def backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray, dx: np.ndarray | None
     place (the bias gradient is the convolution's own)."""
     n, c = x.shape[:2]
     f, oh, ow = dy.shape[1:]
-    ty, tx = tiles(oh, ow)
-    per = rules.winograd_plan(n, c, f, ty * tx, x.itemsize)
+    per, buffers = _plan(x, f, oh, ow, adjoint=True)
     slots, span = rules.dw_slots(-(-n // per))
     du = np.empty((slots, 16, f, c), dtype=x.dtype)
     fns = blas.FUNCTIONS
-    t = numba.get_num_threads()
     _backward(fns.of(x.dtype), fns.ilp64, x, _filters(w), dy, dx if dx is not None else x[:0], du, per, span,
-              ph, pw, *_buffers(per * ty * tx, c, f, ty, tx, x.dtype), scratch("winograd.h", (t, 4, 4, ty, tx), x.dtype),
-              dx is not None)
+              ph, pw, *buffers, dx is not None)
     g = G.astype(x.dtype)
     total = du[0] if slots == 1 else du.sum(axis=0)  # the slots in order
     gd = np.tensordot(g, total.reshape(4, 4, f, c), axes=([0], [0]))  # (3, 4, F, C): Gᵀ dU
