@@ -285,6 +285,17 @@ NAMED_CONVS = {
     "winograd-padding-2": named_conv((2, 3, 4, 3), 2, (3, 3), padding=(2, 2), bias=False),
     "winograd-asymmetric": named_conv((2, 6, 6, 7), 4, (3, 3), padding=(1, 0)),
     "winograd-one-output": named_conv((2, 2, 3, 3), 3, (3, 3)),
+    # 'same' stride 1, one group, at least 8 filters (the blocked layers): filters not a multiple of a register
+    # block, every kernel size that fits one weight-gradient block and one that does not, dilation, asymmetric
+    # kernels, outputs narrower than a vector, blocks of positions that span two samples
+    "blocked-3x3": named_conv((3, 5, 7, 9), 9, (3, 3), padding=(1, 1)),
+    "blocked-17-filters": named_conv((2, 3, 5, 4), 17, (3, 3), padding=(1, 1), bias=False),
+    "blocked-1x1": named_conv((3, 4, 3, 5), 8, (1, 1)),
+    "blocked-5x5": named_conv((2, 3, 6, 5), 10, (5, 5), padding=(2, 2)),
+    "blocked-dilated": named_conv((2, 2, 7, 8), 8, (3, 3), padding=(2, 1), dilation=(2, 1)),
+    "blocked-3x1": named_conv((2, 3, 5, 6), 12, (3, 1), padding=(1, 0)),
+    "blocked-1x1-image": named_conv((5, 2, 1, 1), 8, (3, 3), padding=(1, 1)),
+    "blocked-one-sample": named_conv((1, 3, 4, 5), 17, (3, 3), padding=(1, 1)),  # filter blocks split over threads
 }
 
 CONV_CASES = [pytest.param(conv_config(s), id=f"seed{s}") for s in range(30)] + [
@@ -306,11 +317,14 @@ CONV_CASES = [pytest.param(conv_config(s), id=f"seed{s}") for s in range(30)] + 
 # summed into one slot, in order. "winograd" runs every 3×3 stride-1 layer of one
 # group as Winograd F(2×2, 3×3), its samples in one group; "winograd-groups-of-one"
 # each sample its own group and slot; "winograd-one-slot" those groups summed into one.
+# "blocked" runs every 'same' stride-1 layer of one group as register-blocked direct loops, a slot's samples
+# side by side in one group; "blocked-groups-of-one" each sample its own group and slot (and, forward, a run of
+# filter blocks per job), "blocked-one-slot" those groups summed into one slot.
 PATHS = ["auto", "direct", "gemm", "gemm+direct-dw", "groups-of-one", "groups-of-one-one-slot", "row-bands", "taps",
          "taps-bands", "taps-one-slot", "numpy", "chunked", "chunked+direct-dw", "winograd",
-         "winograd-groups-of-one", "winograd-one-slot"]
+         "winograd-groups-of-one", "winograd-one-slot", "blocked", "blocked-groups-of-one", "blocked-one-slot"]
 FORWARD_PATHS = ["auto", "direct", "gemm", "groups-of-one", "row-bands", "taps", "taps-bands", "numpy",
-                 "chunked", "winograd", "winograd-groups-of-one"]  # no dw forward
+                 "chunked", "winograd", "winograd-groups-of-one", "blocked", "blocked-groups-of-one"]  # no dw forward
 
 
 @pytest.fixture
@@ -323,6 +337,10 @@ def path(request, monkeypatch):
         monkeypatch.setattr(rules, "direct_weights", lambda *a: mode.endswith("direct-dw"))
         monkeypatch.setattr(rules, "tap_gemms", lambda unit, channels, padded, out: unit and mode.startswith("taps"))
         monkeypatch.setattr(rules, "winograd_pays", lambda *a: mode.startswith("winograd"))
+        monkeypatch.setattr(rules, "blocked_pays", lambda *a: mode.startswith("blocked"))
+    if mode.startswith("blocked-"):
+        monkeypatch.setattr(rules, "blocked_group", lambda *a: 1)
+        monkeypatch.setattr(rules, "DW_SLOTS", 1 if mode.endswith("one-slot") else 10**9)
     if mode == "winograd":
         monkeypatch.setattr(rules, "winograd_plan", lambda n, *a: n)
     if mode.startswith("winograd-"):
@@ -401,8 +419,8 @@ def test_conv2d_backward_skips_what_is_not_needed(cfg):
     np.testing.assert_array_equal(dw, full[1])
 
 
-@pytest.mark.parametrize("path", ["auto", "groups-of-one", "row-bands", "taps-bands", "chunked", "winograd-groups-of-one"],
-                         indirect=True)
+@pytest.mark.parametrize("path", ["auto", "groups-of-one", "row-bands", "taps-bands", "chunked", "winograd-groups-of-one",
+                                  "blocked-groups-of-one"], indirect=True)
 @pytest.mark.parametrize("cfg", CONV_CASES)
 def test_conv2d_adjoint_identities(cfg, path):
     """y = A x + B w + b is bilinear, so <dy, y> = <dx, x> + <db, b> = <dw, w> + <db, b>,
@@ -945,7 +963,7 @@ def test_gemm_from_a_kernel_equals_numpy_for_every_transpose_and_leading_dimensi
                 assert np.array_equal(c[untouched], c_big[untouched])  # nothing written outside C
 
 
-@pytest.mark.parametrize("path", ["unfolded", "taps", "winograd"])
+@pytest.mark.parametrize("path", ["unfolded", "taps", "winograd", "blocked"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_grouped_convolution_gives_the_same_bits_on_one_thread_or_two(dtype, path, monkeypatch):
     import numba
@@ -958,18 +976,21 @@ def test_grouped_convolution_gives_the_same_bits_on_one_thread_or_two(dtype, pat
     monkeypatch.setattr(rules, "tap_gemms", lambda unit, channels, padded, out: unit and path == "taps")
     monkeypatch.setattr(rules, "winograd_pays", lambda *a: path == "winograd")
     monkeypatch.setattr(rules, "winograd_plan", lambda *a: 3)  # groups of 3, 3 and 2 samples, 2 slots
-    cfg = named_conv((8, 6, 9, 9), 10, (3, 3), padding=(1, 1))
-    x, w, b, dy = conv_arrays(cfg, dtype, seed=8)
-    results = []
-    for threads in (1, 2):
-        numba.set_num_threads(threads)
-        try:
-            results.append([conv.conv2d_forward(x, w, b, *geometry(cfg)),
-                            *conv.conv2d_backward(x, w, dy, *geometry(cfg))])
-        finally:
-            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-    for one, two in zip(*results):
-        assert one.tobytes() == two.tobytes()
+    monkeypatch.setattr(rules, "blocked_pays", lambda *a: path == "blocked")
+    monkeypatch.setattr(rules, "blocked_group", lambda *a: 3)  # groups of 3 and 1 samples in each of 2 slots
+    # the second: one sample, its filter blocks shared out over the threads (blocked forward)
+    for cfg in (named_conv((8, 6, 9, 9), 10, (3, 3), padding=(1, 1)), named_conv((1, 3, 5, 4), 17, (3, 3), padding=(1, 1))):
+        x, w, b, dy = conv_arrays(cfg, dtype, seed=8)
+        results = []
+        for threads in (1, 2):
+            numba.set_num_threads(threads)
+            try:
+                results.append([conv.conv2d_forward(x, w, b, *geometry(cfg)),
+                                *conv.conv2d_backward(x, w, dy, *geometry(cfg))])
+            finally:
+                numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        for one, two in zip(*results):
+            assert one.tobytes() == two.tobytes()
 
 
 def test_scratch_buffers_start_on_the_same_boundary_in_every_thread():
@@ -1013,3 +1034,28 @@ def test_winograd_takes_the_wide_3x3_layers_and_keeps_float32_close():
            *conv.conv2d_backward(x32, w32, dy32, (1, 1), (1, 1), (1, 1), 1)[:2]]
     for g, ref in zip(got, want):
         assert np.abs(g - ref).max() / np.abs(ref).max() < 5e-6  # float32's unit roundoff is 6e-8
+
+
+def test_blocked_takes_the_narrow_same_layers():
+    """The rule sends 'same' stride-1 layers of one group with 8-32 filters and channels and up to 9 taps to the
+    register-blocked loops, and nothing else; every named blocked case is one it applies to (so that the
+    "blocked" paths above run it rather than falling back)."""
+    geometry_of = conv._Geometry
+
+    def blocked(c, f, kernel, padding, stride=(1, 1), dilation=(1, 1), groups=1, hw=(8, 8)):
+        x = np.zeros((2, c, *hw), np.float32)
+        w = np.zeros((f, c // groups, *kernel), np.float32)
+        return geometry_of(x, w, stride, padding, dilation, groups).blocked
+
+    assert blocked(16, 16, (3, 3), (1, 1), hw=(32, 32)) and blocked(32, 32, (3, 3), (1, 1), hw=(16, 16))
+    assert blocked(3, 16, (3, 3), (1, 1)) and blocked(16, 8, (1, 1), (0, 0))
+    assert not blocked(64, 64, (3, 3), (1, 1))  # Winograd's
+    assert not blocked(16, 64, (3, 3), (1, 1)) and not blocked(16, 4, (3, 3), (1, 1))
+    assert not blocked(16, 16, (5, 5), (2, 2))  # more taps than the weight gradient's block
+    assert not blocked(16, 16, (3, 3), (0, 0)) and not blocked(16, 16, (3, 3), (1, 1), stride=(2, 2))
+    assert not blocked(16, 16, (3, 3), (1, 1), groups=2)
+    for name, cfg in NAMED_CONVS.items():
+        if name.startswith("blocked"):
+            x, w, _, _ = conv_arrays(cfg, np.float64)
+            assert rules.blocked_applies(cfg["stride"], cfg["padding"], cfg["kernel"], cfg["dilation"], cfg["groups"])
+            assert w.shape[0] >= rules.BLOCKED_MIN_FILTERS, name

@@ -21,6 +21,10 @@ losses, optim   loss functions (value and gradient), SGD and Adam
 init            initial parameter values, a registry of named schemes
 conv, pool      the general NCHW convolution and pooling kernels
 winograd        3×3 stride-1 convolution by Winograd's F(2×2, 3×3)
+blocked         'same' stride-1 convolution as register-blocked direct
+                loops, forward and both gradients
+simd            the vector code Numba does not write: LLVM IR register
+                blocks of multiply-adds (``blocked``'s inner loops)
 blas            numpy's CBLAS GEMM, callable from inside a kernel
 norm            batch normalization's kernels (statistics, normalise, gradients)
 elementwise     ReLU (alone or after a residual sum) and its gradient
@@ -70,7 +74,14 @@ each is tested equal to the plain path (and against finite differences).
   ``rules.winograd_pays``) as Winograd F(2×2, 3×3) (``winograd``: 16 GEMMs
   of (F, C) by (C, tiles) per group of samples, 2.25x fewer multiply-adds;
   narrower layers or smaller maps lose more to its transforms than they
-  gain); direct loops for thin groups
+  gain); 'same' stride-1 layers of one group with 8-32 filters, at most 32
+  channels and 9 taps (``rules.blocked_applies``, ``rules.blocked_pays``:
+  ResNet-20's and ResNet-56's) as register-blocked direct loops
+  (``blocked``: every output summed in registers over all channels and
+  taps and stored once, where a GEMM per tap with K = C of 16-32 goes
+  through memory nine times; the input gradient the same loops over dy,
+  the weight gradient a register block of sums over positions; wider
+  layers are faster as GEMMs); direct loops for thin groups
   (``rules.depthwise``); stride 1 with up to 128 channels and short
   padding (``rules.tap_gemms``) as one GEMM per kernel tap reading the
   padded input in place, no column matrix (twice as fast as unfolding on
@@ -167,6 +178,13 @@ tap
 tile
     in Winograd's F(2×2, 3×3), a 2×2 block of outputs and the 4×4 input
     window under it; transformed, 16 numbers per channel (V) or filter (M).
+register block
+    the outputs one call of ``simd``'s loops keeps in vector registers:
+    FB filters × V vectors of positions (forward), FB filters × K taps
+    (weight gradient).
+junk
+    positions numbered along whole padded rows that are not outputs:
+    computed and dropped, or given zero gradient.
 lanes
     the batch-innermost layout (C, H, W, N): every pixel a vector of samples.
 flat rows

@@ -61,7 +61,7 @@ import numba
 import numpy as np
 from numba import get_thread_id, prange
 
-from cnncli.engine import blas, rules, winograd
+from cnncli.engine import blas, blocked, rules, winograd
 from cnncli.engine import threads as engine_threads
 from cnncli.engine.arrays import Pair, array, out_hw, pair, scratch
 from cnncli.engine.blas import NO_TRANS, TRANS, gemm
@@ -652,6 +652,10 @@ class _Geometry:
         self.winograd = (blas.FUNCTIONS is not None
                          and rules.winograd_applies((self.kh, self.kw), (self.sh, self.sw), (self.dh, self.dw), g)
                          and rules.winograd_pays(self.c, self.oh, self.ow))
+        self.blocked = (not self.winograd
+                        and rules.blocked_applies((self.sh, self.sw), (self.ph, self.pw), (self.kh, self.kw),
+                                                  (self.dh, self.dw), g)
+                        and rules.blocked_pays(self.c, self.f, self.kh * self.kw))
         self.by_taps = self.in_groups and rules.tap_gemms(unit, self.cg, self.wp, self.ow)
         self.pitch = self.wp if self.by_taps or rules.flat_rows(fg, self.wp, self.ow, unit) else self.ow
         self.q = (self.oh - 1) * self.pitch + self.ow
@@ -744,6 +748,8 @@ def conv2d_forward(
     g, fg = geo.groups, geo.f // geo.groups
     if geo.winograd:
         return winograd.forward(geo.x, geo.w, bias, y, geo.ph, geo.pw)
+    if geo.blocked:
+        return blocked.forward(geo.x, geo.w, bias, y, geo.ph, geo.pw, geo.dh, geo.dw)
     if geo.by_taps:
         f = blas.FUNCTIONS
         per, band = geo.tap_plan()
@@ -803,6 +809,10 @@ def conv2d_backward(
     g, fg = geo.groups, geo.f // geo.groups
     if geo.winograd:
         winograd.backward(geo.x, geo.w, dy, dx, dw_out, geo.ph, geo.pw)
+        return dx, dw_out, db
+    if geo.blocked:
+        parts = blocked.backward(geo.x, geo.w, dy, dx, geo.ph, geo.pw, geo.dh, geo.dw, rules.slot_samples(geo.n))
+        _sum_slots(parts.reshape(parts.shape[0], 1, geo.taps, geo.f), dw_out.reshape(1, geo.f, geo.taps))
         return dx, dw_out, db
     if geo.by_taps and not geo.direct_dw:
         f = blas.FUNCTIONS

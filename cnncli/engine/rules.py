@@ -190,11 +190,72 @@ def tap_gemms(unit_stride: bool, channels: int, padded_width: int, out_width: in
             and (padded_width - out_width) <= MAX_TAP_JUNK * out_width)
 
 
+def slot_samples(n: int) -> int:
+    """Samples per weight-gradient slot when a batch of ``n`` is shared out as up to DW_SLOTS runs of samples."""
+    return -(-n // min(n, DW_SLOTS))
+
+
 def tap_plan(n: int, rows: int, per_row_bytes: int, per_sample_bytes: int) -> tuple[int, int]:
     """(samples per group, output rows per band) of the tap kernels: up to DW_SLOTS groups of samples (a slot
     each), a sample's output (or dy) in bands of rows that fit GROUP_COLS_BYTES."""
     _, band = sample_group(n, rows, per_row_bytes, per_sample_bytes)
-    return -(-n // min(n, DW_SLOTS)), band
+    return slot_samples(n), band
+
+
+# --- stride 1: register-blocked direct loops -------------------------------------
+
+
+def register_block(vector_registers: int) -> tuple[int, int]:
+    """(filters, vectors) of the blocked convolution's register block (cnncli.engine.simd): FB·V accumulators
+    plus V inputs and a broadcast weight must fit the vector registers. With 32 (AVX-512): 8 × 2, 19 registers;
+    on one core at batch 64, 8 × 2 and 16 × 1 ran ResNet-20's layers at 130-150 GFLOPS of multiply-adds, 4 × 4 and
+    8 × 4 (spills) 90-130. With 16 (AVX2, SSE): 4 × 2, 11 registers."""
+    return (8, 2) if vector_registers >= 32 else (4, 2)
+
+
+def reduce_block(vector_registers: int) -> tuple[int, int]:
+    """(filters, taps) of the blocked weight gradient's register block (cnncli.engine.simd.multiply_add_reduce):
+    FB·K accumulators plus FB gradients and an input. With 32 registers 2 × 9 (a 3×3 kernel's taps, 21
+    registers), with 16 1 × 9 (11)."""
+    return (2, 9) if vector_registers >= 32 else (1, 9)
+
+
+#: The blocked weight gradient lays this many bytes of samples side by side (padded inputs and gradients),
+#: so that one run of positions sums a tap over all of them: half a core's L2.
+BLOCKED_GROUP_BYTES = 1 << 20
+
+
+def blocked_group(per: int, per_sample_bytes: int) -> int:
+    """Samples side by side in the blocked weight gradient, out of a slot of ``per``."""
+    return max(1, min(per, BLOCKED_GROUP_BYTES // max(per_sample_bytes, 1)))
+
+
+def blocked_applies(stride: tuple[int, int], padding: tuple[int, int], kernel: tuple[int, int],
+                    dilation: tuple[int, int], groups: int) -> bool:
+    """Whether the blocked convolution (cnncli.engine.blocked) computes this layer: a 'same' convolution (stride
+    1, padding dilation·(kernel - 1)/2 on each side, so that its input gradient is one too) of one group."""
+    return (stride == (1, 1) and groups == 1 and 2 * padding[0] == dilation[0] * (kernel[0] - 1)
+            and 2 * padding[1] == dilation[1] * (kernel[1] - 1))
+
+
+#: Where it applies, the blocked convolution runs layers of at least BLOCKED_MIN_FILTERS filters (a register
+#: block's worth), at most BLOCKED_MAX_CHANNELS input channels and filters, and at most BLOCKED_MAX_TAPS taps (the
+#: weight gradient's register block holds 9; a bigger kernel's other taps go one at a time). Measured on one
+#: core, forward / backward ms (medians of 7, interleaved), against the tap GEMMs: ResNet-20's 16 channels at
+#: 32×32 (batch 64) 7.2 / 15.6 -> 5.9 / 13.6, 32 at 16×16 4.1 / 8.9 -> 3.4 / 8.7, 8 at 32×32 2.6 / 5.1 -> 1.9 / 4.3,
+#: 16 -> 32 at 32×32 9.2 / 19.4 -> 7.1 / 18.2, 32 -> 64 at 16×16 10.0 / 28.7 -> 9.6 / 20.5, the 3-channel stem 1.9 /
+#: 3.8 -> 1.1 / 3.6, 1×1 at 16 and 32 channels even; but 5×5 from 32 channels at 28×28 (batch 8) 4.2 / 7.6 ->
+#: 2.9 / 9.0, and with 64 channels Winograd or the tap GEMMs are as fast or faster (8×8 4.1 / 9.8 against
+#: Winograd's 3.8 / 8.2; 32×32 73 / 164 against the taps' 53 / 140).
+BLOCKED_MIN_FILTERS = 8
+BLOCKED_MAX_CHANNELS = 32
+BLOCKED_MAX_TAPS = 9
+
+
+def blocked_pays(channels: int, filters: int, taps: int) -> bool:
+    """Whether the blocked convolution is the faster path for a layer it applies to (``taps`` = KH·KW)."""
+    return (filters >= BLOCKED_MIN_FILTERS and max(channels, filters) <= BLOCKED_MAX_CHANNELS
+            and taps <= BLOCKED_MAX_TAPS)
 
 
 # --- 3×3 stride 1: Winograd's F(2×2, 3×3) ---------------------------------------
