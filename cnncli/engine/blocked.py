@@ -144,15 +144,17 @@ def _backward(x, dy, wbt, parts, dx, xg_buf, dyg_buf, out_buf, offs, ph, pw, per
     # parts (slots, C·T, Fp): slot k's dwᵀ, summed over samples k·per ... in groups of ``group``; Fp = F
     # rounded up to GRAD_FILTERS. wbt (C blocks, F·T, FB): the flipped, transposed filters in blocks (the
     # input gradient's weights). Per thread: xg_buf as in _forward; dyg_buf (Fp rows of ``row`` + plane +
-    # step): row f = `lead` zeros (ph·Wp + pw, the padding before the first position), then the group's dy
-    # planes at their positions, zeros elsewhere; out_buf (FB·qpad) for dx's blocks.
+    # step): row f = `lead` zeros (ph·Wp + pw, the padding before the first position, rounded up to whole
+    # vectors so that the sums' loads of dy are aligned), then the group's dy planes at their positions, zeros
+    # elsewhere; out_buf (FB·qpad) for dx's blocks.
     n_, c_, h_, w_ = x.shape
     f_ = dy.shape[1]
     fp = parts.shape[2]
     t_ = offs.shape[0]
     wp = w_ + 2 * pw
     plane = (h_ + 2 * ph) * wp
-    lead = ph * wp + pw
+    lead = (ph * wp + pw + lanes_ - 1) // lanes_ * lanes_
+    shift = lead - (ph * wp + pw)  # where the padded dy of the first sample starts in a row
     qpad = out_buf.shape[1] // FILTERS
     for slot in prange(parts.shape[0]):
         tid = get_thread_id()
@@ -206,7 +208,7 @@ def _backward(x, dy, wbt, parts, dx, xg_buf, dyg_buf, out_buf, offs, ph, pw, per
                 for b in range(wbt.shape[0]):
                     weights = wbt[b].reshape(-1)
                     for q0 in range(0, span, step):
-                        _block(dyg, q0, weights, 0, out, q0, qpad, f_, row, offs)
+                        _block(dyg, shift + q0, weights, 0, out, q0, qpad, f_, row, offs)
                     _scatter(out, qpad, s0, sc, dx, b * FILTERS, FILTERS, plane, wp, dx[0, 0, 0, :0])
 
 
@@ -264,7 +266,7 @@ def backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray, dx: np.ndarray | None
     fp = -(-f // GRAD_FILTERS) * GRAD_FILTERS
     group = rules.blocked_group(per, (c + fp) * plane * x.itemsize)
     length = -(-(group * plane) // lanes_) * lanes_
-    row = ph * wp + pw + length
+    row = -(-(ph * wp + pw) // lanes_) * lanes_ + length
     qpad = -(-(group * plane) // step) * step
     threads = numba.get_num_threads()
     parts = np.empty((-(-n // per), c * kh * kw, fp), dtype=x.dtype)
