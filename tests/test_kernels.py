@@ -1037,9 +1037,9 @@ def test_winograd_takes_the_wide_3x3_layers_and_keeps_float32_close():
 
 
 def test_blocked_takes_the_narrow_same_layers():
-    """The rule sends 'same' stride-1 layers of one group with 8-32 filters and channels and up to 9 taps to the
-    register-blocked loops, and nothing else; every named blocked case is one it applies to (so that the
-    "blocked" paths above run it rather than falling back)."""
+    """The rule sends 'same' stride-1 layers of one group with 8-64 filters, at most 64 channels and up to 9 taps
+    (those Winograd does not take) to the register-blocked loops, and nothing else; every named blocked case is
+    one it applies to (so that the "blocked" paths above run it rather than falling back)."""
     geometry_of = conv._Geometry
 
     def blocked(c, f, kernel, padding, stride=(1, 1), dilation=(1, 1), groups=1, hw=(8, 8)):
@@ -1049,8 +1049,8 @@ def test_blocked_takes_the_narrow_same_layers():
 
     assert blocked(16, 16, (3, 3), (1, 1), hw=(32, 32)) and blocked(32, 32, (3, 3), (1, 1), hw=(16, 16))
     assert blocked(3, 16, (3, 3), (1, 1)) and blocked(16, 8, (1, 1), (0, 0))
-    assert not blocked(64, 64, (3, 3), (1, 1))  # Winograd's
-    assert not blocked(16, 64, (3, 3), (1, 1)) and not blocked(16, 4, (3, 3), (1, 1))
+    assert blocked(64, 64, (3, 3), (1, 1), hw=(7, 7)) and not blocked(64, 64, (3, 3), (1, 1))  # 8×8: Winograd's
+    assert not blocked(16, 128, (3, 3), (1, 1)) and not blocked(16, 4, (3, 3), (1, 1))
     assert not blocked(16, 16, (5, 5), (2, 2))  # more taps than the weight gradient's block
     assert not blocked(16, 16, (3, 3), (0, 0)) and not blocked(16, 16, (3, 3), (1, 1), stride=(2, 2))
     assert not blocked(16, 16, (3, 3), (1, 1), groups=2)

@@ -74,9 +74,10 @@ each is tested equal to the plain path (and against finite differences).
   ``rules.winograd_pays``) as Winograd F(2×2, 3×3) (``winograd``: 16 GEMMs
   of (F, C) by (C, tiles) per group of samples, 2.25x fewer multiply-adds;
   narrower layers or smaller maps lose more to its transforms than they
-  gain); 'same' stride-1 layers of one group with 8-32 filters, at most 32
-  channels and 9 taps (``rules.blocked_applies``, ``rules.blocked_pays``:
-  ResNet-20's and ResNet-56's) as register-blocked direct loops
+  gain); other 'same' stride-1 layers of one group with 8-64 filters, at
+  most 64 channels and 9 taps (``rules.blocked_applies``,
+  ``rules.blocked_pays``: most of ResNet-20's and ResNet-56's) as
+  register-blocked direct loops
   (``blocked``: every output summed in registers over all channels and
   taps and stored once, where a GEMM per tap with K = C of 16-32 goes
   through memory nine times; the input gradient the same loops over dy,

@@ -240,15 +240,16 @@ def blocked_applies(stride: tuple[int, int], padding: tuple[int, int], kernel: t
 
 #: Where it applies, the blocked convolution runs layers of at least BLOCKED_MIN_FILTERS filters (a register
 #: block's worth), at most BLOCKED_MAX_CHANNELS input channels and filters, and at most BLOCKED_MAX_TAPS taps (the
-#: weight gradient's register block holds 9; a bigger kernel's other taps go one at a time). Measured on one
-#: core, forward / backward ms (medians of 7, interleaved), against the tap GEMMs: ResNet-20's 16 channels at
-#: 32×32 (batch 64) 7.2 / 15.6 -> 5.9 / 13.6, 32 at 16×16 4.1 / 8.9 -> 3.4 / 8.7, 8 at 32×32 2.6 / 5.1 -> 1.9 / 4.3,
-#: 16 -> 32 at 32×32 9.2 / 19.4 -> 7.1 / 18.2, 32 -> 64 at 16×16 10.0 / 28.7 -> 9.6 / 20.5, the 3-channel stem 1.9 /
-#: 3.8 -> 1.1 / 3.6, 1×1 at 16 and 32 channels even; but 5×5 from 32 channels at 28×28 (batch 8) 4.2 / 7.6 ->
-#: 2.9 / 9.0, and with 64 channels Winograd or the tap GEMMs are as fast or faster (8×8 4.1 / 9.8 against
-#: Winograd's 3.8 / 8.2; 32×32 73 / 164 against the taps' 53 / 140).
+#: weight gradient's register block holds 9; a bigger kernel's other taps go one at a time); Winograd keeps the
+#: 64-channel layers it takes (8×8 outputs and up). Measured on one core, forward / backward ms (medians of 7,
+#: paths interleaved), against the tap GEMMs: ResNet-20's 16 channels at 32×32 (batch 64) 7.2 / 15.6 -> 5.9 /
+#: 13.6, 32 at 16×16 4.1 / 8.9 -> 3.4 / 8.7, 8 at 32×32 2.6 / 5.1 -> 1.9 / 4.3, 16 -> 32 at 32×32 9.2 / 19.4 ->
+#: 7.1 / 18.2, 32 -> 64 at 16×16 10.0 / 28.7 -> 9.6 / 20.5, the 3-channel stem 1.9 / 3.8 -> 1.1 / 3.6, 1×1 at 16
+#: and 32 channels even; 64 at 7×7 (ResNet-20 on 28×28 images, too much junk for the taps) 9.8 / 18.3 unfolded ->
+#: 6.1 / 12.5. But 5×5 from 32 channels at 28×28 (batch 8) 4.2 / 7.6 -> 2.9 / 9.0, and where Winograd takes a
+#: 64-channel layer it is as fast or faster (8×8 3.8 / 8.2 against 4.1 / 9.8, 16×16 11.9 / 26.0 against 12.4 / 31.6).
 BLOCKED_MIN_FILTERS = 8
-BLOCKED_MAX_CHANNELS = 32
+BLOCKED_MAX_CHANNELS = 64
 BLOCKED_MAX_TAPS = 9
 
 
