@@ -1059,3 +1059,28 @@ def test_blocked_takes_the_narrow_same_layers():
             x, w, _, _ = conv_arrays(cfg, np.float64)
             assert rules.blocked_applies(cfg["stride"], cfg["padding"], cfg["kernel"], cfg["dilation"], cfg["groups"])
             assert w.shape[0] >= rules.BLOCKED_MIN_FILTERS, name
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_simd_moves_write_exactly_their_run(dtype):
+    """simd.copy, copy_add and zero write n elements from the offset on (whole vectors, then halves, ..., then
+    single elements: every length up to three vectors), and nothing before or after."""
+    from numba import njit
+
+    from cnncli.engine import simd
+
+    @njit
+    def moves(dst, src, d0, s0, n, add):
+        simd.copy(dst, d0, src, s0, n)
+        simd.copy_add(dst, d0 + n + 3, src, s0, n, add)
+        simd.zero(dst, d0 + 2 * n + 10, n)
+
+    src = np.arange(100, dtype=dtype) + 0.5
+    for n in range(3 * simd.lanes(np.dtype(dtype).itemsize) + 2):
+        dst = np.full(200, 7, dtype)
+        moves(dst, src, 5, 3, n, dtype(2))
+        want = np.full(200, 7, dtype)
+        want[5:5 + n] = src[3:3 + n]
+        want[8 + n:8 + 2 * n] = src[3:3 + n] + 2
+        want[15 + 2 * n:15 + 3 * n] = 0
+        np.testing.assert_array_equal(dst, want)

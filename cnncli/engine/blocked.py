@@ -54,8 +54,8 @@ _reduce_one = simd.multiply_add_reduce(GRAD_FILTERS, 1)  # the taps left over pa
 
 
 # ---------------------------------------------------------------------------
-# copies in and out of a group's buffers: explicit indices, no views in the
-# loops (a view per row cost more than copying a short row)
+# copies in and out of a group's buffers, a row at a time (simd.copy: a short
+# row in a few vector moves)
 # ---------------------------------------------------------------------------
 
 
@@ -67,43 +67,33 @@ def _gather(x, s0, sc, xg, at, ph, pw, tail):
     wp = w_ + 2 * pw
     plane = (h_ + 2 * ph) * wp
     span = sc * plane
+    src = x.reshape(-1)
     for s in range(sc):
-        src = x[s0 + s].reshape(-1)
         for c in range(c_):
             base = at + c * span + s * plane
-            for k in range(ph * wp + pw):
-                xg[base + k] = 0.0
+            first = ((s0 + s) * c_ + c) * h_ * w_
+            simd.zero(xg, base, ph * wp + pw)
             for r in range(h_):
                 row = base + (ph + r) * wp + pw
-                i = (c * h_ + r) * w_
-                for k in range(w_):
-                    xg[row + k] = src[i + k]
-                if r + 1 < h_:
-                    for k in range(w_, wp):
-                        xg[row + k] = 0.0
-            for k in range((ph + h_ - 1) * wp + pw + w_, plane):
-                xg[base + k] = 0.0
-    for k in range(at + c_ * span, at + c_ * span + tail):
-        xg[k] = 0.0
+                simd.copy(xg, row, src, first + r * w_, w_)
+                simd.zero(xg, row + w_, wp - w_ if r + 1 < h_ else plane - (ph + r) * wp - pw - w_)
+    simd.zero(xg, at + c_ * span, tail)
 
 
 @kernel
 def _scatter(out, qpad, s0, sc, y, f0, fb, plane, wp, bias):
     # The block's rows (fb, ≥ sc·plane) → y[s0 + s, f0 + i] for their outputs (bias added when given), junk dropped.
     f_, oh_, ow_ = y.shape[1], y.shape[2], y.shape[3]
-    has_bias = bias.shape[0] > 0
-    for i in range(fb):
+    dst = y.reshape(-1)
+    for i in range(min(fb, f_ - f0)):
         f = f0 + i
-        if f >= f_:
-            break
-        add = bias[f] if has_bias else bias.dtype.type(0)
         for s in range(sc):
-            dst = y[s0 + s, f].reshape(-1)
+            first = ((s0 + s) * f_ + f) * oh_ * ow_
             for oh in range(oh_):
-                src = i * qpad + s * plane + oh * wp
-                row = oh * ow_
-                for ow in range(ow_):
-                    dst[row + ow] = out[src + ow] + add
+                if bias.shape[0] > 0:
+                    simd.copy_add(dst, first + oh * ow_, out, i * qpad + s * plane + oh * wp, ow_, bias[f])
+                else:
+                    simd.copy(dst, first + oh * ow_, out, i * qpad + s * plane + oh * wp, ow_)
 
 
 # ---------------------------------------------------------------------------
@@ -156,6 +146,7 @@ def _backward(x, dy, wbt, parts, dx, xg_buf, dyg_buf, out_buf, offs, ph, pw, per
     lead = (ph * wp + pw + lanes_ - 1) // lanes_ * lanes_
     shift = lead - (ph * wp + pw)  # where the padded dy of the first sample starts in a row
     qpad = out_buf.shape[1] // FILTERS
+    grads = dy.reshape(-1)
     for slot in prange(parts.shape[0]):
         tid = get_thread_id()
         xg = xg_buf[tid]
@@ -172,28 +163,21 @@ def _backward(x, dy, wbt, parts, dx, xg_buf, dyg_buf, out_buf, offs, ph, pw, per
             row = lead + length
             _gather(x, s0, sc, xg, 0, ph, pw, plane + lanes_)
             # dy at the positions; the leading zeros of a row are the trailing ones of the row before.
-            for k in range(lead):
-                dyg[k] = 0.0
+            simd.zero(dyg, 0, lead)
             for f in range(fp):
                 base = f * row + lead
                 if f < f_:
                     for s in range(sc):
-                        src = dy[s0 + s, f].reshape(-1)
+                        first = ((s0 + s) * f_ + f) * h_ * w_
                         for oh in range(h_):
                             at = base + s * plane + oh * wp
-                            for ow in range(w_):
-                                dyg[at + ow] = src[oh * w_ + ow]
-                            for ow in range(w_, wp):
-                                dyg[at + ow] = 0.0
-                        for k in range(base + s * plane + h_ * wp, base + (s + 1) * plane):
-                            dyg[k] = 0.0
-                    for k in range(base + span, base + length + lead):
-                        dyg[k] = 0.0
+                            simd.copy(dyg, at, grads, first + oh * w_, w_)
+                            simd.zero(dyg, at + w_, wp - w_)
+                        simd.zero(dyg, base + s * plane + h_ * wp, plane - h_ * wp)
+                    simd.zero(dyg, base + span, length + lead - span)
                 else:
-                    for k in range(base, base + length + lead):
-                        dyg[k] = 0.0
-            for k in range(fp * row + lead, fp * row + plane + step):
-                dyg[k] = 0.0
+                    simd.zero(dyg, base, length + lead)
+            simd.zero(dyg, fp * row + lead, plane + step - lead)
             for c in range(c_):
                 for f0 in range(0, fp, GRAD_FILTERS):
                     t0 = 0

@@ -31,7 +31,8 @@ from numba import types
 from numba.core import config
 from numba.extending import intrinsic
 
-__all__ = ["VECTOR_BYTES", "VECTOR_REGISTERS", "lanes", "multiply_add_block", "multiply_add_reduce"]
+__all__ = ["VECTOR_BYTES", "VECTOR_REGISTERS", "copy", "copy_add", "lanes", "multiply_add_block", "multiply_add_reduce",
+           "zero"]
 
 
 def _features() -> str:
@@ -259,3 +260,106 @@ def multiply_add_reduce(filters: int, taps: int):
         return sig, codegen
 
     return reduce
+
+
+def _runs(builder, n, widths, body):
+    # Calls body(offset, width) over [0, n): whole vectors of widths[0] in a loop, then at most one of each
+    # narrower width, then single elements; every position once, in order.
+    i64 = ir.IntType(64)
+    entry = ir.IRBuilder(builder.function.entry_basic_block)  # an alloca in the entry block becomes a register
+    entry.position_at_start(builder.function.entry_basic_block)
+    done_slot = entry.alloca(i64)
+    builder.store(ir.Constant(i64, 0), done_slot)
+    for index, width in enumerate(widths + [1]):
+        repeat = index == 0 or width == 1
+        head = builder.append_basic_block(f"runs.{width}")
+        work = builder.append_basic_block(f"runs.{width}.body")
+        after = builder.append_basic_block(f"runs.{width}.after")
+        builder.branch(head)
+        builder.position_at_end(head)
+        done = builder.load(done_slot)
+        builder.cbranch(builder.icmp_signed("<=", builder.add(done, ir.Constant(i64, width)), n), work, after)
+        builder.position_at_end(work)
+        body(done, width)
+        builder.store(builder.add(done, ir.Constant(i64, width)), done_slot)
+        builder.branch(head if repeat else after)
+        builder.position_at_end(after)
+
+
+def _move(with_source: bool, with_add: bool):
+    """An intrinsic writing n elements of dst from ``doff`` on: src's from ``soff`` on (plus ``add`` when
+    ``with_add``), or zeros. Vector loads and stores of every width down to 2 elements, then single ones: a
+    short row costs a few instructions, where a Numba loop pays for its alias checks and its scalar tail."""
+
+    def build(context, builder, signature, args):
+        argtypes = signature.args
+        dtype = argtypes[0].dtype
+        real = ir.FloatType() if dtype == types.float32 else ir.DoubleType()
+        widths = []
+        width = lanes(dtype.bitwidth // 8)
+        while width >= 2:
+            widths.append(width)
+            width //= 2
+
+        def integer(i):
+            return context.cast(builder, args[i], argtypes[i], types.int64)
+
+        dst = context.make_array(argtypes[0])(context, builder, args[0]).data
+        doff = integer(1)
+        if with_source:
+            src = context.make_array(argtypes[2])(context, builder, args[2]).data
+            soff, n = integer(3), integer(4)
+            add = context.cast(builder, args[5], argtypes[5], dtype) if with_add else None
+        else:
+            n = integer(2)
+
+        def body(offset, width):
+            vtype = real if width == 1 else ir.VectorType(real, width)
+            target = builder.bitcast(builder.gep(dst, [builder.add(doff, offset)]), vtype.as_pointer())
+            if with_source:
+                source = builder.bitcast(builder.gep(src, [builder.add(soff, offset)]), vtype.as_pointer())
+                value = builder.load(source, align=dtype.bitwidth // 8)
+                if add is not None:
+                    if width == 1:
+                        value = builder.fadd(value, add)
+                    else:
+                        splat = builder.shuffle_vector(
+                            builder.insert_element(ir.Constant(vtype, ir.Undefined), add, ir.Constant(ir.IntType(32), 0)),
+                            ir.Constant(vtype, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width))
+                        value = builder.fadd(value, splat)
+            else:
+                value = ir.Constant(vtype, 0.0 if width == 1 else [0.0] * width)
+            builder.store(value, target, align=dtype.bitwidth // 8)
+
+        _runs(builder, n, widths, body)
+        return context.get_dummy_value()
+
+    return build
+
+
+def _float_array(a) -> bool:
+    return isinstance(a, types.Array) and a.dtype in (types.float32, types.float64)
+
+
+@intrinsic
+def copy(typingctx, dst, doff, src, soff, n):
+    """dst[doff : doff + n] = src[soff : soff + n] (1-D contiguous arrays of one float dtype, not overlapping)."""
+    if not (_float_array(dst) and _float_array(src) and src.dtype == dst.dtype):
+        return None
+    return types.void(dst, doff, src, soff, n), _move(True, False)
+
+
+@intrinsic
+def copy_add(typingctx, dst, doff, src, soff, n, add):
+    """dst[doff : doff + n] = src[soff : soff + n] + add, elementwise (arrays as for :func:`copy`)."""
+    if not (_float_array(dst) and _float_array(src) and src.dtype == dst.dtype):
+        return None
+    return types.void(dst, doff, src, soff, n, add), _move(True, True)
+
+
+@intrinsic
+def zero(typingctx, dst, doff, n):
+    """dst[doff : doff + n] = 0 (a 1-D contiguous float array)."""
+    if not _float_array(dst):
+        return None
+    return types.void(dst, doff, n), _move(False, False)
