@@ -61,7 +61,7 @@ import numba
 import numpy as np
 from numba import get_thread_id, prange
 
-from cnncli.engine import blas, blocked, rules, winograd
+from cnncli.engine import blas, blocked, rules, simd, winograd
 from cnncli.engine import threads as engine_threads
 from cnncli.engine.arrays import Pair, array, out_hw, pair, scratch
 from cnncli.engine.blas import NO_TRANS, TRANS, gemm
@@ -88,18 +88,19 @@ __all__ = ["conv2d_backward", "conv2d_forward", "nchw_fold", "nchw_pad", "nchw_u
 
 @kernel
 def _pad_plane(src, dst, ph, pw):
-    # One (H, W) plane into its zero-padded (Hp, Wp) buffer.
+    # One (H, W) plane into its zero-padded (Hp, Wp) buffer, row by row in vector moves (simd).
     h_ = src.shape[0]
     w_ = src.shape[1]
+    wp = dst.shape[1]
     for r in range(ph):
-        dst[r, :] = 0.0
+        simd.zero(dst[r], 0, wp)
     for r in range(h_):
         row = dst[ph + r]
-        row[:pw] = 0.0
-        row[pw : pw + w_] = src[r]
-        row[pw + w_ :] = 0.0
+        simd.zero(row, 0, pw)
+        simd.copy(row, pw, src[r], 0, w_)
+        simd.zero(row, pw + w_, wp - pw - w_)
     for r in range(ph + h_, dst.shape[0]):
-        dst[r, :] = 0.0
+        simd.zero(dst[r], 0, wp)
 
 
 @parallel_kernel
@@ -188,10 +189,9 @@ def _fold_plane(taps, plane, kh_, kw_, sh, sw, dh, dw, oh0, oh1, ow_, pitch, zer
 
 @kernel
 def _crop_plane(plane, out, ph, pw):
-    h_ = out.shape[0]
     w_ = out.shape[1]
-    for r in range(h_):
-        out[r, :] = plane[ph + r, pw : pw + w_]
+    for r in range(out.shape[0]):
+        simd.copy(out[r], 0, plane[ph + r], pw, w_)
 
 
 @parallel_kernel
@@ -218,10 +218,7 @@ def _store_plane(src, dst, bias, pitch):
     # junk columns; the copy is needed anyway, so the bias rides along.
     ow_ = dst.shape[1]
     for oh in range(dst.shape[0]):
-        row = dst[oh]
-        partial = src[oh * pitch : oh * pitch + ow_]
-        for ow in range(ow_):
-            row[ow] = partial[ow] + bias
+        simd.copy_add(dst[oh], 0, src, oh * pitch, ow_, bias)
 
 
 @kernel
@@ -231,12 +228,9 @@ def _load_plane(src, dst, pitch):
     ow_ = src.shape[1]
     q_ = dst.shape[0]
     for oh in range(src.shape[0]):
-        row = src[oh]
-        partial = dst[oh * pitch : min((oh + 1) * pitch, q_)]
-        for ow in range(ow_):
-            partial[ow] = row[ow]
-        for q in range(ow_, partial.shape[0]):
-            partial[q] = 0.0
+        at = oh * pitch
+        simd.copy(dst, at, src[oh], 0, ow_)
+        simd.zero(dst, at + ow_, min(at + pitch, q_) - at - ow_)
 
 
 @parallel_kernel
