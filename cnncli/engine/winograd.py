@@ -41,7 +41,7 @@ import numba
 import numpy as np
 from numba import get_thread_id, prange
 
-from cnncli.engine import blas, rules
+from cnncli.engine import blas, rules, simd
 from cnncli.engine.arrays import scratch
 from cnncli.engine.blas import NO_TRANS, TRANS, gemm
 from cnncli.engine.jit import exact_kernel, exact_parallel_kernel
@@ -76,11 +76,9 @@ def _input_tiles(xs, ph, pw, v, col0, ty_, tx_, pad, t4):
     wb = pad.shape[1]
     for c in range(xs.shape[0]):
         for r in range(hb):
-            for j in range(wb):
-                pad[r, j] = 0.0
+            simd.zero(pad[r], 0, wb)
         for r in range(h_):
-            for j in range(w_):
-                pad[ph + r, pw + j] = xs[c, r, j]
+            simd.copy(pad[ph + r], pw, xs[c, r], 0, w_)
         for ty in range(ty_):
             r = 2 * ty
             for j in range(wb):
@@ -124,8 +122,7 @@ def _input_tiles_adjoint(dv, col0, dxs, ph, pw, ty_, tx_, dpad, h):
                     h[2, j, ty, tx] = v1 + v2 - v0
                     h[3, j, ty, tx] = -v3
         for r in range(hb):
-            for j in range(wb):
-                dpad[r, j] = 0.0
+            simd.zero(dpad[r], 0, wb)
         for ty in range(ty_):
             for k in range(4):
                 r = 2 * ty + k
@@ -138,8 +135,7 @@ def _input_tiles_adjoint(dv, col0, dxs, ph, pw, ty_, tx_, dpad, h):
                 dpad[r, 2 * tx_] += h[k, 1, ty, last] + h[k, 2, ty, last] - h[k, 0, ty, last]
                 dpad[r, 2 * tx_ + 1] -= h[k, 3, ty, last]
         for r in range(dxs.shape[1]):
-            for j in range(dxs.shape[2]):
-                dxs[c, r, j] = dpad[ph + r, pw + j]
+            simd.copy(dxs[c, r], 0, dpad[ph + r], pw, dxs.shape[2])
 
 
 @exact_kernel
