@@ -55,6 +55,104 @@ def lanes(itemsize: int) -> int:
     return VECTOR_BYTES // itemsize
 
 
+class _Emit:
+    """What every generator here needs while it writes IR into a kernel: the arguments as pointers and int64s,
+    the dtype's vector type, constants, splats, ``llvm.fma``, and variables in the entry block (LLVM's mem2reg
+    turns those into registers; an alloca elsewhere would grow the stack on every pass of a loop)."""
+
+    def __init__(self, context, builder, signature, args):
+        self.context, self.builder, self.signature, self.args = context, builder, signature, args
+        self.dtype = signature.args[0].dtype
+        self.width = lanes(self.dtype.bitwidth // 8)
+        self.real = ir.FloatType() if self.dtype == types.float32 else ir.DoubleType()
+        self.align = self.dtype.bitwidth // 8
+        self.i32, self.i64 = ir.IntType(32), ir.IntType(64)
+        self._entry = ir.IRBuilder(builder.function.entry_basic_block)
+        self._entry.position_at_start(builder.function.entry_basic_block)
+
+    def vector(self, width: int | None = None):
+        """The vector type of ``width`` lanes (the register's by default); the scalar type for one lane."""
+        width = self.width if width is None else width
+        return self.real if width == 1 else ir.VectorType(self.real, width)
+
+    def data(self, i):
+        """Argument i (an array): a pointer to its first element."""
+        return self.context.make_array(self.signature.args[i])(self.context, self.builder, self.args[i]).data
+
+    def length(self, i):
+        """Argument i (a 1-D array): its length."""
+        array = self.context.make_array(self.signature.args[i])(self.context, self.builder, self.args[i])
+        return self.builder.extract_value(array.shape, 0)
+
+    def integer(self, i):
+        """Argument i as an int64."""
+        return self.context.cast(self.builder, self.args[i], self.signature.args[i], types.int64)
+
+    def real_arg(self, i):
+        """Argument i as the arrays' float type."""
+        return self.context.cast(self.builder, self.args[i], self.signature.args[i], self.dtype)
+
+    def const(self, value: int):
+        return ir.Constant(self.i64, value)
+
+    def variable(self, type_, value=None):
+        """A variable (an alloca in the entry block), set to ``value`` here when given."""
+        slot = self._entry.alloca(type_)
+        if value is not None:
+            self.builder.store(value, slot)
+        return slot
+
+    def zeros(self, width: int | None = None):
+        width = self.width if width is None else width
+        return ir.Constant(self.vector(width), 0.0 if width == 1 else [0.0] * width)
+
+    def splat(self, scalar, width: int | None = None):
+        """A vector of ``width`` copies of ``scalar``."""
+        width = self.width if width is None else width
+        undef = ir.Constant(self.vector(width), ir.Undefined)
+        one = self.builder.insert_element(undef, scalar, ir.Constant(self.i32, 0))
+        return self.builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(self.i32, width), [0] * width))
+
+    def at(self, pointer, index, width: int | None = None):
+        """A pointer to ``width`` elements (a vector, or one for width 1) at ``pointer[index]``."""
+        return self.builder.bitcast(self.builder.gep(pointer, [index]), self.vector(width).as_pointer())
+
+    def load(self, pointer, index, width: int | None = None):
+        return self.builder.load(self.at(pointer, index, width), align=self.align)
+
+    def store(self, value, pointer, index, width: int | None = None):
+        self.builder.store(value, self.at(pointer, index, width), align=self.align)
+
+    def fma(self, a, b, c):
+        """a·b + c, fused, lane by lane."""
+        name = f"llvm.fma.v{self.width}f{self.dtype.bitwidth}"
+        module = self.builder.module
+        vec = self.vector()
+        fn = module.globals.get(name) or ir.Function(module, ir.FunctionType(vec, [vec, vec, vec]), name)
+        return self.builder.call(fn, [a, b, c])
+
+    def loop(self, name: str, count, body):
+        """for i in range(count): body(i), i an int64."""
+        builder = self.builder
+        slot = self.variable(self.i64, self.const(0))
+        head = builder.append_basic_block(f"{name}.head")
+        work = builder.append_basic_block(f"{name}.body")
+        after = builder.append_basic_block(f"{name}.after")
+        builder.branch(head)
+        builder.position_at_end(head)
+        i = builder.load(slot)
+        builder.cbranch(builder.icmp_signed("<", i, count), work, after)
+        builder.position_at_end(work)
+        body(i)
+        builder.store(builder.add(i, self.const(1)), slot)
+        builder.branch(head)
+        builder.position_at_end(after)
+
+
+def _float_array(a) -> bool:
+    return isinstance(a, types.Array) and a.dtype in (types.float32, types.float64)
+
+
 def multiply_add_block(filters: int, vectors: int):
     """An intrinsic ``block(x, xoff, w, woff, y, yoff, yrow, channels, plane, offs)`` for FB = ``filters``, V = ``vectors``.
 
@@ -67,110 +165,50 @@ def multiply_add_block(filters: int, vectors: int):
 
     @intrinsic
     def block(typingctx, x, xoff, w, woff, y, yoff, yrow, channels, plane, offs):
-        if not (isinstance(x, types.Array) and x.dtype in (types.float32, types.float64)
-                and w.dtype == x.dtype and y.dtype == x.dtype):
+        if not (_float_array(x) and w.dtype == x.dtype and y.dtype == x.dtype):
             return None
-        sig = types.void(x, xoff, w, woff, y, yoff, yrow, channels, plane, offs)
 
         def codegen(context, builder, signature, args):
-            argtypes = signature.args
-            dtype = argtypes[0].dtype
-            width = lanes(dtype.bitwidth // 8)
-            real = ir.FloatType() if dtype == types.float32 else ir.DoubleType()
-            vec = ir.VectorType(real, width)
-            vec_ptr = vec.as_pointer()
-            i32, i64 = ir.IntType(32), ir.IntType(64)
-            align = dtype.bitwidth // 8
+            e = _Emit(context, builder, signature, args)
+            x_ptr, w_ptr, y_ptr, offs_ptr = e.data(0), e.data(2), e.data(4), e.data(9)
+            taps = e.length(9)
+            xoff_, woff_, yoff_, yrow_, channels_, plane_ = (e.integer(i) for i in (1, 3, 5, 6, 7, 8))
+            acc = [[e.variable(e.vector(), e.zeros()) for _ in range(vectors)] for _ in range(filters)]
 
-            def data(i):
-                return context.make_array(argtypes[i])(context, builder, args[i]).data
+            def channel(c):
+                def tap(t):
+                    start = builder.add(builder.add(xoff_, builder.mul(c, plane_)),
+                                        builder.load(builder.gep(offs_ptr, [t])))
+                    inputs = [e.load(x_ptr, builder.add(start, e.const(j * e.width))) for j in range(vectors)]
+                    w_row = builder.add(woff_, builder.mul(builder.add(builder.mul(c, taps), t), e.const(filters)))
+                    for f in range(filters):
+                        weight = e.splat(e.load(w_ptr, builder.add(w_row, e.const(f)), 1))
+                        for j in range(vectors):
+                            builder.store(e.fma(weight, inputs[j], builder.load(acc[f][j])), acc[f][j])
 
-            def integer(i):
-                return context.cast(builder, args[i], argtypes[i], types.int64)
+                e.loop("block.tap", taps, tap)
 
-            def const(value):
-                return ir.Constant(i64, value)
-
-            x_ptr, w_ptr, y_ptr, offs_ptr = data(0), data(2), data(4), data(9)
-            taps = builder.extract_value(context.make_array(argtypes[9])(context, builder, args[9]).shape, 0)
-            xoff_, woff_, yoff_, yrow_, channels_, plane_ = (integer(i) for i in (1, 3, 5, 6, 7, 8))
-            module = builder.module
-            name = f"llvm.fma.v{width}f{dtype.bitwidth}"
-            fma = module.globals.get(name) or ir.Function(module, ir.FunctionType(vec, [vec, vec, vec]), name)
-            splat_mask = ir.Constant(ir.VectorType(i32, width), [0] * width)
-            undef = ir.Constant(vec, ir.Undefined)
-
-            # Accumulators and counters as allocas in the entry block: LLVM's mem2reg turns them into registers.
-            entry = ir.IRBuilder(builder.function.entry_basic_block)
-            entry.position_at_start(builder.function.entry_basic_block)
-            acc = [[entry.alloca(vec) for _ in range(vectors)] for _ in range(filters)]
-            c_slot, t_slot = entry.alloca(i64), entry.alloca(i64)
-            for row in acc:
-                for a in row:
-                    builder.store(ir.Constant(vec, [0.0] * width), a)
-            builder.store(const(0), c_slot)
-
-            c_head = builder.append_basic_block("block.channel")
-            t_init = builder.append_basic_block("block.taps")
-            t_head = builder.append_basic_block("block.tap")
-            t_body = builder.append_basic_block("block.tap_body")
-            c_next = builder.append_basic_block("block.next_channel")
-            done = builder.append_basic_block("block.store")
-            builder.branch(c_head)
-
-            builder.position_at_end(c_head)
-            c = builder.load(c_slot)
-            builder.cbranch(builder.icmp_signed("<", c, channels_), t_init, done)
-
-            builder.position_at_end(t_init)
-            builder.store(const(0), t_slot)
-            builder.branch(t_head)
-
-            builder.position_at_end(t_head)
-            t = builder.load(t_slot)
-            builder.cbranch(builder.icmp_signed("<", t, taps), t_body, c_next)
-
-            builder.position_at_end(t_body)
-            start = builder.add(builder.add(xoff_, builder.mul(c, plane_)), builder.load(builder.gep(offs_ptr, [t])))
-            inputs = [builder.load(builder.bitcast(builder.gep(x_ptr, [builder.add(start, const(j * width))]),
-                                                   vec_ptr), align=align)
-                      for j in range(vectors)]
-            w_row = builder.add(woff_, builder.mul(builder.add(builder.mul(c, taps), t), const(filters)))
+            e.loop("block.channel", channels_, channel)
             for f in range(filters):
-                scalar = builder.load(builder.gep(w_ptr, [builder.add(w_row, const(f))]))
-                weight = builder.shuffle_vector(builder.insert_element(undef, scalar, ir.Constant(i32, 0)),
-                                                undef, splat_mask)
+                row = builder.add(yoff_, builder.mul(e.const(f), yrow_))
                 for j in range(vectors):
-                    builder.store(builder.call(fma, [weight, inputs[j], builder.load(acc[f][j])]), acc[f][j])
-            builder.store(builder.add(t, const(1)), t_slot)
-            builder.branch(t_head)
-
-            builder.position_at_end(c_next)
-            builder.store(builder.add(c, const(1)), c_slot)
-            builder.branch(c_head)
-
-            builder.position_at_end(done)
-            for f in range(filters):
-                row = builder.add(yoff_, builder.mul(const(f), yrow_))
-                for j in range(vectors):
-                    target = builder.bitcast(builder.gep(y_ptr, [builder.add(row, const(j * width))]), vec_ptr)
-                    builder.store(builder.load(acc[f][j]), target, align=align)
+                    e.store(builder.load(acc[f][j]), y_ptr, builder.add(row, e.const(j * e.width)))
             return context.get_dummy_value()
 
-        return sig, codegen
+        return types.void(x, xoff, w, woff, y, yoff, yrow, channels, plane, offs), codegen
 
     return block
 
 
-def _halves_sum(builder, value, width):
+def _halves_sum(e: _Emit, value):
     # The lanes of ``value`` added as a fixed tree (halves, then quarters, ...): the same order everywhere.
-    i32 = ir.IntType(32)
+    builder, width = e.builder, e.width
     while width > 1:
         half = width // 2
-        low = builder.shuffle_vector(value, value, ir.Constant(ir.VectorType(i32, half), list(range(half))))
-        high = builder.shuffle_vector(value, value, ir.Constant(ir.VectorType(i32, half), list(range(half, width))))
+        low = builder.shuffle_vector(value, value, ir.Constant(ir.VectorType(e.i32, half), list(range(half))))
+        high = builder.shuffle_vector(value, value, ir.Constant(ir.VectorType(e.i32, half), list(range(half, width))))
         value, width = builder.fadd(low, high), half
-    return builder.extract_element(value, ir.Constant(i32, 0))
+    return builder.extract_element(value, ir.Constant(e.i32, 0))
 
 
 def multiply_add_reduce(filters: int, taps: int):
@@ -186,159 +224,77 @@ def multiply_add_reduce(filters: int, taps: int):
 
     @intrinsic
     def reduce(typingctx, x, xoff, offs, dy, dyoff, dyrow, length, out, ooff, out_f, out_k):
-        if not (isinstance(x, types.Array) and x.dtype in (types.float32, types.float64)
-                and dy.dtype == x.dtype and out.dtype == x.dtype):
+        if not (_float_array(x) and dy.dtype == x.dtype and out.dtype == x.dtype):
             return None
-        sig = types.void(x, xoff, offs, dy, dyoff, dyrow, length, out, ooff, out_f, out_k)
 
         def codegen(context, builder, signature, args):
-            argtypes = signature.args
-            dtype = argtypes[0].dtype
-            width = lanes(dtype.bitwidth // 8)
-            real = ir.FloatType() if dtype == types.float32 else ir.DoubleType()
-            vec = ir.VectorType(real, width)
-            vec_ptr = vec.as_pointer()
-            i64 = ir.IntType(64)
-            align = dtype.bitwidth // 8
+            e = _Emit(context, builder, signature, args)
+            x_ptr, offs_ptr, dy_ptr, out_ptr = e.data(0), e.data(2), e.data(3), e.data(7)
+            xoff_, dyoff_, dyrow_, length_, ooff_, out_f_, out_k_ = (e.integer(i) for i in (1, 4, 5, 6, 8, 9, 10))
+            acc = [[e.variable(e.vector(), e.zeros()) for _ in range(taps)] for _ in range(filters)]
+            starts = [builder.add(xoff_, builder.load(builder.gep(offs_ptr, [e.const(k)]))) for k in range(taps)]
+            rows = [builder.add(dyoff_, builder.mul(e.const(f), dyrow_)) for f in range(filters)]
 
-            def data(i):
-                return context.make_array(argtypes[i])(context, builder, args[i]).data
+            def vector_of_positions(v):
+                q = builder.mul(v, e.const(e.width))
+                grads = [e.load(dy_ptr, builder.add(rows[f], q)) for f in range(filters)]
+                for k in range(taps):
+                    value = e.load(x_ptr, builder.add(starts[k], q))
+                    for f in range(filters):
+                        builder.store(e.fma(grads[f], value, builder.load(acc[f][k])), acc[f][k])
 
-            def integer(i):
-                return context.cast(builder, args[i], argtypes[i], types.int64)
-
-            def const(value):
-                return ir.Constant(i64, value)
-
-            x_ptr, offs_ptr, dy_ptr, out_ptr = data(0), data(2), data(3), data(7)
-            xoff_, dyoff_, dyrow_, length_, ooff_, out_f_, out_k_ = (integer(i) for i in (1, 4, 5, 6, 8, 9, 10))
-            module = builder.module
-            name = f"llvm.fma.v{width}f{dtype.bitwidth}"
-            fma = module.globals.get(name) or ir.Function(module, ir.FunctionType(vec, [vec, vec, vec]), name)
-
-            entry = ir.IRBuilder(builder.function.entry_basic_block)
-            entry.position_at_start(builder.function.entry_basic_block)
-            acc = [[entry.alloca(vec) for _ in range(taps)] for _ in range(filters)]
-            q_slot = entry.alloca(i64)
-            for row in acc:
-                for a in row:
-                    builder.store(ir.Constant(vec, [0.0] * width), a)
-            builder.store(const(0), q_slot)
-            starts = [builder.add(xoff_, builder.load(builder.gep(offs_ptr, [const(k)]))) for k in range(taps)]
-            rows = [builder.add(dyoff_, builder.mul(const(f), dyrow_)) for f in range(filters)]
-
-            head = builder.append_basic_block("reduce.position")
-            body = builder.append_basic_block("reduce.body")
-            done = builder.append_basic_block("reduce.sum")
-            builder.branch(head)
-
-            builder.position_at_end(head)
-            q = builder.load(q_slot)
-            builder.cbranch(builder.icmp_signed("<", q, length_), body, done)
-
-            builder.position_at_end(body)
-            grads = [builder.load(builder.bitcast(builder.gep(dy_ptr, [builder.add(rows[f], q)]), vec_ptr),
-                                  align=align)
-                     for f in range(filters)]
-            for k in range(taps):
-                value = builder.load(builder.bitcast(builder.gep(x_ptr, [builder.add(starts[k], q)]), vec_ptr),
-                                     align=align)
-                for f in range(filters):
-                    builder.store(builder.call(fma, [grads[f], value, builder.load(acc[f][k])]), acc[f][k])
-            builder.store(builder.add(q, const(width)), q_slot)
-            builder.branch(head)
-
-            builder.position_at_end(done)
+            e.loop("reduce.position", builder.sdiv(length_, e.const(e.width)), vector_of_positions)
             for f in range(filters):
                 for k in range(taps):
-                    target = builder.gep(out_ptr, [builder.add(ooff_, builder.add(builder.mul(const(f), out_f_),
-                                                                                  builder.mul(const(k), out_k_)))])
-                    total = _halves_sum(builder, builder.load(acc[f][k]), width)
-                    builder.store(builder.fadd(builder.load(target), total), target)
+                    target = builder.gep(out_ptr, [builder.add(ooff_, builder.add(builder.mul(e.const(f), out_f_),
+                                                                                  builder.mul(e.const(k), out_k_)))])
+                    builder.store(builder.fadd(builder.load(target), _halves_sum(e, builder.load(acc[f][k]))), target)
             return context.get_dummy_value()
 
-        return sig, codegen
+        return types.void(x, xoff, offs, dy, dyoff, dyrow, length, out, ooff, out_f, out_k), codegen
 
     return reduce
 
 
-def _runs(builder, n, widths, body):
-    # Calls body(offset, width) over [0, n): whole vectors of widths[0] in a loop, then at most one of each
-    # narrower width, then single elements; every position once, in order.
-    i64 = ir.IntType(64)
-    entry = ir.IRBuilder(builder.function.entry_basic_block)  # an alloca in the entry block becomes a register
-    entry.position_at_start(builder.function.entry_basic_block)
-    done_slot = entry.alloca(i64)
-    builder.store(ir.Constant(i64, 0), done_slot)
-    for index, width in enumerate(widths + [1]):
-        repeat = index == 0 or width == 1
-        head = builder.append_basic_block(f"runs.{width}")
-        work = builder.append_basic_block(f"runs.{width}.body")
-        after = builder.append_basic_block(f"runs.{width}.after")
-        builder.branch(head)
-        builder.position_at_end(head)
-        done = builder.load(done_slot)
-        builder.cbranch(builder.icmp_signed("<=", builder.add(done, ir.Constant(i64, width)), n), work, after)
-        builder.position_at_end(work)
-        body(done, width)
-        builder.store(builder.add(done, ir.Constant(i64, width)), done_slot)
-        builder.branch(head if repeat else after)
-        builder.position_at_end(after)
-
-
 def _move(with_source: bool, with_add: bool):
-    """An intrinsic writing n elements of dst from ``doff`` on: src's from ``soff`` on (plus ``add`` when
-    ``with_add``), or zeros. Vector loads and stores of every width down to 2 elements, then single ones: a
-    short row costs a few instructions, where a Numba loop pays for its alias checks and its scalar tail."""
+    """Codegen writing n elements of dst from ``doff`` on: src's from ``soff`` on (plus ``add`` when
+    ``with_add``), or zeros. Vector moves of every width from the register's down to 2 elements (whole
+    vectors in a loop, then at most one of each narrower width), then single elements: a short row costs a few
+    instructions, where a Numba loop pays for its alias checks and its scalar tail."""
 
-    def build(context, builder, signature, args):
-        argtypes = signature.args
-        dtype = argtypes[0].dtype
-        real = ir.FloatType() if dtype == types.float32 else ir.DoubleType()
-        widths = []
-        width = lanes(dtype.bitwidth // 8)
-        while width >= 2:
-            widths.append(width)
-            width //= 2
-
-        def integer(i):
-            return context.cast(builder, args[i], argtypes[i], types.int64)
-
-        dst = context.make_array(argtypes[0])(context, builder, args[0]).data
-        doff = integer(1)
+    def codegen(context, builder, signature, args):
+        e = _Emit(context, builder, signature, args)
+        dst, doff = e.data(0), e.integer(1)
         if with_source:
-            src = context.make_array(argtypes[2])(context, builder, args[2]).data
-            soff, n = integer(3), integer(4)
-            add = context.cast(builder, args[5], argtypes[5], dtype) if with_add else None
+            src, soff, n = e.data(2), e.integer(3), e.integer(4)
+            add = e.real_arg(5) if with_add else None
         else:
-            n = integer(2)
-
-        def body(offset, width):
-            vtype = real if width == 1 else ir.VectorType(real, width)
-            target = builder.bitcast(builder.gep(dst, [builder.add(doff, offset)]), vtype.as_pointer())
+            n = e.integer(2)
+        done_slot = e.variable(e.i64, e.const(0))
+        widths = [e.width >> i for i in range(e.width.bit_length()) if e.width >> i >= 2] + [1]
+        for index, width in enumerate(widths):
+            repeat = index == 0 or width == 1
+            head = builder.append_basic_block(f"move.{width}")
+            work = builder.append_basic_block(f"move.{width}.body")
+            after = builder.append_basic_block(f"move.{width}.after")
+            builder.branch(head)
+            builder.position_at_end(head)
+            done = builder.load(done_slot)
+            builder.cbranch(builder.icmp_signed("<=", builder.add(done, e.const(width)), n), work, after)
+            builder.position_at_end(work)
             if with_source:
-                source = builder.bitcast(builder.gep(src, [builder.add(soff, offset)]), vtype.as_pointer())
-                value = builder.load(source, align=dtype.bitwidth // 8)
+                value = e.load(src, builder.add(soff, done), width)
                 if add is not None:
-                    if width == 1:
-                        value = builder.fadd(value, add)
-                    else:
-                        splat = builder.shuffle_vector(
-                            builder.insert_element(ir.Constant(vtype, ir.Undefined), add, ir.Constant(ir.IntType(32), 0)),
-                            ir.Constant(vtype, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width))
-                        value = builder.fadd(value, splat)
+                    value = builder.fadd(value, add if width == 1 else e.splat(add, width))
             else:
-                value = ir.Constant(vtype, 0.0 if width == 1 else [0.0] * width)
-            builder.store(value, target, align=dtype.bitwidth // 8)
-
-        _runs(builder, n, widths, body)
+                value = e.zeros(width)
+            e.store(value, dst, builder.add(doff, done), width)
+            builder.store(builder.add(done, e.const(width)), done_slot)
+            builder.branch(head if repeat else after)
+            builder.position_at_end(after)
         return context.get_dummy_value()
 
-    return build
-
-
-def _float_array(a) -> bool:
-    return isinstance(a, types.Array) and a.dtype in (types.float32, types.float64)
+    return codegen
 
 
 @intrinsic
