@@ -150,7 +150,9 @@ class _Emit:
 
 
 def _float_array(a) -> bool:
-    return isinstance(a, types.Array) and a.dtype in (types.float32, types.float64)
+    # Contiguous ('C') float arrays only: the generators index from the first element with unit steps, which a
+    # strided view would not have; such a call fails to compile rather than reading the wrong elements.
+    return isinstance(a, types.Array) and a.dtype in (types.float32, types.float64) and a.layout == "C"
 
 
 def multiply_add_block(filters: int, vectors: int):
@@ -165,7 +167,7 @@ def multiply_add_block(filters: int, vectors: int):
 
     @intrinsic
     def block(typingctx, x, xoff, w, woff, y, yoff, yrow, channels, plane, offs):
-        if not (_float_array(x) and w.dtype == x.dtype and y.dtype == x.dtype):
+        if not (_float_array(x) and _float_array(w) and _float_array(y) and w.dtype == y.dtype == x.dtype):
             return None
 
         def codegen(context, builder, signature, args):
@@ -224,7 +226,7 @@ def multiply_add_reduce(filters: int, taps: int):
 
     @intrinsic
     def reduce(typingctx, x, xoff, offs, dy, dyoff, dyrow, length, out, ooff, out_f, out_k):
-        if not (_float_array(x) and dy.dtype == x.dtype and out.dtype == x.dtype):
+        if not (_float_array(x) and _float_array(dy) and _float_array(out) and dy.dtype == out.dtype == x.dtype):
             return None
 
         def codegen(context, builder, signature, args):
