@@ -1063,8 +1063,8 @@ def test_blocked_takes_the_narrow_same_layers():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_simd_moves_write_exactly_their_run(dtype):
-    """simd.copy, copy_add and zero write n elements from the offset on (whole vectors, then halves, ..., then
-    single elements: every length up to three vectors), and nothing before or after."""
+    """simd.copy, copy_add, zero and copy_stride2 write n elements from the offset on (whole vectors, then halves,
+    ..., then single elements: every length up to three vectors), and nothing before or after."""
     from numba import njit
 
     from cnncli.engine import simd
@@ -1074,13 +1074,16 @@ def test_simd_moves_write_exactly_their_run(dtype):
         simd.copy(dst, d0, src, s0, n)
         simd.copy_add(dst, d0 + n + 3, src, s0, n, add)
         simd.zero(dst, d0 + 2 * n + 10, n)
+        simd.copy_stride2(dst, d0 + 3 * n + 12, src, s0, n)
 
-    src = np.arange(100, dtype=dtype) + 0.5
     for n in range(3 * simd.lanes(np.dtype(dtype).itemsize) + 2):
-        dst = np.full(200, 7, dtype)
+        # src ends at the last element copy_stride2 needs (its vectors must stop one short of it)
+        src = np.arange(max(3 + 2 * n - 1, 3 + n), dtype=dtype) + 0.5
+        dst = np.full(300, 7, dtype)
         moves(dst, src, 5, 3, n, dtype(2))
-        want = np.full(200, 7, dtype)
+        want = np.full(300, 7, dtype)
         want[5:5 + n] = src[3:3 + n]
         want[8 + n:8 + 2 * n] = src[3:3 + n] + 2
         want[15 + 2 * n:15 + 3 * n] = 0
+        want[17 + 3 * n:17 + 4 * n] = src[3:3 + 2 * n:2]
         np.testing.assert_array_equal(dst, want)

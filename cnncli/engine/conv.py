@@ -113,33 +113,31 @@ def nchw_pad(x, n0, xp, ph, pw):
 
 
 @kernel
-def _unfold_plane(plane, taps, kh_, kw_, sh, sw, dh, dw, oh0, oh1, ow_, pitch):
+def _unfold_plane(plane, cols, row0, col0, kh_, kw_, sh, sw, dh, dw, oh0, oh1, ow_, pitch):
     # One padded input plane → its KH*KW rows of a column matrix, for output
-    # rows oh0..oh1-1: taps (KH*KW, ≥ (oh1 - oh0 - 1) * pitch + OW).
+    # rows oh0..oh1-1: rows row0 ... of cols (2-D), from column col0 on
+    # (≥ (oh1 - oh0 - 1) * pitch + OW of them). Rows copied with simd's vector
+    # moves (every other element for stride 2).
     wp_ = plane.shape[1]
     q_ = (oh1 - oh0 - 1) * pitch + ow_
     flat = plane.reshape(-1)
     flat_taps = sh == 1 and sw == 1 and pitch == wp_
     for i in range(kh_):
         for j in range(kw_):
-            dst = taps[i * kw_ + j]
+            dst = cols[row0 + i * kw_ + j]
             if flat_taps:
-                off = i * dh * wp_ + j * dw + oh0 * pitch
-                src = flat[off : off + q_]
-                for q in range(q_):
-                    dst[q] = src[q]
-            elif sw == 1:
-                for oh in range(oh0, oh1):
-                    src = plane[oh * sh + i * dh, j * dw : j * dw + ow_]
-                    out = dst[(oh - oh0) * pitch : (oh - oh0) * pitch + ow_]
+                simd.copy(dst, col0, flat, i * dh * wp_ + j * dw + oh0 * pitch, q_)
+                continue
+            for oh in range(oh0, oh1):
+                at = (oh * sh + i * dh) * wp_ + j * dw
+                out = col0 + (oh - oh0) * pitch
+                if sw == 1:
+                    simd.copy(dst, out, flat, at, ow_)
+                elif sw == 2:
+                    simd.copy_stride2(dst, out, flat, at, ow_)
+                else:
                     for ow in range(ow_):
-                        out[ow] = src[ow]
-            else:
-                for oh in range(oh0, oh1):
-                    src = plane[oh * sh + i * dh, j * dw :: sw]
-                    out = dst[(oh - oh0) * pitch : (oh - oh0) * pitch + ow_]
-                    for ow in range(ow_):
-                        out[ow] = src[ow]
+                        dst[out + ow] = flat[at + ow * sw]
 
 
 @parallel_kernel
@@ -148,10 +146,12 @@ def nchw_unfold(xp, cols, kh_, kw_, sh, sw, dh, dw, oh_, ow_, pitch):
     # with the chunk's samples side by side so that one GEMM covers them all.
     c_ = xp.shape[1]
     kk = kh_ * kw_
+    q_ = cols.shape[2]
+    rows = cols.reshape(cols.shape[0], -1)
     for job in prange(xp.shape[0] * c_):
         n = job // c_
         c = job - n * c_
-        _unfold_plane(xp[n, c], cols[c * kk : (c + 1) * kk, n], kh_, kw_, sh, sw, dh, dw, 0, oh_, ow_, pitch)
+        _unfold_plane(xp[n, c], rows, c * kk, n * q_, kh_, kw_, sh, sw, dh, dw, 0, oh_, ow_, pitch)
 
 
 @kernel
@@ -380,9 +380,9 @@ def _grouped_direct_dx(dyt, w, dxp, dx, n0, ph, pw, dh, dw, groups):
 
 
 @kernel
-def _columns(x, n, xp, cols, kh_, kw_, sh, sw, ph, pw, dh, dw, oh0, oh1, ow_, pitch):
-    # Output rows oh0..oh1-1 of sample n of x → their column matrix (C*KH*KW, ≥ band's Q), through
-    # the padded planes xp (C, Hp, Wp), padded when a sample's first rows are unfolded.
+def _columns(x, n, xp, cols, col0, kh_, kw_, sh, sw, ph, pw, dh, dw, oh0, oh1, ow_, pitch):
+    # Output rows oh0..oh1-1 of sample n of x → their column matrix, columns col0 ... of cols (C*KH*KW, ...),
+    # through the padded planes xp (C, Hp, Wp), padded when a sample's first rows are unfolded.
     kk = kh_ * kw_
     padded = ph > 0 or pw > 0
     for c in range(x.shape[1]):
@@ -391,7 +391,7 @@ def _columns(x, n, xp, cols, kh_, kw_, sh, sw, ph, pw, dh, dw, oh0, oh1, ow_, pi
             if oh0 == 0:
                 _pad_plane(plane, xp[c], ph, pw)
             plane = xp[c]
-        _unfold_plane(plane, cols[c * kk : (c + 1) * kk], kh_, kw_, sh, sw, dh, dw, oh0, oh1, ow_, pitch)
+        _unfold_plane(plane, cols, c * kk, col0, kh_, kw_, sh, sw, dh, dw, oh0, oh1, ow_, pitch)
 
 
 @parallel_kernel
@@ -418,7 +418,7 @@ def _forward_groups(address, ilp64, x, w2, bias, y, per, band, xp_buf, cols_buf,
             r1 = min(oh_, r0 + band)
             qb = (r1 - r0 - 1) * pitch + ow_
             for j in range(ns):
-                _columns(x, n0 + j, xp_buf[t], cols[:, j * qmax : j * qmax + qb], kh_, kw_, sh, sw, ph, pw,
+                _columns(x, n0 + j, xp_buf[t], cols, j * qmax, kh_, kw_, sh, sw, ph, pw,
                          dh, dw, r0, r1, ow_, pitch)
             for g in range(groups):
                 gemm(address, ilp64, NO_TRANS, NO_TRANS, fg, (ns - 1) * qmax + qb, taps, w2[g * fg :], taps,
@@ -458,7 +458,7 @@ def _backward_groups(address, ilp64, x, w2, dy, dx, dw_slots, per, span, band, x
                 qb = (r1 - r0 - 1) * pitch + ow_
                 width = (ns - 1) * qmax + qb
                 for j in range(ns):
-                    _columns(x, n0 + j, xp, cols[:, j * qmax : j * qmax + qb], kh_, kw_, sh, sw, ph, pw, dh, dw,
+                    _columns(x, n0 + j, xp, cols, j * qmax, kh_, kw_, sh, sw, ph, pw, dh, dw,
                              r0, r1, ow_, pitch)
                     for f in range(f_):  # dy of the sample's rows as (F, band's Q)
                         _load_plane(dy[n0 + j, f, r0:r1], dyt[f, j * qmax : j * qmax + qb], pitch)

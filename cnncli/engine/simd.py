@@ -31,8 +31,8 @@ from numba import types
 from numba.core import config
 from numba.extending import intrinsic
 
-__all__ = ["VECTOR_BYTES", "VECTOR_REGISTERS", "copy", "copy_add", "lanes", "multiply_add_block", "multiply_add_reduce",
-           "zero"]
+__all__ = ["VECTOR_BYTES", "VECTOR_REGISTERS", "copy", "copy_add", "copy_stride2", "lanes", "multiply_add_block",
+           "multiply_add_reduce", "zero"]
 
 
 def _features() -> str:
@@ -321,3 +321,43 @@ def zero(typingctx, dst, doff, n):
     if not _float_array(dst):
         return None
     return types.void(dst, doff, n), _move(False, False)
+
+
+@intrinsic
+def copy_stride2(typingctx, dst, doff, src, soff, n):
+    """dst[doff + k] = src[soff + 2k] for k < n: every other element (a stride-2 convolution's unfold). Vectors of
+    twice the width loaded and their even lanes kept; never reads past src[soff + 2(n - 1)]."""
+    if not (_float_array(dst) and _float_array(src) and src.dtype == dst.dtype):
+        return None
+
+    def codegen(context, builder, signature, args):
+        e = _Emit(context, builder, signature, args)
+        dst_, doff_, src_, soff_, n_ = e.data(0), e.integer(1), e.data(2), e.integer(3), e.integer(4)
+        done_slot = e.variable(e.i64, e.const(0))
+        widths = [e.width >> i for i in range(e.width.bit_length()) if e.width >> i >= 2] + [1]
+        for index, width in enumerate(widths):
+            repeat = index == 0 or width == 1
+            head = builder.append_basic_block(f"stride2.{width}")
+            work = builder.append_basic_block(f"stride2.{width}.body")
+            after = builder.append_basic_block(f"stride2.{width}.after")
+            builder.branch(head)
+            builder.position_at_end(head)
+            done = builder.load(done_slot)
+            # a vector of 2·width reads one element past its last kept one: only while more elements follow
+            more = builder.icmp_signed("<" if width > 1 else "<=", builder.add(done, e.const(width)), n_)
+            builder.cbranch(more, work, after)
+            builder.position_at_end(work)
+            start = builder.add(soff_, builder.mul(done, e.const(2)))
+            if width == 1:
+                value = e.load(src_, start, 1)
+            else:
+                pair = e.load(src_, start, 2 * width)
+                value = builder.shuffle_vector(pair, pair, ir.Constant(ir.VectorType(e.i32, width),
+                                                                       list(range(0, 2 * width, 2))))
+            e.store(value, dst_, builder.add(doff_, done), width)
+            builder.store(builder.add(done, e.const(width)), done_slot)
+            builder.branch(head if repeat else after)
+            builder.position_at_end(after)
+        return context.get_dummy_value()
+
+    return types.void(dst, doff, src, soff, n), codegen
