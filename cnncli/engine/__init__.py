@@ -23,8 +23,10 @@ conv, pool      the general NCHW convolution and pooling kernels
 winograd        3×3 stride-1 convolution by Winograd's F(2×2, 3×3)
 blocked         'same' stride-1 convolution as register-blocked direct
                 loops, forward and both gradients
-simd            the vector code Numba does not write: LLVM IR register
-                blocks of multiply-adds (``blocked``'s inner loops)
+simd            the vector code Numba does not write, as LLVM IR: register
+                blocks of multiply-adds (``blocked``'s inner loops) and
+                row moves (copies, zeros, stride-2 gathers) for the
+                padding, unfolding and storing of every conv path
 blas            numpy's CBLAS GEMM, callable from inside a kernel
 norm            batch normalization's kernels (statistics, normalise, gradients)
 elementwise     ReLU (alone or after a residual sum) and its gradient
