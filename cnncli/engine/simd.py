@@ -137,22 +137,41 @@ class _Emit:
         fn = module.globals.get(name) or ir.Function(module, ir.FunctionType(vec, [vec, vec, vec]), name)
         return self.builder.call(fn, [a, b, c])
 
-    def loop(self, name: str, count, body):
-        """for i in range(count): body(i), i an int64."""
+    def _counted(self, name: str, slot, condition, step: int, body, repeat: bool = True):
+        # while condition(i): body(i); i += step  (once at most unless ``repeat``), i the int64 in ``slot``
         builder = self.builder
-        slot = self.variable(self.i64, self.const(0))
         head = builder.append_basic_block(f"{name}.head")
         work = builder.append_basic_block(f"{name}.body")
         after = builder.append_basic_block(f"{name}.after")
         builder.branch(head)
         builder.position_at_end(head)
         i = builder.load(slot)
-        builder.cbranch(builder.icmp_signed("<", i, count), work, after)
+        builder.cbranch(condition(i), work, after)
         builder.position_at_end(work)
         body(i)
-        builder.store(builder.add(i, self.const(1)), slot)
-        builder.branch(head)
+        builder.store(builder.add(i, self.const(step)), slot)
+        builder.branch(head if repeat else after)
         builder.position_at_end(after)
+
+    def loop(self, name: str, count, body):
+        """for i in range(count): body(i), i an int64."""
+        self._counted(name, self.variable(self.i64, self.const(0)),
+                      lambda i: self.builder.icmp_signed("<", i, count), 1, body)
+
+    def runs(self, name: str, n, body, spare: bool = False):
+        """body(done, width) over [0, n) in order: whole vectors of the register's width in a loop, then at most
+        one run of each narrower width down to 2, then single elements. ``spare``: a vector run only while at
+        least one element follows it (for a body that reads one element past its run)."""
+        done = self.variable(self.i64, self.const(0))
+        widths = [self.width >> i for i in range(self.width.bit_length()) if self.width >> i >= 2] + [1]
+        for index, width in enumerate(widths):
+            op = "<" if spare and width > 1 else "<="
+
+            def room(i, width=width, op=op):
+                return self.builder.icmp_signed(op, self.builder.add(i, self.const(width)), n)
+
+            self._counted(f"{name}.{width}", done, room, width, lambda i, width=width: body(i, width),
+                          repeat=index == 0 or width == 1)
 
 
 def _float_array(a) -> bool:
@@ -278,18 +297,8 @@ def _move(with_source: bool, with_add: bool):
             add = e.real_arg(5) if with_add else None
         else:
             n = e.integer(2)
-        done_slot = e.variable(e.i64, e.const(0))
-        widths = [e.width >> i for i in range(e.width.bit_length()) if e.width >> i >= 2] + [1]
-        for index, width in enumerate(widths):
-            repeat = index == 0 or width == 1
-            head = builder.append_basic_block(f"move.{width}")
-            work = builder.append_basic_block(f"move.{width}.body")
-            after = builder.append_basic_block(f"move.{width}.after")
-            builder.branch(head)
-            builder.position_at_end(head)
-            done = builder.load(done_slot)
-            builder.cbranch(builder.icmp_signed("<=", builder.add(done, e.const(width)), n), work, after)
-            builder.position_at_end(work)
+
+        def run(done, width):
             if with_source:
                 value = e.load(src, builder.add(soff, done), width)
                 if add is not None:
@@ -297,9 +306,8 @@ def _move(with_source: bool, with_add: bool):
             else:
                 value = e.zeros(width)
             e.store(value, dst, builder.add(doff, done), width)
-            builder.store(builder.add(done, e.const(width)), done_slot)
-            builder.branch(head if repeat else after)
-            builder.position_at_end(after)
+
+        e.runs("move", n, run)
         return context.get_dummy_value()
 
     return codegen
@@ -339,31 +347,18 @@ def copy_stride2(typingctx, dst, doff, src, soff, n):
     def codegen(context, builder, signature, args):
         e = _Emit(context, builder, signature, args)
         dst_, doff_, src_, soff_, n_ = e.data(0), e.integer(1), e.data(2), e.integer(3), e.integer(4)
-        done_slot = e.variable(e.i64, e.const(0))
-        widths = [e.width >> i for i in range(e.width.bit_length()) if e.width >> i >= 2] + [1]
-        for index, width in enumerate(widths):
-            repeat = index == 0 or width == 1
-            head = builder.append_basic_block(f"stride2.{width}")
-            work = builder.append_basic_block(f"stride2.{width}.body")
-            after = builder.append_basic_block(f"stride2.{width}.after")
-            builder.branch(head)
-            builder.position_at_end(head)
-            done = builder.load(done_slot)
-            # a vector of 2·width reads one element past its last kept one: only while more elements follow
-            more = builder.icmp_signed("<" if width > 1 else "<=", builder.add(done, e.const(width)), n_)
-            builder.cbranch(more, work, after)
-            builder.position_at_end(work)
+
+        def run(done, width):
             start = builder.add(soff_, builder.mul(done, e.const(2)))
             if width == 1:
                 value = e.load(src_, start, 1)
-            else:
+            else:  # 2·width elements, the even lanes kept; the last one loaded is the one past the run's last kept
                 pair = e.load(src_, start, 2 * width)
                 value = builder.shuffle_vector(pair, pair, ir.Constant(ir.VectorType(e.i32, width),
                                                                        list(range(0, 2 * width, 2))))
             e.store(value, dst_, builder.add(doff_, done), width)
-            builder.store(builder.add(done, e.const(width)), done_slot)
-            builder.branch(head if repeat else after)
-            builder.position_at_end(after)
+
+        e.runs("stride2", n_, run, spare=True)
         return context.get_dummy_value()
 
     return types.void(dst, doff, src, soff, n), codegen
