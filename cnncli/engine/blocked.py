@@ -130,7 +130,8 @@ def _forward(x, wb, bias, y, xg_buf, out_buf, offs, ph, pw, group, split, step):
 
 
 @parallel_kernel
-def _backward(x, dy, wbt, parts, dx, xg_buf, dyg_buf, out_buf, offs, ph, pw, per, group, lanes_, step, need_dx):
+def _backward(x, dy, wbt, parts, dx, xg_buf, dyg_buf, out_buf, offs, ph, pw, per, group, lanes_, step, lead,
+              need_dx):
     # parts (slots, C·T, Fp): slot k's dwᵀ, summed over samples k·per ... in groups of ``group``; Fp = F
     # rounded up to GRAD_FILTERS. wbt (C blocks, F·T, FB): the flipped, transposed filters in blocks (the
     # input gradient's weights). Per thread: xg_buf as in _forward; dyg_buf (Fp rows of ``row`` + plane +
@@ -143,7 +144,6 @@ def _backward(x, dy, wbt, parts, dx, xg_buf, dyg_buf, out_buf, offs, ph, pw, per
     t_ = offs.shape[0]
     wp = w_ + 2 * pw
     plane = (h_ + 2 * ph) * wp
-    lead = (ph * wp + pw + lanes_ - 1) // lanes_ * lanes_
     shift = lead - (ph * wp + pw)  # where the padded dy of the first sample starts in a row
     qpad = out_buf.shape[1] // FILTERS
     grads = dy.reshape(-1)
@@ -250,7 +250,8 @@ def backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray, dx: np.ndarray | None
     fp = -(-f // GRAD_FILTERS) * GRAD_FILTERS
     group = rules.blocked_group(per, (c + fp) * plane * x.itemsize)
     length = -(-(group * plane) // lanes_) * lanes_
-    row = -(-(ph * wp + pw) // lanes_) * lanes_ + length
+    lead = -(-(ph * wp + pw) // lanes_) * lanes_  # dyg's zeros before a row's first position, whole vectors
+    row = lead + length
     qpad = -(-(group * plane) // step) * step
     threads = numba.get_num_threads()
     parts = np.empty((-(-n // per), c * kh * kw, fp), dtype=x.dtype)
@@ -259,5 +260,5 @@ def backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray, dx: np.ndarray | None
               scratch("blocked.xg", (threads, c * group * plane + plane + lanes_), x.dtype),
               scratch("blocked.dyg", (threads, fp * row + plane + step), x.dtype),
               scratch("blocked.out", (threads, FILTERS * qpad), x.dtype), _offsets((kh, kw), wp, dh, dw),
-              ph, pw, per, group, lanes_, step, dx is not None)
+              ph, pw, per, group, lanes_, step, lead, dx is not None)
     return parts if fp == f else np.ascontiguousarray(parts[:, :, :f])
