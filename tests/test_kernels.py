@@ -1017,15 +1017,15 @@ def test_winograd_takes_the_wide_3x3_layers_and_keeps_float32_close():
     if blas.FUNCTIONS is None:
         pytest.skip("numpy's BLAS exports no CBLAS GEMM here")
     geometry_of = conv._Geometry
-    wide = np.zeros((2, 64, 8, 8), np.float32)
-    assert geometry_of(wide, np.zeros((64, 64, 3, 3), np.float32), (1, 1), (1, 1), (1, 1), 1).winograd
-    assert not geometry_of(wide, np.zeros((64, 64, 3, 3), np.float32), (2, 2), (1, 1), (1, 1), 1).winograd
+    wide = np.zeros((2, 128, 8, 8), np.float32)
+    assert geometry_of(wide, np.zeros((128, 128, 3, 3), np.float32), (1, 1), (1, 1), (1, 1), 1).winograd
+    assert not geometry_of(wide, np.zeros((128, 128, 3, 3), np.float32), (2, 2), (1, 1), (1, 1), 1).winograd
     assert not geometry_of(wide[:, :16], np.zeros((16, 16, 3, 3), np.float32), (1, 1), (1, 1), (1, 1), 1).winograd
-    assert not geometry_of(wide[:, :, :4, :4], np.zeros((64, 64, 3, 3), np.float32), (1, 1), (1, 1), (1, 1),
+    assert not geometry_of(wide[:, :, :4, :4], np.zeros((128, 128, 3, 3), np.float32), (1, 1), (1, 1), (1, 1),
                            1).winograd
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((3, 64, 10, 9))
-    w = rng.standard_normal((32, 64, 3, 3)) / 24
+    x = rng.standard_normal((3, 80, 10, 9))
+    w = rng.standard_normal((32, 80, 3, 3)) / 27
     dy = rng.standard_normal((3, 32, 10, 9))
     want = [conv.conv2d_forward(x, w, None, (1, 1), (1, 1), (1, 1), 1),
             *conv.conv2d_backward(x, w, dy, (1, 1), (1, 1), (1, 1), 1)[:2]]
@@ -1038,7 +1038,7 @@ def test_winograd_takes_the_wide_3x3_layers_and_keeps_float32_close():
 
 def test_blocked_takes_the_narrow_same_layers():
     """The rule sends 'same' stride-1 layers of one group with 8-64 filters, at most 64 channels and up to 9 taps
-    (those Winograd does not take) to the register-blocked loops, and nothing else; every named blocked case is
+    (64-channel ones only up to 32×32 outputs, Winograd's beyond) to the register-blocked loops, and nothing else; every named blocked case is
     one it applies to (so that the "blocked" paths above run it rather than falling back)."""
     geometry_of = conv._Geometry
 
@@ -1049,7 +1049,8 @@ def test_blocked_takes_the_narrow_same_layers():
 
     assert blocked(16, 16, (3, 3), (1, 1), hw=(32, 32)) and blocked(32, 32, (3, 3), (1, 1), hw=(16, 16))
     assert blocked(3, 16, (3, 3), (1, 1)) and blocked(16, 8, (1, 1), (0, 0))
-    assert blocked(64, 64, (3, 3), (1, 1), hw=(7, 7)) and not blocked(64, 64, (3, 3), (1, 1))  # 8×8: Winograd's
+    assert blocked(64, 64, (3, 3), (1, 1), hw=(7, 7)) and blocked(64, 64, (3, 3), (1, 1), hw=(32, 32))
+    assert not blocked(64, 64, (3, 3), (1, 1), hw=(33, 33))  # Winograd's, past rules.BLOCKED_OVER_WINOGRAD_SIZE
     assert not blocked(16, 128, (3, 3), (1, 1)) and not blocked(16, 4, (3, 3), (1, 1))
     assert not blocked(16, 16, (5, 5), (2, 2))  # more taps than the weight gradient's block
     assert not blocked(16, 16, (3, 3), (0, 0)) and not blocked(16, 16, (3, 3), (1, 1), stride=(2, 2))

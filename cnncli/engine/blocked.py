@@ -1,29 +1,30 @@
 """'Same' stride-1 convolution as register-blocked direct loops, forward and backward.
 
 Each output is computed once, in a register: a block of FB filters × V·L
-positions (:func:`cnncli.engine.simd.multiply_add_block`) sums every channel
-and tap into its accumulators, then is stored once; no partial sum goes
+positions (:func:`cnncli.engine.simd.multiply_add_block`) sums every tap and
+channel into its accumulators, then is stored once; no partial sum goes
 through memory between taps, as it does with a GEMM per tap. The weight
 gradient is the mirror image (:func:`cnncli.engine.simd.multiply_add_reduce`):
 FB × K sums over positions held in registers, one per (filter, tap), their lanes
 added at the end.
 
 Layout. A *group* of S samples is copied side by side into a per-thread buffer,
-each channel's S planes zero-padded and consecutive: xg (C, S, Hp·Wp).
-Positions are numbered along whole padded rows, q = s·Hp·Wp + oh·Wp + ow, so
-tap (i, j) of every output of the group is one contiguous run of xg at offset
-i·dh·Wp + j·dw, and a block of positions may span two samples. Positions that
-are not outputs (the Wp - OW columns past each row's end, the rows past OH) are
-*junk*: computed in the forward pass and never stored; in the backward pass
-their gradient is zero.
+each channel's S planes consecutive and unpadded: xg (C, S·H·W), its rows
+``rules.unaliased_stride`` apart (as are dy's in the backward pass). Positions are
+numbered q = s·H·W + oh·W + ow, so tap (i, j) of every output of the group is
+one contiguous run of xg at offset (i·dh - ph)·W + (j·dw - pw), and a block of
+positions may span rows and samples. Where a tap falls outside its plane (the
+padding) the lane is left out by a mask (:func:`_mask_table`: one bit per lane,
+per vector of positions and tap), so every lane of a block is an output: no
+position is computed that is not stored, but in a group's last vectors. The
+masks are made for a whole group; a group of fewer samples (the last) has
+zeros after its planes, which the sums of the weight gradient read.
 
 The layers are 'same' convolutions (``rules.blocked_applies``: padding
 dh·(KH-1)/2 each side, so OH = H). Then the input gradient is itself such a
-convolution, of dy padded the same way with the filters flipped and their
-channels and filters swapped, and the backward pass's copy of dy, dyg (F, S,
-Hp·Wp) with dy[oh, ow] at q = s·Hp·Wp + oh·Wp + ow and zeros at the junk
-positions, *is* that padded dy once shifted by ph·Wp + pw: one copy of dy feeds
-both gradients.
+convolution of dy, with the filters flipped and their channels and filters
+swapped, at the same offsets under the same masks: the backward pass's copy of
+dy, dyg (F, S·H·W), feeds both gradients.
 
 Work is shared out by group of samples (by group and run of filter blocks in a
 forward pass over fewer samples than threads); the weight gradient of a run of
@@ -35,6 +36,8 @@ Shapes: x (N, C, H, W), w (F, C, KH, KW), y and dy (N, F, H, W).
 """
 
 from __future__ import annotations
+
+import functools
 
 import numba
 import numpy as np
@@ -48,52 +51,114 @@ __all__ = ["backward", "forward"]
 
 FILTERS, VECTORS = rules.register_block(simd.VECTOR_REGISTERS)
 _block = simd.multiply_add_block(FILTERS, VECTORS)
-GRAD_FILTERS, GRAD_TAPS = rules.reduce_block(simd.VECTOR_REGISTERS)
-_reduce = simd.multiply_add_reduce(GRAD_FILTERS, GRAD_TAPS)
-_reduce_one = simd.multiply_add_reduce(GRAD_FILTERS, 1)  # the taps left over past a multiple of GRAD_TAPS
+# The weight gradient's blocks, for each number of filter vectors (rules.outer_block): P channel-taps, then 3 and
+# 1 for the ones left over (a 3×3 kernel has 9·C channel-taps, so P, a multiple of 3, leaves a multiple of 3).
+_P1, _P2, _P4 = (rules.outer_points(v, simd.VECTOR_REGISTERS) for v in (1, 2, 4))
+_outer1, _outer2, _outer4 = (simd.multiply_add_outer(p, v) for p, v in ((_P1, 1), (_P2, 2), (_P4, 4)))
+_three1, _three2, _three4 = (simd.multiply_add_outer(3, v) for v in (1, 2, 4))
+_one1, _one2, _one4 = (simd.multiply_add_outer(1, v) for v in (1, 2, 4))
 
 
 # ---------------------------------------------------------------------------
-# copies in and out of a group's buffers, a row at a time (simd.copy: a short
-# row in a few vector moves)
+# a group's masks, and copies in and out of its buffers (simd.copy: a plane in a
+# few vector moves)
 # ---------------------------------------------------------------------------
 
 
 @kernel
-def _gather(x, s0, sc, xg, at, ph, pw, tail):
-    # Samples s0 .. s0+sc-1 of x (N, C, H, W) into xg at ``at``: (C, sc, Hp·Wp), every plane zero-padded,
-    # then ``tail`` zeros after the last (blocks read past the last plane).
+def _gather(x, s0, sc, xg, stride, group):
+    # Samples s0 .. s0+sc-1 of x (N, C, H, W) into xg: channel c's sc planes from c·stride on, zeros after them
+    # up to ``group`` planes (where the group's masks let a tap read).
+    c_ = x.shape[1]
+    plane = x.shape[2] * x.shape[3]
+    src = x.reshape(-1)
+    for c in range(c_):
+        for s in range(sc):
+            simd.copy(xg, c * stride + s * plane, src, ((s0 + s) * c_ + c) * plane, plane)
+        simd.zero(xg, c * stride + sc * plane, (group - sc) * plane)
+
+
+@kernel
+def _gather_padded(x, s0, sc, xp, stride, ph, pw):
+    # Samples s0 .. s0+sc-1 of x (N, C, H, W) into xp: channel c's sc planes from c·stride on, each zero-padded
+    # to (H + 2ph, W + 2pw).
     c_, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
     wp = w_ + 2 * pw
     plane = (h_ + 2 * ph) * wp
-    span = sc * plane
     src = x.reshape(-1)
-    for s in range(sc):
-        for c in range(c_):
-            base = at + c * span + s * plane
+    for c in range(c_):
+        for s in range(sc):
+            base = c * stride + s * plane
             first = ((s0 + s) * c_ + c) * h_ * w_
-            simd.zero(xg, base, ph * wp + pw)
+            simd.zero(xp, base, ph * wp + pw)
             for r in range(h_):
                 row = base + (ph + r) * wp + pw
-                simd.copy(xg, row, src, first + r * w_, w_)
-                simd.zero(xg, row + w_, wp - w_ if r + 1 < h_ else plane - (ph + r) * wp - pw - w_)
-    simd.zero(xg, at + c_ * span, tail)
+                simd.copy(xp, row, src, first + r * w_, w_)
+                simd.zero(xp, row + w_, 2 * pw if r + 1 < h_ else plane - (ph + r) * wp - pw - w_)
 
 
 @kernel
-def _scatter(out, qpad, s0, sc, y, f0, fb, plane, wp, bias):
-    # The block's rows (fb, ≥ sc·plane) → y[s0 + s, f0 + i] for their outputs (bias added when given), junk dropped.
-    f_, oh_, ow_ = y.shape[1], y.shape[2], y.shape[3]
+def _transpose(dy, s0, sc, dyt, fp, lanes_):
+    # Samples s0 .. s0+sc-1 of dy (N, F, H, W) into dyt with filters innermost: (sc·H·W, fp), zeros past F. Whole
+    # L × L blocks in registers (simd.transpose), the positions past a multiple of L one at a time.
+    f_ = dy.shape[1]
+    plane = dy.shape[2] * dy.shape[3]
+    src = dy.reshape(-1)
+    whole = plane // lanes_ * lanes_
+    for s in range(sc):
+        first = (s0 + s) * f_ * plane
+        for f0 in range(0, fp, lanes_):
+            rows = min(lanes_, max(0, f_ - f0))
+            for p0 in range(0, whole, lanes_):
+                simd.transpose(dyt, (s * plane + p0) * fp + f0, fp, src, first + f0 * plane + p0, plane, rows)
+            for p in range(whole, plane):
+                at = (s * plane + p) * fp + f0
+                for i in range(lanes_):
+                    dyt[at + i] = src[first + (f0 + i) * plane + p] if i < rows else 0.0
+
+
+@kernel
+def _weight_grads(xp, bases, xrows, dyt, dyrows, fp, count, dw, vectors, lanes_):
+    # dw (C·T·fp) += the group's sums, channel-tap i's row at i·fp: blocks of P channel-taps (then 3, then 1) ×
+    # ``vectors`` vectors of filters.
+    ct = bases.shape[0]
+    for f0 in range(0, fp, vectors * lanes_):
+        if vectors == 4:
+            for i in range(0, ct - _P4 + 1, _P4):
+                _outer4(xp, bases[i:], xrows, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp)
+            for i in range(ct // _P4 * _P4, ct - 2, 3):
+                _three4(xp, bases[i:], xrows, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp)
+            for i in range(ct - (ct % _P4) % 3, ct):
+                _one4(xp, bases[i:], xrows, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp)
+        elif vectors == 2:
+            for i in range(0, ct - _P2 + 1, _P2):
+                _outer2(xp, bases[i:], xrows, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp)
+            for i in range(ct // _P2 * _P2, ct - 2, 3):
+                _three2(xp, bases[i:], xrows, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp)
+            for i in range(ct - (ct % _P2) % 3, ct):
+                _one2(xp, bases[i:], xrows, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp)
+        else:
+            for i in range(0, ct - _P1 + 1, _P1):
+                _outer1(xp, bases[i:], xrows, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp)
+            for i in range(ct // _P1 * _P1, ct - 2, 3):
+                _three1(xp, bases[i:], xrows, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp)
+            for i in range(ct - (ct % _P1) % 3, ct):
+                _one1(xp, bases[i:], xrows, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp)
+
+
+@kernel
+def _scatter(out, orow, s0, sc, y, f0, fb, bias):
+    # The block's rows (fb, ≥ sc·H·W) → y[s0 + s, f0 + i] (bias added when given).
+    f_ = y.shape[1]
+    plane = y.shape[2] * y.shape[3]
     dst = y.reshape(-1)
     for i in range(min(fb, f_ - f0)):
         f = f0 + i
         for s in range(sc):
-            first = ((s0 + s) * f_ + f) * oh_ * ow_
-            for oh in range(oh_):
-                if bias.shape[0] > 0:
-                    simd.copy_add(dst, first + oh * ow_, out, i * qpad + s * plane + oh * wp, ow_, bias[f])
-                else:
-                    simd.copy(dst, first + oh * ow_, out, i * qpad + s * plane + oh * wp, ow_)
+            if bias.shape[0] > 0:
+                simd.copy_add(dst, ((s0 + s) * f_ + f) * plane, out, i * orow + s * plane, plane, bias[f])
+            else:
+                simd.copy(dst, ((s0 + s) * f_ + f) * plane, out, i * orow + s * plane, plane)
 
 
 # ---------------------------------------------------------------------------
@@ -102,14 +167,16 @@ def _scatter(out, qpad, s0, sc, y, f0, fb, plane, wp, bias):
 
 
 @parallel_kernel
-def _forward(x, wb, bias, y, xg_buf, out_buf, offs, ph, pw, group, split, step):
-    # wb (blocks, C·T, FB): filter block b's weights, row c·T + t; bias (F,) or (0,); per thread: xg_buf
-    # (≥ C·group·plane + plane + step), out_buf (FB·qpad, qpad ≥ group·plane rounded up to step).
-    n_, c_ = x.shape[0], x.shape[1]
+def _forward(x, wb, bias, y, xg_buf, out_buf, masks, offs, group, split, step):
+    # wb (blocks, C·T, FB): filter block b's weights, row c·T + t; bias (F,) or (0,); masks: _mask_table's; per
+    # thread: xg_buf (C rows of ≥ group·H·W), out_buf (FB rows of orow ≥ group·H·W rounded up to step).
+    n_, c_, h_, w_ = x.shape
     blocks = wb.shape[0]
-    wp = x.shape[3] + 2 * pw
-    plane = (x.shape[2] + 2 * ph) * wp
-    qpad = out_buf.shape[1] // FILTERS
+    taps = offs.shape[0]
+    lanes_ = step // VECTORS
+    plane = h_ * w_
+    orow = out_buf.shape[1] // FILTERS
+    stride = xg_buf.shape[1] // c_
     groups = (n_ + group - 1) // group
     per = (blocks + split - 1) // split
     for job in prange(groups * split):
@@ -121,35 +188,35 @@ def _forward(x, wb, bias, y, xg_buf, out_buf, offs, ph, pw, group, split, step):
         s0 = g * group
         sc = min(n_, s0 + group) - s0
         span = sc * plane
-        _gather(x, s0, sc, xg, 0, ph, pw, plane + step)
+        _gather(x, s0, sc, xg, stride, group)
         for b in range(part * per, min(blocks, part * per + per)):
             weights = wb[b].reshape(-1)
             for q0 in range(0, span, step):
-                _block(xg, q0, weights, 0, out, q0, qpad, c_, span, offs)
-            _scatter(out, qpad, s0, sc, y, b * FILTERS, FILTERS, plane, wp, bias)
+                _block(xg, q0, weights, 0, out, q0, orow, c_, stride, offs, masks, q0 // lanes_ * taps, taps)
+            _scatter(out, orow, s0, sc, y, b * FILTERS, FILTERS, bias)
 
 
 @parallel_kernel
-def _backward(x, dy, wbt, parts, dx, xg_buf, dyg_buf, out_buf, offs, ph, pw, per, group, lanes_, step, lead,
-              need_dx):
-    # parts (slots, C·T, Fp): slot k's dwᵀ, summed over samples k·per ... in groups of ``group``; Fp = F
-    # rounded up to GRAD_FILTERS. wbt (C blocks, F·T, FB): the flipped, transposed filters in blocks (the
-    # input gradient's weights). Per thread: xg_buf as in _forward; dyg_buf (Fp rows of ``row`` + plane +
-    # step): row f = `lead` zeros (ph·Wp + pw, the padding before the first position, rounded up to whole
-    # vectors so that the sums' loads of dy are aligned), then the group's dy planes at their positions, zeros
-    # elsewhere; out_buf (FB·qpad) for dx's blocks.
+def _backward(x, dy, wbt, parts, dx, xp_buf, dyt_buf, dyg_buf, out_buf, masks, offs, bases, xrows, dyrows, ph, pw,
+              per, group, vectors, lanes_, step, need_dx):
+    # parts (slots, C·T, Fp): slot k's dwᵀ, summed over samples k·per ... in groups of ``group``; Fp = F rounded up
+    # to whole blocks of ``vectors`` vectors. wbt (C blocks, F·T, FB): the flipped, transposed filters in blocks
+    # (the input gradient's weights). bases (C·T): channel-tap i's first input in xp; xrows, dyrows (group·H): an
+    # output row's first input in xp (at tap (0, 0)) and first gradient in dyt. masks as in _forward. Per thread:
+    # xp_buf (C rows of ≥ group padded planes), dyt_buf (group·H·W·Fp), dyg_buf (F rows of ≥ group·H·W, for dx's
+    # blocks as xg_buf is for y's), out_buf (FB rows of orow).
     n_, c_, h_, w_ = x.shape
     f_ = dy.shape[1]
     fp = parts.shape[2]
     t_ = offs.shape[0]
-    wp = w_ + 2 * pw
-    plane = (h_ + 2 * ph) * wp
-    shift = lead - (ph * wp + pw)  # where the padded dy of the first sample starts in a row
-    qpad = out_buf.shape[1] // FILTERS
-    grads = dy.reshape(-1)
+    plane = h_ * w_
+    orow = out_buf.shape[1] // FILTERS
+    xstride = xp_buf.shape[1] // c_
+    row = dyg_buf.shape[1] // f_
     for slot in prange(parts.shape[0]):
         tid = get_thread_id()
-        xg = xg_buf[tid]
+        xp = xp_buf[tid]
+        dyt = dyt_buf[tid]
         dyg = dyg_buf[tid]
         out = out_buf[tid]
         dw = parts[slot].reshape(-1)
@@ -158,42 +225,16 @@ def _backward(x, dy, wbt, parts, dx, xg_buf, dyg_buf, out_buf, offs, ph, pw, per
         last = min(n_, slot * per + per)
         for s0 in range(slot * per, last, group):
             sc = min(last, s0 + group) - s0
-            span = sc * plane
-            length = (span + lanes_ - 1) // lanes_ * lanes_
-            row = lead + length
-            _gather(x, s0, sc, xg, 0, ph, pw, plane + lanes_)
-            # dy at the positions; the leading zeros of a row are the trailing ones of the row before.
-            simd.zero(dyg, 0, lead)
-            for f in range(fp):
-                base = f * row + lead
-                if f < f_:
-                    for s in range(sc):
-                        first = ((s0 + s) * f_ + f) * h_ * w_
-                        for oh in range(h_):
-                            at = base + s * plane + oh * wp
-                            simd.copy(dyg, at, grads, first + oh * w_, w_)
-                            simd.zero(dyg, at + w_, wp - w_)
-                        simd.zero(dyg, base + s * plane + h_ * wp, plane - h_ * wp)
-                    simd.zero(dyg, base + span, length + lead - span)
-                else:
-                    simd.zero(dyg, base, length + lead)
-            simd.zero(dyg, fp * row + lead, plane + step - lead)
-            for c in range(c_):
-                for f0 in range(0, fp, GRAD_FILTERS):
-                    t0 = 0
-                    while t0 + GRAD_TAPS <= t_:
-                        _reduce(xg, c * span, offs[t0:], dyg, f0 * row + lead, row, length, dw,
-                                (c * t_ + t0) * fp + f0, 1, fp)
-                        t0 += GRAD_TAPS
-                    for t in range(t0, t_):
-                        _reduce_one(xg, c * span, offs[t:], dyg, f0 * row + lead, row, length, dw,
-                                    (c * t_ + t) * fp + f0, 1, fp)
+            _gather_padded(x, s0, sc, xp, xstride, ph, pw)
+            _transpose(dy, s0, sc, dyt, fp, lanes_)
+            _weight_grads(xp, bases, xrows[:sc * h_], dyt, dyrows[:sc * h_], fp, w_, dw, vectors, lanes_)
             if need_dx:
+                _gather(dy, s0, sc, dyg, row, group)
                 for b in range(wbt.shape[0]):
                     weights = wbt[b].reshape(-1)
-                    for q0 in range(0, span, step):
-                        _block(dyg, shift + q0, weights, 0, out, q0, qpad, f_, row, offs)
-                    _scatter(out, qpad, s0, sc, dx, b * FILTERS, FILTERS, plane, wp, dx[0, 0, 0, :0])
+                    for q0 in range(0, sc * plane, step):
+                        _block(dyg, q0, weights, 0, out, q0, orow, f_, row, offs, masks, q0 // lanes_ * t_, t_)
+                    _scatter(out, orow, s0, sc, dx, b * FILTERS, FILTERS, dx[0, 0, 0, :0])
 
 
 # ---------------------------------------------------------------------------
@@ -210,9 +251,33 @@ def _blocks(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(wb.reshape(blocks, FILTERS, c * kh * kw).transpose(0, 2, 1))
 
 
-def _offsets(kernel: tuple[int, int], wp: int, dh: int, dw: int) -> np.ndarray:
-    """Each tap's offset into a padded plane of width ``wp``, taps row-major."""
-    return np.array([i * dh * wp + j * dw for i in range(kernel[0]) for j in range(kernel[1])], dtype=np.int64)
+def _taps(kernel: tuple[int, int], ph: int, pw: int, dh: int, dw: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Each tap's rows and columns from an output to its input, taps row-major."""
+    rows = tuple(i * dh - ph for i in range(kernel[0]) for _ in range(kernel[1]))
+    cols = tuple(j * dw - pw for _ in range(kernel[0]) for j in range(kernel[1]))
+    return rows, cols
+
+
+def _offsets(rows: tuple[int, ...], cols: tuple[int, ...], width: int) -> np.ndarray:
+    """Each tap's offset from an output to its input in a plane of ``width``."""
+    return np.array(rows, dtype=np.int64) * width + np.array(cols, dtype=np.int64)
+
+
+@functools.lru_cache(maxsize=64)
+def _mask_table(positions: int, group: int, h: int, w: int, rows: tuple[int, ...], cols: tuple[int, ...],
+                lanes_: int) -> np.ndarray:
+    """The lane masks of a group of ``group`` samples of (h, w) planes, for ``positions`` (a multiple of L):
+    (positions/L · T,) int64, entry v·T + t with bit l set where position q = v·L + l is one of the group's and
+    its tap t, at (rows[t], cols[t]) from it, falls inside its plane. Made once per layer shape (cached)."""
+    q = np.arange(positions)
+    p = q % (h * w)
+    r = p // w + np.array(rows)[:, None]
+    c = p % w + np.array(cols)[:, None]
+    inside = (0 <= r) & (r < h) & (0 <= c) & (c < w) & (q < group * h * w)  # (T, positions)
+    bits = (inside.reshape(len(rows), -1, lanes_).astype(np.int64) << np.arange(lanes_)).sum(axis=2)
+    table = np.ascontiguousarray(bits.T).reshape(-1)
+    table.flags.writeable = False
+    return table
 
 
 def forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray, y: np.ndarray, ph: int, pw: int, dh: int,
@@ -222,17 +287,19 @@ def forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray, y: np.ndarray, ph: i
     Arguments as :func:`cnncli.engine.conv.conv2d_forward` has checked them.
     """
     n, c, h, wd = x.shape
-    hp, wp = h + 2 * ph, wd + 2 * pw
-    plane = hp * wp
-    step = VECTORS * simd.lanes(x.itemsize)
+    plane = h * wd
+    lanes_ = simd.lanes(x.itemsize)
+    step = VECTORS * lanes_
     group = rules.blocked_group(n, (c + FILTERS) * plane * x.itemsize)
     qpad = -(-(group * plane) // step) * step
     threads = numba.get_num_threads()
     blocks = -(-w.shape[0] // FILTERS)
     split = min(blocks, -(-threads // -(-n // group)))
-    _forward(x, _blocks(w), bias, y, scratch("blocked.xg", (threads, c * group * plane + plane + step), x.dtype),
-             scratch("blocked.out", (threads, FILTERS * qpad), x.dtype), _offsets(w.shape[2:], wp, dh, dw),
-             ph, pw, group, split, step)
+    rows, cols = _taps(w.shape[2:], ph, pw, dh, dw)
+    _forward(x, _blocks(w), bias, y,
+             scratch("blocked.xg", (threads, c * rules.unaliased_stride(group * plane, x.itemsize)), x.dtype),
+             scratch("blocked.out", (threads, FILTERS * rules.unaliased_stride(qpad, x.itemsize)), x.dtype),
+             _mask_table(qpad, group, h, wd, rows, cols, lanes_), _offsets(rows, cols, wd), group, split, step)
     return y
 
 
@@ -243,22 +310,28 @@ def backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray, dx: np.ndarray | None
     (:func:`cnncli.engine.conv._sum_slots` adds the slots up and transposes)."""
     n, c, h, wd = x.shape
     f, _, kh, kw = w.shape
+    plane = h * wd
     hp, wp = h + 2 * ph, wd + 2 * pw
-    plane = hp * wp
     lanes_ = simd.lanes(x.itemsize)
     step = VECTORS * lanes_
-    fp = -(-f // GRAD_FILTERS) * GRAD_FILTERS
-    group = rules.blocked_group(per, (c + fp) * plane * x.itemsize)
-    length = -(-(group * plane) // lanes_) * lanes_
-    lead = -(-(ph * wp + pw) // lanes_) * lanes_  # dyg's zeros before a row's first position, whole vectors
-    row = lead + length
+    vectors, _ = rules.outer_block(-(-f // lanes_), simd.VECTOR_REGISTERS)
+    fp = -(-f // (vectors * lanes_)) * vectors * lanes_
+    group = rules.blocked_group(per, (c * hp * wp + (f + fp) * plane) * x.itemsize)
     qpad = -(-(group * plane) // step) * step
     threads = numba.get_num_threads()
+    xstride = rules.unaliased_stride(group * hp * wp, x.itemsize)
     parts = np.empty((-(-n // per), c * kh * kw, fp), dtype=x.dtype)
     flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+    rows, cols = _taps((kh, kw), ph, pw, dh, dw)
+    bases = np.array([ci * xstride + (r + ph) * wp + (q + pw) for ci in range(c) for r, q in zip(rows, cols)],
+                     dtype=np.int64)
+    xrows = np.array([s * hp * wp + oh * wp for s in range(group) for oh in range(h)], dtype=np.int64)
+    dyrows = np.arange(group * h, dtype=np.int64) * (wd * fp)
     _backward(x, dy, _blocks(flipped), parts, dx if dx is not None else np.empty((1, 1, 1, 1), dtype=x.dtype),
-              scratch("blocked.xg", (threads, c * group * plane + plane + lanes_), x.dtype),
-              scratch("blocked.dyg", (threads, fp * row + plane + step), x.dtype),
-              scratch("blocked.out", (threads, FILTERS * qpad), x.dtype), _offsets((kh, kw), wp, dh, dw),
-              ph, pw, per, group, lanes_, step, lead, dx is not None)
+              scratch("blocked.xp", (threads, c * xstride), x.dtype),
+              scratch("blocked.dyt", (threads, group * plane * fp), x.dtype),
+              scratch("blocked.dyg", (threads, f * rules.unaliased_stride(group * plane, x.itemsize)), x.dtype),
+              scratch("blocked.out", (threads, FILTERS * rules.unaliased_stride(qpad, x.itemsize)), x.dtype),
+              _mask_table(qpad, group, h, wd, rows, cols, lanes_), _offsets(rows, cols, wd), bases, xrows, dyrows,
+              ph, pw, per, group, vectors, lanes_, step, dx is not None)
     return parts if fp == f else np.ascontiguousarray(parts[:, :, :f])

@@ -643,13 +643,14 @@ class _Geometry:
         fg = self.f // g
         self.taps = self.cg * self.kh * self.kw
         self.direct = rules.depthwise(self.taps, fg, unit)
-        self.winograd = (blas.FUNCTIONS is not None
-                         and rules.winograd_applies((self.kh, self.kw), (self.sh, self.sw), (self.dh, self.dw), g)
-                         and rules.winograd_pays(self.c, self.oh, self.ow))
-        self.blocked = (not self.winograd
-                        and rules.blocked_applies((self.sh, self.sw), (self.ph, self.pw), (self.kh, self.kw),
-                                                  (self.dh, self.dw), g)
-                        and rules.blocked_pays(self.c, self.f, self.kh * self.kw))
+        winograd = (blas.FUNCTIONS is not None
+                    and rules.winograd_applies((self.kh, self.kw), (self.sh, self.sw), (self.dh, self.dw), g)
+                    and rules.winograd_pays(self.c, self.oh, self.ow))
+        self.blocked = (rules.blocked_applies((self.sh, self.sw), (self.ph, self.pw), (self.kh, self.kw),
+                                              (self.dh, self.dw), g)
+                        and rules.blocked_pays(self.c, self.f, self.kh * self.kw)
+                        and (not winograd or rules.blocked_over_winograd(self.oh, self.ow)))
+        self.winograd = winograd and not self.blocked
         self.by_taps = self.in_groups and rules.tap_gemms(unit, self.cg, self.wp, self.ow)
         self.pitch = self.wp if self.by_taps or rules.flat_rows(fg, self.wp, self.ow, unit) else self.ow
         self.q = (self.oh - 1) * self.pitch + self.ow

@@ -213,21 +213,50 @@ def register_block(vector_registers: int) -> tuple[int, int]:
     return (8, 2) if vector_registers >= 32 else (4, 2)
 
 
-def reduce_block(vector_registers: int) -> tuple[int, int]:
-    """(filters, taps) of the blocked weight gradient's register block (cnncli.engine.simd.multiply_add_reduce):
-    FB·K accumulators plus FB gradients and an input. With 32 registers 2 × 9 (a 3×3 kernel's taps, 21
-    registers), with 16 1 × 9 (11)."""
-    return (2, 9) if vector_registers >= 32 else (1, 9)
+#: Filters per vector block of the blocked weight gradient (cnncli.engine.simd.multiply_add_outer), in vectors:
+#: the most of these that a layer's filters fill.
+OUTER_VECTORS = (4, 2, 1)
 
 
-#: The blocked weight gradient lays this many bytes of samples side by side (padded inputs and gradients),
-#: so that one run of positions sums a tap over all of them: half a core's L2.
+def outer_block(filter_vectors: int, vector_registers: int) -> tuple[int, int]:
+    """(V, P) of the blocked weight gradient's register block for filters that fill ``filter_vectors`` vectors:
+    V vectors of filters (the largest of OUTER_VECTORS not above them; 2 at most with 16 registers) times P
+    channel-taps, P·V accumulators with 8 registers to spare for the V gradients and a broadcast input. With 32
+    (AVX-512): 6 × 4, 12 × 2, 24 × 1. On one core at batch 64, against sums over positions (filters × taps in the
+    registers, positions in the lanes): ResNet-20's 64 filters at 8×8 5.2 -> 2.9 ms, 32 at 16×16 4.1 -> 3.2, 16 at
+    32×32 even."""
+    most = 4 if vector_registers >= 32 else 2
+    vectors = next(v for v in OUTER_VECTORS if v <= min(most, max(filter_vectors, 1)))
+    return vectors, outer_points(vectors, vector_registers)
+
+
+def outer_points(vectors: int, vector_registers: int) -> int:
+    """P of :func:`outer_block` for V = ``vectors``."""
+    return max(1, (vector_registers - 8) // vectors)
+
+
+#: The blocked convolution lays this many bytes of samples side by side (inputs and gradients), so that one
+#: run of positions covers all of them: half a core's L2.
 BLOCKED_GROUP_BYTES = 1 << 20
 
 
 def blocked_group(per: int, per_sample_bytes: int) -> int:
     """Samples side by side in the blocked weight gradient, out of a slot of ``per``."""
     return max(1, min(per, BLOCKED_GROUP_BYTES // max(per_sample_bytes, 1)))
+
+
+#: A cache line: the unit in which :func:`unaliased_stride` spaces rows.
+CACHE_LINE_BYTES = 64
+
+
+def unaliased_stride(elements: int, itemsize: int) -> int:
+    """The stride, in elements, between rows of ``elements`` that a kernel reads together (a group's channels):
+    whole cache lines, an odd number of them. Rows a multiple of 4 KB apart fall in one set of the L1 cache
+    (64 sets of 64 bytes) and evict each other: 16 channels of 32×32 float32 planes, 4 KB each, ran the blocked
+    convolution 1.3-1.4x slower. An odd number of lines puts 64 consecutive rows in 64 different sets."""
+    lines = -(-elements * itemsize // CACHE_LINE_BYTES)
+    lines += 1 - lines % 2
+    return lines * CACHE_LINE_BYTES // itemsize
 
 
 def blocked_applies(stride: tuple[int, int], padding: tuple[int, int], kernel: tuple[int, int],
@@ -239,15 +268,14 @@ def blocked_applies(stride: tuple[int, int], padding: tuple[int, int], kernel: t
 
 
 #: Where it applies, the blocked convolution runs layers of at least BLOCKED_MIN_FILTERS filters (a register
-#: block's worth), at most BLOCKED_MAX_CHANNELS input channels and filters, and at most BLOCKED_MAX_TAPS taps (the
-#: weight gradient's register block holds 9; a bigger kernel's other taps go one at a time); Winograd keeps the
-#: 64-channel layers it takes (8×8 outputs and up). Measured on one core, forward / backward ms (medians of 7,
-#: paths interleaved), against the tap GEMMs: ResNet-20's 16 channels at 32×32 (batch 64) 7.2 / 15.6 -> 5.9 /
-#: 13.6, 32 at 16×16 4.1 / 8.9 -> 3.4 / 8.7, 8 at 32×32 2.6 / 5.1 -> 1.9 / 4.3, 16 -> 32 at 32×32 9.2 / 19.4 ->
-#: 7.1 / 18.2, 32 -> 64 at 16×16 10.0 / 28.7 -> 9.6 / 20.5, the 3-channel stem 1.9 / 3.8 -> 1.1 / 3.6, 1×1 at 16
-#: and 32 channels even; 64 at 7×7 (ResNet-20 on 28×28 images, too much junk for the taps) 9.8 / 18.3 unfolded ->
-#: 6.1 / 12.5. But 5×5 from 32 channels at 28×28 (batch 8) 4.2 / 7.6 -> 2.9 / 9.0, and where Winograd takes a
-#: 64-channel layer it is as fast or faster (8×8 3.8 / 8.2 against 4.1 / 9.8, 16×16 11.9 / 26.0 against 12.4 / 31.6).
+#: block's worth), at most BLOCKED_MAX_CHANNELS input channels and filters, and at most BLOCKED_MAX_TAPS taps.
+#: Measured on one core, forward / backward ms (medians of 7, paths interleaved), against the tap GEMMs:
+#: ResNet-20's 16 channels at 32×32 (batch 64) 7.2 / 15.6 -> 5.9 / 13.6, 32 at 16×16 4.1 / 8.9 -> 3.4 / 8.7,
+#: 8 at 32×32 2.6 / 5.1 -> 1.9 / 4.3, 16 -> 32 at 32×32 9.2 / 19.4 -> 7.1 / 18.2, 32 -> 64 at 16×16 10.0 / 28.7
+#: -> 9.6 / 20.5, the 3-channel stem 1.9 / 3.8 -> 1.1 / 3.6, 1×1 at 16 and 32 channels even; 64 at 7×7 (ResNet-20
+#: on 28×28 images) 9.8 / 18.3 unfolded -> 6.1 / 12.5; but 5×5 from 32 channels at 28×28 (batch 8) 4.2 / 7.6 ->
+#: 2.9 / 9.0. (Those were before masks replaced the padded planes, which made 64 channels at 8×8 1.24x / 1.53x
+#: faster still, 7×7 1.33x / 1.66x, 32 at 16×16 1.1x / 1.25x, 16 at 32×32 1.05x / 1.03x.)
 BLOCKED_MIN_FILTERS = 8
 BLOCKED_MAX_CHANNELS = 64
 BLOCKED_MAX_TAPS = 9
@@ -257,6 +285,18 @@ def blocked_pays(channels: int, filters: int, taps: int) -> bool:
     """Whether the blocked convolution is the faster path for a layer it applies to (``taps`` = KH·KW)."""
     return (filters >= BLOCKED_MIN_FILTERS and max(channels, filters) <= BLOCKED_MAX_CHANNELS
             and taps <= BLOCKED_MAX_TAPS)
+
+
+#: A 64-channel layer both the blocked convolution and Winograd take goes to the blocked one up to outputs of
+#: this many rows and columns. Measured on one core, forward / backward ms: 8×8 (batch 64) 5.0 / 9.1 against
+#: Winograd's 6.9 / 14.6, 7×7 3.9 / 7.0 against 6.6 / 14.4, 16×16 18.3 / 32.0 against 17.5 / 41.8, 32×32
+#: (batch 16) 16.8 / 30.9 against 19.6 / 40.6; but 56×56 (batch 8) 33.3 / 59.7 against 28.2 / 56.4.
+BLOCKED_OVER_WINOGRAD_SIZE = 32
+
+
+def blocked_over_winograd(out_height: int, out_width: int) -> bool:
+    """Whether a layer both paths would take goes to the blocked convolution rather than Winograd."""
+    return max(out_height, out_width) <= BLOCKED_OVER_WINOGRAD_SIZE
 
 
 # --- 3×3 stride 1: Winograd's F(2×2, 3×3) ---------------------------------------

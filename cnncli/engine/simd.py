@@ -6,17 +6,22 @@ Numba has no vector type and LLVM's vectoriser keeps a loop's accumulators in
 memory, so :func:`multiply_add_block` writes the loop as LLVM IR itself (a
 Numba intrinsic, like :func:`cnncli.engine.blas.gemm`):
 
-    for c in range(C):                     # channels
-        for t in range(T):                 # taps: offs[t] into the padded plane
-            v_j = x[xoff + c·plane + offs[t] + j·L : ... + L]     j < V vectors
+    for t in range(T):                     # taps: offs[t] from an output to its input
+        m_j = masks[moff + j·mstride + t]                         j < V vectors
+        for c in range(C):                 # channels
+            v_j = x[xoff + c·plane + offs[t] + j·L : ... + L], lanes outside m_j zero
             acc[f][j] += w[woff + (c·T + t)·FB + f] · v_j         f < FB filters
     y[yoff + f·yrow + j·L : ... + L] = acc[f][j]
 
 with FB·V accumulators of L lanes in registers (``llvm.fma`` on
 ``<L x float>``): per channel and tap, V loads of x and FB broadcast weights
-feed FB·V fused multiply-adds. Every output is the same sum in the same order
-(channel-major, then taps) wherever the arrays sit and whichever thread runs
-it, so the results do not depend on the split of the work.
+feed FB·V fused multiply-adds. A mask is an integer whose bit l says whether
+lane l reads x (``llvm.masked.load``; a lane left out is neither read nor
+added): a tap of an output on the border of its plane falls outside it, and
+the mask, not a border of zeros, leaves it out. Every output is the same sum
+in the same order (tap-major, then channels) wherever the arrays sit and
+whichever thread runs it, so the results do not depend on the split of the
+work.
 
 The lane count is the machine's vector register (:data:`VECTOR_BYTES`, from
 the CPU features Numba compiles for); :func:`cnncli.engine.rules.register_block`
@@ -38,7 +43,7 @@ from numba.core import config
 from numba.extending import intrinsic
 
 __all__ = ["VECTOR_BYTES", "VECTOR_REGISTERS", "copy", "copy_add", "copy_stride2", "lanes", "multiply_add_block",
-           "multiply_add_reduce", "zero"]
+           "multiply_add_outer", "transpose", "zero"]
 
 
 def _features() -> str:
@@ -129,6 +134,21 @@ class _Emit:
     def store(self, value, pointer, index, width: int | None = None):
         self.builder.store(value, self.at(pointer, index, width), align=self.align)
 
+    def mask(self, table, index):
+        """The lane mask ``table[index]`` (an int64 whose bit l is lane l) as an ``<L x i1>``."""
+        bits = self.builder.load(self.builder.gep(table, [index]))
+        return self.builder.bitcast(self.builder.trunc(bits, ir.IntType(self.width)),
+                                    ir.VectorType(ir.IntType(1), self.width))
+
+    def masked_load(self, pointer, index, mask):
+        """The vector at ``pointer[index]``, zero in the lanes ``mask`` leaves out (which are not read)."""
+        vec = self.vector()
+        name = f"llvm.masked.load.v{self.width}f{self.dtype.bitwidth}.p0"
+        module = self.builder.module
+        fn = module.globals.get(name) or ir.Function(
+            module, ir.FunctionType(vec, [vec.as_pointer(), self.i32, mask.type, vec]), name)
+        return self.builder.call(fn, [self.at(pointer, index), ir.Constant(self.i32, self.align), mask, self.zeros()])
+
     def fma(self, a, b, c):
         """a·b + c, fused, lane by lane."""
         name = f"llvm.fma.v{self.width}f{self.dtype.bitwidth}"
@@ -180,33 +200,43 @@ def _float_array(a) -> bool:
     return isinstance(a, types.Array) and a.dtype in (types.float32, types.float64) and a.layout == "C"
 
 
+def _mask_array(a) -> bool:
+    return isinstance(a, types.Array) and a.dtype == types.int64 and a.layout == "C" and a.ndim == 1
+
+
 def multiply_add_block(filters: int, vectors: int):
-    """An intrinsic ``block(x, xoff, w, woff, y, yoff, yrow, channels, plane, offs)`` for FB = ``filters``, V = ``vectors``.
+    """An intrinsic ``block(x, xoff, w, woff, y, yoff, yrow, channels, plane, offs, masks, moff, mstride)`` for
+    FB = ``filters``, V = ``vectors``.
 
     ``x``, ``w``, ``y``: 1-D contiguous arrays of one float dtype; ``offs``: 1-D
-    int64 array of the T tap offsets; the other arguments integers. Computes the
-    loop of the module docstring: FB rows of V·L outputs, row f at
-    ``y[yoff + f·yrow:]``. Reads x up to ``xoff + (channels-1)·plane +
-    max(offs) + V·L``; the caller keeps that inside x.
+    int64 array of the T tap offsets; ``masks``: 1-D int64 array of lane masks,
+    vector j's at tap t ``masks[moff + j·mstride + t]``; the other arguments
+    integers. Computes the loop of the module docstring: FB rows of V·L
+    outputs, row f at ``y[yoff + f·yrow:]``. Reads x only in the lanes the
+    masks select.
     """
 
     @intrinsic
-    def block(typingctx, x, xoff, w, woff, y, yoff, yrow, channels, plane, offs):
-        if not (_float_array(x) and _float_array(w) and _float_array(y) and w.dtype == y.dtype == x.dtype):
+    def block(typingctx, x, xoff, w, woff, y, yoff, yrow, channels, plane, offs, masks, moff, mstride):
+        if not (_float_array(x) and _float_array(w) and _float_array(y) and w.dtype == y.dtype == x.dtype
+                and _mask_array(masks)):
             return None
 
         def codegen(context, builder, signature, args):
             e = _Emit(context, builder, signature, args)
-            x_ptr, w_ptr, y_ptr, offs_ptr = e.data(0), e.data(2), e.data(4), e.data(9)
+            x_ptr, w_ptr, y_ptr, offs_ptr, masks_ptr = e.data(0), e.data(2), e.data(4), e.data(9), e.data(10)
             taps = e.length(9)
-            xoff_, woff_, yoff_, yrow_, channels_, plane_ = (e.integer(i) for i in (1, 3, 5, 6, 7, 8))
+            xoff_, woff_, yoff_, yrow_, channels_, plane_, moff_, mstride_ = (
+                e.integer(i) for i in (1, 3, 5, 6, 7, 8, 11, 12))
             acc = [[e.variable(e.vector(), e.zeros()) for _ in range(vectors)] for _ in range(filters)]
-
             def channel(c):
                 def tap(t):
                     start = builder.add(builder.add(xoff_, builder.mul(c, plane_)),
                                         builder.load(builder.gep(offs_ptr, [t])))
-                    inputs = [e.load(x_ptr, builder.add(start, e.const(j * e.width))) for j in range(vectors)]
+                    inputs = [e.masked_load(x_ptr, builder.add(start, e.const(j * e.width)),
+                                            e.mask(masks_ptr, builder.add(moff_, builder.add(
+                                                builder.mul(e.const(j), mstride_), t))))
+                              for j in range(vectors)]
                     w_row = builder.add(woff_, builder.mul(builder.add(builder.mul(c, taps), t), e.const(filters)))
                     for f in range(filters):
                         weight = e.splat(e.load(w_ptr, builder.add(w_row, e.const(f)), 1))
@@ -222,65 +252,101 @@ def multiply_add_block(filters: int, vectors: int):
                     e.store(builder.load(acc[f][j]), y_ptr, builder.add(row, e.const(j * e.width)))
             return context.get_dummy_value()
 
-        return types.void(x, xoff, w, woff, y, yoff, yrow, channels, plane, offs), codegen
+        return types.void(x, xoff, w, woff, y, yoff, yrow, channels, plane, offs, masks, moff, mstride), codegen
 
     return block
 
 
-def _halves_sum(e: _Emit, value):
-    # The lanes of ``value`` added as a fixed tree (halves, then quarters, ...): the same order everywhere.
-    builder, width = e.builder, e.width
-    while width > 1:
-        half = width // 2
-        low = builder.shuffle_vector(value, value, ir.Constant(ir.VectorType(e.i32, half), list(range(half))))
-        high = builder.shuffle_vector(value, value, ir.Constant(ir.VectorType(e.i32, half), list(range(half, width))))
-        value, width = builder.fadd(low, high), half
-    return builder.extract_element(value, ir.Constant(e.i32, 0))
+def multiply_add_outer(points: int, vectors: int):
+    """An intrinsic ``outer(a, bases, rows_a, b, boff, rows_b, bstep, count, out, ooff, ostride)`` for P = ``points``,
+    V = ``vectors``: sums of rank-one updates, P scalars of a times V vectors of b,
 
+        out[ooff + i·ostride + v·L : ... + L] += Σ over r, k < count of
+            a[bases[i] + rows_a[r] + k] · b[boff + rows_b[r] + k·bstep + v·L : ... + L]
 
-def multiply_add_reduce(filters: int, taps: int):
-    """An intrinsic ``reduce(x, xoff, offs, dy, dyoff, dyrow, length, out, ooff, out_f, out_k)`` for FB = ``filters``,
-    K = ``taps``: the weight gradient's sums over positions,
-
-        out[ooff + f·out_f + k·out_k] += Σ over q < length of dy[dyoff + f·dyrow + q] · x[xoff + offs[k] + q]
-
-    for f < FB, k < K, with ``length`` a multiple of L. Each sum runs in L lanes (``llvm.fma``), one
-    accumulator per (f, k) in a register, and its lanes are added as a fixed tree at the end: the same bits
-    wherever the arrays sit. Reads ``offs[:K]``, x up to ``xoff + max(offs) + length``.
+    for i < P, v < V, r over ``rows_a`` (and ``rows_b``, as long), in that order: P·V accumulators in registers,
+    each step V loads of b and P broadcast scalars of a. The weight gradient with filters in the lanes: a the
+    zero-padded inputs (i a channel and tap), b the gradients with filters innermost, r an output row, k its
+    columns. Reads ``bases[:P]``.
     """
 
     @intrinsic
-    def reduce(typingctx, x, xoff, offs, dy, dyoff, dyrow, length, out, ooff, out_f, out_k):
-        if not (_float_array(x) and _float_array(dy) and _float_array(out) and dy.dtype == out.dtype == x.dtype):
+    def outer(typingctx, a, bases, rows_a, b, boff, rows_b, bstep, count, out, ooff, ostride):
+        if not (_float_array(a) and _float_array(b) and _float_array(out) and a.dtype == b.dtype == out.dtype
+                and _mask_array(bases) and _mask_array(rows_a) and _mask_array(rows_b)):
             return None
 
         def codegen(context, builder, signature, args):
             e = _Emit(context, builder, signature, args)
-            x_ptr, offs_ptr, dy_ptr, out_ptr = e.data(0), e.data(2), e.data(3), e.data(7)
-            xoff_, dyoff_, dyrow_, length_, ooff_, out_f_, out_k_ = (e.integer(i) for i in (1, 4, 5, 6, 8, 9, 10))
-            acc = [[e.variable(e.vector(), e.zeros()) for _ in range(taps)] for _ in range(filters)]
-            starts = [builder.add(xoff_, builder.load(builder.gep(offs_ptr, [e.const(k)]))) for k in range(taps)]
-            rows = [builder.add(dyoff_, builder.mul(e.const(f), dyrow_)) for f in range(filters)]
+            a_ptr, bases_ptr, ra_ptr, b_ptr, rb_ptr, out_ptr = (e.data(i) for i in (0, 1, 2, 3, 5, 8))
+            boff_, bstep_, count_, ooff_, ostride_ = (e.integer(i) for i in (4, 6, 7, 9, 10))
+            acc = [[e.variable(e.vector(), e.zeros()) for _ in range(vectors)] for _ in range(points)]
+            firsts = [builder.load(builder.gep(bases_ptr, [e.const(i)])) for i in range(points)]
 
-            def vector_of_positions(v):
-                q = builder.mul(v, e.const(e.width))
-                grads = [e.load(dy_ptr, builder.add(rows[f], q)) for f in range(filters)]
-                for k in range(taps):
-                    value = e.load(x_ptr, builder.add(starts[k], q))
-                    for f in range(filters):
-                        builder.store(e.fma(grads[f], value, builder.load(acc[f][k])), acc[f][k])
+            def row(r):
+                ra = builder.load(builder.gep(ra_ptr, [r]))
+                rb = builder.add(boff_, builder.load(builder.gep(rb_ptr, [r])))
+                starts = [builder.add(first, ra) for first in firsts]
 
-            e.loop("reduce.position", builder.sdiv(length_, e.const(e.width)), vector_of_positions)
-            for f in range(filters):
-                for k in range(taps):
-                    target = builder.gep(out_ptr, [builder.add(ooff_, builder.add(builder.mul(e.const(f), out_f_),
-                                                                                  builder.mul(e.const(k), out_k_)))])
-                    builder.store(builder.fadd(builder.load(target), _halves_sum(e, builder.load(acc[f][k]))), target)
+                def column(k):
+                    at = builder.add(rb, builder.mul(k, bstep_))
+                    grads = [e.load(b_ptr, builder.add(at, e.const(v * e.width))) for v in range(vectors)]
+                    for i in range(points):
+                        scalar = e.splat(e.load(a_ptr, builder.add(starts[i], k), 1))
+                        for v in range(vectors):
+                            builder.store(e.fma(scalar, grads[v], builder.load(acc[i][v])), acc[i][v])
+
+                e.loop("outer.column", count_, column)
+
+            e.loop("outer.row", e.length(2), row)
+            for i in range(points):
+                at = builder.add(ooff_, builder.mul(e.const(i), ostride_))
+                for v in range(vectors):
+                    index = builder.add(at, e.const(v * e.width))
+                    e.store(builder.fadd(e.load(out_ptr, index), builder.load(acc[i][v])), out_ptr, index)
             return context.get_dummy_value()
 
-        return types.void(x, xoff, offs, dy, dyoff, dyrow, length, out, ooff, out_f, out_k), codegen
+        return types.void(a, bases, rows_a, b, boff, rows_b, bstep, count, out, ooff, ostride), codegen
 
-    return reduce
+    return outer
+
+
+@intrinsic
+def transpose(typingctx, dst, doff, dstride, src, soff, sstride, rows):
+    """dst[doff + l·dstride + i] = src[soff + i·sstride + l] for l < L, i < L: an L × L block transposed in
+    registers (log2 L rounds of two-vector shuffles), rows i ≥ ``rows`` of src taken as zeros (and not read).
+    1-D contiguous arrays of one float dtype, not overlapping."""
+    if not (_float_array(dst) and _float_array(src) and src.dtype == dst.dtype):
+        return None
+
+    def codegen(context, builder, signature, args):
+        e = _Emit(context, builder, signature, args)
+        dst_, src_ = e.data(0), e.data(3)
+        doff_, dstride_, soff_, sstride_, rows_ = (e.integer(i) for i in (1, 2, 4, 5, 6))
+        width = e.width
+        block = []
+        for i in range(width):
+            slot = e.variable(e.vector(), e.zeros())
+            present = builder.icmp_signed("<", e.const(i), rows_)
+            with builder.if_then(present):
+                builder.store(e.load(src_, builder.add(soff_, builder.mul(e.const(i), sstride_))), slot)
+            block.append(builder.load(slot))
+        span = 1
+        while span < width:  # swap the off-diagonal span × span sub-blocks of every 2span × 2span block
+            for i in range(width):
+                if i & span:
+                    continue
+                low = [lane if not lane & span else width + lane - span for lane in range(width)]
+                high = [lane + span if not lane & span else width + lane for lane in range(width)]
+                a, b = block[i], block[i + span]
+                block[i] = builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(e.i32, width), low))
+                block[i + span] = builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(e.i32, width), high))
+            span *= 2
+        for lane in range(width):
+            e.store(block[lane], dst_, builder.add(doff_, builder.mul(e.const(lane), dstride_)))
+        return context.get_dummy_value()
+
+    return types.void(dst, doff, dstride, src, soff, sstride, rows), codegen
 
 
 def _move(with_source: bool, with_add: bool):
