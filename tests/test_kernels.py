@@ -296,6 +296,9 @@ NAMED_CONVS = {
     "blocked-3x1": named_conv((2, 3, 5, 6), 12, (3, 1), padding=(1, 0)),
     "blocked-1x1-image": named_conv((5, 2, 1, 1), 8, (3, 3), padding=(1, 1)),
     "blocked-one-sample": named_conv((1, 3, 4, 5), 17, (3, 3), padding=(1, 1)),  # filter blocks split over threads
+    # filters that fill blocks of 4 vectors (64 or 128 with AVX-512): the forward pass holds them in the lanes
+    "blocked-64-filters": named_conv((3, 5, 6, 7), 64, (3, 3), padding=(1, 1)),
+    "blocked-128-filters-5x5": named_conv((1, 2, 5, 4), 128, (5, 5), padding=(4, 2), dilation=(2, 1), bias=False),
 }
 
 CONV_CASES = [pytest.param(conv_config(s), id=f"seed{s}") for s in range(30)] + [
@@ -319,7 +322,8 @@ CONV_CASES = [pytest.param(conv_config(s), id=f"seed{s}") for s in range(30)] + 
 # each sample its own group and slot; "winograd-one-slot" those groups summed into one.
 # "blocked" runs every 'same' stride-1 layer of one group as register-blocked direct loops, a slot's samples
 # side by side in one group; "blocked-groups-of-one" each sample its own group and slot (and, forward, a run of
-# filter blocks per job), "blocked-one-slot" those groups summed into one slot.
+# filter blocks per job, and with filters in the lanes one channel at a time), "blocked-one-slot" those groups
+# summed into one slot.
 PATHS = ["auto", "direct", "gemm", "gemm+direct-dw", "groups-of-one", "groups-of-one-one-slot", "row-bands", "taps",
          "taps-bands", "taps-one-slot", "numpy", "chunked", "chunked+direct-dw", "winograd",
          "winograd-groups-of-one", "winograd-one-slot", "blocked", "blocked-groups-of-one", "blocked-one-slot"]
@@ -340,6 +344,7 @@ def path(request, monkeypatch):
         monkeypatch.setattr(rules, "blocked_pays", lambda *a: mode.startswith("blocked"))
     if mode.startswith("blocked-"):
         monkeypatch.setattr(rules, "blocked_group", lambda *a: 1)
+        monkeypatch.setattr(rules, "OUTER_WEIGHT_BYTES", 1)  # filters in the lanes: one channel at a time
         monkeypatch.setattr(rules, "DW_SLOTS", 1 if mode.endswith("one-slot") else 10**9)
     if mode == "winograd":
         monkeypatch.setattr(rules, "winograd_plan", lambda n, *a: n)

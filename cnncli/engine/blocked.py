@@ -57,6 +57,7 @@ _P1, _P2, _P4 = (rules.outer_points(v, simd.VECTOR_REGISTERS) for v in (1, 2, 4)
 _outer1, _outer2, _outer4 = (simd.multiply_add_outer(p, v) for p, v in ((_P1, 1), (_P2, 2), (_P4, 4)))
 _three1, _three2, _three4 = (simd.multiply_add_outer(3, v) for v in (1, 2, 4))
 _one1, _one2, _one4 = (simd.multiply_add_outer(1, v) for v in (1, 2, 4))
+_VECTORS_OUT = 4  # the forward pass with filters in the lanes runs _outer4's blocks (rules.outer_forward)
 
 
 # ---------------------------------------------------------------------------
@@ -110,7 +111,8 @@ def _transpose(dy, s0, sc, dyt, fp, lanes_):
         for f0 in range(0, fp, lanes_):
             rows = min(lanes_, max(0, f_ - f0))
             for p0 in range(0, whole, lanes_):
-                simd.transpose(dyt, (s * plane + p0) * fp + f0, fp, src, first + f0 * plane + p0, plane, rows)
+                simd.transpose(dyt, (s * plane + p0) * fp + f0, fp, src, first + f0 * plane + p0, plane, rows,
+                               dy[0, 0, 0, :0], 0)
             for p in range(whole, plane):
                 at = (s * plane + p) * fp + f0
                 for i in range(lanes_):
@@ -125,25 +127,47 @@ def _weight_grads(xp, bases, xrows, dyt, dyrows, fp, count, dw, vectors, lanes_)
     for f0 in range(0, fp, vectors * lanes_):
         if vectors == 4:
             for i in range(0, ct - _P4 + 1, _P4):
-                _outer4(xp, bases[i:], xrows, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp)
+                _outer4(xp, bases[i:], xrows, 1, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp, 1)
             for i in range(ct // _P4 * _P4, ct - 2, 3):
-                _three4(xp, bases[i:], xrows, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp)
+                _three4(xp, bases[i:], xrows, 1, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp, 1)
             for i in range(ct - (ct % _P4) % 3, ct):
-                _one4(xp, bases[i:], xrows, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp)
+                _one4(xp, bases[i:], xrows, 1, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp, 1)
         elif vectors == 2:
             for i in range(0, ct - _P2 + 1, _P2):
-                _outer2(xp, bases[i:], xrows, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp)
+                _outer2(xp, bases[i:], xrows, 1, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp, 1)
             for i in range(ct // _P2 * _P2, ct - 2, 3):
-                _three2(xp, bases[i:], xrows, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp)
+                _three2(xp, bases[i:], xrows, 1, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp, 1)
             for i in range(ct - (ct % _P2) % 3, ct):
-                _one2(xp, bases[i:], xrows, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp)
+                _one2(xp, bases[i:], xrows, 1, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp, 1)
         else:
             for i in range(0, ct - _P1 + 1, _P1):
-                _outer1(xp, bases[i:], xrows, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp)
+                _outer1(xp, bases[i:], xrows, 1, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp, 1)
             for i in range(ct // _P1 * _P1, ct - 2, 3):
-                _three1(xp, bases[i:], xrows, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp)
+                _three1(xp, bases[i:], xrows, 1, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp, 1)
             for i in range(ct - (ct % _P1) % 3, ct):
-                _one1(xp, bases[i:], xrows, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp)
+                _one1(xp, bases[i:], xrows, 1, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp, 1)
+
+
+@kernel
+def _untranspose(yt, s0, sc, y, f0, fb, bias, lanes_):
+    # yt (sc·H·W rows of F, filters innermost) → y[s0 + s, f0 .. f0+fb) (bias added when given): L × L blocks
+    # transposed in registers (simd.transpose), the positions past a multiple of L one at a time. F and fb are
+    # multiples of L.
+    f_ = y.shape[1]
+    plane = y.shape[2] * y.shape[3]
+    dst = y.reshape(-1)
+    whole = plane // lanes_ * lanes_
+    for s in range(sc):
+        for fl in range(f0, f0 + fb, lanes_):
+            first = ((s0 + s) * f_ + fl) * plane
+            for p0 in range(0, whole, lanes_):
+                simd.transpose(dst, first + p0, plane, yt, (s * plane + p0) * f_ + fl, f_, lanes_, bias, fl)
+            for p in range(whole, plane):
+                for i in range(lanes_):
+                    value = yt[(s * plane + p) * f_ + fl + i]
+                    if bias.shape[0] > 0:
+                        value += bias[fl + i]
+                    dst[first + i * plane + p] = value
 
 
 @kernel
@@ -194,6 +218,40 @@ def _forward(x, wb, bias, y, xg_buf, out_buf, masks, offs, group, split, step):
             for q0 in range(0, span, step):
                 _block(xg, q0, weights, 0, out, q0, orow, c_, stride, offs, masks, q0 // lanes_ * taps, taps)
             _scatter(out, orow, s0, sc, y, b * FILTERS, FILTERS, bias)
+
+
+@parallel_kernel
+def _forward_outer(x, wt, bias, y, xp_buf, yt_buf, bases, taps, wrows, ph, pw, group, split, chunk, lanes_):
+    # Filters in the lanes: wt (T·C·F) the weights laid (T, C, F); bases (≥ group·H·W rounded up to P): an
+    # output's first input in xp (at tap (0, 0)); taps (T): a tap's offset from there; wrows (T): its weights'
+    # row in wt. Per thread: xp_buf (C rows of ≥ group padded planes), yt_buf (as many rows of F as bases has
+    # entries). Blocks of P positions × 4 vectors of filters over ``chunk`` channels at a time (their weights
+    # stay in L1 while every position is run past them), stored filters innermost, then transposed into y.
+    n_, c_ = x.shape[0], x.shape[1]
+    f_ = y.shape[1]
+    plane = y.shape[2] * y.shape[3]
+    width = _VECTORS_OUT * lanes_
+    xstride = xp_buf.shape[1] // c_
+    blocks = f_ // width
+    groups = (n_ + group - 1) // group
+    per = (blocks + split - 1) // split
+    for job in prange(groups * split):
+        g = job // split
+        part = job - g * split
+        t = get_thread_id()
+        xp = xp_buf[t]
+        yt = yt_buf[t]
+        s0 = g * group
+        sc = min(n_, s0 + group) - s0
+        _gather_padded(x, s0, sc, xp, xstride, ph, pw)
+        for b in range(part * per, min(blocks, part * per + per)):
+            f0 = b * width
+            for c0 in range(0, c_, chunk):
+                part_x = xp[c0 * xstride:]
+                for i0 in range(0, sc * plane, _P4):
+                    _outer4(part_x, bases[i0:], taps, xstride, wt, f0 + c0 * f_, wrows, f_, min(chunk, c_ - c0), yt,
+                            i0 * f_ + f0, f_, c0)
+            _untranspose(yt, s0, sc, y, f0, width, bias, lanes_)
 
 
 @parallel_kernel
@@ -289,18 +347,46 @@ def forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray, y: np.ndarray, ph: i
     n, c, h, wd = x.shape
     plane = h * wd
     lanes_ = simd.lanes(x.itemsize)
+    threads = numba.get_num_threads()
+    rows, cols = _taps(w.shape[2:], ph, pw, dh, dw)
+    f = w.shape[0]
+    if rules.outer_forward(f, lanes_, simd.VECTOR_REGISTERS):
+        hp, wp = h + 2 * ph, wd + 2 * pw
+        group = rules.blocked_group(n, (c * hp * wp + f * plane) * x.itemsize)
+        positions = -(-(group * plane) // _P4) * _P4
+        xstride = rules.unaliased_stride(group * hp * wp, x.itemsize)
+        blocks = f // (_VECTORS_OUT * lanes_)
+        split = min(blocks, -(-threads // -(-n // group)))
+        wt = np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(-1)
+        taps = np.array([(r + ph) * wp + (q + pw) for r, q in zip(rows, cols)], dtype=np.int64)
+        _forward_outer(x, wt, bias, y, scratch("blocked.xp", (threads, c * xstride), x.dtype),
+                       scratch("blocked.yt", (threads, positions * f), x.dtype),
+                       _position_bases(positions, group, h, wd, hp, wp), taps, np.arange(len(rows), dtype=np.int64) * (c * f),
+                       ph, pw, group, split, rules.outer_channels(len(rows), _VECTORS_OUT * lanes_ * x.itemsize), lanes_)
+        return y
     step = VECTORS * lanes_
     group = rules.blocked_group(n, (c + FILTERS) * plane * x.itemsize)
     qpad = -(-(group * plane) // step) * step
-    threads = numba.get_num_threads()
-    blocks = -(-w.shape[0] // FILTERS)
+    blocks = -(-f // FILTERS)
     split = min(blocks, -(-threads // -(-n // group)))
-    rows, cols = _taps(w.shape[2:], ph, pw, dh, dw)
     _forward(x, _blocks(w), bias, y,
              scratch("blocked.xg", (threads, c * rules.unaliased_stride(group * plane, x.itemsize)), x.dtype),
              scratch("blocked.out", (threads, FILTERS * rules.unaliased_stride(qpad, x.itemsize)), x.dtype),
              _mask_table(qpad, group, h, wd, rows, cols, lanes_), _offsets(rows, cols, wd), group, split, step)
     return y
+
+
+@functools.lru_cache(maxsize=64)
+def _position_bases(positions: int, group: int, h: int, w: int, hp: int, wp: int) -> np.ndarray:
+    """Each output position q = s·H·W + oh·W + ow of a group (then zeros up to ``positions``): its first input in
+    the group's zero-padded (hp, wp) planes (at tap (0, 0)). Made once per layer shape (cached)."""
+    q = np.arange(group * h * w)
+    s, p = np.divmod(q, h * w)
+    oh, ow = np.divmod(p, w)
+    bases = np.zeros(positions, dtype=np.int64)
+    bases[:len(q)] = s * hp * wp + oh * wp + ow
+    bases.flags.writeable = False
+    return bases
 
 
 def backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray, dx: np.ndarray | None, ph: int, pw: int, dh: int,

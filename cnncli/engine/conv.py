@@ -652,7 +652,8 @@ class _Geometry:
                         and (not winograd or rules.blocked_over_winograd(self.oh, self.ow)))
         self.winograd = winograd and not self.blocked
         self.by_taps = self.in_groups and rules.tap_gemms(unit, self.cg, self.wp, self.ow)
-        self.pitch = self.wp if self.by_taps or rules.flat_rows(fg, self.wp, self.ow, unit) else self.ow
+        # the direct kernels and the tap GEMMs read each tap's run of whole padded rows
+        self.pitch = self.wp if self.by_taps or self.direct or rules.flat_rows(fg, self.wp, self.ow, unit) else self.ow
         self.q = (self.oh - 1) * self.pitch + self.ow
         flat = unit and self.pitch == self.wp
         self.direct_dw = self.direct or (flat and rules.direct_weights(self.taps * fg))

@@ -235,6 +235,25 @@ def outer_points(vectors: int, vector_registers: int) -> int:
     return max(1, (vector_registers - 8) // vectors)
 
 
+def outer_forward(filters: int, lanes: int, vector_registers: int) -> bool:
+    """Whether the blocked forward pass holds filters in the lanes (cnncli.engine.simd.multiply_add_outer: P
+    positions × 4 vectors of filters, inputs broadcast) rather than positions (multiply_add_block): where the
+    filters fill blocks of 4 vectors and the registers hold 6 × 4 accumulators. In a loop over cached data the
+    first ran at 100 GFLOPS, the second at 74 (it loads twice as much per multiply-add)."""
+    return vector_registers >= 32 and filters % (4 * lanes) == 0
+
+
+#: The forward pass with filters in the lanes runs every position past the weights of this many bytes at a time
+#: (a run of channels), which then stay in L1.
+OUTER_WEIGHT_BYTES = 32 << 10
+
+
+def outer_channels(taps: int, filter_block_bytes: int) -> int:
+    """Channels per run of :func:`outer_forward`'s pass: their weights for one block of filters in
+    OUTER_WEIGHT_BYTES."""
+    return max(1, OUTER_WEIGHT_BYTES // (taps * filter_block_bytes))
+
+
 #: The blocked convolution lays this many bytes of samples side by side (inputs and gradients), so that one
 #: run of positions covers all of them: half a core's L2.
 BLOCKED_GROUP_BYTES = 1 << 20

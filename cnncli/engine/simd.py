@@ -258,28 +258,29 @@ def multiply_add_block(filters: int, vectors: int):
 
 
 def multiply_add_outer(points: int, vectors: int):
-    """An intrinsic ``outer(a, bases, rows_a, b, boff, rows_b, bstep, count, out, ooff, ostride)`` for P = ``points``,
-    V = ``vectors``: sums of rank-one updates, P scalars of a times V vectors of b,
+    """An intrinsic ``outer(a, bases, rows_a, astep, b, boff, rows_b, bstep, count, out, ooff, ostride, add)`` for
+    P = ``points``, V = ``vectors``: sums of rank-one updates, P scalars of a times V vectors of b,
 
-        out[ooff + i·ostride + v·L : ... + L] += Σ over r, k < count of
-            a[bases[i] + rows_a[r] + k] · b[boff + rows_b[r] + k·bstep + v·L : ... + L]
+        acc[i][v] = Σ over r, k < count of
+            a[bases[i] + rows_a[r] + k·astep] · b[boff + rows_b[r] + k·bstep + v·L : ... + L]
+        out[ooff + i·ostride + v·L : ... + L] = acc[i][v]  (+ what is there when ``add`` is nonzero)
 
     for i < P, v < V, r over ``rows_a`` (and ``rows_b``, as long), in that order: P·V accumulators in registers,
-    each step V loads of b and P broadcast scalars of a. The weight gradient with filters in the lanes: a the
-    zero-padded inputs (i a channel and tap), b the gradients with filters innermost, r an output row, k its
-    columns. Reads ``bases[:P]``.
+    each step V loads of b and P broadcast scalars of a. The convolution with filters in the lanes: a the
+    zero-padded inputs, b the weights (forward: i an output position, r a tap, k a channel) or the gradients
+    (weight gradient: i a channel and tap, r an output row, k its columns). Reads ``bases[:P]``.
     """
 
     @intrinsic
-    def outer(typingctx, a, bases, rows_a, b, boff, rows_b, bstep, count, out, ooff, ostride):
+    def outer(typingctx, a, bases, rows_a, astep, b, boff, rows_b, bstep, count, out, ooff, ostride, add):
         if not (_float_array(a) and _float_array(b) and _float_array(out) and a.dtype == b.dtype == out.dtype
                 and _mask_array(bases) and _mask_array(rows_a) and _mask_array(rows_b)):
             return None
 
         def codegen(context, builder, signature, args):
             e = _Emit(context, builder, signature, args)
-            a_ptr, bases_ptr, ra_ptr, b_ptr, rb_ptr, out_ptr = (e.data(i) for i in (0, 1, 2, 3, 5, 8))
-            boff_, bstep_, count_, ooff_, ostride_ = (e.integer(i) for i in (4, 6, 7, 9, 10))
+            a_ptr, bases_ptr, ra_ptr, b_ptr, rb_ptr, out_ptr = (e.data(i) for i in (0, 1, 2, 4, 6, 9))
+            astep_, boff_, bstep_, count_, ooff_, ostride_, add_ = (e.integer(i) for i in (3, 5, 7, 8, 10, 11, 12))
             acc = [[e.variable(e.vector(), e.zeros()) for _ in range(vectors)] for _ in range(points)]
             firsts = [builder.load(builder.gep(bases_ptr, [e.const(i)])) for i in range(points)]
 
@@ -288,35 +289,40 @@ def multiply_add_outer(points: int, vectors: int):
                 rb = builder.add(boff_, builder.load(builder.gep(rb_ptr, [r])))
                 starts = [builder.add(first, ra) for first in firsts]
 
-                def column(k):
+                def step(k):
                     at = builder.add(rb, builder.mul(k, bstep_))
                     grads = [e.load(b_ptr, builder.add(at, e.const(v * e.width))) for v in range(vectors)]
+                    ka = builder.mul(k, astep_)
                     for i in range(points):
-                        scalar = e.splat(e.load(a_ptr, builder.add(starts[i], k), 1))
+                        scalar = e.splat(e.load(a_ptr, builder.add(starts[i], ka), 1))
                         for v in range(vectors):
                             builder.store(e.fma(scalar, grads[v], builder.load(acc[i][v])), acc[i][v])
 
-                e.loop("outer.column", count_, column)
+                e.loop("outer.step", count_, step)
 
             e.loop("outer.row", e.length(2), row)
+            adding = builder.icmp_signed("!=", add_, e.const(0))
             for i in range(points):
                 at = builder.add(ooff_, builder.mul(e.const(i), ostride_))
                 for v in range(vectors):
                     index = builder.add(at, e.const(v * e.width))
-                    e.store(builder.fadd(e.load(out_ptr, index), builder.load(acc[i][v])), out_ptr, index)
+                    value = builder.load(acc[i][v])
+                    with builder.if_then(adding):
+                        builder.store(builder.fadd(e.load(out_ptr, index), value), acc[i][v])
+                    e.store(builder.load(acc[i][v]), out_ptr, index)
             return context.get_dummy_value()
 
-        return types.void(a, bases, rows_a, b, boff, rows_b, bstep, count, out, ooff, ostride), codegen
+        return types.void(a, bases, rows_a, astep, b, boff, rows_b, bstep, count, out, ooff, ostride, add), codegen
 
     return outer
 
 
 @intrinsic
-def transpose(typingctx, dst, doff, dstride, src, soff, sstride, rows):
-    """dst[doff + l·dstride + i] = src[soff + i·sstride + l] for l < L, i < L: an L × L block transposed in
-    registers (log2 L rounds of two-vector shuffles), rows i ≥ ``rows`` of src taken as zeros (and not read).
-    1-D contiguous arrays of one float dtype, not overlapping."""
-    if not (_float_array(dst) and _float_array(src) and src.dtype == dst.dtype):
+def transpose(typingctx, dst, doff, dstride, src, soff, sstride, rows, bias, boff):
+    """dst[doff + l·dstride + i] = src[soff + i·sstride + l] (+ bias[boff + l] if ``bias`` is not empty) for l < L,
+    i < L: an L × L block transposed in registers (log2 L rounds of two-vector shuffles), rows i ≥ ``rows`` of src
+    taken as zeros (and not read). 1-D contiguous arrays of one float dtype, not overlapping."""
+    if not (_float_array(dst) and _float_array(src) and _float_array(bias) and src.dtype == dst.dtype == bias.dtype):
         return None
 
     def codegen(context, builder, signature, args):
@@ -342,11 +348,17 @@ def transpose(typingctx, dst, doff, dstride, src, soff, sstride, rows):
                 block[i] = builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(e.i32, width), low))
                 block[i + span] = builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(e.i32, width), high))
             span *= 2
+        bias_, boff_ = e.data(7), e.integer(8)
+        with_bias = builder.icmp_signed(">", e.length(7), e.const(0))
         for lane in range(width):
-            e.store(block[lane], dst_, builder.add(doff_, builder.mul(e.const(lane), dstride_)))
+            slot = e.variable(e.vector(), block[lane])
+            with builder.if_then(with_bias):
+                shift = e.splat(e.load(bias_, builder.add(boff_, e.const(lane)), 1))
+                builder.store(builder.fadd(builder.load(slot), shift), slot)
+            e.store(builder.load(slot), dst_, builder.add(doff_, builder.mul(e.const(lane), dstride_)))
         return context.get_dummy_value()
 
-    return types.void(dst, doff, dstride, src, soff, sstride, rows), codegen
+    return types.void(dst, doff, dstride, src, soff, sstride, rows, bias, boff), codegen
 
 
 def _move(with_source: bool, with_add: bool):
