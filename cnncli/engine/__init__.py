@@ -24,9 +24,10 @@ winograd        3×3 stride-1 convolution by Winograd's F(2×2, 3×3)
 blocked         'same' stride-1 convolution as register-blocked direct
                 loops, forward and both gradients
 simd            the vector code Numba does not write, as LLVM IR: register
-                blocks of multiply-adds (``blocked``'s inner loops) and
-                row moves (copies, zeros, stride-2 gathers) for the
-                padding, unfolding and storing of every conv path
+                blocks of multiply-adds (``blocked``'s inner loops), an
+                L × L transpose, and row moves (copies, zeros, stride-2
+                gathers) for the padding, unfolding and storing of every
+                conv path
 blas            numpy's CBLAS GEMM, callable from inside a kernel
 norm            batch normalization's kernels (statistics, normalise, gradients)
 elementwise     ReLU (alone or after a residual sum) and its gradient
@@ -71,20 +72,23 @@ each is tested equal to the plain path (and against finite differences).
     direct loops without a column matrix; the NCHW block keeps small column
     matrices for the backward pass (``rules.keep_cols``).
 
-  Every other conv runs in ``conv``: 3×3 stride 1, one group, at least
-  64 channels and 8×8 outputs (``rules.winograd_applies``,
+  Every other conv runs in ``conv``: 'same' stride-1 layers of one group
+  with 8-64 filters, at most 64 channels and 9 taps
+  (``rules.blocked_applies``, ``rules.blocked_pays``: all of ResNet-20's
+  and ResNet-56's but the two stride-2 layers; 64-channel ones only up to
+  ``BLOCKED_OVER_WINOGRAD_SIZE``) as register-blocked direct loops
+  (``blocked``: every output summed in registers over all channels and
+  taps and stored once, where a GEMM per tap with K = C of 16-32 goes
+  through memory nine times; positions in the lanes, the padding left out
+  by lane masks, or for 64 filters the filters in the lanes
+  (``rules.outer_forward``); the input gradient the same loops over dy,
+  the weight gradient channel-taps × filters in the lanes; wider layers
+  are faster as GEMMs or Winograd); 3×3 stride 1, one group, at least 64
+  channels and 8×8 outputs (``rules.winograd_applies``,
   ``rules.winograd_pays``) as Winograd F(2×2, 3×3) (``winograd``: 16 GEMMs
   of (F, C) by (C, tiles) per group of samples, 2.25x fewer multiply-adds;
   narrower layers or smaller maps lose more to its transforms than they
-  gain); other 'same' stride-1 layers of one group with 8-64 filters, at
-  most 64 channels and 9 taps (``rules.blocked_applies``,
-  ``rules.blocked_pays``: most of ResNet-20's and ResNet-56's) as
-  register-blocked direct loops
-  (``blocked``: every output summed in registers over all channels and
-  taps and stored once, where a GEMM per tap with K = C of 16-32 goes
-  through memory nine times; the input gradient the same loops over dy,
-  the weight gradient a register block of sums over positions; wider
-  layers are faster as GEMMs); direct loops for thin groups
+  gain); direct loops for thin groups
   (``rules.depthwise``); stride 1 with up to 128 channels and short
   padding (``rules.tap_gemms``) as one GEMM per kernel tap reading the
   padded input in place, no column matrix (twice as fast as unfolding on
@@ -183,8 +187,11 @@ tile
     window under it; transformed, 16 numbers per channel (V) or filter (M).
 register block
     the outputs one call of ``simd``'s loops keeps in vector registers:
-    FB filters × V vectors of positions (forward), FB filters × K taps
-    (weight gradient).
+    FB filters × V vectors of positions (positions in the lanes), P
+    positions or channel-taps × V vectors of filters (filters in the lanes).
+lane mask
+    an integer whose bit l says whether lane l of a vector of positions reads
+    its input (a tap inside the plane) or adds nothing (the padding).
 junk
     positions numbered along whole padded rows that are not outputs:
     computed and dropped, or given zero gradient.

@@ -1,30 +1,39 @@
 """'Same' stride-1 convolution as register-blocked direct loops, forward and backward.
 
-Each output is computed once, in a register: a block of FB filters × V·L
-positions (:func:`cnncli.engine.simd.multiply_add_block`) sums every tap and
-channel into its accumulators, then is stored once; no partial sum goes
-through memory between taps, as it does with a GEMM per tap. The weight
-gradient is the mirror image (:func:`cnncli.engine.simd.multiply_add_reduce`):
-FB × K sums over positions held in registers, one per (filter, tap), their lanes
-added at the end.
+Each output is computed once, in a register, and stored once; no partial sum
+goes through memory between taps, as it does with a GEMM per tap. Two register
+blocks (cnncli.engine.simd):
 
-Layout. A *group* of S samples is copied side by side into a per-thread buffer,
-each channel's S planes consecutive and unpadded: xg (C, S·H·W), its rows
-``rules.unaliased_stride`` apart (as are dy's in the backward pass). Positions are
-numbered q = s·H·W + oh·W + ow, so tap (i, j) of every output of the group is
-one contiguous run of xg at offset (i·dh - ph)·W + (j·dw - pw), and a block of
+* *positions in the lanes* (:func:`~cnncli.engine.simd.multiply_add_block`):
+  FB filters × V·L positions, a broadcast weight times a vector of inputs;
+  the forward pass of layers whose filters do not fill blocks of 4 vectors,
+  and the input gradient;
+* *filters in the lanes* (:func:`~cnncli.engine.simd.multiply_add_outer`):
+  P points × V vectors of filters, a broadcast input times a vector of
+  weights or gradients, half the loads per multiply-add; the forward pass
+  where the filters fill blocks of 4 vectors (``rules.outer_forward``: 64
+  filters with AVX-512), P positions, over runs of channels whose weights
+  stay in L1 (``rules.outer_channels``), stored filters innermost and
+  transposed back in registers (:func:`~cnncli.engine.simd.transpose`); and
+  the weight gradient, P channel-taps × the filters (``rules.outer_block``),
+  over dy transposed to filters-innermost.
+
+Layouts. A *group* of S samples is copied side by side into per-thread
+buffers, rows ``rules.unaliased_stride`` apart. For positions in the lanes,
+each channel's S planes unpadded, xg (C, S·H·W): positions are numbered
+q = s·H·W + oh·W + ow, so tap (i, j) of every output of the group is one
+contiguous run of xg at offset (i·dh - ph)·W + (j·dw - pw), and a block of
 positions may span rows and samples. Where a tap falls outside its plane (the
-padding) the lane is left out by a mask (:func:`_mask_table`: one bit per lane,
-per vector of positions and tap), so every lane of a block is an output: no
-position is computed that is not stored, but in a group's last vectors. The
-masks are made for a whole group; a group of fewer samples (the last) has
-zeros after its planes, which the sums of the weight gradient read.
+padding) the lane is left out by a mask (:func:`_mask_table`: one bit per
+lane, per vector of positions and tap), so every lane of a block is an output:
+no position is computed that is not stored, but in a group's last vectors. For
+filters in the lanes, each channel's S planes zero-padded, xp (C, S·Hp·Wp):
+an input is a broadcast scalar, and the padding is its zeros.
 
 The layers are 'same' convolutions (``rules.blocked_applies``: padding
 dh·(KH-1)/2 each side, so OH = H). Then the input gradient is itself such a
 convolution of dy, with the filters flipped and their channels and filters
-swapped, at the same offsets under the same masks: the backward pass's copy of
-dy, dyg (F, S·H·W), feeds both gradients.
+swapped, at the same offsets under the same masks.
 
 Work is shared out by group of samples (by group and run of filter blocks in a
 forward pass over fewer samples than threads); the weight gradient of a run of
@@ -67,16 +76,15 @@ _VECTORS_OUT = 4  # the forward pass with filters in the lanes runs _outer4's bl
 
 
 @kernel
-def _gather(x, s0, sc, xg, stride, group):
-    # Samples s0 .. s0+sc-1 of x (N, C, H, W) into xg: channel c's sc planes from c·stride on, zeros after them
-    # up to ``group`` planes (where the group's masks let a tap read).
+def _gather(x, s0, sc, xg, stride):
+    # Samples s0 .. s0+sc-1 of x (N, C, H, W) into xg: channel c's sc planes from c·stride on. (Made for a whole
+    # group, the masks of a shorter one let its last block read past its planes, for outputs never stored.)
     c_ = x.shape[1]
     plane = x.shape[2] * x.shape[3]
     src = x.reshape(-1)
     for c in range(c_):
         for s in range(sc):
             simd.copy(xg, c * stride + s * plane, src, ((s0 + s) * c_ + c) * plane, plane)
-        simd.zero(xg, c * stride + sc * plane, (group - sc) * plane)
 
 
 @kernel
@@ -212,7 +220,7 @@ def _forward(x, wb, bias, y, xg_buf, out_buf, masks, offs, group, split, step):
         s0 = g * group
         sc = min(n_, s0 + group) - s0
         span = sc * plane
-        _gather(x, s0, sc, xg, stride, group)
+        _gather(x, s0, sc, xg, stride)
         for b in range(part * per, min(blocks, part * per + per)):
             weights = wb[b].reshape(-1)
             for q0 in range(0, span, step):
@@ -287,7 +295,7 @@ def _backward(x, dy, wbt, parts, dx, xp_buf, dyt_buf, dyg_buf, out_buf, masks, o
             _transpose(dy, s0, sc, dyt, fp, lanes_)
             _weight_grads(xp, bases, xrows[:sc * h_], dyt, dyrows[:sc * h_], fp, w_, dw, vectors, lanes_)
             if need_dx:
-                _gather(dy, s0, sc, dyg, row, group)
+                _gather(dy, s0, sc, dyg, row)
                 for b in range(wbt.shape[0]):
                     weights = wbt[b].reshape(-1)
                     for q0 in range(0, sc * plane, step):

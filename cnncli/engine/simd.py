@@ -23,9 +23,16 @@ in the same order (tap-major, then channels) wherever the arrays sit and
 whichever thread runs it, so the results do not depend on the split of the
 work.
 
+:func:`multiply_add_outer` is the other way round: P broadcast scalars times
+V vectors (filters in the lanes), P·V accumulators, V loads and P broadcasts
+per step, half the loads per multiply-add of the block above; it needs the
+filters innermost, which :func:`transpose` (an L × L block in registers)
+provides and undoes.
+
 The lane count is the machine's vector register (:data:`VECTOR_BYTES`, from
 the CPU features Numba compiles for); :func:`cnncli.engine.rules.register_block`
-picks FB and V so that the accumulators fit its registers.
+and :func:`~cnncli.engine.rules.outer_block` pick the blocks so that the
+accumulators fit its registers.
 
 The row moves (:func:`copy`, :func:`copy_add`, :func:`zero`,
 :func:`copy_stride2`) are here for the same reason: a Numba loop over a short
