@@ -198,6 +198,17 @@ def _scatter(out, orow, s0, sc, y, f0, fb, bias):
 # ---------------------------------------------------------------------------
 
 
+@kernel
+def _job(job, split, group, n_, blocks):
+    # A forward pass's job ``job``, shared out by group of samples and run of filter blocks (``split`` runs):
+    # its first sample, its samples, and its filter blocks b0 .. b1-1.
+    g = job // split
+    part = job - g * split
+    per = (blocks + split - 1) // split
+    s0 = g * group
+    return s0, min(n_, s0 + group) - s0, part * per, min(blocks, part * per + per)
+
+
 @parallel_kernel
 def _forward(x, wb, bias, y, xg_buf, out_buf, masks, offs, group, split, step):
     # wb (blocks, C·T, FB): filter block b's weights, row c·T + t; bias (F,) or (0,); masks: _mask_table's; per
@@ -209,19 +220,14 @@ def _forward(x, wb, bias, y, xg_buf, out_buf, masks, offs, group, split, step):
     plane = h_ * w_
     orow = out_buf.shape[1] // FILTERS
     stride = xg_buf.shape[1] // c_
-    groups = (n_ + group - 1) // group
-    per = (blocks + split - 1) // split
-    for job in prange(groups * split):
-        g = job // split
-        part = job - g * split
+    for job in prange((n_ + group - 1) // group * split):
+        s0, sc, b0, b1 = _job(job, split, group, n_, blocks)
         t = get_thread_id()
         xg = xg_buf[t]
         out = out_buf[t]
-        s0 = g * group
-        sc = min(n_, s0 + group) - s0
         span = sc * plane
         _gather(x, s0, sc, xg, stride)
-        for b in range(part * per, min(blocks, part * per + per)):
+        for b in range(b0, b1):
             weights = wb[b].reshape(-1)
             for q0 in range(0, span, step):
                 _block(xg, q0, weights, 0, out, q0, orow, c_, stride, offs, masks, q0 // lanes_ * taps, taps)
@@ -241,18 +247,13 @@ def _forward_outer(x, wt, bias, y, xp_buf, yt_buf, bases, taps, wrows, ph, pw, g
     width = _VECTORS_OUT * lanes_
     xstride = xp_buf.shape[1] // c_
     blocks = f_ // width
-    groups = (n_ + group - 1) // group
-    per = (blocks + split - 1) // split
-    for job in prange(groups * split):
-        g = job // split
-        part = job - g * split
+    for job in prange((n_ + group - 1) // group * split):
+        s0, sc, b0, b1 = _job(job, split, group, n_, blocks)
         t = get_thread_id()
         xp = xp_buf[t]
         yt = yt_buf[t]
-        s0 = g * group
-        sc = min(n_, s0 + group) - s0
         _gather_padded(x, s0, sc, xp, xstride, ph, pw)
-        for b in range(part * per, min(blocks, part * per + per)):
+        for b in range(b0, b1):
             f0 = b * width
             for c0 in range(0, c_, chunk):
                 part_x = xp[c0 * xstride:]
