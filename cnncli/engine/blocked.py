@@ -61,7 +61,8 @@ __all__ = ["backward", "forward"]
 FILTERS, VECTORS = rules.register_block(simd.VECTOR_REGISTERS)
 _block = simd.multiply_add_block(FILTERS, VECTORS)
 # The weight gradient's blocks, for each number of filter vectors (rules.outer_block): P channel-taps, then 3 and
-# 1 for the ones left over (a 3×3 kernel has 9·C channel-taps, so P, a multiple of 3, leaves a multiple of 3).
+# 1 for the ones left over (a 3×3 kernel has 9·C channel-taps; with 32 registers P is 24, 12 or 6, which leaves a
+# multiple of 3).
 _P1, _P2, _P4 = (rules.outer_points(v, simd.VECTOR_REGISTERS) for v in (1, 2, 4))
 _outer1, _outer2, _outer4 = (simd.multiply_add_outer(p, v) for p, v in ((_P1, 1), (_P2, 2), (_P4, 4)))
 _three1, _three2, _three4 = (simd.multiply_add_outer(3, v) for v in (1, 2, 4))
@@ -70,8 +71,8 @@ _VECTORS_OUT = 4  # the forward pass with filters in the lanes runs _outer4's bl
 
 
 # ---------------------------------------------------------------------------
-# a group's masks, and copies in and out of its buffers (simd.copy: a plane in a
-# few vector moves)
+# copies in and out of a group's buffers (simd.copy: a plane in a few vector
+# moves; simd.transpose: filters innermost and back), the weight gradient's sums
 # ---------------------------------------------------------------------------
 
 
