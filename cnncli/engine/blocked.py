@@ -326,9 +326,10 @@ def _taps(kernel: tuple[int, int], ph: int, pw: int, dh: int, dw: int) -> tuple[
     return rows, cols
 
 
-def _offsets(rows: tuple[int, ...], cols: tuple[int, ...], width: int) -> np.ndarray:
-    """Each tap's offset from an output to its input in a plane of ``width``."""
-    return np.array(rows, dtype=np.int64) * width + np.array(cols, dtype=np.int64)
+def _offsets(rows: tuple[int, ...], cols: tuple[int, ...], width: int, ph: int = 0, pw: int = 0) -> np.ndarray:
+    """Each tap's offset from an output to its input in a plane of ``width`` (int64); in a zero-padded one, from
+    the output's input at tap (0, 0) (``ph``, ``pw`` its padding)."""
+    return (np.array(rows, dtype=np.int64) + ph) * width + (np.array(cols, dtype=np.int64) + pw)
 
 
 @functools.lru_cache(maxsize=64)
@@ -368,7 +369,7 @@ def forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray, y: np.ndarray, ph: i
         blocks = f // (_VECTORS_OUT * lanes_)
         split = min(blocks, -(-threads // -(-n // group)))
         wt = np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(-1)
-        taps = np.array([(r + ph) * wp + (q + pw) for r, q in zip(rows, cols)], dtype=np.int64)
+        taps = _offsets(rows, cols, wp, ph, pw)
         _forward_outer(x, wt, bias, y, scratch("blocked.xp", (threads, c * xstride), x.dtype),
                        scratch("blocked.yt", (threads, positions * f), x.dtype),
                        _position_bases(positions, group, h, wd, hp, wp), taps, np.arange(len(rows), dtype=np.int64) * (c * f),
@@ -399,6 +400,22 @@ def _position_bases(positions: int, group: int, h: int, w: int, hp: int, wp: int
     return bases
 
 
+@functools.lru_cache(maxsize=64)
+def _row_tables(c: int, xstride: int, rows: tuple[int, ...], cols: tuple[int, ...], ph: int, pw: int, group: int,
+                h: int, w: int, fp: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The weight gradient's tables (int64): each channel-tap's first input in the group's zero-padded planes
+    (C·T), each output row's first input there at tap (0, 0) and its first gradient in dy transposed
+    (group·H each). Made once per layer shape (cached)."""
+    hp, wp = h + 2 * ph, w + 2 * pw
+    bases = (np.arange(c)[:, None] * xstride + _offsets(rows, cols, wp, ph, pw)[None, :]).reshape(-1)
+    s, oh = np.divmod(np.arange(group * h), h)
+    xrows = (s * hp * wp + oh * wp).astype(np.int64)
+    dyrows = np.arange(group * h, dtype=np.int64) * (w * fp)
+    for table in (bases, xrows, dyrows):
+        table.flags.writeable = False
+    return bases, xrows, dyrows
+
+
 def backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray, dx: np.ndarray | None, ph: int, pw: int, dh: int,
              dw: int, per: int) -> np.ndarray:
     """The gradients of :func:`forward`: dx into ``dx`` (unless None), and dwᵀ by slots, returned as
@@ -419,10 +436,7 @@ def backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray, dx: np.ndarray | None
     parts = np.empty((-(-n // per), c * kh * kw, fp), dtype=x.dtype)
     flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
     rows, cols = _taps((kh, kw), ph, pw, dh, dw)
-    bases = np.array([ci * xstride + (r + ph) * wp + (q + pw) for ci in range(c) for r, q in zip(rows, cols)],
-                     dtype=np.int64)
-    xrows = np.array([s * hp * wp + oh * wp for s in range(group) for oh in range(h)], dtype=np.int64)
-    dyrows = np.arange(group * h, dtype=np.int64) * (wd * fp)
+    bases, xrows, dyrows = _row_tables(c, xstride, rows, cols, ph, pw, group, h, wd, fp)
     _backward(x, dy, _blocks(flipped), parts, dx if dx is not None else np.empty((1, 1, 1, 1), dtype=x.dtype),
               scratch("blocked.xp", (threads, c * xstride), x.dtype),
               scratch("blocked.dyt", (threads, group * plane * fp), x.dtype),
