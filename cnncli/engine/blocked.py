@@ -15,7 +15,7 @@ blocks (cnncli.engine.simd):
   filters with AVX-512), P positions, over runs of channels whose weights
   stay in L1 (``rules.outer_channels``), stored filters innermost and
   transposed back in registers (:func:`~cnncli.engine.simd.transpose`); and
-  the weight gradient, P channel-taps × the filters (``rules.outer_block``),
+  the weight gradient, P channel-taps × the filters (``rules.outer_vectors``),
   over dy transposed to filters-innermost.
 
 Layouts. A *group* of S samples is copied side by side into per-thread
@@ -60,14 +60,17 @@ __all__ = ["backward", "forward"]
 
 FILTERS, VECTORS = rules.register_block(simd.VECTOR_REGISTERS)
 _block = simd.multiply_add_block(FILTERS, VECTORS)
-# The weight gradient's blocks, for each number of filter vectors (rules.outer_block): P channel-taps, then 3 and
+# The weight gradient's blocks, for each number of filter vectors (rules.outer_vectors): P channel-taps, then 3 and
 # 1 for the ones left over (a 3×3 kernel has 9·C channel-taps; with 32 registers P is 24, 12 or 6, which leaves a
 # multiple of 3).
 _P1, _P2, _P4 = (rules.outer_points(v, simd.VECTOR_REGISTERS) for v in (1, 2, 4))
 _outer1, _outer2, _outer4 = (simd.multiply_add_outer(p, v) for p, v in ((_P1, 1), (_P2, 2), (_P4, 4)))
 _three1, _three2, _three4 = (simd.multiply_add_outer(3, v) for v in (1, 2, 4))
 _one1, _one2, _one4 = (simd.multiply_add_outer(1, v) for v in (1, 2, 4))
-_VECTORS_OUT = 4  # the forward pass with filters in the lanes runs _outer4's blocks (rules.outer_forward)
+# the forward pass with filters in the lanes (rules.outer_forward): P positions × _VECTORS_OUT vectors of filters
+_VECTORS_OUT = rules.OUTER_FORWARD_VECTORS
+_P_OUT = rules.outer_points(_VECTORS_OUT, simd.VECTOR_REGISTERS)
+_forward_block = simd.multiply_add_outer(_P_OUT, _VECTORS_OUT)
 
 
 # ---------------------------------------------------------------------------
@@ -258,8 +261,8 @@ def _forward_outer(x, wt, bias, y, xp_buf, yt_buf, bases, taps, wrows, ph, pw, g
             f0 = b * width
             for c0 in range(0, c_, chunk):
                 part_x = xp[c0 * xstride:]
-                for i0 in range(0, sc * plane, _P4):
-                    _outer4(part_x, bases[i0:], taps, xstride, wt, f0 + c0 * f_, wrows, f_, min(chunk, c_ - c0), yt,
+                for i0 in range(0, sc * plane, _P_OUT):
+                    _forward_block(part_x, bases[i0:], taps, xstride, wt, f0 + c0 * f_, wrows, f_, min(chunk, c_ - c0), yt,
                             i0 * f_ + f0, f_, c0)
             _untranspose(yt, s0, sc, y, f0, width, bias, lanes_)
 
@@ -364,7 +367,7 @@ def forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray, y: np.ndarray, ph: i
     if rules.outer_forward(f, lanes_, simd.VECTOR_REGISTERS):
         hp, wp = h + 2 * ph, wd + 2 * pw
         group = rules.blocked_group(n, (c * hp * wp + f * plane) * x.itemsize)
-        positions = -(-(group * plane) // _P4) * _P4
+        positions = -(-(group * plane) // _P_OUT) * _P_OUT
         xstride = rules.unaliased_stride(group * hp * wp, x.itemsize)
         blocks = f // (_VECTORS_OUT * lanes_)
         split = min(blocks, -(-threads // -(-n // group)))
@@ -427,7 +430,7 @@ def backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray, dx: np.ndarray | None
     hp, wp = h + 2 * ph, wd + 2 * pw
     lanes_ = simd.lanes(x.itemsize)
     step = VECTORS * lanes_
-    vectors, _ = rules.outer_block(-(-f // lanes_), simd.VECTOR_REGISTERS)
+    vectors = rules.outer_vectors(-(-f // lanes_), simd.VECTOR_REGISTERS)
     fp = -(-f // (vectors * lanes_)) * vectors * lanes_
     group = rules.blocked_group(per, (c * hp * wp + (f + fp) * plane) * x.itemsize)
     qpad = -(-(group * plane) // step) * step

@@ -218,29 +218,32 @@ def register_block(vector_registers: int) -> tuple[int, int]:
 OUTER_VECTORS = (4, 2, 1)
 
 
-def outer_block(filter_vectors: int, vector_registers: int) -> tuple[int, int]:
-    """(V, P) of the blocked weight gradient's register block for filters that fill ``filter_vectors`` vectors:
-    V vectors of filters (the largest of OUTER_VECTORS not above them; 2 at most with 16 registers) times P
-    channel-taps, P·V accumulators with 8 registers to spare for the V gradients and a broadcast input. With 32
-    (AVX-512): 6 × 4, 12 × 2, 24 × 1. On one core at batch 64, against sums over positions (filters × taps in the
-    registers, positions in the lanes): ResNet-20's 64 filters at 8×8 5.2 -> 2.9 ms, 32 at 16×16 4.1 -> 3.2, 16 at
-    32×32 even."""
+def outer_vectors(filter_vectors: int, vector_registers: int) -> int:
+    """V of the blocked weight gradient's register block for filters that fill ``filter_vectors`` vectors: the
+    largest of OUTER_VECTORS not above them (2 at most with 16 registers); P channel-taps come from
+    :func:`outer_points`. With 32 registers (AVX-512): 6 × 4, 12 × 2, 24 × 1. On one core at batch 64, against sums
+    over positions (filters × taps in the registers, positions in the lanes): ResNet-20's 64 filters at 8×8 5.2 ->
+    2.9 ms, 32 at 16×16 4.1 -> 3.2, 16 at 32×32 even."""
     most = 4 if vector_registers >= 32 else 2
-    vectors = next(v for v in OUTER_VECTORS if v <= min(most, max(filter_vectors, 1)))
-    return vectors, outer_points(vectors, vector_registers)
+    return next(v for v in OUTER_VECTORS if v <= min(most, max(filter_vectors, 1)))
 
 
 def outer_points(vectors: int, vector_registers: int) -> int:
-    """P of :func:`outer_block` for V = ``vectors``."""
+    """P of a register block of filters in the lanes with V = ``vectors``: P·V accumulators, with 8 registers to
+    spare for the V loaded vectors and a broadcast."""
     return max(1, (vector_registers - 8) // vectors)
+
+
+#: Filters per block, in vectors, of the blocked forward pass with filters in the lanes.
+OUTER_FORWARD_VECTORS = 4
 
 
 def outer_forward(filters: int, lanes: int, vector_registers: int) -> bool:
     """Whether the blocked forward pass holds filters in the lanes (cnncli.engine.simd.multiply_add_outer: P
-    positions × 4 vectors of filters, inputs broadcast) rather than positions (multiply_add_block): where the
-    filters fill blocks of 4 vectors and the registers hold 6 × 4 accumulators. In a loop over cached data the
-    first ran at 100 GFLOPS, the second at 74 (it loads twice as much per multiply-add)."""
-    return vector_registers >= 32 and filters % (4 * lanes) == 0
+    positions × OUTER_FORWARD_VECTORS vectors of filters, inputs broadcast) rather than positions
+    (multiply_add_block): where the filters fill such blocks and the registers hold 6 × 4 accumulators. In a loop
+    over cached data the first ran at 100 GFLOPS, the second at 74 (it loads twice as much per multiply-add)."""
+    return vector_registers >= 32 and filters % (OUTER_FORWARD_VECTORS * lanes) == 0
 
 
 #: The forward pass with filters in the lanes runs every position past the weights of this many bytes at a time

@@ -31,7 +31,7 @@ provides and undoes.
 
 The lane count is the machine's vector register (:data:`VECTOR_BYTES`, from
 the CPU features Numba compiles for); :func:`cnncli.engine.rules.register_block`
-and :func:`~cnncli.engine.rules.outer_block` pick the blocks so that the
+and :func:`~cnncli.engine.rules.outer_vectors` pick the blocks so that the
 accumulators fit its registers.
 
 The row moves (:func:`copy`, :func:`copy_add`, :func:`zero`,
@@ -207,7 +207,7 @@ def _float_array(a) -> bool:
     return isinstance(a, types.Array) and a.dtype in (types.float32, types.float64) and a.layout == "C"
 
 
-def _mask_array(a) -> bool:
+def _int64_array(a) -> bool:
     return isinstance(a, types.Array) and a.dtype == types.int64 and a.layout == "C" and a.ndim == 1
 
 
@@ -226,7 +226,7 @@ def multiply_add_block(filters: int, vectors: int):
     @intrinsic
     def block(typingctx, x, xoff, w, woff, y, yoff, yrow, channels, plane, offs, masks, moff, mstride):
         if not (_float_array(x) and _float_array(w) and _float_array(y) and w.dtype == y.dtype == x.dtype
-                and _mask_array(masks)):
+                and _int64_array(masks)):
             return None
 
         def codegen(context, builder, signature, args):
@@ -281,7 +281,7 @@ def multiply_add_outer(points: int, vectors: int):
     @intrinsic
     def outer(typingctx, a, bases, rows_a, astep, b, boff, rows_b, bstep, count, out, ooff, ostride, add):
         if not (_float_array(a) and _float_array(b) and _float_array(out) and a.dtype == b.dtype == out.dtype
-                and _mask_array(bases) and _mask_array(rows_a) and _mask_array(rows_b)):
+                and _int64_array(bases) and _int64_array(rows_a) and _int64_array(rows_b)):
             return None
 
         def codegen(context, builder, signature, args):
