@@ -1017,10 +1017,6 @@ def test_scratch_buffers_start_on_the_same_boundary_in_every_thread():
 def test_winograd_takes_the_wide_3x3_layers_and_keeps_float32_close():
     """The rule sends wide 3×3 stride-1 layers to Winograd F(2×2, 3×3) and the rest elsewhere; in float32 its
     results stay within a few units in the last place of the float64 convolution."""
-    from cnncli.engine import blas
-
-    if blas.FUNCTIONS is None:
-        pytest.skip("numpy's BLAS exports no CBLAS GEMM here")
     geometry_of = conv._Geometry
     wide = np.zeros((2, 128, 8, 8), np.float32)
     assert geometry_of(wide, np.zeros((128, 128, 3, 3), np.float32), (1, 1), (1, 1), (1, 1), 1).winograd
@@ -1039,6 +1035,32 @@ def test_winograd_takes_the_wide_3x3_layers_and_keeps_float32_close():
            *conv.conv2d_backward(x32, w32, dy32, (1, 1), (1, 1), (1, 1), 1)[:2]]
     for g, ref in zip(got, want):
         assert np.abs(g - ref).max() / np.abs(ref).max() < 5e-6  # float32's unit roundoff is 6e-8
+
+
+@pytest.mark.parametrize("filters_innermost", [True, False])
+def test_winograd_filter_transform_is_g_w_gt_and_its_adjoint_the_weight_gradient(filters_innermost):
+    """winograd's kernels spell out U = G w Gᵀ (into either layout, zeros past the real columns) and dw = Gᵀ dU G
+    (summed over slots): the first against the matrix products with winograd.G, the second as the first's adjoint,
+    ⟨dU, U(w)⟩ = ⟨dw(dU), w⟩."""
+    from cnncli.engine import winograd
+
+    rng = np.random.default_rng(2)
+    f, c = 5, 7
+    w = rng.standard_normal((f, c, 3, 3))
+    columns = 9
+    u = winograd._transformed(w, columns, filters_innermost)
+    rows, real = (c, f) if filters_innermost else (f, c)
+    planes = u[:, :rows * columns].reshape(16, rows, columns)
+    want = np.einsum("ai,fcij,bj->abfc", winograd.G, w, winograd.G).reshape(16, f, c)
+    np.testing.assert_allclose(planes[:, :, :real], want.transpose(0, 2, 1) if filters_innermost else want,
+                               rtol=1e-14, atol=1e-14)
+    assert not planes[:, :, real:].any()
+    cp = 8
+    du = rng.standard_normal((2, 16, f * cp + 3))
+    dw = np.empty_like(w)
+    winograd._weight_gradient(du, cp, dw)
+    total = (du[0] + du[1])[:, :f * cp].reshape(16, f, cp)[:, :, :c]
+    assert np.isclose((total * want).sum(), (dw * w).sum(), rtol=1e-12)
 
 
 def test_blocked_takes_the_narrow_same_layers():
@@ -1065,6 +1087,86 @@ def test_blocked_takes_the_narrow_same_layers():
             x, w, _, _ = conv_arrays(cfg, np.float64)
             assert rules.blocked_applies(cfg["stride"], cfg["padding"], cfg["kernel"], cfg["dilation"], cfg["groups"])
             assert w.shape[0] >= rules.BLOCKED_MIN_FILTERS, name
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_simd_tile_transform_equals_the_matrix_products(dtype, accumulate):
+    """simd.tile_transform(left, right) computes Y = left · X · rightᵀ over runs of every length up to three vectors
+    (X's and Y's elements at rows named by tables), added to Y's rows with ``accumulate``, and writes nothing else.
+    Winograd's four transforms, and one with a row of zeros."""
+    from numba import njit
+
+    from cnncli.engine import simd, winograd
+
+    shapes = [(winograd.B_T, winograd.B_T), (winograd.A_T, winograd.A_T),
+              (tuple(zip(*winograd.A_T)), tuple(zip(*winograd.A_T))), (((1, -1), (0, 0), (-1, 0)), ((0, 1), (1, 1)))]
+    def runner(transform):
+        @njit
+        def run(src, stab, sscale, dst, dtab, dscale, count):
+            transform(src, stab, 1, sscale, 2, dst, dtab, 2, dscale, 1, count)
+        return run
+
+    rng = np.random.default_rng(4)
+    for left, right in shapes:
+        run = runner(simd.tile_transform(left, right, accumulate))
+        lm, rm = np.array(left, dtype), np.array(right, dtype)
+        p, q, a, b = lm.shape[1], rm.shape[1], lm.shape[0], rm.shape[0]
+        for count in range(3 * simd.lanes(np.dtype(dtype).itemsize) + 2):
+            sscale, dscale = count + 2, count + 3  # rows apart, with room between them
+            src = rng.standard_normal(sscale * (p * q + 1) + 2 + count).astype(dtype)
+            stab = np.concatenate([[99], rng.permutation(p * q + 1)[:p * q]]).astype(np.int64)  # rows, from entry 1
+            dtab = np.concatenate([[99, 99], rng.permutation(a * b)]).astype(np.int64)
+            dst = rng.standard_normal(dscale * a * b + 1 + count + 4).astype(dtype)
+            before = dst.copy()
+            run(src, stab, sscale, dst, dtab, dscale, count)
+            x = np.stack([src[stab[1 + k] * sscale + 2:][:count] for k in range(p * q)]).reshape(p, q, count)
+            y = np.einsum("ip,pqc,jq->ijc", lm, x, rm).reshape(a * b, count)
+            want = before.copy()
+            for k in range(a * b):
+                at = dtab[2 + k] * dscale + 1
+                want[at:at + count] = y[k] + (before[at:at + count] if accumulate else 0)
+            np.testing.assert_allclose(dst, want, **tolerances(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_products_equal_numpy(dtype):
+    """products.matrix_product (runs of the depth, every block width the columns need) and products.outer_sums
+    (rows and steps, added to what is there) against numpy, on sizes that leave every kind of block's tail."""
+    from numba import njit
+
+    from cnncli.engine import products, simd
+
+    lanes = simd.lanes(np.dtype(dtype).itemsize)
+    zero = np.zeros(1, np.int64)
+    rng = np.random.default_rng(6)
+
+    @njit
+    def product(a, bases, b, bstride, depth, out, ostride, columns, chunk):
+        products.matrix_product(a, bases, b, bstride, depth, out, ostride, columns, chunk, zero, lanes)
+
+    for points, depth, vectors in [(1, 1, 1), (7, 5, 3), (13, 40, 7), (25, 3, 4)]:
+        columns = vectors * lanes
+        a = rng.standard_normal((points, depth + 3)).astype(dtype)
+        b = rng.standard_normal((depth, columns + 5)).astype(dtype)
+        out = np.full((points, columns + 2), 9, dtype)
+        product(a.reshape(-1), products.point_bases(points, depth + 3), b.reshape(-1), columns + 5, depth,
+                out.reshape(-1), columns + 2, columns, 4)
+        np.testing.assert_allclose(out[:, :columns], a[:, :depth] @ b[:, :columns], **tolerances(dtype))
+        assert (out[:, columns:] == 9).all()
+        steps = rng.standard_normal((points + 2 * depth + 4,)).astype(dtype)
+        grads = rng.standard_normal((3 * depth + 2, columns)).astype(dtype)
+        bases = rng.permutation(points).astype(np.int64)
+        arows, brows = np.array([0, 3], np.int64), np.array([0, 2 * columns], np.int64)
+        sums = rng.standard_normal((points, columns)).astype(dtype)
+        want = sums.copy()
+        for i in range(points):
+            for r in range(2):
+                for k in range(depth):
+                    want[i] += steps[bases[i] + arows[r] + 2 * k] * grads.reshape(-1)[brows[r] + k * columns:][:columns]
+        products.outer_sums(steps, bases, arows, 2, grads.reshape(-1), brows, columns, depth, sums.reshape(-1),
+                            columns, lanes)
+        np.testing.assert_allclose(sums, want, **tolerances(dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -23,11 +23,16 @@ conv, pool      the general NCHW convolution and pooling kernels
 winograd        3×3 stride-1 convolution by Winograd's F(2×2, 3×3)
 blocked         'same' stride-1 convolution as register-blocked direct
                 loops, forward and both gradients
+products        matrix products with filters (or channels) in the lanes,
+                made of ``simd``'s register blocks (Winograd's 16 products,
+                ``blocked``'s weight gradient)
+layout          NCHW planes to and from rows of channels (channels
+                innermost), for the kernels with channels in the lanes
 simd            the vector code Numba does not write, as LLVM IR: register
-                blocks of multiply-adds (``blocked``'s inner loops), an
-                L × L transpose, and row moves (copies, zeros, stride-2
-                gathers) for the padding, unfolding and storing of every
-                conv path
+                blocks of multiply-adds (``blocked``'s and ``products``'
+                inner loops), Winograd's tile transforms, an L × L
+                transpose, and row moves (copies, zeros, stride-2 gathers)
+                for the padding, unfolding and storing of every conv path
 blas            numpy's CBLAS GEMM, callable from inside a kernel
 norm            batch normalization's kernels (statistics, normalise, gradients)
 elementwise     ReLU (alone or after a residual sum) and its gradient

@@ -14,8 +14,8 @@ blocks (cnncli.engine.simd):
   where the filters fill blocks of 4 vectors (``rules.outer_forward``: 64
   filters with AVX-512), P positions, over runs of channels whose weights
   stay in L1 (``rules.outer_channels``), stored filters innermost and
-  transposed back in registers (:func:`~cnncli.engine.simd.transpose`); and
-  the weight gradient, P channel-taps × the filters (``rules.outer_vectors``),
+  transposed back in registers (:mod:`cnncli.engine.layout`); and the weight
+  gradient, P channel-taps × the filters (:func:`cnncli.engine.products.outer_sums`),
   over dy transposed to filters-innermost.
 
 Layouts. A *group* of S samples is copied side by side into per-thread
@@ -52,7 +52,7 @@ import numba
 import numpy as np
 from numba import get_thread_id, prange
 
-from cnncli.engine import rules, simd
+from cnncli.engine import layout, products, rules, simd
 from cnncli.engine.arrays import scratch
 from cnncli.engine.jit import kernel, parallel_kernel
 
@@ -60,13 +60,6 @@ __all__ = ["backward", "forward"]
 
 FILTERS, VECTORS = rules.register_block(simd.VECTOR_REGISTERS)
 _block = simd.multiply_add_block(FILTERS, VECTORS)
-# The weight gradient's blocks, for each number of filter vectors (rules.outer_vectors): P channel-taps, then 3 and
-# 1 for the ones left over (a 3×3 kernel has 9·C channel-taps; with 32 registers P is 24, 12 or 6, which leaves a
-# multiple of 3).
-_P1, _P2, _P4 = (rules.outer_points(v, simd.VECTOR_REGISTERS) for v in (1, 2, 4))
-_outer1, _outer2, _outer4 = (simd.multiply_add_outer(p, v) for p, v in ((_P1, 1), (_P2, 2), (_P4, 4)))
-_three1, _three2, _three4 = (simd.multiply_add_outer(3, v) for v in (1, 2, 4))
-_one1, _one2, _one4 = (simd.multiply_add_outer(1, v) for v in (1, 2, 4))
 # the forward pass with filters in the lanes (rules.outer_forward): P positions × _VECTORS_OUT vectors of filters
 _VECTORS_OUT = rules.OUTER_FORWARD_VECTORS
 _P_OUT = rules.outer_points(_VECTORS_OUT, simd.VECTOR_REGISTERS)
@@ -75,7 +68,7 @@ _forward_block = simd.multiply_add_outer(_P_OUT, _VECTORS_OUT)
 
 # ---------------------------------------------------------------------------
 # copies in and out of a group's buffers (simd.copy: a plane in a few vector
-# moves; simd.transpose: filters innermost and back), the weight gradient's sums
+# moves)
 # ---------------------------------------------------------------------------
 
 
@@ -108,78 +101,6 @@ def _gather_padded(x, s0, sc, xp, stride, ph, pw):
                 row = base + (ph + r) * wp + pw
                 simd.copy(xp, row, src, first + r * w_, w_)
                 simd.zero(xp, row + w_, 2 * pw if r + 1 < h_ else plane - (ph + r) * wp - pw - w_)
-
-
-@kernel
-def _transpose(dy, s0, sc, dyt, fp, lanes_):
-    # Samples s0 .. s0+sc-1 of dy (N, F, H, W) into dyt with filters innermost: (sc·H·W, fp), zeros past F. Whole
-    # L × L blocks in registers (simd.transpose), the positions past a multiple of L one at a time.
-    f_ = dy.shape[1]
-    plane = dy.shape[2] * dy.shape[3]
-    src = dy.reshape(-1)
-    whole = plane // lanes_ * lanes_
-    for s in range(sc):
-        first = (s0 + s) * f_ * plane
-        for f0 in range(0, fp, lanes_):
-            rows = min(lanes_, max(0, f_ - f0))
-            for p0 in range(0, whole, lanes_):
-                simd.transpose(dyt, (s * plane + p0) * fp + f0, fp, src, first + f0 * plane + p0, plane, rows,
-                               dy[0, 0, 0, :0], 0)
-            for p in range(whole, plane):
-                at = (s * plane + p) * fp + f0
-                for i in range(lanes_):
-                    dyt[at + i] = src[first + (f0 + i) * plane + p] if i < rows else 0.0
-
-
-@kernel
-def _weight_grads(xp, bases, xrows, dyt, dyrows, fp, count, dw, vectors, lanes_):
-    # dw (C·T·fp) += the group's sums, channel-tap i's row at i·fp: blocks of P channel-taps (then 3, then 1) ×
-    # ``vectors`` vectors of filters.
-    ct = bases.shape[0]
-    for f0 in range(0, fp, vectors * lanes_):
-        if vectors == 4:
-            for i in range(0, ct - _P4 + 1, _P4):
-                _outer4(xp, bases[i:], xrows, 1, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp, 1)
-            for i in range(ct // _P4 * _P4, ct - 2, 3):
-                _three4(xp, bases[i:], xrows, 1, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp, 1)
-            for i in range(ct - (ct % _P4) % 3, ct):
-                _one4(xp, bases[i:], xrows, 1, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp, 1)
-        elif vectors == 2:
-            for i in range(0, ct - _P2 + 1, _P2):
-                _outer2(xp, bases[i:], xrows, 1, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp, 1)
-            for i in range(ct // _P2 * _P2, ct - 2, 3):
-                _three2(xp, bases[i:], xrows, 1, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp, 1)
-            for i in range(ct - (ct % _P2) % 3, ct):
-                _one2(xp, bases[i:], xrows, 1, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp, 1)
-        else:
-            for i in range(0, ct - _P1 + 1, _P1):
-                _outer1(xp, bases[i:], xrows, 1, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp, 1)
-            for i in range(ct // _P1 * _P1, ct - 2, 3):
-                _three1(xp, bases[i:], xrows, 1, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp, 1)
-            for i in range(ct - (ct % _P1) % 3, ct):
-                _one1(xp, bases[i:], xrows, 1, dyt, f0, dyrows, fp, count, dw, i * fp + f0, fp, 1)
-
-
-@kernel
-def _untranspose(yt, s0, sc, y, f0, fb, bias, lanes_):
-    # yt (sc·H·W rows of F, filters innermost) → y[s0 + s, f0 .. f0+fb) (bias added when given): L × L blocks
-    # transposed in registers (simd.transpose), the positions past a multiple of L one at a time. F and fb are
-    # multiples of L.
-    f_ = y.shape[1]
-    plane = y.shape[2] * y.shape[3]
-    dst = y.reshape(-1)
-    whole = plane // lanes_ * lanes_
-    for s in range(sc):
-        for fl in range(f0, f0 + fb, lanes_):
-            first = ((s0 + s) * f_ + fl) * plane
-            for p0 in range(0, whole, lanes_):
-                simd.transpose(dst, first + p0, plane, yt, (s * plane + p0) * f_ + fl, f_, lanes_, bias, fl)
-            for p in range(whole, plane):
-                for i in range(lanes_):
-                    value = yt[(s * plane + p) * f_ + fl + i]
-                    if bias.shape[0] > 0:
-                        value += bias[fl + i]
-                    dst[first + i * plane + p] = value
 
 
 @kernel
@@ -264,14 +185,14 @@ def _forward_outer(x, wt, bias, y, xp_buf, yt_buf, bases, taps, wrows, ph, pw, g
                 for i0 in range(0, sc * plane, _P_OUT):
                     _forward_block(part_x, bases[i0:], taps, xstride, wt, f0 + c0 * f_, wrows, f_, min(chunk, c_ - c0), yt,
                             i0 * f_ + f0, f_, c0)
-            _untranspose(yt, s0, sc, y, f0, width, bias, lanes_)
+            layout.from_rows(yt, f_, s0, sc, y, f0, width, bias, lanes_)
 
 
 @parallel_kernel
 def _backward(x, dy, wbt, parts, dx, xp_buf, dyt_buf, dyg_buf, out_buf, masks, offs, bases, xrows, dyrows, ph, pw,
-              per, group, vectors, lanes_, step, need_dx):
+              per, group, lanes_, step, need_dx):
     # parts (slots, C·T, Fp): slot k's dwᵀ, summed over samples k·per ... in groups of ``group``; Fp = F rounded up
-    # to whole blocks of ``vectors`` vectors. wbt (C blocks, F·T, FB): the flipped, transposed filters in blocks
+    # to whole vectors. wbt (C blocks, F·T, FB): the flipped, transposed filters in blocks
     # (the input gradient's weights). bases (C·T): channel-tap i's first input in xp; xrows, dyrows (group·H): an
     # output row's first input in xp (at tap (0, 0)) and first gradient in dyt. masks as in _forward. Per thread:
     # xp_buf (C rows of ≥ group padded planes), dyt_buf (group·H·W·Fp), dyg_buf (F rows of ≥ group·H·W, for dx's
@@ -297,8 +218,8 @@ def _backward(x, dy, wbt, parts, dx, xp_buf, dyt_buf, dyg_buf, out_buf, masks, o
         for s0 in range(slot * per, last, group):
             sc = min(last, s0 + group) - s0
             _gather_padded(x, s0, sc, xp, xstride, ph, pw)
-            _transpose(dy, s0, sc, dyt, fp, lanes_)
-            _weight_grads(xp, bases, xrows[:sc * h_], dyt, dyrows[:sc * h_], fp, w_, dw, vectors, lanes_)
+            layout.to_rows(dy, s0, sc, dyt, fp, lanes_)
+            products.outer_sums(xp, bases, xrows[:sc * h_], 1, dyt, dyrows[:sc * h_], fp, w_, dw, fp, lanes_)
             if need_dx:
                 _gather(dy, s0, sc, dyg, row)
                 for b in range(wbt.shape[0]):
@@ -430,8 +351,7 @@ def backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray, dx: np.ndarray | None
     hp, wp = h + 2 * ph, wd + 2 * pw
     lanes_ = simd.lanes(x.itemsize)
     step = VECTORS * lanes_
-    vectors = rules.outer_vectors(-(-f // lanes_), simd.VECTOR_REGISTERS)
-    fp = -(-f // (vectors * lanes_)) * vectors * lanes_
+    fp = -(-f // lanes_) * lanes_
     group = rules.blocked_group(per, (c * hp * wp + (f + fp) * plane) * x.itemsize)
     qpad = -(-(group * plane) // step) * step
     threads = numba.get_num_threads()
@@ -446,5 +366,5 @@ def backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray, dx: np.ndarray | None
               scratch("blocked.dyg", (threads, f * rules.unaliased_stride(group * plane, x.itemsize)), x.dtype),
               scratch("blocked.out", (threads, FILTERS * rules.unaliased_stride(qpad, x.itemsize)), x.dtype),
               _mask_table(qpad, group, h, wd, rows, cols, lanes_), _offsets(rows, cols, wd), bases, xrows, dyrows,
-              ph, pw, per, group, vectors, lanes_, step, dx is not None)
+              ph, pw, per, group, lanes_, step, dx is not None)
     return parts if fp == f else np.ascontiguousarray(parts[:, :, :f])

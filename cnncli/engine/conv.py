@@ -643,8 +643,7 @@ class _Geometry:
         fg = self.f // g
         self.taps = self.cg * self.kh * self.kw
         self.direct = rules.depthwise(self.taps, fg, unit)
-        winograd = (blas.FUNCTIONS is not None
-                    and rules.winograd_applies((self.kh, self.kw), (self.sh, self.sw), (self.dh, self.dw), g)
+        winograd = (rules.winograd_applies((self.kh, self.kw), (self.sh, self.sw), (self.dh, self.dw), g)
                     and rules.winograd_pays(self.c, self.oh, self.ow))
         self.blocked = (rules.blocked_applies((self.sh, self.sw), (self.ph, self.pw), (self.kh, self.kw),
                                               (self.dh, self.dw), g)

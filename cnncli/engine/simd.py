@@ -50,7 +50,7 @@ from numba.core import config
 from numba.extending import intrinsic
 
 __all__ = ["VECTOR_BYTES", "VECTOR_REGISTERS", "copy", "copy_add", "copy_stride2", "lanes", "multiply_add_block",
-           "multiply_add_outer", "transpose", "zero"]
+           "multiply_add_outer", "tile_transform", "transpose", "zero"]
 
 
 def _features() -> str:
@@ -447,3 +447,79 @@ def copy_stride2(typingctx, dst, doff, src, soff, n):
         return context.get_dummy_value()
 
     return types.void(dst, doff, src, soff, n), codegen
+
+
+def _signed_sum(builder, coefficients, values):
+    # Σ c·v for c in {-1, 0, 1}, in index order from the first positive term (an exact sequence of adds and
+    # subtracts, the same wherever it runs); a negated term when none is positive; None (zero) when no term is
+    # left (a value of None is zero).
+    terms = [(c, v) for c, v in zip(coefficients, values) if c and v is not None]
+    if not terms:
+        return None
+    first = next((i for i, (c, _) in enumerate(terms) if c > 0), None)
+    if first is None:
+        total = builder.fneg(terms[0][1])
+        rest = terms[1:]
+    else:
+        total = terms[first][1]
+        rest = terms[:first] + terms[first + 1:]
+    for c, v in rest:
+        total = builder.fadd(total, v) if c > 0 else builder.fsub(total, v)
+    return total
+
+
+def tile_transform(left, right, accumulate: bool):
+    """An intrinsic ``transform(src, stab, sbase, sscale, soff, dst, dtab, dbase, dscale, doff, count)`` computing
+    Y = left · X · rightᵀ for a tile X of p × q vectors into Y of a × b, with ``left`` (a × p) and ``right``
+    (b × q) matrices of -1, 0 and 1 (Winograd's transforms): additions and subtractions only, rows first.
+
+    X[i][j] is the run ``src[stab[sbase + i·q + j]·sscale + soff + c]`` for c < ``count``, Y[i][j] the run
+    ``dst[dtab[dbase + i·b + j]·dscale + doff + c]``: the tables name rows (positions of a plane with channels
+    innermost, or planes of transformed tiles) and the runs go across them, whole vectors first. With
+    ``accumulate`` Y is added to what dst holds (tiles that overlap). ``src``, ``dst``: 1-D contiguous arrays
+    of one float dtype; ``stab``, ``dtab``: 1-D int64 arrays.
+    """
+    left = tuple(tuple(int(c) for c in row) for row in left)
+    right = tuple(tuple(int(c) for c in row) for row in right)
+    if any(c not in (-1, 0, 1) for row in left + right for c in row):
+        raise ValueError(f"tile_transform: coefficients must be -1, 0 or 1, got {left} and {right}")
+    p, q, a, b = len(left[0]), len(right[0]), len(left), len(right)
+
+    @intrinsic
+    def transform(typingctx, src, stab, sbase, sscale, soff, dst, dtab, dbase, dscale, doff, count):
+        if not (_float_array(src) and _float_array(dst) and src.dtype == dst.dtype and _int64_array(stab)
+                and _int64_array(dtab)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            e = _Emit(context, builder, signature, args)
+            src_, stab_, dst_, dtab_ = e.data(0), e.data(1), e.data(5), e.data(6)
+            sbase_, sscale_, soff_, dbase_, dscale_, doff_, count_ = (e.integer(i) for i in (2, 3, 4, 7, 8, 9, 10))
+
+            def starts(table, base, scale, off, n):
+                return [builder.add(builder.mul(builder.load(builder.gep(table, [builder.add(base, e.const(k))])),
+                                                scale), off) for k in range(n)]
+
+            sources = starts(stab_, sbase_, sscale_, soff_, p * q)
+            targets = starts(dtab_, dbase_, dscale_, doff_, a * b)
+
+            def run(done, width):
+                x = [[e.load(src_, builder.add(sources[i * q + j], done), width) for j in range(q)]
+                     for i in range(p)]
+                rows = [[_signed_sum(builder, left[i], [x[k][j] for k in range(p)]) for j in range(q)]
+                        for i in range(a)]
+                for i in range(a):
+                    for j in range(b):
+                        value = _signed_sum(builder, right[j], rows[i])
+                        value = e.zeros(width) if value is None else value
+                        at = builder.add(targets[i * b + j], done)
+                        if accumulate:
+                            value = builder.fadd(e.load(dst_, at, width), value)
+                        e.store(value, dst_, at, width)
+
+            e.runs("transform", count_, run)
+            return context.get_dummy_value()
+
+        return types.void(src, stab, sbase, sscale, soff, dst, dtab, dbase, dscale, doff, count), codegen
+
+    return transform

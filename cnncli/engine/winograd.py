@@ -8,16 +8,16 @@ after cheap transforms made of additions only:
 
 with d the 4×4 input tile under the block (tiles overlap by 2), w the 3×3 filter,
 and the fixed matrices below. Summed over input channels, the 16 products ⊙ of
-each tile become 16 GEMMs, one per position ξ of the 4×4 transformed tile:
+each tile become 16 matrix products, one per position ξ of the 4×4 transformed tile:
 
-    M[ξ] (F, tiles) = U[ξ] (F, C) · V[ξ] (C, tiles),   U = G w Gᵀ,  V = Bᵀ d B,
+    M[ξ] (tiles, F) = V[ξ] (tiles, C) · U[ξ] (C, F),   U = G w Gᵀ,  V = Bᵀ d B,
 
 so a layer costs 16·F·C multiply-adds per tile (4 outputs) instead of 36·F·C:
 2.25x fewer. The backward pass is the same algebra read backwards (adjoints):
 dM = A dy Aᵀ per tile, then
 
-    dU[ξ] (F, C) = Σ over tiles dM[ξ] · V[ξ]ᵀ,   dw = Gᵀ dU G,
-    dV[ξ] (C, tiles) = U[ξ]ᵀ · dM[ξ],           dd = B dV Bᵀ, added into the overlapping tiles of dx,
+    dU[ξ] (C, F) = Σ over tiles V[ξ]ᵀ · dM[ξ],   dw = Gᵀ dU G,
+    dV[ξ] (tiles, C) = dM[ξ] · U[ξ]ᵀ,            dd = B dV Bᵀ, added into the overlapping tiles of dx,
 
 which is the exact gradient of the forward computation (and, in exact
 arithmetic, of the convolution: the transforms are an identity). In float32
@@ -25,33 +25,54 @@ the results differ from the float64 convolution by 3-8e-7 of the largest value
 on ResNet-18- and VGG-shaped layers, against 2-5e-7 for the other paths
 (tests/test_kernels.py holds them under 5e-6).
 
-Layout: a *group* of samples (``rules.winograd_plan``: its transformed tiles
-fit half a core's L2, and there are enough of them for the GEMMs) is transformed into V (16, C, group tiles), tiles numbered
-sample-major, then row-major inside a sample; the GEMMs are called from the
-kernel (:mod:`cnncli.engine.blas`). Groups run in parallel; the weight
-gradient of each run of groups (a *slot*, ``rules.dw_slots``) is summed in
-order, so the result does not depend on the number of threads. The transforms
-are additions only, compiled without fast-math, so their bits do not depend on
-where the arrays sit.
+Layout: channels innermost. A *group* of samples (``rules.winograd_plan``: its
+transformed tiles fit half a core's L2, and there are enough of them for the
+products) is turned into rows of channels, one per position
+(:mod:`cnncli.engine.layout`); a tile's 16 rows are transformed a vector of
+channels at a time (:func:`cnncli.engine.simd.tile_transform`, additions in
+registers) into V (16, tiles, C'), tiles numbered sample-major, then row-major
+inside a sample, C' the channels rounded up to whole vectors. The products run
+filters (or, for dV, channels) in the lanes (:mod:`cnncli.engine.products`),
+and the output transform writes rows of filters that go back to NCHW with the
+bias. Positions outside a plane (the padding, the outputs past an odd edge) are
+a row of zeros read, or a row written and never read.
+
+Groups run in parallel; the weight gradient of each run of groups (a *slot*,
+``rules.dw_slots``) is summed in order, so the result does not depend on the
+number of threads. The transforms are additions only, in a fixed order, so
+their bits do not depend on where the arrays sit.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numba
 import numpy as np
 from numba import get_thread_id, prange
 
-from cnncli.engine import blas, rules, simd
+from cnncli.engine import layout, products, rules, simd
 from cnncli.engine.arrays import scratch
-from cnncli.engine.blas import NO_TRANS, TRANS, gemm
-from cnncli.engine.jit import exact_kernel, exact_parallel_kernel
+from cnncli.engine.jit import exact_kernel, parallel_kernel
 
 __all__ = ["G", "backward", "forward", "tiles"]
 
 #: The filter transform (4×3): U = G w Gᵀ. Its 1/2 are exact in binary floating point.
 G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
-# Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]] and
-# Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]] are written out as additions in the kernels.
+#: The input transform: V = Bᵀ d B.
+B_T = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
+#: The output transform: y = Aᵀ M A.
+A_T = ((1, 1, 1, 0), (0, 1, -1, -1))
+
+_B = tuple(zip(*B_T))
+_A = tuple(zip(*A_T))
+_input = simd.tile_transform(B_T, B_T, accumulate=False)        # V = Bᵀ d B
+_output = simd.tile_transform(A_T, A_T, accumulate=False)       # y = Aᵀ M A
+_output_adjoint = simd.tile_transform(_A, _A, accumulate=False)  # dM = A dy Aᵀ
+_input_adjoint = simd.tile_transform(_B, _B, accumulate=True)    # dd += B dV Bᵀ
+#: ξ's plane among the 16 of V, M and their gradients: row ξ · (the plane's size).
+_PLANES = np.arange(16, dtype=np.int64)
+_ZERO_ROWS = np.zeros(1, dtype=np.int64)
 
 
 def tiles(oh: int, ow: int) -> tuple[int, int]:
@@ -60,214 +81,80 @@ def tiles(oh: int, ow: int) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------
-# the transforms of one sample: every channel (or filter) in one call, explicit
-# indices, no array views in the loops (a call or a view per plane cost more
-# than the work of a small plane)
+# the kernels: groups of samples in parallel, 16 products per group
 # ---------------------------------------------------------------------------
 
 
-@exact_kernel
-def _input_tiles(xs, ph, pw, v, col0, ty_, tx_, pad, t4):
-    # V[:, c, col0 + tile] = Bᵀ d B for every 4×4 tile d of every channel of xs (C, H, W), padded by (ph, pw)
-    # into pad (2·TY + 2, 2·TX + 2); t4 (4, TY, 2·TX + 2): Bᵀ applied to each tile row's band of four rows.
-    h_ = xs.shape[1]
-    w_ = xs.shape[2]
-    hb = pad.shape[0]
-    wb = pad.shape[1]
-    for c in range(xs.shape[0]):
-        for r in range(hb):
-            simd.zero(pad[r], 0, wb)
-        for r in range(h_):
-            simd.copy(pad[ph + r], pw, xs[c, r], 0, w_)
-        for ty in range(ty_):
-            r = 2 * ty
-            for j in range(wb):
-                t4[0, ty, j] = pad[r, j] - pad[r + 2, j]
-                t4[1, ty, j] = pad[r + 1, j] + pad[r + 2, j]
-                t4[2, ty, j] = pad[r + 2, j] - pad[r + 1, j]
-                t4[3, ty, j] = pad[r + 1, j] - pad[r + 3, j]
-        for i in range(4):
-            for ty in range(ty_):
-                q0 = col0 + ty * tx_
-                for tx in range(tx_):
-                    e0 = t4[i, ty, 2 * tx]
-                    o0 = t4[i, ty, 2 * tx + 1]
-                    e1 = t4[i, ty, 2 * tx + 2]
-                    o1 = t4[i, ty, 2 * tx + 3]
-                    v[4 * i, c, q0 + tx] = e0 - e1
-                    v[4 * i + 1, c, q0 + tx] = o0 + e1
-                    v[4 * i + 2, c, q0 + tx] = e1 - o0
-                    v[4 * i + 3, c, q0 + tx] = o0 - o1
-
-
-@exact_kernel
-def _input_tiles_adjoint(dv, col0, dxs, ph, pw, ty_, tx_, dpad, h):
-    # The adjoint of _input_tiles: B dV Bᵀ of every tile of every channel, added up in the padded plane dpad
-    # where the tiles overlap, the padding cropped off into dxs (C, H, W); h (4, 4, TY, TX): B applied to
-    # the tiles' columns.
-    hb = dpad.shape[0]
-    wb = dpad.shape[1]
-    last = tx_ - 1
-    for c in range(dxs.shape[0]):
-        for j in range(4):
-            for ty in range(ty_):
-                q0 = col0 + ty * tx_
-                for tx in range(tx_):
-                    v0 = dv[j, c, q0 + tx]
-                    v1 = dv[4 + j, c, q0 + tx]
-                    v2 = dv[8 + j, c, q0 + tx]
-                    v3 = dv[12 + j, c, q0 + tx]
-                    h[0, j, ty, tx] = v0
-                    h[1, j, ty, tx] = v1 - v2 + v3
-                    h[2, j, ty, tx] = v1 + v2 - v0
-                    h[3, j, ty, tx] = -v3
-        for r in range(hb):
-            simd.zero(dpad[r], 0, wb)
-        for ty in range(ty_):
-            for k in range(4):
-                r = 2 * ty + k
-                # column 2m takes tile m's first column and tile m-1's third; 2m+1 the second and the fourth
-                dpad[r, 0] += h[k, 0, ty, 0]
-                dpad[r, 1] += h[k, 1, ty, 0] - h[k, 2, ty, 0] + h[k, 3, ty, 0]
-                for m in range(1, tx_):
-                    dpad[r, 2 * m] += h[k, 0, ty, m] + (h[k, 1, ty, m - 1] + h[k, 2, ty, m - 1] - h[k, 0, ty, m - 1])
-                    dpad[r, 2 * m + 1] += (h[k, 1, ty, m] - h[k, 2, ty, m] + h[k, 3, ty, m]) - h[k, 3, ty, m - 1]
-                dpad[r, 2 * tx_] += h[k, 1, ty, last] + h[k, 2, ty, last] - h[k, 0, ty, last]
-                dpad[r, 2 * tx_ + 1] -= h[k, 3, ty, last]
-        for r in range(dxs.shape[1]):
-            simd.copy(dxs[c, r], 0, dpad[ph + r], pw, dxs.shape[2])
-
-
-@exact_kernel
-def _output_tiles(m, col0, ys, bias, ty_, tx_, ab):
-    # ys (F, OH, OW) = Aᵀ M A of every tile of every filter, plus the bias (F,) or (0,); ab (8, TY, TX): Aᵀ
-    # applied to the tiles' rows.
-    oh_ = ys.shape[1]
-    ow_ = ys.shape[2]
-    pairs = ow_ // 2
-    has_bias = bias.shape[0] > 0
-    for f in range(ys.shape[0]):
-        b = bias[f] if has_bias else bias.dtype.type(0)
-        for j in range(4):
-            for ty in range(ty_):
-                q0 = col0 + ty * tx_
-                for tx in range(tx_):
-                    m0 = m[j, f, q0 + tx]
-                    m1 = m[4 + j, f, q0 + tx]
-                    m2 = m[8 + j, f, q0 + tx]
-                    m3 = m[12 + j, f, q0 + tx]
-                    ab[j, ty, tx] = m0 + m1 + m2
-                    ab[4 + j, ty, tx] = m1 - m2 - m3
-        for r in range(oh_):
-            ty = r // 2
-            s = 4 * (r - 2 * ty)
-            for tx in range(pairs):
-                ys[f, r, 2 * tx] = (ab[s, ty, tx] + ab[s + 1, ty, tx] + ab[s + 2, ty, tx]) + b
-                ys[f, r, 2 * tx + 1] = (ab[s + 1, ty, tx] - ab[s + 2, ty, tx] - ab[s + 3, ty, tx]) + b
-            if ow_ > 2 * pairs:
-                ys[f, r, 2 * pairs] = (ab[s, ty, pairs] + ab[s + 1, ty, pairs] + ab[s + 2, ty, pairs]) + b
-
-
-@exact_kernel
-def _output_tiles_adjoint(dys, dm, col0, ty_, tx_, s4):
-    # The adjoint of _output_tiles: dM[:, f, col0 + tile] = A dy Aᵀ for every 2×2 block of every filter's
-    # dys (F, OH, OW), zeros past its edges; s4 (4, TY, 2·TX + 2): A applied to each pair of rows.
-    oh_ = dys.shape[1]
-    ow_ = dys.shape[2]
-    width = 2 * tx_
-    for f in range(dys.shape[0]):
-        for ty in range(ty_):
-            r = 2 * ty
-            if r + 1 < oh_:
-                for j in range(ow_):
-                    p = dys[f, r, j]
-                    q = dys[f, r + 1, j]
-                    s4[0, ty, j] = p
-                    s4[1, ty, j] = p + q
-                    s4[2, ty, j] = p - q
-                    s4[3, ty, j] = -q
-            else:
-                for j in range(ow_):
-                    p = dys[f, r, j]
-                    s4[0, ty, j] = p
-                    s4[1, ty, j] = p
-                    s4[2, ty, j] = p
-                    s4[3, ty, j] = 0.0
-            for j in range(ow_, width):
-                for i in range(4):
-                    s4[i, ty, j] = 0.0
-        for i in range(4):
-            for ty in range(ty_):
-                q0 = col0 + ty * tx_
-                for tx in range(tx_):
-                    ev = s4[i, ty, 2 * tx]
-                    od = s4[i, ty, 2 * tx + 1]
-                    dm[4 * i, f, q0 + tx] = ev
-                    dm[4 * i + 1, f, q0 + tx] = ev + od
-                    dm[4 * i + 2, f, q0 + tx] = ev - od
-                    dm[4 * i + 3, f, q0 + tx] = -od
-
-
-# ---------------------------------------------------------------------------
-# the kernels: groups of samples in parallel, 16 GEMMs per group
-# ---------------------------------------------------------------------------
-
-
-@exact_parallel_kernel
-def _forward(address, ilp64, x, u, bias, y, per, ph, pw, pad_buf, v_buf, m_buf, rows_buf, ab_buf):
-    # u (16, F, C); per: samples per group; *_buf[t]: thread t's scratch (padded plane, V, M, the transforms').
-    n_ = x.shape[0]
-    c_ = x.shape[1]
-    f_ = u.shape[1]
-    ty_ = (y.shape[2] + 1) // 2
-    tx_ = (y.shape[3] + 1) // 2
-    t_ = ty_ * tx_
-    ld = v_buf.shape[3]
+@parallel_kernel
+def _forward(x, ut, bias, y, per, t_, cp, fp, cs, fs, inputs, outputs, bases, chunk, xt_buf, v_buf, m_buf, yt_buf,
+             lanes_):
+    # ut (16 planes of C rows of fs): U[ξ] with filters innermost, zeros past F; per: samples per group, t_ tiles per sample; cp,
+    # fp: channels and filters rounded up to whole vectors, cs, fs: the row strides of V and M (and U);
+    # inputs (per·t_·16): a tile's 16 input rows in xt; outputs (per·t_·4): its 4 output rows in yt; bases:
+    # matrix_product's rows of V (tile i at i·cs). Per thread: xt_buf (rows of cp), v_buf (16 planes of per·t_
+    # rows of cs), m_buf (16 of per·t_ rows of fs), yt_buf (rows of fp).
+    n_, c_ = x.shape[0], x.shape[1]
+    f_ = y.shape[1]
+    plane_v = v_buf.shape[1] // 16
+    plane_m = m_buf.shape[1] // 16
     for gi in prange((n_ + per - 1) // per):
         t = get_thread_id()
-        pad, v, m, rows, ab = pad_buf[t], v_buf[t], m_buf[t], rows_buf[t], ab_buf[t]
-        n0 = gi * per
-        n1 = min(n_, n0 + per)
-        for n in range(n0, n1):
-            _input_tiles(x[n], ph, pw, v, (n - n0) * t_, ty_, tx_, pad, rows)
-        cols = (n1 - n0) * t_
+        xt, v, m, yt = xt_buf[t], v_buf[t], m_buf[t], yt_buf[t]
+        s0 = gi * per
+        sc = min(n_, s0 + per) - s0
+        cols = sc * t_
+        layout.to_rows(x, s0, sc, xt, cp, lanes_)
+        simd.zero(xt, xt.shape[0] - cp, cp)
+        for q in range(cols):
+            _input(xt, inputs, 16 * q, cp, 0, v, _PLANES, 0, plane_v, q * cs, cp)
         for k in range(16):
-            gemm(address, ilp64, NO_TRANS, NO_TRANS, f_, cols, c_, u[k], c_, v[k], ld, 0.0, m[k], ld)
-        for n in range(n0, n1):
-            _output_tiles(m, (n - n0) * t_, y[n], bias, ty_, tx_, ab)
+            products.matrix_product(v[k * plane_v:], bases[:cols], ut[k], fs, c_, m[k * plane_m:], fs,
+                                    fp, chunk, _ZERO_ROWS, lanes_)
+        for q in range(cols):
+            _output(m, _PLANES, 0, plane_m, q * fs, yt, outputs, 4 * q, fp, 0, fp)
+        layout.from_rows(yt, fp, s0, sc, y, 0, f_, bias, lanes_)
 
 
-@exact_parallel_kernel
-def _backward(address, ilp64, x, u, dy, dx, du_slots, per, span, ph, pw, pad_buf, v_buf, m_buf, rows_buf,
-              h_buf, need_dx):
-    # du_slots (slots, 16, F, C): slot s sums dU over groups s·span ... in order; v_buf[t] holds V, then dV.
-    n_ = x.shape[0]
-    c_ = x.shape[1]
-    f_ = u.shape[1]
-    ty_ = (dy.shape[2] + 1) // 2
-    tx_ = (dy.shape[3] + 1) // 2
-    t_ = ty_ * tx_
-    ld = v_buf.shape[3]
+@parallel_kernel
+def _backward(x, uc, dy, dx, du_slots, per, span, t_, cp, fp, cs, fs, inputs, outputs, filter_bases, tile_bases,
+              chunk, xt_buf, v_buf, m_buf, dyt_buf, lanes_, need_dx):
+    # du_slots (slots, 16, ≥ F·cp): slot s sums dU[ξ]ᵀ (F, cp) over groups s·span ... in order; uc (16 planes of F
+    # rows of cs): U[ξ] with channels innermost; filter_bases (F): filter f at f; tile_bases: tile i at i·fs. As in
+    # _forward, dyt_buf rows of fp; v_buf holds V, then dV; m_buf dM; xt_buf the rows of x, then of dx.
+    n_, c_ = x.shape[0], x.shape[1]
+    f_ = dy.shape[1]
+    plane_v = v_buf.shape[1] // 16
+    plane_m = m_buf.shape[1] // 16
     groups = (n_ + per - 1) // per
     for si in prange(du_slots.shape[0]):
         t = get_thread_id()
-        pad, v, m, rows, h = pad_buf[t], v_buf[t], m_buf[t], rows_buf[t], h_buf[t]
+        xt, v, m, dyt = xt_buf[t], v_buf[t], m_buf[t], dyt_buf[t]
         slot = du_slots[si]
+        for k in range(16):
+            simd.zero(slot[k], 0, slot.shape[1])
         for gi in range(si * span, min(groups, si * span + span)):
-            n0 = gi * per
-            n1 = min(n_, n0 + per)
-            cols = (n1 - n0) * t_
-            for n in range(n0, n1):
-                _input_tiles(x[n], ph, pw, v, (n - n0) * t_, ty_, tx_, pad, rows)
-                _output_tiles_adjoint(dy[n], m, (n - n0) * t_, ty_, tx_, rows)
-            beta = 0.0 if gi == si * span else 1.0
+            s0 = gi * per
+            sc = min(n_, s0 + per) - s0
+            cols = sc * t_
+            layout.to_rows(x, s0, sc, xt, cp, lanes_)
+            simd.zero(xt, xt.shape[0] - cp, cp)
+            for q in range(cols):
+                _input(xt, inputs, 16 * q, cp, 0, v, _PLANES, 0, plane_v, q * cs, cp)
+            layout.to_rows(dy, s0, sc, dyt, fp, lanes_)
+            simd.zero(dyt, dyt.shape[0] - fp, fp)
+            for q in range(cols):
+                _output_adjoint(dyt, outputs, 4 * q, fp, 0, m, _PLANES, 0, plane_m, q * fs, fp)
             for k in range(16):
-                gemm(address, ilp64, NO_TRANS, TRANS, f_, c_, cols, m[k], ld, v[k], ld, beta, slot[k], c_)
+                products.outer_sums(m[k * plane_m:], filter_bases, _ZERO_ROWS, fs, v[k * plane_v:], _ZERO_ROWS, cs,
+                                    cols, slot[k], cp, lanes_)
             if need_dx:
                 for k in range(16):  # V is spent: dV takes its place
-                    gemm(address, ilp64, TRANS, NO_TRANS, c_, cols, f_, u[k], c_, m[k], ld, 0.0, v[k], ld)
-                for n in range(n0, n1):
-                    _input_tiles_adjoint(v, (n - n0) * t_, dx[n], ph, pw, ty_, tx_, pad, h)
+                    products.matrix_product(m[k * plane_m:], tile_bases[:cols], uc[k], cs, f_,
+                                            v[k * plane_v:], cs, cp, chunk, _ZERO_ROWS, lanes_)
+                simd.zero(xt, 0, xt.shape[0])
+                for q in range(cols):
+                    _input_adjoint(v, _PLANES, 0, plane_v, q * cs, xt, inputs, 16 * q, cp, 0, cp)
+                layout.from_rows(xt, cp, s0, sc, dx, 0, c_, dx[0, 0, 0, :0], lanes_)
 
 
 # ---------------------------------------------------------------------------
@@ -275,39 +162,123 @@ def _backward(address, ilp64, x, u, dy, dx, du_slots, per, span, ph, pw, pad_buf
 # ---------------------------------------------------------------------------
 
 
-def _filters(w: np.ndarray) -> np.ndarray:
-    """U (16, F, C) = G w Gᵀ of w (F, C, 3, 3), ξ = 4·i + j."""
-    # Two big GEMMs (tensordot), not a small product per filter: a stack of 3×3 products costs microseconds
-    # each, tens of milliseconds for a 512×512 layer.
-    g = G.astype(w.dtype)
-    wg = np.tensordot(w, g, axes=([3], [1]))      # (F, C, 3, 4): w Gᵀ
-    u = np.tensordot(g, wg, axes=([1], [2]))      # (4, F, C, 4): G w Gᵀ
-    return np.ascontiguousarray(u.transpose(0, 3, 1, 2)).reshape(16, w.shape[0], w.shape[1])
+@exact_kernel
+def _filters(w, u, columns):
+    # u[ξ, o·columns + i] = (G w[o, i] Gᵀ)[ξ], ξ = 4·a + b, for w (O, I, 3, 3) (filters by channels, or channels by
+    # filters) and u (16, ≥ O·columns), read and written in order: T = G w, rounded to w's dtype, then U = T Gᵀ.
+    # G's halves are exact.
+    t = np.empty((4, 3), dtype=w.dtype)
+    for o in range(w.shape[0]):
+        for i in range(w.shape[1]):
+            for j in range(3):
+                t[0, j] = w[o, i, 0, j]
+                t[1, j] = 0.5 * (w[o, i, 0, j] + w[o, i, 1, j] + w[o, i, 2, j])
+                t[2, j] = 0.5 * (w[o, i, 0, j] - w[o, i, 1, j] + w[o, i, 2, j])
+                t[3, j] = w[o, i, 2, j]
+            at = o * columns + i
+            for a in range(4):
+                u[4 * a, at] = t[a, 0]
+                u[4 * a + 1, at] = 0.5 * (t[a, 0] + t[a, 1] + t[a, 2])
+                u[4 * a + 2, at] = 0.5 * (t[a, 0] - t[a, 1] + t[a, 2])
+                u[4 * a + 3, at] = t[a, 2]
 
 
-def _plan(x: np.ndarray, f: int, oh: int, ow: int, adjoint: bool) -> tuple[int, tuple[np.ndarray, ...]]:
-    """(samples per group, per-thread scratch) of a call: the padded plane, V, M (room
-    for a group's tiles), the rows of the input transform, and those of the output transform (forward) or of
-    the input transform's adjoint (backward)."""
+@exact_kernel
+def _weight_gradient(du_slots, cp, dw):
+    # dw (F, C, 3, 3) = Gᵀ dU G, the adjoint of _filters, of dU summed over the slots in order; du_slots (slots,
+    # 16, ≥ F·cp), dU[ξ]ᵀ (F, cp). Runs of 16 channels at a time, each step across the run (vectorised).
+    f_, c_ = dw.shape[0], dw.shape[1]
+    d = np.empty((16, 16), dtype=dw.dtype)  # dU[ξ] of the run's channels
+    s = np.empty((12, 16), dtype=dw.dtype)  # S = Gᵀ dU, row-major (3 × 4)
+    for f in range(f_):
+        for c0 in range(0, c_, 16):
+            n = min(16, c_ - c0)
+            at = f * cp + c0
+            for k in range(16):
+                for i in range(n):
+                    d[k, i] = du_slots[0, k, at + i]
+                for slot in range(1, du_slots.shape[0]):
+                    for i in range(n):
+                        d[k, i] += du_slots[slot, k, at + i]
+            for b in range(4):
+                for i in range(n):
+                    s[b, i] = d[b, i] + 0.5 * (d[4 + b, i] + d[8 + b, i])
+                    s[4 + b, i] = 0.5 * (d[4 + b, i] - d[8 + b, i])
+                    s[8 + b, i] = 0.5 * (d[4 + b, i] + d[8 + b, i]) + d[12 + b, i]
+            for a in range(3):
+                for i in range(n):
+                    dw[f, c0 + i, a, 0] = s[4 * a, i] + 0.5 * (s[4 * a + 1, i] + s[4 * a + 2, i])
+                    dw[f, c0 + i, a, 1] = 0.5 * (s[4 * a + 1, i] - s[4 * a + 2, i])
+                    dw[f, c0 + i, a, 2] = 0.5 * (s[4 * a + 1, i] + s[4 * a + 2, i]) + s[4 * a + 3, i]
+
+
+def _transformed(w: np.ndarray, columns: int, filters_innermost: bool) -> np.ndarray:
+    """U of w (F, C, 3, 3): 16 planes of C rows of ``columns`` (filters innermost) or of F rows (channels
+    innermost), zeros in the columns past F or C; the planes ``rules.unaliased_stride`` apart (written together,
+    planes a power of two apart would evict each other from the cache)."""
+    # Filters innermost from w transposed by numpy: the kernel reading w across its rows ran 2-3x slower.
+    w = np.ascontiguousarray(w.transpose(1, 0, 2, 3)) if filters_innermost else w
+    u = np.empty((16, rules.unaliased_stride(w.shape[0] * columns, w.itemsize)), dtype=w.dtype)
+    planes = u[:, :w.shape[0] * columns].reshape(16, w.shape[0], columns)
+    planes[:, :, w.shape[1]:] = 0.0
+    _filters(w, u, columns)
+    return u
+
+
+@functools.lru_cache(maxsize=64)
+def _tables(per: int, h: int, w: int, oh: int, ow: int, ph: int, pw: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each tile of a group of ``per`` samples: the rows of its 16 inputs, row-major (sample s's position
+    (r, c) at s·H·W + r·W + c; per·H·W, the row of zeros, where the tile covers the padding), and of its 4
+    outputs (at s·OH·OW + r·OW + c; per·OH·OW, a row never read, past the output's edge). Made once per layer
+    shape (cached)."""
+    ty, tx = tiles(oh, ow)
+    s, i, j = (a[..., None, None] for a in np.meshgrid(np.arange(per), np.arange(ty), np.arange(tx), indexing="ij"))
+    a = np.arange(4)
+    r, c = 2 * i + a[:, None] - ph, 2 * j + a[None, :] - pw
+    inputs = np.where((0 <= r) & (r < h) & (0 <= c) & (c < w), s * h * w + r * w + c, per * h * w)
+    b = np.arange(2)
+    r, c = 2 * i + b[:, None], 2 * j + b[None, :]
+    outputs = np.where((r < oh) & (c < ow), s * oh * ow + r * ow + c, per * oh * ow)
+    inputs, outputs = (np.ascontiguousarray(t.reshape(-1), dtype=np.int64) for t in (inputs, outputs))
+    for table in (inputs, outputs):
+        table.flags.writeable = False
+    return inputs, outputs
+
+
+def _plan(x: np.ndarray, f: int, oh: int, ow: int) -> tuple[int, int, int, int, int, int, int]:
+    """(samples per group, tiles per sample, C' and F' (channels and filters rounded up to whole vectors), the
+    row strides of V and M (``rules.unaliased_stride``: the products read runs of many rows of U, V or M, which
+    rows a power of two apart would crowd into a few sets of L1), the products' runs of rows) of a call."""
     n, c = x.shape[:2]
     ty, tx = tiles(oh, ow)
+    lanes_ = simd.lanes(x.itemsize)
     per = rules.winograd_plan(n, c, f, ty * tx, x.itemsize)
-    t, dtype = numba.get_num_threads(), x.dtype
-    last = (scratch("winograd.h", (t, 4, 4, ty, tx), dtype) if adjoint
-            else scratch("winograd.ab", (t, 8, ty, tx), dtype))
-    return per, (scratch("winograd.pad", (t, 2 * ty + 2, 2 * tx + 2), dtype),
-                 scratch("winograd.v", (t, 16, c, per * ty * tx), dtype),
-                 scratch("winograd.m", (t, 16, f, per * ty * tx), dtype),
-                 scratch("winograd.rows", (t, 4, ty, 2 * tx + 2), dtype), last)
+    chunk = rules.outer_channels(1, products.MOST_VECTORS * lanes_ * x.itemsize)
+    cp, fp = -(-c // lanes_) * lanes_, -(-f // lanes_) * lanes_
+    return (per, ty * tx, cp, fp, rules.unaliased_stride(cp, x.itemsize), rules.unaliased_stride(fp, x.itemsize),
+            chunk)
+
+
+def _buffers(x: np.ndarray, per: int, t_: int, cp: int, fp: int, cs: int, fs: int, oplane: int,
+             out_slot: str) -> tuple[np.ndarray, ...]:
+    """Per-thread scratch: rows of x (and the row of zeros), V, M, and rows of y or dy (and one more)."""
+    threads, dtype = numba.get_num_threads(), x.dtype
+    plane = x.shape[2] * x.shape[3]
+    return (scratch("winograd.xt", (threads, (per * plane + 1) * cp), dtype),
+            scratch("winograd.v", (threads, 16 * per * t_ * cs), dtype),
+            scratch("winograd.m", (threads, 16 * per * t_ * fs), dtype),
+            scratch(out_slot, (threads, (per * oplane + 1) * fp), dtype))
 
 
 def forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray, y: np.ndarray, ph: int, pw: int) -> np.ndarray:
     """y (N, F, OH, OW) = conv(x (N, C, H, W), w (F, C, 3, 3)) + bias (F,) or (0,): stride 1, dilation 1, one
     group, padding (ph, pw); OH = H + 2·ph − 2. Arrays as conv2d_forward has checked them."""
     f, oh, ow = y.shape[1:]
-    per, buffers = _plan(x, f, oh, ow, adjoint=False)
-    fns = blas.FUNCTIONS
-    _forward(fns.of(x.dtype), fns.ilp64, x, _filters(w), bias, y, per, ph, pw, *buffers)
+    per, t_, cp, fp, cs, fs, chunk = _plan(x, f, oh, ow)
+    inputs, outputs = _tables(per, x.shape[2], x.shape[3], oh, ow, ph, pw)
+    ut = _transformed(w, fs, filters_innermost=True)
+    _forward(x, ut, bias, y, per, t_, cp, fp, cs, fs, inputs, outputs, products.point_bases(per * t_, cs), chunk,
+             *_buffers(x, per, t_, cp, fp, cs, fs, oh * ow, "winograd.yt"), simd.lanes(x.itemsize))
     return y
 
 
@@ -317,13 +288,13 @@ def backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray, dx: np.ndarray | None
     place (the bias gradient is the convolution's own)."""
     n, c = x.shape[:2]
     f, oh, ow = dy.shape[1:]
-    per, buffers = _plan(x, f, oh, ow, adjoint=True)
+    per, t_, cp, fp, cs, fs, chunk = _plan(x, f, oh, ow)
+    inputs, outputs = _tables(per, x.shape[2], x.shape[3], oh, ow, ph, pw)
     slots, span = rules.dw_slots(-(-n // per))
-    du = np.empty((slots, 16, f, c), dtype=x.dtype)
-    fns = blas.FUNCTIONS
-    _backward(fns.of(x.dtype), fns.ilp64, x, _filters(w), dy, dx if dx is not None else x[:0], du, per, span,
-              ph, pw, *buffers, dx is not None)
-    g = G.astype(x.dtype)
-    total = du[0] if slots == 1 else du.sum(axis=0)  # the slots in order
-    gd = np.tensordot(g, total.reshape(4, 4, f, c), axes=([0], [0]))  # (3, 4, F, C): Gᵀ dU
-    dw[...] = np.tensordot(gd, g, axes=([1], [0])).transpose(1, 2, 0, 3)  # Gᵀ dU G, the adjoint of _filters
+    du = np.empty((slots, 16, rules.unaliased_stride(f * cp, x.itemsize)), dtype=x.dtype)  # planes read together
+    _backward(x, _transformed(w, cs, filters_innermost=False), dy, dx if dx is not None else x[:1], du, per, span,
+              t_, cp, fp, cs, fs, inputs, outputs, np.arange(f, dtype=np.int64), products.point_bases(per * t_, fs),
+              chunk,
+              *_buffers(x, per, t_, cp, fp, cs, fs, oh * ow, "winograd.dyt"), simd.lanes(x.itemsize),
+              dx is not None)
+    _weight_gradient(du, cp, dw)
