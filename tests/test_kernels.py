@@ -1018,16 +1018,18 @@ def test_winograd_takes_the_wide_3x3_layers_and_keeps_float32_close():
     """The rule sends wide 3×3 stride-1 layers to Winograd F(2×2, 3×3) and the rest elsewhere; in float32 its
     results stay within a few units in the last place of the float64 convolution."""
     geometry_of = conv._Geometry
-    wide = np.zeros((2, 128, 8, 8), np.float32)
+    wide = np.zeros((16, 128, 8, 8), np.float32)  # 16 tiles a sample, 256 in the batch
     assert geometry_of(wide, np.zeros((128, 128, 3, 3), np.float32), (1, 1), (1, 1), (1, 1), 1).winograd
+    assert geometry_of(wide[:, :32], np.zeros((32, 32, 3, 3), np.float32), (1, 1), (1, 1), (1, 1), 1).winograd
+    assert not geometry_of(wide[:15], np.zeros((128, 128, 3, 3), np.float32), (1, 1), (1, 1), (1, 1), 1).winograd
     assert not geometry_of(wide, np.zeros((128, 128, 3, 3), np.float32), (2, 2), (1, 1), (1, 1), 1).winograd
     assert not geometry_of(wide[:, :16], np.zeros((16, 16, 3, 3), np.float32), (1, 1), (1, 1), (1, 1), 1).winograd
-    assert not geometry_of(wide[:, :, :4, :4], np.zeros((128, 128, 3, 3), np.float32), (1, 1), (1, 1), (1, 1),
-                           1).winograd
+    assert not geometry_of(wide, np.zeros((128, 128, 5, 5), np.float32), (1, 1), (2, 2), (1, 1), 1).winograd
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((3, 80, 10, 9))
+    x = rng.standard_normal((11, 80, 10, 9))  # 275 tiles
     w = rng.standard_normal((32, 80, 3, 3)) / 27
-    dy = rng.standard_normal((3, 32, 10, 9))
+    dy = rng.standard_normal((11, 32, 10, 9))
+    assert geometry_of(x.astype(np.float32), w.astype(np.float32), (1, 1), (1, 1), (1, 1), 1).winograd
     want = [conv.conv2d_forward(x, w, None, (1, 1), (1, 1), (1, 1), 1),
             *conv.conv2d_backward(x, w, dy, (1, 1), (1, 1), (1, 1), 1)[:2]]
     x32, w32, dy32 = (a.astype(np.float32) for a in (x, w, dy))
@@ -1065,8 +1067,8 @@ def test_winograd_filter_transform_is_g_w_gt_and_its_adjoint_the_weight_gradient
 
 def test_blocked_takes_the_narrow_same_layers():
     """The rule sends 'same' stride-1 layers of one group with 8-64 filters, at most 64 channels and up to 9 taps
-    (64-channel ones only up to 32×32 outputs, Winograd's beyond) to the register-blocked loops, and nothing else; every named blocked case is
-    one it applies to (so that the "blocked" paths above run it rather than falling back)."""
+    that Winograd does not take to the register-blocked loops, and nothing else; every named blocked case is one
+    it applies to (so that the "blocked" paths above run it rather than falling back)."""
     geometry_of = conv._Geometry
 
     def blocked(c, f, kernel, padding, stride=(1, 1), dilation=(1, 1), groups=1, hw=(8, 8)):
@@ -1076,8 +1078,9 @@ def test_blocked_takes_the_narrow_same_layers():
 
     assert blocked(16, 16, (3, 3), (1, 1), hw=(32, 32)) and blocked(32, 32, (3, 3), (1, 1), hw=(16, 16))
     assert blocked(3, 16, (3, 3), (1, 1)) and blocked(16, 8, (1, 1), (0, 0))
-    assert blocked(64, 64, (3, 3), (1, 1), hw=(7, 7)) and blocked(64, 64, (3, 3), (1, 1), hw=(32, 32))
-    assert not blocked(64, 64, (3, 3), (1, 1), hw=(33, 33))  # Winograd's, past rules.BLOCKED_OVER_WINOGRAD_SIZE
+    assert blocked(64, 64, (3, 3), (1, 1), hw=(7, 7)) and blocked(64, 64, (1, 1), (0, 0), hw=(24, 24))
+    assert not blocked(64, 64, (3, 3), (1, 1), hw=(24, 24))  # Winograd's: 144 tiles a sample, 288 in the batch
+    assert not blocked(32, 32, (3, 3), (1, 1), hw=(32, 32))
     assert not blocked(16, 128, (3, 3), (1, 1)) and not blocked(16, 4, (3, 3), (1, 1))
     assert not blocked(16, 16, (5, 5), (2, 2))  # more taps than the weight gradient's block
     assert not blocked(16, 16, (3, 3), (0, 0)) and not blocked(16, 16, (3, 3), (1, 1), stride=(2, 2))

@@ -77,23 +77,24 @@ each is tested equal to the plain path (and against finite differences).
     direct loops without a column matrix; the NCHW block keeps small column
     matrices for the backward pass (``rules.keep_cols``).
 
-  Every other conv runs in ``conv``: 'same' stride-1 layers of one group
-  with 8-64 filters, at most 64 channels and 9 taps
-  (``rules.blocked_applies``, ``rules.blocked_pays``: all of ResNet-20's
-  and ResNet-56's but the two stride-2 layers; 64-channel ones only up to
-  ``BLOCKED_OVER_WINOGRAD_SIZE``) as register-blocked direct loops
-  (``blocked``: every output summed in registers over all channels and
-  taps and stored once, where a GEMM per tap with K = C of 16-32 goes
-  through memory nine times; positions in the lanes, the padding left out
-  by lane masks, or for 64 filters the filters in the lanes
-  (``rules.outer_forward``); the input gradient the same loops over dy,
-  the weight gradient channel-taps × filters in the lanes; wider layers
-  are faster as GEMMs or Winograd); 3×3 stride 1, one group, at least 64
-  channels and 8×8 outputs (``rules.winograd_applies``,
-  ``rules.winograd_pays``) as Winograd F(2×2, 3×3) (``winograd``: 16 GEMMs
-  of (F, C) by (C, tiles) per group of samples, 2.25x fewer multiply-adds;
-  narrower layers or smaller maps lose more to its transforms than they
-  gain); direct loops for thin groups
+  Every other conv runs in ``conv``: 3×3 stride 1, one group, at least 32
+  channels and 256 output tiles in the batch (``rules.winograd_applies``,
+  ``rules.winograd_pays``: all of ResNet-20's and ResNet-56's 32- and
+  64-channel layers but the stride-2 ones, VGG's and ResNet-18's 3×3 layers)
+  as Winograd F(2×2, 3×3) (``winograd``: 16 products of (tiles, C) by
+  (C, F) per group of samples, 2.25x fewer multiply-adds; channels
+  innermost, the products with filters in the lanes, the transforms in
+  registers; narrower layers or fewer tiles lose more to its transforms
+  than they gain); the other 'same' stride-1 layers of one group with 8-64
+  filters, at most 64 channels and 9 taps (``rules.blocked_applies``,
+  ``rules.blocked_pays``: ResNet-20's 16-channel layers, 3-channel stems,
+  1×1 and 5×5 layers) as register-blocked direct loops (``blocked``: every
+  output summed in registers over all channels and taps and stored once,
+  where a GEMM per tap with K = C of 16-32 goes through memory nine times;
+  positions in the lanes, the padding left out by lane masks, or for 64
+  filters the filters in the lanes (``rules.outer_forward``); the input
+  gradient the same loops over dy, the weight gradient channel-taps ×
+  filters in the lanes); direct loops for thin groups
   (``rules.depthwise``); stride 1 with up to 128 channels and short
   padding (``rules.tap_gemms``) as one GEMM per kernel tap reading the
   padded input in place, no column matrix (twice as fast as unfolding on

@@ -13,8 +13,11 @@ float64) end to end. The strategies, picked per call from the shapes alone by
 :mod:`cnncli.engine.rules`:
 
 * Winograd F(2×2, 3×3) (:mod:`cnncli.engine.winograd`) for 3×3 stride-1
-  layers of one group that are wide enough to pay for its transforms
-  (:func:`~cnncli.engine.rules.winograd_pays`): 2.25x fewer multiply-adds.
+  layers of one group that are wide enough, on batches with enough tiles, to
+  pay for its transforms (:func:`~cnncli.engine.rules.winograd_pays`): 2.25x
+  fewer multiply-adds.
+* register-blocked direct loops (:mod:`cnncli.engine.blocked`) for the other
+  narrow 'same' stride-1 layers (:func:`~cnncli.engine.rules.blocked_pays`).
 * a GEMM per kernel tap (stride-1 layers, where numpy's BLAS exports a CBLAS
   GEMM, :mod:`cnncli.engine.blas`; :func:`~cnncli.engine.rules.tap_gemms`):
   with whole padded rows as the pitch, the columns a tap multiplies are a
@@ -643,13 +646,12 @@ class _Geometry:
         fg = self.f // g
         self.taps = self.cg * self.kh * self.kw
         self.direct = rules.depthwise(self.taps, fg, unit)
-        winograd = (rules.winograd_applies((self.kh, self.kw), (self.sh, self.sw), (self.dh, self.dw), g)
-                    and rules.winograd_pays(self.c, self.oh, self.ow))
-        self.blocked = (rules.blocked_applies((self.sh, self.sw), (self.ph, self.pw), (self.kh, self.kw),
-                                              (self.dh, self.dw), g)
-                        and rules.blocked_pays(self.c, self.f, self.kh * self.kw)
-                        and (not winograd or rules.blocked_over_winograd(self.oh, self.ow)))
-        self.winograd = winograd and not self.blocked
+        self.winograd = (rules.winograd_applies((self.kh, self.kw), (self.sh, self.sw), (self.dh, self.dw), g)
+                         and rules.winograd_pays(self.c, self.n, self.oh, self.ow))
+        self.blocked = (not self.winograd
+                        and rules.blocked_applies((self.sh, self.sw), (self.ph, self.pw), (self.kh, self.kw),
+                                                  (self.dh, self.dw), g)
+                        and rules.blocked_pays(self.c, self.f, self.kh * self.kw))
         self.by_taps = self.in_groups and rules.tap_gemms(unit, self.cg, self.wp, self.ow)
         # the direct kernels and the tap GEMMs read each tap's run of whole padded rows
         self.pitch = self.wp if self.by_taps or self.direct or rules.flat_rows(fg, self.wp, self.ow, unit) else self.ow

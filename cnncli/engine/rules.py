@@ -309,18 +309,6 @@ def blocked_pays(channels: int, filters: int, taps: int) -> bool:
             and taps <= BLOCKED_MAX_TAPS)
 
 
-#: A 64-channel layer both the blocked convolution and Winograd take goes to the blocked one up to outputs of
-#: this many rows and columns. Measured on one core, forward / backward ms: 8×8 (batch 64) 5.0 / 9.1 against
-#: Winograd's 6.9 / 14.6, 7×7 3.9 / 7.0 against 6.6 / 14.4, 16×16 18.3 / 32.0 against 17.5 / 41.8, 32×32
-#: (batch 16) 16.8 / 30.9 against 19.6 / 40.6; but 56×56 (batch 8) 33.3 / 59.7 against 28.2 / 56.4.
-BLOCKED_OVER_WINOGRAD_SIZE = 32
-
-
-def blocked_over_winograd(out_height: int, out_width: int) -> bool:
-    """Whether a layer both paths would take goes to the blocked convolution rather than Winograd."""
-    return max(out_height, out_width) <= BLOCKED_OVER_WINOGRAD_SIZE
-
-
 # --- 3×3 stride 1: Winograd's F(2×2, 3×3) ---------------------------------------
 
 
@@ -330,21 +318,24 @@ def winograd_applies(kernel: tuple[int, int], stride: tuple[int, int], dilation:
     return kernel == (3, 3) and stride == (1, 1) and dilation == (1, 1) and groups == 1
 
 
-#: Where it applies, Winograd F(2×2, 3×3) (cnncli.engine.winograd) runs layers of at least this many
-#: input channels and outputs of at least WINOGRAD_MIN_SIZE rows and columns: 16 GEMMs of (F, C) by
-#: (C, tiles), 2.25x fewer multiply-adds than 9 taps or an unfolded GEMM, but transforms in and out
-#: that cost in proportion to C + F per tile, and padding to whole 2×2 tiles. Measured on one core,
-#: forward + backward ms, against the path it replaces: 128 channels at 16×16 (batch 64) 153 -> 110,
-#: 256 at 8×8 141 -> 107, ResNet-18's 64 at 56×56 (batch 8) 61 -> 54, 128 at 28×28 52 -> 42, 256 at
-#: 14×14 55 -> 45, GoogLeNet's 96 -> 128 at 28×28 38 -> 32; but 64 at 8×8 (batch 64) even, 512 at 7×7
-#: 63 -> 95, at 4×4 160 -> 184, and ResNet-20's 16 at 32×32 13 -> 21 (the transforms dominate).
-WINOGRAD_MIN_CHANNELS = 64
-WINOGRAD_MIN_SIZE = 8
+#: Where it applies, Winograd F(2×2, 3×3) (cnncli.engine.winograd) runs layers of at least this many input
+#: channels, and calls with at least WINOGRAD_MIN_BATCH_TILES 2×2 tiles of output in the batch: 16 products of
+#: (tiles, C) by (C, F), 2.25x fewer multiply-adds than 9 taps or an unfolded GEMM, but transforms of the inputs
+#: and outputs that cost in proportion to C + F per tile, and of the weights, in proportion to C·F per call.
+#: Measured on one core against PyTorch, forward / backward, Winograd against the path each layer took before:
+#: 32 -> 32 at 16×16 (batch 64) 1.01-1.14 / 1.20-1.37 against blocked 0.86 / 1.06-1.09, 32 -> 64 at 8×8 1.17-1.20 /
+#: 1.24-1.32 against 0.81 / 0.86, 64 at 8×8 1.28 / 1.58 against 0.84 / 0.81, at 32×32 1.27 / 1.65 against 0.99 /
+#: 1.15; 512 at 4×4 (256 tiles) 0.90-1.11 / 0.84-1.01 against unfolded 0.53-0.61 / 0.63-0.72; about even at 512 at
+#: 7×7 (batch 8, 128 tiles) and 2×2 (batch 64, 64 tiles), where transforming the weights costs as much as the
+#: products; but 16 -> 16 at 32×32 0.77-0.89 / 0.97-1.06 against blocked 1.08-1.10 / 1.14-1.21.
+WINOGRAD_MIN_CHANNELS = 32
+WINOGRAD_MIN_BATCH_TILES = 256
 
 
-def winograd_pays(channels: int, out_height: int, out_width: int) -> bool:
-    """Whether Winograd is the faster path for a layer it applies to."""
-    return channels >= WINOGRAD_MIN_CHANNELS and min(out_height, out_width) >= WINOGRAD_MIN_SIZE
+def winograd_pays(channels: int, n: int, out_height: int, out_width: int) -> bool:
+    """Whether Winograd is the faster path for a layer it applies to, on a batch of ``n``."""
+    tiles = ((out_height + 1) // 2) * ((out_width + 1) // 2)
+    return channels >= WINOGRAD_MIN_CHANNELS and n * tiles >= WINOGRAD_MIN_BATCH_TILES
 
 
 #: The Winograd kernels transform this many bytes of tiles (16 per tile and channel, in and out) at a
