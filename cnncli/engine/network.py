@@ -331,6 +331,9 @@ class Network:
         grads = dict(seeds)
         owned: set[str] = set()  # gradients summed here, into arrays no layer handed out
         self.node_grads = {}
+        # The last step's parameter gradients go now, not when this step's replace them: VGG-16's dense layers'
+        # alone are 0.5 GB, which held through the backward pass added as much to its peak memory.
+        self.grads = {}
         for layer in self.layers.values():
             layer.grads = {}
         for node in reversed(self.graph.nodes):
