@@ -319,16 +319,19 @@ CONV_CASES = [pytest.param(conv_config(s), id=f"seed{s}") for s in range(30)] + 
 # output rows one band each. "...-one-slot": every group's weight gradient
 # summed into one slot, in order. "winograd" runs every 3×3 stride-1 layer of one
 # group as Winograd F(2×2, 3×3), its samples in one group; "winograd-groups-of-one"
-# each sample its own group and slot; "winograd-one-slot" those groups summed into one.
+# each sample its own group and slot; "winograd-one-slot" those groups summed into one; "winograd-bands" one
+# sample at a time in bands of 3 tiles, shared out as three runs of bands (slots).
 # "blocked" runs every 'same' stride-1 layer of one group as register-blocked direct loops, a slot's samples
 # side by side in one group; "blocked-groups-of-one" each sample its own group and slot (and, forward, a run of
 # filter blocks per job, and with filters in the lanes one channel at a time), "blocked-one-slot" those groups
 # summed into one slot.
 PATHS = ["auto", "direct", "gemm", "gemm+direct-dw", "groups-of-one", "groups-of-one-one-slot", "row-bands", "taps",
          "taps-bands", "taps-one-slot", "numpy", "chunked", "chunked+direct-dw", "winograd",
-         "winograd-groups-of-one", "winograd-one-slot", "blocked", "blocked-groups-of-one", "blocked-one-slot"]
+         "winograd-groups-of-one", "winograd-one-slot", "winograd-bands", "blocked", "blocked-groups-of-one",
+         "blocked-one-slot"]
 FORWARD_PATHS = ["auto", "direct", "gemm", "groups-of-one", "row-bands", "taps", "taps-bands", "numpy",
-                 "chunked", "winograd", "winograd-groups-of-one", "blocked", "blocked-groups-of-one"]  # no dw forward
+                 "chunked", "winograd", "winograd-groups-of-one", "winograd-bands", "blocked",
+                 "blocked-groups-of-one"]  # no dw forward
 
 
 @pytest.fixture
@@ -348,7 +351,11 @@ def path(request, monkeypatch):
         monkeypatch.setattr(rules, "DW_SLOTS", 1 if mode.endswith("one-slot") else 10**9)
     if mode == "winograd":
         monkeypatch.setattr(rules, "winograd_plan", lambda n, *a: n)
-    if mode.startswith("winograd-"):
+    if mode.startswith("winograd"):
+        monkeypatch.setattr(rules, "winograd_band", lambda c, f, tiles, itemsize: 3 * (mode == "winograd-bands"))
+    if mode == "winograd-bands":
+        monkeypatch.setattr(rules, "DW_SLOTS", 3)
+    elif mode.startswith("winograd-"):
         monkeypatch.setattr(rules, "winograd_plan", lambda n, *a: 1)
         monkeypatch.setattr(rules, "DW_SLOTS", 1 if mode.endswith("one-slot") else 10**9)
     if mode == "taps-bands":
@@ -425,7 +432,7 @@ def test_conv2d_backward_skips_what_is_not_needed(cfg):
 
 
 @pytest.mark.parametrize("path", ["auto", "groups-of-one", "row-bands", "taps-bands", "chunked", "winograd-groups-of-one",
-                                  "blocked-groups-of-one"], indirect=True)
+                                  "winograd-bands", "blocked-groups-of-one"], indirect=True)
 @pytest.mark.parametrize("cfg", CONV_CASES)
 def test_conv2d_adjoint_identities(cfg, path):
     """y = A x + B w + b is bilinear, so <dy, y> = <dx, x> + <db, b> = <dw, w> + <db, b>,
@@ -968,7 +975,7 @@ def test_gemm_from_a_kernel_equals_numpy_for_every_transpose_and_leading_dimensi
                 assert np.array_equal(c[untouched], c_big[untouched])  # nothing written outside C
 
 
-@pytest.mark.parametrize("path", ["unfolded", "taps", "winograd", "blocked"])
+@pytest.mark.parametrize("path", ["unfolded", "taps", "winograd", "winograd-bands", "blocked"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_grouped_convolution_gives_the_same_bits_on_one_thread_or_two(dtype, path, monkeypatch):
     import numba
@@ -979,8 +986,9 @@ def test_grouped_convolution_gives_the_same_bits_on_one_thread_or_two(dtype, pat
         pytest.skip("needs a CBLAS GEMM and two engine threads")
     monkeypatch.setattr(rules, "GROUP_COLS_BYTES", 1)  # a sample per group, in bands of one row
     monkeypatch.setattr(rules, "tap_gemms", lambda unit, channels, padded, out: unit and path == "taps")
-    monkeypatch.setattr(rules, "winograd_pays", lambda *a: path == "winograd")
+    monkeypatch.setattr(rules, "winograd_pays", lambda *a: path.startswith("winograd"))
     monkeypatch.setattr(rules, "winograd_plan", lambda *a: 3)  # groups of 3, 3 and 2 samples, 2 slots
+    monkeypatch.setattr(rules, "winograd_band", lambda *a: 4 * (path == "winograd-bands"))  # bands of 4 tiles
     monkeypatch.setattr(rules, "blocked_pays", lambda *a: path == "blocked")
     monkeypatch.setattr(rules, "blocked_group", lambda *a: 3)  # groups of 3 and 1 samples in each of 2 slots
     # the second: one sample, its filter blocks shared out over the threads (blocked forward)

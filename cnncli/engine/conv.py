@@ -70,7 +70,7 @@ from cnncli.engine.arrays import Pair, array, out_hw, pair, scratch
 from cnncli.engine.blas import NO_TRANS, TRANS, gemm
 from cnncli.engine.jit import exact_parallel_kernel, kernel, parallel_kernel
 
-__all__ = ["conv2d_backward", "conv2d_forward", "nchw_fold", "nchw_pad", "nchw_unfold"]
+__all__ = ["conv2d_backward", "conv2d_forward", "nchw_fold", "nchw_pad", "nchw_unfold", "takes_winograd"]
 
 
 # ---------------------------------------------------------------------------
@@ -716,6 +716,11 @@ class _Geometry:
         # Shares the padded input's buffer: callers take it once that input
         # has been unfolded (or used for dw) and is no longer needed.
         return scratch("xp", (nc, self.c, self.hp, self.wp), self.x.dtype)
+
+
+def takes_winograd(x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair, dilation: Pair, groups: int) -> bool:
+    """Whether :func:`conv2d_forward` and :func:`conv2d_backward` run this call as Winograd F(2×2, 3×3)."""
+    return _Geometry(x, w, stride, padding, dilation, groups).winograd
 
 
 def conv2d_forward(

@@ -52,9 +52,9 @@ def _flat(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x).reshape(-1)
 
 
-def relu(x: np.ndarray) -> np.ndarray:
-    """max(x, 0), a new array like x."""
-    y = np.empty(x.shape, dtype=x.dtype)
+def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """max(x, 0), into ``out`` (x itself, for one in place; contiguous) or a new array like x."""
+    y = np.empty(x.shape, dtype=x.dtype) if out is None else out
     _relu(_flat(x), y.reshape(-1))
     return y
 

@@ -256,7 +256,8 @@ class FusedConv:
         k = pool_node.options["kernel"][0] if pool_node is not None else 0
         self.nchw = fused.Block(layer.o["padding"], act.kind, k)
         self.lanes = lanes.Block(layer.o["padding"], act.kind, k)
-        self.block: fused.Block | lanes.Block = self.nchw  # the one that ran the last forward pass
+        self.winograd = _WinogradThenRelu(layer.o["padding"]) if act.kind == "relu" and not k else None
+        self.block: fused.Block | lanes.Block | _WinogradThenRelu = self.nchw  # the one that ran the last forward
 
     @staticmethod
     def fits(node: Node) -> bool:
@@ -269,9 +270,14 @@ class FusedConv:
         c = self.conv
         w = c._weight()
         x = xs[0]
-        # Big batches of small layers run batch-innermost (see cnncli.engine.fast.lanes).
-        fits = lanes.Block.fits(x.shape, w.shape, c.o["padding"], x.dtype.itemsize)
-        self.block = self.lanes if fits else self.nchw
+        # Wide 3×3 layers save more by Winograd than by the fusion; big batches of small layers run
+        # batch-innermost (see cnncli.engine.fast.lanes).
+        if self.winograd is not None and self.winograd.takes(x, w):
+            self.block = self.winograd
+        elif lanes.Block.fits(x.shape, w.shape, c.o["padding"], x.dtype.itemsize):
+            self.block = self.lanes
+        else:
+            self.block = self.nchw
         return self.block.forward(x, w, c.params.get("bias"))
 
     def release(self) -> None:
@@ -284,6 +290,32 @@ class FusedConv:
         c.grads = {}
         c.keep_grads(dw, db)
         return [dx]
+
+
+class _WinogradThenRelu:
+    """A fused chain's conv → relu run as the general convolution, where it takes Winograd, then the ReLU in place:
+    the interface of the fused blocks (it keeps its input and the activation)."""
+
+    def __init__(self, padding):
+        self.padding = tuple(padding)
+
+    def takes(self, x: np.ndarray, w: np.ndarray) -> bool:
+        """Whether the general convolution would run this call as Winograd."""
+        return conv.takes_winograd(x, w, (1, 1), self.padding, (1, 1), 1)
+
+    def forward(self, x, w, b):
+        self.x = x
+        y = conv.conv2d_forward(x, w, b, (1, 1), self.padding, (1, 1), 1)
+        self.a = elementwise.relu(y, out=y)
+        return self.a, self.a
+
+    def release(self) -> None:
+        self.x = self.a = None
+
+    def backward(self, g, w, need_dx=True, need_db=True):
+        dz = elementwise.relu_grad(g, self.a)
+        return conv.conv2d_backward(self.x, w, dz, (1, 1), self.padding, (1, 1), 1, need_dx=need_dx,
+                                    need_db=need_db)
 
 
 # --- dense and reshaping ------------------------------------------------------------

@@ -16,28 +16,35 @@ from __future__ import annotations
 from cnncli.engine import simd
 from cnncli.engine.jit import kernel
 
-__all__ = ["from_rows", "to_rows"]
+__all__ = ["from_rows", "to_rows", "to_rows_block"]
 
 
 @kernel
 def to_rows(x, s0, sc, rows, width, lanes_):
     """Samples s0 .. s0+sc-1 of x (N, C, H, W) into ``rows`` (sc·H·W rows of ``width``, channels innermost, zeros
     in the columns past C)."""
+    for s in range(sc):
+        for c0 in range(0, width, lanes_):
+            to_rows_block(x, s0 + s, s, rows, width, c0, lanes_)
+
+
+@kernel
+def to_rows_block(x, n, s, rows, width, c0, lanes_):
+    """Channels c0 .. c0+L-1 (zeros past C) of sample n of x (N, C, H, W) into columns c0 .. c0+L-1 of rows
+    s·H·W ... (s+1)·H·W - 1 of ``rows`` (rows of ``width``)."""
     c_ = x.shape[1]
     plane = x.shape[2] * x.shape[3]
     src = x.reshape(-1)
     whole = plane // lanes_ * lanes_
-    for s in range(sc):
-        first = (s0 + s) * c_ * plane
-        for c0 in range(0, width, lanes_):
-            present = min(lanes_, max(0, c_ - c0))
-            for p0 in range(0, whole, lanes_):
-                simd.transpose(rows, (s * plane + p0) * width + c0, width, src, first + c0 * plane + p0, plane,
-                               present, x[0, 0, 0, :0], 0)
-            for p in range(whole, plane):
-                at = (s * plane + p) * width + c0
-                for i in range(lanes_):
-                    rows[at + i] = src[first + (c0 + i) * plane + p] if i < present else 0.0
+    first = n * c_ * plane
+    present = min(lanes_, max(0, c_ - c0))
+    for p0 in range(0, whole, lanes_):
+        simd.transpose(rows, (s * plane + p0) * width + c0, width, src, first + c0 * plane + p0, plane, present,
+                       x[0, 0, 0, :0], 0)
+    for p in range(whole, plane):
+        at = (s * plane + p) * width + c0
+        for i in range(lanes_):
+            rows[at + i] = src[first + (c0 + i) * plane + p] if i < present else 0.0
 
 
 @kernel

@@ -346,6 +346,14 @@ WINOGRAD_GROUP_BYTES = 1 << 20
 WINOGRAD_MIN_TILES = 128
 
 
+def winograd_band(channels: int, filters: int, tiles: int, itemsize: int) -> int:
+    """Tiles per band when a call runs one sample at a time in bands of its tiles, shared out over the cores (0:
+    in groups of samples): when one sample's transformed tiles are more than WINOGRAD_GROUP_BYTES and more than
+    WINOGRAD_MIN_TILES. Measured: see benchmarks/README.md (VGG-16, one image)."""
+    band = max(WINOGRAD_MIN_TILES, WINOGRAD_GROUP_BYTES // (16 * (channels + filters) * itemsize))
+    return band if tiles > band else 0
+
+
 def winograd_plan(n: int, channels: int, filters: int, tiles: int, itemsize: int) -> int:
     """Samples per group of the Winograd kernels, for a batch of ``n`` with ``tiles`` tiles each: the size above,
     then evened out so that the groups come in a multiple of DW_SLOTS (the backward pass's slots run in

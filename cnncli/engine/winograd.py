@@ -39,7 +39,12 @@ a row of zeros read, or a row written and never read.
 
 Groups run in parallel; the weight gradient of each run of groups (a *slot*,
 ``rules.dw_slots``) is summed in order, so the result does not depend on the
-number of threads. The transforms are additions only, in a fixed order, so
+number of threads. A sample whose tiles alone are more than a group's worth
+(``rules.winograd_band``: VGG-16's 224×224 layers) runs by itself, its tiles in
+*bands* shared out over the threads: its rows of channels are made once and
+shared, each band transforms, multiplies and transforms back its own tiles,
+and in the backward pass each run of bands (a slot) adds its share of dx into
+rows of its own (bands overlap at their edges), added up in order after. The transforms are additions only, in a fixed order, so
 their bits do not depend on where the arrays sit.
 """
 
@@ -53,7 +58,7 @@ from numba import get_thread_id, prange
 
 from cnncli.engine import layout, products, rules, simd
 from cnncli.engine.arrays import scratch
-from cnncli.engine.jit import exact_kernel, parallel_kernel
+from cnncli.engine.jit import exact_kernel, kernel, parallel_kernel
 
 __all__ = ["G", "backward", "forward", "tiles"]
 
@@ -85,76 +90,150 @@ def tiles(oh: int, ow: int) -> tuple[int, int]:
 # ---------------------------------------------------------------------------
 
 
+@kernel
+def _forward_tiles(xt, q0, q1, inputs, outputs, ut, c_, v, m, yt, bases, cp, fp, cs, fs, chunk, lanes_):
+    # Tiles q0 .. q1-1 of the rows of channels xt: V (16 planes of v, rows of cs), M = V · U (m, rows of fs), and
+    # the output transform into yt (rows of fp). ut: U[ξ] with filters innermost (16 planes of C rows of fs);
+    # inputs, outputs: a tile's 16 input rows in xt and 4 output rows in yt; bases: tile i's row of V at i·cs.
+    plane_v = v.shape[0] // 16
+    plane_m = m.shape[0] // 16
+    for q in range(q0, q1):
+        _input(xt, inputs, 16 * q, cp, 0, v, _PLANES, 0, plane_v, (q - q0) * cs, cp)
+    for k in range(16):
+        products.matrix_product(v[k * plane_v:], bases[:q1 - q0], ut[k], fs, c_, m[k * plane_m:], fs, fp, chunk,
+                                _ZERO_ROWS, lanes_)
+    for q in range(q0, q1):
+        _output(m, _PLANES, 0, plane_m, (q - q0) * fs, yt, outputs, 4 * q, fp, 0, fp)
+
+
+@kernel
+def _backward_tiles(xt, dyt, dxt, q0, q1, inputs, outputs, uc, f_, v, m, slot, filter_bases, tile_bases, cp, fp,
+                    cs, fs, chunk, lanes_, need_dx):
+    # Tiles q0 .. q1-1: V of xt's rows, dM of dyt's (rows of fp), dUᵀ added into slot (16 planes of F rows of cp),
+    # and unless not need_dx dV = dM · Uᵀ (uc: U[ξ] with channels innermost, 16 planes of F rows of cs) and its
+    # adjoint transform added into dxt's rows (of cp). v holds V, then dV.
+    plane_v = v.shape[0] // 16
+    plane_m = m.shape[0] // 16
+    cols = q1 - q0
+    for q in range(q0, q1):
+        _input(xt, inputs, 16 * q, cp, 0, v, _PLANES, 0, plane_v, (q - q0) * cs, cp)
+        _output_adjoint(dyt, outputs, 4 * q, fp, 0, m, _PLANES, 0, plane_m, (q - q0) * fs, fp)
+    for k in range(16):
+        products.outer_sums(m[k * plane_m:], filter_bases, _ZERO_ROWS, fs, v[k * plane_v:], _ZERO_ROWS, cs, cols,
+                            slot[k], cp, lanes_)
+    if need_dx:
+        for k in range(16):  # V is spent: dV takes its place
+            products.matrix_product(m[k * plane_m:], tile_bases[:cols], uc[k], cs, f_, v[k * plane_v:], cs, cp,
+                                    chunk, _ZERO_ROWS, lanes_)
+        for q in range(q0, q1):
+            _input_adjoint(v, _PLANES, 0, plane_v, (q - q0) * cs, dxt, inputs, 16 * q, cp, 0, cp)
+
+
 @parallel_kernel
 def _forward(x, ut, bias, y, per, t_, cp, fp, cs, fs, inputs, outputs, bases, chunk, xt_buf, v_buf, m_buf, yt_buf,
              lanes_):
-    # ut (16 planes of C rows of fs): U[ξ] with filters innermost, zeros past F; per: samples per group, t_ tiles per sample; cp,
-    # fp: channels and filters rounded up to whole vectors, cs, fs: the row strides of V and M (and U);
-    # inputs (per·t_·16): a tile's 16 input rows in xt; outputs (per·t_·4): its 4 output rows in yt; bases:
-    # matrix_product's rows of V (tile i at i·cs). Per thread: xt_buf (rows of cp), v_buf (16 planes of per·t_
-    # rows of cs), m_buf (16 of per·t_ rows of fs), yt_buf (rows of fp).
+    # Groups of ``per`` samples in parallel, t_ tiles each; cp, fp: channels and filters rounded up to whole
+    # vectors, cs, fs: the row strides of V and M (and U). Per thread: xt_buf (rows of cp and the row of zeros
+    # that ``inputs`` names for the padding), v_buf (16 planes of per·t_ rows of cs), m_buf (16 of per·t_ rows of
+    # fs), yt_buf (rows of fp and a row past the edges).
     n_, c_ = x.shape[0], x.shape[1]
     f_ = y.shape[1]
-    plane_v = v_buf.shape[1] // 16
-    plane_m = m_buf.shape[1] // 16
     for gi in prange((n_ + per - 1) // per):
         t = get_thread_id()
-        xt, v, m, yt = xt_buf[t], v_buf[t], m_buf[t], yt_buf[t]
+        xt, yt = xt_buf[t], yt_buf[t]
         s0 = gi * per
         sc = min(n_, s0 + per) - s0
-        cols = sc * t_
         layout.to_rows(x, s0, sc, xt, cp, lanes_)
         simd.zero(xt, xt.shape[0] - cp, cp)
-        for q in range(cols):
-            _input(xt, inputs, 16 * q, cp, 0, v, _PLANES, 0, plane_v, q * cs, cp)
-        for k in range(16):
-            products.matrix_product(v[k * plane_v:], bases[:cols], ut[k], fs, c_, m[k * plane_m:], fs,
-                                    fp, chunk, _ZERO_ROWS, lanes_)
-        for q in range(cols):
-            _output(m, _PLANES, 0, plane_m, q * fs, yt, outputs, 4 * q, fp, 0, fp)
+        _forward_tiles(xt, 0, sc * t_, inputs, outputs, ut, c_, v_buf[t], m_buf[t], yt, bases, cp, fp, cs, fs,
+                       chunk, lanes_)
         layout.from_rows(yt, fp, s0, sc, y, 0, f_, bias, lanes_)
 
 
 @parallel_kernel
+def _forward_bands(x, ut, bias, y, band, t_, cp, fp, cs, fs, inputs, outputs, bases, chunk, xt, v_buf, m_buf, yt,
+                   lanes_):
+    # One sample at a time, its tiles in bands of ``band`` in parallel: xt and yt (a sample's rows, shared), v_buf
+    # and m_buf per thread as in _forward.
+    n_, c_ = x.shape[0], x.shape[1]
+    for n in range(n_):
+        for cb in prange(cp // lanes_):
+            layout.to_rows_block(x, n, 0, xt, cp, cb * lanes_, lanes_)
+        simd.zero(xt, xt.shape[0] - cp, cp)
+        for b in prange((t_ + band - 1) // band):
+            t = get_thread_id()
+            _forward_tiles(xt, b * band, min(t_, b * band + band), inputs, outputs, ut, c_, v_buf[t], m_buf[t], yt,
+                           bases, cp, fp, cs, fs, chunk, lanes_)
+        for fb in prange(fp // lanes_):
+            layout.from_rows(yt, fp, n, 1, y, fb * lanes_, lanes_, bias, lanes_)
+
+
+@parallel_kernel
 def _backward(x, uc, dy, dx, du_slots, per, span, t_, cp, fp, cs, fs, inputs, outputs, filter_bases, tile_bases,
-              chunk, xt_buf, v_buf, m_buf, dyt_buf, lanes_, need_dx):
+              chunk, xt_buf, v_buf, m_buf, dyt_buf, dxt_buf, lanes_, need_dx):
     # du_slots (slots, 16, ≥ F·cp): slot s sums dU[ξ]ᵀ (F, cp) over groups s·span ... in order; uc (16 planes of F
-    # rows of cs): U[ξ] with channels innermost; filter_bases (F): filter f at f; tile_bases: tile i at i·fs. As in
-    # _forward, dyt_buf rows of fp; v_buf holds V, then dV; m_buf dM; xt_buf the rows of x, then of dx.
+    # rows of cs): U[ξ] with channels innermost; filter_bases (F): filter f at f; tile_bases: tile i at i·fs. Per
+    # thread as in _forward, and dyt_buf (rows of fp), dxt_buf (rows of cp, dx's).
     n_, c_ = x.shape[0], x.shape[1]
     f_ = dy.shape[1]
-    plane_v = v_buf.shape[1] // 16
-    plane_m = m_buf.shape[1] // 16
     groups = (n_ + per - 1) // per
     for si in prange(du_slots.shape[0]):
         t = get_thread_id()
-        xt, v, m, dyt = xt_buf[t], v_buf[t], m_buf[t], dyt_buf[t]
+        xt, dyt, dxt = xt_buf[t], dyt_buf[t], dxt_buf[t]
         slot = du_slots[si]
         for k in range(16):
             simd.zero(slot[k], 0, slot.shape[1])
         for gi in range(si * span, min(groups, si * span + span)):
             s0 = gi * per
             sc = min(n_, s0 + per) - s0
-            cols = sc * t_
             layout.to_rows(x, s0, sc, xt, cp, lanes_)
             simd.zero(xt, xt.shape[0] - cp, cp)
-            for q in range(cols):
-                _input(xt, inputs, 16 * q, cp, 0, v, _PLANES, 0, plane_v, q * cs, cp)
             layout.to_rows(dy, s0, sc, dyt, fp, lanes_)
             simd.zero(dyt, dyt.shape[0] - fp, fp)
-            for q in range(cols):
-                _output_adjoint(dyt, outputs, 4 * q, fp, 0, m, _PLANES, 0, plane_m, q * fs, fp)
-            for k in range(16):
-                products.outer_sums(m[k * plane_m:], filter_bases, _ZERO_ROWS, fs, v[k * plane_v:], _ZERO_ROWS, cs,
-                                    cols, slot[k], cp, lanes_)
             if need_dx:
-                for k in range(16):  # V is spent: dV takes its place
-                    products.matrix_product(m[k * plane_m:], tile_bases[:cols], uc[k], cs, f_,
-                                            v[k * plane_v:], cs, cp, chunk, _ZERO_ROWS, lanes_)
-                simd.zero(xt, 0, xt.shape[0])
-                for q in range(cols):
-                    _input_adjoint(v, _PLANES, 0, plane_v, q * cs, xt, inputs, 16 * q, cp, 0, cp)
-                layout.from_rows(xt, cp, s0, sc, dx, 0, c_, dx[0, 0, 0, :0], lanes_)
+                simd.zero(dxt, 0, dxt.shape[0])
+            _backward_tiles(xt, dyt, dxt, 0, sc * t_, inputs, outputs, uc, f_, v_buf[t], m_buf[t], slot,
+                            filter_bases, tile_bases, cp, fp, cs, fs, chunk, lanes_, need_dx)
+            if need_dx:
+                layout.from_rows(dxt, cp, s0, sc, dx, 0, c_, dx[0, 0, 0, :0], lanes_)
+
+
+@parallel_kernel
+def _backward_bands(x, uc, dy, dx, du_slots, band, span, t_, cp, fp, cs, fs, inputs, outputs, filter_bases,
+                    tile_bases, chunk, xt, dyt, v_buf, m_buf, dxt_slots, lanes_, need_dx):
+    # One sample at a time, its bands of tiles shared out as runs (slots, span bands each), each slot's dUᵀ
+    # summed over the samples and its bands in order, and its share of dx's rows added into dxt_slots[slot]
+    # (bands overlap at their edges), the slots' rows then added up in order. xt, dyt: a sample's rows, shared.
+    n_ = x.shape[0]
+    f_ = dy.shape[1]
+    bands = (t_ + band - 1) // band
+    slots = du_slots.shape[0]
+    size = dxt_slots.shape[1]
+    for si in prange(slots):
+        for k in range(16):
+            simd.zero(du_slots[si, k], 0, du_slots.shape[2])
+    for n in range(n_):
+        for cb in prange(cp // lanes_):
+            layout.to_rows_block(x, n, 0, xt, cp, cb * lanes_, lanes_)
+        for fb in prange(fp // lanes_):
+            layout.to_rows_block(dy, n, 0, dyt, fp, fb * lanes_, lanes_)
+        simd.zero(xt, xt.shape[0] - cp, cp)
+        simd.zero(dyt, dyt.shape[0] - fp, fp)
+        for si in prange(slots):
+            t = get_thread_id()
+            if need_dx:
+                simd.zero(dxt_slots[si], 0, size)
+            for b in range(si * span, min(bands, si * span + span)):
+                _backward_tiles(xt, dyt, dxt_slots[si], b * band, min(t_, b * band + band), inputs, outputs, uc,
+                                f_, v_buf[t], m_buf[t], du_slots[si], filter_bases, tile_bases, cp, fp, cs, fs,
+                                chunk, lanes_, need_dx)
+        if need_dx:
+            for r in prange((size + 4095) // 4096):
+                for si in range(1, slots):
+                    for i in range(r * 4096, min(size, r * 4096 + 4096)):
+                        dxt_slots[0, i] += dxt_slots[si, i]
+            for cb in prange(cp // lanes_):
+                layout.from_rows(dxt_slots[0], cp, n, 1, dx, cb * lanes_, lanes_, dx[0, 0, 0, :0], lanes_)
 
 
 # ---------------------------------------------------------------------------
@@ -245,40 +324,56 @@ def _tables(per: int, h: int, w: int, oh: int, ow: int, ph: int, pw: int) -> tup
     return inputs, outputs
 
 
-def _plan(x: np.ndarray, f: int, oh: int, ow: int) -> tuple[int, int, int, int, int, int, int]:
-    """(samples per group, tiles per sample, C' and F' (channels and filters rounded up to whole vectors), the
-    row strides of V and M (``rules.unaliased_stride``: the products read runs of many rows of U, V or M, which
-    rows a power of two apart would crowd into a few sets of L1), the products' runs of rows) of a call."""
-    n, c = x.shape[:2]
-    ty, tx = tiles(oh, ow)
-    lanes_ = simd.lanes(x.itemsize)
-    per = rules.winograd_plan(n, c, f, ty * tx, x.itemsize)
-    chunk = rules.outer_channels(1, products.MOST_VECTORS * lanes_ * x.itemsize)
-    cp, fp = -(-c // lanes_) * lanes_, -(-f // lanes_) * lanes_
-    return (per, ty * tx, cp, fp, rules.unaliased_stride(cp, x.itemsize), rules.unaliased_stride(fp, x.itemsize),
-            chunk)
+class _Plan:
+    """How a call runs: in groups of ``per`` samples (``band`` = 0) or one sample at a time in bands of ``band``
+    tiles (``rules.winograd_band``); tiles per sample ``t``; C' and F' (``cp``, ``fp``: channels and filters rounded
+    up to whole vectors); the row strides of V and M (``cs``, ``fs``: ``rules.unaliased_stride``, since the
+    products read runs of many rows of U, V or M, which rows a power of two apart would crowd into a few sets of
+    L1); the products' runs of rows (``chunk``); each tile's input and output rows (``inputs``, ``outputs``)."""
 
+    def __init__(self, x: np.ndarray, f: int, oh: int, ow: int, ph: int, pw: int):
+        n, c, h, w = x.shape
+        ty, tx = tiles(oh, ow)
+        self.lanes = simd.lanes(x.itemsize)
+        self.t = ty * tx
+        self.band = rules.winograd_band(c, f, self.t, x.itemsize)
+        self.per = 1 if self.band else rules.winograd_plan(n, c, f, self.t, x.itemsize)
+        self.span = self.band or self.per * self.t  # tiles transformed at a time
+        self.chunk = rules.outer_channels(1, products.MOST_VECTORS * self.lanes * x.itemsize)
+        self.cp, self.fp = -(-c // self.lanes) * self.lanes, -(-f // self.lanes) * self.lanes
+        self.cs, self.fs = rules.unaliased_stride(self.cp, x.itemsize), rules.unaliased_stride(self.fp, x.itemsize)
+        self.inputs, self.outputs = _tables(self.per, h, w, oh, ow, ph, pw)
+        self.x_rows = (self.per * h * w + 1) * self.cp   # a group's or sample's rows, and the row of zeros
+        self.y_rows = (self.per * oh * ow + 1) * self.fp  # and a row past the output's edges
 
-def _buffers(x: np.ndarray, per: int, t_: int, cp: int, fp: int, cs: int, fs: int, oplane: int,
-             out_slot: str) -> tuple[np.ndarray, ...]:
-    """Per-thread scratch: rows of x (and the row of zeros), V, M, and rows of y or dy (and one more)."""
-    threads, dtype = numba.get_num_threads(), x.dtype
-    plane = x.shape[2] * x.shape[3]
-    return (scratch("winograd.xt", (threads, (per * plane + 1) * cp), dtype),
-            scratch("winograd.v", (threads, 16 * per * t_ * cs), dtype),
-            scratch("winograd.m", (threads, 16 * per * t_ * fs), dtype),
-            scratch(out_slot, (threads, (per * oplane + 1) * fp), dtype))
+    def tiles_buffers(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """V and M, per thread, for the tiles transformed at a time."""
+        threads = numba.get_num_threads()
+        return (scratch("winograd.v", (threads, 16 * self.span * self.cs), x.dtype),
+                scratch("winograd.m", (threads, 16 * self.span * self.fs), x.dtype))
+
+    def rows(self, slot: str, x: np.ndarray, size: int, count: int) -> np.ndarray:
+        """``count`` buffers of ``size`` (one per thread in groups; in bands one shared, or one per slot)."""
+        return scratch(slot, (count, size), x.dtype)
 
 
 def forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray, y: np.ndarray, ph: int, pw: int) -> np.ndarray:
     """y (N, F, OH, OW) = conv(x (N, C, H, W), w (F, C, 3, 3)) + bias (F,) or (0,): stride 1, dilation 1, one
     group, padding (ph, pw); OH = H + 2·ph − 2. Arrays as conv2d_forward has checked them."""
     f, oh, ow = y.shape[1:]
-    per, t_, cp, fp, cs, fs, chunk = _plan(x, f, oh, ow)
-    inputs, outputs = _tables(per, x.shape[2], x.shape[3], oh, ow, ph, pw)
-    ut = _transformed(w, fs, filters_innermost=True)
-    _forward(x, ut, bias, y, per, t_, cp, fp, cs, fs, inputs, outputs, products.point_bases(per * t_, cs), chunk,
-             *_buffers(x, per, t_, cp, fp, cs, fs, oh * ow, "winograd.yt"), simd.lanes(x.itemsize))
+    p = _Plan(x, f, oh, ow, ph, pw)
+    ut = _transformed(w, p.fs, filters_innermost=True)
+    v, m = p.tiles_buffers(x)
+    bases = products.point_bases(p.span, p.cs)
+    if p.band:
+        _forward_bands(x, ut, bias, y, p.band, p.t, p.cp, p.fp, p.cs, p.fs, p.inputs, p.outputs, bases, p.chunk,
+                       p.rows("winograd.xt", x, p.x_rows, 1)[0], v, m, p.rows("winograd.yt", x, p.y_rows, 1)[0],
+                       p.lanes)
+    else:
+        threads = numba.get_num_threads()
+        _forward(x, ut, bias, y, p.per, p.t, p.cp, p.fp, p.cs, p.fs, p.inputs, p.outputs, bases, p.chunk,
+                 p.rows("winograd.xt", x, p.x_rows, threads), v, m, p.rows("winograd.yt", x, p.y_rows, threads),
+                 p.lanes)
     return y
 
 
@@ -288,13 +383,22 @@ def backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray, dx: np.ndarray | None
     place (the bias gradient is the convolution's own)."""
     n, c = x.shape[:2]
     f, oh, ow = dy.shape[1:]
-    per, t_, cp, fp, cs, fs, chunk = _plan(x, f, oh, ow)
-    inputs, outputs = _tables(per, x.shape[2], x.shape[3], oh, ow, ph, pw)
-    slots, span = rules.dw_slots(-(-n // per))
-    du = np.empty((slots, 16, rules.unaliased_stride(f * cp, x.itemsize)), dtype=x.dtype)  # planes read together
-    _backward(x, _transformed(w, cs, filters_innermost=False), dy, dx if dx is not None else x[:1], du, per, span,
-              t_, cp, fp, cs, fs, inputs, outputs, np.arange(f, dtype=np.int64), products.point_bases(per * t_, fs),
-              chunk,
-              *_buffers(x, per, t_, cp, fp, cs, fs, oh * ow, "winograd.dyt"), simd.lanes(x.itemsize),
-              dx is not None)
-    _weight_gradient(du, cp, dw)
+    p = _Plan(x, f, oh, ow, ph, pw)
+    slots, span = rules.dw_slots(-(-p.t // p.band) if p.band else -(-n // p.per))
+    du = np.empty((slots, 16, rules.unaliased_stride(f * p.cp, x.itemsize)), dtype=x.dtype)  # planes read together
+    uc = _transformed(w, p.cs, filters_innermost=False)
+    v, m = p.tiles_buffers(x)
+    tile_bases, filter_bases = products.point_bases(p.span, p.fs), np.arange(f, dtype=np.int64)
+    dx_ = dx if dx is not None else x[:1]
+    if p.band:
+        _backward_bands(x, uc, dy, dx_, du, p.band, span, p.t, p.cp, p.fp, p.cs, p.fs, p.inputs, p.outputs,
+                        filter_bases, tile_bases, p.chunk, p.rows("winograd.xt", x, p.x_rows, 1)[0],
+                        p.rows("winograd.dyt", x, p.y_rows, 1)[0], v, m, p.rows("winograd.dxt", x, p.x_rows, slots),
+                        p.lanes, dx is not None)
+    else:
+        threads = numba.get_num_threads()
+        _backward(x, uc, dy, dx_, du, p.per, span, p.t, p.cp, p.fp, p.cs, p.fs, p.inputs, p.outputs, filter_bases,
+                  tile_bases, p.chunk, p.rows("winograd.xt", x, p.x_rows, threads), v, m,
+                  p.rows("winograd.dyt", x, p.y_rows, threads), p.rows("winograd.dxt", x, p.x_rows, threads),
+                  p.lanes, dx is not None)
+    _weight_gradient(du, p.cp, dw)
