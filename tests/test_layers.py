@@ -466,6 +466,37 @@ def test_fused_chains_equal_the_layers_they_replace(in_shape, entry, chunked, mo
         assert np.allclose(fast.grads[k], g, rtol=1e-10, atol=1e-14), k
 
 
+@pytest.mark.parametrize("in_shape,entry,takes", [
+    ((2, 3, 6, 6), "conv: {filters: 4, kernel: 3, padding: 1}\n  - relu", True),
+    ((2, 2, 7, 5), "conv: {filters: 3, kernel: 3, bias: false}\n  - relu", True),
+    ((2, 2, 8, 8), "conv: {filters: 3, kernel: 3}\n  - relu\n  - avgpool: {kernel: 3}", False),  # pooled: fused
+    ((2, 2, 6, 6), "conv: {filters: 3, kernel: 3, padding: 1}\n  - tanh", False),  # not a ReLU: fused
+])
+def test_fused_relu_chains_run_as_winograd_where_the_convolution_would(in_shape, entry, takes, monkeypatch):
+    """A conv → relu chain whose convolution takes Winograd on that call runs as Winograd then the ReLU, equal to
+    the layers it replaces and to finite differences; chains with a pooling or another activation stay fused."""
+    from cnncli.engine import layers
+    from cnncli.engine.fast import fused
+
+    monkeypatch.setattr(rules, "winograd_pays", lambda *a: True)
+    _use_layout("nchw", monkeypatch)
+    rng = np.random.default_rng(13)
+    plain, fast = _fused_network(in_shape, entry, fast=False), _fused_network(in_shape, entry)
+    x = rng.standard_normal(in_shape)
+    y = plain.forward(x, train=True)
+    assert np.allclose(fast.forward(x, train=True), y, rtol=1e-12, atol=1e-14)
+    _ran(fast, layers._WinogradThenRelu if takes else fused.Block)
+    r = rng.standard_normal(y.shape)
+    plain.backward({plain.graph.output: r})
+    fast.backward({fast.graph.output: r})
+    assert np.allclose(fast.input_grad, plain.input_grad, rtol=1e-10, atol=1e-14)
+    for k, g in plain.grads.items():
+        assert np.allclose(fast.grads[k], g, rtol=1e-10, atol=1e-14), k
+    _perturb_params(fast, rng)
+    _fd_check(fast, x, True, rng)
+    _ran(fast, layers._WinogradThenRelu if takes else fused.Block)
+
+
 @pytest.mark.parametrize("model,chains", [
     ("lenet5", [["c1", "tanh1", "s2"], ["c3", "tanh2", "s4"]]),
     ("lenet5-1998", [["c1", "tanh1"], ["c3", "tanh3"], ["c5", "tanh5"]]),
