@@ -452,7 +452,12 @@ def test_fused_chains_equal_the_layers_they_replace(in_shape, entry, chunked, mo
         monkeypatch.setattr(rules, "COLS_BUDGET_BYTES", 1)
     if chunked is True:  # and each chunk is unfolded again for the backward pass
         monkeypatch.setattr(rules, "KEEP_COLS_BYTES", 0)
-    rng = np.random.default_rng(12)
+    _fast_equals_plain(in_shape, entry, np.random.default_rng(12), block_type)
+
+
+def _fast_equals_plain(in_shape, entry: str, rng, block_type: type) -> tuple[Network, np.ndarray]:
+    """The fast network of a chain against the plain one, forward and backward, its chains run by ``block_type``;
+    returns the fast network and its input."""
     plain, fast = _fused_network(in_shape, entry, fast=False), _fused_network(in_shape, entry)
     x = rng.standard_normal(in_shape)
     y = plain.forward(x, train=True)
@@ -464,6 +469,7 @@ def test_fused_chains_equal_the_layers_they_replace(in_shape, entry, chunked, mo
     assert np.allclose(fast.input_grad, plain.input_grad, rtol=1e-10, atol=1e-14)
     for k, g in plain.grads.items():
         assert np.allclose(fast.grads[k], g, rtol=1e-10, atol=1e-14), k
+    return fast, x
 
 
 @pytest.mark.parametrize("in_shape,entry,takes", [
@@ -481,20 +487,11 @@ def test_fused_relu_chains_run_as_winograd_where_the_convolution_would(in_shape,
     monkeypatch.setattr(rules, "winograd_pays", lambda *a: True)
     _use_layout("nchw", monkeypatch)
     rng = np.random.default_rng(13)
-    plain, fast = _fused_network(in_shape, entry, fast=False), _fused_network(in_shape, entry)
-    x = rng.standard_normal(in_shape)
-    y = plain.forward(x, train=True)
-    assert np.allclose(fast.forward(x, train=True), y, rtol=1e-12, atol=1e-14)
-    _ran(fast, layers._WinogradThenRelu if takes else fused.Block)
-    r = rng.standard_normal(y.shape)
-    plain.backward({plain.graph.output: r})
-    fast.backward({fast.graph.output: r})
-    assert np.allclose(fast.input_grad, plain.input_grad, rtol=1e-10, atol=1e-14)
-    for k, g in plain.grads.items():
-        assert np.allclose(fast.grads[k], g, rtol=1e-10, atol=1e-14), k
+    block_type = layers._WinogradThenRelu if takes else fused.Block
+    fast, x = _fast_equals_plain(in_shape, entry, rng, block_type)
     _perturb_params(fast, rng)
     _fd_check(fast, x, True, rng)
-    _ran(fast, layers._WinogradThenRelu if takes else fused.Block)
+    _ran(fast, block_type)
 
 
 @pytest.mark.parametrize("model,chains", [
