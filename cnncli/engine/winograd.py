@@ -58,7 +58,7 @@ from numba import get_thread_id, prange
 
 from cnncli.engine import layout, products, rules, simd
 from cnncli.engine.arrays import scratch
-from cnncli.engine.jit import exact_kernel, kernel, parallel_kernel
+from cnncli.engine.jit import exact_kernel, exact_parallel_kernel, kernel, parallel_kernel
 
 __all__ = ["G", "backward", "forward", "tiles"]
 
@@ -241,54 +241,71 @@ def _backward_bands(x, uc, dy, dx, du_slots, band, span, t_, cp, fp, cs, fs, inp
 # ---------------------------------------------------------------------------
 
 
-@exact_kernel
+@exact_parallel_kernel
 def _filters(w, u, columns):
     # u[ξ, o·columns + i] = (G w[o, i] Gᵀ)[ξ], ξ = 4·a + b, for w (O, I, 3, 3) (filters by channels, or channels by
     # filters) and u (16, ≥ O·columns), read and written in order: T = G w, rounded to w's dtype, then U = T Gᵀ.
-    # G's halves are exact.
-    t = np.empty((4, 3), dtype=w.dtype)
-    for o in range(w.shape[0]):
-        for i in range(w.shape[1]):
-            for j in range(3):
-                t[0, j] = w[o, i, 0, j]
-                t[1, j] = 0.5 * (w[o, i, 0, j] + w[o, i, 1, j] + w[o, i, 2, j])
-                t[2, j] = 0.5 * (w[o, i, 0, j] - w[o, i, 1, j] + w[o, i, 2, j])
-                t[3, j] = w[o, i, 2, j]
-            at = o * columns + i
-            for a in range(4):
-                u[4 * a, at] = t[a, 0]
-                u[4 * a + 1, at] = 0.5 * (t[a, 0] + t[a, 1] + t[a, 2])
-                u[4 * a + 2, at] = 0.5 * (t[a, 0] - t[a, 1] + t[a, 2])
-                u[4 * a + 3, at] = t[a, 2]
+    # G's halves are exact. Runs of 16 rows in parallel.
+    rows = w.shape[0]
+    for job in prange((rows + 15) // 16):
+        t = np.empty((4, 3), dtype=w.dtype)
+        for o in range(job * 16, min(rows, job * 16 + 16)):
+            _filter_row(w, o, u, columns, t)
 
 
 @exact_kernel
+def _filter_row(w, o, u, columns, t):
+    # Row o of _filters.
+    for i in range(w.shape[1]):
+        for j in range(3):
+            t[0, j] = w[o, i, 0, j]
+            t[1, j] = 0.5 * (w[o, i, 0, j] + w[o, i, 1, j] + w[o, i, 2, j])
+            t[2, j] = 0.5 * (w[o, i, 0, j] - w[o, i, 1, j] + w[o, i, 2, j])
+            t[3, j] = w[o, i, 2, j]
+        at = o * columns + i
+        for a in range(4):
+            u[4 * a, at] = t[a, 0]
+            u[4 * a + 1, at] = 0.5 * (t[a, 0] + t[a, 1] + t[a, 2])
+            u[4 * a + 2, at] = 0.5 * (t[a, 0] - t[a, 1] + t[a, 2])
+            u[4 * a + 3, at] = t[a, 2]
+
+
+@exact_parallel_kernel
 def _weight_gradient(du_slots, cp, dw):
     # dw (F, C, 3, 3) = Gᵀ dU G, the adjoint of _filters, of dU summed over the slots in order; du_slots (slots,
-    # 16, ≥ F·cp), dU[ξ]ᵀ (F, cp). Runs of 16 channels at a time, each step across the run (vectorised).
-    f_, c_ = dw.shape[0], dw.shape[1]
-    d = np.empty((16, 16), dtype=dw.dtype)  # dU[ξ] of the run's channels
-    s = np.empty((12, 16), dtype=dw.dtype)  # S = Gᵀ dU, row-major (3 × 4)
-    for f in range(f_):
-        for c0 in range(0, c_, 16):
-            n = min(16, c_ - c0)
-            at = f * cp + c0
-            for k in range(16):
+    # 16, ≥ F·cp), dU[ξ]ᵀ (F, cp). Runs of 16 filters in parallel; in each filter, runs of 16 channels at a time,
+    # each step across the run (vectorised).
+    f_ = dw.shape[0]
+    for job in prange((f_ + 15) // 16):
+        d = np.empty((16, 16), dtype=dw.dtype)  # dU[ξ] of the run's channels
+        s = np.empty((12, 16), dtype=dw.dtype)  # S = Gᵀ dU, row-major (3 × 4)
+        for f in range(job * 16, min(f_, job * 16 + 16)):
+            _gradient_row(du_slots, cp, dw, f, d, s)
+
+
+@exact_kernel
+def _gradient_row(du_slots, cp, dw, f, d, s):
+    # Filter f of _weight_gradient.
+    c_ = dw.shape[1]
+    for c0 in range(0, c_, 16):
+        n = min(16, c_ - c0)
+        at = f * cp + c0
+        for k in range(16):
+            for i in range(n):
+                d[k, i] = du_slots[0, k, at + i]
+            for slot in range(1, du_slots.shape[0]):
                 for i in range(n):
-                    d[k, i] = du_slots[0, k, at + i]
-                for slot in range(1, du_slots.shape[0]):
-                    for i in range(n):
-                        d[k, i] += du_slots[slot, k, at + i]
-            for b in range(4):
-                for i in range(n):
-                    s[b, i] = d[b, i] + 0.5 * (d[4 + b, i] + d[8 + b, i])
-                    s[4 + b, i] = 0.5 * (d[4 + b, i] - d[8 + b, i])
-                    s[8 + b, i] = 0.5 * (d[4 + b, i] + d[8 + b, i]) + d[12 + b, i]
-            for a in range(3):
-                for i in range(n):
-                    dw[f, c0 + i, a, 0] = s[4 * a, i] + 0.5 * (s[4 * a + 1, i] + s[4 * a + 2, i])
-                    dw[f, c0 + i, a, 1] = 0.5 * (s[4 * a + 1, i] - s[4 * a + 2, i])
-                    dw[f, c0 + i, a, 2] = 0.5 * (s[4 * a + 1, i] + s[4 * a + 2, i]) + s[4 * a + 3, i]
+                    d[k, i] += du_slots[slot, k, at + i]
+        for b in range(4):
+            for i in range(n):
+                s[b, i] = d[b, i] + 0.5 * (d[4 + b, i] + d[8 + b, i])
+                s[4 + b, i] = 0.5 * (d[4 + b, i] - d[8 + b, i])
+                s[8 + b, i] = 0.5 * (d[4 + b, i] + d[8 + b, i]) + d[12 + b, i]
+        for a in range(3):
+            for i in range(n):
+                dw[f, c0 + i, a, 0] = s[4 * a, i] + 0.5 * (s[4 * a + 1, i] + s[4 * a + 2, i])
+                dw[f, c0 + i, a, 1] = 0.5 * (s[4 * a + 1, i] - s[4 * a + 2, i])
+                dw[f, c0 + i, a, 2] = 0.5 * (s[4 * a + 1, i] + s[4 * a + 2, i]) + s[4 * a + 3, i]
 
 
 def _transformed(w: np.ndarray, columns: int, filters_innermost: bool) -> np.ndarray:
