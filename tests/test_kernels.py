@@ -1151,6 +1151,8 @@ def test_products_equal_numpy(dtype):
     lanes = simd.lanes(np.dtype(dtype).itemsize)
     zero = np.zeros(1, np.int64)
     rng = np.random.default_rng(6)
+    for vectors in range(1, 9):  # the compiled choice of block is rules.outer_vectors
+        assert products._vectors(vectors * lanes, lanes) == rules.outer_vectors(vectors, simd.VECTOR_REGISTERS)
 
     @njit
     def product(a, bases, b, bstride, depth, out, ostride, columns, chunk):

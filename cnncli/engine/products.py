@@ -9,8 +9,8 @@ the last ones in blocks of 2 and 1, and the points in blocks of P
 registers P is 6, 12 or 24 for V = 4, 2, 1). Every output is one sum, in the
 order of its steps, whatever block computed it and wherever it sits.
 
-* :func:`outer_sums`: out += Σ over rows r and steps k of a[bases[i] + arows[r] + k·astep] · b[brows[r] + k·bstep + j]:
-  the weight gradients (points channel-taps or channels, steps positions or tiles);
+* :func:`outer_sums`: out[i, j] += Σ over rows r and steps k of a[bases[i] + arows[r] + k·astep] ·
+  b[brows[r] + k·bstep + j]: the weight gradients (points channel-taps or filters, steps positions or tiles);
 * :func:`matrix_product`: out (M, N) = a (M, K) · b (K, N), both row-major, K
   in runs whose rows of b stay in L1 while every point goes past them
   (``rules.outer_channels``): the products of Winograd's transformed tiles.
@@ -63,7 +63,7 @@ def _points(a, bases, arows, astep, b, boff, brows, bstep, count, out, ooff, ost
 
 @kernel
 def _vectors(left, lanes_):
-    # The widest block that ``left`` columns fill (or the narrowest, for fewer than a vector).
+    # rules.outer_vectors for ``left`` columns: the widest block they fill (the narrowest, for fewer than a vector).
     if MOST_VECTORS >= 4 and left >= 4 * lanes_:
         return 4
     if left >= 2 * lanes_:
@@ -74,8 +74,8 @@ def _vectors(left, lanes_):
 @kernel
 def outer_sums(a, bases, arows, astep, b, brows, bstep, count, out, columns, lanes_):
     """out[i·columns + j] += Σ over r < len(arows), k < count of a[bases[i] + arows[r] + k·astep] ·
-    b[brows[r] + k·bstep + j] for every point i < len(bases) and column j < ``columns`` (a multiple of L).
-    b's rows and out's are ``columns`` apart only in out; b's column j is at offset j of each step."""
+    b[brows[r] + k·bstep + j] for every point i < len(bases) and column j < ``columns`` (a multiple of L): out's
+    rows are ``columns`` long, b's steps ``bstep`` apart."""
     j0 = 0
     while j0 < columns:
         v = _vectors(columns - j0, lanes_)

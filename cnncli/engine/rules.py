@@ -219,9 +219,9 @@ OUTER_VECTORS = (4, 2, 1)
 
 
 def outer_vectors(filter_vectors: int, vector_registers: int) -> int:
-    """V of the blocked weight gradient's register block for filters that fill ``filter_vectors`` vectors: the
-    largest of OUTER_VECTORS not above them (2 at most with 16 registers); P channel-taps come from
-    :func:`outer_points`. With 32 registers (AVX-512): 6 × 4, 12 × 2, 24 × 1. On one core at batch 64, against sums
+    """V of a register block with filters (or channels) in the lanes for columns that fill ``filter_vectors``
+    vectors: the largest of OUTER_VECTORS not above them (2 at most with 16 registers); P points come from
+    :func:`outer_points`. (cnncli.engine.products applies it, compiled, to each block of columns.) With 32 registers (AVX-512): 6 × 4, 12 × 2, 24 × 1. On one core at batch 64, against sums
     over positions (filters × taps in the registers, positions in the lanes): ResNet-20's 64 filters at 8×8 5.2 ->
     2.9 ms, 32 at 16×16 4.1 -> 3.2, 16 at 32×32 even."""
     most = 4 if vector_registers >= 32 else 2

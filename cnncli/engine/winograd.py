@@ -44,8 +44,9 @@ number of threads. A sample whose tiles alone are more than a group's worth
 *bands* shared out over the threads: its rows of channels are made once and
 shared, each band transforms, multiplies and transforms back its own tiles,
 and in the backward pass each run of bands (a slot) adds its share of dx into
-rows of its own (bands overlap at their edges), added up in order after. The transforms are additions only, in a fixed order, so
-their bits do not depend on where the arrays sit.
+rows of its own (bands overlap at their edges), added up in order after. The
+transforms are additions only, in a fixed order, so their bits do not depend
+on where the arrays sit.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def tiles(oh: int, ow: int) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------
-# the kernels: groups of samples in parallel, 16 products per group
+# the kernels: groups of samples (or bands of a sample's tiles) in parallel, 16 products each
 # ---------------------------------------------------------------------------
 
 
