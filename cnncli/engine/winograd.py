@@ -219,7 +219,8 @@ def _backward_bands(x, uc, dy, dx, du_slots, band, span, t_, cp, fp, cs, fs, inp
         for fb in prange(fp // lanes_):
             layout.to_rows_block(dy, n, 0, dyt, fp, fb * lanes_, lanes_)
         simd.zero(xt, xt.shape[0] - cp, cp)
-        simd.zero(dyt, dyt.shape[0] - fp, fp)
+        past = dy.shape[2] * dy.shape[3] * fp  # the bands' rows past the output's edges, read as zeros
+        simd.zero(dyt, past, dyt.shape[0] - past)
         for si in prange(slots):
             t = get_thread_id()
             if need_dx:
@@ -323,10 +324,11 @@ def _transformed(w: np.ndarray, columns: int, filters_innermost: bool) -> np.nda
 
 
 @functools.lru_cache(maxsize=64)
-def _tables(per: int, h: int, w: int, oh: int, ow: int, ph: int, pw: int) -> tuple[np.ndarray, np.ndarray]:
+def _tables(per: int, h: int, w: int, oh: int, ow: int, ph: int, pw: int, band: int) -> tuple[np.ndarray, np.ndarray]:
     """For each tile of a group of ``per`` samples: the rows of its 16 inputs, row-major (sample s's position
     (r, c) at s·H·W + r·W + c; per·H·W, the row of zeros, where the tile covers the padding), and of its 4
-    outputs (at s·OH·OW + r·OW + c; per·OH·OW, a row never read, past the output's edge). Made once per layer
+    outputs (at s·OH·OW + r·OW + c; past the output's edge a row never read: per·OH·OW, or in bands of ``band``
+    tiles each band's own after it, so that bands running at once never write one row). Made once per layer
     shape (cached)."""
     ty, tx = tiles(oh, ow)
     s, i, j = (a[..., None, None] for a in np.meshgrid(np.arange(per), np.arange(ty), np.arange(tx), indexing="ij"))
@@ -335,7 +337,8 @@ def _tables(per: int, h: int, w: int, oh: int, ow: int, ph: int, pw: int) -> tup
     inputs = np.where((0 <= r) & (r < h) & (0 <= c) & (c < w), s * h * w + r * w + c, per * h * w)
     b = np.arange(2)
     r, c = 2 * i + b[:, None], 2 * j + b[None, :]
-    outputs = np.where((r < oh) & (c < ow), s * oh * ow + r * ow + c, per * oh * ow)
+    past = per * oh * ow + ((i * tx + j) // band if band else 0)
+    outputs = np.where((r < oh) & (c < ow), s * oh * ow + r * ow + c, past)
     inputs, outputs = (np.ascontiguousarray(t.reshape(-1), dtype=np.int64) for t in (inputs, outputs))
     for table in (inputs, outputs):
         table.flags.writeable = False
@@ -360,9 +363,10 @@ class _Plan:
         self.chunk = rules.outer_channels(1, products.MOST_VECTORS * self.lanes * x.itemsize)
         self.cp, self.fp = -(-c // self.lanes) * self.lanes, -(-f // self.lanes) * self.lanes
         self.cs, self.fs = rules.unaliased_stride(self.cp, x.itemsize), rules.unaliased_stride(self.fp, x.itemsize)
-        self.inputs, self.outputs = _tables(self.per, h, w, oh, ow, ph, pw)
+        self.inputs, self.outputs = _tables(self.per, h, w, oh, ow, ph, pw, self.band)
         self.x_rows = (self.per * h * w + 1) * self.cp   # a group's or sample's rows, and the row of zeros
-        self.y_rows = (self.per * oh * ow + 1) * self.fp  # and a row past the output's edges
+        bands = -(-self.t // self.band) if self.band else 1
+        self.y_rows = (self.per * oh * ow + bands) * self.fp  # and the rows past the output's edges
 
     def tiles_buffers(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """V and M, per thread, for the tiles transformed at a time."""
