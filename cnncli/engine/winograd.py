@@ -350,7 +350,8 @@ class _Plan:
     tiles (``rules.winograd_band``); tiles per sample ``t``; C' and F' (``cp``, ``fp``: channels and filters rounded
     up to whole vectors); the row strides of V and M (``cs``, ``fs``: ``rules.unaliased_stride``, since the
     products read runs of many rows of U, V or M, which rows a power of two apart would crowd into a few sets of
-    L1); the products' runs of rows (``chunk``); each tile's input and output rows (``inputs``, ``outputs``)."""
+    L1); the products' runs of rows (``chunk``); each tile's input and output rows (``inputs``, ``outputs``); how
+    many bands a sample has (0 in groups) and how many groups a batch."""
 
     def __init__(self, x: np.ndarray, f: int, oh: int, ow: int, ph: int, pw: int):
         n, c, h, w = x.shape
@@ -365,8 +366,9 @@ class _Plan:
         self.cs, self.fs = rules.unaliased_stride(self.cp, x.itemsize), rules.unaliased_stride(self.fp, x.itemsize)
         self.inputs, self.outputs = _tables(self.per, h, w, oh, ow, ph, pw, self.band)
         self.x_rows = (self.per * h * w + 1) * self.cp   # a group's or sample's rows, and the row of zeros
-        bands = -(-self.t // self.band) if self.band else 1
-        self.y_rows = (self.per * oh * ow + bands) * self.fp  # and the rows past the output's edges
+        self.bands = -(-self.t // self.band) if self.band else 0
+        self.groups = -(-n // self.per)
+        self.y_rows = (self.per * oh * ow + max(self.bands, 1)) * self.fp  # and the rows past the output's edges
 
     def tiles_buffers(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """V and M, per thread, for the tiles transformed at a time."""
@@ -403,10 +405,9 @@ def backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray, dx: np.ndarray | None
              ph: int, pw: int) -> None:
     """The gradients of :func:`forward`: dw (F, C, 3, 3) and, unless dx is None, dx (N, C, H, W), written in
     place (the bias gradient is the convolution's own)."""
-    n, c = x.shape[:2]
     f, oh, ow = dy.shape[1:]
     p = _Plan(x, f, oh, ow, ph, pw)
-    slots, span = rules.dw_slots(-(-p.t // p.band) if p.band else -(-n // p.per))
+    slots, span = rules.dw_slots(p.bands or p.groups)
     du = np.empty((slots, 16, rules.unaliased_stride(f * p.cp, x.itemsize)), dtype=x.dtype)  # planes read together
     uc = _transformed(w, p.cs, filters_innermost=False)
     v, m = p.tiles_buffers(x)
