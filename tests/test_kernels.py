@@ -862,14 +862,13 @@ def test_batchnorm_kernels_equal_the_formulas(shape, dtype):
     np.testing.assert_allclose(mean, x64.mean(axis=axes), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(var, x64.var(axis=axes), rtol=1e-12, atol=1e-12)
     inv = (1 / np.sqrt(var + 1e-5)).astype(dtype)
-    y, xhat = norm.forward(x, mean, inv, w, b)
+    y = norm.forward(x, mean, inv, w, b)
     want_xhat = (x64 - mean.reshape(bshape)) * inv.astype(np.float64).reshape(bshape)
     tol = tolerances(dtype)
-    np.testing.assert_allclose(xhat, want_xhat, **tol)
     np.testing.assert_allclose(y, want_xhat * w.reshape(bshape) + b.reshape(bshape), **tol)
     for train in (True, False):
-        dx, dw, db = norm.backward(dy, xhat, w, inv, train)
-        dy64, h64 = dy.astype(np.float64), xhat.astype(np.float64)
+        dx, dw, db = norm.backward(dy, x, mean, inv, w, train)
+        dy64, h64 = dy.astype(np.float64), want_xhat
         g = dy64 * w.astype(np.float64).reshape(bshape)
         if train:
             want = g - g.mean(axis=axes, keepdims=True) - h64 * (g * h64).mean(axis=axes, keepdims=True)
@@ -878,6 +877,12 @@ def test_batchnorm_kernels_equal_the_formulas(shape, dtype):
         np.testing.assert_allclose(dx, want * inv.astype(np.float64).reshape(bshape), **tol)
         np.testing.assert_allclose(dw, (dy64 * h64).sum(axis=axes), **tol)
         np.testing.assert_allclose(db, dy64.sum(axis=axes), **tol)
+    # the folded ReLU: the same output clipped at 0, and dy through it is dy masked where the output was > 0
+    yr = norm.forward(x, mean, inv, w, b, relu=True)
+    np.testing.assert_array_equal(yr, np.where(y < 0, 0, y))
+    masked = np.where(yr > 0, dy, 0).astype(dtype)
+    for got, want in zip(norm.backward(dy, x, mean, inv, w, True, relu_out=yr), norm.backward(masked, x, mean, inv, w, True)):
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("length", [1, 7, 49, 64, 1024])
@@ -889,19 +894,20 @@ def test_batchnorm_row_sums_do_not_depend_on_where_the_rows_sit(length, dtype):
 
     rng = np.random.default_rng(12)
     shape = (3, 5, length)
-    x, dy, h = (rng.standard_normal(shape).astype(dtype) * 3 + 1 for _ in range(3))
+    x, dy, y = (rng.standard_normal(shape).astype(dtype) * 3 + 1 for _ in range(3))
+    mean, inv = rng.standard_normal(5), rng.random(5) + 0.5
     size = x.size
     found = set()
     for offset in range(64 // np.dtype(dtype).itemsize):
         views = []
-        for a in (x, dy, h):
+        for a in (x, dy, y):
             buf = np.empty(size + 64, dtype)
             v = buf[offset : offset + size].reshape(shape)
             v[...] = a
             views.append(v)
-        vx, vdy, vh = views
-        found.add((norm.row_moments(vx).tobytes(), norm.grad_rows(vdy, vh).tobytes(),
-                   norm.grad_rows(vdy, vh, relu_out=vx).tobytes()))
+        vx, vdy, vy = views
+        found.add((norm.row_moments(vx).tobytes(), norm.grad_rows(vdy, vx, mean, inv).tobytes(),
+                   norm.grad_rows(vdy, vx, mean, inv, relu_out=vy).tobytes()))
     assert len(found) == 1
 
 

@@ -457,7 +457,7 @@ class BatchNorm(Layer):
     """
 
     kind = "batchnorm"
-    cached = ("xhat", "y")
+    cached = ("x", "mean", "y")
     folds_relu = True
 
     @classmethod
@@ -483,12 +483,13 @@ class BatchNorm(Layer):
         else:
             mean, var = self.buffers["running_mean"], self.buffers["running_var"]
         self.inv_std = (1.0 / np.sqrt(np.asarray(var, dtype=np.float64) + self.o["eps"])).astype(x.dtype)
-        y, self.xhat = norm.forward(x, mean, self.inv_std, self.params["weight"], self.params["bias"], self.relu)
+        self.x, self.mean = x, mean
+        y = norm.forward(x, mean, self.inv_std, self.params["weight"], self.params["bias"], self.relu)
         self.y = y if self.relu else None
         return y
 
     def backward(self, dy):
-        rows = norm.grad_rows(dy, self.xhat, self.y)
+        rows = norm.grad_rows(dy, self.x, self.mean, self.inv_std, self.y)
         own = norm.totals(rows)
         count = dy.shape[0] * norm.per_row(dy.shape)
         sums = own
@@ -498,7 +499,8 @@ class BatchNorm(Layer):
             w = self.place.weight
             sums = norm.totals(self.place.gather(f"{self.node.name}.backward", rows * w)) / w
             count = self.place.total * norm.per_row(dy.shape)
-        dx = norm.input_grad(dy, self.xhat, self.params["weight"], self.inv_std, sums, count, self.train, self.y)
+        dx = norm.input_grad(dy, self.x, self.mean, self.inv_std, self.params["weight"], sums, count, self.train,
+                             self.y)
         if self.trainable:
             self.grads["weight"], self.grads["bias"] = own[:, 1].astype(dy.dtype), own[:, 0].astype(dy.dtype)
         return [dx]

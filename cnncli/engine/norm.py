@@ -18,6 +18,13 @@ The mean and variance combine Chan et al.'s way (each row's sum and squared
 deviations from its own mean), as stable as a two-pass variance. Each kernel
 makes one pass over the data where numpy makes several; work is split by
 (sample, channel) row, each writing only its own slice.
+
+x̂ = (x − mean)·inv_std is not stored: the forward pass writes only y, and the
+backward kernels compute x̂ again from x, with the same operations in the same
+dtype, so they see the very values the forward pass used. The layer keeps x
+(its input, alive anyway while a pass may need it) instead of an array of x̂:
+the passes are bound by memory traffic, and a fourth stream in the forward
+pass was a quarter of its cost.
 """
 
 from __future__ import annotations
@@ -51,24 +58,25 @@ def _row_moments(x, rows):
 
 
 @reduce_parallel_kernel
-def _grad_rows(dy, xhat, y, relu, rows):
+def _grad_rows(dy, x, mean, inv_std, y, relu, rows):
     n_, c_, l_ = dy.shape
     zero = dy.dtype.type(0)
     for job in prange(n_ * c_):
         n = job // c_
         c = job - n * c_
-        g, h, out = dy[n, c], xhat[n, c], y[n, c]
+        g, src, out = dy[n, c], x[n, c], y[n, c]
+        m, k = mean[c], inv_std[c]
         s = 0.0
         t = 0.0
         if relu:  # dy is the folded ReLU's: it passed where the output is > 0
             for i in range(l_):
                 gi = g[i] if out[i] > 0 else zero
                 s += gi
-                t += np.float64(gi) * h[i]
+                t += np.float64(gi) * ((src[i] - m) * k)
         else:
             for i in range(l_):
                 s += g[i]
-                t += np.float64(g[i]) * h[i]
+                t += np.float64(g[i]) * ((src[i] - m) * k)
         rows[n, c, 0] = s
         rows[n, c, 1] = t
 
@@ -102,35 +110,32 @@ def _totals(rows, out):
 
 
 @exact_parallel_kernel
-def _normalise(x, mean, inv_std, w, b, relu, xhat, y):
+def _normalise(x, mean, inv_std, w, b, relu, y):
     n_, c_, l_ = x.shape
     for job in prange(n_ * c_):
         n = job // c_
         c = job - n * c_
         m, k, wc, bc = mean[c], inv_std[c], w[c], b[c]
-        src, h, out = x[n, c], xhat[n, c], y[n, c]
+        src, out = x[n, c], y[n, c]
         if relu:
             for i in range(l_):
-                v = (src[i] - m) * k
-                h[i] = v
-                o = v * wc + bc
+                o = ((src[i] - m) * k) * wc + bc
                 out[i] = 0 if o < 0 else o
         else:
             for i in range(l_):
-                v = (src[i] - m) * k
-                h[i] = v
-                out[i] = v * wc + bc
+                out[i] = ((src[i] - m) * k) * wc + bc
 
 
 @exact_parallel_kernel
-def _input_grad(dy, xhat, y, relu, w, inv_std, sum_dy, sum_dy_xhat, count, train, dx):
+def _input_grad(dy, x, mean, inv_std, y, relu, w, sum_dy, sum_dy_xhat, count, train, dx):
     n_, c_, l_ = dy.shape
     zero = dy.dtype.type(0)
     for job in prange(n_ * c_):
         n = job // c_
         c = job - n * c_
-        scale = w[c] * inv_std[c]
-        g, h, out, passed = dy[n, c], xhat[n, c], dx[n, c], y[n, c]
+        m, k = mean[c], inv_std[c]
+        scale = w[c] * np.float64(k)
+        g, src, out, passed = dy[n, c], x[n, c], dx[n, c], y[n, c]
         # dx = w·inv_std·(dy − mean(dy) − x̂·mean(dy·x̂)) while training (the batch statistics' own gradient
         # included), w·inv_std·dy with fixed statistics; dy through the folded ReLU if there is one
         a = dy.dtype.type(sum_dy[c] / count) if train else zero
@@ -138,10 +143,10 @@ def _input_grad(dy, xhat, y, relu, w, inv_std, sum_dy, sum_dy_xhat, count, train
         if relu:
             for i in range(l_):
                 gi = g[i] if passed[i] > 0 else zero
-                out[i] = (gi - a - h[i] * bb) * scale
+                out[i] = (gi - a - ((src[i] - m) * k) * bb) * scale
         else:
             for i in range(l_):
-                out[i] = (g[i] - a - h[i] * bb) * scale
+                out[i] = (g[i] - a - ((src[i] - m) * k) * bb) * scale
 
 
 def _view(name: str, x: np.ndarray) -> np.ndarray:
@@ -186,41 +191,48 @@ def batch_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return moments(row_moments(x), per_row(x.shape))
 
 
+def _stats(mean: np.ndarray, inv_std: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    # mean and inv_std as every kernel reads them (x's dtype), so that x̂ is the same bits in each
+    return np.ascontiguousarray(mean, dtype=dtype), np.ascontiguousarray(inv_std, dtype=dtype)
+
+
 def forward(x: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, w: np.ndarray,
-            b: np.ndarray, relu: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """x (N, C, ...); mean, inv_std, w, b (C,) → (y, x̂), both the shape of x: x̂ = (x − mean)·inv_std, y = x̂·w + b.
+            b: np.ndarray, relu: bool = False) -> np.ndarray:
+    """x (N, C, ...); mean, inv_std, w, b (C,) → y like x: y = x̂·w + b, x̂ = (x − mean)·inv_std.
 
     ``relu``: y = max(x̂·w + b, 0), the ReLU after the layer in the same pass.
     """
     x3 = _view("x", x)
     dtype = x3.dtype
-    xhat = np.empty_like(x3)
     y = np.empty_like(x3)
-    _normalise(x3, *(np.ascontiguousarray(a, dtype=dtype) for a in (mean, inv_std, w, b)), bool(relu), xhat, y)
-    return y.reshape(x.shape), xhat.reshape(x.shape)
+    _normalise(x3, *_stats(mean, inv_std, dtype), *(np.ascontiguousarray(a, dtype=dtype) for a in (w, b)),
+               bool(relu), y)
+    return y.reshape(x.shape)
 
 
-def _pair(dy: np.ndarray, xhat: np.ndarray, relu_out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    dy3, h3 = _view("dy", dy), _view("xhat", xhat)
-    if dy3.shape != h3.shape or dy3.dtype != h3.dtype:
-        raise ValueError(f"dy {dy.shape} {dy.dtype} and xhat {xhat.shape} {xhat.dtype} must agree")
+def _pair(dy: np.ndarray, x: np.ndarray, relu_out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    dy3, x3 = _view("dy", dy), _view("x", x)
+    if dy3.shape != x3.shape or dy3.dtype != x3.dtype:
+        raise ValueError(f"dy {dy.shape} {dy.dtype} and x {x.shape} {x.dtype} must agree")
     if relu_out is None:
-        return dy3, h3, dy3  # not read
+        return dy3, x3, dy3  # not read
     y3 = _view("relu_out", relu_out)
     if y3.shape != dy3.shape or y3.dtype != dy3.dtype:
         raise ValueError(f"relu_out {relu_out.shape} {relu_out.dtype} must agree with dy {dy.shape} {dy.dtype}")
-    return dy3, h3, y3
+    return dy3, x3, y3
 
 
-def grad_rows(dy: np.ndarray, xhat: np.ndarray, relu_out: np.ndarray | None = None) -> np.ndarray:
-    """dy, x̂ (N, C, ...) → rows (N, C, 2) float64: each row's Σ dy and Σ dy·x̂.
+def grad_rows(dy: np.ndarray, x: np.ndarray, mean: np.ndarray, inv_std: np.ndarray,
+              relu_out: np.ndarray | None = None) -> np.ndarray:
+    """dy, x (N, C, ...), the forward pass's mean and inv_std (C,) → rows (N, C, 2) float64: each row's Σ dy and
+    Σ dy·x̂.
 
     ``relu_out``: the forward pass's output with the ReLU folded in; dy is
     then the ReLU's and passes where that output is > 0.
     """
-    dy3, h3, y3 = _pair(dy, xhat, relu_out)
+    dy3, x3, y3 = _pair(dy, x, relu_out)
     rows = np.empty((dy3.shape[0], dy3.shape[1], 2))
-    _grad_rows(dy3, h3, y3, relu_out is not None, rows)
+    _grad_rows(dy3, x3, *_stats(mean, inv_std, x3.dtype), y3, relu_out is not None, rows)
     return rows
 
 
@@ -232,30 +244,32 @@ def totals(rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def input_grad(dy: np.ndarray, xhat: np.ndarray, w: np.ndarray, inv_std: np.ndarray, sums: np.ndarray,
-               count: int, train: bool, relu_out: np.ndarray | None = None) -> np.ndarray:
-    """∂E/∂x (like dy) from dy, x̂ (N, C, ...) and ``sums`` (C, 2) = (Σ dy, Σ dy·x̂) over ``count`` values per channel.
+def input_grad(dy: np.ndarray, x: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, w: np.ndarray,
+               sums: np.ndarray, count: int, train: bool, relu_out: np.ndarray | None = None) -> np.ndarray:
+    """∂E/∂x (like dy) from dy, x (N, C, ...), the forward pass's mean and inv_std (C,) and ``sums`` (C, 2) =
+    (Σ dy, Σ dy·x̂) over ``count`` values per channel.
 
     ``train``: the mean and variance were the batch's own (their gradient flows
     into dx, through ``sums``); else they were fixed (running statistics).
     ``relu_out``: as for :func:`grad_rows`.
     """
-    dy3, h3, y3 = _pair(dy, xhat, relu_out)
+    dy3, x3, y3 = _pair(dy, x, relu_out)
     dx = np.empty_like(dy3)
     sums = np.ascontiguousarray(sums, dtype=np.float64)
-    _input_grad(dy3, h3, y3, relu_out is not None, np.ascontiguousarray(w, dtype=np.float64),
-                np.ascontiguousarray(inv_std, dtype=np.float64), sums[:, 0].copy(), sums[:, 1].copy(),
+    _input_grad(dy3, x3, *_stats(mean, inv_std, x3.dtype), y3, relu_out is not None,
+                np.ascontiguousarray(w, dtype=np.float64), sums[:, 0].copy(), sums[:, 1].copy(),
                 float(count), bool(train), dx)
     return dx.reshape(dy.shape)
 
 
-def backward(dy: np.ndarray, xhat: np.ndarray, w: np.ndarray, inv_std: np.ndarray, train: bool,
+def backward(dy: np.ndarray, x: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, w: np.ndarray, train: bool,
              relu_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gradients of :func:`forward` over a whole batch: dy, x̂ (N, C, ...) → (dx like dy, dw (C,), db (C,)).
+    """Gradients of :func:`forward` over a whole batch: dy, x (N, C, ...), the forward pass's mean and inv_std
+    (C,) → (dx like dy, dw (C,), db (C,)).
 
     ``train``: the mean and variance were the batch's own (their gradient flows
     into dx); else they were fixed (running statistics). ``relu_out``: as for :func:`grad_rows`.
     """
-    sums = totals(grad_rows(dy, xhat, relu_out))
-    dx = input_grad(dy, xhat, w, inv_std, sums, dy.shape[0] * per_row(dy.shape), train, relu_out)
+    sums = totals(grad_rows(dy, x, mean, inv_std, relu_out))
+    dx = input_grad(dy, x, mean, inv_std, w, sums, dy.shape[0] * per_row(dy.shape), train, relu_out)
     return dx, sums[:, 1].astype(dy.dtype), sums[:, 0].astype(dy.dtype)
