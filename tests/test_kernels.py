@@ -299,6 +299,16 @@ NAMED_CONVS = {
     # filters that fill blocks of 4 vectors (64 or 128 with AVX-512): the forward pass holds them in the lanes
     "blocked-64-filters": named_conv((3, 5, 6, 7), 64, (3, 3), padding=(1, 1)),
     "blocked-128-filters-5x5": named_conv((1, 2, 5, 4), 128, (5, 5), padding=(4, 2), dilation=(2, 1), bias=False),
+    # strided layers of one group whose filters fill whole vectors (16 float32 / 8 float64 lanes): the forward pass
+    # holds the filters in the lanes; ResNet's 3×3 and 1×1 downsampling, a 7×7 stem, dilation, asymmetric strides
+    # and kernels, filters in blocks of 4 vectors and fewer (80: 4 + 1 float32, 4 + 4 + 2 float64)
+    "outer-3x3-stride-2": named_conv((3, 5, 9, 9), 16, (3, 3), stride=(2, 2), padding=(1, 1)),
+    "outer-1x1-stride-2": named_conv((2, 6, 7, 7), 32, (1, 1), stride=(2, 2), bias=False),
+    "outer-7x7-stem": named_conv((2, 3, 15, 13), 64, (7, 7), stride=(2, 2), padding=(3, 3)),
+    "outer-dilated-asymmetric": named_conv((2, 4, 13, 11), 48, (3, 2), stride=(3, 2), padding=(2, 1),
+                                           dilation=(2, 1)),
+    "outer-80-filters": named_conv((3, 5, 8, 8), 80, (3, 3), stride=(2, 1), padding=(0, 1)),
+    "outer-one-sample": named_conv((1, 3, 9, 10), 64, (3, 3), stride=(2, 2), padding=(1, 1)),  # split by filters
 }
 
 CONV_CASES = [pytest.param(conv_config(s), id=f"seed{s}") for s in range(30)] + [
@@ -324,14 +334,16 @@ CONV_CASES = [pytest.param(conv_config(s), id=f"seed{s}") for s in range(30)] + 
 # "blocked" runs every 'same' stride-1 layer of one group as register-blocked direct loops, a slot's samples
 # side by side in one group; "blocked-groups-of-one" each sample its own group and slot (and, forward, a run of
 # filter blocks per job, and with filters in the lanes one channel at a time), "blocked-one-slot" those groups
-# summed into one slot.
+# summed into one slot. "outer" runs the forward pass of every strided layer whose filters fill whole vectors
+# with the filters in the lanes, "outer-groups-of-one" each sample its own group (one sample's filter vectors
+# split between the threads) and one channel at a time.
 PATHS = ["auto", "direct", "gemm", "gemm+direct-dw", "groups-of-one", "groups-of-one-one-slot", "row-bands", "taps",
          "taps-bands", "taps-one-slot", "numpy", "chunked", "chunked+direct-dw", "winograd",
          "winograd-groups-of-one", "winograd-one-slot", "winograd-bands", "blocked", "blocked-groups-of-one",
          "blocked-one-slot"]
 FORWARD_PATHS = ["auto", "direct", "gemm", "groups-of-one", "row-bands", "taps", "taps-bands", "numpy",
                  "chunked", "winograd", "winograd-groups-of-one", "winograd-bands", "blocked",
-                 "blocked-groups-of-one"]  # no dw forward
+                 "blocked-groups-of-one", "outer", "outer-groups-of-one"]  # no dw forward
 
 
 @pytest.fixture
@@ -345,7 +357,8 @@ def path(request, monkeypatch):
         monkeypatch.setattr(rules, "tap_gemms", lambda unit, channels, padded, out: unit and mode.startswith("taps"))
         monkeypatch.setattr(rules, "winograd_pays", lambda *a: mode.startswith("winograd"))
         monkeypatch.setattr(rules, "blocked_pays", lambda *a: mode.startswith("blocked"))
-    if mode.startswith("blocked-"):
+        monkeypatch.setattr(rules, "outer_pays", lambda *a: mode.startswith("outer"))
+    if mode.startswith(("blocked-", "outer-")):
         monkeypatch.setattr(rules, "blocked_group", lambda *a: 1)
         monkeypatch.setattr(rules, "OUTER_WEIGHT_BYTES", 1)  # filters in the lanes: one channel at a time
         monkeypatch.setattr(rules, "DW_SLOTS", 1 if mode.endswith("one-slot") else 10**9)
@@ -1104,6 +1117,28 @@ def test_blocked_takes_the_narrow_same_layers():
             x, w, _, _ = conv_arrays(cfg, np.float64)
             assert rules.blocked_applies(cfg["stride"], cfg["padding"], cfg["kernel"], cfg["dilation"], cfg["groups"])
             assert w.shape[0] >= rules.BLOCKED_MIN_FILTERS, name
+
+
+def test_outer_takes_the_narrow_strided_layers():
+    """The rule sends strided layers of one group with at most 64 channels and filters that fill whole vectors
+    (any kernel, padding, dilation) to the forward pass with filters in the lanes, and nothing else; every named
+    outer case is one it applies to in both dtypes (so that the "outer" paths above run it)."""
+    from cnncli.engine import simd
+
+    def outer(c, f, kernel=(3, 3), stride=(2, 2), groups=1, dtype=np.float32):
+        x = np.zeros((2, c, 16, 16), dtype)
+        w = np.zeros((f, c // groups, *kernel), dtype)
+        return conv._Geometry(x, w, stride, (1, 1), (1, 1), groups).outer
+
+    assert outer(16, 32) and outer(64, 128) and outer(3, 64, (7, 7)) and outer(16, 32, (1, 1), (2, 1))
+    assert outer(64, 16) and outer(64, 8, dtype=np.float64)
+    assert not outer(16, 8) and not outer(16, 24) and not outer(128, 256) and not outer(16, 32, stride=(1, 1))
+    assert not outer(16, 32, groups=2)
+    for name, cfg in NAMED_CONVS.items():
+        if name.startswith("outer"):
+            for dtype in DTYPES:
+                assert rules.outer_applies(cfg["stride"], cfg["groups"], cfg["filters"],
+                                           simd.lanes(np.dtype(dtype).itemsize)), (name, dtype)
 
 
 @pytest.mark.parametrize("accumulate", [False, True])

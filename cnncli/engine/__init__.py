@@ -22,7 +22,8 @@ init            initial parameter values, a registry of named schemes
 conv, pool      the general NCHW convolution and pooling kernels
 winograd        3×3 stride-1 convolution by Winograd's F(2×2, 3×3)
 blocked         'same' stride-1 convolution as register-blocked direct
-                loops, forward and both gradients
+                loops, forward and both gradients; the forward pass of
+                narrow strided layers with the filters in the lanes
 products        matrix products with filters (or channels) in the lanes,
                 made of ``simd``'s register blocks (Winograd's 16 products,
                 ``blocked``'s weight gradient)
@@ -98,7 +99,14 @@ each is tested equal to the plain path (and against finite differences).
   positions in the lanes, the padding left out by lane masks, or for 64
   filters the filters in the lanes (``rules.outer_forward``); the input
   gradient the same loops over dy, the weight gradient channel-taps ×
-  filters in the lanes); direct loops for thin groups
+  filters in the lanes); the forward pass of strided layers of one group
+  with at most 64 channels and filters that fill whole vectors
+  (``rules.outer_applies``, ``rules.outer_pays``: ResNets' downsampling
+  3×3 and 1×1 layers, the 7×7 and 11×11 stems) by the same filters-in-the-
+  lanes loops, each output position's inputs a strided window of the
+  padded planes (twice as fast as unfolding ResNet-20's, whose GEMMs have
+  K of 144-288; with 128 channels and more, each block of filters reading
+  every input again loses), their gradients unfolded as below; direct loops for thin groups
   (``rules.depthwise``); stride 1 with up to 128 channels and short
   padding (``rules.tap_gemms``) as one GEMM per kernel tap reading the
   padded input in place, no column matrix (twice as fast as unfolding on

@@ -1,4 +1,5 @@
-"""'Same' stride-1 convolution as register-blocked direct loops, forward and backward.
+"""'Same' stride-1 convolution as register-blocked direct loops, forward and backward; and the forward
+pass of strided layers whose filters fill whole vectors (``rules.outer_applies``), with the filters in the lanes.
 
 Each output is computed once, in a register, and stored once; no partial sum
 goes through memory between taps, as it does with a GEMM per tap. Two register
@@ -12,9 +13,12 @@ blocks (cnncli.engine.simd):
   P points × V vectors of filters, a broadcast input times a vector of
   weights or gradients, half the loads per multiply-add; the forward pass
   where the filters fill blocks of 4 vectors (``rules.outer_forward``: 64
-  filters with AVX-512), P positions, over runs of channels whose weights
+  filters with AVX-512) or the layer is strided, P positions
+  (:func:`cnncli.engine.products.outer_rows`), over runs of channels whose weights
   stay in L1 (``rules.outer_channels``), stored filters innermost and
-  transposed back in registers (:mod:`cnncli.engine.layout`); and the weight
+  transposed back in registers (:mod:`cnncli.engine.layout`); an output
+  position's inputs are then scalars at its window's offsets in the padded
+  planes, so a stride only spaces the positions' bases; and the weight
   gradient, P channel-taps × the filters (:func:`cnncli.engine.products.outer_sums`),
   over dy transposed to filters-innermost.
 
@@ -30,7 +34,7 @@ no position is computed that is not stored, but in a group's last vectors. For
 filters in the lanes, each channel's S planes zero-padded, xp (C, S·Hp·Wp):
 an input is a broadcast scalar, and the padding is its zeros.
 
-The layers are 'same' convolutions (``rules.blocked_applies``: padding
+Apart from that strided forward pass, the layers are 'same' convolutions (``rules.blocked_applies``: padding
 dh·(KH-1)/2 each side, so OH = H). Then the input gradient is itself such a
 convolution of dy, with the filters flipped and their channels and filters
 swapped, at the same offsets under the same masks.
@@ -41,7 +45,7 @@ groups (a *slot*, ``rules.slot_samples``) is summed in order. Every output is
 the same sum in the same order on any split, so the results are bit-identical
 on any number of threads.
 
-Shapes: x (N, C, H, W), w (F, C, KH, KW), y and dy (N, F, H, W).
+Shapes: x (N, C, H, W), w (F, C, KH, KW), y and dy (N, F, OH, OW) (OH = H, OW = W in the 'same' layers).
 """
 
 from __future__ import annotations
@@ -60,10 +64,8 @@ __all__ = ["backward", "forward"]
 
 FILTERS, VECTORS = rules.register_block(simd.VECTOR_REGISTERS)
 _block = simd.multiply_add_block(FILTERS, VECTORS)
-# the forward pass with filters in the lanes (rules.outer_forward): P positions × _VECTORS_OUT vectors of filters
+# the forward pass with filters in the lanes (rules.outer_forward): blocks of up to _VECTORS_OUT vectors of filters
 _VECTORS_OUT = rules.OUTER_FORWARD_VECTORS
-_P_OUT = rules.outer_points(_VECTORS_OUT, simd.VECTOR_REGISTERS)
-_forward_block = simd.multiply_add_outer(_P_OUT, _VECTORS_OUT)
 
 
 # ---------------------------------------------------------------------------
@@ -161,31 +163,29 @@ def _forward(x, wb, bias, y, xg_buf, out_buf, masks, offs, group, split, step):
 
 @parallel_kernel
 def _forward_outer(x, wt, bias, y, xp_buf, yt_buf, bases, taps, wrows, ph, pw, group, split, chunk, lanes_):
-    # Filters in the lanes: wt (T·C·F) the weights laid (T, C, F); bases (≥ group·H·W rounded up to P): an
-    # output's first input in xp (at tap (0, 0)); taps (T): a tap's offset from there; wrows (T): its weights'
-    # row in wt. Per thread: xp_buf (C rows of ≥ group padded planes), yt_buf (as many rows of F as bases has
-    # entries). Blocks of P positions × 4 vectors of filters over ``chunk`` channels at a time (their weights
-    # stay in L1 while every position is run past them), stored filters innermost, then transposed into y.
+    # Filters in the lanes: wt (T·C·F) the weights laid (T, C, F); bases (≥ group·OH·OW): an output's first input
+    # in xp (at tap (0, 0)); taps (T): a tap's offset from there; wrows (T): its weights' row in wt. Per thread:
+    # xp_buf (C rows of ≥ group padded planes), yt_buf (group·OH·OW rows of F). A job's run of filter vectors
+    # in blocks of P positions × up to 4 vectors (products.outer_rows) over ``chunk`` channels at a time (their
+    # weights stay in L1 while every position is run past them), stored filters innermost, then transposed into y.
     n_, c_ = x.shape[0], x.shape[1]
     f_ = y.shape[1]
     plane = y.shape[2] * y.shape[3]
-    width = _VECTORS_OUT * lanes_
     xstride = xp_buf.shape[1] // c_
-    blocks = f_ // width
+    vectors = f_ // lanes_
     for job in prange((n_ + group - 1) // group * split):
-        s0, sc, b0, b1 = _job(job, split, group, n_, blocks)
+        s0, sc, v0, v1 = _job(job, split, group, n_, vectors)
         t = get_thread_id()
         xp = xp_buf[t]
         yt = yt_buf[t]
         _gather_padded(x, s0, sc, xp, xstride, ph, pw)
-        for b in range(b0, b1):
-            f0 = b * width
-            for c0 in range(0, c_, chunk):
-                part_x = xp[c0 * xstride:]
-                for i0 in range(0, sc * plane, _P_OUT):
-                    _forward_block(part_x, bases[i0:], taps, xstride, wt, f0 + c0 * f_, wrows, f_, min(chunk, c_ - c0), yt,
-                            i0 * f_ + f0, f_, c0)
-            layout.from_rows(yt, f_, s0, sc, y, f0, width, bias, lanes_)
+        f0 = v0 * lanes_
+        width = (v1 - v0) * lanes_
+        points = bases[:sc * plane]
+        for c0 in range(0, c_, chunk):
+            products.outer_rows(xp[c0 * xstride:], points, taps, xstride, wt, c0 * f_ + f0, wrows, f_,
+                                min(chunk, c_ - c0), yt, f0, f_, width, c0, lanes_)
+        layout.from_rows(yt, f_, s0, sc, y, f0, width, bias, lanes_)
 
 
 @parallel_kernel
@@ -274,30 +274,33 @@ def _mask_table(positions: int, group: int, h: int, w: int, rows: tuple[int, ...
 
 
 def forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray, y: np.ndarray, ph: int, pw: int, dh: int,
-            dw: int) -> np.ndarray:
-    """y = conv(x, w) + bias, 'same' at stride 1 (``rules.blocked_applies``); bias (F,) or (0,).
+            dw: int, sh: int = 1, sw: int = 1) -> np.ndarray:
+    """y = conv(x, w) + bias; bias (F,) or (0,). A 'same' convolution at stride 1 (``rules.blocked_applies``),
+    or any convolution of one group whose filters fill whole vectors (``rules.outer_applies``), which runs with
+    the filters in the lanes.
 
     Arguments as :func:`cnncli.engine.conv.conv2d_forward` has checked them.
     """
     n, c, h, wd = x.shape
-    plane = h * wd
+    oh, ow = y.shape[2], y.shape[3]
+    plane = oh * ow
     lanes_ = simd.lanes(x.itemsize)
     threads = numba.get_num_threads()
     rows, cols = _taps(w.shape[2:], ph, pw, dh, dw)
     f = w.shape[0]
-    if rules.outer_forward(f, lanes_, simd.VECTOR_REGISTERS):
+    if (sh, sw) != (1, 1) or rules.outer_forward(f, lanes_, simd.VECTOR_REGISTERS):
         hp, wp = h + 2 * ph, wd + 2 * pw
         group = rules.blocked_group(n, (c * hp * wp + f * plane) * x.itemsize)
-        positions = -(-(group * plane) // _P_OUT) * _P_OUT
         xstride = rules.unaliased_stride(group * hp * wp, x.itemsize)
-        blocks = f // (_VECTORS_OUT * lanes_)
-        split = min(blocks, -(-threads // -(-n // group)))
+        vectors = f // lanes_
+        split = min(vectors, -(-threads // -(-n // group)))
         wt = np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(-1)
         taps = _offsets(rows, cols, wp, ph, pw)
         _forward_outer(x, wt, bias, y, scratch("blocked.xp", (threads, c * xstride), x.dtype),
-                       scratch("blocked.yt", (threads, positions * f), x.dtype),
-                       _position_bases(positions, group, h, wd, hp, wp), taps, np.arange(len(rows), dtype=np.int64) * (c * f),
-                       ph, pw, group, split, rules.outer_channels(len(rows), _VECTORS_OUT * lanes_ * x.itemsize), lanes_)
+                       scratch("blocked.yt", (threads, group * plane * f), x.dtype),
+                       _position_bases(group, oh, ow, hp, wp, sh, sw), taps,
+                       np.arange(len(rows), dtype=np.int64) * (c * f), ph, pw, group, split,
+                       rules.outer_channels(len(rows), _VECTORS_OUT * lanes_ * x.itemsize), lanes_)
         return y
     step = VECTORS * lanes_
     group = rules.blocked_group(n, (c + FILTERS) * plane * x.itemsize)
@@ -312,14 +315,13 @@ def forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray, y: np.ndarray, ph: i
 
 
 @functools.lru_cache(maxsize=64)
-def _position_bases(positions: int, group: int, h: int, w: int, hp: int, wp: int) -> np.ndarray:
-    """Each output position q = s·H·W + oh·W + ow of a group (then zeros up to ``positions``): its first input in
-    the group's zero-padded (hp, wp) planes (at tap (0, 0)). Made once per layer shape (cached)."""
-    q = np.arange(group * h * w)
-    s, p = np.divmod(q, h * w)
-    oh, ow = np.divmod(p, w)
-    bases = np.zeros(positions, dtype=np.int64)
-    bases[:len(q)] = s * hp * wp + oh * wp + ow
+def _position_bases(group: int, oh: int, ow: int, hp: int, wp: int, sh: int, sw: int) -> np.ndarray:
+    """Each output position q = s·OH·OW + i·OW + j of a group: its first input in the group's zero-padded (hp, wp)
+    planes (at tap (0, 0)), s·hp·wp + i·sh·wp + j·sw. Made once per layer shape (cached)."""
+    q = np.arange(group * oh * ow)
+    s, p = np.divmod(q, oh * ow)
+    i, j = np.divmod(p, ow)
+    bases = (s * hp * wp + i * sh * wp + j * sw).astype(np.int64)
     bases.flags.writeable = False
     return bases
 

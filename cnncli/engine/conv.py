@@ -652,6 +652,8 @@ class _Geometry:
                         and rules.blocked_applies((self.sh, self.sw), (self.ph, self.pw), (self.kh, self.kw),
                                                   (self.dh, self.dw), g)
                         and rules.blocked_pays(self.c, self.f, self.kh * self.kw))
+        self.outer = (rules.outer_applies((self.sh, self.sw), g, self.f, simd.lanes(self.x.itemsize))
+                      and rules.outer_pays(self.c))
         self.by_taps = self.in_groups and rules.tap_gemms(unit, self.cg, self.wp, self.ow)
         # the direct kernels and the tap GEMMs read each tap's run of whole padded rows
         self.pitch = self.wp if self.by_taps or self.direct or rules.flat_rows(fg, self.wp, self.ow, unit) else self.ow
@@ -750,8 +752,8 @@ def conv2d_forward(
     g, fg = geo.groups, geo.f // geo.groups
     if geo.winograd:
         return winograd.forward(geo.x, geo.w, bias, y, geo.ph, geo.pw)
-    if geo.blocked:
-        return blocked.forward(geo.x, geo.w, bias, y, geo.ph, geo.pw, geo.dh, geo.dw)
+    if geo.blocked or geo.outer:
+        return blocked.forward(geo.x, geo.w, bias, y, geo.ph, geo.pw, geo.dh, geo.dw, geo.sh, geo.sw)
     if geo.by_taps:
         f = blas.FUNCTIONS
         per, band = geo.tap_plan()

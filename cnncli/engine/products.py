@@ -11,6 +11,8 @@ order of its steps, whatever block computed it and wherever it sits.
 
 * :func:`outer_sums`: out[i, j] += Σ over rows r and steps k of a[bases[i] + arows[r] + k·astep] ·
   b[brows[r] + k·bstep + j]: the weight gradients (points channel-taps or filters, steps positions or tiles);
+  :func:`outer_rows` the same on a window of out's columns, stored or added: the blocked forward pass with
+  filters in the lanes (points positions, rows taps, steps channels);
 * :func:`matrix_product`: out (M, N) = a (M, K) · b (K, N), both row-major, K
   in runs whose rows of b stay in L1 while every point goes past them
   (``rules.outer_channels``): the products of Winograd's transformed tiles.
@@ -23,7 +25,7 @@ import numpy as np
 from cnncli.engine import rules, simd
 from cnncli.engine.jit import kernel
 
-__all__ = ["MOST_VECTORS", "matrix_product", "outer_sums", "point_bases"]
+__all__ = ["MOST_VECTORS", "matrix_product", "outer_rows", "outer_sums", "point_bases"]
 
 #: The widest block's vectors on this machine (4 with 32 registers, 2 with 16).
 MOST_VECTORS = rules.outer_vectors(max(rules.OUTER_VECTORS), simd.VECTOR_REGISTERS)
@@ -72,15 +74,23 @@ def _vectors(left, lanes_):
 
 
 @kernel
+def outer_rows(a, bases, arows, astep, b, boff, brows, bstep, count, out, ooff, ostride, columns, add, lanes_):
+    """out[ooff + i·ostride + j] = (out[…] if ``add`` else 0) + Σ over r < len(arows), k < count of
+    a[bases[i] + arows[r] + k·astep] · b[boff + brows[r] + k·bstep + j] for every point i < len(bases) and column
+    j < ``columns`` (a multiple of L)."""
+    j0 = 0
+    while j0 < columns:
+        v = _vectors(columns - j0, lanes_)
+        _points(a, bases, arows, astep, b, boff + j0, brows, bstep, count, out, ooff + j0, ostride, add, v)
+        j0 += v * lanes_
+
+
+@kernel
 def outer_sums(a, bases, arows, astep, b, brows, bstep, count, out, columns, lanes_):
     """out[i·columns + j] += Σ over r < len(arows), k < count of a[bases[i] + arows[r] + k·astep] ·
     b[brows[r] + k·bstep + j] for every point i < len(bases) and column j < ``columns`` (a multiple of L): out's
     rows are ``columns`` long, b's steps ``bstep`` apart."""
-    j0 = 0
-    while j0 < columns:
-        v = _vectors(columns - j0, lanes_)
-        _points(a, bases, arows, astep, b, j0, brows, bstep, count, out, j0, columns, 1, v)
-        j0 += v * lanes_
+    outer_rows(a, bases, arows, astep, b, 0, brows, bstep, count, out, 0, columns, columns, 1, lanes_)
 
 
 @kernel

@@ -309,6 +309,27 @@ def blocked_pays(channels: int, filters: int, taps: int) -> bool:
             and taps <= BLOCKED_MAX_TAPS)
 
 
+def outer_applies(stride: tuple[int, int], groups: int, filters: int, lanes: int) -> bool:
+    """Whether the blocked forward pass with filters in the lanes computes this strided layer (any kernel,
+    padding and dilation): one group, filters that fill whole vectors."""
+    return stride != (1, 1) and groups == 1 and filters % lanes == 0
+
+
+#: Where it applies, a strided layer's forward pass runs with the filters in the lanes when it has at most
+#: OUTER_MAX_CHANNELS input channels; wider ones unfold (each block of filters reads every input again, and
+#: a run of channels whose weights fit L1 is short). Measured against unfolding, forward ms and ratio to
+#: PyTorch's time (same process, interleaved; ResNet-20's layers one core at batch 64, ResNet-18's two threads
+#: at batch 8): 16 -> 32 at 32×32 3×3 4.7 -> 2.3 (0.57 -> 0.94), 32 -> 64 at 16×16 3.7 -> 1.6 (0.50 -> 1.02),
+#: 64 -> 128 at 56×56 0.83-0.85 -> 1.06-1.08, the 7×7 stem from 3 channels at 224×224 0.64 -> 0.83, 1×1
+#: 64 -> 128 0.73 -> 1.10; but 128 -> 256 at 28×28 0.78-1.02 -> 0.85-0.86 and 256 -> 512 at 14×14 0.77 -> 0.42.
+OUTER_MAX_CHANNELS = 64
+
+
+def outer_pays(channels: int) -> bool:
+    """Whether the forward pass with filters in the lanes is the faster path for a strided layer it applies to."""
+    return channels <= OUTER_MAX_CHANNELS
+
+
 # --- 3×3 stride 1: Winograd's F(2×2, 3×3) ---------------------------------------
 
 
