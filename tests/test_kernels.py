@@ -1130,10 +1130,11 @@ def test_outer_takes_the_narrow_strided_layers():
         w = np.zeros((f, c // groups, *kernel), dtype)
         return conv._Geometry(x, w, stride, (1, 1), (1, 1), groups).outer
 
+    lanes = simd.lanes(4)  # float32 lanes: 16 with AVX-512, 8 with AVX2
     assert outer(16, 32) and outer(64, 128) and outer(3, 64, (7, 7)) and outer(16, 32, (1, 1), (2, 1))
-    assert outer(64, 16) and outer(64, 8, dtype=np.float64)
-    assert not outer(16, 8) and not outer(16, 24) and not outer(128, 256) and not outer(16, 32, stride=(1, 1))
-    assert not outer(16, 32, groups=2)
+    assert outer(64, lanes) and outer(64, lanes // 2, dtype=np.float64)
+    assert not outer(16, lanes // 2) and not outer(16, lanes + lanes // 2) and not outer(128, 256)
+    assert not outer(16, 32, stride=(1, 1)) and not outer(16, 32, groups=2)
     for name, cfg in NAMED_CONVS.items():
         if name.startswith("outer"):
             for dtype in DTYPES:
