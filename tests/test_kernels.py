@@ -925,6 +925,32 @@ def test_batchnorm_row_sums_do_not_depend_on_where_the_rows_sit(length, dtype):
 
 
 # ---------------------------------------------------------------------------
+# the dense layer's weight gradient (cnncli.engine.dense)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 9])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_weight_grad_equals_the_product(n, dtype):
+    """xᵀ·dy by either path (the outer product up to rules.DENSE_OUTER_MAX_BATCH samples, the GEMM after):
+    the float64 product within rounding, and at one or two samples numpy's products and sum, bit for bit."""
+    from cnncli.engine import dense
+
+    rng = np.random.default_rng(13)
+    x, dy = rng.standard_normal((n, 37)).astype(dtype), rng.standard_normal((n, 21)).astype(dtype)
+    out = np.full((37, 21), np.nan, dtype)
+    assert dense.weight_grad(x, dy, out) is out
+    np.testing.assert_allclose(out, x.astype(np.float64).T @ dy.astype(np.float64), **tolerances(dtype))
+    if rules.dense_outer(n):
+        want = x[0][:, None] * dy[0][None, :]
+        for k in range(1, n):
+            want = want + x[k][:, None] * dy[k][None, :]
+        np.testing.assert_array_equal(out, want)
+    with pytest.raises(ValueError, match="must be"):
+        dense.weight_grad(x, dy, np.empty((21, 37), dtype))
+
+
+# ---------------------------------------------------------------------------
 # ReLU kernels (cnncli.engine.elementwise) against numpy
 # ---------------------------------------------------------------------------
 

@@ -36,6 +36,8 @@ simd            the vector code Numba does not write, as LLVM IR: register
                 for the padding, unfolding and storing of every conv path
 blas            numpy's CBLAS GEMM, callable from inside a kernel
 norm            batch normalization's kernels (statistics, normalise, gradients)
+dense           the dense layer's weight gradient (an outer product at
+                one or two samples)
 elementwise     ReLU (alone or after a residual sum) and its gradient
 draws           counter-based random numbers (dropout's masks)
 fast/           optional speed: fused conv → activation → tiled-pool
@@ -133,7 +135,9 @@ each is tested equal to the plain path (and against finite differences).
   (``Network.folded``).
 * **dropout**: masks from ``draws``, by (seed, layer, training pass, sample
   index in the batch): the same whether or not the batch is split.
-* **dense**: ``threads.matmul`` (slab-split when big). Other activations,
+* **dense**: ``threads.matmul`` (slab-split when big); the weight gradient
+  from one or two samples (``rules.dense_outer``) as an outer product a row
+  at a time (``dense``), into the layer's array of the pass before. Other activations,
   softmax, LRN, flatten, add and concat: numpy in :mod:`~cnncli.engine.layers`.
 * **shortcut_pad** (ResNet's option-A shortcut): numpy slicing, in :mod:`~cnncli.engine.layers`.
 * The network's first conv computes no input gradient in a fast network.
