@@ -116,7 +116,7 @@ def lanes(n: int, weights: int, cols_bytes: int) -> bool:
     return n >= MIN_LANES and (direct_weights(weights) or cols_bytes <= MAX_LANES_COLS_BYTES)
 
 
-# --- slabs: slices of one GEMM's output computed by separate threads ---------
+# --- dense layers: the weight gradient of a batch of one or two -------------
 
 #: A dense layer's weight gradient from at most DENSE_OUTER_MAX_BATCH samples is an outer product (a sum of
 #: that many) written a row at a time, not a GEMM with K = N. VGG-16's first dense layer (25088 × 4096),
@@ -129,6 +129,8 @@ def dense_outer(n: int) -> bool:
     """Whether a dense layer's weight gradient from ``n`` samples is written as an outer product."""
     return n <= DENSE_OUTER_MAX_BATCH
 
+
+# --- slabs: slices of one GEMM's output computed by separate threads ---------
 
 #: The fewest multiply-adds in a slab of a GEMM that is split across the cores,
 #: and the fewest rows (or columns) of its output: below that a slab's BLAS call
@@ -214,7 +216,7 @@ def tap_plan(n: int, rows: int, per_row_bytes: int, per_sample_bytes: int) -> tu
     return slot_samples(n), band
 
 
-# --- stride 1: register-blocked direct loops -------------------------------------
+# --- register-blocked direct loops: 'same' stride 1, and the forward pass of strided layers
 
 
 def register_block(vector_registers: int) -> tuple[int, int]:
