@@ -358,6 +358,7 @@ def path(request, monkeypatch):
         monkeypatch.setattr(rules, "winograd_pays", lambda *a: mode.startswith("winograd"))
         monkeypatch.setattr(rules, "blocked_pays", lambda *a: mode.startswith("blocked"))
         monkeypatch.setattr(rules, "outer_pays", lambda *a: mode.startswith("outer"))
+        monkeypatch.setattr(rules, "group_gemms", lambda *a: True)  # the group kernels, whatever the shapes
     if mode.startswith(("blocked-", "outer-")):
         monkeypatch.setattr(rules, "blocked_group", lambda *a: 1)
         monkeypatch.setattr(rules, "OUTER_WEIGHT_BYTES", 1)  # filters in the lanes: one channel at a time
@@ -1159,6 +1160,26 @@ def test_blocked_takes_the_narrow_same_layers():
             x, w, _, _ = conv_arrays(cfg, np.float64)
             assert rules.blocked_applies(cfg["stride"], cfg["padding"], cfg["kernel"], cfg["dilation"], cfg["groups"])
             assert w.shape[0] >= rules.BLOCKED_MIN_FILTERS, name
+
+
+def test_wide_layers_on_small_maps_run_in_chunks():
+    """The general convolution runs a layer in groups of samples unless it has more filters than a group (or a
+    band of one sample) has output positions: then in chunks of the batch."""
+    from cnncli.engine import blas
+
+    if blas.FUNCTIONS is None:
+        pytest.skip("numpy's BLAS exports no CBLAS GEMM here")
+
+    def groups(n, c, hw, f, stride=1):
+        x = np.zeros((n, c, hw, hw), np.float32)
+        w = np.zeros((f, c, 3, 3), np.float32)
+        return conv._Geometry(x, w, (stride, stride), (1, 1), (1, 1), 1).runs_in_groups()
+
+    assert not groups(8, 512, 7, 512)  # groups of 2 samples: 98 positions
+    assert not groups(1, 512, 14, 512) and not groups(1, 256, 28, 512)  # bands of a few rows
+    assert not groups(8, 256, 14, 512, stride=2)  # groups of 4: 196 positions
+    assert groups(8, 128, 28, 256, stride=2)  # groups of 2: 392 positions
+    assert groups(8, 64, 56, 64) and groups(8, 512, 7, 64)
 
 
 def test_outer_takes_the_narrow_strided_layers():

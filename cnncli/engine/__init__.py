@@ -116,8 +116,12 @@ each is tested equal to the plain path (and against finite differences).
   short for its weights); else unfold + GEMM — in groups of a few samples
   with the GEMMs called from the kernel (``blas``; ``rules.sample_group``:
   columns up to ``GROUP_COLS_BYTES``, a core's L2) where numpy's BLAS
-  exports a CBLAS GEMM, else in chunks of up to ``CONV_COLS_BUDGET_BYTES``
-  of columns with numpy's GEMMs between kernels. Whole padded rows when
+  exports a CBLAS GEMM and the layer has no more filters than a group has
+  output positions (``rules.group_gemms``: each group's GEMMs read all the
+  weights and its weight-gradient slot, which for ResNet-18's 512×7×7
+  layers at batch 8 outweighs the group's columns), else in chunks of up
+  to ``CONV_COLS_BUDGET_BYTES`` of columns with numpy's GEMMs (split into
+  slabs over the threads) between kernels. Whole padded rows when
   ``rules.flat_rows``, the weight gradient by direct dot products when
   ``rules.direct_weights`` (flat rows only); in chunks, the weight-gradient
   GEMM transposed when ``rules.dw_transposed`` (in groups, always).

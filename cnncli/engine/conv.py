@@ -686,6 +686,13 @@ class _Geometry:
         return rules.sample_group(self.n, self.oh, self.c * self.kh * self.kw * self.pitch * self.x.itemsize,
                                   self.c * self.kh * self.kw * self.q * self.x.itemsize)
 
+    def runs_in_groups(self) -> bool:
+        """Whether this call runs in groups (:attr:`in_groups` and ``rules.group_gemms``), else in chunks."""
+        if not self.in_groups:
+            return False
+        per, band = self.group_plan()
+        return rules.group_gemms(self.f // self.groups, per * min(band, self.oh) * self.ow)
+
     def group_buffers(self, per: int, band: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per-thread buffers of the group kernels: padded planes, columns, outputs (or dy) of ``per`` samples'
         bands of ``band`` output rows."""
@@ -760,7 +767,7 @@ def conv2d_forward(
         _forward_taps(f.of(dtype), f.ilp64, geo.x, geo.tap_weights(), bias, y, per, band, *geo.tap_buffers(band),
                       geo.kh, geo.kw, geo.ph, geo.pw, geo.dh, geo.dw, g)
         return y
-    if geo.in_groups:
+    if geo.runs_in_groups():
         f = blas.FUNCTIONS
         per, band = geo.group_plan()
         _forward_groups(f.of(dtype), f.ilp64, geo.x, geo.w.reshape(geo.f, geo.taps), bias, y, per, band,
@@ -829,7 +836,7 @@ def conv2d_backward(
                        geo.dw, g, need_dx)
         _sum_slots(parts, dw_out.reshape(g, fg, geo.taps))
         return dx, dw_out, db
-    if geo.in_groups and not geo.direct_dw:
+    if geo.runs_in_groups() and not geo.direct_dw:
         f = blas.FUNCTIONS
         per, band = geo.group_plan()
         slots, span = rules.dw_slots(-(-geo.n // per))

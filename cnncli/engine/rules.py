@@ -168,6 +168,21 @@ def sample_group(n: int, rows: int, per_row_bytes: int, per_sample_bytes: int) -
     return 1, max(1, min(rows, GROUP_COLS_BYTES // max(per_row_bytes, 1)))
 
 
+#: A group's GEMMs read the layer's whole weights (forward, input gradient) and read and write its whole
+#: weight gradient (a slot), for only the group's output positions: when a layer has more filters than a
+#: group (or a band of one sample) has output positions, that traffic outweighs the group's columns, and the
+#: layer runs in chunks of the batch instead, one GEMM per chunk split into slabs over the threads.
+#: Measured (AMD EPYC, clean OpenBLAS; forward/backward ms, groups -> chunks): 512 channels at 7×7, batch 8
+#: (groups of 98 positions), two threads 5.6/14.9 -> 5.6/10.7; 256→512 stride 2 at 14×14 (196)
+#: 2.9/6.9 -> 3.0/5.5; one image (bands of 84-112 positions) 512 at 14×14 5.5/12.1 -> 3.2/5.6, 512 at 28×28
+#: 20.1/19.5 -> 10.0/19.5, 256→512 at 28×28 9.3/10.2 -> 5.4/10.0; one thread, 512 at 2×2, batch 64 (112)
+#: 9.4/25.7 -> 10.8/18.6. Kept in groups: 128→256 stride 2 at 28×28 (392 positions, 256 filters) 3.0/5.6
+#: against 3.3/6.5.
+def group_gemms(filters_per_group: int, group_positions: int) -> bool:
+    """Whether the general convolution runs its GEMMs a group of samples at a time (else in chunks)."""
+    return filters_per_group <= group_positions
+
+
 # --- stride 1: a GEMM per kernel tap, reading the padded input in place ---------
 
 #: Stride-1 layers with at most this many input channels per group run one
