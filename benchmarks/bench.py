@@ -59,11 +59,13 @@ and inference output against cnncli's in float64).
     median of 3 after one warm-up, peak memory as for ``vgg``. GoogLeNet keeps
     its two auxiliary heads on both sides, as ``cnncli train`` does: loss =
     main + 0.3 x each auxiliary head's, dropout active.
-``infer-resnet20``
-    resnet20 inference (batch norm with running statistics) over 10,000
-    synthetic 3x32x32 images in batches of 1000: cnncli's ``predict``,
-    PyTorch's ``eval()`` under ``inference_mode``; median of 3 passes after one
-    batch as warm-up.
+``infer-resnet20``, ``infer-resnet56``, ``infer-vgg11bn``, ``infer-vgg16``, ``infer-resnet18``, ``infer-googlenet``
+    Inference (batch norm with running statistics, dropout off, no auxiliary
+    heads) of each network above over synthetic images: the 32x32 networks
+    in batches of 1000 (10,000 images for ResNet-20, 4,000 for the others),
+    the 224x224 ones in batches of 32 (64 images for VGG-16, 128 for
+    ResNet-18 and GoogLeNet): cnncli's ``predict``, PyTorch's ``eval()`` under
+    ``inference_mode``; median of 3 passes after one batch as warm-up.
 
 Every modern workload also reports GFLOPS: the graph's multiply-accumulates per
 image (``cnncli summarize``: conv and dense layers) x 2 x 3 for training and
@@ -106,7 +108,8 @@ from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSIC_WORKLOADS = ("train64", "train256", "infer", "vgg", "startup")
-MODERN_WORKLOADS = ("resnet20", "resnet20-mnist", "resnet56", "vgg11bn", "resnet18", "googlenet", "infer-resnet20")
+MODERN_WORKLOADS = ("resnet20", "resnet20-mnist", "resnet56", "vgg11bn", "resnet18", "googlenet", "infer-resnet20",
+                    "infer-resnet56", "infer-vgg11bn", "infer-vgg16", "infer-resnet18", "infer-googlenet")
 WORKLOADS = CLASSIC_WORKLOADS + MODERN_WORKLOADS
 # Names on the command line that stand for several workloads; no workload names means "classic".
 GROUPS = {"classic": CLASSIC_WORKLOADS, "modern": MODERN_WORKLOADS, "all": WORKLOADS}
@@ -119,7 +122,9 @@ LABELS = {
     "resnet20": "ResNet-20 train, batch 128", "resnet20-mnist": "ResNet-20 train (1×28×28), batch 128",
     "resnet56": "ResNet-56 train, batch 128", "vgg11bn": "VGG-11-BN train, batch 128",
     "resnet18": "ResNet-18 fwd+bwd, batch 8", "googlenet": "GoogLeNet fwd+bwd (aux heads), batch 8",
-    "infer-resnet20": "ResNet-20 inference, batch 1000",
+    "infer-resnet20": "ResNet-20 inference, batch 1000", "infer-resnet56": "ResNet-56 inference, batch 1000",
+    "infer-vgg11bn": "VGG-11-BN inference, batch 1000", "infer-vgg16": "VGG-16 inference, batch 32",
+    "infer-resnet18": "ResNet-18 inference, batch 32", "infer-googlenet": "GoogLeNet inference, batch 32",
 }
 TARGETS = {"train64": "≥ 1.5x", "train256": "≥ 1.5x", "infer": "≥ 1.5x", "vgg": "≤ 1.5x time, ≤ 2x memory"}
 
@@ -405,13 +410,14 @@ class Modern(NamedTuple):
     """A modern-CNN workload: a built-in model, its input (None: the file's), batch, and what runs.
 
     ``mode``: ``train`` (steps of SGD, throughput in windows), ``pass`` (forward + backward, no
-    optimizer step, seconds per pass and peak memory) or ``infer`` (eval mode over INFER_IMAGES).
+    optimizer step, seconds per pass and peak memory) or ``infer`` (eval mode over ``images``).
     """
 
     model: str
     input: tuple[int, ...] | None
     batch: int
     mode: str
+    images: int = 0
 
 
 MODERN = {
@@ -421,7 +427,12 @@ MODERN = {
     "vgg11bn": Modern("vgg11-bn", None, 128, "train"),
     "resnet18": Modern("resnet18", None, 8, "pass"),
     "googlenet": Modern("googlenet", None, 8, "pass"),
-    "infer-resnet20": Modern("resnet20", None, EVAL_BATCH, "infer"),
+    "infer-resnet20": Modern("resnet20", None, EVAL_BATCH, "infer", 10_000),
+    "infer-resnet56": Modern("resnet56", None, EVAL_BATCH, "infer", 4_000),
+    "infer-vgg11bn": Modern("vgg11-bn", None, EVAL_BATCH, "infer", 4_000),
+    "infer-vgg16": Modern("vgg16", None, 32, "infer", 64),
+    "infer-resnet18": Modern("resnet18", None, 32, "infer", 128),
+    "infer-googlenet": Modern("googlenet", None, 32, "infer", 128),
 }
 # Tiny shapes for `--smoke` (and the tests): the same code paths in seconds, numbers meaningless.
 # Training keeps 32 samples so that cnncli still splits the batch into two parts.
@@ -433,12 +444,16 @@ SMOKE = {
     "resnet18": Modern("resnet18", (3, 64, 64), 2, "pass"),
     "googlenet": Modern("googlenet", (3, 64, 64), 2, "pass"),
     "infer-resnet20": Modern("resnet20", (3, 16, 16), 32, "infer"),
+    "infer-resnet56": Modern("resnet56", (3, 8, 8), 32, "infer"),
+    "infer-vgg11bn": Modern("vgg11-bn", None, 8, "infer"),
+    "infer-vgg16": Modern("vgg16", (3, 32, 32), 2, "infer"),
+    "infer-resnet18": Modern("resnet18", (3, 64, 64), 2, "infer"),
+    "infer-googlenet": Modern("googlenet", (3, 64, 64), 2, "infer"),
 }
 TRAIN_LR = 0.1
 TRAIN_MOMENTUM = 0.9
 TRAIN_WEIGHT_DECAY = 5e-4
 FIXED_BATCHES = 4       # synthetic training batches, cycled
-INFER_IMAGES = 10_000
 PASSES = 3              # measured forward + backward or inference passes, after one warm-up
 
 
@@ -579,7 +594,7 @@ def cnncli_modern(name: str, engine: str = "numba") -> dict:
                 value, _ = net.loss_and_backward(x, y, loss)
                 ts.append(time.perf_counter() - t)
             return _pass_result(graph, w, ts, base, float(value))
-        n = 2 * w.batch if _smoke() else INFER_IMAGES
+        n = 2 * w.batch if _smoke() else w.images
         x = np.random.default_rng(1).standard_normal((n, *graph.input_shape), dtype=np.float32)
         net.predict(x[:w.batch], w.batch)  # warm-up: one batch
         ts = []
@@ -797,7 +812,7 @@ def torch_modern(name: str) -> dict:
         return _pass_result(graph, w, ts, base, value)
     import numpy as np
 
-    n = 2 * w.batch if _smoke() else INFER_IMAGES
+    n = 2 * w.batch if _smoke() else w.images
     x = torch.from_numpy(np.random.default_rng(1).standard_normal((n, *graph.input_shape), dtype=np.float32))
     net.eval()
 
@@ -886,7 +901,7 @@ WORKERS = {
     **{("cnncli-torch", w): (lambda w=w: cnncli_modern(w, engine="torch")) for w in MODERN_WORKLOADS},
 }
 #: Workloads --engines compares (the Numba engine against cnncli's torch engine).
-ENGINE_WORKLOADS = ("train64", "train256") + tuple(w for w in MODERN_WORKLOADS if w != "infer-resnet20")
+ENGINE_WORKLOADS = ("train64", "train256") + tuple(w for w in MODERN_WORKLOADS if not w.startswith("infer-"))
 
 
 def _load() -> float:
