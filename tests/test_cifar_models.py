@@ -105,17 +105,19 @@ def test_an_inference_pass_keeps_only_what_it_returns():
     assert len(plain.values) == len(g.nodes) + 1
 
 
-@pytest.mark.parametrize("model,folds", [("resnet20", 19), ("vgg11-bn", 8), ("googlenet-cifar", 55)])
-def test_an_inference_pass_folds_batch_norm_into_the_convolution_before_it(model, folds, monkeypatch):
+@pytest.mark.parametrize("model,folds,used", [("resnet20", 19, 19), ("vgg11-bn", 8, 8), ("googlenet-cifar", 55, 55),
+                                             ("googlenet", 59, 57)])
+def test_an_inference_pass_folds_batch_norm_into_the_convolution_before_it(model, folds, used, monkeypatch):
     """A fast network's inference pass runs each batch norm whose input is a convolution read by nothing else as
-    that convolution with the running statistics in its weights and bias (every batch norm of these three: 19 in
+    that convolution with the running statistics in its weights and bias (every batch norm of these: 19 in
     ResNet-20, 8 after VGG-11-BN's convolutions with biases, 55 in GoogLeNet's 9 inception blocks of 6 and its
-    stem): the plain network's two passes' output up to rounding, in float64, with running
-    statistics, scales, shifts and biases away from their initial values. A training pass folds nothing, and a
-    convolution asked for by name keeps its own output."""
+    stem, 59 in the 224×224 GoogLeNet, whose auxiliary heads' 2 an inference pass leaves out): the plain
+    network's two passes' output up to rounding, in float64, with running statistics, scales, shifts and biases
+    away from their initial values, split or not. A training pass folds nothing, and a convolution asked for by
+    name keeps its own output."""
     from cnncli.engine import layers
 
-    g = graph.build(spec.load(model))
+    g = graph.build(spec.load(model), (3, 32, 32))  # the 224×224 GoogLeNet model too, auxiliary heads and all
     plain = Network(g, "float64", seed=4)
     fast = Network(g, "float64", seed=4, fast=True, workers=2)
     rng = np.random.default_rng(9)
@@ -139,13 +141,13 @@ def test_an_inference_pass_folds_batch_norm_into_the_convolution_before_it(model
     x = rng.standard_normal((32, 3, 32, 32))
     want = plain.forward(x)
     assert np.allclose(fast.predict(x, 32), want, rtol=1e-10, atol=1e-12)
-    assert len(calls) == 2 * folds  # in two parts of 16 (on threads), each folding every pair
+    assert len(calls) == 2 * used  # in two parts of 16 (on threads), each folding every pair
     conv_name = next(iter(fast.norm_folds.values()))
     fast.forward(x[:4], keep=(conv_name,))
     assert np.allclose(fast.values[conv_name], plain.values[conv_name][:4], rtol=1e-12)
-    assert len(calls) == 3 * folds - 1
+    assert len(calls) == 3 * used - 1
     fast.loss_and_backward(x[:4], np.arange(4), losses.get("cross_entropy"))
-    assert len(calls) == 3 * folds - 1
+    assert len(calls) == 3 * used - 1
 
 
 def test_resnet20_has_the_measured_fashion_mnist_recipe():

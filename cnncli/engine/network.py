@@ -109,8 +109,9 @@ class Network:
         for name, reader in last.items():
             self.spent[reader].append(name)
         for norm_node, conv_node in self.norm_folds.items():  # a folded convolution's input lives until its pair runs
-            self.spent[norm_node] += self.spent.pop(conv_node)
-            self.spent[conv_node] = []
+            if norm_node in self.spent:  # (an auxiliary head's pair is in no inference pass)
+                self.spent[norm_node] += self.spent[conv_node]
+                self.spent[conv_node] = []
         self.values: dict[str, np.ndarray] = {}
         self.node_grads: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
