@@ -105,51 +105,6 @@ def test_an_inference_pass_keeps_only_what_it_returns():
     assert len(plain.values) == len(g.nodes) + 1
 
 
-@pytest.mark.parametrize("model,folds,used", [("resnet20", 19, 19), ("vgg11-bn", 8, 8), ("googlenet-cifar", 55, 55),
-                                             ("googlenet", 59, 57)])
-def test_an_inference_pass_folds_batch_norm_into_the_convolution_before_it(model, folds, used, monkeypatch):
-    """A fast network's inference pass runs each batch norm whose input is a convolution read by nothing else as
-    that convolution with the running statistics in its weights and bias (every batch norm of these: 19 in
-    ResNet-20, 8 after VGG-11-BN's convolutions with biases, 55 in GoogLeNet's 9 inception blocks of 6 and its
-    stem, 59 in the 224×224 GoogLeNet, whose auxiliary heads' 2 an inference pass leaves out): the plain
-    network's two passes' output up to rounding, in float64, with running statistics, scales, shifts and biases
-    away from their initial values, split or not. A training pass folds nothing, and a convolution asked for by
-    name keeps its own output."""
-    from cnncli.engine import layers
-
-    g = graph.build(spec.load(model), (3, 32, 32))  # the 224×224 GoogLeNet model too, auxiliary heads and all
-    plain = Network(g, "float64", seed=4)
-    fast = Network(g, "float64", seed=4, fast=True, workers=2)
-    rng = np.random.default_rng(9)
-    for node in g.nodes:
-        if node.kind == "batchnorm":
-            c = node.out_shape[0]
-            plain.buffers[f"{node.name}.running_mean"][...] = rng.standard_normal(c) * 0.3
-            plain.buffers[f"{node.name}.running_var"][...] = rng.uniform(0.5, 2.0, c)
-            plain.params[f"{node.name}.weight"][...] = rng.uniform(0.5, 1.5, c)
-            plain.params[f"{node.name}.bias"][...] = rng.standard_normal(c) * 0.2
-        elif node.kind == "conv" and f"{node.name}.bias" in plain.params:
-            plain.params[f"{node.name}.bias"][...] = rng.standard_normal(node.out_shape[0]) * 0.1
-    for key, p in plain.params.items():
-        fast.params[key][...] = p
-    for key, b in plain.buffers.items():
-        fast.buffers[key][...] = b
-    assert len(fast.norm_folds) == folds
-    calls = []
-    folded = layers.BatchNorm.forward_folded
-    monkeypatch.setattr(layers.BatchNorm, "forward_folded", lambda self, *a: calls.append(1) or folded(self, *a))
-    x = rng.standard_normal((32, 3, 32, 32))
-    want = plain.forward(x)
-    assert np.allclose(fast.predict(x, 32), want, rtol=1e-10, atol=1e-12)
-    assert len(calls) == 2 * used  # in two parts of 16 (on threads), each folding every pair
-    conv_name = next(iter(fast.norm_folds.values()))
-    fast.forward(x[:4], keep=(conv_name,))
-    assert np.allclose(fast.values[conv_name], plain.values[conv_name][:4], rtol=1e-12)
-    assert len(calls) == 3 * used - 1
-    fast.loss_and_backward(x[:4], np.arange(4), losses.get("cross_entropy"))
-    assert len(calls) == 3 * used - 1
-
-
 def test_resnet20_has_the_measured_fashion_mnist_recipe():
     """models/resnet20.yaml's Fashion-MNIST entry: the recipe that reached 94.50 % (benchmarks/README.md)."""
     from cnncli import training

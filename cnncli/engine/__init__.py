@@ -134,10 +134,6 @@ each is tested equal to the plain path (and against finite differences).
   batch order; one pass each for the normalisation and the gradients). In a
   part of a split training batch the rows of all parts are exchanged
   (``batch``), so every part normalises with the whole batch's statistics.
-  In a fast network's inference pass, a batch norm whose input is a
-  convolution read by nothing else is folded into it: one convolution with
-  weights w·γ/√(var + ε) and the shifted bias (``Network.norm_folds``,
-  ``BatchNorm.forward_folded``), one pass over the output less.
 * **relu**: ``elementwise``; in a fast network a ReLU that alone reads a
   batch norm or a residual ``add`` is folded into that layer's pass
   (``Network.folded``).

@@ -497,25 +497,6 @@ class BatchNorm(Layer):
         self.y = y if self.relu else None
         return y
 
-    def forward_folded(self, source: Conv, x: np.ndarray) -> np.ndarray:
-        """Inference: the convolution ``source`` (whose output only this layer reads) and this layer as one
-        convolution of x (N, C, H, W) → y (N, F, OH, OW).
-
-        With the running statistics fixed, the normalisation is an affine map per channel:
-        y = (conv(x) + b − mean)·s + β with s = γ/√(var + ε), that is, the convolution with weights w·s and
-        bias (b − mean)·s + β: one pass over the output less. The weights are computed in float64, then
-        rounded to the dtype (so y differs from the two passes' by rounding only).
-        """
-        w = source._weight()
-        scale = self.params["weight"] / np.sqrt(np.asarray(self.buffers["running_var"], np.float64) + self.o["eps"])
-        shift = self.params["bias"] - self.buffers["running_mean"] * scale
-        if "bias" in source.params:
-            shift = shift + source.params["bias"] * scale
-        o = source.o
-        y = conv.conv2d_forward(x, (w * scale[:, None, None, None]).astype(w.dtype), shift.astype(w.dtype),
-                                o["stride"], o["padding"], o["dilation"], o["groups"])
-        return elementwise.relu(y, out=y) if self.relu else y
-
     def backward(self, dy):
         rows = norm.grad_rows(dy, self.x, self.mean, self.inv_std, self.y)
         own = norm.totals(rows)

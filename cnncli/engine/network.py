@@ -34,11 +34,8 @@ class Network:
     convolution's own output is not in ``values`` and the chain's inner nodes
     get no ``node_grads``; a ReLU that alone reads a batch norm or a residual
     sum runs inside that layer (``folded``; that layer's value is then the
-    ReLU's output); in an inference pass, a batch norm whose input is a
-    convolution that nothing else reads runs as that convolution with the
-    running statistics in its weights and bias (``norm_folds``; the
-    convolution's own output is then not in ``values``); and no gradient is
-    computed for the input batch (``input_grad`` stays None). The default keeps every value and gradient,
+    ReLU's output); and no gradient is computed for the input batch
+    (``input_grad`` stays None). The default keeps every value and gradient,
     as ``backprop-trace`` needs.
     """
 
@@ -83,9 +80,6 @@ class Network:
         self.fused_inner: set[str] = set()
         #: ReLU node -> the node it is folded into (that layer's ``relu``); its value is that node's.
         self.folded: dict[str, str] = {}
-        #: Inference passes only: batch norm node -> the convolution it reads, which nothing else reads; the
-        #: pair runs as one convolution with the running statistics in its weights (BatchNorm.forward_folded).
-        self.norm_folds: dict[str, str] = {}
         if fast:
             self._fuse()
             for node in graph.nodes:
@@ -108,10 +102,6 @@ class Network:
                 last[name] = node.name
         for name, reader in last.items():
             self.spent[reader].append(name)
-        for norm_node, conv_node in self.norm_folds.items():  # a folded convolution's input lives until its pair runs
-            if norm_node in self.spent:  # (an auxiliary head's pair is in no inference pass)
-                self.spent[norm_node] += self.spent[conv_node]
-                self.spent[conv_node] = []
         self.values: dict[str, np.ndarray] = {}
         self.node_grads: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
@@ -151,12 +141,6 @@ class Network:
                     and only_reader(source) is node:
                 layer.relu = True
                 self.folded[node.name] = source
-        for node in self.graph.nodes:
-            if node.kind == "batchnorm" and node.name not in ends:
-                (source,) = node.inputs
-                if source in self.layers and self.graph[source].kind == "conv" and source not in self.fused_inner \
-                        and only_reader(source) is node:
-                    self.norm_folds[node.name] = source
 
     # -- parameters --
     def trainable(self) -> dict[str, np.ndarray]:
@@ -261,18 +245,9 @@ class Network:
         lean = self.fast and not train
         order = self.graph.nodes if train else self.infer_order
         folded = self.folded
-        # the batch norms whose convolution runs with them, and those convolutions (unless kept)
-        norm_folds = {n: c for n, c in self.norm_folds.items() if c not in keep} if lean else {}
-        paired = set(norm_folds.values())
         for node in order:
             if node.name in folded:
                 values[node.name] = values[folded[node.name]]
-            elif node.name in paired:
-                pass  # runs with the batch norm that reads it
-            elif node.name in norm_folds:
-                source = self.graph[norm_folds[node.name]]
-                values[node.name] = self.layers[node.name].forward_folded(self.layers[source.name],
-                                                                          values[source.inputs[0]])
             elif node.name in self.fused_inner:
                 chain = self.fused_head.get(node.name)
                 if chain is not None:
