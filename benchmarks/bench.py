@@ -939,7 +939,7 @@ def machine() -> dict:
 
 
 def _fmt_rate(v):
-    return "—" if v is None else f"{v:,.0f}"
+    return "—" if v is None else f"{v:,.1f}" if v < 100 else f"{v:,.0f}"
 
 
 def _fmt_gflops(r: dict) -> str:
