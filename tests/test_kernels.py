@@ -909,7 +909,7 @@ def test_batchnorm_kernels_equal_the_formulas(shape, dtype):
     yr = norm.forward(x, mean, inv, w, b, relu=True)
     np.testing.assert_array_equal(yr, np.where(y < 0, 0, y))
     # Equal up to rounding, not bit for bit: the kernels' masked and unmasked loops are compiled apart, and
-    # LLVM may vectorise their sums with different numbers of running sums (1 ulp apart in float64 on AMD Zen 4).
+    # LLVM may vectorise their sums with different numbers of running sums (1 ulp apart in float64 on AMD Zen 5).
     masked = np.where(yr > 0, dy, 0).astype(dtype)
     for got, want in zip(norm.backward(dy, x, mean, inv, w, True, relu_out=yr), norm.backward(masked, x, mean, inv, w, True)):
         np.testing.assert_allclose(got, want, **tol)
