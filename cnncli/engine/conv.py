@@ -654,7 +654,7 @@ class _Geometry:
                         and rules.blocked_pays(self.c, self.f, self.kh * self.kw))
         self.outer = (rules.outer_applies((self.sh, self.sw), g, self.f, simd.lanes(self.x.itemsize))
                       and rules.outer_pays(self.c))
-        self.by_taps = self.in_groups and rules.tap_gemms(unit, self.cg, self.wp, self.ow)
+        self.by_taps = self.in_kernel_gemms and rules.tap_gemms(unit, self.cg, self.wp, self.ow)
         # the direct kernels and the tap GEMMs read each tap's run of whole padded rows
         self.pitch = self.wp if self.by_taps or self.direct or rules.flat_rows(fg, self.wp, self.ow, unit) else self.ow
         self.q = (self.oh - 1) * self.pitch + self.ow
@@ -677,8 +677,9 @@ class _Geometry:
         return cols
 
     @property
-    def in_groups(self) -> bool:
-        """Whether this call runs a few samples at a time with in-kernel GEMMs (blas.FUNCTIONS found, no direct loops)."""
+    def in_kernel_gemms(self) -> bool:
+        """Whether this call can call GEMMs from its kernels (blas.FUNCTIONS found, no direct loops): what the tap
+        and group kernels need."""
         return blas.FUNCTIONS is not None and not self.direct
 
     def group_plan(self) -> tuple[int, int]:
@@ -687,8 +688,8 @@ class _Geometry:
                                   self.c * self.kh * self.kw * self.q * self.x.itemsize)
 
     def runs_in_groups(self) -> bool:
-        """Whether this call runs in groups (:attr:`in_groups` and ``rules.group_gemms``), else in chunks."""
-        if not self.in_groups:
+        """Whether this call runs in groups (:attr:`in_kernel_gemms` and ``rules.group_gemms``), else in chunks."""
+        if not self.in_kernel_gemms:
             return False
         per, band = self.group_plan()
         return rules.group_gemms(self.f // self.groups, per * min(band, self.oh) * self.ow)
