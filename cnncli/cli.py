@@ -86,6 +86,31 @@ class Split(str, Enum):
     train = "train"
 
 
+# The training recipe's flags, declared once: train and compare take the same ones.
+_BATCH_SIZE = typer.Option(None, "--batch-size", help="Images per step.")
+_LR = typer.Option(None, "--lr", help="Learning rate.")
+_OPTIMIZER = typer.Option(None, "--optimizer", help="sgd or adam.")
+_MOMENTUM = typer.Option(None, "--momentum", help="SGD momentum.")
+_WEIGHT_DECAY = typer.Option(None, "--weight-decay", help="L2 weight decay.")
+_SCHEDULE = typer.Option(None, "--schedule", help="Learning-rate schedule.")
+_SEED = typer.Option(None, "--seed", help="Seed for weights, shuffling and the split.")
+_CROP_PADDING = typer.Option(None, "--crop-padding", help="Augment: random crop after a border of N pixels (0: off).")
+_FLIP = typer.Option(None, "--flip/--no-flip", help="Augment: flip half the images.")
+_LIMIT = typer.Option(None, "--limit", help="Use only the first N training images.")
+_DATA_DIR = typer.Option(None, "--data-dir", help="Folder holding the dataset files.")
+
+
+def _recipe(*, dataset, epochs, batch_size, lr, optimizer, momentum, weight_decay, schedule, seed,
+            crop_padding, flip) -> dict:
+    """The recipe flags as the overrides :func:`cnncli.training.resolve` takes (None: the file's value)."""
+    return {
+        "dataset": dataset.value if dataset else None, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+        "optimizer": optimizer.value if optimizer else None, "momentum": momentum,
+        "weight_decay": weight_decay, "schedule": schedule.value if schedule else None, "seed": seed,
+        "crop_padding": crop_padding, "flip": flip,
+    }
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"cnncli {__version__}")
@@ -141,19 +166,18 @@ def summarize(
 def train(
     model: str = typer.Argument(..., help="A built-in model name or a YAML file."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs to train (file's default)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
-    optimizer: Optional[Optimizer] = typer.Option(None, "--optimizer", help="sgd or adam."),
-    momentum: Optional[float] = typer.Option(None, "--momentum", help="SGD momentum."),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="L2 weight decay."),
-    schedule: Optional[Schedule] = typer.Option(None, "--schedule", help="Learning-rate schedule."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for weights, shuffling and the split."),
+    batch_size: Optional[int] = _BATCH_SIZE,
+    lr: Optional[float] = _LR,
+    optimizer: Optional[Optimizer] = _OPTIMIZER,
+    momentum: Optional[float] = _MOMENTUM,
+    weight_decay: Optional[float] = _WEIGHT_DECAY,
+    schedule: Optional[Schedule] = _SCHEDULE,
+    seed: Optional[int] = _SEED,
     dataset: Optional[Dataset] = typer.Option(None, "--dataset", help="The dataset (the model file's by default)."),
-    crop_padding: Optional[int] = typer.Option(None, "--crop-padding",
-                                               help="Augment: random crop after a border of N pixels (0: off)."),
-    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Augment: flip half the images."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N training images."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
+    crop_padding: Optional[int] = _CROP_PADDING,
+    flip: Optional[bool] = _FLIP,
+    limit: Optional[int] = _LIMIT,
+    data_dir: Optional[Path] = _DATA_DIR,
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<model>-<time>)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue from a checkpoint (last.npz)."),
     dtype: Optional[DType] = typer.Option(None, "--dtype", help="float32 (default) or float64."),
@@ -168,13 +192,9 @@ def train(
     from cnncli import training
     from cnncli.render import training as render
 
-    overrides = {
-        "epochs": epochs, "batch_size": batch_size, "lr": lr,
-        "optimizer": optimizer.value if optimizer else None, "momentum": momentum,
-        "weight_decay": weight_decay, "schedule": schedule.value if schedule else None, "seed": seed,
-        "dataset": dataset.value if dataset else None,
-        "crop_padding": crop_padding, "flip": flip,
-    }
+    overrides = _recipe(dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                        momentum=momentum, weight_decay=weight_decay, schedule=schedule, seed=seed,
+                        crop_padding=crop_padding, flip=flip)
     config = training.configure(model, overrides, limit=limit, data_dir=data_dir, out=out,
                                 resume=resume, dtype=dtype.value if dtype else None,
                                 engine=engine.value if engine else None, nproc=nproc,
@@ -192,7 +212,7 @@ def evaluate(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Weights to evaluate (a .npz from train)."),
     dataset: Optional[Dataset] = typer.Option(None, "--dataset", help="The dataset (the checkpoint's, else the model file's)."),
     split: Split = typer.Option(Split.test, "--split", help="test or train."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
+    data_dir: Optional[Path] = _DATA_DIR,
     batch_size: int = typer.Option(500, "--batch-size", min=1, help="Images per forward pass."),
     top_k: int = typer.Option(3, "--top-k", min=1, help="Also report top-k accuracy."),
     worst: int = typer.Option(6, "--worst", min=0, help="How many of the worst mistakes to draw."),
@@ -230,7 +250,7 @@ def backprop_trace(
     compare_slides: bool = typer.Option(False, "--compare-slides",
                                         help="Check every number the lecture prints (slides 5–24)."),
     dump: Optional[Path] = typer.Option(None, "--dump", help="Write all gradients to this .npz file."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
+    data_dir: Optional[Path] = _DATA_DIR,
     fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
 ) -> None:
     """One exact forward and backward pass, shown layer by layer (the lecture's derivative tables)."""
@@ -305,7 +325,7 @@ def features(
                                               "default: every convolution)."),
     max_maps: int = typer.Option(16, "--max-maps", min=1, help="Channels shown per layer."),
     dataset: Optional[Dataset] = typer.Option(None, "--dataset", help="The dataset (the checkpoint's by default)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
+    data_dir: Optional[Path] = _DATA_DIR,
     invert: bool = typer.Option(False, "--invert", help="Invert --image (dark digits on light paper)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the grid to a .png, .svg or .pdf file."),
     fmt: Format = typer.Option(Format.table, "--format", help="table (pictures) or json (the numbers)."),
@@ -330,11 +350,17 @@ def compare(
     models: list[str] = typer.Argument(..., help="Two or more models (built-in names or YAML files)."),
     dataset: Optional[Dataset] = typer.Option(None, "--dataset", help="The dataset (the first model's by default)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs for every model (the first model's default)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N training images."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for weights, shuffling and the split."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
+    limit: Optional[int] = _LIMIT,
+    batch_size: Optional[int] = _BATCH_SIZE,
+    lr: Optional[float] = _LR,
+    optimizer: Optional[Optimizer] = _OPTIMIZER,
+    momentum: Optional[float] = _MOMENTUM,
+    weight_decay: Optional[float] = _WEIGHT_DECAY,
+    schedule: Optional[Schedule] = _SCHEDULE,
+    seed: Optional[int] = _SEED,
+    crop_padding: Optional[int] = _CROP_PADDING,
+    flip: Optional[bool] = _FLIP,
+    data_dir: Optional[Path] = _DATA_DIR,
     out: Optional[Path] = typer.Option(None, "--out", help="Experiment folder (default runs/compare-<time>); "
                                        "run the command again with it to go on."),
     figure: Optional[Path] = typer.Option(None, "--figure", help="Also write the error curves to a "
@@ -347,8 +373,9 @@ def compare(
     from cnncli.render import compare as render
 
     plot_mod.check_out(figure, "--figure")
-    overrides = {"dataset": dataset.value if dataset else None, "epochs": epochs, "batch_size": batch_size,
-                 "lr": lr, "seed": seed}
+    overrides = _recipe(dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                        momentum=momentum, weight_decay=weight_decay, schedule=schedule, seed=seed,
+                        crop_padding=crop_padding, flip=flip)
     experiment = compare_mod.plan(models, overrides, limit=limit, data_dir=data_dir, out=out)
     console = _console()
     view = render.ExperimentView(experiment, console)

@@ -7,11 +7,11 @@ dataset, then the flags — is resolved once and given to every model, with the
 same seed; each model trains into its own run folder ``<out>/<model name>/``.
 
 The experiment folder holds ``compare.yaml`` (the models and the recipe). Run
-the same command again with the same ``--out`` and it goes on: finished runs
-are kept, an interrupted one resumes from its ``last.npz`` (exactly, as
-``train --resume`` does), and ``--epochs`` may grow, which trains every run
-further. A different model list or recipe in an existing folder is an error,
-never an overwrite.
+the command again with the same models and ``--out`` and it goes on with the
+recipe the folder holds (flags left out keep it): finished runs are kept, an
+interrupted one resumes from its ``last.npz`` (exactly, as ``train --resume``
+does), and ``--epochs`` may grow, which trains every run further. A different
+model list or recipe in an existing folder is an error, never an overwrite.
 """
 
 from __future__ import annotations
@@ -86,10 +86,16 @@ def plan(models: list[str], overrides: dict[str, Any], *, limit: int | None = No
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise UsageError(f"model {twice[0]} is given twice: give each model once")
+    folder = Path(out) if out is not None else runs.new_folder("compare")
+    saved = _saved(folder)
+    if saved is not None:
+        # Going on: what the command line leaves out is what the experiment was started with.
+        overrides = {**(saved.get("settings") or {}), **{k: v for k, v in overrides.items() if v is not None}}
+        limit = saved.get("limit") if limit is None else limit
+        dtype = saved.get("dtype") if dtype is None else dtype
     training.check_limit_and_dtype(limit, dtype)
     # The recipe: the first model's settings for the dataset, then the flags (checked as train checks them).
     settings = training.resolve(specs[0], overrides)
-    folder = Path(out) if out is not None else runs.new_folder("compare")
     entries = []
     for model, model_spec in zip(models, specs):
         graph = build(model_spec, aux=True)
@@ -99,27 +105,35 @@ def plan(models: list[str], overrides: dict[str, Any], *, limit: int | None = No
         inputs.check_outputs(graph.output_shape, len(source.classes), source.title, model_spec.name)
         entries.append(Entry(model, model_spec.name, folder / model_spec.name, graph.macs))
     experiment = Experiment(folder, entries, settings, limit, dtype or "float32", data_dir)
-    _check_folder(experiment)
+    if saved is not None:
+        _check_same(experiment, saved)
     return experiment
 
 
-def _check_folder(experiment: Experiment) -> None:
-    path = experiment.folder / RECORD
-    if not experiment.folder.exists():
-        return
+def _saved(folder: Path) -> dict[str, Any] | None:
+    """The record of the experiment in ``folder``; None for a new or empty folder; a foreign folder is an error."""
+    path = folder / RECORD
+    if not folder.exists():
+        return None
     if not path.is_file():
-        if any(experiment.folder.iterdir()):
-            raise UsageError(f"--out {experiment.folder} exists and is not an experiment folder (it has no "
+        if any(folder.iterdir()):
+            raise UsageError(f"--out {folder} exists and is not an experiment folder (it has no "
                              f"{RECORD}): choose a new folder")
-        return
+        return None
     try:
         saved = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as e:
         raise UsageError(f"cannot read {path}: {e}") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("settings", {}), dict):
+        raise UsageError(f"{path} is not an experiment record (models, settings, limit, dtype): choose a new --out")
+    return saved
+
+
+def _check_same(experiment: Experiment, saved: dict[str, Any]) -> None:
+    """An experiment goes on only with its models and recipe; of the recipe only the epochs may grow."""
     mine = experiment.record()
-    if not isinstance(saved, dict) or saved.get("models") != mine["models"]:
-        got = saved.get("models") if isinstance(saved, dict) else None
-        raise UsageError(f"{experiment.folder} holds the experiment {got}, not {mine['models']}: "
+    if saved.get("models") != mine["models"]:
+        raise UsageError(f"{experiment.folder} holds the experiment {saved.get('models')}, not {mine['models']}: "
                          "go on with the same models, or choose a new --out")
     for key in ("limit", "dtype"):
         if saved.get(key) != mine[key]:

@@ -110,6 +110,44 @@ def test_the_command_draws_the_error_curves_and_writes_json_and_a_figure(models,
     np.testing.assert_array_equal(record["runs"][0]["train_acc"], [r["train_acc"] for r in narrow.metrics])
 
 
+def test_the_recipe_flags_reach_every_run_and_the_experiments_record(models, tmp_path, capsys):
+    flags = {"--optimizer": "sgd", "--momentum": "0.5", "--weight-decay": "0.001", "--schedule": "constant",
+             "--crop-padding": "2", "--lr": "0.02", "--batch-size": "25", "--seed": "3"}
+    args = ["compare", *models, "--epochs", "1", "--limit", "200", "--out", str(tmp_path / "exp"), "--no-flip"]
+    code, _, err = run_main([*args, *(x for pair in flags.items() for x in pair)], capsys)
+    assert code == 0, err
+    want = {"optimizer": "sgd", "momentum": 0.5, "weight_decay": 0.001, "schedule": "constant",
+            "crop_padding": 2, "lr": 0.02, "batch_size": 25, "seed": 3, "flip": False}
+    record = yaml.safe_load((tmp_path / "exp" / compare.RECORD).read_text())["settings"]
+    for name in ("narrow", "wide"):
+        config = runs.load(tmp_path / "exp" / name).config
+        assert {k: config[k] for k in want} == want == {k: record[k] for k in want}, name
+    # Going on needs only the folder (it keeps the recipe): two more epochs with the same settings.
+    code, _, err = run_main(["compare", *models, "--out", str(tmp_path / "exp"), "--epochs", "2"], capsys)
+    assert code == 0, err
+    for name in ("narrow", "wide"):
+        folder = runs.load(tmp_path / "exp" / name)
+        assert len(folder.metrics) == 2 and {k: folder.config[k] for k in want} == want, name
+    # Another recipe is refused, naming the setting, and nothing trains.
+    again = ["compare", *models, "--out", str(tmp_path / "exp")]
+    code, _, err = run_main([*again, "--weight-decay", "0.002"], capsys)
+    assert code == 2 and "was started with weight_decay 0.001, not 0.002" in err
+    code, _, err = run_main([*again, "--flip"], capsys)
+    assert code == 2 and "was started with flip False, not True" in err
+    assert all(len(runs.load(tmp_path / "exp" / name).metrics) == 2 for name in ("narrow", "wide"))
+
+
+def test_compare_takes_every_recipe_flag_train_takes():
+    import typer.main
+
+    from cnncli.cli import app
+
+    commands = typer.main.get_command(app).commands
+    train_only = {"model", "out", "resume", "dtype", "engine", "nproc", "device"}
+    recipe = {p.name for p in commands["train"].params} - train_only
+    assert recipe <= {p.name for p in commands["compare"].params}
+
+
 def test_mistakes_exit_2_before_anything_trains(models, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     foreign = tmp_path / "foreign"
@@ -122,6 +160,7 @@ def test_mistakes_exit_2_before_anything_trains(models, tmp_path, capsys, monkey
         ([*models, "--out", str(foreign)], "is not an experiment folder"),
         ([*models, "--figure", str(tmp_path / "e.gif")], "--figure"),
         ([*models, "--limit", "0"], "--limit must be a positive number"),
+        ([*models, "--momentum", "-1"], "--momentum"),
     ]
     for args, message in cases:
         code, _, err = run_main(["compare", *args], capsys)
