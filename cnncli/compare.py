@@ -10,8 +10,9 @@ The experiment folder holds ``compare.yaml`` (the models and the recipe). Run
 the command again with the same models and ``--out`` and it goes on with the
 recipe the folder holds (flags left out keep it): finished runs are kept, an
 interrupted one resumes from its ``last.npz`` (exactly, as ``train --resume``
-does), and ``--epochs`` may grow, which trains every run further. A different
-model list or recipe in an existing folder is an error, never an overwrite.
+does), ``--epochs`` may grow, which trains every run further, and models may
+be added, which train with the folder's recipe. A model left out or another
+recipe in an existing folder is an error, never an overwrite.
 """
 
 from __future__ import annotations
@@ -130,11 +131,14 @@ def _saved(folder: Path) -> dict[str, Any] | None:
 
 
 def _check_same(experiment: Experiment, saved: dict[str, Any]) -> None:
-    """An experiment goes on only with its models and recipe; of the recipe only the epochs may grow."""
+    """An experiment goes on with its models and recipe: models may be added, and of the recipe only the
+    epochs may grow."""
     mine = experiment.record()
-    if saved.get("models") != mine["models"]:
-        raise UsageError(f"{experiment.folder} holds the experiment {saved.get('models')}, not {mine['models']}: "
-                         "go on with the same models, or choose a new --out")
+    old_models = saved.get("models")
+    missing = [m for m in old_models if m not in mine["models"]] if isinstance(old_models, list) else mine["models"]
+    if missing:
+        raise UsageError(f"{experiment.folder} holds the experiment {old_models}; {mine['models']} leaves out "
+                         f"{missing[0]}: go on with its models (more may be added), or choose a new --out")
     for key in ("limit", "dtype"):
         if saved.get(key) != mine[key]:
             raise UsageError(f"{experiment.folder} was started with {key} {saved.get(key)}, not {mine[key]}: "

@@ -86,6 +86,23 @@ def test_more_epochs_train_every_run_further(models, tmp_path):
         compare.plan(models, {"epochs": 1}, limit=300, out=tmp_path / "exp")
 
 
+def test_models_may_be_added_and_train_with_the_folders_recipe(models, tmp_path):
+    compare.run(compare.plan(models, {"epochs": 1, "weight_decay": 0.001}, limit=300, out=tmp_path / "exp"))
+    kept = (tmp_path / "exp" / "wide" / "last.npz").stat().st_mtime_ns
+    third = tmp_path / "third.yaml"
+    third.write_text(MODEL.format(name="third", lr=0.3, filters=3))
+    grown = compare.plan([*models, str(third)], {}, out=tmp_path / "exp")
+    assert grown.limit == 300 and grown.settings["weight_decay"] == 0.001 and grown.settings["lr"] == 0.05
+    result = compare.run(grown)
+    assert [r.epochs_done for r in result.results] == [1, 1, 1]
+    assert (tmp_path / "exp" / "wide" / "last.npz").stat().st_mtime_ns == kept  # not trained again
+    config = runs.load(tmp_path / "exp" / "third").config
+    assert (config["lr"], config["weight_decay"]) == (0.05, 0.001)
+    assert yaml.safe_load((tmp_path / "exp" / compare.RECORD).read_text())["models"] == [*models, str(third)]
+    with pytest.raises(UsageError, match="leaves out .*wide.yaml: go on with its models"):
+        compare.plan([models[0], str(third)], {}, out=tmp_path / "exp")
+
+
 def test_the_experiments_share_of_work_is_weighted_by_each_models_cost(models, tmp_path):
     experiment = compare.plan(models, {"epochs": 2}, out=tmp_path / "exp")
     narrow, wide = (e.macs for e in experiment.entries)
