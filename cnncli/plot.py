@@ -27,6 +27,9 @@ GRADIENT_METRICS = {"grad_norm": "gradient norm ‖∂E/∂W‖", "update_ratio"
 #: Layer kinds a gradient map shows unless asked for every parametrised layer: the ones that
 #: transform (their gradient is the lecture's ∂E/∂W), not the normalisations between them.
 WEIGHT_KINDS = ("conv", "dense", "subsample")
+#: Error curves (``compare``'s) are drawn on a logarithmic axis: errors fall geometrically in training, and
+#: the depth experiment asks which model is lower at the end, where a linear axis squeezes them together.
+ERRORS_ON_LOG_AXIS = True
 #: File types ``--out`` writes.
 FILE_TYPES = (".png", ".svg", ".pdf")
 

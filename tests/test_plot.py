@@ -107,6 +107,22 @@ def test_gradient_map_snapshot(two_runs, golden):
                                          "table"))
 
 
+def test_compare_error_charts_snapshot(two_runs, golden):
+    """``compare``'s table and error charts (log axis), drawn from the two made-up runs."""
+    from types import SimpleNamespace
+
+    from cnncli import training
+    from cnncli.render import compare as render_compare
+
+    curves = plot.curves(list(two_runs))
+    results = [SimpleNamespace(config=SimpleNamespace(name=run.label), epochs_done=len(run.epochs),
+                               history=[training.EpochRecord(**row) for row in runs.load(Path(run.folder)).metrics],
+                               test_acc=0.97 if run.complete else None) for run in curves.runs]
+    experiment = SimpleNamespace(folder=Path("<experiment>"), epochs=10, settings={}, limit=None)
+    result = SimpleNamespace(experiment=experiment, results=results, status="completed")
+    golden("compare-errors.txt", text_of(lambda c: render_compare.show(result, curves, "table", c)))
+
+
 def test_no_color_draws_with_markers_and_colour_draws_with_colours(two_runs):
     curves = plot.curves(list(two_runs))
     plain = text_of(render.show_curves, curves, "table", terminal=True, no_color=True)
@@ -135,6 +151,29 @@ def test_nice_ticks_cover_the_range_at_round_even_steps(lo, hi):
     (step,) = steps
     mantissa = step / 10 ** math.floor(math.log10(step))
     assert any(math.isclose(mantissa, m) for m in (1, 2, 2.5, 5))
+
+
+@pytest.mark.parametrize("lo,hi", [(4.53, 42.0), (0.01, 100.0), (1e-5, 10.0), (5.0, 5.0), (3.3, 3.9), (0.9, 95.0)])
+def test_log_ticks_are_one_two_five_times_powers_of_ten_around_the_range(lo, hi):
+    ticks = charts.log_ticks(lo, hi)
+    assert ticks[0] <= lo and ticks[-1] >= hi and 2 <= len(ticks) <= 8 and ticks == sorted(set(ticks))
+    mantissas = {round(t / 10 ** math.floor(math.log10(t) + 1e-9), 9) for t in ticks}
+    assert mantissas <= {1, 2, 5}
+    # None left out between the first and the last: 1-2-5 steps, or (many decades) powers of ten.
+    ratios = {round(b / a, 9) for a, b in zip(ticks, ticks[1:])}
+    assert ratios <= {2, 2.5} or ratios == {10}
+
+
+def test_a_log_axis_draws_a_geometric_fall_as_a_straight_line_and_skips_what_is_not_positive():
+    points = [(1, 100.0), (2, 10.0), (3, 1.0), (4, 0.0)]
+    rows = charts.line_chart([charts.Series("a", points)], width=40, height=9, colour=False, log_y=True).plain
+    rows = rows.splitlines()[:9]
+    labelled = {i: row.split("┤")[0].strip() for i, row in enumerate(rows) if "┤" in row}
+    assert labelled == {0: "100", 1: "50", 3: "20", 4: "10", 5: "5", 7: "2", 8: "1"}  # 50 and 5 mirror 2 and 20
+    # Equal ratios, equal steps: 100, 10 and 1 (the markers) on the top, middle and bottom row.
+    assert [i for i, row in enumerate(rows) if charts.MARKERS[0] in row] == [0, 4, 8]
+    with pytest.raises(ValueError, match="above 0"):
+        charts.line_chart([charts.Series("a", [(1, 0.0), (2, -1.0)])], width=40, height=4, colour=False, log_y=True)
 
 
 def test_a_flat_line_lights_one_row_of_dots_at_its_value():
@@ -239,6 +278,20 @@ def test_a_foreign_csv_is_named_with_its_header(tmp_path, capsys):
     (folder / runs.METRICS).write_text("step,loss\n1,0.5\n")
     code, _, err = run_main(["plot", str(folder)], capsys)
     assert code == 2 and "is not a cnncli metrics.csv: its header is step,loss" in err
+
+
+def test_the_error_figure_has_a_log_panel_for_training_and_one_for_validation(two_runs):
+    pytest.importorskip("matplotlib")
+    from cnncli.render import figures
+
+    curves = plot.curves(list(two_runs))
+    fig = figures.curves_figure(curves, error=True)
+    assert [ax.get_ylabel() for ax in fig.axes] == ["training error (%)", "validation error (%)"]
+    assert all(ax.get_yscale() == "log" for ax in fig.axes) == plot.ERRORS_ON_LOG_AXIS
+    for ax, key in zip(fig.axes, ("train_acc", "val_acc")):
+        assert [line.get_label() for line in ax.get_lines()] == ["fast", "slow"]
+        for line, run in zip(ax.get_lines(), curves.runs):
+            assert list(line.get_ydata()) == pytest.approx([100 * (1 - v) for v in run.values[key]])
 
 
 def test_files_without_matplotlib_name_the_extra(two_runs, tmp_path, capsys, monkeypatch):

@@ -7,6 +7,9 @@ In colour each series has its own colour; without colour (a pipe, a file,
 ``NO_COLOR``) the lines are the same and each series marks its data points
 with its own glyph, which the legend shows.
 
+A logarithmic y axis (``log_y``) ticks at 1, 2, 5 × 10^k, so that curves that
+fall geometrically, like training errors, stay apart at their low end.
+
 A heat map colours one cell per (row, column) value on a logarithmic scale,
 from dark blue (small) through green to yellow (large), like matplotlib's
 viridis; without colour it shades with ``·░▒▓█``. Columns wider than the
@@ -58,6 +61,26 @@ def nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
     return [round(k * step, 12) for k in range(first, last + 1)]
 
 
+def log_ticks(lo: float, hi: float, target: int = 6) -> list[float]:
+    """Ticks for a logarithmic axis: the 1, 2, 5 × 10^k values from ≤ lo to ≥ hi (only the powers of ten when
+    those would be more than ``target`` + 2); ``lo`` and ``hi`` must be positive."""
+    if not (lo > 0 and hi > 0 and math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"a logarithmic axis needs a positive, finite range, got {lo}, {hi}")
+    if hi < lo:
+        lo, hi = hi, lo
+    for mantissas in ((1, 2, 5), (1,)):
+        values = [m * 10.0 ** k for k in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+                  for m in mantissas]
+        first = max(v for v in values if v <= lo * (1 + 1e-9))
+        last = min(v for v in values if v >= hi * (1 - 1e-9))
+        ticks = [float(f"{v:.12g}") for v in values if first <= v <= last]
+        if len(ticks) <= target + 2:
+            break
+    if len(ticks) == 1:  # one value on a tick: the 1-2-5 values either side of it
+        ticks = log_ticks(ticks[0] * 0.9, ticks[0] * 1.1, target)
+    return ticks
+
+
 def tick_format(ticks: Sequence[float]) -> str:
     """A format with as many decimals as the ticks' spacing needs."""
     if len(ticks) < 2:
@@ -88,19 +111,37 @@ def _line(x0: int, y0: int, x1: int, y1: int):
 
 
 def line_chart(series: Sequence[Series], *, width: int, height: int, colour: bool, title: str = "",
-               x_range: tuple[float, float] | None = None, x_label: str = "", integer_x: bool = True) -> Text:
-    """Lines of ``series`` on shared axes, ``width`` cells wide (labels included), ``height`` rows of plot."""
-    ys = [y for s in series for _, y in s.points if y is not None and math.isfinite(y)]
+               x_range: tuple[float, float] | None = None, x_label: str = "", integer_x: bool = True,
+               log_y: bool = False) -> Text:
+    """Lines of ``series`` on shared axes, ``width`` cells wide (labels included), ``height`` rows of plot;
+    with ``log_y`` the y axis is logarithmic and values that are not positive are gaps."""
+    def drawn(y: float | None) -> bool:
+        return y is not None and math.isfinite(y) and (y > 0 or not log_y)
+
+    ys = [y for s in series for _, y in s.points if drawn(y)]
     xs = [x for s in series for x, _ in s.points]
     if not ys:
-        raise ValueError("a line chart needs at least one finite value")
+        raise ValueError("a line chart needs at least one finite value" + (" above 0" if log_y else ""))
     lo_x, hi_x = x_range if x_range is not None else (min(xs), max(xs))
     if hi_x <= lo_x:
         lo_x, hi_x = lo_x - 1, hi_x + 1
-    y_ticks = nice_ticks(min(ys), max(ys), target=max(2, min(6, height // 2 + 1)))
-    lo_y, hi_y = y_ticks[0], y_ticks[-1]
-    y_fmt = tick_format(y_ticks)
-    labels = [y_fmt.format(v) for v in y_ticks]
+    if log_y:
+        # The axis spans the values (a decade of blank axis below them would squeeze the lines), with the
+        # ticks inside it; when fewer than two fall inside, it spans the ticks either side.
+        scale = math.log10
+        y_ticks = log_ticks(min(ys), max(ys), target=max(2, height // 2 + 1))
+        inside = [v for v in y_ticks if min(ys) * (1 - 1e-9) <= v <= max(ys) * (1 + 1e-9)]
+        if len(inside) >= 2:
+            y_ticks, (lo_y, hi_y) = inside, (scale(min(ys)), scale(max(ys)))
+        else:
+            lo_y, hi_y = scale(y_ticks[0]), scale(y_ticks[-1])
+        labels = [f"{v:g}" for v in y_ticks]
+    else:
+        scale = float
+        y_ticks = nice_ticks(min(ys), max(ys), target=max(2, min(6, height // 2 + 1)))
+        y_fmt = tick_format(y_ticks)
+        labels = [y_fmt.format(v) for v in y_ticks]
+        lo_y, hi_y = y_ticks[0], y_ticks[-1]
     label_w = max(len(s) for s in labels)
     plot_w = max(width - label_w - 2 - (len(x_label) + 1 if x_label else 0), 8)
     dots_w, dots_h = plot_w * 2, height * 4
@@ -109,7 +150,7 @@ def line_chart(series: Sequence[Series], *, width: int, height: int, colour: boo
         return min(dots_w - 1, max(0, round((x - lo_x) / (hi_x - lo_x) * (dots_w - 1))))
 
     def dot_y(y: float) -> int:
-        return min(dots_h - 1, max(0, round((hi_y - y) / (hi_y - lo_y) * (dots_h - 1))))
+        return min(dots_h - 1, max(0, round((hi_y - scale(y)) / (hi_y - lo_y) * (dots_h - 1))))
 
     bits = [[0] * plot_w for _ in range(height)]
     owner = [[-1] * plot_w for _ in range(height)]
@@ -117,7 +158,7 @@ def line_chart(series: Sequence[Series], *, width: int, height: int, colour: boo
     for k, s in enumerate(series):
         previous = None
         for x, y in s.points:
-            if y is None or not math.isfinite(y):
+            if not drawn(y):
                 previous = None
                 continue
             here = (dot_x(x), dot_y(y))

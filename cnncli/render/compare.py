@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cnncli.compare import CompareResult, Entry, Experiment, done_fraction
-from cnncli.plot import Curves
+from cnncli.plot import ERRORS_ON_LOG_AXIS, Curves
 from cnncli.render import colour_on
 from cnncli.render.charts import line_chart
 from cnncli.render.plot import CHART_ROWS, save, series, width
@@ -71,4 +71,4 @@ def show(result: CompareResult, curves: Curves, fmt: str, console: Console, figu
         if lines:
             console.print()
             console.print(line_chart(lines, width=chart_width, height=CHART_ROWS, colour=colour, title=title,
-                                     x_range=curves.x_range, x_label="epoch"))
+                                     x_range=curves.x_range, x_label="epoch", log_y=ERRORS_ON_LOG_AXIS))

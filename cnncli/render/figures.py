@@ -19,7 +19,7 @@ import numpy as np
 from cnncli.atomic import write_atomic
 from cnncli.errors import UsageError
 from cnncli.features import FeatureResult
-from cnncli.plot import CURVES, Curves, GradientMap
+from cnncli.plot import CURVES, ERRORS_ON_LOG_AXIS, Curves, GradientMap
 
 INSTALL = "pip install 'cnncli[plots]'"
 
@@ -45,14 +45,19 @@ def save(fig, path: Path) -> Path:
 
 
 def curves_figure(curves: Curves, error: bool = False):
-    """Loss and accuracy (or, with ``error``, training error alone) per epoch: solid training, dashed validation."""
+    """Loss and accuracy per epoch, solid training and dashed validation; with ``error``, the training and
+    the validation error of each run in a panel each (on a log axis: :data:`cnncli.plot.ERRORS_ON_LOG_AXIS`)."""
     from matplotlib.ticker import MaxNLocator
 
-    panels = [("train_acc", "val_acc")] if error else [("train_loss", "val_loss"), ("train_acc", "val_acc")]
+    if error:
+        panels = [(("train_acc",), "training error (%)"), (("val_acc",), "validation error (%)")]
+        panels = [p for p in panels if any(v is not None for r in curves.runs for v in r.values[p[0][0]])]
+    else:
+        panels = [(("train_loss", "val_loss"), "loss"), (("train_acc", "val_acc"), "accuracy (%)")]
     fig = _figure(figsize=(6.4 * len(panels), 4.2), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     names = dict(CURVES)
-    for ax, keys in zip(axes, panels):
+    for ax, (keys, ylabel) in zip(axes, panels):
         for i, run in enumerate(curves.runs):
             colour = f"C{i % 10}"
             for key, style in zip(keys, ("-", "--")):
@@ -61,17 +66,30 @@ def curves_figure(curves: Curves, error: bool = False):
                     continue
                 ys = [np.nan if v is None else (100 * (1 - v) if error else 100 * v if "acc" in key else v)
                       for v in values]
-                what = ("training error" if key == "train_acc" else "validation error") if error else names[key]
-                label = f"{run.label} {what.split()[0]}" if len(curves.runs) > 1 else what
+                label = run.label if error else f"{run.label} {names[key].split()[0]}" if len(curves.runs) > 1 \
+                    else names[key]
                 ax.plot(run.epochs, ys, style, color=colour, label=label, marker="." if len(ys) < 30 else None)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if curves.x_range[1] > curves.x_range[0]:
             ax.set_xlim(*curves.x_range)
-        ax.set_ylabel("error (%)" if error else "loss" if "loss" in keys[0] else "accuracy (%)")
+        ax.set_ylabel(ylabel)
+        if error and ERRORS_ON_LOG_AXIS:
+            _log_percent_axis(ax)
         ax.grid(alpha=0.3)
+        ax.grid(alpha=0.15, which="minor")
         ax.legend(fontsize="small")
     return fig
+
+
+def _log_percent_axis(ax) -> None:
+    """A logarithmic y axis labelled in plain numbers at 1, 2, 5 × 10^k (as the terminal chart's)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def gradient_figure(gmap: GradientMap):
