@@ -114,14 +114,18 @@ def line_chart(series: Sequence[Series], *, width: int, height: int, colour: boo
                x_range: tuple[float, float] | None = None, x_label: str = "", integer_x: bool = True,
                log_y: bool = False) -> Text:
     """Lines of ``series`` on shared axes, ``width`` cells wide (labels included), ``height`` rows of plot;
-    with ``log_y`` the y axis is logarithmic and values that are not positive are gaps."""
+    with ``log_y`` the y axis is logarithmic and values that are not positive are gaps (a linear axis when
+    no value is positive: errors of 0 all through)."""
+    finite = [y for s in series for _, y in s.points if y is not None and math.isfinite(y)]
+    log_y = log_y and any(y > 0 for y in finite)
+
     def drawn(y: float | None) -> bool:
         return y is not None and math.isfinite(y) and (y > 0 or not log_y)
 
     ys = [y for s in series for _, y in s.points if drawn(y)]
     xs = [x for s in series for x, _ in s.points]
     if not ys:
-        raise ValueError("a line chart needs at least one finite value" + (" above 0" if log_y else ""))
+        raise ValueError("a line chart needs at least one finite value")
     lo_x, hi_x = x_range if x_range is not None else (min(xs), max(xs))
     if hi_x <= lo_x:
         lo_x, hi_x = lo_x - 1, hi_x + 1

@@ -74,7 +74,7 @@ def curves_figure(curves: Curves, error: bool = False):
         if curves.x_range[1] > curves.x_range[0]:
             ax.set_xlim(*curves.x_range)
         ax.set_ylabel(ylabel)
-        if error and ERRORS_ON_LOG_AXIS:
+        if error and ERRORS_ON_LOG_AXIS and any(np.nanmax(line.get_ydata(), initial=0) > 0 for line in ax.get_lines()):
             _log_percent_axis(ax)
         ax.grid(alpha=0.3)
         ax.grid(alpha=0.15, which="minor")
