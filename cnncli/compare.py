@@ -125,7 +125,8 @@ def _saved(folder: Path) -> dict[str, Any] | None:
         saved = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as e:
         raise UsageError(f"cannot read {path}: {e}") from None
-    if not isinstance(saved, dict) or not isinstance(saved.get("settings", {}), dict):
+    if (not isinstance(saved, dict) or not isinstance(saved.get("models"), list)
+            or not isinstance(saved.get("settings", {}), dict)):
         raise UsageError(f"{path} is not an experiment record (models, settings, limit, dtype): choose a new --out")
     return saved
 
@@ -134,10 +135,9 @@ def _check_same(experiment: Experiment, saved: dict[str, Any]) -> None:
     """An experiment goes on with its models and recipe: models may be added, and of the recipe only the
     epochs may grow."""
     mine = experiment.record()
-    old_models = saved.get("models")
-    missing = [m for m in old_models if m not in mine["models"]] if isinstance(old_models, list) else mine["models"]
+    missing = [m for m in saved["models"] if m not in mine["models"]]
     if missing:
-        raise UsageError(f"{experiment.folder} holds the experiment {old_models}; {mine['models']} leaves out "
+        raise UsageError(f"{experiment.folder} holds the experiment {saved['models']}; {mine['models']} leaves out "
                          f"{missing[0]}: go on with its models (more may be added), or choose a new --out")
     for key in ("limit", "dtype"):
         if saved.get(key) != mine[key]:

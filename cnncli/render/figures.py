@@ -66,8 +66,12 @@ def curves_figure(curves: Curves, error: bool = False):
                     continue
                 ys = [np.nan if v is None else (100 * (1 - v) if error else 100 * v if "acc" in key else v)
                       for v in values]
-                label = run.label if error else f"{run.label} {names[key].split()[0]}" if len(curves.runs) > 1 \
-                    else names[key]
+                if error:
+                    label = run.label  # the panel says which error
+                elif len(curves.runs) > 1:
+                    label = f"{run.label} {names[key].split()[0]}"
+                else:
+                    label = names[key]
                 ax.plot(run.epochs, ys, style, color=colour, label=label, marker="." if len(ys) < 30 else None)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
