@@ -275,12 +275,17 @@ def predict(
     invert: bool = typer.Option(False, "--invert", help="Invert the images (dark digits on light paper)."),
     fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
 ) -> None:
-    """The top classes of image files under a checkpoint, each image drawn as the network saw it."""
+    """The top classes of image files under a checkpoint, each image drawn as the network saw it.
+
+    An image that looks inverted against the training images gets a warning suggesting --invert; files
+    that cannot be read are left out, named, and make the exit status 2.
+    """
     from cnncli import predict as predict_mod
     from cnncli.render import predict as render
 
     result = predict_mod.predict(model, checkpoint, images, top_k=top_k, invert=invert)
     render.show(result, fmt.value, _console())
+    predict_mod.check_complete(result)  # files left out: named above, and status 2
 
 
 class GradientMetric(str, Enum):

@@ -3,10 +3,12 @@
 One image — a test image of the checkpoint's dataset (``--sample I``) or an
 image file (``--image FILE``, read as ``predict`` reads it) — goes through the
 network the way evaluation sends it (the run's input adaptation and
-normalisation). Every layer's output is kept (a plain, unfused network), and
-for each chosen layer (every convolution by default) the activation maps of
-its first ``max_maps`` channels are returned with their statistics, together
-with the first convolution's filters and the network's prediction.
+normalisation); an image file that looks inverted against the training
+images gets a warning (:func:`cnncli.predict.polarity_warning`). Every layer's
+output is kept (a plain, unfused network), and for each chosen layer (every
+convolution by default) the activation maps of its first ``max_maps`` channels
+are returned with their statistics, together with the first convolution's
+filters and the network's prediction.
 
 For display, each map (and each filter) is scaled on its own from its minimum
 (black) to its maximum (white): a map's shape is what it shows, not its
@@ -30,7 +32,7 @@ from cnncli.errors import UsageError
 from cnncli.evaluation import inference_network, probabilities
 from cnncli.model import spec
 from cnncli.model.graph import build
-from cnncli.predict import Guess, read_image
+from cnncli.predict import Guess, InputWarning, polarity_warning, read_image
 
 #: Channels of a layer shown unless --max-maps says otherwise.
 MAX_MAPS = 16
@@ -79,6 +81,7 @@ class FeatureResult:
     input: str                # the adaptation, in words
     layers: list[LayerMaps]
     filters: Filters | None
+    warnings: tuple[InputWarning, ...] = ()   # about an image file (predict's polarity check)
 
 
 def scale_to_bytes(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
@@ -135,6 +138,7 @@ def features(model: str, checkpoint: Path, *, sample: int | None = None, image: 
     inputs.check_outputs(graph.output_shape, len(info.classes), info.title, model_spec.name)
 
     label = None
+    warning = None
     if sample is not None:
         images, labels = info.load("test", data_dir, progress=progress)
         if not 0 <= sample < len(images):
@@ -145,6 +149,7 @@ def features(model: str, checkpoint: Path, *, sample: int | None = None, image: 
     else:
         pixels = read_image(Path(image), info.image_shape, invert)
         what = f"{image}" + (" (inverted)" if invert else "")
+        warning = polarity_warning(pixels, info, invert)
 
     net = inference_network(model_spec, graph, saved, fast=False)
     loss = losses.get(model_spec.loss)
@@ -169,4 +174,4 @@ def features(model: str, checkpoint: Path, *, sample: int | None = None, image: 
         shown_w = w if w.shape[1] == 3 else w[:, :1]
         filters = Filters(first.name, tuple(w.shape), shown_w, scale_to_bytes(shown_w, (1, 2, 3)))
     return FeatureResult(model_spec.name, Path(checkpoint), what, pixels, label, list(info.classes), guesses,
-                         plan.describe(), maps, filters)
+                         plan.describe(), maps, filters, (warning,) if warning else ())

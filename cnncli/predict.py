@@ -29,10 +29,20 @@ from cnncli.evaluation import inference_network, probabilities
 from cnncli.model import spec
 from cnncli.model.graph import build
 
-__all__ = ["Guess", "ImagePrediction", "PredictResult", "IMAGE_SUFFIXES", "predict", "read_image"]
+__all__ = ["Guess", "ImagePrediction", "InputWarning", "PredictResult", "Skipped", "UnreadableImage",
+           "IMAGE_SUFFIXES", "POLARITY_FAR", "POLARITY_NEAR", "check_complete", "polarity_warning", "predict",
+           "read_image"]
 
 #: The files a folder argument contributes (case-insensitive).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+#: An image's mean brightness this many training pixel standard deviations from the training mean is far off
+#: (MNIST's 70,000 digits lie within 0.9 of it; inverted, beyond 1.5).
+POLARITY_FAR = 1.5
+#: ... and inverted it must come within this many: inversion, not just lighting, explains the difference.
+POLARITY_NEAR = 1.0
+#: Skipped inputs named in the closing error before "and N more" (the table and the JSON list them all).
+_NAMED = 5
 
 
 @dataclass(frozen=True)
@@ -43,12 +53,40 @@ class Guess:
 
 
 @dataclass(frozen=True)
+class InputWarning:
+    """Something about an image that makes its prediction doubtful, and what to do about it."""
+
+    kind: str                  # a stable name for scripts: "inverted"
+    message: str               # one sentence for the user, naming the fix
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An argument that contributed no image: a file that cannot be read, or a folder without images."""
+
+    path: Path
+    reason: str                # "does not exist", "not a PNG or JPEG image Pillow can read: ...", ...
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.reason})"
+
+
+class UnreadableImage(UsageError):
+    """An image file that does not exist or cannot be decoded."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"cannot read {path}: {reason}")
+        self.skipped = Skipped(Path(path), reason)
+
+
+@dataclass(frozen=True)
 class ImagePrediction:
     """One image: what the network saw (uint8 (C, H, W), the dataset's size) and its top classes."""
 
     path: Path
     pixels: np.ndarray
     guesses: list[Guess]
+    warnings: tuple[InputWarning, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -60,33 +98,83 @@ class PredictResult:
     input: str                 # the adaptation, in words
     top_k: int
     predictions: list[ImagePrediction]
+    invert: bool = False       # --invert was given
+    skipped: tuple[Skipped, ...] = ()
+
+
+def polarity_warning(pixels: np.ndarray, source: Source, inverted: bool = False) -> InputWarning | None:
+    """A warning if ``pixels`` (uint8 (C, H, W), as the network sees them) look inverted against ``source``.
+
+    The rule: the image's mean brightness (all channels, in [0, 1]) is more than
+    :data:`POLARITY_FAR` training standard deviations from the training images'
+    mean, and ``1 - mean`` is within :data:`POLARITY_NEAR` of it. The statistics
+    are the checkpoint's (per channel; pooled here, as polarity is a matter of
+    brightness, not of colour). Both conditions together need a training mean
+    off the middle by more than (FAR - NEAR) / 2 standard deviations: dark
+    MNIST digits, Fashion-MNIST's dark backgrounds, a folder of dark-on-light
+    scans; never CIFAR's photos (mean 0.47 ± 0.25), for which inversion is no
+    plausible mistake and a dark or bright photo is no reason to doubt.
+    """
+    mean_c = np.asarray(source.mean, dtype=np.float64)
+    std_c = np.asarray(source.std, dtype=np.float64)
+    mu = float(mean_c.mean())
+    sigma = float(np.sqrt(np.mean(std_c ** 2 + (mean_c - mu) ** 2)))  # all channels' pixels together
+    m = float(np.mean(pixels, dtype=np.float64)) / 255.0
+    if sigma <= 0 or abs(m - mu) <= POLARITY_FAR * sigma or abs(1.0 - m - mu) >= POLARITY_NEAR * sigma:
+        return None
+    this, those = ("light", "dark") if m > mu else ("dark", "light")
+    fix = "try without --invert" if inverted else "try --invert"
+    after = " after --invert" if inverted else ""
+    return InputWarning("inverted", f"looks inverted{after}: {this} overall (mean brightness {m:.2f}) where the "
+                                    f"training images ({source.title}) are {those} (mean {mu:.2f}); {fix}")
 
 
 def read_image(path: Path, shape: tuple[int, int, int], invert: bool = False) -> np.ndarray:
-    """An image file as uint8 (C, H, W) of ``shape``, decoded as image folders are (:func:`folder.decode_image`)."""
-    if not Path(path).is_file():
-        raise UsageError(f"image {path} does not exist")
+    """An image file as uint8 (C, H, W) of ``shape``, decoded as image folders are (:func:`folder.decode_image`).
+
+    Raises :class:`UnreadableImage` (a :class:`UsageError`) if it does not exist or cannot be decoded, and a
+    :class:`UsageError` if Pillow is not installed.
+    """
+    unreadable = folder.unreadable_errors()  # first: without Pillow, that is the message
+    path = Path(path)
+    if not path.exists():
+        raise UnreadableImage(path, "does not exist")
+    if not path.is_file():
+        raise UnreadableImage(path, "is not a file")
     try:
         pixels = folder.decode_image(path, shape)
-    except folder.unreadable_errors() as e:
-        raise UsageError(f"cannot read {path} as an image (PNG or JPEG): {e}") from None
+    except unreadable as e:
+        # Pillow's reason, without the file name it repeats ("cannot identify image file '...'")
+        text = (str(e).replace(repr(str(path)), "").strip() or type(e).__name__).splitlines()[0][:200]
+        raise UnreadableImage(path, f"not a PNG or JPEG image Pillow can read: {text}") from None
     return 255 - pixels if invert else pixels
 
 
-def _files(paths: list[Path]) -> list[Path]:
-    files: list[Path] = []
-    for p in paths:
-        p = Path(p)
+def _files(paths: list[Path]) -> list[Path | Skipped]:
+    """The image files the arguments name, in order (a folder's in name order); a folder without any: Skipped."""
+    if not paths:
+        raise UsageError("give at least one image file or folder")
+    files: list[Path | Skipped] = []
+    for p in map(Path, paths):
         if p.is_dir():
             found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise UsageError(f"the folder {p} holds no {', '.join(IMAGE_SUFFIXES)} files")
-            files += found
+            files += found or [Skipped(p, f"a folder without {', '.join(IMAGE_SUFFIXES)} files")]
         else:
             files.append(p)
-    if not files:
-        raise UsageError("give at least one image file or folder")
     return files
+
+
+def _listing(skipped: tuple[Skipped, ...] | list[Skipped]) -> str:
+    more = len(skipped) - _NAMED
+    return "; ".join(map(str, skipped[:_NAMED])) + (f"; and {more} more" if more > 0 else "")
+
+
+def check_complete(result: PredictResult) -> None:
+    """Raise :class:`UsageError` (exit status 2) naming what was left out, if anything was."""
+    if result.skipped:
+        n, done = len(result.skipped), len(result.predictions)
+        raise UsageError(f"{n} input{'s' if n != 1 else ''} left out (the predictions are for the other "
+                         f"{done} image{'s' if done != 1 else ''}): {_listing(result.skipped)}")
 
 
 def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int = 3, invert: bool = False,
@@ -94,6 +182,7 @@ def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int = 3,
     """The ``top_k`` classes of each image (files, or folders of them) under ``checkpoint``'s weights."""
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
+    folder.unreadable_errors()  # without Pillow, say so before anything else
     model_spec = spec.load(model)
     saved = ckpt_io.load(checkpoint)
     graph = build(model_spec, aux=False)
@@ -108,8 +197,21 @@ def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int = 3,
         info = open_source(name)
     plan = inputs.plan(info.title, info.image_shape, graph.input_shape, model_spec.name)
     inputs.check_outputs(graph.output_shape, len(info.classes), info.title, model_spec.name)
-    files = _files(images)
-    pixels = np.stack([read_image(f, info.image_shape, invert) for f in files])
+    read: list[Path] = []
+    decoded: list[np.ndarray] = []
+    skipped: list[Skipped] = []
+    for f in _files(images):
+        if isinstance(f, Skipped):
+            skipped.append(f)
+            continue
+        try:
+            decoded.append(read_image(f, info.image_shape, invert))
+            read.append(f)
+        except UnreadableImage as e:
+            skipped.append(e.skipped)
+    if not read:
+        raise UsageError(f"cannot read any image: {_listing(skipped)}")
+    files, pixels = read, np.stack(decoded)
     net = inference_network(model_spec, graph, saved)
     loss = losses.get(model_spec.loss)
     probs = probabilities(net.predict(pixels, 256, loss.source(graph), plan.preparer(net.dtype, info.normalise)),
@@ -118,5 +220,8 @@ def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int = 3,
     predictions = []
     for f, img, p in zip(files, pixels, probs):
         order = np.argsort(-p, kind="stable")[:k]
-        predictions.append(ImagePrediction(f, img, [Guess(int(i), info.classes[i], float(p[i])) for i in order]))
-    return PredictResult(model_spec.name, Path(checkpoint), info.name, info.title, plan.describe(), k, predictions)
+        warning = polarity_warning(img, info, invert)
+        predictions.append(ImagePrediction(f, img, [Guess(int(i), info.classes[i], float(p[i])) for i in order],
+                                           (warning,) if warning else ()))
+    return PredictResult(model_spec.name, Path(checkpoint), info.name, info.title, plan.describe(), k, predictions,
+                         invert, tuple(skipped))

@@ -341,7 +341,7 @@ def _pillow():
     try:
         from PIL import Image, ImageOps
     except ImportError:
-        raise UsageError("reading image folders needs Pillow: pip install 'cnncli[images]'") from None
+        raise UsageError("reading image files (PNG, JPEG) needs Pillow: pip install 'cnncli[images]'") from None
     return Image, ImageOps
 
 

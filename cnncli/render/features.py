@@ -51,6 +51,7 @@ def as_dict(result: FeatureResult) -> dict[str, Any]:
         "model": result.model, "checkpoint": str(result.checkpoint), "image": result.source,
         "label": result.label, "input": result.input,
         "prediction": [{"class": g.label, "name": g.name, "probability": g.probability} for g in result.guesses],
+        "warnings": [{"kind": w.kind, "message": w.message} for w in result.warnings],
         "filters": None if result.filters is None else {
             "layer": result.filters.layer, "shape": list(result.filters.shape),
             "values": np.round(result.filters.values, 6).tolist()},
@@ -78,6 +79,8 @@ def show(result: FeatureResult, fmt: str, console: Console, out: Path | None = N
     console.print(f"{result.model} with {result.checkpoint}: {result.source}; input {result.input}",
                   markup=False, highlight=False, soft_wrap=True)
     console.print(f"prediction: {guesses}", markup=False, highlight=False, soft_wrap=True)
+    for w in result.warnings:
+        console.print(f"warning: {w.message}", markup=False, highlight=False, soft_wrap=True)
     tiles = [_tile("input", result.pixels, colour, width)]
     if result.filters is not None:
         f = result.filters

@@ -19,10 +19,13 @@ _BAR = 20  # characters of a 100 % probability bar
 def as_dict(result: PredictResult) -> dict[str, Any]:
     return {
         "model": result.model, "checkpoint": str(result.checkpoint), "dataset": result.dataset,
-        "input": result.input, "top_k": result.top_k,
+        "input": result.input, "top_k": result.top_k, "invert": result.invert,
         "predictions": [{"file": str(p.path),
                          "top": [{"class": g.label, "name": g.name, "probability": g.probability}
-                                 for g in p.guesses]} for p in result.predictions],
+                                 for g in p.guesses],
+                         "warnings": [{"kind": w.kind, "message": w.message} for w in p.warnings]}
+                        for p in result.predictions],
+        "skipped": [{"path": str(s.path), "reason": s.reason} for s in result.skipped],
     }
 
 
@@ -38,6 +41,23 @@ def _guesses(p, colour: bool) -> Text:
     return text
 
 
+def _closing(result: PredictResult) -> list[str]:
+    """Lines after the images: what was left out, and what to do about images that look inverted."""
+    lines = [f"left out: {s}" for s in result.skipped]
+    doubtful = sum(1 for p in result.predictions if any(w.kind == "inverted" for w in p.warnings))
+    if doubtful:
+        n = len(result.predictions)
+        what = f"{doubtful} of {n} images look{'s' if doubtful == 1 else ''}" if n > 1 else "the image looks"
+        they = "it is" if doubtful == 1 else "they are"
+        if result.invert:
+            lines.append(f"{what} inverted after --invert; if {they} light on dark already, run again without "
+                         "--invert")
+        else:
+            lines.append(f"{what} inverted against the training images ({result.dataset_title}); if {they} dark "
+                         "on light, run again with --invert (the answers above are for the images as given)")
+    return lines
+
+
 def show(result: PredictResult, fmt: str, console: Console) -> None:
     """Print the predictions (``table``: pictures and bars) or one JSON object (``json``)."""
     if fmt == "json":
@@ -50,3 +70,10 @@ def show(result: PredictResult, fmt: str, console: Console) -> None:
     for p in result.predictions:
         console.print()
         console.print(Columns([picture(p.pixels, colour), Group(_guesses(p, colour))], padding=(0, 2)))
+        for w in p.warnings:
+            console.print(Text(f"warning: {w.message}", style="yellow"), soft_wrap=True)
+    closing = _closing(result)
+    if closing:
+        console.print()
+    for line in closing:
+        console.print(Text(line, style="yellow"), soft_wrap=True)
