@@ -90,12 +90,14 @@ def _files(paths: list[Path]) -> list[Path]:
 
 
 def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int = 3, invert: bool = False,
-            dataset: str | None = None) -> PredictResult:
-    """The ``top_k`` classes of each image (files, or folders of them) under ``checkpoint``'s weights."""
+            dataset: str | None = None, skip_model_check: bool = False) -> PredictResult:
+    """The ``top_k`` classes of each image (files, or folders of them) under ``checkpoint``'s weights
+    (refused when trained for another network, unless ``skip_model_check``)."""
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
     model_spec = spec.load(model)
     saved = ckpt_io.load(checkpoint)
+    saved.check_model(model_spec, skip_model_check)
     graph = build(model_spec, aux=False)
     recorded = saved.meta.get("source")
     if dataset is None and isinstance(recorded, dict):
