@@ -3,8 +3,9 @@
 Keys are the network's ``state_dict`` (``<node>.weight``, ``<node>.running_mean``),
 the optimizer's (``optim.steps``, ``optim.momentum.<param>``) and ``meta.*``
 entries: ``meta.format``, ``meta.epoch``, ``meta.step`` and ``meta.json`` — one
-JSON string holding the run configuration, the generator states, the metrics
-history and the position inside an interrupted epoch. Every entry is a plain
+JSON string holding the run configuration, the fingerprint of the trained network
+(:data:`NETWORK`), the generator states, the metrics history and the position
+inside an interrupted epoch. Every entry is a plain
 array, so ``np.load(path)`` reads a checkpoint without pickle.
 
 Files are written through :func:`cnncli.atomic.write_atomic`: whenever the
@@ -14,9 +15,12 @@ final name is either the previous checkpoint or the new one, never a torn mix.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
+import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +29,36 @@ import numpy as np
 
 from cnncli.atomic import write_atomic
 from cnncli.dataset_names import FOLDER
-from cnncli.errors import CheckpointError
+from cnncli.errors import CheckpointError, ModelMismatch
 
 FORMAT = 1
+#: The ``meta`` entry holding the fingerprint of the trained network (:meth:`ModelSpec.fingerprint`). Should
+#: what the fingerprint covers ever change, it must be stored under a new name: older checkpoints then fall
+#: back to the check of the model's name instead of being refused.
+NETWORK = "network"
+#: The flag of every command that reads weights, to load a checkpoint of another model anyway.
+SKIP_MODEL_CHECK = "--skip-model-check"
+
+_HEAD = 512  # bytes read to tell what a file is
+_ZIP = b"PK\x03\x04"
+NPY = b"\x93NUMPY"
+_PICKLES = tuple(bytes([0x80, protocol]) for protocol in range(2, 6))  # what torch.save's older format starts with
+#: File signatures, for the message that refuses a file as a checkpoint.
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (_ZIP, "a zip archive"),
+    (b"PK\x05\x06", "an empty zip archive"),
+    (NPY, "a single NumPy array (.npy)"),
+    *((p, "a Python pickle") for p in _PICKLES),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x1f\x8b", "a gzip file"),
+    (b"\x89HDF", "an HDF5 file (Keras weights?)"),
+    (b"%PDF", "a PDF document"),
+)
+
+
+class CheckpointWarning(UserWarning):
+    """Something about a checkpoint a user should know that does not stop the command."""
 
 
 @dataclass
@@ -62,6 +93,38 @@ class Checkpoint:
         if name == FOLDER and data_dir is None and config.get("data_dir"):
             data_dir = Path(config["data_dir"])  # the folder the checkpoint was trained on
         return name, data_dir
+
+    def check_model(self, model_spec, skip: bool = False) -> None:
+        """Refuse (:class:`ModelMismatch`) weights trained for another network than ``model_spec``'s.
+
+        The network's fingerprint decides, not the name: the same network under another name (a renamed
+        copy of the model file) is used, with a warning; another network is refused even when its parameters
+        have the same names and shapes (``plain20`` and ``resnet20``: only the wiring differs). A checkpoint
+        written before fingerprints were recorded is judged by the model's name; a PyTorch state dict or a
+        file of weights alone records no model and is not checked. ``skip``: the user says the weights are
+        meant for this model (:data:`SKIP_MODEL_CHECK`). Whether they fit is checked when they are loaded.
+        """
+        trained, recorded, name = self.config.get("name"), self.meta.get(NETWORK), model_spec.name
+        if skip or not isinstance(trained, str):
+            return
+        if not isinstance(recorded, str):  # written before fingerprints were recorded: the name decides
+            if trained == name:
+                return
+            why = ""
+        elif recorded == model_spec.fingerprint():
+            if trained != name:
+                warnings.warn(f"{self.path} was trained for model '{trained}'; '{name}' is the same network (the "
+                              "same layers, wired the same way), so its weights are used", CheckpointWarning,
+                              stacklevel=2)
+            return
+        elif trained == name:
+            raise ModelMismatch(f"{self.path} was trained for a model '{name}' with other layers or wiring than "
+                                f"{model_spec.source} has (was the file changed since?). Give the model file it was "
+                                f"trained with, or add {SKIP_MODEL_CHECK} to load its weights anyway")
+        else:
+            why = " (the two networks differ in their layers or wiring)"
+        raise ModelMismatch(f"{self.path} was trained for model '{trained}', not '{name}'{why}. Give the model it "
+                            f"was trained for, or add {SKIP_MODEL_CHECK} to load its weights into '{name}' anyway")
 
     def weights(self) -> dict[str, np.ndarray]:
         return {k: v for k, v in self.state.items() if not k.startswith(("optim.", "meta."))}
@@ -103,22 +166,15 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
         raise CheckpointError(f"checkpoint {path} is a folder, not a .npz file{hint}")
     from cnncli.exchange import torch_module
 
-    if path.suffix.lower() in torch_module.SUFFIXES:
+    head = _head(path)
+    if path.suffix.lower() in torch_module.SUFFIXES and head.startswith((_ZIP, *_PICKLES)):
         # A PyTorch state dict (weights only, e.g. from `cnncli export --to torch` or a run elsewhere).
         return Checkpoint(path, torch_module.read_state_dict(path), {"origin": "torch"})
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise CheckpointError(f"checkpoint {path} is a single array (.npy), not a .npz checkpoint")
-        with loaded as npz:
-            # Reading every array checks each entry's CRC: a torn or altered file fails here.
-            state = {k: np.array(npz[k]) for k in npz.files}
-    except (zipfile.BadZipFile, zipfile.LargeZipFile) as e:
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a .npz file ({e})") from None
-    except (ValueError, EOFError, KeyError) as e:
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a .npz file ({e})") from None
-    except OSError as e:
-        raise CheckpointError(f"checkpoint {path} cannot be read: {e.strerror or e}") from None
+    if head.startswith(NPY):
+        raise CheckpointError(f"checkpoint {path} is a single array (.npy), not a .npz checkpoint")
+    if not head.startswith(_ZIP):
+        raise not_a_checkpoint(path, head)
+    state = _read_npz(path)
     meta: dict[str, Any] = {}
     if "meta.json" in state:
         try:
@@ -132,3 +188,60 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
         raise CheckpointError(f"checkpoint {path} has format {fmt}; this cnncli reads up to {FORMAT} "
                               "(it was written by a newer version)")
     return Checkpoint(path, state, meta)
+
+
+def _head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(_HEAD)
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {e.strerror or e}") from None
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a zip file that starts like a ``.npz``. NumPy's own messages are not passed on: for a file
+    of pickled objects they advise loading it unsafely, which cnncli never does."""
+    damaged = f"checkpoint {path} is corrupt (a truncated or altered .npz file)"
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            others = [name for name in npz.zip.namelist() if not name.endswith(".npy")]
+            if others:
+                raise CheckpointError(f"{path} is not a cnncli checkpoint (.npz) or a PyTorch state dict "
+                                      f"(.pt/.pth): it is a zip archive of other files ({others[0]}, ...)")
+            state = {}
+            for key in npz.files:
+                try:
+                    # Reading every array checks each entry's CRC: a torn or altered file fails here.
+                    state[key] = np.array(npz[key])
+                except ValueError:
+                    raise CheckpointError(f"checkpoint {path}: its entry '{key}' is not an array of numbers (it "
+                                          "holds Python objects, which a checkpoint never does, or is damaged)") from None
+                except (zipfile.BadZipFile, EOFError, zlib.error) as e:
+                    raise CheckpointError(f"{damaged}: its entry '{key}' cannot be read ({e})") from None
+            return state
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError):
+        raise CheckpointError(damaged) from None
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {e.strerror or e}") from None
+
+
+def not_a_checkpoint(path: Path, head: bytes) -> CheckpointError:
+    """The error for a file that is neither kind of weights cnncli reads, saying what it is instead."""
+    return CheckpointError(f"{path} is not a cnncli checkpoint (.npz) or a PyTorch state dict (.pt/.pth): "
+                           f"it is {describe(head)}")
+
+
+def describe(head: bytes) -> str:
+    """What a file is, in words, from its first bytes: a known signature, else text or other data."""
+    if not head:
+        return "an empty file"
+    for signature, what in _SIGNATURES:
+        if head.startswith(signature):
+            return what
+    if b"\0" not in head:
+        try:
+            codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # a character may be cut off
+            return "a text file"
+        except UnicodeDecodeError:
+            pass
+    return "binary data of no format cnncli recognises"

@@ -98,6 +98,9 @@ _CROP_PADDING = typer.Option(None, "--crop-padding", help="Augment: random crop 
 _FLIP = typer.Option(None, "--flip/--no-flip", help="Augment: flip half the images.")
 _LIMIT = typer.Option(None, "--limit", help="Use only the first N training images.")
 _DATA_DIR = typer.Option(None, "--data-dir", help="Folder holding the dataset files.")
+# Every command that reads weights takes it: the check it skips is cnncli.checkpoint.Checkpoint.check_model.
+_SKIP_MODEL_CHECK = typer.Option(False, "--skip-model-check", help="Use weights trained for another model "
+                                 "(their names and shapes must still fit).")
 
 
 def _recipe(*, dataset, epochs, batch_size, lr, optimizer, momentum, weight_decay, schedule, seed,
@@ -187,6 +190,7 @@ def train(
                                         "on this machine (several machines: see README, torchrun)."),
     device: Optional[Device] = typer.Option(None, "--device", help="With --engine torch: cpu (default) or cuda "
                                             "(one GPU per process)."),
+    skip_model_check: bool = _SKIP_MODEL_CHECK,
 ) -> None:
     """Train a model; writes a run folder with metrics and checkpoints."""
     from cnncli import training
@@ -198,7 +202,7 @@ def train(
     config = training.configure(model, overrides, limit=limit, data_dir=data_dir, out=out,
                                 resume=resume, dtype=dtype.value if dtype else None,
                                 engine=engine.value if engine else None, nproc=nproc,
-                                device=device.value if device else None)
+                                device=device.value if device else None, skip_model_check=skip_model_check)
     console = _console()
     result = training.train(config, render.Reporter(console))
     render.show_result(result, console)
@@ -217,6 +221,7 @@ def evaluate(
     top_k: int = typer.Option(3, "--top-k", min=1, help="Also report top-k accuracy."),
     worst: int = typer.Option(6, "--worst", min=0, help="How many of the worst mistakes to draw."),
     fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+    skip_model_check: bool = _SKIP_MODEL_CHECK,
 ) -> None:
     """Accuracy, confusion matrix, per-class scores and the worst mistakes of a checkpoint."""
     from cnncli import evaluation
@@ -227,7 +232,7 @@ def evaluate(
     with downloads.Downloads(console) as shown:
         result = evaluation.evaluate(model, checkpoint, dataset=dataset.value if dataset else None,
                                      split=split.value, data_dir=data_dir, batch_size=batch_size,
-                                     top_k=top_k, worst=worst, progress=shown)
+                                     top_k=top_k, worst=worst, progress=shown, skip_model_check=skip_model_check)
     render.show(result, fmt.value, console)
 
 
@@ -252,6 +257,7 @@ def backprop_trace(
     dump: Optional[Path] = typer.Option(None, "--dump", help="Write all gradients to this .npz file."),
     data_dir: Optional[Path] = _DATA_DIR,
     fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+    skip_model_check: bool = _SKIP_MODEL_CHECK,
 ) -> None:
     """One exact forward and backward pass, shown layer by layer (the lecture's derivative tables)."""
     from cnncli.lecture import trace
@@ -262,7 +268,8 @@ def backprop_trace(
     with downloads.Downloads(console) as shown:
         result = trace.run(model, loss=loss.value if loss else None, lr=lr, input=input, target=target,
                            sample=sample, weights=weights, filter=filter, upstream=upstream, steps=steps,
-                           compare_slides=compare_slides, dump=dump, data_dir=data_dir, progress=shown)
+                           compare_slides=compare_slides, dump=dump, data_dir=data_dir, progress=shown,
+                           skip_model_check=skip_model_check)
     render.show(result, fmt.value, console)
 
 
@@ -274,6 +281,7 @@ def predict(
     top_k: int = typer.Option(3, "--top-k", min=1, help="How many classes to show per image."),
     invert: bool = typer.Option(False, "--invert", help="Invert the images (dark digits on light paper)."),
     fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+    skip_model_check: bool = _SKIP_MODEL_CHECK,
 ) -> None:
     """The top classes of image files under a checkpoint, each image drawn as the network saw it.
 
@@ -283,7 +291,8 @@ def predict(
     from cnncli import predict as predict_mod
     from cnncli.render import predict as render
 
-    result = predict_mod.predict(model, checkpoint, images, top_k=top_k, invert=invert)
+    result = predict_mod.predict(model, checkpoint, images, top_k=top_k, invert=invert,
+                                 skip_model_check=skip_model_check)
     render.show(result, fmt.value, _console())
     predict_mod.check_complete(result)  # files left out: named above, and status 2
 
@@ -334,6 +343,7 @@ def features(
     invert: bool = typer.Option(False, "--invert", help="Invert --image (dark digits on light paper)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the grid to a .png, .svg or .pdf file."),
     fmt: Format = typer.Option(Format.table, "--format", help="table (pictures) or json (the numbers)."),
+    skip_model_check: bool = _SKIP_MODEL_CHECK,
 ) -> None:
     """The feature maps each layer makes of one image, and the first layer's filters (slide 39)."""
     from cnncli import features as features_mod
@@ -346,7 +356,8 @@ def features(
     with downloads.Downloads(console) as shown:
         result = features_mod.features(model, checkpoint, sample=sample, image=image, layers=layer,
                                        max_maps=max_maps, dataset=dataset.value if dataset else None,
-                                       data_dir=data_dir, invert=invert, progress=shown)
+                                       data_dir=data_dir, invert=invert, progress=shown,
+                                       skip_model_check=skip_model_check)
     render.show(result, fmt.value, console, out)
 
 
@@ -408,12 +419,14 @@ def export(
     out: Path = typer.Option(..., "-o", "--output", help="The file to write: model.onnx, or model.py "
                              "(with model.pt beside it)."),
     fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+    skip_model_check: bool = _SKIP_MODEL_CHECK,
 ) -> None:
     """Write a trained model for another engine: an ONNX graph, or a PyTorch module and its weights."""
     from cnncli import export as export_mod
     from cnncli.render import export as render
 
-    render.show(export_mod.export(model, checkpoint, to.value, out), fmt.value, _console())
+    render.show(export_mod.export(model, checkpoint, to.value, out, skip_model_check=skip_model_check), fmt.value,
+                _console())
 
 
 def _warning_shower(original):

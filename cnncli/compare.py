@@ -28,7 +28,7 @@ from cnncli import inputs, runs, training
 from cnncli.atomic import write_text_atomic
 from cnncli.checkpoint import load as load_checkpoint
 from cnncli.data.source import open_source
-from cnncli.errors import UsageError
+from cnncli.errors import ModelMismatch, UsageError
 from cnncli.model import spec
 from cnncli.model.graph import build
 
@@ -159,8 +159,7 @@ def _config(experiment: Experiment, entry: Entry) -> training.RunConfig | None:
         done = load_checkpoint(last)
         if done.epoch >= experiment.epochs and done.meta.get("batch", 0) == 0 and (entry.folder / runs.TEST).is_file():
             return None
-        return training.configure(entry.model, {"epochs": experiment.epochs}, resume=last,
-                                  data_dir=experiment.data_dir)
+        return _resume(entry, {"epochs": experiment.epochs}, data_dir=experiment.data_dir)
     if entry.folder.exists():
         # Stopped before its first checkpoint: only the configuration (and temporary files) were written.
         leftovers = [p for p in entry.folder.iterdir() if p.name != runs.CONFIG and not p.name.endswith(".part")]
@@ -173,6 +172,16 @@ def _config(experiment: Experiment, entry: Entry) -> training.RunConfig | None:
     overrides = {k: v for k, v in experiment.settings.items()}
     return training.configure(entry.model, overrides, limit=experiment.limit, data_dir=experiment.data_dir,
                               out=entry.folder, dtype=experiment.dtype)
+
+
+def _resume(entry: Entry, overrides: dict[str, Any], **options: Any) -> training.RunConfig:
+    """The configuration of ``entry``'s run from its ``last.npz``; a model file changed since is an error."""
+    try:
+        return training.configure(entry.model, overrides, resume=entry.folder / "last.npz", **options)
+    except ModelMismatch:
+        # train's advice (--skip-model-check) is not compare's: an experiment's runs must stay what they were.
+        raise UsageError(f"{entry.folder} holds a run of another network than {entry.model} describes now (its "
+                         "layers or wiring changed since): restore the model file, or choose a new --out") from None
 
 
 def run(experiment: Experiment, reporter: Callable[[int, Entry], training.Reporter] | None = None) -> CompareResult:
@@ -197,7 +206,7 @@ def _finished(entry: Entry) -> training.RunResult:
     folder = runs.load(entry.folder)
     history = [training.EpochRecord(**row) for row in folder.metrics]
     test = folder.test or {}
-    config = training.configure(entry.model, {}, resume=entry.folder / "last.npz")
+    config = _resume(entry, {})
     return training.RunResult(config, entry.folder, "completed", len(history), history, None, None,
                               test_loss=test.get("loss"), test_acc=test.get("accuracy"), n_test=test.get("n", 0))
 

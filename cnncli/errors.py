@@ -34,6 +34,10 @@ class CheckpointError(CnnError):
     """A checkpoint that is corrupt or does not fit the model."""
 
 
+class ModelMismatch(CheckpointError):
+    """A checkpoint trained for another network than the model it is loaded into."""
+
+
 class UsageError(CnnError):
     """An invalid command-line value (a flag out of range, a bad input array, ...)."""
 

@@ -153,14 +153,16 @@ def worst_mistakes(probs: np.ndarray, y_true: np.ndarray, images: np.ndarray, co
 
 def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split: str = "test",
              data_dir: Path | None = None, batch_size: int = 500, top_k: int = 3,
-             worst: int = 6, progress: data.ProgressCallback | None = None) -> EvalResult:
+             worst: int = 6, progress: data.ProgressCallback | None = None,
+             skip_model_check: bool = False) -> EvalResult:
     """Score ``checkpoint`` (weights of ``model``) on ``split`` of ``dataset``.
 
     ``progress`` receives the download events of the dataset's files.
 
     The dataset defaults to the one the checkpoint was trained on, else the
     model file's. A checkpoint that does not fit the model is a CheckpointError
-    naming the parameter and both shapes.
+    naming the parameter and both shapes; one trained for another network is refused
+    unless ``skip_model_check`` (:meth:`~cnncli.checkpoint.Checkpoint.check_model`).
     """
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
@@ -170,6 +172,7 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
         raise UsageError(f"--worst must not be negative, got {worst}")
     model_spec = spec.load(model)
     saved = ckpt_io.load(checkpoint)
+    saved.check_model(model_spec, skip_model_check)
     name, data_dir = saved.data_for(model_spec, dataset, data_dir)
     graph = build(model_spec, aux=False)
     info = open_source(name, data_dir, graph.input_shape, progress=progress)

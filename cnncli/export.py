@@ -43,8 +43,9 @@ class ExportResult:
     class_name: str | None = None
 
 
-def export(model: str, checkpoint: Path, to: str, out: Path) -> ExportResult:
-    """Write ``model`` with ``checkpoint``'s weights to ``out`` in the format ``to`` names."""
+def export(model: str, checkpoint: Path, to: str, out: Path, *, skip_model_check: bool = False) -> ExportResult:
+    """Write ``model`` with ``checkpoint``'s weights to ``out`` in the format ``to`` names (a checkpoint of
+    another network refused unless ``skip_model_check``)."""
     if to not in TARGETS:
         raise UsageError(f"--to must be one of {', '.join(TARGETS)}, got {to!r}")
     out = Path(out)
@@ -57,6 +58,7 @@ def export(model: str, checkpoint: Path, to: str, out: Path) -> ExportResult:
     (onnx_model if to == "onnx" else torch_module).require()  # a missing extra is reported before any work
     model_spec = spec.load(model)
     saved = ckpt_io.load(checkpoint)
+    saved.check_model(model_spec, skip_model_check)
     graph = build(model_spec, aux=False)
     net = inference_network(model_spec, graph, saved)
     meaning = "logits (softmax is in the loss)" if model_spec.loss == "cross_entropy" else "the model's output"

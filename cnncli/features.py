@@ -118,14 +118,16 @@ def _choose_layers(graph, wanted: list[str] | None) -> list:
 def features(model: str, checkpoint: Path, *, sample: int | None = None, image: Path | None = None,
              layers: list[str] | None = None, max_maps: int = MAX_MAPS, dataset: str | None = None,
              data_dir: Path | None = None, invert: bool = False, top_k: int = 3,
-             progress=None) -> FeatureResult:
-    """The activation maps of ``layers`` (every convolution by default) for one image."""
+             progress=None, skip_model_check: bool = False) -> FeatureResult:
+    """The activation maps of ``layers`` (every convolution by default) for one image (``checkpoint``
+    refused when trained for another network, unless ``skip_model_check``)."""
     if (sample is None) == (image is None):
         raise UsageError("give one image: --sample I (a test image of the dataset) or --image FILE")
     if max_maps < 1:
         raise UsageError(f"--max-maps must be at least 1, got {max_maps}")
     model_spec = spec.load(model)
     saved = ckpt_io.load(checkpoint)
+    saved.check_model(model_spec, skip_model_check)
     graph = build(model_spec, aux=False)
     chosen = _choose_layers(graph, layers)
     recorded = saved.meta.get("source")

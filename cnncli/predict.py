@@ -178,13 +178,15 @@ def check_complete(result: PredictResult) -> None:
 
 
 def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int = 3, invert: bool = False,
-            dataset: str | None = None) -> PredictResult:
-    """The ``top_k`` classes of each image (files, or folders of them) under ``checkpoint``'s weights."""
+            dataset: str | None = None, skip_model_check: bool = False) -> PredictResult:
+    """The ``top_k`` classes of each image (files, or folders of them) under ``checkpoint``'s weights
+    (refused when trained for another network, unless ``skip_model_check``)."""
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
     folder.unreadable_errors()  # without Pillow, say so before anything else
     model_spec = spec.load(model)
     saved = ckpt_io.load(checkpoint)
+    saved.check_model(model_spec, skip_model_check)
     graph = build(model_spec, aux=False)
     recorded = saved.meta.get("source")
     if dataset is None and isinstance(recorded, dict):

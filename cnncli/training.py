@@ -232,7 +232,7 @@ def _check_setting(key: str, value: Any, where: str) -> Any:
 def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None,
               data_dir: Path | None = None, out: Path | None = None, resume: Path | None = None,
               dtype: str | None = None, engine: str | None = None, nproc: int | None = None,
-              device: str | None = None) -> RunConfig:
+              device: str | None = None, skip_model_check: bool = False) -> RunConfig:
     """Resolve a run's settings: defaults < the model file's ``train:`` < its entry for the dataset
     (``train: datasets:``) < flags (``None`` = unset).
 
@@ -244,7 +244,8 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
     state is the same), though only the same engine repeats an uninterrupted run bit for bit.
     ``nproc``: data-parallel processes of the torch engine (1 by default; may change on resume).
     ``device``: where the torch engine runs (``cpu`` by default, or ``cuda``: one GPU per process; may
-    change on resume).
+    change on resume). ``skip_model_check``: resume a checkpoint of another model
+    (:meth:`~cnncli.checkpoint.Checkpoint.check_model`).
     """
     model_spec = spec.load(model)
     given = _given(overrides)
@@ -255,7 +256,8 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
         raise UsageError(f"--nproc must be a positive number of processes, got {nproc!r}")
 
     if resume is not None:
-        config = _configure_resume(model, model_spec, given, limit, data_dir, out, Path(resume), dtype)
+        config = _configure_resume(model, model_spec, given, limit, data_dir, out, Path(resume), dtype,
+                                   skip_model_check)
         config.engine = engine or config.engine
     else:
         settings = resolve(model_spec, given)
@@ -345,14 +347,13 @@ def _fresh_out(name: str, out: Path | None) -> Path:
 
 def _configure_resume(model: str, model_spec: spec.ModelSpec, given: dict[str, Any],
                       limit: int | None, data_dir: Path | None, out: Path | None,
-                      resume: Path, dtype: str | None) -> RunConfig:
+                      resume: Path, dtype: str | None, skip_model_check: bool) -> RunConfig:
     ckpt = checkpoint.load(resume)
     saved = ckpt.meta.get("config")
     if not isinstance(saved, dict):
         raise CheckpointError(f"{resume} holds weights but no training state, so it cannot be resumed "
                               f"(evaluate it with `cnncli eval {model} --checkpoint {resume}`)")
-    if saved.get("name") != model_spec.name:
-        raise UsageError(f"{resume} was trained for model '{saved.get('name')}', not '{model_spec.name}'")
+    ckpt.check_model(model_spec, skip_model_check)
     settings = {}
     for key, opt in spec.TRAIN_OPTIONS.items():
         try:
@@ -478,6 +479,7 @@ class _Run:
         cfg = self.cfg
         model_spec = cfg.spec or spec.load(cfg.model)
         self.graph = build(model_spec, aux=True)
+        self.fingerprint = model_spec.fingerprint()
         info = self.data_source = open_source(cfg.dataset, cfg.data_dir, self.graph.input_shape,
                                               progress=self.reporter.download)
         self.inputs = inputs.plan(info.title, info.image_shape, self.graph.input_shape, cfg.name,
@@ -549,7 +551,7 @@ class _Run:
             "history": [asdict(r) for r in self.history], "best_epoch": self.best_epoch,
             "best_score": self.best_score, "gradient_flow": self.flow.state(),
             "config": self.cfg.to_dict(), "input": self.inputs.to_config(), "source": self.data_source.to_config(),
-            "cnncli": __version__,
+            "cnncli": __version__, checkpoint.NETWORK: self.fingerprint,
         }
 
     def save(self, name: str) -> Path:

@@ -160,7 +160,7 @@ def test_compare_takes_every_recipe_flag_train_takes():
     from cnncli.cli import app
 
     commands = typer.main.get_command(app).commands
-    train_only = {"model", "out", "resume", "dtype", "engine", "nproc", "device"}
+    train_only = {"model", "out", "resume", "dtype", "engine", "nproc", "device", "skip_model_check"}
     recipe = {p.name for p in commands["train"].params} - train_only
     assert recipe <= {p.name for p in commands["compare"].params}
 

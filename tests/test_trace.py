@@ -456,7 +456,7 @@ def test_bad_input_arrays_and_checkpoints_are_user_errors(tmp_path, capsys):
     assert code == 2 and "3×6×6" in err and "2×6×6" in err
     (tmp_path / "junk.npy").write_bytes(b"not an array")
     code, err = _exit(["backprop-trace", model, "--input", str(tmp_path / "junk.npy")], capsys)
-    assert code == 2 and "not a readable" in err
+    assert code == 2 and "not a .npy array file: it is a text file" in err
     net = Network(graph.build(spec.load("slide-mlp")), dtype="float64")
     state = net.state_dict()
     state["h2.weight"] = np.zeros((3, 4))

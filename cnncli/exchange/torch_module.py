@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import keyword
+import pickle
 import re
 from pathlib import Path
 
@@ -249,12 +250,15 @@ def save_state_dict(state: dict, path: Path) -> bytes:
 def read_state_dict(path: Path) -> dict[str, np.ndarray]:
     """A PyTorch state dict file as numpy arrays, loaded with ``weights_only=True``."""
     t = require()
+    # torch's own messages are not passed on: they advise loading an unsafe file anyway "if you trust it".
     try:
         state = t.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many kinds (pickle, zip, unsupported global): all mean "not readable"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} cannot be loaded safely as a PyTorch state dict (weights_only=True: "
-                              f"{first}); save model.state_dict(), not a whole module") from None
+    except pickle.UnpicklingError:  # what torch's safe unpickler refuses: objects that are not tensors
+        raise CheckpointError(f"{path} holds Python objects other than tensors (a whole module?), which cannot be "
+                              "loaded safely: save model.state_dict(), not the module") from None
+    except Exception:  # torch raises many kinds for a file it cannot read (zip, EOF, format errors)
+        raise CheckpointError(f"{path} cannot be read as a PyTorch state dict: it is damaged (truncated?) or "
+                              "was not written by torch.save") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]  # the common {"state_dict": ...} wrapping
     if not isinstance(state, dict) or not all(isinstance(v, t.Tensor) for v in state.values()):

@@ -350,12 +350,20 @@ def load_input(text: str, shape: tuple[int, ...]) -> np.ndarray:
     """``--input``: a .npy file or comma-separated values → a batch of one, (1, *shape)."""
     if text.endswith(".npy") or Path(text).is_file():
         path = Path(text)
+        # NumPy's messages are not passed on: for a file that is not an array they advise loading it unsafely.
         try:
+            with open(path, "rb") as f:
+                head = f.read(512)
+            if not head.startswith(checkpoint.NPY):
+                raise UsageError(f"--input: {path} is not a .npy array file: it is {checkpoint.describe(head)}")
             arr = np.load(path, allow_pickle=False)
         except FileNotFoundError:
             raise UsageError(f"--input: {path} does not exist") from None
-        except (OSError, ValueError) as e:
-            raise UsageError(f"--input: {path} is not a readable .npy array ({e})") from None
+        except OSError as e:
+            raise UsageError(f"--input: {path} cannot be read: {e.strerror or e}") from None
+        except (ValueError, EOFError):
+            raise UsageError(f"--input: {path} is not an array of numbers (a damaged .npy file, or Python "
+                             "objects)") from None
         if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
             raise UsageError(f"--input: {path} must hold a numeric array")
         if tuple(arr.shape) not in (tuple(shape), (1,) + tuple(shape)):
@@ -467,13 +475,15 @@ def _dump_folder(path: Path) -> Path:
     return folder
 
 
-def _network(model: str, weights: Path | None) -> tuple[spec.ModelSpec, Network, checkpoint.Checkpoint | None]:
+def _network(model: str, weights: Path | None,
+             skip_model_check: bool = False) -> tuple[spec.ModelSpec, Network, checkpoint.Checkpoint | None]:
     model_spec = spec.load(model)
     g = graph_mod.build(model_spec)
     net = Network(g, dtype="float64", seed=0)
     saved = None
     if weights is not None:
         saved = checkpoint.load(weights)
+        saved.check_model(model_spec, skip_model_check)
         net.load_state_dict(saved.weights_for(net.graph), source=str(weights))
     return model_spec, net, saved
 
@@ -907,10 +917,11 @@ def run(model: str = "slide-mlp", loss: str | None = None, lr: float | None = No
         target: str | None = None, sample: int | None = None, weights: Path | None = None,
         filter: str | None = None, upstream: str | None = None, steps: int = 1,
         compare_slides: bool = False, dump: Path | None = None, data_dir: Path | None = None,
-        progress: Callable[[Any], None] | None = None) -> Trace:
+        progress: Callable[[Any], None] | None = None, skip_model_check: bool = False) -> Trace:
     """Trace ``model``: a built-in mode (:data:`MODES`) or a model file, in the view that fits it.
 
-    ``progress`` receives the download events of ``--sample``'s dataset.
+    ``progress`` receives the download events of ``--sample``'s dataset. ``skip_model_check``: use
+    ``weights`` trained for another network (:meth:`~cnncli.checkpoint.Checkpoint.check_model`).
     """
     options = dict(loss=loss, lr=lr, input=input, target=target, sample=sample, weights=weights,
                    filter=filter, upstream=upstream, steps=steps, compare_slides=compare_slides,
@@ -926,7 +937,7 @@ def run(model: str = "slide-mlp", loss: str | None = None, lr: float | None = No
     _reject(options, _MODEL_OPTIONS, f"model '{model}' (--filter and --upstream are for "
                                      f"{', '.join(MODES)})")
     try:
-        model_spec, net, saved = _network(model, weights)
+        model_spec, net, saved = _network(model, weights, skip_model_check)
     except UnknownModel as e:
         raise UnknownModel(f"{e}\nbuilt-in traces: {', '.join(MODES)}") from None
     loss_obj = losses_mod.get(_loss_name(loss, model_spec))

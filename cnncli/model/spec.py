@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import ast
 import difflib
+import hashlib
 import importlib.util
+import json
 import operator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +123,25 @@ class ModelSpec:
             settings["dataset"] = dataset
         settings.update(self.train_by_dataset.get(settings["dataset"], {}))
         return settings
+
+    def fingerprint(self) -> str:
+        """A digest of the network the file describes: its input shape, each layer's name, kind, inputs and
+        options, whether it is an auxiliary head, and the output. Not its name, description, loss, training
+        recipe or initialisation, so a copy of a model file under another name has the same fingerprint, and
+        two networks with the same parameters wired differently (``plain20``, ``resnet20``) have not.
+
+        Options at their kind's default are left out: a later version that gives a kind a new option (with a
+        default that keeps what the kind did) still finds the same fingerprint for the same file.
+        """
+        layers = []
+        for n in self.nodes:
+            defaults = KINDS[n.kind].options
+            options = {k: v for k, v in n.options.items()
+                       if k not in defaults or defaults[k].required or v != coerce(defaults[k].default, defaults[k])}
+            layers.append([n.name, n.kind, list(n.inputs), options, n.aux is not None])
+        record = {"input": list(self.input), "layers": layers, "output": self.output}
+        text = json.dumps(record, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def node(self, name: str) -> NodeSpec:
         for n in self.nodes:
