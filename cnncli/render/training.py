@@ -211,11 +211,12 @@ def show_result(result: RunResult, console: Console) -> None:
         return  # a data-parallel worker: process 0 reports the run
     c = result.config
     title = result.dataset_title or c.dataset
-    if result.status in ("completed", "finished") and result.test_scores:
-        console.print(test_line(result.test_scores, result.n_test, title), highlight=False, soft_wrap=True)
     if result.status == "finished":
         console.print(f"{result.run_dir} has trained all its {count(result.epochs_done, 'epoch')} already: "
                       "nothing to do, and nothing in it was changed", markup=False, highlight=False, soft_wrap=True)
+    if result.status in ("completed", "finished") and result.test_scores:
+        console.print(test_line(result.test_scores, result.n_test, title), highlight=False, soft_wrap=True)
+    if result.status == "finished":
         console.print(f"to train longer: cnncli train {c.model} --resume {result.checkpoint} --epochs N "
                       f"(N more than {result.epochs_done})", markup=False, highlight=False, soft_wrap=True)
         return
