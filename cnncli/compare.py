@@ -26,7 +26,6 @@ import yaml
 
 from cnncli import inputs, runs, training
 from cnncli.atomic import write_text_atomic
-from cnncli.checkpoint import load as load_checkpoint
 from cnncli.data.source import open_source
 from cnncli.errors import ModelMismatch, UsageError
 from cnncli.model import spec
@@ -152,13 +151,11 @@ def _check_same(experiment: Experiment, saved: dict[str, Any]) -> None:
                              "experiment keeps its recipe (only --epochs may grow); choose a new --out")
 
 
-def _config(experiment: Experiment, entry: Entry) -> training.RunConfig | None:
-    """How ``entry`` goes on: a fresh run, a resumed one, or None when it has trained every epoch."""
-    last = entry.folder / "last.npz"
+def _config(experiment: Experiment, entry: Entry) -> training.RunConfig:
+    """How ``entry`` goes on: a fresh run, or a resumed one (:func:`training.finished` when it has trained
+    every epoch)."""
+    last = entry.folder / runs.LAST
     if last.is_file():
-        done = load_checkpoint(last)
-        if done.epoch >= experiment.epochs and done.meta.get("batch", 0) == 0 and (entry.folder / runs.TEST).is_file():
-            return None
         return _resume(entry, {"epochs": experiment.epochs}, data_dir=experiment.data_dir)
     if entry.folder.exists():
         # Stopped before its first checkpoint: only the configuration (and temporary files) were written.
@@ -177,7 +174,7 @@ def _config(experiment: Experiment, entry: Entry) -> training.RunConfig | None:
 def _resume(entry: Entry, overrides: dict[str, Any], **options: Any) -> training.RunConfig:
     """The configuration of ``entry``'s run from its ``last.npz``; a model file changed since is an error."""
     try:
-        return training.configure(entry.model, overrides, resume=entry.folder / "last.npz", **options)
+        return training.configure(entry.model, overrides, resume=entry.folder / runs.LAST, **options)
     except ModelMismatch:
         # train's advice (--skip-model-check) is not compare's: an experiment's runs must stay what they were.
         raise UsageError(f"{entry.folder} holds a run of another network than {entry.model} describes now (its "
@@ -191,24 +188,15 @@ def run(experiment: Experiment, reporter: Callable[[int, Entry], training.Report
     results = []
     for i, entry in enumerate(experiment.entries):
         config = _config(experiment, entry)
-        if config is None:
-            results.append(_finished(entry))
+        done = training.finished(config)
+        if done is not None:
+            results.append(done)
             continue
         result = training.train(config, reporter(i, entry) if reporter else None)
         results.append(result)
         if result.status != "completed":
             return CompareResult(experiment, results, result.status)
     return CompareResult(experiment, results, "completed")
-
-
-def _finished(entry: Entry) -> training.RunResult:
-    """The record of a run that an earlier invocation finished (read back from its folder)."""
-    folder = runs.load(entry.folder)
-    history = [training.EpochRecord(**row) for row in folder.metrics]
-    test = folder.test or {}
-    config = _resume(entry, {})
-    return training.RunResult(config, entry.folder, "completed", len(history), history, None, None,
-                              test_loss=test.get("loss"), test_acc=test.get("accuracy"), n_test=test.get("n", 0))
 
 
 def done_fraction(experiment: Experiment, index: int, epochs_done: float) -> float:

@@ -91,6 +91,8 @@ class EvalResult:
     confused_pairs: list[ConfusedPair]
     worst: list[Mistake]
     dataset_title: str = ""   # a registered dataset's title, or an image folder's
+    epoch: int | None = None  # epochs the checkpoint had trained (None: weights alone, no training state)
+    step: int = 0             # steps into the next epoch (a checkpoint of an interrupted run)
 
 
 # --------------------------------------------------------------------------- arithmetic
@@ -194,6 +196,7 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
         top_k_accuracy=top_k_accuracy(probs, labels, top_k), confusion=s.confusion,
         class_names=list(info.classes), per_class=s.per_class, confused_pairs=s.confused_pairs,
         worst=worst_mistakes(probs, labels, images, worst),
+        epoch=saved.epoch if "epoch" in saved.meta else None, step=int(saved.meta.get("batch", 0) or 0),
     )
 
 

@@ -33,6 +33,7 @@ from cnncli.evaluation import inference_network, probabilities
 from cnncli.model import spec
 from cnncli.model.graph import build
 from cnncli.predict import Guess, InputWarning, polarity_warning, read_image
+from cnncli.words import count
 
 #: Channels of a layer shown unless --max-maps says otherwise.
 MAX_MAPS = 16
@@ -145,7 +146,7 @@ def features(model: str, checkpoint: Path, *, sample: int | None = None, image: 
         images, labels = info.load("test", data_dir, progress=progress)
         if not 0 <= sample < len(images):
             raise UsageError(f"--sample {sample} is out of range: the {info.title} test set has "
-                             f"{len(images)} images (0..{len(images) - 1})")
+                             f"{count(len(images), 'image')} (0..{len(images) - 1})")
         pixels, label = np.asarray(images[sample]), int(labels[sample])
         what = f"{info.title} test image {sample} (class {info.classes[label]})"
     else:

@@ -8,7 +8,10 @@ A run folder (``runs/<model>-<time>/`` unless ``--out``) holds
   (:data:`GRADIENT_FIELDS`; what the numbers are: :mod:`cnncli.gradflow`);
 * ``last.npz`` — written at the end of every epoch and when interrupted;
 * ``best.npz`` — the weights with the best validation accuracy so far;
-* ``test.json`` — the final test loss and accuracy, once the run is complete.
+* ``test.json`` — once the run is complete, the test set's loss and accuracy under each checkpoint:
+  ``loss``, ``accuracy``, ``n`` (images), ``checkpoint`` (``last.npz``) and ``epoch`` are last.npz's,
+  and ``best`` holds best.npz's (``checkpoint``, ``epoch``, ``loss``, ``accuracy``; the same numbers
+  when the best epoch is the last). Files of older versions have the first three keys alone.
 
 This module is the one home of the two CSV formats: training writes them with
 :func:`metrics_csv` and :func:`gradients_csv`, and :func:`load` reads a folder,
@@ -36,6 +39,9 @@ GRADIENT_FIELDS = ("epoch", "layer", "kind", "grad_norm", "update_ratio", "weigh
 _TEXT_FIELDS = ("layer", "kind")
 
 CONFIG, METRICS, GRADIENTS, TEST = "config.yaml", "metrics.csv", "gradients.csv", "test.json"
+LAST, BEST = "last.npz", "best.npz"
+#: The files of a run folder in the order they are described above (what a listing shows first).
+FILES = (CONFIG, METRICS, GRADIENTS, LAST, BEST, TEST)
 
 
 def number(value: float | None) -> str:
@@ -62,6 +68,54 @@ def metrics_csv(rows: list[dict[str, Any]]) -> str:
 def gradients_csv(rows: list[dict[str, Any]]) -> str:
     """``gradients.csv``'s text: a header and one row per (epoch, layer)."""
     return _csv(GRADIENT_FIELDS, rows)
+
+
+@dataclass(frozen=True)
+class TestScore:
+    """The test set's loss and accuracy under one checkpoint of a run (a line of ``test.json``)."""
+
+    checkpoint: str           # the file in the run folder: LAST or BEST
+    epoch: int | None         # epochs it had trained (None: a test.json of an older version)
+    loss: float
+    accuracy: float
+
+
+def test_json(n: int, last: TestScore, best: TestScore | None) -> str:
+    """``test.json``'s text: last.npz's scores at the top level (the keys older readers know), best.npz's
+    under ``best``."""
+    record: dict[str, Any] = {"loss": last.loss, "accuracy": last.accuracy, "n": n, "checkpoint": last.checkpoint,
+                              "epoch": last.epoch}
+    if best is not None:
+        record["best"] = {"checkpoint": best.checkpoint, "epoch": best.epoch, "loss": best.loss,
+                          "accuracy": best.accuracy}
+    return json.dumps(record) + "\n"
+
+
+def test_scores(test: dict[str, Any] | None) -> tuple[TestScore, ...]:
+    """The scores a ``test.json`` record holds: last.npz's, then best.npz's when it says."""
+    if not test or not isinstance(test.get("accuracy"), (int, float)):
+        return ()
+    scores = [TestScore(str(test.get("checkpoint", LAST)), _int_or_none(test.get("epoch")),
+                        float(test.get("loss", math.nan)), float(test["accuracy"]))]
+    best = test.get("best")
+    if isinstance(best, dict) and isinstance(best.get("accuracy"), (int, float)):
+        scores.append(TestScore(str(best.get("checkpoint", BEST)), _int_or_none(best.get("epoch")),
+                                float(best.get("loss", math.nan)), float(best["accuracy"])))
+    return tuple(scores)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def listing(folder: Path) -> list[str]:
+    """The files in a run folder now: the known ones in :data:`FILES` order, then any others by name
+    (temporary ``.*.part`` files of a write under way are not listed)."""
+    try:
+        names = [p.name for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".")]
+    except OSError:
+        return []
+    return [f for f in FILES if f in names] + sorted(n for n in names if n not in FILES)
 
 
 def new_folder(name: str, parent: Path = Path("runs")) -> Path:

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 import yaml
 
-from cnncli import __version__, checkpoint, data, inputs, runs
+from cnncli import __version__, checkpoint, data, inputs, recipe, runs
 from cnncli.atomic import write_text_atomic
 from cnncli.data import DownloadEvent
 from cnncli.data.source import Source, open_source
@@ -41,6 +41,7 @@ from cnncli.gradflow import GradientFlow
 from cnncli.model import spec
 from cnncli.model.graph import build
 from cnncli.schedule import Plan, learning_rate
+from cnncli.words import count, plural
 
 #: Images per forward pass when scoring the validation and test sets (no gradients kept).
 EVAL_BATCH = 1000
@@ -111,6 +112,7 @@ class RunStart:
     inputs: inputs.InputPlan | None = None  # how the dataset's images become the model's input
     notes: tuple[str, ...] = ()               # about the data (an image folder's split, skipped files)
     engine: str = ""                          # what runs the passes, when not cnncli's own engine
+    advice: tuple[recipe.Advice, ...] = ()    # where the recipe does not fit the data (cnncli.recipe)
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,8 @@ class RunResult:
 
     config: RunConfig
     run_dir: Path
-    status: str               # "completed", "interrupted" (checkpoint saved) or "aborted"
+    status: str               # "completed", "finished" (had trained every epoch before), "interrupted"
+                              # (checkpoint saved), "stopped" (a worker lost; checkpoint saved) or "aborted"
     epochs_done: int
     history: list[EpochRecord]
     best_epoch: int | None
@@ -163,12 +166,14 @@ class RunResult:
     dataset_title: str = ""   # what the images were (a registered dataset's title, or an image folder)
     reason: str | None = None  # why a run "stopped" (a data-parallel worker process was lost)
     lead: bool = True         # False in a data-parallel worker, which neither scores nor writes
+    test_scores: tuple[runs.TestScore, ...] = ()  # the test set under last.npz, then best.npz (test.json)
+    files: tuple[str, ...] = ()                   # what the run folder holds at the end (runs.listing)
 
     @property
     def exit_code(self) -> int:
-        """0 when completed; 128 + signal number when stopped by a signal, as shells report it; 1 when a
-        worker process was lost."""
-        if self.status == "completed":
+        """0 when completed (or finished before); 128 + signal number when stopped by a signal, as shells
+        report it; 1 when a worker process was lost."""
+        if self.status in ("completed", "finished"):
             return 0
         if self.status == "stopped":
             return 1
@@ -271,7 +276,7 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
         raise UsageError(f"--nproc {config.nproc} runs data-parallel processes of the torch engine: add "
                          "--engine torch (the Numba engine already uses every core of one machine)")
     if config.nproc > config.batch_size:
-        raise UsageError(f"--nproc {config.nproc} is more than the batch of {config.batch_size} images: each "
+        raise UsageError(f"--nproc {config.nproc} is more than the batch of {count(config.batch_size, 'image')}: each "
                          "process needs at least one")
     config.device = _check_device(device or "cpu", config.engine, config.nproc)
     return config
@@ -364,7 +369,7 @@ def _configure_resume(model: str, model_spec: spec.ModelSpec, given: dict[str, A
         value = _check_setting(key, value, _flag(key))
         if key == "epochs":
             if value < ckpt.epoch:
-                raise UsageError(f"--epochs {value} is fewer than the {ckpt.epoch} epochs {resume} "
+                raise UsageError(f"--epochs {value} is fewer than the {count(ckpt.epoch, 'epoch')} {resume} "
                                  "has already trained")
             settings[key] = value
         elif value != settings[key]:
@@ -389,6 +394,12 @@ def _configure_resume(model: str, model_spec: spec.ModelSpec, given: dict[str, A
     return RunConfig(model=model, name=model_spec.name, **settings, limit=saved_limit, dtype=dtype,
                      out=out, data_dir=data_dir, resume=resume, spec=model_spec,
                      engine=saved_engine if saved_engine in ENGINES else "numba")
+
+
+def validation_count(n: int, val_size: int) -> int:
+    """How many of ``n`` training images are held out for validation: ``val_size``, but at most
+    :data:`MAX_VAL_SHARE` of them (so that ``--limit`` keeps most images for training)."""
+    return min(val_size, int(n * MAX_VAL_SHARE))
 
 
 # --------------------------------------------------------------------------- signals
@@ -501,12 +512,11 @@ class _Run:
         test_images, test_labels = info.load("test", cfg.data_dir, progress=self.reporter.download)
         if cfg.limit is not None:
             if cfg.limit > len(images):
-                raise UsageError(f"--limit {cfg.limit} is more than the {len(images)} training images "
-                                 f"of {info.title}")
+                raise UsageError(f"--limit {cfg.limit} is more than the {len(images)} "
+                                 f"{plural(len(images), 'training image')} of {info.title}")
             images, labels = images[:cfg.limit], labels[:cfg.limit]
         n = len(images)
-        val_count = min(cfg.val_size, int(n * MAX_VAL_SHARE))
-        train_idx, val_idx = data.train_val_split(n, val_count, cfg.seed)
+        train_idx, val_idx = data.train_val_split(n, validation_count(n, cfg.val_size), cfg.seed)
         # Images stay uint8, where they are (a memory map for a big folder), until a batch is made.
         self.x_train, self.y_train = _Rows(images, train_idx), labels[train_idx]
         self.x_val, self.y_val = _Rows(images, val_idx), labels[val_idx]
@@ -517,7 +527,8 @@ class _Run:
         self.opt = optim.make(cfg.optimizer, self.net.trainable(), cfg.lr, momentum=cfg.momentum,
                               nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
         self.flow = GradientFlow.of(self.net)
-        self.steps_per_epoch = math.ceil(len(self.x_train) / cfg.batch_size)
+        self.steps_per_epoch = recipe.steps_per_epoch(len(self.x_train), cfg.batch_size)
+        self.advice = tuple(recipe.check(len(self.x_train), cfg.batch_size, recipe.uses_batchnorm(self.graph)))
         self.plan = Plan(cfg.lr, cfg.epochs, self.steps_per_epoch, cfg.warmup_epochs,
                          cfg.step_epochs, cfg.step_gamma)
         if cfg.resume is not None:
@@ -541,7 +552,7 @@ class _Run:
             raise CheckpointError(f"{ckpt.path}: its training state is incomplete ({e})") from None
         if self.step != self.epoch * self.steps_per_epoch + self.batch:
             raise CheckpointError(f"{ckpt.path} is at step {self.step}, which does not match epoch "
-                                  f"{self.epoch} and batch {self.batch} of {self.steps_per_epoch} steps: "
+                                  f"{self.epoch} and batch {self.batch} of {count(self.steps_per_epoch, 'step')}: "
                                   "was the data or batch size different?")
 
     # -- checkpoints --
@@ -588,7 +599,7 @@ class _Run:
         self.reporter.start(RunStart(cfg, len(self.x_train), len(self.x_val), len(self.test_images),
                                      self.graph.total_params, self.steps_per_epoch, self.epoch,
                                      self.batch, cfg.out, self.inputs, self.data_source.notes,
-                                     getattr(self.net, "description", "")))
+                                     getattr(self.net, "description", ""), self.advice))
         bs = cfg.batch_size
         n = len(self.x_train)
         augmentation = self.inputs.augmentation
@@ -693,16 +704,30 @@ class _Run:
         return self.result("stopped", checkpoint=path, reason=reason)
 
     def complete(self) -> RunResult:
+        """Score the test set under last.npz (the weights now) and best.npz, and write test.json."""
         if not self.lead:
             return self.result("completed")
-        test_loss, test_acc = self.score(self.test_images, self.test_labels)
+        last = runs.TestScore(runs.LAST, self.epoch, *self.score(self.test_images, self.test_labels))
+        # best.npz holds last.npz's weights when the last epoch was the best: no second pass.
+        best = (runs.TestScore(runs.BEST, last.epoch, last.loss, last.accuracy) if self.best_epoch == self.epoch
+                else self.score_best())
+        scores = (last,) if best is None else (last, best)
         try:
-            write_text_atomic(self.cfg.out / runs.TEST,
-                               f'{{"loss": {test_loss!r}, "accuracy": {test_acc!r}, "n": {len(self.test_images)}}}\n')
+            write_text_atomic(self.cfg.out / runs.TEST, runs.test_json(len(self.test_images), last, best))
         except OSError as e:
             raise TrainingStopped(f"cannot write {self.cfg.out / runs.TEST}: {e.strerror or e}") from None
-        return self.result("completed", test_loss=test_loss, test_acc=test_acc, n_test=len(self.test_images),
-                           checkpoint=self.cfg.out / "last.npz")
+        return self.result("completed", test_loss=last.loss, test_acc=last.accuracy, n_test=len(self.test_images),
+                           checkpoint=self.cfg.out / runs.LAST, test_scores=scores)
+
+    def score_best(self) -> runs.TestScore | None:
+        """The test set under this run folder's best.npz (loaded into the network: training is over); None
+        when the folder has none (a run resumed into a new folder that has not improved there)."""
+        path = self.cfg.out / runs.BEST
+        if not path.is_file():
+            return None
+        best = checkpoint.load(path)
+        self.net.load_state_dict(best.weights(), source=str(path))
+        return runs.TestScore(runs.BEST, best.epoch, *self.score(self.test_images, self.test_labels))
 
     def result(self, status: str, **extra: Any) -> RunResult:
         best_val = None
@@ -713,7 +738,33 @@ class _Run:
                          signal_name=self.interrupts.signal_name, batch=self.batch,
                          steps_per_epoch=getattr(self, "steps_per_epoch", 0),
                          dataset_title=self.data_source.title if hasattr(self, "data_source") else "",
-                         lead=self.lead, **extra)
+                         lead=self.lead, files=tuple(runs.listing(self.cfg.out)) if self.lead else (), **extra)
+
+
+def finished(config: RunConfig) -> RunResult | None:
+    """The record of a resumed run that has nothing left to do: its checkpoint has trained every epoch
+    ``config`` asks for and its folder holds the test scores. None for any other run."""
+    if config.resume is None:
+        return None
+    ckpt = checkpoint.load(config.resume)
+    folder = Path(config.resume).parent
+    if ckpt.epoch < config.epochs or ckpt.meta.get("batch", 0) or not (folder / runs.TEST).is_file():
+        return None
+    record = runs.load(folder)
+    test = record.test or {}
+    scores = runs.test_scores(test)
+    source = record.config.get("source")
+    try:
+        history = [EpochRecord(**r) for r in ckpt.meta["history"]]
+        best_epoch = ckpt.meta["best_epoch"]
+        best_val = history[best_epoch - 1].val_acc if best_epoch else None
+    except (KeyError, TypeError, IndexError) as e:
+        raise CheckpointError(f"{ckpt.path}: its training state is incomplete ({e})") from None
+    return RunResult(config, folder, "finished", ckpt.epoch, history, best_epoch, best_val,
+                     test_loss=scores[0].loss if scores else None, test_acc=scores[0].accuracy if scores else None,
+                     n_test=int(test.get("n", 0)), checkpoint=Path(config.resume), test_scores=scores,
+                     files=tuple(runs.listing(folder)),
+                     dataset_title=str(source.get("title", "")) if isinstance(source, dict) else "")
 
 
 def train(config: RunConfig, reporter: Reporter | None = None, group=None) -> RunResult:
@@ -725,7 +776,13 @@ def train(config: RunConfig, reporter: Reporter | None = None, group=None) -> Ru
     A non-finite loss raises :class:`TrainingStopped`. With ``nproc`` > 1 the
     torch engine's processes are started here (or joined, under ``torchrun``);
     a lost process ends the run with status ``stopped`` and a checkpoint.
+    A resumed run that had already finished returns at once (status ``finished``) and writes nothing.
     """
+    done = finished(config)
+    if done is not None:
+        if reporter is not None:
+            reporter.close()
+        return done
     if group is None and config.engine == "torch":
         from cnncli.exchange import torch_distributed
 

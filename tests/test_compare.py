@@ -154,6 +154,19 @@ def test_the_recipe_flags_reach_every_run_and_the_experiments_record(models, tmp
     assert all(len(runs.load(tmp_path / "exp" / name).metrics) == 2 for name in ("narrow", "wide"))
 
 
+def test_a_recipe_that_does_not_fit_the_data_is_warned_in_every_runs_header(models, tmp_path, capsys):
+    args = ["compare", *models, "--epochs", "1", "--limit", "300", "--batch-size", "128", "--out", str(tmp_path / "e")]
+    code, out, err = run_main(args, capsys)
+    assert code == 0, err
+    # 270 training images (30 held out) in batches of 128: 3 steps per epoch, in either model's run
+    warning = ("warning: 270 training images in batches of 128 are 3 steps per epoch: fewer than 4 and each epoch "
+               "of the recipe is a handful of updates; --batch-size 64 gives 5 steps per epoch")
+    lines = out.splitlines()
+    at = [i for i, line in enumerate(lines) if line == warning]
+    firsts = [i for i, line in enumerate(lines) if line.startswith("epoch 1/1")]
+    assert len(at) == 2 and at[0] < firsts[0] < at[1] < firsts[1], out
+
+
 def test_compare_takes_every_recipe_flag_train_takes():
     import typer.main
 

@@ -11,6 +11,7 @@ import dataclasses
 import gzip
 import hashlib
 import http.server
+import io
 import os
 import subprocess
 import sys
@@ -703,3 +704,36 @@ def test_commands_that_load_data_show_their_downloads(argv, server, fake_mnist, 
     # Not a terminal: a plain line per download event, before the command's own output.
     assert f"downloading {TEST_IMAGES}.gz from {server.url}/good/{TEST_IMAGES}.gz" in out
     assert f"downloaded {TEST_LABELS}.gz" in out
+
+
+def test_a_mirror_that_fails_when_every_mirror_fails_is_printed_once(tmp_path, capsys):
+    # The autouse fixture's mirror refuses connections: the error lists it, and nothing else prints it again.
+    from cnncli import cli
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit) as done:
+        cli.main(["backprop-trace", "lenet5", "--sample", "3", "--data-dir", str(empty)])
+    assert done.value.code == 2
+    out, err = capsys.readouterr()
+    url = f"http://127.0.0.1:9/{TEST_IMAGES}.gz"
+    assert f"{url}: cannot connect" in err
+    assert (out + err).count(url) == 1, out + err
+
+
+@pytest.mark.parametrize("terminal", [False, True], ids=["plain", "terminal"])
+def test_a_mirror_that_failed_before_another_delivered_is_printed_once(terminal):
+    from rich.console import Console
+
+    from cnncli.render.downloads import Downloads
+
+    buf = io.StringIO()
+    bad, good = "http://bad.invalid/t.gz", "http://good.invalid/t.gz"
+    with Downloads(Console(file=buf, force_terminal=terminal, width=150)) as shown:
+        # refused before any answer (no "start"), then the next mirror delivers
+        for event in (data.DownloadEvent("failed", "t.gz", bad, 0, None, "cannot connect: refused"),
+                      data.DownloadEvent("start", "t.gz", good, 0, 10),
+                      data.DownloadEvent("progress", "t.gz", good, 10, 10),
+                      data.DownloadEvent("done", "t.gz", good, 10, 10)):
+            shown(event)
+    assert buf.getvalue().count(f"{bad} failed: cannot connect: refused") == 1, buf.getvalue()

@@ -678,3 +678,124 @@ def test_terminal_reporter_counts_a_folder_decode_in_files():
                                 "train images", "/pictures", done, 1500, unit="files"))
     text = buf.getvalue()
     assert "decoding train images" in text and "1,500/1,500 files" in text and "MB" not in text
+
+
+# --------------------------------------------------------------------------- the end of a run, at the CLI
+
+def cli_run(argv: list[str], capsys) -> tuple[int, str]:
+    """The real entry point in-process: (exit code, stdout)."""
+    try:
+        cli.main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err, err
+    return code, out
+
+
+@pytest.fixture(scope="module")
+def tied(tmp_path_factory) -> Path:
+    """TINY with 3 images held out: on 300 images both epochs validate at 3/3 (seed 0), so best.npz stays at
+    epoch 1 while last.npz goes on to epoch 2."""
+    path = tmp_path_factory.mktemp("model") / "tied.yaml"
+    path.write_text(TINY.replace("val_size: 100", "val_size: 3"))
+    return path
+
+
+def test_train_reports_the_test_accuracy_of_each_checkpoint_as_eval_computes_it(tied, tmp_path, capsys):
+    from cnncli import evaluation
+
+    out = tmp_path / "run"
+    code, text = cli_run(["train", str(tied), "--limit", "300", "--out", str(out)], capsys)
+    assert code == 0
+    assert checkpoint.load(out / "best.npz").epoch == 1 and checkpoint.load(out / "last.npz").epoch == 2
+    best = evaluation.evaluate(str(tied), out / "best.npz", worst=0)
+    last = evaluation.evaluate(str(tied), out / "last.npz", worst=0)
+    line = next(line for line in text.splitlines() if line.startswith("Test accuracy"))
+    assert line.startswith(f"Test accuracy {100 * best.accuracy:.2f} % (best.npz, epoch 1; loss {best.loss:.4f}) · "
+                           f"{100 * last.accuracy:.2f} % (last.npz, epoch 2; loss {last.loss:.4f})"), line
+    record = json.loads((out / "test.json").read_text())
+    # The keys older readers know stay last.npz's; best.npz's are under "best".
+    assert (record["checkpoint"], record["epoch"], record["n"]) == ("last.npz", 2, 10000)
+    assert record["accuracy"] == pytest.approx(last.accuracy) and record["loss"] == pytest.approx(last.loss)
+    assert (record["best"]["checkpoint"], record["best"]["epoch"]) == ("best.npz", 1)
+    assert record["best"]["accuracy"] == pytest.approx(best.accuracy)
+    assert record["best"]["loss"] == pytest.approx(best.loss)
+    assert runs.load(out).test["accuracy"] == record["accuracy"]
+    # eval names the checkpoint's epoch too, in its header and its JSON
+    code, text = cli_run(["eval", str(tied), "--checkpoint", str(out / "best.npz"), "--worst", "0"], capsys)
+    assert code == 0 and f"{out / 'best.npz'} (epoch 1) · MNIST test (10,000 images)" in text
+    assert f"accuracy {100 * best.accuracy:.2f} %" in text
+    code, text = cli_run(["eval", str(tied), "--checkpoint", str(out / "last.npz"), "--format", "json"], capsys)
+    assert code == 0 and json.loads(text)["epoch"] == 2
+
+
+def test_one_test_accuracy_when_the_best_epoch_is_the_last(reference):
+    from cnncli.render import training as render
+
+    assert reference.best_epoch == 2
+    buf = io.StringIO()
+    render.show_result(reference, Console(file=buf, force_terminal=False, width=200))
+    lines = [line for line in buf.getvalue().splitlines() if line.startswith("Test accuracy")]
+    assert lines == [f"Test accuracy {100 * reference.test_acc:.2f} % (best.npz and last.npz, epoch 2; loss "
+                     f"{reference.test_loss:.4f}) on 10,000 MNIST test images"]
+    record = json.loads((reference.run_dir / "test.json").read_text())
+    assert record["best"] == {"checkpoint": "best.npz", "epoch": 2, "loss": record["loss"],
+                              "accuracy": record["accuracy"]}
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tiny, tmp_path_factory) -> tuple[Path, str]:
+    """`cnncli train tiny --epochs 1 --limit 300`: its run folder and what it printed."""
+    out = tmp_path_factory.mktemp("one-epoch") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "stdout", io.StringIO())
+        try:
+            cli.main(["train", tiny, "--epochs", "1", "--limit", "300", "--out", str(out)])
+        except SystemExit as e:
+            assert not e.code
+        text = sys.stdout.getvalue()
+    return out, text
+
+
+def test_counts_agree_with_their_nouns_and_the_last_line_lists_the_folder(one_epoch):
+    out, text = one_epoch
+    lines = text.splitlines()
+    assert ", batch 50, 1 epoch, seed 0" in lines[1]
+    assert "1 epochs" not in text
+    assert any(line.startswith("1 epoch in ") for line in lines)
+    on_disk = sorted(p.name for p in out.iterdir())
+    assert "test.json" in on_disk
+    assert lines[-1] == f"run folder {out}: " + ", ".join(runs.listing(out))
+    assert sorted(runs.listing(out)) == on_disk
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(tiny, one_epoch, capsys):
+    out, _ = one_epoch
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+    for more in ([], ["--epochs", "1"]):
+        code, text = cli_run(["train", tiny, "--resume", str(out / "last.npz"), *more], capsys)
+        assert code == 0
+        assert f"{out} has trained all its 1 epoch already" in text
+        assert f"cnncli train {tiny} --resume {out / 'last.npz'} --epochs N (N more than 1)" in text
+        assert "epoch 1/1" not in text and "Training tiny" not in text
+        assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == before
+    # the same run told to train longer goes on
+    assert training.finished(training.configure(tiny, {"epochs": 2}, resume=out / "last.npz")) is None
+
+
+# --------------------------------------------------------------------------- a recipe that does not fit the data
+
+def test_a_batch_norm_model_on_a_few_hundred_images_is_warned_before_the_first_epoch(tmp_path, capsys):
+    model = tmp_path / "tiny-bn.yaml"
+    model.write_text(TINY.replace("  - relu\n", "  - batchnorm\n  - relu\n", 1))
+    code, text = cli_run(["train", str(model), "--limit", "216", "--batch-size", "128", "--epochs", "1",
+                          "--out", str(tmp_path / "run")], capsys)
+    assert code == 0
+    lines = text.splitlines()
+    warning = next(i for i, line in enumerate(lines) if line.startswith("warning:"))
+    assert warning < next(i for i, line in enumerate(lines) if line.startswith("epoch 1/1"))
+    assert lines[warning].startswith("warning: 195 training images in batches of 128 are 2 steps per epoch: "
+                                     "with batch norm, fewer than 10 steps per epoch")
+    assert lines[warning].endswith("; --batch-size 16 gives 13 steps per epoch")

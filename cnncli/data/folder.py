@@ -94,6 +94,7 @@ import numpy as np
 
 from cnncli.atomic import sync_dir, write_text_atomic
 from cnncli.errors import UsageError
+from cnncli.words import count, plural
 
 from .places import cache_dir
 from .registry import DataWarning
@@ -163,7 +164,7 @@ class FolderDataset:
     def summary(self) -> str:
         """One line for a run's header: the folder, its classes and images."""
         n = len(self.files)
-        text = f"{self.root}: {len(self.classes)} classes, {n} image{'s' if n != 1 else ''}"
+        text = f"{self.root}: {count(len(self.classes), 'class')}, {count(n, 'image')}"
         if self.has_test_folder:
             tests = sum(1 for f in self.files if f.name.startswith("test/"))
             text += f" ({n - tests} in train/, {tests} in test/)"
@@ -259,10 +260,10 @@ class _Tally:
         n_other = sum(self.other.values())
         if n_other:
             kinds = ", ".join(f"{n} {suffix or 'without suffix'}" for suffix, n in sorted(self.other.items()))
-            notes.append(f"{n_other} file{_s(n_other)} in class folders {_are(n_other)} not PNG or JPEG and "
+            notes.append(f"{n_other} {plural(n_other, 'file')} in class folders {_are(n_other)} not PNG or JPEG and "
                          f"{_were(n_other)} ignored ({kinds})")
         if self.nested:
-            notes.append(f"{len(self.nested)} folder{_s(len(self.nested))} inside class folders "
+            notes.append(f"{len(self.nested)} {plural(len(self.nested), 'folder')} inside class folders "
                          f"{_were(len(self.nested))} not read (images must be directly in their class folder): "
                          f"{_names(self.nested)}")
         if self.stray:
@@ -274,7 +275,7 @@ class _Tally:
         n_other = sum(self.other.values())
         if not n_other:
             return ""
-        return f" ({n_other} other file{_s(n_other)} found; only {', '.join(IMAGE_SUFFIXES)} files are read)"
+        return f" ({n_other} other {plural(n_other, 'file')} found; only {', '.join(IMAGE_SUFFIXES)} files are read)"
 
 
 def _visible(folder: Path) -> list[os.DirEntry]:
@@ -557,8 +558,8 @@ def _check_every_class_left(dataset: FolderDataset, files: Sequence[ImageFile],
     label_of = {f.name: f.label for f in files}
     out = {s["file"] for s in skipped}
     have = dataset.per_class(f for f in files if f.name not in out)
-    for label, count in enumerate(have):
-        if count == 0:
+    for label, left in enumerate(have):
+        if left == 0:
             lost = [s for s in skipped if label_of[s["file"]] == label]
             raise UsageError(f"no image of class {dataset.classes[label]!r} in {dataset.root} could be read: "
                              + _listing(lost))
@@ -605,7 +606,8 @@ def load(
     images, skipped = cached
     if skipped:
         warnings.warn(
-            f"{len(skipped)} of {len(files)} {split} images in {dataset.root} could not be read and are left out: "
+            f"{len(skipped)} of {count(len(files), f'{split} image')} in {dataset.root} could not be read and "
+            f"{_are(len(skipped))} left out: "
             + _listing(skipped) + ". Fix or delete them; the folder is decoded again when it changes.",
             DataWarning, stacklevel=2)
     out = {s["file"] for s in skipped}
@@ -687,10 +689,6 @@ def _percent(share: float) -> str:
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
-
-
-def _s(n: int) -> str:
-    return "" if n == 1 else "s"
 
 
 def _are(n: int) -> str:

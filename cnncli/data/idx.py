@@ -19,6 +19,7 @@ from typing import Literal
 import numpy as np
 
 from cnncli.errors import DataError
+from cnncli.words import count
 
 from . import decoded
 from .fetch import AllMirrorsFailed, MirrorFailed, ProgressCallback, fetch
@@ -87,7 +88,7 @@ def parse_idx(
     header = 4 + 4 * len(dims)
     want = header + int(np.prod(dims, dtype=np.int64))
     if len(data) < want:
-        what = f"{dims[0]} images of {dims[1]}x{dims[2]}" if kind == "images" else f"{dims[0]} labels"
+        what = f"{count(dims[0], 'image')} of {dims[1]}x{dims[2]}" if kind == "images" else count(dims[0], "label")
         raise DataError(
             f"{source}: truncated: its header declares {what}, {want} bytes in all, but it "
             f"holds only {len(data)} bytes ({want - len(data)} missing). The download or copy "
@@ -162,8 +163,8 @@ def _check_pair(
         )
     if images.shape[0] != labels.shape[0]:
         raise DataError(
-            f"{images_path} holds {images.shape[0]} images but {labels_path} holds "
-            f"{labels.shape[0]} labels; they must agree. One of them is from another dataset "
+            f"{images_path} holds {count(images.shape[0], 'image')} but {labels_path} holds "
+            f"{count(labels.shape[0], 'label')}; they must agree. One of them is from another dataset "
             "or split; replace it with the matching official file."
         )
 

@@ -38,6 +38,7 @@ from cnncli.errors import UnknownModel, UsageError
 from cnncli.model import graph as graph_mod
 from cnncli.model import spec
 from cnncli.model.kinds import fmt_shape
+from cnncli.words import count
 
 # Index letters of successive layers' units, as the slides name them (i → j → k → l).
 INDEX_LETTERS = "ijklmnpqrstuvw"
@@ -514,7 +515,7 @@ def _sample(model_spec: spec.ModelSpec, saved: checkpoint.Checkpoint | None, ind
     images, labels = source.load("test", data_dir, progress=progress)
     if not 0 <= index < len(images):
         raise UsageError(f"--sample {index} is out of range: the {dataset} test set has "
-                         f"{len(images)} images (0..{len(images) - 1})")
+                         f"{count(len(images), 'image')} (0..{len(images) - 1})")
     x = plan.batch(images[index:index + 1], np.float64, source.normalise)
     adapted = "" if plan.identity else f", {plan.describe()}"
     return x, int(labels[index]), f"{dataset} test image {index} (label {int(labels[index])}{adapted})"

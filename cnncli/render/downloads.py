@@ -4,6 +4,11 @@
 takes; ``train``, ``eval`` and ``backprop-trace --sample`` all pass one, so a
 first run on a new machine shows what it fetches, from where, and how fast.
 An image folder decoded into the cache is shown the same way, counted in files.
+
+A mirror that fails is shown once: when another mirror then delivers the file,
+its failure is printed as the file is done; when none does, the error that
+ends the command lists every mirror and why it failed, and nothing is printed
+here.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from rich.progress import (
 from rich.text import Text
 
 from cnncli.data import DownloadEvent
+from cnncli.words import count
 
 
 class _Amount(ProgressColumn):
@@ -36,7 +42,8 @@ class _Amount(ProgressColumn):
         if task.fields.get("unit") == "files":
             rate = f" {task.speed:,.0f} files/s" if task.speed else ""
             total = "?" if task.total is None else f"{int(task.total):,}"
-            return Text(f"{int(task.completed):,}/{total} files{rate}", style="progress.download")
+            files = "file" if task.total == 1 else "files"
+            return Text(f"{int(task.completed):,}/{total} {files}{rate}", style="progress.download")
         return Text.assemble(self.size.render(task), " ", self.speed.render(task))
 
 
@@ -49,12 +56,19 @@ class Downloads:
         self.live = console.is_terminal
         self.progress: Progress | None = None
         self.tasks: dict[str, TaskID] = {}
+        self.failed: dict[str, list[DownloadEvent]] = {}  # by file: mirrors that failed, shown once it is done
 
     def __call__(self, event: DownloadEvent) -> None:
         files = event.unit == "files"
+        if event.status == "failed":
+            self.failed.setdefault(event.filename, []).append(event)
+            return
+        if event.status == "done":
+            for failure in self.failed.pop(event.filename, []):
+                self._print_failure(failure)
         if not self.live:
             if event.status == "start" and files:
-                self.console.print(f"decoding the {event.filename} of {event.url} ({event.total:,} files) "
+                self.console.print(f"decoding the {event.filename} of {event.url} ({count(event.total, 'file')}) "
                                    "into the cache", markup=False, soft_wrap=True)
             elif event.status == "start":
                 size = f" ({event.total / 1e6:.1f} MB)" if event.total else ""
@@ -63,8 +77,6 @@ class Downloads:
             elif event.status == "done":
                 self.console.print(f"{'decoded' if files else 'downloaded'} {event.filename}", markup=False,
                                    soft_wrap=True)
-            elif event.status == "failed":
-                self.console.print(f"{event.url} failed: {event.message}", markup=False, soft_wrap=True)
             return
         if self.progress is None:
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), _Amount(),
@@ -85,8 +97,11 @@ class Downloads:
         elif event.status == "done":
             self.progress.update(task, description=f"[green]✓[/] {event.filename}",
                                  completed=event.total or event.done)
-        elif event.status == "failed":
-            self.progress.console.print(f"[yellow]{event.url}: {event.message}[/]", highlight=False)
+
+    def _print_failure(self, event: DownloadEvent) -> None:
+        console = self.progress.console if self.progress is not None else self.console
+        console.print(f"{event.url} failed: {event.message}", style="yellow" if self.live else None, markup=False,
+                      highlight=False, soft_wrap=True)
 
     def close(self) -> None:
         if self.progress is not None:

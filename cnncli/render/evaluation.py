@@ -12,12 +12,14 @@ import numpy as np
 from rich import box
 from rich.columns import Columns
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from cnncli.evaluation import EvalResult, Mistake
 from cnncli.render import colour_on
 from cnncli.render.pictures import picture
+from cnncli.words import count
 
 
 def as_dict(result: EvalResult) -> dict[str, Any]:
@@ -34,6 +36,8 @@ def as_dict(result: EvalResult) -> dict[str, Any]:
         "split": result.split,
         "model": result.model,
         "checkpoint": str(result.checkpoint),
+        "epoch": result.epoch,
+        "step": result.step,
     }
 
 
@@ -106,14 +110,21 @@ def _mistake(m: Mistake, names: list[str], colour: bool) -> Group:
     return Group(caption, picture(m.pixels, colour, crop=True))
 
 
+def _trained(result: EvalResult) -> str:
+    """Where training stood when the checkpoint was written: what `cnncli train` calls it."""
+    if result.epoch is None:
+        return ""
+    return f" (epoch {result.epoch + 1}, step {result.step})" if result.step else f" (epoch {result.epoch})"
+
+
 def show(result: EvalResult, fmt: str, console: Console) -> None:
     """Print an evaluation as tables and pictures (``table``) or as one JSON object (``json``)."""
     if fmt == "json":
         console.print(_dumps(as_dict(result)), markup=False, highlight=False, soft_wrap=True)
         return
     title = result.dataset_title or result.dataset
-    console.print(f"[bold]{result.model}[/] · {result.checkpoint} · {title} {result.split} "
-                  f"({result.n:,} images)", highlight=False, soft_wrap=True)
+    console.print(f"[bold]{result.model}[/] · {escape(str(result.checkpoint))}{_trained(result)} · "
+                  f"{escape(title)} {result.split} ({count(result.n, 'image')})", highlight=False, soft_wrap=True)
     console.print(f"accuracy [bold]{100 * result.accuracy:.2f} %[/] ({result.n - int(np.trace(result.confusion)):,} "
                   f"wrong) · top-{result.top_k} {100 * result.top_k_accuracy:.2f} % · loss {result.loss:.4f}",
                   highlight=False, soft_wrap=True)
@@ -129,7 +140,8 @@ def show(result: EvalResult, fmt: str, console: Console) -> None:
         console.print()
         console.print("[bold]Most confused[/] (true → predicted):", highlight=False)
         for p in result.confused_pairs:
-            console.print(f"  {result.class_names[p.true]} → {result.class_names[p.predicted]}: {p.count:,} images",
+            pair = f"{result.class_names[p.true]} → {result.class_names[p.predicted]}"
+            console.print(f"  {pair}: {count(p.count, 'image')}",
                           markup=False, highlight=False, soft_wrap=True)
     if result.worst:
         console.print()

@@ -11,6 +11,7 @@ from rich.console import Console
 from cnncli.plot import Curves, GradientMap
 from cnncli.render import colour_on
 from cnncli.render.charts import Series, heat_map, line_chart
+from cnncli.words import plural
 
 CHART_ROWS = 10      # rows of braille per chart (40 dots high)
 MAX_WIDTH = 120      # charts wider than this are harder to read, not clearer
@@ -37,10 +38,11 @@ def series(curves: Curves, keys: tuple[str, ...], value: Callable[[float], float
 def _state(run) -> str:
     done = len(run.epochs)
     planned = f" of {run.epochs_planned}" if run.epochs_planned else ""
+    epochs = plural(run.epochs_planned or done, "epoch")
     if run.complete:
         test = f", test accuracy {100 * run.test_acc:.2f} %" if run.test_acc is not None else ""
-        return f"{done}{planned} epochs, complete{test}"
-    return f"{done}{planned} epochs so far (training, or stopped: resume with --resume {run.folder}/last.npz)"
+        return f"{done}{planned} {epochs}, complete{test}"
+    return f"{done}{planned} {epochs} so far (training, or stopped: resume with --resume {run.folder}/last.npz)"
 
 
 def save(figure, out: Path | None, console: Console, fmt: str) -> str | None:

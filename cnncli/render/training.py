@@ -11,12 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
 
+from cnncli import recipe, runs
 from cnncli.data import DownloadEvent
 from cnncli.render.downloads import Downloads
 from cnncli.training import EpochRecord, RunResult, RunStart, StepProgress
+from cnncli.words import count
 
 _COLUMNS = (("epoch", 7), ("train loss", 10), ("train acc", 9), ("val loss", 9), ("val acc", 8),
             ("lr", 9), ("img/s", 7), ("time", 7))
@@ -39,6 +42,24 @@ def _duration(seconds: float) -> str:
         return f"{m}m{s:02d}s"
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m"
+
+
+def advice(a: recipe.Advice) -> str:
+    """One line on a recipe that does not fit its data (:func:`cnncli.recipe.check`) and what to change."""
+    if a.problem == recipe.SMALL_BATCH:
+        text = (f"batches of {count(a.batch_size, 'image')} are too few for batch norm's statistics (fewer "
+                f"than {a.wanted}): training normalises by a noisy batch, validation and test by running averages")
+    else:
+        why = (f"with batch norm, fewer than {a.wanted} steps per epoch leave its running statistics (what "
+               "validation and test use) behind the weights, and their scores can collapse"
+               if a.batchnorm else
+               f"fewer than {a.wanted} and each epoch of the recipe is a handful of updates")
+        text = (f"{count(a.n_train, 'training image')} in batches of {a.batch_size} are "
+                f"{count(a.steps_per_epoch, 'step')} per epoch: {why}")
+    if a.better_batch is not None:
+        return f"{text}; --batch-size {a.better_batch} gives {count(a.better_steps, 'step')} per epoch"
+    return f"{text}; no batch size fits {count(a.n_train, 'image')}: train on more images" + (
+        ", or a model without batch norm" if a.batchnorm else "")
 
 
 def _row(r: EpochRecord, epochs: int) -> list[str]:
@@ -86,11 +107,11 @@ class Reporter:
             opt += f" momentum {c.momentum:g}" + (" nesterov" if c.nesterov else "")
         if c.weight_decay:
             opt += f" weight decay {c.weight_decay:g}"
-        sched = c.schedule + (f" after {c.warmup_epochs:g} warm-up epochs" if c.warmup_epochs else "")
+        sched = c.schedule + (f" after {count(c.warmup_epochs, 'warm-up epoch')}" if c.warmup_epochs else "")
         lines = [
             f"Training {c.name} on {title}: {run.n_train:,} training, {run.n_val:,} validation, "
-            f"{run.n_test:,} test images; {run.params:,} parameters ({c.dtype})",
-            f"{opt}, {sched} schedule, batch {c.batch_size}, {c.epochs} epochs, seed {c.seed}"
+            f"{count(run.n_test, 'test image')}; {count(run.params, 'parameter')} ({c.dtype})",
+            f"{opt}, {sched} schedule, batch {c.batch_size}, {count(c.epochs, 'epoch')}, seed {c.seed}"
             f" → {run.run_dir}",
         ]
         lines += [f"data: {note}" for note in run.notes]
@@ -104,6 +125,9 @@ class Reporter:
             lines.append(f"resuming from {c.resume} {at}")
         for line in lines:
             self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        for a in run.advice:
+            self.console.print(f"warning: {advice(a)}", style="yellow", markup=False, highlight=False,
+                               soft_wrap=True)
         if not self.live:
             return
         self.console.print(_table(header=True))
@@ -159,22 +183,49 @@ class Reporter:
             self.progress = None
 
 
+def _score(score: runs.TestScore, same_as_best: bool) -> str:
+    files = f"{runs.BEST} and {score.checkpoint}" if same_as_best else score.checkpoint
+    epoch = f", epoch {score.epoch}" if score.epoch is not None else ""
+    return f"[bold]{_pct(score.accuracy)}[/] ({files}{epoch}; loss {_num(score.loss)})"
+
+
+def test_line(scores: tuple[runs.TestScore, ...], n_test: int, title: str) -> str:
+    """The test accuracy under each checkpoint, best.npz first (what `cnncli eval --checkpoint .../best.npz`
+    prints again); one number when the best epoch was the last. Console markup."""
+    last = next(s for s in scores if s.checkpoint == runs.LAST)
+    best = next((s for s in scores if s.checkpoint == runs.BEST), None)
+    if best is not None and best.epoch is not None and best.epoch == last.epoch:
+        shown = _score(last, same_as_best=True)
+    else:
+        shown = " · ".join(_score(s, False) for s in (best, last) if s is not None)
+    return f"[bold]Test accuracy[/] {shown} on {escape(count(n_test, f'{title} test image'))}"
+
+
+def _files(result: RunResult) -> str:
+    return f"run folder {result.run_dir}: {', '.join(result.files)}"
+
+
 def show_result(result: RunResult, console: Console) -> None:
     """The end of a run: the test accuracy, or how to continue an interrupted one."""
     if not result.lead:
         return  # a data-parallel worker: process 0 reports the run
     c = result.config
     title = result.dataset_title or c.dataset
+    if result.status == "finished":
+        console.print(f"{result.run_dir} has trained all its {count(result.epochs_done, 'epoch')} already: "
+                      "nothing to do, and nothing in it was changed", markup=False, highlight=False, soft_wrap=True)
+    if result.status in ("completed", "finished") and result.test_scores:
+        console.print(test_line(result.test_scores, result.n_test, title), highlight=False, soft_wrap=True)
+    if result.status == "finished":
+        console.print(f"to train longer: cnncli train {c.model} --resume {result.checkpoint} --epochs N "
+                      f"(N more than {result.epochs_done})", markup=False, highlight=False, soft_wrap=True)
+        return
     if result.status == "completed":
-        console.print(f"[bold]Test accuracy {_pct(result.test_acc)}[/] (loss {_num(result.test_loss)}) "
-                      f"on {result.n_test:,} {title} test images", highlight=False, soft_wrap=True)
-        epochs = "1 epoch" if result.epochs_done == 1 else f"{result.epochs_done} epochs"
-        parts = [f"{epochs} in {_duration(result.seconds)}"]
+        parts = [f"{count(result.epochs_done, 'epoch')} in {_duration(result.seconds)}"]
         if result.best_epoch is not None and result.best_val_acc is not None:
             parts.append(f"best validation accuracy {_pct(result.best_val_acc)} at epoch {result.best_epoch}")
         console.print("; ".join(parts), highlight=False, soft_wrap=True)
-        console.print(f"run folder {result.run_dir}: config.yaml, metrics.csv, gradients.csv, last.npz, best.npz",
-                      markup=False, highlight=False, soft_wrap=True)
+        console.print(_files(result), markup=False, highlight=False, soft_wrap=True)
         return
     if result.status == "interrupted":
         where = (f"in epoch {result.epochs_done + 1} (step {result.batch} of {result.steps_per_epoch})"
