@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli import checkpoint as ckpt_io
-from cnncli import inputs
+from cnncli import extras, inputs
 from cnncli.data import folder
 from cnncli.data.source import FOLDER, Source, open_source
 from cnncli.engine import losses
@@ -94,6 +94,8 @@ def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int = 3,
     """The ``top_k`` classes of each image (files, or folders of them) under ``checkpoint``'s weights."""
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
+    extras.require("images", "reading image files")
+    ckpt_io.check_readable(checkpoint)
     model_spec = spec.load(model)
     saved = ckpt_io.load(checkpoint)
     graph = build(model_spec, aux=False)

@@ -33,7 +33,7 @@ import yaml
 from cnncli import __version__, checkpoint, data, inputs, runs
 from cnncli.atomic import write_text_atomic
 from cnncli.data import DownloadEvent
-from cnncli.data.source import Source, open_source
+from cnncli.data.source import Source, check_readable, open_source
 from cnncli.engine import losses, optim
 from cnncli.engine.network import Network
 from cnncli.errors import CheckpointError, TrainingStopped, UsageError, WorkerLost
@@ -272,6 +272,12 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
         raise UsageError(f"--nproc {config.nproc} is more than the batch of {config.batch_size} images: each "
                          "process needs at least one")
     config.device = _check_device(device or "cpu", config.engine, config.nproc)
+    # The optional packages the run will need, before it downloads or decodes anything.
+    if config.engine == "torch":
+        from cnncli.exchange import torch_module
+
+        torch_module.require(torch_module.ENGINE)
+    check_readable(config.dataset)
     return config
 
 
@@ -286,7 +292,7 @@ def _check_device(device: str, engine: str, nproc: int) -> str:
                          "runs on the CPU)")
     from cnncli.exchange import torch_module
 
-    torch = torch_module.require()
+    torch = torch_module.require(torch_module.ENGINE)
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
         raise UsageError(f"--device cuda: PyTorch {torch.__version__} finds no CUDA GPU on this machine "
