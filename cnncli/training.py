@@ -356,7 +356,7 @@ def _configure_resume(model: str, model_spec: spec.ModelSpec, given: dict[str, A
     saved = ckpt.meta.get("config")
     if not isinstance(saved, dict):
         raise CheckpointError(f"{resume} holds weights but no training state, so it cannot be resumed "
-                              f"(evaluate it with `cnncli eval {model} --checkpoint {resume}`)")
+                              f"(evaluate it with `cnncli eval {model} --weights {resume}`)")
     if saved.get("name") != model_spec.name:
         raise UsageError(f"{resume} was trained for model '{saved.get('name')}', not '{model_spec.name}'")
     settings = {}
