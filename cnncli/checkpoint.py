@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from cnncli import extras
 from cnncli.atomic import write_atomic
 from cnncli.dataset_names import FOLDER
 from cnncli.errors import CheckpointError, ModelMismatch
@@ -153,6 +154,15 @@ def save(path: str | os.PathLike[str], weights: dict[str, np.ndarray],
     entries["meta.json"] = np.array(json.dumps(meta, sort_keys=True))
     write_atomic(path, lambda out: np.savez(out, **entries))
     return path
+
+
+def check_readable(path: str | os.PathLike[str]) -> None:
+    """What reading ``path`` will need, checked before any work: a PyTorch state dict (``.pt``, ``.pth``)
+    needs the torch extra."""
+    from cnncli.exchange import torch_module
+
+    if Path(path).suffix.lower() in torch_module.SUFFIXES:
+        extras.require("torch", torch_module.reading(Path(path)))
 
 
 def load(path: str | os.PathLike[str]) -> Checkpoint:

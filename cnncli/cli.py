@@ -9,6 +9,7 @@ exit status 2 here, at the edge; ``--debug`` shows their traceback too.
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from enum import Enum
@@ -16,13 +17,46 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
 from cnncli import __version__
 from cnncli.dataset_names import CHOICES
 from cnncli.errors import CnnError
 
+
+class _Commands(TyperGroup):
+    """The app's commands; an option a command does not have gets a hint besides Click's close names."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as e:
+            # Click's NoSuchOption (Typer may carry its own copy of Click, so matched by name).
+            if type(e).__name__ == "NoSuchOption" and getattr(e, "ctx", None) is not None:
+                _hint_unknown_option(e, self)
+            raise
+
+
+def _hint_unknown_option(error, group) -> None:
+    """Reword ``error``: Click's close names as "did you mean" (without ``--help``: the usage line points
+    there already), and what the option is elsewhere: an argument of the command given with a flag
+    (``train --model lenet5``), or another command's option (``eval --epochs``)."""
+    command, name = error.ctx.command, error.option_name
+    close = [p for p in error.possibilities or () if p not in ("--help", "-h")]
+    message = error.message + (f" — did you mean {' or '.join(close)}?" if close else "")
+    bare = name.lstrip("-").replace("-", "_")
+    others = sorted(n for n, c in group.commands.items() if c is not command
+                    and any(name in p.opts + p.secondary_opts for p in c.params))
+    if any(p.param_type_name == "argument" and p.name == bare for p in command.params):
+        message += f" ({bare} is an argument: give it without {name})"
+    elif others:
+        message += f" ({name} is an option of {', '.join(others)})"
+    error.message, error.possibilities = message, None
+
+
 app = typer.Typer(
     name="cnncli",
+    cls=_Commands,
     help="Train, evaluate, trace and summarize convolutional neural networks.",
     no_args_is_help=True,
     add_completion=False,
@@ -86,21 +120,37 @@ class Split(str, Enum):
     train = "train"
 
 
+# The panels of the help of commands with many options (options without one are under "Options").
+_RECIPE, _DATA_AUGMENT, _RUN_FOLDER, _ENGINE = "Recipe", "Data and augmentation", "Run folder", "Engine"
+_DATA, _INPUT, _OUTPUT, _STEP, _SLIDES = "Data", "Input", "Output", "Network and step", "Slides 26–28"
+
 # The training recipe's flags, declared once: train and compare take the same ones.
-_BATCH_SIZE = typer.Option(None, "--batch-size", help="Images per step.")
-_LR = typer.Option(None, "--lr", help="Learning rate.")
-_OPTIMIZER = typer.Option(None, "--optimizer", help="sgd or adam.")
-_MOMENTUM = typer.Option(None, "--momentum", help="SGD momentum.")
-_WEIGHT_DECAY = typer.Option(None, "--weight-decay", help="L2 weight decay.")
-_SCHEDULE = typer.Option(None, "--schedule", help="Learning-rate schedule.")
-_SEED = typer.Option(None, "--seed", help="Seed for weights, shuffling and the split.")
-_CROP_PADDING = typer.Option(None, "--crop-padding", help="Augment: random crop after a border of N pixels (0: off).")
-_FLIP = typer.Option(None, "--flip/--no-flip", help="Augment: flip half the images.")
-_LIMIT = typer.Option(None, "--limit", help="Use only the first N training images.")
-_DATA_DIR = typer.Option(None, "--data-dir", help="Folder holding the dataset files.")
+_BATCH_SIZE = typer.Option(None, "--batch-size", help="Images per step.", rich_help_panel=_RECIPE)
+_LR = typer.Option(None, "--lr", help="Learning rate.", rich_help_panel=_RECIPE)
+_OPTIMIZER = typer.Option(None, "--optimizer", help="sgd or adam.", rich_help_panel=_RECIPE)
+_MOMENTUM = typer.Option(None, "--momentum", help="SGD momentum.", rich_help_panel=_RECIPE)
+_WEIGHT_DECAY = typer.Option(None, "--weight-decay", help="L2 weight decay.", rich_help_panel=_RECIPE)
+_SCHEDULE = typer.Option(None, "--schedule", help="Learning-rate schedule.", rich_help_panel=_RECIPE)
+_SEED = typer.Option(None, "--seed", help="Seed for weights, shuffling and the split.", rich_help_panel=_RECIPE)
+_CROP_PADDING = typer.Option(None, "--crop-padding", help="Augment: random crop after a border of N pixels (0: off).",
+                             rich_help_panel=_DATA_AUGMENT)
+_FLIP = typer.Option(None, "--flip/--no-flip", help="Augment: flip half the images.", rich_help_panel=_DATA_AUGMENT)
+_LIMIT = typer.Option(None, "--limit", help="Use only the first N training images.", rich_help_panel=_DATA_AUGMENT)
+_DATA_DIR = typer.Option(None, "--data-dir", help="Folder holding the dataset files.", rich_help_panel=_DATA_AUGMENT)
+# The weights of every command that reads them; --checkpoint is the same option by its older name.
+_WEIGHTS = typer.Option(..., "--weights", "--checkpoint", help="Weights: a checkpoint from train (.npz), or a "
+                        "PyTorch state dict (.pt, .pth; the torch extra).")
 # Every command that reads weights takes it: the check it skips is cnncli.checkpoint.Checkpoint.check_model.
 _SKIP_MODEL_CHECK = typer.Option(False, "--skip-model-check", help="Use weights trained for another model "
                                  "(their names and shapes must still fit).")
+
+
+def _variant(option, **changes):
+    """A shared option declaration with other attributes (``default``, ``rich_help_panel``) for one command."""
+    option = copy.copy(option)
+    for key, value in changes.items():
+        setattr(option, key, value)
+    return option
 
 
 def _recipe(*, dataset, epochs, batch_size, lr, optimizer, momentum, weight_decay, schedule, seed,
@@ -168,7 +218,8 @@ def summarize(
 @app.command()
 def train(
     model: str = typer.Argument(..., help="A built-in model name or a YAML file."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs to train (file's default)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs to train (file's default).",
+                                         rich_help_panel=_RECIPE),
     batch_size: Optional[int] = _BATCH_SIZE,
     lr: Optional[float] = _LR,
     optimizer: Optional[Optimizer] = _OPTIMIZER,
@@ -176,20 +227,25 @@ def train(
     weight_decay: Optional[float] = _WEIGHT_DECAY,
     schedule: Optional[Schedule] = _SCHEDULE,
     seed: Optional[int] = _SEED,
-    dataset: Optional[Dataset] = typer.Option(None, "--dataset", help="The dataset (the model file's by default)."),
+    dataset: Optional[Dataset] = typer.Option(None, "--dataset", help="The dataset (the model file's by default).",
+                                              rich_help_panel=_DATA_AUGMENT),
     crop_padding: Optional[int] = _CROP_PADDING,
     flip: Optional[bool] = _FLIP,
     limit: Optional[int] = _LIMIT,
     data_dir: Optional[Path] = _DATA_DIR,
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<model>-<time>)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue from a checkpoint (last.npz)."),
-    dtype: Optional[DType] = typer.Option(None, "--dtype", help="float32 (default) or float64."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<model>-<time>).",
+                                       rich_help_panel=_RUN_FOLDER),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue from a checkpoint (last.npz).",
+                                          rich_help_panel=_RUN_FOLDER),
+    dtype: Optional[DType] = typer.Option(None, "--dtype", help="float32 (default) or float64.",
+                                          rich_help_panel=_ENGINE),
     engine: Optional[Engine] = typer.Option(None, "--engine", help="numba (cnncli's kernels, default) or torch "
-                                            "(PyTorch runs the passes; the torch extra)."),
+                                            "(PyTorch runs the passes; the torch extra).", rich_help_panel=_ENGINE),
     nproc: Optional[int] = typer.Option(None, "--nproc", help="With --engine torch: data-parallel processes "
-                                        "on this machine (several machines: see README, torchrun)."),
+                                        "on this machine (several machines: see README, torchrun).",
+                                        rich_help_panel=_ENGINE),
     device: Optional[Device] = typer.Option(None, "--device", help="With --engine torch: cpu (default) or cuda "
-                                            "(one GPU per process)."),
+                                            "(one GPU per process).", rich_help_panel=_ENGINE),
     skip_model_check: bool = _SKIP_MODEL_CHECK,
 ) -> None:
     """Train a model; writes a run folder with metrics and checkpoints."""
@@ -213,14 +269,16 @@ def train(
 @app.command("eval")
 def evaluate(
     model: str = typer.Argument(..., help="A built-in model name or a YAML file."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="Weights to evaluate (a .npz from train)."),
-    dataset: Optional[Dataset] = typer.Option(None, "--dataset", help="The dataset (the checkpoint's, else the model file's)."),
-    split: Split = typer.Option(Split.test, "--split", help="test or train."),
-    data_dir: Optional[Path] = _DATA_DIR,
+    checkpoint: Path = _WEIGHTS,
+    dataset: Optional[Dataset] = typer.Option(None, "--dataset", help="The dataset (the checkpoint's, else the "
+                                              "model file's).", rich_help_panel=_DATA),
+    split: Split = typer.Option(Split.test, "--split", help="test or train.", rich_help_panel=_DATA),
+    data_dir: Optional[Path] = _variant(_DATA_DIR, rich_help_panel=_DATA),
     batch_size: int = typer.Option(500, "--batch-size", min=1, help="Images per forward pass."),
-    top_k: int = typer.Option(3, "--top-k", min=1, help="Also report top-k accuracy."),
-    worst: int = typer.Option(6, "--worst", min=0, help="How many of the worst mistakes to draw."),
-    fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+    top_k: int = typer.Option(3, "--top-k", min=1, help="Also report top-k accuracy.", rich_help_panel=_OUTPUT),
+    worst: int = typer.Option(6, "--worst", min=0, help="How many of the worst mistakes to draw.",
+                              rich_help_panel=_OUTPUT),
+    fmt: Format = typer.Option(Format.table, "--format", help="table or json.", rich_help_panel=_OUTPUT),
     skip_model_check: bool = _SKIP_MODEL_CHECK,
 ) -> None:
     """Accuracy, confusion matrix, per-class scores and the worst mistakes of a checkpoint."""
@@ -240,23 +298,30 @@ def evaluate(
 def backprop_trace(
     model: str = typer.Argument("slide-mlp", help="slide-mlp (the lecture's example), slide-conv, "
                                                   "slide-maxpool, slide-avgpool, or any model."),
-    loss: Optional[LossName] = typer.Option(None, "--loss", help="ce, bce or mse (model's default)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate of the shown update."),
+    loss: Optional[LossName] = typer.Option(None, "--loss", help="ce, bce or mse (model's default).",
+                                            rich_help_panel=_STEP),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate of the shown update.", rich_help_panel=_STEP),
     input: Optional[str] = typer.Option(None, "--input",
-                                        help="Input values (comma-separated) or a .npy file."),
+                                        help="Input values (comma-separated) or a .npy file.", rich_help_panel=_INPUT),
     target: Optional[str] = typer.Option(None, "--target",
-                                         help="Target: comma-separated values or a class index."),
-    sample: Optional[int] = typer.Option(None, "--sample", help="Use test image I of the model's dataset."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Checkpoint (.npz) to load."),
-    filter: Optional[str] = typer.Option(None, "--filter", help="slide-conv: filter values, comma-separated."),
+                                         help="Target: comma-separated values or a class index.",
+                                         rich_help_panel=_INPUT),
+    sample: Optional[int] = typer.Option(None, "--sample", help="Use test image I of the model's dataset.",
+                                         rich_help_panel=_INPUT),
+    weights: Optional[Path] = _variant(_WEIGHTS, default=None, rich_help_panel=_STEP),
+    filter: Optional[str] = typer.Option(None, "--filter", help="slide-conv: filter values, comma-separated.",
+                                         rich_help_panel=_SLIDES),
     upstream: Optional[str] = typer.Option(None, "--upstream",
-                                           help="slide-conv/pool: ∂E/∂O values, comma-separated."),
-    steps: int = typer.Option(1, "--steps", min=1, help="Repeat the training step N times."),
+                                           help="slide-conv/pool: ∂E/∂O values, comma-separated.",
+                                           rich_help_panel=_SLIDES),
+    steps: int = typer.Option(1, "--steps", min=1, help="Repeat the training step N times.", rich_help_panel=_STEP),
     compare_slides: bool = typer.Option(False, "--compare-slides",
-                                        help="Check every number the lecture prints (slides 5–24)."),
-    dump: Optional[Path] = typer.Option(None, "--dump", help="Write all gradients to this .npz file."),
-    data_dir: Optional[Path] = _DATA_DIR,
-    fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+                                        help="Check every number the lecture prints (slides 5–24).",
+                                        rich_help_panel=_OUTPUT),
+    dump: Optional[Path] = typer.Option(None, "--dump", help="Write all gradients to this .npz file.",
+                                        rich_help_panel=_OUTPUT),
+    data_dir: Optional[Path] = _variant(_DATA_DIR, rich_help_panel=_INPUT),
+    fmt: Format = typer.Option(Format.table, "--format", help="table or json.", rich_help_panel=_OUTPUT),
     skip_model_check: bool = _SKIP_MODEL_CHECK,
 ) -> None:
     """One exact forward and backward pass, shown layer by layer (the lecture's derivative tables)."""
@@ -277,7 +342,7 @@ def backprop_trace(
 def predict(
     model: str = typer.Argument(..., help="A built-in model name or a YAML file."),
     images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG) or folders of them."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="Weights to use (a .npz from train)."),
+    checkpoint: Path = _WEIGHTS,
     top_k: int = typer.Option(3, "--top-k", min=1, help="How many classes to show per image."),
     invert: bool = typer.Option(False, "--invert", help="Invert the images (dark digits on light paper)."),
     fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
@@ -332,17 +397,23 @@ def plot(
 @app.command()
 def features(
     model: str = typer.Argument(..., help="A built-in model name or a YAML file."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="Weights to use (a .npz from train)."),
-    sample: Optional[int] = typer.Option(None, "--sample", help="Use test image I of the dataset."),
-    image: Optional[Path] = typer.Option(None, "--image", help="Use an image file (PNG, JPEG; images extra)."),
+    checkpoint: Path = _WEIGHTS,
+    sample: Optional[int] = typer.Option(None, "--sample", help="Use test image I of the dataset.",
+                                         rich_help_panel=_INPUT),
+    image: Optional[Path] = typer.Option(None, "--image", help="Use an image file (PNG, JPEG; images extra).",
+                                         rich_help_panel=_INPUT),
     layer: Optional[list[str]] = typer.Option(None, "--layer", help="A layer to show (repeatable; "
-                                              "default: every convolution)."),
-    max_maps: int = typer.Option(16, "--max-maps", min=1, help="Channels shown per layer."),
-    dataset: Optional[Dataset] = typer.Option(None, "--dataset", help="The dataset (the checkpoint's by default)."),
-    data_dir: Optional[Path] = _DATA_DIR,
-    invert: bool = typer.Option(False, "--invert", help="Invert --image (dark digits on light paper)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Also write the grid to a .png, .svg or .pdf file."),
-    fmt: Format = typer.Option(Format.table, "--format", help="table (pictures) or json (the numbers)."),
+                                              "default: every convolution).", rich_help_panel=_OUTPUT),
+    max_maps: int = typer.Option(16, "--max-maps", min=1, help="Channels shown per layer.", rich_help_panel=_OUTPUT),
+    dataset: Optional[Dataset] = typer.Option(None, "--dataset", help="The dataset (the checkpoint's by default).",
+                                              rich_help_panel=_INPUT),
+    data_dir: Optional[Path] = _variant(_DATA_DIR, rich_help_panel=_INPUT),
+    invert: bool = typer.Option(False, "--invert", help="Invert --image (dark digits on light paper).",
+                                rich_help_panel=_INPUT),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the grid to a .png, .svg or .pdf file.",
+                                       rich_help_panel=_OUTPUT),
+    fmt: Format = typer.Option(Format.table, "--format", help="table (pictures) or json (the numbers).",
+                               rich_help_panel=_OUTPUT),
     skip_model_check: bool = _SKIP_MODEL_CHECK,
 ) -> None:
     """The feature maps each layer makes of one image, and the first layer's filters (slide 39)."""
@@ -364,8 +435,10 @@ def features(
 @app.command()
 def compare(
     models: list[str] = typer.Argument(..., help="Two or more models (built-in names or YAML files)."),
-    dataset: Optional[Dataset] = typer.Option(None, "--dataset", help="The dataset (the first model's by default)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs for every model (the first model's default)."),
+    dataset: Optional[Dataset] = typer.Option(None, "--dataset", help="The dataset (the first model's by default).",
+                                              rich_help_panel=_DATA_AUGMENT),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs for every model (the first model's default).",
+                                         rich_help_panel=_RECIPE),
     limit: Optional[int] = _LIMIT,
     batch_size: Optional[int] = _BATCH_SIZE,
     lr: Optional[float] = _LR,
@@ -378,10 +451,11 @@ def compare(
     flip: Optional[bool] = _FLIP,
     data_dir: Optional[Path] = _DATA_DIR,
     out: Optional[Path] = typer.Option(None, "--out", help="Experiment folder (default runs/compare-<time>); "
-                                       "run the command again with it to go on."),
+                                       "run the command again with it to go on.", rich_help_panel=_OUTPUT),
     figure: Optional[Path] = typer.Option(None, "--figure", help="Also write the error curves to a "
-                                          ".png, .svg or .pdf file."),
-    fmt: Format = typer.Option(Format.table, "--format", help="table (charts) or json (the numbers)."),
+                                          ".png, .svg or .pdf file.", rich_help_panel=_OUTPUT),
+    fmt: Format = typer.Option(Format.table, "--format", help="table (charts) or json (the numbers).",
+                               rich_help_panel=_OUTPUT),
 ) -> None:
     """Train models with one recipe and seed, then draw their error curves together (the depth experiment)."""
     from cnncli import compare as compare_mod
@@ -414,7 +488,7 @@ class ExportTarget(str, Enum):
 @app.command()
 def export(
     model: str = typer.Argument(..., help="A built-in model name or a YAML file."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="Weights to export (a .npz from train)."),
+    checkpoint: Path = _WEIGHTS,
     to: ExportTarget = typer.Option(..., "--to", help="onnx (the onnx extra) or torch (the torch extra)."),
     out: Path = typer.Option(..., "-o", "--output", help="The file to write: model.onnx, or model.py "
                              "(with model.pt beside it)."),

@@ -16,7 +16,7 @@ import numpy as np
 
 from cnncli import checkpoint as ckpt_io
 from cnncli import data, inputs
-from cnncli.data.source import open_source
+from cnncli.data.source import check_readable, open_source
 from cnncli.engine import losses
 from cnncli.engine.losses import Loss
 from cnncli.engine.network import Network
@@ -172,6 +172,9 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
     if worst < 0:
         raise UsageError(f"--worst must not be negative, got {worst}")
+    ckpt_io.check_readable(checkpoint)
+    if dataset is not None:
+        check_readable(dataset)
     model_spec = spec.load(model)
     saved = ckpt_io.load(checkpoint)
     saved.check_model(model_spec, skip_model_check)

@@ -55,7 +55,12 @@ def export(model: str, checkpoint: Path, to: str, out: Path, *, skip_model_check
         raise UsageError(f"-o {out}: the folder {out.parent} does not exist")
     from cnncli.exchange import onnx_model, torch_module
 
-    (onnx_model if to == "onnx" else torch_module).require()  # a missing extra is reported before any work
+    # A missing extra is reported before any work.
+    if to == "onnx":
+        onnx_model.require()
+    else:
+        torch_module.require(torch_module.EXPORT)
+    ckpt_io.check_readable(checkpoint)
     model_spec = spec.load(model)
     saved = ckpt_io.load(checkpoint)
     saved.check_model(model_spec, skip_model_check)

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from cnncli import checkpoint as ckpt_io
-from cnncli import inputs
-from cnncli.data.source import Source, open_source
+from cnncli import extras, inputs
+from cnncli.data.source import Source, check_readable, open_source
 from cnncli.engine import losses
 from cnncli.errors import UsageError
 from cnncli.evaluation import inference_network, probabilities
@@ -126,6 +126,11 @@ def features(model: str, checkpoint: Path, *, sample: int | None = None, image: 
         raise UsageError("give one image: --sample I (a test image of the dataset) or --image FILE")
     if max_maps < 1:
         raise UsageError(f"--max-maps must be at least 1, got {max_maps}")
+    ckpt_io.check_readable(checkpoint)
+    if image is not None:
+        extras.require("images", "reading image files (--image)")
+    if dataset is not None:
+        check_readable(dataset)
     model_spec = spec.load(model)
     saved = ckpt_io.load(checkpoint)
     saved.check_model(model_spec, skip_model_check)

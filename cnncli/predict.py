@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli import checkpoint as ckpt_io
-from cnncli import inputs
+from cnncli import extras, inputs
 from cnncli.data import folder
 from cnncli.data.source import FOLDER, Source, open_source
 from cnncli.engine import losses
@@ -183,7 +183,8 @@ def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int = 3,
     (refused when trained for another network, unless ``skip_model_check``)."""
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
-    folder.unreadable_errors()  # without Pillow, say so before anything else
+    extras.require("images", "reading image files (PNG, JPEG)")
+    ckpt_io.check_readable(checkpoint)
     model_spec = spec.load(model)
     saved = ckpt_io.load(checkpoint)
     saved.check_model(model_spec, skip_model_check)

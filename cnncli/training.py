@@ -33,7 +33,7 @@ import yaml
 from cnncli import __version__, checkpoint, data, inputs, recipe, runs
 from cnncli.atomic import write_text_atomic
 from cnncli.data import DownloadEvent
-from cnncli.data.source import Source, open_source
+from cnncli.data.source import Source, check_readable, open_source
 from cnncli.engine import losses, optim
 from cnncli.engine.network import Network
 from cnncli.errors import CheckpointError, TrainingStopped, UsageError, WorkerLost
@@ -279,6 +279,12 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
         raise UsageError(f"--nproc {config.nproc} is more than the batch of {count(config.batch_size, 'image')}: each "
                          "process needs at least one")
     config.device = _check_device(device or "cpu", config.engine, config.nproc)
+    # The optional packages the run will need, before it downloads or decodes anything.
+    if config.engine == "torch":
+        from cnncli.exchange import torch_module
+
+        torch_module.require(torch_module.ENGINE)
+    check_readable(config.dataset)
     return config
 
 
@@ -293,7 +299,7 @@ def _check_device(device: str, engine: str, nproc: int) -> str:
                          "runs on the CPU)")
     from cnncli.exchange import torch_module
 
-    torch = torch_module.require()
+    torch = torch_module.require(torch_module.ENGINE)
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
         raise UsageError(f"--device cuda: PyTorch {torch.__version__} finds no CUDA GPU on this machine "
@@ -357,7 +363,7 @@ def _configure_resume(model: str, model_spec: spec.ModelSpec, given: dict[str, A
     saved = ckpt.meta.get("config")
     if not isinstance(saved, dict):
         raise CheckpointError(f"{resume} holds weights but no training state, so it cannot be resumed "
-                              f"(evaluate it with `cnncli eval {model} --checkpoint {resume}`)")
+                              f"(evaluate it with `cnncli eval {model} --weights {resume}`)")
     ckpt.check_model(model_spec, skip_model_check)
     settings = {}
     for key, opt in spec.TRAIN_OPTIONS.items():

@@ -92,6 +92,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cnncli import extras
 from cnncli.atomic import sync_dir, write_text_atomic
 from cnncli.errors import UsageError
 from cnncli.words import count, plural
@@ -339,10 +340,9 @@ def _rank(seed: int, name: str) -> bytes:
 
 
 def _pillow():
-    try:
-        from PIL import Image, ImageOps
-    except ImportError:
-        raise UsageError("reading image files (PNG, JPEG) needs Pillow: pip install 'cnncli[images]'") from None
+    extras.require("images", "reading image files (PNG, JPEG)")
+    from PIL import Image, ImageOps
+
     return Image, ImageOps
 
 

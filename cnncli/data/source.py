@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from cnncli import data
+from cnncli import data, extras
 from cnncli.data import DownloadEvent, folder
 from cnncli.dataset_names import FOLDER
 from cnncli.errors import CheckpointError, UsageError
@@ -95,6 +95,13 @@ def _decoding(progress, split: str, root: Path):
     return report
 
 
+def check_readable(name: str) -> None:
+    """What opening the dataset ``name`` will need, checked before any work: an image folder is decoded
+    with Pillow (the images extra)."""
+    if name == FOLDER:
+        extras.require("images", "reading image folders")
+
+
 def open_source(name: str, data_dir: Path | None = None, input_shape: tuple[int, ...] | None = None,
                 progress=None) -> Source:
     """The source ``name`` names; an image folder needs ``data_dir`` and the model's ``input_shape``.
@@ -102,6 +109,7 @@ def open_source(name: str, data_dir: Path | None = None, input_shape: tuple[int,
     Opening an image folder decodes its training split (once: it is cached) to
     compute its statistics; ``progress`` receives DownloadEvents meanwhile.
     """
+    check_readable(name)
     if name != FOLDER:
         info = data.get(name)
         return Source(info.name, info.title, tuple(info.classes), tuple(info.image_shape),  # type: ignore[arg-type]

@@ -23,19 +23,17 @@ from typing import Any
 
 import numpy as np
 
-from cnncli.errors import UsageError
+from cnncli import extras
 
 OPSET = 17
 INPUT, OUTPUT = "input", "output"
-INSTALL = "pip install 'cnncli[onnx]'"
 
 
 def require():
-    """The onnx package, or a UsageError naming the extra."""
-    try:
-        import onnx
-    except ImportError:
-        raise UsageError(f"exporting to ONNX needs the onnx package: {INSTALL}") from None
+    """The onnx package, or a UsageError naming the extra (:func:`cnncli.extras.require`)."""
+    extras.require("onnx", "exporting to ONNX (--to onnx)")
+    import onnx
+
     return onnx
 
 

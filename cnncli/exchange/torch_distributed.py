@@ -58,19 +58,19 @@ class Group:
         return slice(k * self.rank // self.world, k * (self.rank + 1) // self.world)
 
     def join(self) -> None:
-        dist = torch_module.require().distributed
+        dist = torch_module.require(torch_module.ENGINE).distributed
         if not dist.is_initialized():
             dist.init_process_group(self.backend, init_method=self.init, rank=self.rank, world_size=self.world,
                                     timeout=TIMEOUT)
 
     def leave(self) -> None:
-        dist = torch_module.require().distributed
+        dist = torch_module.require(torch_module.ENGINE).distributed
         if dist.is_initialized():
             dist.destroy_process_group()
 
     def sum(self, tensor) -> None:
         """In-place sum across the group; a failure (another process gone) is :class:`WorkerLost`."""
-        dist = torch_module.require().distributed
+        dist = torch_module.require(torch_module.ENGINE).distributed
         try:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         except (RuntimeError, ValueError) as e:  # gloo: "Connection closed by peer", timeouts, ...
@@ -103,7 +103,7 @@ def launch(config, reporter, train):
     process 0 (the lead, which reports and writes). Returns the lead's result."""
     import multiprocessing
 
-    torch_module.require()
+    torch_module.require(torch_module.ENGINE)
     world = config.nproc
     init = f"tcp://127.0.0.1:{free_port()}"
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked threads or Numba state

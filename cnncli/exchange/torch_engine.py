@@ -58,7 +58,7 @@ class TorchNetwork:
         (:mod:`cnncli.exchange.torch_distributed`), None for a one-process run; ``device``: ``cpu`` or
         ``cuda`` (the group's local rank picks the GPU); ``mirror``: copy the arrays to the device and back
         every pass rather than share them (None: on any device but the CPU)."""
-        torch = torch_module.require()
+        torch = torch_module.require(torch_module.ENGINE)
         self.torch = torch
         self.group = group
         if device == "cuda":

@@ -23,21 +23,20 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli.errors import CheckpointError, UsageError
+from cnncli import extras
+from cnncli.errors import CheckpointError
 
-INSTALL = "pip install 'cnncli[torch]'"
 SUFFIXES = (".pt", ".pth")
+#: What needs PyTorch, as :func:`require`'s messages say it: training on it, exporting to it.
+ENGINE = "training on the torch engine (--engine torch)"
+EXPORT = "exporting to PyTorch (--to torch)"
 
 
-def require():
-    """The torch module, or a UsageError naming the extra."""
-    from cnncli.engine import threads
+def require(purpose: str = "this"):
+    """The torch module, or a UsageError naming ``purpose`` and the extra (:func:`cnncli.extras.require`)."""
+    extras.require("torch", purpose)
+    import torch as module
 
-    try:
-        with threads.foreign_openmp():
-            import torch as module
-    except ImportError:
-        raise UsageError(f"this needs PyTorch: {INSTALL}") from None
     return module
 
 
@@ -243,13 +242,18 @@ def state_dict(graph, params: dict[str, np.ndarray], buffers: dict[str, np.ndarr
 def save_state_dict(state: dict, path: Path) -> bytes:
     """The bytes of ``torch.save(state)`` (the caller writes them atomically)."""
     buf = io.BytesIO()
-    require().save(state, buf)
+    require(EXPORT).save(state, buf)
     return buf.getvalue()
+
+
+def reading(path: Path) -> str:
+    """What needs PyTorch when ``path`` is a state dict to read (for :func:`require`)."""
+    return f"reading the PyTorch state dict {path}"
 
 
 def read_state_dict(path: Path) -> dict[str, np.ndarray]:
     """A PyTorch state dict file as numpy arrays, loaded with ``weights_only=True``."""
-    t = require()
+    t = require(reading(path))
     # torch's own messages are not passed on: they advise loading an unsafe file anyway "if you trust it".
     try:
         state = t.load(path, map_location="cpu", weights_only=True)

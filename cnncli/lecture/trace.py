@@ -931,6 +931,8 @@ def run(model: str = "slide-mlp", loss: str | None = None, lr: float | None = No
         raise UsageError(f"--steps must be at least 1, got {steps}")
     if dump is not None:
         _dump_folder(Path(dump))  # before a pass that may take a while
+    if weights is not None:
+        checkpoint.check_readable(weights)
     if model in MODES:
         mode = MODES[model]
         _reject(options, mode.options, f"{model} ({mode.description})")

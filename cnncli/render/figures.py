@@ -16,19 +16,21 @@ from pathlib import Path
 
 import numpy as np
 
+from cnncli import extras
 from cnncli.atomic import write_atomic
 from cnncli.errors import UsageError
 from cnncli.features import FeatureResult
 from cnncli.plot import CURVES, ERRORS_ON_LOG_AXIS, Curves, GradientMap
 
-INSTALL = "pip install 'cnncli[plots]'"
+
+def _require() -> None:
+    # The commands check this before any work (cnncli.plot.check_out); here for any other caller.
+    extras.require("plots", "writing pictures to files")
 
 
 def _figure(**kwargs):
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise UsageError(f"writing pictures to files (--out) needs matplotlib: {INSTALL}") from None
+    from matplotlib.figure import Figure
+
     return Figure(**kwargs)
 
 
@@ -47,6 +49,7 @@ def save(fig, path: Path) -> Path:
 def curves_figure(curves: Curves, error: bool = False):
     """Loss and accuracy per epoch, solid training and dashed validation; with ``error``, the training and
     the validation error of each run in a panel each (on a log axis: :data:`cnncli.plot.ERRORS_ON_LOG_AXIS`)."""
+    _require()
     from matplotlib.ticker import MaxNLocator
 
     if error:
@@ -98,6 +101,7 @@ def _log_percent_axis(ax) -> None:
 
 def gradient_figure(gmap: GradientMap):
     """The gradient map as an image: layers down (input side on top), epochs across, log colour scale."""
+    _require()
     from matplotlib.colors import LogNorm
     from matplotlib.ticker import MaxNLocator
 
@@ -130,6 +134,7 @@ def _image(ax, pixels: np.ndarray, title: str) -> None:
 
 def feature_figure(result: FeatureResult, per_row: int = 8):
     """The input, the first layer's filters and each layer's maps, one block of rows per layer."""
+    _require()
     blocks = [("input and " + (f"filters of {result.filters.layer}" if result.filters else "no filters"),
                [("input", result.pixels)] + ([(f"{i}", p) for i, p in enumerate(result.filters.pictures)]
                                              if result.filters else []))]

@@ -1,0 +1,59 @@
+"""The optional dependencies (pyproject.toml's extras) and the one check that one is there.
+
+``pip install cnncli`` brings what the core commands need; pictures as files,
+image files, ONNX and PyTorch come with extras (``pip install 'cnncli[plots]'``).
+A command checks the extras its flags will need before it does any work
+(before downloads or training), so a missing one costs the user a message,
+not an hour: :func:`require` raises a :class:`~cnncli.errors.UsageError` that
+names what needs the package and the ``pip install`` that brings it. The places
+that import an optional package call :func:`require` first too, so no path
+ends in a bare ``ModuleNotFoundError``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cnncli.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Extra:
+    """An extra as messages name it (``package``) and the modules cnncli imports from it."""
+
+    package: str
+    modules: tuple[str, ...]
+
+
+#: pyproject.toml's ``[project.optional-dependencies]`` but ``test`` (a test holds the names equal).
+EXTRAS: dict[str, Extra] = {
+    "images": Extra("Pillow", ("PIL.Image", "PIL.ImageOps")),
+    "plots": Extra("matplotlib", ("matplotlib.figure",)),
+    # onnxruntime, also in the extra, only runs exported graphs (the tests do); cnncli writes them with onnx.
+    "onnx": Extra("the onnx package", ("onnx",)),
+    "torch": Extra("PyTorch", ("torch",)),
+}
+
+
+def install_hint(name: str) -> str:
+    """The command that installs the extra ``name``."""
+    return f"pip install 'cnncli[{name}]'"
+
+
+def require(name: str, purpose: str) -> None:
+    """Import the modules of the extra ``name``, or raise UsageError: ``{purpose} needs {package}: pip install ...``.
+
+    ``purpose`` says what needs it, with the flag, e.g. ``writing pictures to files (--out)``. The modules
+    are imported, not merely looked up: they are used right after, and an import statement is what a missing
+    package (or a test's stand-in for one) makes fail.
+    """
+    from cnncli.engine import threads
+
+    extra = EXTRAS[name]
+    try:
+        # PyTorch's OpenMP runtime reads the environment as it loads; the other packages ignore it.
+        with threads.foreign_openmp():
+            for module in extra.modules:
+                __import__(module)
+    except ImportError:
+        raise UsageError(f"{purpose} needs {extra.package}: {install_hint(name)}") from None

@@ -1,0 +1,106 @@
+"""A missing extra is reported before any work: exit 2, the extra and its pip install named, nothing done."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from test_cli import run_main
+
+from cnncli import checkpoint, compare, data, extras, plot, training
+from cnncli.data import folder
+
+tomllib = pytest.importorskip("tomllib")
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: A model whose file trains on an image folder (so no flag says so).
+FOLDER_MODEL = """\
+name: pictures
+input: [1, 8, 8]
+classes: 2
+train: {dataset: image-folder}
+layers:
+  - flatten
+  - dense: {units: 2}
+"""
+
+#: The package a missing extra is simulated by removing (sys.modules[name] = None makes importing it fail).
+BLOCK = {"images": "PIL", "plots": "matplotlib", "onnx": "onnx", "torch": "torch"}
+
+#: Where the work of the commands starts: none may run when an extra is missing.
+WORK = [(checkpoint, "load"), (data, "load"), (folder, "scan"), (folder, "load"), (training, "train"),
+        (compare, "run"), (plot, "curves"), (plot, "gradient_map")]
+
+# (command line with {tmp} for the test's folder, the missing extra, what the message says needs it)
+CASES = [
+    ("plot {tmp}/run --out {tmp}/x.png", "plots", "(--out)"),
+    ("plot {tmp}/run --gradients --out {tmp}/g.png", "plots", "(--out)"),
+    ("features lenet5 --checkpoint {tmp}/c.npz --sample 0 --out {tmp}/f.png", "plots", "(--out)"),
+    ("compare lenet5 lenet5-1998 --limit 100 --epochs 1 --out {tmp}/cmp --figure {tmp}/z.png", "plots",
+     "(--figure)"),
+    ("predict lenet5 {tmp}/x.png --checkpoint {tmp}/c.npz", "images", "reading image files"),
+    ("features lenet5 --checkpoint {tmp}/c.npz --image {tmp}/x.png", "images", "(--image)"),
+    ("train lenet5 --dataset image-folder --data-dir {tmp}/pictures --out {tmp}/run1", "images", "image folders"),
+    ("train {tmp}/pictures.yaml --data-dir {tmp}/pictures --out {tmp}/run1", "images", "image folders"),
+    ("eval lenet5 --checkpoint {tmp}/c.npz --dataset image-folder --data-dir {tmp}/pictures", "images",
+     "image folders"),
+    ("features lenet5 --checkpoint {tmp}/c.npz --sample 0 --dataset image-folder --data-dir {tmp}/pictures",
+     "images", "image folders"),
+    ("compare lenet5 lenet5-1998 --dataset image-folder --data-dir {tmp}/pictures --out {tmp}/cmp", "images",
+     "image folders"),
+    ("backprop-trace {tmp}/pictures.yaml --sample 0 --data-dir {tmp}/pictures", "images", "image folders"),
+    ("export lenet5 --checkpoint {tmp}/c.npz --to onnx -o {tmp}/m.onnx", "onnx", "(--to onnx)"),
+    ("export lenet5 --checkpoint {tmp}/c.npz --to torch -o {tmp}/m.py", "torch", "(--to torch)"),
+    ("export lenet5 --checkpoint {tmp}/w.pt --to onnx -o {tmp}/m.onnx", "torch", "w.pt"),
+    ("train lenet5 --engine torch --limit 100 --epochs 1 --out {tmp}/run1", "torch", "(--engine torch)"),
+    ("eval lenet5 --checkpoint {tmp}/w.pt", "torch", "w.pt"),
+    ("predict lenet5 {tmp}/x.png --checkpoint {tmp}/w.pt", "torch", "w.pt"),
+    ("features lenet5 --checkpoint {tmp}/w.pt --sample 0", "torch", "w.pt"),
+    ("backprop-trace lenet5 --weights {tmp}/w.pt --sample 0", "torch", "w.pt"),
+]
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    """The files the command lines name; their contents are never read when an extra is missing."""
+    for name in ("c.npz", "w.pt", "x.png"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "pictures" / "a").mkdir(parents=True)
+    (tmp_path / "pictures.yaml").write_text(FOLDER_MODEL)
+    return tmp_path
+
+
+@pytest.mark.parametrize("line,extra,what", CASES, ids=[f"{c[0].split()[0]}-{c[1]}-{i}" for i, c in
+                                                         enumerate(CASES)])
+def test_a_missing_extra_stops_the_command_before_any_work(line, extra, what, inputs, capsys, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started although an extra is missing")
+
+    for module, name in WORK:
+        monkeypatch.setattr(module, name, no_work)
+    monkeypatch.setitem(sys.modules, BLOCK[extra], None)
+    before = sorted(inputs.rglob("*"))
+    code, out, err = run_main(line.format(tmp=inputs).split(), capsys)
+    assert code == 2, err
+    assert f"needs {extras.EXTRAS[extra].package}: pip install 'cnncli[{extra}]'" in err
+    assert what in err and "Traceback" not in out + err
+    assert sorted(inputs.rglob("*")) == before  # no run or experiment folder, no file written
+
+
+def test_every_extra_of_pyproject_is_registered():
+    config = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    assert set(extras.EXTRAS) == set(config["project"]["optional-dependencies"]) - {"test"}
+    assert set(BLOCK) == set(extras.EXTRAS)  # and each one is tested above
+    assert {extra for _, extra, _ in CASES} == set(extras.EXTRAS)
+
+
+def test_an_installed_extra_passes_and_a_missing_one_names_purpose_and_install(monkeypatch):
+    pytest.importorskip("PIL.Image")
+    extras.require("images", "reading image files")
+    monkeypatch.setitem(sys.modules, "PIL.ImageOps", None)  # one of the extra's modules is enough
+    with pytest.raises(extras.UsageError) as raised:
+        extras.require("images", "reading image files (--image)")
+    assert str(raised.value) == "reading image files (--image) needs Pillow: pip install 'cnncli[images]'"
