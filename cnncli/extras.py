@@ -1,7 +1,7 @@
 """The optional dependencies (pyproject.toml's extras) and the one check that one is there.
 
-``pip install cnncli`` brings what the core commands need; pictures as files,
-image files, ONNX and PyTorch come with extras (``pip install 'cnncli[plots]'``).
+``pip install .`` brings what the core commands need; pictures as files,
+image files, ONNX and PyTorch come with extras (``pip install '.[plots]'``).
 A command checks the extras its flags will need before it does any work
 (before downloads or training), so a missing one costs the user a message,
 not an hour: :func:`require` raises a :class:`~cnncli.errors.UsageError` that
@@ -36,8 +36,24 @@ EXTRAS: dict[str, Extra] = {
 
 
 def install_hint(name: str) -> str:
-    """The command that installs the extra ``name``."""
-    return f"pip install 'cnncli[{name}]'"
+    """The command that installs the extra ``name``'s packages into the environment cnncli runs in.
+
+    The packages themselves, with the version bounds the installed cnncli declares for the extra, not
+    ``cnncli[name]``: cnncli is installed from its source folder, and a package index may hold another
+    project under that name.
+    """
+    import shlex
+    from importlib import metadata
+
+    try:
+        declared = metadata.requires("cnncli") or []
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        declared = []
+    marker = f'extra == "{name}"'
+    wanted = [r.split(";")[0].strip() for r in declared if r.split(";", 1)[-1].strip() == marker]
+    if not wanted:
+        return f"pip install '.[{name}]' in cnncli's folder"
+    return "pip install " + " ".join(shlex.quote(r) for r in wanted) + f" (cnncli's {name} extra)"
 
 
 def require(name: str, purpose: str) -> None:

@@ -11,6 +11,7 @@ from exchange_cases import CASES
 from test_cli import run_main
 
 from cnncli.engine.network import Network
+from cnncli.extras import install_hint
 from cnncli.model import graph, spec
 from cnncli.model.kinds import KINDS
 from cnncli.summary import builtin_models
@@ -100,4 +101,4 @@ def test_mistakes_exit_2(lenet_checkpoint, tmp_path, capsys, monkeypatch):
     assert code == 2 and "has no" in err  # a checkpoint of another model
     monkeypatch.setitem(sys.modules, "onnx", None)
     code, _, err = run_main([*base, "-o", str(tmp_path / "m.onnx")], capsys)
-    assert code == 2 and "pip install 'cnncli[onnx]'" in err and not (tmp_path / "m.onnx").exists()
+    assert code == 2 and install_hint("onnx") in err and not (tmp_path / "m.onnx").exists()

@@ -14,6 +14,7 @@ from test_cli import run_main
 
 from cnncli import checkpoint
 from cnncli.engine.network import Network
+from cnncli.extras import install_hint
 from cnncli.model import graph, spec
 from cnncli.model.kinds import KINDS
 
@@ -146,4 +147,4 @@ def test_without_torch_the_extra_is_named(lenet_checkpoint, tmp_path, capsys, mo
     monkeypatch.setitem(sys.modules, "torch", None)
     code, _, err = run_main(["export", "lenet5", "--checkpoint", str(path), "--to", "torch", "-o",
                              str(tmp_path / "m.py")], capsys)
-    assert code == 2 and "pip install 'cnncli[torch]'" in err and not (tmp_path / "m.py").exists()
+    assert code == 2 and install_hint("torch") in err and not (tmp_path / "m.py").exists()

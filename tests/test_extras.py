@@ -85,7 +85,7 @@ def test_a_missing_extra_stops_the_command_before_any_work(line, extra, what, in
     before = sorted(inputs.rglob("*"))
     code, out, err = run_main(line.format(tmp=inputs).split(), capsys)
     assert code == 2, err
-    assert f"needs {extras.EXTRAS[extra].package}: pip install 'cnncli[{extra}]'" in err
+    assert f"needs {extras.EXTRAS[extra].package}: {extras.install_hint(extra)}" in err
     assert what in err and "Traceback" not in out + err
     assert sorted(inputs.rglob("*")) == before  # no run or experiment folder, no file written
 
@@ -103,4 +103,18 @@ def test_an_installed_extra_passes_and_a_missing_one_names_purpose_and_install(m
     monkeypatch.setitem(sys.modules, "PIL.ImageOps", None)  # one of the extra's modules is enough
     with pytest.raises(extras.UsageError) as raised:
         extras.require("images", "reading image files (--image)")
-    assert str(raised.value) == "reading image files (--image) needs Pillow: pip install 'cnncli[images]'"
+    assert str(raised.value) == f"reading image files (--image) needs Pillow: {extras.install_hint('images')}"
+
+
+def test_the_install_hint_names_the_packages_of_the_extra_with_pyprojects_bounds():
+    """Not ``cnncli[extra]``: cnncli is installed from its folder, and an index may hold another project so named."""
+    import tomllib
+
+    declared = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    for name, packages in declared["project"]["optional-dependencies"].items():
+        if name == "test":
+            continue
+        hint = extras.install_hint(name)
+        assert hint.startswith("pip install ") and "cnncli[" not in hint
+        for requirement in packages:
+            assert f"'{requirement}'" in hint

@@ -21,6 +21,7 @@ from test_cli import run_main
 
 from cnncli import plot, runs
 from cnncli.errors import UsageError
+from cnncli.extras import install_hint
 from cnncli.render import charts
 from cnncli.render import plot as render
 
@@ -300,7 +301,7 @@ def test_the_error_figure_has_a_log_panel_for_training_and_one_for_validation(tw
 def test_files_without_matplotlib_name_the_extra(two_runs, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails as if not installed
     code, _, err = run_main(["plot", str(two_runs[0]), "--out", str(tmp_path / "c.png")], capsys)
-    assert code == 2 and "pip install 'cnncli[plots]'" in err
+    assert code == 2 and install_hint("plots") in err
     assert not (tmp_path / "c.png").exists()
 
 

@@ -12,6 +12,7 @@ from test_training import DATA, SignalAt, assert_same_weights
 from cnncli import checkpoint, evaluation, training
 from cnncli.engine import losses, optim
 from cnncli.engine.network import Network
+from cnncli.extras import install_hint
 from cnncli.model import graph, spec
 
 torch = pytest.importorskip("torch")
@@ -94,7 +95,7 @@ def test_a_torch_run_is_an_ordinary_run(tmp_path, monkeypatch, capsys):
 def test_without_torch_the_engine_names_the_extra(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)
     code, _, err = run_main(["train", "lenet5", "--engine", "torch", "--out", str(tmp_path / "r")], capsys)
-    assert code == 2 and "pip install 'cnncli[torch]'" in err
+    assert code == 2 and install_hint("torch") in err
 
 
 @pytest.mark.parametrize("model", ["resnet20", "with-aux"])
