@@ -23,6 +23,7 @@ from rich.progress import (
 from rich.text import Text
 
 from cnncli.data import DownloadEvent
+from cnncli.render import say
 
 
 class _Amount(ProgressColumn):
@@ -54,17 +55,15 @@ class Downloads:
         files = event.unit == "files"
         if not self.live:
             if event.status == "start" and files:
-                self.console.print(f"decoding the {event.filename} of {event.url} ({event.total:,} files) "
-                                   "into the cache", markup=False, soft_wrap=True)
+                say(self.console, f"decoding the {event.filename} of {event.url} ({event.total:,} files) "
+                                  "into the cache")
             elif event.status == "start":
                 size = f" ({event.total / 1e6:.1f} MB)" if event.total else ""
-                self.console.print(f"downloading {event.filename} from {event.url}{size}", markup=False,
-                                   soft_wrap=True)
+                say(self.console, f"downloading {event.filename} from {event.url}{size}")
             elif event.status == "done":
-                self.console.print(f"{'decoded' if files else 'downloaded'} {event.filename}", markup=False,
-                                   soft_wrap=True)
+                say(self.console, f"{'decoded' if files else 'downloaded'} {event.filename}")
             elif event.status == "failed":
-                self.console.print(f"{event.url} failed: {event.message}", markup=False, soft_wrap=True)
+                say(self.console, f"{event.url} failed: {event.message}")
             return
         if self.progress is None:
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), _Amount(),

@@ -3,7 +3,7 @@
 On a terminal the bar shows the running loss and accuracy, images per second
 and the time left in the epoch, and each finished epoch is printed above it as
 a row of one table. When stdout is not a terminal (a log file, CI), nothing is
-redrawn: one plain line per epoch and per download.
+redrawn: the same table, a row per epoch, and a plain line per download.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from collections.abc import Callable
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
+from rich.text import Text
 
 from cnncli.data import DownloadEvent
+from cnncli.render import say
 from cnncli.render.downloads import Downloads
 from cnncli.training import EpochRecord, RunResult, RunStart, StepProgress
 
@@ -49,6 +51,17 @@ def _row(r: EpochRecord, epochs: int) -> list[str]:
 def _table(header: bool) -> Table:
     cols = [Column(name, width=w, justify="right", no_wrap=True) for name, w in _COLUMNS]
     return Table(*cols, box=None, show_header=header, header_style="bold", pad_edge=False)
+
+
+class _Progress(Progress):
+    """The epoch's bar, under a line that says where a bigger job stands (its ``overall`` field, when
+    not empty): on a line of its own, so that the bar keeps its numbers in 80 columns."""
+
+    def get_renderables(self):
+        overall = next((t.fields.get("overall") for t in self.tasks), "")
+        if overall:
+            yield Text(overall, no_wrap=True, overflow="ellipsis")
+        yield self.make_tasks_table(self.tasks)
 
 
 class Reporter:
@@ -103,12 +116,12 @@ class Reporter:
                   if run.start_batch else f"after epoch {run.start_epoch}")
             lines.append(f"resuming from {c.resume} {at}")
         for line in lines:
-            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            say(self.console, line)
+        # The epochs' table, one row per finished epoch, on a terminal and in a log alike (80 columns).
+        self.console.print(_table(header=True))
         if not self.live:
             return
-        self.console.print(_table(header=True))
-        self.progress = Progress(
-            *([TextColumn("{task.fields[overall]}")] if self.overall else []),
+        self.progress = _Progress(
             TextColumn("epoch {task.fields[epoch]}"), BarColumn(bar_width=30), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("acc {task.fields[acc]:6.2%}"),
             TextColumn("{task.fields[ips]:>6,.0f} img/s"), TextColumn("eta"), TimeRemainingColumn(),
@@ -137,20 +150,13 @@ class Reporter:
         return self.overall(epoch, batch, steps) if self.overall else ""
 
     def epoch_end(self, record: EpochRecord) -> None:
-        if self.progress is not None:
-            table = _table(header=False)
-            table.add_row(*_row(record, self.epochs))
-            self.progress.console.print(table)
-            return
-        self.console.print(
-            f"epoch {record.epoch}/{self.epochs}  train loss {_num(record.train_loss)} acc {_pct(record.train_acc)}"
-            f"  val loss {_num(record.val_loss)} acc {_pct(record.val_acc)}  lr {record.lr:.3g}"
-            f"  {record.images_per_s:,.0f} img/s  {_duration(record.seconds)}",
-            markup=False, highlight=False, soft_wrap=True)
+        table = _table(header=False)
+        table.add_row(*_row(record, self.epochs))
+        (self.progress.console if self.progress is not None else self.console).print(table)
 
     def note(self, text: str) -> None:
         target = self.progress.console if self.progress is not None else self.console
-        target.print(text, markup=False, highlight=False, soft_wrap=True)
+        say(target, text)
 
     def close(self) -> None:
         self._stop_downloads()
@@ -166,31 +172,30 @@ def show_result(result: RunResult, console: Console) -> None:
     c = result.config
     title = result.dataset_title or c.dataset
     if result.status == "completed":
-        console.print(f"[bold]Test accuracy {_pct(result.test_acc)}[/] (loss {_num(result.test_loss)}) "
-                      f"on {result.n_test:,} {title} test images", highlight=False, soft_wrap=True)
+        say(console, Text.assemble((f"Test accuracy {_pct(result.test_acc)}", "bold"),
+                                   f" (loss {_num(result.test_loss)}) on {result.n_test:,} {title} test images"))
         epochs = "1 epoch" if result.epochs_done == 1 else f"{result.epochs_done} epochs"
         parts = [f"{epochs} in {_duration(result.seconds)}"]
         if result.best_epoch is not None and result.best_val_acc is not None:
             parts.append(f"best validation accuracy {_pct(result.best_val_acc)} at epoch {result.best_epoch}")
-        console.print("; ".join(parts), highlight=False, soft_wrap=True)
-        console.print(f"run folder {result.run_dir}: config.yaml, metrics.csv, gradients.csv, last.npz, best.npz",
-                      markup=False, highlight=False, soft_wrap=True)
+        say(console, "; ".join(parts))
+        say(console, f"run folder {result.run_dir}: config.yaml, metrics.csv, gradients.csv, last.npz, best.npz")
         return
     if result.status == "interrupted":
         where = (f"in epoch {result.epochs_done + 1} (step {result.batch} of {result.steps_per_epoch})"
                  if result.batch else f"after epoch {result.epochs_done}")
-        console.print(f"[yellow]Interrupted by {result.signal_name}[/] {where}; checkpoint saved: "
-                      f"{result.checkpoint}", highlight=False, soft_wrap=True)
+        say(console, Text.assemble((f"Interrupted by {result.signal_name}", "yellow"),
+                                   f" {where}; checkpoint saved: {result.checkpoint}"))
         console.print(f"continue with: cnncli train {c.model} --resume {result.checkpoint}",
                       markup=False, highlight=False, soft_wrap=True)
         return
     if result.status == "stopped":
         where = f"in epoch {result.epochs_done + 1} (step {result.batch} of {result.steps_per_epoch})"
-        console.print(f"[red]Stopped[/] {where}: {result.reason}; checkpoint saved: {result.checkpoint}",
-                      highlight=False, soft_wrap=True)
+        say(console, Text.assemble(("Stopped", "red"), f" {where}: {result.reason}; checkpoint saved: "
+                                                       f"{result.checkpoint}"))
         console.print(f"continue with: cnncli train {c.model} --resume {result.checkpoint}",
                       markup=False, highlight=False, soft_wrap=True)
         return
     last = result.last_path
     kept = f"the last checkpoint is {last}" if last.exists() else "no checkpoint was written"
-    console.print(f"[red]Stopped at once[/] without saving; {kept}", highlight=False, soft_wrap=True)
+    say(console, Text.assemble(("Stopped at once", "red"), f" without saving; {kept}"))
