@@ -65,8 +65,9 @@ def test_train_eval_and_predict_on_an_image_folder(folder, tmp_path, capsys, mon
     assert code == 0, err
     assert "Training colours on image folder pictures" in out
     assert "test: 20% of each class" in out and "centre-cropped to 8×8" in out
-    # the first run decodes the folder into the cache, and says so (in files, not bytes)
-    shown = out + err
+    # the first run decodes the folder into the cache, and says so (in files, not bytes); lines are wrapped
+    # between words at 80 columns
+    shown = " ".join((out + err).split())
     assert f"decoding the train images of {root} (36 files)" in shown and "decoded test images" in shown
     record = yaml.safe_load((run / "config.yaml").read_text())
     assert record["source"]["classes"] == ["blue", "green", "red"] and len(record["source"]["mean"]) == 3

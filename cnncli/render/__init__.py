@@ -5,7 +5,13 @@ them into Rich tables, progress bars, charts and JSON. One submodule per command
 ``summary``, ``training``, ``evaluation``, ``trace``, ``predict``, ``plot``,
 ``features``, ``compare``, ``export``; and the pieces they share: ``downloads`` (dataset
 bars), ``pictures`` (images as half blocks), ``charts`` (line charts, heat
-maps) and ``figures`` (files through matplotlib).
+maps), ``tables`` (tables wider than the console, in blocks of columns) and
+``figures`` (files through matplotlib).
+
+Everything printed keeps to the console's width (80 columns in a file or pipe):
+sentences go through :func:`say`, which wraps them between words; tables that
+could be wider are printed with :func:`cnncli.render.tables.print_table`. Only a
+command or code line meant to be copied is printed whole (``soft_wrap=True``).
 """
 
 from __future__ import annotations
@@ -14,14 +20,30 @@ import importlib
 from types import ModuleType
 
 _SUBMODULES = ("summary", "training", "evaluation", "trace", "downloads", "pictures", "predict", "charts",
-               "plot", "figures", "features", "compare", "export")
+               "plot", "figures", "features", "compare", "export", "tables")
 
 
 def console(stderr: bool = False):
-    """The console every command prints to (colour only on a terminal)."""
+    """The console every command prints to (colour only on a terminal). It is as wide as the terminal, or
+    ``COLUMNS``, else 80 columns (a file or pipe); the renderers keep every line within that width."""
     from rich.console import Console
 
     return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+def say(console, text, style: str = "") -> None:
+    """Print a sentence (a str, or a Rich Text for styled parts) wrapped between words at the console's width.
+
+    A word longer than a line, such as a long path, stays whole on a line of its own instead of being folded
+    (Rich's default), so that it can still be copied; the terminal wraps it if it must.
+    """
+    from rich.text import Text
+
+    text = Text(text, style=style) if isinstance(text, str) else text.copy()
+    text.overflow = "ignore"  # Text.wrap then breaks lines between words only
+    for line in text.wrap(console, console.options.max_width):
+        line.rstrip()
+        console.print(line, soft_wrap=True)
 
 
 def colour_on(console) -> bool:

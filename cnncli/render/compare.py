@@ -12,7 +12,7 @@ from rich.table import Table
 
 from cnncli.compare import CompareResult, Entry, Experiment, done_fraction
 from cnncli.plot import ERRORS_ON_LOG_AXIS, Curves
-from cnncli.render import colour_on
+from cnncli.render import colour_on, say
 from cnncli.render.charts import line_chart
 from cnncli.render.plot import CHART_ROWS, save, series, width
 from cnncli.render.training import Reporter, _duration, _pct
@@ -53,7 +53,9 @@ def show(result: CompareResult, curves: Curves, fmt: str, console: Console, figu
                   "limit": experiment.limit, **curves.to_json(), **({"file": path} if path else {})}
         console.print(json.dumps(record, indent=2), markup=False, highlight=False, soft_wrap=True)
         return
-    table = Table(title=f"{experiment.folder}: {result.status}", title_justify="left", header_style="bold")
+    # The folder above the table, not as its title: Rich would wrap a long path to the table's width.
+    say(console, f"{experiment.folder}: {result.status}", "italic")
+    table = Table(header_style="bold")
     for name in ("model", "epochs", "train error", "val error", "test acc", "time"):
         table.add_column(name, justify="left" if name == "model" else "right")
     for run in result.results:

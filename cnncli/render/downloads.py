@@ -28,6 +28,7 @@ from rich.progress import (
 from rich.text import Text
 
 from cnncli.data import DownloadEvent
+from cnncli.render import say
 from cnncli.words import count
 
 
@@ -68,15 +69,13 @@ class Downloads:
                 self._print_failure(failure)
         if not self.live:
             if event.status == "start" and files:
-                self.console.print(f"decoding the {event.filename} of {event.url} ({count(event.total, 'file')}) "
-                                   "into the cache", markup=False, soft_wrap=True)
+                say(self.console, f"decoding the {event.filename} of {event.url} ({count(event.total, 'file')}) "
+                                  "into the cache")
             elif event.status == "start":
                 size = f" ({event.total / 1e6:.1f} MB)" if event.total else ""
-                self.console.print(f"downloading {event.filename} from {event.url}{size}", markup=False,
-                                   soft_wrap=True)
+                say(self.console, f"downloading {event.filename} from {event.url}{size}")
             elif event.status == "done":
-                self.console.print(f"{'decoded' if files else 'downloaded'} {event.filename}", markup=False,
-                                   soft_wrap=True)
+                say(self.console, f"{'decoded' if files else 'downloaded'} {event.filename}")
             return
         if self.progress is None:
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), _Amount(),

@@ -12,12 +12,11 @@ import numpy as np
 from rich import box
 from rich.columns import Columns
 from rich.console import Console, Group
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from cnncli.evaluation import EvalResult, Mistake
-from cnncli.render import colour_on
+from cnncli.render import colour_on, say, tables
 from cnncli.render.pictures import picture
 from cnncli.words import count
 
@@ -70,11 +69,15 @@ def _cell_style(count: int, row_total: int, diagonal: bool) -> str:
 MAX_MATRIX_CLASSES = 20
 
 
+#: Printed above the matrix rather than as its title, which Rich would wrap to the width of a narrow matrix.
+CONFUSION_TITLE = "Confusion matrix (rows: true class, columns: predicted)"
+
+
 def _confusion_table(result: EvalResult) -> Table:
     k = len(result.class_names)
-    # No vertical rules: ten 4-digit columns and the row labels fit an 80-column terminal.
-    table = Table(title="Confusion matrix (rows: true class, columns: predicted)", title_justify="left",
-                  header_style="bold", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    # No vertical rules: ten 4-digit columns and the row labels fit an 80-column terminal; more classes
+    # are printed in blocks of columns (render.tables).
+    table = Table(header_style="bold", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     table.add_column("true", justify="right", no_wrap=True)
     for c in range(k):
         table.add_column(str(c), justify="right", no_wrap=True)
@@ -93,8 +96,10 @@ def _short(name: str) -> str:
 def _per_class_table(result: EvalResult) -> Table:
     table = Table(title="Per class", title_justify="left", header_style="bold", show_edge=False,
                   pad_edge=False)
-    for name in ("class", "precision", "recall", "F1", "images"):
-        table.add_column(name, justify="right" if name != "class" else "left", no_wrap=True)
+    # Only a class name may wrap (an image folder's names can be long); the numbers never do.
+    table.add_column("class", overflow="fold")
+    for name in ("precision", "recall", "F1", "images"):
+        table.add_column(name, justify="right", no_wrap=True)
     worst_f1 = min((c.f1 for c in result.per_class), default=0.0)
     for c in result.per_class:
         label = c.name if c.name == str(c.cls) else f"{c.cls} {c.name}"
@@ -123,26 +128,27 @@ def show(result: EvalResult, fmt: str, console: Console) -> None:
         console.print(_dumps(as_dict(result)), markup=False, highlight=False, soft_wrap=True)
         return
     title = result.dataset_title or result.dataset
-    console.print(f"[bold]{result.model}[/] · {escape(str(result.checkpoint))}{_trained(result)} · "
-                  f"{escape(title)} {result.split} ({count(result.n, 'image')})", highlight=False, soft_wrap=True)
-    console.print(f"accuracy [bold]{100 * result.accuracy:.2f} %[/] ({result.n - int(np.trace(result.confusion)):,} "
-                  f"wrong) · top-{result.top_k} {100 * result.top_k_accuracy:.2f} % · loss {result.loss:.4f}",
-                  highlight=False, soft_wrap=True)
+    # Text.assemble, not markup: a path or a class name may hold square brackets.
+    say(console, Text.assemble((result.model, "bold"), f" · {result.checkpoint}{_trained(result)} · {title} "
+                                                       f"{result.split} ({count(result.n, 'image')})"))
+    say(console, Text.assemble("accuracy ", (f"{100 * result.accuracy:.2f} %", "bold"),
+                               f" ({result.n - int(np.trace(result.confusion)):,} wrong) · top-{result.top_k} "
+                               f"{100 * result.top_k_accuracy:.2f} % · loss {result.loss:.4f}"))
     console.print()
     if len(result.class_names) <= MAX_MATRIX_CLASSES:
-        console.print(_confusion_table(result))
+        say(console, CONFUSION_TITLE, "bold")
+        tables.print_table(console, _confusion_table(result))
     else:  # a 100×100 matrix is no use in a terminal: the per-class table and the confused pairs say it
-        console.print(f"Confusion matrix: {len(result.class_names)} classes, too many to draw "
-                      "(it is in --format json)", highlight=False, soft_wrap=True)
+        say(console, f"Confusion matrix: {len(result.class_names)} classes, too many to draw "
+                     "(it is in --format json)")
     console.print()
     console.print(_per_class_table(result))
     if result.confused_pairs:
         console.print()
         console.print("[bold]Most confused[/] (true → predicted):", highlight=False)
         for p in result.confused_pairs:
-            pair = f"{result.class_names[p.true]} → {result.class_names[p.predicted]}"
-            console.print(f"  {pair}: {count(p.count, 'image')}",
-                          markup=False, highlight=False, soft_wrap=True)
+            say(console, f"  {result.class_names[p.true]} → {result.class_names[p.predicted]}: "
+                         f"{count(p.count, 'image')}")
     if result.worst:
         console.print()
         console.print("[bold]Most confident mistakes[/] (#index in the split):", highlight=False)

@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from cnncli.export import ExportResult
+from cnncli.render import say
 
 
 def _shape(shape: tuple) -> str:
@@ -28,16 +29,22 @@ def show(result: ExportResult, fmt: str, console: Console) -> None:
             f"input '{result.input_name}' float32 {_shape(result.input_shape)}, prepared as the run prepared its "
             "images (its config.yaml: input adaptation, mean and std)",
             f"output '{result.output_name}' float32 {_shape(result.output_shape)}: {result.output_meaning}",
-            f"run it: onnxruntime.InferenceSession('{result.path}').run(None, {{'{result.input_name}': x}})[0]",
+            "run it:",
         ]
+        code = ["import onnxruntime",
+                f"onnxruntime.InferenceSession('{result.path}').run(None, {{'{result.input_name}': x}})[0]"]
     else:
         lines = [
             f"wrote {result.path} (class {result.class_name}) and its weights {result.weights_path}: {result.model} "
             f"with the weights of {result.checkpoint}",
             f"inputs float32 {_shape(result.input_shape)} prepared as the run prepared its images; outputs "
             f"{_shape(result.output_shape)}: {result.output_meaning}",
-            f"use it: from {result.path.stem} import {result.class_name}; model = {result.class_name}(); "
-            f"model.load_state_dict(torch.load('{result.weights_path}', weights_only=True))",
+            "use it:",
         ]
-    for line in lines:
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
+        code = ["import torch", f"from {result.path.stem} import {result.class_name}",
+                f"model = {result.class_name}()",
+                f"model.load_state_dict(torch.load('{result.weights_path}', weights_only=True))"]
+    for line in lines:  # sentences: wrapped at the console's width
+        say(console, line)
+    for line in code:  # Python to copy: one statement a line, never broken by a wrap of ours
+        console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)

@@ -19,7 +19,7 @@ from rich.console import Console, Group
 from rich.text import Text
 
 from cnncli.features import FeatureResult
-from cnncli.render import colour_on
+from cnncli.render import colour_on, say
 from cnncli.render.pictures import picture
 
 MIN_CELLS = 12   # small maps are enlarged (nearest neighbour) to at least this many columns
@@ -76,27 +76,25 @@ def show(result: FeatureResult, fmt: str, console: Console, out: Path | None = N
     colour = colour_on(console)
     width = max(console.width - 2, MIN_CELLS)
     guesses = ", ".join(f"{g.name} {100 * g.probability:.1f} %" for g in result.guesses)
-    console.print(f"{result.model} with {result.checkpoint}: {result.source}; input {result.input}",
-                  markup=False, highlight=False, soft_wrap=True)
-    console.print(f"prediction: {guesses}", markup=False, highlight=False, soft_wrap=True)
+    say(console, f"{result.model} with {result.checkpoint}: {result.source}; input {result.input}")
+    say(console, f"prediction: {guesses}")
     for w in result.warnings:
-        console.print(f"warning: {w.message}", markup=False, highlight=False, soft_wrap=True)
+        say(console, f"warning: {w.message}")
     tiles = [_tile("input", result.pixels, colour, width)]
     if result.filters is not None:
         f = result.filters
         what = "colour" if f.pictures.shape[1] == 3 else "input channel 0"
-        console.print(f"filters of {f.layer}, {'×'.join(map(str, f.shape))} ({what}), each scaled from its "
-                      "min (black) to its max (white):", markup=False, highlight=False, soft_wrap=True)
+        say(console, f"filters of {f.layer}, {'×'.join(map(str, f.shape))} ({what}), each scaled from its "
+                     "min (black) to its max (white):")
         tiles += [_tile(f"{f.layer}[{i}]", p, colour, width) for i, p in enumerate(f.pictures)]
     console.print(Columns(tiles, padding=(0, 2)))
     for m in result.layers:
         shown = len(m.stats)
         which = f"maps 0–{shown - 1} of {m.shape[0]}" if shown < m.shape[0] else f"all {shown} maps"
         console.print()
-        console.print(f"{m.name} ({m.kind}) {'×'.join(map(str, m.shape))}: {which}, each scaled from its min "
-                      "(black) to its max (white); caption: channel, min…max", markup=False, highlight=False,
-                      soft_wrap=True)
+        say(console, f"{m.name} ({m.kind}) {'×'.join(map(str, m.shape))}: {which}, each scaled from its min "
+                     "(black) to its max (white); caption: channel, min…max")
         console.print(Columns([_tile(f"{s.channel}: {_num(s.min)}…{_num(s.max)}", p[None], colour, width)
                                for s, p in zip(m.stats, m.pictures)], padding=(0, 2)))
     if path:
-        console.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
+        say(console, f"wrote {path}")

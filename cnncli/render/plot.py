@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from cnncli.plot import Curves, GradientMap
-from cnncli.render import colour_on
+from cnncli.render import colour_on, say
 from cnncli.render.charts import Series, heat_map, line_chart
 from cnncli.words import plural
 
@@ -42,7 +42,7 @@ def _state(run) -> str:
     if run.complete:
         test = f", test accuracy {100 * run.test_acc:.2f} %" if run.test_acc is not None else ""
         return f"{done}{planned} {epochs}, complete{test}"
-    return f"{done}{planned} {epochs} so far (training, or stopped: resume with --resume {run.folder}/last.npz)"
+    return f"{done}{planned} {epochs} so far (training, or stopped: train on with the option below)"
 
 
 def save(figure, out: Path | None, console: Console, fmt: str) -> str | None:
@@ -52,7 +52,7 @@ def save(figure, out: Path | None, console: Console, fmt: str) -> str | None:
 
     path = str(figures.save(figure(), out))
     if fmt != "json":
-        console.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
+        say(console, f"wrote {path}")
     return path
 
 
@@ -72,10 +72,11 @@ def show_curves(curves: Curves, fmt: str, console: Console, out: Path | None = N
         return _json(curves.to_json(), figure, out, console)
     colour, chart_width = colour_on(console), width(console)
     for run in curves.runs:
-        console.print(f"{run.label}: {run.model} on {run.dataset}, {_state(run)}",
-                      markup=False, highlight=False, soft_wrap=True)
+        say(console, f"{run.label}: {run.model} on {run.dataset}, {_state(run)}")
+        if not run.complete:  # an option to copy: on a line of its own, never broken by a wrap of ours
+            console.print(f"  --resume {run.folder}/last.npz", markup=False, highlight=False, soft_wrap=True)
     for name in curves.empty:
-        console.print(f"{name}: no finished epoch yet", markup=False, highlight=False, soft_wrap=True)
+        say(console, f"{name}: no finished epoch yet")
     for keys, title, value in ((("train_loss", "val_loss"), "loss", lambda v: v),
                                (("train_acc", "val_acc"), "accuracy (%)", lambda v: 100 * v)):
         console.print()

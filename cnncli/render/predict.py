@@ -10,7 +10,7 @@ from rich.console import Console, Group
 from rich.text import Text
 
 from cnncli.predict import PredictResult
-from cnncli.render import colour_on
+from cnncli.render import colour_on, say
 from cnncli.render.pictures import picture
 
 _BAR = 20  # characters of a 100 % probability bar
@@ -64,8 +64,8 @@ def show(result: PredictResult, fmt: str, console: Console) -> None:
         console.print(json.dumps(as_dict(result), indent=2), markup=False, highlight=False, soft_wrap=True)
         return
     title = result.dataset_title
-    console.print(f"[bold]{result.model}[/] · {result.checkpoint} · classes of {title} · input {result.input}",
-                  highlight=False, soft_wrap=True)
+    say(console, Text.assemble((result.model, "bold"), f" · {result.checkpoint} · classes of {title} · "
+                                                       f"input {result.input}"))
     colour = colour_on(console)
     for p in result.predictions:
         console.print()

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cnncli.model.kinds import fmt_shape
+from cnncli.render import tables
 from cnncli.summary import BYTES_PER_NUMBER
 
 _FORMATS = ("table", "json", "markdown")
@@ -108,7 +109,15 @@ def _layout(s, depth: int | None):
         yield row, False
 
 
-def summary_table(s, depth: int | None = None) -> Table:
+def _relative(row) -> str:
+    """A layer's name without the prefix of the block it is drawn under (``layer1.0.conv1`` → ``conv1``)."""
+    if row.groups and row.name.startswith(row.groups[-1] + "."):
+        return row.name[len(row.groups[-1]) + 1:]
+    return row.name
+
+
+def summary_table(s, depth: int | None = None, relative: bool = False) -> Table:
+    """The layer table; ``relative``: names under a block without the block's prefix (narrow consoles)."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("Layer", no_wrap=True)
     table.add_column("Type")
@@ -117,7 +126,7 @@ def summary_table(s, depth: int | None = None) -> Table:
     table.add_column("MACs", justify="right", no_wrap=True)
     for row, header in _layout(s, depth):
         style = "dim" if row.aux else None
-        name = _INDENT * row.level + row.name
+        name = _INDENT * row.level + (_relative(row) if relative else row.name)
         if header:
             table.add_row(Text(name, style="bold"), _type(row), fmt_shape(row.output_shape), "", "",
                           style=style)
@@ -137,7 +146,16 @@ def show_summary(summary, fmt: str, depth: int | None, console: Console) -> None
         console.out(summary_markdown(summary, depth), highlight=False)
         return
     console.print(Text(_title(summary), style="bold"))
-    console.print(summary_table(summary, depth))
+    table = summary_table(summary, depth)
+    nested = [row for row, _ in _layout(summary, depth) if _relative(row) != row.name]
+    if nested and not tables.fits(console, table):
+        # Full dotted names (inception3a.branch2.0.conv) leave no room for the other columns; the indented
+        # block rows above a layer already spell its prefix.
+        table = summary_table(summary, depth, relative=True)
+        example = max(nested, key=lambda row: min(row.level, 2))  # two levels down shows the rule best
+        console.print(Text(f"Names under a block leave out its prefix: {example.name} is "
+                           f"{_relative(example)} under {example.groups[-1]}.", style="dim"))
+    console.print(table)
     grid = Table.grid(padding=(0, 3))
     grid.add_column(no_wrap=True)
     grid.add_column(justify="right", no_wrap=True)

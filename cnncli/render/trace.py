@@ -14,18 +14,19 @@ from fractions import Fraction
 from typing import Any, Callable
 
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console
-from rich.measure import Measurement
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
 from cnncli.model.kinds import fmt_shape
+from cnncli.render import say, tables
 
 _FORMATS = ("table", "json")
 _SIG = 5                 # significant digits of a number shown alone or inside a formula
-_BAR = 24                # width of the gradient-norm bar of the network view
+_BAR = 16                # width of the gradient-norm bar of the network view
 _MAX_STEP_ROWS = 21      # --steps N shows at most this many rows of the error table
-_MAX_WIDTH = 160         # a table written to a file or pipe may be this wide rather than lose digits
 
 # The activation after a dense layer: its name, its formula and its derivative, in the slides' words.
 _ACTIVATIONS: dict[str | None, tuple[str, str, str]] = {
@@ -114,23 +115,13 @@ def _row(table: Table, *cells, **kw) -> None:
 
 
 def _print(console: Console, table: Table) -> None:
-    """Print a table; into a file or pipe (80 columns by default) at its natural width, so no digit is cut."""
-    if console.is_terminal:
-        _print(console, table)
-        return
-    need = Measurement.get(console, console.options.update(max_width=_MAX_WIDTH), table).maximum
-    width = console.width
-    # print(width=...) cannot exceed the console's width, so widen the console for this table only.
-    console.width = max(width, need)
-    try:
-        console.print(table)
-    finally:
-        console.width = width
+    """Print a table within the console's width; a wide one (many units) in blocks of columns."""
+    tables.print_table(console, table)
 
 
 def _line(console: Console, text: str, style: str | None = None) -> None:
     # Text, never markup: the slides' notation is full of square brackets.
-    console.print(Text(text, style=style or ""))
+    say(console, text, style or "")
 
 
 def _note(console: Console, text: str) -> None:
@@ -359,32 +350,59 @@ def _steps(console: Console, t) -> None:
     _print(console, table)
 
 
+def _bullet(console: Console, text: str, indent: int = 2) -> None:
+    """A bullet whose wrapped lines hang under its text, not under the bullet."""
+    grid = Table.grid()
+    grid.add_column(no_wrap=True)
+    grid.add_column()
+    grid.add_row(Text(" " * indent + "• "), Text(text))
+    console.print(grid)
+
+
 def _slides(console: Console, t) -> None:
     console.rule(Text("The lecture's numbers (slides 5–24)"), style="dim")
-    table = _table("Every printed number beside its step-local recomputation (from the numbers the slide itself "
-                   "used) and the exact value of the whole computation", console)
-    _col(table, "slide", justify="right", no_wrap=True)
-    _col(table, "quantity", no_wrap=True)
-    _col(table, "printed", justify="right", no_wrap=True)
-    _col(table, "step-local", justify="right", no_wrap=True)
-    _col(table, "exact", justify="right", no_wrap=True)
-    _col(table, "", no_wrap=True)
-    _col(table, "why not", ratio=1)
-    for c in t.slides:
-        _row(table, str(c.slide), c.step, c.printed, _n(c.recomputed, 6), _n(c.exact, 6),
-             Text("ok") if c.match else Text("SLIP", style="bold red"), c.reason)
-    _print(console, table)
+    _line(console, "Every printed number beside its step-local recomputation (from the numbers the slide itself "
+                   "used) and the exact value of the whole computation; under a slip, why it is one", "bold")
+    header = ("slide", "quantity", "printed", "step-local", "exact", "")
+    rows = [(str(c.slide), c.step, c.printed, _n(c.recomputed, 6), _n(c.exact, 6), "ok" if c.match else "SLIP")
+            for c in t.slides]
+    widths = [max(cell_len(cell) for cell in column) for column in zip(header, *rows)]
+    # The reasons are long sentences: each is stacked under its row, where it may take the console's whole
+    # width, instead of a column that would make every row as wide. Runs of rows between two reasons are
+    # tables of the same fixed column widths, so that they line up as one.
+    indent = widths[0] + 3  # under the quantity: the slide column and the gap between two columns
+    run: list[tuple] = []
+
+    def flush(first: bool) -> None:
+        table = _table(show_header=first)
+        for name, w in zip(header, widths):
+            _col(table, name, justify="left" if name in ("quantity", "") else "right", no_wrap=True, width=w)
+        for cells in run:
+            flag = Text(cells[-1], style="" if cells[-1] == "ok" else "bold red")
+            _row(table, *cells[:-1], flag)
+        console.print(table)
+        run.clear()
+
+    first = True
+    for c, cells in zip(t.slides, rows):
+        run.append(cells)
+        if not c.match and c.reason:
+            flush(first)
+            first = False
+            console.print(Padding(Text(c.reason, style="dim"), (0, 0, 0, indent)))
+    if run or first:
+        flush(first)
     bad = sum(not c.match for c in t.slides)
     _line(console, f"{bad} of {len(t.slides)} printed numbers disagree with their step-local recomputation "
                    "beyond the precision they are printed to.")
     console.print()
     _line(console, "The lecture's slips", "bold")
     for line in t.slips:
-        _line(console, f"  • {line}")
+        _bullet(console, line)
     if t.slide_notes:
         _line(console, "In the formulas", "bold")
         for line in t.slide_notes:
-            _line(console, f"  • {line}")
+            _bullet(console, line)
 
 
 def _show_worked(t, console: Console) -> None:
@@ -531,8 +549,10 @@ def _show_network(t, console: Console) -> None:
     _line(console, f"E = {_n(t.loss)}; the network predicts class {t.predicted}")
     logs = [math.log10(r.grad_norm) for r in t.layers if r.grad_norm]
     lo, hi = (min(logs), max(logs)) if logs else (0.0, 0.0)
-    table = _table("Per layer, from the output back to the input (float64, one sample)", console)
-    _col(table, "layer", overflow="fold")
+    # Two cells between columns, not three: GoogLeNet's names and kinds then fit two blocks of 80 columns.
+    table = _table("Per layer, from the output back to the input (float64, one sample)", console,
+                   padding=(0, 1, 0, 0))
+    _col(table, "layer", no_wrap=True)
     _col(table, "kind", no_wrap=True)
     _col(table, "output", no_wrap=True)
     _col(table, "mean", justify="right", no_wrap=True)
@@ -540,15 +560,18 @@ def _show_network(t, console: Console) -> None:
     _col(table, "dead", justify="right", no_wrap=True)
     _col(table, "‖∂E/∂a‖", justify="right", no_wrap=True)
     _col(table, "‖∂E/∂W‖", justify="right", no_wrap=True)
-    _col(table, "lr·‖∂E/∂W‖/‖W‖", justify="right", no_wrap=True)
+    _col(table, "update ratio", justify="right")
     _col(table, f"‖∂E/∂a‖ 1e{math.floor(lo)}…1e{math.ceil(hi)}", no_wrap=True)
     for r in t.layers:
         _row(table, r.name, r.kind, fmt_shape(r.shape), _n(r.mean, 3), _n(r.std, 3),
              _maybe(r.dead, lambda v: f"{v:.0%}"), _maybe(r.grad_norm, lambda v: _n(v, 3)),
              _maybe(r.weight_grad_norm, lambda v: _n(v, 3)), _maybe(r.update_ratio, lambda v: _n(v, 2)),
              _bar(r.grad_norm, lo, hi))
-    _print(console, table)
+    # Too wide for the console: the activations (kind … std), then the gradients (dead … bar), each beside
+    # the names.
+    tables.print_table(console, table, groups=(4, 5))
     _note(console, "a: the layer's output. dead: ReLU outputs that are 0, through which no gradient passes. "
+                   "update ratio: lr·‖∂E/∂W‖/‖W‖, how far one step moves the weights. "
                    "–: no gradient is taken there (a final softmax is fused into the cross-entropy). "
                    "The bar is ‖∂E/∂a‖ on a log scale: a gradient that shrinks by orders of magnitude "
                    "towards the input is vanishing (compare vgg16 with resnet18).")

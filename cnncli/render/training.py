@@ -3,7 +3,7 @@
 On a terminal the bar shows the running loss and accuracy, images per second
 and the time left in the epoch, and each finished epoch is printed above it as
 a row of one table. When stdout is not a terminal (a log file, CI), nothing is
-redrawn: one plain line per epoch and per download.
+redrawn: the same table, a row per epoch, and a plain line per download.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
+from rich.text import Text
 
 from cnncli import recipe, runs
 from cnncli.data import DownloadEvent
+from cnncli.render import say
 from cnncli.render.downloads import Downloads
 from cnncli.training import EpochRecord, RunResult, RunStart, StepProgress
 from cnncli.words import count
@@ -72,6 +74,17 @@ def _table(header: bool) -> Table:
     return Table(*cols, box=None, show_header=header, header_style="bold", pad_edge=False)
 
 
+class _Progress(Progress):
+    """The epoch's bar, under a line that says where a bigger job stands (its ``overall`` field, when
+    not empty): on a line of its own, so that the bar keeps its numbers in 80 columns."""
+
+    def get_renderables(self):
+        overall = next((t.fields.get("overall") for t in self.tasks), "")
+        if overall:
+            yield Text(overall, no_wrap=True, overflow="ellipsis")
+        yield self.make_tasks_table(self.tasks)
+
+
 class Reporter:
     """Receives :mod:`cnncli.training`'s events and draws them on ``console``.
 
@@ -124,15 +137,14 @@ class Reporter:
                   if run.start_batch else f"after epoch {run.start_epoch}")
             lines.append(f"resuming from {c.resume} {at}")
         for line in lines:
-            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            say(self.console, line)
         for a in run.advice:
-            self.console.print(f"warning: {advice(a)}", style="yellow", markup=False, highlight=False,
-                               soft_wrap=True)
+            say(self.console, f"warning: {advice(a)}", "yellow")
+        # The epochs' table, one row per finished epoch, on a terminal and in a log alike (80 columns).
+        self.console.print(_table(header=True))
         if not self.live:
             return
-        self.console.print(_table(header=True))
-        self.progress = Progress(
-            *([TextColumn("{task.fields[overall]}")] if self.overall else []),
+        self.progress = _Progress(
             TextColumn("epoch {task.fields[epoch]}"), BarColumn(bar_width=30), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("acc {task.fields[acc]:6.2%}"),
             TextColumn("{task.fields[ips]:>6,.0f} img/s"), TextColumn("eta"), TimeRemainingColumn(),
@@ -161,20 +173,13 @@ class Reporter:
         return self.overall(epoch, batch, steps) if self.overall else ""
 
     def epoch_end(self, record: EpochRecord) -> None:
-        if self.progress is not None:
-            table = _table(header=False)
-            table.add_row(*_row(record, self.epochs))
-            self.progress.console.print(table)
-            return
-        self.console.print(
-            f"epoch {record.epoch}/{self.epochs}  train loss {_num(record.train_loss)} acc {_pct(record.train_acc)}"
-            f"  val loss {_num(record.val_loss)} acc {_pct(record.val_acc)}  lr {record.lr:.3g}"
-            f"  {record.images_per_s:,.0f} img/s  {_duration(record.seconds)}",
-            markup=False, highlight=False, soft_wrap=True)
+        table = _table(header=False)
+        table.add_row(*_row(record, self.epochs))
+        (self.progress.console if self.progress is not None else self.console).print(table)
 
     def note(self, text: str) -> None:
         target = self.progress.console if self.progress is not None else self.console
-        target.print(text, markup=False, highlight=False, soft_wrap=True)
+        say(target, text)
 
     def close(self) -> None:
         self._stop_downloads()
@@ -212,36 +217,36 @@ def show_result(result: RunResult, console: Console) -> None:
     c = result.config
     title = result.dataset_title or c.dataset
     if result.status == "finished":
-        console.print(f"{result.run_dir} has trained all its {count(result.epochs_done, 'epoch')} already: "
-                      "nothing to do, and nothing in it was changed", markup=False, highlight=False, soft_wrap=True)
+        say(console, f"{result.run_dir} has trained all its {count(result.epochs_done, 'epoch')} already: "
+                     "nothing to do, and nothing in it was changed")
     if result.status in ("completed", "finished") and result.test_scores:
-        console.print(test_line(result.test_scores, result.n_test, title), highlight=False, soft_wrap=True)
+        say(console, Text.from_markup(test_line(result.test_scores, result.n_test, title)))
     if result.status == "finished":
-        console.print(f"to train longer: cnncli train {c.model} --resume {result.checkpoint} --epochs N "
-                      f"(N more than {result.epochs_done})", markup=False, highlight=False, soft_wrap=True)
+        say(console, f"to train longer: cnncli train {c.model} --resume {result.checkpoint} --epochs N "
+                     f"(N more than {result.epochs_done})")
         return
     if result.status == "completed":
         parts = [f"{count(result.epochs_done, 'epoch')} in {_duration(result.seconds)}"]
         if result.best_epoch is not None and result.best_val_acc is not None:
             parts.append(f"best validation accuracy {_pct(result.best_val_acc)} at epoch {result.best_epoch}")
-        console.print("; ".join(parts), highlight=False, soft_wrap=True)
-        console.print(_files(result), markup=False, highlight=False, soft_wrap=True)
+        say(console, "; ".join(parts))
+        say(console, _files(result))
         return
     if result.status == "interrupted":
         where = (f"in epoch {result.epochs_done + 1} (step {result.batch} of {result.steps_per_epoch})"
                  if result.batch else f"after epoch {result.epochs_done}")
-        console.print(f"[yellow]Interrupted by {result.signal_name}[/] {where}; checkpoint saved: "
-                      f"{result.checkpoint}", highlight=False, soft_wrap=True)
+        say(console, Text.assemble((f"Interrupted by {result.signal_name}", "yellow"),
+                                   f" {where}; checkpoint saved: {result.checkpoint}"))
         console.print(f"continue with: cnncli train {c.model} --resume {result.checkpoint}",
                       markup=False, highlight=False, soft_wrap=True)
         return
     if result.status == "stopped":
         where = f"in epoch {result.epochs_done + 1} (step {result.batch} of {result.steps_per_epoch})"
-        console.print(f"[red]Stopped[/] {where}: {result.reason}; checkpoint saved: {result.checkpoint}",
-                      highlight=False, soft_wrap=True)
+        say(console, Text.assemble(("Stopped", "red"), f" {where}: {result.reason}; checkpoint saved: "
+                                                       f"{result.checkpoint}"))
         console.print(f"continue with: cnncli train {c.model} --resume {result.checkpoint}",
                       markup=False, highlight=False, soft_wrap=True)
         return
     last = result.last_path
     kept = f"the last checkpoint is {last}" if last.exists() else "no checkpoint was written"
-    console.print(f"[red]Stopped at once[/] without saving; {kept}", highlight=False, soft_wrap=True)
+    say(console, Text.assemble(("Stopped at once", "red"), f" without saving; {kept}"))
