@@ -9,7 +9,7 @@ file's graph, one line per layer, auxiliary heads left out; layers without
 parameters are ``torch.nn.functional`` calls.
 
 :func:`read_state_dict` reads such a file back (``weights_only=True``: no code
-is run) for ``--checkpoint``/``--weights``; :func:`to_cnncli` maps its names and
+is run) for ``--weights`` (``--checkpoint``); :func:`to_cnncli` maps its names and
 layouts to cnncli's.
 """
 

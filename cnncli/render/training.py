@@ -195,7 +195,7 @@ def _score(score: runs.TestScore, same_as_best: bool) -> str:
 
 
 def test_line(scores: tuple[runs.TestScore, ...], n_test: int, title: str) -> str:
-    """The test accuracy under each checkpoint, best.npz first (what `cnncli eval --checkpoint .../best.npz`
+    """The test accuracy under each checkpoint, best.npz first (what `cnncli eval --weights .../best.npz`
     prints again); one number when the best epoch was the last. Console markup."""
     last = next(s for s in scores if s.checkpoint == runs.LAST)
     best = next((s for s in scores if s.checkpoint == runs.BEST), None)
