@@ -106,7 +106,7 @@ class Checkpoint:
         meant for this model (:data:`SKIP_MODEL_CHECK`). Whether they fit is checked when they are loaded.
         """
         trained, recorded, name = self.config.get("name"), self.meta.get(NETWORK), model_spec.name
-        if skip or not isinstance(trained, str):
+        if not isinstance(trained, str):
             return
         if not isinstance(recorded, str):  # written before fingerprints were recorded: the name decides
             if trained == name:
@@ -119,13 +119,22 @@ class Checkpoint:
                               stacklevel=2)
             return
         elif trained == name:
+            if skip:
+                return self._skipped(f"a model '{name}' with other layers or wiring than {model_spec.source} has")
             raise ModelMismatch(f"{self.path} was trained for a model '{name}' with other layers or wiring than "
                                 f"{model_spec.source} has (was the file changed since?). Give the model file it was "
                                 f"trained with, or add {SKIP_MODEL_CHECK} to load its weights anyway")
         else:
             why = " (the two networks differ in their layers or wiring)"
+        if skip:
+            return self._skipped(f"model '{trained}', not '{name}'")
         raise ModelMismatch(f"{self.path} was trained for model '{trained}', not '{name}'{why}. Give the model it "
                             f"was trained for, or add {SKIP_MODEL_CHECK} to load its weights into '{name}' anyway")
+
+    def _skipped(self, what: str) -> None:
+        """Say that weights of another network are used as the user asked: the results are theirs to judge."""
+        warnings.warn(f"{self.path} was trained for {what}; its weights are used as {SKIP_MODEL_CHECK} asks",
+                      CheckpointWarning, stacklevel=3)
 
     def weights(self) -> dict[str, np.ndarray]:
         return {k: v for k, v in self.state.items() if not k.startswith(("optim.", "meta."))}
