@@ -168,6 +168,7 @@ class RunResult:
     lead: bool = True         # False in a data-parallel worker, which neither scores nor writes
     test_scores: tuple[runs.TestScore, ...] = ()  # the test set under last.npz, then best.npz (test.json)
     files: tuple[str, ...] = ()                   # what the run folder holds at the end (runs.listing)
+    first_epoch: int = 1      # the epoch this invocation started in: epochs first_epoch..epochs_done took `seconds`
 
     @property
     def exit_code(self) -> int:
@@ -288,6 +289,21 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
     return config
 
 
+def _check_not_behind(resume: Path, ckpt: checkpoint.Checkpoint) -> None:
+    """Resuming in the run's own folder from a checkpoint behind the folder's last.npz (its best.npz, say)
+    would write over the later epochs: refused, with the two ways that lose nothing."""
+    last = resume.resolve().parent / runs.LAST
+    if resume.resolve() == last or not last.is_file():
+        return
+    latest = checkpoint.load(last)
+    if latest.step <= ckpt.step:
+        return
+    at = f"epoch {ckpt.epoch}" + (f", step {ckpt.meta.get('batch')}" if ckpt.meta.get("batch") else "")
+    raise UsageError(f"{resume} was written at {at}, but its run folder's {runs.LAST} has gone on to epoch "
+                     f"{latest.epoch}: resuming it there would write over the later epochs. Resume from {last}, "
+                     "or add --out NEW_FOLDER to train on from it in a new run folder")
+
+
 def _check_device(device: str, engine: str, nproc: int) -> str:
     """``--device``: one of :data:`DEVICES`; ``cuda`` needs the torch engine and a GPU per local process."""
     if device not in DEVICES:
@@ -389,6 +405,7 @@ def _configure_resume(model: str, model_spec: spec.ModelSpec, given: dict[str, A
     if out is not None and Path(out).resolve() != folder:
         out = _fresh_out(model_spec.name, out)
     else:
+        _check_not_behind(resume, ckpt)
         out = resume.parent
     saved_dtype = saved.get("dtype", "float32")
     if saved_dtype not in DTYPES:
@@ -602,6 +619,7 @@ class _Run:
 
     def run(self) -> RunResult:
         cfg = self.cfg
+        self.first_epoch = self.epoch + 1  # the epoch this invocation starts in (resumed runs: a later one)
         self.reporter.start(RunStart(cfg, len(self.x_train), len(self.x_val), len(self.test_images),
                                      self.graph.total_params, self.steps_per_epoch, self.epoch,
                                      self.batch, cfg.out, self.inputs, self.data_source.notes,
@@ -744,7 +762,8 @@ class _Run:
                          signal_name=self.interrupts.signal_name, batch=self.batch,
                          steps_per_epoch=getattr(self, "steps_per_epoch", 0),
                          dataset_title=self.data_source.title if hasattr(self, "data_source") else "",
-                         lead=self.lead, files=tuple(runs.listing(self.cfg.out)) if self.lead else (), **extra)
+                         lead=self.lead, files=tuple(runs.listing(self.cfg.out)) if self.lead else (),
+                         first_epoch=getattr(self, "first_epoch", 1), **extra)
 
 
 def finished(config: RunConfig) -> RunResult | None:

@@ -808,3 +808,24 @@ def test_a_batch_norm_model_on_a_few_hundred_images_is_warned_before_the_first_e
     assert lines[warning].startswith("warning: 195 training images in batches of 128 are 2 steps per epoch: "
                                      "with batch norm, fewer than 10 steps per epoch")
     assert lines[warning].endswith("; --batch-size 16 gives 13 steps per epoch")
+
+
+
+def test_resuming_an_older_checkpoint_in_its_own_folder_is_refused_and_a_new_folder_is_offered(tiny, tmp_path,
+                                                                                                 capsys):
+    """A checkpoint behind the folder's last.npz: resuming it in place would write over the later epochs."""
+    out = tmp_path / "run"
+    assert cli_run(["train", tiny, "--epochs", "1", "--limit", "300", "--out", str(out)], capsys)[0] == 0
+    older = out / "epoch1.npz"
+    older.write_bytes((out / "last.npz").read_bytes())
+    assert cli_run(["train", tiny, "--resume", str(out / "last.npz"), "--epochs", "2"], capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(UsageError, match="write over the later epochs") as raised:
+        training.configure(tiny, {"epochs": 3}, resume=older)
+    assert str(out / "last.npz") in str(raised.value) and "--out NEW_FOLDER" in str(raised.value)
+    code, _ = cli_run(["train", tiny, "--resume", str(older), "--epochs", "3"], capsys)
+    assert code == 2 and {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # In a new folder it trains on from epoch 1; the summary names the epochs this invocation ran.
+    code, text = cli_run(["train", tiny, "--resume", str(older), "--epochs", "3", "--out", str(tmp_path / "b")],
+                         capsys)
+    assert code == 0 and any(line.startswith("2 epochs (2–3) in ") for line in text.splitlines()), text

@@ -210,6 +210,14 @@ def _files(result: RunResult) -> str:
     return f"run folder {result.run_dir}: {', '.join(result.files)}"
 
 
+def _epochs_run(result: RunResult) -> str:
+    """The epochs this invocation trained: all of them, or a resumed run's last few by number."""
+    first, last = result.first_epoch, result.epochs_done
+    if first <= 1:
+        return count(last, "epoch")
+    return f"epoch {last}" if first >= last else f"{count(last - first + 1, 'epoch')} ({first}–{last})"
+
+
 def show_result(result: RunResult, console: Console) -> None:
     """The end of a run: the test accuracy, or how to continue an interrupted one."""
     if not result.lead:
@@ -226,7 +234,7 @@ def show_result(result: RunResult, console: Console) -> None:
                      f"(N more than {result.epochs_done})")
         return
     if result.status == "completed":
-        parts = [f"{count(result.epochs_done, 'epoch')} in {_duration(result.seconds)}"]
+        parts = [f"{_epochs_run(result)} in {_duration(result.seconds)}"]
         if result.best_epoch is not None and result.best_val_acc is not None:
             parts.append(f"best validation accuracy {_pct(result.best_val_acc)} at epoch {result.best_epoch}")
         say(console, "; ".join(parts))
