@@ -28,6 +28,7 @@ from cnncli.errors import UsageError
 from cnncli.evaluation import inference_network, probabilities
 from cnncli.model import spec
 from cnncli.model.graph import build
+from cnncli.words import count
 
 __all__ = ["Guess", "ImagePrediction", "InputWarning", "PredictResult", "Skipped", "UnreadableImage",
            "IMAGE_SUFFIXES", "POLARITY_FAR", "POLARITY_NEAR", "check_complete", "polarity_warning", "predict",
@@ -129,6 +130,14 @@ def polarity_warning(pixels: np.ndarray, source: Source, inverted: bool = False)
                                     f"training images ({source.title}) are {those} (mean {mu:.2f}); {fix}")
 
 
+def input_words(plan: inputs.InputPlan, invert: bool) -> str:
+    """What was done to the image files before the network saw them, in words (``--invert`` first)."""
+    adapted = plan.describe()
+    if not invert:
+        return adapted
+    return "inverted" if adapted == "as is" else f"inverted, {adapted}"
+
+
 def read_image(path: Path, shape: tuple[int, int, int], invert: bool = False) -> np.ndarray:
     """An image file as uint8 (C, H, W) of ``shape``, decoded as image folders are (:func:`folder.decode_image`).
 
@@ -173,8 +182,8 @@ def check_complete(result: PredictResult) -> None:
     """Raise :class:`UsageError` (exit status 2) naming what was left out, if anything was."""
     if result.skipped:
         n, done = len(result.skipped), len(result.predictions)
-        raise UsageError(f"{n} input{'s' if n != 1 else ''} left out (the predictions are for the other "
-                         f"{done} image{'s' if done != 1 else ''}): {_listing(result.skipped)}")
+        raise UsageError(f"{count(n, 'input')} left out ({count(done, 'image')} predicted): "
+                         f"{_listing(result.skipped)}")
 
 
 def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int = 3, invert: bool = False,
@@ -226,5 +235,6 @@ def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int = 3,
         warning = polarity_warning(img, info, invert)
         predictions.append(ImagePrediction(f, img, [Guess(int(i), info.classes[i], float(p[i])) for i in order],
                                            (warning,) if warning else ()))
-    return PredictResult(model_spec.name, Path(checkpoint), info.name, info.title, plan.describe(), k, predictions,
+    return PredictResult(model_spec.name, Path(checkpoint), info.name, info.title, input_words(plan, invert), k,
+                         predictions,
                          invert, tuple(skipped))

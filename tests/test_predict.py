@@ -205,8 +205,10 @@ def test_predict_warns_about_an_inverted_digit_in_the_table_and_the_json(trained
     # with --invert the drawn digit is fine and the real one is flagged, suggesting to leave --invert out
     code, out, err = run_main(["predict", str(model), str(real), str(paper), "--checkpoint", str(ckpt),
                                "--format", "json", "--invert"], capsys)
-    by_file = {p["file"]: p["warnings"] for p in json.loads(out)["predictions"]}
+    record = json.loads(out)
+    by_file = {p["file"]: p["warnings"] for p in record["predictions"]}
     assert by_file[str(paper)] == [] and "try without --invert" in by_file[str(real)][0]["message"]
+    assert record["input"] == "inverted"  # what the network saw, as the table's header says it
 
 
 def test_features_warns_about_an_inverted_image_file(trained, digits):
@@ -240,7 +242,7 @@ def test_a_bad_file_in_a_folder_is_left_out_named_and_ends_with_status_2(trained
     assert code == 2 and "Traceback" not in err
     assert "a.png" in out and "c.png" in out  # the table shows the images that worked
     assert f"left out: {mixed_folder / 'b-notanimage.png'} (not a PNG or JPEG image" in out
-    assert "1 input left out (the predictions are for the other 2 images)" in err and "b-notanimage.png" in err
+    assert "1 input left out (2 images predicted)" in err and "b-notanimage.png" in err
     code, out, err = run_main(["predict", str(model), str(mixed_folder), "--checkpoint", str(ckpt),
                                "--format", "json"], capsys)
     assert code == 2

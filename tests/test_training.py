@@ -747,7 +747,7 @@ def test_one_test_accuracy_when_the_best_epoch_is_the_last(reference):
     render.show_result(reference, Console(file=buf, force_terminal=False, width=200))
     lines = [line for line in buf.getvalue().splitlines() if line.startswith("Test accuracy")]
     assert lines == [f"Test accuracy {100 * reference.test_acc:.2f} % (best.npz and last.npz, epoch 2; loss "
-                     f"{reference.test_loss:.4f}) on 10,000 MNIST test images"]
+                     f"{reference.test_loss:.4f}) on 10,000 test images of MNIST"]
     record = json.loads((reference.run_dir / "test.json").read_text())
     assert record["best"] == {"checkpoint": "best.npz", "epoch": 2, "loss": record["loss"],
                               "accuracy": record["accuracy"]}

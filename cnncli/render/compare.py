@@ -55,7 +55,9 @@ def show(result: CompareResult, curves: Curves, fmt: str, console: Console, figu
         return
     # The folder above the table, not as its title: Rich would wrap a long path to the table's width.
     say(console, f"{experiment.folder}: {result.status}", "italic")
-    table = Table(header_style="bold")
+    # The same weights compare scores every model by: the last epoch's (a run's best.npz is in test.json).
+    table = Table(header_style="bold", caption="test acc: the last epoch's weights (last.npz)",
+                  caption_justify="left")
     for name in ("model", "epochs", "train error", "val error", "test acc", "time"):
         table.add_column(name, justify="left" if name == "model" else "right")
     for run in result.results:

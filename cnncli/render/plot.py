@@ -40,7 +40,7 @@ def _state(run) -> str:
     planned = f" of {run.epochs_planned}" if run.epochs_planned else ""
     epochs = plural(run.epochs_planned or done, "epoch")
     if run.complete:
-        test = f", test accuracy {100 * run.test_acc:.2f} %" if run.test_acc is not None else ""
+        test = f", test accuracy {100 * run.test_acc:.2f} % (last.npz)" if run.test_acc is not None else ""
         return f"{done}{planned} {epochs}, complete{test}"
     return f"{done}{planned} {epochs} so far (training, or stopped: train on with the option below)"
 

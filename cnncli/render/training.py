@@ -203,7 +203,7 @@ def test_line(scores: tuple[runs.TestScore, ...], n_test: int, title: str) -> st
         shown = _score(last, same_as_best=True)
     else:
         shown = " · ".join(_score(s, False) for s in (best, last) if s is not None)
-    return f"[bold]Test accuracy[/] {shown} on {escape(count(n_test, f'{title} test image'))}"
+    return f"[bold]Test accuracy[/] {shown} on {count(n_test, 'test image')} of {escape(title)}"
 
 
 def _files(result: RunResult) -> str:
