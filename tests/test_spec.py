@@ -323,3 +323,18 @@ def test_the_model_format_guides_first_example_is_a_valid_model():
     m = load(example)
     assert m.name == "tiny" and m.train_settings("fashion-mnist")["epochs"] == 20
     assert graph.build(m).output_shape == (10,)
+
+
+def test_classes_must_be_what_the_network_outputs(tmp_path):
+    """``classes: 3`` beside a last layer of 10 units trained and scored 10 classes without a word."""
+    from cnncli.errors import ShapeError
+    from cnncli.model import graph
+
+    path = tmp_path / "three.yaml"
+    path.write_text("name: three\ninput: [1, 4, 4]\nclasses: 3\nlayers:\n  - flatten\n"
+                    "  - dense: {name: fc, units: 10}\n")
+    with pytest.raises(ShapeError, match=r"classes: 3, but the network outputs 10 \(its last layer fc has "
+                                         r"units: 10\)"):
+        graph.build(spec.load(str(path)))
+    path.write_text(path.read_text().replace("units: 10", "units: 3"))
+    assert graph.build(spec.load(str(path))).output_shape == (3,)

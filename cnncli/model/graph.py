@@ -138,8 +138,20 @@ def build(spec: ModelSpec, input_shape: Shape | None = None, aux: bool = True) -
         _check_init(spec, node)
         nodes[ns.name] = node
         shapes[ns.name] = out
+    _check_classes(spec, nodes[spec.output])
     aux_outputs = {n.name: n.spec.aux for n in nodes.values() if n.spec.aux is not None} if aux else {}
     return Graph(spec, shape_in, list(nodes.values()), spec.output, aux_outputs)
+
+
+def _check_classes(spec: ModelSpec, output: Node) -> None:
+    """A model file's ``classes:`` must be what its network outputs: the count alone sizes nothing, and a
+    file that says 3 while its last layer gives 10 would train and score 10 classes without a word."""
+    if spec.classes is None or output.out_shape == (spec.classes,):
+        return
+    units = f" (its last layer {output.name} has units: {output.spec.options['units']})" if (
+        "units" in output.spec.options) else ""
+    raise ShapeError(f"{spec.source}: classes: {spec.classes}, but the network outputs "
+                     f"{fmt_shape(output.out_shape)}{units}: make the two agree")
 
 
 def _needed(spec: ModelSpec, aux: bool) -> set[str]:
