@@ -13,6 +13,9 @@ model to what the user sees:
     inputs      a dataset's images → a model's input: adaptation, augmentation
     checkpoint, atomic, schedule, dataset_names
                 weight files, crash-safe writes, learning-rate plans, the dataset names
+    recipe      whether a training recipe fits the amount of data (steps per epoch, batch norm)
+    extras      the optional dependencies and the one check that one is installed
+    words       counts in messages ("1 epoch", "20 epochs")
     training, evaluation, predict, summary
                 what ``train``, ``eval``, ``predict`` and ``summarize`` compute, as records
     render/     the only package that imports Rich
