@@ -59,12 +59,14 @@ and inference output against cnncli's in float64).
     median of 3 after one warm-up, peak memory as for ``vgg``. GoogLeNet keeps
     its two auxiliary heads on both sides, as ``cnncli train`` does: loss =
     main + 0.3 x each auxiliary head's, dropout active.
-``infer-resnet20``, ``infer-resnet56``, ``infer-vgg11bn``, ``infer-vgg16``, ``infer-resnet18``, ``infer-googlenet``
+``infer-resnet20``, ``infer-resnet56``, ``infer-vgg11bn``, ``infer-vgg16``, ``infer-resnet18``, ``infer-resnet50``,
+``infer-googlenet``
     Inference (batch norm with running statistics, dropout off, no auxiliary
     heads) of each network above over synthetic images: the 32x32 networks
     in batches of 1000 (10,000 images for ResNet-20, 4,000 for the others),
     the 224x224 ones in batches of 32 (64 images for VGG-16, 128 for
-    ResNet-18 and GoogLeNet): cnncli's ``predict``, PyTorch's ``eval()`` under
+    ResNet-18, ResNet-50 and GoogLeNet; ResNet-50's 1x1 bottleneck convolutions
+    are the layers no other workload has): cnncli's ``predict``, PyTorch's ``eval()`` under
     ``inference_mode``; median of 3 passes after one batch as warm-up.
 
 Every modern workload also reports GFLOPS: the graph's multiply-accumulates per
@@ -109,7 +111,8 @@ from typing import NamedTuple
 ROOT = Path(__file__).resolve().parent.parent
 CLASSIC_WORKLOADS = ("train64", "train256", "infer", "vgg", "startup")
 MODERN_WORKLOADS = ("resnet20", "resnet20-mnist", "resnet56", "vgg11bn", "resnet18", "googlenet", "infer-resnet20",
-                    "infer-resnet56", "infer-vgg11bn", "infer-vgg16", "infer-resnet18", "infer-googlenet")
+                    "infer-resnet56", "infer-vgg11bn", "infer-vgg16", "infer-resnet18", "infer-resnet50",
+                    "infer-googlenet")
 WORKLOADS = CLASSIC_WORKLOADS + MODERN_WORKLOADS
 # Names on the command line that stand for several workloads; no workload names means "classic".
 GROUPS = {"classic": CLASSIC_WORKLOADS, "modern": MODERN_WORKLOADS, "all": WORKLOADS}
@@ -124,7 +127,8 @@ LABELS = {
     "resnet18": "ResNet-18 fwd+bwd, batch 8", "googlenet": "GoogLeNet fwd+bwd (aux heads), batch 8",
     "infer-resnet20": "ResNet-20 inference, batch 1000", "infer-resnet56": "ResNet-56 inference, batch 1000",
     "infer-vgg11bn": "VGG-11-BN inference, batch 1000", "infer-vgg16": "VGG-16 inference, batch 32",
-    "infer-resnet18": "ResNet-18 inference, batch 32", "infer-googlenet": "GoogLeNet inference, batch 32",
+    "infer-resnet18": "ResNet-18 inference, batch 32", "infer-resnet50": "ResNet-50 inference, batch 32",
+    "infer-googlenet": "GoogLeNet inference, batch 32",
 }
 TARGETS = {"train64": "≥ 1.5x", "train256": "≥ 1.5x", "infer": "≥ 1.5x", "vgg": "≤ 1.5x time, ≤ 2x memory"}
 
@@ -432,6 +436,7 @@ MODERN = {
     "infer-vgg11bn": Modern("vgg11-bn", None, EVAL_BATCH, "infer", 4_000),
     "infer-vgg16": Modern("vgg16", None, 32, "infer", 64),
     "infer-resnet18": Modern("resnet18", None, 32, "infer", 128),
+    "infer-resnet50": Modern("resnet50", None, 32, "infer", 128),
     "infer-googlenet": Modern("googlenet", None, 32, "infer", 128),
 }
 # Tiny shapes for `--smoke` (and the tests): the same code paths in seconds, numbers meaningless.
@@ -448,6 +453,7 @@ SMOKE = {
     "infer-vgg11bn": Modern("vgg11-bn", None, 8, "infer"),
     "infer-vgg16": Modern("vgg16", (3, 32, 32), 2, "infer"),
     "infer-resnet18": Modern("resnet18", (3, 64, 64), 2, "infer"),
+    "infer-resnet50": Modern("resnet50", (3, 64, 64), 2, "infer"),
     "infer-googlenet": Modern("googlenet", (3, 64, 64), 2, "infer"),
 }
 TRAIN_LR = 0.1
