@@ -213,7 +213,8 @@ def open_weights(value: str | os.PathLike[str], model_spec, progress=None) -> Ch
     name = os.fspath(value)
     if name in model_spec.weights:
         return published.open_published(model_spec, name, progress)
-    if not Path(value).exists():
+    path = Path(value)
+    if not path.exists() and not path.suffix and path.parent == Path("."):  # a bare name, as published weights have
         published.check_name(name, model_spec)
     return load(value)
 

@@ -187,6 +187,15 @@ def _console():
     return console()
 
 
+def _downloads(fmt, console):
+    """The download bars of a command: on its console, or on stderr when it prints JSON (which must be all
+    that stdout holds)."""
+    from cnncli.render import console as make_console
+    from cnncli.render import downloads
+
+    return downloads.Downloads(make_console(stderr=True) if fmt.value == "json" else console)
+
+
 @app.command()
 def models(
     fmt: SummaryFormat = typer.Option(SummaryFormat.table, "--format", help="table, json or markdown."),
@@ -285,11 +294,10 @@ def evaluate(
 ) -> None:
     """Accuracy, confusion matrix, per-class scores and the worst mistakes of a checkpoint."""
     from cnncli import evaluation
-    from cnncli.render import downloads
     from cnncli.render import evaluation as render
 
     console = _console()
-    with downloads.Downloads(console) as shown:
+    with _downloads(fmt, console) as shown:
         result = evaluation.evaluate(model, checkpoint, dataset=dataset.value if dataset else None,
                                      split=split.value, data_dir=data_dir, batch_size=batch_size,
                                      top_k=top_k, worst=worst, progress=shown, skip_model_check=skip_model_check)
@@ -357,11 +365,10 @@ def predict(
     that cannot be read are left out, named, and make the exit status 2.
     """
     from cnncli import predict as predict_mod
-    from cnncli.render import downloads
     from cnncli.render import predict as render
 
     console = _console()
-    with downloads.Downloads(console) as shown:
+    with _downloads(fmt, console) as shown:
         result = predict_mod.predict(model, checkpoint, images, top_k=top_k, invert=invert,
                                      skip_model_check=skip_model_check, progress=shown)
     render.show(result, fmt.value, console)
@@ -425,12 +432,11 @@ def features(
     """The feature maps each layer makes of one image, and the first layer's filters (slide 39)."""
     from cnncli import features as features_mod
     from cnncli.plot import check_out
-    from cnncli.render import downloads
     from cnncli.render import features as render
 
     check_out(out)
     console = _console()
-    with downloads.Downloads(console) as shown:
+    with _downloads(fmt, console) as shown:
         result = features_mod.features(model, checkpoint, sample=sample, image=image, layers=layer,
                                        max_maps=max_maps, dataset=dataset.value if dataset else None,
                                        data_dir=data_dir, invert=invert, progress=shown,
@@ -503,11 +509,10 @@ def export(
 ) -> None:
     """Write a trained model for another engine: an ONNX graph, or a PyTorch module and its weights."""
     from cnncli import export as export_mod
-    from cnncli.render import downloads
     from cnncli.render import export as render
 
     console = _console()
-    with downloads.Downloads(console) as shown:
+    with _downloads(fmt, console) as shown:
         result = export_mod.export(model, checkpoint, to.value, out, skip_model_check=skip_model_check,
                                    progress=shown)
     render.show(result, fmt.value, console)

@@ -20,8 +20,10 @@ BORDER = 2
 
 
 def shrink(pixels: np.ndarray, max_cells: int) -> np.ndarray:
-    """uint8 (C, H, W) averaged down by a whole factor to at most ``max_cells`` columns (as it is when narrower):
-    a 224×224 photo in a terminal."""
+    """uint8 (C, H, W) or (H, W) averaged down by a whole factor to at most ``max_cells`` columns (as it is when
+    narrower): a 224×224 photo in a terminal."""
+    if pixels.ndim == 2:
+        return shrink(pixels[None], max_cells)[0]
     c, h, w = pixels.shape
     if w <= max_cells:
         return pixels
