@@ -132,9 +132,10 @@ def open_source(name: str, data_dir: Path | None = None, input_shape: tuple[int,
     check_readable(name)
     if class_lists.is_class_list(name):
         title = class_lists.get(name).title
-        raise UsageError(f"{title} is not a dataset cnncli loads (it has only the class names): score the {title} "
-                         f"weights on your own images with --dataset {FOLDER} --data-dir DIR, DIR holding one "
-                         f"folder per {title} class, named by its WordNet id (n02099601) or name (golden retriever)")
+        raise UsageError(f"{title} is not a dataset cnncli loads (it has only the class names): use the {title} "
+                         "weights on your own images (predict's image files, features --image FILE) or on a folder "
+                         f"of them (--dataset {FOLDER} --data-dir DIR, DIR holding one folder per {title} class, "
+                         "named by its WordNet id, n02099601, or name, golden retriever)")
     if name != FOLDER:
         info = data.get(name)
         return Source(info.name, info.title, tuple(info.classes), tuple(info.image_shape),  # type: ignore[arg-type]
