@@ -88,9 +88,12 @@ class Checkpoint:
     def data_for(self, model_spec, dataset: str | None = None,
                  data_dir: Path | None = None) -> tuple[str | None, Path | None]:
         """The dataset (and folder) this checkpoint is used with: ``dataset`` if given, else the one it was
-        trained on, else the model file's; an image folder's place is the run's unless ``data_dir`` says."""
+        trained on (published weights: their class list, ``imagenet``), else the model file's; an image
+        folder's place is the run's unless ``data_dir`` says."""
         config = self.config
-        name = dataset or config.get("dataset") or model_spec.train_setting("dataset")
+        recorded = self.meta.get("source")
+        trained_on = recorded.get("name") if isinstance(recorded, dict) else None  # published weights' classes
+        name = dataset or config.get("dataset") or trained_on or model_spec.train_setting("dataset")
         if name == FOLDER and data_dir is None and config.get("data_dir"):
             data_dir = Path(config["data_dir"])  # the folder the checkpoint was trained on
         return name, data_dir
@@ -207,6 +210,22 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
         raise CheckpointError(f"checkpoint {path} has format {fmt}; this cnncli reads up to {FORMAT} "
                               "(it was written by a newer version)")
     return Checkpoint(path, state, meta)
+
+
+def open_weights(value: str | os.PathLike[str], model_spec, progress=None) -> Checkpoint:
+    """The weights ``--weights VALUE`` names for ``model_spec``: the published weights its model file registers
+    under that name (``imagenet``; :mod:`cnncli.published`: found or downloaded, verified, ``progress``
+    receiving the download's events), else a file (:func:`load`). The name of published weights that this
+    model has none of, when no such file exists, is a :class:`UsageError` listing the models that have them."""
+    from cnncli import published
+
+    name = os.fspath(value)
+    if name in model_spec.weights:
+        return published.open_published(model_spec, name, progress)
+    path = Path(value)
+    if not path.exists() and not path.suffix and path.parent == Path("."):  # a bare name, as published weights have
+        published.check_name(name, model_spec)
+    return load(value)
 
 
 def _head(path: Path) -> bytes:

@@ -138,8 +138,9 @@ _FLIP = typer.Option(None, "--flip/--no-flip", help="Augment: flip half the imag
 _LIMIT = typer.Option(None, "--limit", help="Use only the first N training images.", rich_help_panel=_DATA_AUGMENT)
 _DATA_DIR = typer.Option(None, "--data-dir", help="Folder holding the dataset files.", rich_help_panel=_DATA_AUGMENT)
 # The weights of every command that reads them; --checkpoint is the same option by its older name.
-_WEIGHTS = typer.Option(..., "--weights", "--checkpoint", help="Weights: a checkpoint from train (.npz), or a "
-                        "PyTorch state dict (.pt, .pth; the torch extra).")
+_WEIGHTS = typer.Option(..., "--weights", "--checkpoint", help="Weights: a checkpoint from train (.npz), a "
+                        "PyTorch state dict (.pt, .pth; the torch extra), or imagenet: torchvision's published "
+                        "weights, for the models whose file lists them (downloaded once).")
 # Every command that reads weights takes it: the check it skips is cnncli.checkpoint.Checkpoint.check_model.
 _SKIP_MODEL_CHECK = typer.Option(False, "--skip-model-check", help="Use weights trained for another model "
                                  "(their names and shapes must still fit).")
@@ -184,6 +185,15 @@ def _console():
     from cnncli.render import console
 
     return console()
+
+
+def _downloads(fmt, console):
+    """The download bars of a command: on its console, or on stderr when it prints JSON (which must be all
+    that stdout holds)."""
+    from cnncli.render import console as make_console
+    from cnncli.render import downloads
+
+    return downloads.Downloads(make_console(stderr=True) if fmt.value == "json" else console)
 
 
 @app.command()
@@ -275,7 +285,8 @@ def evaluate(
     split: Split = typer.Option(Split.test, "--split", help="test or train.", rich_help_panel=_DATA),
     data_dir: Optional[Path] = _variant(_DATA_DIR, rich_help_panel=_DATA),
     batch_size: int = typer.Option(500, "--batch-size", min=1, help="Images per forward pass."),
-    top_k: int = typer.Option(3, "--top-k", min=1, help="Also report top-k accuracy.", rich_help_panel=_OUTPUT),
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Also report top-k accuracy [default: 3; 5 for "
+                                        "100 classes or more].", show_default=False, rich_help_panel=_OUTPUT),
     worst: int = typer.Option(6, "--worst", min=0, help="How many of the worst mistakes to draw.",
                               rich_help_panel=_OUTPUT),
     fmt: Format = typer.Option(Format.table, "--format", help="table or json.", rich_help_panel=_OUTPUT),
@@ -283,11 +294,10 @@ def evaluate(
 ) -> None:
     """Accuracy, confusion matrix, per-class scores and the worst mistakes of a checkpoint."""
     from cnncli import evaluation
-    from cnncli.render import downloads
     from cnncli.render import evaluation as render
 
     console = _console()
-    with downloads.Downloads(console) as shown:
+    with _downloads(fmt, console) as shown:
         result = evaluation.evaluate(model, checkpoint, dataset=dataset.value if dataset else None,
                                      split=split.value, data_dir=data_dir, batch_size=batch_size,
                                      top_k=top_k, worst=worst, progress=shown, skip_model_check=skip_model_check)
@@ -343,7 +353,8 @@ def predict(
     model: str = typer.Argument(..., help="A built-in model name or a YAML file."),
     images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG) or folders of them."),
     checkpoint: Path = _WEIGHTS,
-    top_k: int = typer.Option(3, "--top-k", min=1, help="How many classes to show per image."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="How many classes to show per image "
+                                        "[default: 3; 5 for 100 classes or more].", show_default=False),
     invert: bool = typer.Option(False, "--invert", help="Invert the images (dark digits on light paper)."),
     fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
     skip_model_check: bool = _SKIP_MODEL_CHECK,
@@ -356,9 +367,11 @@ def predict(
     from cnncli import predict as predict_mod
     from cnncli.render import predict as render
 
-    result = predict_mod.predict(model, checkpoint, images, top_k=top_k, invert=invert,
-                                 skip_model_check=skip_model_check)
-    render.show(result, fmt.value, _console())
+    console = _console()
+    with _downloads(fmt, console) as shown:
+        result = predict_mod.predict(model, checkpoint, images, top_k=top_k, invert=invert,
+                                     skip_model_check=skip_model_check, progress=shown)
+    render.show(result, fmt.value, console)
     predict_mod.check_complete(result)  # files left out: named above, and status 2
 
 
@@ -419,12 +432,11 @@ def features(
     """The feature maps each layer makes of one image, and the first layer's filters (slide 39)."""
     from cnncli import features as features_mod
     from cnncli.plot import check_out
-    from cnncli.render import downloads
     from cnncli.render import features as render
 
     check_out(out)
     console = _console()
-    with downloads.Downloads(console) as shown:
+    with _downloads(fmt, console) as shown:
         result = features_mod.features(model, checkpoint, sample=sample, image=image, layers=layer,
                                        max_maps=max_maps, dataset=dataset.value if dataset else None,
                                        data_dir=data_dir, invert=invert, progress=shown,
@@ -499,8 +511,11 @@ def export(
     from cnncli import export as export_mod
     from cnncli.render import export as render
 
-    render.show(export_mod.export(model, checkpoint, to.value, out, skip_model_check=skip_model_check), fmt.value,
-                _console())
+    console = _console()
+    with _downloads(fmt, console) as shown:
+        result = export_mod.export(model, checkpoint, to.value, out, skip_model_check=skip_model_check,
+                                   progress=shown)
+    render.show(result, fmt.value, console)
 
 
 def _warning_shower(original):

@@ -10,5 +10,9 @@ DATASET_NAMES: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10", "cifar100
 #: A folder of the user's own images (``--data-dir DIR``; cnncli.data.folder), not a registered dataset.
 FOLDER = "image-folder"
 
+#: The class lists of published weights (a model file's ``weights: classes:``; cnncli.data.class_lists):
+#: classes without images, so no dataset cnncli loads.
+CLASS_LISTS: tuple[str, ...] = ("imagenet",)
+
 #: What ``--dataset`` and ``train: dataset:`` accept.
 CHOICES: tuple[str, ...] = DATASET_NAMES + (FOLDER,)

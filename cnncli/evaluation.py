@@ -16,7 +16,8 @@ import numpy as np
 
 from cnncli import checkpoint as ckpt_io
 from cnncli import data, inputs
-from cnncli.data.source import check_readable, open_source
+from cnncli.data import class_lists
+from cnncli.data.source import Source, check_readable, open_source
 from cnncli.engine import losses
 from cnncli.engine.losses import Loss
 from cnncli.engine.network import Network
@@ -26,6 +27,22 @@ from cnncli.model.graph import Graph, build
 
 #: Most confused pairs listed.
 CONFUSED_PAIRS = 5
+#: From this many classes on, top-5 is the measure shown by default (ImageNet's, CIFAR-100's); top-3 below.
+TOP5_CLASSES = 100
+
+
+def default_top_k(classes: int) -> int:
+    """How many top classes eval scores and predict shows when the user does not say: see :data:`TOP5_CLASSES`."""
+    return 5 if classes >= TOP5_CLASSES else 3
+
+
+def class_list_of(saved: ckpt_io.Checkpoint) -> Source | None:
+    """The classes and preparation of published weights (``imagenet``) as the checkpoint records them; None
+    for a checkpoint of any other source."""
+    record = saved.meta.get("source")
+    if isinstance(record, dict) and class_lists.is_class_list(record.get("name")):
+        return Source.from_config(record)
+    return None
 
 
 @dataclass(frozen=True)
@@ -154,12 +171,13 @@ def worst_mistakes(probs: np.ndarray, y_true: np.ndarray, images: np.ndarray, co
 # --------------------------------------------------------------------------- evaluate
 
 def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split: str = "test",
-             data_dir: Path | None = None, batch_size: int = 500, top_k: int = 3,
+             data_dir: Path | None = None, batch_size: int = 500, top_k: int | None = None,
              worst: int = 6, progress: data.ProgressCallback | None = None,
              skip_model_check: bool = False) -> EvalResult:
-    """Score ``checkpoint`` (weights of ``model``) on ``split`` of ``dataset``.
+    """Score ``checkpoint`` (weights of ``model``, or the name of published weights) on ``split`` of ``dataset``.
 
-    ``progress`` receives the download events of the dataset's files.
+    ``progress`` receives the download events of the dataset's files (and of published weights). ``top_k``
+    defaults to :func:`default_top_k`.
 
     The dataset defaults to the one the checkpoint was trained on, else the
     model file's. A checkpoint that does not fit the model is a CheckpointError
@@ -168,7 +186,7 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
     """
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
-    if top_k < 1:
+    if top_k is not None and top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
     if worst < 0:
         raise UsageError(f"--worst must not be negative, got {worst}")
@@ -176,13 +194,14 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
     if dataset is not None:
         check_readable(dataset)
     model_spec = spec.load(model)
-    saved = ckpt_io.load(checkpoint)
+    saved = ckpt_io.open_weights(checkpoint, model_spec, progress)
     saved.check_model(model_spec, skip_model_check)
     name, data_dir = saved.data_for(model_spec, dataset, data_dir)
     graph = build(model_spec, aux=False)
-    info = open_source(name, data_dir, graph.input_shape, progress=progress)
+    info = open_source(name, data_dir, graph.input_shape, progress=progress, classes=class_list_of(saved))
     plan = inputs.plan(info.title, info.image_shape, graph.input_shape, model_spec.name)
     classes = len(info.classes)
+    top_k = default_top_k(classes) if top_k is None else top_k
     inputs.check_outputs(graph.output_shape, classes, info.title, model_spec.name)
     net = inference_network(model_spec, graph, saved)
 

@@ -43,9 +43,11 @@ class ExportResult:
     class_name: str | None = None
 
 
-def export(model: str, checkpoint: Path, to: str, out: Path, *, skip_model_check: bool = False) -> ExportResult:
-    """Write ``model`` with ``checkpoint``'s weights to ``out`` in the format ``to`` names (a checkpoint of
-    another network refused unless ``skip_model_check``)."""
+def export(model: str, checkpoint: Path, to: str, out: Path, *, skip_model_check: bool = False,
+           progress=None) -> ExportResult:
+    """Write ``model`` with ``checkpoint``'s weights (or published weights by name, ``progress`` receiving their
+    download's events) to ``out`` in the format ``to`` names (a checkpoint of another network refused unless
+    ``skip_model_check``)."""
     if to not in TARGETS:
         raise UsageError(f"--to must be one of {', '.join(TARGETS)}, got {to!r}")
     out = Path(out)
@@ -62,7 +64,7 @@ def export(model: str, checkpoint: Path, to: str, out: Path, *, skip_model_check
         torch_module.require(torch_module.EXPORT)
     ckpt_io.check_readable(checkpoint)
     model_spec = spec.load(model)
-    saved = ckpt_io.load(checkpoint)
+    saved = ckpt_io.open_weights(checkpoint, model_spec, progress)
     saved.check_model(model_spec, skip_model_check)
     graph = build(model_spec, aux=False)
     net = inference_network(model_spec, graph, saved)

@@ -29,7 +29,7 @@ from cnncli import extras, inputs
 from cnncli.data.source import Source, check_readable, open_source
 from cnncli.engine import losses
 from cnncli.errors import UsageError
-from cnncli.evaluation import inference_network, probabilities
+from cnncli.evaluation import class_list_of, default_top_k, inference_network, probabilities
 from cnncli.model import spec
 from cnncli.model.graph import build
 from cnncli.predict import Guess, InputWarning, polarity_warning, read_image
@@ -118,10 +118,11 @@ def _choose_layers(graph, wanted: list[str] | None) -> list:
 
 def features(model: str, checkpoint: Path, *, sample: int | None = None, image: Path | None = None,
              layers: list[str] | None = None, max_maps: int = MAX_MAPS, dataset: str | None = None,
-             data_dir: Path | None = None, invert: bool = False, top_k: int = 3,
+             data_dir: Path | None = None, invert: bool = False, top_k: int | None = None,
              progress=None, skip_model_check: bool = False) -> FeatureResult:
-    """The activation maps of ``layers`` (every convolution by default) for one image (``checkpoint``
-    refused when trained for another network, unless ``skip_model_check``)."""
+    """The activation maps of ``layers`` (every convolution by default) for one image (``checkpoint``, or
+    published weights by name, refused when trained for another network, unless ``skip_model_check``);
+    ``progress`` receives download events (of the dataset, of published weights)."""
     if (sample is None) == (image is None):
         raise UsageError("give one image: --sample I (a test image of the dataset) or --image FILE")
     if max_maps < 1:
@@ -132,7 +133,7 @@ def features(model: str, checkpoint: Path, *, sample: int | None = None, image: 
     if dataset is not None:
         check_readable(dataset)
     model_spec = spec.load(model)
-    saved = ckpt_io.load(checkpoint)
+    saved = ckpt_io.open_weights(checkpoint, model_spec, progress)
     saved.check_model(model_spec, skip_model_check)
     graph = build(model_spec, aux=False)
     chosen = _choose_layers(graph, layers)
@@ -141,7 +142,7 @@ def features(model: str, checkpoint: Path, *, sample: int | None = None, image: 
         info = Source.from_config(recorded)  # what the run trained on; no data needed for a file
     else:
         name, data_dir = saved.data_for(model_spec, dataset, data_dir)
-        info = open_source(name, data_dir, graph.input_shape, progress=progress)
+        info = open_source(name, data_dir, graph.input_shape, progress=progress, classes=class_list_of(saved))
     plan = inputs.plan(info.title, info.image_shape, graph.input_shape, model_spec.name)
     inputs.check_outputs(graph.output_shape, len(info.classes), info.title, model_spec.name)
 
@@ -155,7 +156,7 @@ def features(model: str, checkpoint: Path, *, sample: int | None = None, image: 
         pixels, label = np.asarray(images[sample]), int(labels[sample])
         what = f"{info.title} test image {sample} (class {info.classes[label]})"
     else:
-        pixels = read_image(Path(image), info.image_shape, invert)
+        pixels = read_image(Path(image), info.image_shape, invert, info.resize)
         what = f"{image}" + (" (inverted)" if invert else "")
         warning = polarity_warning(pixels, info, invert)
 
@@ -163,7 +164,8 @@ def features(model: str, checkpoint: Path, *, sample: int | None = None, image: 
     loss = losses.get(model_spec.loss)
     out = net.forward(plan.batch(pixels[None], net.dtype, info.normalise))
     probs = probabilities(out, loss)[0]
-    order = np.argsort(-probs, kind="stable")[:min(top_k, len(info.classes))]
+    k = default_top_k(len(info.classes)) if top_k is None else top_k
+    order = np.argsort(-probs, kind="stable")[:min(k, len(info.classes))]
     guesses = [Guess(int(i), info.classes[i], float(probs[i])) for i in order]
 
     maps = []

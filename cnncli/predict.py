@@ -4,7 +4,8 @@ Each image (PNG or JPEG, read with Pillow, the ``images`` extra) is made to
 look like the images the checkpoint was trained on, decoded as image folders
 are (:func:`cnncli.data.folder.decode_image`: turned upright, grey or RGB as
 the dataset's images are, scaled so that it covers the dataset's image size
-and centre-cropped to it), optionally inverted (MNIST's
+and centre-cropped to it; for published weights, torchvision's rule: the
+shorter side resized to 256, the centre 224 × 224 cut out), optionally inverted (MNIST's
 digits are white on black; a scanned digit is usually black on white). From
 there it goes the way the training's images went (:mod:`cnncli.inputs`:
 adaptation to the model's input, the dataset's normalisation), so a checkpoint
@@ -25,7 +26,7 @@ from cnncli.data import folder
 from cnncli.data.source import FOLDER, Source, open_source
 from cnncli.engine import losses
 from cnncli.errors import UsageError
-from cnncli.evaluation import inference_network, probabilities
+from cnncli.evaluation import default_top_k, inference_network, probabilities
 from cnncli.model import spec
 from cnncli.model.graph import build
 from cnncli.words import count
@@ -138,8 +139,9 @@ def input_words(plan: inputs.InputPlan, invert: bool) -> str:
     return "inverted" if adapted == "as is" else f"inverted, {adapted}"
 
 
-def read_image(path: Path, shape: tuple[int, int, int], invert: bool = False) -> np.ndarray:
-    """An image file as uint8 (C, H, W) of ``shape``, decoded as image folders are (:func:`folder.decode_image`).
+def read_image(path: Path, shape: tuple[int, int, int], invert: bool = False, resize: int | None = None) -> np.ndarray:
+    """An image file as uint8 (C, H, W) of ``shape``, decoded as image folders are (:func:`folder.decode_image`;
+    ``resize``: its shorter side resized to this before the crop, as published weights expect).
 
     Raises :class:`UnreadableImage` (a :class:`UsageError`) if it does not exist or cannot be decoded, and a
     :class:`UsageError` if Pillow is not installed.
@@ -151,7 +153,7 @@ def read_image(path: Path, shape: tuple[int, int, int], invert: bool = False) ->
     if not path.is_file():
         raise UnreadableImage(path, "is not a file")
     try:
-        pixels = folder.decode_image(path, shape)
+        pixels = folder.decode_image(path, shape, resize)
     except unreadable as e:
         # Pillow's reason, without the file name it repeats ("cannot identify image file '...'")
         text = (str(e).replace(repr(str(path)), "").strip() or type(e).__name__).splitlines()[0][:200]
@@ -186,16 +188,17 @@ def check_complete(result: PredictResult) -> None:
                          f"{_listing(result.skipped)}")
 
 
-def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int = 3, invert: bool = False,
-            dataset: str | None = None, skip_model_check: bool = False) -> PredictResult:
-    """The ``top_k`` classes of each image (files, or folders of them) under ``checkpoint``'s weights
-    (refused when trained for another network, unless ``skip_model_check``)."""
-    if top_k < 1:
+def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int | None = None, invert: bool = False,
+            dataset: str | None = None, skip_model_check: bool = False, progress=None) -> PredictResult:
+    """The ``top_k`` classes (default :func:`~cnncli.evaluation.default_top_k`) of each image (files, or folders
+    of them) under ``checkpoint``'s weights, or published weights by name (``progress`` receiving their
+    download's events); refused when trained for another network, unless ``skip_model_check``."""
+    if top_k is not None and top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
     extras.require("images", "reading image files (PNG, JPEG)")
     ckpt_io.check_readable(checkpoint)
     model_spec = spec.load(model)
-    saved = ckpt_io.load(checkpoint)
+    saved = ckpt_io.open_weights(checkpoint, model_spec, progress)
     saved.check_model(model_spec, skip_model_check)
     graph = build(model_spec, aux=False)
     recorded = saved.meta.get("source")
@@ -217,7 +220,7 @@ def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int = 3,
             skipped.append(f)
             continue
         try:
-            decoded.append(read_image(f, info.image_shape, invert))
+            decoded.append(read_image(f, info.image_shape, invert, info.resize))
             read.append(f)
         except UnreadableImage as e:
             skipped.append(e.skipped)
@@ -228,7 +231,7 @@ def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int = 3,
     loss = losses.get(model_spec.loss)
     probs = probabilities(net.predict(pixels, 256, loss.source(graph), plan.preparer(net.dtype, info.normalise)),
                           loss)
-    k = min(top_k, len(info.classes))
+    k = min(default_top_k(len(info.classes)) if top_k is None else top_k, len(info.classes))
     predictions = []
     for f, img, p in zip(files, pixels, probs):
         order = np.argsort(-p, kind="stable")[:k]

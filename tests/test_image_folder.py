@@ -363,11 +363,11 @@ def test_crash_mid_decode_leaves_no_file(tmp_path, monkeypatch, cache_home):
     real = folder.decode_image
     seen = []
 
-    def crashing(path, shape):
+    def crashing(path, shape, *rest):
         seen.append(path)
         if len(seen) == 5:
             raise KeyboardInterrupt
-        return real(path, shape)
+        return real(path, shape, *rest)
 
     monkeypatch.setattr(folder, "decode_image", crashing)
     with pytest.raises(KeyboardInterrupt):
@@ -385,12 +385,12 @@ def test_killed_decode_leaves_no_final_file_and_its_leftover_is_removed(tmp_path
         import sys, time
         from cnncli.data import folder
         real, seen = folder.decode_image, []
-        def slow(path, shape):
+        def slow(path, shape, *rest):
             seen.append(path)
             if len(seen) == 4:
                 print("decoding", flush=True)
                 time.sleep(120)
-            return real(path, shape)
+            return real(path, shape, *rest)
         folder.decode_image = slow
         folder.load(folder.scan(sys.argv[1]), "train", (3, 8, 8), seed=0)
     """)

@@ -89,7 +89,18 @@ def fetch(
     progress: ProgressCallback | None,
 ) -> Path:
     """Download ``remote_name`` into ``dest`` from the first of ``info``'s mirrors that delivers a good copy."""
-    bases = mirrors(info.name)
+    return fetch_from(mirrors(info.name), remote_name, dest, install, progress)
+
+
+def fetch_from(
+    bases: list[str],
+    remote_name: str,
+    dest: Path,
+    install: Install,
+    progress: ProgressCallback | None,
+) -> Path:
+    """Download ``remote_name`` into ``dest`` from the first of the base URLs ``bases`` that delivers a good copy;
+    :class:`AllMirrorsFailed` says why each failed."""
     failure = AllMirrorsFailed(remote_name)
     if not bases:
         failure.attempts.append(("(none)", f"no mirrors configured ({ENV_MIRRORS} is empty)"))

@@ -43,6 +43,14 @@ aspect ratio is kept, bilinear filter) **and centre-cropped** to H × W
 scale first, no smaller than twice the resized size. Sizes may differ from
 image to image.
 
+Published weights expect torchvision's preparation instead (``resize``, e.g.
+256 for a 224 × 224 input): the shorter side resized to ``resize``, the longer
+one to ``int(resize × long / short)``, with Pillow's bilinear filter (which
+antialiases when it shrinks, as torchvision's ``Resize`` does on PIL images),
+then the centre H × W cut out at ``round((size - H) / 2)`` (Python's rounding,
+as torchvision's ``center_crop``). JPEGs are then decoded at full size, as
+torchvision decodes them.
+
 A file Pillow cannot read (not an image, truncated, corrupt, vanished since
 the scan) is **left out with a warning** (:class:`~cnncli.data.DataWarning`
 naming the files and why, counted), never silently: the warning is repeated
@@ -101,6 +109,7 @@ from .places import cache_dir
 from .registry import DataWarning
 
 __all__ = [
+    "ALL",
     "IMAGE_SUFFIXES",
     "FolderDataset",
     "ImageFile",
@@ -112,6 +121,9 @@ __all__ = [
     "pixel_stats",
     "scan",
 ]
+
+#: The split of every image of a folder (images no weights were trained on: see cnncli.data.source).
+ALL = "all"
 
 #: The files read as images (compared case-insensitively).
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
@@ -179,8 +191,11 @@ class FolderDataset:
                 "train: the rest")
 
     def split_files(self, split: str, seed: int, test_share: float = 0.2) -> tuple[ImageFile, ...]:
-        """The files of ``split`` (``"train"`` or ``"test"``), in ``files`` order; see the module docstring."""
+        """The files of ``split`` (``"train"``, ``"test"`` or :data:`ALL`), in ``files`` order; see the module
+        docstring."""
         split = _check_split(split)
+        if split == ALL:
+            return self.files
         if self.has_test_folder:
             return tuple(f for f in self.files if f.name.startswith(f"{split}/"))
         test_share = _check_share(test_share)
@@ -346,22 +361,27 @@ def _pillow():
     return Image, ImageOps
 
 
-def describe(shape: Sequence[int]) -> str:
+def describe(shape: Sequence[int], resize: int | None = None) -> str:
     """What :func:`decode_image` does to an image, in words, e.g. ``RGB, resized (shorter side to 32) and
     centre-cropped to 32×32``."""
     c, h, w = _check_shape(shape)
     colour = "grey" if c == 1 else "RGB"
+    if resize is not None:
+        return f"{colour}, resized (shorter side to {resize}) and centre-cropped to {h}×{w}"
     if h == w:
         return f"{colour}, resized (shorter side to {h}) and centre-cropped to {h}×{w}"
     return f"{colour}, resized (to cover {h}×{w}, aspect ratio kept) and centre-cropped to {h}×{w}"
 
 
-def decode_image(path: str | os.PathLike[str], shape: Sequence[int]) -> np.ndarray:
-    """One image file as uint8 (C, H, W); see the module docstring. Pillow's errors pass through."""
+def decode_image(path: str | os.PathLike[str], shape: Sequence[int], resize: int | None = None) -> np.ndarray:
+    """One image file as uint8 (C, H, W); ``resize``: torchvision's rule (the shorter side to it before the
+    crop) instead of covering H × W; see the module docstring. Pillow's errors pass through."""
     image_mod, image_ops = _pillow()
     c, h, w = _check_shape(shape)
+    if resize is not None and resize < max(h, w):
+        raise UsageError(f"resizing the shorter side to {resize} leaves too little for a {h}×{w} crop")
     with image_mod.open(path) as img:
-        if img.format in ("JPEG", "MPO"):
+        if img.format in ("JPEG", "MPO") and resize is None:
             # Decode at 1/2, 1/4 or 1/8 scale when that still leaves twice the resized size (any orientation).
             s = 2 * max(h, w) / min(img.width, img.height)
             if s < 1:
@@ -375,14 +395,31 @@ def decode_image(path: str | os.PathLike[str], shape: Sequence[int]) -> np.ndarr
             rgba = img.convert("RGBA")
             img = image_mod.alpha_composite(image_mod.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
         img = img.convert("L" if c == 1 else "RGB")
-        scale = max(h / img.height, w / img.width)
-        size = (max(w, round(img.width * scale)), max(h, round(img.height * scale)))
+        if resize is None:
+            scale = max(h / img.height, w / img.width)
+            size = (max(w, round(img.width * scale)), max(h, round(img.height * scale)))
+        else:
+            size = shorter_side_to(img.size, resize)
         if size != img.size:
             img = img.resize(size, image_mod.Resampling.BILINEAR)
-        left, top = (size[0] - w) // 2, (size[1] - h) // 2
+        if resize is None:
+            left, top = (size[0] - w) // 2, (size[1] - h) // 2
+        else:
+            left, top = int(round((size[0] - w) / 2.0)), int(round((size[1] - h) / 2.0))
         img = img.crop((left, top, left + w, top + h))
         pixels = np.asarray(img, dtype=np.uint8)
     return np.ascontiguousarray(pixels[None] if c == 1 else pixels.transpose(2, 0, 1))
+
+
+def shorter_side_to(size: tuple[int, int], resize: int) -> tuple[int, int]:
+    """The (width, height) torchvision's ``Resize(resize)`` gives an image of ``size``: the shorter side
+    ``resize``, the longer one scaled alike and truncated."""
+    width, height = size
+    short, long = min(width, height), max(width, height)
+    if short == resize:
+        return width, height
+    other = int(resize * long / short)
+    return (resize, other) if width <= height else (other, resize)
 
 
 def unreadable_errors() -> tuple[type[BaseException], ...]:
@@ -407,13 +444,19 @@ def _digest(value: object) -> str:
 
 
 def _cache_stem(dataset: FolderDataset, split: str, shape: tuple[int, int, int], seed: int,
-                test_share: float, files: Sequence[ImageFile]) -> tuple[str, str]:
+                test_share: float, files: Sequence[ImageFile], resize: int | None = None) -> tuple[str, str]:
     """(slot, slot-content): see the module docstring."""
     _pillow()
     import PIL
 
-    rule = ["folders"] if dataset.has_test_folder else ["seeded", int(seed), float(test_share)]
-    slot = _digest({"root": str(dataset.root), "split": split, "shape": list(shape), "rule": rule})
+    if split == ALL:
+        rule: list = ["all"]
+    else:
+        rule = ["folders"] if dataset.has_test_folder else ["seeded", int(seed), float(test_share)]
+    where = {"root": str(dataset.root), "split": split, "shape": list(shape), "rule": rule}
+    if resize is not None:  # absent otherwise: the caches of the usual rule keep their names
+        where["resize"] = int(resize)
+    slot = _digest(where)
     content = _digest({
         "decoder": _DECODER,
         "pillow": PIL.__version__,
@@ -480,7 +523,8 @@ def _write_npy_header(out, shape: tuple[int, ...]) -> None:
 
 
 def _decode_split(dataset: FolderDataset, files: Sequence[ImageFile], shape: tuple[int, int, int],
-                  folder: Path, stem: str, progress: Progress | None) -> list[dict[str, str]]:
+                  folder: Path, stem: str, progress: Progress | None,
+                  resize: int | None = None) -> list[dict[str, str]]:
     """Decode ``files`` into ``folder/stem.npy`` and its record, atomically; return the files left out."""
     unreadable = unreadable_errors()
     per_image = int(np.prod(shape))
@@ -505,7 +549,7 @@ def _decode_split(dataset: FolderDataset, files: Sequence[ImageFile], shape: tup
             header = out.tell()
             for done, f in enumerate(files, 1):
                 try:
-                    pixels = decode_image(dataset.root / f.name, shape)
+                    pixels = decode_image(dataset.root / f.name, shape, resize)
                 except unreadable as e:
                     skipped.append({"file": f.name, "reason": _reason(e)})
                 else:
@@ -575,21 +619,23 @@ def load(
     seed: int,
     test_share: float = 0.2,
     progress: Progress | None = None,
+    resize: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One split of an image folder: images uint8 (N, C, H, W), memory-mapped read-only, and labels int64 (N,).
 
-    ``split`` is ``"train"`` or ``"test"``; ``shape`` the images' (C, H, W)
+    ``split`` is ``"train"``, ``"test"`` or :data:`ALL` (every image); ``shape`` the images' (C, H, W)
     with C 1 (grey) or 3 (RGB); ``seed`` and ``test_share`` (in (0, 1)) choose
-    the test images of a folder without ``train/`` and ``test/``. Decodes into
-    the cache unless the split is there already (module docstring). Files
-    that cannot be read are left out with a :class:`DataWarning`.
+    the test images of a folder without ``train/`` and ``test/``; ``resize`` is
+    :func:`decode_image`'s. Decodes into the cache unless the split is there
+    already (module docstring). Files that cannot be read are left out with a
+    :class:`DataWarning`.
     """
     split = _check_split(split)
     shape = _check_shape(shape)
     test_share = _check_share(test_share)
     files = dataset.split_files(split, seed, test_share)
     folder = cache_folder()
-    slot, stem = _cache_stem(dataset, split, shape, seed, test_share, files)
+    slot, stem = _cache_stem(dataset, split, shape, seed, test_share, files, resize)
     npy, record = folder / f"{stem}.npy", folder / f"{stem}.json"
     cached = _open_cached(npy, record, files, shape)
     if cached is None:
@@ -599,14 +645,15 @@ def load(
             raise UsageError(f"cannot create the cache folder {folder} for the decoded images of "
                              f"{dataset.root}: {e.strerror or e} (point XDG_CACHE_HOME elsewhere)") from None
         _remove_stale(folder, slot, keep=stem)
-        _decode_split(dataset, files, shape, folder, stem, progress)
+        _decode_split(dataset, files, shape, folder, stem, progress, resize)
         cached = _open_cached(npy, record, files, shape)
         if cached is None:  # pragma: no cover - written and read back by this very process
             raise UsageError(f"the decoded images of {dataset.root} in {folder} could not be read back")
     images, skipped = cached
     if skipped:
         warnings.warn(
-            f"{len(skipped)} of {count(len(files), f'{split} image')} in {dataset.root} could not be read and "
+            f"{len(skipped)} of {count(len(files), 'image' if split == ALL else f'{split} image')} in {dataset.root} "
+            "could not be read and "
             f"{_are(len(skipped))} left out: "
             + _listing(skipped) + ". Fix or delete them; the folder is decoded again when it changes.",
             DataWarning, stacklevel=2)
@@ -642,7 +689,7 @@ def pixel_stats(images: np.ndarray, chunk_bytes: int = 1 << 24) -> tuple[tuple[f
 
 def _check_split(split: str) -> str:
     key = str(split).strip().lower()
-    if key not in ("train", "test"):
+    if key not in ("train", "test", ALL):
         raise UsageError(f"unknown split {split!r} of an image folder: 'train' or 'test'")
     return key
 

@@ -54,9 +54,15 @@ def search_dirs(name: str, data_dir: str | os.PathLike[str] | None = None) -> li
 def mirrors(name: str) -> list[str]:
     """Base URLs dataset ``name`` is downloaded from, in order (``CNNCLI_MIRRORS`` overrides)."""
     info = get(name)
+    return mirror_bases(info.mirrors, info.directory)
+
+
+def mirror_bases(defaults: Sequence[str], directory: str) -> list[str]:
+    """The base URLs to download from: ``CNNCLI_MIRRORS``'s when it is set, else ``defaults``; ``{dataset}``
+    in one is replaced by ``directory`` (a dataset's folder name, or ``weights`` for published weights)."""
     env = os.environ.get(ENV_MIRRORS, "").strip()
-    bases = [b.strip() for b in env.split(",") if b.strip()] if env else list(info.mirrors)
-    return [b.replace("{dataset}", info.directory) for b in bases]
+    bases = [b.strip() for b in env.split(",") if b.strip()] if env else list(defaults)
+    return [b.replace("{dataset}", directory) for b in bases]
 
 
 def offline() -> bool:
@@ -65,15 +71,17 @@ def offline() -> bool:
 
 
 def not_found(
-    info: DatasetInfo,
+    what: DatasetInfo | str,
     missing: str,
     places: Sequence[Place],
     download_note: str,
     how_to_supply: str,
 ) -> DataError:
-    """The error for files found nowhere: what is missing, every place looked in, why nothing was downloaded."""
+    """The error for files found nowhere: what is missing (a dataset's, or ``what`` in words), every place
+    looked in, why nothing was downloaded."""
+    title = what if isinstance(what, str) else what.title
     lines = [
-        f"{info.title} file(s) not found: {missing}.",
+        f"{title} file(s) not found: {missing}.",
         "Looked in:",
     ]
     for place in places:

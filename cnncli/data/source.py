@@ -13,6 +13,13 @@ splits, whichever kind it is:
   when it is first opened. The test split is drawn with a fixed seed, not the
   run's, so runs with different seeds are scored on the same images.
 
+* the **classes of published weights** (``imagenet``; :mod:`cnncli.data.class_lists`):
+  no images of their own, so not a dataset to load; an image folder laid out by
+  their classes is read as them (:func:`open_source` with ``classes``): each
+  class folder is the class it names, every image is a test image (the weights
+  never saw the folder), and images are prepared as the weights expect
+  (their mean, std and resize rule), not with the folder's own statistics.
+
 A source's :meth:`~Source.to_config` record is saved in a run's config and
 checkpoints; :meth:`Source.from_config` gives a checkpoint's classes and
 statistics back without the data (what ``predict`` needs).
@@ -27,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from cnncli import data, extras
-from cnncli.data import DownloadEvent, folder
+from cnncli.data import DownloadEvent, class_lists, folder
 from cnncli.dataset_names import FOLDER
 from cnncli.errors import CheckpointError, UsageError
 
@@ -39,7 +46,12 @@ FOLDER_SPLIT_SEED = 0
 
 @dataclass
 class Source:
-    """A dataset as a run sees it; ``root`` is an image folder's, None for a registered dataset."""
+    """A dataset as a run sees it; ``root`` is an image folder's, None for a registered dataset.
+
+    ``resize``: an image file's shorter side is resized to this before the centre crop to ``image_shape``
+    (published weights' rule, :func:`cnncli.data.folder.decode_image`); None: resized to cover it.
+    ``folder_labels``: an image folder read as a class list's classes, each class folder's label.
+    """
 
     name: str
     title: str
@@ -49,6 +61,8 @@ class Source:
     std: tuple[float, ...]
     root: Path | None = None
     notes: tuple[str, ...] = ()
+    resize: int | None = None
+    folder_labels: tuple[int, ...] | None = None
     _splits: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def normalise(self, images: np.ndarray, dtype) -> np.ndarray:
@@ -61,15 +75,18 @@ class Source:
             return self._splits[split]
         if self.root is None:
             return data.load(self.name, split, data_dir, progress=progress)
-        loaded = folder.load(folder.scan(self.root), split, self.image_shape, FOLDER_SPLIT_SEED,
-                             progress=_decoding(progress, split, self.root))
-        self._splits[split] = loaded
-        return loaded
+        which = split if self.folder_labels is None else folder.ALL  # no image of it was trained on
+        images, labels = folder.load(folder.scan(self.root), which, self.image_shape, FOLDER_SPLIT_SEED,
+                                     progress=_decoding(progress, split, self.root), resize=self.resize)
+        if self.folder_labels is not None:
+            labels = np.asarray(self.folder_labels, dtype=np.int64)[labels]
+        self._splits[split] = (images, labels)
+        return images, labels
 
     def to_config(self) -> dict[str, Any]:
         return {"name": self.name, "title": self.title, "classes": list(self.classes),
                 "image_shape": list(self.image_shape), "mean": list(self.mean), "std": list(self.std),
-                "root": None if self.root is None else str(self.root)}
+                "root": None if self.root is None else str(self.root), "resize": self.resize}
 
     @classmethod
     def from_config(cls, record: dict[str, Any]) -> Source:
@@ -78,7 +95,8 @@ class Source:
             return cls(str(record["name"]), str(record["title"]), tuple(str(c) for c in record["classes"]),
                        tuple(int(d) for d in record["image_shape"]),  # type: ignore[arg-type]
                        tuple(float(m) for m in record["mean"]), tuple(float(s) for s in record["std"]),
-                       None if record.get("root") is None else Path(record["root"]))
+                       None if record.get("root") is None else Path(record["root"]),
+                       resize=None if record.get("resize") is None else int(record["resize"]))
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"the checkpoint's record of its dataset is incomplete ({e})") from None
 
@@ -103,13 +121,21 @@ def check_readable(name: str) -> None:
 
 
 def open_source(name: str, data_dir: Path | None = None, input_shape: tuple[int, ...] | None = None,
-                progress=None) -> Source:
+                progress=None, classes: Source | None = None) -> Source:
     """The source ``name`` names; an image folder needs ``data_dir`` and the model's ``input_shape``.
 
     Opening an image folder decodes its training split (once: it is cached) to
     compute its statistics; ``progress`` receives DownloadEvents meanwhile.
+    ``classes``: what the weights were trained on (a checkpoint's record); when
+    that is a class list, an image folder is read as its classes (module docstring).
     """
     check_readable(name)
+    if class_lists.is_class_list(name):
+        title = class_lists.get(name).title
+        raise UsageError(f"{title} is not a dataset cnncli loads (it has only the class names): use the {title} "
+                         "weights on your own images (predict's image files, features --image FILE) or on a folder "
+                         f"of them (--dataset {FOLDER} --data-dir DIR, DIR holding one folder per {title} class, "
+                         "named by its WordNet id, n02099601, or name, golden retriever)")
     if name != FOLDER:
         info = data.get(name)
         return Source(info.name, info.title, tuple(info.classes), tuple(info.image_shape),  # type: ignore[arg-type]
@@ -122,6 +148,8 @@ def open_source(name: str, data_dir: Path | None = None, input_shape: tuple[int,
         raise UsageError(f"an image folder trains models whose input is a grey or colour image (1×H×W or 3×H×W), "
                          f"not {'×'.join(map(str, shape)) or 'nothing'}")
     dataset = folder.scan(data_dir)
+    if classes is not None and class_lists.is_class_list(classes.name):
+        return _as_classes(dataset, classes)
     images, labels = folder.load(dataset, "train", shape, FOLDER_SPLIT_SEED,
                                  progress=_decoding(progress, "train", Path(data_dir)))
     mean, std = folder.pixel_stats(images)
@@ -130,3 +158,18 @@ def open_source(name: str, data_dir: Path | None = None, input_shape: tuple[int,
                     (dataset.split_rule(FOLDER_SPLIT_SEED), folder.describe(shape), *dataset.notes))
     source._splits["train"] = (images, labels)
     return source
+
+
+def _as_classes(dataset: folder.FolderDataset, trained: Source) -> Source:
+    """An image folder read as the class list ``trained`` names, prepared as ``trained`` says."""
+    listed = class_lists.get(trained.name)
+    labels = class_lists.match_folders(dataset.classes, listed)
+    title = f"{dataset.title} ({trained.title} classes)"
+    notes = (f"its {len(dataset.classes)} class folders are {trained.title} classes: "
+             + ", ".join(f"{name} = {label}" for name, label in zip(dataset.classes[:5], labels[:5]))
+             + (", ..." if len(labels) > 5 else ""),
+             f"every image is a test image (the {trained.title} weights never saw the folder), "
+             f"normalised with the weights' statistics",
+             folder.describe(trained.image_shape, trained.resize), *dataset.notes)
+    return Source(FOLDER, title, trained.classes, trained.image_shape, trained.mean, trained.std,
+                  dataset.root, notes, trained.resize, tuple(labels))

@@ -476,14 +476,14 @@ def _dump_folder(path: Path) -> Path:
     return folder
 
 
-def _network(model: str, weights: Path | None,
-             skip_model_check: bool = False) -> tuple[spec.ModelSpec, Network, checkpoint.Checkpoint | None]:
+def _network(model: str, weights: Path | None, skip_model_check: bool = False,
+             progress=None) -> tuple[spec.ModelSpec, Network, checkpoint.Checkpoint | None]:
     model_spec = spec.load(model)
     g = graph_mod.build(model_spec)
     net = Network(g, dtype="float64", seed=0)
     saved = None
     if weights is not None:
-        saved = checkpoint.load(weights)
+        saved = checkpoint.open_weights(weights, model_spec, progress)
         saved.check_model(model_spec, skip_model_check)
         net.load_state_dict(saved.weights_for(net.graph), source=str(weights))
     return model_spec, net, saved
@@ -940,7 +940,7 @@ def run(model: str = "slide-mlp", loss: str | None = None, lr: float | None = No
     _reject(options, _MODEL_OPTIONS, f"model '{model}' (--filter and --upstream are for "
                                      f"{', '.join(MODES)})")
     try:
-        model_spec, net, saved = _network(model, weights, skip_model_check)
+        model_spec, net, saved = _network(model, weights, skip_model_check, progress)
     except UnknownModel as e:
         raise UnknownModel(f"{e}\nbuilt-in traces: {', '.join(MODES)}") from None
     loss_obj = losses_mod.get(_loss_name(loss, model_spec))

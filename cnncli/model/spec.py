@@ -19,13 +19,14 @@ import hashlib
 import importlib.util
 import json
 import operator
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from cnncli.dataset_names import CHOICES
+from cnncli.dataset_names import CHOICES, CLASS_LISTS
 from cnncli.errors import SpecError, UnknownModel
 from cnncli.model.kinds import COMMON_OPTIONS, KINDS, Option, Shape, is_parametric
 
@@ -57,7 +58,9 @@ TRAIN_OPTIONS: dict[str, Option] = {
 _PER_DATASET = "datasets"
 
 _TOP_KEYS = ("name", "description", "reference", "input", "classes", "loss", "train",
-             "blocks", "layers", "output")
+             "blocks", "layers", "output", "weights")
+#: The keys of one entry of ``weights:`` (:class:`PublishedWeights`).
+_WEIGHTS_KEYS = ("url", "classes", "mean", "std", "resize", "names")
 _BLOCK_USE_OPTIONS = ("name", "input", "repeat")
 _MAX_BLOCK_DEPTH = 16
 
@@ -91,6 +94,36 @@ class NodeSpec:
     init: Any = None
 
 
+@dataclass(frozen=True)
+class PublishedWeights:
+    """One entry of a model file's ``weights:`` section: published weights that fit the network, and how
+    images must be prepared for them (``cnncli --weights NAME``; :mod:`cnncli.published`).
+
+    ``url``'s file name ends in ``-<hash>.<ext>``, ``hash`` being the start of the file's SHA-256 (as
+    torchvision names its files). ``classes`` is a class list (:mod:`cnncli.data.class_lists`). An image is
+    resized so that its shorter side is ``resize`` (None: so that it just covers the input), centre-cropped
+    to the input's H×W and normalised with ``mean`` and ``std`` (per channel, pixels in [0, 1]). ``names``
+    maps the file's layer names to the model's where they differ (``features.0`` -> ``conv1``).
+    """
+
+    name: str
+    url: str
+    classes: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize: int | None = None
+    names: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def filename(self) -> str:
+        return self.url.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def hash_prefix(self) -> str:
+        """The start of the file's SHA-256 its name carries (``resnet18-f37072fd.pth`` -> ``f37072fd``)."""
+        return self.filename.rsplit("-", 1)[-1].split(".", 1)[0]
+
+
 @dataclass
 class ModelSpec:
     """A validated model file with its blocks expanded into nodes."""
@@ -107,6 +140,8 @@ class ModelSpec:
     train: dict[str, Any] = field(default_factory=dict)
     #: ``train: datasets:``: for a dataset, the settings that replace ``train``'s when training on it.
     train_by_dataset: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: ``weights:``: published weights that fit the network, by the name ``--weights`` gives.
+    weights: dict[str, PublishedWeights] = field(default_factory=dict)
 
     def train_setting(self, key: str) -> Any:
         """A ``train:`` setting: the file's value, else its default in :data:`TRAIN_OPTIONS`."""
@@ -477,11 +512,12 @@ class _Parser:
         train_section = doc.get("train") or {}
         train = self.train(train_section)
         by_dataset = self.train_by_dataset(train_section.get(_PER_DATASET))
+        weights = self.weights(doc.get("weights"), input_shape)
         return ModelSpec(
             name=doc.get("name", default_name), source=self.source, input=input_shape,
             nodes=self.nodes, output=output, description=doc.get("description", ""),
             reference=doc.get("reference", ""), classes=classes, loss=loss,
-            train=train, train_by_dataset=by_dataset,
+            train=train, train_by_dataset=by_dataset, weights=weights,
         )
 
     def input_shape(self, value: Any) -> Shape:
@@ -502,6 +538,70 @@ class _Parser:
             except ValueError as e:
                 raise self.fail(f"{where}.{key}", str(e)) from None
         return out
+
+    def weights(self, section: Any, input_shape: Shape) -> dict[str, PublishedWeights]:
+        """The ``weights:`` section, checked against the expanded network (``names`` must name its layers)."""
+        if section is None:
+            return {}
+        if not isinstance(section, dict) or not section:
+            raise self.fail("weights", "must be a mapping of names (what --weights gives, e.g. imagenet) to "
+                                       f"published weights ({', '.join(_WEIGHTS_KEYS)})")
+        return {str(name): self.published(str(name), entry, input_shape) for name, entry in section.items()}
+
+    def published(self, name: str, entry: Any, input_shape: Shape) -> PublishedWeights:
+        where = f"weights.{name}"
+        if not isinstance(entry, dict):
+            raise self.fail(where, f"must be a mapping with {', '.join(_WEIGHTS_KEYS)}, got {_type_name(entry)}")
+        for key in entry:
+            if key not in _WEIGHTS_KEYS:
+                raise self.fail(where, f"unknown key '{key}'{_suggest(key, _WEIGHTS_KEYS)}")
+        for key in ("url", "classes", "mean", "std"):
+            if key not in entry:
+                raise self.fail(where, f"missing '{key}'")
+        url = entry["url"]
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            raise self.fail(f"{where}.url", f"must be an http(s) URL of the weights file, got {url!r}")
+        weights = PublishedWeights(name, url, entry["classes"], (), ())
+        if not re.fullmatch(r"[^/]+-[0-9a-f]{8,64}\.[A-Za-z0-9]+", weights.filename):
+            raise self.fail(f"{where}.url", f"the file name must end in -HASH.EXT, HASH being at least 8 hex digits "
+                                            f"of the file's SHA-256 (as in resnet18-f37072fd.pth), got "
+                                            f"{weights.filename!r}")
+        if entry["classes"] not in CLASS_LISTS:
+            raise self.fail(f"{where}.classes", f"must be a class list: {', '.join(CLASS_LISTS)}, got "
+                                                f"{entry['classes']!r}{_suggest(str(entry['classes']), CLASS_LISTS)}")
+        channels = input_shape[0] if len(input_shape) == 3 else None
+        if channels is None:
+            raise self.fail(where, f"published weights are for image inputs (C×H×W), the input is {list(input_shape)}")
+        stats = {}
+        for key in ("mean", "std"):
+            value = entry[key]
+            if (not isinstance(value, list) or len(value) != channels
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+                raise self.fail(f"{where}.{key}", f"must be a list of {channels} numbers (one per input channel), "
+                                                  f"got {value!r}")
+            stats[key] = tuple(float(v) for v in value)
+        if not all(s > 0 for s in stats["std"]):
+            raise self.fail(f"{where}.std", f"must be positive, got {entry['std']!r}")
+        resize = entry.get("resize")
+        if resize is not None and (isinstance(resize, bool) or not isinstance(resize, int)
+                                   or resize < max(input_shape[1:])):
+            raise self.fail(f"{where}.resize", f"the shorter side before the centre crop to the input's "
+                                               f"{input_shape[1]}×{input_shape[2]}: an integer of at least "
+                                               f"{max(input_shape[1:])}, got {resize!r}")
+        names = entry.get("names") or {}
+        if not isinstance(names, dict):
+            raise self.fail(f"{where}.names", f"must map the file's layer names to the model's, got {_type_name(names)}")
+        layers = {n.name for n in self.nodes if is_parametric(n.kind)}
+        targets: dict[str, str] = {}
+        for theirs, ours in names.items():
+            if not isinstance(ours, str) or ours not in layers:
+                raise self.fail(f"{where}.names.{theirs}", f"must name a layer with parameters of the model, got "
+                                                           f"{ours!r}{_suggest(str(ours), sorted(layers))}")
+            if ours in targets:
+                raise self.fail(f"{where}.names", f"'{targets[ours]}' and '{theirs}' are both mapped to '{ours}'")
+            targets[ours] = str(theirs)
+        return PublishedWeights(name, url, entry["classes"], stats["mean"], stats["std"], resize,
+                                {str(k): v for k, v in names.items()})
 
     def train_by_dataset(self, section: Any) -> dict[str, dict[str, Any]]:
         where = f"train.{_PER_DATASET}"

@@ -17,7 +17,7 @@ from rich.text import Text
 
 from cnncli.evaluation import EvalResult, Mistake
 from cnncli.render import colour_on, say, tables
-from cnncli.render.pictures import picture
+from cnncli.render.pictures import picture, shrink
 from cnncli.words import count
 
 
@@ -65,6 +65,9 @@ def _cell_style(count: int, row_total: int, diagonal: bool) -> str:
     return "bold red" if share >= 0.02 else "red" if share >= 0.005 else "yellow"
 
 
+#: Columns of a mistake's picture at most (a 224×224 photo is shrunk to it; MNIST's and CIFAR's are smaller).
+_MISTAKE_CELLS = 36
+
 #: Up to this many classes the confusion matrix is drawn (one column each).
 MAX_MATRIX_CLASSES = 20
 
@@ -100,8 +103,9 @@ def _per_class_table(result: EvalResult) -> Table:
     table.add_column("class", overflow="fold")
     for name in ("precision", "recall", "F1", "images"):
         table.add_column(name, justify="right", no_wrap=True)
-    worst_f1 = min((c.f1 for c in result.per_class), default=0.0)
-    for c in result.per_class:
+    rows = _listed(result)
+    worst_f1 = min((c.f1 for c in rows), default=0.0)
+    for c in rows:
         label = c.name if c.name == str(c.cls) else f"{c.cls} {c.name}"
         style = "red" if c.f1 == worst_f1 else ""
         table.add_row(label, f"{100 * c.precision:.2f} %", f"{100 * c.recall:.2f} %",
@@ -109,10 +113,18 @@ def _per_class_table(result: EvalResult) -> Table:
     return table
 
 
+def _listed(result: EvalResult) -> list:
+    """The per-class rows drawn: every class, except, past :data:`MAX_MATRIX_CLASSES` classes, those without
+    an image in the split (a folder of a few ImageNet classes scored by 1000-class weights)."""
+    if len(result.per_class) <= MAX_MATRIX_CLASSES:
+        return list(result.per_class)
+    return [c for c in result.per_class if c.support > 0]
+
+
 def _mistake(m: Mistake, names: list[str], colour: bool) -> Group:
     caption = Text(f"#{m.index}: {names[m.true]} → {names[m.predicted]}\n", style="bold", no_wrap=True)
     caption.append(f"{100 * m.confidence:.1f} % sure (true {100 * m.true_prob:.1f} %)", style="")
-    return Group(caption, picture(m.pixels, colour, crop=True))
+    return Group(caption, picture(shrink(np.asarray(m.pixels), _MISTAKE_CELLS), colour, crop=True))
 
 
 def _trained(result: EvalResult) -> str:
@@ -143,6 +155,10 @@ def show(result: EvalResult, fmt: str, console: Console) -> None:
                      "(it is in --format json)")
     console.print()
     console.print(_per_class_table(result))
+    left = len(result.per_class) - len(_listed(result))
+    if left:
+        say(console, f"({count(left, 'class')} without an image in the split not listed; all are in "
+                     "--format json)")
     if result.confused_pairs:
         console.print()
         console.print("[bold]Most confused[/] (true → predicted):", highlight=False)

@@ -20,19 +20,16 @@ from rich.text import Text
 
 from cnncli.features import FeatureResult
 from cnncli.render import colour_on, say
-from cnncli.render.pictures import picture
+from cnncli.render.pictures import picture, shrink
 
 MIN_CELLS = 12   # small maps are enlarged (nearest neighbour) to at least this many columns
 
 
 def fit(pixels: np.ndarray, max_cells: int) -> np.ndarray:
     """uint8 (C, H, W) enlarged by a whole factor to ≥ MIN_CELLS columns, or averaged down to ≤ max_cells."""
-    c, h, w = pixels.shape
+    w = pixels.shape[2]
     if w > max_cells:
-        k = math.ceil(w / max_cells)
-        ph, pw = math.ceil(h / k) * k, math.ceil(w / k) * k
-        padded = np.pad(pixels.astype(np.float64), ((0, 0), (0, ph - h), (0, pw - w)), mode="edge")
-        return np.round(padded.reshape(c, ph // k, k, pw // k, k).mean(axis=(2, 4))).astype(np.uint8)
+        return shrink(pixels, max_cells)
     k = max(1, min(math.ceil(MIN_CELLS / w), max_cells // w))
     return pixels.repeat(k, axis=1).repeat(k, axis=2) if k > 1 else pixels
 

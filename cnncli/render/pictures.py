@@ -8,6 +8,8 @@ Without colour (a pipe, a log file, ``NO_COLOR``) the cell is ``█``, ``▀``,
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from rich.style import Style
 from rich.text import Text
@@ -15,6 +17,20 @@ from rich.text import Text
 _INK = 128  # brightness from which a monochrome cell counts as inked
 #: MNIST's digits sit inside a blank border this wide; ``crop=True`` leaves it out.
 BORDER = 2
+
+
+def shrink(pixels: np.ndarray, max_cells: int) -> np.ndarray:
+    """uint8 (C, H, W) or (H, W) averaged down by a whole factor to at most ``max_cells`` columns (as it is when
+    narrower): a 224×224 photo in a terminal."""
+    if pixels.ndim == 2:
+        return shrink(pixels[None], max_cells)[0]
+    c, h, w = pixels.shape
+    if w <= max_cells:
+        return pixels
+    k = math.ceil(w / max(1, max_cells))
+    ph, pw = math.ceil(h / k) * k, math.ceil(w / k) * k
+    padded = np.pad(pixels.astype(np.float64), ((0, 0), (0, ph - h), (0, pw - w)), mode="edge")
+    return np.round(padded.reshape(c, ph // k, k, pw // k, k).mean(axis=(2, 4))).astype(np.uint8)
 
 
 def picture(pixels: np.ndarray, colour: bool, crop: bool = False) -> Text:

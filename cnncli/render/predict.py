@@ -11,9 +11,11 @@ from rich.text import Text
 
 from cnncli.predict import PredictResult
 from cnncli.render import colour_on, say
-from cnncli.render.pictures import picture
+from cnncli.render.pictures import picture, shrink
 
 _BAR = 20  # characters of a 100 % probability bar
+_MAX_PICTURE = 64  # columns of a large image's picture, at most ...
+_MIN_PICTURE = 28  # ... and at least (when the terminal is narrow, the bars go below it); MNIST's 28 as it is
 
 
 def as_dict(result: PredictResult) -> dict[str, Any]:
@@ -67,9 +69,12 @@ def show(result: PredictResult, fmt: str, console: Console) -> None:
     say(console, Text.assemble((result.model, "bold"), f" · {result.checkpoint} · classes of {title} · "
                                                        f"input {result.input}"))
     colour = colour_on(console)
+    # A photo at 224×224 is shrunk to leave the bars beside it room (2 columns between, 47 for the bars).
+    cells = max(_MIN_PICTURE, min(_MAX_PICTURE, console.width - 2 - 47))
     for p in result.predictions:
         console.print()
-        console.print(Columns([picture(p.pixels, colour), Group(_guesses(p, colour))], padding=(0, 2)))
+        console.print(Columns([picture(shrink(p.pixels, cells), colour), Group(_guesses(p, colour))],
+                              padding=(0, 2)))
         for w in p.warnings:
             console.print(Text(f"warning: {w.message}", style="yellow"), soft_wrap=True)
     closing = _closing(result)

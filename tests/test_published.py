@@ -1,0 +1,445 @@
+"""Published weights (``--weights imagenet``): model files' ``weights:`` sections, the ImageNet class list,
+finding, downloading and verifying the files, torchvision's image preparation, and the commands on them.
+
+Nothing reaches the internet: the files are state dicts in torchvision's layout made here from numpy
+arrays (saved with torch, the format torchvision publishes), served from a local HTTP server under
+published-style names (``<name>-<start of the SHA-256>.pth``). The built-in models' name maps are checked
+against ``tests/data/torchvision_keys.txt``, the key list of torchvision's own networks (its header and
+``derive_torchvision_keys.py`` say how it was made).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import math
+import threading
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_cli import run_main
+
+from cnncli import checkpoint, dataset_names, evaluation, published
+from cnncli.data import class_lists, folder
+from cnncli.data.source import Source
+from cnncli.errors import SpecError, UsageError
+from cnncli.exchange.torch_module import transposed
+from cnncli.model import graph, spec
+
+PIL = pytest.importorskip("PIL.Image")
+
+KEYS = Path(__file__).resolve().parent / "data" / "torchvision_keys.txt"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# --------------------------------------------------------------------------- the class list
+
+
+def test_imagenet_class_list_ships_with_its_ids_in_label_order():
+    classes = class_lists.get("imagenet")
+    assert len(classes) == 1000 and len(classes.ids) == 1000
+    assert (classes.ids[0], classes.names[0]) == ("n01440764", "tench")
+    assert (classes.ids[207], classes.names[207]) == ("n02099601", "golden retriever")
+    assert list(classes.ids) == sorted(set(classes.ids))  # ImageNet's labels are its sorted WordNet ids
+    assert len(set(classes.names)) == 1000
+    assert set(class_lists.CLASS_LISTS) == set(dataset_names.CLASS_LISTS)
+
+
+def test_folder_names_match_by_id_name_or_loose_name():
+    classes = class_lists.get("imagenet")
+    assert class_lists.match_folders(["n02099601", "golden retriever"][:1], classes) == [207]
+    assert class_lists.match("golden retriever", classes) == 207
+    assert class_lists.match("Golden_Retriever", classes) == 207
+    assert class_lists.match("Cardigan", classes) == 264 and class_lists.match("cardigan", classes) == 474
+    with pytest.raises(UsageError, match="could be the ImageNet class 'Cardigan' .* or 'cardigan'"):
+        class_lists.match("CARDIGAN", classes)
+    with pytest.raises(UsageError, match=r"'goldn retriever' is not one of the ImageNet classes.*"
+                                         r"nearest names: 'golden retriever' \(n02099601\)"):
+        class_lists.match("goldn retriever", classes)
+    with pytest.raises(UsageError, match="'golden retriever' and 'n02099601' are the same ImageNet class"):
+        class_lists.match_folders(["golden retriever", "n02099601"], classes)
+
+
+# --------------------------------------------------------------------------- the built-in models
+
+
+def _torchvision_layouts() -> dict[str, dict[str, tuple[int, ...]]]:
+    layouts: dict[str, dict[str, tuple[int, ...]]] = defaultdict(dict)
+    for line in KEYS.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            continue
+        model, key, shape = line.split("\t")
+        layouts[model][key] = tuple(int(d) for d in shape.split("x")) if shape else ()
+    return layouts
+
+
+LAYOUTS = _torchvision_layouts()
+
+
+@pytest.mark.parametrize("model", ["alexnet", "vgg16", "resnet18", "resnet34", "resnet50", "googlenet"])
+def test_name_map_turns_torchvisions_layout_into_every_parameter_of_the_model(model):
+    """Every entry of torchvision's state dict lands on a parameter or buffer of the same shape (a dense
+    weight transposed), and every parameter and buffer of the model (with its auxiliary heads) gets one."""
+    model_spec = spec.load(model)
+    weights = model_spec.weights["imagenet"]
+    assert (weights.classes, weights.resize) == ("imagenet", 256)
+    g = graph.build(model_spec)
+    flipped = transposed(g)
+    ours = {f"{n.name}.{suffix}": shape for n in g.nodes for suffix, shape in {**n.params, **n.buffers}.items()}
+    theirs = {key: (shape[::-1] if key in flipped else shape)
+              for key, shape in published.renamed(LAYOUTS[model], weights.names).items()
+              if not key.endswith(".num_batches_tracked")}
+    assert set(theirs) == set(ours)
+    assert {k: theirs[k] for k in ours} == ours
+
+
+def test_googlenet_weights_load_without_the_aux_heads_and_with_transform_inputs_statistics():
+    model_spec = spec.load("googlenet")
+    weights = model_spec.weights["imagenet"]
+    # torchvision's transform_input=True after ImageNet's normalisation is (x - 0.5) / 0.5 per channel.
+    pixel = np.array([0.1, 0.6, 0.9])
+    x = (pixel - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    transformed = x * (np.array(IMAGENET_STD) / 0.5) + (np.array(IMAGENET_MEAN) - 0.5) / 0.5
+    np.testing.assert_allclose((pixel - np.array(weights.mean)) / np.array(weights.std), transformed)
+    state = {k: np.zeros(s, dtype=np.float32) for k, s in LAYOUTS["googlenet"].items()}
+    saved = checkpoint.Checkpoint(Path("googlenet-00000000.pth"), published.renamed(state, weights.names),
+                                  {"origin": "torch"})
+    net = evaluation.inference_network(model_spec, graph.build(model_spec, aux=False), saved)
+    assert not any(k.startswith(("aux1.", "aux2.")) for k in net.params)
+
+
+def test_only_models_whose_layers_match_have_published_weights():
+    assert published.models_with("imagenet") == ["alexnet", "googlenet", "resnet18", "resnet34", "resnet50",
+                                                 "vgg16"]
+    urls = {m: spec.load(m).weights["imagenet"].url for m in published.models_with("imagenet")}
+    assert urls["resnet50"] == "https://download.pytorch.org/models/resnet50-0676ba61.pth"  # V1: resize 256
+    assert urls["resnet18"] == "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+
+
+# --------------------------------------------------------------------------- the weights: section
+
+
+TINY = """\
+name: tiny-imagenet
+input: [3, 16, 16]
+classes: 1000
+layers:
+  - conv: {{name: stem, filters: 2, kernel: 3}}
+  - relu
+  - global_avgpool
+  - dense: {{name: head, units: 1000}}
+{weights}"""
+
+
+def _section(url: str, extra: str = "") -> str:
+    return (f"weights:\n  imagenet:\n    url: {url}\n    classes: imagenet\n    resize: 18\n"
+            f"    mean: [0.485, 0.456, 0.406]\n    std: [0.229, 0.224, 0.225]\n"
+            f"    names: {{features.0: stem, classifier: head}}\n{extra}")
+
+
+@pytest.mark.parametrize("change, message", [
+    (("resize: 18", "resize: 15"), "resize: the shorter side .* at least 16"),
+    (("tiny-0123456789.pth", "tiny.pth"), "must end in -HASH.EXT"),
+    (("tiny-0123456789.pth", "tiny-xyz.pth"), "must end in -HASH.EXT"),
+    (("classes: imagenet", "classes: imagenett"), "must be a class list: imagenet"),
+    (("classifier: head", "classifier: haed"), "names.classifier: must name a layer with parameters"),
+    (("mean: [0.485, 0.456, 0.406]", "mean: [0.5]"), "mean: must be a list of 3 numbers"),
+    (("std: [0.229, 0.224, 0.225]", "std: [0.2, 0, 0.2]"), "std: must be positive"),
+    (("classes: imagenet", "clases: imagenet"), "unknown key 'clases' — did you mean 'classes'"),
+])
+def test_weights_section_is_checked(change, message):
+    text = TINY.format(weights=_section("https://example.org/tiny-0123456789.pth")).replace(*change)
+    with pytest.raises(SpecError, match=message):
+        spec.parse(text, "tiny.yaml")
+
+
+def test_weights_section_is_read():
+    model_spec = spec.parse(TINY.format(weights=_section("https://example.org/m/tiny-0123456789.pth")), "t.yaml")
+    w = model_spec.weights["imagenet"]
+    assert (w.filename, w.hash_prefix, w.resize, w.names) == (
+        "tiny-0123456789.pth", "0123456789", 18, {"features.0": "stem", "classifier": "head"})
+    assert spec.parse(TINY.format(weights=""), "t.yaml").weights == {}
+
+
+# --------------------------------------------------------------------------- preparation
+
+
+def _reference_pixels(path: Path, resize: int, crop: int) -> np.ndarray:
+    """torchvision's Resize(resize) + CenterCrop(crop) on a PIL image, written out plainly."""
+    img = PIL.open(path).convert("RGB")
+    w, h = img.size
+    if w <= h:
+        size = (resize, int(resize * h / w))
+    else:
+        size = (int(resize * w / h), resize)
+    img = img.resize(size, PIL.Resampling.BILINEAR)
+    left, top = int(round((size[0] - crop) / 2.0)), int(round((size[1] - crop) / 2.0))
+    return np.asarray(img.crop((left, top, left + crop, top + crop))).transpose(2, 0, 1)
+
+
+def _photo(path: Path, size: tuple[int, int], seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (size[1] // 8 + 1, size[0] // 8 + 1, 3)).astype(np.uint8)
+    PIL.fromarray(base).resize(size, PIL.Resampling.BICUBIC).save(path)
+    return path
+
+
+def test_torchvisions_resize_and_centre_crop(tmp_path):
+    # 459×300: the shorter side to 256 makes the longer int(391.68) = 391, and (391 - 224) / 2 = 83.5 rounds to
+    # 84 as Python rounds (torchvision's center_crop), where the floor would cut at 83.
+    for size in [(459, 300), (300, 459), (256, 256), (1000, 257)]:
+        path = _photo(tmp_path / f"p{size[0]}x{size[1]}.png", size)
+        got = folder.decode_image(path, (3, 224, 224), resize=256)
+        np.testing.assert_array_equal(got, _reference_pixels(path, 256, 224))
+    assert folder.shorter_side_to((459, 300), 256) == (391, 256)
+    assert folder.describe((3, 224, 224), 256) == "RGB, resized (shorter side to 256) and centre-cropped to 224×224"
+
+
+def test_source_record_keeps_the_resize_rule():
+    source = Source("imagenet", "ImageNet", ("a", "b"), (3, 224, 224), IMAGENET_MEAN, IMAGENET_STD, resize=256)
+    assert Source.from_config(json.loads(json.dumps(source.to_config()))).resize == 256
+    assert Source.from_config({**source.to_config(), "resize": None}).resize is None
+    record = source.to_config()
+    del record["resize"]  # a checkpoint written before the rule existed
+    assert Source.from_config(record).resize is None
+
+
+# --------------------------------------------------------------------------- files, downloads, commands
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802
+        self.server.hits.append(self.path)
+        body = self.server.routes.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    srv.daemon_threads = True
+    srv.routes, srv.hits = {}, []
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """A private cache, no folder of weights, no mirrors override, downloads allowed, no proxy."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    for name in ("CNNCLI_WEIGHTS", "CNNCLI_MIRRORS", "CNNCLI_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture(scope="module")
+def tiny_state():
+    """The tiny model's weights in torchvision's layout: (out, in) dense weight, its own layer names."""
+    rng = np.random.default_rng(7)
+    return {"features.0.weight": rng.normal(0, 0.5, (2, 3, 3, 3)).astype(np.float32),
+            "features.0.bias": rng.normal(0, 0.1, 2).astype(np.float32),
+            "classifier.weight": rng.normal(0, 1.0, (1000, 2)).astype(np.float32),
+            "classifier.bias": rng.normal(0, 0.1, 1000).astype(np.float32)}
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory, tiny_state):
+    """The bytes of the state dict as torch.save writes it, and its published-style name."""
+    torch = pytest.importorskip("torch")
+    path = tmp_path_factory.mktemp("weights") / "tiny.pth"
+    torch.save({k: torch.from_numpy(v) for k, v in tiny_state.items()}, path)
+    body = path.read_bytes()
+    return f"tiny-{hashlib.sha256(body).hexdigest()[:10]}.pth", body
+
+
+def _model(tmp_path: Path, url: str) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY.format(weights=_section(url)), encoding="utf-8")
+    return path
+
+
+def _forward(state: dict[str, np.ndarray], pixels: np.ndarray, mean, std) -> np.ndarray:
+    """The tiny network by hand: 3×3 convolution (no padding), ReLU, global average, dense; softmax."""
+    x = (pixels.astype(np.float64) / 255.0 - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]
+    w, b = state["features.0.weight"].astype(np.float64), state["features.0.bias"].astype(np.float64)
+    h, wd = x.shape[1] - 2, x.shape[2] - 2
+    patches = np.stack([x[:, i:i + h, j:j + wd] for i in range(3) for j in range(3)], axis=-1)  # (3, h, w, 9)
+    conv = np.einsum("chwk,ock->ohw", patches, w.reshape(2, 3, 9)) + b[:, None, None]
+    pooled = np.maximum(conv, 0).mean(axis=(1, 2))
+    logits = state["classifier.weight"].astype(np.float64) @ pooled + state["classifier.bias"]
+    e = np.exp(logits - logits.max())
+    return e / e.sum()
+
+
+def test_downloaded_weights_predict_as_the_network_computes_by_hand(tmp_path, server, tiny_file, tiny_state,
+                                                                    capsys):
+    name, body = tiny_file
+    server.routes[f"/models/{name}"] = body
+    model = _model(tmp_path, f"{server.url}/models/{name}")
+    photo = _photo(tmp_path / "photo.png", (37, 23), seed=3)
+    code, out, err = run_main(["predict", str(model), str(photo), "--weights", "imagenet", "--format", "json"],
+                              capsys)
+    assert code == 0, err
+    record = json.loads(out)
+    assert server.hits == [f"/models/{name}"]
+    assert (tmp_path / "xdg-cache" / "cnncli" / "weights" / name).read_bytes() == body
+    assert record["dataset"] == "imagenet" and record["top_k"] == 5  # 1000 classes: top-5 by default
+    probs = _forward(tiny_state, _reference_pixels(photo, 18, 16), IMAGENET_MEAN, IMAGENET_STD)
+    top = np.argsort(-probs, kind="stable")[:5]
+    names = class_lists.get("imagenet").names
+    assert [g["class"] for g in record["predictions"][0]["top"]] == top.tolist()
+    assert [g["name"] for g in record["predictions"][0]["top"]] == [names[i] for i in top]
+    np.testing.assert_allclose([g["probability"] for g in record["predictions"][0]["top"]], probs[top],
+                               rtol=1e-4, atol=1e-7)
+    # A second run uses the cached file: no download.
+    assert run_main(["predict", str(model), str(photo), "--weights", "imagenet"], capsys)[0] == 0
+    assert len(server.hits) == 1
+
+
+def test_a_file_whose_hash_does_not_match_its_name_is_refused_and_not_kept(tmp_path, server, tiny_file, capsys):
+    name, body = tiny_file
+    wrong = "tiny-0123456789.pth"
+    server.routes[f"/models/{wrong}"] = body
+    model = _model(tmp_path, f"{server.url}/models/{wrong}")
+    code, _, err = run_main(["predict", str(model), str(_photo(tmp_path / "p.png", (20, 20))), "--weights",
+                             "imagenet"], capsys)
+    assert code == 2
+    assert "does not start with 0123456789" in err and "not the published file" in err
+    cache = tmp_path / "xdg-cache" / "cnncli" / "weights"
+    assert list(cache.iterdir()) == []  # neither the file nor a partial download
+
+
+def test_a_cached_file_is_used_without_downloading(tmp_path, server, tiny_file, capsys):
+    name, body = tiny_file
+    cache = tmp_path / "xdg-cache" / "cnncli" / "weights"
+    cache.mkdir(parents=True)
+    (cache / name).write_bytes(body)
+    model = _model(tmp_path, f"{server.url}/models/{name}")  # the server has nothing
+    code, _, err = run_main(["predict", str(model), str(_photo(tmp_path / "p.png", (20, 20))), "--weights",
+                             "imagenet"], capsys)
+    assert code == 0, err
+    assert server.hits == []
+
+
+def test_a_folder_of_weights_and_the_mirrors_override(tmp_path, server, tiny_file, monkeypatch, capsys):
+    name, body = tiny_file
+    photo = str(_photo(tmp_path / "p.png", (20, 20)))
+    model = _model(tmp_path, f"http://127.0.0.1:9/models/{name}")  # a closed port: never reached
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / name).write_bytes(body)
+    monkeypatch.setenv("CNNCLI_WEIGHTS", str(mine))
+    assert run_main(["predict", str(model), photo, "--weights", "imagenet"], capsys)[0] == 0
+    monkeypatch.delenv("CNNCLI_WEIGHTS")
+    server.routes[f"/elsewhere/weights/{name}"] = body
+    monkeypatch.setenv("CNNCLI_MIRRORS", f"{server.url}/elsewhere/{{dataset}}/")
+    code, _, err = run_main(["predict", str(model), photo, "--weights", "imagenet"], capsys)
+    assert code == 0, err
+    assert server.hits == [f"/elsewhere/weights/{name}"]
+
+
+def test_offline_without_the_file_says_where_to_put_it(tmp_path, tiny_file, monkeypatch, capsys):
+    name, _ = tiny_file
+    monkeypatch.setenv("CNNCLI_OFFLINE", "1")
+    monkeypatch.setenv("CNNCLI_WEIGHTS", str(tmp_path / "mine"))
+    model = _model(tmp_path, f"https://example.org/models/{name}")
+    code, _, err = run_main(["predict", str(model), str(_photo(tmp_path / "p.png", (20, 20))), "--weights",
+                             "imagenet"], capsys)
+    assert code == 2
+    assert f"not found: {name}" in err and "CNNCLI_OFFLINE" in err
+    assert f"{tmp_path / 'mine'}  [CNNCLI_WEIGHTS] (does not exist)" in err
+    assert f"{tmp_path / 'xdg-cache' / 'cnncli' / 'weights'}  [cache]" in err
+    assert f"download https://example.org/models/{name}" in err
+
+
+def test_a_model_without_published_weights_names_those_that_have_them(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no file called imagenet here
+    code, _, err = run_main(["eval", "lenet5", "--weights", "imagenet"], capsys)
+    assert code == 2
+    assert "model 'lenet5' has no published imagenet weights" in err
+    assert "alexnet, googlenet, resnet18, resnet34, resnet50, vgg16" in err
+
+
+def test_eval_scores_a_folder_of_imagenet_classes_with_the_weights_preparation(tmp_path, server, tiny_file,
+                                                                             tiny_state, capsys):
+    name, body = tiny_file
+    server.routes[f"/models/{name}"] = body
+    model = _model(tmp_path, f"{server.url}/models/{name}")
+    root = tmp_path / "photos"
+    layout = {"n02099601": 207, "tench": 0, "Great_White_Shark": 2}
+    expected = np.zeros((1000, 1000), dtype=np.int64)
+    for i, (folder_name, label) in enumerate(layout.items()):
+        (root / folder_name).mkdir(parents=True)
+        for j in range(2):  # too few for a seeded test split: every image is scored
+            photo = _photo(root / folder_name / f"{j}.png", (30 + 7 * j, 19 + 5 * i), seed=10 * i + j)
+            probs = _forward(tiny_state, _reference_pixels(photo, 18, 16), IMAGENET_MEAN, IMAGENET_STD)
+            expected[label, int(np.argmax(probs))] += 1
+    code, out, err = run_main(["eval", str(model), "--weights", "imagenet", "--dataset", "image-folder",
+                               "--data-dir", str(root), "--format", "json"], capsys)
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["n"] == 6 and record["top_k"]["k"] == 5
+    np.testing.assert_array_equal(np.array(record["confusion"]), expected)
+    assert math.isclose(record["accuracy"], np.trace(expected) / 6)
+
+    (root / "tenchh").mkdir()
+    _photo(root / "tenchh" / "0.png", (20, 20))
+    code, _, err = run_main(["eval", str(model), "--weights", "imagenet", "--dataset", "image-folder",
+                             "--data-dir", str(root)], capsys)
+    assert code == 2 and "'tenchh' is not one of the ImageNet classes" in err and "'tench' (n01440764)" in err
+
+
+def test_imagenet_is_no_dataset_to_load(tmp_path, server, tiny_file, capsys):
+    name, body = tiny_file
+    server.routes[f"/models/{name}"] = body
+    code, _, err = run_main(["eval", str(_model(tmp_path, f"{server.url}/models/{name}")), "--weights",
+                             "imagenet"], capsys)
+    assert code == 2 and "ImageNet is not a dataset cnncli loads" in err and "--dataset image-folder" in err
+
+
+def test_open_weights_is_a_file_when_no_published_weights_have_the_name(lenet_checkpoint):
+    path, _ = lenet_checkpoint
+    saved = checkpoint.open_weights(path, spec.load("lenet5"))
+    assert saved.path == path and "source" not in saved.meta
+
+
+def test_a_photo_is_drawn_shrunk_beside_its_classes():
+    """A 224×224 crop would be 112 lines of 224 columns; it is averaged down to fit beside the bars."""
+    import io
+
+    from rich.console import Console
+
+    from cnncli.predict import Guess, ImagePrediction, PredictResult
+    from cnncli.render import predict as render
+
+    pixels = np.tile(np.arange(224, dtype=np.uint8), (3, 224, 1))
+    guesses = [Guess(i, class_lists.get("imagenet").names[i], 0.2) for i in range(5)]
+    result = PredictResult("resnet18", Path("imagenet"), "imagenet", "ImageNet", "as is", 5,
+                           [ImagePrediction(Path("dog.jpg"), pixels, guesses)])
+    out = io.StringIO()
+    render.show(result, "table", Console(file=out, width=80, color_system=None))
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert 10 <= len(lines) <= 20  # the title, a blank line, then 28 px rows two to a line (224 / 8 = 28)
+    assert any("tench" in line and "█" in line for line in lines)  # the bars beside the picture
