@@ -55,6 +55,7 @@ from cnncli.engine import losses
 from cnncli.engine.network import Network
 from cnncli.errors import UsageError
 from cnncli.evaluation import inference_network, probabilities
+from cnncli.features import map_layer
 from cnncli.model import spec
 from cnncli.model.graph import Graph, Node, ancestors, build
 from cnncli.predict import Guess, InputWarning, polarity_warning, read_image
@@ -230,16 +231,7 @@ def choose_layer(graph: Graph, score: str, name: str | None) -> Node:
     """The node ``--layer NAME`` names (a map feeding the scores), or :func:`default_layer`."""
     if name is None:
         return default_layer(graph, score)
-    nodes = {n.name: n for n in graph.nodes}
-    node = nodes.get(name)
-    if node is None:
-        close = difflib.get_close_matches(name, list(nodes), n=3)
-        hint = f" — did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise UsageError(f"--layer {name}: no such layer in the model{hint} (the default: "
-                         f"{default_layer(graph, score).name}; `cnncli summarize` lists every layer)")
-    if not _is_map(node):
-        raise UsageError(f"--layer {name}: its output is {'×'.join(map(str, node.out_shape))}, not maps "
-                         "(channels × height × width); choose a layer before the flatten or global pooling")
+    node = map_layer(graph, name)
     if name not in _feeding(graph, score):
         raise UsageError(f"--layer {name}: the class scores ('{score}') do not depend on it")
     return node
@@ -406,7 +398,7 @@ def explain(model: str, weights: Path, *, sample: int | None = None, image: Path
     subject = load_subject(model, weights, sample=sample, image=image, dataset=dataset, data_dir=data_dir,
                            invert=invert, progress=progress, skip_model_check=skip_model_check)
     graph, loss, how = subject.graph, losses.get(subject.model_spec.loss), METHODS[method]
-    if layer is not None:
+    if "layer" in how.flags:
         choose_layer(graph, score_node(graph, loss), layer)
     if "patch" in how.flags:
         occlusion_square(settings, *graph.input_shape[1:])

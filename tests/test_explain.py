@@ -306,3 +306,18 @@ def test_the_colour_picture_keeps_to_80_columns(tiny):
     assert "\x1b[38;2;" in text  # drawn in colour
     lines = re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines()
     assert max(cell_len(line) for line in lines) <= 80
+
+
+def test_grad_cam_needs_a_spatial_layer(tiny, tmp_path, capsys):
+    _, _, _, image, _ = tiny
+    model = tmp_path / "flat.yaml"
+    model.write_text("name: flat\ninput: [1, 28, 28]\nclasses: 10\ntrain: {dataset: mnist}\n"
+                     "layers:\n  - flatten\n  - dense: {units: 10}\n")
+    net = Network(graph.build(spec.load(str(model))), "float32", seed=1)
+    ckpt = tmp_path / "flat.npz"
+    checkpoint.save(ckpt, net.state_dict(), {}, {"config": {"dataset": "mnist", "dtype": "float32"}})
+    code, _, err = run_main(["explain", str(model), "--weights", str(ckpt), "--image", str(image)], capsys)
+    assert code == 2 and "no layer whose output is a spatial map" in " ".join(err.split())
+    code, out, err = run_main(["explain", str(model), "--weights", str(ckpt), "--image", str(image),
+                               "--method", "saliency", "--format", "json"], capsys)
+    assert code == 0 and json.loads(out)["map_shape"] == [28, 28], err
