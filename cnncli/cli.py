@@ -444,6 +444,61 @@ def features(
     render.show(result, fmt.value, console, out)
 
 
+class ExplainMethod(str, Enum):
+    gradcam = "gradcam"
+    saliency = "saliency"
+    occlusion = "occlusion"
+
+
+_EXPLANATION = "Explanation"
+
+
+@app.command()
+def explain(
+    model: str = typer.Argument(..., help="A built-in model name or a YAML file."),
+    weights: Path = _WEIGHTS,
+    sample: Optional[int] = typer.Option(None, "--sample", help="Use test image I of the dataset.",
+                                         rich_help_panel=_INPUT),
+    image: Optional[Path] = typer.Option(None, "--image", help="Use an image file (PNG, JPEG; images extra).",
+                                         rich_help_panel=_INPUT),
+    target: Optional[str] = typer.Option(None, "--class", help="The class to explain, by name or index "
+                                         "(default: the predicted one).", rich_help_panel=_EXPLANATION),
+    method: ExplainMethod = typer.Option(ExplainMethod.gradcam, "--method", help="gradcam (Selvaraju et al. "
+                                         "2017), saliency (the input gradient) or occlusion (a grey square "
+                                         "slid over the image).", rich_help_panel=_EXPLANATION),
+    layer: Optional[str] = typer.Option(None, "--layer", help="gradcam: the layer (default: the last "
+                                        "convolutional block's output).", rich_help_panel=_EXPLANATION),
+    patch: Optional[int] = typer.Option(None, "--patch", help="occlusion: the square's side in pixels "
+                                        "(default: an eighth of the input's).", rich_help_panel=_EXPLANATION),
+    stride: Optional[int] = typer.Option(None, "--stride", help="occlusion: its step in pixels (default: half "
+                                         "the square).", rich_help_panel=_EXPLANATION),
+    dataset: Optional[Dataset] = typer.Option(None, "--dataset", help="The dataset (the checkpoint's by default).",
+                                              rich_help_panel=_INPUT),
+    data_dir: Optional[Path] = _variant(_DATA_DIR, rich_help_panel=_INPUT),
+    invert: bool = typer.Option(False, "--invert", help="Invert --image (dark digits on light paper).",
+                                rich_help_panel=_INPUT),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the picture to a .png, .svg or .pdf file.",
+                                       rich_help_panel=_OUTPUT),
+    fmt: Format = typer.Option(Format.table, "--format", help="table (pictures) or json (the raw map).",
+                               rich_help_panel=_OUTPUT),
+    skip_model_check: bool = _SKIP_MODEL_CHECK,
+) -> None:
+    """Which parts of an image a decision rests on: Grad-CAM, saliency or occlusion, drawn over the image."""
+    from cnncli import explain as explain_mod
+    from cnncli.plot import check_out
+    from cnncli.render import downloads
+    from cnncli.render import explain as render
+
+    check_out(out)
+    console = _console()
+    with downloads.Downloads(console) as shown:
+        result = explain_mod.explain(model, weights, sample=sample, image=image, method=method.value,
+                                     target=target, layer=layer, patch=patch, stride=stride,
+                                     dataset=dataset.value if dataset else None, data_dir=data_dir,
+                                     invert=invert, progress=shown, skip_model_check=skip_model_check)
+    render.show(result, fmt.value, console, out)
+
+
 @app.command()
 def compare(
     models: list[str] = typer.Argument(..., help="Two or more models (built-in names or YAML files)."),

@@ -94,26 +94,29 @@ def scale_to_bytes(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
 
 
 def _choose_layers(graph, wanted: list[str] | None) -> list:
-    nodes = {n.name: n for n in graph.nodes}
     if not wanted:
         chosen = [n for n in graph.nodes if n.kind == "conv"]
         if not chosen:
             raise UsageError("the model has no convolution; name the layers to show with --layer")
         return chosen
-    out = []
-    for name in wanted:
-        node = nodes.get(name)
-        if node is None:
-            close = difflib.get_close_matches(name, list(nodes), n=3)
-            hint = f" — did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            convs = [n.name for n in graph.nodes if n.kind == "conv"][:6]
-            raise UsageError(f"--layer {name}: no such layer in the model{hint} (its convolutions: "
-                             f"{', '.join(convs) or 'none'}; `cnncli summarize` lists every layer)")
-        if len(node.out_shape) != 3:
-            raise UsageError(f"--layer {name}: its output is {'×'.join(map(str, node.out_shape))}, not maps "
-                             "(channels × height × width); choose a layer before the flatten")
-        out.append(node)
-    return out
+    return [map_layer(graph, name) for name in wanted]
+
+
+def map_layer(graph, name: str):
+    """The node ``--layer NAME`` names, whose output must be maps (C, H, W); UsageError (with the close names)
+    otherwise."""
+    nodes = {n.name: n for n in graph.nodes}
+    node = nodes.get(name)
+    if node is None:
+        close = difflib.get_close_matches(name, list(nodes), n=3)
+        hint = f" — did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        convs = [n.name for n in graph.nodes if n.kind == "conv"][:6]
+        raise UsageError(f"--layer {name}: no such layer in the model{hint} (its convolutions: "
+                         f"{', '.join(convs) or 'none'}; `cnncli summarize` lists every layer)")
+    if len(node.out_shape) != 3:
+        raise UsageError(f"--layer {name}: its output is {'×'.join(map(str, node.out_shape))}, not maps "
+                         "(channels × height × width); choose a layer before the flatten")
+    return node
 
 
 def features(model: str, checkpoint: Path, *, sample: int | None = None, image: Path | None = None,

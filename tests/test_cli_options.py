@@ -9,7 +9,7 @@ import typer
 from test_cli import run_main
 from typer.testing import CliRunner
 
-from cnncli import evaluation, export, features, predict
+from cnncli import evaluation, explain, export, features, predict
 from cnncli.cli import app
 from cnncli.errors import UsageError
 from cnncli.lecture import trace
@@ -24,6 +24,7 @@ PANELS = {
     "eval": {"Data": "--split", "Output": "--top-k"},
     "backprop-trace": {"Network and step": "--steps", "Input": "--sample", "Output": "--dump"},
     "features": {"Input": "--image", "Output": "--max-maps"},
+    "explain": {"Input": "--sample", "Explanation": "--layer", "Output": "--out"},
 }
 
 
@@ -71,6 +72,7 @@ WEIGHTS_READERS = {
     "eval": (evaluation, "evaluate", ["eval", "lenet5", "{flag}", "{path}"]),
     "predict": (predict, "predict", ["predict", "lenet5", "x.png", "{flag}", "{path}"]),
     "features": (features, "features", ["features", "lenet5", "{flag}", "{path}", "--sample", "0"]),
+    "explain": (explain, "explain", ["explain", "lenet5", "{flag}", "{path}", "--sample", "0"]),
     "export": (export, "export", ["export", "lenet5", "{flag}", "{path}", "--to", "onnx", "-o", "m.onnx"]),
     "backprop-trace": (trace, "run", ["backprop-trace", "lenet5", "{flag}", "{path}", "--sample", "0"]),
 }

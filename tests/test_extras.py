@@ -42,6 +42,8 @@ CASES = [
      "(--figure)"),
     ("predict lenet5 {tmp}/x.png --checkpoint {tmp}/c.npz", "images", "reading image files"),
     ("features lenet5 --checkpoint {tmp}/c.npz --image {tmp}/x.png", "images", "(--image)"),
+    ("explain lenet5 --weights {tmp}/c.npz --sample 0 --out {tmp}/e.png", "plots", "(--out)"),
+    ("explain lenet5 --weights {tmp}/c.npz --image {tmp}/x.png", "images", "(--image)"),
     ("train lenet5 --dataset image-folder --data-dir {tmp}/pictures --out {tmp}/run1", "images", "image folders"),
     ("train {tmp}/pictures.yaml --data-dir {tmp}/pictures --out {tmp}/run1", "images", "image folders"),
     ("eval lenet5 --checkpoint {tmp}/c.npz --dataset image-folder --data-dir {tmp}/pictures", "images",

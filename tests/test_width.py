@@ -26,7 +26,7 @@ from test_features import TINY as TINY_MAPS
 from test_plot import make_run
 from test_training import DATA
 
-from cnncli import checkpoint, evaluation, features, plot, predict, runs, summary, training
+from cnncli import checkpoint, evaluation, explain, features, plot, predict, runs, summary, training
 from cnncli.engine.network import Network
 from cnncli.export import ExportResult
 from cnncli.lecture import trace
@@ -154,6 +154,21 @@ def features_view(here: Path) -> Callable[[Console], None]:
     return lambda console: render.show(result, "table", console)
 
 
+def explained(method: str) -> Callable[[Path], Callable[[Console], None]]:
+    def make(here: Path) -> Callable[[Console], None]:
+        from PIL import Image
+
+        from cnncli.render import explain as render
+
+        Path("tiny.yaml").write_text(TINY_MAPS.format(c=1))
+        net = Network(graph.build(spec.load("tiny.yaml")), "float32", seed=4)
+        checkpoint.save(Path("tiny.npz"), net.state_dict(), {}, {"config": {"dataset": "mnist", "dtype": "float32"}})
+        Image.fromarray(digit(2), mode="L").save("seven.png")
+        result = explain.explain("tiny.yaml", Path("tiny.npz"), image=Path("seven.png"), method=method)
+        return lambda console: render.show(result, "table", console)
+    return make
+
+
 def network_trace(here: Path) -> Callable[[Console], None]:
     from cnncli.render import trace as render
 
@@ -260,6 +275,7 @@ CASES: dict[str, Callable[[Path], Callable[[Console], None]]] = {
     "plot-curves": plot_curves,
     "plot-gradients": plot_gradients,
     "features": features_view,
+    **{f"explain-{method}": explained(method) for method in ("gradcam", "occlusion")},
     "compare": compare_view,
     "export-onnx": exported("onnx"),
     "export-torch": exported("torch"),

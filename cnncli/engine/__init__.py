@@ -8,7 +8,8 @@ Files, top-down
 
 ==============  ==========================================================
 network         :class:`~cnncli.engine.network.Network`: parameters, the
-                layers of a graph, forward, loss, backward, ``predict``
+                layers of a graph, forward, loss, backward, ``predict``,
+                ``gradients`` (of a class score, at a node and the input)
 parts           a batch split into parts, one per core (threads or
                 worker processes), gradients combined in part order
 batch           where a part sits in its batch: the rows batch norm's

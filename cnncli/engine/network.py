@@ -374,6 +374,27 @@ class Network:
                     g = layer.grads.get(suffix)
                     self.grads[key] = np.zeros_like(self.params[key]) if g is None else g
 
+    def gradients(self, node: str, seed: np.ndarray, at: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+        """The gradient of Σ seed ⊙ (output of ``node``) with respect to the outputs of the nodes ``at`` and to
+        the input (key ``"input"``), after a :meth:`forward` of this (plain) network.
+
+        ``seed`` has the shape of ``node``'s output in that pass, (N, *out); a one-hot row picks one class
+        score per sample (what Grad-CAM and saliency maps differentiate). The pass before sets the mode:
+        after ``forward(x, train=False)`` batch norm uses its running statistics and dropout passes
+        everything, in the backward pass as in the forward one. A node of ``at`` that ``node`` does not
+        depend on gets zeros. Only a plain network (``fast=False``) keeps the values and node gradients this
+        needs; the parameter gradients (``grads``) are computed on the way, as by :meth:`backward`.
+        """
+        if self.fast:
+            raise ValueError("gradients need a plain network (fast=False): a fast one keeps no input gradient")
+        value = self.values[node]
+        if seed.shape != value.shape:
+            raise ValueError(f"the seed has shape {fmt_shape(seed.shape)}; '{node}' gives {fmt_shape(value.shape)}")
+        self.backward({node: np.asarray(seed, dtype=value.dtype)}, keep_node_grads=True)
+        out = {name: self.node_grads.get(name, np.zeros_like(self.values[name])) for name in at}
+        out["input"] = self.input_grad if self.input_grad is not None else np.zeros_like(self.values["input"])
+        return out
+
 
 def exchanges(graph: Graph) -> dict[str, tuple[int, ...]]:
     """The tables of per-sample rows that the parts of a split training batch of ``graph`` share:

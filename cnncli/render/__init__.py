@@ -3,7 +3,7 @@
 Modules elsewhere return records (dataclasses, dicts); the functions here turn
 them into Rich tables, progress bars, charts and JSON. One submodule per command:
 ``summary``, ``training``, ``evaluation``, ``trace``, ``predict``, ``plot``,
-``features``, ``compare``, ``export``; and the pieces they share: ``downloads`` (dataset
+``features``, ``explain``, ``compare``, ``export``; and the pieces they share: ``downloads`` (dataset
 bars), ``pictures`` (images as half blocks), ``charts`` (line charts, heat
 maps), ``tables`` (tables wider than the console, in blocks of columns) and
 ``figures`` (files through matplotlib).
@@ -20,7 +20,7 @@ import importlib
 from types import ModuleType
 
 _SUBMODULES = ("summary", "training", "evaluation", "trace", "downloads", "pictures", "predict", "charts",
-               "plot", "figures", "features", "compare", "export", "tables")
+               "plot", "figures", "features", "explain", "compare", "export", "tables")
 
 
 def console(stderr: bool = False):

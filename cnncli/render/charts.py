@@ -223,7 +223,8 @@ def line_chart(series: Sequence[Series], *, width: int, height: int, colour: boo
     return text
 
 
-def _viridis(t: float) -> tuple[int, int, int]:
+def viridis(t: float) -> tuple[int, int, int]:
+    """The colour (r, g, b) at ``t`` in 0..1 (clipped) of the heat maps' scale, from dark blue to yellow."""
     t = min(1.0, max(0.0, t)) * (len(_VIRIDIS) - 1)
     i = min(int(t), len(_VIRIDIS) - 2)
     f = t - i
@@ -268,7 +269,7 @@ def heat_map(rows: Sequence[str], columns: Sequence[int], values: Sequence[Seque
         if t is None:
             return " " * cell_w, None
         if colour:
-            r, g, b = _viridis(t)
+            r, g, b = viridis(t)
             return " " * cell_w, Style(bgcolor=f"rgb({r},{g},{b})")
         return SHADES[min(len(SHADES) - 1, int(t * len(SHADES)))] * cell_w, None
 

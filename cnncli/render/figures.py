@@ -19,6 +19,7 @@ import numpy as np
 from cnncli import extras
 from cnncli.atomic import write_atomic
 from cnncli.errors import UsageError
+from cnncli.explain import Explanation
 from cnncli.features import FeatureResult
 from cnncli.plot import CURVES, ERRORS_ON_LOG_AXIS, Curves, GradientMap
 
@@ -151,4 +152,27 @@ def feature_figure(result: FeatureResult, per_row: int = 8):
             ax.set_axis_off()
         for ax, (name, pixels) in zip(axes, tiles):
             _image(ax, pixels, name)
+    return fig
+
+
+def explain_figure(result: Explanation):
+    """The input, the map at its own resolution (with its scale) and the upsampled map over the input."""
+    _require()
+    fig = _figure(figsize=(10, 3.6), layout="constrained")
+    left, middle, right = fig.subplots(1, 3)
+    _image(left, result.pixels, "input")
+    h, w = result.map.shape
+    lo = min(0.0, float(result.map.min()))
+    hi = max(float(result.map.max()), lo + 1e-12)
+    shown = middle.imshow(result.raw, cmap="viridis", vmin=lo, vmax=hi, interpolation="nearest",
+                          extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+    rh, rw = result.raw.shape
+    middle.set_title(f"{result.title}, {rh}×{rw}" + (f" at {result.layer}" if result.layer else ""),
+                     fontsize="x-small")
+    middle.set_axis_off()
+    fig.colorbar(shown, ax=middle, shrink=0.8)
+    _image(right, result.pixels, f"over the input: class {result.class_names[result.target]} "
+                                 f"({100 * result.probability:.1f} %)")
+    right.imshow(result.map, cmap="viridis", vmin=lo, vmax=hi, alpha=0.5, interpolation="bilinear")
+    fig.suptitle(f"{result.model}: {result.source}", fontsize="small")
     return fig
