@@ -54,7 +54,7 @@ from cnncli.data.source import Source, check_readable, open_source
 from cnncli.engine import losses
 from cnncli.engine.network import Network
 from cnncli.errors import UsageError
-from cnncli.evaluation import inference_network, probabilities
+from cnncli.evaluation import class_list_of, inference_network, probabilities
 from cnncli.features import map_layer
 from cnncli.model import spec
 from cnncli.model.graph import Graph, Node, ancestors, build
@@ -172,7 +172,7 @@ def load_subject(model: str, weights: Path, *, sample: int | None, image: Path |
     if dataset is not None:
         check_readable(dataset)
     model_spec = spec.load(model)
-    saved = ckpt_io.load(weights)
+    saved = ckpt_io.open_weights(weights, model_spec, progress)
     saved.check_model(model_spec, skip_model_check)
     graph = build(model_spec, aux=False)
     recorded = saved.meta.get("source")
@@ -180,7 +180,7 @@ def load_subject(model: str, weights: Path, *, sample: int | None, image: Path |
         info = Source.from_config(recorded)  # what the run trained on; no data needed for a file
     else:
         name, data_dir = saved.data_for(model_spec, dataset, data_dir)
-        info = open_source(name, data_dir, graph.input_shape, progress=progress)
+        info = open_source(name, data_dir, graph.input_shape, progress=progress, classes=class_list_of(saved))
     plan = inputs.plan(info.title, info.image_shape, graph.input_shape, model_spec.name)
     inputs.check_outputs(graph.output_shape, len(info.classes), info.title, model_spec.name)
     if sample is not None:
@@ -191,7 +191,7 @@ def load_subject(model: str, weights: Path, *, sample: int | None, image: Path |
         pixels, label = np.asarray(images[sample]), int(labels[sample])
         return Subject(model_spec, graph, saved, info, plan, pixels, label,
                        f"{info.title} test image {sample} (class {info.classes[label]})", ())
-    pixels = read_image(Path(image), info.image_shape, invert)
+    pixels = read_image(Path(image), info.image_shape, invert, info.resize)
     warning = polarity_warning(pixels, info, invert)
     return Subject(model_spec, graph, saved, info, plan, pixels, None,
                    f"{image}" + (" (inverted)" if invert else ""), (warning,) if warning else ())
