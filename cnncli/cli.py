@@ -336,11 +336,10 @@ def backprop_trace(
 ) -> None:
     """One exact forward and backward pass, shown layer by layer (the lecture's derivative tables)."""
     from cnncli.lecture import trace
-    from cnncli.render import downloads
     from cnncli.render import trace as render
 
     console = _console()
-    with downloads.Downloads(console) as shown:
+    with _downloads(fmt, console) as shown:
         result = trace.run(model, loss=loss.value if loss else None, lr=lr, input=input, target=target,
                            sample=sample, weights=weights, filter=filter, upstream=upstream, steps=steps,
                            compare_slides=compare_slides, dump=dump, data_dir=data_dir, progress=shown,
@@ -486,12 +485,11 @@ def explain(
     """Which parts of an image a decision rests on: Grad-CAM, saliency or occlusion, drawn over the image."""
     from cnncli import explain as explain_mod
     from cnncli.plot import check_out
-    from cnncli.render import downloads
     from cnncli.render import explain as render
 
     check_out(out)
     console = _console()
-    with downloads.Downloads(console) as shown:
+    with _downloads(fmt, console) as shown:
         result = explain_mod.explain(model, weights, sample=sample, image=image, method=method.value,
                                      target=target, layer=layer, patch=patch, stride=stride,
                                      dataset=dataset.value if dataset else None, data_dir=data_dir,

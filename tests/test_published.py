@@ -443,3 +443,18 @@ def test_a_photo_is_drawn_shrunk_beside_its_classes():
     assert max(len(line) for line in lines) <= 80
     assert 10 <= len(lines) <= 20  # the title, a blank line, then 28 px rows two to a line (224 / 8 = 28)
     assert any("tench" in line and "█" in line for line in lines)  # the bars beside the picture
+
+
+def test_explain_reads_published_weights_and_their_preparation(tmp_path, server, tiny_file, tiny_state, capsys):
+    name, body = tiny_file
+    server.routes[f"/models/{name}"] = body
+    model = _model(tmp_path, f"{server.url}/models/{name}")
+    photo = _photo(tmp_path / "photo.png", (37, 23), seed=3)
+    code, out, err = run_main(["explain", str(model), "--weights", "imagenet", "--image", str(photo),
+                               "--method", "saliency", "--format", "json"], capsys)
+    assert code == 0, err
+    record = json.loads(out)
+    probs = _forward(tiny_state, _reference_pixels(photo, 18, 16), IMAGENET_MEAN, IMAGENET_STD)
+    assert record["class"] == int(np.argmax(probs))  # the predicted class, on the weights' 16×16 crop
+    assert record["probability"] == pytest.approx(float(probs.max()), rel=1e-4)
+    assert record["map_shape"] == [16, 16]
