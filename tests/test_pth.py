@@ -185,10 +185,7 @@ def _torch_agrees(torch, path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Where torch is installed: it reads the hand-built file as the reader did (the file is torch's format)."""
     if torch is None:
         return
-    loaded = torch.load(path, weights_only=True)
-    loaded = loaded.get("state_dict", loaded)
-    assert_same(arrays, {k: v.resolve_neg().float().numpy() if v.dtype == torch.bfloat16 else
-                         v.resolve_neg().numpy() for k, v in loaded.items()})
+    assert_same(arrays, {k: _numpy(torch, v) for k, v in torch.load(path, weights_only=True).items()})
 
 
 # ---- the committed files, read without torch ----
@@ -318,13 +315,15 @@ def test_a_zip_in_either_byte_order_and_one_that_names_none(byteorder, tmp_path,
     _torch_agrees(torch_or_none, path, got)
 
 
-def test_a_legacy_file_with_a_storage_view_as_older_pytorch_wrote_it(tmp_path):
+def test_a_legacy_file_with_a_storage_view_as_older_pytorch_wrote_it(tmp_path, torch_or_none):
     """A persistent id's sixth item: the tensor's storage is a window (offset 2, 3 elements) of the root's."""
     values = np.arange(8, dtype=np.float64) * 1.5
     entries = {"all": T("DoubleStorage", "10", 8, 0, (8,), (1,)),
                "window": T("DoubleStorage", "10", 8, 1, (2,), (1,), view=("11", 2, 3))}
     path = legacy_file(tmp_path / "views.pth", tensor_pickle(entries, legacy=True), {"10": (8, values.tobytes())})
-    assert_same(pth.read_state_dict(path), {"all": values, "window": values[3:5]})
+    got = pth.read_state_dict(path)
+    assert_same(got, {"all": values, "window": values[3:5]})
+    _torch_agrees(torch_or_none, path, got)
     entries["window"] = T("DoubleStorage", "10", 8, 2, (2,), (1,), view=("11", 2, 3))  # past the window's end
     legacy_file(path, tensor_pickle(entries, legacy=True), {"10": (8, values.tobytes())})
     with pytest.raises(CheckpointError, match="damaged"):
@@ -357,6 +356,9 @@ def _refused(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     inside = dict(entries, exec=_global("builtins", "exec") + b"(" + _text(f"open('{marker}', 'w')") + b"tR")
     files["exec beside tensors"] = (zip_file(tmp_path / "exec.pth", tensor_pickle(inside), data),
                                     "builtins.exec")
+    build = _global("torch", "FloatStorage") + b"}" + _text("stored") + _text("f8") + b"sb"  # BUILD on a class
+    files["attributes set on a storage class"] = (zip_file(tmp_path / "build.pth", tensor_pickle(dict(entries, x=build)),
+                                                           data), "damaged")
     complex_ = dict(entries, c=T("ComplexFloatStorage", "3", 2, 0, (2,), (1,)))
     files["complex tensor"] = (zip_file(tmp_path / "complex.pth", tensor_pickle(complex_), {**data, "3": bytes(16)}),
                                "a kind of tensor cnncli does not read")
@@ -397,6 +399,7 @@ def test_every_refusal_is_a_checkpoint_error_that_says_why_and_runs_nothing(tmp_
             pth.read_state_dict(path)
         assert str(path) in str(raised.value) and words in str(raised.value), name
     assert not (tmp_path / "ran").exists()
+    assert_same(pth.read_state_dict(FIXTURES["zip"]), expected())  # no refused file changed the reader
 
 
 def test_refusals_through_the_cli_exit_2_without_a_traceback(tmp_path, capsys):

@@ -6,8 +6,9 @@ and each storage a persistent id ``('storage', torch.FloatStorage, key, location
 bytes lie beside the pickle. Two layouts hold them:
 
 - the zip format (PyTorch >= 1.6): one folder ``<prefix>/`` with ``data.pkl`` (the pickle),
-  ``data/<key>`` (each storage's raw bytes, stored uncompressed), ``byteorder`` (``little`` or
-  ``big``; little when absent), ``version`` and others not needed here;
+  ``data/<key>`` (each storage's raw bytes, stored uncompressed; read when a tensor needs them,
+  their checksums checked where written), ``byteorder`` (``little`` or ``big``; little when
+  absent), ``version`` and others not needed here (``constants.pkl`` marks a TorchScript archive);
 - the legacy format (``_use_new_zipfile_serialization=False``, and files of older PyTorch):
   pickles one after another, the magic number, the protocol version (1001), a dict of system
   information, the object (a legacy persistent id has a sixth item, a view of a storage:
@@ -17,7 +18,8 @@ bytes lie beside the pickle. Two layouts hold them:
 Reading is safe: the unpickler resolves only the globals a state dict names (:data:`_GLOBALS`),
 each to a stand-in defined here; nothing is imported and no code of the file runs. Any other
 global (a whole module's class, ``os.system``) stops the reading with a CheckpointError before it
-is looked up. Tensors stay placeholders (:class:`_Tensor`) until the state dict is chosen (a
+is looked up, and BUILD (which sets attributes) reaches nothing but an OrderedDict. A damaged file
+is a CheckpointError too, and never asks for more memory than the file's size. Tensors stay placeholders (:class:`_Tensor`) until the state dict is chosen (a
 ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper is opened, as training scripts write
 them); then each of its tensors is copied out of its storage, honouring size, stride and offset,
 into a C-contiguous array of its own (views of one storage give independent arrays). bfloat16
@@ -56,8 +58,7 @@ _LOCAL_HEADER = struct.Struct("<4s22xHH")  # a zip entry's local header: signatu
 #: Exceptions that a malformed file makes the unpickler, zipfile or numpy raise: the file is damaged.
 _MALFORMED = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError,
               OverflowError, RecursionError, MemoryError, NotImplementedError, struct.error, zlib.error,
-              zipfile.BadZipFile,
-              zipfile.LargeZipFile)
+              zipfile.BadZipFile, zipfile.LargeZipFile)
 
 
 class _Damaged(Exception):
