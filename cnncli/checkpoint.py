@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from cnncli import extras
 from cnncli.atomic import write_atomic
 from cnncli.dataset_names import FOLDER
 from cnncli.errors import CheckpointError, ModelMismatch
+from cnncli.exchange import pth
 
 FORMAT = 1
 #: The ``meta`` entry holding the fingerprint of the trained network (:meth:`ModelSpec.fingerprint`). Should
@@ -169,29 +169,28 @@ def save(path: str | os.PathLike[str], weights: dict[str, np.ndarray],
 
 
 def check_readable(path: str | os.PathLike[str]) -> None:
-    """What reading ``path`` will need, checked before any work: a PyTorch state dict (``.pt``, ``.pth``)
-    needs the torch extra."""
-    from cnncli.exchange import torch_module
-
-    if Path(path).suffix.lower() in torch_module.SUFFIXES:
-        extras.require("torch", torch_module.reading(Path(path)))
-
-
-def load(path: str | os.PathLike[str]) -> Checkpoint:
-    """Read and check a checkpoint (or a PyTorch state dict, ``.pt``/``.pth``, when torch is installed).
-    Anything wrong is a :class:`CheckpointError`."""
+    """What reading ``path`` needs, checked before any work: a file there (a checkpoint or a PyTorch state
+    dict, both read with the core packages). A bare name that is no file (``imagenet``) may name published
+    weights: :func:`open_weights` decides, with the model at hand."""
     path = Path(path)
+    if not path.exists() and _bare_name(path):
+        return
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_dir():
         hint = " (give a file in it, e.g. last.npz)" if (path / "last.npz").exists() else ""
         raise CheckpointError(f"checkpoint {path} is a folder, not a .npz file{hint}")
-    from cnncli.exchange import torch_module
 
+
+def load(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read and check a checkpoint (or a PyTorch state dict, ``.pt``/``.pth``: :mod:`cnncli.exchange.pth`).
+    Anything wrong is a :class:`CheckpointError`."""
+    path = Path(path)
+    check_readable(path)
     head = _head(path)
-    if path.suffix.lower() in torch_module.SUFFIXES and head.startswith((_ZIP, *_PICKLES)):
+    if path.suffix.lower() in pth.SUFFIXES and head.startswith((_ZIP, *_PICKLES)):
         # A PyTorch state dict (weights only, e.g. from `cnncli export --to torch` or a run elsewhere).
-        return Checkpoint(path, torch_module.read_state_dict(path), {"origin": "torch"})
+        return Checkpoint(path, pth.read_state_dict(path), {"origin": "torch"})
     if head.startswith(NPY):
         raise CheckpointError(f"checkpoint {path} is a single array (.npy), not a .npz checkpoint")
     if not head.startswith(_ZIP):
@@ -223,9 +222,14 @@ def open_weights(value: str | os.PathLike[str], model_spec, progress=None) -> Ch
     if name in model_spec.weights:
         return published.open_published(model_spec, name, progress)
     path = Path(value)
-    if not path.exists() and not path.suffix and path.parent == Path("."):  # a bare name, as published weights have
+    if not path.exists() and _bare_name(path):
         published.check_name(name, model_spec)
     return load(value)
+
+
+def _bare_name(path: Path) -> bool:
+    """A name without a folder or a suffix, as published weights have (``imagenet``), not a file's path."""
+    return not path.suffix and path.parent == Path(".")
 
 
 def _head(path: Path) -> bytes:

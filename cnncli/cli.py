@@ -139,7 +139,7 @@ _LIMIT = typer.Option(None, "--limit", help="Use only the first N training image
 _DATA_DIR = typer.Option(None, "--data-dir", help="Folder holding the dataset files.", rich_help_panel=_DATA_AUGMENT)
 # The weights of every command that reads them; --checkpoint is the same option by its older name.
 _WEIGHTS = typer.Option(..., "--weights", "--checkpoint", help="Weights: a checkpoint from train (.npz), a "
-                        "PyTorch state dict (.pt, .pth; the torch extra), or imagenet: torchvision's published "
+                        "PyTorch state dict (.pt, .pth), or imagenet: torchvision's published "
                         "weights, for the models whose file lists them (downloaded once).")
 # Every command that reads weights takes it: the check it skips is cnncli.checkpoint.Checkpoint.check_model.
 _SKIP_MODEL_CHECK = typer.Option(False, "--skip-model-check", help="Use weights trained for another model "

@@ -31,6 +31,7 @@ EXTRAS: dict[str, Extra] = {
     "plots": Extra("matplotlib", ("matplotlib.figure",)),
     # onnxruntime, also in the extra, only runs exported graphs (the tests do); cnncli writes them with onnx.
     "onnx": Extra("the onnx package", ("onnx",)),
+    # Training on PyTorch and exporting to it; its state dicts are read without it (cnncli.exchange.pth).
     "torch": Extra("PyTorch", ("torch",)),
 }
 

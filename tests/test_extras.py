@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_cli import run_main
 
@@ -55,12 +57,16 @@ CASES = [
     ("backprop-trace {tmp}/pictures.yaml --sample 0 --data-dir {tmp}/pictures", "images", "image folders"),
     ("export lenet5 --checkpoint {tmp}/c.npz --to onnx -o {tmp}/m.onnx", "onnx", "(--to onnx)"),
     ("export lenet5 --checkpoint {tmp}/c.npz --to torch -o {tmp}/m.py", "torch", "(--to torch)"),
-    ("export lenet5 --checkpoint {tmp}/w.pt --to onnx -o {tmp}/m.onnx", "torch", "w.pt"),
     ("train lenet5 --engine torch --limit 100 --epochs 1 --out {tmp}/run1", "torch", "(--engine torch)"),
-    ("eval lenet5 --checkpoint {tmp}/w.pt", "torch", "w.pt"),
-    ("predict lenet5 {tmp}/x.png --checkpoint {tmp}/w.pt", "torch", "w.pt"),
-    ("features lenet5 --checkpoint {tmp}/w.pt --sample 0", "torch", "w.pt"),
-    ("backprop-trace lenet5 --weights {tmp}/w.pt --sample 0", "torch", "w.pt"),
+]
+
+#: Commands reading a PyTorch state dict, which needs no extra: they run with torch blocked.
+READS_STATE_DICT = [
+    "eval lenet5 --weights {tmp}/w.pt",
+    "predict lenet5 {tmp}/x.png --weights {tmp}/w.pt",
+    "features lenet5 --weights {tmp}/w.pt --sample 0",
+    "backprop-trace lenet5 --weights {tmp}/w.pt --sample 0",
+    "export lenet5 --weights {tmp}/w.pt --to onnx -o {tmp}/m.onnx",
 ]
 
 
@@ -90,6 +96,39 @@ def test_a_missing_extra_stops_the_command_before_any_work(line, extra, what, in
     assert f"needs {extras.EXTRAS[extra].package}: {extras.install_hint(extra)}" in err
     assert what in err and "Traceback" not in out + err
     assert sorted(inputs.rglob("*")) == before  # no run or experiment folder, no file written
+
+
+@pytest.fixture(scope="module")
+def state_dict_file(tmp_path_factory):
+    """A folder with LeNet-5's weights as a PyTorch state dict (w.pt), as the .npz it came from, and an image."""
+    torch = pytest.importorskip("torch")  # to write the file; the commands then run without it
+    from cnncli.engine.network import Network
+    from cnncli.exchange import torch_module
+    from cnncli.model import graph, spec
+
+    folder = tmp_path_factory.mktemp("state_dict")
+    net = Network(graph.build(spec.load("lenet5")), "float32", seed=3)
+    torch.save(torch_module.state_dict(net.graph, net.params, net.buffers), folder / "w.pt")
+    checkpoint.save(folder / "w.npz", net.state_dict(), {}, {"config": {"dataset": "mnist", "dtype": "float32"}})
+    PIL = pytest.importorskip("PIL.Image")
+    PIL.fromarray((np.arange(28 * 28) % 256).astype(np.uint8).reshape(28, 28)).save(folder / "x.png")
+    return folder
+
+
+@pytest.mark.parametrize("line", READS_STATE_DICT, ids=[line.split()[0] for line in READS_STATE_DICT])
+def test_a_state_dict_is_read_without_torch(line, state_dict_file, capsys, monkeypatch):
+    """The same output as from the .npz the state dict was exported from."""
+    monkeypatch.setitem(sys.modules, "torch", None)
+    outputs = []
+    for weights in ("w.pt", "w.npz"):
+        args = line.format(tmp=state_dict_file).replace("w.pt", weights).split() + ["--format", "json"]
+        code, out, err = run_main(args, capsys)
+        assert code == 0, err
+        outputs.append(json.loads(out))
+    for output in outputs:  # the weights' and written files' names differ; everything else must not
+        for key in ("checkpoint", "weights", "path", "weights_path"):
+            output.pop(key, None)
+    assert outputs[0] == outputs[1]
 
 
 def test_every_extra_of_pyproject_is_registered():

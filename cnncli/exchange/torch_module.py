@@ -8,25 +8,22 @@ layout, the transpose of cnncli's (in, out). The forward pass is the model
 file's graph, one line per layer, auxiliary heads left out; layers without
 parameters are ``torch.nn.functional`` calls.
 
-:func:`read_state_dict` reads such a file back (``weights_only=True``: no code
-is run) for ``--weights`` (``--checkpoint``); :func:`to_cnncli` maps its names and
-layouts to cnncli's.
+:mod:`cnncli.exchange.pth` reads such a file back without PyTorch (no code of the
+file is run) for ``--weights`` (``--checkpoint``); :func:`to_cnncli` maps its names
+and layouts to cnncli's.
 """
 
 from __future__ import annotations
 
 import io
 import keyword
-import pickle
 import re
 from pathlib import Path
 
 import numpy as np
 
 from cnncli import extras
-from cnncli.errors import CheckpointError
 
-SUFFIXES = (".pt", ".pth")
 #: What needs PyTorch, as :func:`require`'s messages say it: training on it, exporting to it.
 ENGINE = "training on the torch engine (--engine torch)"
 EXPORT = "exporting to PyTorch (--to torch)"
@@ -244,31 +241,6 @@ def save_state_dict(state: dict, path: Path) -> bytes:
     buf = io.BytesIO()
     require(EXPORT).save(state, buf)
     return buf.getvalue()
-
-
-def reading(path: Path) -> str:
-    """What needs PyTorch when ``path`` is a state dict to read (for :func:`require`)."""
-    return f"reading the PyTorch state dict {path}"
-
-
-def read_state_dict(path: Path) -> dict[str, np.ndarray]:
-    """A PyTorch state dict file as numpy arrays, loaded with ``weights_only=True``."""
-    t = require(reading(path))
-    # torch's own messages are not passed on: they advise loading an unsafe file anyway "if you trust it".
-    try:
-        state = t.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # what torch's safe unpickler refuses: objects that are not tensors
-        raise CheckpointError(f"{path} holds Python objects other than tensors (a whole module?), which cannot be "
-                              "loaded safely: save model.state_dict(), not the module") from None
-    except Exception:  # torch raises many kinds for a file it cannot read (zip, EOF, format errors)
-        raise CheckpointError(f"{path} cannot be read as a PyTorch state dict: it is damaged (truncated?) or "
-                              "was not written by torch.save") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]  # the common {"state_dict": ...} wrapping
-    if not isinstance(state, dict) or not all(isinstance(v, t.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} holds no state dict of tensors; save model.state_dict(), not a whole "
-                              "module (which cannot be loaded safely)")
-    return {str(k): v.detach().cpu().numpy() for k, v in state.items()}
 
 
 def to_cnncli(state: dict[str, np.ndarray], graph) -> dict[str, np.ndarray]:
