@@ -104,9 +104,6 @@ def locate(weights: spec.PublishedWeights, model: str, progress: ProgressCallbac
     for place in looked:
         if (place.path / weights.filename).is_file():
             return place.path / weights.filename
-    # What reading it needs, before a download that may take minutes.
-    ckpt_io.check_readable(Path(weights.filename))
-
     def missing(note: str) -> DataError:
         return places.not_found(_what(weights, model), weights.filename, looked, note, _how_to_supply(weights))
 
