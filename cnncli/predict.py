@@ -19,15 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli import checkpoint as ckpt_io
-from cnncli import extras, inputs
+from cnncli import extras, trained
 from cnncli.data import folder
-from cnncli.data.source import FOLDER, Source, open_source
+from cnncli.data.source import Source
 from cnncli.engine import losses
 from cnncli.errors import UsageError
-from cnncli.evaluation import inference_network, probabilities
-from cnncli.model import spec
-from cnncli.model.graph import build
+from cnncli.evaluation import probabilities
 
 __all__ = ["Guess", "ImagePrediction", "InputWarning", "PredictResult", "Skipped", "UnreadableImage",
            "IMAGE_SUFFIXES", "POLARITY_FAR", "POLARITY_NEAR", "check_complete", "polarity_warning", "predict",
@@ -184,22 +181,9 @@ def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int = 3,
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
     extras.require("images", "reading image files (PNG, JPEG)")
-    ckpt_io.check_readable(checkpoint)
-    model_spec = spec.load(model)
-    saved = ckpt_io.load(checkpoint)
-    saved.check_model(model_spec, skip_model_check)
-    graph = build(model_spec, aux=False)
-    recorded = saved.meta.get("source")
-    if dataset is None and isinstance(recorded, dict):
-        info = Source.from_config(recorded)  # classes and statistics as trained, the data not needed
-    else:
-        name, _ = saved.data_for(model_spec, dataset)
-        if name == FOLDER:
-            raise UsageError(f"{checkpoint} does not record its image folder's classes and statistics: "
-                             "predict needs a checkpoint written by this version of train")
-        info = open_source(name)
-    plan = inputs.plan(info.title, info.image_shape, graph.input_shape, model_spec.name)
-    inputs.check_outputs(graph.output_shape, len(info.classes), info.title, model_spec.name)
+    loaded = trained.load(model, checkpoint, dataset=dataset, data=trained.RECORDED,
+                          skip_model_check=skip_model_check)
+    model_spec, graph, info, plan, net = loaded.spec, loaded.graph, loaded.source, loaded.plan, loaded.network
     read: list[Path] = []
     decoded: list[np.ndarray] = []
     skipped: list[Skipped] = []
@@ -215,7 +199,6 @@ def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int = 3,
     if not read:
         raise UsageError(f"cannot read any image: {_listing(skipped)}")
     files, pixels = read, np.stack(decoded)
-    net = inference_network(model_spec, graph, saved)
     loss = losses.get(model_spec.loss)
     probs = probabilities(net.predict(pixels, 256, loss.source(graph), plan.preparer(net.dtype, info.normalise)),
                           loss)
