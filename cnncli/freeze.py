@@ -1,7 +1,8 @@
 """``train --freeze``: which layers of a network do not learn in a run (fine-tuning).
 
-``--freeze NAME`` freezes the layer (or block: ``layer3``, ``layer2.down``) of that name and every layer
-before it in network order, the order of the model file (``cnncli summarize`` lists it); ``--freeze
+``--freeze NAME`` freezes the layer of that name, or the block or group of layers (``layer3``: every
+``layer3.*``, as PyTorch names modules), and every layer before it in network order, the order of the
+model file (``cnncli summarize`` lists it); ``--freeze
 backbone`` freezes every layer but the model's heads (:mod:`cnncli.model.head`). The layers after the
 frozen part train.
 
@@ -56,9 +57,10 @@ def choose(model_spec: ModelSpec, value: str) -> Freeze:
                              "to freeze instead (`cnncli summarize` lists them)")
         frozen = [n.name for n in nodes if n.name not in heads]
     else:
-        at = [i for i, n in enumerate(nodes) if n.name == value or value in n.scope]
+        at = [i for i, n in enumerate(nodes) if n.name == value or value in n.scope or n.name.startswith(value + ".")]
         if not at:
-            names = [n.name for n in nodes] + sorted({s for n in nodes for s in n.scope}) + [BACKBONE]
+            groups = {n.name.rsplit(".", k)[0] for n in nodes for k in range(1, n.name.count(".") + 1)}
+            names = [n.name for n in nodes] + sorted(groups | {s for n in nodes for s in n.scope}) + [BACKBONE]
             close = difflib.get_close_matches(value, names, n=3)
             hint = f" — did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise UsageError(f"--freeze {value}: model '{model_spec.name}' has no layer or block of that name"

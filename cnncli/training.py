@@ -323,8 +323,6 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
         raise UsageError(f"--nproc {config.nproc} is more than the batch of {count(config.batch_size, 'image')}: each "
                          "process needs at least one")
     config.device = _check_device(device or "cpu", config.engine, config.nproc)
-    if config.freeze is not None and config.engine != "numba":
-        raise UsageError(f"--freeze trains on cnncli's own engine: leave out --engine {config.engine}")
     # The optional packages the run will need, before it downloads or decodes anything.
     if config.engine == "torch":
         from cnncli.exchange import torch_module

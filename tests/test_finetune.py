@@ -211,7 +211,8 @@ def test_fine_tune_from_weights_with_another_head_replaces_it_and_loads_the_rest
     assert "head: fc: 10 → 3 units for the 3 classes of image folder three" in out
     assert f"weights: {four.best_path} (fine-tuning: a new run from epoch 0" in out
     assert "fc not taken from them (4 units there): a fresh one" in out
-    assert "frozen: backbone (up to pool), 268 parameters fixed; 15 train; its 2 batch-norm layers" in out, out
+    assert "frozen: backbone (up to pool), 268 parameters fixed; 15 train; batch norm there uses its running " \
+        "statistics (2 layers)" in out, out
     start, end = weights(four.best_path), checkpoint.load(run / "last.npz")
     # A new run: epoch 1 of its own, its optimizer's steps its own (not the 4-class run's).
     assert end.epoch == 1 and int(end.state["optim.steps"]) == end.meta["step"] == 4
@@ -236,6 +237,17 @@ def test_freeze_keeps_the_frozen_part_bit_for_bit_and_trains_the_rest(files, fou
     for key in ("conv2.weight", "bn2.weight", "bn2.running_mean", "bn2.running_var", "fc.weight", "fc.bias"):
         assert not np.array_equal(end[key], start[key]), key
     assert not any(k.startswith(("optim.momentum.conv1", "optim.momentum.bn1")) for k in end)
+
+
+def test_the_torch_engine_freezes_the_same_way(files, four, tmp_path):
+    pytest.importorskip("torch")
+    model, _, folder4 = files
+    result = train(model, folder4, tmp_path / "run", weights=four.best_path, freeze="bn1", engine="torch")
+    start, end = weights(four.best_path), weights(result.last_path)
+    for key in ("conv1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var"):
+        np.testing.assert_array_equal(end[key], start[key], err_msg=key)
+    for key in ("conv2.weight", "bn2.running_mean", "fc.weight"):
+        assert not np.array_equal(end[key], start[key]), key
 
 
 class SignalAt(training.SilentReporter):
@@ -304,6 +316,10 @@ def test_freeze_names_a_layer_or_a_block_and_everything_before_it():
     assert not {"fc", "aux1.fc2", "aux2.fc2"} & google.layers and "aux1.fc1" in google.layers
     with pytest.raises(UsageError, match="did you mean 'layer3'"):
         freeze.choose(resnet, "layer33")
+    # A group of layers by the prefix of their names, as PyTorch names modules: resnet18's layer3.0, layer3.1.
+    resnet18 = spec.load("resnet18")
+    group = freeze.choose(resnet18, "layer3")
+    assert group.last == "layer3.1.relu2" and "layer3.0.conv1" in group.layers and "layer4.0.conv1" not in group.layers
 
 
 # --------------------------------------------------------------------------- the engine

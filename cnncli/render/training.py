@@ -91,8 +91,7 @@ def frozen_line(frozen: Frozen) -> str:
     what = frozen.value if frozen.value == frozen.last else f"{frozen.value} (up to {frozen.last})"
     line = (f"frozen: {what}, {count(frozen.params, 'parameter')} fixed; {frozen.trainable:,} train")
     if frozen.batchnorm:
-        line += (f"; its {count(frozen.batchnorm, 'batch-norm layer')} normalise with their running "
-                 "statistics")
+        line += f"; batch norm there uses its running statistics ({count(frozen.batchnorm, 'layer')})"
     return line
 
 
