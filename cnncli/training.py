@@ -110,7 +110,7 @@ class Start:
     origin: str                    # as --weights gave it
     replaced: tuple[str, ...] = ()  # heads not taken from the weights (sized for other classes): fresh ones
     units: int | None = None       # the replaced heads' units in the weights
-    fresh: tuple[str, ...] = ()    # auxiliary layers the weights do not hold: fresh ones
+    fresh: tuple[str, ...] = ()    # heads and auxiliary layers the weights do not hold: fresh ones
 
 
 @dataclass(frozen=True)
@@ -622,31 +622,35 @@ class _Run:
         """Load the weights a fine-tuning run starts from into the fresh network.
 
         A head whose units in the weights are not the dataset's classes is not loaded: it keeps the fresh
-        values the model file's initialisation gave it. So are the auxiliary heads when the weights hold none
-        of their arrays (weights of the inference network). Anything else must fit: a missing, unexpected or
-        misshapen array is a CheckpointError naming it.
+        values the model file's initialisation gave it. So is a head the weights do not hold at all (a
+        backbone's weights), and so are the auxiliary heads when the weights hold none of their arrays
+        (weights of the inference network). Anything else must fit: a missing, unexpected or misshapen array
+        is a CheckpointError naming it.
         """
         weights = saved.weights_for(self.graph)
         own = self.net.state_dict()  # the fresh values, initialised as the model file says
-        replaced, units = [], None
+        replaced, units, fresh = [], None, []
         for h in head.heads(model_spec):
             keys = [f"{h.name}.{suffix}" for suffix in self.graph[h.name].params]
             theirs = [weights.get(k) for k in keys]
-            if any(t is None for t in theirs) or all(t.shape == own[k].shape for t, k in zip(theirs, keys)):
+            if all(t is None for t in theirs):
+                fresh.append(h.name)
+            elif any(t is None for t in theirs) or all(t.shape == own[k].shape for t, k in zip(theirs, keys)):
                 continue  # loaded as it is (what is missing is named by the load)
-            if all(t.shape[:-1] == own[k].shape[:-1] for t, k in zip(theirs, keys)):  # only the units differ
+            elif all(t.shape[:-1] == own[k].shape[:-1] for t, k in zip(theirs, keys)):  # only the units differ
                 replaced.append(h.name)
                 units = int(theirs[0].shape[-1])
-                weights.update({k: own[k] for k in keys})
+            else:
+                continue  # another input size: the load names it
+            weights.update({k: own[k] for k in keys})
         main = ancestors({n.name: n.inputs for n in self.graph.nodes}, [self.graph.output])
         aux = [n for n in self.graph.nodes if n.name not in main]
         aux_keys = [f"{n.name}.{suffix}" for n in aux for suffix in (*n.params, *n.buffers)]
-        fresh = ()
         if aux_keys and not any(k in weights for k in aux_keys):
-            fresh = tuple(n.name for n in aux if n.params)
+            fresh += [n.name for n in aux if n.params and n.name not in fresh]
             weights.update({k: own[k] for k in aux_keys})
         self.net.load_state_dict(weights, source=str(saved.path))
-        return Start(str(self.cfg.weights), tuple(replaced), units, fresh)
+        return Start(str(self.cfg.weights), tuple(replaced), units, tuple(fresh))
 
     def freeze_record(self) -> Frozen:
         frozen = [n for n in self.graph.nodes if n.frozen]

@@ -227,6 +227,41 @@ def test_fine_tune_from_weights_with_another_head_replaces_it_and_loads_the_rest
     assert not np.array_equal(weights(tmp_path / "all" / "last.npz")["conv1.weight"], start["conv1.weight"])
 
 
+AUX = """\
+name: withaux
+input: [3, 8, 8]
+classes: 10
+train: {dataset: image-folder, optimizer: sgd, lr: 0.05, batch_size: 8, epochs: 1, val_size: 0}
+layers:
+  - conv: {name: conv1, filters: 4, kernel: 3, padding: 1}
+  - relu: {name: relu1}
+  - global_avgpool: {name: auxpool, input: relu1}
+  - dense: {name: auxfc, units: 10, aux: 0.3}
+  - global_avgpool: {name: pool, input: relu1}
+  - dense: {name: fc, units: 10}
+"""
+
+
+def test_auxiliary_heads_are_sized_too_and_heads_the_weights_lack_start_fresh(files, tmp_path, capsys):
+    _, folder3, _ = files
+    model = tmp_path / "withaux.yaml"
+    model.write_text(AUX)
+    # Weights alone of the inference network (no auxiliary head) without its head: a backbone's.
+    backbone = Network(build(spec.parse(AUX), aux=False), "float32", seed=5).state_dict()
+    backbone = {k: v for k, v in backbone.items() if not k.startswith("fc.")}
+    checkpoint.save(tmp_path / "backbone.npz", backbone, {}, {})
+    code, out, err = cli(["train", str(model), "--data-dir", str(folder3), "--weights", str(tmp_path / "backbone.npz"),
+                          "--freeze", "relu1", "--out", str(tmp_path / "run")], capsys)
+    assert code == 0, err
+    assert "head: fc, auxfc: 10 → 3 units for the 3 classes of image folder three" in out
+    assert "fc, auxfc not in them: fresh" in out
+    end = weights(tmp_path / "run" / "last.npz")
+    assert end["auxfc.weight"].shape == (4, 3) and end["fc.weight"].shape == (4, 3)
+    np.testing.assert_array_equal(end["conv1.weight"], backbone["conv1.weight"])  # loaded (and frozen)
+    code, out, err = cli(["eval", str(model), "--weights", str(tmp_path / "run" / "last.npz")], capsys)
+    assert code == 0, err
+
+
 def test_freeze_keeps_the_frozen_part_bit_for_bit_and_trains_the_rest(files, four, tmp_path):
     model, _, folder4 = files
     result = train(model, folder4, tmp_path / "run", weights=four.best_path, freeze="bn1")
