@@ -85,6 +85,13 @@ class Checkpoint:
         config = self.meta.get("config")
         return config if isinstance(config, dict) else {}
 
+    @property
+    def classes(self) -> int | None:
+        """The classes its network's head was sized for (:mod:`cnncli.model.head`), as its run recorded them;
+        None for a checkpoint that records none (weights alone, or written before heads were sized)."""
+        classes = self.config.get("classes")
+        return classes if isinstance(classes, int) and not isinstance(classes, bool) and classes > 0 else None
+
     def data_for(self, model_spec, dataset: str | None = None,
                  data_dir: Path | None = None) -> tuple[str | None, Path | None]:
         """The dataset (and folder) this checkpoint is used with: ``dataset`` if given, else the one it was

@@ -123,6 +123,7 @@ class Split(str, Enum):
 # The panels of the help of commands with many options (options without one are under "Options").
 _RECIPE, _DATA_AUGMENT, _RUN_FOLDER, _ENGINE = "Recipe", "Data and augmentation", "Run folder", "Engine"
 _DATA, _INPUT, _OUTPUT, _STEP, _SLIDES = "Data", "Input", "Output", "Network and step", "Slides 26–28"
+_FINE_TUNE = "Fine-tuning"
 
 # The training recipe's flags, declared once: train and compare take the same ones.
 _BATCH_SIZE = typer.Option(None, "--batch-size", help="Images per step.", rich_help_panel=_RECIPE)
@@ -257,6 +258,13 @@ def train(
     device: Optional[Device] = typer.Option(None, "--device", help="With --engine torch: cpu (default) or cuda "
                                             "(one GPU per process).", rich_help_panel=_ENGINE),
     skip_model_check: bool = _SKIP_MODEL_CHECK,
+    weights: Optional[Path] = _variant(_WEIGHTS, default=None, rich_help_panel=_FINE_TUNE,
+                                       help="Start from these weights (fine-tuning; a new run, not --resume): a "
+                                       "checkpoint (.npz) or a PyTorch state dict (.pt, .pth). A head sized for "
+                                       "other classes is replaced by a fresh one."),
+    freeze: Optional[str] = typer.Option(None, "--freeze", help="Train only what follows layer (or block) NAME: "
+                                         "it and every layer before it do not learn; 'backbone': every layer but "
+                                         "the head.", metavar="NAME", rich_help_panel=_FINE_TUNE),
 ) -> None:
     """Train a model; writes a run folder with metrics and checkpoints."""
     from cnncli import training
@@ -268,7 +276,8 @@ def train(
     config = training.configure(model, overrides, limit=limit, data_dir=data_dir, out=out,
                                 resume=resume, dtype=dtype.value if dtype else None,
                                 engine=engine.value if engine else None, nproc=nproc,
-                                device=device.value if device else None, skip_model_check=skip_model_check)
+                                device=device.value if device else None, skip_model_check=skip_model_check,
+                                weights=weights, freeze=freeze)
     console = _console()
     result = training.train(config, render.Reporter(console))
     render.show_result(result, console)

@@ -28,7 +28,7 @@ from cnncli import inputs, runs, training
 from cnncli.atomic import write_text_atomic
 from cnncli.data.source import open_source
 from cnncli.errors import ModelMismatch, UsageError
-from cnncli.model import spec
+from cnncli.model import head, spec
 from cnncli.model.graph import build
 
 RECORD = "compare.yaml"
@@ -98,9 +98,10 @@ def plan(models: list[str], overrides: dict[str, Any], *, limit: int | None = No
     settings = training.resolve(specs[0], overrides)
     entries = []
     for model, model_spec in zip(models, specs):
-        graph = build(model_spec, aux=True)
-        source = open_source(settings["dataset"], data_dir, graph.input_shape)
-        # Every model must take the dataset before any trains (train would find out only when it starts).
+        source = open_source(settings["dataset"], data_dir, model_spec.input)
+        # Every model must take the dataset before any trains (train would find out only when it starts),
+        # its head sized to the dataset's classes as train sizes it.
+        graph = build(head.resize(model_spec, len(source.classes)).spec, aux=True)
         inputs.plan(source.title, source.image_shape, graph.input_shape, model_spec.name)
         inputs.check_outputs(graph.output_shape, len(source.classes), source.title, model_spec.name)
         entries.append(Entry(model, model_spec.name, folder / model_spec.name, graph.macs))

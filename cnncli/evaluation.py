@@ -14,16 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli import checkpoint as ckpt_io
-from cnncli import data, inputs
-from cnncli.data import class_lists
-from cnncli.data.source import Source, check_readable, open_source
+from cnncli import data, trained
 from cnncli.engine import losses
 from cnncli.engine.losses import Loss
-from cnncli.engine.network import Network
 from cnncli.errors import UsageError
-from cnncli.model import spec
-from cnncli.model.graph import Graph, build
 
 #: Most confused pairs listed.
 CONFUSED_PAIRS = 5
@@ -34,15 +28,6 @@ TOP5_CLASSES = 100
 def default_top_k(classes: int) -> int:
     """How many top classes eval scores and predict shows when the user does not say: see :data:`TOP5_CLASSES`."""
     return 5 if classes >= TOP5_CLASSES else 3
-
-
-def class_list_of(saved: ckpt_io.Checkpoint) -> Source | None:
-    """The classes and preparation of published weights (``imagenet``) as the checkpoint records them; None
-    for a checkpoint of any other source."""
-    record = saved.meta.get("source")
-    if isinstance(record, dict) and class_lists.is_class_list(record.get("name")):
-        return Source.from_config(record)
-    return None
 
 
 @dataclass(frozen=True)
@@ -190,21 +175,12 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
     if worst < 0:
         raise UsageError(f"--worst must not be negative, got {worst}")
-    ckpt_io.check_readable(checkpoint)
-    if dataset is not None:
-        check_readable(dataset)
-    model_spec = spec.load(model)
-    saved = ckpt_io.open_weights(checkpoint, model_spec, progress)
-    saved.check_model(model_spec, skip_model_check)
-    name, data_dir = saved.data_for(model_spec, dataset, data_dir)
-    graph = build(model_spec, aux=False)
-    info = open_source(name, data_dir, graph.input_shape, progress=progress, classes=class_list_of(saved))
-    plan = inputs.plan(info.title, info.image_shape, graph.input_shape, model_spec.name)
+    loaded = trained.load(model, checkpoint, dataset=dataset, data_dir=data_dir, progress=progress,
+                          skip_model_check=skip_model_check)
+    model_spec, graph, saved, net = loaded.spec, loaded.graph, loaded.checkpoint, loaded.network
+    info, plan = loaded.source, loaded.plan
     classes = len(info.classes)
     top_k = default_top_k(classes) if top_k is None else top_k
-    inputs.check_outputs(graph.output_shape, classes, info.title, model_spec.name)
-    net = inference_network(model_spec, graph, saved)
-
     images, labels = info.load(split, data_dir, progress=progress)
     loss = losses.get(model_spec.loss)
     outputs = net.predict(images, batch_size, loss.source(graph), plan.preparer(net.dtype, info.normalise))
@@ -222,24 +198,5 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
     )
 
 
-def inference_network(model_spec: spec.ModelSpec, graph: Graph, saved: ckpt_io.Checkpoint,
-                      fast: bool = True) -> Network:
-    """A network of ``graph`` (built without auxiliary heads) holding a checkpoint's weights.
-
-    The dtype is the one the checkpoint was trained in; weights of auxiliary
-    heads in the file are skipped, anything else that does not fit is a
-    CheckpointError naming it. ``fast=False`` keeps every layer's output
-    (:class:`~cnncli.engine.network.Network`).
-    """
-    config = saved.config
-    dtype = config.get("dtype", "float32") if config.get("dtype") in ("float32", "float64") else "float32"
-    net = Network(graph, dtype, fast=fast)
-    wanted = {**net.params, **net.buffers}
-    net.load_state_dict({k: v for k, v in saved.weights_for(graph).items()
-                         if k in wanted or not _is_aux_key(k, model_spec, graph)}, source=str(saved.path))
-    return net
-
-
-def _is_aux_key(key: str, model_spec: spec.ModelSpec, graph: Graph) -> bool:
-    node = key.rsplit(".", 1)[0]
-    return any(n.name == node for n in model_spec.nodes) and node not in {n.name for n in graph.nodes}
+#: A checkpoint's network for inference (:func:`cnncli.trained.network`).
+inference_network = trained.network

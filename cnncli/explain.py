@@ -49,16 +49,16 @@ from pathlib import Path
 import numpy as np
 
 from cnncli import checkpoint as ckpt_io
-from cnncli import extras, inputs
-from cnncli.data.source import Source, check_readable, open_source
+from cnncli import extras, inputs, trained
+from cnncli.data.source import Source
 from cnncli.engine import losses
 from cnncli.engine.network import Network
 from cnncli.errors import UsageError
-from cnncli.evaluation import class_list_of, inference_network, probabilities
+from cnncli.evaluation import probabilities
 from cnncli.features import map_layer
 from cnncli.model import spec
-from cnncli.model.graph import Graph, Node, ancestors, build
-from cnncli.predict import Guess, InputWarning, polarity_warning, read_image
+from cnncli.model.graph import Graph, Node, ancestors
+from cnncli.predict import Guess, InputWarning, one_image
 from cnncli.words import count
 
 #: Layer kinds that pool, resample or pass on a block's output rather than compute features of their own:
@@ -81,6 +81,7 @@ class Subject:
     saved: ckpt_io.Checkpoint
     info: Source
     plan: inputs.InputPlan
+    network: Network          # holding the weights: the fast inference network or the plain one
     pixels: np.ndarray        # uint8 (C, H, W): the image as the dataset has it
     label: int | None         # the true class of a test image
     source: str               # what the image is, in words
@@ -161,40 +162,22 @@ class Method:
 # ----------------------------------------------------------------------------------------- loading
 
 def load_subject(model: str, weights: Path, *, sample: int | None, image: Path | None, dataset: str | None,
-                 data_dir: Path | None, invert: bool, progress=None, skip_model_check: bool = False) -> Subject:
-    """The network of ``model`` with ``weights`` and one image: test image ``sample`` of the dataset, or the
-    file ``image`` (as :func:`cnncli.features.features` loads them)."""
+                 data_dir: Path | None, invert: bool, progress=None, skip_model_check: bool = False,
+                 fast: bool = True) -> Subject:
+    """The network of ``model`` with ``weights`` (:func:`cnncli.trained.load`; ``fast``: the inference network,
+    else the plain one) and one image (:func:`cnncli.predict.one_image`): test image ``sample`` of the dataset,
+    or the file ``image``, which needs no data (the checkpoint's record of it does)."""
     if (sample is None) == (image is None):
         raise UsageError("give one image: --sample I (a test image of the dataset) or --image FILE")
-    ckpt_io.check_readable(weights)
     if image is not None:
         extras.require("images", "reading image files (--image)")
-    if dataset is not None:
-        check_readable(dataset)
-    model_spec = spec.load(model)
-    saved = ckpt_io.open_weights(weights, model_spec, progress)
-    saved.check_model(model_spec, skip_model_check)
-    graph = build(model_spec, aux=False)
-    recorded = saved.meta.get("source")
-    if image is not None and dataset is None and isinstance(recorded, dict):
-        info = Source.from_config(recorded)  # what the run trained on; no data needed for a file
-    else:
-        name, data_dir = saved.data_for(model_spec, dataset, data_dir)
-        info = open_source(name, data_dir, graph.input_shape, progress=progress, classes=class_list_of(saved))
-    plan = inputs.plan(info.title, info.image_shape, graph.input_shape, model_spec.name)
-    inputs.check_outputs(graph.output_shape, len(info.classes), info.title, model_spec.name)
-    if sample is not None:
-        images, labels = info.load("test", data_dir, progress=progress)
-        if not 0 <= sample < len(images):
-            raise UsageError(f"--sample {sample} is out of range: the {info.title} test set has "
-                             f"{count(len(images), 'image')} (0..{len(images) - 1})")
-        pixels, label = np.asarray(images[sample]), int(labels[sample])
-        return Subject(model_spec, graph, saved, info, plan, pixels, label,
-                       f"{info.title} test image {sample} (class {info.classes[label]})", ())
-    pixels = read_image(Path(image), info.image_shape, invert, info.resize)
-    warning = polarity_warning(pixels, info, invert)
-    return Subject(model_spec, graph, saved, info, plan, pixels, None,
-                   f"{image}" + (" (inverted)" if invert else ""), (warning,) if warning else ())
+    loaded = trained.load(model, weights, dataset=dataset, data_dir=data_dir,
+                          data=trained.RECORDED if image is not None else trained.OPEN, progress=progress,
+                          skip_model_check=skip_model_check, fast=fast)
+    picked = one_image(loaded.source, sample=sample, image=image, invert=invert, data_dir=data_dir,
+                       progress=progress)
+    return Subject(loaded.spec, loaded.graph, loaded.checkpoint, loaded.source, loaded.plan, loaded.network,
+                   picked.pixels, picked.label, picked.what, picked.warnings)
 
 
 # ------------------------------------------------------------------------------------ the choices
@@ -395,9 +378,10 @@ def explain(model: str, weights: Path, *, sample: int | None = None, image: Path
     on one image by ``method`` (a key of :data:`METHODS`)."""
     settings = Settings(layer, patch, stride)
     check_settings(method, settings)
+    how = METHODS[method]
     subject = load_subject(model, weights, sample=sample, image=image, dataset=dataset, data_dir=data_dir,
-                           invert=invert, progress=progress, skip_model_check=skip_model_check)
-    graph, loss, how = subject.graph, losses.get(subject.model_spec.loss), METHODS[method]
+                           invert=invert, progress=progress, skip_model_check=skip_model_check, fast=how.fast)
+    graph, loss = subject.graph, losses.get(subject.model_spec.loss)
     if "layer" in how.flags:
         choose_layer(graph, score_node(graph, loss), layer)
     if "patch" in how.flags:
@@ -405,7 +389,7 @@ def explain(model: str, weights: Path, *, sample: int | None = None, image: Path
     classes = list(subject.info.classes)
     if target is not None:
         choose_class(target, classes, 0)  # a wrong class is told before the network runs
-    net = inference_network(subject.model_spec, graph, subject.saved, fast=how.fast)
+    net = subject.network
     try:
         x = subject.batch(net.dtype)
         source = loss.source(graph)

@@ -15,12 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnncli import checkpoint as ckpt_io
+from cnncli import trained
 from cnncli.atomic import write_atomic
 from cnncli.errors import UsageError
-from cnncli.evaluation import inference_network
-from cnncli.model import spec
-from cnncli.model.graph import build
 
 #: Export targets: name -> the file suffix they write.
 TARGETS = {"onnx": ".onnx", "torch": ".py"}
@@ -62,12 +59,9 @@ def export(model: str, checkpoint: Path, to: str, out: Path, *, skip_model_check
         onnx_model.require()
     else:
         torch_module.require(torch_module.EXPORT)
-    ckpt_io.check_readable(checkpoint)
-    model_spec = spec.load(model)
-    saved = ckpt_io.open_weights(checkpoint, model_spec, progress)
-    saved.check_model(model_spec, skip_model_check)
-    graph = build(model_spec, aux=False)
-    net = inference_network(model_spec, graph, saved)
+    loaded = trained.load(model, checkpoint, data=None, skip_model_check=skip_model_check,
+                          progress=progress)
+    model_spec, graph, net = loaded.spec, loaded.graph, loaded.network
     meaning = "logits (softmax is in the loss)" if model_spec.loss == "cross_entropy" else "the model's output"
     shapes = (("batch", *graph.input_shape), ("batch", *graph.output_shape))
     if to == "onnx":

@@ -24,16 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli import checkpoint as ckpt_io
-from cnncli import extras, inputs
-from cnncli.data.source import Source, check_readable, open_source
+from cnncli import extras, trained
 from cnncli.engine import losses
 from cnncli.errors import UsageError
-from cnncli.evaluation import class_list_of, default_top_k, inference_network, probabilities
-from cnncli.model import spec
-from cnncli.model.graph import build
-from cnncli.predict import Guess, InputWarning, polarity_warning, read_image
-from cnncli.words import count
+from cnncli.evaluation import default_top_k, probabilities
+from cnncli.predict import Guess, InputWarning, one_image
 
 #: Channels of a layer shown unless --max-maps says otherwise.
 MAX_MAPS = 16
@@ -130,41 +125,19 @@ def features(model: str, checkpoint: Path, *, sample: int | None = None, image: 
         raise UsageError("give one image: --sample I (a test image of the dataset) or --image FILE")
     if max_maps < 1:
         raise UsageError(f"--max-maps must be at least 1, got {max_maps}")
-    ckpt_io.check_readable(checkpoint)
     if image is not None:
         extras.require("images", "reading image files (--image)")
-    if dataset is not None:
-        check_readable(dataset)
-    model_spec = spec.load(model)
-    saved = ckpt_io.open_weights(checkpoint, model_spec, progress)
-    saved.check_model(model_spec, skip_model_check)
-    graph = build(model_spec, aux=False)
+    # An image file needs no data: the classes and statistics the checkpoint recorded do.
+    loaded = trained.load(model, checkpoint, dataset=dataset, data_dir=data_dir,
+                          data=trained.RECORDED if image is not None else trained.OPEN, progress=progress,
+                          skip_model_check=skip_model_check, fast=False)
+    graph, info, plan, net = loaded.graph, loaded.source, loaded.plan, loaded.network
     chosen = _choose_layers(graph, layers)
-    recorded = saved.meta.get("source")
-    if image is not None and dataset is None and isinstance(recorded, dict):
-        info = Source.from_config(recorded)  # what the run trained on; no data needed for a file
-    else:
-        name, data_dir = saved.data_for(model_spec, dataset, data_dir)
-        info = open_source(name, data_dir, graph.input_shape, progress=progress, classes=class_list_of(saved))
-    plan = inputs.plan(info.title, info.image_shape, graph.input_shape, model_spec.name)
-    inputs.check_outputs(graph.output_shape, len(info.classes), info.title, model_spec.name)
 
-    label = None
-    warning = None
-    if sample is not None:
-        images, labels = info.load("test", data_dir, progress=progress)
-        if not 0 <= sample < len(images):
-            raise UsageError(f"--sample {sample} is out of range: the {info.title} test set has "
-                             f"{count(len(images), 'image')} (0..{len(images) - 1})")
-        pixels, label = np.asarray(images[sample]), int(labels[sample])
-        what = f"{info.title} test image {sample} (class {info.classes[label]})"
-    else:
-        pixels = read_image(Path(image), info.image_shape, invert, info.resize)
-        what = f"{image}" + (" (inverted)" if invert else "")
-        warning = polarity_warning(pixels, info, invert)
+    picked = one_image(info, sample=sample, image=image, invert=invert, data_dir=data_dir, progress=progress)
+    pixels = picked.pixels
 
-    net = inference_network(model_spec, graph, saved, fast=False)
-    loss = losses.get(model_spec.loss)
+    loss = losses.get(loaded.spec.loss)
     out = net.forward(plan.batch(pixels[None], net.dtype, info.normalise))
     probs = probabilities(out, loss)[0]
     k = default_top_k(len(info.classes)) if top_k is None else top_k
@@ -186,5 +159,5 @@ def features(model: str, checkpoint: Path, *, sample: int | None = None, image: 
         # Three input channels are a colour filter; otherwise each filter's first input channel.
         shown_w = w if w.shape[1] == 3 else w[:, :1]
         filters = Filters(first.name, tuple(w.shape), shown_w, scale_to_bytes(shown_w, (1, 2, 3)))
-    return FeatureResult(model_spec.name, Path(checkpoint), what, pixels, label, list(info.classes), guesses,
-                         plan.describe(), maps, filters, (warning,) if warning else ())
+    return FeatureResult(loaded.spec.name, Path(checkpoint), picked.what, pixels, picked.label, list(info.classes),
+                         guesses, plan.describe(), maps, filters, picked.warnings)

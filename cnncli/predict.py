@@ -20,19 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli import checkpoint as ckpt_io
-from cnncli import extras, inputs
+from cnncli import extras, inputs, trained
 from cnncli.data import folder
-from cnncli.data.source import FOLDER, Source, open_source
+from cnncli.data.source import Source
 from cnncli.engine import losses
 from cnncli.errors import UsageError
-from cnncli.evaluation import default_top_k, inference_network, probabilities
-from cnncli.model import spec
-from cnncli.model.graph import build
+from cnncli.evaluation import default_top_k, probabilities
 from cnncli.words import count
 
-__all__ = ["Guess", "ImagePrediction", "InputWarning", "PredictResult", "Skipped", "UnreadableImage",
-           "IMAGE_SUFFIXES", "POLARITY_FAR", "POLARITY_NEAR", "check_complete", "polarity_warning", "predict",
+__all__ = ["Guess", "ImagePrediction", "InputWarning", "OneImage", "PredictResult", "Skipped", "UnreadableImage",
+           "IMAGE_SUFFIXES", "POLARITY_FAR", "POLARITY_NEAR", "check_complete", "one_image", "polarity_warning", "predict",
            "read_image"]
 
 #: The files a folder argument contributes (case-insensitive).
@@ -161,6 +158,35 @@ def read_image(path: Path, shape: tuple[int, int, int], invert: bool = False, re
     return 255 - pixels if invert else pixels
 
 
+@dataclass(frozen=True)
+class OneImage:
+    """One image for a trained network (``features``, ``explain``): uint8 (C, H, W) as the dataset has it."""
+
+    pixels: np.ndarray
+    label: int | None                 # the true class of a test image; None for a file
+    what: str                         # what the image is, in words
+    warnings: tuple[InputWarning, ...]
+
+
+def one_image(info: Source, *, sample: int | None, image: Path | None, invert: bool = False,
+              data_dir: Path | None = None, progress=None) -> OneImage:
+    """Test image ``sample`` of ``info``'s dataset, or the file ``image`` prepared as the weights expect
+    (:func:`read_image`, with :func:`polarity_warning`)."""
+    if (sample is None) == (image is None):
+        raise UsageError("give one image: --sample I (a test image of the dataset) or --image FILE")
+    if sample is not None:
+        images, labels = info.load("test", data_dir, progress=progress)
+        if not 0 <= sample < len(images):
+            raise UsageError(f"--sample {sample} is out of range: the {info.title} test set has "
+                             f"{count(len(images), 'image')} (0..{len(images) - 1})")
+        label = int(labels[sample])
+        return OneImage(np.asarray(images[sample]), label,
+                        f"{info.title} test image {sample} (class {info.classes[label]})", ())
+    pixels = read_image(Path(image), info.image_shape, invert, info.resize)
+    warning = polarity_warning(pixels, info, invert)
+    return OneImage(pixels, None, f"{image}" + (" (inverted)" if invert else ""), (warning,) if warning else ())
+
+
 def _files(paths: list[Path]) -> list[Path | Skipped]:
     """The image files the arguments name, in order (a folder's in name order); a folder without any: Skipped."""
     if not paths:
@@ -196,22 +222,9 @@ def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int | No
     if top_k is not None and top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
     extras.require("images", "reading image files (PNG, JPEG)")
-    ckpt_io.check_readable(checkpoint)
-    model_spec = spec.load(model)
-    saved = ckpt_io.open_weights(checkpoint, model_spec, progress)
-    saved.check_model(model_spec, skip_model_check)
-    graph = build(model_spec, aux=False)
-    recorded = saved.meta.get("source")
-    if dataset is None and isinstance(recorded, dict):
-        info = Source.from_config(recorded)  # classes and statistics as trained, the data not needed
-    else:
-        name, _ = saved.data_for(model_spec, dataset)
-        if name == FOLDER:
-            raise UsageError(f"{checkpoint} does not record its image folder's classes and statistics: "
-                             "predict needs a checkpoint written by this version of train")
-        info = open_source(name)
-    plan = inputs.plan(info.title, info.image_shape, graph.input_shape, model_spec.name)
-    inputs.check_outputs(graph.output_shape, len(info.classes), info.title, model_spec.name)
+    loaded = trained.load(model, checkpoint, dataset=dataset, data=trained.RECORDED,
+                          skip_model_check=skip_model_check, progress=progress)
+    model_spec, graph, info, plan, net = loaded.spec, loaded.graph, loaded.source, loaded.plan, loaded.network
     read: list[Path] = []
     decoded: list[np.ndarray] = []
     skipped: list[Skipped] = []
@@ -227,7 +240,6 @@ def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int | No
     if not read:
         raise UsageError(f"cannot read any image: {_listing(skipped)}")
     files, pixels = read, np.stack(decoded)
-    net = inference_network(model_spec, graph, saved)
     loss = losses.get(model_spec.loss)
     probs = probabilities(net.predict(pixels, 256, loss.source(graph), plan.preparer(net.dtype, info.normalise)),
                           loss)

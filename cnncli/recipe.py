@@ -76,5 +76,6 @@ def _batch_for(n_train: int, steps: int, smallest: int) -> int | None:
 
 
 def uses_batchnorm(graph) -> bool:
-    """Whether a model graph (:class:`cnncli.model.graph.Graph`) has a batch-norm layer."""
-    return any(node.kind == "batchnorm" for node in graph.nodes)
+    """Whether a model graph (:class:`cnncli.model.graph.Graph`) has a batch-norm layer that normalises with
+    batch statistics while training (a frozen one uses its running statistics throughout)."""
+    return any(node.kind == "batchnorm" and not node.frozen for node in graph.nodes)

@@ -23,14 +23,15 @@ import os
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import yaml
 
-from cnncli import __version__, checkpoint, data, inputs, recipe, runs
+from cnncli import __version__, checkpoint, data, inputs, recipe, runs, trained
+from cnncli import freeze as freezing
 from cnncli.atomic import write_text_atomic
 from cnncli.data import DownloadEvent
 from cnncli.data.source import Source, check_readable, open_source
@@ -38,8 +39,8 @@ from cnncli.engine import losses, optim
 from cnncli.engine.network import Network
 from cnncli.errors import CheckpointError, TrainingStopped, UsageError, WorkerLost
 from cnncli.gradflow import GradientFlow
-from cnncli.model import spec
-from cnncli.model.graph import build
+from cnncli.model import head, spec
+from cnncli.model.graph import ancestors, build
 from cnncli.schedule import Plan, learning_rate
 from cnncli.words import count, plural
 
@@ -86,14 +87,41 @@ class RunConfig:
     device: str = "cpu"       # where the torch engine runs the passes: DEVICES
     data_dir: Path | None = None
     resume: Path | None = None
+    #: The classes the network's head is sized for (:mod:`cnncli.model.head`): the dataset's, set when the run
+    #: opens it; what every command that loads the run's weights sizes the model to again.
+    classes: int | None = None
+    weights: str | None = None  # what a fine-tuning run started from (--weights)
+    freeze: str | None = None   # the layers it does not train (--freeze, cnncli.freeze)
     spec: spec.ModelSpec | None = field(default=None, repr=False, compare=False)
+    start: checkpoint.Checkpoint | None = field(default=None, repr=False, compare=False)  # --weights, loaded
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as plain values (what ``config.yaml`` and checkpoints hold)."""
-        d = {k: v for k, v in asdict(self).items() if k != "spec"}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("spec", "start")}
         for key in ("out", "data_dir", "resume"):
             d[key] = None if d[key] is None else str(d[key])
         return d
+
+
+@dataclass(frozen=True)
+class Start:
+    """The weights a fine-tuning run started from (``--weights``)."""
+
+    origin: str                    # as --weights gave it
+    replaced: tuple[str, ...] = ()  # heads not taken from the weights (sized for other classes): fresh ones
+    units: int | None = None       # the replaced heads' units in the weights
+    fresh: tuple[str, ...] = ()    # heads and auxiliary layers the weights do not hold: fresh ones
+
+
+@dataclass(frozen=True)
+class Frozen:
+    """What ``--freeze`` froze (:mod:`cnncli.freeze`)."""
+
+    value: str                     # as --freeze gave it
+    last: str                      # the last frozen layer
+    params: int                    # parameters that do not learn
+    trainable: int                 # parameters that do
+    batchnorm: int                 # frozen batch-norm layers (normalising with their running statistics)
 
 
 @dataclass(frozen=True)
@@ -113,6 +141,9 @@ class RunStart:
     notes: tuple[str, ...] = ()               # about the data (an image folder's split, skipped files)
     engine: str = ""                          # what runs the passes, when not cnncli's own engine
     advice: tuple[recipe.Advice, ...] = ()    # where the recipe does not fit the data (cnncli.recipe)
+    head: tuple[head.HeadChange, ...] = ()    # the model's heads sized to the dataset's classes
+    start: Start | None = None                # the weights a fine-tuning run started from
+    frozen: Frozen | None = None              # the layers that do not train
 
 
 @dataclass(frozen=True)
@@ -238,7 +269,8 @@ def _check_setting(key: str, value: Any, where: str) -> Any:
 def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None,
               data_dir: Path | None = None, out: Path | None = None, resume: Path | None = None,
               dtype: str | None = None, engine: str | None = None, nproc: int | None = None,
-              device: str | None = None, skip_model_check: bool = False) -> RunConfig:
+              device: str | None = None, skip_model_check: bool = False,
+              weights: str | os.PathLike[str] | None = None, freeze: str | None = None) -> RunConfig:
     """Resolve a run's settings: defaults < the model file's ``train:`` < its entry for the dataset
     (``train: datasets:``) < flags (``None`` = unset).
 
@@ -250,10 +282,20 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
     state is the same), though only the same engine repeats an uninterrupted run bit for bit.
     ``nproc``: data-parallel processes of the torch engine (1 by default; may change on resume).
     ``device``: where the torch engine runs (``cpu`` by default, or ``cuda``: one GPU per process; may
-    change on resume). ``skip_model_check``: resume a checkpoint of another model
-    (:meth:`~cnncli.checkpoint.Checkpoint.check_model`).
+    change on resume). ``skip_model_check``: resume a checkpoint of another model, or start from its
+    weights (:meth:`~cnncli.checkpoint.Checkpoint.check_model`).
+
+    ``weights`` starts a new run from them (fine-tuning; not with ``resume``): a cnncli checkpoint or a
+    PyTorch state dict, checked against the network they were trained as; their head is replaced by a
+    fresh one when the dataset has other classes (:meth:`_Run.start_from`). ``freeze``: the layers that do
+    not train (:func:`cnncli.freeze.choose`); a resumed run keeps its own.
     """
     model_spec = spec.load(model)
+    if resume is not None and weights is not None:
+        raise UsageError("--weights starts a new run from weights, --resume continues a run (its weights are in "
+                         "its checkpoint): give one of them")
+    if freeze is not None:
+        freezing.choose(model_spec, freeze)  # an unknown layer is an error before any work
     given = _given(overrides)
     check_limit_and_dtype(limit, dtype)
     if engine is not None and engine not in ENGINES:
@@ -263,7 +305,7 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
 
     if resume is not None:
         config = _configure_resume(model, model_spec, given, limit, data_dir, out, Path(resume), dtype,
-                                   skip_model_check)
+                                   skip_model_check, freeze)
         config.engine = engine or config.engine
     else:
         settings = resolve(model_spec, given)
@@ -271,7 +313,9 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
         follower = engine == "torch" and os.environ.get("RANK", "0") != "0"
         config = RunConfig(model=model, name=model_spec.name, **settings, limit=limit, dtype=dtype or "float32",
                            out=Path(out or ".") if follower else _fresh_out(model_spec.name, out), data_dir=data_dir,
-                           spec=model_spec, engine=engine or "numba")
+                           spec=model_spec, engine=engine or "numba", freeze=freeze)
+        if weights is not None:
+            config.weights, config.start = str(weights), _start(model_spec, weights, skip_model_check)
     config.nproc = nproc or 1
     if config.nproc > 1 and config.engine != "torch":
         raise UsageError(f"--nproc {config.nproc} runs data-parallel processes of the torch engine: add "
@@ -302,6 +346,16 @@ def _check_not_behind(resume: Path, ckpt: checkpoint.Checkpoint) -> None:
     raise UsageError(f"{resume} was written at {at}, but its run folder's {runs.LAST} has gone on to epoch "
                      f"{latest.epoch}: resuming it there would write over the later epochs. Resume from {last}, "
                      "or add --out NEW_FOLDER to train on from it in a new run folder")
+
+
+def _start(model_spec: spec.ModelSpec, weights: str | os.PathLike[str],
+           skip_model_check: bool) -> checkpoint.Checkpoint:
+    """The weights a fine-tuning run starts from, refused when trained for another network than the model
+    (sized as they were trained, :func:`cnncli.trained.as_trained`) unless ``skip_model_check``."""
+    checkpoint.check_readable(weights)
+    saved = checkpoint.open_weights(weights, model_spec)
+    saved.check_model(trained.as_trained(model_spec, saved), skip_model_check)
+    return saved
 
 
 def _check_device(device: str, engine: str, nproc: int) -> str:
@@ -374,13 +428,13 @@ def _fresh_out(name: str, out: Path | None) -> Path:
 
 def _configure_resume(model: str, model_spec: spec.ModelSpec, given: dict[str, Any],
                       limit: int | None, data_dir: Path | None, out: Path | None,
-                      resume: Path, dtype: str | None, skip_model_check: bool) -> RunConfig:
+                      resume: Path, dtype: str | None, skip_model_check: bool, freeze: str | None) -> RunConfig:
     ckpt = checkpoint.load(resume)
     saved = ckpt.meta.get("config")
     if not isinstance(saved, dict):
         raise CheckpointError(f"{resume} holds weights but no training state, so it cannot be resumed "
                               f"(evaluate it with `cnncli eval {model} --weights {resume}`)")
-    ckpt.check_model(model_spec, skip_model_check)
+    ckpt.check_model(trained.as_trained(model_spec, ckpt), skip_model_check)
     settings = {}
     for key, opt in spec.TRAIN_OPTIONS.items():
         try:
@@ -398,6 +452,12 @@ def _configure_resume(model: str, model_spec: spec.ModelSpec, given: dict[str, A
             raise UsageError(f"{_flag(key)} {value} differs from the resumed run's {settings[key]}: "
                              "a resumed run keeps its settings (only --epochs may change); "
                              "start a new run to change it")
+    origin, saved_freeze = saved.get("weights"), saved.get("freeze")
+    if not isinstance(origin, (str, type(None))) or not isinstance(saved_freeze, (str, type(None))):
+        raise CheckpointError(f"{resume}: its saved settings weights and freeze must be text")
+    if freeze is not None and freeze != saved_freeze:
+        raise UsageError(f"--freeze {freeze} differs from the resumed run's {saved_freeze or 'none'}: a resumed "
+                         "run keeps its settings; start a new run to change it")
     saved_limit = saved.get("limit")
     if limit is not None and limit != saved_limit:
         raise UsageError(f"--limit {limit} differs from the resumed run's {saved_limit}")
@@ -416,7 +476,8 @@ def _configure_resume(model: str, model_spec: spec.ModelSpec, given: dict[str, A
     saved_engine = saved.get("engine", "numba")
     return RunConfig(model=model, name=model_spec.name, **settings, limit=saved_limit, dtype=dtype,
                      out=out, data_dir=data_dir, resume=resume, spec=model_spec,
-                     engine=saved_engine if saved_engine in ENGINES else "numba")
+                     engine=saved_engine if saved_engine in ENGINES else "numba", classes=ckpt.classes,
+                     weights=origin, freeze=saved_freeze)
 
 
 def validation_count(n: int, val_size: int) -> int:
@@ -512,13 +573,22 @@ class _Run:
     def prepare(self) -> None:
         cfg = self.cfg
         model_spec = cfg.spec or spec.load(cfg.model)
-        self.graph = build(model_spec, aux=True)
-        self.fingerprint = model_spec.fingerprint()
-        info = self.data_source = open_source(cfg.dataset, cfg.data_dir, self.graph.input_shape,
+        info = self.data_source = open_source(cfg.dataset, cfg.data_dir, model_spec.input,
                                               progress=self.reporter.download)
+        classes = len(info.classes)
+        if cfg.classes is not None and cfg.classes != classes:
+            raise UsageError(f"{info.title} has {count(classes, 'class')}, but the run being resumed was trained "
+                             f"for {cfg.classes}: resume it on its own data, or start a new run")
+        # The head sized to the dataset's classes: the network this run trains, and its fingerprint.
+        sized = head.resize(model_spec, classes)
+        model_spec, self.head = sized.spec, sized.changes
+        self.fingerprint = model_spec.fingerprint()
+        frozen = freezing.choose(model_spec, cfg.freeze).layers if cfg.freeze is not None else frozenset()
+        self.graph = build(model_spec, aux=True, frozen=frozen)
         self.inputs = inputs.plan(info.title, info.image_shape, self.graph.input_shape, cfg.name,
                                   inputs.Augmentation(cfg.crop_padding, cfg.flip))
-        inputs.check_outputs(self.graph.output_shape, len(info.classes), info.title, cfg.name)
+        inputs.check_outputs(self.graph.output_shape, classes, info.title, cfg.name)
+        cfg.classes = classes
         dtype = np.dtype(cfg.dtype)
         self.dtype = dtype
         if cfg.engine == "torch":
@@ -528,6 +598,10 @@ class _Run:
                                     group=self.group, device=cfg.device)
         else:
             self.net = Network(self.graph, dtype, seed=cfg.seed, fast=True)
+        self.frozen = self.freeze_record() if cfg.freeze is not None else None
+        self.start = None
+        if cfg.resume is None and cfg.start is not None:
+            self.start = self.start_from(cfg.start, model_spec)
         # Worker processes boot while the data loads (until they are ready, threads split the batches).
         self.net.spawn_workers(cfg.batch_size)
 
@@ -560,6 +634,45 @@ class _Run:
             _prepare_run_dir(cfg.out, cfg, self.inputs, self.data_source)
             if self.history:
                 self.write_metrics()
+
+    def start_from(self, saved: checkpoint.Checkpoint, model_spec: spec.ModelSpec) -> Start:
+        """Load the weights a fine-tuning run starts from into the fresh network.
+
+        A head whose units in the weights are not the dataset's classes is not loaded: it keeps the fresh
+        values the model file's initialisation gave it. So is a head the weights do not hold at all (a
+        backbone's weights), and so are the auxiliary heads when the weights hold none of their arrays
+        (weights of the inference network). Anything else must fit: a missing, unexpected or misshapen array
+        is a CheckpointError naming it.
+        """
+        weights = saved.weights_for(self.graph)
+        own = self.net.state_dict()  # the fresh values, initialised as the model file says
+        replaced, units, fresh = [], None, []
+        for h in head.heads(model_spec):
+            keys = [f"{h.name}.{suffix}" for suffix in self.graph[h.name].params]
+            theirs = [weights.get(k) for k in keys]
+            if all(t is None for t in theirs):
+                fresh.append(h.name)
+            elif any(t is None for t in theirs) or all(t.shape == own[k].shape for t, k in zip(theirs, keys)):
+                continue  # loaded as it is (what is missing is named by the load)
+            elif all(t.shape[:-1] == own[k].shape[:-1] for t, k in zip(theirs, keys)):  # only the units differ
+                replaced.append(h.name)
+                units = int(theirs[0].shape[-1])
+            else:
+                continue  # another input size: the load names it
+            weights.update({k: own[k] for k in keys})
+        main = ancestors({n.name: n.inputs for n in self.graph.nodes}, [self.graph.output])
+        aux = [n for n in self.graph.nodes if n.name not in main]
+        aux_keys = [f"{n.name}.{suffix}" for n in aux for suffix in (*n.params, *n.buffers)]
+        if aux_keys and not any(k in weights for k in aux_keys):
+            fresh += [n.name for n in aux if n.params and n.name not in fresh]
+            weights.update({k: own[k] for k in aux_keys})
+        self.net.load_state_dict(weights, source=str(saved.path))
+        return Start(str(self.cfg.weights), tuple(replaced), units, tuple(fresh))
+
+    def freeze_record(self) -> Frozen:
+        frozen = [n for n in self.graph.nodes if n.frozen]
+        return Frozen(str(self.cfg.freeze), frozen[-1].name, sum(n.n_params for n in frozen),
+                      self.graph.trainable_params, sum(n.kind == "batchnorm" for n in frozen))
 
     def restore(self, ckpt: checkpoint.Checkpoint) -> None:
         self.net.load_state_dict(ckpt.weights(), source=str(ckpt.path))
@@ -623,7 +736,8 @@ class _Run:
         self.reporter.start(RunStart(cfg, len(self.x_train), len(self.x_val), len(self.test_images),
                                      self.graph.total_params, self.steps_per_epoch, self.epoch,
                                      self.batch, cfg.out, self.inputs, self.data_source.notes,
-                                     getattr(self.net, "description", ""), self.advice))
+                                     getattr(self.net, "description", ""), self.advice, self.head, self.start,
+                                     self.frozen))
         bs = cfg.batch_size
         n = len(self.x_train)
         augmentation = self.inputs.augmentation

@@ -9,7 +9,7 @@ import typer
 from test_cli import run_main
 from typer.testing import CliRunner
 
-from cnncli import evaluation, explain, export, features, predict
+from cnncli import evaluation, explain, export, features, predict, training
 from cnncli.cli import app
 from cnncli.errors import UsageError
 from cnncli.lecture import trace
@@ -75,6 +75,7 @@ WEIGHTS_READERS = {
     "explain": (explain, "explain", ["explain", "lenet5", "{flag}", "{path}", "--sample", "0"]),
     "export": (export, "export", ["export", "lenet5", "{flag}", "{path}", "--to", "onnx", "-o", "m.onnx"]),
     "backprop-trace": (trace, "run", ["backprop-trace", "lenet5", "{flag}", "{path}", "--sample", "0"]),
+    "train": (training, "configure", ["train", "lenet5", "{flag}", "{path}"]),  # fine-tuning from them
 }
 
 

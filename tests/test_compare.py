@@ -174,7 +174,8 @@ def test_compare_takes_every_recipe_flag_train_takes():
     from cnncli.cli import app
 
     commands = typer.main.get_command(app).commands
-    train_only = {"model", "out", "resume", "dtype", "engine", "nproc", "device", "skip_model_check"}
+    train_only = {"model", "out", "resume", "dtype", "engine", "nproc", "device", "skip_model_check", "weights",
+                  "freeze"}  # fine-tuning one model from its weights
     recipe = {p.name for p in commands["train"].params} - train_only
     assert recipe <= {p.name for p in commands["compare"].params}
 

@@ -463,6 +463,9 @@ class BatchNorm(Layer):
     In a part of a split batch the means are the whole batch's: each part's
     per-row sums go through the place's exchange (``forward``: each row's sum
     and squared deviations; ``backward``: Σ dy and Σ dy·x̂, in the batch's units).
+    A frozen layer (:attr:`~cnncli.model.graph.Node.frozen`) normalises with its
+    running statistics while training too, and leaves them as they are
+    (torchvision's ``FrozenBatchNorm2d``).
     """
 
     kind = "batchnorm"
@@ -471,12 +474,14 @@ class BatchNorm(Layer):
 
     @classmethod
     def exchanges(cls, node):
+        if node.frozen:
+            return {}  # the running statistics, no batch's sums
         rows = (node.out_shape[0], 2)  # per channel: two sums
         return {f"{node.name}.forward": rows, f"{node.name}.backward": rows}
 
     def forward(self, xs, train):
         x = xs[0]
-        self.train = train
+        train = self.train = train and not self.node.frozen
         if train:
             place = self.place
             per_row = norm.per_row(x.shape)

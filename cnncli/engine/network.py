@@ -34,9 +34,11 @@ class Network:
     convolution's own output is not in ``values`` and the chain's inner nodes
     get no ``node_grads``; a ReLU that alone reads a batch norm or a residual
     sum runs inside that layer (``folded``; that layer's value is then the
-    ReLU's output); and no gradient is computed for the input batch
-    (``input_grad`` stays None). The default keeps every value and gradient,
-    as ``backprop-trace`` needs.
+    ReLU's output); no gradient is computed for the input batch when the first
+    layer is a convolution (``input_grad`` stays None); and in a network with
+    frozen layers (:attr:`~cnncli.model.graph.Node.frozen`) the backward pass stops
+    where no layer upstream learns (the input's gradient is not computed either).
+    The default keeps every value and gradient, as ``backprop-trace`` needs.
     """
 
     def __init__(self, graph: Graph, dtype: str | np.dtype = "float32", seed: int = 0, fast: bool = False,
@@ -80,12 +82,22 @@ class Network:
         self.fused_inner: set[str] = set()
         #: ReLU node -> the node it is folded into (that layer's ``relu``); its value is that node's.
         self.folded: dict[str, str] = {}
+        #: With frozen layers, the nodes whose output's gradient a fast network's backward pass computes:
+        #: those with trainable parameters and every node downstream of one; upstream no gradient is of use.
+        #: None: every node's (the input's gradient too, unless the first layer is a convolution).
+        self.learning: set[str] | None = None
         if fast:
             self._fuse()
+            if any(node.frozen for node in graph.nodes):
+                self.learning = set()
+                for node in graph.nodes:
+                    if (node.trainable and node.params) or any(i in self.learning for i in node.inputs):
+                        self.learning.add(node.name)
             for node in graph.nodes:
                 layer = self.layers[node.name]
-                if node.kind == "conv" and list(node.inputs) == ["input"]:
-                    layer.need_dx = False  # nothing needs the input's gradient
+                if node.kind == "conv" and (list(node.inputs) == ["input"] or self.learning is not None
+                                            and not any(i in self.learning for i in node.inputs)):
+                    layer.need_dx = False  # nothing needs its input's gradient
         # A fast network splits a batch into parts, one per core.
         self.parts: Parts | None = None
         if fast:
@@ -336,9 +348,10 @@ class Network:
         self.grads = {}
         for layer in self.layers.values():
             layer.grads = {}
+        learning = self.learning
         for node in reversed(self.graph.nodes):
             g = grads.pop(node.name, None)
-            if g is None:
+            if g is None or (learning is not None and node.name not in learning):
                 continue
             if keep_node_grads:
                 self.node_grads[node.name] = g
@@ -354,7 +367,7 @@ class Network:
             else:
                 dxs = self.layers[node.name].backward(g)
             for inp, dx in zip(node.inputs, dxs):
-                if dx is None:  # not computed: nothing reads it
+                if dx is None or (learning is not None and inp not in learning):  # not computed, or of no use
                     continue
                 # A layer may hand the same array to several inputs: add in place only into a sum made here.
                 if inp not in grads:

@@ -218,7 +218,7 @@ class Parts:
         saved = {k: v.copy() for k, v in net.buffers.items()} if self.exchanging(train) else {}
         try:
             exchange = group.submit(net.params, [x[s] for s in slices[1:]], [target[s] for s in slices[1:]],
-                                    loss.name, train, places[1:])
+                                    loss.name, train, places[1:], net.buffers)
             if self.exchanging(train):
                 places[0] = dataclasses.replace(places[0], exchange=exchange)
             # One Numba thread here too: the other cores run the other parts.

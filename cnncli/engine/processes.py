@@ -8,9 +8,11 @@ part's. A child process has an interpreter of its own. A
 network (one Numba thread, one-thread BLAS; :mod:`cnncli.engine.worker` is the
 child's side) and a block of shared memory holding
 
-* the parameters, copied in by the parent before every step (the parent's own
-  arrays stay where they are, so the optimizer, checkpoints and
-  ``load_state_dict`` never see shared memory);
+* the parameters and buffers, copied in by the parent before every step (the
+  parent's own arrays stay where they are, so the optimizer, checkpoints and
+  ``load_state_dict`` never see shared memory; a child reads the running
+  statistics of a frozen batch norm, and never writes any: the parent's part
+  updates them);
 * per child (its *slot*): control words, its part of the batch and its
   targets, its loss, outputs and parameter gradients;
 * the tables through which the parts exchange per-sample rows while training
@@ -94,7 +96,7 @@ def shared_layout(graph, dtype: np.dtype, capacity: int, children: int,
                   tables: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, tuple[int, ...], str]]:
     """Offsets, shapes and dtypes of the shared arrays, computed alike by parent and children.
 
-    ``param.<key>`` for every parameter; for child i: ``<i>.ctrl`` (control
+    ``param.<key>`` for every parameter, ``buffer.<key>`` for every buffer; for child i: ``<i>.ctrl`` (control
     words), ``<i>.loss``, ``<i>.x``, ``<i>.labels`` and ``<i>.soft`` (class
     indices or target vectors), ``<i>.out`` and ``<i>.grad.<key>`` (trainable
     parameters only); for each exchanged table (``tables``: key → one sample's
@@ -112,6 +114,8 @@ def shared_layout(graph, dtype: np.dtype, capacity: int, children: int,
     shapes = graph.param_shapes()
     for key, shape in shapes.items():
         add(f"param.{key}", tuple(shape))
+    for key, shape in graph.buffer_shapes().items():
+        add(f"buffer.{key}", tuple(shape))
     trainable = [f"{n.name}.{s}" for n in graph.nodes if n.trainable for s in n.params]
     for i in range(children):
         add(f"{i}.ctrl", (_CTRL_WORDS,), np.int64)
@@ -221,6 +225,7 @@ class ProcessGroup:
         self.fd = _shared_file(layout[""][0])
         self.arrays = map_shared(self.fd, layout)
         self.params = views(self.arrays, "param.")
+        self.buffers = views(self.arrays, "buffer.")
         self.slots = [child_slot(self.arrays, i) for i in range(children)]
         self.tables = views(self.arrays, "table.")
         self.procs: list[subprocess.Popen] = []
@@ -271,11 +276,14 @@ class ProcessGroup:
         return WorkerLost(f"worker process {i + 1} died (status {self.procs[i].poll()})")
 
     def submit(self, params: Mapping[str, np.ndarray], parts: list[np.ndarray], targets: list[np.ndarray],
-               loss: str, train: bool, places: list) -> ProcessExchange:
+               loss: str, train: bool, places: list,
+               buffers: Mapping[str, np.ndarray] | None = None) -> ProcessExchange:
         """Start child i on ``parts[i]`` (at most ``capacity`` samples, at ``places[i]`` of the batch) with the
-        current ``params``; the parent's side of this step's exchange."""
+        current ``params`` and ``buffers``; the parent's side of this step's exchange."""
         for key, arr in params.items():
             np.copyto(self.params[key], arr)
+        for key, arr in (buffers or {}).items():
+            np.copyto(self.buffers[key], arr)
         self._pending = []
         self.step += 1
         for i, (x, target, place) in enumerate(zip(parts, targets, places)):

@@ -57,7 +57,8 @@ def serve() -> None:
     try:
         dtype = np.dtype(dtype)
         arrays = map_shared(fd, shared_layout(graph, dtype, capacity, children, exchanges(graph)))
-        net = Network(graph, dtype, fast=True, params=views(arrays, "param."), workers=1)
+        net = Network(graph, dtype, fast=True, params=views(arrays, "param."), workers=1,
+                      buffers=views(arrays, "buffer."))
         slot = child_slot(arrays, index)
         tables, arrived = views(arrays, "table."), arrays["arrived"]
     except Exception as e:  # noqa: BLE001 (reported to the parent, which falls back to threads)

@@ -160,6 +160,10 @@ class TorchNetwork:
         sources = tuple(loss.source(self.graph, h) for h in heads)
         module = self._module(self.graph, sources)
         module.train(train)
+        modules = dict(module.named_modules())
+        for node in self.graph.nodes:
+            if node.frozen and node.kind == "batchnorm":
+                modules[node.name].eval()  # its running statistics, as cnncli's engine (cnncli.freeze)
         for p in module.parameters():
             p.grad = None
         k = len(x)

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cnncli import checkpoint
+from cnncli import checkpoint, trained
 from cnncli.atomic import write_atomic
 from cnncli.engine import losses as losses_mod
 from cnncli.engine import optim
@@ -478,15 +478,13 @@ def _dump_folder(path: Path) -> Path:
 
 def _network(model: str, weights: Path | None, skip_model_check: bool = False,
              progress=None) -> tuple[spec.ModelSpec, Network, checkpoint.Checkpoint | None]:
-    model_spec = spec.load(model)
-    g = graph_mod.build(model_spec)
-    net = Network(g, dtype="float64", seed=0)
-    saved = None
     if weights is not None:
-        saved = checkpoint.open_weights(weights, model_spec, progress)
-        saved.check_model(model_spec, skip_model_check)
-        net.load_state_dict(saved.weights_for(net.graph), source=str(weights))
-    return model_spec, net, saved
+        # Every value kept, in float64, auxiliary heads included: the network as training runs it.
+        loaded = trained.load(model, weights, data=None, skip_model_check=skip_model_check, aux=True, fast=False,
+                              dtype="float64", progress=progress)
+        return loaded.spec, loaded.network, loaded.checkpoint
+    model_spec = spec.load(model)
+    return model_spec, Network(graph_mod.build(model_spec), dtype="float64", seed=0), None
 
 
 def _classes(net: Network) -> int:

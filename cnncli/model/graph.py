@@ -11,6 +11,7 @@ from it.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,9 @@ class Node:
     params: dict[str, Shape] = field(default_factory=dict)   # suffix -> shape
     buffers: dict[str, Shape] = field(default_factory=dict)
     macs: int = 0
+    #: Frozen for a run (``train --freeze``, :mod:`cnncli.freeze`): its parameters do not learn and a batch
+    #: norm normalises with its running statistics, which do not change either.
+    frozen: bool = False
 
     @property
     def name(self) -> str:
@@ -48,7 +52,7 @@ class Node:
 
     @property
     def trainable(self) -> bool:
-        return bool(self.spec.options.get("trainable", True))
+        return not self.frozen and bool(self.spec.options.get("trainable", True))
 
     @property
     def n_params(self) -> int:
@@ -110,11 +114,12 @@ def _describe(graph_nodes: dict[str, Node], name: str, input_shape: Shape) -> st
     return f"{n.spec.where} ({fmt_shape(n.out_shape)})"
 
 
-def build(spec: ModelSpec, input_shape: Shape | None = None, aux: bool = True) -> Graph:
+def build(spec: ModelSpec, input_shape: Shape | None = None, aux: bool = True,
+          frozen: Collection[str] = ()) -> Graph:
     """Infer every shape of ``spec``; ``input_shape`` overrides the file's input size.
 
     With ``aux=False`` the nodes that only feed auxiliary outputs are left out
-    (what runs at inference).
+    (what runs at inference). The nodes named in ``frozen`` are frozen (:attr:`Node.frozen`).
     """
     shape_in = tuple(input_shape) if input_shape is not None else spec.input
     keep = _needed(spec, aux)
@@ -134,7 +139,7 @@ def build(spec: ModelSpec, input_shape: Shape | None = None, aux: bool = True) -
             hint = "" if input_shape is None else f" (network input {fmt_shape(shape_in)})"
             raise ShapeError(f"{spec.source}: {ns.where}: {e}{hint}; {sources}") from None
         node = Node(ns, in_shapes, out, kind.params(ns.options, in_shapes),
-                    kind.buffers(ns.options, in_shapes), kind.macs(ns.options, in_shapes, out))
+                    kind.buffers(ns.options, in_shapes), kind.macs(ns.options, in_shapes, out), ns.name in frozen)
         _check_init(spec, node)
         nodes[ns.name] = node
         shapes[ns.name] = out

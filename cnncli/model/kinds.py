@@ -375,3 +375,10 @@ COMMON_OPTIONS = ("name", "input", "inputs", "aux", "init")
 
 def is_parametric(kind: str) -> bool:
     return "trainable" in KINDS[kind].options
+
+
+def passes_through(kind: str) -> bool:
+    """Whether a layer of ``kind`` learns nothing and gives back its one input's shape (an activation, softmax,
+    dropout): such layers may follow a classifier's head without changing what its units are."""
+    k = KINDS[kind]
+    return k.shape is _same and k.max_inputs == 1 and not is_parametric(kind)

@@ -18,9 +18,10 @@ from rich.text import Text
 
 from cnncli import recipe, runs
 from cnncli.data import DownloadEvent
+from cnncli.model.head import HeadChange
 from cnncli.render import say
 from cnncli.render.downloads import Downloads
-from cnncli.training import EpochRecord, RunResult, RunStart, StepProgress
+from cnncli.training import EpochRecord, Frozen, RunResult, RunStart, Start, StepProgress
 from cnncli.words import count
 
 _COLUMNS = (("epoch", 7), ("train loss", 10), ("train acc", 9), ("val loss", 9), ("val acc", 8),
@@ -62,6 +63,36 @@ def advice(a: recipe.Advice) -> str:
         return f"{text}; --batch-size {a.better_batch} gives {count(a.better_steps, 'step')} per epoch"
     return f"{text}; no batch size fits {count(a.n_train, 'image')}: train on more images" + (
         ", or a model without batch norm" if a.batchnorm else "")
+
+
+def head_line(changes: tuple[HeadChange, ...], title: str) -> str:
+    """The model's heads sized to the data's classes: ``head: fc: 10 → 3 units for the 3 classes of ...``."""
+    after = changes[0].after
+    if len({c.before for c in changes}) == 1:
+        sizes = f"{', '.join(c.layer for c in changes)}: {changes[0].before} → {after} units"
+    else:
+        sizes = ", ".join(f"{c.layer}: {c.before} → {after} units" for c in changes)
+    return f"head: {sizes} for the {count(after, 'class')} of {title}"
+
+
+def start_line(start: Start) -> str:
+    """Where a fine-tuning run's weights came from, and what of them it does not use."""
+    parts = [f"weights: {start.origin} (fine-tuning: a new run from epoch 0, a fresh optimizer state)"]
+    if start.replaced:
+        parts.append(f"{', '.join(start.replaced)} not taken from them ({start.units} units there): a fresh "
+                     "one, initialised as the model file says")
+    if start.fresh:
+        parts.append(f"{', '.join(start.fresh)} not in them: fresh")
+    return "; ".join(parts)
+
+
+def frozen_line(frozen: Frozen) -> str:
+    """What ``--freeze`` froze: how many parameters learn, and what batch norm does there."""
+    what = frozen.value if frozen.value == frozen.last else f"{frozen.value} (up to {frozen.last})"
+    line = (f"frozen: {what}, {count(frozen.params, 'parameter')} fixed; {frozen.trainable:,} train")
+    if frozen.batchnorm:
+        line += f"; batch norm there uses its running statistics ({count(frozen.batchnorm, 'layer')})"
+    return line
 
 
 def _row(r: EpochRecord, epochs: int) -> list[str]:
@@ -132,6 +163,14 @@ class Reporter:
             lines.append(f"engine: {run.engine}")
         if run.inputs is not None and (not run.inputs.identity or run.inputs.augmentation.active):
             lines.append(f"input: {run.inputs.describe()}; augmentation: {run.inputs.augmentation.describe()}")
+        if run.head:
+            lines.append(head_line(run.head, title))
+        if run.start is not None:
+            lines.append(start_line(run.start))
+        elif c.weights is not None:
+            lines.append(f"weights: fine-tuning the weights of {c.weights}")
+        if run.frozen is not None:
+            lines.append(frozen_line(run.frozen))
         if c.resume is not None:
             at = (f"in epoch {run.start_epoch + 1} at step {run.start_batch} of {run.steps_per_epoch}"
                   if run.start_batch else f"after epoch {run.start_epoch}")

@@ -1,0 +1,105 @@
+"""A classifier's head, the dense layer whose units are the classes, and sizing it to a dataset.
+
+A model file is written for one dataset (``classes: 10`` and a last ``dense: {name: fc, units: 10}``);
+on a dataset with another number of classes the same network is wanted with another head. The **head**
+of an output is found by walking back from the output node through layers that learn nothing and keep
+their input's shape (:func:`~cnncli.model.kinds.passes_through`: activations, softmax, dropout); the
+layer reached is the head if it is a dense layer
+
+* whose output nothing else reads (resizing it changes no other layer's shape), and
+* whose initial values the file does not write out as numbers (those have the file's size).
+
+A model's heads are its main output's head and, for a model with auxiliary classifiers (GoogLeNet), each
+auxiliary output's. A model whose main output or one of whose auxiliary outputs has no head has no heads
+at all: its outputs are what the file says, and a dataset with another number of classes is refused as
+before (:func:`cnncli.inputs.check_outputs`).
+
+:func:`resize` is the one transformation: a new :class:`~cnncli.model.spec.ModelSpec` whose heads have
+``classes`` units (and ``classes: classes``), with the changes as records for a run's header. Graph,
+network, fingerprint and checkpoint keys all follow from that spec: the head's parameter shapes change
+(dense ``weight`` (in, classes), ``bias`` (classes,)), its names do not. A run records the classes it was
+sized for in its configuration, so that every command loading its weights rebuilds the same network
+(:mod:`cnncli.trained`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from cnncli.model.kinds import passes_through
+from cnncli.model.spec import ModelSpec, NodeSpec
+
+__all__ = ["HeadChange", "Resized", "heads", "resize"]
+
+
+@dataclass(frozen=True)
+class HeadChange:
+    """Head ``layer`` sized from ``before`` to ``after`` units; ``aux``: an auxiliary classifier's."""
+
+    layer: str
+    before: int
+    after: int
+    aux: bool = False
+
+
+@dataclass(frozen=True)
+class Resized:
+    """A model sized for a number of classes, and what changed (nothing: ``changes`` is empty)."""
+
+    spec: ModelSpec
+    changes: tuple[HeadChange, ...] = ()
+
+
+def _readers(model_spec: ModelSpec) -> dict[str, list[str]]:
+    readers: dict[str, list[str]] = {}
+    for n in model_spec.nodes:
+        for i in n.inputs:
+            readers.setdefault(i, []).append(n.name)
+    return readers
+
+
+def _numbers_written_out(init) -> bool:
+    return isinstance(init, dict) and any(isinstance(v, list) for v in init.values())
+
+
+def _head_of(model_spec: ModelSpec, output: str, readers: dict[str, list[str]]) -> NodeSpec | None:
+    """The dense layer that makes ``output`` (see the module docstring), or None."""
+    node = model_spec.node(output)
+    chain = [node.name]
+    while passes_through(node.kind):
+        (source,) = node.inputs
+        if source == "input":
+            return None
+        node = model_spec.node(source)
+        chain.append(node.name)
+    if node.kind != "dense" or _numbers_written_out(node.init):
+        return None
+    # Between the head and the output every layer is read by the next one alone.
+    if any(readers.get(name, []) != [after] for name, after in zip(chain[1:], chain)):
+        return None
+    return node
+
+
+def heads(model_spec: ModelSpec) -> tuple[NodeSpec, ...]:
+    """The model's heads: the main output's first, then each auxiliary output's; empty when it has none."""
+    readers = _readers(model_spec)
+    outputs = [model_spec.output] + [n.name for n in model_spec.nodes if n.aux is not None]
+    found = [_head_of(model_spec, o, readers) for o in outputs]
+    if any(h is None for h in found):
+        return ()
+    return tuple(h for h in found if h is not None)
+
+
+def resize(model_spec: ModelSpec, classes: int) -> Resized:
+    """``model_spec`` with every head sized to ``classes`` units; itself (no changes) when they have that size
+    already or the model has no heads."""
+    found = heads(model_spec)
+    changes = tuple(HeadChange(h.name, h.options["units"], classes, aux=i > 0)
+                    for i, h in enumerate(found) if h.options["units"] != classes)
+    if not changes:
+        return Resized(model_spec)
+    changed = {c.layer for c in changes}
+    nodes = [dataclasses.replace(n, options={**n.options, "units": classes}) if n.name in changed else n
+             for n in model_spec.nodes]
+    return Resized(dataclasses.replace(model_spec, nodes=nodes, classes=classes), changes)
