@@ -348,6 +348,16 @@ def _check_not_behind(resume: Path, ckpt: checkpoint.Checkpoint) -> None:
                      "or add --out NEW_FOLDER to train on from it in a new run folder")
 
 
+def _prepared_as(model_spec: spec.ModelSpec, weights: str | None) -> Source | None:
+    """A run that fine-tunes published weights (``--weights imagenet``) prepares its image folder's images as
+    those weights expect (:func:`cnncli.data.source.open_source`); None for any other run."""
+    if weights is None or weights not in model_spec.weights:
+        return None
+    from cnncli import published
+
+    return published.source(model_spec.weights[weights], model_spec)
+
+
 def _start(model_spec: spec.ModelSpec, weights: str | os.PathLike[str],
            skip_model_check: bool) -> checkpoint.Checkpoint:
     """The weights a fine-tuning run starts from, refused when trained for another network than the model
@@ -574,6 +584,7 @@ class _Run:
         cfg = self.cfg
         model_spec = cfg.spec or spec.load(cfg.model)
         info = self.data_source = open_source(cfg.dataset, cfg.data_dir, model_spec.input,
+                                              prepared_as=_prepared_as(model_spec, cfg.weights),
                                               progress=self.reporter.download)
         classes = len(info.classes)
         if cfg.classes is not None and cfg.classes != classes:

@@ -458,3 +458,34 @@ def test_explain_reads_published_weights_and_their_preparation(tmp_path, server,
     assert record["class"] == int(np.argmax(probs))  # the predicted class, on the weights' 16×16 crop
     assert record["probability"] == pytest.approx(float(probs.max()), rel=1e-4)
     assert record["map_shape"] == [16, 16]
+
+
+def test_fine_tuning_published_weights_prepares_the_folder_as_the_weights_expect(tmp_path, server, tiny_file,
+                                                                                    tiny_state, capsys):
+    """The folder keeps its own classes (a fresh head), but its images are resized, cropped and normalised as
+    the weights were trained: their features are of images so prepared."""
+    from cnncli import training
+
+    name, body = tiny_file
+    server.routes[f"/models/{name}"] = body
+    model = _model(tmp_path, f"{server.url}/models/{name}")
+    for c, colour in enumerate(("red", "blue")):
+        (tmp_path / "shapes" / colour).mkdir(parents=True)
+        for i in range(8):
+            _photo(tmp_path / "shapes" / colour / f"{i}.png", (30 + i, 20 + c), seed=10 * c + i)
+    out = tmp_path / "run"
+    code, text, err = run_main(["train", str(model), "--weights", "imagenet", "--dataset", "image-folder",
+                                "--data-dir", str(tmp_path / "shapes"), "--epochs", "1", "--batch-size", "4",
+                                "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "head: 1000 → 2 units" in " ".join(text.split()) and "ImageNet weights' statistics" in text
+    run = checkpoint.load(out / "last.npz")
+    source = Source.from_config(run.meta["source"])
+    assert source.classes == ("blue", "red") and source.resize == 18
+    assert source.mean == pytest.approx(IMAGENET_MEAN) and source.std == pytest.approx(IMAGENET_STD)
+    # the training images are the weights' crop of each photo: shorter side to 18, the centre 16×16
+    images, _ = source.load("train")
+    first = sorted((tmp_path / "shapes" / "blue").iterdir())
+    assert any(np.array_equal(img, _reference_pixels(f, 18, 16)) for img in images for f in first)
+    # resumed, it prepares them the same way
+    assert training.configure(str(model), {"epochs": 2}, resume=out / "last.npz").weights == "imagenet"

@@ -121,13 +121,16 @@ def check_readable(name: str) -> None:
 
 
 def open_source(name: str, data_dir: Path | None = None, input_shape: tuple[int, ...] | None = None,
-                progress=None, classes: Source | None = None) -> Source:
+                progress=None, classes: Source | None = None, prepared_as: Source | None = None) -> Source:
     """The source ``name`` names; an image folder needs ``data_dir`` and the model's ``input_shape``.
 
     Opening an image folder decodes its training split (once: it is cached) to
     compute its statistics; ``progress`` receives DownloadEvents meanwhile.
     ``classes``: what the weights were trained on (a checkpoint's record); when
     that is a class list, an image folder is read as its classes (module docstring).
+    ``prepared_as``: published weights a run fine-tunes; an image folder keeps its own classes but its
+    images are prepared as those weights expect (their size, resize rule, mean and standard deviation),
+    since the features the weights learnt are of images so prepared.
     """
     check_readable(name)
     if class_lists.is_class_list(name):
@@ -150,12 +153,21 @@ def open_source(name: str, data_dir: Path | None = None, input_shape: tuple[int,
     dataset = folder.scan(data_dir)
     if classes is not None and class_lists.is_class_list(classes.name):
         return _as_classes(dataset, classes)
+    resize = None
+    if prepared_as is not None:
+        shape, resize = tuple(prepared_as.image_shape), prepared_as.resize
     images, labels = folder.load(dataset, "train", shape, FOLDER_SPLIT_SEED,
-                                 progress=_decoding(progress, "train", Path(data_dir)))
-    mean, std = folder.pixel_stats(images)
+                                 progress=_decoding(progress, "train", Path(data_dir)), resize=resize)
+    if prepared_as is None:
+        mean, std = folder.pixel_stats(images)
+        prepared = ()
+    else:
+        mean, std = prepared_as.mean, prepared_as.std
+        prepared = (f"normalised with the {prepared_as.title} weights' statistics, as they were trained",)
     source = Source(FOLDER, dataset.title, tuple(dataset.classes), shape,  # type: ignore[arg-type]
                     tuple(mean), tuple(std), Path(data_dir).resolve(),
-                    (dataset.split_rule(FOLDER_SPLIT_SEED), folder.describe(shape), *dataset.notes))
+                    (dataset.split_rule(FOLDER_SPLIT_SEED), folder.describe(shape, resize), *prepared, *dataset.notes),
+                    resize)
     source._splits["train"] = (images, labels)
     return source
 
