@@ -146,6 +146,13 @@ _WEIGHTS = typer.Option(..., "--weights", "--checkpoint", help="Weights: a check
 _SKIP_MODEL_CHECK = typer.Option(False, "--skip-model-check", help="Use weights trained for another model "
                                  "(their names and shapes must still fit).")
 
+# One image for a trained network (features, explain): a test image of the dataset, or a file.
+_SAMPLE = typer.Option(None, "--sample", help="Use test image I of the dataset.", rich_help_panel=_INPUT)
+_IMAGE = typer.Option(None, "--image", help="Use an image file (PNG, JPEG; images extra).", rich_help_panel=_INPUT)
+_IMAGE_DATASET = typer.Option(None, "--dataset", help="The dataset (the checkpoint's by default).",
+                              rich_help_panel=_INPUT)
+_INVERT = typer.Option(False, "--invert", help="Invert --image (dark digits on light paper).", rich_help_panel=_INPUT)
+
 
 def _variant(option, **changes):
     """A shared option declaration with other attributes (``default``, ``rich_help_panel``) for one command."""
@@ -419,18 +426,14 @@ def plot(
 def features(
     model: str = typer.Argument(..., help="A built-in model name or a YAML file."),
     checkpoint: Path = _WEIGHTS,
-    sample: Optional[int] = typer.Option(None, "--sample", help="Use test image I of the dataset.",
-                                         rich_help_panel=_INPUT),
-    image: Optional[Path] = typer.Option(None, "--image", help="Use an image file (PNG, JPEG; images extra).",
-                                         rich_help_panel=_INPUT),
+    sample: Optional[int] = _SAMPLE,
+    image: Optional[Path] = _IMAGE,
     layer: Optional[list[str]] = typer.Option(None, "--layer", help="A layer to show (repeatable; "
                                               "default: every convolution).", rich_help_panel=_OUTPUT),
     max_maps: int = typer.Option(16, "--max-maps", min=1, help="Channels shown per layer.", rich_help_panel=_OUTPUT),
-    dataset: Optional[Dataset] = typer.Option(None, "--dataset", help="The dataset (the checkpoint's by default).",
-                                              rich_help_panel=_INPUT),
+    dataset: Optional[Dataset] = _IMAGE_DATASET,
     data_dir: Optional[Path] = _variant(_DATA_DIR, rich_help_panel=_INPUT),
-    invert: bool = typer.Option(False, "--invert", help="Invert --image (dark digits on light paper).",
-                                rich_help_panel=_INPUT),
+    invert: bool = _INVERT,
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the grid to a .png, .svg or .pdf file.",
                                        rich_help_panel=_OUTPUT),
     fmt: Format = typer.Option(Format.table, "--format", help="table (pictures) or json (the numbers).",
@@ -465,10 +468,8 @@ _EXPLANATION = "Explanation"
 def explain(
     model: str = typer.Argument(..., help="A built-in model name or a YAML file."),
     weights: Path = _WEIGHTS,
-    sample: Optional[int] = typer.Option(None, "--sample", help="Use test image I of the dataset.",
-                                         rich_help_panel=_INPUT),
-    image: Optional[Path] = typer.Option(None, "--image", help="Use an image file (PNG, JPEG; images extra).",
-                                         rich_help_panel=_INPUT),
+    sample: Optional[int] = _SAMPLE,
+    image: Optional[Path] = _IMAGE,
     target: Optional[str] = typer.Option(None, "--class", help="The class to explain, by name or index "
                                          "(default: the predicted one).", rich_help_panel=_EXPLANATION),
     method: ExplainMethod = typer.Option(ExplainMethod.gradcam, "--method", help="gradcam (Selvaraju et al. "
@@ -480,11 +481,9 @@ def explain(
                                         "(default: an eighth of the input's).", rich_help_panel=_EXPLANATION),
     stride: Optional[int] = typer.Option(None, "--stride", help="occlusion: its step in pixels (default: half "
                                          "the square).", rich_help_panel=_EXPLANATION),
-    dataset: Optional[Dataset] = typer.Option(None, "--dataset", help="The dataset (the checkpoint's by default).",
-                                              rich_help_panel=_INPUT),
+    dataset: Optional[Dataset] = _IMAGE_DATASET,
     data_dir: Optional[Path] = _variant(_DATA_DIR, rich_help_panel=_INPUT),
-    invert: bool = typer.Option(False, "--invert", help="Invert --image (dark digits on light paper).",
-                                rich_help_panel=_INPUT),
+    invert: bool = _INVERT,
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the picture to a .png, .svg or .pdf file.",
                                        rich_help_panel=_OUTPUT),
     fmt: Format = typer.Option(Format.table, "--format", help="table (pictures) or json (the raw map).",
