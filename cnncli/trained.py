@@ -135,7 +135,7 @@ def network(model_spec: spec.ModelSpec, graph: Graph, saved: ckpt_io.Checkpoint,
     if dtype is None:
         trained = saved.config.get("dtype")
         dtype = trained if trained in ("float32", "float64") else "float32"
-    net = Network(graph, dtype, fast=fast)
+    net = Network(graph, dtype, fast=fast, init=False)  # every parameter is loaded next
     wanted = {**net.params, **net.buffers}
     net.load_state_dict({k: v for k, v in saved.weights_for(graph).items()
                          if k in wanted or not _is_aux_key(k, model_spec, graph)}, source=str(saved.path))

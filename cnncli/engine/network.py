@@ -43,10 +43,11 @@ class Network:
 
     def __init__(self, graph: Graph, dtype: str | np.dtype = "float32", seed: int = 0, fast: bool = False,
                  params: Mapping[str, np.ndarray] | None = None, workers: int | None = None,
-                 buffers: Mapping[str, np.ndarray] | None = None):
+                 buffers: Mapping[str, np.ndarray] | None = None, init: bool = True):
         """``params``, ``buffers``: arrays to use as the parameters and buffers, not copied (a
         replica's); ``workers``: how many parts a batch may be split into (default: one per engine
-        thread for a fast network)."""
+        thread for a fast network); ``init=False``: the parameters are left unset, for
+        :meth:`load_state_dict` to fill (drawing ResNet-50's initial weights costs about a second)."""
         self.graph = graph
         self.fast = fast
         self.dtype = np.dtype(dtype)
@@ -63,7 +64,12 @@ class Network:
             own = {}
             for suffix in node.params:
                 key = f"{node.name}.{suffix}"
-                value = params[key] if params is not None else initial_value(node, suffix, rng, self.dtype)
+                if params is not None:
+                    value = params[key]
+                elif init:
+                    value = initial_value(node, suffix, rng, self.dtype)
+                else:
+                    value = np.empty(node.params[suffix], dtype=self.dtype)
                 own[suffix] = self.params[key] = value
             bufs = {}
             for suffix, shape in node.buffers.items():
