@@ -196,11 +196,12 @@ class ModelInfo:
     trainable_params: int
     macs: int
     reference: str = ""
+    weights: tuple[str, ...] = ()   # the published weights its file names (--weights imagenet)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "input": list(self.input),
                 "params": self.params, "trainable_params": self.trainable_params,
-                "macs": self.macs, "reference": self.reference}
+                "macs": self.macs, "reference": self.reference, "weights": list(self.weights)}
 
 
 # --- building ----------------------------------------------------------------------------
@@ -327,5 +328,5 @@ def builtin_models() -> list[ModelInfo]:
         g = graph_mod.build(spec)
         infos.append(ModelInfo(name=name, description=spec.description, input=spec.input,
                                params=g.total_params, trainable_params=g.trainable_params,
-                               macs=g.macs, reference=spec.reference))
+                               macs=g.macs, reference=spec.reference, weights=tuple(spec.weights)))
     return infos

@@ -483,6 +483,12 @@ def test_models_table_and_json():
     text = buf.getvalue()
     for name, (total, *_rest) in EXPECTED.items():
         assert name in text and f"{total:,}" in text
+    # which models take published weights, from their files' weights: sections
+    weights = {d["name"]: d["weights"] for d in doc}
+    assert weights["resnet50"] == ["imagenet"] and weights["lenet5"] == [] and weights["vgg16-bn"] == []
+    shown = " ".join(text.split())
+    assert ("--weights imagenet (published weights): "
+            + ", ".join(sorted(n for n, w in weights.items() if "imagenet" in w))) in shown
 
 
 # --- golden files -------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cnncli.model.kinds import fmt_shape
-from cnncli.render import tables
+from cnncli.render import say, tables
 from cnncli.summary import BYTES_PER_NUMBER
 
 _FORMATS = ("table", "json", "markdown")
@@ -215,3 +215,9 @@ def show_models(infos, fmt: str, console: Console) -> None:
                                f"{i.params - i.trainable_params:,} fixed", style="dim"))
     console.print(Text("Params with auxiliary heads; MACs for one sample "
                        "(conv and dense multiply-accumulates).", style="dim"))
+    published: dict[str, list[str]] = {}
+    for i in infos:
+        for name in i.weights:
+            published.setdefault(name, []).append(i.name)
+    for name, models in published.items():
+        say(console, f"--weights {name} (published weights): {', '.join(models)}", "dim")
