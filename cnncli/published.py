@@ -14,8 +14,11 @@ downloading; the error for a file found nowhere lists every place looked in and 
 
 Verification is torchvision's: the file name's last ``-`` part (``f37072fd``) must be the start of the
 file's SHA-256 hex digest, checked when the file is downloaded. A download that fails the check is refused
-and not kept (:func:`cnncli.data.fetch.fetch_from` removes it); a file already in one of the places is used
-as it is, unhashed (hashing 500 MB at every run would cost seconds).
+and not kept (:func:`cnncli.data.fetch.fetch_from` removes it). A file found in one of the places (put
+there by hand, say) is checked the first time it is used, and refused when it fails; the cache's
+``verified.json`` remembers the size and modification time of each file that passed, so that a file
+is hashed again only when it changed (hashing ResNet-50's 98 MB at every run would cost a fraction of a
+second each time).
 
 The checkpoint holds the file's state dict with the model's layer names (the section's ``names`` map,
 ``features.0`` -> ``conv1``), ``origin: torch`` (so it is read as any PyTorch state dict: dense weights
@@ -85,6 +88,41 @@ def _installer(weights: spec.PublishedWeights, dest: Path):
     return install
 
 
+#: The cache's record of found files that passed the hash check: path -> [size, mtime_ns].
+VERIFIED = "verified.json"
+
+
+def _checked(path: Path, weights: spec.PublishedWeights) -> Path:
+    """``path`` once its SHA-256 starts with the hash its name carries (:data:`VERIFIED` spares the hashing
+    of a file that passed before and has not changed since); a file that fails is a :class:`DataError`."""
+    import json
+
+    from cnncli.atomic import write_text_atomic
+
+    record_path = cache_folder() / VERIFIED
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        record = record if isinstance(record, dict) else {}
+    except (OSError, ValueError):
+        record = {}
+    stat = path.stat()
+    key, seen = str(path.resolve()), [stat.st_size, stat.st_mtime_ns]
+    if record.get(key) == seen:
+        return path
+    digest = sha256(path)
+    if not digest.startswith(weights.hash_prefix):
+        raise DataError(f"{path}: its SHA-256 is {digest[:16]}..., which does not start with "
+                        f"{weights.hash_prefix} as its name says: it is not the published file of {weights.url} "
+                        "(damaged, or other weights under that name); remove it, or put the published file there")
+    record[key] = seen
+    try:
+        record_path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(record_path, json.dumps(record, indent=1, sort_keys=True))
+    except OSError:
+        pass  # a cache that cannot be written: the file is hashed again next time, nothing else is lost
+    return path
+
+
 def _what(weights: spec.PublishedWeights, model: str) -> str:
     return f"{model}'s published {weights.name} weights"
 
@@ -103,7 +141,7 @@ def locate(weights: spec.PublishedWeights, model: str, progress: ProgressCallbac
     looked = search_places()
     for place in looked:
         if (place.path / weights.filename).is_file():
-            return place.path / weights.filename
+            return _checked(place.path / weights.filename, weights)
     def missing(note: str) -> DataError:
         return places.not_found(_what(weights, model), weights.filename, looked, note, _how_to_supply(weights))
 

@@ -489,3 +489,23 @@ def test_fine_tuning_published_weights_prepares_the_folder_as_the_weights_expect
     assert any(np.array_equal(img, _reference_pixels(f, 18, 16)) for img in images for f in first)
     # resumed, it prepares them the same way
     assert training.configure(str(model), {"epochs": 2}, resume=out / "last.npz").weights == "imagenet"
+
+
+def test_a_file_put_in_place_by_hand_is_checked_against_its_name_once(tmp_path, tiny_file, monkeypatch, capsys):
+    """Offline, by hand, is where other weights under the published name would go unnoticed."""
+    name, body = tiny_file
+    photo = str(_photo(tmp_path / "p.png", (20, 20)))
+    model = _model(tmp_path, f"http://127.0.0.1:9/models/{name}")  # a closed port: never reached
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    monkeypatch.setenv("CNNCLI_WEIGHTS", str(mine))
+    (mine / name).write_bytes(body[:-1] + bytes([body[-1] ^ 1]))  # one bit off
+    code, _, err = run_main(["predict", str(model), photo, "--weights", "imagenet"], capsys)
+    assert code == 2 and "not the published file" in err and name in err
+    (mine / name).write_bytes(body)
+    assert run_main(["predict", str(model), photo, "--weights", "imagenet"], capsys)[0] == 0
+    record = json.loads((published.cache_folder() / published.VERIFIED).read_text())
+    assert str((mine / name).resolve()) in record
+    # a file that passed is not hashed again until it changes
+    monkeypatch.setattr(published, "sha256", lambda path: pytest.fail("hashed again"))
+    assert run_main(["predict", str(model), photo, "--weights", "imagenet"], capsys)[0] == 0
