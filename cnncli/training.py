@@ -34,7 +34,7 @@ from cnncli import __version__, checkpoint, data, inputs, recipe, runs, trained
 from cnncli import freeze as freezing
 from cnncli.atomic import write_text_atomic
 from cnncli.data import DownloadEvent
-from cnncli.data.source import Source, check_readable, open_source
+from cnncli.data.source import FOLDER, Source, check_readable, open_source
 from cnncli.engine import losses, optim
 from cnncli.engine.network import Network
 from cnncli.errors import CheckpointError, TrainingStopped, UsageError, WorkerLost
@@ -419,8 +419,6 @@ def resolve(model_spec: spec.ModelSpec, overrides: dict[str, Any]) -> dict[str, 
 
 def _mirror_ok(dataset: str) -> bool:
     """Whether ``dataset``'s images may be flipped left-right (digits may not); a user's folder may."""
-    from cnncli.dataset_names import FOLDER
-
     return dataset == FOLDER or data.get(dataset).mirror_ok
 
 
@@ -484,6 +482,8 @@ def _configure_resume(model: str, model_spec: spec.ModelSpec, given: dict[str, A
         raise UsageError(f"--dtype {dtype} differs from the resumed run's {saved_dtype}")
     dtype = saved_dtype
     saved_engine = saved.get("engine", "numba")
+    if data_dir is None and settings.get("dataset") == FOLDER and isinstance(saved.get("data_dir"), str):
+        data_dir = Path(saved["data_dir"])  # the folder the run trained on, as its config recorded it
     return RunConfig(model=model, name=model_spec.name, **settings, limit=saved_limit, dtype=dtype,
                      out=out, data_dir=data_dir, resume=resume, spec=model_spec,
                      engine=saved_engine if saved_engine in ENGINES else "numba", classes=ckpt.classes,

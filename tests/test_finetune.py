@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -420,3 +421,10 @@ def test_a_frozen_batch_norm_reads_its_statistics_in_worker_processes_too(monkey
     on_threads, in_processes = grads(False), grads(True)
     for key in on_threads:
         np.testing.assert_array_equal(in_processes[key], on_threads[key], err_msg=key)
+
+
+def test_an_image_folder_run_resumes_without_data_dir_as_its_continue_line_says(files, four, capsys):
+    """The line printed after Ctrl-C is `cnncli train MODEL --resume .../last.npz`: the folder is the run's."""
+    model, _, folder4 = files
+    config = training.configure(model, {"epochs": 2}, resume=four.run_dir / "last.npz")
+    assert config.data_dir is not None and config.data_dir.resolve() == Path(folder4).resolve()
