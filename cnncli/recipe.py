@@ -15,6 +15,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+
+class RecipeWarning(UserWarning):
+    """A recipe that runs but likely not as meant (shown as one line, as the tool's warnings are)."""
+
+
 #: Fewer steps than this per epoch and every epoch's validation score, checkpoint and schedule point
 #: (warm-up and decay are counted in epochs) rests on a handful of updates.
 MIN_STEPS_PER_EPOCH = 4

@@ -296,6 +296,12 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
                          "its checkpoint): give one of them")
     if freeze is not None:
         freezing.choose(model_spec, freeze)  # an unknown layer is an error before any work
+        if weights is None and resume is None:
+            import warnings
+
+            warnings.warn(f"--freeze {freeze} without --weights keeps the frozen layers at their random initial "
+                          "weights (a random-features experiment); to fine-tune, add --weights FILE",
+                          recipe.RecipeWarning, stacklevel=2)
     given = _given(overrides)
     check_limit_and_dtype(limit, dtype)
     if engine is not None and engine not in ENGINES:

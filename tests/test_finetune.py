@@ -428,3 +428,11 @@ def test_an_image_folder_run_resumes_without_data_dir_as_its_continue_line_says(
     model, _, folder4 = files
     config = training.configure(model, {"epochs": 2}, resume=four.run_dir / "last.npz")
     assert config.data_dir is not None and config.data_dir.resolve() == Path(folder4).resolve()
+
+
+def test_freezing_without_weights_says_the_frozen_layers_stay_random(files):
+    from cnncli import recipe
+
+    model, folder, _ = files
+    with pytest.warns(recipe.RecipeWarning, match="random initial weights"):
+        training.configure(model, {}, data_dir=folder, freeze="backbone")
