@@ -109,10 +109,22 @@ def _source(saved: ckpt_io.Checkpoint, model_spec: spec.ModelSpec, dataset: str 
     if data == RECORDED and dataset is None and isinstance(recorded, dict):
         return Source.from_config(recorded)  # classes and statistics as trained, the data not needed
     name, data_dir = saved.data_for(model_spec, dataset, data_dir)
+    _note_other_dataset(saved, name)
     if data == RECORDED and name == FOLDER and data_dir is None:
         raise UsageError(f"{saved.path} does not record its image folder's classes and statistics: use a "
                          "checkpoint written by this version of train")
     return open_source(name, data_dir, model_spec.input, progress=progress, classes=class_list_of(saved))
+
+
+def _note_other_dataset(saved: ckpt_io.Checkpoint, name: str) -> None:
+    """Weights scored or drawn on another dataset than they were trained on run (the class counts may even
+    agree: MNIST's weights on Fashion-MNIST), but every number is then of that mismatch: say so once."""
+    import warnings
+
+    trained_on = saved.config.get("dataset")
+    if isinstance(trained_on, str) and trained_on != name and class_list_of(saved) is None:
+        warnings.warn(f"{saved.path} was trained on {trained_on}, not {name}: its classes are {trained_on}'s",
+                      ckpt_io.CheckpointWarning, stacklevel=3)
 
 
 def class_list_of(saved: ckpt_io.Checkpoint) -> Source | None:

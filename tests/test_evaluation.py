@@ -175,3 +175,19 @@ def test_many_classes_are_scored_without_drawing_their_matrix():
     text = buf.getvalue()
     assert "25 classes, too many to draw" in text and "Confusion matrix (rows" not in text
     assert "class24" in text  # the per-class table still lists every class
+
+
+def test_weights_scored_on_another_dataset_than_they_were_trained_on_are_said_to_be(lenet_checkpoint, capsys):
+    """Both have 10 classes, so nothing else would stop it: every number is then of the mismatch."""
+    from test_cli import run_main
+
+    path, _ = lenet_checkpoint  # trained on MNIST, says its record
+    code, out, err = run_main(["eval", "lenet5", "--weights", str(path), "--dataset", "fashion-mnist",
+                               "--worst", "0", "--format", "json"], capsys)
+    if code == 2 and "not found" in err:
+        pytest.skip("Fashion-MNIST is not installed here")
+    assert code == 0, err
+    assert err.count("warning:") == 1 and "was trained on mnist, not fashion-mnist" in err
+    code, out, err = run_main(["eval", "lenet5", "--weights", str(path), "--worst", "0", "--format", "json"],
+                              capsys)
+    assert code == 0 and "warning" not in err
