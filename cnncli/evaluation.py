@@ -196,7 +196,3 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
         worst=worst_mistakes(probs, labels, images, worst),
         epoch=saved.epoch if "epoch" in saved.meta else None, step=int(saved.meta.get("batch", 0) or 0),
     )
-
-
-#: A checkpoint's network for inference (:func:`cnncli.trained.network`).
-inference_network = trained.network

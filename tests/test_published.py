@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from test_cli import run_main
 
-from cnncli import checkpoint, dataset_names, evaluation, published
+from cnncli import checkpoint, dataset_names, published, trained
 from cnncli.data import class_lists, folder
 from cnncli.data.source import Source
 from cnncli.errors import SpecError, UsageError
@@ -108,7 +108,7 @@ def test_googlenet_weights_load_without_the_aux_heads_and_with_transform_inputs_
     state = {k: np.zeros(s, dtype=np.float32) for k, s in LAYOUTS["googlenet"].items()}
     saved = checkpoint.Checkpoint(Path("googlenet-00000000.pth"), published.renamed(state, weights.names),
                                   {"origin": "torch"})
-    net = evaluation.inference_network(model_spec, graph.build(model_spec, aux=False), saved)
+    net = trained.network(model_spec, graph.build(model_spec, aux=False), saved)
     assert not any(k.startswith(("aux1.", "aux2.")) for k in net.params)
 
 
