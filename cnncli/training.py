@@ -368,8 +368,7 @@ def _start(model_spec: spec.ModelSpec, weights: str | os.PathLike[str],
            skip_model_check: bool) -> checkpoint.Checkpoint:
     """The weights a fine-tuning run starts from, refused when trained for another network than the model
     (sized as they were trained, :func:`cnncli.trained.as_trained`) unless ``skip_model_check``."""
-    checkpoint.check_readable(weights)
-    saved = checkpoint.open_weights(weights, model_spec)
+    saved = checkpoint.open_weights(weights, model_spec)  # its load checks the file is there
     saved.check_model(trained.as_trained(model_spec, saved), skip_model_check)
     return saved
 
