@@ -2,8 +2,9 @@
 
 A rule here is a pure function of shapes and sizes; the kernels' wrappers, the
 fused blocks and the network ask it and never compare against a number of
-their own. Each number says why it has its value; what was measured to choose
-it is in benchmarks/README.md ("Why the engine's thresholds are what they are").
+their own. Each number says in one line why it has its value; the measurement
+it rests on is its row in the table "Why the engine's thresholds are what they
+are" in benchmarks/README.md, to which every ``See: thresholds table`` below points.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from __future__ import annotations
 #: A chunk's column matrix (taps × samples × output positions) is kept under this
 #: size in the fused blocks, so that it is still in cache when the GEMM reads it
 #: back. Layers whose per-sample matrix is bigger (VGG-16's) go one sample at a
-#: time, where the GEMM is large enough not to care.
+#: time, where the GEMM is large enough not to care. See: thresholds table.
 COLS_BUDGET_BYTES = 4 << 20
 
 #: The general convolution's chunks may be larger: its GEMMs (ResNet's 3×3
 #: layers of 16-64 filters, followed by batch norm, so never fused) are short in
-#: one dimension and pay more per call than they lose to cache misses.
+#: one dimension and pay more per call than they lose to cache misses. See: thresholds table.
 CONV_COLS_BUDGET_BYTES = 16 << 20
 
 
@@ -39,7 +40,7 @@ def chunk_size(n: int, per_sample_bytes: int, budget: int | None = None) -> int:
 #: Stride-1 layers unfold whole padded rows, computing Wp - OW junk outputs per
 #: row, which costs GEMM work in proportion to the filters; gathering only the
 #: OW real outputs costs a slower unfold (short rows). Junk wins while
-#: filters-per-group × junk fraction stays under this.
+#: filters-per-group × junk fraction stays under this. See: thresholds table.
 MAX_JUNK_WORK = 12.0
 
 
@@ -53,7 +54,7 @@ def flat_rows(filters_per_group: int, padded_width: int, out_width: int, unit_st
 
 #: Stride-1 groups this thin (depthwise-like: at most this many filters and this
 #: many weights per filter) run as direct loops, where a GEMM would have a
-#: single-digit dimension.
+#: single-digit dimension. See: thresholds table.
 DEPTHWISE_MAX_FILTERS = 2
 DEPTHWISE_MAX_TAPS = 32
 
@@ -67,7 +68,7 @@ def depthwise(taps_per_filter: int, filters_per_group: int, unit_stride: bool) -
 #: weight gradient from direct dot products (the general convolution, flat rows
 #: only) and, in the fused blocks, run forward and both gradients as direct
 #: loops: a GEMM with a handful of rows runs at a fraction of BLAS's speed.
-#: LeNet-5's first layer (150 weights) is below, its second (2,400) above.
+#: LeNet-5's first layer (150 weights) is below, its second (2,400) above. See: thresholds table.
 DIRECT_MAX_WEIGHTS = 256
 
 
@@ -76,8 +77,8 @@ def direct_weights(weights: int) -> bool:
     return weights <= DIRECT_MAX_WEIGHTS
 
 
-#: Up to this many filters per group, OpenBLAS computes the weight gradient about
-#: twice as fast as cols @ dyᵀ (then transposed) than as dy @ colsᵀ: a short M.
+#: Up to this many filters per group (a short M), OpenBLAS computes the weight gradient
+#: faster as cols @ dyᵀ (then transposed) than as dy @ colsᵀ. See: thresholds table.
 DW_TRANSPOSED_MAX_FILTERS = 32
 
 
@@ -92,7 +93,7 @@ def dw_transposed(filters_per_group: int) -> bool:
 #: backward pass instead of unfolding again; bigger ones (VGG-16's) are
 #: recomputed rather than held.
 KEEP_COLS_BYTES = 32 << 20
-#: ... and only for layers with at most this much per sample.
+#: ... and only for layers with at most this much per sample. See: thresholds table.
 KEEP_MAX_PER_SAMPLE = 1 << 20
 
 
@@ -104,9 +105,12 @@ def keep_cols(per_sample_bytes: int, n: int) -> bool:
 # --- the batch-innermost (lanes) fused block ---------------------------------
 
 #: Fewest samples for which the batch-innermost layout pays (one AVX-512 vector of float32).
+#: See: thresholds table.
 MIN_LANES = 16
 
-#: Largest column matrix (all taps, the whole batch) the lanes block keeps for its backward pass.
+#: Largest column matrix (all taps, the whole batch) the lanes block keeps for its backward pass; a layer with
+#: a bigger one (and too many weights for direct loops) runs in the NCHW block's cache-sized chunks.
+#: See: thresholds table.
 MAX_LANES_COLS_BYTES = 16 << 20
 
 
@@ -119,9 +123,8 @@ def lanes(n: int, weights: int, cols_bytes: int) -> bool:
 # --- dense layers: the weight gradient of a batch of one or two -------------
 
 #: A dense layer's weight gradient from at most DENSE_OUTER_MAX_BATCH samples is an outer product (a sum of
-#: that many) written a row at a time, not a GEMM with K = N. VGG-16's first dense layer (25088 × 4096),
-#: two threads, ms, rows against the slab-split GEMM: 1 sample 35 against 148, 2 40 against 54, 4 51 against 51,
-#: 8 82 against 54, 16 140 against 71.
+#: that many) written a row at a time, not a GEMM with K = N, which BLAS runs far below the memory's
+#: bandwidth. See: thresholds table.
 DENSE_OUTER_MAX_BATCH = 2
 
 
@@ -134,7 +137,7 @@ def dense_outer(n: int) -> bool:
 
 #: The fewest multiply-adds in a slab of a GEMM that is split across the cores,
 #: and the fewest rows (or columns) of its output: below that a slab's BLAS call
-#: costs more to hand over than it saves.
+#: costs more to hand over than it saves. See: thresholds table.
 SLAB_MIN_MACS = 2_000_000
 SLAB_MIN_SIZE = 32
 
@@ -152,11 +155,9 @@ def slab_count(macs: int, size: int, cores: int) -> int:
 
 
 #: The general convolution with in-kernel GEMMs (conv._forward_groups) unfolds this many bytes of
-#: columns at a time (and the tap kernels keep a band of output this big): a core's 2 MB L2. 1 MB
-#: was best for ResNet-20's 16-64-channel layers, which now run as tap GEMMs; the layers left here
-#: are wide, and more samples per GEMM pay: ResNet-18 fwd+bwd at batch 8 811-825 -> 713-791 ms,
-#: VGG-11-BN (a part of 64, one core) 880-896 -> 809-841 ms, GoogLeNet and ResNet-20 unchanged
-#: (4 MB: GoogLeNet 10 % slower).
+#: columns at a time (and the tap kernels keep a band of output this big): a core's 2 MB L2, from
+#: which the GEMM reads them back; the layers this path takes are wide, and more samples per GEMM
+#: pay up to that size. See: thresholds table.
 GROUP_COLS_BYTES = 2 << 20
 
 
@@ -172,12 +173,7 @@ def sample_group(n: int, rows: int, per_row_bytes: int, per_sample_bytes: int) -
 #: weight gradient (a slot), for only the group's output positions: when a layer has more filters than a
 #: group (or a band of one sample) has output positions, that traffic outweighs the group's columns, and the
 #: layer runs in chunks of the batch instead, one GEMM per chunk split into slabs over the threads.
-#: Measured (AMD EPYC, clean OpenBLAS; forward/backward ms, groups -> chunks): 512 channels at 7×7, batch 8
-#: (groups of 98 positions), two threads 5.6/14.9 -> 5.6/10.7; 256→512 stride 2 at 14×14 (196)
-#: 2.9/6.9 -> 3.0/5.5; one image (bands of 84-112 positions) 512 at 14×14 5.5/12.1 -> 3.2/5.6, 512 at 28×28
-#: 20.1/19.5 -> 10.0/19.5, 256→512 at 28×28 9.3/10.2 -> 5.4/10.0; one thread, 512 at 2×2, batch 64 (112)
-#: 9.4/25.7 -> 10.8/18.6. Kept in groups: 128→256 stride 2 at 28×28 (392 positions, 256 filters) 3.0/5.6
-#: against 3.3/6.5.
+#: See: thresholds table.
 def group_gemms(filters_per_group: int, group_positions: int) -> bool:
     """Whether the general convolution runs its GEMMs a group of samples at a time (else in chunks)."""
     return filters_per_group <= group_positions
@@ -188,12 +184,9 @@ def group_gemms(filters_per_group: int, group_positions: int) -> bool:
 #: Stride-1 layers with at most this many input channels per group run one
 #: GEMM per kernel tap on windows of the padded input (conv._forward_taps),
 #: while the junk outputs of whole padded rows, (Wp - OW) / OW, stay at most
-#: MAX_TAP_JUNK: every tap's GEMM computes them. Measured on one core against
-#: unfolding (forward + backward, ms): ResNet-20's 16/32/64-channel layers at
-#: batch 64 27 -> 14, 22 -> 16, 23 -> 20 (8×8: junk 0.25); 128 channels at 16×16
-#: 245 -> 238, at 28×28 (batch 8) 83 -> 63; but 256 channels at 8×8 282 -> 276,
-#: at 14×14 65 -> 85, 512 at 4×4 (junk 0.5) 348 -> 470: with many channels and
-#: short rows each tap's GEMM repacks a big weight matrix for few outputs.
+#: MAX_TAP_JUNK: every tap's GEMM computes them. With many channels and short
+#: rows each tap's GEMM repacks a big weight matrix for few outputs, and
+#: unfolding wins. See: thresholds table.
 TAP_MAX_CHANNELS = 128
 MAX_TAP_JUNK = 0.25
 
@@ -201,8 +194,7 @@ MAX_TAP_JUNK = 0.25
 #: groups of samples into at most this many slots (a slot takes a run of groups
 #: in order), added up in order after: one per core when the batch is not
 #: split, and as few 2-9 MB partial gradients of wide layers as possible to
-#: write and add up. ResNet-18 fwd+bwd at batch 8 (2 threads): one slot per
-#: group 1.06 s, 4 slots 0.95 s, 2 slots 0.85 s.
+#: write and add up. See: thresholds table.
 DW_SLOTS = 2
 
 
@@ -236,23 +228,23 @@ def tap_plan(n: int, rows: int, per_row_bytes: int, per_sample_bytes: int) -> tu
 
 def register_block(vector_registers: int) -> tuple[int, int]:
     """(filters, vectors) of the blocked convolution's register block (cnncli.engine.simd): FB·V accumulators
-    plus V inputs and a broadcast weight must fit the vector registers. With 32 (AVX-512): 8 × 2, 19 registers;
-    on one core at batch 64, 8 × 2 and 16 × 1 ran ResNet-20's layers at 130-150 GFLOPS of multiply-adds, 4 × 4 and
-    8 × 4 (spills) 90-130. With 16 (AVX2, SSE): 4 × 2, 11 registers."""
+    plus V inputs and a broadcast weight must fit the vector registers, since a spill costs more than a
+    narrower block. With 32 (AVX-512): 8 × 2, 19 registers; with 16 (AVX2, SSE): 4 × 2, 11 registers.
+    See: thresholds table."""
     return (8, 2) if vector_registers >= 32 else (4, 2)
 
 
 #: Filters per vector block of the blocked weight gradient (cnncli.engine.simd.multiply_add_outer), in vectors:
-#: the most of these that a layer's filters fill.
+#: the most of these that a layer's filters fill (a wider block loads fewer vectors per multiply-add).
+#: See: thresholds table.
 OUTER_VECTORS = (4, 2, 1)
 
 
 def outer_vectors(filter_vectors: int, vector_registers: int) -> int:
     """V of a register block with filters (or channels) in the lanes for columns that fill ``filter_vectors``
     vectors: the largest of OUTER_VECTORS not above them (2 at most with 16 registers); P points come from
-    :func:`outer_points`. (cnncli.engine.products applies it, compiled, to each block of columns.) With 32 registers (AVX-512): 6 × 4, 12 × 2, 24 × 1. On one core at batch 64, against sums
-    over positions (filters × taps in the registers, positions in the lanes): ResNet-20's 64 filters at 8×8 5.2 ->
-    2.9 ms, 32 at 16×16 4.1 -> 3.2, 16 at 32×32 even."""
+    :func:`outer_points`. (cnncli.engine.products applies it, compiled, to each block of columns.) With 32 registers
+    (AVX-512): 6 × 4, 12 × 2, 24 × 1."""
     most = 4 if vector_registers >= 32 else 2
     return next(v for v in OUTER_VECTORS if v <= min(most, max(filter_vectors, 1)))
 
@@ -263,20 +255,21 @@ def outer_points(vectors: int, vector_registers: int) -> int:
     return max(1, (vector_registers - 8) // vectors)
 
 
-#: Filters per block, in vectors, of the blocked forward pass with filters in the lanes.
+#: Filters per block, in vectors, of the blocked forward pass with filters in the lanes (6 × 4 accumulators
+#: with 32 registers). See: thresholds table.
 OUTER_FORWARD_VECTORS = 4
 
 
 def outer_forward(filters: int, lanes: int, vector_registers: int) -> bool:
     """Whether the blocked forward pass holds filters in the lanes (cnncli.engine.simd.multiply_add_outer: P
     positions × OUTER_FORWARD_VECTORS vectors of filters, inputs broadcast) rather than positions
-    (multiply_add_block): where the filters fill such blocks and the registers hold 6 × 4 accumulators. In a loop
-    over cached data the first ran at 100 GFLOPS, the second at 74 (it loads twice as much per multiply-add)."""
+    (multiply_add_block): where the filters fill such blocks and the registers hold 6 × 4 accumulators, since
+    the block over positions loads twice as much per multiply-add. See: thresholds table."""
     return vector_registers >= 32 and filters % (OUTER_FORWARD_VECTORS * lanes) == 0
 
 
 #: The forward pass with filters in the lanes runs every position past the weights of this many bytes at a time
-#: (a run of channels), which then stay in L1.
+#: (a run of channels), which then stay in L1. See: thresholds table.
 OUTER_WEIGHT_BYTES = 32 << 10
 
 
@@ -287,7 +280,7 @@ def outer_channels(taps: int, filter_block_bytes: int) -> int:
 
 
 #: The blocked convolution lays this many bytes of samples side by side (inputs and gradients), so that one
-#: run of positions covers all of them: half a core's L2.
+#: run of positions covers all of them: half a core's L2. See: thresholds table.
 BLOCKED_GROUP_BYTES = 1 << 20
 
 
@@ -303,8 +296,8 @@ CACHE_LINE_BYTES = 64
 def unaliased_stride(elements: int, itemsize: int) -> int:
     """The stride, in elements, between rows of ``elements`` that a kernel reads together (a group's channels):
     whole cache lines, an odd number of them. Rows a multiple of 4 KB apart fall in one set of the L1 cache
-    (64 sets of 64 bytes) and evict each other: 16 channels of 32×32 float32 planes, 4 KB each, ran the blocked
-    convolution 1.3-1.4x slower. An odd number of lines puts 64 consecutive rows in 64 different sets."""
+    (64 sets of 64 bytes) and evict each other (16 channels of 32×32 float32 planes are 4 KB apart); an odd
+    number of lines puts 64 consecutive rows in 64 different sets. See: thresholds table."""
     lines = -(-elements * itemsize // CACHE_LINE_BYTES)
     lines += 1 - lines % 2
     return lines * CACHE_LINE_BYTES // itemsize
@@ -319,14 +312,10 @@ def blocked_applies(stride: tuple[int, int], padding: tuple[int, int], kernel: t
 
 
 #: Where it applies, the blocked convolution runs layers of at least BLOCKED_MIN_FILTERS filters (a register
-#: block's worth), at most BLOCKED_MAX_CHANNELS input channels and filters, and at most BLOCKED_MAX_TAPS taps.
-#: Measured on one core, forward / backward ms (medians of 7, paths interleaved), against the tap GEMMs:
-#: ResNet-20's 16 channels at 32×32 (batch 64) 7.2 / 15.6 -> 5.9 / 13.6, 32 at 16×16 4.1 / 8.9 -> 3.4 / 8.7,
-#: 8 at 32×32 2.6 / 5.1 -> 1.9 / 4.3, 16 -> 32 at 32×32 9.2 / 19.4 -> 7.1 / 18.2, 32 -> 64 at 16×16 10.0 / 28.7
-#: -> 9.6 / 20.5, the 3-channel stem 1.9 / 3.8 -> 1.1 / 3.6, 1×1 at 16 and 32 channels even; 64 at 7×7 (ResNet-20
-#: on 28×28 images) 9.8 / 18.3 unfolded -> 6.1 / 12.5; but 5×5 from 32 channels at 28×28 (batch 8) 4.2 / 7.6 ->
-#: 2.9 / 9.0. (Those were before masks replaced the padded planes, which made 64 channels at 8×8 1.24x / 1.53x
-#: faster still, 7×7 1.33x / 1.66x, 32 at 16×16 1.1x / 1.25x, 16 at 32×32 1.05x / 1.03x.)
+#: block's worth), at most BLOCKED_MAX_CHANNELS input channels and filters, and at most BLOCKED_MAX_TAPS taps:
+#: narrow layers, whose GEMMs per tap (K = C) go through memory once per tap, while the block sums every channel
+#: and tap in registers; beyond 9 taps the weight gradient's extra taps go one at a time, and from 64 channels
+#: Winograd or GEMMs keep up. See: thresholds table.
 BLOCKED_MIN_FILTERS = 8
 BLOCKED_MAX_CHANNELS = 64
 BLOCKED_MAX_TAPS = 9
@@ -346,11 +335,7 @@ def outer_applies(stride: tuple[int, int], groups: int, filters: int, lanes: int
 
 #: Where it applies, a strided layer's forward pass runs with the filters in the lanes when it has at most
 #: OUTER_MAX_CHANNELS input channels; wider ones unfold (each block of filters reads every input again, and
-#: a run of channels whose weights fit L1 is short). Measured against unfolding, forward ms and ratio to
-#: PyTorch's time (same process, interleaved; ResNet-20's layers one core at batch 64, ResNet-18's two threads
-#: at batch 8): 16 -> 32 at 32×32 3×3 4.7 -> 2.3 (0.57 -> 0.94), 32 -> 64 at 16×16 3.7 -> 1.6 (0.50 -> 1.02),
-#: 64 -> 128 at 56×56 0.83-0.85 -> 1.06-1.08, the 7×7 stem from 3 channels at 224×224 0.64 -> 0.83, 1×1
-#: 64 -> 128 0.73 -> 1.10; but 128 -> 256 at 28×28 0.78-1.02 -> 0.85-0.86 and 256 -> 512 at 14×14 0.77 -> 0.42.
+#: a run of channels whose weights fit L1 is short). See: thresholds table.
 OUTER_MAX_CHANNELS = 64
 
 
@@ -371,13 +356,9 @@ def winograd_applies(kernel: tuple[int, int], stride: tuple[int, int], dilation:
 #: Where it applies, Winograd F(2×2, 3×3) (cnncli.engine.winograd) runs layers of at least this many input
 #: channels, and calls with at least WINOGRAD_MIN_BATCH_TILES 2×2 tiles of output in the batch: 16 products of
 #: (tiles, C) by (C, F), 2.25x fewer multiply-adds than 9 taps or an unfolded GEMM, but transforms of the inputs
-#: and outputs that cost in proportion to C + F per tile, and of the weights, in proportion to C·F per call.
-#: Measured on one core against PyTorch, forward / backward, Winograd against the path each layer took before:
-#: 32 -> 32 at 16×16 (batch 64) 1.01-1.14 / 1.20-1.37 against blocked 0.86 / 1.06-1.09, 32 -> 64 at 8×8 1.17-1.20 /
-#: 1.24-1.32 against 0.81 / 0.86, 64 at 8×8 1.28 / 1.58 against 0.84 / 0.81, at 32×32 1.27 / 1.65 against 0.99 /
-#: 1.15; 512 at 4×4 (256 tiles) 0.90-1.11 / 0.84-1.01 against unfolded 0.53-0.61 / 0.63-0.72; about even at 512 at
-#: 7×7 (batch 8, 128 tiles) and 2×2 (batch 64, 64 tiles), where transforming the weights costs as much as the
-#: products; but 16 -> 16 at 32×32 0.77-0.89 / 0.97-1.06 against blocked 1.08-1.10 / 1.14-1.21.
+#: and outputs that cost in proportion to C + F per tile, and of the weights, in proportion to C·F per call:
+#: narrower layers lose to the blocked loops, calls with fewer tiles to the weights' transform.
+#: See: thresholds table.
 WINOGRAD_MIN_CHANNELS = 32
 WINOGRAD_MIN_BATCH_TILES = 256
 
@@ -391,7 +372,7 @@ def winograd_pays(channels: int, n: int, out_height: int, out_width: int) -> boo
 #: The Winograd kernels transform this many bytes of tiles (16 per tile and channel, in and out) at a
 #: time, half a core's L2 (the other half holds the weights' transforms and the planes being read), but
 #: at least WINOGRAD_MIN_TILES tiles: each of the 16 GEMMs packs an (F, C) matrix, which a few dozen
-#: tiles do not pay for on wide layers (512 channels at 4×4: 4 tiles a sample).
+#: tiles do not pay for on wide layers (512 channels at 4×4: 4 tiles a sample). See: thresholds table.
 WINOGRAD_GROUP_BYTES = 1 << 20
 WINOGRAD_MIN_TILES = 128
 
@@ -399,7 +380,7 @@ WINOGRAD_MIN_TILES = 128
 def winograd_band(channels: int, filters: int, tiles: int, itemsize: int) -> int:
     """Tiles per band when a call runs one sample at a time in bands of its tiles, shared out over the cores (0:
     in groups of samples): when one sample's transformed tiles are more than WINOGRAD_GROUP_BYTES and more than
-    WINOGRAD_MIN_TILES. Measured: see benchmarks/README.md (VGG-16, one image)."""
+    WINOGRAD_MIN_TILES, so that one big sample (VGG-16's at 224×224) keeps every core busy. See: thresholds table."""
     band = max(WINOGRAD_MIN_TILES, WINOGRAD_GROUP_BYTES // (16 * (channels + filters) * itemsize))
     return band if tiles > band else 0
 
@@ -407,7 +388,7 @@ def winograd_band(channels: int, filters: int, tiles: int, itemsize: int) -> int
 def winograd_plan(n: int, channels: int, filters: int, tiles: int, itemsize: int) -> int:
     """Samples per group of the Winograd kernels, for a batch of ``n`` with ``tiles`` tiles each: the size above,
     then evened out so that the groups come in a multiple of DW_SLOTS (the backward pass's slots run in
-    parallel, a slot to a core; 3 groups on 2 cores left one idle a third of the time)."""
+    parallel, a slot to a core; 3 groups on 2 cores would leave one idle a third of the time)."""
     per_sample = 16 * (channels + filters) * tiles * itemsize
     wanted = max(1, min(n, max(WINOGRAD_GROUP_BYTES // per_sample, -(-WINOGRAD_MIN_TILES // tiles))))
     rounds = max(1, round(n / (DW_SLOTS * wanted)))
@@ -419,18 +400,15 @@ def winograd_plan(n: int, channels: int, filters: int, tiles: int, itemsize: int
 #: Max pooling of stride 1 takes the whole plane at once (pool._max_flat); other
 #: strides take the windows inside a row across all their output columns at
 #: once (vectorised selects, strided loads) when there are at least this many
-#: such columns in a row, else one window at a time. One core, against one
-#: window at a time: 2×2 stride 2 on 64×224×224 5.9 -> 1.5 ms, on 128×112×112
-#: 3.0 -> 1.1 ms, 3×3 stride 2 on 64×112×112 (batch 8) 21-37 -> 16-25 ms; but
-#: 2×2 stride 2 on 256×56×56 1.5 -> 2.3 ms (28 columns), 3×3 stride 2 on
-#: 192×56×56 (batch 8, 27 columns) 25 -> 39 ms. Stride 1 whole planes, batch 8:
-#: 480×14×14 9.7 -> 6.8 ms, 192×28×28 15 -> 9 ms, 832×7×7 4.3 -> 4.5 ms.
+#: such columns in a row, else one window at a time: shorter rows lose more to
+#: the strided loads than the vectors gain. See: thresholds table.
 MAXPOOL_VECTOR_COLUMNS = 48
 
 
 # --- parts: slices of the batch run on separate cores -------------------------
 
-#: A batch is split across cores only into parts of at least this many samples.
+#: A batch is split across cores only into parts of at least this many samples: a smaller part runs its lanes
+#: (MIN_LANES) half empty. See: thresholds table.
 MIN_PART = 16
 
 
@@ -442,5 +420,5 @@ def part_count(n: int, cores: int) -> int:
 #: A worker process (or the parent) spins on a control word this long before it
 #: sleeps between checks: longer than the parent's own work between two steps
 #: of a small network, short enough not to take much from another program that
-#: shares the cores.
+#: shares the cores. See: thresholds table.
 SPIN_SECONDS = 0.001
