@@ -70,8 +70,8 @@ and inference output against cnncli's in float64).
     ``inference_mode``; median of 3 passes after one batch as warm-up.
 
 Every modern workload also reports GFLOPS: the graph's multiply-accumulates per
-image (``cnncli summarize``: conv and dense layers) x 2 x 3 for training and
-forward + backward (x 2 for inference) x images/s.
+image (``cnncli summarize``: conv and dense layers) x 2, x 3 for training and
+forward + backward (x 1 for inference), x images/s.
 
 ``--engines`` runs cnncli's own loop twice per round, on the Numba engine and on
 ``train --engine torch`` (PyTorch computes the passes of the module ``export

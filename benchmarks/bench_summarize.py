@@ -1,4 +1,4 @@
-"""How long ``cnncli summarize`` takes: the issue wants ``cnncli summarize vgg16`` well under a second.
+"""How long ``cnncli summarize`` takes: ``cnncli summarize vgg16`` should take well under a second.
 
 Run from the repository root::
 

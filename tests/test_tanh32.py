@@ -1,6 +1,6 @@
 """The float32 tanh of the fused kernels against the exact tanh, in ulps.
 
-benchmarks/README.md (the fused blocks) documents the kernels' float32 tanh, a
+benchmarks/README.md ("Other choices") documents the kernels' float32 tanh, a
 rational approximation (Eigen's), as within 5 ulp of the correctly rounded
 value, as the kernels run it (inlined into fastmath loops). The
 reference here is Python's ``math.tanh`` semantics in float64 (libm's tanh,
@@ -22,7 +22,7 @@ import pytest
 
 from cnncli.engine.fast.vector import tanh32  # the one place that names the engine's kernel
 
-#: benchmarks/README.md: "a vectorised float32 tanh (Eigen's rational approximation, ≤ 5 ulp ...)".
+#: benchmarks/README.md: "Eigen's rational approximation, within 5 ulp of the correctly rounded tanh ...".
 DOCUMENTED_MAX_ULP = 5.0
 
 #: Where the approximation clamps (float32 tanh is ±1 beyond it).

@@ -295,7 +295,7 @@ def test_every_command_fits_80_columns(name, here, golden):
 
 
 def test_trace_on_a_terminal_keeps_to_its_width():
-    """A terminal console takes the same path as a file (it used to recurse without end)."""
+    """A terminal console takes the same path as a file, and does not recurse without end."""
     from cnncli.render import trace as render
 
     text = draw(lambda console: render.show(trace.run(compare_slides=True), "table", console), terminal=True)
@@ -303,7 +303,8 @@ def test_trace_on_a_terminal_keeps_to_its_width():
 
 
 def test_columns_sets_the_width_of_piped_output(monkeypatch, capsys):
-    """`COLUMNS=100 cnncli backprop-trace --compare-slides | less`: no line wider than 100 (it used to be 160)."""
+    """`COLUMNS=100 cnncli backprop-trace --compare-slides | less`: no line wider than 100 (COLUMNS sets the
+    width of piped output)."""
     monkeypatch.setenv("COLUMNS", "100")
     code, out, err = run_main(["backprop-trace", "--compare-slides"], capsys)
     assert code == 0, err

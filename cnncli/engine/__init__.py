@@ -107,14 +107,14 @@ each is tested equal to the plain path (and against finite differences).
   (``rules.outer_applies``, ``rules.outer_pays``: ResNets' downsampling
   3×3 and 1×1 layers, the 7×7 and 11×11 stems) by the same filters-in-the-
   lanes loops, each output position's inputs a strided window of the
-  padded planes (twice as fast as unfolding ResNet-20's, whose GEMMs have
+  padded planes (faster than unfolding ResNet-20's, whose GEMMs have
   K of 144-288; with 128 channels and more, each block of filters reading
   every input again loses), their gradients unfolded as below; direct loops for thin groups
   (``rules.depthwise``); stride 1 with up to 128 channels and short
   padding (``rules.tap_gemms``) as one GEMM per kernel tap reading the
-  padded input in place, no column matrix (twice as fast as unfolding on
-  ResNet-20's 16-channel layers; with more channels a tap's GEMM is too
-  short for its weights); else unfold + GEMM — in groups of a few samples
+  padded input in place, no column matrix (faster than unfolding on
+  narrow layers; with more channels a tap's GEMM is too short for its
+  weights); else unfold + GEMM — in groups of a few samples
   with the GEMMs called from the kernel (``blas``; ``rules.sample_group``:
   columns up to ``GROUP_COLS_BYTES``, a core's L2) where numpy's BLAS
   exports a CBLAS GEMM and the layer has no more filters than a group has

@@ -1,12 +1,11 @@
 """GEMM callable from inside a kernel: numpy's own BLAS, reached through a function pointer.
 
-Numba's ``np.dot`` needs SciPy, which the engine does not depend on, so GEMMs
-used to run in numpy between kernels; a convolution then had to unfold a big
-chunk of the batch per call to keep Python's per-call cost small, and its
-column matrices (many MB) went through main memory. With the BLAS callable
-from a kernel, a convolution runs sample by sample inside one kernel, its
-columns small enough to stay in the core's cache
-(:mod:`cnncli.engine.conv`).
+Numba's ``np.dot`` needs SciPy, which the engine does not depend on. A GEMM
+run by numpy between kernels makes a convolution unfold a big chunk of the
+batch per call, to keep Python's per-call cost small, and its column matrices
+(many MB) go through main memory. With the BLAS callable from a kernel, a
+convolution runs a few samples at a time inside one kernel, its columns small
+enough to stay in the core's cache (:mod:`cnncli.engine.conv`).
 
 The BLAS is the CBLAS ``?gemm`` that numpy's own library exports (numpy's
 wheels bundle OpenBLAS under prefixed names with 64-bit integers; other builds

@@ -13,7 +13,7 @@ from numba import njit
 from cnncli.engine import memory, threads
 
 # Before any kernel runs: OpenBLAS on one thread, OpenMP threads that sleep
-# rather than spin (see cnncli.engine.threads for why and what was measured);
+# rather than spin (see cnncli.engine.threads for why);
 # freed memory kept for the next batch (cnncli.engine.memory).
 threads.configure()
 memory.configure()
@@ -27,8 +27,8 @@ FLAGS = {"cache": True, "nogil": True, "fastmath": True}
 # numpy's error model: a float division by zero gives inf/nan, as in numpy,
 # instead of raising. Numba's default (Python's) model tests every divisor,
 # and that branch, like the NaN handling of its min/max, keeps LLVM from
-# vectorising a loop (a rational tanh ran an order of magnitude slower with
-# it). For kernels whose divisors are never zero: the fused blocks
+# vectorising a loop (benchmarks/README.md, "Other choices"). For kernels
+# whose divisors are never zero: the fused blocks
 # (cnncli.engine.fast) and the tiled average pooling.
 VECTOR_FLAGS = {**FLAGS, "error_model": "numpy"}
 
@@ -53,8 +53,8 @@ EXACT_FLAGS = {"cache": True, "nogil": True, "error_model": "numpy"}
 # not peel iterations to align them; a test sums the same rows at every
 # offset). Multiply-adds stay unfused ("contract" is not set), so an element's
 # rounding is the same in every iteration. For batch norm's row sums, which a
-# part of a split batch must compute to the same bits as the whole batch:
-# 3-4x faster than exact sums.
+# part of a split batch must compute to the same bits as the whole batch,
+# vectorised rather than one sum at a time.
 REDUCE_FLAGS = {"cache": True, "nogil": True, "error_model": "numpy", "fastmath": {"reassoc"}}
 
 

@@ -5,9 +5,9 @@ when the pass is over, or sooner: an inference pass of a fast network drops
 each value once its last reader has run (:meth:`cnncli.engine.network.Network.forward_part`).
 glibc's allocator hands large blocks back to the operating system when they
 are freed (it trims the heap and unmaps blocks above its mmap threshold), so
-the next batch's arrays were mapped in again a page fault at a time: LeNet-5
-inference ran at two thirds of its speed once the values were dropped early
-(benchmarks/README.md). :func:`configure` (called, like the thread settings,
+the next batch's arrays would be mapped in again a page fault at a time, which
+costs a small network's inference much of its speed (benchmarks/README.md,
+"Other choices"). :func:`configure` (called, like the thread settings,
 when the engine is imported) asks glibc to keep what it frees: no trimming, and
 blocks up to the largest mmap threshold glibc allows (32 MB) served from the heap.
 A process then keeps its peak memory until it exits, which a command does soon.

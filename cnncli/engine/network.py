@@ -349,8 +349,8 @@ class Network:
         grads = dict(seeds)
         owned: set[str] = set()  # gradients summed here, into arrays no layer handed out
         self.node_grads = {}
-        # The last step's parameter gradients go now, not when this step's replace them: VGG-16's dense layers'
-        # alone are 0.5 GB, which held through the backward pass added as much to its peak memory.
+        # The last step's parameter gradients go here, not when this step's replace them: VGG-16's dense layers'
+        # alone are 0.5 GB, which held through the backward pass would add as much to its peak memory.
         self.grads = {}
         for layer in self.layers.values():
             layer.grads = {}

@@ -23,8 +23,8 @@ x̂ = (x − mean)·inv_std is not stored: the forward pass writes only y, and t
 backward kernels compute x̂ again from x, with the same operations in the same
 dtype, so they see the very values the forward pass used. The layer keeps x
 (its input, alive anyway while a pass may need it) instead of an array of x̂:
-the passes are bound by memory traffic, and a fourth stream in the forward
-pass was a quarter of its cost.
+the passes are bound by memory traffic, and writing x̂ would be a fourth
+stream beside reading x and the statistics and writing y.
 """
 
 from __future__ import annotations

@@ -37,8 +37,8 @@ accumulators fit its registers.
 The row moves (:func:`copy`, :func:`copy_add`, :func:`zero`,
 :func:`copy_stride2`) are here for the same reason: a Numba loop over a short
 row (a padded plane's 8-34 elements) pays for alias checks and a scalar tail,
-and ran the convolutions' padding and unfolding at 2-4 GB/s; whole vectors,
-then halves, quarters and single elements, run them at memory speed.
+far below the memory's speed; whole vectors, then halves, quarters and single
+elements, run at memory speed.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ each other: both pools busy-wait after finishing their work (OpenBLAS for about
 0.1 s, OpenMP for a few hundred thousand spins), so on a 2-core machine a
 Numba kernel that follows a GEMM finds both cores taken by spinning OpenBLAS
 threads, and the other way round; and any core taken by another process
-stalls whichever pool splits its work statically across both cores. (What
-was measured, with these settings and without: benchmarks/README.md.)
+stalls whichever pool splits its work statically across both cores. (The
+measurements, with these settings and without: benchmarks/README.md, "Other
+choices" and "Tried and rejected".)
 
 :func:`configure` (called by :mod:`cnncli.engine.jit`, that is, when the engine is
 imported) therefore
@@ -29,7 +30,7 @@ imported) therefore
 
 The alternatives (spinning OpenMP threads beside one-thread OpenBLAS, Numba's
 ``workqueue`` layer instead of OpenMP, OpenBLAS on two threads with passive
-OpenMP) all measured worse on a 2-core machine. Everything is process-wide and
+OpenMP) are slower on a 2-core machine. Everything is process-wide and
 idempotent; :func:`status` says what was done.
 """
 
@@ -176,8 +177,7 @@ def matmul(a, b, out=None):
     """``np.matmul(a, b, out=out)`` for 2-D or stacked ``(..., m, k) @ (..., k, n)``, split when big.
 
     OpenBLAS itself stays on one thread (see above): its pool would spin after
-    every GEMM and collapse whenever another process holds a core (VGG-16 on
-    one image ran over twice as long with two OpenBLAS threads on a busy machine).
+    every GEMM and collapse whenever another process holds a core.
     Instead a GEMM of at least two slabs' worth of work
     (:func:`cnncli.engine.rules.slab_count`) is cut into up to two slabs per
     core along the output's longer axis (VGG-16's 14x14 layers have 512 filter
@@ -235,8 +235,8 @@ def matmul(a, b, out=None):
 def foreign_openmp() -> Iterator[None]:
     """While a library with an OpenMP runtime of its own loads (PyTorch's, which reads the variables then),
     the environment without the engine's ``OMP_WAIT_POLICY`` (one the user set stays): passive waiting suits
-    the engine's threads beside one-thread BLAS, but PyTorch's meet at every operator, and the torch engine
-    ran LeNet-5 25 % slower with it (benchmarks/README.md)."""
+    the engine's threads beside one-thread BLAS, but PyTorch's meet at every operator, and sleeping between
+    them slows the torch engine down (benchmarks/README.md, "Other choices")."""
     ours = _state["policy_ours"] and os.environ.get("OMP_WAIT_POLICY") == "PASSIVE"
     if ours:
         del os.environ["OMP_WAIT_POLICY"]

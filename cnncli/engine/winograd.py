@@ -314,7 +314,7 @@ def _transformed(w: np.ndarray, columns: int, filters_innermost: bool) -> np.nda
     """U of w (F, C, 3, 3): 16 planes of C rows of ``columns`` (filters innermost) or of F rows (channels
     innermost), zeros in the columns past F or C; the planes ``rules.unaliased_stride`` apart (written together,
     planes a power of two apart would evict each other from the cache)."""
-    # Filters innermost from w transposed by numpy: the kernel reading w across its rows ran 2-3x slower.
+    # Filters innermost from w transposed by numpy: a kernel reading w across its rows is slower.
     w = np.ascontiguousarray(w.transpose(1, 0, 2, 3)) if filters_innermost else w
     u = np.empty((16, rules.unaliased_stride(w.shape[0] * columns, w.itemsize)), dtype=w.dtype)
     planes = u[:, :w.shape[0] * columns].reshape(16, w.shape[0], columns)

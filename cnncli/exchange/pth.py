@@ -187,7 +187,8 @@ class _Unpickler(pickle._Unpickler):
 
     pickle's Python implementation, for two reasons: its opcodes can be replaced (BUILD, which sets an object's
     attributes, would otherwise reach this module's own objects), and its memo is a dict where the C one grows an
-    array to the index a damaged LONG_BINPUT names (gigabytes). The pickles are small: 12 ms for ResNet-50's.
+    array to the index a damaged LONG_BINPUT names (gigabytes). The pickles are small (the tensors' bytes lie
+    beside them), so the slower implementation costs little.
     """
 
     dispatch = dict(pickle._Unpickler.dispatch)
