@@ -142,7 +142,7 @@ _DATA_DIR = typer.Option(None, "--data-dir", help="Folder holding the dataset fi
 _WEIGHTS = typer.Option(..., "--weights", "--checkpoint", help="Weights: a checkpoint from train (.npz), a "
                         "PyTorch state dict (.pt, .pth), or imagenet: torchvision's published "
                         "weights, for the models whose file lists them (downloaded once).")
-# Every command that reads weights takes it: the check it skips is cnncli.checkpoint.Checkpoint.check_model.
+# Every command that reads weights takes it: the check it skips is cnncli.records.checkpoint.Checkpoint.check_model.
 _SKIP_MODEL_CHECK = typer.Option(False, "--skip-model-check", help="Use weights trained for another model "
                                  "(their names and shapes must still fit).")
 
@@ -164,7 +164,7 @@ def _variant(option, **changes):
 
 def _recipe(*, dataset, epochs, batch_size, lr, optimizer, momentum, weight_decay, schedule, seed,
             crop_padding, flip) -> dict:
-    """The recipe flags as the overrides :func:`cnncli.training.resolve` takes (None: the file's value)."""
+    """The recipe flags as the overrides :func:`cnncli.commands.training.resolve` takes (None: the file's value)."""
     return {
         "dataset": dataset.value if dataset else None, "epochs": epochs, "batch_size": batch_size, "lr": lr,
         "optimizer": optimizer.value if optimizer else None, "momentum": momentum,
@@ -209,7 +209,7 @@ def models(
     fmt: SummaryFormat = typer.Option(SummaryFormat.table, "--format", help="table, json or markdown."),
 ) -> None:
     """List the built-in models with their input size and parameter count."""
-    from cnncli import summary
+    from cnncli.commands import summary
     from cnncli.render import summary as render
 
     render.show_models(summary.builtin_models(), fmt.value, _console())
@@ -226,7 +226,7 @@ def summarize(
     fmt: SummaryFormat = typer.Option(SummaryFormat.table, "--format", help="table, json or markdown."),
 ) -> None:
     """Layers, output shapes, parameter counts and MACs of a model, without running it."""
-    from cnncli import summary
+    from cnncli.commands import summary
     from cnncli.render import summary as render
 
     result = summary.summarize(model, input_size=input, batch=batch, aux=aux)
@@ -274,7 +274,7 @@ def train(
                                          "the head.", metavar="NAME", rich_help_panel=_FINE_TUNE),
 ) -> None:
     """Train a model; writes a run folder with metrics and checkpoints."""
-    from cnncli import training
+    from cnncli.commands import training
     from cnncli.render import training as render
 
     overrides = _recipe(dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
@@ -309,7 +309,7 @@ def evaluate(
     skip_model_check: bool = _SKIP_MODEL_CHECK,
 ) -> None:
     """Accuracy, confusion matrix, per-class scores and the worst mistakes of a checkpoint."""
-    from cnncli import evaluation
+    from cnncli.commands import evaluation
     from cnncli.render import evaluation as render
 
     console = _console()
@@ -379,7 +379,7 @@ def predict(
     An image that looks inverted against the training images gets a warning suggesting --invert; files
     that cannot be read are left out, named, and make the exit status 2.
     """
-    from cnncli import predict as predict_mod
+    from cnncli.commands import predict as predict_mod
     from cnncli.render import predict as render
 
     console = _console()
@@ -409,8 +409,8 @@ def plot(
     fmt: Format = typer.Option(Format.table, "--format", help="table (charts) or json (the numbers)."),
 ) -> None:
     """Training curves of runs (loss, accuracy per epoch), or a run's gradient flow as a heat map."""
-    from cnncli import plot as plot_mod
     from cnncli.errors import UsageError
+    from cnncli.records import history as plot_mod
     from cnncli.render import plot as render
 
     plot_mod.check_out(out)
@@ -441,8 +441,8 @@ def features(
     skip_model_check: bool = _SKIP_MODEL_CHECK,
 ) -> None:
     """The feature maps each layer makes of one image, and the first layer's filters (slide 39)."""
-    from cnncli import features as features_mod
-    from cnncli.plot import check_out
+    from cnncli.commands import features as features_mod
+    from cnncli.records.history import check_out
     from cnncli.render import features as render
 
     check_out(out)
@@ -491,8 +491,8 @@ def explain(
     skip_model_check: bool = _SKIP_MODEL_CHECK,
 ) -> None:
     """Which parts of an image a decision rests on: Grad-CAM, saliency or occlusion, drawn over the image."""
-    from cnncli import explain as explain_mod
-    from cnncli.plot import check_out
+    from cnncli.commands import explain as explain_mod
+    from cnncli.records.history import check_out
     from cnncli.render import explain as render
 
     check_out(out)
@@ -531,8 +531,8 @@ def compare(
                                rich_help_panel=_OUTPUT),
 ) -> None:
     """Train models with one recipe and seed, then draw their error curves together (the depth experiment)."""
-    from cnncli import compare as compare_mod
-    from cnncli import plot as plot_mod
+    from cnncli.commands import compare as compare_mod
+    from cnncli.records import history as plot_mod
     from cnncli.render import compare as render
 
     plot_mod.check_out(figure, "--figure")
@@ -569,7 +569,7 @@ def export(
     skip_model_check: bool = _SKIP_MODEL_CHECK,
 ) -> None:
     """Write a trained model for another engine: an ONNX graph, or a PyTorch module and its weights."""
-    from cnncli import export as export_mod
+    from cnncli.commands import export as export_mod
     from cnncli.render import export as render
 
     console = _console()

@@ -48,7 +48,7 @@ TRAIN_OPTIONS: dict[str, Option] = {
     "epochs": Option("int", 10, check=lambda v: None if v >= 1 else "must be at least 1"),
     "val_size": Option("int", 5000, check=lambda v: None if v >= 0 else "must not be negative"),
     "seed": Option("int", 0),
-    # Augmentation of training batches (cnncli.inputs): the CIFAR recipe is crop_padding 4 and flip.
+    # Augmentation of training batches (cnncli.records.inputs): the CIFAR recipe is crop_padding 4 and flip.
     "crop_padding": Option("int", 0, "random crop after a zero border of this many pixels",
                            check=lambda v: None if v >= 0 else "must not be negative"),
     "flip": Option("bool", False, "flip half the training images horizontally"),
@@ -97,7 +97,7 @@ class NodeSpec:
 @dataclass(frozen=True)
 class PublishedWeights:
     """One entry of a model file's ``weights:`` section: published weights that fit the network, and how
-    images must be prepared for them (``cnncli --weights NAME``; :mod:`cnncli.published`).
+    images must be prepared for them (``cnncli --weights NAME``; :mod:`cnncli.records.published`).
 
     ``url``'s file name ends in ``-<hash>.<ext>``, ``hash`` being the start of the file's SHA-256 (as
     torchvision names its files). ``classes`` is a class list (:mod:`cnncli.data.class_lists`). An image is

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli import data, trained
+from cnncli import data
 from cnncli.engine import losses
 from cnncli.engine.losses import Loss
 from cnncli.errors import UsageError
+from cnncli.records import trained
 
 #: Most confused pairs listed.
 CONFUSED_PAIRS = 5
@@ -167,7 +168,7 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
     The dataset defaults to the one the checkpoint was trained on, else the
     model file's. A checkpoint that does not fit the model is a CheckpointError
     naming the parameter and both shapes; one trained for another network is refused
-    unless ``skip_model_check`` (:meth:`~cnncli.checkpoint.Checkpoint.check_model`).
+    unless ``skip_model_check`` (:meth:`~cnncli.records.checkpoint.Checkpoint.check_model`).
     """
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
