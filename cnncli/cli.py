@@ -22,6 +22,7 @@ from typer.core import TyperGroup
 from cnncli import __version__
 from cnncli.dataset_names import CHOICES
 from cnncli.errors import CnnError
+from cnncli.model.spec import LOSS_ALIASES, LOSSES, OPTIMIZERS, SCHEDULES
 
 
 class _Commands(TyperGroup):
@@ -78,22 +79,15 @@ class SummaryFormat(str, Enum):
     markdown = "markdown"
 
 
-class LossName(str, Enum):
-    ce = "ce"
-    bce = "bce"
-    mse = "mse"
+def _choices(name: str, names) -> type[Enum]:
+    """An option's choices as the Enum Typer wants, from the one list that owns them."""
+    return Enum(name, {n.replace("-", "_"): n for n in names}, type=str)
 
 
-class Optimizer(str, Enum):
-    sgd = "sgd"
-    adam = "adam"
-
-
-class Schedule(str, Enum):
-    constant = "constant"
-    step = "step"
-    cosine = "cosine"
-    onecycle = "onecycle"
+# The loss's command-line spellings: the short aliases, then the names that have none.
+LossName = _choices("LossName", [*LOSS_ALIASES, *(n for n in LOSSES if n not in LOSS_ALIASES.values())])
+Optimizer = _choices("Optimizer", OPTIMIZERS)
+Schedule = _choices("Schedule", SCHEDULES)
 
 
 class Engine(str, Enum):
@@ -112,7 +106,7 @@ class DType(str, Enum):
 
 
 # The registry's names (cnncli.dataset_names), so that a new dataset needs no edit here.
-Dataset = Enum("Dataset", {name.replace("-", "_"): name for name in CHOICES}, type=str)
+Dataset = _choices("Dataset", CHOICES)
 
 
 class Split(str, Enum):

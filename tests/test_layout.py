@@ -58,3 +58,26 @@ def test_imports_go_one_way():
               for path, room in _modules() for other, line in _imports(path)
               if other != room and RANK[other] > RANK[room]]
     assert upward == [], "imports against the map's order:\n" + "\n".join(upward)
+
+
+def test_every_choice_list_has_one_home_and_the_engine_implements_it():
+    """The model file's names (model.spec) are what the engine's registries implement and what the CLI offers."""
+    from cnncli import cli
+    from cnncli.commands import training
+    from cnncli.engine import losses, optim
+    from cnncli.model import spec
+    from cnncli.records import schedule
+
+    assert set(losses.LOSSES) == set(spec.LOSSES)
+    assert set(losses.ALIASES.values()) <= set(spec.LOSSES)
+    assert set(optim.OPTIMIZERS) == set(spec.OPTIMIZERS)
+    assert set(schedule.SCHEDULES) == set(spec.SCHEDULES)
+    offered = {e.value for e in cli.LossName}
+    assert {losses.ALIASES.get(name, name) for name in offered} == set(spec.LOSSES)
+    assert {e.value for e in cli.Optimizer} == set(spec.OPTIMIZERS)
+    assert {e.value for e in cli.Schedule} == set(spec.SCHEDULES)
+    # The run's own choices are declared by the CLI (loading training to read them would load the engine on
+    # every --help); they are held to the lists training checks against.
+    assert {e.value for e in cli.Engine} == set(training.ENGINES)
+    assert {e.value for e in cli.Device} == set(training.DEVICES)
+    assert {e.value for e in cli.DType} == set(training.DTYPES)

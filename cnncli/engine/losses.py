@@ -12,6 +12,8 @@ from typing import Callable
 
 import numpy as np
 
+from cnncli.model.spec import LOSS_ALIASES
+
 # Keeps ln() finite when a probability reaches exactly 0 or 1 in float32.
 _TINY = 1e-12
 
@@ -93,8 +95,8 @@ LOSSES: dict[str, Loss] = {
     "mse": Loss("mse", half_squared_error),
 }
 
-#: Command-line spellings.
-ALIASES = {"ce": "cross_entropy"}
+#: Command-line spellings (the one list: cnncli.model.spec).
+ALIASES = LOSS_ALIASES
 
 
 def get(name: str) -> Loss:

@@ -30,17 +30,24 @@ from cnncli.dataset_names import CHOICES, CLASS_LISTS
 from cnncli.errors import SpecError, UnknownModel
 from cnncli.model.kinds import COMMON_OPTIONS, KINDS, Option, Shape, is_parametric
 
+#: The names a model file's ``loss:`` and ``train:`` section (and the command line's flags) choose from: the one list
+#: of each. The engine's registries (``engine.losses.LOSSES``, ``engine.optim.OPTIMIZERS``,
+#: ``records.schedule.SCHEDULES``) implement exactly these names (tests/test_layout.py holds them equal); the lists
+#: live here because this module must not load the engine.
 LOSSES = ("cross_entropy", "bce", "mse")
+LOSS_ALIASES = {"ce": "cross_entropy"}  # the command line's short spellings
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
 
 # The `train:` section: option -> (type, check). Values are defaults the CLI may override.
 TRAIN_OPTIONS: dict[str, Option] = {
     "dataset": Option("choice", "mnist", choices=CHOICES),
-    "optimizer": Option("choice", "sgd", choices=("sgd", "adam")),
+    "optimizer": Option("choice", "sgd", choices=OPTIMIZERS),
     "lr": Option("float", 0.01, check=lambda v: None if v > 0 else "must be positive"),
     "momentum": Option("float", 0.0, check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),
     "nesterov": Option("bool", False),
     "weight_decay": Option("float", 0.0, check=lambda v: None if v >= 0 else "must not be negative"),
-    "schedule": Option("choice", "constant", choices=("constant", "step", "cosine", "onecycle")),
+    "schedule": Option("choice", "constant", choices=SCHEDULES),
     "warmup_epochs": Option("float", 0.0, check=lambda v: None if v >= 0 else "must not be negative"),
     "step_epochs": Option("int", 10, check=lambda v: None if v > 0 else "must be positive"),
     "step_gamma": Option("float", 0.1, check=lambda v: None if 0 < v <= 1 else "must be in (0, 1]"),
