@@ -49,7 +49,6 @@ from pathlib import Path
 import numpy as np
 
 from cnncli import extras
-from cnncli.commands.evaluation import probabilities
 from cnncli.commands.features import map_layer
 from cnncli.commands.predict import Guess, InputWarning, one_image
 from cnncli.data.source import Source
@@ -352,7 +351,7 @@ def occlusion(run: Pass) -> dict:
         return batch
 
     out = net.predict(np.arange(len(spots)), OCCLUSION_BATCH, loss.source(run.subject.graph), prepare=occluded)
-    drops = run.probability - probabilities(out, loss)[:, run.target].astype(np.float64)
+    drops = run.probability - loss.probabilities(out)[:, run.target].astype(np.float64)
     total, covered = np.zeros((h, w)), np.zeros((h, w))
     for (y, x0), d in zip(spots, drops):
         total[y:y + patch, x0:x0 + patch] += d
@@ -395,7 +394,7 @@ def explain(model: str, weights: Path, *, sample: int | None = None, image: Path
         x = subject.batch(net.dtype)
         source = loss.source(graph)
         net.forward(x, train=False, keep=(source,))
-        probs = probabilities(net.values[source], loss)[0].astype(np.float64)
+        probs = loss.probabilities(net.values[source])[0].astype(np.float64)
         order = np.argsort(-probs, kind="stable")[:min(TOP_K, len(classes))]
         chosen = choose_class(target, classes, int(order[0]))
         found = how.run(Pass(subject, net, x, chosen, float(probs[chosen]), settings))

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 
 from cnncli import extras
-from cnncli.commands.evaluation import default_top_k, probabilities
 from cnncli.commands.predict import Guess, InputWarning, one_image
 from cnncli.engine import losses
 from cnncli.errors import UsageError
@@ -140,8 +139,8 @@ def features(model: str, checkpoint: Path, *, sample: int | None = None, image: 
 
     loss = losses.get(loaded.spec.loss)
     out = net.forward(plan.batch(pixels[None], net.dtype, info.normalise))
-    probs = probabilities(out, loss)[0]
-    k = default_top_k(len(info.classes)) if top_k is None else top_k
+    probs = loss.probabilities(out)[0]
+    k = trained.default_top_k(len(info.classes)) if top_k is None else top_k
     order = np.argsort(-probs, kind="stable")[:min(k, len(info.classes))]
     guesses = [Guess(int(i), info.classes[i], float(probs[i])) for i in order]
 

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from cnncli import extras
-from cnncli.commands.evaluation import default_top_k, probabilities
 from cnncli.data import folder
 from cnncli.data.source import Source
 from cnncli.engine import losses
@@ -217,7 +216,7 @@ def check_complete(result: PredictResult) -> None:
 
 def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int | None = None, invert: bool = False,
             dataset: str | None = None, skip_model_check: bool = False, progress=None) -> PredictResult:
-    """The ``top_k`` classes (default :func:`~cnncli.commands.evaluation.default_top_k`) of each image (files, or folders
+    """The ``top_k`` classes (default :func:`~cnncli.records.trained.default_top_k`) of each image (files, or folders
     of them) under ``checkpoint``'s weights, or published weights by name (``progress`` receiving their
     download's events); refused when trained for another network, unless ``skip_model_check``."""
     if top_k is not None and top_k < 1:
@@ -242,9 +241,8 @@ def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int | No
         raise UsageError(f"cannot read any image: {_listing(skipped)}")
     files, pixels = read, np.stack(decoded)
     loss = losses.get(model_spec.loss)
-    probs = probabilities(net.predict(pixels, 256, loss.source(graph), plan.preparer(net.dtype, info.normalise)),
-                          loss)
-    k = min(default_top_k(len(info.classes)) if top_k is None else top_k, len(info.classes))
+    probs = loss.probabilities(net.predict(pixels, 256, loss.source(graph), plan.preparer(net.dtype, info.normalise)))
+    k = min(trained.default_top_k(len(info.classes)) if top_k is None else top_k, len(info.classes))
     predictions = []
     for f, img, p in zip(files, pixels, probs):
         order = np.argsort(-p, kind="stable")[:k]

@@ -88,6 +88,14 @@ class Loss:
         node = graph[graph.output if head is None else head]
         return node.inputs[0] if self.fuses_softmax and node.kind == "softmax" else node.name
 
+    def probabilities(self, outputs: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, K) from what this loss reads (N, K): softmax of logits, else the outputs as they are."""
+        if self.fuses_softmax:
+            z = outputs - outputs.max(axis=1, keepdims=True)
+            e = np.exp(z)
+            return e / e.sum(axis=1, keepdims=True)
+        return outputs
+
 
 LOSSES: dict[str, Loss] = {
     "cross_entropy": Loss("cross_entropy", softmax_cross_entropy, fuses_softmax=True),

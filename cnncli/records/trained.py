@@ -50,6 +50,15 @@ __all__ = ["OPEN", "RECORDED", "Trained", "as_trained", "class_list_of", "load",
 OPEN, RECORDED = "open", "recorded"
 
 
+#: From this many classes on, top-5 is the measure shown by default (ImageNet's, CIFAR-100's); top-3 below.
+TOP5_CLASSES = 100
+
+
+def default_top_k(classes: int) -> int:
+    """How many top classes eval scores and predict shows when the user does not say: see :data:`TOP5_CLASSES`."""
+    return 5 if classes >= TOP5_CLASSES else 3
+
+
 @dataclass
 class Trained:
     """A model with its trained weights: what :func:`load` returns."""
