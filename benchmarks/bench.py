@@ -15,7 +15,7 @@ Workloads (see benchmarks/README.md for what each measures and the numbers):
     LeNet-5 training on MNIST at batch 64 / 256: SGD with momentum 0.9,
     weight decay 5e-4, the cosine rate of ``models/lenet5.yaml``, softmax
     cross-entropy, batches gathered from a per-epoch shuffle. cnncli runs its
-    real training loop (:func:`cnncli.training.train`); PyTorch the same loop
+    real training loop (:func:`cnncli.commands.training.train`); PyTorch the same loop
     written the idiomatic fast way (one float32 tensor, ``x[idx]`` batches),
     reading back the loss and the hit count every step as cnncli does, and
     once more without that read-back (``torch-bare``, the least work PyTorch
@@ -221,7 +221,7 @@ def _mnist(split: str):
 # --------------------------------------------------------------------------- cnncli workers
 
 def cnncli_train(batch: int, engine: str = "numba") -> dict:
-    from cnncli import training
+    from cnncli.commands import training
 
     times: list[float] = []
     seen: list[int] = []

@@ -35,8 +35,8 @@ def wall(cmd: list[str], runs: int) -> list[float]:
 def in_process(model: str, runs: int) -> dict[str, list[float]]:
     from rich.console import Console
 
+    from cnncli.commands.summary import summarize
     from cnncli.render import summary as render
-    from cnncli.summary import summarize
 
     out: dict[str, list[float]] = {"summarize()": [], "render table": []}
     for _ in range(runs):

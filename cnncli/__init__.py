@@ -7,19 +7,33 @@ model to what the user sees:
                 (no Numba: ``summarize``, ``models`` and ``--help`` stop here)
     engine/     arrays, layers with backward beside forward, Numba kernels, losses,
                 optimizers, the runnable network; its docstring is the engine map
-    lecture/    the lecture's hand-worked numbers and ``backprop-trace``
     data/       datasets (MNIST, Fashion-MNIST, CIFAR, image folders): found,
                 downloaded, verified, decoded; ``source`` is what a run reads
-    inputs      a dataset's images → a model's input: adaptation, augmentation
-    checkpoint, atomic, schedule, dataset_names
-                weight files, crash-safe writes, learning-rate plans, the dataset names
-    recipe      whether a training recipe fits the amount of data (steps per epoch, batch norm)
-    extras      the optional dependencies and the one check that one is installed
-    words       counts in messages ("1 epoch", "20 epochs")
-    training, evaluation, predict, summary
-                what ``train``, ``eval``, ``predict`` and ``summarize`` compute, as records
-    render/     the only package that imports Rich
+    exchange/   other engines' files: PyTorch state dicts read without torch, the
+                PyTorch module and ONNX graph ``export`` writes, the torch engine
+    records/    what a run is made of and leaves behind: checkpoints, run folders,
+                gradient flow, learning-rate schedules, input plans, frozen layers,
+                published weights, and ``trained``, the one loader of a trained model
+    lecture/    the lecture's hand-worked numbers and ``backprop-trace``
+    commands/   what each command computes, as records (``training``, ``evaluation``,
+                ``predict``, ``features``, ``explain``, ``compare``, ``export``, ``summary``)
+    render/     the only package that imports Rich; draws the commands' records
     cli         the only module that imports Typer
+
+Five small modules sit at the top because every room above uses them:
+
+    errors         the tool's own exceptions, raised deep down, turned into a message
+                   and exit status 2 at the CLI edge
+    atomic         crash-safe writes: nothing a user made is ever half-written
+    extras         the optional dependencies and the one check that one is installed
+    words          counts in messages ("1 epoch", "20 epochs")
+    dataset_names  the dataset names, without loading any dataset code (``model`` checks
+                   a model file's ``dataset:`` with them)
+
+Imports go one way, up the list above: model -> engine -> data -> exchange -> records
+-> lecture -> commands -> render -> cli, with the small modules below them all but
+``extras``, which sits just above the engine (it loads PyTorch inside the engine's
+guard of the OpenMP thread pools). ``tests/test_layout.py`` holds the code to this map.
 """
 
 __version__ = "0.1.0"

@@ -22,6 +22,7 @@ from typer.core import TyperGroup
 from cnncli import __version__
 from cnncli.dataset_names import CHOICES
 from cnncli.errors import CnnError
+from cnncli.model.spec import LOSS_ALIASES, LOSSES, OPTIMIZERS, SCHEDULES
 
 
 class _Commands(TyperGroup):
@@ -78,22 +79,15 @@ class SummaryFormat(str, Enum):
     markdown = "markdown"
 
 
-class LossName(str, Enum):
-    ce = "ce"
-    bce = "bce"
-    mse = "mse"
+def _choices(name: str, names) -> type[Enum]:
+    """An option's choices as the Enum Typer wants, from the one list that owns them."""
+    return Enum(name, {n.replace("-", "_"): n for n in names}, type=str)
 
 
-class Optimizer(str, Enum):
-    sgd = "sgd"
-    adam = "adam"
-
-
-class Schedule(str, Enum):
-    constant = "constant"
-    step = "step"
-    cosine = "cosine"
-    onecycle = "onecycle"
+# The loss's command-line spellings: the short aliases, then the names that have none.
+LossName = _choices("LossName", [*LOSS_ALIASES, *(n for n in LOSSES if n not in LOSS_ALIASES.values())])
+Optimizer = _choices("Optimizer", OPTIMIZERS)
+Schedule = _choices("Schedule", SCHEDULES)
 
 
 class Engine(str, Enum):
@@ -112,7 +106,7 @@ class DType(str, Enum):
 
 
 # The registry's names (cnncli.dataset_names), so that a new dataset needs no edit here.
-Dataset = Enum("Dataset", {name.replace("-", "_"): name for name in CHOICES}, type=str)
+Dataset = _choices("Dataset", CHOICES)
 
 
 class Split(str, Enum):
@@ -142,7 +136,7 @@ _DATA_DIR = typer.Option(None, "--data-dir", help="Folder holding the dataset fi
 _WEIGHTS = typer.Option(..., "--weights", "--checkpoint", help="Weights: a checkpoint from train (.npz), a "
                         "PyTorch state dict (.pt, .pth), or imagenet: torchvision's published "
                         "weights, for the models whose file lists them (downloaded once).")
-# Every command that reads weights takes it: the check it skips is cnncli.checkpoint.Checkpoint.check_model.
+# Every command that reads weights takes it: the check it skips is cnncli.records.checkpoint.Checkpoint.check_model.
 _SKIP_MODEL_CHECK = typer.Option(False, "--skip-model-check", help="Use weights trained for another model "
                                  "(their names and shapes must still fit).")
 
@@ -164,7 +158,7 @@ def _variant(option, **changes):
 
 def _recipe(*, dataset, epochs, batch_size, lr, optimizer, momentum, weight_decay, schedule, seed,
             crop_padding, flip) -> dict:
-    """The recipe flags as the overrides :func:`cnncli.training.resolve` takes (None: the file's value)."""
+    """The recipe flags as the overrides :func:`cnncli.commands.training.resolve` takes (None: the file's value)."""
     return {
         "dataset": dataset.value if dataset else None, "epochs": epochs, "batch_size": batch_size, "lr": lr,
         "optimizer": optimizer.value if optimizer else None, "momentum": momentum,
@@ -209,7 +203,7 @@ def models(
     fmt: SummaryFormat = typer.Option(SummaryFormat.table, "--format", help="table, json or markdown."),
 ) -> None:
     """List the built-in models with their input size and parameter count."""
-    from cnncli import summary
+    from cnncli.commands import summary
     from cnncli.render import summary as render
 
     render.show_models(summary.builtin_models(), fmt.value, _console())
@@ -226,7 +220,7 @@ def summarize(
     fmt: SummaryFormat = typer.Option(SummaryFormat.table, "--format", help="table, json or markdown."),
 ) -> None:
     """Layers, output shapes, parameter counts and MACs of a model, without running it."""
-    from cnncli import summary
+    from cnncli.commands import summary
     from cnncli.render import summary as render
 
     result = summary.summarize(model, input_size=input, batch=batch, aux=aux)
@@ -274,7 +268,7 @@ def train(
                                          "the head.", metavar="NAME", rich_help_panel=_FINE_TUNE),
 ) -> None:
     """Train a model; writes a run folder with metrics and checkpoints."""
-    from cnncli import training
+    from cnncli.commands import training
     from cnncli.render import training as render
 
     overrides = _recipe(dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
@@ -309,7 +303,7 @@ def evaluate(
     skip_model_check: bool = _SKIP_MODEL_CHECK,
 ) -> None:
     """Accuracy, confusion matrix, per-class scores and the worst mistakes of a checkpoint."""
-    from cnncli import evaluation
+    from cnncli.commands import evaluation
     from cnncli.render import evaluation as render
 
     console = _console()
@@ -379,7 +373,7 @@ def predict(
     An image that looks inverted against the training images gets a warning suggesting --invert; files
     that cannot be read are left out, named, and make the exit status 2.
     """
-    from cnncli import predict as predict_mod
+    from cnncli.commands import predict as predict_mod
     from cnncli.render import predict as render
 
     console = _console()
@@ -409,8 +403,8 @@ def plot(
     fmt: Format = typer.Option(Format.table, "--format", help="table (charts) or json (the numbers)."),
 ) -> None:
     """Training curves of runs (loss, accuracy per epoch), or a run's gradient flow as a heat map."""
-    from cnncli import plot as plot_mod
     from cnncli.errors import UsageError
+    from cnncli.records import history as plot_mod
     from cnncli.render import plot as render
 
     plot_mod.check_out(out)
@@ -441,8 +435,8 @@ def features(
     skip_model_check: bool = _SKIP_MODEL_CHECK,
 ) -> None:
     """The feature maps each layer makes of one image, and the first layer's filters (slide 39)."""
-    from cnncli import features as features_mod
-    from cnncli.plot import check_out
+    from cnncli.commands import features as features_mod
+    from cnncli.records.history import check_out
     from cnncli.render import features as render
 
     check_out(out)
@@ -491,8 +485,8 @@ def explain(
     skip_model_check: bool = _SKIP_MODEL_CHECK,
 ) -> None:
     """Which parts of an image a decision rests on: Grad-CAM, saliency or occlusion, drawn over the image."""
-    from cnncli import explain as explain_mod
-    from cnncli.plot import check_out
+    from cnncli.commands import explain as explain_mod
+    from cnncli.records.history import check_out
     from cnncli.render import explain as render
 
     check_out(out)
@@ -531,8 +525,8 @@ def compare(
                                rich_help_panel=_OUTPUT),
 ) -> None:
     """Train models with one recipe and seed, then draw their error curves together (the depth experiment)."""
-    from cnncli import compare as compare_mod
-    from cnncli import plot as plot_mod
+    from cnncli.commands import compare as compare_mod
+    from cnncli.records import history as plot_mod
     from cnncli.render import compare as render
 
     plot_mod.check_out(figure, "--figure")
@@ -569,7 +563,7 @@ def export(
     skip_model_check: bool = _SKIP_MODEL_CHECK,
 ) -> None:
     """Write a trained model for another engine: an ONNX graph, or a PyTorch module and its weights."""
-    from cnncli import export as export_mod
+    from cnncli.commands import export as export_mod
     from cnncli.render import export as render
 
     console = _console()

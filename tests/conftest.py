@@ -52,9 +52,9 @@ def golden(request) -> Callable[[str, str], None]:
 @pytest.fixture
 def lenet_checkpoint(tmp_path):
     """A LeNet-5 checkpoint of initial weights (seed 3) that says it was trained on MNIST, and its network."""
-    from cnncli import checkpoint
     from cnncli.engine.network import Network
     from cnncli.model import graph, spec
+    from cnncli.records import checkpoint
 
     net = Network(graph.build(spec.load("lenet5")), "float32", seed=3)
     path = tmp_path / "lenet5.npz"

@@ -17,7 +17,8 @@ import pytest
 from test_cli import run_main
 from test_training import DATA
 
-from cnncli import checkpoint, training
+from cnncli.commands import training
+from cnncli.records import checkpoint
 
 PIL = pytest.importorskip("PIL.Image")
 pytestmark = pytest.mark.skipif(DATA is None, reason="real MNIST files not available")

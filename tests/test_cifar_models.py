@@ -26,7 +26,8 @@ def _batch(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("name", CIFAR_MODELS)
 def test_train_section_names_cifar10_and_the_model_fits_it(name):
-    from cnncli import data, inputs
+    from cnncli import data
+    from cnncli.records import inputs
 
     m = spec.load(name)
     assert m.train_setting("dataset") == "cifar10"
@@ -107,7 +108,7 @@ def test_an_inference_pass_keeps_only_what_it_returns():
 
 def test_resnet20_has_the_measured_fashion_mnist_recipe():
     """models/resnet20.yaml's Fashion-MNIST entry: the recipe that reached 94.50 % (benchmarks/README.md)."""
-    from cnncli import training
+    from cnncli.commands import training
 
     settings = training.resolve(spec.load("resnet20"), {"dataset": "fashion-mnist"})
     assert (settings["epochs"], settings["weight_decay"], settings["lr"], settings["schedule"]) == \
@@ -120,7 +121,7 @@ def test_resnet20_has_the_measured_fashion_mnist_recipe():
 @pytest.mark.parametrize("dataset", [None, "cifar10", "fashion-mnist"])
 def test_plain_nets_train_as_their_residual_twins(depth, dataset):
     """He et al. train plain and residual nets alike, so the depth experiment compares networks, not recipes."""
-    from cnncli import training
+    from cnncli.commands import training
 
     overrides = {} if dataset is None else {"dataset": dataset}
     assert training.resolve(spec.load(f"plain{depth}"), overrides) == \

@@ -9,8 +9,8 @@ import typer
 from test_cli import run_main
 from typer.testing import CliRunner
 
-from cnncli import evaluation, explain, export, features, predict, training
 from cnncli.cli import app
+from cnncli.commands import evaluation, explain, export, features, predict, training
 from cnncli.errors import UsageError
 from cnncli.lecture import trace
 

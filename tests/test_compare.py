@@ -12,8 +12,9 @@ import yaml
 from test_cli import run_main
 from test_training import DATA, SignalAt, assert_same_weights
 
-from cnncli import compare, runs, training
+from cnncli.commands import compare, training
 from cnncli.errors import UsageError
+from cnncli.records import runs
 
 pytestmark = pytest.mark.skipif(DATA is None, reason="real MNIST files not available")
 

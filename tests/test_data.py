@@ -157,12 +157,12 @@ def test_unknown_dataset_lists_valid_names():
 
 
 def test_a_model_must_give_one_output_per_class():
-    from cnncli import inputs
+    from cnncli.records import inputs
 
     inputs.check_outputs((10,), len(data.get("mnist").classes), "MNIST", "m")
     with pytest.raises(UsageError, match="has 10 classes: the last layer needs 10 units"):
         inputs.check_outputs((100,), len(data.get("mnist").classes), "MNIST", "m")
-    with pytest.raises(UsageError, match="only replicates a grey channel"):  # the input side: cnncli.inputs.plan
+    with pytest.raises(UsageError, match="only replicates a grey channel"):  # the input side: cnncli.records.inputs.plan
         inputs.plan("CIFAR-10", data.get("cifar10").image_shape, (1, 32, 32), "m")
 
 
@@ -689,9 +689,10 @@ def test_real_fashion_mnist_test_split(monkeypatch):
                                   ["backprop-trace", "lenet5", "--sample", "3"]],
                          ids=["eval", "backprop-trace"])
 def test_commands_that_load_data_show_their_downloads(argv, server, fake_mnist, monkeypatch, tmp_path, capsys):
-    from cnncli import checkpoint, cli
+    from cnncli import cli
     from cnncli.engine.network import Network
     from cnncli.model import graph, spec
+    from cnncli.records import checkpoint
 
     monkeypatch.setenv("CNNCLI_MIRRORS", serve(server, "good", fake_mnist))
     net = Network(graph.build(spec.load("lenet5"), aux=False), "float32", seed=0)

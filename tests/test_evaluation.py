@@ -11,11 +11,13 @@ import pytest
 from rich.console import Console
 from test_training import DATA
 
-from cnncli import checkpoint, cli, evaluation
+from cnncli import cli
+from cnncli.commands import evaluation
 from cnncli.engine.network import Network
 from cnncli.errors import CheckpointError
 from cnncli.model import spec
 from cnncli.model.graph import build
+from cnncli.records import checkpoint
 from cnncli.render import evaluation as render
 
 TINY = """\

@@ -10,11 +10,11 @@ import pytest
 from exchange_cases import CASES
 from test_cli import run_main
 
+from cnncli.commands.summary import builtin_models
 from cnncli.engine.network import Network
 from cnncli.extras import install_hint
 from cnncli.model import graph, spec
 from cnncli.model.kinds import KINDS
-from cnncli.summary import builtin_models
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

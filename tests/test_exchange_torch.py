@@ -12,11 +12,11 @@ import pytest
 from exchange_cases import CASES
 from test_cli import run_main
 
-from cnncli import checkpoint
 from cnncli.engine.network import Network
 from cnncli.extras import install_hint
 from cnncli.model import graph, spec
 from cnncli.model.kinds import KINDS
+from cnncli.records import checkpoint
 
 torch = pytest.importorskip("torch")
 from cnncli.exchange import torch_module  # noqa: E402  (after the skip: it needs the extra)

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from test_cli import run_main
 
-from cnncli import checkpoint, compare, data, extras, plot, training
+from cnncli import data, extras
+from cnncli.commands import compare, training
 from cnncli.data import folder
+from cnncli.records import checkpoint, history
 
 tomllib = pytest.importorskip("tomllib")
 
@@ -33,7 +35,7 @@ BLOCK = {"images": "PIL", "plots": "matplotlib", "onnx": "onnx", "torch": "torch
 
 #: Where the work of the commands starts: none may run when an extra is missing.
 WORK = [(checkpoint, "load"), (data, "load"), (folder, "scan"), (folder, "load"), (training, "train"),
-        (compare, "run"), (plot, "curves"), (plot, "gradient_map")]
+        (compare, "run"), (history, "curves"), (history, "gradient_map")]
 
 # (command line with {tmp} for the test's folder, the missing extra, what the message says needs it)
 CASES = [

@@ -12,10 +12,12 @@ from rich.console import Console
 from test_cli import run_main
 from test_training import DATA
 
-from cnncli import checkpoint, data, features
+from cnncli import data
+from cnncli.commands import features
 from cnncli.engine.network import Network
 from cnncli.errors import UsageError
 from cnncli.model import graph, spec
+from cnncli.records import checkpoint
 from cnncli.render import features as render
 
 PIL = pytest.importorskip("PIL.Image")

@@ -2,7 +2,7 @@
 
 Image folders of a few solid-ish colours (tiny PNGs written with Pillow) give datasets of 3 and 4 classes;
 a small batch-norm network and ResNet-20 train on them for an epoch. Every command that loads the weights
-goes through :mod:`cnncli.trained`.
+goes through :mod:`cnncli.records.trained`.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 import yaml
 
-from cnncli import checkpoint, compare, freeze, trained, training
 from cnncli.cli import main
+from cnncli.commands import compare, training
 from cnncli.engine import losses, processes
 from cnncli.engine.network import Network
 from cnncli.errors import ModelMismatch, UsageError
 from cnncli.model import head, spec
 from cnncli.model.graph import build
+from cnncli.records import checkpoint, freeze, trained
 
 PIL = pytest.importorskip("PIL.Image")
 
@@ -431,7 +432,7 @@ def test_an_image_folder_run_resumes_without_data_dir_as_its_continue_line_says(
 
 
 def test_freezing_without_weights_says_the_frozen_layers_stay_random(files):
-    from cnncli import recipe
+    from cnncli.commands import recipe
 
     model, folder, _ = files
     with pytest.warns(recipe.RecipeWarning, match="random initial weights"):

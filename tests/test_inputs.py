@@ -1,12 +1,12 @@
-"""Input adaptation and augmentation (cnncli.inputs) against slow, obvious references."""
+"""Input adaptation and augmentation (cnncli.records.inputs) against slow, obvious references."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from cnncli import inputs
 from cnncli.errors import UsageError
+from cnncli.records import inputs
 
 
 def _images(n=5, c=1, h=6, w=7, seed=0):

@@ -1,6 +1,6 @@
 """``cnncli plot``: run folders read back, terminal charts (golden), files read back, JSON, user mistakes.
 
-The run folders here are written with the run-folder writers (cnncli.runs) from
+The run folders here are written with the run-folder writers (cnncli.records.runs) from
 numbers the tests choose, so that every chart is reproducible; that training
 writes true numbers into them is tested in test_training.py.
 """
@@ -19,9 +19,9 @@ import yaml
 from rich.console import Console
 from test_cli import run_main
 
-from cnncli import plot, runs
 from cnncli.errors import UsageError
 from cnncli.extras import install_hint
+from cnncli.records import history, runs
 from cnncli.render import charts
 from cnncli.render import plot as render
 
@@ -76,35 +76,35 @@ def test_a_run_folder_reads_back_what_training_wrote(two_runs):
 
 
 def test_curves_keep_the_runs_order_and_the_planned_epochs(two_runs):
-    curves = plot.curves([two_runs[1], two_runs[0]])
+    curves = history.curves([two_runs[1], two_runs[0]])
     assert [r.label for r in curves.runs] == ["slow", "fast"]
     assert curves.x_range == (1, 10)  # the slow run plans 10 epochs, 4 done
     assert curves.runs[0].complete is False and curves.runs[1].test_acc == 0.97
 
 
 def test_gradient_map_shows_weight_layers_unless_all_are_asked_for(two_runs):
-    default = plot.gradient_map(two_runs[0])
+    default = history.gradient_map(two_runs[0])
     assert default.layers == ["conv1", "conv2", "fc"] and default.epochs == [1, 2, 3, 4, 5, 6]
     assert default.values[0][0] == pytest.approx(10.0 ** -3.1, rel=1e-5)
-    every = plot.gradient_map(two_runs[0], "update_ratio", all_layers=True)
+    every = history.gradient_map(two_runs[0], "update_ratio", all_layers=True)
     assert every.layers == [name for name, _ in LAYERS]
     assert every.values[1][0] == pytest.approx(10.0 ** -3.5, rel=1e-5)
 
 
 def test_same_folder_names_are_told_apart_by_their_parents(tmp_path):
     a, b = make_run(tmp_path / "a" / "run", 2, 2), make_run(tmp_path / "b" / "run", 2, 2)
-    assert [r.label for r in plot.curves([a, b]).runs] == ["a/run", "b/run"]
+    assert [r.label for r in history.curves([a, b]).runs] == ["a/run", "b/run"]
 
 
 # --------------------------------------------------------------------------- terminal charts (golden)
 
 def test_curves_chart_snapshot(two_runs, golden):
-    text = text_of(render.show_curves, plot.curves(list(two_runs)), "table")
+    text = text_of(render.show_curves, history.curves(list(two_runs)), "table")
     golden("plot-curves.txt", text.replace(str(two_runs[1].parent), "<tmp>"))
 
 
 def test_gradient_map_snapshot(two_runs, golden):
-    golden("plot-gradients.txt", text_of(render.show_gradients, plot.gradient_map(two_runs[0], all_layers=True),
+    golden("plot-gradients.txt", text_of(render.show_gradients, history.gradient_map(two_runs[0], all_layers=True),
                                          "table"))
 
 
@@ -112,10 +112,10 @@ def test_compare_error_charts_snapshot(two_runs, golden):
     """``compare``'s table and error charts (log axis), drawn from the two made-up runs."""
     from types import SimpleNamespace
 
-    from cnncli import training
+    from cnncli.commands import training
     from cnncli.render import compare as render_compare
 
-    curves = plot.curves(list(two_runs))
+    curves = history.curves(list(two_runs))
     results = [SimpleNamespace(config=SimpleNamespace(name=run.label), epochs_done=len(run.epochs),
                                history=[training.EpochRecord(**row) for row in runs.load(Path(run.folder)).metrics],
                                test_acc=0.97 if run.complete else None) for run in curves.runs]
@@ -125,18 +125,18 @@ def test_compare_error_charts_snapshot(two_runs, golden):
 
 
 def test_no_color_draws_with_markers_and_colour_draws_with_colours(two_runs):
-    curves = plot.curves(list(two_runs))
+    curves = history.curves(list(two_runs))
     plain = text_of(render.show_curves, curves, "table", terminal=True, no_color=True)
     assert "\x1b[3" not in plain and "\x1b[4" not in plain and charts.MARKERS[0] in plain
     coloured = text_of(render.show_curves, curves, "table", terminal=True)
     assert "\x1b[36m" in coloured and charts.MARKERS[0] not in coloured  # cyan lines, no markers
-    heat = text_of(render.show_gradients, plot.gradient_map(two_runs[0]), "table", terminal=True)
+    heat = text_of(render.show_gradients, history.gradient_map(two_runs[0]), "table", terminal=True)
     assert "\x1b[48;2;" in heat  # cells as background colours
 
 
 def test_a_chart_fits_the_width_it_is_given(two_runs):
     for width in (40, 60, 100):
-        text = text_of(render.show_curves, plot.curves(list(two_runs)), "table", width=width)
+        text = text_of(render.show_curves, history.curves(list(two_runs)), "table", width=width)
         chart_lines = [line for line in text.splitlines() if "┤" in line or "└" in line]
         assert chart_lines and max(len(line) for line in chart_lines) <= width
 
@@ -288,10 +288,10 @@ def test_the_error_figure_has_a_log_panel_for_training_and_one_for_validation(tw
     pytest.importorskip("matplotlib")
     from cnncli.render import figures
 
-    curves = plot.curves(list(two_runs))
+    curves = history.curves(list(two_runs))
     fig = figures.curves_figure(curves, error=True)
     assert [ax.get_ylabel() for ax in fig.axes] == ["training error (%)", "validation error (%)"]
-    assert all(ax.get_yscale() == "log" for ax in fig.axes) == plot.ERRORS_ON_LOG_AXIS
+    assert all(ax.get_yscale() == "log" for ax in fig.axes) == history.ERRORS_ON_LOG_AXIS
     for ax, key in zip(fig.axes, ("train_acc", "val_acc")):
         assert [line.get_label() for line in ax.get_lines()] == ["fast", "slow"]
         for line, run in zip(ax.get_lines(), curves.runs):
@@ -307,6 +307,6 @@ def test_files_without_matplotlib_name_the_extra(two_runs, tmp_path, capsys, mon
 
 def test_plot_checks_its_arguments_before_reading(tmp_path):
     with pytest.raises(UsageError, match="at least one run folder"):
-        plot.curves([])
+        history.curves([])
     with pytest.raises(UsageError, match="--metric must be one of"):
-        plot.gradient_map(tmp_path, "norm")
+        history.gradient_map(tmp_path, "norm")

@@ -11,13 +11,15 @@ import pytest
 from test_cli import run_main
 from test_training import DATA
 
-from cnncli import checkpoint, data, predict
+from cnncli import data
 from cnncli.cli import main
+from cnncli.commands import predict
 from cnncli.data.source import Source, open_source
 from cnncli.engine.network import Network
 from cnncli.errors import UsageError
 from cnncli.extras import install_hint
 from cnncli.model import graph, spec
+from cnncli.records import checkpoint
 
 PIL = pytest.importorskip("PIL.Image")
 
@@ -212,7 +214,7 @@ def test_predict_warns_about_an_inverted_digit_in_the_table_and_the_json(trained
 
 
 def test_features_warns_about_an_inverted_image_file(trained, digits):
-    from cnncli import features
+    from cnncli.commands import features
 
     model, ckpt, _ = trained
     real, paper = digits

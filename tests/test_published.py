@@ -22,12 +22,13 @@ import numpy as np
 import pytest
 from test_cli import run_main
 
-from cnncli import checkpoint, dataset_names, published, trained
+from cnncli import dataset_names
 from cnncli.data import class_lists, folder
 from cnncli.data.source import Source
 from cnncli.errors import SpecError, UsageError
 from cnncli.exchange.torch_module import transposed
 from cnncli.model import graph, spec
+from cnncli.records import checkpoint, published, trained
 
 PIL = pytest.importorskip("PIL.Image")
 
@@ -430,7 +431,7 @@ def test_a_photo_is_drawn_shrunk_beside_its_classes():
 
     from rich.console import Console
 
-    from cnncli.predict import Guess, ImagePrediction, PredictResult
+    from cnncli.commands.predict import Guess, ImagePrediction, PredictResult
     from cnncli.render import predict as render
 
     pixels = np.tile(np.arange(224, dtype=np.uint8), (3, 224, 1))
@@ -464,7 +465,7 @@ def test_fine_tuning_published_weights_prepares_the_folder_as_the_weights_expect
                                                                                     tiny_state, capsys):
     """The folder keeps its own classes (a fresh head), but its images are resized, cropped and normalised as
     the weights were trained: their features are of images so prepared."""
-    from cnncli import training
+    from cnncli.commands import training
 
     name, body = tiny_file
     server.routes[f"/models/{name}"] = body

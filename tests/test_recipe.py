@@ -1,4 +1,4 @@
-"""The rule that warns when a recipe does not fit its data (cnncli.recipe): it fires for a big-dataset recipe
+"""The rule that warns when a recipe does not fit its data (cnncli.commands.recipe): it fires for a big-dataset recipe
 on a small folder, and never for the built-in models on their own datasets with their own recipes."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cnncli import recipe, training
+from cnncli.commands import recipe, training
 from cnncli.model import graph, spec
 
 MODELS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "models").glob("*.yaml"))

@@ -27,10 +27,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from cnncli.cli import app, main
+from cnncli.commands.summary import Summary, builtin_models, summarize
 from cnncli.errors import CnnError, ShapeError, SpecError, UsageError
 from cnncli.model import graph, spec
 from cnncli.render import summary as render
-from cnncli.summary import Summary, builtin_models, summarize
 
 # name: (total params, trainable params, MACs of one sample at the model's input size),
 # each the sum of the closed-form per-layer counts (test_totals_are_the_sums_of_closed_form_layer_counts).

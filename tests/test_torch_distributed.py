@@ -14,8 +14,9 @@ import pytest
 from test_cli import run_main
 from test_training import DATA
 
-from cnncli import checkpoint, training
+from cnncli.commands import training
 from cnncli.errors import UsageError
+from cnncli.records import checkpoint
 
 torch = pytest.importorskip("torch")
 from cnncli.exchange import torch_distributed  # noqa: E402  (after the skip: it needs the extra)

@@ -9,11 +9,12 @@ import pytest
 from test_cli import run_main
 from test_training import DATA, SignalAt, assert_same_weights
 
-from cnncli import checkpoint, evaluation, training
+from cnncli.commands import evaluation, training
 from cnncli.engine import losses, optim
 from cnncli.engine.network import Network
 from cnncli.extras import install_hint
 from cnncli.model import graph, spec
+from cnncli.records import checkpoint
 
 torch = pytest.importorskip("torch")
 from cnncli.exchange.torch_engine import TorchNetwork  # noqa: E402  (after the skip: it needs the extra)

@@ -511,7 +511,7 @@ def test_golden_network_table(tmp_path, monkeypatch, golden):
 
 def test_trace_weights_go_through_checkpoint_load(tmp_path):
     """--weights is read by checkpoint.load: its format and corruption checks apply to the trace too."""
-    from cnncli import checkpoint
+    from cnncli.records import checkpoint
 
     net = Network(graph.build(spec.load("slide-mlp")), dtype="float64")
     checkpoint.save(tmp_path / "new.npz", net.state_dict(), {}, {})
@@ -550,7 +550,8 @@ def test_a_sample_reaches_a_larger_colour_network_as_training_images_do(monkeypa
 
 def test_a_sample_comes_from_the_dataset_the_weights_were_trained_on(monkeypatch, tmp_path):
     """--sample with --weights takes the checkpoint's dataset (as eval, predict and features do), not the file's."""
-    from cnncli import checkpoint, data
+    from cnncli import data
+    from cnncli.records import checkpoint
 
     asked = []
 

@@ -22,7 +22,8 @@ import pytest
 import yaml
 from rich.console import Console
 
-from cnncli import checkpoint, cli, runs, schedule, training
+from cnncli import cli
+from cnncli.commands import training
 from cnncli.data import DownloadEvent
 from cnncli.engine import processes  # the worker processes a split batch runs in (ProcessGroup)
 from cnncli.engine.losses import Loss, softmax_cross_entropy
@@ -30,6 +31,7 @@ from cnncli.engine.network import Network
 from cnncli.engine.rules import MIN_PART
 from cnncli.errors import CheckpointError, TrainingStopped, UsageError
 from cnncli.model import graph, spec
+from cnncli.records import checkpoint, runs, schedule
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -500,7 +502,7 @@ def test_gradient_flow_rows_agree_with_the_update_they_describe(tmp_path):
 
 
 def test_gradient_flow_means_over_steps_against_numpy():
-    from cnncli.gradflow import GradientFlow, Layer
+    from cnncli.records.gradflow import GradientFlow, Layer
 
     rng = np.random.default_rng(3)
     flow = GradientFlow([Layer("a", "conv", ("a.weight", "a.bias")), Layer("b", "dense", ("b.weight",))])
@@ -621,7 +623,7 @@ def colour(tmp_path_factory) -> str:
 
 def test_digits_train_a_colour_network_padded_replicated_and_augmented(colour, tmp_path):
     """MNIST (1×28×28) into a 3×32×32 network; the adaptation and augmentation are in the config and eval applies them."""
-    from cnncli import evaluation
+    from cnncli.commands import evaluation
 
     result = run(colour, tmp_path / "run", limit=500)
     assert result.status == "completed" and result.test_acc > 0.3
@@ -712,7 +714,7 @@ def tied(tmp_path_factory) -> Path:
 
 
 def test_train_reports_the_test_accuracy_of_each_checkpoint_as_eval_computes_it(tied, tmp_path, capsys):
-    from cnncli import evaluation
+    from cnncli.commands import evaluation
 
     out = tmp_path / "run"
     code, text = cli_run(["train", str(tied), "--limit", "300", "--out", str(out)], capsys)

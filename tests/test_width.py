@@ -26,11 +26,12 @@ from test_features import TINY as TINY_MAPS
 from test_plot import make_run
 from test_training import DATA
 
-from cnncli import checkpoint, evaluation, explain, features, plot, predict, runs, summary, training
+from cnncli.commands import evaluation, explain, features, predict, summary, training
+from cnncli.commands.export import ExportResult
 from cnncli.engine.network import Network
-from cnncli.export import ExportResult
 from cnncli.lecture import trace
 from cnncli.model import graph, spec
+from cnncli.records import checkpoint, history, runs
 
 WIDTH = 80
 CONFUSION_TITLE = "Confusion matrix (rows: true class, columns: predicted)"
@@ -132,7 +133,7 @@ def compare_view(here: Path) -> Callable[[Console], None]:
 
     folders = [make_run(Path("plain20"), 6, 6, rate=0.6), make_run(Path("resnet20"), 4, 10, rate=0.25,
                                                                      complete=False)]
-    curves = plot.curves(folders)
+    curves = history.curves(folders)
     results = [SimpleNamespace(config=SimpleNamespace(name=run.label), epochs_done=len(run.epochs),
                                history=[training.EpochRecord(**row) for row in runs.load(Path(run.folder)).metrics],
                                test_acc=0.97 if run.complete else None) for run in curves.runs]
@@ -231,7 +232,7 @@ def predict_view(here: Path) -> Callable[[Console], None]:
 def plot_curves(here: Path) -> Callable[[Console], None]:
     from cnncli.render import plot as render
 
-    curves = plot.curves([make_run(Path("fast"), 6, 6, rate=0.6),
+    curves = history.curves([make_run(Path("fast"), 6, 6, rate=0.6),
                           make_run(Path("slow"), 4, 10, rate=0.25, complete=False)])
     return lambda console: render.show_curves(curves, "table", console)
 
@@ -239,7 +240,7 @@ def plot_curves(here: Path) -> Callable[[Console], None]:
 def plot_gradients(here: Path) -> Callable[[Console], None]:
     from cnncli.render import plot as render
 
-    gmap = plot.gradient_map(make_run(Path("fast"), 6, 6, rate=0.6), all_layers=True)
+    gmap = history.gradient_map(make_run(Path("fast"), 6, 6, rate=0.6), all_layers=True)
     return lambda console: render.show_gradients(gmap, "table", console)
 
 

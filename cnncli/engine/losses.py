@@ -12,6 +12,8 @@ from typing import Callable
 
 import numpy as np
 
+from cnncli.model.spec import LOSS_ALIASES
+
 # Keeps ln() finite when a probability reaches exactly 0 or 1 in float32.
 _TINY = 1e-12
 
@@ -86,6 +88,14 @@ class Loss:
         node = graph[graph.output if head is None else head]
         return node.inputs[0] if self.fuses_softmax and node.kind == "softmax" else node.name
 
+    def probabilities(self, outputs: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, K) from what this loss reads (N, K): softmax of logits, else the outputs as they are."""
+        if self.fuses_softmax:
+            z = outputs - outputs.max(axis=1, keepdims=True)
+            e = np.exp(z)
+            return e / e.sum(axis=1, keepdims=True)
+        return outputs
+
 
 LOSSES: dict[str, Loss] = {
     "cross_entropy": Loss("cross_entropy", softmax_cross_entropy, fuses_softmax=True),
@@ -93,8 +103,8 @@ LOSSES: dict[str, Loss] = {
     "mse": Loss("mse", half_squared_error),
 }
 
-#: Command-line spellings.
-ALIASES = {"ce": "cross_entropy"}
+#: Command-line spellings (the one list: cnncli.model.spec).
+ALIASES = LOSS_ALIASES
 
 
 def get(name: str) -> Loss:

@@ -98,7 +98,7 @@ def from_environment(device: str = "cpu") -> Group | None:
 
 
 def launch(config, reporter, train):
-    """Train ``config`` in ``config.nproc`` processes on this machine with ``train`` (:func:`cnncli.training.train`,
+    """Train ``config`` in ``config.nproc`` processes on this machine with ``train`` (:func:`cnncli.commands.training.train`,
     passed in so that this module does not import training): workers 1..N−1 started here, this process
     process 0 (the lead, which reports and writes). Returns the lead's result."""
     import multiprocessing

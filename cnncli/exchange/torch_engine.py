@@ -163,7 +163,7 @@ class TorchNetwork:
         modules = dict(module.named_modules())
         for node in self.graph.nodes:
             if node.frozen and node.kind == "batchnorm":
-                modules[node.name].eval()  # its running statistics, as cnncli's engine (cnncli.freeze)
+                modules[node.name].eval()  # its running statistics, as cnncli's engine (cnncli.records.freeze)
         for p in module.parameters():
             p.grad = None
         k = len(x)

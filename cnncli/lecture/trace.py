@@ -29,7 +29,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cnncli import checkpoint, trained
 from cnncli.atomic import write_atomic
 from cnncli.engine import losses as losses_mod
 from cnncli.engine import optim
@@ -38,6 +37,7 @@ from cnncli.errors import UnknownModel, UsageError
 from cnncli.model import graph as graph_mod
 from cnncli.model import spec
 from cnncli.model.kinds import fmt_shape
+from cnncli.records import checkpoint, trained
 from cnncli.words import count
 
 # Index letters of successive layers' units, as the slides name them (i → j → k → l).
@@ -497,8 +497,8 @@ def _classes(net: Network) -> int:
 def _sample(model_spec: spec.ModelSpec, saved: checkpoint.Checkpoint | None, index: int, data_dir: Path | None,
             shape: tuple[int, ...], progress=None) -> tuple[np.ndarray, int, str]:
     """Test image ``index`` of the dataset the weights were trained on (else the model file's)."""
-    from cnncli import inputs
     from cnncli.data.source import open_source
+    from cnncli.records import inputs
 
     if saved is not None:
         dataset, data_dir = saved.data_for(model_spec, None, data_dir)
@@ -920,7 +920,7 @@ def run(model: str = "slide-mlp", loss: str | None = None, lr: float | None = No
     """Trace ``model``: a built-in mode (:data:`MODES`) or a model file, in the view that fits it.
 
     ``progress`` receives the download events of ``--sample``'s dataset. ``skip_model_check``: use
-    ``weights`` trained for another network (:meth:`~cnncli.checkpoint.Checkpoint.check_model`).
+    ``weights`` trained for another network (:meth:`~cnncli.records.checkpoint.Checkpoint.check_model`).
     """
     options = dict(loss=loss, lr=lr, input=input, target=target, sample=sample, weights=weights,
                    filter=filter, upstream=upstream, steps=steps, compare_slides=compare_slides,

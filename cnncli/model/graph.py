@@ -30,7 +30,7 @@ class Node:
     params: dict[str, Shape] = field(default_factory=dict)   # suffix -> shape
     buffers: dict[str, Shape] = field(default_factory=dict)
     macs: int = 0
-    #: Frozen for a run (``train --freeze``, :mod:`cnncli.freeze`): its parameters do not learn and a batch
+    #: Frozen for a run (``train --freeze``, :mod:`cnncli.records.freeze`): its parameters do not learn and a batch
     #: norm normalises with its running statistics, which do not change either.
     frozen: bool = False
 

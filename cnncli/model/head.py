@@ -12,14 +12,14 @@ layer reached is the head if it is a dense layer
 A model's heads are its main output's head and, for a model with auxiliary classifiers (GoogLeNet), each
 auxiliary output's. A model whose main output or one of whose auxiliary outputs has no head has no heads
 at all: its outputs are what the file says, and a dataset with another number of classes is refused as
-before (:func:`cnncli.inputs.check_outputs`).
+before (:func:`cnncli.records.inputs.check_outputs`).
 
 :func:`resize` is the one transformation: a new :class:`~cnncli.model.spec.ModelSpec` whose heads have
 ``classes`` units (and ``classes: classes``), with the changes as records for a run's header. Graph,
 network, fingerprint and checkpoint keys all follow from that spec: the head's parameter shapes change
 (dense ``weight`` (in, classes), ``bias`` (classes,)), its names do not. A run records the classes it was
 sized for in its configuration, so that every command loading its weights rebuilds the same network
-(:mod:`cnncli.trained`).
+(:mod:`cnncli.records.trained`).
 """
 
 from __future__ import annotations

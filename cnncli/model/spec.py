@@ -30,17 +30,24 @@ from cnncli.dataset_names import CHOICES, CLASS_LISTS
 from cnncli.errors import SpecError, UnknownModel
 from cnncli.model.kinds import COMMON_OPTIONS, KINDS, Option, Shape, is_parametric
 
+#: The names a model file's ``loss:`` and ``train:`` section (and the command line's flags) choose from: the one list
+#: of each. The engine's registries (``engine.losses.LOSSES``, ``engine.optim.OPTIMIZERS``,
+#: ``records.schedule.SCHEDULES``) implement exactly these names (tests/test_layout.py holds them equal); the lists
+#: live here because this module must not load the engine.
 LOSSES = ("cross_entropy", "bce", "mse")
+LOSS_ALIASES = {"ce": "cross_entropy"}  # the command line's short spellings
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
 
 # The `train:` section: option -> (type, check). Values are defaults the CLI may override.
 TRAIN_OPTIONS: dict[str, Option] = {
     "dataset": Option("choice", "mnist", choices=CHOICES),
-    "optimizer": Option("choice", "sgd", choices=("sgd", "adam")),
+    "optimizer": Option("choice", "sgd", choices=OPTIMIZERS),
     "lr": Option("float", 0.01, check=lambda v: None if v > 0 else "must be positive"),
     "momentum": Option("float", 0.0, check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),
     "nesterov": Option("bool", False),
     "weight_decay": Option("float", 0.0, check=lambda v: None if v >= 0 else "must not be negative"),
-    "schedule": Option("choice", "constant", choices=("constant", "step", "cosine", "onecycle")),
+    "schedule": Option("choice", "constant", choices=SCHEDULES),
     "warmup_epochs": Option("float", 0.0, check=lambda v: None if v >= 0 else "must not be negative"),
     "step_epochs": Option("int", 10, check=lambda v: None if v > 0 else "must be positive"),
     "step_gamma": Option("float", 0.1, check=lambda v: None if 0 < v <= 1 else "must be in (0, 1]"),
@@ -48,7 +55,7 @@ TRAIN_OPTIONS: dict[str, Option] = {
     "epochs": Option("int", 10, check=lambda v: None if v >= 1 else "must be at least 1"),
     "val_size": Option("int", 5000, check=lambda v: None if v >= 0 else "must not be negative"),
     "seed": Option("int", 0),
-    # Augmentation of training batches (cnncli.inputs): the CIFAR recipe is crop_padding 4 and flip.
+    # Augmentation of training batches (cnncli.records.inputs): the CIFAR recipe is crop_padding 4 and flip.
     "crop_padding": Option("int", 0, "random crop after a zero border of this many pixels",
                            check=lambda v: None if v >= 0 else "must not be negative"),
     "flip": Option("bool", False, "flip half the training images horizontally"),
@@ -97,7 +104,7 @@ class NodeSpec:
 @dataclass(frozen=True)
 class PublishedWeights:
     """One entry of a model file's ``weights:`` section: published weights that fit the network, and how
-    images must be prepared for them (``cnncli --weights NAME``; :mod:`cnncli.published`).
+    images must be prepared for them (``cnncli --weights NAME``; :mod:`cnncli.records.published`).
 
     ``url``'s file name ends in ``-<hash>.<ext>``, ``hash`` being the start of the file's SHA-256 (as
     torchvision names its files). ``classes`` is a class list (:mod:`cnncli.data.class_lists`). An image is

@@ -10,12 +10,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from cnncli.compare import CompareResult, Entry, Experiment, done_fraction
-from cnncli.plot import ERRORS_ON_LOG_AXIS, Curves
+from cnncli.commands.compare import CompareResult, Entry, Experiment, done_fraction
+from cnncli.records.history import ERRORS_ON_LOG_AXIS, Curves
 from cnncli.render import colour_on, say
 from cnncli.render.charts import line_chart
 from cnncli.render.plot import CHART_ROWS, save, series, width
-from cnncli.render.training import Reporter, _duration, _pct
+from cnncli.render.training import Reporter, duration, percent
 
 
 class ExperimentView:
@@ -36,7 +36,7 @@ class ExperimentView:
                 self.first = done
             gained = done - self.first
             left = ((time.monotonic() - self.started) / gained * (1 - done)) if gained > 1e-4 else None
-            eta = _duration(left) if left is not None else "…"
+            eta = duration(left) if left is not None else "…"
             return f"experiment {100 * done:4.1f} % eta {eta:>6} │ {entry.name}"
 
         return Reporter(self.console, overall)
@@ -63,9 +63,9 @@ def show(result: CompareResult, curves: Curves, fmt: str, console: Console, figu
     for run in result.results:
         last = run.history[-1] if run.history else None
         table.add_row(run.config.name, f"{run.epochs_done}/{experiment.epochs}",
-                      _pct(1 - last.train_acc) if last else "—",
-                      _pct(1 - last.val_acc) if last and last.val_acc is not None else "—",
-                      _pct(run.test_acc), _duration(sum(r.seconds for r in run.history)))
+                      percent(1 - last.train_acc) if last else "—",
+                      percent(1 - last.val_acc) if last and last.val_acc is not None else "—",
+                      percent(run.test_acc), duration(sum(r.seconds for r in run.history)))
     console.print(table)
     if not curves.runs:
         return

@@ -15,7 +15,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from cnncli.evaluation import EvalResult, Mistake
+from cnncli.commands.evaluation import EvalResult, Mistake
 from cnncli.render import colour_on, say, tables
 from cnncli.render.pictures import picture, shrink
 from cnncli.words import count

@@ -23,7 +23,7 @@ from rich.console import Console, Group
 from rich.style import Style
 from rich.text import Text
 
-from cnncli.explain import Explanation
+from cnncli.commands.explain import Explanation
 from cnncli.render import colour_on, say
 from cnncli.render.charts import SHADES, viridis
 from cnncli.render.features import MIN_CELLS, fit

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cnncli.export import ExportResult
+from cnncli.commands.export import ExportResult
 from cnncli.render import say
 
 

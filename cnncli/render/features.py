@@ -18,7 +18,7 @@ from rich.columns import Columns
 from rich.console import Console, Group
 from rich.text import Text
 
-from cnncli.features import FeatureResult
+from cnncli.commands.features import FeatureResult
 from cnncli.render import colour_on, say
 from cnncli.render.pictures import picture, shrink
 

@@ -18,14 +18,14 @@ import numpy as np
 
 from cnncli import extras
 from cnncli.atomic import write_atomic
+from cnncli.commands.explain import Explanation
+from cnncli.commands.features import FeatureResult
 from cnncli.errors import UsageError
-from cnncli.explain import Explanation
-from cnncli.features import FeatureResult
-from cnncli.plot import CURVES, ERRORS_ON_LOG_AXIS, Curves, GradientMap
+from cnncli.records.history import CURVES, ERRORS_ON_LOG_AXIS, Curves, GradientMap
 
 
 def _require() -> None:
-    # The commands check this before any work (cnncli.plot.check_out); here for any other caller.
+    # The commands check this before any work (cnncli.records.history.check_out); here for any other caller.
     extras.require("plots", "writing pictures to files")
 
 
@@ -49,7 +49,7 @@ def save(fig, path: Path) -> Path:
 
 def curves_figure(curves: Curves, error: bool = False):
     """Loss and accuracy per epoch, solid training and dashed validation; with ``error``, the training and
-    the validation error of each run in a panel each (on a log axis: :data:`cnncli.plot.ERRORS_ON_LOG_AXIS`)."""
+    the validation error of each run in a panel each (on a log axis: :data:`cnncli.records.history.ERRORS_ON_LOG_AXIS`)."""
     _require()
     from matplotlib.ticker import MaxNLocator
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cnncli.plot import Curves, GradientMap
+from cnncli.records.history import Curves, GradientMap
 from cnncli.render import colour_on, say
 from cnncli.render.charts import Series, heat_map, line_chart
 from cnncli.words import plural

@@ -9,7 +9,7 @@ from rich.columns import Columns
 from rich.console import Console, Group
 from rich.text import Text
 
-from cnncli.predict import PredictResult
+from cnncli.commands.predict import PredictResult
 from cnncli.render import colour_on, say
 from cnncli.render.pictures import picture, shrink
 

@@ -1,6 +1,6 @@
 """Drawing ``cnncli summarize`` and ``cnncli models``: a Rich table, Markdown or JSON.
 
-The records come from :mod:`cnncli.summary`; nothing here computes a count.
+The records come from :mod:`cnncli.commands.summary`; nothing here computes a count.
 JSON and Markdown are written with ``console.out`` so that no line is wrapped
 or highlighted, whatever the terminal width.
 """
@@ -14,9 +14,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from cnncli.commands.summary import BYTES_PER_NUMBER
 from cnncli.model.kinds import fmt_shape
 from cnncli.render import say, tables
-from cnncli.summary import BYTES_PER_NUMBER
 
 _FORMATS = ("table", "json", "markdown")
 _INDENT = "  "

@@ -16,19 +16,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Column, Table
 from rich.text import Text
 
-from cnncli import recipe, runs
+from cnncli.commands import recipe
+from cnncli.commands.training import EpochRecord, Frozen, RunResult, RunStart, Start, StepProgress
 from cnncli.data import DownloadEvent
 from cnncli.model.head import HeadChange
+from cnncli.records import runs
 from cnncli.render import say
 from cnncli.render.downloads import Downloads
-from cnncli.training import EpochRecord, Frozen, RunResult, RunStart, Start, StepProgress
 from cnncli.words import count
 
 _COLUMNS = (("epoch", 7), ("train loss", 10), ("train acc", 9), ("val loss", 9), ("val acc", 8),
             ("lr", 9), ("img/s", 7), ("time", 7))
 
 
-def _pct(v: float | None) -> str:
+def percent(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.2f} %"
 
 
@@ -36,7 +37,7 @@ def _num(v: float | None) -> str:
     return "—" if v is None else f"{v:.4f}"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds < 60:
         return f"{seconds}s"
@@ -48,7 +49,7 @@ def _duration(seconds: float) -> str:
 
 
 def advice(a: recipe.Advice) -> str:
-    """One line on a recipe that does not fit its data (:func:`cnncli.recipe.check`) and what to change."""
+    """One line on a recipe that does not fit its data (:func:`cnncli.commands.recipe.check`) and what to change."""
     if a.problem == recipe.SMALL_BATCH:
         text = (f"batches of {count(a.batch_size, 'image')} are too few for batch norm's statistics (fewer "
                 f"than {a.wanted}): training normalises by a noisy batch, validation and test by running averages")
@@ -96,8 +97,8 @@ def frozen_line(frozen: Frozen) -> str:
 
 
 def _row(r: EpochRecord, epochs: int) -> list[str]:
-    return [f"{r.epoch}/{epochs}", _num(r.train_loss), _pct(r.train_acc), _num(r.val_loss), _pct(r.val_acc),
-            f"{r.lr:.3g}", f"{r.images_per_s:,.0f}", _duration(r.seconds)]
+    return [f"{r.epoch}/{epochs}", _num(r.train_loss), percent(r.train_acc), _num(r.val_loss), percent(r.val_acc),
+            f"{r.lr:.3g}", f"{r.images_per_s:,.0f}", duration(r.seconds)]
 
 
 def _table(header: bool) -> Table:
@@ -117,7 +118,7 @@ class _Progress(Progress):
 
 
 class Reporter:
-    """Receives :mod:`cnncli.training`'s events and draws them on ``console``.
+    """Receives :mod:`cnncli.commands.training`'s events and draws them on ``console``.
 
     ``overall(epoch, batch, steps)``, when given, is text shown at the head of the
     bar: where a bigger job that this run is part of stands (``cnncli compare``).
@@ -230,7 +231,7 @@ class Reporter:
 def _score(score: runs.TestScore, same_as_best: bool) -> str:
     files = f"{runs.BEST} and {score.checkpoint}" if same_as_best else score.checkpoint
     epoch = f", epoch {score.epoch}" if score.epoch is not None else ""
-    return f"[bold]{_pct(score.accuracy)}[/] ({files}{epoch}; loss {_num(score.loss)})"
+    return f"[bold]{percent(score.accuracy)}[/] ({files}{epoch}; loss {_num(score.loss)})"
 
 
 def test_line(scores: tuple[runs.TestScore, ...], n_test: int, title: str) -> str:
@@ -273,9 +274,9 @@ def show_result(result: RunResult, console: Console) -> None:
                      f"(N more than {result.epochs_done})")
         return
     if result.status == "completed":
-        parts = [f"{_epochs_run(result)} in {_duration(result.seconds)}"]
+        parts = [f"{_epochs_run(result)} in {duration(result.seconds)}"]
         if result.best_epoch is not None and result.best_val_acc is not None:
-            parts.append(f"best validation accuracy {_pct(result.best_val_acc)} at epoch {result.best_epoch}")
+            parts.append(f"best validation accuracy {percent(result.best_val_acc)} at epoch {result.best_epoch}")
         say(console, "; ".join(parts))
         say(console, _files(result))
         return

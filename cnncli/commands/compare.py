@@ -24,12 +24,13 @@ from typing import Any
 
 import yaml
 
-from cnncli import inputs, runs, training
 from cnncli.atomic import write_text_atomic
+from cnncli.commands import training
 from cnncli.data.source import open_source
 from cnncli.errors import ModelMismatch, UsageError
 from cnncli.model import head, spec
 from cnncli.model.graph import build
+from cnncli.records import inputs, runs
 
 RECORD = "compare.yaml"
 #: Settings that may differ when an experiment goes on: more epochs train every run further.

@@ -34,7 +34,7 @@ a forward pass in inference mode: batch norm uses its running statistics and
 dropout passes everything, as when the network predicts.
 
 Shapes: the image ``pixels`` is uint8 (C, H, W) as the model takes it (after
-the border or crop of :mod:`cnncli.inputs`; grey stays one channel); ``raw``
+the border or crop of :mod:`cnncli.records.inputs`; grey stays one channel); ``raw``
 is the map at its own resolution, ``map`` (H, W) at the input's, both float64.
 """
 
@@ -48,17 +48,17 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli import checkpoint as ckpt_io
-from cnncli import extras, inputs, trained
+from cnncli import extras
+from cnncli.commands.features import map_layer
+from cnncli.commands.predict import Guess, InputWarning, one_image
 from cnncli.data.source import Source
 from cnncli.engine import losses
 from cnncli.engine.network import Network
 from cnncli.errors import UsageError
-from cnncli.evaluation import probabilities
-from cnncli.features import map_layer
 from cnncli.model import spec
 from cnncli.model.graph import Graph, Node, ancestors
-from cnncli.predict import Guess, InputWarning, one_image
+from cnncli.records import checkpoint as ckpt_io
+from cnncli.records import inputs, trained
 from cnncli.words import count
 
 #: Layer kinds that pool, resample or pass on a block's output rather than compute features of their own:
@@ -164,8 +164,8 @@ class Method:
 def load_subject(model: str, weights: Path, *, sample: int | None, image: Path | None, dataset: str | None,
                  data_dir: Path | None, invert: bool, progress=None, skip_model_check: bool = False,
                  fast: bool = True) -> Subject:
-    """The network of ``model`` with ``weights`` (:func:`cnncli.trained.load`; ``fast``: the inference network,
-    else the plain one) and one image (:func:`cnncli.predict.one_image`): test image ``sample`` of the dataset,
+    """The network of ``model`` with ``weights`` (:func:`cnncli.records.trained.load`; ``fast``: the inference network,
+    else the plain one) and one image (:func:`cnncli.commands.predict.one_image`): test image ``sample`` of the dataset,
     or the file ``image``, which needs no data (the checkpoint's record of it does)."""
     if (sample is None) == (image is None):
         raise UsageError("give one image: --sample I (a test image of the dataset) or --image FILE")
@@ -351,7 +351,7 @@ def occlusion(run: Pass) -> dict:
         return batch
 
     out = net.predict(np.arange(len(spots)), OCCLUSION_BATCH, loss.source(run.subject.graph), prepare=occluded)
-    drops = run.probability - probabilities(out, loss)[:, run.target].astype(np.float64)
+    drops = run.probability - loss.probabilities(out)[:, run.target].astype(np.float64)
     total, covered = np.zeros((h, w)), np.zeros((h, w))
     for (y, x0), d in zip(spots, drops):
         total[y:y + patch, x0:x0 + patch] += d
@@ -394,7 +394,7 @@ def explain(model: str, weights: Path, *, sample: int | None = None, image: Path
         x = subject.batch(net.dtype)
         source = loss.source(graph)
         net.forward(x, train=False, keep=(source,))
-        probs = probabilities(net.values[source], loss)[0].astype(np.float64)
+        probs = loss.probabilities(net.values[source])[0].astype(np.float64)
         order = np.argsort(-probs, kind="stable")[:min(TOP_K, len(classes))]
         chosen = choose_class(target, classes, int(order[0]))
         found = how.run(Pass(subject, net, x, chosen, float(probs[chosen]), settings))

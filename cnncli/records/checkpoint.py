@@ -220,10 +220,10 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
 
 def open_weights(value: str | os.PathLike[str], model_spec, progress=None) -> Checkpoint:
     """The weights ``--weights VALUE`` names for ``model_spec``: the published weights its model file registers
-    under that name (``imagenet``; :mod:`cnncli.published`: found or downloaded, verified, ``progress``
+    under that name (``imagenet``; :mod:`cnncli.records.published`: found or downloaded, verified, ``progress``
     receiving the download's events), else a file (:func:`load`). The name of published weights that this
     model has none of, when no such file exists, is a :class:`UsageError` listing the models that have them."""
-    from cnncli import published
+    from cnncli.records import published
 
     name = os.fspath(value)
     if name in model_spec.weights:

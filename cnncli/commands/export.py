@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnncli import trained
 from cnncli.atomic import write_atomic
 from cnncli.errors import UsageError
+from cnncli.records import trained
 
 #: Export targets: name -> the file suffix they write.
 TARGETS = {"onnx": ".onnx", "torch": ".py"}

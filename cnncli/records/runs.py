@@ -5,7 +5,7 @@ A run folder (``runs/<model>-<time>/`` unless ``--out``) holds
 * ``config.yaml`` — the resolved configuration, written before the first step;
 * ``metrics.csv`` — one row per finished epoch (:data:`METRIC_FIELDS`);
 * ``gradients.csv`` — one row per finished epoch and parametrised layer
-  (:data:`GRADIENT_FIELDS`; what the numbers are: :mod:`cnncli.gradflow`);
+  (:data:`GRADIENT_FIELDS`; what the numbers are: :mod:`cnncli.records.gradflow`);
 * ``last.npz`` — written at the end of every epoch and when interrupted;
 * ``best.npz`` — the weights with the best validation accuracy so far;
 * ``test.json`` — once the run is complete, the test set's loss and accuracy under each checkpoint:

@@ -7,17 +7,17 @@ plan, network), checking in this order, each a message and exit status 2 when it
 
 1. what reading the weights and the dataset needs, before any work (a weights file that exists, the
    images extra for an image folder);
-2. the model file, then the weights (:func:`cnncli.checkpoint.open_weights`: a file, or published
+2. the model file, then the weights (:func:`cnncli.records.checkpoint.open_weights`: a file, or published
    weights the model file names, such as ``imagenet``, found or downloaded and verified; a
    :class:`~cnncli.errors.CheckpointError` for anything wrong with them);
 3. the head: a run records the classes its network was sized for (``train`` sizes a model's head to
    its dataset, :mod:`cnncli.model.head`), and the model is sized the same way (:func:`as_trained`);
    weights alone, which record no model, are sized to the dataset's classes;
 4. the model check, against that sized network: weights trained for another network are refused
-   unless ``skip_model_check`` (:meth:`~cnncli.checkpoint.Checkpoint.check_model`);
-5. the data (``data``): its images must fit the model's input (:func:`cnncli.inputs.plan`), and the
+   unless ``skip_model_check`` (:meth:`~cnncli.records.checkpoint.Checkpoint.check_model`);
+5. the data (``data``): its images must fit the model's input (:func:`cnncli.records.inputs.plan`), and the
    network must give one output per class, the classes the weights were trained for
-   (:func:`cnncli.inputs.check_outputs`);
+   (:func:`cnncli.records.inputs.check_outputs`);
 6. the weights' names and shapes, loading them into the network (:func:`network`): a missing,
    unexpected or misshapen array is a CheckpointError naming it; weights of auxiliary heads are
    skipped when the graph leaves them out (``aux=False``, what inference runs).
@@ -34,20 +34,29 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnncli import checkpoint as ckpt_io
-from cnncli import inputs
 from cnncli.data import class_lists
 from cnncli.data.source import FOLDER, Source, check_readable, open_source
 from cnncli.engine.network import Network
 from cnncli.errors import UsageError
 from cnncli.model import head, spec
 from cnncli.model.graph import Graph, build
+from cnncli.records import checkpoint as ckpt_io
+from cnncli.records import inputs
 from cnncli.words import count
 
 __all__ = ["OPEN", "RECORDED", "Trained", "as_trained", "class_list_of", "load", "network"]
 
 #: ``data``: open the dataset; or take the checkpoint's record of it when no dataset is given.
 OPEN, RECORDED = "open", "recorded"
+
+
+#: From this many classes on, top-5 is the measure shown by default (ImageNet's, CIFAR-100's); top-3 below.
+TOP5_CLASSES = 100
+
+
+def default_top_k(classes: int) -> int:
+    """How many top classes eval scores and predict shows when the user does not say: see :data:`TOP5_CLASSES`."""
+    return 5 if classes >= TOP5_CLASSES else 3
 
 
 @dataclass

@@ -7,7 +7,7 @@ the dataset's images are, scaled so that it covers the dataset's image size
 and centre-cropped to it; for published weights, torchvision's rule: the
 shorter side resized to 256, the centre 224 × 224 cut out), optionally inverted (MNIST's
 digits are white on black; a scanned digit is usually black on white). From
-there it goes the way the training's images went (:mod:`cnncli.inputs`:
+there it goes the way the training's images went (:mod:`cnncli.records.inputs`:
 adaptation to the model's input, the dataset's normalisation), so a checkpoint
 from ``train`` predicts without further flags. The dataset is the one the
 checkpoint was trained on (its run configuration), else the model file's.
@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli import extras, inputs, trained
+from cnncli import extras
 from cnncli.data import folder
 from cnncli.data.source import Source
 from cnncli.engine import losses
 from cnncli.errors import UsageError
-from cnncli.evaluation import default_top_k, probabilities
+from cnncli.records import inputs, trained
 from cnncli.words import count
 
 __all__ = ["Guess", "ImagePrediction", "InputWarning", "OneImage", "PredictResult", "Skipped", "UnreadableImage",
@@ -216,7 +216,7 @@ def check_complete(result: PredictResult) -> None:
 
 def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int | None = None, invert: bool = False,
             dataset: str | None = None, skip_model_check: bool = False, progress=None) -> PredictResult:
-    """The ``top_k`` classes (default :func:`~cnncli.evaluation.default_top_k`) of each image (files, or folders
+    """The ``top_k`` classes (default :func:`~cnncli.records.trained.default_top_k`) of each image (files, or folders
     of them) under ``checkpoint``'s weights, or published weights by name (``progress`` receiving their
     download's events); refused when trained for another network, unless ``skip_model_check``."""
     if top_k is not None and top_k < 1:
@@ -241,9 +241,8 @@ def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int | No
         raise UsageError(f"cannot read any image: {_listing(skipped)}")
     files, pixels = read, np.stack(decoded)
     loss = losses.get(model_spec.loss)
-    probs = probabilities(net.predict(pixels, 256, loss.source(graph), plan.preparer(net.dtype, info.normalise)),
-                          loss)
-    k = min(default_top_k(len(info.classes)) if top_k is None else top_k, len(info.classes))
+    probs = loss.probabilities(net.predict(pixels, 256, loss.source(graph), plan.preparer(net.dtype, info.normalise)))
+    k = min(trained.default_top_k(len(info.classes)) if top_k is None else top_k, len(info.classes))
     predictions = []
     for f, img, p in zip(files, pixels, probs):
         order = np.argsort(-p, kind="stable")[:k]

@@ -1,8 +1,8 @@
-"""``cnncli plot``: the numbers behind a run's pictures, read from its folder.
+"""A run's history, read from its folder: the numbers behind ``plot``'s and ``compare``'s pictures.
 
 :func:`curves` gathers loss and accuracy per epoch of one or more runs (training
 and validation); :func:`gradient_map` gathers one run's gradient flow as a
-layers × epochs table (:mod:`cnncli.gradflow` says what the numbers are).
+layers × epochs table (:mod:`cnncli.records.gradflow` says what the numbers are).
 Both read what the folder holds now, so a run that is still training shows its
 finished epochs and a resumed one all of them. Drawing is
 :mod:`cnncli.render.plot`'s.
@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnncli import extras, runs
+from cnncli import extras
 from cnncli.errors import UsageError
+from cnncli.records import runs
 
 #: Columns of a run's curves: (metrics.csv field, what it is).
 CURVES = (("train_loss", "training loss"), ("val_loss", "validation loss"),

@@ -4,7 +4,7 @@ One image — a test image of the checkpoint's dataset (``--sample I``) or an
 image file (``--image FILE``, read as ``predict`` reads it) — goes through the
 network the way evaluation sends it (the run's input adaptation and
 normalisation); an image file that looks inverted against the training
-images gets a warning (:func:`cnncli.predict.polarity_warning`). Every layer's
+images gets a warning (:func:`cnncli.commands.predict.polarity_warning`). Every layer's
 output is kept (a plain, unfused network), and for each chosen layer (every
 convolution by default) the activation maps of its first ``max_maps`` channels
 are returned with their statistics, together with the first convolution's
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli import extras, trained
+from cnncli import extras
+from cnncli.commands.predict import Guess, InputWarning, one_image
 from cnncli.engine import losses
 from cnncli.errors import UsageError
-from cnncli.evaluation import default_top_k, probabilities
-from cnncli.predict import Guess, InputWarning, one_image
+from cnncli.records import trained
 
 #: Channels of a layer shown unless --max-maps says otherwise.
 MAX_MAPS = 16
@@ -139,8 +139,8 @@ def features(model: str, checkpoint: Path, *, sample: int | None = None, image: 
 
     loss = losses.get(loaded.spec.loss)
     out = net.forward(plan.batch(pixels[None], net.dtype, info.normalise))
-    probs = probabilities(out, loss)[0]
-    k = default_top_k(len(info.classes)) if top_k is None else top_k
+    probs = loss.probabilities(out)[0]
+    k = trained.default_top_k(len(info.classes)) if top_k is None else top_k
     order = np.argsort(-probs, kind="stable")[:min(k, len(info.classes))]
     guesses = [Guess(int(i), info.classes[i], float(probs[i])) for i in order]
 

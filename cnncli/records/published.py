@@ -1,5 +1,5 @@
 """Published weights: the files a model file's ``weights:`` section names, found or downloaded, verified,
-and read as a :class:`~cnncli.checkpoint.Checkpoint` (``--weights imagenet``).
+and read as a :class:`~cnncli.records.checkpoint.Checkpoint` (``--weights imagenet``).
 
 Where a file is looked for, in order (the datasets' rules, :mod:`cnncli.data.places`), under the name it is
 published with (``resnet18-f37072fd.pth``):
@@ -34,13 +34,13 @@ import hashlib
 import os
 from pathlib import Path
 
-from cnncli import checkpoint as ckpt_io
 from cnncli.atomic import sync_dir
 from cnncli.data import class_lists, places
 from cnncli.data.fetch import AllMirrorsFailed, MirrorFailed, ProgressCallback, fetch_from
 from cnncli.data.source import Source
 from cnncli.errors import DataError, UsageError
 from cnncli.model import spec
+from cnncli.records import checkpoint as ckpt_io
 
 #: The environment variable naming a folder of weight files (the files under their published names).
 ENV_WEIGHTS = "CNNCLI_WEIGHTS"

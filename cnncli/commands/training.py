@@ -5,7 +5,7 @@
 returns a :class:`RunResult`. Progress goes to a :class:`Reporter` as records.
 
 The run folder's files (``config.yaml``, ``metrics.csv``, ``gradients.csv``,
-``last.npz``, ``best.npz``, ``test.json``) are described in :mod:`cnncli.runs`.
+``last.npz``, ``best.npz``, ``test.json``) are described in :mod:`cnncli.records.runs`.
 
 Determinism: the seed fixes the initial weights, the validation split, the
 order of every epoch (drawn from a generator seeded with ``(seed, epoch)``, so
@@ -30,18 +30,20 @@ from typing import Any, Protocol
 import numpy as np
 import yaml
 
-from cnncli import __version__, checkpoint, data, inputs, recipe, runs, trained
-from cnncli import freeze as freezing
+from cnncli import __version__, data
 from cnncli.atomic import write_text_atomic
+from cnncli.commands import recipe
 from cnncli.data import DownloadEvent
 from cnncli.data.source import FOLDER, Source, check_readable, open_source
 from cnncli.engine import losses, optim
 from cnncli.engine.network import Network
 from cnncli.errors import CheckpointError, TrainingStopped, UsageError, WorkerLost
-from cnncli.gradflow import GradientFlow
 from cnncli.model import head, spec
 from cnncli.model.graph import ancestors, build
-from cnncli.schedule import Plan, learning_rate
+from cnncli.records import checkpoint, inputs, runs, trained
+from cnncli.records import freeze as freezing
+from cnncli.records.gradflow import GradientFlow
+from cnncli.records.schedule import Plan, learning_rate
 from cnncli.words import count, plural
 
 #: Images per forward pass when scoring the validation and test sets (no gradients kept).
@@ -91,7 +93,7 @@ class RunConfig:
     #: opens it; what every command that loads the run's weights sizes the model to again.
     classes: int | None = None
     weights: str | None = None  # what a fine-tuning run started from (--weights)
-    freeze: str | None = None   # the layers it does not train (--freeze, cnncli.freeze)
+    freeze: str | None = None   # the layers it does not train (--freeze, cnncli.records.freeze)
     spec: spec.ModelSpec | None = field(default=None, repr=False, compare=False)
     start: checkpoint.Checkpoint | None = field(default=None, repr=False, compare=False)  # --weights, loaded
 
@@ -115,7 +117,7 @@ class Start:
 
 @dataclass(frozen=True)
 class Frozen:
-    """What ``--freeze`` froze (:mod:`cnncli.freeze`)."""
+    """What ``--freeze`` froze (:mod:`cnncli.records.freeze`)."""
 
     value: str                     # as --freeze gave it
     last: str                      # the last frozen layer
@@ -140,7 +142,7 @@ class RunStart:
     inputs: inputs.InputPlan | None = None  # how the dataset's images become the model's input
     notes: tuple[str, ...] = ()               # about the data (an image folder's split, skipped files)
     engine: str = ""                          # what runs the passes, when not cnncli's own engine
-    advice: tuple[recipe.Advice, ...] = ()    # where the recipe does not fit the data (cnncli.recipe)
+    advice: tuple[recipe.Advice, ...] = ()    # where the recipe does not fit the data (cnncli.commands.recipe)
     head: tuple[head.HeadChange, ...] = ()    # the model's heads sized to the dataset's classes
     start: Start | None = None                # the weights a fine-tuning run started from
     frozen: Frozen | None = None              # the layers that do not train
@@ -283,12 +285,12 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
     ``nproc``: data-parallel processes of the torch engine (1 by default; may change on resume).
     ``device``: where the torch engine runs (``cpu`` by default, or ``cuda``: one GPU per process; may
     change on resume). ``skip_model_check``: resume a checkpoint of another model, or start from its
-    weights (:meth:`~cnncli.checkpoint.Checkpoint.check_model`).
+    weights (:meth:`~cnncli.records.checkpoint.Checkpoint.check_model`).
 
     ``weights`` starts a new run from them (fine-tuning; not with ``resume``): a cnncli checkpoint or a
     PyTorch state dict, checked against the network they were trained as; their head is replaced by a
     fresh one when the dataset has other classes (:meth:`_Run.start_from`). ``freeze``: the layers that do
-    not train (:func:`cnncli.freeze.choose`); a resumed run keeps its own.
+    not train (:func:`cnncli.records.freeze.choose`); a resumed run keeps its own.
     """
     model_spec = spec.load(model)
     if resume is not None and weights is not None:
@@ -359,7 +361,7 @@ def _prepared_as(model_spec: spec.ModelSpec, weights: str | None) -> Source | No
     those weights expect (:func:`cnncli.data.source.open_source`); None for any other run."""
     if weights is None or weights not in model_spec.weights:
         return None
-    from cnncli import published
+    from cnncli.records import published
 
     return published.source(model_spec.weights[weights], model_spec)
 
@@ -367,7 +369,7 @@ def _prepared_as(model_spec: spec.ModelSpec, weights: str | None) -> Source | No
 def _start(model_spec: spec.ModelSpec, weights: str | os.PathLike[str],
            skip_model_check: bool) -> checkpoint.Checkpoint:
     """The weights a fine-tuning run starts from, refused when trained for another network than the model
-    (sized as they were trained, :func:`cnncli.trained.as_trained`) unless ``skip_model_check``."""
+    (sized as they were trained, :func:`cnncli.records.trained.as_trained`) unless ``skip_model_check``."""
     saved = checkpoint.open_weights(weights, model_spec)  # its load checks the file is there
     saved.check_model(trained.as_trained(model_spec, saved), skip_model_check)
     return saved

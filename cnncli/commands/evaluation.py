@@ -14,22 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli import data, trained
+from cnncli import data
 from cnncli.engine import losses
-from cnncli.engine.losses import Loss
 from cnncli.errors import UsageError
+from cnncli.records import trained
 
 #: Most confused pairs listed.
 CONFUSED_PAIRS = 5
-#: From this many classes on, top-5 is the measure shown by default (ImageNet's, CIFAR-100's); top-3 below.
-TOP5_CLASSES = 100
-
-
-def default_top_k(classes: int) -> int:
-    """How many top classes eval scores and predict shows when the user does not say: see :data:`TOP5_CLASSES`."""
-    return 5 if classes >= TOP5_CLASSES else 3
-
-
 @dataclass(frozen=True)
 class ClassScore:
     """Precision, recall and F1 of one class; ``support`` is how many images truly belong to it."""
@@ -134,14 +125,6 @@ def top_k_accuracy(scores_: np.ndarray, y_true: np.ndarray, k: int) -> float:
     return float(np.mean((top == y_true[:, None]).any(axis=1)))
 
 
-def probabilities(outputs: np.ndarray, loss: Loss) -> np.ndarray:
-    """Class probabilities from what the loss reads: softmax of logits, else the outputs as they are."""
-    if loss.fuses_softmax:
-        z = outputs - outputs.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
-    return outputs
-
 
 def worst_mistakes(probs: np.ndarray, y_true: np.ndarray, images: np.ndarray, count: int) -> list[Mistake]:
     """The ``count`` misclassified images the model was most sure about."""
@@ -162,12 +145,12 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
     """Score ``checkpoint`` (weights of ``model``, or the name of published weights) on ``split`` of ``dataset``.
 
     ``progress`` receives the download events of the dataset's files (and of published weights). ``top_k``
-    defaults to :func:`default_top_k`.
+    defaults to :func:`~cnncli.records.trained.default_top_k`.
 
     The dataset defaults to the one the checkpoint was trained on, else the
     model file's. A checkpoint that does not fit the model is a CheckpointError
     naming the parameter and both shapes; one trained for another network is refused
-    unless ``skip_model_check`` (:meth:`~cnncli.checkpoint.Checkpoint.check_model`).
+    unless ``skip_model_check`` (:meth:`~cnncli.records.checkpoint.Checkpoint.check_model`).
     """
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
@@ -180,12 +163,12 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
     model_spec, graph, saved, net = loaded.spec, loaded.graph, loaded.checkpoint, loaded.network
     info, plan = loaded.source, loaded.plan
     classes = len(info.classes)
-    top_k = default_top_k(classes) if top_k is None else top_k
+    top_k = trained.default_top_k(classes) if top_k is None else top_k
     images, labels = info.load(split, data_dir, progress=progress)
     loss = losses.get(model_spec.loss)
     outputs = net.predict(images, batch_size, loss.source(graph), plan.preparer(net.dtype, info.normalise))
     loss_value, _ = loss.fn(outputs, labels) if len(labels) else (0.0, None)
-    probs = probabilities(outputs, loss)
+    probs = loss.probabilities(outputs)
     s = scores(labels, probs.argmax(axis=1), classes, list(info.classes))
     return EvalResult(
         model=model_spec.name, checkpoint=Path(checkpoint), dataset=info.name, dataset_title=info.title,

@@ -1,0 +1,1 @@
+"""What each command computes, as records for ``cnncli.render`` to draw."""
