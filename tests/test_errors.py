@@ -23,9 +23,10 @@ def _real_data() -> Path | None:
     return None
 
 
-@pytest.fixture
-def files(tmp_path: Path) -> dict[str, Path]:
-    """Bad files of every sort a user might hand over."""
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """Bad files of every sort a user might hand over (written once for the module: no case changes them)."""
+    tmp_path = tmp_path_factory.mktemp("bad-files")
     f: dict[str, Path] = {}
     f["malformed"] = tmp_path / "malformed.yaml"
     f["malformed"].write_text("input: [1, 28, 28]\nlayers:\n  - conv: {filters: 6, kernel: 5\n  - relu\n")
@@ -97,8 +98,8 @@ CASES = [
     ("trace target out of range", ["backprop-trace", "--target", "7"], "target"),
     ("trace malformed input list", ["backprop-trace", "--input", "0.1,zwei,0.7"], "zwei"),
     ("dataset missing", ["eval", "lenet5", "--checkpoint", "{wrong_ckpt}", "--data-dir", "{empty_data}"], None),
-    ("wrong magic number", ["train", "lenet5", "--data-dir", "{bad_magic}", "--out", "{empty_data}/run1"], "magic"),
-    ("truncated dataset file", ["train", "lenet5", "--data-dir", "{truncated}", "--out", "{empty_data}/run2"],
+    ("wrong magic number", ["train", "lenet5", "--data-dir", "{bad_magic}", "--out", "{out}/run1"], "magic"),
+    ("truncated dataset file", ["train", "lenet5", "--data-dir", "{truncated}", "--out", "{out}/run2"],
      "truncated"),
 ]
 
@@ -109,7 +110,7 @@ def test_user_mistakes_exit_2_with_a_message(argv, fragment, files, capsys, monk
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("CNNCLI_DATA", raising=False)
     monkeypatch.chdir(tmp_path)
-    args = [a.format(**{k: str(v) for k, v in files.items()}) for a in argv]
+    args = [a.format(out=tmp_path, **{k: str(v) for k, v in files.items()}) for a in argv]
     try:
         main(args)
         code = 0
@@ -121,6 +122,9 @@ def test_user_mistakes_exit_2_with_a_message(argv, fragment, files, capsys, monk
     assert err.startswith("error: ") and len(err.strip()) > 10
     if fragment:
         assert fragment in err, err
+    # The user's files are as they were, so the next case meets them unchanged too.
+    assert files["a_file"].read_text() == "a user's file"
+    assert list(files["empty_data"].iterdir()) == []
 
 
 @pytest.mark.skipif(_real_data() is None, reason="the MNIST files are not beside the repository")
