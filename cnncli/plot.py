@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnncli import extras, runs
+from cnncli import extras, outputs, runs
 from cnncli.errors import UsageError
 
 #: Columns of a run's curves: (metrics.csv field, what it is).
@@ -93,13 +93,12 @@ class GradientMap:
 
 
 def check_out(out: Path | None, flag: str = "--out") -> None:
-    """A picture file's type must be one we write, and matplotlib (the plots extra) must be there to write it;
-    checked before any work."""
+    """A picture file ``flag`` names: of a type we write, in a folder that can take it
+    (:func:`cnncli.outputs.check_file`), and matplotlib (the plots extra) there to write it; checked before
+    any work."""
     if out is None:
         return
-    if Path(out).suffix.lower() not in FILE_TYPES:
-        raise UsageError(f"{flag} {out}: the file type is taken from its name and must be one of "
-                         f"{', '.join(FILE_TYPES)}, e.g. {flag} curves.png")
+    outputs.check_file(out, flag, FILE_TYPES, example="curves.png")
     extras.require("plots", f"writing pictures to files ({flag})")
 
 

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cnncli import checkpoint, trained
+from cnncli import checkpoint, outputs, trained
 from cnncli.atomic import write_atomic
 from cnncli.engine import losses as losses_mod
 from cnncli.engine import optim
@@ -468,12 +468,7 @@ def write_dump(path: Path, net: Network) -> str:
 
 
 def _dump_folder(path: Path) -> Path:
-    folder = path.parent
-    if not folder.is_dir():
-        raise UsageError(f"--dump: the folder {folder} does not exist")
-    if path.is_dir():
-        raise UsageError(f"--dump: {path} is a folder; give a file name like grads.npz")
-    return folder
+    return outputs.check_file(path, "--dump", example="grads.npz").parent
 
 
 def _network(model: str, weights: Path | None, skip_model_check: bool = False,
