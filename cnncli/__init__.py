@@ -24,7 +24,8 @@ Five small modules sit at the top because every room above uses them:
 
     errors         the tool's own exceptions, raised deep down, turned into a message
                    and exit status 2 at the CLI edge
-    atomic         crash-safe writes: nothing a user made is ever half-written
+    atomic         the files a command writes: their paths checked before any work,
+                   each written whole or not at all (nothing a user made is lost)
     extras         the optional dependencies and the one check that one is installed
     words          counts in messages ("1 epoch", "20 epochs")
     dataset_names  the dataset names, without loading any dataset code (``model`` checks

@@ -10,6 +10,7 @@ exit status 2 here, at the edge; ``--debug`` shows their traceback too.
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 import sys
 from enum import Enum
@@ -17,16 +18,51 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from cnncli import __version__
 from cnncli.dataset_names import CHOICES
 from cnncli.errors import CnnError
 from cnncli.model.spec import LOSS_ALIASES, LOSSES, OPTIMIZERS, SCHEDULES
+from cnncli.words import either
+
+
+def _placeholders(params: list) -> list:
+    """``params`` as help shows them: a flag takes no value, so no placeholder follows it (Typer's type column
+    would show ``<bool>``). An option that takes a value names it where it is declared (``metavar``: N, FILE,
+    NAME), a word that help never cuts; one with choices lists them in its help, since Typer's own placeholder
+    joins them with ``|`` into one word that 80 columns cut in the middle."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+def _flowing(text: str) -> str:
+    """A docstring as help: each paragraph one line, which help wraps to the terminal's width (Rich help keeps
+    the source's line breaks, which end lines short in the middle of a sentence)."""
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
+class _Command(TyperCommand):
+    """A command of the app (every ``app.command`` names this class): its help as :func:`_flowing` and
+    :func:`_placeholders` say."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.help:
+            self.help = _flowing(self.help)
+
+    def get_params(self, ctx):
+        return _placeholders(super().get_params(ctx))
 
 
 class _Commands(TyperGroup):
     """The app's commands; an option a command does not have gets a hint besides Click's close names."""
+
+    def get_params(self, ctx):
+        return _placeholders(super().get_params(ctx))
 
     def invoke(self, ctx):
         try:
@@ -114,37 +150,48 @@ class Split(str, Enum):
     train = "train"
 
 
+# The names --dataset takes, as help lists them.
+_DATASETS = either(CHOICES)
+
 # The panels of the help of commands with many options (options without one are under "Options").
 _RECIPE, _DATA_AUGMENT, _RUN_FOLDER, _ENGINE = "Recipe", "Data and augmentation", "Run folder", "Engine"
 _DATA, _INPUT, _OUTPUT, _STEP, _SLIDES = "Data", "Input", "Output", "Network and step", "Slides 26–28"
 _FINE_TUNE = "Fine-tuning"
 
 # The training recipe's flags, declared once: train and compare take the same ones.
-_BATCH_SIZE = typer.Option(None, "--batch-size", help="Images per step.", rich_help_panel=_RECIPE)
-_LR = typer.Option(None, "--lr", help="Learning rate.", rich_help_panel=_RECIPE)
-_OPTIMIZER = typer.Option(None, "--optimizer", help="sgd or adam.", rich_help_panel=_RECIPE)
-_MOMENTUM = typer.Option(None, "--momentum", help="SGD momentum.", rich_help_panel=_RECIPE)
-_WEIGHT_DECAY = typer.Option(None, "--weight-decay", help="L2 weight decay.", rich_help_panel=_RECIPE)
-_SCHEDULE = typer.Option(None, "--schedule", help="Learning-rate schedule.", rich_help_panel=_RECIPE)
-_SEED = typer.Option(None, "--seed", help="Seed for weights, shuffling and the split.", rich_help_panel=_RECIPE)
-_CROP_PADDING = typer.Option(None, "--crop-padding", help="Augment: random crop after a border of N pixels (0: off).",
+_BATCH_SIZE = typer.Option(None, "--batch-size", metavar="N", help="Images per step.", rich_help_panel=_RECIPE)
+_LR = typer.Option(None, "--lr", metavar="NUMBER", help="Learning rate.", rich_help_panel=_RECIPE)
+_OPTIMIZER = typer.Option(None, "--optimizer", metavar="NAME", help="sgd or adam.", rich_help_panel=_RECIPE)
+_MOMENTUM = typer.Option(None, "--momentum", metavar="NUMBER", help="SGD momentum.", rich_help_panel=_RECIPE)
+_WEIGHT_DECAY = typer.Option(None, "--weight-decay", metavar="NUMBER", help="L2 weight decay.",
+                             rich_help_panel=_RECIPE)
+_SCHEDULE = typer.Option(None, "--schedule", metavar="NAME",
+                         help=f"Learning-rate schedule: {either([s.value for s in Schedule])}.",
+                         rich_help_panel=_RECIPE)
+_SEED = typer.Option(None, "--seed", metavar="N", help="Seed for weights, shuffling and the split.",
+                     rich_help_panel=_RECIPE)
+_CROP_PADDING = typer.Option(None, "--crop-padding", metavar="N",
+                             help="Augment: random crop after a border of N pixels (0: off).",
                              rich_help_panel=_DATA_AUGMENT)
 _FLIP = typer.Option(None, "--flip/--no-flip", help="Augment: flip half the images.", rich_help_panel=_DATA_AUGMENT)
-_LIMIT = typer.Option(None, "--limit", help="Use only the first N training images.", rich_help_panel=_DATA_AUGMENT)
-_DATA_DIR = typer.Option(None, "--data-dir", help="Folder holding the dataset files.", rich_help_panel=_DATA_AUGMENT)
+_LIMIT = typer.Option(None, "--limit", metavar="N", help="Use only the first N training images.",
+                      rich_help_panel=_DATA_AUGMENT)
+_DATA_DIR = typer.Option(None, "--data-dir", metavar="DIR", help="Folder holding the dataset files.",
+                         rich_help_panel=_DATA_AUGMENT)
 # The weights of every command that reads them; --checkpoint is the same option by its older name.
-_WEIGHTS = typer.Option(..., "--weights", "--checkpoint", help="Weights: a checkpoint from train (.npz), a "
-                        "PyTorch state dict (.pt, .pth), or imagenet: torchvision's published "
+_WEIGHTS = typer.Option(..., "--weights", "--checkpoint", metavar="WEIGHTS", help="Weights: a checkpoint from "
+                        "train (.npz), a PyTorch state dict (.pt, .pth), or imagenet: torchvision's published "
                         "weights, for the models whose file lists them (downloaded once).")
 # Every command that reads weights takes it: the check it skips is cnncli.records.checkpoint.Checkpoint.check_model.
 _SKIP_MODEL_CHECK = typer.Option(False, "--skip-model-check", help="Use weights trained for another model "
                                  "(their names and shapes must still fit).")
 
 # One image for a trained network (features, explain): a test image of the dataset, or a file.
-_SAMPLE = typer.Option(None, "--sample", help="Use test image I of the dataset.", rich_help_panel=_INPUT)
-_IMAGE = typer.Option(None, "--image", help="Use an image file (PNG, JPEG; images extra).", rich_help_panel=_INPUT)
-_IMAGE_DATASET = typer.Option(None, "--dataset", help="The dataset (the checkpoint's by default).",
-                              rich_help_panel=_INPUT)
+_SAMPLE = typer.Option(None, "--sample", metavar="I", help="Use test image I of the dataset.", rich_help_panel=_INPUT)
+_IMAGE = typer.Option(None, "--image", metavar="FILE", help="Use an image file (PNG, JPEG; images extra).",
+                      rich_help_panel=_INPUT)
+_IMAGE_DATASET = typer.Option(None, "--dataset", metavar="NAME",
+                              help=f"The dataset: {_DATASETS} (the checkpoint's by default).", rich_help_panel=_INPUT)
 _INVERT = typer.Option(False, "--invert", help="Invert --image (dark digits on light paper).", rich_help_panel=_INPUT)
 
 
@@ -198,9 +245,10 @@ def _downloads(fmt, console):
     return downloads.Downloads(make_console(stderr=True) if fmt.value == "json" else console)
 
 
-@app.command()
+@app.command(cls=_Command)
 def models(
-    fmt: SummaryFormat = typer.Option(SummaryFormat.table, "--format", help="table, json or markdown."),
+    fmt: SummaryFormat = typer.Option(SummaryFormat.table, "--format", metavar="FORMAT",
+                                      help="table, json or markdown."),
 ) -> None:
     """List the built-in models with their input size and parameter count."""
     from cnncli.commands import summary
@@ -209,15 +257,17 @@ def models(
     render.show_models(summary.builtin_models(), fmt.value, _console())
 
 
-@app.command()
+@app.command(cls=_Command)
 def summarize(
     model: str = typer.Argument(..., help="A built-in model name (see `cnncli models`) or a YAML file."),
-    input: Optional[str] = typer.Option(None, "--input", help="Input size CxHxW, e.g. 3x224x224."),
-    depth: Optional[int] = typer.Option(None, "--depth", min=0,
+    input: Optional[str] = typer.Option(None, "--input", metavar="CxHxW", help="Input size CxHxW, e.g. 3x224x224."),
+    depth: Optional[int] = typer.Option(None, "--depth", metavar="N", min=0,
                                         help="Fold blocks nested deeper than this into one row."),
-    batch: int = typer.Option(1, "--batch", min=1, help="Batch size for the activation-memory estimate."),
+    batch: int = typer.Option(1, "--batch", metavar="N", min=1,
+                              help="Batch size for the activation-memory estimate."),
     aux: bool = typer.Option(True, "--aux/--no-aux", help="Include auxiliary training heads."),
-    fmt: SummaryFormat = typer.Option(SummaryFormat.table, "--format", help="table, json or markdown."),
+    fmt: SummaryFormat = typer.Option(SummaryFormat.table, "--format", metavar="FORMAT",
+                                      help="table, json or markdown."),
 ) -> None:
     """Layers, output shapes, parameter counts and MACs of a model, without running it."""
     from cnncli.commands import summary
@@ -227,10 +277,10 @@ def summarize(
     render.show_summary(result, fmt.value, depth, _console())
 
 
-@app.command()
+@app.command(cls=_Command)
 def train(
     model: str = typer.Argument(..., help="A built-in model name or a YAML file."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs to train (file's default).",
+    epochs: Optional[int] = typer.Option(None, "--epochs", metavar="N", help="Epochs to train (file's default).",
                                          rich_help_panel=_RECIPE),
     batch_size: Optional[int] = _BATCH_SIZE,
     lr: Optional[float] = _LR,
@@ -239,25 +289,27 @@ def train(
     weight_decay: Optional[float] = _WEIGHT_DECAY,
     schedule: Optional[Schedule] = _SCHEDULE,
     seed: Optional[int] = _SEED,
-    dataset: Optional[Dataset] = typer.Option(None, "--dataset", help="The dataset (the model file's by default).",
+    dataset: Optional[Dataset] = typer.Option(None, "--dataset", metavar="NAME",
+                                              help=f"The dataset: {_DATASETS} (the model file's by default).",
                                               rich_help_panel=_DATA_AUGMENT),
     crop_padding: Optional[int] = _CROP_PADDING,
     flip: Optional[bool] = _FLIP,
     limit: Optional[int] = _LIMIT,
     data_dir: Optional[Path] = _DATA_DIR,
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<model>-<time>).",
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Run folder (default runs/<model>-<time>).",
                                        rich_help_panel=_RUN_FOLDER),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue from a checkpoint (last.npz).",
-                                          rich_help_panel=_RUN_FOLDER),
-    dtype: Optional[DType] = typer.Option(None, "--dtype", help="float32 (default) or float64.",
+    resume: Optional[Path] = typer.Option(None, "--resume", metavar="FILE",
+                                          help="Continue from a checkpoint (last.npz).", rich_help_panel=_RUN_FOLDER),
+    dtype: Optional[DType] = typer.Option(None, "--dtype", metavar="TYPE", help="float32 (default) or float64.",
                                           rich_help_panel=_ENGINE),
-    engine: Optional[Engine] = typer.Option(None, "--engine", help="numba (cnncli's kernels, default) or torch "
-                                            "(PyTorch runs the passes; the torch extra).", rich_help_panel=_ENGINE),
-    nproc: Optional[int] = typer.Option(None, "--nproc", help="With --engine torch: data-parallel processes "
-                                        "on this machine (several machines: see README, torchrun).",
+    engine: Optional[Engine] = typer.Option(None, "--engine", metavar="NAME", help="numba (cnncli's kernels, "
+                                            "default) or torch (PyTorch runs the passes; the torch extra).",
+                                            rich_help_panel=_ENGINE),
+    nproc: Optional[int] = typer.Option(None, "--nproc", metavar="N", help="With --engine torch: data-parallel "
+                                        "processes on this machine (several machines: see README, torchrun).",
                                         rich_help_panel=_ENGINE),
-    device: Optional[Device] = typer.Option(None, "--device", help="With --engine torch: cpu (default) or cuda "
-                                            "(one GPU per process).", rich_help_panel=_ENGINE),
+    device: Optional[Device] = typer.Option(None, "--device", metavar="DEVICE", help="With --engine torch: cpu "
+                                            "(default) or cuda (one GPU per process).", rich_help_panel=_ENGINE),
     skip_model_check: bool = _SKIP_MODEL_CHECK,
     weights: Optional[Path] = _variant(_WEIGHTS, default=None, rich_help_panel=_FINE_TUNE,
                                        help="Start from these weights (fine-tuning; a new run, not --resume): a "
@@ -286,20 +338,22 @@ def train(
         raise typer.Exit(result.exit_code)
 
 
-@app.command("eval")
+@app.command("eval", cls=_Command)
 def evaluate(
     model: str = typer.Argument(..., help="A built-in model name or a YAML file."),
     checkpoint: Path = _WEIGHTS,
-    dataset: Optional[Dataset] = typer.Option(None, "--dataset", help="The dataset (the checkpoint's, else the "
-                                              "model file's).", rich_help_panel=_DATA),
-    split: Split = typer.Option(Split.test, "--split", help="test or train.", rich_help_panel=_DATA),
+    dataset: Optional[Dataset] = typer.Option(None, "--dataset", metavar="NAME", help=f"The dataset: {_DATASETS} "
+                                              "(the checkpoint's, else the model file's).", rich_help_panel=_DATA),
+    split: Split = typer.Option(Split.test, "--split", metavar="SPLIT", help="test or train.", rich_help_panel=_DATA),
     data_dir: Optional[Path] = _variant(_DATA_DIR, rich_help_panel=_DATA),
-    batch_size: int = typer.Option(500, "--batch-size", min=1, help="Images per forward pass."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Also report top-k accuracy [default: 3; 5 for "
-                                        "100 classes or more].", show_default=False, rich_help_panel=_OUTPUT),
-    worst: int = typer.Option(6, "--worst", min=0, help="How many of the worst mistakes to draw.",
+    batch_size: int = typer.Option(500, "--batch-size", metavar="N", min=1, help="Images per forward pass."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", metavar="K", min=1, help="Also report top-k accuracy "
+                                        "(default: 3; 5 for 100 classes or more).", show_default=False,
+                                        rich_help_panel=_OUTPUT),
+    worst: int = typer.Option(6, "--worst", metavar="N", min=0, help="How many of the worst mistakes to draw.",
                               rich_help_panel=_OUTPUT),
-    fmt: Format = typer.Option(Format.table, "--format", help="table or json.", rich_help_panel=_OUTPUT),
+    fmt: Format = typer.Option(Format.table, "--format", metavar="FORMAT", help="table or json.",
+                               rich_help_panel=_OUTPUT),
     skip_model_check: bool = _SKIP_MODEL_CHECK,
 ) -> None:
     """Accuracy, confusion matrix, per-class scores and the worst mistakes of a checkpoint."""
@@ -314,34 +368,37 @@ def evaluate(
     render.show(result, fmt.value, console)
 
 
-@app.command("backprop-trace")
+@app.command("backprop-trace", cls=_Command)
 def backprop_trace(
     model: str = typer.Argument("slide-mlp", help="slide-mlp (the lecture's example), slide-conv, "
                                                   "slide-maxpool, slide-avgpool, or any model."),
-    loss: Optional[LossName] = typer.Option(None, "--loss", help="ce, bce or mse (model's default).",
+    loss: Optional[LossName] = typer.Option(None, "--loss", metavar="NAME", help="ce, bce or mse (model's default).",
                                             rich_help_panel=_STEP),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate of the shown update.", rich_help_panel=_STEP),
-    input: Optional[str] = typer.Option(None, "--input",
+    lr: Optional[float] = typer.Option(None, "--lr", metavar="NUMBER", help="Learning rate of the shown update.",
+                                       rich_help_panel=_STEP),
+    input: Optional[str] = typer.Option(None, "--input", metavar="VALUES",
                                         help="Input values (comma-separated) or a .npy file.", rich_help_panel=_INPUT),
-    target: Optional[str] = typer.Option(None, "--target",
+    target: Optional[str] = typer.Option(None, "--target", metavar="VALUES",
                                          help="Target: comma-separated values or a class index.",
                                          rich_help_panel=_INPUT),
-    sample: Optional[int] = typer.Option(None, "--sample", help="Use test image I of the model's dataset.",
+    sample: Optional[int] = typer.Option(None, "--sample", metavar="I", help="Use test image I of the model's dataset.",
                                          rich_help_panel=_INPUT),
     weights: Optional[Path] = _variant(_WEIGHTS, default=None, rich_help_panel=_STEP),
-    filter: Optional[str] = typer.Option(None, "--filter", help="slide-conv: filter values, comma-separated.",
-                                         rich_help_panel=_SLIDES),
-    upstream: Optional[str] = typer.Option(None, "--upstream",
+    filter: Optional[str] = typer.Option(None, "--filter", metavar="VALUES",
+                                         help="slide-conv: filter values, comma-separated.", rich_help_panel=_SLIDES),
+    upstream: Optional[str] = typer.Option(None, "--upstream", metavar="VALUES",
                                            help="slide-conv/pool: ∂E/∂O values, comma-separated.",
                                            rich_help_panel=_SLIDES),
-    steps: int = typer.Option(1, "--steps", min=1, help="Repeat the training step N times.", rich_help_panel=_STEP),
+    steps: int = typer.Option(1, "--steps", metavar="N", min=1, help="Repeat the training step N times.",
+                              rich_help_panel=_STEP),
     compare_slides: bool = typer.Option(False, "--compare-slides",
                                         help="Check every number the lecture prints (slides 5–24).",
                                         rich_help_panel=_OUTPUT),
-    dump: Optional[Path] = typer.Option(None, "--dump", help="Write all gradients to this .npz file.",
+    dump: Optional[Path] = typer.Option(None, "--dump", metavar="FILE", help="Write all gradients to this .npz file.",
                                         rich_help_panel=_OUTPUT),
     data_dir: Optional[Path] = _variant(_DATA_DIR, rich_help_panel=_INPUT),
-    fmt: Format = typer.Option(Format.table, "--format", help="table or json.", rich_help_panel=_OUTPUT),
+    fmt: Format = typer.Option(Format.table, "--format", metavar="FORMAT", help="table or json.",
+                               rich_help_panel=_OUTPUT),
     skip_model_check: bool = _SKIP_MODEL_CHECK,
 ) -> None:
     """One exact forward and backward pass, shown layer by layer (the lecture's derivative tables)."""
@@ -357,15 +414,15 @@ def backprop_trace(
     render.show(result, fmt.value, console)
 
 
-@app.command()
+@app.command(cls=_Command)
 def predict(
     model: str = typer.Argument(..., help="A built-in model name or a YAML file."),
     images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG) or folders of them."),
     checkpoint: Path = _WEIGHTS,
-    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="How many classes to show per image "
-                                        "[default: 3; 5 for 100 classes or more].", show_default=False),
+    top_k: Optional[int] = typer.Option(None, "--top-k", metavar="K", min=1, help="How many classes to show per image "
+                                        "(default: 3; 5 for 100 classes or more).", show_default=False),
     invert: bool = typer.Option(False, "--invert", help="Invert the images (dark digits on light paper)."),
-    fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+    fmt: Format = typer.Option(Format.table, "--format", metavar="FORMAT", help="table or json."),
     skip_model_check: bool = _SKIP_MODEL_CHECK,
 ) -> None:
     """The top classes of image files under a checkpoint, each image drawn as the network saw it.
@@ -390,17 +447,19 @@ class GradientMetric(str, Enum):
     weight_norm = "weight_norm"
 
 
-@app.command()
+@app.command(cls=_Command)
 def plot(
     runs: list[Path] = typer.Argument(..., help="Run folders (from `cnncli train`), drawn together."),
     gradients: bool = typer.Option(False, "--gradients",
                                    help="Draw one run's gradient flow (layers × epochs) instead of its curves."),
-    metric: GradientMetric = typer.Option(GradientMetric.grad_norm, "--metric",
+    metric: GradientMetric = typer.Option(GradientMetric.grad_norm, "--metric", metavar="NAME",
                                           help="With --gradients: grad_norm, update_ratio or weight_norm."),
     all_layers: bool = typer.Option(False, "--all-layers",
                                     help="With --gradients: batch norm and other parametrised layers too."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Also write the picture to a .png, .svg or .pdf file."),
-    fmt: Format = typer.Option(Format.table, "--format", help="table (charts) or json (the numbers)."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="FILE",
+                                       help="Also write the picture to a .png, .svg or .pdf file."),
+    fmt: Format = typer.Option(Format.table, "--format", metavar="FORMAT",
+                               help="table (charts) or json (the numbers)."),
 ) -> None:
     """Training curves of runs (loss, accuracy per epoch), or a run's gradient flow as a heat map."""
     from cnncli.errors import UsageError
@@ -416,22 +475,25 @@ def plot(
         render.show_curves(plot_mod.curves(runs), fmt.value, _console(), out)
 
 
-@app.command()
+@app.command(cls=_Command)
 def features(
     model: str = typer.Argument(..., help="A built-in model name or a YAML file."),
     checkpoint: Path = _WEIGHTS,
     sample: Optional[int] = _SAMPLE,
     image: Optional[Path] = _IMAGE,
-    layer: Optional[list[str]] = typer.Option(None, "--layer", help="A layer to show (repeatable; "
-                                              "default: every convolution).", rich_help_panel=_OUTPUT),
-    max_maps: int = typer.Option(16, "--max-maps", min=1, help="Channels shown per layer.", rich_help_panel=_OUTPUT),
+    layer: Optional[list[str]] = typer.Option(None, "--layer", metavar="NAME", help="A layer to show, or a block: "
+                                              "its output (repeatable; default: every convolution).",
+                                              rich_help_panel=_OUTPUT),
+    max_maps: int = typer.Option(16, "--max-maps", metavar="N", min=1, help="Channels shown per layer.",
+                                 rich_help_panel=_OUTPUT),
     dataset: Optional[Dataset] = _IMAGE_DATASET,
     data_dir: Optional[Path] = _variant(_DATA_DIR, rich_help_panel=_INPUT),
     invert: bool = _INVERT,
-    out: Optional[Path] = typer.Option(None, "--out", help="Also write the grid to a .png, .svg or .pdf file.",
+    out: Optional[Path] = typer.Option(None, "--out", metavar="FILE",
+                                       help="Also write the grid to a .png, .svg or .pdf file.",
                                        rich_help_panel=_OUTPUT),
-    fmt: Format = typer.Option(Format.table, "--format", help="table (pictures) or json (the numbers).",
-                               rich_help_panel=_OUTPUT),
+    fmt: Format = typer.Option(Format.table, "--format", metavar="FORMAT",
+                               help="table (pictures) or json (the numbers).", rich_help_panel=_OUTPUT),
     skip_model_check: bool = _SKIP_MODEL_CHECK,
 ) -> None:
     """The feature maps each layer makes of one image, and the first layer's filters (slide 39)."""
@@ -458,30 +520,32 @@ class ExplainMethod(str, Enum):
 _EXPLANATION = "Explanation"
 
 
-@app.command()
+@app.command(cls=_Command)
 def explain(
     model: str = typer.Argument(..., help="A built-in model name or a YAML file."),
     weights: Path = _WEIGHTS,
     sample: Optional[int] = _SAMPLE,
     image: Optional[Path] = _IMAGE,
-    target: Optional[str] = typer.Option(None, "--class", help="The class to explain, by name or index "
-                                         "(default: the predicted one).", rich_help_panel=_EXPLANATION),
-    method: ExplainMethod = typer.Option(ExplainMethod.gradcam, "--method", help="gradcam (Selvaraju et al. "
-                                         "2017), saliency (the input gradient) or occlusion (a grey square "
-                                         "slid over the image).", rich_help_panel=_EXPLANATION),
-    layer: Optional[str] = typer.Option(None, "--layer", help="gradcam: the layer (default: the last "
-                                        "convolutional block's output).", rich_help_panel=_EXPLANATION),
-    patch: Optional[int] = typer.Option(None, "--patch", help="occlusion: the square's side in pixels "
+    target: Optional[str] = typer.Option(None, "--class", metavar="CLASS", help="The class to explain, by name or "
+                                         "index (default: the predicted one).", rich_help_panel=_EXPLANATION),
+    method: ExplainMethod = typer.Option(ExplainMethod.gradcam, "--method", metavar="NAME", help="gradcam "
+                                         "(Selvaraju et al. 2017), saliency (the input gradient) or occlusion (a "
+                                         "grey square slid over the image).", rich_help_panel=_EXPLANATION),
+    layer: Optional[str] = typer.Option(None, "--layer", metavar="NAME", help="gradcam: the layer, or a block: its "
+                                        "output (default: the last convolutional block's output).",
+                                        rich_help_panel=_EXPLANATION),
+    patch: Optional[int] = typer.Option(None, "--patch", metavar="N", help="occlusion: the square's side in pixels "
                                         "(default: an eighth of the input's).", rich_help_panel=_EXPLANATION),
-    stride: Optional[int] = typer.Option(None, "--stride", help="occlusion: its step in pixels (default: half "
-                                         "the square).", rich_help_panel=_EXPLANATION),
+    stride: Optional[int] = typer.Option(None, "--stride", metavar="N", help="occlusion: its step in pixels "
+                                         "(default: half the square).", rich_help_panel=_EXPLANATION),
     dataset: Optional[Dataset] = _IMAGE_DATASET,
     data_dir: Optional[Path] = _variant(_DATA_DIR, rich_help_panel=_INPUT),
     invert: bool = _INVERT,
-    out: Optional[Path] = typer.Option(None, "--out", help="Also write the picture to a .png, .svg or .pdf file.",
+    out: Optional[Path] = typer.Option(None, "--out", metavar="FILE",
+                                       help="Also write the picture to a .png, .svg or .pdf file.",
                                        rich_help_panel=_OUTPUT),
-    fmt: Format = typer.Option(Format.table, "--format", help="table (pictures) or json (the raw map).",
-                               rich_help_panel=_OUTPUT),
+    fmt: Format = typer.Option(Format.table, "--format", metavar="FORMAT",
+                               help="table (pictures) or json (the raw map).", rich_help_panel=_OUTPUT),
     skip_model_check: bool = _SKIP_MODEL_CHECK,
 ) -> None:
     """Which parts of an image a decision rests on: Grad-CAM, saliency or occlusion, drawn over the image."""
@@ -499,12 +563,14 @@ def explain(
     render.show(result, fmt.value, console, out)
 
 
-@app.command()
+@app.command(cls=_Command)
 def compare(
     models: list[str] = typer.Argument(..., help="Two or more models (built-in names or YAML files)."),
-    dataset: Optional[Dataset] = typer.Option(None, "--dataset", help="The dataset (the first model's by default).",
+    dataset: Optional[Dataset] = typer.Option(None, "--dataset", metavar="NAME",
+                                              help=f"The dataset: {_DATASETS} (the first model's by default).",
                                               rich_help_panel=_DATA_AUGMENT),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs for every model (the first model's default).",
+    epochs: Optional[int] = typer.Option(None, "--epochs", metavar="N",
+                                         help="Epochs for every model (the first model's default).",
                                          rich_help_panel=_RECIPE),
     limit: Optional[int] = _LIMIT,
     batch_size: Optional[int] = _BATCH_SIZE,
@@ -517,11 +583,12 @@ def compare(
     crop_padding: Optional[int] = _CROP_PADDING,
     flip: Optional[bool] = _FLIP,
     data_dir: Optional[Path] = _DATA_DIR,
-    out: Optional[Path] = typer.Option(None, "--out", help="Experiment folder (default runs/compare-<time>); "
-                                       "run the command again with it to go on.", rich_help_panel=_OUTPUT),
-    figure: Optional[Path] = typer.Option(None, "--figure", help="Also write the error curves to a "
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Experiment folder (default "
+                                       "runs/compare-<time>); run the command again with it to go on.",
+                                       rich_help_panel=_OUTPUT),
+    figure: Optional[Path] = typer.Option(None, "--figure", metavar="FILE", help="Also write the error curves to a "
                                           ".png, .svg or .pdf file.", rich_help_panel=_OUTPUT),
-    fmt: Format = typer.Option(Format.table, "--format", help="table (charts) or json (the numbers).",
+    fmt: Format = typer.Option(Format.table, "--format", metavar="FORMAT", help="table (charts) or json (the numbers).",
                                rich_help_panel=_OUTPUT),
 ) -> None:
     """Train models with one recipe and seed, then draw their error curves together (the depth experiment)."""
@@ -552,14 +619,15 @@ class ExportTarget(str, Enum):
     torch = "torch"
 
 
-@app.command()
+@app.command(cls=_Command)
 def export(
     model: str = typer.Argument(..., help="A built-in model name or a YAML file."),
     checkpoint: Path = _WEIGHTS,
-    to: ExportTarget = typer.Option(..., "--to", help="onnx (the onnx extra) or torch (the torch extra)."),
-    out: Path = typer.Option(..., "-o", "--output", help="The file to write: model.onnx, or model.py "
+    to: ExportTarget = typer.Option(..., "--to", metavar="FORMAT",
+                                    help="onnx (the onnx extra) or torch (the torch extra)."),
+    out: Path = typer.Option(..., "-o", "--output", metavar="FILE", help="The file to write: model.onnx, or model.py "
                              "(with model.pt beside it)."),
-    fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+    fmt: Format = typer.Option(Format.table, "--format", metavar="FORMAT", help="table or json."),
     skip_model_check: bool = _SKIP_MODEL_CHECK,
 ) -> None:
     """Write a trained model for another engine: an ONNX graph, or a PyTorch module and its weights."""

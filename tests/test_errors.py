@@ -140,3 +140,52 @@ def test_values_beyond_the_dataset(argv, fragment, capsys, monkeypatch, tmp_path
         main(argv + ["--out", str(tmp_path / "run")] if argv[0] == "train" else argv)
     out, err = capsys.readouterr()
     assert e.value.code == 2 and fragment in err and "Traceback" not in out + err
+
+
+# A path a command is to write, checked before any work (cnncli.atomic): (id, argv, the function the command
+# would run first, the message). {missing} is a folder that does not exist, {a_file} a file, {folder} a folder.
+OUTPUTS = [
+    ("features --out", ["features", "lenet5", "--weights", "w.npz", "--sample", "0", "--out", "{missing}/m.png"],
+     ("cnncli.commands.features", "features"), "cannot write --out {missing}/m.png: the folder {missing} does not exist"),
+    ("explain --out", ["explain", "lenet5", "--weights", "w.npz", "--sample", "0", "--out", "{a_file}/cam.png"],
+     ("cnncli.commands.explain", "explain"), "cannot write --out {a_file}/cam.png: {a_file} is a file, not a folder"),
+    ("explain --out a folder", ["explain", "lenet5", "--weights", "w.npz", "--sample", "0", "--out", "{folder}"],
+     ("cnncli.commands.explain", "explain"), "--out {folder} is a folder: give the name of a file to write in it"),
+    ("plot --out", ["plot", "run", "--out", "{missing}/curves.svg"], ("cnncli.records.history", "curves"),
+     "cannot write --out {missing}/curves.svg: the folder {missing} does not exist"),
+    ("compare --figure", ["compare", "lenet5", "lenet5-1998", "--figure", "{missing}/errors.pdf"],
+     ("cnncli.commands.compare", "plan"), "cannot write --figure {missing}/errors.pdf: the folder {missing} does not exist"),
+    ("compare --out", ["compare", "lenet5", "lenet5-1998", "--out", "{a_file}/exp"], ("cnncli.commands.compare", "run"),
+     "cannot make --out {a_file}/exp: {a_file} is a file, not a folder"),
+    ("train --out", ["train", "lenet5", "--out", "{a_file}/runs/a"], ("cnncli.commands.training", "train"),
+     "cannot make --out {a_file}/runs/a: {a_file} is a file, not a folder"),
+    ("export -o", ["export", "lenet5", "--weights", "w.npz", "--to", "onnx", "-o", "{missing}/m.onnx"],
+     ("cnncli.records.trained", "load"), "cannot write -o {missing}/m.onnx: the folder {missing} does not exist"),
+    ("backprop-trace --dump", ["backprop-trace", "lenet5", "--dump", "{missing}/g.npz"],
+     ("cnncli.lecture.trace", "_network"), "cannot write --dump {missing}/g.npz: the folder {missing} does not exist"),
+]
+
+
+@pytest.mark.parametrize("argv,first,message", [c[1:] for c in OUTPUTS], ids=[c[0] for c in OUTPUTS])
+def test_output_paths_are_checked_before_any_work(argv, first, message, capsys, monkeypatch, tmp_path):
+    """A file is written into a folder that exists, a folder is made where no file stands in the way: told at
+    once (status 2, the option, the path and the rule), before the command loads, trains or downloads anything."""
+    import importlib
+
+    started = []
+    monkeypatch.setattr(importlib.import_module(first[0]), first[1], lambda *a, **k: started.append(a))
+    monkeypatch.setenv("CNNCLI_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "occupied").write_text("a user's file")
+    (tmp_path / "folder").mkdir()
+    names = {"missing": str(tmp_path / "nowhere"), "a_file": str(tmp_path / "occupied"),
+             "folder": str(tmp_path / "folder")}
+    try:
+        main([a.format(**names) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    assert code == 2 and message.format(**names) in err, err
+    assert not started and "Traceback" not in out + err
+    assert not (tmp_path / "nowhere").exists()

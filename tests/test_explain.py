@@ -19,6 +19,7 @@ import pytest
 from rich.cells import cell_len
 from rich.console import Console
 from test_cli import run_main
+from test_features import blocks_checkpoint
 from test_training import DATA
 
 from cnncli import data
@@ -269,7 +270,7 @@ def test_the_picture_file(tiny, tmp_path, capsys):
 
 
 MISTAKES = [
-    (["--layer", "dep"], "--layer dep: no such layer in the model — did you mean 'deep'"),
+    (["--layer", "dep"], "--layer dep: model 'tiny-explain' has no layer or block of that name — did you mean 'deep'"),
     (["--layer", "out"], "--layer out: its output is 10, not maps"),
     (["--class", "10"], "--class 10 is out of range: the model has 10 classes (0..9)"),
     (["--class", "seven"], "--class seven: not a class name or index"),
@@ -287,6 +288,22 @@ def test_mistakes_exit_2(tiny, capsys, args, message):
     model, ckpt, _, image, _ = tiny
     code, out, err = run_main(["explain", str(model), "--weights", str(ckpt), "--image", str(image), *args], capsys)
     assert code == 2 and message in " ".join(err.split()) and "Traceback" not in err, err
+
+
+def test_a_block_is_explained_at_its_output(tiny, tmp_path, capsys):
+    """--layer stage2 (a group of two blocks) is Grad-CAM at the group's output, what the layers after it read:
+    the same map as naming that layer."""
+    model, ckpt = blocks_checkpoint(tmp_path, "float64")
+    image = tiny[3]
+    code, out, err = run_main(["explain", str(model), "--weights", str(ckpt), "--image", str(image), "--layer",
+                               "stage2", "--format", "json"], capsys)
+    assert code == 0, err
+    record = json.loads(out)
+    g = graph.build(spec.load(str(model)))
+    assert [record["layer"]] == list(g["flatten1"].inputs) == ["stage2.1.relu2"]
+    assert record["layer_shape"] == list(g["stage2.1.relu2"].out_shape)
+    named = explain.explain(str(model), ckpt, image=image, layer="stage2.1.relu2")
+    np.testing.assert_allclose(record["map"], named.raw, atol=1e-8)
 
 
 def test_a_file_that_is_not_an_image(tiny, tmp_path, capsys):

@@ -37,6 +37,40 @@ layers:
   - dense: {{units: 10}}
 """
 
+#: A model of blocks: stage1 one block, stage2 a group of two (stage2.0, stage2.1), each ending in an add and a ReLU.
+BLOCKS = """
+name: tiny-blocks
+input: [1, 28, 28]
+classes: 10
+train: {dataset: mnist}
+blocks:
+  unit:
+    args: {filters: ~}
+    layers:
+      - conv: {name: conv1, filters: $filters, kernel: 3, padding: 1}
+      - relu
+      - conv: {name: conv2, filters: $filters, kernel: 3, padding: 1}
+      - add: {inputs: [in, conv2]}
+      - relu
+layers:
+  - conv: {name: stem, filters: 2, kernel: 3, stride: 2}
+  - unit: {name: stage1, filters: 2}
+  - maxpool: {kernel: 2}
+  - unit: {name: stage2, filters: 2, repeat: 2}
+  - flatten
+  - dense: {name: fc, units: 10}
+"""
+
+
+def blocks_checkpoint(folder: Path, dtype: str = "float32") -> tuple[Path, Path]:
+    """BLOCKS as a model file and a checkpoint of initial weights that says it was trained on MNIST."""
+    model = folder / "blocks.yaml"
+    model.write_text(BLOCKS)
+    net = Network(graph.build(spec.load(str(model))), dtype, seed=2)
+    ckpt = folder / "blocks.npz"
+    checkpoint.save(ckpt, net.state_dict(), {}, {"config": {"dataset": "mnist", "dtype": dtype}})
+    return model, ckpt
+
 
 @pytest.fixture
 def trained(tmp_path):
@@ -158,7 +192,7 @@ def test_a_test_image_of_the_dataset(trained, capsys, monkeypatch):
 
 
 MISTAKES = [
-    (["--layer", "conv"], "--layer conv: no such layer in the model — did you mean 'conv1'"),
+    (["--layer", "conv"], "--layer conv: model 'tiny-maps' has no layer or block of that name — did you mean 'conv1'"),
     (["--layer", "dense1"], "--layer dense1: its output is 10, not maps"),
     (["--layer", "flatten1"], "not maps"),
     (["--max-maps", "0"], "--max-maps"),
@@ -171,6 +205,24 @@ def test_mistakes_exit_2(trained, digit, capsys, args, message):
     code, _, err = run_main(["features", str(model), "--checkpoint", str(ckpt), "--image", str(digit[0]), *args],
                             capsys)
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_a_block_is_shown_by_its_output(tmp_path, digit, capsys):
+    """--layer names a layer or a block, as --freeze does; a block's maps are its output's, what the next layer
+    reads. A name the model does not have gets the names it has, and the command that lists them all."""
+    model, ckpt = blocks_checkpoint(tmp_path)
+    g = graph.build(spec.load(str(model)))
+    result = features.features(str(model), ckpt, image=digit[0], layers=["stage1", "stage2", "stage2.0.conv1"],
+                               max_maps=1)
+    assert [m.name for m in result.layers] == [*g["maxpool1"].inputs, *g["flatten1"].inputs, "stage2.0.conv1"]
+    assert result.layers[1].name == "stage2.1.relu2"
+    code, _, err = run_main(["features", str(model), "--weights", str(ckpt), "--image", str(digit[0]), "--layer",
+                             "stage3"], capsys)
+    text = " ".join(err.split())
+    assert code == 2 and "--layer stage3: model 'tiny-blocks' has no layer or block of that name" in text
+    assert ("Its layers and blocks: stem, stage1, maxpool1, stage2, flatten1, fc; a block's layers go on after a "
+            "dot, as stage1.conv1.") in text
+    assert f"`cnncli summarize {model}` lists every name" in text
 
 
 def test_one_image_exactly(trained, digit, tmp_path, capsys):

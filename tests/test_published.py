@@ -283,6 +283,11 @@ def _model(tmp_path: Path, url: str) -> Path:
 def _forward(state: dict[str, np.ndarray], pixels: np.ndarray, mean, std) -> np.ndarray:
     """The tiny network by hand: 3×3 convolution (no padding), ReLU, global average, dense; softmax."""
     x = (pixels.astype(np.float64) / 255.0 - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]
+    return _network(state, x)
+
+
+def _network(state: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """The tiny network's class probabilities for a normalised input x (3, H, W)."""
     w, b = state["features.0.weight"].astype(np.float64), state["features.0.bias"].astype(np.float64)
     h, wd = x.shape[1] - 2, x.shape[2] - 2
     patches = np.stack([x[:, i:i + h, j:j + wd] for i in range(3) for j in range(3)], axis=-1)  # (3, h, w, 9)
@@ -417,6 +422,28 @@ def test_imagenet_is_no_dataset_to_load(tmp_path, server, tiny_file, capsys):
     code, _, err = run_main(["eval", str(_model(tmp_path, f"{server.url}/models/{name}")), "--weights",
                              "imagenet"], capsys)
     assert code == 2 and "ImageNet is not a dataset cnncli loads" in err and "--dataset image-folder" in err
+
+
+def test_backprop_trace_of_imagenet_weights_is_offered_an_input_array(tmp_path, server, tiny_file, tiny_state,
+                                                                      capsys):
+    """--sample takes a test image of a dataset, which ImageNet weights do not have: the message offers the input
+    backprop-trace reads instead, an array as the network takes it, and that works."""
+    name, body = tiny_file
+    server.routes[f"/models/{name}"] = body
+    model = _model(tmp_path, f"{server.url}/models/{name}")
+    code, _, err = run_main(["backprop-trace", str(model), "--weights", "imagenet", "--sample", "3"], capsys)
+    text = " ".join(err.split())
+    assert code == 2 and "Traceback" not in err
+    assert "--sample 3: the weights were trained on ImageNet, of which cnncli has the class names but no images" in text
+    assert "Give the input itself: --input FILE.npy, an array of 3×16×16 numbers as the network takes them" in text
+    assert "or leave --sample out" in text and "--image FILE and --method saliency" in text
+    x = np.random.default_rng(4).normal(0, 1, (3, 16, 16))
+    np.save(tmp_path / "x.npy", x)
+    code, out, err = run_main(["backprop-trace", str(model), "--weights", "imagenet", "--input",
+                               str(tmp_path / "x.npy"), "--target", "207", "--format", "json"], capsys)
+    assert code == 0, err
+    # The traced loss is the cross-entropy of class 207 on the array as given, by hand.
+    assert json.loads(out)["loss"] == pytest.approx(-math.log(_network(tiny_state, x)[207]), rel=1e-5)
 
 
 def test_open_weights_is_a_file_when_no_published_weights_have_the_name(lenet_checkpoint):

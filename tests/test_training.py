@@ -457,7 +457,7 @@ def test_output_folder_problems_exit_2(tiny, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
     err = cli_error(["train", tiny, "--limit", "500", "--out", str(blocker / "run")], capsys)
-    assert "cannot write the run folder" in err
+    assert f"cannot make --out {blocker / 'run'}: {blocker} is a file, not a folder" in err  # before any work
 
 
 def test_corrupt_resume_checkpoint_exits_2(tiny, tmp_path, capsys):

@@ -7,18 +7,25 @@ than 80 cells and compares the text with a golden snapshot
 clock; paths are relative to ``tmp_path`` (the working directory here), so that a
 line breaks at the same place on every machine. That the numbers in them are
 right is tested elsewhere (test_trace, test_summary, test_evaluation, ...).
+
+The help of the app and of every command (``width80-help-*``) is drawn by Typer,
+so its snapshots follow the Typer version's layout; what they must keep is
+checked on its own: no line over 80 cells, no ``<bool>``, nothing cut.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import typing
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import typer
 from rich.cells import cell_len
 from rich.console import Console
 from test_cli import run_main
@@ -26,6 +33,7 @@ from test_features import TINY as TINY_MAPS
 from test_plot import make_run
 from test_training import DATA
 
+from cnncli.cli import app
 from cnncli.commands import evaluation, explain, features, predict, summary, training
 from cnncli.commands.export import ExportResult
 from cnncli.engine.network import Network
@@ -293,6 +301,44 @@ def test_every_command_fits_80_columns(name, here, golden):
     if name.startswith(("summarize-", "models", "eval-", "export-", "train")):
         assert "…" not in text, f"{name}: a cell was cut to fit"  # these outputs have no … of their own
     golden(f"width80-{name}.txt", text)
+
+
+def _choices(callback) -> dict[str, list[str]]:
+    """The choices of each option of a command, by parameter name: the values of the Enum it is declared as."""
+    found = {}
+    for name, hint in typing.get_type_hints(callback).items():
+        for kind in (hint, *typing.get_args(hint)):
+            if isinstance(kind, type) and issubclass(kind, Enum):
+                found[name] = [member.value for member in kind]
+    return found
+
+
+#: The app ("") and each of its commands, whose --help the snapshots hold.
+HELP = ["", *typer.main.get_command(app).commands]
+
+
+@pytest.mark.parametrize("command", HELP, ids=[c or "cnncli" for c in HELP])
+def test_every_help_fits_80_columns_with_every_word_whole(command, monkeypatch, capsys, golden):
+    """`COLUMNS=80 cnncli CMD --help`: no line wider, no placeholder of a flag (<bool>), nothing cut (…), and every
+    word of each option's help, every choice among them, shown whole (help once cut choice lists mid-word)."""
+    monkeypatch.setenv("COLUMNS", str(WIDTH))
+    code, out, err = run_main([*([command] if command else []), "--help"], capsys)
+    assert code == 0, err
+    assert not too_wide(out), "\n".join(too_wide(out))
+    assert "<bool>" not in out and "…" not in out
+    assert "|" not in out  # Typer's placeholder for a choice joins the choices with |: a word stands there
+    group = typer.main.get_command(app)
+    shown = set(out.replace("│", " ").split())
+    shown_command = group.commands[command] if command else group
+    params = shown_command.params
+    for name, text in [("the command", shown_command.help), *((p.name, p.help) for p in params)]:
+        missing = [w for w in (text or "").split() if w not in shown]
+        assert not missing, f"--help of {command or 'cnncli'}: {name}'s help lost {missing}"
+    if command:
+        for name, choices in _choices(group.commands[command].callback).items():
+            said = {w.strip(".,;:()") for w in next(p for p in params if p.name == name).help.split()}
+            assert set(choices) <= said, f"{command} {name}: its help names {said & set(choices)} of {choices}"
+    golden(f"width80-help-{command or 'cnncli'}.txt", out)
 
 
 def test_trace_on_a_terminal_keeps_to_its_width():

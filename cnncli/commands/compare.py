@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from cnncli import atomic
 from cnncli.atomic import write_text_atomic
 from cnncli.commands import training
 from cnncli.data.source import open_source
@@ -87,7 +88,7 @@ def plan(models: list[str], overrides: dict[str, Any], *, limit: int | None = No
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise UsageError(f"model {twice[0]} is given twice: give each model once")
-    folder = Path(out) if out is not None else runs.new_folder("compare")
+    folder = atomic.check_folder(out, "--out") if out is not None else runs.new_folder("compare")
     saved = _saved(folder)
     if saved is not None:
         # Going on: what the command line leaves out is what the experiment was started with.

@@ -15,6 +15,9 @@ and one class's decision is traced back to the image by one of three methods
   pooling or passing them on (``PASS_ON``): the last convolutional block's
   output, after its activation (VGG-16's conv5_3 ReLU, as in the paper; a
   ResNet's last residual block's add and ReLU; LeNet-5's C3 tanh).
+  ``--layer`` names a layer or a block (:mod:`cnncli.model.naming`): a block
+  stands for its output, so ``--layer layer2`` is a ResNet's second stage as
+  the layers after it see it (the default is the last stage's output).
 * **saliency** (Simonyan et al. 2014): max over the input channels of
   |∂y_c/∂x|, (H, W), at the input's own resolution.
 * **occlusion** (Zeiler & Fergus 2014, the lecture's slide 39): a square of
@@ -59,7 +62,7 @@ from cnncli.model import spec
 from cnncli.model.graph import Graph, Node, ancestors
 from cnncli.records import checkpoint as ckpt_io
 from cnncli.records import inputs, trained
-from cnncli.words import count
+from cnncli.words import count, listed
 
 #: Layer kinds that pool, resample or pass on a block's output rather than compute features of their own:
 #: Grad-CAM's default layer is the last spatial output of another kind.
@@ -210,13 +213,15 @@ def default_layer(graph: Graph, score: str) -> Node:
     return found[-1]
 
 
-def choose_layer(graph: Graph, score: str, name: str | None) -> Node:
-    """The node ``--layer NAME`` names (a map feeding the scores), or :func:`default_layer`."""
+def choose_layer(graph: Graph, score: str, name: str | None, model: str | None = None) -> Node:
+    """The node ``--layer NAME`` names, a layer or a block's output (:mod:`cnncli.model.naming`; a map feeding
+    the scores), or :func:`default_layer`; ``model``: the model as the user gave it, for messages."""
     if name is None:
         return default_layer(graph, score)
-    node = map_layer(graph, name)
-    if name not in _feeding(graph, score):
-        raise UsageError(f"--layer {name}: the class scores ('{score}') do not depend on it")
+    node = map_layer(graph, name, model)
+    if node.name not in _feeding(graph, score):
+        which = "" if node.name == name else f" (its output, {node.name})"
+        raise UsageError(f"--layer {name}: the class scores ('{score}') do not depend on it{which}")
     return node
 
 
@@ -232,16 +237,11 @@ def choose_class(wanted: str | None, classes: list[str], predicted: int) -> int:
         close = difflib.get_close_matches(wanted, classes, n=3)
         hint = f" — did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise UsageError(f"--class {wanted}: not a class name or index{hint} (the classes: "
-                         f"{_listed(classes)}, or their index 0..{len(classes) - 1})") from None
+                         f"{listed(classes, 10)}, or their index 0..{len(classes) - 1})") from None
     if not 0 <= index < len(classes):
         raise UsageError(f"--class {wanted} is out of range: the model has {count(len(classes), 'class')} "
                          f"(0..{len(classes) - 1})")
     return index
-
-
-def _listed(names: list[str], most: int = 10) -> str:
-    shown = ", ".join(names[:most])
-    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def default_patch(height: int, width: int) -> tuple[int, int]:
@@ -383,7 +383,7 @@ def explain(model: str, weights: Path, *, sample: int | None = None, image: Path
                            invert=invert, progress=progress, skip_model_check=skip_model_check, fast=how.fast)
     graph, loss = subject.graph, losses.get(subject.model_spec.loss)
     if "layer" in how.flags:
-        choose_layer(graph, score_node(graph, loss), layer)
+        choose_layer(graph, score_node(graph, loss), layer, model)
     if "patch" in how.flags:
         occlusion_square(settings, *graph.input_shape[1:])
     classes = list(subject.info.classes)

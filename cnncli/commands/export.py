@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnncli import atomic
 from cnncli.atomic import write_atomic
 from cnncli.errors import UsageError
 from cnncli.records import trained
@@ -50,8 +51,7 @@ def export(model: str, checkpoint: Path, to: str, out: Path, *, skip_model_check
     out = Path(out)
     if out.suffix.lower() != TARGETS[to]:
         raise UsageError(f"-o {out}: an {to} export is a {TARGETS[to]} file, e.g. -o model{TARGETS[to]}")
-    if not out.parent.is_dir():
-        raise UsageError(f"-o {out}: the folder {out.parent} does not exist")
+    atomic.check_file(out, "-o", example=f"model{TARGETS[to]}")
     from cnncli.exchange import onnx_model, torch_module
 
     # A missing extra is reported before any work.

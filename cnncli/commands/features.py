@@ -6,7 +6,8 @@ network the way evaluation sends it (the run's input adaptation and
 normalisation); an image file that looks inverted against the training
 images gets a warning (:func:`cnncli.commands.predict.polarity_warning`). Every layer's
 output is kept (a plain, unfused network), and for each chosen layer (every
-convolution by default) the activation maps of its first ``max_maps`` channels
+convolution by default; a block named by ``--layer`` stands for its output,
+:mod:`cnncli.model.naming`) the activation maps of its first ``max_maps`` channels
 are returned with their statistics, together with the first convolution's
 filters and the network's prediction.
 
@@ -18,7 +19,6 @@ a ReLU's inactive units).
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from cnncli import extras
 from cnncli.commands.predict import Guess, InputWarning, one_image
 from cnncli.engine import losses
 from cnncli.errors import UsageError
+from cnncli.model import naming
 from cnncli.records import trained
 
 #: Channels of a layer shown unless --max-maps says otherwise.
@@ -88,28 +89,23 @@ def scale_to_bytes(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     return np.round((a - lo) / span * 255).astype(np.uint8)
 
 
-def _choose_layers(graph, wanted: list[str] | None) -> list:
+def _choose_layers(graph, wanted: list[str] | None, model: str | None = None) -> list:
     if not wanted:
         chosen = [n for n in graph.nodes if n.kind == "conv"]
         if not chosen:
             raise UsageError("the model has no convolution; name the layers to show with --layer")
         return chosen
-    return [map_layer(graph, name) for name in wanted]
+    return [map_layer(graph, name, model) for name in wanted]
 
 
-def map_layer(graph, name: str):
-    """The node ``--layer NAME`` names, whose output must be maps (C, H, W); UsageError (with the close names)
-    otherwise."""
-    nodes = {n.name: n for n in graph.nodes}
-    node = nodes.get(name)
-    if node is None:
-        close = difflib.get_close_matches(name, list(nodes), n=3)
-        hint = f" — did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        convs = [n.name for n in graph.nodes if n.kind == "conv"][:6]
-        raise UsageError(f"--layer {name}: no such layer in the model{hint} (its convolutions: "
-                         f"{', '.join(convs) or 'none'}; `cnncli summarize` lists every layer)")
+def map_layer(graph, name: str, model: str | None = None):
+    """The node ``--layer NAME`` names, a layer or a block's output (:func:`cnncli.model.naming.resolve`;
+    ``model``: the model as the user gave it), whose output must be maps (C, H, W); UsageError otherwise."""
+    named = naming.resolve(graph.spec, name, "--layer", nodes=[n.spec for n in graph.nodes], model=model)
+    node = graph[named.output]
     if len(node.out_shape) != 3:
-        raise UsageError(f"--layer {name}: its output is {'×'.join(map(str, node.out_shape))}, not maps "
+        which = f" (block {name}'s last layer, {node.name})" if named.is_block else ""
+        raise UsageError(f"--layer {name}: its output{which} is {'×'.join(map(str, node.out_shape))}, not maps "
                          "(channels × height × width); choose a layer before the flatten")
     return node
 
@@ -132,7 +128,7 @@ def features(model: str, checkpoint: Path, *, sample: int | None = None, image: 
                           data=trained.RECORDED if image is not None else trained.OPEN, progress=progress,
                           skip_model_check=skip_model_check, fast=False)
     graph, info, plan, net = loaded.graph, loaded.source, loaded.plan, loaded.network
-    chosen = _choose_layers(graph, layers)
+    chosen = _choose_layers(graph, layers, model)
 
     picked = one_image(info, sample=sample, image=image, invert=invert, data_dir=data_dir, progress=progress)
     pixels = picked.pixels

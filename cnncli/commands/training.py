@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 import yaml
 
-from cnncli import __version__, data
+from cnncli import __version__, atomic, data
 from cnncli.atomic import write_text_atomic
 from cnncli.commands import recipe
 from cnncli.data import DownloadEvent
@@ -293,11 +293,13 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
     not train (:func:`cnncli.records.freeze.choose`); a resumed run keeps its own.
     """
     model_spec = spec.load(model)
+    if out is not None:
+        atomic.check_folder(out, "--out")
     if resume is not None and weights is not None:
         raise UsageError("--weights starts a new run from weights, --resume continues a run (its weights are in "
                          "its checkpoint): give one of them")
     if freeze is not None:
-        freezing.choose(model_spec, freeze)  # an unknown layer is an error before any work
+        freezing.choose(model_spec, freeze, model)  # an unknown layer is an error before any work
         if weights is None and resume is None:
             import warnings
 

@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from cnncli import atomic
 from cnncli.atomic import write_atomic
 from cnncli.engine import losses as losses_mod
 from cnncli.engine import optim
@@ -468,12 +469,7 @@ def write_dump(path: Path, net: Network) -> str:
 
 
 def _dump_folder(path: Path) -> Path:
-    folder = path.parent
-    if not folder.is_dir():
-        raise UsageError(f"--dump: the folder {folder} does not exist")
-    if path.is_dir():
-        raise UsageError(f"--dump: {path} is a folder; give a file name like grads.npz")
-    return folder
+    return atomic.check_file(path, "--dump", example="grads.npz").parent
 
 
 def _network(model: str, weights: Path | None, skip_model_check: bool = False,
@@ -497,6 +493,7 @@ def _classes(net: Network) -> int:
 def _sample(model_spec: spec.ModelSpec, saved: checkpoint.Checkpoint | None, index: int, data_dir: Path | None,
             shape: tuple[int, ...], progress=None) -> tuple[np.ndarray, int, str]:
     """Test image ``index`` of the dataset the weights were trained on (else the model file's)."""
+    from cnncli.data import class_lists
     from cnncli.data.source import open_source
     from cnncli.records import inputs
 
@@ -507,6 +504,14 @@ def _sample(model_spec: spec.ModelSpec, saved: checkpoint.Checkpoint | None, ind
     if dataset is None:
         raise UsageError(f"--sample: model '{model_spec.name}' names no dataset (train.dataset), "
                          "so there is no test image to take; give --input instead")
+    if class_lists.is_class_list(dataset):
+        title = class_lists.get(dataset).title
+        raise UsageError(f"--sample {index}: the weights were trained on {title}, of which cnncli has the class "
+                         "names but no images, so there is no test image to trace. Give the input itself: "
+                         f"--input FILE.npy, an array of {fmt_shape(shape)} numbers as the network takes them "
+                         "(resized and normalised as the weights expect), or leave --sample out to trace a random "
+                         "input. backprop-trace reads arrays, not image files; a photo's input gradient is what "
+                         "`cnncli explain` draws with the same --weights, --image FILE and --method saliency")
     source = open_source(dataset, data_dir, tuple(shape))
     # The image reaches the network as training images do: adapted to its input, then normalised.
     plan = inputs.plan(source.title, source.image_shape, tuple(shape), model_spec.name)

@@ -1,10 +1,10 @@
 """``train --freeze``: which layers of a network do not learn in a run (fine-tuning).
 
 ``--freeze NAME`` freezes the layer of that name, or the block or group of layers (``layer3``: every
-``layer3.*``, as PyTorch names modules), and every layer before it in network order, the order of the
-model file (``cnncli summarize`` lists it); ``--freeze
-backbone`` freezes every layer but the model's heads (:mod:`cnncli.model.head`). The layers after the
-frozen part train.
+``layer3.*``, as PyTorch names modules; :mod:`cnncli.model.naming`, the rule ``--layer`` follows too), and
+every layer before it in network order, the order of the model file (``cnncli summarize`` lists it);
+``--freeze backbone`` freezes every layer but the model's heads (:mod:`cnncli.model.head`). The layers
+after the frozen part train.
 
 What frozen means (:attr:`cnncli.model.graph.Node.frozen`, the one flag the engine reads):
 
@@ -24,11 +24,10 @@ loads it as any other.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
 from cnncli.errors import UsageError
-from cnncli.model import head
+from cnncli.model import head, naming
 from cnncli.model.kinds import is_parametric
 from cnncli.model.spec import ModelSpec
 
@@ -45,28 +44,23 @@ class Freeze:
     layers: frozenset[str]
 
 
-def choose(model_spec: ModelSpec, value: str) -> Freeze:
+def choose(model_spec: ModelSpec, value: str, model: str | None = None) -> Freeze:
     """The layers ``--freeze value`` freezes in ``model_spec``; a :class:`UsageError` for a name the model does
-    not have (with the closest ones), for ``backbone`` in a model without a head, or when nothing would train."""
+    not have (:func:`cnncli.model.naming.resolve`; ``model``: the model as the user gave it), for ``backbone``
+    in a model without a head, or when nothing would train."""
     nodes = model_spec.nodes
     if value == BACKBONE:
         heads = {h.name for h in head.heads(model_spec)}
         if not heads:
             raise UsageError(f"--freeze {BACKBONE}: model '{model_spec.name}' has no dense layer making its "
                              "output (its head), so there is no backbone to tell from it; name the last layer "
-                             "to freeze instead (`cnncli summarize` lists them)")
+                             f"to freeze instead (`cnncli summarize {model or model_spec.name}` lists them)")
         frozen = [n.name for n in nodes if n.name not in heads]
     else:
-        at = [i for i, n in enumerate(nodes) if n.name == value or value in n.scope or n.name.startswith(value + ".")]
-        if not at:
-            groups = {n.name.rsplit(".", k)[0] for n in nodes for k in range(1, n.name.count(".") + 1)}
-            names = [n.name for n in nodes] + sorted(groups | {s for n in nodes for s in n.scope}) + [BACKBONE]
-            close = difflib.get_close_matches(value, names, n=3)
-            hint = f" — did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise UsageError(f"--freeze {value}: model '{model_spec.name}' has no layer or block of that name"
-                             f"{hint} (`cnncli summarize` lists them; --freeze {BACKBONE} freezes every layer "
-                             "but the head)")
-        frozen = [n.name for n in nodes[:at[-1] + 1]]
+        last = naming.resolve(model_spec, value, "--freeze", model=model, also=(BACKBONE,),
+                              also_hint=f"; --freeze {BACKBONE} freezes every layer but the head").output
+        names = [n.name for n in nodes]
+        frozen = names[:names.index(last) + 1]
     layers = frozenset(frozen)
     learning = [n for n in nodes if n.name not in layers and is_parametric(n.kind)
                 and n.options.get("trainable", True)]

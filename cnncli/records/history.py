@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnncli import extras
+from cnncli import atomic, extras
 from cnncli.errors import UsageError
 from cnncli.records import runs
 
@@ -94,13 +94,12 @@ class GradientMap:
 
 
 def check_out(out: Path | None, flag: str = "--out") -> None:
-    """A picture file's type must be one we write, and matplotlib (the plots extra) must be there to write it;
-    checked before any work."""
+    """A picture file ``flag`` names: of a type we write, in a folder that can take it
+    (:func:`cnncli.atomic.check_file`), and matplotlib (the plots extra) there to write it; checked before
+    any work."""
     if out is None:
         return
-    if Path(out).suffix.lower() not in FILE_TYPES:
-        raise UsageError(f"{flag} {out}: the file type is taken from its name and must be one of "
-                         f"{', '.join(FILE_TYPES)}, e.g. {flag} curves.png")
+    atomic.check_file(out, flag, FILE_TYPES, example="curves.png")
     extras.require("plots", f"writing pictures to files ({flag})")
 
 
