@@ -293,7 +293,7 @@ def _forward(state: dict[str, np.ndarray], pixels: np.ndarray, mean, std) -> np.
 
 
 def test_downloaded_weights_predict_as_the_network_computes_by_hand(tmp_path, server, tiny_file, tiny_state,
-                                                                    capsys):
+                                                                    capsys, monkeypatch):
     name, body = tiny_file
     server.routes[f"/models/{name}"] = body
     model = _model(tmp_path, f"{server.url}/models/{name}")
@@ -312,7 +312,10 @@ def test_downloaded_weights_predict_as_the_network_computes_by_hand(tmp_path, se
     assert [g["name"] for g in record["predictions"][0]["top"]] == [names[i] for i in top]
     np.testing.assert_allclose([g["probability"] for g in record["predictions"][0]["top"]], probs[top],
                                rtol=1e-4, atol=1e-7)
-    # A second run uses the cached file: no download.
+    # A second run uses the cached file: no download, and no second hashing (the download's check is recorded).
+    cached = tmp_path / "xdg-cache" / "cnncli" / "weights" / name
+    assert str(cached.resolve()) in json.loads((published.cache_folder() / published.VERIFIED).read_text())
+    monkeypatch.setattr(published, "sha256", lambda path: pytest.fail(f"{path} hashed again"))
     assert run_main(["predict", str(model), str(photo), "--weights", "imagenet"], capsys)[0] == 0
     assert len(server.hits) == 1
 
