@@ -280,12 +280,13 @@ def train(
     overrides = _recipe(dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                         momentum=momentum, weight_decay=weight_decay, schedule=schedule, seed=seed,
                         crop_padding=crop_padding, flip=flip)
-    config = training.configure(model, overrides, limit=limit, data_dir=data_dir, out=out,
-                                resume=resume, dtype=dtype.value if dtype else None,
-                                engine=engine.value if engine else None, nproc=nproc,
-                                device=device.value if device else None, skip_model_check=skip_model_check,
-                                weights=weights, freeze=freeze)
     console = _console()
+    with _downloads(Format.table, console) as shown:  # published weights (--weights imagenet) are fetched here
+        config = training.configure(model, overrides, limit=limit, data_dir=data_dir, out=out,
+                                    resume=resume, dtype=dtype.value if dtype else None,
+                                    engine=engine.value if engine else None, nproc=nproc,
+                                    device=device.value if device else None, skip_model_check=skip_model_check,
+                                    weights=weights, freeze=freeze, progress=shown)
     result = training.train(config, render.Reporter(console))
     render.show_result(result, console)
     if result.exit_code:

@@ -270,7 +270,8 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
               data_dir: Path | None = None, out: Path | None = None, resume: Path | None = None,
               dtype: str | None = None, engine: str | None = None, nproc: int | None = None,
               device: str | None = None, skip_model_check: bool = False,
-              weights: str | os.PathLike[str] | None = None, freeze: str | None = None) -> RunConfig:
+              weights: str | os.PathLike[str] | None = None, freeze: str | None = None,
+              progress: data.ProgressCallback | None = None) -> RunConfig:
     """Resolve a run's settings: defaults < the model file's ``train:`` < its entry for the dataset
     (``train: datasets:``) < flags (``None`` = unset).
 
@@ -288,7 +289,8 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
     ``weights`` starts a new run from them (fine-tuning; not with ``resume``): a cnncli checkpoint or a
     PyTorch state dict, checked against the network they were trained as; their head is replaced by a
     fresh one when the dataset has other classes (:meth:`_Run.start_from`). ``freeze``: the layers that do
-    not train (:func:`cnncli.freeze.choose`); a resumed run keeps its own.
+    not train (:func:`cnncli.freeze.choose`); a resumed run keeps its own. ``progress`` receives the download
+    events of published weights (``--weights imagenet``), which are fetched here, before the run starts.
     """
     model_spec = spec.load(model)
     if resume is not None and weights is not None:
@@ -321,7 +323,7 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
                            out=Path(out or ".") if follower else _fresh_out(model_spec.name, out), data_dir=data_dir,
                            spec=model_spec, engine=engine or "numba", freeze=freeze)
         if weights is not None:
-            config.weights, config.start = str(weights), _start(model_spec, weights, skip_model_check)
+            config.weights, config.start = str(weights), _start(model_spec, weights, skip_model_check, progress)
     config.nproc = nproc or 1
     if config.nproc > 1 and config.engine != "torch":
         raise UsageError(f"--nproc {config.nproc} runs data-parallel processes of the torch engine: add "
@@ -364,11 +366,12 @@ def _prepared_as(model_spec: spec.ModelSpec, weights: str | None) -> Source | No
     return published.source(model_spec.weights[weights], model_spec)
 
 
-def _start(model_spec: spec.ModelSpec, weights: str | os.PathLike[str],
-           skip_model_check: bool) -> checkpoint.Checkpoint:
+def _start(model_spec: spec.ModelSpec, weights: str | os.PathLike[str], skip_model_check: bool,
+           progress: data.ProgressCallback | None = None) -> checkpoint.Checkpoint:
     """The weights a fine-tuning run starts from, refused when trained for another network than the model
-    (sized as they were trained, :func:`cnncli.trained.as_trained`) unless ``skip_model_check``."""
-    saved = checkpoint.open_weights(weights, model_spec)  # its load checks the file is there
+    (sized as they were trained, :func:`cnncli.trained.as_trained`) unless ``skip_model_check``; ``progress``
+    receives the download's events when they are published weights not yet on this machine."""
+    saved = checkpoint.open_weights(weights, model_spec, progress)  # its load checks the file is there
     saved.check_model(trained.as_trained(model_spec, saved), skip_model_check)
     return saved
 

@@ -482,6 +482,9 @@ def test_fine_tuning_published_weights_prepares_the_folder_as_the_weights_expect
                                 "--out", str(out)], capsys)
     assert code == 0, err
     assert "head: 1000 → 2 units" in " ".join(text.split()) and "ImageNet weights' statistics" in text
+    # the weights' download is shown as predict's is (a plain line each when not on a terminal), before the run
+    assert " ".join(text.split()).startswith(f"downloading {name} from {server.url}/models/{name} "
+                                             f"({len(body) / 1e6:.1f} MB) downloaded {name} ")
     run = checkpoint.load(out / "last.npz")
     source = Source.from_config(run.meta["source"])
     assert source.classes == ("blue", "red") and source.resize == 18
