@@ -372,6 +372,10 @@ def predict(
     top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="How many classes to show per image "
                                         "[default: 3; 5 for 100 classes or more].", show_default=False),
     invert: bool = typer.Option(False, "--invert", help="Invert the images (dark digits on light paper)."),
+    dataset: Optional[Dataset] = typer.Option(None, "--dataset", help="The dataset whose classes and statistics "
+                                              "the weights were trained with (the checkpoint records them; a "
+                                              "PyTorch state dict does not).", rich_help_panel=_INPUT),
+    data_dir: Optional[Path] = _variant(_DATA_DIR, rich_help_panel=_INPUT),
     fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
     skip_model_check: bool = _SKIP_MODEL_CHECK,
 ) -> None:
@@ -386,6 +390,7 @@ def predict(
     console = _console()
     with _downloads(fmt, console) as shown:
         result = predict_mod.predict(model, checkpoint, images, top_k=top_k, invert=invert,
+                                     dataset=dataset.value if dataset else None, data_dir=data_dir,
                                      skip_model_check=skip_model_check, progress=shown)
     render.show(result, fmt.value, console)
     predict_mod.check_complete(result)  # files left out: named above, and status 2

@@ -28,6 +28,7 @@ from cnncli import extras, trained
 from cnncli.engine import losses
 from cnncli.errors import UsageError
 from cnncli.evaluation import default_top_k, probabilities
+from cnncli.model.head import HeadChange
 from cnncli.predict import Guess, InputWarning, one_image
 
 #: Channels of a layer shown unless --max-maps says otherwise.
@@ -78,6 +79,7 @@ class FeatureResult:
     layers: list[LayerMaps]
     filters: Filters | None
     warnings: tuple[InputWarning, ...] = ()   # about an image file (predict's polarity check)
+    head: tuple[HeadChange, ...] = ()         # heads sized as the weights file holds them (it records no classes)
 
 
 def scale_to_bytes(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
@@ -160,4 +162,4 @@ def features(model: str, checkpoint: Path, *, sample: int | None = None, image: 
         shown_w = w if w.shape[1] == 3 else w[:, :1]
         filters = Filters(first.name, tuple(w.shape), shown_w, scale_to_bytes(shown_w, (1, 2, 3)))
     return FeatureResult(loaded.spec.name, Path(checkpoint), picked.what, pixels, picked.label, list(info.classes),
-                         guesses, plan.describe(), maps, filters, picked.warnings)
+                         guesses, plan.describe(), maps, filters, picked.warnings, loaded.head)

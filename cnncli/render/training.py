@@ -19,7 +19,7 @@ from rich.text import Text
 from cnncli import recipe, runs
 from cnncli.data import DownloadEvent
 from cnncli.model.head import HeadChange
-from cnncli.render import say
+from cnncli.render import head_sizes, say
 from cnncli.render.downloads import Downloads
 from cnncli.training import EpochRecord, Frozen, RunResult, RunStart, Start, StepProgress
 from cnncli.words import count
@@ -67,12 +67,7 @@ def advice(a: recipe.Advice) -> str:
 
 def head_line(changes: tuple[HeadChange, ...], title: str) -> str:
     """The model's heads sized to the data's classes: ``head: fc: 10 → 3 units for the 3 classes of ...``."""
-    after = changes[0].after
-    if len({c.before for c in changes}) == 1:
-        sizes = f"{', '.join(c.layer for c in changes)}: {changes[0].before} → {after} units"
-    else:
-        sizes = ", ".join(f"{c.layer}: {c.before} → {after} units" for c in changes)
-    return f"head: {sizes} for the {count(after, 'class')} of {title}"
+    return f"head: {head_sizes(changes)} for the {count(changes[0].after, 'class')} of {title}"
 
 
 def start_line(start: Start) -> str:
