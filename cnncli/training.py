@@ -41,7 +41,7 @@ from cnncli.errors import CheckpointError, TrainingStopped, UsageError, WorkerLo
 from cnncli.gradflow import GradientFlow
 from cnncli.model import head, spec
 from cnncli.model.graph import ancestors, build
-from cnncli.schedule import Plan, learning_rate
+from cnncli.schedule import Plan, first_change, learning_rate
 from cnncli.words import count, plural
 
 #: Images per forward pass when scoring the validation and test sets (no gradients kept).
@@ -125,6 +125,25 @@ class Frozen:
 
 
 @dataclass(frozen=True)
+class Replan:
+    """A run resumed with another ``--epochs`` than it was planned for, whose schedule therefore gives other
+    rates from ``step`` (0-based) on (:func:`cnncli.schedule.first_change`)."""
+
+    schedule: str
+    planned: int              # the epochs the run was planned for
+    epochs: int               # the epochs it is planned for now
+    step: int                 # the first step whose rate changes ...
+    planned_lr: float         # ... its rate under the run's plan
+    lr: float                 # ... and under the new one
+    steps_per_epoch: int
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run had trained every step of its plan (it is being trained longer)."""
+        return self.step >= self.planned * self.steps_per_epoch
+
+
+@dataclass(frozen=True)
 class RunStart:
     """Sent once before the first step."""
 
@@ -144,6 +163,7 @@ class RunStart:
     head: tuple[head.HeadChange, ...] = ()    # the model's heads sized to the dataset's classes
     start: Start | None = None                # the weights a fine-tuning run started from
     frozen: Frozen | None = None              # the layers that do not train
+    replan: Replan | None = None              # a resumed run's schedule changed by another --epochs
 
 
 @dataclass(frozen=True)
@@ -276,8 +296,10 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
     (``train: datasets:``) < flags (``None`` = unset).
 
     With ``resume`` the checkpoint's own settings (``limit`` and ``dtype`` too)
-    are used; only ``epochs`` may change (to train longer), and a flag that
-    contradicts the checkpoint is an error. The run goes on in the checkpoint's
+    are used; only ``epochs`` may change (to train longer, or to stop sooner: not before the epochs the
+    checkpoint has trained, nor inside the epoch it is in), and a flag that contradicts the checkpoint is
+    an error. A schedule spread over the run's length (cosine, onecycle) then follows the new length from
+    where the run stands: :attr:`RunStart.replan` says from which step, at what rate. The run goes on in the checkpoint's
     folder unless ``out`` names a new one. ``dtype`` None: float32, or the
     checkpoint's. ``engine`` None: numba, or the checkpoint's; a resumed run may change it (the
     state is the same), though only the same engine repeats an uninterrupted run bit for bit.
@@ -463,6 +485,10 @@ def _configure_resume(model: str, model_spec: spec.ModelSpec, given: dict[str, A
             if value < ckpt.epoch:
                 raise UsageError(f"--epochs {value} is fewer than the {count(ckpt.epoch, 'epoch')} {resume} "
                                  "has already trained")
+            if value == ckpt.epoch and ckpt.meta.get("batch"):
+                raise UsageError(f"--epochs {value} would end the run inside epoch {value + 1}, which {resume} "
+                                 f"is {count(int(ckpt.meta['batch']), 'step')} into: give --epochs {value + 1} "
+                                 "or more")
             settings[key] = value
         elif value != settings[key]:
             raise UsageError(f"{_flag(key)} {value} differs from the resumed run's {settings[key]}: "
@@ -647,12 +673,27 @@ class _Run:
         self.advice = tuple(recipe.check(len(self.x_train), cfg.batch_size, recipe.uses_batchnorm(self.graph)))
         self.plan = Plan(cfg.lr, cfg.epochs, self.steps_per_epoch, cfg.warmup_epochs,
                          cfg.step_epochs, cfg.step_gamma)
+        self.replan = None
         if cfg.resume is not None:
-            self.restore(checkpoint.load(cfg.resume))
+            ckpt = checkpoint.load(cfg.resume)
+            self.restore(ckpt)
+            self.replan = self.replanned(ckpt.config.get("epochs"))
         if self.lead:
             _prepare_run_dir(cfg.out, cfg, self.inputs, self.data_source)
             if self.history:
                 self.write_metrics()
+
+    def replanned(self, planned: Any) -> Replan | None:
+        """Where a resumed run's rates part from the ones of its plan of ``planned`` epochs (its checkpoint's
+        setting), now that ``--epochs`` asks for another number; None when no rate changes."""
+        cfg = self.cfg
+        if not isinstance(planned, int) or isinstance(planned, bool) or planned < 1 or planned == cfg.epochs:
+            return None
+        before = Plan(cfg.lr, planned, self.steps_per_epoch, cfg.warmup_epochs, cfg.step_epochs, cfg.step_gamma)
+        change = first_change(cfg.schedule, before, self.plan, self.step)
+        if change is None:
+            return None
+        return Replan(cfg.schedule, planned, cfg.epochs, *change, self.steps_per_epoch)
 
     def start_from(self, saved: checkpoint.Checkpoint, model_spec: spec.ModelSpec) -> Start:
         """Load the weights a fine-tuning run starts from into the fresh network.
@@ -756,7 +797,7 @@ class _Run:
                                      self.graph.total_params, self.steps_per_epoch, self.epoch,
                                      self.batch, cfg.out, self.inputs, self.data_source.notes,
                                      getattr(self.net, "description", ""), self.advice, self.head, self.start,
-                                     self.frozen))
+                                     self.frozen, self.replan))
         bs = cfg.batch_size
         n = len(self.x_train)
         augmentation = self.inputs.augmentation
