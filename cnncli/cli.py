@@ -326,12 +326,13 @@ def train(
     overrides = _recipe(dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                         momentum=momentum, weight_decay=weight_decay, schedule=schedule, seed=seed,
                         crop_padding=crop_padding, flip=flip)
-    config = training.configure(model, overrides, limit=limit, data_dir=data_dir, out=out,
-                                resume=resume, dtype=dtype.value if dtype else None,
-                                engine=engine.value if engine else None, nproc=nproc,
-                                device=device.value if device else None, skip_model_check=skip_model_check,
-                                weights=weights, freeze=freeze)
     console = _console()
+    with _downloads(Format.table, console) as shown:  # published weights (--weights imagenet) are fetched here
+        config = training.configure(model, overrides, limit=limit, data_dir=data_dir, out=out,
+                                    resume=resume, dtype=dtype.value if dtype else None,
+                                    engine=engine.value if engine else None, nproc=nproc,
+                                    device=device.value if device else None, skip_model_check=skip_model_check,
+                                    weights=weights, freeze=freeze, progress=shown)
     result = training.train(config, render.Reporter(console))
     render.show_result(result, console)
     if result.exit_code:
@@ -422,6 +423,11 @@ def predict(
     top_k: Optional[int] = typer.Option(None, "--top-k", metavar="K", min=1, help="How many classes to show per image "
                                         "(default: 3; 5 for 100 classes or more).", show_default=False),
     invert: bool = typer.Option(False, "--invert", help="Invert the images (dark digits on light paper)."),
+    dataset: Optional[Dataset] = typer.Option(None, "--dataset", metavar="NAME", help=f"The dataset whose classes "
+                                              f"and statistics the weights were trained with: {_DATASETS} (the "
+                                              "checkpoint records them; a PyTorch state dict does not).",
+                                              rich_help_panel=_INPUT),
+    data_dir: Optional[Path] = _variant(_DATA_DIR, rich_help_panel=_INPUT),
     fmt: Format = typer.Option(Format.table, "--format", metavar="FORMAT", help="table or json."),
     skip_model_check: bool = _SKIP_MODEL_CHECK,
 ) -> None:
@@ -436,6 +442,7 @@ def predict(
     console = _console()
     with _downloads(fmt, console) as shown:
         result = predict_mod.predict(model, checkpoint, images, top_k=top_k, invert=invert,
+                                     dataset=dataset.value if dataset else None, data_dir=data_dir,
                                      skip_model_check=skip_model_check, progress=shown)
     render.show(result, fmt.value, console)
     predict_mod.check_complete(result)  # files left out: named above, and status 2

@@ -7,6 +7,7 @@ goes through :mod:`cnncli.records.trained`.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -20,7 +21,7 @@ from cnncli.cli import main
 from cnncli.commands import compare, training
 from cnncli.engine import losses, processes
 from cnncli.engine.network import Network
-from cnncli.errors import ModelMismatch, UsageError
+from cnncli.errors import CheckpointError, ModelMismatch, UsageError
 from cnncli.model import head, spec
 from cnncli.model.graph import build
 from cnncli.records import checkpoint, freeze, trained
@@ -200,6 +201,62 @@ def test_compare_sizes_every_models_head_to_the_dataset(files, tmp_path):
     experiment = compare.plan([model, "lenet5"], {"dataset": "image-folder"}, data_dir=folder3,
                               out=tmp_path / "cmp")
     assert [e.name for e in experiment.entries] == ["small", "lenet5"]
+
+
+def test_a_state_dict_of_a_sized_run_is_sized_by_its_head_weight_and_commands_say_so(files, four, tmp_path,
+                                                                                       capsys):
+    """`export --to torch` of the 4-class run writes a state dict, which records no classes; read back, its
+    head weight (4 inputs × 4 units) sizes the model file's 10-unit head, and every command names that."""
+    torch = pytest.importorskip("torch")
+    model, _, folder4 = files
+    code, _, err = cli(["export", model, "--weights", str(four.best_path), "--to", "torch", "-o",
+                        str(tmp_path / "m.py")], capsys)
+    assert code == 0, err
+    pt, data, image = tmp_path / "m.pt", ["--data-dir", str(folder4)], str(folder4 / "red" / "0.png")
+    named = "head: fc: 10 → 4 units, from the weights file (it records no classes)"
+    code, out, err = cli(["eval", model, "--weights", str(pt), *data, "--format", "json"], capsys)
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["head"] == [{"layer": "fc", "model_file_units": 10, "units": 4}]
+    run = json.loads(cli(["eval", model, "--weights", str(four.best_path), "--format", "json"], capsys)[1])
+    assert run["head"] == []  # the run's checkpoint records its classes: nothing was inferred
+    assert (record["accuracy"], record["confusion"]) == (run["accuracy"], run["confusion"])  # the same weights
+    for command in (["eval", *data], ["predict", *data, image], ["explain", *data, "--image", image, "--method",
+                                                                 "saliency"]):
+        code, out, err = cli([command[0], model, "--weights", str(pt), *command[1:]], capsys)
+        assert code == 0 and named in out, (command[0], err)
+    code, out, err = cli(["predict", model, "--weights", str(pt), *data, image, "--format", "json"], capsys)
+    assert code == 0 and len(json.loads(out)["predictions"][0]["top"]) == 3  # top-3 of the folder's 4 classes
+    code, out, err = cli(["export", model, "--weights", str(pt), "--to", "torch", "-o", str(tmp_path / "n.py")],
+                         capsys)
+    assert code == 0 and named in out and "outputs [batch, 4]" in out, err  # no data needed
+    # Data of other classes, or none, is refused, saying what the file holds and what to give.
+    code, _, err = cli(["eval", model, "--weights", str(pt), "--dataset", "cifar10"], capsys)
+    assert code == 2 and (f"{pt} records no classes, and its head (fc) has 4 units, so it was trained for 4 classes, "
+                          "but CIFAR-10 has 10: give the dataset it was trained on") in err
+    code, _, err = cli(["predict", model, "--weights", str(pt), image], capsys)
+    assert code == 2 and "records no classes or image statistics" in err and "--data-dir DIR" in err
+    # A head weight of another number of inputs fits no number of classes.
+    state = torch.load(pt, weights_only=True)
+    state["fc.weight"] = torch.zeros(4, 5)  # PyTorch's (units, inputs): 5 inputs where fc takes 4
+    torch.save(state, tmp_path / "bad.pt")
+    code, _, err = cli(["eval", model, "--weights", str(tmp_path / "bad.pt"), *data], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert (f"{tmp_path / 'bad.pt'}: its head weight 'fc.weight' has shape 5×4 (inputs × units), which fits no "
+            "number of classes: fc takes 4 inputs in this model, so its weight is 4×N for N classes") in err
+
+
+def test_the_units_held_are_read_from_every_head_the_weights_hold():
+    aux = spec.parse(AUX)
+    shapes = build(aux).param_shapes()  # fc and auxfc: 4 inputs, 10 units
+    zeros = {"fc.weight": np.zeros((4, 3)), "auxfc.weight": np.zeros((4, 3))}
+    assert head.units_held(aux, zeros, shapes, "w.pt") == 3
+    assert head.units_held(aux, {"fc.weight": zeros["fc.weight"]}, shapes, "w.pt") == 3  # the inference network's
+    assert head.units_held(aux, {"conv1.weight": np.zeros((4, 3, 3, 3))}, shapes, "w.pt") is None  # a backbone's
+    with pytest.raises(CheckpointError, match=r"w.pt: its heads have different numbers of units \(fc 3, auxfc 5\)"):
+        head.units_held(aux, {**zeros, "auxfc.weight": np.zeros((4, 5))}, shapes, "w.pt")
+    with pytest.raises(CheckpointError, match="'auxfc.weight' has shape 4 \\(inputs × units\\), which fits no"):
+        head.units_held(aux, {**zeros, "auxfc.weight": np.zeros(4)}, shapes, "w.pt")
 
 
 # --------------------------------------------------------------------------- fine-tuning

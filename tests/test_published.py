@@ -299,7 +299,7 @@ def _network(state: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
 
 
 def test_downloaded_weights_predict_as_the_network_computes_by_hand(tmp_path, server, tiny_file, tiny_state,
-                                                                    capsys):
+                                                                    capsys, monkeypatch):
     name, body = tiny_file
     server.routes[f"/models/{name}"] = body
     model = _model(tmp_path, f"{server.url}/models/{name}")
@@ -318,7 +318,10 @@ def test_downloaded_weights_predict_as_the_network_computes_by_hand(tmp_path, se
     assert [g["name"] for g in record["predictions"][0]["top"]] == [names[i] for i in top]
     np.testing.assert_allclose([g["probability"] for g in record["predictions"][0]["top"]], probs[top],
                                rtol=1e-4, atol=1e-7)
-    # A second run uses the cached file: no download.
+    # A second run uses the cached file: no download, and no second hashing (the download's check is recorded).
+    cached = tmp_path / "xdg-cache" / "cnncli" / "weights" / name
+    assert str(cached.resolve()) in json.loads((published.cache_folder() / published.VERIFIED).read_text())
+    monkeypatch.setattr(published, "sha256", lambda path: pytest.fail(f"{path} hashed again"))
     assert run_main(["predict", str(model), str(photo), "--weights", "imagenet"], capsys)[0] == 0
     assert len(server.hits) == 1
 
@@ -507,6 +510,9 @@ def test_fine_tuning_published_weights_prepares_the_folder_as_the_weights_expect
                                 "--out", str(out)], capsys)
     assert code == 0, err
     assert "head: 1000 → 2 units" in " ".join(text.split()) and "ImageNet weights' statistics" in text
+    # the weights' download is shown as predict's is (a plain line each when not on a terminal), before the run
+    assert " ".join(text.split()).startswith(f"downloading {name} from {server.url}/models/{name} "
+                                             f"({len(body) / 1e6:.1f} MB) downloaded {name} ")
     run = checkpoint.load(out / "last.npz")
     source = Source.from_config(run.meta["source"])
     assert source.classes == ("blue", "red") and source.resize == 18

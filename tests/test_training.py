@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import signal
 import subprocess
@@ -99,6 +100,15 @@ def assert_same_weights(a: Path, b: Path) -> None:
         np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
 
 
+class StartOf(training.SilentReporter):
+    """Keeps the run's :class:`~cnncli.commands.training.RunStart`."""
+
+    run: training.RunStart | None = None
+
+    def start(self, run: training.RunStart) -> None:
+        self.run = run
+
+
 class SignalAt(training.SilentReporter):
     """Sends ``sig`` to this process after step ``batch`` of epoch ``epoch``."""
 
@@ -180,8 +190,10 @@ def test_resume_keeps_settings_but_may_train_longer(tiny, tmp_path, capsys):
     assert training.configure(tiny, {}, resume=last, dtype="float32").dtype == "float32"
     assert "--dtype float64 differs" in cli_error(["train", tiny, "--resume", str(last), "--dtype", "float64"],
                                                   capsys)
-    longer = training.train(training.configure(tiny, {"epochs": 2}, resume=last))
+    started = StartOf()
+    longer = training.train(training.configure(tiny, {"epochs": 2}, resume=last), started)
     assert longer.epochs_done == 2 and [r.epoch for r in longer.history] == [1, 2]
+    assert started.run.replan is None  # a constant rate is every step's under any plan: nothing to say
     straight = run(tiny, tmp_path / "s", epochs=2, schedule="constant", limit=500)
     assert straight.status == "completed"
     assert_same_weights(tmp_path / "s" / "last.npz", last)
@@ -543,6 +555,27 @@ def test_a_models_settings_for_the_chosen_dataset_sit_between_its_own_and_the_fl
     assert (flagged.epochs, flagged.weight_decay) == (3, 0.0005)
 
 
+def test_another_length_changes_the_rates_of_cosine_and_onecycle_alone():
+    lr, first_change = schedule.learning_rate, schedule.first_change
+    two, four = (schedule.Plan(lr=0.1, epochs=e, steps_per_epoch=20) for e in (2, 4))
+    # A finished 2-epoch run trained to 4: at step 40 the 2-epoch cosine has reached 0, the 4-epoch one is
+    # half-way, 0.1 · ½(1 + cos(π/2)) = 0.05.
+    assert first_change("cosine", two, four, 40) == (40, 0.0, pytest.approx(0.05))
+    # A 4-epoch run cut to 2 mid-run: the step resumed at already differs, 0.1 · ½(1 + cos(π · 10/80)) under
+    # the 80 steps planned, 0.1 · ½(1 + cos(π · 10/40)) under 40.
+    step, before, after = first_change("cosine", four, two, 10)
+    assert step == 10 and before == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi / 8)))
+    assert after == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert first_change("onecycle", two, four, 40)[0] == 40
+    for name in ("constant", "step"):
+        assert first_change(name, two, four, 40) is None and first_change(name, four, two, 3) is None
+    # During warm-up both plans ramp alike; they part at the first step after it (21), found between the
+    # steps compared (the warm-up's end, 20, and the next epoch's first step, 40).
+    warm2, warm4 = (schedule.Plan(lr=0.1, epochs=e, steps_per_epoch=20, warmup_epochs=1) for e in (4, 8))
+    assert lr("cosine", warm2, 20) == lr("cosine", warm4, 20)
+    assert first_change("cosine", warm2, warm4, 5) == (21, lr("cosine", warm2, 21), lr("cosine", warm4, 21))
+
+
 def test_schedules():
     plan = schedule.Plan(lr=0.1, epochs=10, steps_per_epoch=100, step_epochs=3, step_gamma=0.5)
     lr = schedule.learning_rate
@@ -794,6 +827,36 @@ def test_resuming_a_finished_run_says_so_and_changes_nothing(tiny, one_epoch, ca
         assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == before
     # the same run told to train longer goes on
     assert training.finished(training.configure(tiny, {"epochs": 2}, resume=out / "last.npz")) is None
+
+
+def test_resuming_with_another_epochs_warns_of_the_schedules_new_rates(tiny, one_epoch, tmp_path, capsys):
+    out, _ = one_epoch
+    steps = checkpoint.load(out / "last.npz").step  # the 1-epoch plan's steps, all trained
+    code, text = cli_run(["train", tiny, "--resume", str(out / "last.npz"), "--epochs", "2", "--out",
+                          str(tmp_path / "longer")], capsys)
+    assert code == 0
+    # tiny's cosine over 1 epoch has reached 0 at step `steps`; over 2 epochs that step is half-way:
+    # 0.05 · ½(1 + cos(π/2)) = 0.025.
+    assert ("warning: --epochs 2 changes the run's plan of 1 epoch: its cosine schedule is spread over 2 instead, "
+            "so step 1 of epoch 2 trains at learning rate 0.025, where the 1-epoch plan gives 0 (its descent "
+            "starts again from part-way)") in text
+    assert text.count("warning:") == 1
+    # and the epoch trains at the new plan's rates: its last step's is 0.05 · ½(1 + cos(π (2s - 1) / 2s))
+    history = checkpoint.load(tmp_path / "longer" / "last.npz").meta["history"]
+    assert history[1]["lr"] == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi * (2 * steps - 1) / (2 * steps))))
+
+
+def test_resumed_epochs_may_not_end_the_run_before_where_it_stands(tiny, tmp_path, capsys):
+    part = run(tiny, tmp_path / "part", reporter=SignalAt(2, 2), limit=300, epochs=2)
+    assert part.status == "interrupted"
+    last = tmp_path / "part" / "last.npz"
+    with pytest.raises(UsageError, match=r"--epochs 1 would end the run inside epoch 2, which .*last.npz is 2 "
+                                         r"steps into: give --epochs 2 or more"):
+        training.configure(tiny, {"epochs": 1}, resume=last)
+    assert "--epochs 1 would end the run inside epoch 2" in cli_error(
+        ["train", tiny, "--resume", str(last), "--epochs", "1"], capsys)
+    # the run's own plan goes on without a word about it
+    assert training.configure(tiny, {"epochs": 2}, resume=last).epochs == 2
 
 
 # --------------------------------------------------------------------------- a recipe that does not fit the data

@@ -17,6 +17,7 @@ import numpy as np
 from cnncli import data
 from cnncli.engine import losses
 from cnncli.errors import UsageError
+from cnncli.model.head import HeadChange
 from cnncli.records import trained
 
 #: Most confused pairs listed.
@@ -86,6 +87,7 @@ class EvalResult:
     dataset_title: str = ""   # a registered dataset's title, or an image folder's
     epoch: int | None = None  # epochs the checkpoint had trained (None: weights alone, no training state)
     step: int = 0             # steps into the next epoch (a checkpoint of an interrupted run)
+    head: tuple[HeadChange, ...] = ()  # heads sized as the weights file holds them (it records no classes)
 
 
 # --------------------------------------------------------------------------- arithmetic
@@ -178,4 +180,5 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
         class_names=list(info.classes), per_class=s.per_class, confused_pairs=s.confused_pairs,
         worst=worst_mistakes(probs, labels, images, worst),
         epoch=saved.epoch if "epoch" in saved.meta else None, step=int(saved.meta.get("batch", 0) or 0),
+        head=loaded.head,
     )

@@ -60,6 +60,7 @@ from cnncli.engine.network import Network
 from cnncli.errors import UsageError
 from cnncli.model import spec
 from cnncli.model.graph import Graph, Node, ancestors
+from cnncli.model.head import HeadChange
 from cnncli.records import checkpoint as ckpt_io
 from cnncli.records import inputs, trained
 from cnncli.words import count, listed
@@ -89,6 +90,7 @@ class Subject:
     label: int | None         # the true class of a test image
     source: str               # what the image is, in words
     warnings: tuple[InputWarning, ...]
+    head: tuple[HeadChange, ...] = ()  # heads sized as the weights file holds them (it records no classes)
 
     def batch(self, dtype) -> np.ndarray:
         """The image as the network's input batch, float (1, C', H', W')."""
@@ -118,6 +120,7 @@ class Explanation:
     patch: int | None = None  # occlusion: the square's side and step, in input pixels
     stride: int | None = None
     warnings: tuple[InputWarning, ...] = ()
+    head: tuple[HeadChange, ...] = ()  # heads sized as the weights file holds them (it records no classes)
 
     @property
     def title(self) -> str:
@@ -180,7 +183,7 @@ def load_subject(model: str, weights: Path, *, sample: int | None, image: Path |
     picked = one_image(loaded.source, sample=sample, image=image, invert=invert, data_dir=data_dir,
                        progress=progress)
     return Subject(loaded.spec, loaded.graph, loaded.checkpoint, loaded.source, loaded.plan, loaded.network,
-                   picked.pixels, picked.label, picked.what, picked.warnings)
+                   picked.pixels, picked.label, picked.what, picked.warnings, loaded.head)
 
 
 # ------------------------------------------------------------------------------------ the choices
@@ -403,4 +406,5 @@ def explain(model: str, weights: Path, *, sample: int | None = None, image: Path
     pixels = np.ascontiguousarray(subject.plan.adapt(subject.pixels[None])[0])
     return Explanation(subject.model_spec.name, Path(weights), subject.source, pixels, subject.label, classes,
                        chosen, float(probs[chosen]), [Guess(int(i), classes[i], float(probs[i])) for i in order],
-                       method, input=subject.plan.describe(), warnings=subject.warnings, **found)
+                       method, input=subject.plan.describe(), warnings=subject.warnings, head=subject.head,
+                       **found)

@@ -18,6 +18,7 @@ from pathlib import Path
 from cnncli import atomic
 from cnncli.atomic import write_atomic
 from cnncli.errors import UsageError
+from cnncli.model.head import HeadChange
 from cnncli.records import trained
 
 #: Export targets: name -> the file suffix they write.
@@ -39,6 +40,7 @@ class ExportResult:
     output_meaning: str
     opset: int | None = None
     class_name: str | None = None
+    head: tuple[HeadChange, ...] = ()  # heads sized as the weights file holds them (it records no classes)
 
 
 def export(model: str, checkpoint: Path, to: str, out: Path, *, skip_model_check: bool = False,
@@ -68,14 +70,16 @@ def export(model: str, checkpoint: Path, to: str, out: Path, *, skip_model_check
         data = onnx_model.to_onnx(graph, net.params, net.buffers, model_spec.name).SerializeToString()
         _write(out, data)
         return ExportResult(model_spec.name, Path(checkpoint), to, out, len(data), None, onnx_model.INPUT,
-                            shapes[0], onnx_model.OUTPUT, shapes[1], meaning, opset=onnx_model.OPSET)
+                            shapes[0], onnx_model.OUTPUT, shapes[1], meaning, opset=onnx_model.OPSET,
+                            head=loaded.head)
     weights = out.with_suffix(".pt")
     state = torch_module.state_dict(graph, net.params, net.buffers)
     source = torch_module.module_source(graph, model_spec.name, model_spec.source, weights.name)
     _write(weights, torch_module.save_state_dict(state, weights))
     _write(out, source.encode("utf-8"))
     return ExportResult(model_spec.name, Path(checkpoint), to, out, len(source), weights, "x", shapes[0],
-                        "outputs", shapes[1], meaning, class_name=torch_module.class_name(model_spec.name))
+                        "outputs", shapes[1], meaning, class_name=torch_module.class_name(model_spec.name),
+                        head=loaded.head)
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -29,6 +29,7 @@ from cnncli.commands.predict import Guess, InputWarning, one_image
 from cnncli.engine import losses
 from cnncli.errors import UsageError
 from cnncli.model import naming
+from cnncli.model.head import HeadChange
 from cnncli.records import trained
 
 #: Channels of a layer shown unless --max-maps says otherwise.
@@ -79,6 +80,7 @@ class FeatureResult:
     layers: list[LayerMaps]
     filters: Filters | None
     warnings: tuple[InputWarning, ...] = ()   # about an image file (predict's polarity check)
+    head: tuple[HeadChange, ...] = ()         # heads sized as the weights file holds them (it records no classes)
 
 
 def scale_to_bytes(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
@@ -156,4 +158,4 @@ def features(model: str, checkpoint: Path, *, sample: int | None = None, image: 
         shown_w = w if w.shape[1] == 3 else w[:, :1]
         filters = Filters(first.name, tuple(w.shape), shown_w, scale_to_bytes(shown_w, (1, 2, 3)))
     return FeatureResult(loaded.spec.name, Path(checkpoint), picked.what, pixels, picked.label, list(info.classes),
-                         guesses, plan.describe(), maps, filters, picked.warnings)
+                         guesses, plan.describe(), maps, filters, picked.warnings, loaded.head)

@@ -25,6 +25,7 @@ from cnncli.data import folder
 from cnncli.data.source import Source
 from cnncli.engine import losses
 from cnncli.errors import UsageError
+from cnncli.model.head import HeadChange
 from cnncli.records import inputs, trained
 from cnncli.words import count
 
@@ -99,6 +100,7 @@ class PredictResult:
     predictions: list[ImagePrediction]
     invert: bool = False       # --invert was given
     skipped: tuple[Skipped, ...] = ()
+    head: tuple[HeadChange, ...] = ()  # heads sized as the weights file holds them (it records no classes)
 
 
 def polarity_warning(pixels: np.ndarray, source: Source, inverted: bool = False) -> InputWarning | None:
@@ -215,14 +217,18 @@ def check_complete(result: PredictResult) -> None:
 
 
 def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int | None = None, invert: bool = False,
-            dataset: str | None = None, skip_model_check: bool = False, progress=None) -> PredictResult:
+            dataset: str | None = None, data_dir: Path | None = None, skip_model_check: bool = False,
+            progress=None) -> PredictResult:
     """The ``top_k`` classes (default :func:`~cnncli.records.trained.default_top_k`) of each image (files, or folders
     of them) under ``checkpoint``'s weights, or published weights by name (``progress`` receiving their
-    download's events); refused when trained for another network, unless ``skip_model_check``."""
+    download's events); refused when trained for another network, unless ``skip_model_check``.
+
+    The classes and the images' preparation are the ones the checkpoint recorded; ``dataset`` (and
+    ``data_dir``) name the data they come from instead, for weights that record none (a PyTorch state dict)."""
     if top_k is not None and top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
     extras.require("images", "reading image files (PNG, JPEG)")
-    loaded = trained.load(model, checkpoint, dataset=dataset, data=trained.RECORDED,
+    loaded = trained.load(model, checkpoint, dataset=dataset, data_dir=data_dir, data=trained.RECORDED,
                           skip_model_check=skip_model_check, progress=progress)
     model_spec, graph, info, plan, net = loaded.spec, loaded.graph, loaded.source, loaded.plan, loaded.network
     read: list[Path] = []
@@ -251,4 +257,4 @@ def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int | No
                                            (warning,) if warning else ()))
     return PredictResult(model_spec.name, Path(checkpoint), info.name, info.title, input_words(plan, invert), k,
                          predictions,
-                         invert, tuple(skipped))
+                         invert, tuple(skipped), loaded.head)

@@ -43,7 +43,7 @@ from cnncli.model.graph import ancestors, build
 from cnncli.records import checkpoint, inputs, runs, trained
 from cnncli.records import freeze as freezing
 from cnncli.records.gradflow import GradientFlow
-from cnncli.records.schedule import Plan, learning_rate
+from cnncli.records.schedule import Plan, first_change, learning_rate
 from cnncli.words import count, plural
 
 #: Images per forward pass when scoring the validation and test sets (no gradients kept).
@@ -127,6 +127,25 @@ class Frozen:
 
 
 @dataclass(frozen=True)
+class Replan:
+    """A run resumed with another ``--epochs`` than it was planned for, whose schedule therefore gives other
+    rates from ``step`` (0-based) on (:func:`cnncli.records.schedule.first_change`)."""
+
+    schedule: str
+    planned: int              # the epochs the run was planned for
+    epochs: int               # the epochs it is planned for now
+    step: int                 # the first step whose rate changes ...
+    planned_lr: float         # ... its rate under the run's plan
+    lr: float                 # ... and under the new one
+    steps_per_epoch: int
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run had trained every step of its plan (it is being trained longer)."""
+        return self.step >= self.planned * self.steps_per_epoch
+
+
+@dataclass(frozen=True)
 class RunStart:
     """Sent once before the first step."""
 
@@ -146,6 +165,7 @@ class RunStart:
     head: tuple[head.HeadChange, ...] = ()    # the model's heads sized to the dataset's classes
     start: Start | None = None                # the weights a fine-tuning run started from
     frozen: Frozen | None = None              # the layers that do not train
+    replan: Replan | None = None              # a resumed run's schedule changed by another --epochs
 
 
 @dataclass(frozen=True)
@@ -272,13 +292,16 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
               data_dir: Path | None = None, out: Path | None = None, resume: Path | None = None,
               dtype: str | None = None, engine: str | None = None, nproc: int | None = None,
               device: str | None = None, skip_model_check: bool = False,
-              weights: str | os.PathLike[str] | None = None, freeze: str | None = None) -> RunConfig:
+              weights: str | os.PathLike[str] | None = None, freeze: str | None = None,
+              progress: data.ProgressCallback | None = None) -> RunConfig:
     """Resolve a run's settings: defaults < the model file's ``train:`` < its entry for the dataset
     (``train: datasets:``) < flags (``None`` = unset).
 
     With ``resume`` the checkpoint's own settings (``limit`` and ``dtype`` too)
-    are used; only ``epochs`` may change (to train longer), and a flag that
-    contradicts the checkpoint is an error. The run goes on in the checkpoint's
+    are used; only ``epochs`` may change (to train longer, or to stop sooner: not before the epochs the
+    checkpoint has trained, nor inside the epoch it is in), and a flag that contradicts the checkpoint is
+    an error. A schedule spread over the run's length (cosine, onecycle) then follows the new length from
+    where the run stands: :attr:`RunStart.replan` says from which step, at what rate. The run goes on in the checkpoint's
     folder unless ``out`` names a new one. ``dtype`` None: float32, or the
     checkpoint's. ``engine`` None: numba, or the checkpoint's; a resumed run may change it (the
     state is the same), though only the same engine repeats an uninterrupted run bit for bit.
@@ -290,7 +313,8 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
     ``weights`` starts a new run from them (fine-tuning; not with ``resume``): a cnncli checkpoint or a
     PyTorch state dict, checked against the network they were trained as; their head is replaced by a
     fresh one when the dataset has other classes (:meth:`_Run.start_from`). ``freeze``: the layers that do
-    not train (:func:`cnncli.records.freeze.choose`); a resumed run keeps its own.
+    not train (:func:`cnncli.records.freeze.choose`); a resumed run keeps its own. ``progress`` receives the download
+    events of published weights (``--weights imagenet``), which are fetched here, before the run starts.
     """
     model_spec = spec.load(model)
     if out is not None:
@@ -325,7 +349,7 @@ def configure(model: str, overrides: dict[str, Any], *, limit: int | None = None
                            out=Path(out or ".") if follower else _fresh_out(model_spec.name, out), data_dir=data_dir,
                            spec=model_spec, engine=engine or "numba", freeze=freeze)
         if weights is not None:
-            config.weights, config.start = str(weights), _start(model_spec, weights, skip_model_check)
+            config.weights, config.start = str(weights), _start(model_spec, weights, skip_model_check, progress)
     config.nproc = nproc or 1
     if config.nproc > 1 and config.engine != "torch":
         raise UsageError(f"--nproc {config.nproc} runs data-parallel processes of the torch engine: add "
@@ -368,11 +392,12 @@ def _prepared_as(model_spec: spec.ModelSpec, weights: str | None) -> Source | No
     return published.source(model_spec.weights[weights], model_spec)
 
 
-def _start(model_spec: spec.ModelSpec, weights: str | os.PathLike[str],
-           skip_model_check: bool) -> checkpoint.Checkpoint:
+def _start(model_spec: spec.ModelSpec, weights: str | os.PathLike[str], skip_model_check: bool,
+           progress: data.ProgressCallback | None = None) -> checkpoint.Checkpoint:
     """The weights a fine-tuning run starts from, refused when trained for another network than the model
-    (sized as they were trained, :func:`cnncli.records.trained.as_trained`) unless ``skip_model_check``."""
-    saved = checkpoint.open_weights(weights, model_spec)  # its load checks the file is there
+    (sized as they were trained, :func:`cnncli.records.trained.as_trained`) unless ``skip_model_check``; ``progress``
+    receives the download's events when they are published weights not yet on this machine."""
+    saved = checkpoint.open_weights(weights, model_spec, progress)  # its load checks the file is there
     saved.check_model(trained.as_trained(model_spec, saved), skip_model_check)
     return saved
 
@@ -464,6 +489,10 @@ def _configure_resume(model: str, model_spec: spec.ModelSpec, given: dict[str, A
             if value < ckpt.epoch:
                 raise UsageError(f"--epochs {value} is fewer than the {count(ckpt.epoch, 'epoch')} {resume} "
                                  "has already trained")
+            if value == ckpt.epoch and ckpt.meta.get("batch"):
+                raise UsageError(f"--epochs {value} would end the run inside epoch {value + 1}, which {resume} "
+                                 f"is {count(int(ckpt.meta['batch']), 'step')} into: give --epochs {value + 1} "
+                                 "or more")
             settings[key] = value
         elif value != settings[key]:
             raise UsageError(f"{_flag(key)} {value} differs from the resumed run's {settings[key]}: "
@@ -648,12 +677,27 @@ class _Run:
         self.advice = tuple(recipe.check(len(self.x_train), cfg.batch_size, recipe.uses_batchnorm(self.graph)))
         self.plan = Plan(cfg.lr, cfg.epochs, self.steps_per_epoch, cfg.warmup_epochs,
                          cfg.step_epochs, cfg.step_gamma)
+        self.replan = None
         if cfg.resume is not None:
-            self.restore(checkpoint.load(cfg.resume))
+            ckpt = checkpoint.load(cfg.resume)
+            self.restore(ckpt)
+            self.replan = self.replanned(ckpt.config.get("epochs"))
         if self.lead:
             _prepare_run_dir(cfg.out, cfg, self.inputs, self.data_source)
             if self.history:
                 self.write_metrics()
+
+    def replanned(self, planned: Any) -> Replan | None:
+        """Where a resumed run's rates part from the ones of its plan of ``planned`` epochs (its checkpoint's
+        setting), now that ``--epochs`` asks for another number; None when no rate changes."""
+        cfg = self.cfg
+        if not isinstance(planned, int) or isinstance(planned, bool) or planned < 1 or planned == cfg.epochs:
+            return None
+        before = Plan(cfg.lr, planned, self.steps_per_epoch, cfg.warmup_epochs, cfg.step_epochs, cfg.step_gamma)
+        change = first_change(cfg.schedule, before, self.plan, self.step)
+        if change is None:
+            return None
+        return Replan(cfg.schedule, planned, cfg.epochs, *change, self.steps_per_epoch)
 
     def start_from(self, saved: checkpoint.Checkpoint, model_spec: spec.ModelSpec) -> Start:
         """Load the weights a fine-tuning run starts from into the fresh network.
@@ -757,7 +801,7 @@ class _Run:
                                      self.graph.total_params, self.steps_per_epoch, self.epoch,
                                      self.batch, cfg.out, self.inputs, self.data_source.notes,
                                      getattr(self.net, "description", ""), self.advice, self.head, self.start,
-                                     self.frozen))
+                                     self.frozen, self.replan))
         bs = cfg.batch_size
         n = len(self.x_train)
         augmentation = self.inputs.augmentation

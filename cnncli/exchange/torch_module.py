@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import keyword
 import re
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -243,14 +244,15 @@ def save_state_dict(state: dict, path: Path) -> bytes:
     return buf.getvalue()
 
 
-def to_cnncli(state: dict[str, np.ndarray], graph) -> dict[str, np.ndarray]:
+def to_cnncli(state: dict[str, np.ndarray], graph, only: Collection[str] | None = None) -> dict[str, np.ndarray]:
     """A state dict with the exported module's names → cnncli's weights: dense weights transposed back,
-    ``num_batches_tracked`` dropped, a ``module.`` prefix (DataParallel's) removed."""
+    ``num_batches_tracked`` dropped, a ``module.`` prefix (DataParallel's) removed; ``only``: just these
+    keys (cnncli's names), the others not copied."""
     dense = transposed(graph)
     out = {}
     for key, value in state.items():
         key = key[len("module."):] if key.startswith("module.") else key
-        if key.endswith(".num_batches_tracked"):
+        if key.endswith(".num_batches_tracked") or (only is not None and key not in only):
             continue
         out[key] = value.T.copy() if key in dense and value.ndim == 2 else value
     return out

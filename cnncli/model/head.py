@@ -19,18 +19,21 @@ before (:func:`cnncli.records.inputs.check_outputs`).
 network, fingerprint and checkpoint keys all follow from that spec: the head's parameter shapes change
 (dense ``weight`` (in, classes), ``bias`` (classes,)), its names do not. A run records the classes it was
 sized for in its configuration, so that every command loading its weights rebuilds the same network
-(:mod:`cnncli.records.trained`).
+(:mod:`cnncli.records.trained`). Weights that record no classes (a PyTorch state dict, such as ``export --to
+torch`` writes) hold them in their shapes: :func:`units_held` reads the size from the head's weight.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from cnncli.model.kinds import passes_through
+from cnncli.errors import CheckpointError
+from cnncli.model.kinds import fmt_shape, passes_through
 from cnncli.model.spec import ModelSpec, NodeSpec
 
-__all__ = ["HeadChange", "Resized", "heads", "resize"]
+__all__ = ["HeadChange", "Resized", "heads", "resize", "units_held"]
 
 
 @dataclass(frozen=True)
@@ -103,3 +106,30 @@ def resize(model_spec: ModelSpec, classes: int) -> Resized:
     nodes = [dataclasses.replace(n, options={**n.options, "units": classes}) if n.name in changed else n
              for n in model_spec.nodes]
     return Resized(dataclasses.replace(model_spec, nodes=nodes, classes=classes), changes)
+
+
+def units_held(model_spec: ModelSpec, weights: Mapping, shapes: Mapping[str, tuple[int, ...]],
+               source: str) -> int | None:
+    """The units of the heads in ``weights`` (arrays under cnncli's names, in its layouts), read from each
+    head's dense weight, (inputs, units); None when the model has no heads or ``weights`` hold none of them.
+
+    ``shapes``: the model's parameter shapes as its file sizes it (what the heads' inputs are). A head weight
+    that fits no number of units (another number of inputs, or not a matrix), or heads held with different
+    units, are a :class:`~cnncli.errors.CheckpointError` naming ``source`` and the weight.
+    """
+    held: dict[str, int] = {}
+    for h in heads(model_spec):
+        key = f"{h.name}.weight"
+        if key not in weights:
+            continue  # weights without this head (a backbone's; the inference network's, without aux heads)
+        got, want = tuple(weights[key].shape), tuple(shapes[key])
+        if len(got) != 2 or got[0] != want[0] or got[1] < 1:
+            raise CheckpointError(f"{source}: its head weight '{key}' has shape {fmt_shape(got)} (inputs × units), "
+                                  f"which fits no number of classes: {h.name} takes {want[0]} inputs in this model, so its weight "
+                                  f"is {want[0]}×N for N classes (are these weights of another model?)")
+        held[h.name] = got[1]
+    if len(set(held.values())) > 1:
+        sizes = ", ".join(f"{name} {units}" for name, units in held.items())
+        raise CheckpointError(f"{source}: its heads have different numbers of units ({sizes}); a model's heads all "
+                              "have one per class")
+    return next(iter(held.values()), None)

@@ -21,6 +21,7 @@ import os
 import warnings
 import zipfile
 import zlib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,14 +150,16 @@ class Checkpoint:
     def weights(self) -> dict[str, np.ndarray]:
         return {k: v for k, v in self.state.items() if not k.startswith(("optim.", "meta."))}
 
-    def weights_for(self, graph) -> dict[str, np.ndarray]:
+    def weights_for(self, graph, only: Collection[str] | None = None) -> dict[str, np.ndarray]:
         """The weights with cnncli's names and layouts for ``graph``: a PyTorch state dict's are mapped
-        (:func:`cnncli.exchange.torch_module.to_cnncli`), a checkpoint's are as they are."""
+        (:func:`cnncli.exchange.torch_module.to_cnncli`), a checkpoint's are as they are; ``only``: just
+        these keys (cnncli's names)."""
         if self.meta.get("origin") == "torch":
             from cnncli.exchange.torch_module import to_cnncli
 
-            return to_cnncli(self.weights(), graph)
-        return self.weights()
+            return to_cnncli(self.weights(), graph, only)
+        weights = self.weights()
+        return weights if only is None else {k: v for k, v in weights.items() if k in only}
 
     def optimizer(self) -> dict[str, np.ndarray]:
         return {k: v for k, v in self.state.items() if k.startswith("optim.")}

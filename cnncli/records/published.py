@@ -16,9 +16,9 @@ Verification is torchvision's: the file name's last ``-`` part (``f37072fd``) mu
 file's SHA-256 hex digest, checked when the file is downloaded. A download that fails the check is refused
 and not kept (:func:`cnncli.data.fetch.fetch_from` removes it). A file found in one of the places (put
 there by hand, say) is checked the first time it is used, and refused when it fails; the cache's
-``verified.json`` remembers the size and modification time of each file that passed, so that a file
-is hashed again only when it changed (hashing ResNet-50's 98 MB at every run would cost a fraction of a
-second each time).
+``verified.json`` remembers the size and modification time of each file that passed, the download's own
+check included, so that a file is hashed again only when it changed (hashing ResNet-50's 98 MB at every
+run would cost a fraction of a second each time).
 
 The checkpoint holds the file's state dict with the model's layer names (the section's ``names`` map,
 ``features.0`` -> ``conv1``), ``origin: torch`` (so it is read as any PyTorch state dict: dense weights
@@ -83,43 +83,63 @@ def _installer(weights: spec.PublishedWeights, dest: Path):
         final = dest / weights.filename
         os.replace(tmp, final)
         sync_dir(dest)
+        _remember(final)  # hashed just now: its first use from the cache need not hash it again
         return final
 
     return install
 
 
-#: The cache's record of found files that passed the hash check: path -> [size, mtime_ns].
+#: The cache's record of files that passed the hash check (found in place, or downloaded):
+#: path -> [size, mtime_ns].
 VERIFIED = "verified.json"
+
+
+def _verified() -> dict:
+    """The :data:`VERIFIED` record; empty when there is none or it cannot be read."""
+    import json
+
+    try:
+        record = json.loads((cache_folder() / VERIFIED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _seen(path: Path) -> tuple[str, list[int]]:
+    """``path``'s key in :data:`VERIFIED` and what is recorded of it: its size and modification time."""
+    stat = path.stat()
+    return str(path.resolve()), [stat.st_size, stat.st_mtime_ns]
+
+
+def _remember(path: Path, seen: tuple[str, list[int]] | None = None) -> None:
+    """Record in :data:`VERIFIED` that ``path`` passed the hash check, as ``seen`` (:func:`_seen`) before the
+    hashing, else as it is now."""
+    import json
+
+    from cnncli.atomic import write_text_atomic
+
+    record = _verified()
+    key, stat = seen or _seen(path)
+    record[key] = stat
+    try:
+        cache_folder().mkdir(parents=True, exist_ok=True)
+        write_text_atomic(cache_folder() / VERIFIED, json.dumps(record, indent=1, sort_keys=True))
+    except OSError:
+        pass  # a cache that cannot be written: the file is hashed again next time, nothing else is lost
 
 
 def _checked(path: Path, weights: spec.PublishedWeights) -> Path:
     """``path`` once its SHA-256 starts with the hash its name carries (:data:`VERIFIED` spares the hashing
     of a file that passed before and has not changed since); a file that fails is a :class:`DataError`."""
-    import json
-
-    from cnncli.atomic import write_text_atomic
-
-    record_path = cache_folder() / VERIFIED
-    try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-        record = record if isinstance(record, dict) else {}
-    except (OSError, ValueError):
-        record = {}
-    stat = path.stat()
-    key, seen = str(path.resolve()), [stat.st_size, stat.st_mtime_ns]
-    if record.get(key) == seen:
+    seen = _seen(path)
+    if _verified().get(seen[0]) == seen[1]:
         return path
     digest = sha256(path)
     if not digest.startswith(weights.hash_prefix):
         raise DataError(f"{path}: its SHA-256 is {digest[:16]}..., which does not start with "
                         f"{weights.hash_prefix} as its name says: it is not the published file of {weights.url} "
                         "(damaged, or other weights under that name); remove it, or put the published file there")
-    record[key] = seen
-    try:
-        record_path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(record_path, json.dumps(record, indent=1, sort_keys=True))
-    except OSError:
-        pass  # a cache that cannot be written: the file is hashed again next time, nothing else is lost
+    _remember(path, seen)
     return path
 
 

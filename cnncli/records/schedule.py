@@ -4,6 +4,11 @@ A schedule is a pure function of the global step, so a resumed run recomputes
 exactly the rates an uninterrupted one used, with nothing to store. Schedules
 return a factor of the base rate; ``warmup_epochs`` ramps it up linearly first
 (for ``onecycle`` the warm-up is the rising phase itself).
+
+``cosine`` and ``onecycle`` are spread over the run's length, so a run resumed
+with another ``--epochs`` gets other rates from where it stands on (a finished
+run trained longer starts its schedule's descent again from part-way):
+:func:`first_change` finds the first step whose rate a new plan changes.
 """
 
 from __future__ import annotations
@@ -80,3 +85,26 @@ def learning_rate(name: str, plan: Plan, step: int) -> float:
     if name != "onecycle" and step < warm:
         factor *= (step + 1) / (warm + 1)
     return plan.lr * factor
+
+
+def first_change(name: str, planned: Plan, new: Plan, start: int) -> tuple[int, float, float] | None:
+    """The first step from ``start`` on whose rate under schedule ``name`` differs between ``planned`` and
+    ``new`` (two plans of one run, of other lengths), with its rate under each; None when the steps keep their
+    rates (``constant``, ``step``: rates of the step alone).
+
+    Rates are compared where a schedule's can part (``start``, each epoch's first step, the ends of warm-up
+    and of each plan), and step by step back from the first of those that differs, so that a long run is not
+    walked through step by step."""
+    spe = planned.steps_per_epoch
+    end = max(planned.total_steps, new.total_steps)
+    marks = {start, planned.warmup_steps, new.warmup_steps, planned.total_steps - 1, new.total_steps - 1}
+    marks.update(range(-(-start // spe) * spe, end, spe))
+    agreed = start - 1
+    for mark in sorted(m for m in marks if start <= m < end):
+        if learning_rate(name, planned, mark) != learning_rate(name, new, mark):
+            for step in range(agreed + 1, mark + 1):
+                before, after = learning_rate(name, planned, step), learning_rate(name, new, step)
+                if before != after:
+                    return step, before, after
+        agreed = mark
+    return None

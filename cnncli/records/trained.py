@@ -12,12 +12,14 @@ plan, network), checking in this order, each a message and exit status 2 when it
    :class:`~cnncli.errors.CheckpointError` for anything wrong with them);
 3. the head: a run records the classes its network was sized for (``train`` sizes a model's head to
    its dataset, :mod:`cnncli.model.head`), and the model is sized the same way (:func:`as_trained`);
-   weights alone, which record no model, are sized to the dataset's classes;
+   weights alone, which record no model (a PyTorch state dict), are sized as their head weight is
+   (:func:`cnncli.model.head.units_held`; :attr:`Trained.head` says what changed), or to the dataset's
+   classes when they hold no head;
 4. the model check, against that sized network: weights trained for another network are refused
    unless ``skip_model_check`` (:meth:`~cnncli.records.checkpoint.Checkpoint.check_model`);
 5. the data (``data``): its images must fit the model's input (:func:`cnncli.records.inputs.plan`), and the
-   network must give one output per class, the classes the weights were trained for
-   (:func:`cnncli.records.inputs.check_outputs`);
+   network must give one output per class, the classes the weights were trained for (as recorded, or
+   as their head holds them; :func:`cnncli.records.inputs.check_outputs`);
 6. the weights' names and shapes, loading them into the network (:func:`network`): a missing,
    unexpected or misshapen array is a CheckpointError naming it; weights of auxiliary heads are
    skipped when the graph leaves them out (``aux=False``, what inference runs).
@@ -37,7 +39,7 @@ from pathlib import Path
 from cnncli.data import class_lists
 from cnncli.data.source import FOLDER, Source, check_readable, open_source
 from cnncli.engine.network import Network
-from cnncli.errors import UsageError
+from cnncli.errors import CheckpointError, UsageError
 from cnncli.model import head, spec
 from cnncli.model.graph import Graph, build
 from cnncli.records import checkpoint as ckpt_io
@@ -69,6 +71,9 @@ class Trained:
     source: Source | None             # the data, as the run prepared it (None: no data asked for)
     plan: inputs.InputPlan | None     # how the source's images become the network's input
     network: Network
+    #: The heads sized as the weights file holds them, when it records no classes (a PyTorch state dict):
+    #: what commands name in their output (``head: fc: 10 → 3 units, from the weights file``).
+    head: tuple[head.HeadChange, ...] = ()
 
 
 def as_trained(model_spec: spec.ModelSpec, saved: ckpt_io.Checkpoint) -> spec.ModelSpec:
@@ -94,22 +99,52 @@ def load(model: str, weights: str | os.PathLike[str], *, dataset: str | None = N
     model_spec = spec.load(model)
     saved = ckpt_io.open_weights(weights, model_spec, progress)
     model_spec = as_trained(model_spec, saved)
+    alone = saved.classes is None and not isinstance(saved.config.get("name"), str)  # weights, no run's record
+    held = _units_held(model_spec, saved) if alone else None
+    sized = head.resize(model_spec, held) if held else head.Resized(model_spec)
+    model_spec = sized.spec
     saved.check_model(model_spec, skip_model_check)
     source = plan = None
     if data is not None:
         source = _source(saved, model_spec, dataset, data_dir, data, progress)
         classes = len(source.classes)
-        if saved.classes is None and not isinstance(saved.config.get("name"), str):
-            model_spec = head.resize(model_spec, classes).spec  # weights alone: the data says
+        if alone and held is None:
+            model_spec = head.resize(model_spec, classes).spec  # weights without a head: the data says
         elif saved.classes is not None and saved.classes != classes:
             raise UsageError(f"{saved.path} was trained for {count(saved.classes, 'class')}, but {source.title} "
                              f"has {classes}: give a dataset of the classes it was trained for")
+        elif held is not None and held != classes:
+            layers = ", ".join(h.name for h in head.heads(model_spec))
+            raise UsageError(f"{saved.path} records no classes, and its head ({layers}) has {count(held, 'unit')}, "
+                             f"so it was trained for {count(held, 'class')}, but {source.title} has {classes}: give "
+                             "the dataset it was trained on (--dataset, and --data-dir for an image folder)")
     graph = build(model_spec, aux=aux)
     if source is not None:
         plan = inputs.plan(source.title, source.image_shape, graph.input_shape, model_spec.name)
         inputs.check_outputs(graph.output_shape, len(source.classes), source.title, model_spec.name)
     net = network(model_spec, graph, saved, fast=fast, dtype=dtype)
-    return Trained(model_spec, graph, saved, source, plan, net)
+    return Trained(model_spec, graph, saved, source, plan, net, sized.changes)
+
+
+def _units_held(model_spec: spec.ModelSpec, saved: ckpt_io.Checkpoint) -> int | None:
+    """The units of the heads in weights that record no classes (:func:`cnncli.model.head.units_held`).
+
+    A head weight that fits no number of classes is named as such when the rest of the weights fit the
+    model; when they do not either, these are weights of another network: None, and the load names the first
+    array that does not fit, as for any other weights."""
+    if not head.heads(model_spec):
+        return None
+    graph = build(model_spec, aux=True)  # the auxiliary heads too: weights written for training hold them
+    layers = {h.name for h in head.heads(model_spec)}
+    try:
+        return head.units_held(model_spec, saved.weights_for(graph, {f"{h}.weight" for h in layers}),
+                               graph.param_shapes(), str(saved.path))
+    except CheckpointError:
+        wanted = {**graph.param_shapes(), **graph.buffer_shapes()}
+        if all(tuple(value.shape) == tuple(wanted[key]) for key, value in saved.weights_for(graph).items()
+               if key in wanted and key.rsplit(".", 1)[0] not in layers):
+            raise
+        return None
 
 
 def _source(saved: ckpt_io.Checkpoint, model_spec: spec.ModelSpec, dataset: str | None, data_dir: Path | None,
@@ -120,6 +155,9 @@ def _source(saved: ckpt_io.Checkpoint, model_spec: spec.ModelSpec, dataset: str 
     name, data_dir = saved.data_for(model_spec, dataset, data_dir)
     _note_other_dataset(saved, name)
     if data == RECORDED and name == FOLDER and data_dir is None:
+        if not saved.config:  # weights alone: no run recorded anything of its data
+            raise UsageError(f"{saved.path} records no classes or image statistics (weights alone, such as a "
+                             "PyTorch state dict): give the image folder it was trained on, --data-dir DIR")
         raise UsageError(f"{saved.path} does not record its image folder's classes and statistics: use a "
                          "checkpoint written by this version of train")
     return open_source(name, data_dir, model_spec.input, progress=progress, classes=class_list_of(saved))

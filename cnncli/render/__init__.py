@@ -52,6 +52,25 @@ def colour_on(console) -> bool:
     return console.color_system is not None and not console.no_color
 
 
+def head_sizes(changes) -> str:
+    """Heads sized to other classes (:class:`cnncli.model.head.HeadChange`), in words: ``fc: 10 → 3 units``."""
+    after = changes[0].after
+    if len({c.before for c in changes}) == 1:
+        return f"{', '.join(c.layer for c in changes)}: {changes[0].before} → {after} units"
+    return ", ".join(f"{c.layer}: {c.before} → {after} units" for c in changes)
+
+
+def weights_head(changes) -> str:
+    """The line of a command whose weights file records no classes and whose heads were sized as the file holds
+    them (:attr:`cnncli.records.trained.Trained.head`)."""
+    return f"head: {head_sizes(changes)}, from the weights file (it records no classes)"
+
+
+def head_record(changes) -> list[dict]:
+    """The heads sized from the weights file, for ``--format json`` (empty when none was)."""
+    return [{"layer": c.layer, "model_file_units": c.before, "units": c.after} for c in changes]
+
+
 def __getattr__(name: str) -> ModuleType:
     # Submodules load on first use so that one command never pays for another's imports.
     if name in _SUBMODULES:

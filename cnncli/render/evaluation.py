@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cnncli.commands.evaluation import EvalResult, Mistake
-from cnncli.render import colour_on, say, tables
+from cnncli.render import colour_on, head_record, say, tables, weights_head
 from cnncli.render.pictures import picture, shrink
 from cnncli.words import count
 
@@ -37,6 +37,7 @@ def as_dict(result: EvalResult) -> dict[str, Any]:
         "checkpoint": str(result.checkpoint),
         "epoch": result.epoch,
         "step": result.step,
+        "head": head_record(result.head),
     }
 
 
@@ -143,6 +144,8 @@ def show(result: EvalResult, fmt: str, console: Console) -> None:
     # Text.assemble, not markup: a path or a class name may hold square brackets.
     say(console, Text.assemble((result.model, "bold"), f" · {result.checkpoint}{_trained(result)} · {title} "
                                                        f"{result.split} ({count(result.n, 'image')})"))
+    if result.head:
+        say(console, weights_head(result.head))
     say(console, Text.assemble("accuracy ", (f"{100 * result.accuracy:.2f} %", "bold"),
                                f" ({result.n - int(np.trace(result.confusion)):,} wrong) · top-{result.top_k} "
                                f"{100 * result.top_k_accuracy:.2f} % · loss {result.loss:.4f}"))

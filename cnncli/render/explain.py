@@ -24,7 +24,7 @@ from rich.style import Style
 from rich.text import Text
 
 from cnncli.commands.explain import Explanation
-from cnncli.render import colour_on, say
+from cnncli.render import colour_on, head_record, say, weights_head
 from cnncli.render.charts import SHADES, viridis
 from cnncli.render.features import MIN_CELLS, fit
 from cnncli.render.pictures import picture
@@ -120,6 +120,7 @@ def as_dict(result: Explanation) -> dict[str, Any]:
         "map_shape": list(result.raw.shape), "upsampled_shape": list(result.map.shape),
         "map": np.round(result.raw, 8).tolist(),
         "warnings": [{"kind": w.kind, "message": w.message} for w in result.warnings],
+        "head": head_record(result.head),
     }
     if result.method == "gradcam":
         record.update(layer_shape=list(result.layer_shape),
@@ -144,6 +145,8 @@ def show(result: Explanation, fmt: str, console: Console, out: Path | None = Non
     cells = max((console.width - 2) // 2, MIN_CELLS)
     guesses = ", ".join(f"{g.name} {100 * g.probability:.1f} %" for g in result.guesses)
     say(console, f"{result.model} with {result.weights}: {result.source}; input {result.input}")
+    if result.head:
+        say(console, weights_head(result.head))
     say(console, f"prediction: {guesses}")
     for w in result.warnings:
         say(console, f"warning: {w.message}")

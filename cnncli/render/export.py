@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from cnncli.commands.export import ExportResult
-from cnncli.render import say
+from cnncli.render import head_record, say, weights_head
 
 
 def _shape(shape: tuple) -> str:
@@ -19,6 +19,7 @@ def _shape(shape: tuple) -> str:
 def show(result: ExportResult, fmt: str, console: Console) -> None:
     if fmt == "json":
         record = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
+        record["head"] = head_record(result.head)
         console.print(json.dumps(record, indent=2), markup=False, highlight=False, soft_wrap=True)
         return
     size = f"{result.bytes / 1e6:.1f} MB" if result.bytes >= 1e6 else f"{result.bytes / 1e3:.0f} kB"
@@ -44,6 +45,8 @@ def show(result: ExportResult, fmt: str, console: Console) -> None:
         code = ["import torch", f"from {result.path.stem} import {result.class_name}",
                 f"model = {result.class_name}()",
                 f"model.load_state_dict(torch.load('{result.weights_path}', weights_only=True))"]
+    if result.head:
+        lines.insert(1, weights_head(result.head))
     for line in lines:  # sentences: wrapped at the console's width
         say(console, line)
     for line in code:  # Python to copy: one statement a line, never broken by a wrap of ours

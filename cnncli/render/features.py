@@ -19,7 +19,7 @@ from rich.console import Console, Group
 from rich.text import Text
 
 from cnncli.commands.features import FeatureResult
-from cnncli.render import colour_on, say
+from cnncli.render import colour_on, head_record, say, weights_head
 from cnncli.render.pictures import picture, shrink
 
 MIN_CELLS = 12   # small maps are enlarged (nearest neighbour) to at least this many columns
@@ -49,6 +49,7 @@ def as_dict(result: FeatureResult) -> dict[str, Any]:
         "label": result.label, "input": result.input,
         "prediction": [{"class": g.label, "name": g.name, "probability": g.probability} for g in result.guesses],
         "warnings": [{"kind": w.kind, "message": w.message} for w in result.warnings],
+        "head": head_record(result.head),
         "filters": None if result.filters is None else {
             "layer": result.filters.layer, "shape": list(result.filters.shape),
             "values": np.round(result.filters.values, 6).tolist()},
@@ -74,6 +75,8 @@ def show(result: FeatureResult, fmt: str, console: Console, out: Path | None = N
     width = max(console.width - 2, MIN_CELLS)
     guesses = ", ".join(f"{g.name} {100 * g.probability:.1f} %" for g in result.guesses)
     say(console, f"{result.model} with {result.checkpoint}: {result.source}; input {result.input}")
+    if result.head:
+        say(console, weights_head(result.head))
     say(console, f"prediction: {guesses}")
     for w in result.warnings:
         say(console, f"warning: {w.message}")

@@ -10,7 +10,7 @@ from rich.console import Console, Group
 from rich.text import Text
 
 from cnncli.commands.predict import PredictResult
-from cnncli.render import colour_on, say
+from cnncli.render import colour_on, head_record, say, weights_head
 from cnncli.render.pictures import picture, shrink
 
 _BAR = 20  # characters of a 100 % probability bar
@@ -28,6 +28,7 @@ def as_dict(result: PredictResult) -> dict[str, Any]:
                          "warnings": [{"kind": w.kind, "message": w.message} for w in p.warnings]}
                         for p in result.predictions],
         "skipped": [{"path": str(s.path), "reason": s.reason} for s in result.skipped],
+        "head": head_record(result.head),
     }
 
 
@@ -68,6 +69,8 @@ def show(result: PredictResult, fmt: str, console: Console) -> None:
     title = result.dataset_title
     say(console, Text.assemble((result.model, "bold"), f" · {result.checkpoint} · classes of {title} · "
                                                        f"input {result.input}"))
+    if result.head:
+        say(console, weights_head(result.head))
     colour = colour_on(console)
     # A photo at 224×224 is shrunk to leave the bars beside it room (2 columns between, 47 for the bars).
     cells = max(_MIN_PICTURE, min(_MAX_PICTURE, console.width - 2 - 47))

@@ -17,11 +17,11 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from cnncli.commands import recipe
-from cnncli.commands.training import EpochRecord, Frozen, RunResult, RunStart, Start, StepProgress
+from cnncli.commands.training import EpochRecord, Frozen, Replan, RunResult, RunStart, Start, StepProgress
 from cnncli.data import DownloadEvent
 from cnncli.model.head import HeadChange
 from cnncli.records import runs
-from cnncli.render import say
+from cnncli.render import head_sizes, say
 from cnncli.render.downloads import Downloads
 from cnncli.words import count
 
@@ -68,12 +68,18 @@ def advice(a: recipe.Advice) -> str:
 
 def head_line(changes: tuple[HeadChange, ...], title: str) -> str:
     """The model's heads sized to the data's classes: ``head: fc: 10 → 3 units for the 3 classes of ...``."""
-    after = changes[0].after
-    if len({c.before for c in changes}) == 1:
-        sizes = f"{', '.join(c.layer for c in changes)}: {changes[0].before} → {after} units"
-    else:
-        sizes = ", ".join(f"{c.layer}: {c.before} → {after} units" for c in changes)
-    return f"head: {sizes} for the {count(after, 'class')} of {title}"
+    return f"head: {head_sizes(changes)} for the {count(changes[0].after, 'class')} of {title}"
+
+
+def replan_line(r: Replan) -> str:
+    """A resumed run's schedule spread over another number of epochs: from where, at what rate."""
+    epoch, step = divmod(r.step, r.steps_per_epoch)
+    text = (f"--epochs {r.epochs} changes the run's plan of {count(r.planned, 'epoch')}: its {r.schedule} schedule "
+            f"is spread over {r.epochs} instead, so step {step + 1} of epoch {epoch + 1} trains at learning rate "
+            f"{r.lr:.3g}, where the {r.planned}-epoch plan gives {r.planned_lr:.3g}")
+    if r.finished:
+        return text + " (its descent starts again from part-way)"
+    return text + f"; resume with --epochs {r.planned} to keep the plan"
 
 
 def start_line(start: Start) -> str:
@@ -178,6 +184,8 @@ class Reporter:
             lines.append(f"resuming from {c.resume} {at}")
         for line in lines:
             say(self.console, line)
+        if run.replan is not None:
+            say(self.console, f"warning: {replan_line(run.replan)}", "yellow")
         for a in run.advice:
             say(self.console, f"warning: {advice(a)}", "yellow")
         # The epochs' table, one row per finished epoch, on a terminal and in a log alike (80 columns).
