@@ -59,6 +59,18 @@ and inference output against cnncli's in float64).
     median of 3 after one warm-up, peak memory as for ``vgg``. GoogLeNet keeps
     its two auxiliary heads on both sides, as ``cnncli train`` does: loss =
     main + 0.3 x each auxiliary head's, dropout active.
+``finetune-resnet18``
+    Fine-tuning as ``cnncli train resnet18 --weights imagenet --freeze backbone``
+    on a 10-class dataset runs it (:mod:`cnncli.records.freeze`): a fresh 10-unit head,
+    every other layer frozen; steps of SGD as above on batches of 32
+    3x224x224 images (the batch and size ``infer-resnet18`` runs, so that a
+    step can be set against a forward pass of the same batch). Only the head
+    learns; the frozen batch norms normalise with their running statistics and
+    keep them. cnncli: its optimizer holds ``net.trainable()`` (the head) and its
+    backward pass stops at the head; PyTorch: the backbone's parameters with
+    ``requires_grad`` False and its modules in eval mode, only ``fc`` in the
+    optimizer, so autograd records nothing before the head. Images/s in windows
+    as for the training workloads above.
 ``infer-resnet20``, ``infer-resnet56``, ``infer-vgg11bn``, ``infer-vgg16``, ``infer-resnet18``, ``infer-resnet50``,
 ``infer-googlenet``
     Inference (batch norm with running statistics, dropout off, no auxiliary
@@ -71,7 +83,8 @@ and inference output against cnncli's in float64).
 
 Every modern workload also reports GFLOPS: the graph's multiply-accumulates per
 image (``cnncli summarize``: conv and dense layers) x 2, x 3 for training and
-forward + backward (x 1 for inference), x images/s.
+forward + backward (x 1 for inference), x images/s; with frozen layers, the
+forward pass of every layer plus x 2 for the backward pass of the layers that learn.
 
 ``--engines`` runs cnncli's own loop twice per round, on the Numba engine and on
 ``train --engine torch`` (PyTorch computes the passes of the module ``export
@@ -110,7 +123,8 @@ from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSIC_WORKLOADS = ("train64", "train256", "infer", "vgg", "startup")
-MODERN_WORKLOADS = ("resnet20", "resnet20-mnist", "resnet56", "vgg11bn", "resnet18", "googlenet", "infer-resnet20",
+MODERN_WORKLOADS = ("resnet20", "resnet20-mnist", "resnet56", "vgg11bn", "resnet18", "googlenet", "finetune-resnet18",
+                    "infer-resnet20",
                     "infer-resnet56", "infer-vgg11bn", "infer-vgg16", "infer-resnet18", "infer-resnet50",
                     "infer-googlenet")
 WORKLOADS = CLASSIC_WORKLOADS + MODERN_WORKLOADS
@@ -125,6 +139,7 @@ LABELS = {
     "resnet20": "ResNet-20 train, batch 128", "resnet20-mnist": "ResNet-20 train (1×28×28), batch 128",
     "resnet56": "ResNet-56 train, batch 128", "vgg11bn": "VGG-11-BN train, batch 128",
     "resnet18": "ResNet-18 fwd+bwd, batch 8", "googlenet": "GoogLeNet fwd+bwd (aux heads), batch 8",
+    "finetune-resnet18": "ResNet-18 fine-tune (frozen backbone, 10-class head), batch 32",
     "infer-resnet20": "ResNet-20 inference, batch 1000", "infer-resnet56": "ResNet-56 inference, batch 1000",
     "infer-vgg11bn": "VGG-11-BN inference, batch 1000", "infer-vgg16": "VGG-16 inference, batch 32",
     "infer-resnet18": "ResNet-18 inference, batch 32", "infer-resnet50": "ResNet-50 inference, batch 32",
@@ -415,6 +430,8 @@ class Modern(NamedTuple):
 
     ``mode``: ``train`` (steps of SGD, throughput in windows), ``pass`` (forward + backward, no
     optimizer step, seconds per pass and peak memory) or ``infer`` (eval mode over ``images``).
+    ``classes``: the heads sized to that many classes, as ``train`` sizes them to a dataset's
+    (:mod:`cnncli.model.head`); ``freeze``: the layers that do not learn, as ``train --freeze`` says.
     """
 
     model: str
@@ -422,6 +439,8 @@ class Modern(NamedTuple):
     batch: int
     mode: str
     images: int = 0
+    classes: int | None = None
+    freeze: str | None = None
 
 
 MODERN = {
@@ -431,6 +450,7 @@ MODERN = {
     "vgg11bn": Modern("vgg11-bn", None, 128, "train"),
     "resnet18": Modern("resnet18", None, 8, "pass"),
     "googlenet": Modern("googlenet", None, 8, "pass"),
+    "finetune-resnet18": Modern("resnet18", None, 32, "train", classes=10, freeze="backbone"),
     "infer-resnet20": Modern("resnet20", None, EVAL_BATCH, "infer", 10_000),
     "infer-resnet56": Modern("resnet56", None, EVAL_BATCH, "infer", 4_000),
     "infer-vgg11bn": Modern("vgg11-bn", None, EVAL_BATCH, "infer", 4_000),
@@ -448,6 +468,7 @@ SMOKE = {
     "vgg11bn": Modern("vgg11-bn", None, 32, "train"),
     "resnet18": Modern("resnet18", (3, 64, 64), 2, "pass"),
     "googlenet": Modern("googlenet", (3, 64, 64), 2, "pass"),
+    "finetune-resnet18": Modern("resnet18", (3, 32, 32), 32, "train", classes=10, freeze="backbone"),
     "infer-resnet20": Modern("resnet20", (3, 16, 16), 32, "infer"),
     "infer-resnet56": Modern("resnet56", (3, 8, 8), 32, "infer"),
     "infer-vgg11bn": Modern("vgg11-bn", None, 8, "infer"),
@@ -479,19 +500,28 @@ def _graph(w: Modern, aux: bool = True):
     """The workload's cnncli graph (no engine import: the PyTorch workers build it too).
 
     Training and forward + backward keep the auxiliary heads, as ``cnncli train`` does; inference
-    leaves them out, as ``cnncli eval`` does.
+    leaves them out, as ``cnncli eval`` does. The heads and the frozen layers as ``cnncli train``
+    makes them (:class:`Modern`).
     """
-    from cnncli.model import spec
+    from cnncli.model import head, spec
     from cnncli.model.graph import build
+    from cnncli.records import freeze
 
-    return build(spec.load(w.model), w.input, aux=aux)
+    model_spec = spec.load(w.model)
+    if w.classes is not None:
+        model_spec = head.resize(model_spec, w.classes).spec
+    frozen = freeze.choose(model_spec, w.freeze).layers if w.freeze is not None else frozenset()
+    return build(model_spec, w.input, aux=aux, frozen=frozen)
 
 
 def _flops_per_image(graph, mode: str) -> float:
     """Floating-point operations per image: 2 per multiply-accumulate of the graph (conv and dense,
     ``cnncli summarize``'s count), times 3 for forward + backward (the input and the weight gradient
-    each cost about a forward pass), times 1 for inference."""
-    return graph.macs * 2 * (1 if mode == "infer" else 3)
+    each cost about a forward pass), times 1 for inference. Frozen layers have no backward pass: the
+    forward pass counts for every layer, the two gradients for the others."""
+    if mode == "infer":
+        return graph.macs * 2
+    return graph.macs * 2 + sum(n.macs for n in graph.nodes if not n.frozen) * 2 * 2
 
 
 def _synthetic(graph, batch: int, count: int, seed: int = 0):
@@ -622,6 +652,9 @@ def torch_network(graph, params: dict | None = None, buffers: dict | None = None
     copied in (default: the initial values cnncli draws with seed 0; running statistics 0 and 1).
     Dense weights are transposed: cnncli lays them out (in, out), ``nn.Linear`` (out, in).
 
+    Frozen layers (:attr:`cnncli.model.graph.Node.frozen`) learn nothing here either: their parameters
+    do not require gradients, and they stay in eval mode when the module is put in training mode.
+
     ``module(x, names)`` returns the outputs of the nodes ``names`` (default: the main output) and runs
     only the nodes they depend on. Each value is dropped after its last reader, and a ReLU whose input
     nothing else reads (and whose input's backward does not need its own output) runs in place, as
@@ -722,6 +755,15 @@ def torch_network(graph, params: dict | None = None, buffers: dict | None = None
                 self.ops.append((node.name, node.inputs, fn))
             self._plans: dict[tuple[str, ...], list] = {}
 
+        def train(self, mode: bool = True):
+            # Frozen layers (train --freeze) stay in eval mode: batch norm with its running statistics,
+            # left as they are, as cnncli's engine runs them (cnncli.records.freeze).
+            super().train(mode)
+            for i, node in enumerate(graph.nodes):
+                if node.frozen and str(i) in self.holders:
+                    self.holders[str(i)].eval()
+            return self
+
         def plan(self, names: tuple[str, ...]) -> list:
             if names not in self._plans:
                 keep = ancestors({n.name: n.inputs for n in graph.nodes}, list(names))
@@ -783,8 +825,10 @@ def torch_modern(name: str) -> dict:
     if w.mode == "train":
         xs, ys = _synthetic(graph, w.batch, FIXED_BATCHES)
         xs, ys = [torch.from_numpy(x) for x in xs], [torch.from_numpy(y) for y in ys]
-        opt = torch.optim.SGD(net.parameters(), lr=TRAIN_LR, momentum=TRAIN_MOMENTUM,
-                              weight_decay=TRAIN_WEIGHT_DECAY)
+        # Only what learns: frozen layers' parameters do not require gradients (torch_network), and are
+        # left out of the optimizer as a fine-tuning script leaves them out.
+        opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=TRAIN_LR,
+                              momentum=TRAIN_MOMENTUM, weight_decay=TRAIN_WEIGHT_DECAY)
         pace = _pace()
         times: list[float] = []
         seen: list[int] = []

@@ -61,7 +61,7 @@ def test_modern_workloads_are_registered():
 
 
 @pytest.mark.parametrize("workload,field", [("resnet20", "images_per_s"), ("resnet18", "seconds"),
-                                            ("infer-resnet20", "images_per_s")])
+                                            ("finetune-resnet18", "images_per_s"), ("infer-resnet20", "images_per_s")])
 def test_cnncli_modern_workers_at_smoke_size(workload, field):
     # Training (batch split, worker processes), forward + backward and inference, each a fresh
     # process as the harness runs them; tiny shapes (BENCH_SMOKE), so only that they run is checked.
@@ -74,7 +74,7 @@ def test_cnncli_modern_workers_at_smoke_size(workload, field):
     assert result["macs_per_image"] > 0
 
 
-@pytest.mark.parametrize("workload", ["resnet20", "infer-resnet20"])
+@pytest.mark.parametrize("workload", ["resnet20", "finetune-resnet18", "infer-resnet20"])
 def test_torch_modern_workers_at_smoke_size(workload):
     # As the harness runs its "torch-passive" configuration: PyTorch's spinning OpenMP threads
     # would make this test crawl whenever something else holds a core.
@@ -107,11 +107,13 @@ def test_torch_engine_workers_at_smoke_size(workload, field):
     ("resnet20", (3, 8, 8), 32, True, True),        # the benchmark's fast network, split in two parts
     ("vgg11-bn", None, 2, True, False),             # conv biases, max pooling, flatten, dense
     ("googlenet", (3, 64, 64), 2, False, False),    # concat, ceil-mode pooling; eval (dropout draws differ)
+    ("finetune-resnet18", (3, 32, 32), 4, True, True),  # the workload's frozen backbone and 10-class head
 ])
 def test_torch_translation_computes_cnncli_network(model, input_shape, batch, train, fast):
     """The PyTorch network the benchmark builds from a cnncli graph is the same network: with cnncli's
     initial weights, in float64, the same loss (within 1e-9) and parameter gradients, and the same
-    inference output afterwards (batch norm's running statistics updated alike)."""
+    inference output afterwards (batch norm's running statistics updated alike). A model named as a
+    workload is built as that workload builds it (its head, its frozen layers)."""
     torch = pytest.importorskip("torch")
     # One thread: these shapes are tiny, and PyTorch's spinning OpenMP threads crawl whenever
     # something else holds a core.
@@ -133,12 +135,19 @@ def _check_translation(model, input_shape, batch, train, fast):
     from cnncli.model.graph import build
 
     bench = _bench()
-    graph = build(spec.load(model), input_shape)
+    if model in bench.MODERN:
+        graph = bench._graph(bench.MODERN[model]._replace(input=input_shape))
+    else:
+        graph = build(spec.load(model), input_shape)
     net = Network(graph, "float64", seed=0, fast=fast)
     drawn = bench._initial_params(graph, "float64")  # what the benchmark's PyTorch workers start from
     assert drawn.keys() == net.params.keys()
     assert all(np.array_equal(drawn[k], net.params[k]) for k in drawn)
-    module = bench.torch_network(graph, {k: v.copy() for k, v in net.params.items()}, dtype="float64")
+    rng = np.random.default_rng(2)
+    for key, value in net.buffers.items():  # running statistics unlike any batch's (a frozen norm uses them)
+        value[...] = rng.uniform(0.5, 1.5, value.shape) if key.endswith("var") else rng.normal(0, 0.2, value.shape)
+    module = bench.torch_network(graph, {k: v.copy() for k, v in net.params.items()},
+                                 {k: v.copy() for k, v in net.buffers.items()}, dtype="float64")
 
     rng = np.random.default_rng(1)
     x = rng.standard_normal((batch, *graph.input_shape))
@@ -154,9 +163,10 @@ def _check_translation(model, input_shape, batch, train, fast):
         for i, node in enumerate(graph.nodes):
             for suffix in node.params:
                 grad = getattr(module.holders[str(i)], suffix).grad
-                if grad is None:  # an auxiliary head outside an evaluation loss
-                    assert not train
+                if grad is None:  # an auxiliary head outside an evaluation loss, or a frozen layer
+                    assert not train or node.frozen, f"{node.name}.{suffix}"
                     continue
+                assert not node.frozen, f"{node.name}.{suffix}"
                 grad = grad.numpy().T if node.kind == "dense" and suffix == "weight" else grad.numpy()
                 # Absolute: a conv bias in front of batch norm has a gradient of exactly 0 up to rounding.
                 np.testing.assert_allclose(grad, net.grads[f"{node.name}.{suffix}"], rtol=0, atol=1e-9 * scale,

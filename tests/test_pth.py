@@ -453,6 +453,21 @@ def test_a_whole_module_and_a_torchscript_archive_are_refused(tmp_path, capsys):
         assert code == 2 and words in err and "Traceback" not in out + err, err
 
 
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 700), (513, 257), (256, 512)])
+def test_dense_weights_are_transposed_tile_by_tile_into_one_new_array(shape):
+    """Import and export turn (out, in) into (in, out) and back: whole tiles, partial ones at the edges,
+    a view that is not contiguous; the input is left as it was."""
+    from cnncli.exchange.torch_module import transpose
+
+    value = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    for given in (value, value[:, ::2]):
+        before = given.copy()
+        got = transpose(given)
+        assert got.flags.c_contiguous and got.dtype == given.dtype and not np.shares_memory(got, given)
+        np.testing.assert_array_equal(got, given.T)
+        np.testing.assert_array_equal(given, before)
+
 if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
         sys.exit("usage: python tests/test_pth.py --write   (rewrites tests/data/tensors-*.pth with torch.save)")
