@@ -253,15 +253,16 @@ def cnncli_train(batch: int, engine: str = "numba") -> dict:
                 now = times[-1] + typical
             times.append(now)
             seen.append((seen[-1] if seen else 0) + batch)
-            if _measured(times):
+            if _measured(times, pace):
                 raise KeyboardInterrupt  # the run ends as "aborted"; nothing else to do
 
+    pace = _lenet_pace()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = training.configure("lenet5", {"epochs": 20, "batch_size": batch},
                                  data_dir=os.environ.get("BENCH_DATA_DIR") or None, out=Path(tmp) / "run",
-                                 engine=engine)
+                                 engine=engine, limit=SMOKE_LENET_IMAGES if _smoke() else None)
         training.train(cfg, Timer())
-    rates = _windows(times, seen)
+    rates = _windows(times, seen, pace)
     return {"images_per_s": statistics.median(rates), "windows": rates, "steps": len(times)}
 
 
@@ -272,13 +273,14 @@ def cnncli_infer() -> dict:
     from cnncli.model.graph import build
 
     images, _ = _mnist("test")
-    x = data.normalise(images, "float32", "mnist")
+    x = data.normalise(images, "float32", "mnist")[:SMOKE_LENET_IMAGES if _smoke() else None]
+    batch = SMOKE_LENET_IMAGES // 2 if _smoke() else EVAL_BATCH
     net = Network(build(spec.load("lenet5"), aux=False), "float32", seed=0, fast=True)  # as `cnncli eval`
-    net.predict(x, EVAL_BATCH)
+    net.predict(x, batch)
     ts = []
-    for _ in range(7):
+    for _ in range(2 if _smoke() else 7):
         t = time.perf_counter()
-        net.predict(x, EVAL_BATCH)
+        net.predict(x, batch)
         ts.append(time.perf_counter() - t)
     return {"images_per_s": len(x) / statistics.median(ts), "seconds": statistics.median(ts)}
 
@@ -291,14 +293,15 @@ def cnncli_vgg() -> dict:
     from cnncli.model import spec
     from cnncli.model.graph import build
 
-    net = Network(build(spec.load("vgg16"), aux=False), "float32", seed=0, fast=True)  # as `cnncli train`
+    shape = SMOKE_VGG_INPUT if _smoke() else (3, 224, 224)
+    net = Network(build(spec.load("vgg16"), shape, aux=False), "float32", seed=0, fast=True)  # as `cnncli train`
     loss = losses.get("cross_entropy")
-    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
     y = np.array([3])
     base = _vm("VmRSS")
     _reset_peak()
     ts = []
-    for _ in range(4):
+    for _ in range(2 if _smoke() else 4):
         t = time.perf_counter()
         net.loss_and_backward(x, y, loss)
         ts.append(time.perf_counter() - t)
@@ -345,7 +348,8 @@ def torch_train(batch: int, readback: bool = True) -> dict:
     torch.manual_seed(0)
     images, labels = _mnist("train")
     # The same split sizes as cnncli's run (5,000 images held out for validation).
-    n = len(images) - 5000
+    n = SMOKE_LENET_IMAGES if _smoke() else len(images) - 5000
+    pace = _lenet_pace()
     x_all = torch.from_numpy(data.normalise(images[:n], np.float32, "mnist"))
     y_all = torch.from_numpy(labels[:n].astype(np.int64))
     net = _torch_lenet()
@@ -374,8 +378,8 @@ def torch_train(batch: int, readback: bool = True) -> dict:
             step += 1
             times.append(time.perf_counter())
             seen.append(step * batch)
-            if _measured(times):
-                rates = _windows(times, seen)
+            if _measured(times, pace):
+                rates = _windows(times, seen, pace)
                 return {"images_per_s": statistics.median(rates), "windows": rates, "steps": len(times)}
     raise AssertionError("unreachable")
 
@@ -387,16 +391,17 @@ def torch_infer() -> dict:
     from cnncli import data
 
     images, _ = _mnist("test")
-    x = torch.from_numpy(data.normalise(images, np.float32, "mnist"))
+    x = torch.from_numpy(data.normalise(images, np.float32, "mnist"))[:SMOKE_LENET_IMAGES if _smoke() else None]
+    batch = SMOKE_LENET_IMAGES // 2 if _smoke() else EVAL_BATCH
     net = _torch_lenet().eval()
 
     def run():
         with torch.inference_mode():
-            return torch.cat([net(x[i:i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
+            return torch.cat([net(x[i:i + batch]) for i in range(0, len(x), batch)])
 
     run()
     ts = []
-    for _ in range(7):
+    for _ in range(2 if _smoke() else 7):
         t = time.perf_counter()
         run()
         ts.append(time.perf_counter() - t)
@@ -409,12 +414,12 @@ def torch_vgg() -> dict:
     torch.manual_seed(0)
     net = _torch_vgg16()
     lossf = torch.nn.CrossEntropyLoss()
-    x = torch.randn(1, 3, 224, 224)
+    x = torch.randn(1, *(SMOKE_VGG_INPUT if _smoke() else (3, 224, 224)))
     y = torch.tensor([3])
     base = _vm("VmRSS")
     _reset_peak()
     ts = []
-    for _ in range(4):
+    for _ in range(2 if _smoke() else 4):
         t = time.perf_counter()
         net.zero_grad(set_to_none=True)
         lossf(net(x), y).backward()
@@ -459,8 +464,8 @@ MODERN = {
     "infer-resnet50": Modern("resnet50", None, 32, "infer", 128),
     "infer-googlenet": Modern("googlenet", None, 32, "infer", 128),
 }
-# Tiny shapes for `--smoke` (and the tests): the same code paths in seconds, numbers meaningless.
-# Training keeps 32 samples so that cnncli still splits the batch into two parts.
+# Tiny shapes for `--smoke` (and the tests): the same code paths in seconds, numbers meaningless
+# (the classic workloads' are SMOKE_LENET_IMAGES and SMOKE_VGG_INPUT). Training keeps 32 samples so that cnncli still splits the batch into two parts.
 SMOKE = {
     "resnet20": Modern("resnet20", (3, 16, 16), 32, "train"),
     "resnet20-mnist": Modern("resnet20", (1, 12, 12), 32, "train"),
@@ -484,8 +489,17 @@ FIXED_BATCHES = 4       # synthetic training batches, cycled
 PASSES = 3              # measured forward + backward or inference passes, after one warm-up
 
 
+# The classic workloads' tiny shapes: LeNet-5 on this many MNIST images, VGG-16 on this input.
+SMOKE_LENET_IMAGES = 256
+SMOKE_VGG_INPUT = (3, 32, 32)
+
+
 def _smoke() -> bool:
     return os.environ.get("BENCH_SMOKE") == "1"
+
+
+def _lenet_pace() -> Pace:
+    return Pace(1, 0.0, 0.0, 2) if _smoke() else LENET_PACE
 
 
 def _modern(name: str) -> Modern:
@@ -1016,7 +1030,7 @@ def main() -> int:
     ap.add_argument("--engines", action="store_true",
                     help="compare cnncli's engines (Numba against --engine torch) instead of cnncli against PyTorch")
     ap.add_argument("--smoke", action="store_true",
-                    help="modern CNNs at tiny shapes and a few steps: checks the harness, numbers meaningless")
+                    help="every workload at tiny shapes and a few steps: checks the harness, numbers meaningless")
     ap.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "WORKLOAD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -1092,7 +1106,7 @@ def main() -> int:
             ratio = f"{c['seconds'] / t['seconds']:.2f}x time, {c['peak_mb'] / t['peak_mb']:.2f}x memory" if t else ""
         else:
             ratio = f"{c['images_per_s'] / t['images_per_s']:.2f}x" if t else ""
-        label = LABELS[w] + (" [smoke: tiny shapes]" if args.smoke and w in MODERN_WORKLOADS else "")
+        label = LABELS[w] + (" [smoke: tiny shapes]" if args.smoke and w != "startup" else "")
         rows.append((label, _detail(c, per_pass), _detail(t, per_pass) if t else "—", ratio,
                      TARGETS.get(w, "")))
     print()

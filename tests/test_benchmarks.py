@@ -3,9 +3,9 @@
 benchmarks/bench.py is not run by CI (its numbers depend on the machine), so a
 renamed or moved engine function would break it silently; these tests run its
 cnncli workers as the harness does (a fresh process each, the repository first
-on the path) and check that they report a result. The LeNet-5 and VGG-16
-workloads need the MNIST files; the modern CNNs run at tiny shapes on synthetic
-data. With torch installed, the PyTorch networks the harness builds from cnncli
+on the path) and check that they report a result, every workload at its tiny
+``--smoke`` shapes. The LeNet-5 workloads read the MNIST files; the others run on
+synthetic data. With torch installed, the PyTorch networks the harness builds from cnncli
 graphs are checked to be the same networks (float64: loss, gradients, output).
 """
 
@@ -33,7 +33,8 @@ def _mnist_dir() -> Path | None:
 @pytest.mark.parametrize("workload,field", [("train64", "images_per_s"), ("infer", "images_per_s"),
                                             ("vgg", "seconds")])
 def test_cnncli_workers_of_the_benchmark_run(workload, field):
-    env = dict(os.environ, PYTHONPATH=str(REPO), BENCH_DATA_DIR=str(_mnist_dir()))
+    # Tiny shapes (BENCH_SMOKE): the same code as the real workloads, so only that they run is checked.
+    env = dict(os.environ, PYTHONPATH=str(REPO), BENCH_DATA_DIR=str(_mnist_dir()), BENCH_SMOKE="1")
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench.py"), "--worker", "cnncli", workload],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
