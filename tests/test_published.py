@@ -451,7 +451,7 @@ def test_backprop_trace_of_imagenet_weights_is_offered_an_input_array(tmp_path, 
 
 def test_open_weights_is_a_file_when_no_published_weights_have_the_name(lenet_checkpoint):
     path, _ = lenet_checkpoint
-    saved = checkpoint.open_weights(path, spec.load("lenet5"))
+    saved = trained.open_weights(path, spec.load("lenet5"))
     assert saved.path == path and "source" not in saved.meta
 
 

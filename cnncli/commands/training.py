@@ -397,7 +397,7 @@ def _start(model_spec: spec.ModelSpec, weights: str | os.PathLike[str], skip_mod
     """The weights a fine-tuning run starts from, refused when trained for another network than the model
     (sized as they were trained, :func:`cnncli.records.trained.as_trained`) unless ``skip_model_check``; ``progress``
     receives the download's events when they are published weights not yet on this machine."""
-    saved = checkpoint.open_weights(weights, model_spec, progress)  # its load checks the file is there
+    saved = trained.open_weights(weights, model_spec, progress)  # its load checks the file is there
     saved.check_model(trained.as_trained(model_spec, saved), skip_model_check)
     return saved
 

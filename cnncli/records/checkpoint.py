@@ -181,9 +181,9 @@ def save(path: str | os.PathLike[str], weights: dict[str, np.ndarray],
 def check_readable(path: str | os.PathLike[str]) -> None:
     """What reading ``path`` needs, checked before any work: a file there (a checkpoint or a PyTorch state
     dict, both read with the core packages). A bare name that is no file (``imagenet``) may name published
-    weights: :func:`open_weights` decides, with the model at hand."""
+    weights: :func:`cnncli.records.trained.open_weights` decides, with the model at hand."""
     path = Path(path)
-    if not path.exists() and _bare_name(path):
+    if not path.exists() and bare_name(path):
         return
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -221,23 +221,7 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
     return Checkpoint(path, state, meta)
 
 
-def open_weights(value: str | os.PathLike[str], model_spec, progress=None) -> Checkpoint:
-    """The weights ``--weights VALUE`` names for ``model_spec``: the published weights its model file registers
-    under that name (``imagenet``; :mod:`cnncli.records.published`: found or downloaded, verified, ``progress``
-    receiving the download's events), else a file (:func:`load`). The name of published weights that this
-    model has none of, when no such file exists, is a :class:`UsageError` listing the models that have them."""
-    from cnncli.records import published
-
-    name = os.fspath(value)
-    if name in model_spec.weights:
-        return published.open_published(model_spec, name, progress)
-    path = Path(value)
-    if not path.exists() and _bare_name(path):
-        published.check_name(name, model_spec)
-    return load(value)
-
-
-def _bare_name(path: Path) -> bool:
+def bare_name(path: Path) -> bool:
     """A name without a folder or a suffix, as published weights have (``imagenet``), not a file's path."""
     return not path.suffix and path.parent == Path(".")
 

@@ -7,7 +7,7 @@ plan, network), checking in this order, each a message and exit status 2 when it
 
 1. what reading the weights and the dataset needs, before any work (a weights file that exists, the
    images extra for an image folder);
-2. the model file, then the weights (:func:`cnncli.records.checkpoint.open_weights`: a file, or published
+2. the model file, then the weights (:func:`open_weights`: a file, or published
    weights the model file names, such as ``imagenet``, found or downloaded and verified; a
    :class:`~cnncli.errors.CheckpointError` for anything wrong with them);
 3. the head: a run records the classes its network was sized for (``train`` sizes a model's head to
@@ -43,13 +43,28 @@ from cnncli.errors import CheckpointError, UsageError
 from cnncli.model import head, spec
 from cnncli.model.graph import Graph, build
 from cnncli.records import checkpoint as ckpt_io
-from cnncli.records import inputs
+from cnncli.records import inputs, published
 from cnncli.words import count
 
 __all__ = ["OPEN", "RECORDED", "Trained", "as_trained", "class_list_of", "load", "network"]
 
 #: ``data``: open the dataset; or take the checkpoint's record of it when no dataset is given.
 OPEN, RECORDED = "open", "recorded"
+
+
+def open_weights(value: str | os.PathLike[str], model_spec, progress=None) -> ckpt_io.Checkpoint:
+    """The weights ``--weights VALUE`` names for ``model_spec``: the published weights its model file registers
+    under that name (``imagenet``; :mod:`cnncli.records.published`: found or downloaded, verified, ``progress``
+    receiving the download's events), else a file (:func:`cnncli.records.checkpoint.load`). The name of
+    published weights that this model has none of, when no such file exists, is a :class:`UsageError` listing
+    the models that have them."""
+    name = os.fspath(value)
+    if name in model_spec.weights:
+        return published.open_published(model_spec, name, progress)
+    path = Path(value)
+    if not path.exists() and ckpt_io.bare_name(path):
+        published.check_name(name, model_spec)
+    return ckpt_io.load(value)
 
 
 #: From this many classes on, top-5 is the measure shown by default (ImageNet's, CIFAR-100's); top-3 below.
@@ -97,7 +112,7 @@ def load(model: str, weights: str | os.PathLike[str], *, dataset: str | None = N
     if dataset is not None:
         check_readable(dataset)
     model_spec = spec.load(model)
-    saved = ckpt_io.open_weights(weights, model_spec, progress)
+    saved = open_weights(weights, model_spec, progress)
     model_spec = as_trained(model_spec, saved)
     alone = saved.classes is None and not isinstance(saved.config.get("name"), str)  # weights, no run's record
     held = _units_held(model_spec, saved) if alone else None
