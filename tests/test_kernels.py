@@ -1087,19 +1087,21 @@ def test_scratch_buffers_start_on_the_same_boundary_in_every_thread():
 def test_winograd_takes_the_wide_3x3_layers_and_keeps_float32_close():
     """The rule sends wide 3×3 stride-1 layers to Winograd F(2×2, 3×3) and the rest elsewhere; in float32 its
     results stay within a few units in the last place of the float64 convolution."""
-    geometry_of = conv._Geometry
+    def winograd(x, w, stride, padding, dilation, groups):
+        return takes("winograd", conv.Call(x.shape, w.shape, stride, padding, dilation, groups, x.itemsize))
+
     wide = np.zeros((16, 128, 8, 8), np.float32)  # 16 tiles a sample, 256 in the batch
-    assert geometry_of(wide, np.zeros((128, 128, 3, 3), np.float32), (1, 1), (1, 1), (1, 1), 1).winograd
-    assert geometry_of(wide[:, :32], np.zeros((32, 32, 3, 3), np.float32), (1, 1), (1, 1), (1, 1), 1).winograd
-    assert not geometry_of(wide[:15], np.zeros((128, 128, 3, 3), np.float32), (1, 1), (1, 1), (1, 1), 1).winograd
-    assert not geometry_of(wide, np.zeros((128, 128, 3, 3), np.float32), (2, 2), (1, 1), (1, 1), 1).winograd
-    assert not geometry_of(wide[:, :16], np.zeros((16, 16, 3, 3), np.float32), (1, 1), (1, 1), (1, 1), 1).winograd
-    assert not geometry_of(wide, np.zeros((128, 128, 5, 5), np.float32), (1, 1), (2, 2), (1, 1), 1).winograd
+    assert winograd(wide, np.zeros((128, 128, 3, 3), np.float32), (1, 1), (1, 1), (1, 1), 1)
+    assert winograd(wide[:, :32], np.zeros((32, 32, 3, 3), np.float32), (1, 1), (1, 1), (1, 1), 1)
+    assert not winograd(wide[:15], np.zeros((128, 128, 3, 3), np.float32), (1, 1), (1, 1), (1, 1), 1)
+    assert not winograd(wide, np.zeros((128, 128, 3, 3), np.float32), (2, 2), (1, 1), (1, 1), 1)
+    assert not winograd(wide[:, :16], np.zeros((16, 16, 3, 3), np.float32), (1, 1), (1, 1), (1, 1), 1)
+    assert not winograd(wide, np.zeros((128, 128, 5, 5), np.float32), (1, 1), (2, 2), (1, 1), 1)
     rng = np.random.default_rng(5)
     x = rng.standard_normal((11, 80, 10, 9))  # 275 tiles
     w = rng.standard_normal((32, 80, 3, 3)) / 27
     dy = rng.standard_normal((11, 32, 10, 9))
-    assert geometry_of(x.astype(np.float32), w.astype(np.float32), (1, 1), (1, 1), (1, 1), 1).winograd
+    assert winograd(x.astype(np.float32), w.astype(np.float32), (1, 1), (1, 1), (1, 1), 1)
     want = [conv.conv2d_forward(x, w, None, (1, 1), (1, 1), (1, 1), 1),
             *conv.conv2d_backward(x, w, dy, (1, 1), (1, 1), (1, 1), 1)[:2]]
     x32, w32, dy32 = (a.astype(np.float32) for a in (x, w, dy))
@@ -1135,16 +1137,18 @@ def test_winograd_filter_transform_is_g_w_gt_and_its_adjoint_the_weight_gradient
     assert np.isclose((total * want).sum(), (dw * w).sum(), rtol=1e-12)
 
 
+def takes(name: str, call) -> bool:
+    """Whether the picker runs the forward pass of ``call`` by the strategy ``name``."""
+    return conv.pick(call).name == name
+
+
 def test_blocked_takes_the_narrow_same_layers():
     """The rule sends 'same' stride-1 layers of one group with 8-64 filters, at most 64 channels and up to 9 taps
     that Winograd does not take to the register-blocked loops, and nothing else; every named blocked case is one
     it applies to (so that the "blocked" paths above run it rather than falling back)."""
-    geometry_of = conv._Geometry
-
     def blocked(c, f, kernel, padding, stride=(1, 1), dilation=(1, 1), groups=1, hw=(8, 8)):
-        x = np.zeros((2, c, *hw), np.float32)
-        w = np.zeros((f, c // groups, *kernel), np.float32)
-        return geometry_of(x, w, stride, padding, dilation, groups).blocked
+        return takes("blocked", conv.Call((2, c, *hw), (f, c // groups, *kernel), stride, padding, dilation, groups,
+                                          4))
 
     assert blocked(16, 16, (3, 3), (1, 1), hw=(32, 32)) and blocked(32, 32, (3, 3), (1, 1), hw=(16, 16))
     assert blocked(3, 16, (3, 3), (1, 1)) and blocked(16, 8, (1, 1), (0, 0))
@@ -1171,9 +1175,8 @@ def test_wide_layers_on_small_maps_run_in_chunks():
         pytest.skip("numpy's BLAS exports no CBLAS GEMM here")
 
     def groups(n, c, hw, f, stride=1):
-        x = np.zeros((n, c, hw, hw), np.float32)
-        w = np.zeros((f, c, 3, 3), np.float32)
-        return conv._Geometry(x, w, (stride, stride), (1, 1), (1, 1), 1).runs_in_groups()
+        call = conv.Call((n, c, hw, hw), (f, c, 3, 3), (stride, stride), (1, 1), (1, 1), 1, 4)
+        return call.in_kernel_gemms and call.group_gemms()
 
     assert not groups(8, 512, 7, 512)  # groups of 2 samples: 98 positions
     assert not groups(1, 512, 14, 512) and not groups(1, 256, 28, 512)  # bands of a few rows
@@ -1189,9 +1192,9 @@ def test_outer_takes_the_narrow_strided_layers():
     from cnncli.engine import simd
 
     def outer(c, f, kernel=(3, 3), stride=(2, 2), groups=1, dtype=np.float32):
-        x = np.zeros((2, c, 16, 16), dtype)
-        w = np.zeros((f, c // groups, *kernel), dtype)
-        return conv._Geometry(x, w, stride, (1, 1), (1, 1), groups).outer
+        call = conv.Call((2, c, 16, 16), (f, c // groups, *kernel), stride, (1, 1), (1, 1), groups,
+                         np.dtype(dtype).itemsize)
+        return conv.by_name("outer").runs(call, conv.FORWARD)
 
     lanes = simd.lanes(4)  # float32 lanes: 16 with AVX-512, 8 with AVX2
     assert outer(16, 32) and outer(64, 128) and outer(3, 64, (7, 7)) and outer(16, 32, (1, 1), (2, 1))

@@ -487,7 +487,7 @@ def test_fused_relu_chains_run_as_winograd_where_the_convolution_would(in_shape,
     monkeypatch.setattr(rules, "winograd_pays", lambda *a: True)
     _use_layout("nchw", monkeypatch)
     rng = np.random.default_rng(13)
-    block_type = layers._WinogradThenRelu if takes else fused.Block
+    block_type = layers._ThenRelu if takes else fused.Block
     fast, x = _fast_equals_plain(in_shape, entry, rng, block_type)
     _perturb_params(fast, rng)
     _fd_check(fast, x, True, rng)
