@@ -22,11 +22,12 @@ DTYPES = (np.float32, np.float64)
 
 def old_plain_choice(x_shape, w_shape, stride, padding, dilation, groups, itemsize, backward):
     """The strategy the general convolution chose before the picker, derived from the rules as its if-chain did
-    (conv._Geometry, conv2d_forward and conv2d_backward): Winograd if it applies and pays; else the blocked
-    loops for the 'same' stride-1 layers they pay for, and (forward only) the filters-in-the-lanes pass of the
-    strided layers it pays for; else a GEMM per tap where the tap rule takes the layer, then the in-kernel
-    group GEMMs where rules.group_gemms says so (neither, backward, when the weight gradient comes from direct
-    dot products); else the chunk loop, with the direct (depthwise) kernels for thin groups."""
+    (conv._Geometry, conv2d_forward and conv2d_backward of the former cnncli/engine/conv.py): Winograd if it
+    applies and pays; else the blocked loops for the 'same' stride-1 layers they pay for, and (forward only)
+    the filters-in-the-lanes pass of the strided layers it pays for; else a GEMM per tap where the tap rule
+    takes the layer, then the in-kernel group GEMMs where rules.group_gemms says so (neither, backward, when
+    the weight gradient comes from direct dot products); else the chunk loop, with the direct (depthwise)
+    kernels for thin groups."""
     n, c, h, wd = x_shape
     f, cg, kh, kw = w_shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation

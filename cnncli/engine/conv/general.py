@@ -597,7 +597,7 @@ class Geometry(Call):
     """A :class:`~cnncli.engine.conv.geometry.Call` with its arrays, and the buffers its kernels take."""
 
     def __init__(self, x: np.ndarray, w: np.ndarray, call: Call):
-        self.__dict__.update(call.__dict__)
+        self.__dict__.update(call.__dict__)  # the call's shapes and rule inputs, computed once
         self.x = x
         self.w = w
 
