@@ -5,8 +5,8 @@ Written from the definition, in numpy, a kernel tap at a time: the input under t
 a strided window of the zero-padded input, ``xp[:, :, i·dh :: sh, j·dw :: sw]`` cut to (OH, OW), and each
 group's outputs gain that window times the tap's (F/groups, C/groups) weights. The input gradient adds each
 tap's weightsᵀ · dy back into the same windows; the weight gradient of a tap is dy · windowᵀ. No unfolded
-column matrix, no fusion, no threshold: a matrix product per tap and group (numpy's BLAS), in the arrays'
-dtype.
+column matrix, no fusion, no threshold: a matrix product per tap and group (numpy's BLAS, big ones cut into
+slabs over the cores by :func:`cnncli.engine.threads.matmul`, as a plain dense layer's), in the arrays' dtype.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 
 from cnncli.engine.arrays import Pair, array
 from cnncli.engine.conv.geometry import Call, checked
+from cnncli.engine.threads import matmul
 
 __all__ = ["backward", "forward"]
 
@@ -44,7 +45,7 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Pair, pa
     for i in range(call.kh):
         for j in range(call.kw):
             tap = w[:, :, i, j].reshape(call.groups, call.fg, call.cg)
-            acc += tap @ _columns(_window(xp, call, i, j), call)
+            acc += matmul(tap, _columns(_window(xp, call, i, j), call))
     y = acc.reshape(call.f, call.n, call.oh, call.ow).transpose(1, 0, 2, 3)
     if b is not None:
         bias = array("b", b, 1, x.dtype)
@@ -70,10 +71,10 @@ def backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray, stride: Pair, padding
     for i in range(call.kh):
         for j in range(call.kw):
             cols = _columns(_window(xp, call, i, j), call)
-            dw[:, :, i, j] = (g @ cols.transpose(0, 2, 1)).reshape(call.f, call.cg)
+            dw[:, :, i, j] = matmul(g, cols.transpose(0, 2, 1)).reshape(call.f, call.cg)
             if dxp is not None:
                 tap = w[:, :, i, j].reshape(call.groups, call.fg, call.cg)
-                dcols = (tap.transpose(0, 2, 1) @ g).reshape(call.c, call.n, call.oh, call.ow)
+                dcols = matmul(tap.transpose(0, 2, 1), g).reshape(call.c, call.n, call.oh, call.ow)
                 _window(dxp, call, i, j)[...] += dcols.transpose(1, 0, 2, 3)
     dx = None
     if dxp is not None:
