@@ -101,11 +101,16 @@ def model_calls():
                 yield name, node, (n, *node.in_shapes[0]), node.params["weight"], chain
 
 
-def test_the_picker_chooses_what_the_old_dispatch_chose_for_every_shipped_layer():
+@pytest.mark.parametrize("cblas", [True, False], ids=["cblas", "no-cblas"])
+def test_the_picker_chooses_what_the_old_dispatch_chose_for_every_shipped_layer(cblas, monkeypatch):
     """For every conv layer of every model in models/, every part size a fast network gives it (recipe, eval and
-    predict batches on one or two cores) and both dtypes: the picker's strategy is the one the if-chains it
-    replaced chose (derived above from the same rules), for the forward and the backward pass: the refactoring
-    changed no layer's kernels, so no workload's speed."""
+    predict batches on one or two cores) and both dtypes, with numpy's BLAS exporting a CBLAS GEMM or not: the
+    picker's strategy is the one the if-chains it replaced chose (derived above from the same rules), for the
+    forward and the backward pass: the refactoring changed no layer's kernels, so no workload's speed."""
+    if cblas and blas.FUNCTIONS is None:
+        pytest.skip("numpy's BLAS exports no CBLAS GEMM here")
+    if not cblas:
+        monkeypatch.setattr(blas, "FUNCTIONS", None)
     seen: dict[str, int] = {}
     count = 0
     for name, node, x_shape, w_shape, chain in model_calls():
@@ -129,7 +134,7 @@ def test_the_picker_chooses_what_the_old_dispatch_chose_for_every_shipped_layer(
             count += 1
     assert count > 1000
     # The models exercise most strategies (which ones depends on the CPU and on numpy's BLAS).
-    assert {"winograd", "lanes", "fused"} <= set(seen), seen
+    assert {"winograd", "lanes", "fused"} <= set(seen) and ("taps" in seen) == cblas, seen
 
 
 def test_a_plain_network_runs_the_reference_and_a_fast_one_the_picked_strategies():
