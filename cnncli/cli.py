@@ -268,12 +268,15 @@ def summarize(
     aux: bool = typer.Option(True, "--aux/--no-aux", help="Include auxiliary training heads."),
     fmt: SummaryFormat = typer.Option(SummaryFormat.table, "--format", metavar="FORMAT",
                                       help="table, json or markdown."),
+    paths: bool = typer.Option(False, "--paths",
+                               help="Also say which convolution strategy each conv layer takes on this machine "
+                                    "(train, eval, predict; float32, a batch of --batch)."),
 ) -> None:
     """Layers, output shapes, parameter counts and MACs of a model, without running it."""
     from cnncli.commands import summary
     from cnncli.render import summary as render
 
-    result = summary.summarize(model, input_size=input, batch=batch, aux=aux)
+    result = summary.summarize(model, input_size=input, batch=batch, aux=aux, paths=paths)
     render.show_summary(result, fmt.value, depth, _console())
 
 

@@ -1,12 +1,15 @@
-"""Each convolution and pooling kernel (cnncli.engine.conv, cnncli.engine.pool) against a slow, obvious loop reference.
+"""Each convolution strategy and pooling kernel (cnncli.engine.conv, cnncli.engine.pool) against a reference.
 
-References are written straight from the definitions, with Python loops over
-small shapes, in float64. Backward references add up each output's
-contribution to its inputs, which is the definition of the adjoint; separate
-tests check the adjoint identities (<dy, f(x)> = <f*(dy), x>) and a finite
-difference, so that a reference and a kernel sharing one misreading of the
-definition would still be caught. A few literal values were taken from
-PyTorch to pin the conventions (output sizes, pooling divisors, tie rule).
+The convolution's reference is the package's own (cnncli.engine.conv.reference, what a plain network runs),
+itself checked here against slow, obvious loops written straight from the definitions, with Python loops over
+small shapes, in float64. Every strategy of cnncli.engine.conv.STRATEGIES that runs a plain convolution is run
+by name on exactly the cases it applies to, in plans that reach each branch of its kernels, both dtypes, and
+compared with the reference; the picker's own choice is checked to be what runs. Backward references add up
+each output's contribution to its inputs, which is the definition of the adjoint; separate tests check the
+adjoint identities (<dy, f(x)> = <f*(dy), x>) and finite differences of each strategy's own forward pass, so
+that a reference and a kernel sharing one misreading of the definition would still be caught, and that each
+strategy gives the same bits on one thread or two. A few literal values were taken from PyTorch to pin the
+conventions (output sizes, pooling divisors, tie rule).
 """
 
 from __future__ import annotations
@@ -315,79 +318,91 @@ CONV_CASES = [pytest.param(conv_config(s), id=f"seed{s}") for s in range(30)] + 
     pytest.param(cfg, id=name) for name, cfg in NAMED_CONVS.items()
 ]
 
-# "auto" lets the kernels pick; the others force one strategy where it applies
-# (direct loops and direct weight gradients exist for stride 1 only). "gemm"
-# runs the GEMMs inside the kernel on groups of samples (all of a small test
-# batch in one group), "groups-of-one" makes every sample its own group and
-# "row-bands" unfolds one output row of one sample at a time (what the
-# 224×224 layers do with bigger bands);
-# "numpy" is the path without a BLAS callable from kernels (numpy's GEMMs on
-# chunks of the batch), and "chunked" makes every sample its own chunk there,
-# so that the running weight-gradient sums are exercised. "taps" runs every
-# stride-1 layer as one GEMM per kernel tap (whatever its junk), in its default
-# groups of samples; "taps-bands" with every sample its own group and its
-# output rows one band each. "...-one-slot": every group's weight gradient
-# summed into one slot, in order. "winograd" runs every 3×3 stride-1 layer of one
-# group as Winograd F(2×2, 3×3), its samples in one group; "winograd-groups-of-one"
-# each sample its own group and slot; "winograd-one-slot" those groups summed into one; "winograd-bands" one
-# sample at a time in bands of 3 tiles, shared out as three runs of bands (slots).
-# "blocked" runs every 'same' stride-1 layer of one group as register-blocked direct loops, a slot's samples
-# side by side in one group; "blocked-groups-of-one" each sample its own group and slot (and, forward, a run of
-# filter blocks per job, and with filters in the lanes one channel at a time), "blocked-one-slot" those groups
-# summed into one slot. "outer" runs the forward pass of every strided layer whose filters fill whole vectors
-# with the filters in the lanes, "outer-groups-of-one" each sample its own group (one sample's filter vectors
-# split between the threads) and one channel at a time.
-PATHS = ["auto", "direct", "gemm", "gemm+direct-dw", "groups-of-one", "groups-of-one-one-slot", "row-bands", "taps",
-         "taps-bands", "taps-one-slot", "numpy", "chunked", "chunked+direct-dw", "winograd",
-         "winograd-groups-of-one", "winograd-one-slot", "winograd-bands", "blocked", "blocked-groups-of-one",
-         "blocked-one-slot"]
-FORWARD_PATHS = ["auto", "direct", "gemm", "groups-of-one", "row-bands", "taps", "taps-bands", "numpy",
-                 "chunked", "winograd", "winograd-groups-of-one", "winograd-bands", "blocked",
-                 "blocked-groups-of-one", "outer", "outer-groups-of-one"]  # no dw forward
+# Each strategy of cnncli.engine.conv.STRATEGIES that runs a plain convolution is run by name (conv2d_forward's
+# ``strategy``) on every case it applies to (its ``applies``, whatever its ``pays``), in plans that reach every
+# branch of its kernels: the rules below set how a call is cut up, never which strategy runs.
+#   winograd: "" one group of samples; "groups-of-one" each sample its own group and slot, "one-slot" those
+#     groups summed into one slot, "bands" one sample at a time in bands of 3 tiles, shared out as 3 slots;
+#   blocked, outer: "" a slot's samples side by side; "groups-of-one" each sample its own group and slot (a run
+#     of filter blocks per job; with filters in the lanes one channel at a time), "one-slot" (blocked) those
+#     summed into one slot;
+#   taps: "" groups of samples; "bands" each sample its own group, its output rows one band each; "one-slot";
+#   groups: "" all of a small test batch in one group; "groups-of-one", "groups-of-one-one-slot"; "row-bands"
+#     one output row of one sample at a time (what the 224×224 layers do with bigger bands);
+#   chunks: "" one chunk; "per-sample" each sample its own chunk (the running weight-gradient sums);
+#     "direct-dw" and "per-sample-direct-dw" the weight gradient by direct dot products (flat rows only).
+PLANS = {
+    "winograd": ["", "groups-of-one", "one-slot", "bands"],
+    "blocked": ["", "groups-of-one", "one-slot"],
+    "outer": ["", "groups-of-one"],
+    "depthwise": [""],
+    "taps": ["", "bands", "one-slot"],
+    "groups": ["", "groups-of-one", "groups-of-one-one-slot", "row-bands"],
+    "chunks": ["", "per-sample", "direct-dw", "per-sample-direct-dw"],
+}
+PLAIN = [s.name for s in conv.STRATEGIES if s.forward is not None]
 
 
-@pytest.fixture
-def path(request, monkeypatch):
-    from cnncli.engine import blas
+def test_every_plain_strategy_has_plans():
+    assert list(PLANS) == PLAIN
 
-    mode = request.param
-    if mode != "auto":
-        monkeypatch.setattr(rules, "depthwise", lambda taps, filters, unit: unit and mode == "direct")
-        monkeypatch.setattr(rules, "direct_weights", lambda *a: mode.endswith("direct-dw"))
-        monkeypatch.setattr(rules, "tap_gemms", lambda unit, channels, padded, out: unit and mode.startswith("taps"))
-        monkeypatch.setattr(rules, "winograd_pays", lambda *a: mode.startswith("winograd"))
-        monkeypatch.setattr(rules, "blocked_pays", lambda *a: mode.startswith("blocked"))
-        monkeypatch.setattr(rules, "outer_pays", lambda *a: mode.startswith("outer"))
-        monkeypatch.setattr(rules, "group_gemms", lambda *a: True)  # the group kernels, whatever the shapes
-    if mode.startswith(("blocked-", "outer-")):
+
+def case_call(cfg, dtype) -> conv.Call:
+    return conv.Call(cfg["shape"], (cfg["filters"], cfg["shape"][1] // cfg["groups"], *cfg["kernel"]),
+                     *geometry(cfg), np.dtype(dtype).itemsize)
+
+
+def plan_applies(cfg, dtype, name: str, plan: str) -> bool:
+    call = case_call(cfg, dtype)
+    if not conv.by_name(name).applies(call):
+        return False
+    if plan.endswith("direct-dw"):  # direct dot products read whole padded rows
+        return call.unit and call.pitch == call.wp
+    return not (name == "chunks" and call.direct)  # thin layers' weight gradients are direct dot products
+
+
+def strategy_cases(plans: bool = True, dtypes=DTYPES) -> list:
+    """(cfg, dtype, strategy, plan) for every case and dtype, every strategy that applies and its plans."""
+    out = []
+    for case in CONV_CASES:
+        (cfg,) = case.values
+        for dtype in dtypes:
+            for name in PLAIN:
+                for plan in PLANS[name] if plans else [""]:
+                    if plan_applies(cfg, dtype, name, plan):
+                        label = "-".join(filter(None, [case.id, np.dtype(dtype).name, name, plan]))
+                        out.append(pytest.param(cfg, dtype, name, plan, id=label))
+    return out
+
+
+def use_plan(name: str, plan: str, monkeypatch) -> None:
+    """Cut a call up as ``plan`` says (see PLANS) by the rules that size the strategy's groups, bands and slots."""
+    if plan.endswith("one-slot"):
+        monkeypatch.setattr(rules, "DW_SLOTS", 1)
+    if name == "winograd":
+        monkeypatch.setattr(rules, "winograd_plan", lambda n, *a: n if plan == "" else 1)
+        monkeypatch.setattr(rules, "winograd_band", lambda c, f, tiles, itemsize: 3 * (plan == "bands"))
+        if plan == "bands":
+            monkeypatch.setattr(rules, "DW_SLOTS", 3)
+        elif plan == "groups-of-one":
+            monkeypatch.setattr(rules, "DW_SLOTS", 10**9)
+    if name in ("blocked", "outer") and plan:
         monkeypatch.setattr(rules, "blocked_group", lambda *a: 1)
         monkeypatch.setattr(rules, "OUTER_WEIGHT_BYTES", 1)  # filters in the lanes: one channel at a time
-        monkeypatch.setattr(rules, "DW_SLOTS", 1 if mode.endswith("one-slot") else 10**9)
-    if mode == "winograd":
-        monkeypatch.setattr(rules, "winograd_plan", lambda n, *a: n)
-    if mode.startswith("winograd"):
-        monkeypatch.setattr(rules, "winograd_band", lambda c, f, tiles, itemsize: 3 * (mode == "winograd-bands"))
-    if mode == "winograd-bands":
-        monkeypatch.setattr(rules, "DW_SLOTS", 3)
-    elif mode.startswith("winograd-"):
-        monkeypatch.setattr(rules, "winograd_plan", lambda n, *a: 1)
-        monkeypatch.setattr(rules, "DW_SLOTS", 1 if mode.endswith("one-slot") else 10**9)
-    if mode == "taps-bands":
+        if plan == "groups-of-one":
+            monkeypatch.setattr(rules, "DW_SLOTS", 10**9)
+    if name == "taps" and plan == "bands":
         monkeypatch.setattr(rules, "GROUP_COLS_BYTES", 1)
         monkeypatch.setattr(rules, "DW_SLOTS", 10**9)
-    if mode.startswith("groups-of-one"):
-        monkeypatch.setattr(rules, "sample_group", lambda n, rows, per_row, per_sample: (1, rows))
-    if mode.endswith("one-slot"):
-        monkeypatch.setattr(rules, "DW_SLOTS", 1)
-    if mode == "row-bands":
-        monkeypatch.setattr(rules, "GROUP_COLS_BYTES", 1)
-    if mode.startswith(("numpy", "chunked")):
-        monkeypatch.setattr(blas, "FUNCTIONS", None)
-    if mode.startswith("chunked"):
-        monkeypatch.setattr(rules, "CONV_COLS_BUDGET_BYTES", 1)
-    if mode != "auto" and not mode.startswith(("numpy", "chunked")) and blas.FUNCTIONS is None:
-        pytest.skip("numpy's BLAS exports no CBLAS GEMM here")
-    return mode
+    if name == "groups":
+        if plan.startswith("groups-of-one"):
+            monkeypatch.setattr(rules, "sample_group", lambda n, rows, per_row, per_sample: (1, rows))
+        if plan == "row-bands":
+            monkeypatch.setattr(rules, "GROUP_COLS_BYTES", 1)
+    if name == "chunks":
+        monkeypatch.setattr(rules, "direct_weights", lambda *a: plan.endswith("direct-dw"))
+        if plan.startswith("per-sample"):
+            monkeypatch.setattr(rules, "CONV_COLS_BUDGET_BYTES", 1)
 
 
 def conv_arrays(cfg, dtype, seed=0):
@@ -410,14 +425,14 @@ def geometry(cfg):
 _REFERENCES: dict = {}
 
 
-def conv_reference(cfg, dtype, backward):
-    """The loop reference's forward output (backward False) or gradients for conv_arrays(cfg, dtype): computed
-    once per case and dtype, since every path of a case is checked against the same numbers."""
-    key = (repr(sorted(cfg.items())), np.dtype(dtype).str, backward)
+def conv_reference(cfg, dtype):
+    """The package's reference convolution (cnncli.engine.conv.reference), in float64, on conv_arrays(cfg, dtype):
+    (y, dx, dw, db), computed once per case and dtype, since every strategy of a case is checked against it."""
+    key = (repr(sorted(cfg.items())), np.dtype(dtype).str)
     if key not in _REFERENCES:
-        x, w, b, dy = conv_arrays(cfg, dtype)
-        _REFERENCES[key] = (ref_conv2d_backward(x, w, dy, *geometry(cfg)) if backward
-                            else ref_conv2d(x, w, b, *geometry(cfg)))
+        x, w, b, dy = (None if a is None else a.astype(np.float64) for a in conv_arrays(cfg, dtype))
+        _REFERENCES[key] = (conv.reference.forward(x, w, b, *geometry(cfg)),
+                            *conv.reference.backward(x, w, dy, *geometry(cfg)))
     return _REFERENCES[key]
 
 
@@ -426,28 +441,52 @@ def conv_reference(cfg, dtype, backward):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", FORWARD_PATHS, indirect=True)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cfg", CONV_CASES)
-def test_conv2d_forward_matches_loops(cfg, dtype, path):
-    x, w, b, _ = conv_arrays(cfg, dtype)
-    y = conv.conv2d_forward(x, w, b, *geometry(cfg))
-    assert y.dtype == dtype
-    np.testing.assert_allclose(y, conv_reference(cfg, dtype, backward=False), **tolerances(dtype))
-
-
-@pytest.mark.parametrize("path", PATHS, indirect=True)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("cfg", CONV_CASES)
-def test_conv2d_backward_matches_loops(cfg, dtype, path):
-    x, w, _, dy = conv_arrays(cfg, dtype)
-    dx, dw, db = conv.conv2d_backward(x, w, dy, *geometry(cfg))
-    rdx, rdw, rdb = conv_reference(cfg, dtype, backward=True)
-    assert dx.dtype == dw.dtype == db.dtype == dtype
+def test_reference_convolution_matches_loops(cfg, dtype):
+    """The package's reference against the loops written from the definition, in the case's dtype."""
+    x, w, b, dy = conv_arrays(cfg, dtype)
+    y = conv.reference.forward(x, w, b, *geometry(cfg))
+    grads = conv.reference.backward(x, w, dy, *geometry(cfg))
+    assert y.dtype == dtype and all(g.dtype == dtype for g in grads)
     tol = tolerances(dtype)
+    np.testing.assert_allclose(y, ref_conv2d(x, w, b, *geometry(cfg)), **tol)
+    for got, want in zip(grads, ref_conv2d_backward(x, w, dy, *geometry(cfg))):
+        np.testing.assert_allclose(got, want, **tol)
+
+
+@pytest.mark.parametrize("cfg,dtype,strategy,plan", strategy_cases())
+def test_every_strategy_matches_the_reference(cfg, dtype, strategy, plan, monkeypatch):
+    use_plan(strategy, plan, monkeypatch)
+    x, w, b, dy = conv_arrays(cfg, dtype)
+    ry, rdx, rdw, rdb = conv_reference(cfg, dtype)
+    tol = tolerances(dtype)
+    y = conv.conv2d_forward(x, w, b, *geometry(cfg), strategy=strategy)
+    assert y.dtype == dtype
+    np.testing.assert_allclose(y, ry, **tol)
+    if conv.by_name(strategy).backward is None:
+        return
+    dx, dw, db = conv.conv2d_backward(x, w, dy, *geometry(cfg), strategy=strategy)
+    assert dx.dtype == dw.dtype == db.dtype == dtype
     np.testing.assert_allclose(dx, rdx, **tol)
     np.testing.assert_allclose(dw, rdw, **tol)
     np.testing.assert_allclose(db, rdb, **tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cfg", CONV_CASES)
+def test_the_picked_strategy_is_the_one_that_runs(cfg, dtype):
+    """conv2d_forward and conv2d_backward run what conv.pick picks, pass by pass: the same bits as that strategy
+    run by name."""
+    x, w, b, dy = conv_arrays(cfg, dtype)
+    call = case_call(cfg, dtype)
+    picked = conv.pick(call).name
+    y = conv.conv2d_forward(x, w, b, *geometry(cfg))
+    assert y.tobytes() == conv.conv2d_forward(x, w, b, *geometry(cfg), strategy=picked).tobytes()
+    picked = conv.pick(call, conv.BACKWARD).name
+    for auto, named in zip(conv.conv2d_backward(x, w, dy, *geometry(cfg)),
+                           conv.conv2d_backward(x, w, dy, *geometry(cfg), strategy=picked)):
+        assert auto.tobytes() == named.tobytes()
 
 
 @pytest.mark.parametrize("cfg", CONV_CASES[:10] + CONV_CASES[-len(NAMED_CONVS) :])
@@ -459,23 +498,40 @@ def test_conv2d_backward_skips_what_is_not_needed(cfg):
     np.testing.assert_array_equal(dw, full[1])
 
 
-@pytest.mark.parametrize("path", ["auto", "groups-of-one", "row-bands", "taps-bands", "chunked", "winograd-groups-of-one",
-                                  "winograd-bands", "blocked-groups-of-one"], indirect=True)
-@pytest.mark.parametrize("cfg", CONV_CASES)
-def test_conv2d_adjoint_identities(cfg, path):
+@pytest.mark.parametrize("cfg,dtype,strategy,plan",
+                         [*strategy_cases(plans=False, dtypes=[np.float64]),
+                          *(pytest.param(c, np.float64, "reference", "", id=f"{c_id}-reference")
+                            for c, c_id in ((case.values[0], case.id) for case in CONV_CASES))])
+def test_conv2d_adjoint_identities_and_finite_differences(cfg, dtype, strategy, plan):
     """y = A x + B w + b is bilinear, so <dy, y> = <dx, x> + <db, b> = <dw, w> + <db, b>,
-    and a step eps*v changes <dy, y> by exactly eps*<dx, v>."""
-    x, w, b, dy = conv_arrays(cfg, np.float64, seed=1)
+    and a step eps*v of x (or of w) changes <dy, y> by exactly eps*<dx, v> (eps*<dw, v>): each strategy's
+    gradients against finite differences of its own forward pass (outer's backward pass is the one picked after
+    it), and the reference's."""
+    x, w, b, dy = conv_arrays(cfg, dtype, seed=1)
     b = np.random.default_rng(2).standard_normal(w.shape[0])
-    y = conv.conv2d_forward(x, w, b, *geometry(cfg))
-    dx, dw, db = conv.conv2d_backward(x, w, dy, *geometry(cfg))
+    if strategy == "reference":
+        forward, backward = conv.reference.forward, conv.reference.backward
+    else:
+        named = conv.by_name(strategy)
+
+        def forward(*args):
+            return conv.conv2d_forward(*args, strategy=strategy)
+
+        def backward(*args):
+            return conv.conv2d_backward(*args, strategy=strategy if named.backward is not None else None)
+
+    y = forward(x, w, b, *geometry(cfg))
+    dx, dw, db = backward(x, w, dy, *geometry(cfg))
     lhs = np.sum(dy * y)
     assert lhs == pytest.approx(np.sum(dx * x) + np.sum(db * b), rel=1e-10, abs=1e-10)
     assert lhs == pytest.approx(np.sum(dw * w) + np.sum(db * b), rel=1e-10, abs=1e-10)
-    v = np.random.default_rng(3).standard_normal(x.shape)
     eps = 1e-3
-    moved = np.sum(dy * conv.conv2d_forward(x + eps * v, w, b, *geometry(cfg)))
+    v = np.random.default_rng(3).standard_normal(x.shape)
+    moved = np.sum(dy * forward(x + eps * v, w, b, *geometry(cfg)))
     assert (moved - lhs) / eps == pytest.approx(np.sum(dx * v), rel=1e-7, abs=1e-7)
+    v = np.random.default_rng(4).standard_normal(w.shape)
+    moved = np.sum(dy * forward(x, w + eps * v, b, *geometry(cfg)))
+    assert (moved - lhs) / eps == pytest.approx(np.sum(dw * v), rel=1e-7, abs=1e-7)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -489,19 +545,21 @@ def test_conv2d_adjoint_identities(cfg, path):
     ids=["many-filters", "few-filters", "strided-groups"],
 )
 def test_conv2d_split_gemms_match_unsplit(cfg, dtype, monkeypatch):
-    """GEMMs split across threads give the loop references' results, run after run."""
-    from cnncli.engine import blas
-
+    """The chunks' numpy GEMMs split across threads (slabs) give the loop references' results, run after run."""
     x, w, b, dy = conv_arrays(cfg, dtype, seed=4)
-    monkeypatch.setattr(blas, "FUNCTIONS", None)  # the numpy path's slabs
     monkeypatch.setattr(rules, "direct_weights", lambda *a: False)
     monkeypatch.setattr(rules, "SLAB_MIN_MACS", 1)
-    split = [conv.conv2d_forward(x, w, b, *geometry(cfg)), *conv.conv2d_backward(x, w, dy, *geometry(cfg))]
+
+    def run():
+        return [conv.conv2d_forward(x, w, b, *geometry(cfg), strategy="chunks"),
+                *conv.conv2d_backward(x, w, dy, *geometry(cfg), strategy="chunks")]
+
+    split = run()
     tol = tolerances(dtype)
     np.testing.assert_allclose(split[0], ref_conv2d(x, w, b, *geometry(cfg)), **tol)
     for got, want in zip(split[1:], ref_conv2d_backward(x, w, dy, *geometry(cfg))):
         np.testing.assert_allclose(got, want, **tol)
-    again = [conv.conv2d_forward(x, w, b, *geometry(cfg)), *conv.conv2d_backward(x, w, dy, *geometry(cfg))]
+    again = run()
     for a, b_ in zip(split, again):
         assert a.tobytes() == b_.tobytes()
 
@@ -1037,35 +1095,40 @@ def test_gemm_from_a_kernel_equals_numpy_for_every_transpose_and_leading_dimensi
                 assert np.array_equal(c[untouched], c_big[untouched])  # nothing written outside C
 
 
-@pytest.mark.parametrize("path", ["unfolded", "taps", "winograd", "winograd-bands", "blocked"])
+@pytest.mark.parametrize("strategy,plan", [(name, "") for name in PLAIN] + [("winograd", "bands")])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_grouped_convolution_gives_the_same_bits_on_one_thread_or_two(dtype, path, monkeypatch):
+def test_every_strategy_gives_the_same_bits_on_one_thread_or_two(dtype, strategy, plan, monkeypatch):
     import numba
 
-    from cnncli.engine import blas
-
-    if blas.FUNCTIONS is None or numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip("needs a CBLAS GEMM and two engine threads")
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two engine threads")
     monkeypatch.setattr(rules, "GROUP_COLS_BYTES", 1)  # a sample per group, in bands of one row
-    monkeypatch.setattr(rules, "tap_gemms", lambda unit, channels, padded, out: unit and path == "taps")
-    monkeypatch.setattr(rules, "winograd_pays", lambda *a: path.startswith("winograd"))
     monkeypatch.setattr(rules, "winograd_plan", lambda *a: 3)  # groups of 3, 3 and 2 samples, 2 slots
-    monkeypatch.setattr(rules, "winograd_band", lambda *a: 4 * (path == "winograd-bands"))  # bands of 4 tiles
-    monkeypatch.setattr(rules, "blocked_pays", lambda *a: path == "blocked")
+    monkeypatch.setattr(rules, "winograd_band", lambda *a: 4 * (plan == "bands"))  # bands of 4 tiles
     monkeypatch.setattr(rules, "blocked_group", lambda *a: 3)  # groups of 3 and 1 samples in each of 2 slots
-    # the second: one sample, its filter blocks shared out over the threads (blocked forward)
-    for cfg in (named_conv((8, 6, 9, 9), 10, (3, 3), padding=(1, 1)), named_conv((1, 3, 5, 4), 17, (3, 3), padding=(1, 1))):
+    monkeypatch.setattr(rules, "CONV_COLS_BUDGET_BYTES", 3 << 12)  # chunks of a few samples
+    # the second: one sample, its filter blocks shared out over the threads (blocked forward); the third strided
+    cases = [named_conv((8, 6, 9, 9), 10, (3, 3), padding=(1, 1)), named_conv((1, 3, 5, 4), 17, (3, 3), padding=(1, 1)),
+             named_conv((8, 6, 9, 9), 16, (3, 3), stride=(2, 2), padding=(1, 1), groups=1),
+             named_conv((3, 4, 7, 7), 4, (3, 3), padding=(1, 1), groups=4)]
+    ran = 0
+    for cfg in cases:
+        if not plan_applies(cfg, dtype, strategy, plan):
+            continue
+        ran += 1
         x, w, b, dy = conv_arrays(cfg, dtype, seed=8)
         results = []
         for threads in (1, 2):
             numba.set_num_threads(threads)
             try:
-                results.append([conv.conv2d_forward(x, w, b, *geometry(cfg)),
-                                *conv.conv2d_backward(x, w, dy, *geometry(cfg))])
+                results.append([conv.conv2d_forward(x, w, b, *geometry(cfg), strategy=strategy)])
+                if conv.by_name(strategy).backward is not None:
+                    results[-1] += conv.conv2d_backward(x, w, dy, *geometry(cfg), strategy=strategy)
             finally:
                 numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
         for one, two in zip(*results):
             assert one.tobytes() == two.tobytes()
+    assert ran
 
 
 def test_scratch_buffers_start_on_the_same_boundary_in_every_thread():
@@ -1087,19 +1150,21 @@ def test_scratch_buffers_start_on_the_same_boundary_in_every_thread():
 def test_winograd_takes_the_wide_3x3_layers_and_keeps_float32_close():
     """The rule sends wide 3×3 stride-1 layers to Winograd F(2×2, 3×3) and the rest elsewhere; in float32 its
     results stay within a few units in the last place of the float64 convolution."""
-    geometry_of = conv._Geometry
+    def winograd(x, w, stride, padding, dilation, groups):
+        return takes("winograd", conv.Call(x.shape, w.shape, stride, padding, dilation, groups, x.itemsize))
+
     wide = np.zeros((16, 128, 8, 8), np.float32)  # 16 tiles a sample, 256 in the batch
-    assert geometry_of(wide, np.zeros((128, 128, 3, 3), np.float32), (1, 1), (1, 1), (1, 1), 1).winograd
-    assert geometry_of(wide[:, :32], np.zeros((32, 32, 3, 3), np.float32), (1, 1), (1, 1), (1, 1), 1).winograd
-    assert not geometry_of(wide[:15], np.zeros((128, 128, 3, 3), np.float32), (1, 1), (1, 1), (1, 1), 1).winograd
-    assert not geometry_of(wide, np.zeros((128, 128, 3, 3), np.float32), (2, 2), (1, 1), (1, 1), 1).winograd
-    assert not geometry_of(wide[:, :16], np.zeros((16, 16, 3, 3), np.float32), (1, 1), (1, 1), (1, 1), 1).winograd
-    assert not geometry_of(wide, np.zeros((128, 128, 5, 5), np.float32), (1, 1), (2, 2), (1, 1), 1).winograd
+    assert winograd(wide, np.zeros((128, 128, 3, 3), np.float32), (1, 1), (1, 1), (1, 1), 1)
+    assert winograd(wide[:, :32], np.zeros((32, 32, 3, 3), np.float32), (1, 1), (1, 1), (1, 1), 1)
+    assert not winograd(wide[:15], np.zeros((128, 128, 3, 3), np.float32), (1, 1), (1, 1), (1, 1), 1)
+    assert not winograd(wide, np.zeros((128, 128, 3, 3), np.float32), (2, 2), (1, 1), (1, 1), 1)
+    assert not winograd(wide[:, :16], np.zeros((16, 16, 3, 3), np.float32), (1, 1), (1, 1), (1, 1), 1)
+    assert not winograd(wide, np.zeros((128, 128, 5, 5), np.float32), (1, 1), (2, 2), (1, 1), 1)
     rng = np.random.default_rng(5)
     x = rng.standard_normal((11, 80, 10, 9))  # 275 tiles
     w = rng.standard_normal((32, 80, 3, 3)) / 27
     dy = rng.standard_normal((11, 32, 10, 9))
-    assert geometry_of(x.astype(np.float32), w.astype(np.float32), (1, 1), (1, 1), (1, 1), 1).winograd
+    assert winograd(x.astype(np.float32), w.astype(np.float32), (1, 1), (1, 1), (1, 1), 1)
     want = [conv.conv2d_forward(x, w, None, (1, 1), (1, 1), (1, 1), 1),
             *conv.conv2d_backward(x, w, dy, (1, 1), (1, 1), (1, 1), 1)[:2]]
     x32, w32, dy32 = (a.astype(np.float32) for a in (x, w, dy))
@@ -1135,16 +1200,18 @@ def test_winograd_filter_transform_is_g_w_gt_and_its_adjoint_the_weight_gradient
     assert np.isclose((total * want).sum(), (dw * w).sum(), rtol=1e-12)
 
 
+def takes(name: str, call) -> bool:
+    """Whether the picker runs the forward pass of ``call`` by the strategy ``name``."""
+    return conv.pick(call).name == name
+
+
 def test_blocked_takes_the_narrow_same_layers():
     """The rule sends 'same' stride-1 layers of one group with 8-64 filters, at most 64 channels and up to 9 taps
     that Winograd does not take to the register-blocked loops, and nothing else; every named blocked case is one
     it applies to (so that the "blocked" paths above run it rather than falling back)."""
-    geometry_of = conv._Geometry
-
     def blocked(c, f, kernel, padding, stride=(1, 1), dilation=(1, 1), groups=1, hw=(8, 8)):
-        x = np.zeros((2, c, *hw), np.float32)
-        w = np.zeros((f, c // groups, *kernel), np.float32)
-        return geometry_of(x, w, stride, padding, dilation, groups).blocked
+        return takes("blocked", conv.Call((2, c, *hw), (f, c // groups, *kernel), stride, padding, dilation, groups,
+                                          4))
 
     assert blocked(16, 16, (3, 3), (1, 1), hw=(32, 32)) and blocked(32, 32, (3, 3), (1, 1), hw=(16, 16))
     assert blocked(3, 16, (3, 3), (1, 1)) and blocked(16, 8, (1, 1), (0, 0))
@@ -1171,9 +1238,8 @@ def test_wide_layers_on_small_maps_run_in_chunks():
         pytest.skip("numpy's BLAS exports no CBLAS GEMM here")
 
     def groups(n, c, hw, f, stride=1):
-        x = np.zeros((n, c, hw, hw), np.float32)
-        w = np.zeros((f, c, 3, 3), np.float32)
-        return conv._Geometry(x, w, (stride, stride), (1, 1), (1, 1), 1).runs_in_groups()
+        call = conv.Call((n, c, hw, hw), (f, c, 3, 3), (stride, stride), (1, 1), (1, 1), 1, 4)
+        return call.in_kernel_gemms and call.group_gemms()
 
     assert not groups(8, 512, 7, 512)  # groups of 2 samples: 98 positions
     assert not groups(1, 512, 14, 512) and not groups(1, 256, 28, 512)  # bands of a few rows
@@ -1189,9 +1255,9 @@ def test_outer_takes_the_narrow_strided_layers():
     from cnncli.engine import simd
 
     def outer(c, f, kernel=(3, 3), stride=(2, 2), groups=1, dtype=np.float32):
-        x = np.zeros((2, c, 16, 16), dtype)
-        w = np.zeros((f, c // groups, *kernel), dtype)
-        return conv._Geometry(x, w, stride, (1, 1), (1, 1), groups).outer
+        call = conv.Call((2, c, 16, 16), (f, c // groups, *kernel), stride, (1, 1), (1, 1), groups,
+                         np.dtype(dtype).itemsize)
+        return conv.by_name("outer").runs(call, conv.FORWARD)
 
     lanes = simd.lanes(4)  # float32 lanes: 16 with AVX-512, 8 with AVX2
     assert outer(16, 32) and outer(64, 128) and outer(3, 64, (7, 7)) and outer(16, 32, (1, 1), (2, 1))

@@ -472,6 +472,39 @@ def _fast_equals_plain(in_shape, entry: str, rng, block_type: type) -> tuple[Net
     return fast, x
 
 
+@pytest.mark.parametrize("layout", ["nchw", "lanes"])
+@pytest.mark.parametrize("in_shape,entry", FUSED_CASES, ids=range(len(FUSED_CASES)))
+def test_fused_chains_in_float32_and_on_one_thread_or_two(in_shape, entry, layout, monkeypatch):
+    """A chain's block in float32 stays close to the plain network (the reference convolution) in float64, and
+    gives the same bits on one engine thread or two."""
+    import numba
+
+    block_type = _use_layout(layout, monkeypatch)
+    rng = np.random.default_rng(14)
+    plain = _fused_network(in_shape, entry, fast=False)
+    x = rng.standard_normal(in_shape)
+    y = plain.forward(x, train=True)
+    r = rng.standard_normal(y.shape)
+    plain.backward({plain.graph.output: r})
+    runs = []
+    for threads in (1, 2) if numba.config.NUMBA_NUM_THREADS >= 2 else (1,):
+        fast = _fused_network(in_shape, entry, dtype="float32")
+        numba.set_num_threads(threads)
+        try:
+            y32 = fast.forward(x.astype(np.float32), train=True)
+            fast.backward({fast.graph.output: r.astype(np.float32)})
+        finally:
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        _ran(fast, block_type)
+        runs.append([y32, fast.input_grad, *(fast.grads[k] for k in sorted(fast.grads))])
+        np.testing.assert_allclose(y32, y, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(fast.input_grad, plain.input_grad, rtol=1e-4, atol=1e-5)
+        for k, g in plain.grads.items():
+            np.testing.assert_allclose(fast.grads[k], g, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(g).max()))
+    for one, two in zip(*runs) if len(runs) == 2 else ():
+        assert one.tobytes() == two.tobytes()
+
+
 @pytest.mark.parametrize("in_shape,entry,takes", [
     ((2, 3, 6, 6), "conv: {filters: 4, kernel: 3, padding: 1}\n  - relu", True),
     ((2, 2, 7, 5), "conv: {filters: 3, kernel: 3, bias: false}\n  - relu", True),
@@ -487,7 +520,7 @@ def test_fused_relu_chains_run_as_winograd_where_the_convolution_would(in_shape,
     monkeypatch.setattr(rules, "winograd_pays", lambda *a: True)
     _use_layout("nchw", monkeypatch)
     rng = np.random.default_rng(13)
-    block_type = layers._WinogradThenRelu if takes else fused.Block
+    block_type = layers._ThenRelu if takes else fused.Block
     fast, x = _fast_equals_plain(in_shape, entry, rng, block_type)
     _perturb_params(fast, rng)
     _fd_check(fast, x, True, rng)

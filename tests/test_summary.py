@@ -569,3 +569,48 @@ def test_summarize_imports_no_engine():
 def test_errors_are_cnn_errors():
     for exc in (ShapeError, SpecError, UsageError):
         assert issubclass(exc, CnnError)
+
+
+@pytest.mark.parametrize("model,batch", [("lenet5", 8), ("resnet20", 3)])
+def test_paths_are_the_strategies_a_fast_network_runs(model, batch, monkeypatch):
+    """--paths names, for each conv layer, the strategies that a fast network of the model runs on a batch of
+    that size: the picks a forward and a backward pass make, spied on, in order (fused chains pick once, for
+    both passes)."""
+    import numpy as np
+
+    from cnncli.engine import conv, losses
+    from cnncli.engine.network import Network
+
+    s = summarize(model, batch=batch, paths=True)
+    assert s.paths.parts == (batch,)  # fewer than MIN_PART samples a part: the batch runs whole
+    g = graph.build(spec.load(model))
+    net = Network(g, "float32", seed=1, fast=True, workers=1)
+    picks: list[tuple[str, str]] = []
+    real = conv.pick
+
+    def spy(call, pass_=conv.FORWARD):
+        strategy = real(call, pass_)
+        picks.append((pass_, strategy.name))
+        return strategy
+
+    monkeypatch.setattr(conv, "pick", spy)
+    x = np.random.default_rng(0).standard_normal((batch, *g.input_shape)).astype(np.float32)
+    net.loss_and_backward(x, np.arange(batch) % 10, losses.get("cross_entropy"))
+    convs = [n.name for n in g.nodes if n.kind == "conv"]
+    forward = [name for pass_, name in picks if pass_ == conv.FORWARD]
+    backward = [name for pass_, name in picks if pass_ == conv.BACKWARD]
+    assert forward == [s.paths.layers[c].forward for c in convs]
+    assert backward[::-1] == [s.paths.layers[c].backward for c in convs if not s.paths.layers[c].chain]
+    assert len(set(forward)) > 1 or model == "lenet5"
+
+
+def test_cli_summarize_paths_in_the_table_and_json():
+    result = runner.invoke(app, ["summarize", "lenet5", "--paths", "--batch", "4"])
+    assert result.exit_code == 0, result.output
+    assert "Strategy" in result.output and "+ tanh1, s2" in result.output
+    data = json.loads(runner.invoke(app, ["summarize", "lenet5", "--paths", "--format", "json"]).output)
+    c1 = next(layer for layer in data["layers"] if layer["name"] == "c1")
+    assert c1["strategy"]["fused_with"] == ["tanh1", "s2"] and c1["strategy"]["forward"] in ("lanes", "fused")
+    assert data["paths"]["dtype"] == "float32" and data["paths"]["parts"] == [1]
+    plain = json.loads(runner.invoke(app, ["summarize", "lenet5", "--format", "json"]).output)
+    assert "paths" not in plain and all("strategy" not in layer for layer in plain["layers"])

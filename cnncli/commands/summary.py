@@ -2,7 +2,8 @@
 
 Pure shape inference on top of :mod:`cnncli.model.graph`: no weight array is
 allocated and nothing here imports Numba, the layers or the kernels, so
-``cnncli summarize vgg16`` answers at once. The functions return records;
+``cnncli summarize vgg16`` answers at once; only ``--paths`` (which strategy
+each convolution takes on this machine) asks the engine's picker. The functions return records;
 :mod:`cnncli.render.summary` draws them.
 
 Counting rules (those of torchvision and torchinfo):
@@ -27,6 +28,7 @@ everything deeper into one row per group.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -63,6 +65,38 @@ class Row:
 
 
 @dataclass(frozen=True)
+class ConvPath:
+    """The convolution strategies (cnncli.engine.conv.STRATEGIES) one conv layer takes: forward, backward, and the
+    nodes of the fused chain it heads (empty: it runs on its own)."""
+
+    forward: str
+    backward: str
+    chain: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"forward": self.forward, "backward": self.backward, "fused_with": list(self.chain)}
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Which strategy each conv layer takes in a fast network (train, eval, predict) on this machine, in float32,
+    for the summary's batch, split into ``parts`` (their sizes) over ``cores`` cores. What pays depends on
+    the CPU's vector registers and float32 lanes and on whether numpy's BLAS exports a CBLAS GEMM (``cblas``)."""
+
+    layers: dict[str, ConvPath]
+    parts: tuple[int, ...]
+    cores: int
+    vector_registers: int
+    lanes: int
+    cblas: bool
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "parts": list(self.parts), "cores": self.cores,
+                "vector_registers": self.vector_registers, "float32_lanes": self.lanes, "cblas": self.cblas}
+
+
+@dataclass(frozen=True)
 class Summary:
     """Everything ``summarize`` reports about one model at one input size."""
 
@@ -85,6 +119,7 @@ class Summary:
     aux_macs: int = 0
     activations: int = 0               # Σ of every node's output size, one sample
     block_types: dict[str, str] = field(default_factory=dict)  # block instance -> block name
+    paths: Paths | None = None         # --paths: each conv layer's strategy on this machine
 
     @property
     def non_trainable_params(self) -> int:
@@ -173,7 +208,7 @@ class Summary:
             "macs": self.macs,
             "layers": [
                 {"name": r.name, "type": r.type, "output_shape": list(r.output_shape),
-                 "params": r.params, "macs": r.macs}
+                 "params": r.params, "macs": r.macs, **self._strategy(r.name)}
                 for r in self.rows(depth)
             ],
             # Beyond the contract: what the table's footer says.
@@ -182,7 +217,13 @@ class Summary:
             "param_bytes": self.param_bytes,
             "activation_bytes": self.activation_bytes,
             "aux_outputs": dict(self.aux_outputs),
+            **({"paths": self.paths.to_dict()} if self.paths is not None else {}),
         }
+
+    def _strategy(self, name: str) -> dict[str, Any]:
+        """A conv layer's strategies, under --paths: {"strategy": {...}}; else nothing."""
+        path = self.paths.layers.get(name) if self.paths is not None else None
+        return {"strategy": path.to_dict()} if path is not None else {}
 
 
 @dataclass(frozen=True)
@@ -206,14 +247,16 @@ class ModelInfo:
 
 # --- building ----------------------------------------------------------------------------
 
-def summarize(model: str, input_size: str | None = None, batch: int = 1, aux: bool = True) -> Summary:
+def summarize(model: str, input_size: str | None = None, batch: int = 1, aux: bool = True,
+              paths: bool = False) -> Summary:
     """Summarize a built-in model or a YAML file, optionally at another input size.
 
     ``input_size`` (``"3x64x64"``) may change the height and width; a size the
     network cannot take raises :class:`ShapeError` naming the layer where it
     breaks — including a layer whose weights would have to change shape (a
     dense layer after ``flatten`` without adaptive pooling, or a different
-    number of input channels).
+    number of input channels). ``paths``: also which convolution strategy each conv layer takes on this
+    machine (:func:`conv_paths`; this imports the engine).
     """
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise UsageError(f"--batch must be a positive integer, got {batch!r}")
@@ -224,7 +267,42 @@ def summarize(model: str, input_size: str | None = None, batch: int = 1, aux: bo
     g = graph_mod.build(spec, shape, aux=aux)
     if shape is not None and shape != spec.input:
         _check_weights_fit(spec, g, aux)
-    return _summary(spec, g, batch, aux)
+    result = _summary(spec, g, batch, aux)
+    return dataclasses.replace(result, paths=conv_paths(g, batch)) if paths else result
+
+
+def conv_paths(g: graph_mod.Graph, batch: int) -> Paths:
+    """Which strategy :func:`cnncli.engine.conv.pick` gives each conv layer of ``g`` in a fast network, float32,
+    on a batch of ``batch`` split as this machine's cores split it: the engine's own rules and chains, asked
+    about shapes (no weight is allocated, nothing runs)."""
+    from cnncli.engine import blas, conv, rules, simd
+    from cnncli.engine.network import fused_chains
+    from cnncli.engine.parts import usable_cores
+
+    itemsize = 4
+    cores = usable_cores()
+    k = rules.part_count(batch, cores)
+    parts = tuple(batch * (i + 1) // k - batch * i // k for i in range(k))
+    chains = fused_chains(g)
+    layers: dict[str, ConvPath] = {}
+    for node in g.nodes:
+        if node.kind != "conv":
+            continue
+        o = node.options
+        act, pool = chains.get(node.name, (None, None))
+        chain = None if act is None else (act.kind, pool.options["kernel"][0] if pool is not None else 0)
+        forward: list[str] = []
+        backward: list[str] = []
+        for n in sorted(set(parts), reverse=True):  # parts of unequal sizes may differ
+            call = conv.Call((n, *node.in_shapes[0]), node.params["weight"], o["stride"], o["padding"],
+                             o["dilation"], o["groups"], itemsize, chain=chain)
+            picked = conv.pick(call).name
+            forward.append(picked)
+            backward.append(picked if chain is not None else conv.pick(call, conv.BACKWARD).name)
+        fused = () if act is None else tuple(x.name for x in (act, pool) if x is not None)
+        layers[node.name] = ConvPath(" | ".join(dict.fromkeys(forward)), " | ".join(dict.fromkeys(backward)), fused)
+    return Paths(layers=layers, parts=parts, cores=cores, vector_registers=simd.VECTOR_REGISTERS,
+                 lanes=simd.lanes(itemsize), cblas=blas.FUNCTIONS is not None)
 
 
 def _check_weights_fit(spec: spec_mod.ModelSpec, g: graph_mod.Graph, aux: bool) -> None:

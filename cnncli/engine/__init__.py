@@ -1,7 +1,7 @@
 """The engine: a graph of :mod:`cnncli.model` made runnable, forward and backward, on Numba kernels.
 
 This docstring is the engine's map: its files, which path runs which layer
-and by which rule, where it runs in parallel, and the words it uses.
+and by which rule (for a convolution, a table of strategies), where it runs in parallel, and the words it uses.
 
 Files, top-down
 ---------------
@@ -20,7 +20,12 @@ layers          forward and backward of every layer kind, side by side,
                 registered in ``LAYERS`` (one per kind of model.kinds)
 losses, optim   loss functions (value and gradient), SGD and Adam
 init            initial parameter values, a registry of named schemes
-conv, pool      the general NCHW convolution and pooling kernels
+conv/           the convolution: the plain reference (``reference``), the
+                ordered table of strategies and the picker
+                (``strategies``), a call's shapes (``geometry``) and the
+                NCHW kernels of the taps, groups, chunks and depthwise
+                strategies (``general``)
+pool            the pooling kernels
 winograd        3×3 stride-1 convolution by Winograd's F(2×2, 3×3)
 blocked         'same' stride-1 convolution as register-blocked direct
                 loops, forward and both gradients; the forward pass of
@@ -63,70 +68,98 @@ training (data, loss, optimizer, checkpoints) to the same code as this engine.
 Which path runs which layer
 ---------------------------
 
-Every layer kind has one plain path in :mod:`~cnncli.engine.layers`, which
-``backprop-trace`` and the gradient checks use (``Network(fast=False)``:
-every node's value and gradient kept). ``train`` and ``eval`` build
-``Network(fast=True)``, which takes the faster paths below where they apply;
-each is tested equal to the plain path (and against finite differences).
+Every layer kind has one plain path, which ``backprop-trace``, ``features``
+and the gradient checks use (``Network(fast=False)``: every node's value and
+gradient kept): :mod:`~cnncli.engine.layers`, and for a convolution the
+reference of :mod:`~cnncli.engine.conv.reference` (numpy, a kernel tap at a
+time). ``train``, ``eval`` and ``predict`` build ``Network(fast=True)``, which
+takes the faster paths below where they apply; each is tested equal to the
+plain path (and against finite differences).
 
-* **conv**: in a fast network, a chain conv (stride 1, dilation 1, one group)
-  → relu or tanh (→ avgpool with square tiles, ``pool.is_tile_pool``) whose
-  inner outputs nothing else reads runs as one fused block
-  (:class:`~cnncli.engine.layers.FusedConv`):
+Convolution strategies
+----------------------
 
-  - batch-innermost (``fast.lanes``) when ``rules.lanes``: at least
-    ``MIN_LANES`` samples and few weights or a small column matrix;
-  - else NCHW (``fast.fused``), in chunks (``rules.chunk_size``);
-  - inside either, layers with few weights (``rules.direct_weights``) run as
-    direct loops without a column matrix; the NCHW block keeps small column
-    matrices for the backward pass (``rules.keep_cols``);
-  - but a conv → relu chain whose convolution ``conv`` would run as Winograd
-    (below; VGG-16's 3×3 layers) runs so, then the ReLU in place: 2.25x fewer
-    multiply-adds save more than the fusion's one pass over the output.
+A fast network gives each convolution call, on its own or at the head of a
+fused chain, the first strategy of this table (``conv.STRATEGIES``, in this
+order) that applies to it and pays, pass by pass (``conv.pick``; every
+threshold in ``rules``). A *fused chain* is a conv of stride 1, dilation 1,
+one group → relu or tanh (→ avgpool of square tiles, ``pool.is_tile_pool``)
+whose inner outputs nothing else reads (:class:`~cnncli.engine.layers.FusedConv`,
+``network.fused_chains``). What pays depends on the batch (a part of it),
+the dtype, numpy's BLAS (``blas.FUNCTIONS``: a CBLAS GEMM callable from a
+kernel) and the CPU (``simd.VECTOR_REGISTERS`` and the vector width
+``simd.lanes``); ``cnncli summarize MODEL --paths`` says which strategy each
+layer takes on this machine. Files are under ``cnncli/engine``.
 
-  Every other conv runs in ``conv``: 3×3 stride 1, one group, at least 32
-  channels and 256 output tiles in the batch (``rules.winograd_applies``,
-  ``rules.winograd_pays``: all of ResNet-20's and ResNet-56's 32- and
-  64-channel layers but the stride-2 ones, VGG's and ResNet-18's 3×3 layers)
-  as Winograd F(2×2, 3×3) (``winograd``: 16 products of (tiles, C) by
-  (C, F) per group of samples, or per band of a big sample's tiles
-  (``rules.winograd_band``), 2.25x fewer multiply-adds; channels
-  innermost, the products with filters in the lanes, the transforms in
-  registers; narrower layers or fewer tiles lose more to its transforms
-  than they gain); the other 'same' stride-1 layers of one group with 8-64
-  filters, at most 64 channels and 9 taps (``rules.blocked_applies``,
-  ``rules.blocked_pays``: ResNet-20's 16-channel layers, 3-channel stems,
-  1×1 and 5×5 layers) as register-blocked direct loops (``blocked``: every
-  output summed in registers over all channels and taps and stored once,
-  where a GEMM per tap with K = C of 16-32 goes through memory nine times;
-  positions in the lanes, the padding left out by lane masks, or for 64
-  filters the filters in the lanes (``rules.outer_forward``); the input
-  gradient the same loops over dy, the weight gradient channel-taps ×
-  filters in the lanes); the forward pass of strided layers of one group
-  with at most 64 channels and filters that fill whole vectors
-  (``rules.outer_applies``, ``rules.outer_pays``: ResNets' downsampling
-  3×3 and 1×1 layers, the 7×7 and 11×11 stems) by the same filters-in-the-
-  lanes loops, each output position's inputs a strided window of the
-  padded planes (faster than unfolding ResNet-20's, whose GEMMs have
-  K of 144-288; with 128 channels and more, each block of filters reading
-  every input again loses), their gradients unfolded as below; direct loops for thin groups
-  (``rules.depthwise``); stride 1 with up to 128 channels and short
-  padding (``rules.tap_gemms``) as one GEMM per kernel tap reading the
-  padded input in place, no column matrix (faster than unfolding on
-  narrow layers; with more channels a tap's GEMM is too short for its
-  weights); else unfold + GEMM — in groups of a few samples
-  with the GEMMs called from the kernel (``blas``; ``rules.sample_group``:
-  columns up to ``GROUP_COLS_BYTES``, a core's L2) where numpy's BLAS
-  exports a CBLAS GEMM and the layer has no more filters than a group has
-  output positions (``rules.group_gemms``: each group's GEMMs read all the
-  weights and its weight-gradient slot, which for ResNet-18's 512×7×7
-  layers at batch 8 outweighs the group's columns), else in chunks of up
-  to ``CONV_COLS_BUDGET_BYTES`` of columns with numpy's GEMMs (split into
-  slabs over the threads) between kernels. Whole padded rows when
-  ``rules.flat_rows``, the weight gradient by direct dot products when
-  ``rules.direct_weights`` (flat rows only); in chunks, the weight-gradient
-  GEMM transposed when ``rules.dw_transposed`` (in groups, always).
-* **maxpool**: ``pool.maxpool2d_*``. **avgpool**: ``pool.tile_avgpool_*``
+=========  ===========================================  =============================================  ===============
+strategy   applies when                                 pays when (``rules``)                          file
+=========  ===========================================  =============================================  ===============
+winograd   3×3, stride 1, dilation 1, one group         ``winograd_pays``: >= 32 channels, 256 tiles   winograd.py
+lanes      a fused chain                                ``lanes``: >= ``MIN_LANES`` samples, small     fast/lanes.py
+fused      a fused chain                                always                                         fast/fused.py
+blocked    'same' stride 1, one group                   ``blocked_pays``: 8-64 filters, <= 9 taps      blocked.py
+outer      strided, one group, filters fill vectors     ``outer_pays``: <= 64 channels; forward only   blocked.py
+depthwise  stride 1                                     ``depthwise``: <= 2 filters, 32 taps a group   conv/general.py
+taps       stride 1, a CBLAS GEMM                       ``tap_gemms``; backward: not direct weights    conv/general.py
+groups     a CBLAS GEMM                                 ``group_gemms``; backward: not direct weights  conv/general.py
+chunks     a convolution on its own                     always                                         conv/general.py
+=========  ===========================================  =============================================  ===============
+
+
+* **winograd** (F(2×2, 3×3)): 16 products of (tiles, C) by (C, F) per group
+  of samples, or per band of a big sample's tiles (``rules.winograd_band``),
+  2.25x fewer multiply-adds; channels innermost, the products with filters in
+  the lanes, the transforms in registers; narrower layers or fewer tiles lose
+  more to its transforms than they gain (all of ResNet-20's and ResNet-56's
+  32- and 64-channel layers but the stride-2 ones, VGG's and ResNet-18's 3×3
+  layers). At the head of a chain only conv → relu (VGG-16's): the
+  convolution, then the ReLU in place; 2.25x fewer multiply-adds save more
+  than the fusion's one pass over the output.
+* **lanes**: the chain batch-innermost, every pixel a vector of samples;
+  **fused**: the chain in NCHW, in chunks (``rules.chunk_size``), small
+  column matrices kept for the backward pass (``rules.keep_cols``). In both,
+  layers with few weights (``rules.direct_weights``) run as direct loops
+  without a column matrix.
+* **blocked**: register-blocked direct loops (ResNet-20's 16-channel layers,
+  3-channel stems, 1×1 and 5×5 layers): every output summed in registers
+  over all channels and taps and stored once, where a GEMM per tap with K =
+  C of 16-32 goes through memory nine times; positions in the lanes, the
+  padding left out by lane masks, or for filters that fill blocks of four
+  vectors the filters in the lanes (``rules.outer_forward``, with 32 vector
+  registers); the input gradient the same loops over dy, the weight gradient
+  channel-taps × filters in the lanes.
+* **outer**: the forward pass of strided layers (ResNets' downsampling 3×3
+  and 1×1 layers, the 7×7 and 11×11 stems) by the same filters-in-the-lanes
+  loops, each output's inputs a strided window of the padded planes; their
+  backward pass is the next strategy's (groups or chunks).
+* **depthwise**: direct loops for groups so thin that a GEMM would have a
+  single-digit dimension.
+* **taps**: one GEMM per kernel tap reading the padded input in place, no
+  column matrix (it beats unfolding on narrow layers; with more
+  channels a tap's GEMM is too short for its weights).
+* **groups**: unfold + GEMM in groups of a few samples whose columns fit a
+  core's L2 (``rules.sample_group``), the GEMMs called from the kernel
+  (``blas``), where the layer has no more filters than a group has output
+  positions (each group's GEMMs read all the weights and its weight-gradient
+  slot).
+* **chunks**: unfold + numpy's GEMMs between kernels, in chunks of up to
+  ``CONV_COLS_BUDGET_BYTES`` of columns, each GEMM split into slabs over
+  the threads; the weight-gradient GEMM transposed when
+  ``rules.dw_transposed``. Whole padded rows when ``rules.flat_rows``.
+* taps, groups and chunks take their backward pass by chunks when the weight
+  gradient comes from direct dot products (``rules.direct_weights``, flat
+  rows only): a GEMM with a handful of rows runs at a fraction of BLAS's
+  speed.
+* The network's first conv computes no input gradient in a fast network.
+
+Other layers
+------------
+
+* **maxpool**: ``pool.maxpool2d_*``: stride 1 takes the whole plane at once
+  (``pool._max_flat``); other strides take the windows inside a row across
+  all its output columns at once where a row has at least
+  ``rules.MAXPOOL_VECTOR_COLUMNS`` of them, else one window at a time.
+* **avgpool**: ``pool.tile_avgpool_*``
   for square non-overlapping tiles (``pool.is_tile_pool``), else the window
   kernels ``pool.avgpool2d_*``. **adaptive_avgpool**: the window kernels
   (nothing to do when input and output sizes agree). **subsample**: the
@@ -145,7 +178,6 @@ each is tested equal to the plain path (and against finite differences).
   at a time (``dense``), into the layer's array of the pass before. Other activations,
   softmax, LRN, flatten, add and concat: numpy in :mod:`~cnncli.engine.layers`.
 * **shortcut_pad** (ResNet's option-A shortcut): numpy slicing, in :mod:`~cnncli.engine.layers`.
-* The network's first conv computes no input gradient in a fast network.
 
 Where it runs in parallel, and why
 ----------------------------------

@@ -346,7 +346,7 @@ def backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray, dx: np.ndarray | None
              dw: int, per: int) -> np.ndarray:
     """The gradients of :func:`forward`: dx into ``dx`` (unless None), and dwᵀ by slots, returned as
     (slots, C·KH·KW, F), slot k summed over samples k·per ... k·per + per - 1 in order
-    (:func:`cnncli.engine.conv._sum_slots` adds the slots up and transposes)."""
+    (:func:`cnncli.engine.conv.general._sum_slots` adds the slots up and transposes)."""
     n, c, h, wd = x.shape
     f, _, kh, kw = w.shape
     plane = h * wd

@@ -91,6 +91,9 @@ class Conv(Layer):
     cached = ("x",)
     #: Whether backward computes the input's gradient (a network's first layer needs none).
     need_dx = True
+    #: Whether the layer runs the strategy :func:`cnncli.engine.conv.pick` picks (a fast network), else the plain
+    #: reference convolution (:mod:`cnncli.engine.conv.reference`).
+    fast = False
 
     def __init__(self, *args):
         super().__init__(*args)
@@ -109,12 +112,14 @@ class Conv(Layer):
     def forward(self, xs, train):
         self.x = xs[0]
         o = self.o
-        return conv.conv2d_forward(self.x, self._weight(), self.params.get("bias"),
-                                      o["stride"], o["padding"], o["dilation"], o["groups"])
+        run = conv.conv2d_forward if self.fast else conv.reference.forward
+        return run(self.x, self._weight(), self.params.get("bias"), o["stride"], o["padding"], o["dilation"],
+                   o["groups"])
 
     def backward(self, dy):
         o = self.o
-        dx, dw, db = conv.conv2d_backward(
+        run = conv.conv2d_backward if self.fast else conv.reference.backward
+        dx, dw, db = run(
             self.x, self._weight(), dy, o["stride"], o["padding"], o["dilation"], o["groups"],
             need_dx=self.need_dx, need_db="bias" in self.params)
         self.keep_grads(dw, db)
@@ -238,10 +243,10 @@ class Subsample(Layer):
 class FusedConv:
     """A conv layer, its activation and its tiled average pooling run as one fused block.
 
-    A batch that :func:`cnncli.engine.rules.lanes` admits (enough samples, a
-    small layer) runs batch-innermost (:class:`cnncli.engine.fast.lanes.Block`),
-    anything else in NCHW (:class:`cnncli.engine.fast.fused.Block`); the two
-    agree up to the rounding of their sums.
+    Which block runs a call is :func:`cnncli.engine.conv.pick`'s answer for the chain: batch-innermost
+    (:class:`cnncli.engine.fast.lanes.Block`) for enough samples of a small layer, else NCHW
+    (:class:`cnncli.engine.fast.fused.Block`); the two agree up to the rounding of their sums. A conv → relu
+    chain that Winograd takes runs as that convolution, then the ReLU in place (:class:`_ThenRelu`).
 
     Built by :class:`~cnncli.engine.network.Network` (``fast=True``) for a chain
     conv → relu/tanh (→ avgpool) whose inner outputs feed nothing else. The
@@ -253,11 +258,11 @@ class FusedConv:
     def __init__(self, layer: Conv, act: Node, pool_node: Node | None):
         self.conv = layer
         self.nodes = [layer.node.name, act.name] + ([pool_node.name] if pool_node is not None else [])
-        k = pool_node.options["kernel"][0] if pool_node is not None else 0
-        self.nchw = fused.Block(layer.o["padding"], act.kind, k)
-        self.lanes = lanes.Block(layer.o["padding"], act.kind, k)
-        self.winograd = _WinogradThenRelu(layer.o["padding"]) if act.kind == "relu" and not k else None
-        self.block: fused.Block | lanes.Block | _WinogradThenRelu = self.nchw  # the one that ran the last forward
+        self.act = act.kind
+        self.pool = pool_node.options["kernel"][0] if pool_node is not None else 0
+        #: Each strategy's block, made when first picked; ``block``: the one that ran the last forward pass.
+        self.blocks: dict[str, fused.Block | lanes.Block | _ThenRelu] = {}
+        self.block: fused.Block | lanes.Block | _ThenRelu | None = None
 
     @staticmethod
     def fits(node: Node) -> bool:
@@ -266,23 +271,31 @@ class FusedConv:
         return (node.kind == "conv" and o["groups"] == 1 and tuple(o["stride"]) == (1, 1)
                 and tuple(o["dilation"]) == (1, 1))
 
+    def call(self, x_shape, w_shape, itemsize: int) -> conv.Call:
+        """The chain's convolution on a batch of ``x_shape``, as the picker sees it."""
+        return conv.Call(x_shape, w_shape, (1, 1), self.conv.o["padding"], (1, 1), 1, itemsize,
+                         chain=(self.act, self.pool))
+
     def forward(self, xs):
         c = self.conv
         w = c._weight()
         x = xs[0]
-        # Wide 3×3 layers save more by Winograd than by the fusion; big batches of small layers run
-        # batch-innermost (see cnncli.engine.fast.lanes).
-        if self.winograd is not None and self.winograd.takes(x, w):
-            self.block = self.winograd
-        elif lanes.Block.fits(x.shape, w.shape, c.o["padding"], x.dtype.itemsize):
-            self.block = self.lanes
-        else:
-            self.block = self.nchw
-        return self.block.forward(x, w, c.params.get("bias"))
+        strategy = conv.pick(self.call(x.shape, w.shape, x.dtype.itemsize))
+        block = self.blocks.get(strategy.name)
+        if block is None:
+            padding = c.o["padding"]
+            if strategy.block is not None:
+                block = strategy.block(padding, self.act, self.pool)
+            else:  # a plain convolution's strategy: the chain is conv → relu (strategies._winograd_applies)
+                block = _ThenRelu(padding, strategy.name)
+            self.blocks[strategy.name] = block
+        self.block = block
+        return block.forward(x, w, c.params.get("bias"))
 
     def release(self) -> None:
         """Drop what the block kept for a backward pass."""
-        self.block.release()
+        if self.block is not None:
+            self.block.release()
 
     def backward(self, dy):
         c = self.conv
@@ -292,20 +305,17 @@ class FusedConv:
         return [dx]
 
 
-class _WinogradThenRelu:
-    """A fused chain's conv → relu run as the general convolution, where it takes Winograd, then the ReLU in place:
-    the interface of the fused blocks (it keeps its input and the activation)."""
+class _ThenRelu:
+    """A fused chain's conv → relu run as a plain convolution's strategy, then the ReLU in place: the interface
+    of the fused blocks (it keeps its input and the activation)."""
 
-    def __init__(self, padding):
+    def __init__(self, padding, strategy: str):
         self.padding = tuple(padding)
-
-    def takes(self, x: np.ndarray, w: np.ndarray) -> bool:
-        """Whether the general convolution would run this call as Winograd."""
-        return conv.takes_winograd(x, w, (1, 1), self.padding, (1, 1), 1)
+        self.strategy = strategy
 
     def forward(self, x, w, b):
         self.x = x
-        y = conv.conv2d_forward(x, w, b, (1, 1), self.padding, (1, 1), 1)
+        y = conv.conv2d_forward(x, w, b, (1, 1), self.padding, (1, 1), 1, strategy=self.strategy)
         self.a = elementwise.relu(y, out=y)
         return self.a, self.a
 
@@ -315,7 +325,7 @@ class _WinogradThenRelu:
     def backward(self, g, w, need_dx=True, need_db=True):
         dz = elementwise.relu_grad(g, self.a)
         return conv.conv2d_backward(self.x, w, dz, (1, 1), self.padding, (1, 1), 1, need_dx=need_dx,
-                                    need_db=need_db)
+                                    need_db=need_db, strategy=self.strategy)
 
 
 # --- dense and reshaping ------------------------------------------------------------

@@ -25,6 +25,39 @@ from cnncli.model.graph import Graph, Node, ancestors
 from cnncli.model.kinds import fmt_shape
 
 
+def _readers(graph: Graph) -> dict[str, list[Node]]:
+    readers: dict[str, list[Node]] = {}
+    for node in graph.nodes:
+        for name in node.inputs:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
+def fused_chains(graph: Graph) -> dict[str, tuple[Node, Node | None]]:
+    """The chains a fast network fuses (:class:`~cnncli.engine.layers.FusedConv`), by their conv node: a conv of
+    stride 1, dilation 1, one group, whose output only an activation reads (relu, tanh), and the tiled average
+    pooling that alone reads the activation, if one does."""
+    readers = _readers(graph)
+    ends = {graph.output, *graph.aux_outputs}
+
+    def only_reader(name: str) -> Node | None:
+        r = readers.get(name, [])
+        return r[0] if len(r) == 1 and name not in ends else None
+
+    chains: dict[str, tuple[Node, Node | None]] = {}
+    for node in graph.nodes:
+        if not FusedConv.fits(node):
+            continue
+        act = only_reader(node.name)
+        if act is None or act.kind not in ACTIVATIONS:
+            continue
+        pool = only_reader(act.name)
+        if pool is not None and not (pool.kind == "avgpool" and is_tile_pool(pool.options)):
+            pool = None
+        chains[node.name] = (act, pool)
+    return chains
+
+
 class Network:
     """Parameters, buffers and layers of a graph, with forward and backward passes.
 
@@ -79,7 +112,9 @@ class Network:
                 else:
                     value = (np.ones if suffix == "running_var" else np.zeros)(shape, dtype=self.dtype)
                 bufs[suffix] = self.buffers[key] = value
-            self.layers[node.name] = LAYERS[node.kind](node, own, bufs, index)
+            self.layers[node.name] = layer = LAYERS[node.kind](node, own, bufs, index)
+            if fast and node.kind == "conv":
+                layer.fast = True  # the strategies conv.pick picks; a plain network runs the reference
         #: Tables of per-sample rows that the parts of a split training batch share (see Layer.exchanges).
         self.exchanges = exchanges(graph)
         # node name -> the fused chain it starts (forward) or ends (backward); inner nodes -> None
@@ -126,27 +161,16 @@ class Network:
         self.input_grad: np.ndarray | None = None
 
     def _fuse(self) -> None:
-        readers: dict[str, list[Node]] = {}
-        for node in self.graph.nodes:
-            for name in node.inputs:
-                readers.setdefault(name, []).append(node)
+        readers = _readers(self.graph)
         ends = {self.graph.output, *self.graph.aux_outputs}
 
         def only_reader(name: str) -> Node | None:
             r = readers.get(name, [])
             return r[0] if len(r) == 1 and name not in ends else None
 
-        for node in self.graph.nodes:
-            if not FusedConv.fits(node):
-                continue
-            act = only_reader(node.name)
-            if act is None or act.kind not in ACTIVATIONS:
-                continue
-            pool = only_reader(act.name)
-            if pool is not None and not (pool.kind == "avgpool" and is_tile_pool(pool.options)):
-                pool = None
-            chain = FusedConv(self.layers[node.name], act, pool)
-            self.fused_head[node.name] = chain
+        for name, (act, pool) in fused_chains(self.graph).items():
+            chain = FusedConv(self.layers[name], act, pool)
+            self.fused_head[name] = chain
             self.fused_tail[chain.nodes[-1]] = chain
             self.fused_inner.update(chain.nodes)
         # A ReLU that alone reads a batch norm or a residual sum runs in that layer's pass.

@@ -54,6 +54,15 @@ def _params_cell(row) -> str:
     return text + " (fixed)" if row.params and not row.trainable else text
 
 
+def _strategy(s, row) -> str:
+    """A conv layer's strategies under --paths: forward / backward where they differ, + the chain it heads."""
+    path = s.paths.layers.get(row.name) if s.paths is not None else None
+    if path is None:
+        return ""
+    text = path.forward if path.backward == path.forward else f"{path.forward} / {path.backward}"
+    return text + (f" + {', '.join(path.chain)}" if path.chain else "")
+
+
 def _title(s) -> str:
     return s.model + (f" — {s.description}" if s.description else "")
 
@@ -93,6 +102,18 @@ def notes(s) -> list[str]:
         heads = ", ".join(f"{name} (×{w:g})" for name, w in s.aux_outputs.items())
         out.append(f"Auxiliary heads {heads}: training only, {s.aux_params:,} of the params and "
                    f"{s.aux_macs:,} of the MACs (marked aux); --no-aux leaves them out.")
+    if s.paths is not None:
+        p = s.paths
+        sizes = sorted(set(p.parts), reverse=True)
+        split = (f"in {len(p.parts)} parts of {' or '.join(map(str, sizes))} samples, one per core" if len(p.parts) > 1
+                 else f"whole ({p.cores} core{'s' if p.cores > 1 else ''} usable)")
+        blas = "exports" if p.cblas else "does not export"
+        out.append(f"Strategy: what a fast network (train, eval, predict) runs each convolution by on this machine, "
+                   f"in {p.dtype}, for a batch of {s.batch} {split}; forward / backward where they differ, + the "
+                   f"layers a fused chain runs with it. This CPU has {p.vector_registers} vector registers and "
+                   f"{p.lanes} {p.dtype} lanes; numpy's BLAS {blas} a CBLAS GEMM. The strategies are listed in "
+                   f"the engine's map (cnncli/engine/__init__.py); backprop-trace and features run the plain "
+                   f"reference convolution.")
     if s.reference:
         out.append(f"Reference: {s.reference}.")
     return out
@@ -124,15 +145,19 @@ def summary_table(s, depth: int | None = None, relative: bool = False) -> Table:
     table.add_column("Output shape", no_wrap=True)
     table.add_column("Params", justify="right", no_wrap=True)
     table.add_column("MACs", justify="right", no_wrap=True)
+    paths = s.paths is not None
+    if paths:
+        table.add_column("Strategy")
     for row, header in _layout(s, depth):
         style = "dim" if row.aux else None
         name = _INDENT * row.level + (_relative(row) if relative else row.name)
+        extra = [_strategy(s, row)] if paths else []
         if header:
-            table.add_row(Text(name, style="bold"), _type(row), fmt_shape(row.output_shape), "", "",
+            table.add_row(Text(name, style="bold"), _type(row), fmt_shape(row.output_shape), "", "", *extra,
                           style=style)
         else:
             table.add_row(name, _type(row), fmt_shape(row.output_shape),
-                          _params_cell(row), _count(row.macs), style=style)
+                          _params_cell(row), _count(row.macs), *extra, style=style)
     return table
 
 
@@ -168,14 +193,17 @@ def show_summary(summary, fmt: str, depth: int | None, console: Console) -> None
 
 
 def summary_markdown(s, depth: int | None = None) -> str:
-    out = [f"## {_title(s)}", "", "| Layer | Type | Output shape | Params | MACs |", "|---|---|---|---:|---:|"]
+    paths = s.paths is not None
+    out = [f"## {_title(s)}", "", "| Layer | Type | Output shape | Params | MACs |" + (" Strategy |" if paths else ""),
+           "|---|---|---|---:|---:|" + ("---|" if paths else "")]
     for row, header in _layout(s, depth):
         name = f"`{row.name}`" + (" (aux)" if row.aux else "")
+        extra = f" {_strategy(s, row)} |" if paths else ""
         if header:
-            out.append(f"| **{name}** | {_type(row)} | {fmt_shape(row.output_shape)} | | |")
+            out.append(f"| **{name}** | {_type(row)} | {fmt_shape(row.output_shape)} | | |{extra}")
         else:
             out.append(f"| {name} | {_type(row)} | {fmt_shape(row.output_shape)} | "
-                       f"{_params_cell(row)} | {_count(row.macs)} |")
+                       f"{_params_cell(row)} | {_count(row.macs)} |{extra}")
     out.append("")
     out += [f"| {label} | {value} |" if i else f"| {label} | {value} |\n|---|---:|"
             for i, (label, value) in enumerate(footer_lines(s))]

@@ -27,7 +27,7 @@ float32 tanh of :mod:`cnncli.engine.fast.vector`. Big batches of small layers
 run in :mod:`cnncli.engine.fast.lanes` instead; this block takes small batches
 and big layers (VGG-16).
 
-Layout and conventions are those of :mod:`cnncli.engine.conv` (NCHW, weights
+Layout and conventions are those of :mod:`cnncli.engine.conv.general` (NCHW, weights
 ``(F, C, KH, KW)``, PyTorch's results), whose pad, unfold and fold kernels it
 uses at stride and dilation 1; the block keeps its input, the activation and
 the small column matrices for the backward pass. Every kernel writes disjoint
@@ -45,7 +45,7 @@ from numba import prange
 
 from cnncli.engine import rules
 from cnncli.engine.arrays import scratch
-from cnncli.engine.conv import nchw_fold, nchw_pad, nchw_unfold
+from cnncli.engine.conv.general import nchw_fold, nchw_pad, nchw_unfold
 from cnncli.engine.fast.vector import ACTIVATIONS, row5, tanh32
 from cnncli.engine.jit import vector_kernel, vector_parallel_kernel
 from cnncli.engine.pool import tile_mean_plane

@@ -1,64 +1,40 @@
-"""2-D convolution in NCHW, forward and backward: unfold + BLAS, or direct loops for thin groups.
+"""The NCHW kernels of the convolution's own strategies, and each strategy's passes over them.
 
-Layout is NCHW and weights are ``(F, C // groups, KH, KW)``, as in PyTorch,
-and every result matches ``torch.nn.functional.conv2d`` (same output sizes),
-so a model file means the same here. Every conv layer can run here; the fused
-blocks of :mod:`cnncli.engine.fast` take the common stride-1 chains instead
-(the engine map, :mod:`cnncli.engine`, says which).
+Layout is NCHW and weights are ``(F, C // groups, KH, KW)``, as in PyTorch, and every result matches
+``torch.nn.functional.conv2d`` (same output sizes). Which strategy runs a call is
+:func:`cnncli.engine.conv.strategies.pick`'s choice; here are the passes of those whose kernels live in this
+file, and thin wrappers over :mod:`cnncli.engine.winograd` and :mod:`cnncli.engine.blocked`:
 
-The public functions check their arguments (:mod:`cnncli.engine.arrays`) and
-hand arrays and scalars to private ``@njit`` kernels compiled through
-:mod:`cnncli.engine.jit`. Arrays keep their floating dtype (float32 or
-float64) end to end. The strategies, picked per call from the shapes alone by
-:mod:`cnncli.engine.rules`:
+* **taps**, a GEMM per kernel tap (stride 1, where numpy's BLAS exports a CBLAS GEMM,
+  :mod:`cnncli.engine.blas`): with whole padded rows as the pitch, the columns a tap multiplies are a
+  window of the padded input itself, so each tap's GEMM reads it in place and no column matrix is written;
+  the input and weight gradients likewise, tap by tap. A sample at a time, in bands of rows when its output
+  is big.
+* **groups**, unfold + BLAS a few samples at a time, the GEMMs called from the kernel
+  (:func:`~cnncli.engine.rules.sample_group`: their columns fit in a core's L2), groups shared out over the
+  threads. The columns never leave the cache, and no Python runs between samples. The weight gradient is
+  computed as cols·dyᵀ (faster in OpenBLAS than dy·colsᵀ for these shapes), summed over runs of groups into
+  a few *slots* (:func:`~cnncli.engine.rules.dw_slots`, one per core), the slots added in order and
+  transposed in one pass (``_sum_slots``); the tap kernels share the slots.
+* **chunks**, unfold + numpy's GEMMs: a kernel unfolds a *chunk* of the batch
+  (:func:`~cnncli.engine.rules.chunk_size`) into ``(C*KH*KW, n, Q)`` and
+  :func:`cnncli.engine.threads.matmul` does the products, cut into *slabs* shared with the engine's worker
+  threads. Filters with few weights (:func:`~cnncli.engine.rules.direct_weights`) get their weight
+  gradient from direct dot products instead.
+* **depthwise**, direct loops for stride-1 groups so thin (:func:`~cnncli.engine.rules.depthwise`) that a
+  GEMM would have a single-digit dimension.
 
-* Winograd F(2×2, 3×3) (:mod:`cnncli.engine.winograd`) for 3×3 stride-1
-  layers of one group that are wide enough, on batches with enough tiles, to
-  pay for its transforms (:func:`~cnncli.engine.rules.winograd_pays`): 2.25x
-  fewer multiply-adds.
-* register-blocked direct loops (:mod:`cnncli.engine.blocked`) for the other
-  narrow 'same' stride-1 layers (:func:`~cnncli.engine.rules.blocked_pays`).
-* a GEMM per kernel tap (stride-1 layers, where numpy's BLAS exports a CBLAS
-  GEMM, :mod:`cnncli.engine.blas`; :func:`~cnncli.engine.rules.tap_gemms`):
-  with whole padded rows as the pitch, the columns a tap multiplies are a
-  window of the padded input itself, so each tap's GEMM reads it in place and
-  no column matrix is written; the input and weight gradients likewise, tap
-  by tap. A sample at a time, in bands of rows when its output is big.
-* unfold + BLAS in groups (the other layers, where numpy's BLAS exports a
-  CBLAS GEMM): one kernel runs a few samples at a
-  time (:func:`~cnncli.engine.rules.sample_group`: their columns fit in
-  a core's L2), unfolding them into a column matrix ``(C*KH*KW, n*Q)``
-  and calling the GEMM itself, groups shared out over the threads. The
-  columns never leave the cache, and no Python runs between samples. The
-  weight gradient is computed as cols·dyᵀ (faster in OpenBLAS than dy·colsᵀ
-  for these shapes), summed over runs of groups into a few *slots*
-  (:func:`~cnncli.engine.rules.dw_slots`, one per core), the slots added
-  in order and transposed in one pass (``_sum_slots``); the tap kernels
-  share the slots.
-* unfold + BLAS in chunks (no CBLAS GEMM found): a kernel unfolds a *chunk*
-  of the batch (:func:`~cnncli.engine.rules.chunk_size`) into
-  ``(C*KH*KW, n, Q)`` and :func:`cnncli.engine.threads.matmul` does the
-  products in numpy, cut into *slabs* shared with the engine's worker
-  threads (Numba's own ``np.dot`` needs SciPy). Filters with few weights
-  (:func:`~cnncli.engine.rules.direct_weights`) get their weight gradient
-  from direct dot products instead, in both strategies.
-* direct loops, for stride-1 groups so thin (depthwise,
-  :func:`~cnncli.engine.rules.depthwise`) that a GEMM would have a
-  single-digit dimension.
-
-The unfold, its adjoint (fold) and the padding are written once, per plane
-(``_pad_plane``, ``_unfold_plane``, ``_fold_plane``), and used by every
-strategy. Parallel kernels split work by group of samples, (sample, channel)
-plane or (sample, filter) pair, or by channel; each iteration writes only its
-own slice, partial sums are added in a fixed order, and GEMM slabs partition
-the output, so results are bit-identical run to run and on any number of
-threads. Large temporaries live in per-thread scratch buffers
-(:func:`cnncli.engine.arrays.scratch`).
+Intermediate layout: the input is copied into a zero-padded buffer ``xp`` (n, C, Hp, Wp), so no inner loop
+tests borders, and output positions are numbered q = oh * pitch + ow (see the kernels below). The unfold,
+its adjoint (fold) and the padding are written once, per plane (``_pad_plane``, ``_unfold_plane``,
+``_fold_plane``), and used by every strategy here and by :mod:`cnncli.engine.fast.fused`. Parallel kernels
+split work by group of samples, (sample, channel) plane or (sample, filter) pair, or by channel; each
+iteration writes only its own slice, partial sums are added in a fixed order, and GEMM slabs partition the
+output, so results are bit-identical run to run and on any number of threads. Large temporaries live in
+per-thread scratch buffers (:func:`cnncli.engine.arrays.scratch`).
 """
 
 from __future__ import annotations
-
-import operator
 
 import numba
 import numpy as np
@@ -66,11 +42,12 @@ from numba import get_thread_id, prange
 
 from cnncli.engine import blas, blocked, rules, simd, winograd
 from cnncli.engine import threads as engine_threads
-from cnncli.engine.arrays import Pair, array, out_hw, pair, scratch
+from cnncli.engine.arrays import scratch
 from cnncli.engine.blas import NO_TRANS, TRANS, gemm
+from cnncli.engine.conv.geometry import Call
 from cnncli.engine.jit import exact_parallel_kernel, kernel, parallel_kernel
 
-__all__ = ["conv2d_backward", "conv2d_forward", "nchw_fold", "nchw_pad", "nchw_unfold", "takes_winograd"]
+__all__ = ["Geometry", "nchw_fold", "nchw_pad", "nchw_unfold"]
 
 
 # ---------------------------------------------------------------------------
@@ -609,60 +586,20 @@ def _sum_slots(slots, dw3):
 
 
 # ---------------------------------------------------------------------------
-# the public functions
+# the strategies' passes (cnncli.engine.conv.strategies runs them; the arguments are checked by then)
+#
+# forward(geo, bias, y) fills y (N, F, OH, OW) and returns it; backward(geo, dy, dx, dw) fills dw
+# (F, C/groups, KH, KW) and, unless dx is None, dx (N, C, H, W). bias is (F,) or (0,).
 # ---------------------------------------------------------------------------
 
 
-class _Geometry:
-    """Shapes and strategy of one convolution call, derived once from the arguments."""
+class Geometry(Call):
+    """A :class:`~cnncli.engine.conv.geometry.Call` with its arrays, and the buffers its kernels take."""
 
-    def __init__(self, x, w, stride, padding, dilation, groups):
-        self.x = array("x", x, 4)
-        self.w = array("w", w, 4, self.x.dtype)
-        self.sh, self.sw = pair("stride", stride, 1)
-        self.ph, self.pw = pair("padding", padding, 0)
-        self.dh, self.dw = pair("dilation", dilation, 1)
-        self.groups = operator.index(groups)
-        self.n, self.c, self.h, self.wd = self.x.shape
-        self.f, self.cg, self.kh, self.kw = self.w.shape
-        g = self.groups
-        if g < 1 or self.c % g or self.f % g:
-            raise ValueError(f"groups={g} must divide in channels {self.c} and filters {self.f}")
-        if self.cg * g != self.c:
-            raise ValueError(
-                f"w has {self.cg} input channels per group, x has {self.c} channels in {g} groups"
-            )
-        self.oh, self.ow = out_hw(
-            "conv2d",
-            (self.h, self.wd),
-            (self.kh, self.kw),
-            (self.sh, self.sw),
-            (self.ph, self.pw),
-            (self.dh, self.dw),
-        )
-        self.hp = self.h + 2 * self.ph
-        self.wp = self.wd + 2 * self.pw
-        unit = self.sh == 1 and self.sw == 1
-        fg = self.f // g
-        self.taps = self.cg * self.kh * self.kw
-        self.direct = rules.depthwise(self.taps, fg, unit)
-        self.winograd = (rules.winograd_applies((self.kh, self.kw), (self.sh, self.sw), (self.dh, self.dw), g)
-                         and rules.winograd_pays(self.c, self.n, self.oh, self.ow))
-        self.blocked = (not self.winograd
-                        and rules.blocked_applies((self.sh, self.sw), (self.ph, self.pw), (self.kh, self.kw),
-                                                  (self.dh, self.dw), g)
-                        and rules.blocked_pays(self.c, self.f, self.kh * self.kw))
-        self.outer = (rules.outer_applies((self.sh, self.sw), g, self.f, simd.lanes(self.x.itemsize))
-                      and rules.outer_pays(self.c))
-        self.by_taps = self.in_kernel_gemms and rules.tap_gemms(unit, self.cg, self.wp, self.ow)
-        # the direct kernels and the tap GEMMs read each tap's run of whole padded rows
-        self.pitch = self.wp if self.by_taps or self.direct or rules.flat_rows(fg, self.wp, self.ow, unit) else self.ow
-        self.q = (self.oh - 1) * self.pitch + self.ow
-        flat = unit and self.pitch == self.wp
-        self.direct_dw = self.direct or (flat and rules.direct_weights(self.taps * fg))
-        # Direct kernels need no column matrix, so the whole batch is one chunk.
-        per_sample = 0 if self.direct else self.c * self.kh * self.kw * self.q * self.x.itemsize
-        self.step = rules.chunk_size(self.n, per_sample, rules.CONV_COLS_BUDGET_BYTES)
+    def __init__(self, x: np.ndarray, w: np.ndarray, call: Call):
+        self.__dict__.update(call.__dict__)  # the call's shapes and rule inputs, computed once
+        self.x = x
+        self.w = w
 
     def padded(self, n0: int, nc: int) -> np.ndarray:
         if self.ph == 0 and self.pw == 0:
@@ -676,24 +613,6 @@ class _Geometry:
         nchw_unfold(xp, cols, self.kh, self.kw, self.sh, self.sw, self.dh, self.dw, self.oh, self.ow, self.pitch)
         return cols
 
-    @property
-    def in_kernel_gemms(self) -> bool:
-        """Whether this call can call GEMMs from its kernels (blas.FUNCTIONS found, no direct loops): what the tap
-        and group kernels need."""
-        return blas.FUNCTIONS is not None and not self.direct
-
-    def group_plan(self) -> tuple[int, int]:
-        """(samples per group, output rows per band) of the group kernels (rules.sample_group)."""
-        return rules.sample_group(self.n, self.oh, self.c * self.kh * self.kw * self.pitch * self.x.itemsize,
-                                  self.c * self.kh * self.kw * self.q * self.x.itemsize)
-
-    def runs_in_groups(self) -> bool:
-        """Whether this call runs in groups (:attr:`in_kernel_gemms` and ``rules.group_gemms``), else in chunks."""
-        if not self.in_kernel_gemms:
-            return False
-        per, band = self.group_plan()
-        return rules.group_gemms(self.f // self.groups, per * min(band, self.oh) * self.ow)
-
     def group_buffers(self, per: int, band: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per-thread buffers of the group kernels: padded planes, columns, outputs (or dy) of ``per`` samples'
         bands of ``band`` output rows."""
@@ -704,21 +623,17 @@ class _Geometry:
                 scratch("group.cols", (t, self.c * self.kh * self.kw, per * qmax), dtype),
                 scratch("group.out", (t, self.f, per * qmax), dtype))
 
-    def tap_plan(self) -> tuple[int, int]:
-        """(samples per group, output rows per band) of the tap kernels (rules.tap_plan)."""
-        return rules.tap_plan(self.n, self.oh, self.f * self.pitch * self.x.itemsize,
-                              self.f * self.q * self.x.itemsize)
-
     def tap_weights(self) -> np.ndarray:
         """The weights as (KH*KW, F, C/groups): one (F, C/groups) matrix per tap, for the tap kernels."""
         return np.ascontiguousarray(self.w.transpose(2, 3, 0, 1)).reshape(self.kh * self.kw, self.f, self.cg)
 
     def tap_buffers(self, band: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per-thread buffers of the tap kernels: a sample's padded planes, a band's outputs (or dy)."""
+        """Per-thread buffers of the tap kernels: a sample's padded planes, a band's outputs (or dy), on whole
+        padded rows."""
         t = numba.get_num_threads()
         dtype = self.x.dtype
         return (scratch("group.xp", (t, self.c, self.hp, self.wp), dtype),
-                scratch("group.out", (t, self.f, (band - 1) * self.pitch + self.ow), dtype))
+                scratch("group.out", (t, self.f, (band - 1) * self.wp + self.ow), dtype))
 
     def input_grad_buffer(self, dx: np.ndarray, n0: int, nc: int) -> np.ndarray:
         if self.ph == 0 and self.pw == 0:
@@ -728,128 +643,117 @@ class _Geometry:
         return scratch("xp", (nc, self.c, self.hp, self.wp), self.x.dtype)
 
 
-def takes_winograd(x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair, dilation: Pair, groups: int) -> bool:
-    """Whether :func:`conv2d_forward` and :func:`conv2d_backward` run this call as Winograd F(2×2, 3×3)."""
-    return _Geometry(x, w, stride, padding, dilation, groups).winograd
+def _no_dx(dx: np.ndarray | None, dtype) -> np.ndarray:
+    return dx if dx is not None else np.empty((0, 0, 0, 0), dtype)
 
 
-def conv2d_forward(
-    x: np.ndarray,
-    w: np.ndarray,
-    b: np.ndarray | None,
-    stride: Pair,
-    padding: Pair,
-    dilation: Pair,
-    groups: int,
-) -> np.ndarray:
-    """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
+def winograd_forward(geo: Geometry, bias: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return winograd.forward(geo.x, geo.w, bias, y, geo.ph, geo.pw)
 
-    x (N, C, H, W); w (F, C // groups, KH, KW); b (F,) or None.
-    Returns y (N, F, OH, OW) with OH = (H + 2*ph - dh*(KH-1) - 1) // sh + 1
-    (likewise OW), in the dtype of x.
-    """
-    geo = _Geometry(x, w, stride, padding, dilation, groups)
+
+def winograd_backward(geo: Geometry, dy: np.ndarray, dx: np.ndarray | None, dw: np.ndarray) -> None:
+    winograd.backward(geo.x, geo.w, dy, dx, dw, geo.ph, geo.pw)
+
+
+def blocked_forward(geo: Geometry, bias: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The register-blocked forward pass: positions or filters in the lanes ('same' stride 1), filters in the
+    lanes (strided)."""
+    return blocked.forward(geo.x, geo.w, bias, y, geo.ph, geo.pw, geo.dh, geo.dw, geo.sh, geo.sw)
+
+
+def blocked_backward(geo: Geometry, dy: np.ndarray, dx: np.ndarray | None, dw: np.ndarray) -> None:
+    parts = blocked.backward(geo.x, geo.w, dy, dx, geo.ph, geo.pw, geo.dh, geo.dw, rules.slot_samples(geo.n))
+    _sum_slots(parts.reshape(parts.shape[0], 1, geo.taps, geo.f), dw.reshape(1, geo.f, geo.taps))
+
+
+def taps_forward(geo: Geometry, bias: np.ndarray, y: np.ndarray) -> np.ndarray:
+    f = blas.FUNCTIONS
+    per, band = geo.tap_plan()
+    _forward_taps(f.of(geo.x.dtype), f.ilp64, geo.x, geo.tap_weights(), bias, y, per, band, *geo.tap_buffers(band),
+                  geo.kh, geo.kw, geo.ph, geo.pw, geo.dh, geo.dw, geo.groups)
+    return y
+
+
+def taps_backward(geo: Geometry, dy: np.ndarray, dx: np.ndarray | None, dw: np.ndarray) -> None:
+    f = blas.FUNCTIONS
     dtype = geo.x.dtype
-    if b is None:
-        bias = np.empty(0, dtype=dtype)
-    else:
-        bias = array("b", b, 1, dtype)
-        if bias.shape[0] != geo.f:
-            raise ValueError(f"b must have shape ({geo.f},), got {bias.shape}")
-    y = np.empty((geo.n, geo.f, geo.oh, geo.ow), dtype=dtype)
-    g, fg = geo.groups, geo.f // geo.groups
-    if geo.winograd:
-        return winograd.forward(geo.x, geo.w, bias, y, geo.ph, geo.pw)
-    if geo.blocked or geo.outer:
-        return blocked.forward(geo.x, geo.w, bias, y, geo.ph, geo.pw, geo.dh, geo.dw, geo.sh, geo.sw)
-    if geo.by_taps:
-        f = blas.FUNCTIONS
-        per, band = geo.tap_plan()
-        _forward_taps(f.of(dtype), f.ilp64, geo.x, geo.tap_weights(), bias, y, per, band, *geo.tap_buffers(band),
-                      geo.kh, geo.kw, geo.ph, geo.pw, geo.dh, geo.dw, g)
-        return y
-    if geo.runs_in_groups():
-        f = blas.FUNCTIONS
-        per, band = geo.group_plan()
-        _forward_groups(f.of(dtype), f.ilp64, geo.x, geo.w.reshape(geo.f, geo.taps), bias, y, per, band,
-                        *geo.group_buffers(per, band), geo.kh, geo.kw, geo.sh, geo.sw, geo.ph, geo.pw, geo.dh,
-                        geo.dw, geo.pitch, g)
-        return y
+    g, fg = geo.groups, geo.fg
+    per, band = geo.tap_plan()
+    parts = np.empty((-(-geo.n // per), g, geo.taps, fg), dtype=dtype)  # dwᵀ per slot: a group of samples each
+    xp, dyt = geo.tap_buffers(band)
+    _backward_taps(f.of(dtype), f.ilp64, geo.x, geo.tap_weights(), dy, _no_dx(dx, dtype), parts, per, band,
+                   xp, scratch("group.dxp", xp.shape, dtype), dyt, geo.kh, geo.kw, geo.ph, geo.pw, geo.dh,
+                   geo.dw, g, dx is not None)
+    _sum_slots(parts, dw.reshape(g, fg, geo.taps))
+
+
+def groups_forward(geo: Geometry, bias: np.ndarray, y: np.ndarray) -> np.ndarray:
+    f = blas.FUNCTIONS
+    per, band = geo.group_plan()
+    _forward_groups(f.of(geo.x.dtype), f.ilp64, geo.x, geo.w.reshape(geo.f, geo.taps), bias, y, per, band,
+                    *geo.group_buffers(per, band), geo.kh, geo.kw, geo.sh, geo.sw, geo.ph, geo.pw, geo.dh,
+                    geo.dw, geo.pitch, geo.groups)
+    return y
+
+
+def groups_backward(geo: Geometry, dy: np.ndarray, dx: np.ndarray | None, dw: np.ndarray) -> None:
+    f = blas.FUNCTIONS
+    dtype = geo.x.dtype
+    g, fg = geo.groups, geo.fg
+    per, band = geo.group_plan()
+    slots, span = rules.dw_slots(-(-geo.n // per))
+    parts = np.empty((slots, g, geo.taps, fg), dtype=dtype)  # dwᵀ per slot of groups of samples
+    xp, cols, dyt = geo.group_buffers(per, band)
+    dxp = scratch("group.dxp", xp.shape, dtype)
+    _backward_groups(f.of(dtype), f.ilp64, geo.x, geo.w.reshape(geo.f, geo.taps), dy, _no_dx(dx, dtype), parts,
+                     per, span, band, xp, dxp, cols, dyt, geo.kh, geo.kw, geo.sh, geo.sw, geo.ph, geo.pw, geo.dh,
+                     geo.dw, geo.pitch, g, dx is not None)
+    _sum_slots(parts, dw.reshape(g, fg, geo.taps))
+
+
+def depthwise_forward(geo: Geometry, bias: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Direct loops over whole padded rows (stride 1), the batch in one go: no column matrix."""
+    q = (geo.oh - 1) * geo.wp + geo.ow
+    ybuf = scratch("out", (geo.f, geo.n, q), geo.x.dtype)
+    _grouped_direct_forward(geo.padded(0, geo.n), geo.w, ybuf, geo.dh, geo.dw, geo.groups)
+    _store_output(ybuf, bias, y, 0, geo.wp)
+    return y
+
+
+def depthwise_backward(geo: Geometry, dy: np.ndarray, dx: np.ndarray | None, dw: np.ndarray) -> None:
+    dtype = geo.x.dtype
+    q = (geo.oh - 1) * geo.wp + geo.ow
+    xp = geo.padded(0, geo.n)
+    dyt = scratch("out", (geo.f, geo.n, q), dtype)
+    _load_grad(dy, 0, dyt, geo.wp)
+    partial = scratch("dw", (geo.n, *dw.shape), dtype)
+    _grouped_direct_dw(xp, dyt, partial, geo.dh, geo.dw, geo.groups)
+    np.sum(partial, axis=0, out=dw)
+    if dx is not None:
+        dxp = geo.input_grad_buffer(dx, 0, geo.n)
+        _grouped_direct_dx(dyt, geo.w, dxp, dx, 0, geo.ph, geo.pw, geo.dh, geo.dw, geo.groups)
+
+
+def chunks_forward(geo: Geometry, bias: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Unfold a chunk of the batch (rules.chunk_size), numpy's GEMM (threads.matmul, in slabs), store."""
+    dtype = geo.x.dtype
+    g, fg = geo.groups, geo.fg
     w3 = geo.w.reshape(g, fg, geo.taps)
     for n0 in range(0, geo.n, geo.step):
         nc = min(geo.step, geo.n - n0)
-        xp = geo.padded(n0, nc)
         ybuf = scratch("out", (geo.f, nc, geo.q), dtype)
-        if geo.direct:
-            _grouped_direct_forward(xp, geo.w, ybuf, geo.dh, geo.dw, g)
-        else:
-            cols = geo.unfolded(xp, nc)
-            engine_threads.matmul(w3, cols.reshape(g, geo.taps, nc * geo.q), ybuf.reshape(g, fg, nc * geo.q))
+        cols = geo.unfolded(geo.padded(n0, nc), nc)
+        engine_threads.matmul(w3, cols.reshape(g, geo.taps, nc * geo.q), ybuf.reshape(g, fg, nc * geo.q))
         _store_output(ybuf, bias, y, n0, geo.pitch)
     return y
 
 
-def conv2d_backward(
-    x: np.ndarray,
-    w: np.ndarray,
-    dy: np.ndarray,
-    stride: Pair,
-    padding: Pair,
-    dilation: Pair,
-    groups: int,
-    need_dx: bool = True,
-    need_db: bool = True,
-) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
-    """Gradients of :func:`conv2d_forward` given dy = dL/dy.
-
-    x (N, C, H, W); w (F, C // groups, KH, KW); dy (N, F, OH, OW).
-    Returns (dx (N, C, H, W) or None, dw (F, C // groups, KH, KW), db (F,) or None);
-    dx is skipped unless ``need_dx`` (a first layer needs no input gradient),
-    db unless ``need_db`` (a layer without bias).
-    """
-    geo = _Geometry(x, w, stride, padding, dilation, groups)
+def chunks_backward(geo: Geometry, dy: np.ndarray, dx: np.ndarray | None, dw_out: np.ndarray) -> None:
+    """Chunk by chunk: dy laid out as the GEMMs' (F, n, Q); the weight gradient by GEMM (transposed when
+    rules.dw_transposed) or, with few weights on flat rows, by direct dot products; the input gradient by GEMM
+    and fold."""
     dtype = geo.x.dtype
-    dy = array("dy", dy, 4, dtype)
-    if dy.shape != (geo.n, geo.f, geo.oh, geo.ow):
-        raise ValueError(f"dy must have shape {(geo.n, geo.f, geo.oh, geo.ow)}, got {dy.shape}")
-    db = None
-    if need_db:
-        db = np.empty(geo.f, dtype=dtype)
-        _bias_grad(dy.reshape(geo.n, geo.f, geo.oh * geo.ow), db)
-    dx = np.empty_like(geo.x) if need_dx else None
-    dw_out = np.empty_like(geo.w)
-    g, fg = geo.groups, geo.f // geo.groups
-    if geo.winograd:
-        winograd.backward(geo.x, geo.w, dy, dx, dw_out, geo.ph, geo.pw)
-        return dx, dw_out, db
-    if geo.blocked:
-        parts = blocked.backward(geo.x, geo.w, dy, dx, geo.ph, geo.pw, geo.dh, geo.dw, rules.slot_samples(geo.n))
-        _sum_slots(parts.reshape(parts.shape[0], 1, geo.taps, geo.f), dw_out.reshape(1, geo.f, geo.taps))
-        return dx, dw_out, db
-    if geo.by_taps and not geo.direct_dw:
-        f = blas.FUNCTIONS
-        per, band = geo.tap_plan()
-        parts = np.empty((-(-geo.n // per), g, geo.taps, fg), dtype=dtype)  # dwᵀ per slot: a group of samples each
-        xp, dyt = geo.tap_buffers(band)
-        _backward_taps(f.of(dtype), f.ilp64, geo.x, geo.tap_weights(), dy,
-                       dx if dx is not None else np.empty((0, 0, 0, 0), dtype), parts, per, band,
-                       xp, scratch("group.dxp", xp.shape, dtype), dyt, geo.kh, geo.kw, geo.ph, geo.pw, geo.dh,
-                       geo.dw, g, need_dx)
-        _sum_slots(parts, dw_out.reshape(g, fg, geo.taps))
-        return dx, dw_out, db
-    if geo.runs_in_groups() and not geo.direct_dw:
-        f = blas.FUNCTIONS
-        per, band = geo.group_plan()
-        slots, span = rules.dw_slots(-(-geo.n // per))
-        parts = np.empty((slots, g, geo.taps, fg), dtype=dtype)  # dwᵀ per slot of groups of samples
-        xp, cols, dyt = geo.group_buffers(per, band)
-        dxp = scratch("group.dxp", xp.shape, dtype)
-        _backward_groups(f.of(dtype), f.ilp64, geo.x, geo.w.reshape(geo.f, geo.taps), dy,
-                         dx if dx is not None else np.empty((0, 0, 0, 0), dtype), parts, per, span, band,
-                         xp, dxp, cols, dyt, geo.kh, geo.kw, geo.sh, geo.sw, geo.ph, geo.pw, geo.dh, geo.dw,
-                         geo.pitch, g, need_dx)
-        _sum_slots(parts, dw_out.reshape(g, fg, geo.taps))
-        return dx, dw_out, db
+    g, fg = geo.groups, geo.fg
     w3t = geo.w.reshape(g, fg, geo.taps).transpose(0, 2, 1)
     dw3 = dw_out.reshape(g, fg, geo.taps)
     dw_t = None
@@ -885,9 +789,6 @@ def conv2d_backward(
         if dx is None:
             continue
         dxp = geo.input_grad_buffer(dx, n0, nc)
-        if geo.direct:
-            _grouped_direct_dx(dyt, geo.w, dxp, dx, n0, geo.ph, geo.pw, geo.dh, geo.dw, g)
-            continue
         # Same buffer as the unfolded input, which is spent by now.
         dcols = scratch("cols", (geo.c * geo.kh * geo.kw, nc, geo.q), dtype)
         engine_threads.matmul(w3t, dyt3, dcols.reshape(g, geo.taps, nc * geo.q))
@@ -897,4 +798,9 @@ def conv2d_backward(
         )  # fmt: skip
     if dw_t is not None:
         dw3[...] = dw_t.transpose(0, 2, 1)
-    return dx, dw_out, db
+
+
+def bias_grad(dy: np.ndarray, db: np.ndarray) -> None:
+    """db (F,) = dy (N, F, OH, OW) summed over samples (in order) and positions."""
+    n, f = dy.shape[:2]
+    _bias_grad(dy.reshape(n, f, -1), db)
