@@ -477,3 +477,24 @@ if __name__ == "__main__":
         print(f"wrote {written} ({written.stat().st_size} bytes)")
     assert_same(pth.read_state_dict(FIXTURES["zip"]), expected())
     assert_same(pth.read_state_dict(FIXTURES["legacy"]), expected())
+
+
+@pytest.mark.parametrize("name", ["weights.bin", "weights.pth.aside", "weights"])
+def test_a_torch_zip_under_another_name_is_read_by_its_content(name, tmp_path, monkeypatch):
+    """Other tools name torch.save's files .bin; a renamed copy is the same file. A plain zip of other files, or a
+    legacy (pickle) file without .pt/.pth, is still refused as what it is."""
+    from cnncli.records import checkpoint
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    copy = tmp_path / name
+    copy.write_bytes(FIXTURES["zip"].read_bytes())
+    assert_same(checkpoint.load(copy).state, expected())
+    legacy = tmp_path / "legacy.bin"
+    legacy.write_bytes(FIXTURES["legacy"].read_bytes())
+    with pytest.raises(CheckpointError, match="pickle"):
+        checkpoint.load(legacy)
+    other = tmp_path / "other.bin"
+    with zipfile.ZipFile(other, "w") as archive:
+        archive.writestr("notes/readme.txt", "hello")
+    with pytest.raises(CheckpointError, match="zip archive of other files"):
+        checkpoint.load(other)

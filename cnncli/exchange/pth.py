@@ -368,6 +368,16 @@ def _state_dict(obj, path: Path) -> dict:
     return obj
 
 
+def is_torch_zip(path: str | Path) -> bool:
+    """Whether ``path`` is a zip archive as ``torch.save`` writes it (one folder holding ``data.pkl``), whatever
+    its name ends with (``.bin``, as other tools name these files, or a renamed copy)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.count("/") == 1 and name.endswith("/data.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError):
+        return False
+
+
 def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     """The state dict in a ``torch.save`` file (either format) as numpy arrays, with the keys as strings.
 

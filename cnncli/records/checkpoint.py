@@ -193,13 +193,16 @@ def check_readable(path: str | os.PathLike[str]) -> None:
 
 
 def load(path: str | os.PathLike[str]) -> Checkpoint:
-    """Read and check a checkpoint (or a PyTorch state dict, ``.pt``/``.pth``: :mod:`cnncli.exchange.pth`).
+    """Read and check a checkpoint (or a PyTorch state dict, ``.pt``/``.pth``, or any name in torch.save's zip
+    format: :mod:`cnncli.exchange.pth`).
     Anything wrong is a :class:`CheckpointError`."""
     path = Path(path)
     check_readable(path)
     head = _head(path)
-    if path.suffix.lower() in pth.SUFFIXES and head.startswith((_ZIP, *_PICKLES)):
-        # A PyTorch state dict (weights only, e.g. from `cnncli export --to torch` or a run elsewhere).
+    if (path.suffix.lower() in pth.SUFFIXES and head.startswith((_ZIP, *_PICKLES))
+            or head.startswith(_ZIP) and pth.is_torch_zip(path)):
+        # A PyTorch state dict (weights only, e.g. from `cnncli export --to torch` or a run elsewhere); by its
+        # content also under another name (.bin), in torch.save's zip format.
         return Checkpoint(path, pth.read_state_dict(path), {"origin": "torch"})
     if head.startswith(NPY):
         raise CheckpointError(f"checkpoint {path} is a single array (.npy), not a .npz checkpoint")
