@@ -23,6 +23,7 @@ class Extra:
 
     package: str
     modules: tuple[str, ...]
+    note: str = ""  # said after the install command
 
 
 #: pyproject.toml's ``[project.optional-dependencies]`` but ``test`` (a test holds the names equal).
@@ -32,7 +33,9 @@ EXTRAS: dict[str, Extra] = {
     # onnxruntime, also in the extra, only runs exported graphs (the tests do); cnncli writes them with onnx.
     "onnx": Extra("the onnx package", ("onnx",)),
     # Training on PyTorch and exporting to it; its state dicts are read without it (cnncli.exchange.pth).
-    "torch": Extra("PyTorch", ("torch",)),
+    # pip's default PyTorch wheel on Linux is the CUDA build, several GB; most users here have no GPU.
+    "torch": Extra("PyTorch", ("torch",), note="; without a GPU, take PyTorch's CPU build first: pip install torch "
+                   "--index-url https://download.pytorch.org/whl/cpu"),
 }
 
 
@@ -52,9 +55,10 @@ def install_hint(name: str) -> str:
         declared = []
     marker = f'extra == "{name}"'
     wanted = [r.split(";")[0].strip() for r in declared if r.split(";", 1)[-1].strip() == marker]
+    note = EXTRAS[name].note if name in EXTRAS else ""
     if not wanted:
-        return f"pip install '.[{name}]' in cnncli's folder"
-    return "pip install " + " ".join(shlex.quote(r) for r in wanted) + f" (cnncli's {name} extra)"
+        return f"pip install '.[{name}]' in cnncli's folder{note}"
+    return "pip install " + " ".join(shlex.quote(r) for r in wanted) + f" (cnncli's {name} extra){note}"
 
 
 def require(name: str, purpose: str) -> None:

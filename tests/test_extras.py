@@ -161,3 +161,10 @@ def test_the_install_hint_names_the_packages_of_the_extra_with_pyprojects_bounds
         assert hint.startswith("pip install ") and "cnncli[" not in hint
         for requirement in packages:
             assert f"'{requirement}'" in hint
+
+
+def test_the_torch_hint_offers_pytorchs_cpu_build():
+    """pip's default PyTorch wheel on Linux is the CUDA build (several GB): the hint says how to take the CPU one."""
+    hint = extras.install_hint("torch")
+    assert "--index-url https://download.pytorch.org/whl/cpu" in hint
+    assert "download.pytorch.org" not in extras.install_hint("images")
