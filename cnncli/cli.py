@@ -316,8 +316,9 @@ def train(
     skip_model_check: bool = _SKIP_MODEL_CHECK,
     weights: Optional[Path] = _variant(_WEIGHTS, default=None, rich_help_panel=_FINE_TUNE,
                                        help="Start from these weights (fine-tuning; a new run, not --resume): a "
-                                       "checkpoint (.npz) or a PyTorch state dict (.pt, .pth). A head sized for "
-                                       "other classes is replaced by a fresh one."),
+                                       "checkpoint (.npz), a PyTorch state dict (.pt, .pth), or imagenet: "
+                                       "torchvision's published weights, for the models whose file lists them. A "
+                                       "head sized for other classes is replaced by a fresh one."),
     freeze: Optional[str] = typer.Option(None, "--freeze", help="Train only what follows layer (or block) NAME: "
                                          "it and every layer before it do not learn; 'backbone': every layer but "
                                          "the head.", metavar="NAME", rich_help_panel=_FINE_TUNE),
@@ -540,7 +541,7 @@ def explain(
                                          "index (default: the predicted one).", rich_help_panel=_EXPLANATION),
     method: ExplainMethod = typer.Option(ExplainMethod.gradcam, "--method", metavar="NAME", help="gradcam "
                                          "(Selvaraju et al. 2017), saliency (the input gradient) or occlusion (a "
-                                         "grey square slid over the image).", rich_help_panel=_EXPLANATION),
+                                         "square of the training mean slid over the image).", rich_help_panel=_EXPLANATION),
     layer: Optional[str] = typer.Option(None, "--layer", metavar="NAME", help="gradcam: the layer, or a block: its "
                                         "output (default: the last convolutional block's output).",
                                         rich_help_panel=_EXPLANATION),
