@@ -311,6 +311,7 @@ def test_downloaded_weights_predict_as_the_network_computes_by_hand(tmp_path, se
     assert server.hits == [f"/models/{name}"]
     assert (tmp_path / "xdg-cache" / "cnncli" / "weights" / name).read_bytes() == body
     assert record["dataset"] == "imagenet" and record["top_k"] == 5  # 1000 classes: top-5 by default
+    assert record["input"] == "shorter side to 18, centre crop"  # the model file's resize; the crop is its input
     probs = _forward(tiny_state, _reference_pixels(photo, 18, 16), IMAGENET_MEAN, IMAGENET_STD)
     top = np.argsort(-probs, kind="stable")[:5]
     names = class_lists.get("imagenet").names

@@ -130,12 +130,16 @@ def polarity_warning(pixels: np.ndarray, source: Source, inverted: bool = False)
                                     f"training images ({source.title}) are {those} (mean {mu:.2f}); {fix}")
 
 
-def input_words(plan: inputs.InputPlan, invert: bool) -> str:
-    """What was done to the image files before the network saw them, in words (``--invert`` first)."""
+def input_words(plan: inputs.InputPlan, invert: bool, resize: int | None = None) -> str:
+    """What was done to the image files before the network saw them, in words: ``--invert``, the resize and
+    centre crop published weights expect (:func:`read_image`), then the input plan's adaptation."""
+    words = ["inverted"] if invert else []
+    if resize is not None:
+        words.append(f"shorter side to {resize}, centre crop")
     adapted = plan.describe()
-    if not invert:
-        return adapted
-    return "inverted" if adapted == "as is" else f"inverted, {adapted}"
+    if adapted != "as is" or not words:
+        words.append(adapted)
+    return ", ".join(words)
 
 
 def read_image(path: Path, shape: tuple[int, int, int], invert: bool = False, resize: int | None = None) -> np.ndarray:
@@ -255,6 +259,6 @@ def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int | No
         warning = polarity_warning(img, info, invert)
         predictions.append(ImagePrediction(f, img, [Guess(int(i), info.classes[i], float(p[i])) for i in order],
                                            (warning,) if warning else ()))
-    return PredictResult(model_spec.name, Path(checkpoint), info.name, info.title, input_words(plan, invert), k,
+    return PredictResult(model_spec.name, Path(checkpoint), info.name, info.title, input_words(plan, invert, info.resize), k,
                          predictions,
                          invert, tuple(skipped), loaded.head)
