@@ -661,7 +661,7 @@ def _warning_shower(original):
     def show(message, category, filename, lineno, file=None, line=None):
         if not category.__module__.startswith("cnncli"):
             return original(message, category, filename, lineno, file, line)
-        (file or sys.stderr).write(f"warning: {message}\n")
+        (file or sys.stderr).write(f"{getattr(category, 'label', 'warning')}: {message}\n")
 
     show.cnncli = True
     return show

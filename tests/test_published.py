@@ -544,3 +544,150 @@ def test_a_file_put_in_place_by_hand_is_checked_against_its_name_once(tmp_path, 
     # a file that passed is not hashed again until it changes
     monkeypatch.setattr(published, "sha256", lambda path: pytest.fail("hashed again"))
     assert run_main(["predict", str(model), photo, "--weights", "imagenet"], capsys)[0] == 0
+
+
+# --------------------------------------------------------------------------- a state dict in torchvision's layout
+
+
+@pytest.mark.parametrize("model", ["alexnet", "vgg16", "resnet18", "resnet34", "resnet50", "googlenet"])
+def test_a_state_dict_is_in_the_published_layout_by_its_keys(model):
+    """torchvision's keys (and googlenet's without the auxiliary heads, as torchvision saves the network built
+    with its weights) are the entry's layout; the same weights under cnncli's names, or one key short, are not."""
+    model_spec = spec.load(model)
+    theirs = dict(LAYOUTS[model])
+    assert published.layout_of(theirs, model_spec) == "imagenet"
+    if model == "googlenet":
+        assert published.layout_of({k: s for k, s in theirs.items() if not k.startswith("aux")},
+                                   model_spec) == "imagenet"
+    if model_spec.weights["imagenet"].names:
+        assert published.layout_of(published.renamed(theirs, model_spec.weights["imagenet"].names),
+                                   model_spec) is None
+    assert published.layout_of(dict(list(theirs.items())[1:]), model_spec) is None
+
+
+@pytest.fixture
+def in_place(tmp_path, tiny_file, monkeypatch):
+    """The tiny model whose published weights are found in CNNCLI_WEIGHTS (offline), and the same bytes as a
+    user's own file under another name."""
+    name, body = tiny_file
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / name).write_bytes(body)
+    monkeypatch.setenv("CNNCLI_WEIGHTS", str(mine))
+    monkeypatch.setenv("CNNCLI_OFFLINE", "1")
+    own = tmp_path / "r18.pth"
+    own.write_bytes(body)
+    return _model(tmp_path, f"http://127.0.0.1:9/models/{name}"), own
+
+
+def _both(args: list[str], own: Path, capsys) -> tuple[dict, dict, str]:
+    """``args`` run with --weights imagenet and with --weights OWN (JSON, the weights' own name left out), and
+    the second run's messages."""
+    records, errs = [], []
+    for weights in ("imagenet", str(own)):
+        code, out, err = run_main([*args, "--weights", weights, "--format", "json"], capsys)
+        assert code == 0, err
+        record = json.loads(out)
+        assert record.pop("checkpoint") == weights
+        records.append(record)
+        errs.append(err)
+    assert "torchvision's layout" not in errs[0]
+    return records[0], records[1], errs[1]
+
+
+def test_a_torchvision_state_dict_by_path_is_read_as_the_published_weights(in_place, tiny_state, tmp_path,
+                                                                             capsys):
+    model, own = in_place
+    photo = _photo(tmp_path / "photo.png", (37, 23), seed=3)
+    published_record, own_record, err = _both(["predict", str(model), str(photo)], own, capsys)
+    assert own_record == published_record
+    assert (f"note: {own}: weights in torchvision's layout: read as imagenet's (1000 ImageNet classes, its "
+            "preparation)") in " ".join(err.split())
+    # what both computed: the network by hand on the weights' crop, with ImageNet's statistics
+    probs = _forward(tiny_state, _reference_pixels(photo, 18, 16), IMAGENET_MEAN, IMAGENET_STD)
+    assert [g["class"] for g in own_record["predictions"][0]["top"]] == np.argsort(-probs, kind="stable")[:5].tolist()
+
+    published_record, own_record, _ = _both(["features", str(model), "--image", str(photo)], own, capsys)
+    assert own_record == published_record and own_record["prediction"][0]["class"] == int(np.argmax(probs))
+
+    root = tmp_path / "photos"
+    for i, folder_name in enumerate(("tench", "golden retriever")):
+        (root / folder_name).mkdir(parents=True)
+        _photo(root / folder_name / "0.png", (30, 19 + i), seed=20 + i)
+    args = ["eval", str(model), "--dataset", "image-folder", "--data-dir", str(root)]
+    published_record, own_record, _ = _both(args, own, capsys)
+    assert own_record == published_record and own_record["n"] == 2
+
+
+def test_a_state_dict_of_another_layout_is_read_as_before(in_place, tiny_state, tmp_path, capsys):
+    """The same weights under the model file's own layer names are no published layout: weights alone, whose
+    1000-unit head asks for the dataset they were trained on, as before."""
+    torch = pytest.importorskip("torch")
+    model, _ = in_place
+    names = spec.parse(model.read_text(encoding="utf-8"), str(model)).weights["imagenet"].names
+    other = tmp_path / "other.pth"
+    torch.save({k: torch.from_numpy(v) for k, v in published.renamed(tiny_state, names).items()}, other)
+    code, _, err = run_main(["predict", str(model), str(_photo(tmp_path / "p.png", (20, 20))), "--weights",
+                             str(other)], capsys)
+    assert code == 2 and "torchvision's layout" not in err
+    assert "records no classes, and its head (head) has 1,000 units" in err
+    assert "give the dataset it was trained on" in err
+
+
+# --------------------------------------------------------------------------- folders of one class, of one image
+
+
+def test_a_folder_of_one_imagenet_class_is_scored_and_predicted_but_not_trained_on(in_place, tiny_state,
+                                                                                    tmp_path, capsys):
+    model, _ = in_place
+    root = tmp_path / "retrievers"
+    (root / "golden retriever").mkdir(parents=True)
+    photos = [_photo(root / "golden retriever" / f"{j}.png", (30 + j, 21), seed=40 + j) for j in range(2)]
+    code, out, err = run_main(["eval", str(model), "--weights", "imagenet", "--dataset", "image-folder",
+                               "--data-dir", str(root), "--format", "json"], capsys)
+    assert code == 0, err
+    record = json.loads(out)
+    guesses = [int(np.argmax(_forward(tiny_state, _reference_pixels(p, 18, 16), IMAGENET_MEAN, IMAGENET_STD)))
+               for p in photos]
+    assert record["n"] == 2 and record["accuracy"] == guesses.count(207) / 2
+    assert sum(record["confusion"][207]) == 2 and sum(map(sum, record["confusion"])) == 2
+    code, out, err = run_main(["predict", str(model), str(photos[0]), "--weights", "imagenet", "--dataset",
+                               "image-folder", "--data-dir", str(root), "--format", "json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["predictions"][0]["top"][0]["class"] == guesses[0]
+    # training keeps the folder's own classes: one is no classifier
+    code, _, err = run_main(["train", str(model), "--weights", "imagenet", "--dataset", "image-folder",
+                             "--data-dir", str(root), "--epochs", "1", "--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and "has a single class, 'golden retriever'" in err and "at least two class folders" in err
+
+
+def test_predict_takes_a_folder_too_small_to_split_for_its_statistics(in_place, tmp_path, capsys):
+    """Weights alone given a folder of their classes: predict needs its classes and statistics, not a test split,
+    so a class of one image is no reason to refuse; the statistics are then of all its images. eval, which
+    scores the test split, still refuses it."""
+    torch = pytest.importorskip("torch")
+    model, _ = in_place
+    rng = np.random.default_rng(11)
+    state = {"stem.weight": rng.normal(0, 0.5, (2, 3, 3, 3)), "stem.bias": rng.normal(0, 0.1, 2),
+             "head.weight": rng.normal(0, 1.0, (2, 2)), "head.bias": rng.normal(0, 0.1, 2)}
+    own = tmp_path / "two.pth"
+    torch.save({k: torch.from_numpy(v.astype(np.float32)) for k, v in state.items()}, own)
+    root = tmp_path / "shapes"
+    files = []
+    for c, n in (("a", 1), ("b", 2)):
+        (root / c).mkdir(parents=True)
+        files += [_photo(root / c / f"{i}.png", (16, 16), seed=50 + 10 * len(files) + i) for i in range(n)]
+    pixels = np.stack([np.asarray(PIL.open(f).convert("RGB")).transpose(2, 0, 1) for f in files]) / 255.0
+    mean, std = pixels.mean(axis=(0, 2, 3)), pixels.std(axis=(0, 2, 3))  # of all three images
+    code, out, err = run_main(["predict", str(model), str(files[0]), "--weights", str(own), "--dataset",
+                               "image-folder", "--data-dir", str(root), "--format", "json"], capsys)
+    assert code == 0, err
+    x = (pixels[0] - mean[:, None, None]) / std[:, None, None]
+    probs = _network({"features.0.weight": state["stem.weight"], "features.0.bias": state["stem.bias"],
+                      "classifier.weight": state["head.weight"], "classifier.bias": state["head.bias"]}, x)
+    top = json.loads(out)["predictions"][0]["top"]
+    assert [g["name"] for g in top] == [("a", "b")[i] for i in np.argsort(-probs, kind="stable")]
+    np.testing.assert_allclose([g["probability"] for g in top], np.sort(probs)[::-1], rtol=1e-4)
+    code, _, err = run_main(["eval", str(model), "--weights", str(own), "--dataset", "image-folder",
+                             "--data-dir", str(root)], capsys)
+    assert code == 2 and "class 'a' of" in err and "has only 1 image: splitting off a test set" in err

@@ -183,6 +183,10 @@ class FolderDataset:
             text += f" ({n - tests} in train/, {tests} in test/)"
         return text
 
+    def splittable(self) -> bool:
+        """Whether a test split can be chosen: a test/ folder, or at least two images in every class."""
+        return self.has_test_folder or min(self.per_class()) >= 2
+
     def split_rule(self, seed: int, test_share: float = 0.2) -> str:
         """How the test images are chosen, in words."""
         if self.has_test_folder:
@@ -206,8 +210,10 @@ class FolderDataset:
 # --------------------------------------------------------------------------- scanning
 
 
-def scan(root: str | os.PathLike[str]) -> FolderDataset:
-    """Find the layout, the classes and the image files under ``root``; raise :class:`UsageError` if unusable."""
+def scan(root: str | os.PathLike[str], min_classes: int = 2) -> FolderDataset:
+    """Find the layout, the classes and the image files under ``root``; raise :class:`UsageError` if unusable.
+    ``min_classes``: a folder to train a classifier on needs two class folders; one to score or predict with
+    weights that already know its classes (a class list's) may hold one."""
     given = Path(root).expanduser()
     if not given.exists():
         raise UsageError(f"image folder {given} does not exist")
@@ -246,7 +252,7 @@ def scan(root: str | os.PathLike[str]) -> FolderDataset:
     if total == 0:
         raise UsageError(f"the {where} of {root} ({_names(classes)}) hold no images "
                          f"({', '.join(IMAGE_SUFFIXES)})" + tally.hint())
-    if len(classes) == 1:
+    if len(classes) < min_classes:
         raise UsageError(f"image folder {root} has a single class, {classes[0]!r}: a classifier needs at least "
                          "two class folders")
     files: list[ImageFile] = []

@@ -76,7 +76,7 @@ class Source:
         if self.root is None:
             return data.load(self.name, split, data_dir, progress=progress)
         which = split if self.folder_labels is None else folder.ALL  # no image of it was trained on
-        images, labels = folder.load(folder.scan(self.root), which, self.image_shape, FOLDER_SPLIT_SEED,
+        images, labels = folder.load(_scan(self.root, self.folder_labels is not None), which, self.image_shape, FOLDER_SPLIT_SEED,
                                      progress=_decoding(progress, split, self.root), resize=self.resize)
         if self.folder_labels is not None:
             labels = np.asarray(self.folder_labels, dtype=np.int64)[labels]
@@ -108,7 +108,8 @@ def _decoding(progress, split: str, root: Path):
 
     def report(done: int, total: int) -> None:
         status = "done" if done >= total > 0 else "start" if done == 0 else "progress"
-        progress(DownloadEvent(status, f"{split} images", str(root), done, total, unit="files"))
+        what = "images" if split == folder.ALL else f"{split} images"
+        progress(DownloadEvent(status, what, str(root), done, total, unit="files"))
 
     return report
 
@@ -121,7 +122,8 @@ def check_readable(name: str) -> None:
 
 
 def open_source(name: str, data_dir: Path | None = None, input_shape: tuple[int, ...] | None = None,
-                progress=None, classes: Source | None = None, prepared_as: Source | None = None) -> Source:
+                progress=None, classes: Source | None = None, prepared_as: Source | None = None,
+                statistics_only: bool = False) -> Source:
     """The source ``name`` names; an image folder needs ``data_dir`` and the model's ``input_shape``.
 
     Opening an image folder decodes its training split (once: it is cached) to
@@ -131,6 +133,10 @@ def open_source(name: str, data_dir: Path | None = None, input_shape: tuple[int,
     ``prepared_as``: published weights a run fine-tunes; an image folder keeps its own classes but its
     images are prepared as those weights expect (their size, resize rule, mean and standard deviation),
     since the features the weights learnt are of images so prepared.
+    ``statistics_only``: the caller needs the folder's classes and statistics, none of its images (``predict``
+    of image files). The statistics are its training split's, as a run's are; a folder that has none (a class
+    of one image: no test image can be split off) has them of all its images instead of being refused, since
+    no test split is asked for.
     """
     check_readable(name)
     if class_lists.is_class_list(name):
@@ -150,26 +156,40 @@ def open_source(name: str, data_dir: Path | None = None, input_shape: tuple[int,
     if len(shape) != 3 or shape[0] not in (1, 3):
         raise UsageError(f"an image folder trains models whose input is a grey or colour image (1×H×W or 3×H×W), "
                          f"not {'×'.join(map(str, shape)) or 'nothing'}")
-    dataset = folder.scan(data_dir)
-    if classes is not None and class_lists.is_class_list(classes.name):
-        return _as_classes(dataset, classes)
+    listed = classes is not None and class_lists.is_class_list(classes.name)
+    dataset = _scan(Path(data_dir), listed)
+    if listed:
+        return _as_classes(dataset, classes)  # type: ignore[arg-type]
     resize = None
     if prepared_as is not None:
         shape, resize = tuple(prepared_as.image_shape), prepared_as.resize
-    images, labels = folder.load(dataset, "train", shape, FOLDER_SPLIT_SEED,
-                                 progress=_decoding(progress, "train", Path(data_dir)), resize=resize)
+    split = folder.ALL if statistics_only and not dataset.splittable() else "train"
+    images, labels = folder.load(dataset, split, shape, FOLDER_SPLIT_SEED,
+                                 progress=_decoding(progress, split, Path(data_dir)), resize=resize)
     if prepared_as is None:
         mean, std = folder.pixel_stats(images)
         prepared = ()
     else:
         mean, std = prepared_as.mean, prepared_as.std
         prepared = (f"normalised with the {prepared_as.title} weights' statistics, as they were trained",)
+    if split == folder.ALL:
+        rule = (f"statistics of all its {len(labels)} images (a class of one image leaves no test split; "
+                "none is needed here)")
+    else:
+        rule = dataset.split_rule(FOLDER_SPLIT_SEED)
     source = Source(FOLDER, dataset.title, tuple(dataset.classes), shape,  # type: ignore[arg-type]
                     tuple(mean), tuple(std), Path(data_dir).resolve(),
-                    (dataset.split_rule(FOLDER_SPLIT_SEED), folder.describe(shape, resize), *prepared, *dataset.notes),
-                    resize)
-    source._splits["train"] = (images, labels)
+                    (rule, folder.describe(shape, resize), *prepared, *dataset.notes), resize)
+    if split == "train":
+        source._splits["train"] = (images, labels)
     return source
+
+
+def _scan(root: Path, listed: bool) -> folder.FolderDataset:
+    """The folder's classes and files. One class folder is refused for a folder of its own classes (a classifier
+    is trained on at least two), not for one read as a class list's (``listed``): scoring or predicting a
+    folder of golden retrievers with ImageNet's weights is an ordinary use."""
+    return folder.scan(root, min_classes=1 if listed else 2)
 
 
 def _as_classes(dataset: folder.FolderDataset, trained: Source) -> Source:

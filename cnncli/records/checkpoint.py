@@ -62,6 +62,15 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
 class CheckpointWarning(UserWarning):
     """Something about a checkpoint a user should know that does not stop the command."""
 
+    label = "warning"
+
+
+class CheckpointNote(CheckpointWarning):
+    """How a checkpoint was read, when that is not what its file says by itself (a state dict read as
+    published weights): information, not a warning."""
+
+    label = "note"
+
 
 @dataclass
 class Checkpoint:

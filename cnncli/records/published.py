@@ -197,6 +197,64 @@ def renamed(state: dict, names: dict[str, str]) -> dict:
     return out
 
 
+def torchvision_keys(weights: spec.PublishedWeights, model_spec: spec.ModelSpec, aux: bool) -> set[str]:
+    """The keys of a state dict of ``weights``' network as torchvision saves it: every parameter and buffer of
+    ``model_spec`` (its auxiliary heads too when ``aux``) under the layer name the entry's ``names:`` maps to it
+    (torch's ``num_batches_tracked`` counters aside: cnncli keeps none)."""
+    from cnncli.model.graph import build
+
+    back = {ours: theirs for theirs, ours in weights.names.items()}
+    return {f"{back.get(n.name, n.name)}.{suffix}" for n in build(model_spec, aux=aux).nodes
+            for suffix in {**n.params, **n.buffers}}
+
+
+def layout_of(state: dict, model_spec: spec.ModelSpec) -> str | None:
+    """The published weights of ``model_spec`` whose layout the state dict ``state`` is in: it holds exactly
+    their torchvision keys (:func:`torchvision_keys`, with the auxiliary heads or without, as torchvision saves
+    a network built without them); None when it is in no entry's layout. The keys decide, not the shapes: a
+    network of that layout trained for other classes is read with the entry's names, and its head's size
+    decides the rest (:func:`read_as_published`)."""
+    keys = {k for k in state if not k.endswith(".num_batches_tracked")}
+    for name, weights in model_spec.weights.items():
+        if any(keys == torchvision_keys(weights, model_spec, aux) for aux in (True, False)):
+            return name
+    return None
+
+
+#: The ``meta`` entry of a state dict read in the layout of published weights: their name (``imagenet``).
+LAYOUT = "layout"
+
+
+def in_layout(saved: ckpt_io.Checkpoint, model_spec: spec.ModelSpec) -> ckpt_io.Checkpoint:
+    """A PyTorch state dict (``--weights FILE``) in the layout of ``model_spec``'s published weights
+    (:func:`layout_of`) with its keys renamed as theirs are, recording which (:data:`LAYOUT`); any other
+    checkpoint as it is. The file is the user's own: no hash applies to it."""
+    if saved.meta.get("origin") != "torch" or saved.config:
+        return saved
+    name = layout_of(saved.state, model_spec)
+    if name is None:
+        return saved
+    return ckpt_io.Checkpoint(saved.path, renamed(saved.state, model_spec.weights[name].names),
+                              {**saved.meta, LAYOUT: name})
+
+
+def read_as_published(saved: ckpt_io.Checkpoint, model_spec: spec.ModelSpec, held: int | None) -> str | None:
+    """Weights in the layout of published weights (:func:`in_layout`) that record no classes and whose head has
+    ``held`` units, as many as those weights' class list: read as those weights are, their classes and
+    preparation recorded in ``saved`` (as :func:`open_published` records them). The sentence that says so, or
+    None when they are not read so."""
+    name = saved.meta.get(LAYOUT)
+    if name not in model_spec.weights or saved.meta.get("source") is not None:
+        return None
+    weights = model_spec.weights[name]
+    classes = class_lists.get(weights.classes)
+    if held != len(classes):
+        return None
+    saved.meta["source"] = source(weights, model_spec).to_config()
+    return (f"{saved.path}: weights in torchvision's layout: read as {name}'s ({len(classes)} {classes.title} "
+            "classes, its preparation)")
+
+
 def open_published(model_spec: spec.ModelSpec, name: str,
                    progress: ProgressCallback | None = None) -> ckpt_io.Checkpoint:
     """The published weights ``name`` of ``model_spec``'s ``weights:`` section, as a checkpoint."""

@@ -33,6 +33,7 @@ the checkpoint recorded of its dataset when no ``--dataset`` is given, so that n
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +56,8 @@ OPEN, RECORDED = "open", "recorded"
 def open_weights(value: str | os.PathLike[str], model_spec, progress=None) -> ckpt_io.Checkpoint:
     """The weights ``--weights VALUE`` names for ``model_spec``: the published weights its model file registers
     under that name (``imagenet``; :mod:`cnncli.records.published`: found or downloaded, verified, ``progress``
-    receiving the download's events), else a file (:func:`cnncli.records.checkpoint.load`). The name of
+    receiving the download's events), else a file (:func:`cnncli.records.checkpoint.load`; a PyTorch state dict
+    in the layout of the model's published weights is named as they are, :func:`published.in_layout`). The name of
     published weights that this model has none of, when no such file exists, is a :class:`UsageError` listing
     the models that have them."""
     name = os.fspath(value)
@@ -64,7 +66,7 @@ def open_weights(value: str | os.PathLike[str], model_spec, progress=None) -> ck
     path = Path(value)
     if not path.exists() and ckpt_io.bare_name(path):
         published.check_name(name, model_spec)
-    return ckpt_io.load(value)
+    return published.in_layout(ckpt_io.load(value), model_spec)
 
 
 #: From this many classes on, top-5 is the measure shown by default (ImageNet's, CIFAR-100's); top-3 below.
@@ -116,6 +118,8 @@ def load(model: str, weights: str | os.PathLike[str], *, dataset: str | None = N
     model_spec = as_trained(model_spec, saved)
     alone = saved.classes is None and not isinstance(saved.config.get("name"), str)  # weights, no run's record
     held = _units_held(model_spec, saved) if alone else None
+    if alone and (note := published.read_as_published(saved, model_spec, held)):
+        warnings.warn(note, ckpt_io.CheckpointNote, stacklevel=2)
     sized = head.resize(model_spec, held) if held else head.Resized(model_spec)
     model_spec = sized.spec
     saved.check_model(model_spec, skip_model_check)
@@ -175,14 +179,13 @@ def _source(saved: ckpt_io.Checkpoint, model_spec: spec.ModelSpec, dataset: str 
                              "PyTorch state dict): give the image folder it was trained on, --data-dir DIR")
         raise UsageError(f"{saved.path} does not record its image folder's classes and statistics: use a "
                          "checkpoint written by this version of train")
-    return open_source(name, data_dir, model_spec.input, progress=progress, classes=class_list_of(saved))
+    return open_source(name, data_dir, model_spec.input, progress=progress, classes=class_list_of(saved),
+                       statistics_only=data == RECORDED)
 
 
 def _note_other_dataset(saved: ckpt_io.Checkpoint, name: str) -> None:
     """Weights scored or drawn on another dataset than they were trained on run (the class counts may even
     agree: MNIST's weights on Fashion-MNIST), but every number is then of that mismatch: say so once."""
-    import warnings
-
     trained_on = saved.config.get("dataset")
     if isinstance(trained_on, str) and trained_on != name and class_list_of(saved) is None:
         warnings.warn(f"{saved.path} was trained on {trained_on}, not {name}: its classes are {trained_on}'s",
