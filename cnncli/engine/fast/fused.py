@@ -28,8 +28,11 @@ run in :mod:`cnncli.engine.fast.lanes` instead; this block takes small batches
 and big layers (VGG-16).
 
 Layout and conventions are those of :mod:`cnncli.engine.conv.general` (NCHW, weights
-``(F, C, KH, KW)``, PyTorch's results), whose pad, unfold and fold kernels it
-uses at stride and dilation 1; the block keeps its input, the activation and
+``(F, C, KH, KW)``, PyTorch's results), whose pad and unfold kernels it uses at
+stride and dilation 1, and whose chunked unfold + GEMM backward pass
+(``chunks_backward``) it runs after its own activation and pooling gradient;
+the block's pitch and chunks are the chain's :class:`~cnncli.engine.conv.Call`'s.
+The block keeps its input, the activation and
 the small column matrices for the backward pass. Every kernel writes disjoint
 slices and sums in a fixed order, so results are the same run to run; scratch
 buffers are per thread, so that blocks of two network replicas can run at the
