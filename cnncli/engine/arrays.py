@@ -87,7 +87,7 @@ def scratch(slot: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     Column matrices run to tens of megabytes; allocating them afresh on every
     call costs page faults comparable to filling them. Slots are shared by
     every module on a thread: callers outside :mod:`cnncli.engine.conv` prefix
-    theirs (``fused.cols``) so that buffers in use never alias. One workspace
+    theirs (``blocked.xp``) so that buffers in use never alias. One workspace
     per thread, so that replicas running parts of a batch on different threads
     never share a buffer.
     """

@@ -36,6 +36,8 @@ per-thread scratch buffers (:func:`cnncli.engine.arrays.scratch`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numba
 import numpy as np
 from numba import get_thread_id, prange
@@ -748,10 +750,17 @@ def chunks_forward(geo: Geometry, bias: np.ndarray, y: np.ndarray) -> np.ndarray
     return y
 
 
-def chunks_backward(geo: Geometry, dy: np.ndarray, dx: np.ndarray | None, dw_out: np.ndarray) -> None:
+def chunks_backward(geo: Geometry, dy: np.ndarray | None, dx: np.ndarray | None, dw_out: np.ndarray,
+                    load: Callable[[int, np.ndarray], None] | None = None,
+                    kept: list[np.ndarray] | None = None) -> None:
     """Chunk by chunk: dy laid out as the GEMMs' (F, n, Q); the weight gradient by GEMM (transposed when
     rules.dw_transposed) or, with few weights on flat rows, by direct dot products; the input gradient by GEMM
-    and fold."""
+    and fold.
+
+    A fused block (:mod:`cnncli.engine.fast.fused`) passes ``load(n0, dyt)``, which fills the chunk's (F, n, Q)
+    from the gradient of its activation and pooling instead of dy, and ``kept``, the chunks' column matrices
+    from its forward pass, if it kept them.
+    """
     dtype = geo.x.dtype
     g, fg = geo.groups, geo.fg
     w3t = geo.w.reshape(g, fg, geo.taps).transpose(0, 2, 1)
@@ -759,23 +768,26 @@ def chunks_backward(geo: Geometry, dy: np.ndarray, dx: np.ndarray | None, dw_out
     dw_t = None
     if not geo.direct_dw and rules.dw_transposed(fg):
         dw_t = np.empty((g, geo.taps, fg), dtype=dtype)
-    for n0 in range(0, geo.n, geo.step):
+    for i, n0 in enumerate(range(0, geo.n, geo.step)):
         nc = min(geo.step, geo.n - n0)
-        xp = geo.padded(n0, nc)
         dyt = scratch("out", (geo.f, nc, geo.q), dtype)
-        _load_grad(dy, n0, dyt, geo.pitch)
+        if load is None:
+            _load_grad(dy, n0, dyt, geo.pitch)
+        else:
+            load(n0, dyt)
         dyt3 = dyt.reshape(g, fg, nc * geo.q)
         # Chunks are fixed by the shapes alone, so the running sums below add
         # the same partial products in the same order on every run.
         if geo.direct_dw:
             partial = scratch("dw", (nc, *dw_out.shape), dtype)
-            _grouped_direct_dw(xp, dyt, partial, geo.dh, geo.dw, g)
+            _grouped_direct_dw(geo.padded(n0, nc), dyt, partial, geo.dh, geo.dw, g)
             if n0 == 0:
                 np.sum(partial, axis=0, out=dw_out)
             else:
                 dw_out += partial.sum(axis=0)
         else:
-            cols3 = geo.unfolded(xp, nc).reshape(g, geo.taps, nc * geo.q)
+            cols = kept[i] if kept is not None else geo.unfolded(geo.padded(n0, nc), nc)
+            cols3 = cols.reshape(g, geo.taps, nc * geo.q)
             if dw_t is not None:
                 out = dw_t if n0 == 0 else np.empty_like(dw_t)
                 partial = engine_threads.matmul(cols3, dyt3.transpose(0, 2, 1), out)

@@ -51,9 +51,12 @@ class Call:
         self.unit = self.sh == 1 and self.sw == 1
         self.fg = self.f // g
         self.taps = self.cg * self.kh * self.kw
-        self.direct = rules.depthwise(self.taps, self.fg, self.unit)
+        # A fused chain's convolution runs in its block (unfold + GEMM, or direct loops where direct_dw), never
+        # by the depthwise or tap kernels, which take plain calls only.
+        plain = chain is None
+        self.direct = plain and rules.depthwise(self.taps, self.fg, self.unit)
         #: Whether the tap GEMMs' rule takes this layer (cnncli.engine.rules.tap_gemms), which also sets the pitch.
-        self.by_taps = self.in_kernel_gemms and rules.tap_gemms(self.unit, self.cg, self.wp, self.ow)
+        self.by_taps = plain and self.in_kernel_gemms and rules.tap_gemms(self.unit, self.cg, self.wp, self.ow)
         # the direct kernels and the tap GEMMs read each tap's run of whole padded rows
         wide = self.by_taps or self.direct or rules.flat_rows(self.fg, self.wp, self.ow, self.unit)
         self.pitch = self.wp if wide else self.ow
@@ -61,9 +64,11 @@ class Call:
         flat = self.unit and self.pitch == self.wp
         #: Whether the weight gradient comes from direct dot products (flat rows only): few weights per group.
         self.direct_dw = self.direct or (flat and rules.direct_weights(self.taps * self.fg))
-        # Direct kernels need no column matrix, so the whole batch is one chunk.
-        per_sample = 0 if self.direct else self.c * self.kh * self.kw * self.q * self.itemsize
-        self.step = rules.chunk_size(self.n, per_sample, rules.CONV_COLS_BUDGET_BYTES)
+        # Direct kernels need no column matrix, so the whole batch is one chunk; a fused block's chunks are the
+        # smaller ones of rules.COLS_BUDGET_BYTES, and its direct loops (direct_dw) are its direct kernels.
+        direct = self.direct if plain else self.direct_dw
+        per_sample = 0 if direct else self.c * self.kh * self.kw * self.q * self.itemsize
+        self.step = rules.chunk_size(self.n, per_sample, rules.CONV_COLS_BUDGET_BYTES if plain else None)
 
     @property
     def stride(self) -> Pair:

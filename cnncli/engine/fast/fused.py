@@ -28,8 +28,11 @@ run in :mod:`cnncli.engine.fast.lanes` instead; this block takes small batches
 and big layers (VGG-16).
 
 Layout and conventions are those of :mod:`cnncli.engine.conv.general` (NCHW, weights
-``(F, C, KH, KW)``, PyTorch's results), whose pad, unfold and fold kernels it
-uses at stride and dilation 1; the block keeps its input, the activation and
+``(F, C, KH, KW)``, PyTorch's results), whose pad and unfold kernels it uses at
+stride and dilation 1, and whose chunked unfold + GEMM backward pass
+(``chunks_backward``) it runs after its own activation and pooling gradient;
+the block's pitch and chunks are the chain's :class:`~cnncli.engine.conv.Call`'s.
+The block keeps its input, the activation and
 the small column matrices for the backward pass. Every kernel writes disjoint
 slices and sums in a fixed order, so results are the same run to run; scratch
 buffers are per thread, so that blocks of two network replicas can run at the
@@ -45,7 +48,8 @@ from numba import prange
 
 from cnncli.engine import rules
 from cnncli.engine.arrays import scratch
-from cnncli.engine.conv.general import nchw_fold, nchw_pad, nchw_unfold
+from cnncli.engine.conv.general import Geometry, chunks_backward, nchw_pad, nchw_unfold
+from cnncli.engine.conv.geometry import Call
 from cnncli.engine.fast.vector import ACTIVATIONS, row5, tanh32
 from cnncli.engine.jit import vector_kernel, vector_parallel_kernel
 from cnncli.engine.pool import tile_mean_plane
@@ -55,8 +59,10 @@ __all__ = ["Block"]
 
 
 def _scratch(slot: str, shape: tuple[int, ...], dtype) -> np.ndarray:
-    """A reusable buffer from the engine's per-thread workspace, in slots of this module's own."""
-    return scratch(f"fused.{slot}", shape, dtype)
+    """A reusable buffer from the engine's per-thread workspace: the general convolution's slots (``xp``,
+    ``cols``, ``out``), whose chunked backward pass this block runs, so that the two share one set of buffers
+    (none is in use across a call)."""
+    return scratch(slot, shape, dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -343,6 +349,7 @@ class Block:
 
     def __init__(self, padding, act: str | None, pool: int):
         self.ph, self.pw = padding
+        self.act = act
         self.code = ACTIVATIONS[act]
         self.pool = int(pool)
         # A batch whose column matrices (all chunks) are small enough
@@ -353,18 +360,14 @@ class Block:
         self.kept: list[np.ndarray] | None = None
 
     def _geometry(self, x: np.ndarray, w: np.ndarray) -> None:
-        n, c, h, wd = x.shape
-        f, _, kh, kw = w.shape
-        self.hp, self.wp = h + 2 * self.ph, wd + 2 * self.pw
-        self.oh, self.ow = self.hp - kh + 1, self.wp - kw + 1
-        # Whole padded rows (junk outputs included) unless the junk would
-        # cost more GEMM work than a row-by-row gather: the general convolution's rule.
-        self.pitch = self.wp if rules.flat_rows(f, self.wp, self.ow, True) else self.ow
-        self.q = (self.oh - 1) * self.pitch + self.ow
-        self.taps = c * kh * kw
-        self.direct = self.pitch == self.wp and rules.direct_weights(w.size)
-        # Direct loops need no column matrix to keep in cache: the whole batch is one chunk.
-        self.step = rules.chunk_size(n, 0 if self.direct else self.taps * self.q * x.itemsize)
+        # The chain's convolution as the picker sees it: its pitch (whole padded rows unless the junk would cost
+        # more GEMM work than a row-by-row gather), chunks and direct loops (direct_dw) by the general rules.
+        self.call = Call(x.shape, w.shape, (1, 1), (self.ph, self.pw), (1, 1), 1, x.itemsize,
+                         chain=(self.act, self.pool))
+        for name in ("hp", "wp", "oh", "ow", "pitch", "q", "step"):
+            setattr(self, name, getattr(self.call, name))
+        self.taps = self.call.c * self.call.kh * self.call.kw
+        self.direct = self.call.direct_dw
 
     def _padded(self, x: np.ndarray, n0: int, nc: int) -> np.ndarray:
         if self.ph == 0 and self.pw == 0:
@@ -428,47 +431,33 @@ class Block:
         g = np.ascontiguousarray(g)
         w = np.ascontiguousarray(w)
         n = x.shape[0]
-        f, _, kh, kw = w.shape
+        f = w.shape[0]
         dtype = x.dtype
         dx = np.empty_like(x) if need_dx else None
         db = np.zeros(f, dtype=dtype) if need_db else None
-        transposed = rules.dw_transposed(f)
-        dw_acc = np.empty((self.taps, f) if transposed else (f, self.taps), dtype=dtype)
-        dw_direct = np.empty_like(w) if self.direct else None
-        w2 = w.reshape(f, self.taps)
+        dw = np.empty_like(w)
+
+        def load(n0: int, dyt: np.ndarray) -> None:
+            # the chunk's gradient before the activation and pooling, laid out for the GEMMs; its row sums: db's
+            _fused_act_grad(g, a, dyt, n0, self.pitch, self.pool, self.code)
+            if db is not None:
+                db[:] += dyt.reshape(f, -1).sum(axis=1)
+
+        if not self.direct:
+            # unfold (or the kept columns) + GEMMs, the general convolution's chunked backward pass
+            chunks_backward(Geometry(x, w, self.call), None, dx, dw, load, self.kept)
+            return dx, dw, db
+        # Fixed chunks, fixed order: the same sums on every run.
         for n0 in range(0, n, self.step):
             nc = min(self.step, n - n0)
             dyt = _scratch("out", (f, nc, self.q), dtype)
-            _fused_act_grad(g, a, dyt, n0, self.pitch, self.pool, self.code)
-            dyt2 = dyt.reshape(f, nc * self.q)
-            if db is not None:
-                db += dyt2.sum(axis=1)
-            # Fixed chunks, fixed order: the same sums on every run.
-            xp = self._padded(x, n0, nc)
-            if self.direct:
-                _fused_direct_dw(xp, dyt, dw_direct, n0 == 0)
-            else:
-                cols = self.kept[n0 // self.step] if self.kept is not None else self._unfolded(xp, kh, kw, nc)
-                cols2 = cols.reshape(self.taps, nc * self.q)
-                if transposed:
-                    partial = matmul(cols2, dyt2.T, out=dw_acc if n0 == 0 else None)
-                else:
-                    partial = matmul(dyt2, cols2.T, out=dw_acc if n0 == 0 else None)
-                if n0 > 0:
-                    dw_acc += partial
+            load(n0, dyt)
+            _fused_direct_dw(self._padded(x, n0, nc), dyt, dw, n0 == 0)
             if dx is None:
                 continue
             if self.ph == 0 and self.pw == 0:
                 dxp = dx[n0 : n0 + nc]
             else:
                 dxp = _scratch("xp", (nc, x.shape[1], self.hp, self.wp), dtype)  # the padded input is spent
-            if self.direct:
-                _fused_direct_dx(dyt, w, dxp, dx, n0, self.ph, self.pw)
-                continue
-            dcols = _scratch("cols", (self.taps, nc, self.q), dtype)  # so are the columns
-            matmul(w2.T, dyt2, out=dcols.reshape(self.taps, nc * self.q))
-            nchw_fold(dcols, dxp, dx, n0, self.ph, self.pw, kh, kw, 1, 1, 1, 1, self.oh, self.ow, self.pitch)
-        if self.direct:
-            return dx, dw_direct, db
-        dw = (dw_acc.T if transposed else dw_acc).reshape(w.shape).copy()
+            _fused_direct_dx(dyt, w, dxp, dx, n0, self.ph, self.pw)
         return dx, dw, db
