@@ -15,26 +15,17 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _mnist_dir() -> Path | None:
-    for c in (os.environ.get("CNNCLI_DATA"), str(REPO.parent / "shared" / "datasets")):
-        if c and (Path(c) / "mnist").is_dir():
-            return Path(c)
-    return None
+from helpers import DATA, REPO
 
 
-@pytest.mark.skipif(_mnist_dir() is None, reason="the MNIST files are not beside the repository")
+@pytest.mark.skipif(DATA is None, reason="the MNIST files are not beside the repository")
 @pytest.mark.parametrize("workload,field", [("train64", "images_per_s"), ("infer", "images_per_s"),
                                             ("vgg", "seconds")])
 def test_cnncli_workers_of_the_benchmark_run(workload, field):
     # Tiny shapes (BENCH_SMOKE): the same code as the real workloads, so only that they run is checked.
-    env = dict(os.environ, PYTHONPATH=str(REPO), BENCH_DATA_DIR=str(_mnist_dir()), BENCH_SMOKE="1")
+    env = dict(os.environ, PYTHONPATH=str(REPO), BENCH_DATA_DIR=str(DATA), BENCH_SMOKE="1")
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench.py"), "--worker", "cnncli", workload],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -14,14 +14,13 @@ import pickle
 
 import numpy as np
 import pytest
-from test_cli import run_main
-from test_training import DATA
+from helpers import needs_mnist, run_main
 
 from cnncli.commands import training
 from cnncli.records import checkpoint
 
 PIL = pytest.importorskip("PIL.Image")
-pytestmark = pytest.mark.skipif(DATA is None, reason="real MNIST files not available")
+pytestmark = [needs_mnist, pytest.mark.usefixtures("mnist_env")]
 
 MAXNET = """\
 name: {name}
@@ -35,15 +34,6 @@ layers:
   - flatten
   - dense: {{name: fc, units: 10}}
 """
-
-
-@pytest.fixture(scope="module", autouse=True)
-def env(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CNNCLI_DATA", str(DATA))
-        mp.setenv("CNNCLI_OFFLINE", "1")
-        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -6,26 +6,16 @@ import subprocess
 import sys
 
 import pytest
+from helpers import run_main
 from typer.testing import CliRunner
 
 from cnncli import __version__
-from cnncli.cli import app, main
+from cnncli.cli import app
 
 runner = CliRunner()
 # Every registered command (the app is the registry); the core ones must be among them.
 COMMANDS = tuple(c.name or c.callback.__name__ for c in app.registered_commands)
 assert {"train", "eval", "backprop-trace", "summarize", "models", "predict", "plot"} <= set(COMMANDS)
-
-
-def run_main(args: list[str], capsys) -> tuple[int, str, str]:
-    """Run the real entry point (which turns the tool's errors into exit codes) in-process."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_help_lists_every_command():

@@ -6,7 +6,7 @@ import re
 
 import pytest
 import typer
-from test_cli import run_main
+from helpers import run_main
 from typer.testing import CliRunner
 
 from cnncli.cli import app

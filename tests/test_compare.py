@@ -9,14 +9,14 @@ import signal
 import numpy as np
 import pytest
 import yaml
-from test_cli import run_main
-from test_training import DATA, SignalAt, assert_same_weights
+from helpers import SignalAt, assert_same_weights, needs_mnist, run_main
 
 from cnncli.commands import compare, training
 from cnncli.errors import UsageError
 from cnncli.records import runs
 
-pytestmark = pytest.mark.skipif(DATA is None, reason="real MNIST files not available")
+# One cache for the module: the runs read the same MNIST files, decoded once.
+pytestmark = [needs_mnist, pytest.mark.usefixtures("mnist_env")]
 
 MODEL = """\
 name: {name}
@@ -29,13 +29,6 @@ layers:
   - flatten
   - dense: {{units: 10}}
 """
-
-
-@pytest.fixture(autouse=True)
-def env(monkeypatch, tmp_path):
-    monkeypatch.setenv("CNNCLI_DATA", str(DATA))
-    monkeypatch.setenv("CNNCLI_OFFLINE", "1")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
 @pytest.fixture

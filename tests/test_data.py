@@ -1,8 +1,9 @@
 """Tests of cnncli.data: IDX parsing, verification, file resolution, downloading.
 
 Everything runs on small hand-made IDX files; downloads go to an HTTP server on
-127.0.0.1 started by the test. No test reaches the internet: an autouse fixture
-points every mirror at a closed local port.
+127.0.0.1 started by the test (conftest's ``server``). No test reaches the internet:
+conftest's ``isolated_data``, used by every test here, points every mirror at a
+closed local port.
 """
 
 from __future__ import annotations
@@ -10,25 +11,24 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
-import http.server
 import io
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import DATA, needs_mnist
 
 from cnncli import data
 from cnncli.errors import CnnError, DataError, UsageError
 
-_ORIGINAL_CNNCLI_DATA = os.environ.get("CNNCLI_DATA")
 N_FAKE = 7  # examples per split in the fake datasets
 TRAIN_IMAGES, TRAIN_LABELS = data.DATASETS["mnist"].splits["train"]
 TEST_IMAGES, TEST_LABELS = data.DATASETS["mnist"].splits["test"]
 _REAL_FASHION = data.DATASETS["fashion-mnist"]
+pytestmark = pytest.mark.usefixtures("isolated_data")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -80,22 +80,6 @@ def write_files(folder: Path, files: dict[str, bytes], gz: bool = True) -> Path:
         else:
             (folder / name).write_bytes(content)
     return folder
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """A private cache, no CNNCLI_DATA, and mirrors that cannot reach the internet."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    monkeypatch.delenv("CNNCLI_DATA", raising=False)
-    monkeypatch.delenv("CNNCLI_OFFLINE", raising=False)
-    # Port 9 (discard) on loopback: connection refused at once.
-    monkeypatch.setenv("CNNCLI_MIRRORS", "http://127.0.0.1:9/")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setattr(data.fetch, "DOWNLOAD_TIMEOUT", 5.0)
-    # No system copies in unit tests: they would shadow the fake datasets.
-    for key, info in list(data.DATASETS.items()):
-        monkeypatch.setitem(data.DATASETS, key, dataclasses.replace(info, system_dirs=()))
 
 
 @pytest.fixture
@@ -401,7 +385,7 @@ def test_search_dirs_order(tmp_path, monkeypatch):
 
 
 def test_system_dir_for_fashion_mnist(monkeypatch):
-    # The autouse fixture removed it; put back the registry's real record.
+    # isolated_data removed it; put back the registry's real record.
     monkeypatch.setitem(data.DATASETS, "fashion-mnist", _REAL_FASHION)
     places = data.search_dirs("fashion-mnist")
     assert places[-1].path == Path("/usr/share/datasets/fashion-mnist")
@@ -424,48 +408,6 @@ def test_nothing_found_message_lists_places_and_remedies(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- downloading
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    """Serves ``server.routes[path] = (mode, body)``; mode ok | drop | 404."""
-
-    def do_GET(self):  # noqa: N802
-        self.server.hits.append(self.path)
-        mode, body = self.server.routes.get(self.path, ("404", b""))
-        if mode == "404":
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "application/gzip")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if mode == "drop":
-            # Promise the whole body, send half, hang up.
-            self.wfile.write(body[: len(body) // 2])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server():
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.daemon_threads = True
-    srv.routes = {}
-    srv.hits = []
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
-    try:
-        yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join(5)
 
 
 def serve(srv, prefix: str, files: dict[str, bytes], mode: str = "ok") -> str:
@@ -587,7 +529,7 @@ def test_all_mirrors_bad(server, fake_mnist, monkeypatch):
 
 
 def test_unreachable_mirror_is_reported(monkeypatch):
-    # The autouse fixture's mirror is a closed local port.
+    # isolated_data's mirror is a closed local port.
     with pytest.raises(DataError) as err:
         data.load("mnist", "train")
     assert "http://127.0.0.1:9/train-images-idx3-ubyte.gz: cannot connect" in str(err.value)
@@ -650,20 +592,9 @@ def test_normalise():
 # --------------------------------------------------------------------------- real data
 
 
-def _real_datasets_root() -> Path | None:
-    candidates = [
-        _ORIGINAL_CNNCLI_DATA,
-        str(Path(__file__).resolve().parents[2] / "shared" / "datasets"),  # beside the repository
-    ]
-    for c in candidates:
-        if c and (Path(c) / "mnist").is_dir():
-            return Path(c)
-    return None
-
-
-@pytest.mark.skipif(_real_datasets_root() is None, reason="real MNIST files not available")
+@needs_mnist
 def test_real_mnist_test_split(monkeypatch):
-    monkeypatch.setenv("CNNCLI_DATA", str(_real_datasets_root()))
+    monkeypatch.setenv("CNNCLI_DATA", str(DATA))
     monkeypatch.setenv("CNNCLI_OFFLINE", "1")
     x, y = data.load("mnist", "test")
     assert x.shape == (10000, 1, 28, 28) and x.dtype == np.uint8
@@ -710,7 +641,7 @@ def test_commands_that_load_data_show_their_downloads(argv, server, fake_mnist, 
 
 
 def test_a_mirror_that_fails_when_every_mirror_fails_is_printed_once(tmp_path, capsys):
-    # The autouse fixture's mirror refuses connections: the error lists it, and nothing else prints it again.
+    # isolated_data's mirror refuses connections: the error lists it, and nothing else prints it again.
     from cnncli import cli
 
     empty = tmp_path / "empty"

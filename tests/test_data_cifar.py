@@ -4,7 +4,8 @@ Everything runs on small archives built here in CIFAR's exact binary layout
 (a few records per file, the real member paths, the real class-name files);
 their checksums are registered in place of the official ones for the test
 (the production check itself is unchanged). Downloads come from an HTTP server
-on 127.0.0.1, as in test_data.py, whose fixtures these tests share.
+on 127.0.0.1 (conftest's ``server``); as in test_data.py, conftest's ``isolated_data``
+gives every test a private cache and mirrors that cannot reach the internet.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_data import isolated, server  # noqa: F401  (fixtures: a private cache, a local HTTP server)
+from helpers import run_main
 
 from cnncli import data
 from cnncli.data import cifar
@@ -29,6 +30,7 @@ C10 = data.DATASETS["cifar10"]
 C100 = data.DATASETS["cifar100"]
 C10_COUNTS = {**{f"data_batch_{i}.bin": 3 for i in range(1, 6)}, "test_batch.bin": 4}
 C100_COUNTS = {"train.bin": 6, "test.bin": 4}
+pytestmark = pytest.mark.usefixtures("isolated_data")
 
 
 # --------------------------------------------------------------------------- building archives
@@ -182,7 +184,7 @@ def test_parsing_is_strict():
 # --------------------------------------------------------------------------- downloading
 
 
-def test_download_verify_extract_and_cache(server, fake10, monkeypatch):  # noqa: F811
+def test_download_verify_extract_and_cache(server, fake10, monkeypatch):
     monkeypatch.setenv("CNNCLI_MIRRORS", serve_archive(server, "cifar-10-binary.tar.gz", fake10.archive))
     events: list[data.DownloadEvent] = []
     x, y = data.load("cifar10", "train", progress=events.append)
@@ -218,7 +220,7 @@ def test_download_verify_extract_and_cache(server, fake10, monkeypatch):  # noqa
     np.testing.assert_array_equal(y2, ey)
 
 
-def test_wrong_archive_is_refused_and_not_kept(server, fake10, monkeypatch):  # noqa: F811
+def test_wrong_archive_is_refused_and_not_kept(server, fake10, monkeypatch):
     wrong = bytearray(fake10.archive)
     wrong[len(wrong) // 2] ^= 0xFF  # same size: the MD5 tells
     bad = serve_archive(server, "cifar-10-binary.tar.gz", bytes(wrong), prefix="bad")
@@ -240,7 +242,7 @@ def test_wrong_archive_is_refused_and_not_kept(server, fake10, monkeypatch):  # 
     assert x.shape == (4, 3, 32, 32) and leftovers(cache) == []
 
 
-def test_interrupted_download_or_extraction_leaves_nothing(server, fake10, monkeypatch):  # noqa: F811
+def test_interrupted_download_or_extraction_leaves_nothing(server, fake10, monkeypatch):
     monkeypatch.setenv("CNNCLI_MIRRORS", serve_archive(server, "cifar-10-binary.tar.gz", fake10.archive))
     cache = data.cache_dir("cifar10")
 
@@ -284,7 +286,7 @@ def test_offline_message_says_where_to_put_the_archive(tmp_path, monkeypatch):
 
 
 def test_unreachable_mirror_is_reported():
-    # The autouse fixture's mirror is a closed local port.
+    # isolated_data's mirror is a closed local port.
     with pytest.raises(DataError) as err:
         data.load("cifar10", "test")
     assert "http://127.0.0.1:9/cifar-10-binary.tar.gz: cannot connect" in str(err.value)
@@ -293,7 +295,7 @@ def test_unreachable_mirror_is_reported():
 # --------------------------------------------------------------------------- files on disk
 
 
-def test_archive_in_data_dir_is_verified_and_extracted_into_the_cache(tmp_path, fake10, server):  # noqa: F811
+def test_archive_in_data_dir_is_verified_and_extracted_into_the_cache(tmp_path, fake10, server):
     given = tmp_path / "given" / "cifar10"
     given.mkdir(parents=True)
     (given / "cifar-10-binary.tar.gz").write_bytes(fake10.archive)
@@ -414,7 +416,7 @@ def test_an_archive_missing_a_member_is_refused(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- CIFAR-100
 
 
-def test_cifar100_fine_and_coarse_labels_share_one_download(server, fake100, monkeypatch):  # noqa: F811
+def test_cifar100_fine_and_coarse_labels_share_one_download(server, fake100, monkeypatch):
     monkeypatch.setenv("CNNCLI_MIRRORS", serve_archive(server, "cifar-100-binary.tar.gz", fake100.archive))
     x_fine, fine = data.load("cifar100", "train")
     x_coarse, coarse = data.load("cifar100-coarse", "train")
@@ -461,28 +463,19 @@ layers:
 """
 
 
-def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    from cnncli import cli
-
-    with pytest.raises(SystemExit) as done:
-        cli.main(argv)
-    out, err = capsys.readouterr()
-    return done.value.code or 0, out, err
-
-
-def test_train_eval_and_trace_a_colour_model_on_cifar10(tmp_path, server, fake10, monkeypatch, capsys):  # noqa: F811
+def test_train_eval_and_trace_a_colour_model_on_cifar10(tmp_path, server, fake10, monkeypatch, capsys):
     monkeypatch.setenv("CNNCLI_MIRRORS", serve_archive(server, "cifar-10-binary.tar.gz", fake10.archive))
     model = tmp_path / "tiny-rgb.yaml"
     model.write_text(TINY_RGB.replace("dataset: cifar10", "dataset: mnist"))  # --dataset decides
     run = tmp_path / "run"
-    code, out, err = _cli(["train", str(model), "--dataset", "cifar10", "--epochs", "1", "--limit", "12",
-                           "--out", str(run)], capsys)
+    code, out, err = run_main(["train", str(model), "--dataset", "cifar10", "--epochs", "1", "--limit", "12",
+                               "--out", str(run)], capsys)
     assert code == 0, out + err
     assert "downloading cifar-10-binary.tar.gz" in out and "downloaded cifar-10-binary.tar.gz" in out
     assert (run / "last.npz").is_file() and (run / "test.json").is_file()
 
-    code, out, err = _cli(["eval", str(model), "--checkpoint", str(run / "last.npz"), "--dataset", "cifar10",
-                           "--worst", "2"], capsys)
+    code, out, err = run_main(["eval", str(model), "--checkpoint", str(run / "last.npz"), "--dataset", "cifar10",
+                               "--worst", "2"], capsys)
     assert code == 0, out + err
     assert "CIFAR-10 test (4 images)" in out
     for name in C10.classes:  # the per-class table names every class
@@ -490,10 +483,10 @@ def test_train_eval_and_trace_a_colour_model_on_cifar10(tmp_path, server, fake10
     assert server.hits == ["/kriz/cifar-10-binary.tar.gz"]  # downloaded once
 
     model.write_text(TINY_RGB)
-    code, out, err = _cli(["backprop-trace", str(model), "--sample", "3", "--format", "json"], capsys)
+    code, out, err = run_main(["backprop-trace", str(model), "--sample", "3", "--format", "json"], capsys)
     assert code == 0, out + err
     assert "cifar10 test image 3" in out
 
     # An MNIST model on CIFAR-10: the tool's own error, exit 2.
-    code, out, err = _cli(["eval", "lenet5", "--checkpoint", str(run / "last.npz"), "--dataset", "cifar10"], capsys)
+    code, out, err = run_main(["eval", "lenet5", "--checkpoint", str(run / "last.npz"), "--dataset", "cifar10"], capsys)
     assert code == 2 and "error:" in err

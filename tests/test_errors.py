@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import gzip
-import os
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import DATA, run_main
 
-from cnncli.cli import main
 from cnncli.model import graph, spec
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _real_data() -> Path | None:
-    for candidate in (os.environ.get("CNNCLI_DATA"), REPO.parent / "shared" / "datasets"):
-        if candidate and (Path(candidate) / "mnist").is_dir():
-            return Path(candidate)
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -111,12 +101,7 @@ def test_user_mistakes_exit_2_with_a_message(argv, fragment, files, capsys, monk
     monkeypatch.delenv("CNNCLI_DATA", raising=False)
     monkeypatch.chdir(tmp_path)
     args = [a.format(out=tmp_path, **{k: str(v) for k, v in files.items()}) for a in argv]
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
+    code, out, err = run_main(args, capsys)
     assert code == 2, (out, err)
     assert "Traceback" not in out + err
     assert err.startswith("error: ") and len(err.strip()) > 10
@@ -127,19 +112,17 @@ def test_user_mistakes_exit_2_with_a_message(argv, fragment, files, capsys, monk
     assert list(files["empty_data"].iterdir()) == []
 
 
-@pytest.mark.skipif(_real_data() is None, reason="the MNIST files are not beside the repository")
+@pytest.mark.skipif(DATA is None, reason="the MNIST files are not beside the repository")
 @pytest.mark.parametrize("argv,fragment", [
     (["train", "lenet5", "--limit", "1000000"], "--limit"),
     (["backprop-trace", "lenet5", "--sample", "10000"], "10000"),
 ])
 def test_values_beyond_the_dataset(argv, fragment, capsys, monkeypatch, tmp_path):
-    monkeypatch.setenv("CNNCLI_DATA", str(_real_data()))
+    monkeypatch.setenv("CNNCLI_DATA", str(DATA))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as e:
-        main(argv + ["--out", str(tmp_path / "run")] if argv[0] == "train" else argv)
-    out, err = capsys.readouterr()
-    assert e.value.code == 2 and fragment in err and "Traceback" not in out + err
+    code, out, err = run_main(argv + ["--out", str(tmp_path / "run")] if argv[0] == "train" else argv, capsys)
+    assert code == 2 and fragment in err and "Traceback" not in out + err
 
 
 # A path a command is to write, checked before any work (cnncli.atomic): (id, argv, the function the command
@@ -180,12 +163,7 @@ def test_output_paths_are_checked_before_any_work(argv, first, message, capsys, 
     (tmp_path / "folder").mkdir()
     names = {"missing": str(tmp_path / "nowhere"), "a_file": str(tmp_path / "occupied"),
              "folder": str(tmp_path / "folder")}
-    try:
-        main([a.format(**names) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
+    code, out, err = run_main([a.format(**names) for a in argv], capsys)
     assert code == 2 and message.format(**names) in err, err
     assert not started and "Traceback" not in out + err
     assert not (tmp_path / "nowhere").exists()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import needs_mnist, run_main
 from rich.console import Console
-from test_training import DATA
 
 from cnncli import cli
 from cnncli.commands import evaluation
@@ -33,15 +33,7 @@ layers:
 """
 
 
-needs_data = pytest.mark.skipif(DATA is None, reason="real MNIST files not available")
-
-
-@pytest.fixture(autouse=True)
-def env(monkeypatch, tmp_path_factory):
-    if DATA is not None:
-        monkeypatch.setenv("CNNCLI_DATA", str(DATA))
-    monkeypatch.setenv("CNNCLI_OFFLINE", "1")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
+pytestmark = pytest.mark.usefixtures("mnist_env")
 
 
 def tiny_model(folder: Path, filters: int = 4) -> str:
@@ -95,7 +87,7 @@ def test_top_k_and_worst_mistakes():
 
 # --------------------------------------------------------------------------- end to end
 
-@needs_data
+@needs_mnist
 def test_evaluate_a_checkpoint_and_show_it(tmp_path):
     model = tiny_model(tmp_path)
     ckpt = saved_weights(model, tmp_path / "w.npz")
@@ -118,7 +110,7 @@ def test_evaluate_a_checkpoint_and_show_it(tmp_path):
     assert "\x1b[" not in plain.getvalue() and "Most confident mistakes" in plain.getvalue()
 
 
-@needs_data
+@needs_mnist
 def test_json_format_through_the_cli(tmp_path, capsys):
     model = tiny_model(tmp_path)
     ckpt = saved_weights(model, tmp_path / "w.npz")
@@ -136,7 +128,7 @@ def test_json_format_through_the_cli(tmp_path, capsys):
     assert set(record["per_class"][0]) == {"class", "precision", "recall", "f1"}
 
 
-@needs_data
+@needs_mnist
 def test_checkpoint_that_does_not_fit_names_parameter_and_shapes(tmp_path, capsys):
     four, eight = tiny_model(tmp_path, 4), tiny_model(tmp_path, 8)
     ckpt = saved_weights(four, tmp_path / "four.npz")
@@ -181,8 +173,6 @@ def test_many_classes_are_scored_without_drawing_their_matrix():
 
 def test_weights_scored_on_another_dataset_than_they_were_trained_on_are_said_to_be(lenet_checkpoint, capsys):
     """Both have 10 classes, so nothing else would stop it: every number is then of the mismatch."""
-    from test_cli import run_main
-
     path, _ = lenet_checkpoint  # trained on MNIST, says its record
     code, out, err = run_main(["eval", "lenet5", "--weights", str(path), "--dataset", "fashion-mnist",
                                "--worst", "0", "--format", "json"], capsys)

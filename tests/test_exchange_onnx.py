@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 from exchange_cases import CASES
-from test_cli import run_main
+from helpers import run_main
 
 from cnncli.commands.summary import builtin_models
 from cnncli.engine.network import Network

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 from exchange_cases import CASES
-from test_cli import run_main
+from helpers import run_main
 
 from cnncli.engine.network import Network
 from cnncli.extras import install_hint

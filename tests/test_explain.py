@@ -16,11 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import DATA, blocks_checkpoint, mnist_checkpoint, needs_mnist, run_main
 from rich.cells import cell_len
 from rich.console import Console
-from test_cli import run_main
-from test_features import blocks_checkpoint
-from test_training import DATA
 
 from cnncli import data
 from cnncli.commands import explain
@@ -207,7 +205,7 @@ def test_the_class_is_a_name_or_an_index():
 
 # ----------------------------------------------------------------------------------------- the command
 
-@pytest.mark.skipif(DATA is None, reason="real MNIST files not available")
+@needs_mnist
 @pytest.mark.parametrize("method", list(explain.METHODS))
 def test_lenet5_on_a_test_image(method, lenet_checkpoint, capsys, monkeypatch):
     monkeypatch.setenv("CNNCLI_DATA", str(DATA))
@@ -235,13 +233,12 @@ def test_lenet5_on_a_test_image(method, lenet_checkpoint, capsys, monkeypatch):
 @pytest.fixture(scope="module")
 def resnet20(tmp_path_factory):
     """ResNet-20 of random weights (seed 2) that says it was trained on MNIST (28×28 padded to 32, grey in 3)."""
-    net = Network(graph.build(spec.load("resnet20")), "float32", seed=2)
     path = tmp_path_factory.mktemp("resnet20") / "resnet20.npz"
-    checkpoint.save(path, net.state_dict(), {}, {"config": {"dataset": "mnist", "dtype": "float32"}})
+    mnist_checkpoint("resnet20", path, seed=2)
     return path
 
 
-@pytest.mark.skipif(DATA is None, reason="real MNIST files not available")
+@needs_mnist
 @pytest.mark.parametrize("method,extra,size", [
     ("gradcam", [], [8, 8]), ("saliency", [], [32, 32]), ("occlusion", ["--patch", "8", "--stride", "8"], [4, 4])])
 def test_resnet20_on_a_test_image(method, extra, size, resnet20, capsys, monkeypatch):
@@ -333,9 +330,8 @@ def test_grad_cam_needs_a_spatial_layer(tiny, tmp_path, capsys):
     model = tmp_path / "flat.yaml"
     model.write_text("name: flat\ninput: [1, 28, 28]\nclasses: 10\ntrain: {dataset: mnist}\n"
                      "layers:\n  - flatten\n  - dense: {units: 10}\n")
-    net = Network(graph.build(spec.load(str(model))), "float32", seed=1)
     ckpt = tmp_path / "flat.npz"
-    checkpoint.save(ckpt, net.state_dict(), {}, {"config": {"dataset": "mnist", "dtype": "float32"}})
+    mnist_checkpoint(model, ckpt, seed=1)
     code, _, err = run_main(["explain", str(model), "--weights", str(ckpt), "--image", str(image)], capsys)
     assert code == 2 and "no layer whose output is a spatial map" in " ".join(err.split())
     code, out, err = run_main(["explain", str(model), "--weights", str(ckpt), "--image", str(image),

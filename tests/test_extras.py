@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import run_main
+from helpers import run_main
 
 from cnncli import data, extras
 from cnncli.commands import compare, training

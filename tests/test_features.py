@@ -8,79 +8,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import DATA, TINY_MAPS, blocks_checkpoint, mnist_checkpoint, needs_mnist, run_main
 from rich.console import Console
-from test_cli import run_main
-from test_training import DATA
 
 from cnncli import data
 from cnncli.commands import features
-from cnncli.engine.network import Network
 from cnncli.errors import UsageError
 from cnncli.model import graph, spec
-from cnncli.records import checkpoint
 from cnncli.render import features as render
 
 PIL = pytest.importorskip("PIL.Image")
-
-TINY = """
-name: tiny-maps
-input: [{c}, 28, 28]
-classes: 10
-train: {{dataset: mnist}}
-layers:
-  - conv: {{filters: 3, kernel: 5, padding: 2}}
-  - relu
-  - maxpool: {{kernel: 2}}
-  - conv: {{name: deep, filters: 4, kernel: 3}}
-  - relu
-  - flatten
-  - dense: {{units: 10}}
-"""
-
-#: A model of blocks: stage1 one block, stage2 a group of two (stage2.0, stage2.1), each ending in an add and a ReLU.
-BLOCKS = """
-name: tiny-blocks
-input: [1, 28, 28]
-classes: 10
-train: {dataset: mnist}
-blocks:
-  unit:
-    args: {filters: ~}
-    layers:
-      - conv: {name: conv1, filters: $filters, kernel: 3, padding: 1}
-      - relu
-      - conv: {name: conv2, filters: $filters, kernel: 3, padding: 1}
-      - add: {inputs: [in, conv2]}
-      - relu
-layers:
-  - conv: {name: stem, filters: 2, kernel: 3, stride: 2}
-  - unit: {name: stage1, filters: 2}
-  - maxpool: {kernel: 2}
-  - unit: {name: stage2, filters: 2, repeat: 2}
-  - flatten
-  - dense: {name: fc, units: 10}
-"""
-
-
-def blocks_checkpoint(folder: Path, dtype: str = "float32") -> tuple[Path, Path]:
-    """BLOCKS as a model file and a checkpoint of initial weights that says it was trained on MNIST."""
-    model = folder / "blocks.yaml"
-    model.write_text(BLOCKS)
-    net = Network(graph.build(spec.load(str(model))), dtype, seed=2)
-    ckpt = folder / "blocks.npz"
-    checkpoint.save(ckpt, net.state_dict(), {}, {"config": {"dataset": "mnist", "dtype": dtype}})
-    return model, ckpt
 
 
 @pytest.fixture
 def trained(tmp_path):
     """A model file and a checkpoint of random weights that says it was trained on MNIST."""
     model = tmp_path / "tiny.yaml"
-    model.write_text(TINY.format(c=1))
-    net = Network(graph.build(spec.load(str(model))), "float32", seed=4)
+    model.write_text(TINY_MAPS.format(c=1))
     ckpt = tmp_path / "tiny.npz"
-    checkpoint.save(ckpt, net.state_dict(), {}, {"config": {"dataset": "mnist", "dtype": "float32"}})
-    return model, ckpt, net
+    return model, ckpt, mnist_checkpoint(model, ckpt, seed=4)
 
 
 @pytest.fixture
@@ -134,10 +80,9 @@ def test_each_map_is_scaled_from_its_min_to_its_max():
 
 def test_a_colour_networks_filters_are_colour_pictures(tmp_path, digit):
     model = tmp_path / "colour.yaml"
-    model.write_text(TINY.format(c=3))
-    net = Network(graph.build(spec.load(str(model))), "float32", seed=1)
+    model.write_text(TINY_MAPS.format(c=3))
     ckpt = tmp_path / "c.npz"
-    checkpoint.save(ckpt, net.state_dict(), {}, {"config": {"dataset": "mnist", "dtype": "float32"}})
+    mnist_checkpoint(model, ckpt, seed=1)
     result = features.features(str(model), ckpt, image=digit[0], layers=["deep"], max_maps=2)
     assert result.filters.pictures.shape == (3, 3, 5, 5)
     assert [m.name for m in result.layers] == ["deep"] and result.layers[0].pictures.shape == (2, 12, 12)
@@ -179,7 +124,7 @@ def test_json_and_file(trained, digit, tmp_path, capsys):
         assert image.width > 300
 
 
-@pytest.mark.skipif(DATA is None, reason="real MNIST files not available")
+@needs_mnist
 def test_a_test_image_of_the_dataset(trained, capsys, monkeypatch):
     monkeypatch.setenv("CNNCLI_DATA", str(DATA))
     model, ckpt, _ = trained

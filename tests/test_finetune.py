@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import colour_folder, run_main
 
-from cnncli.cli import main
 from cnncli.commands import compare, training
 from cnncli.engine import losses, processes
 from cnncli.engine.network import Network
@@ -49,14 +49,10 @@ layers:
 COLOURS = {"blue": (0, 0, 255), "green": (0, 200, 0), "red": (230, 0, 0), "yellow": (230, 230, 0)}
 
 
-def _folder(root, names, per_class=12):
-    rng = np.random.default_rng(len(names))
-    for name in names:
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = np.array(COLOURS[name])[None, None, :] + rng.integers(-40, 41, (10, 10, 3))
-            PIL.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB").save(root / name / f"{i}.png")
-    return root
+def _folder(root, names):
+    """12 noisy 10×10 pictures of each named colour."""
+    return colour_folder(root, {name: COLOURS[name] for name in names}, per_class=12, size=(10, 10), noise=40,
+                         seed=len(names))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -76,16 +72,6 @@ def files(tmp_path_factory):
     model.write_text(SMALL)
     return str(model), _folder(root / "three", ["blue", "green", "red"]), \
         _folder(root / "four", ["blue", "green", "red", "yellow"])
-
-
-def cli(args, capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def train(model, folder, out, **options) -> training.RunResult:
@@ -138,15 +124,15 @@ def test_a_model_whose_output_is_no_dense_layer_still_refuses_other_classes(file
     model = tmp_path / "convout.yaml"
     model.write_text("input: [3, 8, 8]\ntrain: {dataset: image-folder}\nlayers:\n  - conv: {filters: 10, kernel: 3}\n"
                      "  - global_avgpool\n")
-    code, _, err = cli(["train", str(model), "--data-dir", str(folder3), "--out", str(tmp_path / "r")], capsys)
+    code, _, err = run_main(["train", str(model), "--data-dir", str(folder3), "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and "outputs 10, but image folder three has 3 classes" in err
 
 
 def test_resnet20_trains_on_a_3_class_folder_as_named_and_every_command_loads_the_result(files, tmp_path, capsys):
     _, folder3, _ = files
     run = tmp_path / "run"
-    code, out, err = cli(["train", "resnet20", "--dataset", "image-folder", "--data-dir", str(folder3),
-                          "--epochs", "1", "--batch-size", "8", "--out", str(run)], capsys)
+    code, out, err = run_main(["train", "resnet20", "--dataset", "image-folder", "--data-dir", str(folder3),
+                               "--epochs", "1", "--batch-size", "8", "--out", str(run)], capsys)
     assert code == 0, err
     assert "head: fc: 10 → 3 units for the 3 classes of image folder three" in out
     saved = checkpoint.load(run / "best.npz")
@@ -157,23 +143,23 @@ def test_resnet20_trains_on_a_3_class_folder_as_named_and_every_command_loads_th
     assert saved.meta[checkpoint.NETWORK] == sized.fingerprint() != spec.load("resnet20").fingerprint()
 
     weights_ = ["--weights", str(run / "best.npz")]
-    code, out, err = cli(["eval", "resnet20", *weights_, "--format", "json"], capsys)
+    code, out, err = run_main(["eval", "resnet20", *weights_, "--format", "json"], capsys)
     assert code == 0, err
     assert len(yaml.safe_load(out)["per_class"]) == 3
-    code, out, err = cli(["predict", "resnet20", *weights_, str(folder3 / "red" / "0.png"), "--format", "json"],
-                         capsys)
+    code, out, err = run_main(["predict", "resnet20", *weights_, str(folder3 / "red" / "0.png"), "--format", "json"],
+                              capsys)
     assert code == 0, err
     assert len(yaml.safe_load(out)["predictions"][0]["top"]) == 3
-    code, out, err = cli(["features", "resnet20", *weights_, "--sample", "0", "--layer", "conv1", "--max-maps", "1",
-                          "--format", "json"], capsys)
+    code, out, err = run_main(["features", "resnet20", *weights_, "--sample", "0", "--layer", "conv1",
+                               "--max-maps", "1", "--format", "json"], capsys)
     assert code == 0, err
     if importlib.util.find_spec("torch") is not None:  # the torch extra
-        code, out, err = cli(["export", "resnet20", *weights_, "--to", "torch", "-o", str(tmp_path / "model.py")],
-                             capsys)
+        code, out, err = run_main(["export", "resnet20", *weights_, "--to", "torch", "-o",
+                                   str(tmp_path / "model.py")], capsys)
         assert code == 0, err
         assert "outputs [batch, 3]" in out and (tmp_path / "model.pt").is_file()
     # On data of other classes the weights are refused, naming both counts.
-    code, _, err = cli(["eval", "resnet20", *weights_, "--dataset", "cifar10"], capsys)
+    code, _, err = run_main(["eval", "resnet20", *weights_, "--dataset", "cifar10"], capsys)
     assert code == 2 and "was trained for 3 classes, but CIFAR-10 has 10" in err
 
 
@@ -212,38 +198,38 @@ def test_a_state_dict_of_a_sized_run_is_sized_by_its_head_weight_and_commands_sa
     head weight (4 inputs × 4 units) sizes the model file's 10-unit head, and every command names that."""
     torch = pytest.importorskip("torch")
     model, _, folder4 = files
-    code, _, err = cli(["export", model, "--weights", str(four.best_path), "--to", "torch", "-o",
-                        str(tmp_path / "m.py")], capsys)
+    code, _, err = run_main(["export", model, "--weights", str(four.best_path), "--to", "torch", "-o",
+                             str(tmp_path / "m.py")], capsys)
     assert code == 0, err
     pt, data, image = tmp_path / "m.pt", ["--data-dir", str(folder4)], str(folder4 / "red" / "0.png")
     named = "head: fc: 10 → 4 units, from the weights file (it records no classes)"
-    code, out, err = cli(["eval", model, "--weights", str(pt), *data, "--format", "json"], capsys)
+    code, out, err = run_main(["eval", model, "--weights", str(pt), *data, "--format", "json"], capsys)
     assert code == 0, err
     record = json.loads(out)
     assert record["head"] == [{"layer": "fc", "model_file_units": 10, "units": 4}]
-    run = json.loads(cli(["eval", model, "--weights", str(four.best_path), "--format", "json"], capsys)[1])
+    run = json.loads(run_main(["eval", model, "--weights", str(four.best_path), "--format", "json"], capsys)[1])
     assert run["head"] == []  # the run's checkpoint records its classes: nothing was inferred
     assert (record["accuracy"], record["confusion"]) == (run["accuracy"], run["confusion"])  # the same weights
     for command in (["eval", *data], ["predict", *data, image], ["explain", *data, "--image", image, "--method",
                                                                  "saliency"]):
-        code, out, err = cli([command[0], model, "--weights", str(pt), *command[1:]], capsys)
+        code, out, err = run_main([command[0], model, "--weights", str(pt), *command[1:]], capsys)
         assert code == 0 and named in out, (command[0], err)
-    code, out, err = cli(["predict", model, "--weights", str(pt), *data, image, "--format", "json"], capsys)
+    code, out, err = run_main(["predict", model, "--weights", str(pt), *data, image, "--format", "json"], capsys)
     assert code == 0 and len(json.loads(out)["predictions"][0]["top"]) == 3  # top-3 of the folder's 4 classes
-    code, out, err = cli(["export", model, "--weights", str(pt), "--to", "torch", "-o", str(tmp_path / "n.py")],
-                         capsys)
+    code, out, err = run_main(["export", model, "--weights", str(pt), "--to", "torch", "-o", str(tmp_path / "n.py")],
+                              capsys)
     assert code == 0 and named in out and "outputs [batch, 4]" in out, err  # no data needed
     # Data of other classes, or none, is refused, saying what the file holds and what to give.
-    code, _, err = cli(["eval", model, "--weights", str(pt), "--dataset", "cifar10"], capsys)
+    code, _, err = run_main(["eval", model, "--weights", str(pt), "--dataset", "cifar10"], capsys)
     assert code == 2 and (f"{pt} records no classes, and its head (fc) has 4 units, so it was trained for 4 classes, "
                           "but CIFAR-10 has 10: give the dataset it was trained on") in err
-    code, _, err = cli(["predict", model, "--weights", str(pt), image], capsys)
+    code, _, err = run_main(["predict", model, "--weights", str(pt), image], capsys)
     assert code == 2 and "records no classes or image statistics" in err and "--data-dir DIR" in err
     # A head weight of another number of inputs fits no number of classes.
     state = torch.load(pt, weights_only=True)
     state["fc.weight"] = torch.zeros(4, 5)  # PyTorch's (units, inputs): 5 inputs where fc takes 4
     torch.save(state, tmp_path / "bad.pt")
-    code, _, err = cli(["eval", model, "--weights", str(tmp_path / "bad.pt"), *data], capsys)
+    code, _, err = run_main(["eval", model, "--weights", str(tmp_path / "bad.pt"), *data], capsys)
     assert code == 2 and "Traceback" not in err
     assert (f"{tmp_path / 'bad.pt'}: its head weight 'fc.weight' has shape 5×4 (inputs × units), which fits no "
             "number of classes: fc takes 4 inputs in this model, so its weight is 4×N for N classes") in err
@@ -267,8 +253,8 @@ def test_the_units_held_are_read_from_every_head_the_weights_hold():
 def test_fine_tune_from_weights_with_another_head_replaces_it_and_loads_the_rest(files, four, tmp_path, capsys):
     model, folder3, _ = files
     run = tmp_path / "ft"
-    code, out, err = cli(["train", model, "--data-dir", str(folder3), "--weights", str(four.best_path),
-                          "--freeze", "backbone", "--out", str(run)], capsys)
+    code, out, err = run_main(["train", model, "--data-dir", str(folder3), "--weights", str(four.best_path),
+                               "--freeze", "backbone", "--out", str(run)], capsys)
     assert code == 0, err
     assert "head: fc: 10 → 3 units for the 3 classes of image folder three" in out
     assert f"weights: {four.best_path} (fine-tuning: a new run from epoch 0" in out
@@ -283,8 +269,8 @@ def test_fine_tune_from_weights_with_another_head_replaces_it_and_loads_the_rest
         np.testing.assert_array_equal(end.state[key], start[key], err_msg=key)  # loaded, then frozen
     assert end.state["fc.weight"].shape == (4, 3)
     # Without --freeze everything learns from the loaded weights.
-    code, out, err = cli(["train", model, "--data-dir", str(folder3), "--weights", str(four.best_path),
-                          "--out", str(tmp_path / "all")], capsys)
+    code, out, err = run_main(["train", model, "--data-dir", str(folder3), "--weights", str(four.best_path),
+                               "--out", str(tmp_path / "all")], capsys)
     assert code == 0, err
     assert not np.array_equal(weights(tmp_path / "all" / "last.npz")["conv1.weight"], start["conv1.weight"])
 
@@ -312,15 +298,16 @@ def test_auxiliary_heads_are_sized_too_and_heads_the_weights_lack_start_fresh(fi
     backbone = Network(build(spec.parse(AUX), aux=False), "float32", seed=5).state_dict()
     backbone = {k: v for k, v in backbone.items() if not k.startswith("fc.")}
     checkpoint.save(tmp_path / "backbone.npz", backbone, {}, {})
-    code, out, err = cli(["train", str(model), "--data-dir", str(folder3), "--weights", str(tmp_path / "backbone.npz"),
-                          "--freeze", "relu1", "--out", str(tmp_path / "run")], capsys)
+    code, out, err = run_main(["train", str(model), "--data-dir", str(folder3), "--weights",
+                               str(tmp_path / "backbone.npz"), "--freeze", "relu1", "--out", str(tmp_path / "run")],
+                              capsys)
     assert code == 0, err
     assert "head: fc, auxfc: 10 → 3 units for the 3 classes of image folder three" in out
     assert "fc, auxfc not in them: fresh" in out
     end = weights(tmp_path / "run" / "last.npz")
     assert end["auxfc.weight"].shape == (4, 3) and end["fc.weight"].shape == (4, 3)
     np.testing.assert_array_equal(end["conv1.weight"], backbone["conv1.weight"])  # loaded (and frozen)
-    code, out, err = cli(["eval", str(model), "--weights", str(tmp_path / "run" / "last.npz")], capsys)
+    code, out, err = run_main(["eval", str(model), "--weights", str(tmp_path / "run" / "last.npz")], capsys)
     assert code == 0, err
 
 
@@ -385,20 +372,20 @@ def test_resuming_a_frozen_fine_tune_equals_the_uninterrupted_run(files, four, t
 
 def test_an_unknown_layer_to_freeze_and_weights_that_do_not_fit_exit_2(files, four, tmp_path, capsys):
     model, folder3, _ = files
-    code, _, err = cli(["train", model, "--data-dir", str(folder3), "--freeze", "conv3", "--out",
-                        str(tmp_path / "a")], capsys)
+    code, _, err = run_main(["train", model, "--data-dir", str(folder3), "--freeze", "conv3", "--out",
+                             str(tmp_path / "a")], capsys)
     assert code == 2 and "--freeze conv3: model 'small' has no layer or block of that name" in err
     assert "did you mean 'conv2', 'conv1'?" in err
     assert not (tmp_path / "a").exists()
-    code, _, err = cli(["train", model, "--data-dir", str(folder3), "--freeze", "fc", "--out", str(tmp_path / "b")],
-                       capsys)
+    code, _, err = run_main(["train", model, "--data-dir", str(folder3), "--freeze", "fc", "--out",
+                             str(tmp_path / "b")], capsys)
     assert code == 2 and "nothing would train" in err
     # Weights alone (no model recorded, so no model check) of a wider second convolution.
     wide = spec.parse(SMALL.replace("name: conv2, filters: 4", "name: conv2, filters: 6"))
     net = Network(build(wide), "float32")
     checkpoint.save(tmp_path / "wide.npz", net.state_dict(), {}, {})
-    code, _, err = cli(["train", model, "--data-dir", str(folder3), "--weights", str(tmp_path / "wide.npz"),
-                        "--out", str(tmp_path / "c")], capsys)
+    code, _, err = run_main(["train", model, "--data-dir", str(folder3), "--weights", str(tmp_path / "wide.npz"),
+                             "--out", str(tmp_path / "c")], capsys)
     assert code == 2 and "'conv2.weight' has shape 6×4×3×3 but the model needs 4×4×3×3" in err
 
 

@@ -1,7 +1,7 @@
 """``cnncli plot``: run folders read back, terminal charts (golden), files read back, JSON, user mistakes.
 
-The run folders here are written with the run-folder writers (cnncli.records.runs) from
-numbers the tests choose, so that every chart is reproducible; that training
+The run folders here are written with the run-folder writers (cnncli.records.runs, through
+helpers.make_run) from numbers the tests choose, so that every chart is reproducible; that training
 writes true numbers into them is tested in test_training.py.
 """
 
@@ -15,40 +15,14 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-import yaml
+from helpers import RUN_LAYERS, make_run, run_main
 from rich.console import Console
-from test_cli import run_main
 
 from cnncli.errors import UsageError
 from cnncli.extras import install_hint
 from cnncli.records import history, runs
 from cnncli.render import charts
 from cnncli.render import plot as render
-
-LAYERS = [("conv1", "conv"), ("bn1", "batchnorm"), ("conv2", "conv"), ("fc", "dense")]
-
-
-def make_run(folder: Path, epochs: int, planned: int, *, val: bool = True, complete: bool = True,
-             gradients: bool = True, rate: float = 0.5) -> Path:
-    """A run folder with smooth made-up curves: loss 2.3·e^(−rate·epoch), accuracy rising toward 1."""
-    folder.mkdir(parents=True)
-    config = {"model": "tiny", "name": "tiny", "dataset": "mnist", "epochs": planned, "lr": 0.1}
-    (folder / runs.CONFIG).write_text(yaml.safe_dump(config))
-    rows = []
-    for e in range(1, epochs + 1):
-        loss = 2.3 * math.exp(-rate * e)
-        rows.append({"epoch": e, "train_loss": loss, "train_acc": 1 - 0.9 * math.exp(-rate * e),
-                     "val_loss": loss * 1.1 if val else None, "val_acc": 1 - math.exp(-rate * e) if val else None,
-                     "lr": 0.1, "images_per_s": 1000.0, "seconds": 10.0})
-    (folder / runs.METRICS).write_text(runs.metrics_csv(rows))
-    if gradients:
-        grads = [{"epoch": e, "layer": name, "kind": kind, "grad_norm": 10.0 ** (-3 + i - 0.1 * e),
-                  "update_ratio": 10.0 ** (-4 + 0.5 * i), "weight_norm": 1.0 + i}
-                 for e in range(1, epochs + 1) for i, (name, kind) in enumerate(LAYERS)]
-        (folder / runs.GRADIENTS).write_text(runs.gradients_csv(grads))
-    if complete:
-        (folder / runs.TEST).write_text('{"loss": 0.1, "accuracy": 0.97, "n": 10000}\n')
-    return folder
 
 
 @pytest.fixture
@@ -71,7 +45,7 @@ def test_a_run_folder_reads_back_what_training_wrote(two_runs):
     assert fast.complete and fast.epochs_planned == 6 and fast.model == "tiny"
     assert [r["epoch"] for r in fast.metrics] == [1, 2, 3, 4, 5, 6]
     assert fast.metrics[0]["train_loss"] == pytest.approx(2.3 * math.exp(-0.6), rel=1e-5)  # six digits kept
-    assert len(fast.gradients) == 6 * len(LAYERS) and fast.gradients[1]["kind"] == "batchnorm"
+    assert len(fast.gradients) == 6 * len(RUN_LAYERS) and fast.gradients[1]["kind"] == "batchnorm"
     assert runs.load(two_runs[0] / "metrics.csv").path == two_runs[0]  # a file inside the folder names it
 
 
@@ -87,7 +61,7 @@ def test_gradient_map_shows_weight_layers_unless_all_are_asked_for(two_runs):
     assert default.layers == ["conv1", "conv2", "fc"] and default.epochs == [1, 2, 3, 4, 5, 6]
     assert default.values[0][0] == pytest.approx(10.0 ** -3.1, rel=1e-5)
     every = history.gradient_map(two_runs[0], "update_ratio", all_layers=True)
-    assert every.layers == [name for name, _ in LAYERS]
+    assert every.layers == [name for name, _ in RUN_LAYERS]
     assert every.values[1][0] == pytest.approx(10.0 ** -3.5, rel=1e-5)
 
 

@@ -8,18 +8,13 @@ import sys
 
 import numpy as np
 import pytest
-from test_cli import run_main
-from test_training import DATA
+from helpers import DATA, mnist_checkpoint, run_main
 
 from cnncli import data
-from cnncli.cli import main
 from cnncli.commands import predict
 from cnncli.data.source import Source, open_source
-from cnncli.engine.network import Network
 from cnncli.errors import UsageError
 from cnncli.extras import install_hint
-from cnncli.model import graph, spec
-from cnncli.records import checkpoint
 
 PIL = pytest.importorskip("PIL.Image")
 
@@ -41,10 +36,8 @@ def trained(tmp_path):
     """A model file and a checkpoint of random weights that says it was trained on MNIST."""
     model = tmp_path / "tiny.yaml"
     model.write_text(TINY)
-    net = Network(graph.build(spec.load(str(model))), "float32", seed=4)
     ckpt = tmp_path / "tiny.npz"
-    checkpoint.save(ckpt, net.state_dict(), {}, {"config": {"dataset": "mnist", "dtype": "float32"}})
-    return model, ckpt, net
+    return model, ckpt, mnist_checkpoint(model, ckpt, seed=4)
 
 
 def _png(path, array, mode):
@@ -96,28 +89,25 @@ def test_folders_contribute_their_images_in_name_order(trained, tmp_path):
     assert [p.path.name for p in result.predictions] == ["a.jpg", "b.png"]
 
 
-def _cli(args) -> int:
-    try:
-        main(args)
-    except SystemExit as e:
-        return e.code or 0
-    return 0
-
-
 def test_the_cli_prints_json_and_refuses_what_is_not_an_image(trained, tmp_path, capsys):
     model, ckpt, _ = trained
     f = _png(tmp_path / "d.png", np.zeros((28, 28), np.uint8), "L")
-    assert _cli(["predict", str(model), str(f), "--checkpoint", str(ckpt), "--format", "json", "--top-k", "2"]) == 0
-    record = json.loads(capsys.readouterr().out)
+    code, out, _ = run_main(["predict", str(model), str(f), "--checkpoint", str(ckpt), "--format", "json",
+                             "--top-k", "2"], capsys)
+    assert code == 0
+    record = json.loads(out)
     assert record["dataset"] == "mnist" and len(record["predictions"][0]["top"]) == 2
-    assert _cli(["predict", str(model), str(f), "--checkpoint", str(ckpt)]) == 0
-    assert "d.png" in capsys.readouterr().out
+    code, out, _ = run_main(["predict", str(model), str(f), "--checkpoint", str(ckpt)], capsys)
+    assert code == 0
+    assert "d.png" in out
     bad = tmp_path / "bad.png"
     bad.write_text("not a png")
-    assert _cli(["predict", str(model), str(bad), "--checkpoint", str(ckpt)]) == 2
-    assert "cannot read" in capsys.readouterr().err
-    assert _cli(["predict", str(model), str(tmp_path / "none.png"), "--checkpoint", str(ckpt)]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    code, _, err = run_main(["predict", str(model), str(bad), "--checkpoint", str(ckpt)], capsys)
+    assert code == 2
+    assert "cannot read" in err
+    code, _, err = run_main(["predict", str(model), str(tmp_path / "none.png"), "--checkpoint", str(ckpt)], capsys)
+    assert code == 2
+    assert "does not exist" in err
 
 
 def test_without_pillow_the_message_names_the_extra(monkeypatch, tmp_path):

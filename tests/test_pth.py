@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
-from test_cli import run_main
+from helpers import run_main
 
 from cnncli.errors import CheckpointError
 from cnncli.exchange import pth

@@ -11,16 +11,13 @@ against ``tests/data/torchvision_keys.txt``, the key list of torchvision's own n
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import math
-import threading
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import run_main
+from helpers import IMAGENET_MEAN, IMAGENET_STD, run_main, torchvision_layouts
 
 from cnncli import dataset_names
 from cnncli.data import class_lists, folder
@@ -31,11 +28,6 @@ from cnncli.model import graph, spec
 from cnncli.records import checkpoint, published, trained
 
 PIL = pytest.importorskip("PIL.Image")
-
-KEYS = Path(__file__).resolve().parent / "data" / "torchvision_keys.txt"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 # --------------------------------------------------------------------------- the class list
 
@@ -68,17 +60,7 @@ def test_folder_names_match_by_id_name_or_loose_name():
 # --------------------------------------------------------------------------- the built-in models
 
 
-def _torchvision_layouts() -> dict[str, dict[str, tuple[int, ...]]]:
-    layouts: dict[str, dict[str, tuple[int, ...]]] = defaultdict(dict)
-    for line in KEYS.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#"):
-            continue
-        model, key, shape = line.split("\t")
-        layouts[model][key] = tuple(int(d) for d in shape.split("x")) if shape else ()
-    return layouts
-
-
-LAYOUTS = _torchvision_layouts()
+LAYOUTS = torchvision_layouts()
 
 
 @pytest.mark.parametrize("model", ["alexnet", "vgg16", "resnet18", "resnet34", "resnet50", "googlenet"])
@@ -212,38 +194,6 @@ def test_source_record_keeps_the_resize_rule():
 # --------------------------------------------------------------------------- files, downloads, commands
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802
-        self.server.hits.append(self.path)
-        body = self.server.routes.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server():
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.daemon_threads = True
-    srv.routes, srv.hits = {}, []
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
-    try:
-        yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join(5)
-
-
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     """A private cache, no folder of weights, no mirrors override, downloads allowed, no proxy."""
@@ -301,7 +251,7 @@ def _network(state: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
 def test_downloaded_weights_predict_as_the_network_computes_by_hand(tmp_path, server, tiny_file, tiny_state,
                                                                     capsys, monkeypatch):
     name, body = tiny_file
-    server.routes[f"/models/{name}"] = body
+    server.routes[f"/models/{name}"] = ("ok", body)
     model = _model(tmp_path, f"{server.url}/models/{name}")
     photo = _photo(tmp_path / "photo.png", (37, 23), seed=3)
     code, out, err = run_main(["predict", str(model), str(photo), "--weights", "imagenet", "--format", "json"],
@@ -330,7 +280,7 @@ def test_downloaded_weights_predict_as_the_network_computes_by_hand(tmp_path, se
 def test_a_file_whose_hash_does_not_match_its_name_is_refused_and_not_kept(tmp_path, server, tiny_file, capsys):
     name, body = tiny_file
     wrong = "tiny-0123456789.pth"
-    server.routes[f"/models/{wrong}"] = body
+    server.routes[f"/models/{wrong}"] = ("ok", body)
     model = _model(tmp_path, f"{server.url}/models/{wrong}")
     code, _, err = run_main(["predict", str(model), str(_photo(tmp_path / "p.png", (20, 20))), "--weights",
                              "imagenet"], capsys)
@@ -362,7 +312,7 @@ def test_a_folder_of_weights_and_the_mirrors_override(tmp_path, server, tiny_fil
     monkeypatch.setenv("CNNCLI_WEIGHTS", str(mine))
     assert run_main(["predict", str(model), photo, "--weights", "imagenet"], capsys)[0] == 0
     monkeypatch.delenv("CNNCLI_WEIGHTS")
-    server.routes[f"/elsewhere/weights/{name}"] = body
+    server.routes[f"/elsewhere/weights/{name}"] = ("ok", body)
     monkeypatch.setenv("CNNCLI_MIRRORS", f"{server.url}/elsewhere/{{dataset}}/")
     code, _, err = run_main(["predict", str(model), photo, "--weights", "imagenet"], capsys)
     assert code == 0, err
@@ -394,7 +344,7 @@ def test_a_model_without_published_weights_names_those_that_have_them(capsys, tm
 def test_eval_scores_a_folder_of_imagenet_classes_with_the_weights_preparation(tmp_path, server, tiny_file,
                                                                              tiny_state, capsys):
     name, body = tiny_file
-    server.routes[f"/models/{name}"] = body
+    server.routes[f"/models/{name}"] = ("ok", body)
     model = _model(tmp_path, f"{server.url}/models/{name}")
     root = tmp_path / "photos"
     layout = {"n02099601": 207, "tench": 0, "Great_White_Shark": 2}
@@ -422,7 +372,7 @@ def test_eval_scores_a_folder_of_imagenet_classes_with_the_weights_preparation(t
 
 def test_imagenet_is_no_dataset_to_load(tmp_path, server, tiny_file, capsys):
     name, body = tiny_file
-    server.routes[f"/models/{name}"] = body
+    server.routes[f"/models/{name}"] = ("ok", body)
     code, _, err = run_main(["eval", str(_model(tmp_path, f"{server.url}/models/{name}")), "--weights",
                              "imagenet"], capsys)
     assert code == 2 and "ImageNet is not a dataset cnncli loads" in err and "--dataset image-folder" in err
@@ -433,7 +383,7 @@ def test_backprop_trace_of_imagenet_weights_is_offered_an_input_array(tmp_path, 
     """--sample takes a test image of a dataset, which ImageNet weights do not have: the message offers the input
     backprop-trace reads instead, an array as the network takes it, and that works."""
     name, body = tiny_file
-    server.routes[f"/models/{name}"] = body
+    server.routes[f"/models/{name}"] = ("ok", body)
     model = _model(tmp_path, f"{server.url}/models/{name}")
     code, _, err = run_main(["backprop-trace", str(model), "--weights", "imagenet", "--sample", "3"], capsys)
     text = " ".join(err.split())
@@ -479,7 +429,7 @@ def test_a_photo_is_drawn_shrunk_beside_its_classes():
 
 def test_explain_reads_published_weights_and_their_preparation(tmp_path, server, tiny_file, tiny_state, capsys):
     name, body = tiny_file
-    server.routes[f"/models/{name}"] = body
+    server.routes[f"/models/{name}"] = ("ok", body)
     model = _model(tmp_path, f"{server.url}/models/{name}")
     photo = _photo(tmp_path / "photo.png", (37, 23), seed=3)
     code, out, err = run_main(["explain", str(model), "--weights", "imagenet", "--image", str(photo),
@@ -499,7 +449,7 @@ def test_fine_tuning_published_weights_prepares_the_folder_as_the_weights_expect
     from cnncli.commands import training
 
     name, body = tiny_file
-    server.routes[f"/models/{name}"] = body
+    server.routes[f"/models/{name}"] = ("ok", body)
     model = _model(tmp_path, f"{server.url}/models/{name}")
     for c, colour in enumerate(("red", "blue")):
         (tmp_path / "shapes" / colour).mkdir(parents=True)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_published import IMAGENET_MEAN, IMAGENET_STD, LAYOUTS
+from helpers import IMAGENET_MEAN, IMAGENET_STD, torchvision_layouts
 
 from cnncli.engine import losses
 from cnncli.exchange import torch_module
@@ -46,6 +46,8 @@ from cnncli.records import published, trained
 
 torch = pytest.importorskip("torch")
 import torchvision_nets  # noqa: E402  (after the skip: it needs torch)
+
+LAYOUTS = torchvision_layouts()
 
 BATCH = 2
 #: Each logit's largest difference between two computations, as a share of the largest logit (see above).

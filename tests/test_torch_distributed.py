@@ -11,8 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_cli import run_main
-from test_training import DATA
+from helpers import DATA, needs_mnist, run_main, weights
 
 from cnncli.commands import training
 from cnncli.errors import UsageError
@@ -21,7 +20,7 @@ from cnncli.records import checkpoint
 torch = pytest.importorskip("torch")
 from cnncli.exchange import torch_distributed  # noqa: E402  (after the skip: it needs the extra)
 
-pytestmark = pytest.mark.skipif(DATA is None, reason="real MNIST files not available")
+pytestmark = needs_mnist
 
 # 540 training images in batches of 49: the last batch holds one image, so one process gets none.
 COMMON = {"epochs": 2, "batch_size": 49}
@@ -35,12 +34,8 @@ def env(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-def _weights(path):
-    return checkpoint.load(path).weights()
-
-
 def _close(a, b):
-    wa, wb = _weights(a), _weights(b)
+    wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys()
     for key in wa:
         np.testing.assert_allclose(wa[key], wb[key], rtol=2e-4, atol=2e-6, err_msg=key)

@@ -6,8 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_cli import run_main
-from test_training import DATA, SignalAt, assert_same_weights
+from helpers import DATA, SignalAt, assert_same_weights, needs_mnist, run_main
 
 from cnncli.commands import evaluation, training
 from cnncli.engine import losses, optim
@@ -69,7 +68,7 @@ def test_one_step_equals_the_numba_engines(model, tmp_path):
     numba.close()
 
 
-@pytest.mark.skipif(DATA is None, reason="real MNIST files not available")
+@needs_mnist
 def test_a_torch_run_is_an_ordinary_run(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CNNCLI_DATA", str(DATA))
     common = {"epochs": 2, "batch_size": 50}

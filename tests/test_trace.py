@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_main
 from rich.console import Console
 
 from cnncli import cli
@@ -78,12 +79,6 @@ def _render(result, width: int = 100) -> str:
 
 def _csv(a: np.ndarray) -> str:
     return ",".join(repr(float(v)) for v in a.ravel())
-
-
-def _exit(argv: list[str], capsys) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as e:
-        cli.main(argv)
-    return e.value.code, capsys.readouterr().err
 
 
 # ------------------------------------------------------------------- the worked example
@@ -445,23 +440,23 @@ def test_network_trace_rows_run_from_the_output_to_the_input(tmp_path):
     (["no-such-model"], "slide-conv"),
 ])
 def test_bad_values_are_user_errors(argv, message, capsys):
-    code, err = _exit(["backprop-trace", *argv], capsys)
+    code, _, err = run_main(["backprop-trace", *argv], capsys)
     assert code == 2 and message in err and "Traceback" not in err
 
 
 def test_bad_input_arrays_and_checkpoints_are_user_errors(tmp_path, capsys):
     model, _ = _small_cnn(tmp_path)
     np.save(tmp_path / "wrong.npy", np.zeros((3, 6, 6)))
-    code, err = _exit(["backprop-trace", model, "--input", str(tmp_path / "wrong.npy")], capsys)
+    code, _, err = run_main(["backprop-trace", model, "--input", str(tmp_path / "wrong.npy")], capsys)
     assert code == 2 and "3×6×6" in err and "2×6×6" in err
     (tmp_path / "junk.npy").write_bytes(b"not an array")
-    code, err = _exit(["backprop-trace", model, "--input", str(tmp_path / "junk.npy")], capsys)
+    code, _, err = run_main(["backprop-trace", model, "--input", str(tmp_path / "junk.npy")], capsys)
     assert code == 2 and "not a .npy array file: it is a text file" in err
     net = Network(graph.build(spec.load("slide-mlp")), dtype="float64")
     state = net.state_dict()
     state["h2.weight"] = np.zeros((3, 4))
     np.savez(tmp_path / "other.npz", **state)
-    code, err = _exit(["backprop-trace", "--weights", str(tmp_path / "other.npz")], capsys)
+    code, _, err = run_main(["backprop-trace", "--weights", str(tmp_path / "other.npz")], capsys)
     assert code == 2 and "h2.weight" in err
     with pytest.raises(CheckpointError):
         trace.run(weights=tmp_path / "missing.npz")
@@ -473,11 +468,11 @@ def test_a_sample_out_of_range_is_a_user_error(monkeypatch, capsys):
     from cnncli import data
 
     monkeypatch.setattr(data, "load", lambda *a, **k: (np.zeros((4, 1, 28, 28), np.uint8), np.arange(4)))
-    code, err = _exit(["backprop-trace", "lenet5", "--sample", "4"], capsys)
+    code, _, err = run_main(["backprop-trace", "lenet5", "--sample", "4"], capsys)
     assert code == 2 and "out of range" in err and "0..3" in err
     t = trace.run("lenet5", sample=2)
     assert t.target == "class 2" and "test image 2" in t.input_source
-    code, err = _exit(["backprop-trace", "slide-mlp", "--sample", "0"], capsys)
+    code, _, err = run_main(["backprop-trace", "slide-mlp", "--sample", "0"], capsys)
     assert code == 2 and "no dataset" in err
 
 

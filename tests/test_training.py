@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import SignalAt, assert_same_weights, needs_mnist, run_main, weights
 from rich.console import Console
 
 from cnncli import cli
@@ -33,8 +34,6 @@ from cnncli.engine.rules import MIN_PART
 from cnncli.errors import CheckpointError, TrainingStopped, UsageError
 from cnncli.model import graph, spec
 from cnncli.records import checkpoint, runs, schedule
-
-REPO = Path(__file__).resolve().parents[1]
 
 TINY = """\
 name: tiny
@@ -51,24 +50,7 @@ layers:
 """
 
 
-def _datasets_root() -> Path | None:
-    for c in (os.environ.get("CNNCLI_DATA"), str(REPO.parent / "shared" / "datasets")):
-        if c and (Path(c) / "mnist").is_dir():
-            return Path(c)
-    return None
-
-
-DATA = _datasets_root()
-pytestmark = pytest.mark.skipif(DATA is None, reason="real MNIST files not available")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def env(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CNNCLI_DATA", str(DATA))
-        mp.setenv("CNNCLI_OFFLINE", "1")
-        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
-        yield
+pytestmark = [needs_mnist, pytest.mark.usefixtures("mnist_env")]
 
 
 @pytest.fixture(scope="module")
@@ -89,17 +71,6 @@ def run(model: str, out: Path, reporter=None, limit: int = 1000, **overrides) ->
     return training.train(config, reporter)
 
 
-def weights(path: Path) -> dict[str, np.ndarray]:
-    return checkpoint.load(path).weights()
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
-
-
 class StartOf(training.SilentReporter):
     """Keeps the run's :class:`~cnncli.commands.training.RunStart`."""
 
@@ -107,18 +78,6 @@ class StartOf(training.SilentReporter):
 
     def start(self, run: training.RunStart) -> None:
         self.run = run
-
-
-class SignalAt(training.SilentReporter):
-    """Sends ``sig`` to this process after step ``batch`` of epoch ``epoch``."""
-
-    def __init__(self, epoch: int, batch: int, sig: int = signal.SIGINT):
-        self.at, self.sig, self.sent = (epoch, batch), sig, False
-
-    def step(self, p: training.StepProgress) -> None:
-        if (p.epoch, p.batch) == self.at and not self.sent:
-            self.sent = True
-            os.kill(os.getpid(), self.sig)
 
 
 # --------------------------------------------------------------------------- learning
@@ -439,10 +398,10 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny, tmp_path, mo
 # --------------------------------------------------------------------------- user errors at the CLI
 
 def cli_error(argv: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as e:
-        cli.main(argv)
-    assert e.value.code == 2, capsys.readouterr()
-    return capsys.readouterr().err
+    """The real entry point in-process, which must exit with status 2 (a user's mistake): its stderr."""
+    code, out, err = run_main(argv, capsys)
+    assert code == 2, (out, err)
+    return err
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -725,14 +684,9 @@ WIDE = "400"
 
 def cli_run(argv: list[str], capsys) -> tuple[int, str]:
     """The real entry point in-process, on a console of WIDE columns: (exit code, stdout)."""
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("COLUMNS", WIDE)
-            cli.main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out, err = capsys.readouterr()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("COLUMNS", WIDE)
+        code, out, err = run_main(argv, capsys)
     assert "Traceback" not in err, err
     return code, out
 

@@ -26,20 +26,18 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import typer
+from helpers import DATA, TINY_MAPS, make_run, mnist_checkpoint, run_main
 from rich.cells import cell_len
 from rich.console import Console
-from test_cli import run_main
-from test_features import TINY as TINY_MAPS
-from test_plot import make_run
-from test_training import DATA
 
 from cnncli.cli import app
 from cnncli.commands import evaluation, explain, features, predict, summary, training
 from cnncli.commands.export import ExportResult
-from cnncli.engine.network import Network
 from cnncli.lecture import trace
-from cnncli.model import graph, spec
-from cnncli.records import checkpoint, history, runs
+from cnncli.records import history, runs
+
+# The features and explain cases write and read image files.
+pytest.importorskip("PIL.Image")
 
 WIDTH = 80
 CONFUSION_TITLE = "Confusion matrix (rows: true class, columns: predicted)"
@@ -156,8 +154,7 @@ def features_view(here: Path) -> Callable[[Console], None]:
     from cnncli.render import features as render
 
     Path("tiny.yaml").write_text(TINY_MAPS.format(c=1))
-    net = Network(graph.build(spec.load("tiny.yaml")), "float32", seed=4)
-    checkpoint.save(Path("tiny.npz"), net.state_dict(), {}, {"config": {"dataset": "mnist", "dtype": "float32"}})
+    mnist_checkpoint("tiny.yaml", Path("tiny.npz"), seed=4)
     Image.fromarray(digit(1), mode="L").save("one.png")
     result = features.features("tiny.yaml", Path("tiny.npz"), image=Path("one.png"), max_maps=4)
     return lambda console: render.show(result, "table", console)
@@ -170,8 +167,7 @@ def explained(method: str) -> Callable[[Path], Callable[[Console], None]]:
         from cnncli.render import explain as render
 
         Path("tiny.yaml").write_text(TINY_MAPS.format(c=1))
-        net = Network(graph.build(spec.load("tiny.yaml")), "float32", seed=4)
-        checkpoint.save(Path("tiny.npz"), net.state_dict(), {}, {"config": {"dataset": "mnist", "dtype": "float32"}})
+        mnist_checkpoint("tiny.yaml", Path("tiny.npz"), seed=4)
         Image.fromarray(digit(2), mode="L").save("seven.png")
         result = explain.explain("tiny.yaml", Path("tiny.npz"), image=Path("seven.png"), method=method)
         return lambda console: render.show(result, "table", console)
