@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 CONFTEST = Path(__file__).resolve().parent / "conftest.py"
+HELPERS = CONFTEST.with_name("helpers.py")  # conftest.py imports it
 
 TEST = '''
 def test_table(golden):
@@ -23,6 +24,7 @@ def _pytest(folder: Path, text: str, *flags: str) -> subprocess.CompletedProcess
 
 def test_golden_files_are_compared_and_rewritten_only_with_the_flag(tmp_path):
     shutil.copy(CONFTEST, tmp_path / "conftest.py")
+    shutil.copy(HELPERS, tmp_path / "helpers.py")
     table = tmp_path / "golden" / "table.txt"
 
     missing = _pytest(tmp_path, "one\n")
