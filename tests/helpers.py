@@ -213,3 +213,15 @@ def torchvision_layouts() -> dict[str, dict[str, tuple[int, ...]]]:
         model, key, shape = line.split("\t")
         layouts[model][key] = tuple(int(d) for d in shape.split("x")) if shape else ()
     return layouts
+
+
+def central_difference(arr: np.ndarray, idx, energy, eps: float = 1e-6) -> float:
+    """∂energy/∂arr[idx] by a central difference: ``arr[idx]`` moved by ±eps in place (and put back), ``energy()``
+    recomputed each time; the error is O(eps²) for a smooth energy."""
+    old = arr[idx]
+    arr[idx] = old + eps
+    up = energy()
+    arr[idx] = old - eps
+    down = energy()
+    arr[idx] = old
+    return (up - down) / (2 * eps)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import central_difference
 
 from cnncli.engine import losses, optim, rules
 from cnncli.engine.layers import LAYERS
@@ -134,20 +135,11 @@ def _fd_check(net: Network, x: np.ndarray, train: bool, rng: np.random.Generator
     net.backward({net.graph.output: r})
     dx, grads = net.input_grad, dict(net.grads)
 
-    def numeric(arr: np.ndarray, idx) -> float:
-        old = arr[idx]
-        arr[idx] = old + eps
-        up = energy()
-        arr[idx] = old - eps
-        down = energy()
-        arr[idx] = old
-        return (up - down) / (2 * eps)
-
     def check(name, arr, analytic):
         flat = list(np.ndindex(arr.shape))
         picks = flat if len(flat) <= 40 else [flat[i] for i in rng.choice(len(flat), 40, replace=False)]
         for idx in picks:
-            num = numeric(arr, idx)
+            num = central_difference(arr, idx, energy, eps)
             assert abs(num - analytic[idx]) <= tol * max(1.0, abs(num)), (name, idx, num, analytic[idx])
 
     check("input", x, dx)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import run_main
+from helpers import central_difference, run_main
 from rich.console import Console
 
 from cnncli import cli
@@ -60,16 +60,6 @@ def _energy(model: str, loss_name: str, x: np.ndarray, y: np.ndarray):
     return net, energy
 
 
-def _numeric(arr: np.ndarray, idx, energy, eps: float = 1e-6) -> float:
-    old = arr[idx]
-    arr[idx] = old + eps
-    up = energy()
-    arr[idx] = old - eps
-    down = energy()
-    arr[idx] = old
-    return (up - down) / (2 * eps)
-
-
 def _render(result, width: int = 100) -> str:
     out = io.StringIO()
     console = Console(file=out, width=width, color_system=None, highlight=False, soft_wrap=False)
@@ -94,14 +84,14 @@ def test_worked_example_gradients_match_finite_differences(loss_name):
         w, b = net.params[f"{layer.name}.weight"], net.params[f"{layer.name}.bias"]
         assert np.array_equal(layer.weight, w)
         for idx in np.ndindex(w.shape):
-            assert layer.grad_weight[idx] == pytest.approx(_numeric(w, idx, energy), rel=1e-6, abs=1e-9)
+            assert layer.grad_weight[idx] == pytest.approx(central_difference(w, idx, energy), rel=1e-6, abs=1e-9)
         for idx in np.ndindex(b.shape):
-            assert layer.grad_bias[idx] == pytest.approx(_numeric(b, idx, energy), rel=1e-6, abs=1e-9)
+            assert layer.grad_bias[idx] == pytest.approx(central_difference(b, idx, energy), rel=1e-6, abs=1e-9)
     # ∂E/∂x, the gradient the first layer passes back to the input.
     x = x.copy()
     net, energy = _energy("slide-mlp", loss_name, x, y)
     for i in range(x.shape[1]):
-        assert t.layers[0].grad_x[i] == pytest.approx(_numeric(x, (0, i), energy), rel=1e-6, abs=1e-9)
+        assert t.layers[0].grad_x[i] == pytest.approx(central_difference(x, (0, i), energy), rel=1e-6, abs=1e-9)
 
 
 @pytest.mark.parametrize("loss_name", ["bce", "ce", "mse"])
@@ -399,9 +389,9 @@ def test_dump_gradients_match_finite_differences(tmp_path):
         flat = list(np.ndindex(p.shape))
         for i in rng.choice(len(flat), min(len(flat), 12), replace=False):
             idx = flat[i]
-            assert saved[key][idx] == pytest.approx(_numeric(p, idx, energy), rel=1e-6, abs=1e-9), (key, idx)
+            assert saved[key][idx] == pytest.approx(central_difference(p, idx, energy), rel=1e-6, abs=1e-9), (key, idx)
     for idx in [(0, 0, 0, 0), (0, 1, 2, 3), (0, 0, 5, 5), (0, 1, 4, 1)]:
-        assert saved["act_grad.input"][idx] == pytest.approx(_numeric(xb, idx, energy), rel=1e-6, abs=1e-9)
+        assert saved["act_grad.input"][idx] == pytest.approx(central_difference(xb, idx, energy), rel=1e-6, abs=1e-9)
 
 
 def test_network_trace_rows_run_from_the_output_to_the_input(tmp_path):
