@@ -154,7 +154,7 @@ def slab_count(macs: int, size: int, cores: int) -> int:
     return max(1, min(2 * cores, size // SLAB_MIN_SIZE, macs // SLAB_MIN_MACS))
 
 
-#: The general convolution with in-kernel GEMMs (conv._forward_groups) unfolds this many bytes of
+#: The general convolution with in-kernel GEMMs (conv.general._forward_groups) unfolds this many bytes of
 #: columns at a time (and the tap kernels keep a band of output this big): a core's 2 MB L2, from
 #: which the GEMM reads them back; the layers this path takes are wide, and more samples per GEMM
 #: pay up to that size. See: thresholds table.
@@ -182,7 +182,7 @@ def group_gemms(filters_per_group: int, group_positions: int) -> bool:
 # --- stride 1: a GEMM per kernel tap, reading the padded input in place ---------
 
 #: Stride-1 layers with at most this many input channels per group run one
-#: GEMM per kernel tap on windows of the padded input (conv._forward_taps),
+#: GEMM per kernel tap on windows of the padded input (conv.general._forward_taps),
 #: while the junk outputs of whole padded rows, (Wp - OW) / OW, stay at most
 #: MAX_TAP_JUNK: every tap's GEMM computes them. With many channels and short
 #: rows each tap's GEMM repacks a big weight matrix for few outputs, and
