@@ -475,9 +475,10 @@ def plot(
     """Training curves of runs (loss, accuracy per epoch), or a run's gradient flow as a heat map."""
     from cnncli.errors import UsageError
     from cnncli.records import history as plot_mod
+    from cnncli.render import figures
     from cnncli.render import plot as render
 
-    plot_mod.check_out(out)
+    figures.check_out(out)
     if gradients:
         if len(runs) != 1:
             raise UsageError(f"--gradients draws one run, got {len(runs)}: plot them one at a time")
@@ -509,8 +510,8 @@ def features(
 ) -> None:
     """The feature maps each layer makes of one image, and the first layer's filters (slide 39)."""
     from cnncli.commands import features as features_mod
-    from cnncli.records.history import check_out
     from cnncli.render import features as render
+    from cnncli.render.figures import check_out
 
     check_out(out)
     console = _console()
@@ -561,8 +562,8 @@ def explain(
 ) -> None:
     """Which parts of an image a decision rests on: Grad-CAM, saliency or occlusion, drawn over the image."""
     from cnncli.commands import explain as explain_mod
-    from cnncli.records.history import check_out
     from cnncli.render import explain as render
+    from cnncli.render.figures import check_out
 
     check_out(out)
     console = _console()
@@ -606,8 +607,9 @@ def compare(
     from cnncli.commands import compare as compare_mod
     from cnncli.records import history as plot_mod
     from cnncli.render import compare as render
+    from cnncli.render import figures
 
-    plot_mod.check_out(figure, "--figure")
+    figures.check_out(figure, "--figure")
     overrides = _recipe(dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                         momentum=momentum, weight_decay=weight_decay, schedule=schedule, seed=seed,
                         crop_padding=crop_padding, flip=flip)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnncli import atomic, extras
 from cnncli.errors import UsageError
 from cnncli.records import runs
 
@@ -31,8 +30,6 @@ WEIGHT_KINDS = ("conv", "dense", "subsample")
 #: Error curves (``compare``'s) are drawn on a logarithmic axis: errors fall geometrically in training, and
 #: the depth experiment asks which model is lower at the end, where a linear axis squeezes them together.
 ERRORS_ON_LOG_AXIS = True
-#: File types ``--out`` writes.
-FILE_TYPES = (".png", ".svg", ".pdf")
 
 
 @dataclass
@@ -91,16 +88,6 @@ class GradientMap:
         return {"label": self.label, "folder": self.folder, "model": self.model, "metric": self.metric,
                 "epochs": self.epochs, "layers": [{"layer": name, "kind": kind, "values": row}
                                                   for name, kind, row in zip(self.layers, self.kinds, self.values)]}
-
-
-def check_out(out: Path | None, flag: str = "--out") -> None:
-    """A picture file ``flag`` names: of a type we write, in a folder that can take it
-    (:func:`cnncli.atomic.check_file`), and matplotlib (the plots extra) there to write it; checked before
-    any work."""
-    if out is None:
-        return
-    atomic.check_file(out, flag, FILE_TYPES, example="curves.png")
-    extras.require("plots", f"writing pictures to files ({flag})")
 
 
 def _labels(folders: Sequence[runs.RunFolder]) -> list[str]:

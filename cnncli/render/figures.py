@@ -13,19 +13,35 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cnncli import extras
+from cnncli import atomic, extras
 from cnncli.atomic import write_atomic
-from cnncli.commands.explain import Explanation
-from cnncli.commands.features import FeatureResult
 from cnncli.errors import UsageError
 from cnncli.records.history import CURVES, ERRORS_ON_LOG_AXIS, Curves, GradientMap
 
+if TYPE_CHECKING:  # the commands' records, named in annotations only: checking --out must not load the engine
+    from cnncli.commands.explain import Explanation
+    from cnncli.commands.features import FeatureResult
+
+#: File types ``--out`` writes.
+FILE_TYPES = (".png", ".svg", ".pdf")
+
+
+def check_out(out: Path | None, flag: str = "--out") -> None:
+    """A picture file ``flag`` names: of a type we write, in a folder that can take it
+    (:func:`cnncli.atomic.check_file`), and matplotlib (the plots extra) there to write it; checked before
+    any work."""
+    if out is None:
+        return
+    atomic.check_file(out, flag, FILE_TYPES, example="curves.png")
+    extras.require("plots", f"writing pictures to files ({flag})")
+
 
 def _require() -> None:
-    # The commands check this before any work (cnncli.records.history.check_out); here for any other caller.
+    # The commands check this before any work (check_out); here for any other caller.
     extras.require("plots", "writing pictures to files")
 
 
