@@ -38,7 +38,9 @@ def old_plain_choice(x_shape, w_shape, stride, padding, dilation, groups, itemsi
     fg = f // groups
     taps = cg * kh * kw
     wp = wd + 2 * pw
-    direct = rules.depthwise(taps, fg, unit)
+    # the direct loops take dilation 1 only (their tap offsets are constants); no shipped layer is dilated
+    loops = unit and (dh, dw) == (1, 1)
+    direct = rules.depthwise(taps, fg, loops)
     winograd = (rules.winograd_applies((kh, kw), (sh, sw), (dh, dw), groups)
                 and rules.winograd_pays(c, n, oh, ow))
     blocked = (not winograd and rules.blocked_applies((sh, sw), (ph, pw), (kh, kw), (dh, dw), groups)
@@ -48,7 +50,7 @@ def old_plain_choice(x_shape, w_shape, stride, padding, dilation, groups, itemsi
     by_taps = in_kernel and rules.tap_gemms(unit, cg, wp, ow)
     pitch = wp if by_taps or direct or rules.flat_rows(fg, wp, ow, unit) else ow
     q = (oh - 1) * pitch + ow
-    direct_dw = direct or (unit and pitch == wp and rules.direct_weights(taps * fg))
+    direct_dw = direct or (loops and pitch == wp and rules.direct_weights(taps * fg))
     per, band = rules.sample_group(n, oh, c * kh * kw * pitch * itemsize, c * kh * kw * q * itemsize)
     in_groups = in_kernel and rules.group_gemms(fg, per * min(band, oh) * ow)
     if winograd:

@@ -99,7 +99,7 @@ lanes      a fused chain                                ``lanes``: >= ``MIN_LANE
 fused      a fused chain                                always                                         fast/fused.py
 blocked    'same' stride 1, one group                   ``blocked_pays``: 8-64 filters, <= 9 taps      blocked.py
 outer      strided, one group, filters fill vectors     ``outer_pays``: <= 64 channels; forward only   blocked.py
-depthwise  stride 1                                     ``depthwise``: <= 2 filters, 32 taps a group   conv/general.py
+depthwise  stride 1, dilation 1                         ``depthwise``: <= 2 filters, 32 taps a group   conv/general.py
 taps       stride 1, a CBLAS GEMM                       ``tap_gemms``; backward: not direct weights    conv/general.py
 groups     a CBLAS GEMM                                 ``group_gemms``; backward: not direct weights  conv/general.py
 chunks     a convolution on its own                     always                                         conv/general.py
@@ -119,7 +119,10 @@ chunks     a convolution on its own                     always                  
   **fused**: the chain in NCHW, in chunks (``rules.chunk_size``), small
   column matrices kept for the backward pass (``rules.keep_cols``). In both,
   layers with few weights (``rules.direct_weights``) run as direct loops
-  without a column matrix.
+  without a column matrix. The fused block runs the general convolution's
+  unfold + GEMM or direct loops (those of **depthwise**) and its backward
+  pass, and adds bias, activation and pooling as a step after them; the lanes
+  block has its own layout, hence its own loops.
 * **blocked**: register-blocked direct loops (ResNet-20's 16-channel layers,
   3-channel stems, 1×1 and 5×5 layers): every output summed in registers
   over all channels and taps and stored once, where a GEMM per tap with K =
@@ -133,7 +136,8 @@ chunks     a convolution on its own                     always                  
   loops, each output's inputs a strided window of the padded planes; their
   backward pass is the next strategy's (groups or chunks).
 * **depthwise**: direct loops for groups so thin that a GEMM would have a
-  single-digit dimension.
+  single-digit dimension, forward and backward, the batch in one chunk; the
+  same loops give **fused** chains with few weights their passes.
 * **taps**: one GEMM per kernel tap reading the padded input in place, no
   column matrix (it beats unfolding on narrow layers; with more
   channels a tap's GEMM is too short for its weights).

@@ -21,13 +21,16 @@ file, and thin wrappers over :mod:`cnncli.engine.winograd` and :mod:`cnncli.engi
   :func:`cnncli.engine.threads.matmul` does the products, cut into *slabs* shared with the engine's worker
   threads. Filters with few weights (:func:`~cnncli.engine.rules.direct_weights`) get their weight
   gradient from direct dot products instead.
-* **depthwise**, direct loops for stride-1 groups so thin (:func:`~cnncli.engine.rules.depthwise`) that a
-  GEMM would have a single-digit dimension.
+* **depthwise**, the direct loops for stride-1 groups so thin (:func:`~cnncli.engine.rules.depthwise`) that a
+  GEMM would have a single-digit dimension. The same loops give the weight gradient of layers with few
+  weights (:func:`~cnncli.engine.rules.direct_weights`) and run the convolution of fused chains with few
+  weights (:mod:`cnncli.engine.fast.fused`).
 
 Intermediate layout: the input is copied into a zero-padded buffer ``xp`` (n, C, Hp, Wp), so no inner loop
 tests borders, and output positions are numbered q = oh * pitch + ow (see the kernels below). The unfold,
 its adjoint (fold) and the padding are written once, per plane (``_pad_plane``, ``_unfold_plane``,
-``_fold_plane``), and used by every strategy here and by :mod:`cnncli.engine.fast.fused`. Parallel kernels
+``_fold_plane``), and used by every strategy here and by :mod:`cnncli.engine.fast.fused`, as are the direct
+loops (``direct_forward``, ``direct_dw``, ``direct_dx``). Parallel kernels
 split work by group of samples, (sample, channel) plane or (sample, filter) pair, or by channel; each
 iteration writes only its own slice, partial sums are added in a fixed order, and GEMM slabs partition the
 output, so results are bit-identical run to run and on any number of threads. Large temporaries live in
@@ -47,7 +50,8 @@ from cnncli.engine import threads as engine_threads
 from cnncli.engine.arrays import scratch
 from cnncli.engine.blas import NO_TRANS, TRANS, gemm
 from cnncli.engine.conv.geometry import Call
-from cnncli.engine.jit import exact_parallel_kernel, kernel, parallel_kernel
+from cnncli.engine.fast.vector import row5
+from cnncli.engine.jit import exact_parallel_kernel, kernel, parallel_kernel, vector_parallel_kernel
 
 __all__ = ["Geometry", "nchw_fold", "nchw_pad", "nchw_unfold"]
 
@@ -255,76 +259,147 @@ def _bias_grad(dy, db):
         db[f] = total
 
 
-@parallel_kernel
-def _grouped_direct_forward(xp, w, ybuf, dh, dw, groups):
-    # Fused unfold + product for thin layers (stride 1 only): accumulate each
-    # tap's contiguous run straight into the output row.
-    f_ = w.shape[0]
-    cg_ = w.shape[1]
-    kh_ = w.shape[2]
-    kw_ = w.shape[3]
+# The direct loops: few weights per filter (thin groups, rules.depthwise; small layers,
+# rules.direct_weights), where a GEMM would have a handful of rows. Stride 1 and dilation 1 on flat rows
+# (pitch = Wp): tap (i, j) of output q reads the padded plane's flat cell q + i*Wp + j, so each tap adds one
+# contiguous run. Kernel rows five taps wide (LeNet-5's) take the five at once, holding their weights in
+# registers; the forward pass computes two filters of a group per job, each load of the input feeding both.
+# (The tap offsets are constants: with a run-time dilation LLVM no longer vectorises these loops.)
+
+
+@vector_parallel_kernel
+def direct_forward(xp, w, ybuf, groups):
+    # ybuf (F, n, Q) = the convolution of the padded planes xp (n, C, Hp, Wp), no bias.
+    f_, cg_, kh_, kw_ = w.shape
     wp_ = xp.shape[3]
     q_ = ybuf.shape[2]
     fg_ = f_ // groups
-    for job in prange(xp.shape[0] * f_):
-        n = job // f_
-        f = job - n * f_
-        acc = ybuf[f, n]
-        acc[:] = 0.0
-        c0 = (f // fg_) * cg_
+    pairs = (fg_ + 1) // 2
+    per = groups * pairs
+    for job in prange(xp.shape[0] * per):
+        n = job // per
+        r = job - n * per
+        g = r // pairs
+        f = g * fg_ + 2 * (r - g * pairs)
+        f2 = min(f + 1, (g + 1) * fg_ - 1)  # f itself when the group has an odd filter out
+        acc = np.zeros(q_, dtype=ybuf.dtype)
+        acc2 = np.zeros(q_, dtype=ybuf.dtype)
         for cg in range(cg_):
-            flat = xp[n, c0 + cg].reshape(-1)
+            flat = xp[n, g * cg_ + cg].reshape(-1)
             for i in range(kh_):
+                if f2 == f:
+                    for j in range(kw_):
+                        wv = w[f, cg, i, j]
+                        src = flat[i * wp_ + j : i * wp_ + j + q_]
+                        for q in range(q_):
+                            acc[q] += wv * src[q]
+                    continue
+                if kw_ == 5:
+                    w0, w1, w2, w3, w4 = row5(w, f, cg, i)
+                    v0, v1, v2, v3, v4 = row5(w, f2, cg, i)
+                    src = flat[i * wp_ : i * wp_ + q_ + 4]
+                    for q in range(q_):
+                        s0 = src[q]
+                        s1 = src[q + 1]
+                        s2 = src[q + 2]
+                        s3 = src[q + 3]
+                        s4 = src[q + 4]
+                        acc[q] += w0 * s0 + w1 * s1 + w2 * s2 + w3 * s3 + w4 * s4
+                        acc2[q] += v0 * s0 + v1 * s1 + v2 * s2 + v3 * s3 + v4 * s4
+                    continue
                 for j in range(kw_):
                     wv = w[f, cg, i, j]
-                    off = i * dh * wp_ + j * dw
-                    src = flat[off : off + q_]
+                    vv = w[f2, cg, i, j]
+                    src = flat[i * wp_ + j : i * wp_ + j + q_]
                     for q in range(q_):
                         acc[q] += wv * src[q]
+                        acc2[q] += vv * src[q]
+        ybuf[f, n, :] = acc
+        if f2 != f:
+            ybuf[f2, n, :] = acc2
 
 
-@parallel_kernel
-def _grouped_direct_dw(xp, dyt, partial, dh, dw, groups):
-    # Weight gradient without a column matrix (stride 1, flat taps): one
-    # (sample, filter) pair per iteration writes that sample's contribution to
-    # the filter's weights into its own slot of partial (n, F, C/groups, KH, KW);
-    # the caller sums the samples in order.
-    f_ = partial.shape[1]
-    cg_ = partial.shape[2]
-    kh_ = partial.shape[3]
-    kw_ = partial.shape[4]
+@vector_parallel_kernel
+def direct_dw(xp, dyt, grad, groups, first):
+    # grad (F, C/groups, KH, KW) (+)= the dot products, over the chunk's samples in order, of each filter's
+    # gradient run dyt (F, n, Q) with each tap's run of xp; first: overwrite grad, else add to it (later
+    # chunks). One job per (filter, channel, kernel row); five taps of a row share each load of the gradient.
+    f_, cg_, kh_, kw_ = grad.shape
     wp_ = xp.shape[3]
     q_ = dyt.shape[2]
     fg_ = f_ // groups
-    for job in prange(partial.shape[0] * f_):
-        n = job // f_
-        f = job - n * f_
-        g = dyt[f, n]
-        c0 = (f // fg_) * cg_
-        for cg in range(cg_):
-            flat = xp[n, c0 + cg].reshape(-1)
-            for i in range(kh_):
-                for j in range(kw_):
-                    off = i * dh * wp_ + j * dw
-                    src = flat[off : off + q_]
-                    acc = xp.dtype.type(0)
+    zero = grad.dtype.type(0)
+    for job in prange(f_ * cg_ * kh_):
+        f = job // (cg_ * kh_)
+        r = job - f * (cg_ * kh_)
+        cg = r // kh_
+        i = r - cg * kh_
+        c = (f // fg_) * cg_ + cg
+        j0 = 0
+        while j0 < kw_:
+            wide = min(5, kw_ - j0)
+            t0 = zero
+            t1 = zero
+            t2 = zero
+            t3 = zero
+            t4 = zero
+            for n in range(xp.shape[0]):
+                g = dyt[f, n]
+                flat = xp[n, c].reshape(-1)
+                off = i * wp_ + j0
+                a0 = zero
+                a1 = zero
+                a2 = zero
+                a3 = zero
+                a4 = zero
+                if wide == 5:
+                    src = flat[off : off + q_ + 4]
                     for q in range(q_):
-                        acc += g[q] * src[q]
-                    partial[n, f, cg, i, j] = acc
+                        gq = g[q]
+                        a0 += gq * src[q]
+                        a1 += gq * src[q + 1]
+                        a2 += gq * src[q + 2]
+                        a3 += gq * src[q + 3]
+                        a4 += gq * src[q + 4]
+                else:
+                    src = flat[off : off + q_]
+                    for q in range(q_):
+                        a0 += g[q] * src[q]
+                t0 += a0
+                t1 += a1
+                t2 += a2
+                t3 += a3
+                t4 += a4
+            if wide == 5:
+                sums = (t0, t1, t2, t3, t4)
+                for t in range(5):
+                    if first:
+                        grad[f, cg, i, j0 + t] = sums[t]
+                    else:
+                        grad[f, cg, i, j0 + t] += sums[t]
+                j0 += 5
+            else:
+                if first:
+                    grad[f, cg, i, j0] = t0
+                else:
+                    grad[f, cg, i, j0] += t0
+                j0 += 1
 
 
-@parallel_kernel
-def _grouped_direct_dx(dyt, w, dxp, dx, n0, ph, pw, dh, dw, groups):
+@vector_parallel_kernel
+def direct_dx(dyt, w, dxp, dx, n0, ph, pw, groups):
+    # The input gradient: dxp (n, C, Hp, Wp) = each filter's gradient run dyt (F, n, Q) times each tap's
+    # weight, added into the tap's run of the padded plane; then the padding cropped off into dx (skipped
+    # when dxp is dx's own chunk). One job per (sample, channel). With 5-wide kernel rows each cell gathers
+    # the row's five taps at once from a copy of the gradient run with a zero border.
     c_ = dxp.shape[1]
     h_ = dx.shape[2]
     w_ = dx.shape[3]
-    f_ = w.shape[0]
-    cg_ = w.shape[1]
-    kh_ = w.shape[2]
-    kw_ = w.shape[3]
+    f_, cg_, kh_, kw_ = w.shape
     wp_ = dxp.shape[3]
     q_ = dyt.shape[2]
     fg_ = f_ // groups
+    zero = dxp.dtype.type(0)
     crop = ph > 0 or pw > 0
     for job in prange(dxp.shape[0] * c_):
         n = job // c_
@@ -333,14 +408,25 @@ def _grouped_direct_dx(dyt, w, dxp, dx, n0, ph, pw, dh, dw, groups):
         cg = c - g * cg_
         plane = dxp[n, c]
         flat = plane.reshape(-1)
-        flat[:] = 0.0
+        flat[:] = zero
+        srcp = np.empty(q_ + 8, dtype=dxp.dtype)
+        srcp[:4] = zero
+        srcp[q_ + 4 :] = zero
         for f in range(g * fg_, (g + 1) * fg_):
             src = dyt[f, n]
+            if kw_ == 5:
+                srcp[4 : q_ + 4] = src
             for i in range(kh_):
+                if kw_ == 5:
+                    w0, w1, w2, w3, w4 = row5(w, f, cg, i)
+                    dst = flat[i * wp_ : i * wp_ + q_ + 4]
+                    for r in range(q_ + 4):
+                        dst[r] += (w0 * srcp[r + 4] + w1 * srcp[r + 3] + w2 * srcp[r + 2]
+                                   + w3 * srcp[r + 1] + w4 * srcp[r])
+                    continue
                 for j in range(kw_):
                     wv = w[f, cg, i, j]
-                    off = i * dh * wp_ + j * dw
-                    dst = flat[off : off + q_]
+                    dst = flat[i * wp_ + j : i * wp_ + j + q_]
                     for q in range(q_):
                         dst[q] += wv * src[q]
         if crop:
@@ -714,10 +800,10 @@ def groups_backward(geo: Geometry, dy: np.ndarray, dx: np.ndarray | None, dw: np
 
 
 def depthwise_forward(geo: Geometry, bias: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Direct loops over whole padded rows (stride 1), the batch in one go: no column matrix."""
+    """The direct loops over whole padded rows (stride 1, dilation 1), the batch in one go: no column matrix."""
     q = (geo.oh - 1) * geo.wp + geo.ow
     ybuf = scratch("out", (geo.f, geo.n, q), geo.x.dtype)
-    _grouped_direct_forward(geo.padded(0, geo.n), geo.w, ybuf, geo.dh, geo.dw, geo.groups)
+    direct_forward(geo.padded(0, geo.n), geo.w, ybuf, geo.groups)
     _store_output(ybuf, bias, y, 0, geo.wp)
     return y
 
@@ -728,12 +814,10 @@ def depthwise_backward(geo: Geometry, dy: np.ndarray, dx: np.ndarray | None, dw:
     xp = geo.padded(0, geo.n)
     dyt = scratch("out", (geo.f, geo.n, q), dtype)
     _load_grad(dy, 0, dyt, geo.wp)
-    partial = scratch("dw", (geo.n, *dw.shape), dtype)
-    _grouped_direct_dw(xp, dyt, partial, geo.dh, geo.dw, geo.groups)
-    np.sum(partial, axis=0, out=dw)
+    direct_dw(xp, dyt, dw, geo.groups, True)
     if dx is not None:
         dxp = geo.input_grad_buffer(dx, 0, geo.n)
-        _grouped_direct_dx(dyt, geo.w, dxp, dx, 0, geo.ph, geo.pw, geo.dh, geo.dw, geo.groups)
+        direct_dx(dyt, geo.w, dxp, dx, 0, geo.ph, geo.pw, geo.groups)
 
 
 def chunks_forward(geo: Geometry, bias: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -754,8 +838,8 @@ def chunks_backward(geo: Geometry, dy: np.ndarray | None, dx: np.ndarray | None,
                     load: Callable[[int, np.ndarray], None] | None = None,
                     kept: list[np.ndarray] | None = None) -> None:
     """Chunk by chunk: dy laid out as the GEMMs' (F, n, Q); the weight gradient by GEMM (transposed when
-    rules.dw_transposed) or, with few weights on flat rows, by direct dot products; the input gradient by GEMM
-    and fold.
+    rules.dw_transposed) or, with few weights on flat rows (``direct_dw``), by the direct loops; the input
+    gradient by GEMM and fold, or by the direct loops where the forward pass took them (``direct_loops``).
 
     A fused block (:mod:`cnncli.engine.fast.fused`) passes ``load(n0, dyt)``, which fills the chunk's (F, n, Q)
     from the gradient of its activation and pooling instead of dy, and ``kept``, the chunks' column matrices
@@ -779,12 +863,7 @@ def chunks_backward(geo: Geometry, dy: np.ndarray | None, dx: np.ndarray | None,
         # Chunks are fixed by the shapes alone, so the running sums below add
         # the same partial products in the same order on every run.
         if geo.direct_dw:
-            partial = scratch("dw", (nc, *dw_out.shape), dtype)
-            _grouped_direct_dw(geo.padded(n0, nc), dyt, partial, geo.dh, geo.dw, g)
-            if n0 == 0:
-                np.sum(partial, axis=0, out=dw_out)
-            else:
-                dw_out += partial.sum(axis=0)
+            direct_dw(geo.padded(n0, nc), dyt, dw_out, g, n0 == 0)
         else:
             cols = kept[i] if kept is not None else geo.unfolded(geo.padded(n0, nc), nc)
             cols3 = cols.reshape(g, geo.taps, nc * geo.q)
@@ -801,6 +880,9 @@ def chunks_backward(geo: Geometry, dy: np.ndarray | None, dx: np.ndarray | None,
         if dx is None:
             continue
         dxp = geo.input_grad_buffer(dx, n0, nc)
+        if geo.direct_loops:
+            direct_dx(dyt, geo.w, dxp, dx, n0, geo.ph, geo.pw, g)
+            continue
         # Same buffer as the unfolded input, which is spent by now.
         dcols = scratch("cols", (geo.c * geo.kh * geo.kw, nc, geo.q), dtype)
         engine_threads.matmul(w3t, dyt3, dcols.reshape(g, geo.taps, nc * geo.q))

@@ -54,7 +54,9 @@ class Call:
         # A fused chain's convolution runs in its block (unfold + GEMM, or direct loops where direct_dw), never
         # by the depthwise or tap kernels, which take plain calls only.
         plain = chain is None
-        self.direct = plain and rules.depthwise(self.taps, self.fg, self.unit)
+        # the direct loops' geometry: stride 1, dilation 1 (cnncli.engine.conv.general)
+        loops = self.unit and self.dh == 1 and self.dw == 1
+        self.direct = plain and rules.depthwise(self.taps, self.fg, loops)
         #: Whether the tap GEMMs' rule takes this layer (cnncli.engine.rules.tap_gemms), which also sets the pitch.
         self.by_taps = plain and self.in_kernel_gemms and rules.tap_gemms(self.unit, self.cg, self.wp, self.ow)
         # the direct kernels and the tap GEMMs read each tap's run of whole padded rows
@@ -63,11 +65,13 @@ class Call:
         self.q = (self.oh - 1) * self.pitch + self.ow
         flat = self.unit and self.pitch == self.wp
         #: Whether the weight gradient comes from direct dot products (flat rows only): few weights per group.
-        self.direct_dw = self.direct or (flat and rules.direct_weights(self.taps * self.fg))
-        # Direct kernels need no column matrix, so the whole batch is one chunk; a fused block's chunks are the
-        # smaller ones of rules.COLS_BUDGET_BYTES, and its direct loops (direct_dw) are its direct kernels.
-        direct = self.direct if plain else self.direct_dw
-        per_sample = 0 if direct else self.c * self.kh * self.kw * self.q * self.itemsize
+        self.direct_dw = self.direct or (flat and loops and rules.direct_weights(self.taps * self.fg))
+        #: Whether the forward pass and both gradients run as direct loops (cnncli.engine.conv.general): a plain
+        #: call's thin groups (direct), a fused chain's few weights (direct_dw).
+        self.direct_loops = self.direct if plain else self.direct_dw
+        # Direct loops need no column matrix, so the whole batch is one chunk; a fused block's chunks are the
+        # smaller ones of rules.COLS_BUDGET_BYTES.
+        per_sample = 0 if self.direct_loops else self.c * self.kh * self.kw * self.q * self.itemsize
         self.step = rules.chunk_size(self.n, per_sample, rules.CONV_COLS_BUDGET_BYTES if plain else None)
 
     @property
