@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import DATA, mnist_checkpoint
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
@@ -56,6 +55,10 @@ def golden(request) -> Callable[[str, str], None]:
 @pytest.fixture
 def lenet_checkpoint(tmp_path):
     """A LeNet-5 checkpoint of initial weights (seed 3) that says it was trained on MNIST, and its network."""
+    # helpers (and so cnncli) imported by the fixtures that need them: test_golden's nested pytest runs of this
+    # file then start without importing the engine
+    from helpers import mnist_checkpoint
+
     path = tmp_path / "lenet5.npz"
     return path, mnist_checkpoint("lenet5", path, seed=3)
 
@@ -65,6 +68,8 @@ def mnist_env(tmp_path_factory):
     """For a whole module (``pytest.mark.usefixtures("mnist_env")``): the real MNIST files as CNNCLI_DATA, no
     downloads, and a private cache that the module's tests share (MNIST is decoded into it once)."""
     with pytest.MonkeyPatch.context() as mp:
+        from helpers import DATA
+
         if DATA is not None:
             mp.setenv("CNNCLI_DATA", str(DATA))
         mp.setenv("CNNCLI_OFFLINE", "1")
