@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import cnncli
@@ -81,3 +83,10 @@ def test_every_choice_list_has_one_home_and_the_engine_implements_it():
     assert {e.value for e in cli.Engine} == set(training.ENGINES)
     assert {e.value for e in cli.Device} == set(training.DEVICES)
     assert {e.value for e in cli.DType} == set(training.DTYPES)
+
+
+def test_the_fused_block_imports_first():
+    # The strategy table imports the fused block and the block imports the convolution's kernels: a program
+    # that imports the block before anything else must not meet the table half made.
+    proc = subprocess.run([sys.executable, "-c", "import cnncli.engine.fast.fused"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
