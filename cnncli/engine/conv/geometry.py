@@ -54,18 +54,18 @@ class Call:
         # A fused chain's convolution runs in its block (unfold + GEMM, or direct loops where direct_dw), never
         # by the depthwise or tap kernels, which take plain calls only.
         plain = chain is None
-        # the direct loops' geometry: stride 1, dilation 1 (cnncli.engine.conv.general)
-        loops = self.unit and self.dh == 1 and self.dw == 1
-        self.direct = plain and rules.depthwise(self.taps, self.fg, loops)
+        #: Whether the direct loops (cnncli.engine.conv.general) can compute this geometry: stride 1, dilation 1.
+        self.loops_fit = self.unit and self.dh == 1 and self.dw == 1
+        self.direct = plain and rules.depthwise(self.taps, self.fg, self.loops_fit)
         #: Whether the tap GEMMs' rule takes this layer (cnncli.engine.rules.tap_gemms), which also sets the pitch.
         self.by_taps = plain and self.in_kernel_gemms and rules.tap_gemms(self.unit, self.cg, self.wp, self.ow)
         # the direct kernels and the tap GEMMs read each tap's run of whole padded rows
         wide = self.by_taps or self.direct or rules.flat_rows(self.fg, self.wp, self.ow, self.unit)
         self.pitch = self.wp if wide else self.ow
         self.q = (self.oh - 1) * self.pitch + self.ow
-        flat = self.unit and self.pitch == self.wp
         #: Whether the weight gradient comes from direct dot products (flat rows only): few weights per group.
-        self.direct_dw = self.direct or (flat and loops and rules.direct_weights(self.taps * self.fg))
+        self.direct_dw = self.direct or (self.loops_fit and self.pitch == self.wp
+                                         and rules.direct_weights(self.taps * self.fg))
         #: Whether the forward pass and both gradients run as direct loops (cnncli.engine.conv.general): a plain
         #: call's thin groups (direct), a fused chain's few weights (direct_dw).
         self.direct_loops = self.direct if plain else self.direct_dw

@@ -90,7 +90,7 @@ STRATEGIES: tuple[Strategy, ...] = (
                                                                simd.lanes(call.itemsize)),
              lambda call, p: rules.outer_pays(call.c),
              general.blocked_forward),
-    Strategy("depthwise", "conv/general.py", lambda call: _plain(call) and call.unit and call.dilation == (1, 1),
+    Strategy("depthwise", "conv/general.py", lambda call: _plain(call) and call.loops_fit,
              lambda call, p: call.direct,
              general.depthwise_forward, general.depthwise_backward),
     Strategy("taps", "conv/general.py",

@@ -188,7 +188,7 @@ class Block:
         for name in ("hp", "wp", "oh", "ow", "pitch", "q", "step"):
             setattr(self, name, getattr(self.call, name))
         self.taps = self.call.c * self.call.kh * self.call.kw
-        self.direct = self.call.direct_dw
+        self.direct = self.call.direct_loops  # as chunks_backward reads it for the backward pass
 
     def _padded(self, x: np.ndarray, n0: int, nc: int) -> np.ndarray:
         if self.ph == 0 and self.pw == 0:
