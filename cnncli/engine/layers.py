@@ -556,6 +556,20 @@ class Dropout(Layer):
 
 
 @register
+class Yolo(Layer):
+    """The detection head (:mod:`cnncli.engine.yolo`): x (N, 5B + C, S_h, S_w) passed on as it is; the yolo loss
+    reads it with the settings of this layer's options."""
+
+    kind = "yolo"
+
+    def forward(self, xs, train):
+        return xs[0]
+
+    def backward(self, dy):
+        return [dy]
+
+
+@register
 class LRN(Layer):
     """Local response normalization across channels, as PyTorch's LocalResponseNorm.
 

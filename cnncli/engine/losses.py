@@ -2,16 +2,24 @@
 
 Every loss is averaged over the batch (PyTorch's ``reduction='mean'``) and
 summed over a sample's outputs. Targets are class indices ``(N,)`` or
-explicit target vectors ``(N, K)``.
+explicit target vectors ``(N, K)``; a detection head's are arrays shaped as its
+output (:func:`cnncli.engine.yolo.encode`).
+
+A loss that needs its head's settings (``yolo``: boxes, anchors, the terms'
+weights) reads them from the graph: :meth:`Loss.bound` gives the loss of one
+network, which training, evaluation and the worker processes all ask for.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
+from cnncli.engine import yolo
+from cnncli.errors import UsageError
 from cnncli.model.spec import LOSS_ALIASES
 
 # Keeps ln() finite when a probability reaches exactly 0 or 1 in float32.
@@ -73,11 +81,27 @@ def half_squared_error(o: np.ndarray, target: np.ndarray) -> tuple[float, np.nda
 
 @dataclass(frozen=True)
 class Loss:
-    """A loss by name. ``fuses_softmax``: applied to the logits in front of a final softmax."""
+    """A loss by name. ``fuses_softmax``: applied to the logits in front of a final softmax.
+
+    ``head``: the layer kind whose output the loss reads (None: a flat output of classes) and ``binds``, which
+    makes the loss's function from that layer (the graph's node) when :meth:`bound` to a network.
+    """
 
     name: str
     fn: Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]
     fuses_softmax: bool = False
+    head: str | None = None
+    binds: Callable | None = None
+
+    def bound(self, graph) -> Loss:
+        """This loss for the network ``graph``: with its head's settings when it reads a head's."""
+        if self.binds is None:
+            return self
+        node = graph[graph.output]
+        if node.kind != self.head:
+            raise UsageError(f"the {self.name} loss reads a {self.head} layer's output, but the model's output "
+                             f"'{node.name}' is a {node.kind} layer")
+        return dataclasses.replace(self, fn=self.binds(node), binds=None)
 
     def source(self, graph, head: str | None = None) -> str:
         """The node whose output this loss reads for the output ``head`` of ``graph`` (default: the main one).
@@ -97,10 +121,25 @@ class Loss:
         return outputs
 
 
+def _unbound(out: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
+    raise TypeError("this loss reads its head's settings: use Loss.bound(graph)")
+
+
+def _yolo_for(node) -> Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]:
+    head = yolo.Head.of(node)
+
+    def fn(out: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
+        value, grad, _ = yolo.loss(out, target, head)
+        return value, grad
+
+    return fn
+
+
 LOSSES: dict[str, Loss] = {
     "cross_entropy": Loss("cross_entropy", softmax_cross_entropy, fuses_softmax=True),
     "bce": Loss("bce", binary_cross_entropy),
     "mse": Loss("mse", half_squared_error),
+    "yolo": Loss("yolo", _unbound, head="yolo", binds=_yolo_for),
 }
 
 #: Command-line spellings (the one list: cnncli.model.spec).

@@ -337,10 +337,13 @@ class Network:
         for name, weight in heads.items():
             source = loss.source(self.graph, name)
             value = self.values[source]
-            if value.ndim != 2:
+            if loss.head is not None:
+                _check_head_target(target, value.shape, source)
+            elif value.ndim != 2:
                 raise UsageError(f"the loss needs a flat output (classes), but '{source}' gives "
                                  f"{fmt_shape(value.shape[1:])}")
-            _check_target(target, value.shape, source)
+            else:
+                _check_target(target, value.shape, source)
             lv, g = loss.fn(value, target)
             total += weight * lv
             seeds[source] = seeds[source] + weight * g if source in seeds else weight * g
@@ -446,6 +449,12 @@ def exchanges(graph: Graph) -> dict[str, tuple[int, ...]]:
     for node in graph.nodes:
         tables.update(LAYERS[node.kind].exchanges(node))
     return tables
+
+
+def _check_head_target(target: np.ndarray, out_shape: tuple[int, ...], source: str) -> None:
+    """A detection head's target is shaped as its output (:func:`cnncli.engine.yolo.encode`)."""
+    if target.shape != out_shape:
+        raise UsageError(f"target has shape {fmt_shape(target.shape)}; '{source}' gives {fmt_shape(out_shape)}")
 
 
 def _check_target(target: np.ndarray, out_shape: tuple[int, ...], source: str) -> None:

@@ -90,7 +90,7 @@ def serve() -> None:
         place = Place(int(ctrl[START]), int(ctrl[TOTAL]), n, int(ctrl[DRAW]), int(ctrl[SEED]), first=False,
                       exchange=exchange)
         try:
-            loss = losses.get(LOSS_NAMES[int(ctrl[LOSS])])
+            loss = losses.get(LOSS_NAMES[int(ctrl[LOSS])]).bound(net.graph)
             lv, result = net.loss_and_backward_part(slot.x[:n], targets[int(ctrl[TARGET_KIND])][:n], loss,
                                                     bool(ctrl[TRAIN]), place)
             slot.loss[0] = lv

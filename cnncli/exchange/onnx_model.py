@@ -183,6 +183,7 @@ EMIT: dict[str, Callable] = {
     "softmax": _unary("Softmax", axis=1),
     "batchnorm": _batchnorm,
     "dropout": _unary("Identity"),
+    "yolo": _unary("Identity"),  # the raw head; decoding and non-maximum suppression follow the graph
     "lrn": lambda b, node, xs, out: b.op("LRN", xs, out, node.name, size=node.options["size"],
                                          alpha=float(node.options["alpha"]), beta=float(node.options["beta"]),
                                          bias=float(node.options["k"])),

@@ -121,6 +121,7 @@ def _call(node, xs: list[str], ref: str) -> str:
         "tanh": lambda: f"torch.tanh({x})",
         "softmax": lambda: f"torch.softmax({x}, 1)",
         "dropout": lambda: f"F.dropout({x}, {o['rate']!r}, self.training)",
+        "yolo": lambda: f"{x}  # the raw yolo head: decoding and non-maximum suppression follow the module",
         "lrn": lambda: f"F.local_response_norm({x}, {o['size']}, {o['alpha']!r}, {o['beta']!r}, {o['k']!r})",
         "add": lambda: " + ".join(xs),
         "concat": lambda: f"torch.cat([{', '.join(xs)}], 1)",
@@ -131,7 +132,7 @@ def _call(node, xs: list[str], ref: str) -> str:
 #: Layer kinds the translation covers (a test checks it is every kind).
 KINDS_COVERED = ("conv", "dense", "batchnorm", "subsample", "maxpool", "avgpool", "shortcut_pad", "adaptive_avgpool",
                  "global_avgpool", "flatten", "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "dropout", "lrn",
-                 "add", "concat")
+                 "add", "concat", "yolo")
 
 _SUBSAMPLE = '''
 

@@ -151,12 +151,21 @@ def build(spec: ModelSpec, input_shape: Shape | None = None, aux: bool = True,
 def _check_classes(spec: ModelSpec, output: Node) -> None:
     """A model file's ``classes:`` must be what its network outputs: the count alone sizes nothing, and a
     file that says 3 while its last layer gives 10 would train and score 10 classes without a word."""
-    if spec.classes is None or output.out_shape == (spec.classes,):
+    scored = output_classes(output)
+    if spec.classes is None or scored == spec.classes:
         return
     units = f" (its last layer {output.name} has units: {output.spec.options['units']})" if (
         "units" in output.spec.options) else ""
+    if output.kind == "yolo":
+        units = (f" (scores for {scored} classes: {output.out_shape[0]} channels, 5 a box for "
+                 f"{output.options['boxes']} boxes, then one a class)")
     raise ShapeError(f"{spec.source}: classes: {spec.classes}, but the network outputs "
                      f"{fmt_shape(output.out_shape)}{units}: make the two agree")
+
+
+def output_classes(node: Node) -> int | None:
+    """The classes the output ``node`` scores (:attr:`cnncli.model.kinds.Kind.classes`), None when it scores none."""
+    return KINDS[node.kind].classes(node.options, node.out_shape)
 
 
 def _needed(spec: ModelSpec, aux: bool) -> set[str]:

@@ -31,8 +31,8 @@ class Option:
     """One keyword option of a layer kind.
 
     ``type`` is one of ``int``, ``float``, ``bool``, ``pair`` (an int or two
-    ints ``[h, w]``), ``choice`` (one of ``choices``), ``table`` (a 0/1 matrix)
-    or ``any``. ``check`` returns a rule the value breaks, or ``None``.
+    ints ``[h, w]``), ``choice`` (one of ``choices``), ``table`` (a 0/1 matrix),
+    ``sizes`` (a list of ``[w, h]`` pairs of positive numbers) or ``any``. ``check`` returns a rule the value breaks, or ``None``.
     """
 
     type: str
@@ -81,6 +81,8 @@ class Kind:
     params: Callable[[dict, list[Shape]], dict[str, Shape]] = lambda o, s: {}
     buffers: Callable[[dict, list[Shape]], dict[str, Shape]] = lambda o, s: {}
     macs: Callable[[dict, list[Shape], Shape], int] = lambda o, s, out: 0
+    #: The classes an output of this kind scores: a flat output's units; a detection head's class channels.
+    classes: Callable[[dict, Shape], int | None] = lambda o, out: out[0] if len(out) == 1 else None
 
 
 def fmt_shape(shape: Shape) -> str:
@@ -256,6 +258,20 @@ def _flatten(o: dict, s: list[Shape]) -> Shape:
     return (math.prod(s[0]),)
 
 
+def _yolo_shape(o: dict, s: list[Shape]) -> Shape:
+    c, _, _ = _image(s[0], "yolo")
+    if c - 5 * o["boxes"] < 1:
+        raise ShapeProblem(f"a yolo head of {o['boxes']} boxes reads 5 numbers a box (x, y, w, h, objectness) and "
+                           f"then one score a class, so at least {5 * o['boxes'] + 1} channels, got {c}")
+    if o["anchors"] is not None and len(o["anchors"]) != o["boxes"]:
+        raise ShapeProblem(f"anchors lists {len(o['anchors'])} sizes for {o['boxes']} boxes: give one [w, h] a box")
+    return s[0]
+
+
+def _yolo_classes(o: dict, out: Shape) -> int:
+    return out[0] - 5 * o["boxes"]
+
+
 def _channels(o: dict, s: list[Shape]) -> dict[str, Shape]:
     return {"weight": (s[0][0],), "bias": (s[0][0],)}
 
@@ -366,6 +382,25 @@ KINDS: dict[str, Kind] = {
              min_inputs=2, max_inputs=64),
         Kind("concat", "join its inputs along the channel axis (inception)", _concat_shape,
              min_inputs=2, max_inputs=64),
+        Kind("yolo",
+             "detection head of Redmon et al. 2016 (You Only Look Once): reads, per cell of the grid, `boxes` × "
+             "(x, y, w, h, objectness) and one score a class; passes its input on as it is (the raw head) and "
+             "gives the yolo loss its settings (cnncli.engine.yolo)",
+             _yolo_shape, {
+                 "boxes": Option("int", 2, "boxes each cell predicts", check=_positive),
+                 "anchors": Option("sizes", None, "a [w, h] prior a box, in input pixels (YOLOv2's anchors); "
+                                   "none: the paper's boxes, sized by √w, √h"),
+                 "coord": Option("float", 5.0, "weight of the box coordinates' loss (the paper's λcoord)",
+                                 check=_non_negative),
+                 "obj": Option("float", 1.0, "weight of the objectness loss of responsible boxes",
+                               check=_non_negative),
+                 "noobj": Option("float", 0.5, "weight of the objectness loss of the other boxes (λnoobj)",
+                                 check=_non_negative),
+                 "cls": Option("float", 1.0, "weight of the class loss of cells holding an object",
+                               check=_non_negative),
+                 "rescore": Option("bool", True, "objectness target of a responsible box: its IoU with the object "
+                                   "(the paper), or 1"),
+             }, classes=_yolo_classes),
     ]
 }
 

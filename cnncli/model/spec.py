@@ -34,7 +34,7 @@ from cnncli.model.kinds import COMMON_OPTIONS, KINDS, Option, Shape, is_parametr
 #: of each. The engine's registries (``engine.losses.LOSSES``, ``engine.optim.OPTIMIZERS``,
 #: ``records.schedule.SCHEDULES``) implement exactly these names (tests/test_layout.py holds them equal); the lists
 #: live here because this module must not load the engine.
-LOSSES = ("cross_entropy", "bce", "mse")
+LOSSES = ("cross_entropy", "bce", "mse", "yolo")
 LOSS_ALIASES = {"ce": "cross_entropy"}  # the command line's short spellings
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
@@ -403,6 +403,12 @@ def coerce(value: Any, opt: Option) -> Any:
                            for r in value)):
             raise ValueError("must be a list of rows of 0 and 1")
         value = tuple(tuple(int(v) for v in r) for r in value)
+    elif t == "sizes":
+        if (not isinstance(value, list) or not value
+                or not all(isinstance(r, list) and len(r) == 2 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in r) for r in value)):
+            raise ValueError(f"must be a list of [w, h] pairs of positive numbers, got {value!r}")
+        value = tuple((float(w), float(h)) for w, h in value)
     if opt.check is not None:
         rule = opt.check(value)
         if rule:
