@@ -10,9 +10,14 @@ DATASET_NAMES: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10", "cifar100
 #: A folder of the user's own images (``--data-dir DIR``; cnncli.data.folder), not a registered dataset.
 FOLDER = "image-folder"
 
+#: Datasets of boxes (detection): canvases of digits made from MNIST's files (cnncli.data.mnist_detect) ...
+DETECTION: tuple[str, ...] = ("mnist-detect", "fashion-mnist-detect")
+#: ... and a folder of the user's own in the YOLO layout (``--data-dir DIR``; cnncli.data.yolo).
+YOLO = "yolo"
+
 #: The class lists of published weights (a model file's ``weights: classes:``; cnncli.data.class_lists):
 #: classes without images, so no dataset cnncli loads.
 CLASS_LISTS: tuple[str, ...] = ("imagenet",)
 
 #: What ``--dataset`` and ``train: dataset:`` accept.
-CHOICES: tuple[str, ...] = DATASET_NAMES + (FOLDER,)
+CHOICES: tuple[str, ...] = DATASET_NAMES + (FOLDER,) + DETECTION + (YOLO,)

@@ -119,12 +119,13 @@ def test_registry_and_class_names():
 
 def test_dataset_names_have_one_home():
     from cnncli import cli
-    from cnncli.dataset_names import DATASET_NAMES, FOLDER
+    from cnncli.dataset_names import CHOICES, DATASET_NAMES, DETECTION, FOLDER, YOLO
     from cnncli.model import spec
 
     assert tuple(data.DATASETS) == DATASET_NAMES
-    assert tuple(d.value for d in cli.Dataset) == DATASET_NAMES + (FOLDER,)
-    assert tuple(spec.TRAIN_OPTIONS["dataset"].choices) == DATASET_NAMES + (FOLDER,)
+    assert CHOICES == DATASET_NAMES + (FOLDER,) + DETECTION + (YOLO,)
+    assert tuple(d.value for d in cli.Dataset) == CHOICES
+    assert tuple(spec.TRAIN_OPTIONS["dataset"].choices) == CHOICES
     # The CLI reads the names without the data code (nor numpy): --help stays fast.
     code = ("import sys, cnncli.cli, cnncli.model.spec; "
             "print(sorted(m for m in ('numpy', 'cnncli.data') if m in sys.modules))")

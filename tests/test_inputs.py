@@ -114,3 +114,32 @@ def test_a_training_batch_is_augmented_then_normalised():
     np.testing.assert_array_equal(got, _augment_reference(x, 2, d.dy, d.dx, d.flip) / 255)
     # without draws (validation, test) nothing is augmented
     np.testing.assert_array_equal(p.batch(x, np.float64, _scale), x / 255)
+
+
+def test_boxes_move_with_their_pixels():
+    """A box drawn as a filled rectangle, augmented (crop after a border, flip) and bordered: the moved box is the
+    tight box of the moved pixels, or dropped when too little of it is left (KEEP_SHARE, MIN_SIDE)."""
+    from cnncli.engine.boxes import Boxes
+
+    rng = np.random.default_rng(0)
+    augmentation = inputs.Augmentation(4, True)
+    plan = inputs.plan("x", (1, 20, 24), (1, 24, 28), "m", augmentation)  # a 2-pixel border around the image
+    kept = 0
+    for trial in range(300):
+        x0, y0 = int(rng.integers(0, 23)), int(rng.integers(0, 19))
+        x1, y1 = int(rng.integers(x0 + 1, 25)), int(rng.integers(y0 + 1, 21))
+        image = np.zeros((1, 1, 20, 24), np.uint8)
+        image[0, 0, y0:y1, x0:x1] = 255
+        d = augmentation.draws(trial, 0, 1)
+        out = augmentation.apply(plan.adapt(image), d.dy, d.dx, d.flip)
+        moved = plan.boxes(Boxes.of_images([(np.array([[x0, y0, x1, y1]]), np.array([3]))]), (d.dy, d.dx, d.flip))
+        ys, xs = np.nonzero(out[0, 0])
+        if not len(moved.classes):
+            area = len(ys)
+            assert area < inputs.KEEP_SHARE * (x1 - x0) * (y1 - y0) or len(set(xs)) < inputs.MIN_SIDE \
+                or len(set(ys)) < inputs.MIN_SIDE
+            continue
+        kept += 1
+        assert moved.classes.tolist() == [3]
+        np.testing.assert_array_equal(moved.xyxy[0], [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    assert kept > 200

@@ -367,6 +367,8 @@ def _detail(kind: str, o: dict) -> str:
         return f"{o['slope']:g}"
     if kind == "lrn":
         return f"size {o['size']}"
+    if kind == "yolo":
+        return f"{o['boxes']} boxes" + (", anchors" if o["anchors"] else "")
     return ""
 
 

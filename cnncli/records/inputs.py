@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from cnncli.engine.boxes import Boxes
 from cnncli.engine.jit import kernel
 from cnncli.errors import UsageError
 
@@ -186,6 +187,40 @@ class InputPlan:
             x = np.repeat(x, self.target[0], axis=1)
         return x
 
+    def boxes(self, boxes: Boxes, draws: tuple[np.ndarray, ...] | None = None) -> Boxes:
+        """Boxes of the dataset's images (xyxy pixels, :mod:`cnncli.engine.boxes`) → where :meth:`batch` puts their
+        pixels: moved by the border or the crop, then by each image's draw (dy, dx, flip), clipped to the input.
+
+        A box left with less than :data:`KEEP_SHARE` of its area inside the input, or under
+        :data:`MIN_SIDE` pixels wide or high, is dropped: what is left of the object is too little to find.
+        """
+        xyxy = boxes.xyxy.astype(np.float64)
+        if self.crop is not None:
+            top, left = self.crop
+            xyxy -= (left, top, left, top)
+        else:
+            top, _, left, _ = self.border
+            xyxy += (left, top, left, top)
+        _, height, width = self.target
+        if draws is not None and self.augmentation.active:
+            dy, dx, flip = draws
+            p = self.augmentation.crop_padding
+            image = np.repeat(np.arange(len(boxes)), boxes.counts)
+            # Augmentation.apply: out[r, c] = in[r + dy - p, c + dx - p], then column c mirrored to width - 1 - c,
+            # so a pixel edge x goes to x - (dx - p), and mirrored to width - x.
+            oy, ox = (dy[image] - p).astype(np.float64), (dx[image] - p).astype(np.float64)
+            xyxy -= np.stack([ox, oy, ox, oy], axis=1)
+            mirrored = flip[image].astype(bool)
+            xyxy[mirrored] = np.stack([width - xyxy[mirrored, 2], xyxy[mirrored, 1],
+                                       width - xyxy[mirrored, 0], xyxy[mirrored, 3]], axis=1)
+        area = (xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1])
+        clipped = np.clip(xyxy, 0, (width, height, width, height))
+        w, h = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
+        keep = (w >= MIN_SIDE) & (h >= MIN_SIDE) & (w * h >= KEEP_SHARE * area)
+        counts = np.bincount(np.repeat(np.arange(len(boxes)), boxes.counts)[keep], minlength=len(boxes))
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        return Boxes(clipped[keep], boxes.classes[keep], offsets)
+
     def preparer(self, dtype, normalise):
         """:meth:`batch` without augmentation, as a function of a batch of uint8 images (for inference)."""
         return lambda images: self.batch(images, dtype, normalise)
@@ -234,6 +269,12 @@ def plan(dataset: str, source: Shape3, target: tuple[int, ...], model: str,
     if p > min(th, tw) // 2:
         raise UsageError(f"--crop-padding {p} is more than half the model's {th}×{tw} input")
     return InputPlan(dataset, (c, h, w), (tc, th, tw), border, crop, tc != c, augmentation)
+
+
+#: A box moved partly out of the input (:meth:`InputPlan.boxes`) is kept when this share of its area is left ...
+KEEP_SHARE = 0.25
+#: ... and it is at least this many pixels wide and high.
+MIN_SIDE = 2.0
 
 
 def check_outputs(output_shape: tuple[int, ...], classes: int, dataset: str, model: str) -> None:
