@@ -10,7 +10,9 @@ suppression and mAP:
   (:func:`from_yolo`, :func:`to_yolo`) and nowhere else;
 * :class:`Boxes` holds the boxes of ``N`` images as flat arrays and offsets, indexed like a label array
   (``boxes[idx]`` is the boxes of the images ``idx``), so a dataset's labels can be boxes wherever it can be
-  class indices.
+  class indices;
+* :func:`iou` and :func:`nms` are the geometry every user of boxes shares: intersection over union in pixels
+  (no ``+ 1``, as torchvision and pycocotools), and greedy non-maximum suppression with torchvision's rule.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Boxes", "from_yolo", "to_yolo"]
+__all__ = ["Boxes", "from_yolo", "iou", "nms", "to_yolo"]
 
 
 @dataclass(frozen=True)
@@ -112,3 +114,91 @@ def to_yolo(xyxy: np.ndarray, width: float, height: float) -> np.ndarray:
     b = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4) / np.array([width, height, width, height])
     out = np.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1)
     return out.astype(np.float32)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of every box of ``a`` (m, 4) with every box of ``b`` (k, 4), both ``xyxy``: (m, k) float64.
+
+    Computed in float64 whatever the inputs, in the order pycocotools' ``bbIou`` uses (widths from the corners,
+    ``union = area_a + area_b - intersection``), so that an IoU compared with a threshold falls on the same side
+    as there. A pair that does not overlap, or whose union is empty (two zero-area boxes), has IoU 0, not NaN;
+    an inverted box (``x1 < x0``) overlaps nothing.
+    """
+    a = _xyxy(a, "a")
+    b = _xyxy(b, "b")
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    w = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    h = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    overlaps = (w > 0) & (h > 0)
+    inter = np.where(overlaps, w * h, 0.0)
+    union = area_a[:, None] + area_b[None, :] - inter
+    out = np.zeros_like(inter)
+    # Overlapping boxes have a union at least their intersection > 0; elsewhere the IoU stays 0.
+    np.divide(inter, union, out=out, where=overlaps)
+    return out
+
+
+def nms(xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float, classes: np.ndarray | None = None,
+        max_boxes: int | None = None) -> np.ndarray:
+    """Greedy non-maximum suppression: the indices (int64, (n,)) of the boxes kept, by decreasing score.
+
+    ``xyxy`` (M, 4) and ``scores`` (M,) of one image. Boxes are visited by decreasing score, ties in index order
+    (a stable sort); a visited box that is not suppressed is kept and suppresses every later box whose IoU with
+    it (:func:`iou`) is ``> iou_threshold`` (torchvision.ops.nms's rule: a box exactly at the threshold
+    survives). With ``classes`` (M,) a box suppresses only boxes of its own class, as
+    torchvision.ops.batched_nms; the kept indices of all classes together are still in score order.
+    ``max_boxes`` keeps only the first that many (the per-image cap detectors apply). NaN scores sort last.
+
+    Each kept box costs one vectorised IoU against the boxes of its class still in play: a few thousand boxes
+    take a fraction of a second.
+    """
+    boxes = _xyxy(xyxy, "xyxy")
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(scores) != len(boxes):
+        raise ValueError(f"nms: {len(scores)} scores for {len(boxes)} boxes")
+    if max_boxes is not None and max_boxes < 0:
+        raise ValueError(f"nms: max_boxes {max_boxes} is negative")
+    cap = len(boxes) if max_boxes is None else int(max_boxes)
+    order = np.argsort(-scores, kind="stable")
+    if classes is None:
+        return _greedy(boxes, order, iou_threshold, cap)
+    classes = np.asarray(classes).reshape(-1)
+    if len(classes) != len(boxes):
+        raise ValueError(f"nms: {len(classes)} classes for {len(boxes)} boxes")
+    # Classes do not interact, so each is suppressed alone (small arrays, so cheap steps); the survivors are
+    # then put back in the one score order, where the first ``cap`` are what a joint pass would keep.
+    ordered = classes[order]
+    kept = [_greedy(boxes, order[ordered == c], iou_threshold, cap) for c in np.unique(ordered)]
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    kept = np.concatenate(kept) if kept else np.zeros(0, np.int64)
+    return kept[np.argsort(rank[kept])][:cap]
+
+
+def _greedy(boxes: np.ndarray, order: np.ndarray, iou_threshold: float, cap: int) -> np.ndarray:
+    """The greedy pass of :func:`nms` over the boxes ``order`` (indices into ``boxes`` (M, 4), visiting order)."""
+    x0, y0, x1, y1 = (np.ascontiguousarray(boxes[order, j]) for j in range(4))
+    area = (x1 - x0) * (y1 - y0)
+    remaining = np.arange(len(order))
+    keep: list[int] = []
+    while len(remaining) and len(keep) < cap:
+        i, rest = remaining[0], remaining[1:]
+        keep.append(int(order[i]))
+        # :func:`iou` of box i with the rest, the same operations in the same order (so the same bits).
+        w = np.minimum(x1[i], x1[rest]) - np.maximum(x0[i], x0[rest])
+        h = np.minimum(y1[i], y1[rest]) - np.maximum(y0[i], y0[rest])
+        overlaps = (w > 0) & (h > 0)
+        inter = np.where(overlaps, w * h, 0.0)
+        ratio = np.zeros_like(inter)
+        np.divide(inter, area[i] + area[rest] - inter, out=ratio, where=overlaps)
+        remaining = rest[~(ratio > iou_threshold)]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _xyxy(boxes: np.ndarray, name: str) -> np.ndarray:
+    """``boxes`` as float64 (m, 4), or a ValueError naming the argument."""
+    out = np.asarray(boxes, dtype=np.float64)
+    if out.ndim != 2 or out.shape[1] != 4:
+        raise ValueError(f"{name}: boxes must have shape (m, 4), got {out.shape}")
+    return out
