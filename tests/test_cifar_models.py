@@ -34,7 +34,7 @@ def test_train_section_names_cifar10_and_the_model_fits_it(name):
     assert m.train_setting("crop_padding") == 4 and m.train_setting("flip") is True  # the usual CIFAR recipe
     g, info = graph.build(m), data.DATASETS["cifar10"]
     assert tuple(g.input_shape) == info.image_shape  # 3×32×32 images, taken as they are
-    inputs.check_outputs(g.output_shape, len(info.classes), info.title, name)  # 10 classes
+    inputs.check_outputs(g[g.output], len(info.classes), info.title, name)  # 10 classes
 
 
 @pytest.mark.parametrize("name", CIFAR_MODELS)

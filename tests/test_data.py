@@ -142,11 +142,20 @@ def test_unknown_dataset_lists_valid_names():
 
 
 def test_a_model_must_give_one_output_per_class():
+    from cnncli.model import graph, spec
     from cnncli.records import inputs
 
-    inputs.check_outputs((10,), len(data.get("mnist").classes), "MNIST", "m")
+    def output(layers: str):
+        g = graph.build(spec.parse(f"input: [1, 12, 12]\nlayers:\n{layers}"))
+        return g[g.output]
+
+    inputs.check_outputs(output("  - flatten\n  - dense: {units: 10}"), len(data.get("mnist").classes), "MNIST", "m")
     with pytest.raises(UsageError, match="has 10 classes: the last layer needs 10 units"):
-        inputs.check_outputs((100,), len(data.get("mnist").classes), "MNIST", "m")
+        inputs.check_outputs(output("  - flatten\n  - dense: {units: 100}"), 10, "MNIST", "m")
+    # A yolo head scores the channels after its boxes' (5 a box): 2 boxes and 10 classes are 20 filters.
+    inputs.check_outputs(output("  - conv: {filters: 20, kernel: 1}\n  - yolo: {boxes: 2}"), 10, "MNIST", "m")
+    with pytest.raises(UsageError, match="scores 3 classes in its yolo head .* needs 20 filters"):
+        inputs.check_outputs(output("  - conv: {filters: 13, kernel: 1}\n  - yolo: {boxes: 2}"), 10, "MNIST", "m")
     with pytest.raises(UsageError, match="only replicates a grey channel"):  # the input side: cnncli.records.inputs.plan
         inputs.plan("CIFAR-10", data.get("cifar10").image_shape, (1, 32, 32), "m")
 

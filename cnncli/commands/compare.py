@@ -105,7 +105,7 @@ def plan(models: list[str], overrides: dict[str, Any], *, limit: int | None = No
         # its head sized to the dataset's classes as train sizes it.
         graph = build(head.resize(model_spec, len(source.classes)).spec, aux=True)
         inputs.plan(source.title, source.image_shape, graph.input_shape, model_spec.name)
-        inputs.check_outputs(graph.output_shape, len(source.classes), source.title, model_spec.name)
+        inputs.check_outputs(graph[graph.output], len(source.classes), source.title, model_spec.name)
         entries.append(Entry(model, model_spec.name, folder / model_spec.name, graph.macs))
     experiment = Experiment(folder, entries, settings, limit, dtype or "float32", data_dir)
     if saved is not None:

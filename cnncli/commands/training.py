@@ -18,6 +18,7 @@ the epoch and the running sums of its metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -32,11 +33,12 @@ import yaml
 
 from cnncli import __version__, atomic, data
 from cnncli.atomic import write_text_atomic
-from cnncli.commands import recipe
+from cnncli.commands import recipe, tasks
 from cnncli.data import DownloadEvent
 from cnncli.data.source import FOLDER, Source, check_readable, open_source
 from cnncli.engine import losses, optim
 from cnncli.engine.network import Network
+from cnncli.engine.yolo import TERMS
 from cnncli.errors import CheckpointError, TrainingStopped, UsageError, WorkerLost
 from cnncli.model import head, spec
 from cnncli.model.graph import ancestors, build
@@ -177,7 +179,7 @@ class StepProgress:
     batch: int                # steps done in this epoch
     steps: int                # steps per epoch
     loss: float               # mean over the epoch so far
-    accuracy: float
+    accuracy: float | None    # a classifier's, over the epoch so far (None: a detector)
     images_per_s: float
     lr: float
 
@@ -188,12 +190,24 @@ class EpochRecord:
 
     epoch: int                # 1-based
     train_loss: float
-    train_acc: float
+    train_acc: float | None   # a classifier's (None: a detector)
     val_loss: float | None
     val_acc: float | None
     lr: float                 # of the epoch's last step
     images_per_s: float
     seconds: float            # training and validation
+    #: A detector's: the training loss by term (cnncli.engine.yolo.TERMS), the validation mAP@0.5 and mAP@0.5:0.95.
+    terms: dict[str, float] | None = None
+    val_map50: float | None = None
+    val_map50_95: float | None = None
+
+    @property
+    def score(self) -> float | None:
+        """What ranks the epochs for best.npz: the validation score (accuracy, or a detector's mAP@0.5); without a
+        validation set, a classifier's training accuracy (a detector's: None, every epoch is the best so far)."""
+        if self.terms is not None:
+            return self.val_map50
+        return self.val_acc if self.val_acc is not None else self.train_acc
 
 
 @dataclass
@@ -207,9 +221,12 @@ class RunResult:
     epochs_done: int
     history: list[EpochRecord]
     best_epoch: int | None
-    best_val_acc: float | None
+    best_val_acc: float | None  # the best epoch's validation score: accuracy, or a detector's mAP@0.5 (``metric``)
     test_loss: float | None = None
-    test_acc: float | None = None
+    test_acc: float | None = None   # a classifier's
+    test_map50: float | None = None     # a detector's
+    test_map50_95: float | None = None
+    metric: str = "accuracy"     # what ranks epochs and scores the test set (cnncli.commands.tasks)
     n_test: int = 0
     seconds: float = 0.0
     signal_name: str | None = None
@@ -611,7 +628,8 @@ class _Run:
         self.epoch = 0            # epochs completed
         self.batch = 0            # steps completed in the current epoch
         self.step = 0             # global step
-        self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+        self.task: tasks.Classification | tasks.Detection = tasks.Classification()
+        self.partial = self.fresh_partial()
         self.history: list[EpochRecord] = []
         self.best_epoch: int | None = None
         self.best_score: float | None = None
@@ -634,9 +652,11 @@ class _Run:
         self.fingerprint = model_spec.fingerprint()
         frozen = freezing.choose(model_spec, cfg.freeze).layers if cfg.freeze is not None else frozenset()
         self.graph = build(model_spec, aux=True, frozen=frozen)
+        self.task = tasks.of(self.graph)
+        self.partial = self.fresh_partial()
         self.inputs = inputs.plan(info.title, info.image_shape, self.graph.input_shape, cfg.name,
                                   inputs.Augmentation(cfg.crop_padding, cfg.flip))
-        inputs.check_outputs(self.graph.output_shape, classes, info.title, cfg.name)
+        inputs.check_outputs(self.graph[self.graph.output], classes, info.title, cfg.name)
         cfg.classes = classes
         dtype = np.dtype(cfg.dtype)
         self.dtype = dtype
@@ -655,6 +675,7 @@ class _Run:
         self.net.spawn_workers(cfg.batch_size)
 
         images, labels = info.load("train", cfg.data_dir, progress=self.reporter.download)
+        tasks.check_labels(self.task, labels, info.title, cfg.name)
         test_images, test_labels = info.load("test", cfg.data_dir, progress=self.reporter.download)
         if cfg.limit is not None:
             if cfg.limit > len(images):
@@ -668,7 +689,7 @@ class _Run:
         self.x_val, self.y_val = _Rows(images, val_idx), labels[val_idx]
         self.test_images, self.test_labels = test_images, test_labels
 
-        self.loss = losses.get(model_spec.loss)
+        self.loss = losses.get(model_spec.loss).bound(self.graph)
         self.source = self.loss.source(self.graph)
         self.opt = optim.make(cfg.optimizer, self.net.trainable(), cfg.lr, momentum=cfg.momentum,
                               nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
@@ -789,10 +810,19 @@ class _Run:
         """uint8 images (n, C, H, W) → the model's float input, augmented when ``draws`` are given."""
         return self.inputs.batch(images, self.dtype, self.data_source.normalise, draws)
 
-    def score(self, images: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    def fresh_partial(self) -> dict[str, Any]:
+        """The running sums of an epoch not yet begun (the task's own among them: :meth:`tasks.Classification.step`)."""
+        return {"loss_sum": 0.0, "seen": 0, "seconds": 0.0, **self.task.sums()}
+
+    def score(self, images: np.ndarray, y) -> tasks.Score:
         out = self.net.predict(images, EVAL_BATCH, self.source, self.make_batch)
-        loss_value, _ = self.loss.fn(out, y)
-        return float(loss_value), float(np.mean(out.argmax(axis=1) == y))
+        return self.task.score(out, y, self.inputs, self.loss)
+
+    def test_score(self, checkpoint_name: str, epoch: int) -> runs.TestScore:
+        s = self.score(self.test_images, self.test_labels)
+        if isinstance(self.task, tasks.Detection):
+            return runs.TestScore(checkpoint_name, epoch, s.loss, None, s.value, s.map50_95)
+        return runs.TestScore(checkpoint_name, epoch, s.loss, s.value)
 
     def run(self) -> RunResult:
         cfg = self.cfg
@@ -814,9 +844,9 @@ class _Run:
             for b in range(self.batch, self.steps_per_epoch):
                 idx = order[b * bs:(b + 1) * bs]
                 k = len(idx)
-                x = self.make_batch(self.x_train[idx], None if draws is None else
-                               (draws.dy[idx], draws.dx[idx], draws.flip[idx]))
-                y = self.y_train[idx]
+                drawn = None if draws is None else (draws.dy[idx], draws.dx[idx], draws.flip[idx])
+                x = self.make_batch(self.x_train[idx], drawn)
+                y = self.task.target(self.y_train[idx], self.inputs, drawn, self.dtype)
                 self.opt.lr = self.last_lr = learning_rate(cfg.schedule, self.plan, self.step)
                 self.net.passes = self.step  # dropout's masks are numbered by the step: a resumed run draws them again
                 before = None if self.group is None else {k: v.copy() for k, v in self.net.buffers.items()}
@@ -835,12 +865,14 @@ class _Run:
                 self.step += 1
                 self.batch = b + 1
                 p["loss_sum"] += loss_value * k
-                p["correct"] += int(np.count_nonzero(out.argmax(axis=1) == y))
+                for key, value in self.task.step(out, y).items():
+                    p[key] += value
                 p["seen"] += k
                 elapsed = time.perf_counter() - t0
                 p["seconds"] = elapsed
                 self.reporter.step(StepProgress(self.epoch + 1, cfg.epochs, self.batch, self.steps_per_epoch,
-                                                p["loss_sum"] / p["seen"], p["correct"] / p["seen"],
+                                                p["loss_sum"] / p["seen"],
+                                                p["correct"] / p["seen"] if "correct" in p else None,
                                                 p["seen"] / max(elapsed, 1e-9), self.last_lr))
                 if self.interrupts.signal_name:
                     return self.interrupted()
@@ -855,24 +887,26 @@ class _Run:
         if not self.lead:
             # A data-parallel worker only computes: the lead scores, writes and reports.
             self.epoch, self.batch = self.epoch + 1, 0
-            self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+            self.partial = self.fresh_partial()
             return
-        val_loss = val_acc = None
-        if len(self.x_val):
-            val_loss, val_acc = self.score(self.x_val, self.y_val)
-        if val_loss is not None and not math.isfinite(val_loss):
-            self.stop_non_finite(val_loss, "validation ")
-        record = EpochRecord(self.epoch + 1, p["loss_sum"] / p["seen"], p["correct"] / p["seen"],
-                             val_loss, val_acc, self.last_lr, p["seen"] / max(train_seconds, 1e-9),
-                             time.perf_counter() - t0)
+        val = self.score(self.x_val, self.y_val) if len(self.x_val) else None
+        if val is not None and not math.isfinite(val.loss):
+            self.stop_non_finite(val.loss, "validation ")
+        seen = p["seen"]
+        detecting = isinstance(self.task, tasks.Detection)
+        record = EpochRecord(self.epoch + 1, p["loss_sum"] / seen, None if detecting else p["correct"] / seen,
+                             None if val is None else val.loss, None if val is None or detecting else val.value,
+                             self.last_lr, seen / max(train_seconds, 1e-9), time.perf_counter() - t0,
+                             {t: p[t] / seen for t in TERMS} if detecting else None,
+                             val.value if detecting and val is not None else None,
+                             val.map50_95 if detecting and val is not None else None)
         self.flow.end_epoch(self.epoch + 1, self.net.params)
         self.epoch += 1
         self.batch = 0
-        self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+        self.partial = self.fresh_partial()
         self.history.append(record)
-        # Without a validation set the training accuracy is the only score there is.
-        score = record.val_acc if record.val_acc is not None else record.train_acc
-        improved = self.best_score is None or score > self.best_score
+        score = record.score
+        improved = self.best_score is None or score is None or score > self.best_score
         if improved:
             self.best_epoch, self.best_score = record.epoch, score
         self.write_metrics()
@@ -909,16 +943,17 @@ class _Run:
         """Score the test set under last.npz (the weights now) and best.npz, and write test.json."""
         if not self.lead:
             return self.result("completed")
-        last = runs.TestScore(runs.LAST, self.epoch, *self.score(self.test_images, self.test_labels))
+        last = self.test_score(runs.LAST, self.epoch)
         # best.npz holds last.npz's weights when the last epoch was the best: no second pass.
-        best = (runs.TestScore(runs.BEST, last.epoch, last.loss, last.accuracy) if self.best_epoch == self.epoch
+        best = (dataclasses.replace(last, checkpoint=runs.BEST) if self.best_epoch == self.epoch
                 else self.score_best())
         scores = (last,) if best is None else (last, best)
         try:
             write_text_atomic(self.cfg.out / runs.TEST, runs.test_json(len(self.test_images), last, best))
         except OSError as e:
             raise TrainingStopped(f"cannot write {self.cfg.out / runs.TEST}: {e.strerror or e}") from None
-        return self.result("completed", test_loss=last.loss, test_acc=last.accuracy, n_test=len(self.test_images),
+        return self.result("completed", test_loss=last.loss, test_acc=last.accuracy, test_map50=last.map50,
+                           test_map50_95=last.map50_95, n_test=len(self.test_images),
                            checkpoint=self.cfg.out / runs.LAST, test_scores=scores)
 
     def score_best(self) -> runs.TestScore | None:
@@ -929,19 +964,25 @@ class _Run:
             return None
         best = checkpoint.load(path)
         self.net.load_state_dict(best.weights(), source=str(path))
-        return runs.TestScore(runs.BEST, best.epoch, *self.score(self.test_images, self.test_labels))
+        return self.test_score(runs.BEST, best.epoch)
 
     def result(self, status: str, **extra: Any) -> RunResult:
-        best_val = None
-        if self.best_epoch is not None and self.history[self.best_epoch - 1].val_acc is not None:
-            best_val = self.history[self.best_epoch - 1].val_acc
+        best_val = _best_validation(self.history, self.best_epoch)
         return RunResult(self.cfg, self.cfg.out, status, self.epoch, list(self.history), self.best_epoch,
-                         best_val, seconds=time.perf_counter() - self.started,
+                         best_val, metric=self.task.metric, seconds=time.perf_counter() - self.started,
                          signal_name=self.interrupts.signal_name, batch=self.batch,
                          steps_per_epoch=getattr(self, "steps_per_epoch", 0),
                          dataset_title=self.data_source.title if hasattr(self, "data_source") else "",
                          lead=self.lead, files=tuple(runs.listing(self.cfg.out)) if self.lead else (),
                          first_epoch=getattr(self, "first_epoch", 1), **extra)
+
+
+def _best_validation(history: list[EpochRecord], best_epoch: int | None) -> float | None:
+    """The best epoch's validation score (accuracy, or a detector's mAP@0.5); None without one."""
+    if best_epoch is None:
+        return None
+    record = history[best_epoch - 1]
+    return record.val_map50 if record.terms is not None else record.val_acc
 
 
 def finished(config: RunConfig) -> RunResult | None:
@@ -960,11 +1001,14 @@ def finished(config: RunConfig) -> RunResult | None:
     try:
         history = [EpochRecord(**r) for r in ckpt.meta["history"]]
         best_epoch = ckpt.meta["best_epoch"]
-        best_val = history[best_epoch - 1].val_acc if best_epoch else None
+        best_val = _best_validation(history, best_epoch)
     except (KeyError, TypeError, IndexError) as e:
         raise CheckpointError(f"{ckpt.path}: its training state is incomplete ({e})") from None
     return RunResult(config, folder, "finished", ckpt.epoch, history, best_epoch, best_val,
                      test_loss=scores[0].loss if scores else None, test_acc=scores[0].accuracy if scores else None,
+                     test_map50=scores[0].map50 if scores else None,
+                     test_map50_95=scores[0].map50_95 if scores else None,
+                     metric=tasks.Detection.metric if history and history[0].terms is not None else "accuracy",
                      n_test=int(test.get("n", 0)), checkpoint=Path(config.resume), test_scores=scores,
                      files=tuple(runs.listing(folder)),
                      dataset_title=str(source.get("title", "")) if isinstance(source, dict) else "")

@@ -40,6 +40,7 @@ import numpy as np
 from cnncli.engine.boxes import Boxes
 from cnncli.engine.jit import kernel
 from cnncli.errors import UsageError
+from cnncli.model.graph import Node, output_classes
 
 __all__ = ["Augmentation", "Draws", "InputPlan", "check_outputs", "plan"]
 
@@ -277,9 +278,17 @@ KEEP_SHARE = 0.25
 MIN_SIDE = 2.0
 
 
-def check_outputs(output_shape: tuple[int, ...], classes: int, dataset: str, model: str) -> None:
-    """A classifier of ``dataset`` must give one output per class; else :class:`UsageError`."""
-    if tuple(output_shape) != (classes,):
-        raise UsageError(f"model '{model}' outputs {_fmt(output_shape)}, but {dataset} has {classes} classes: "
-                         f"the last layer needs {classes} units")
+def check_outputs(output: Node, classes: int, dataset: str, model: str) -> None:
+    """A model of ``dataset`` must score each of its classes (:func:`cnncli.model.graph.output_classes`: a
+    classifier's units, a detection head's class channels); else :class:`UsageError`."""
+    scored = output_classes(output)
+    if scored == classes:
+        return
+    if output.kind == "yolo":
+        boxes = output.options["boxes"]
+        raise UsageError(f"model '{model}' scores {scored} classes in its yolo head ({output.out_shape[0]} channels: "
+                         f"5 a box for {boxes} boxes, then one a class), but {dataset} has {classes} classes: the "
+                         f"layer before the head needs {5 * boxes + classes} filters")
+    raise UsageError(f"model '{model}' outputs {_fmt(output.out_shape)}, but {dataset} has {classes} classes: "
+                     f"the last layer needs {classes} units")
 

@@ -35,6 +35,9 @@ import yaml
 from cnncli.errors import UsageError
 
 METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "seconds")
+#: A detector's metrics.csv: the training loss by term (cnncli.engine.yolo.TERMS) and the validation mAP.
+DETECTION_FIELDS = ("epoch", "train_loss", "coord", "obj", "noobj", "cls", "val_loss", "val_map50", "val_map50_95",
+                    "lr", "images_per_s", "seconds")
 GRADIENT_FIELDS = ("epoch", "layer", "kind", "grad_norm", "update_ratio", "weight_norm")
 _TEXT_FIELDS = ("layer", "kind")
 
@@ -61,7 +64,10 @@ def _csv(fields: tuple[str, ...], rows: list[dict[str, Any]]) -> str:
 
 
 def metrics_csv(rows: list[dict[str, Any]]) -> str:
-    """``metrics.csv``'s text: a header and one row per epoch record (a dict with :data:`METRIC_FIELDS`)."""
+    """``metrics.csv``'s text: a header and one row per epoch record (a dict with :data:`METRIC_FIELDS`; a
+    detector's, with its loss's ``terms``, :data:`DETECTION_FIELDS`)."""
+    if rows and rows[0].get("terms") is not None:
+        return _csv(DETECTION_FIELDS, [{**row, **row["terms"]} for row in rows])
     return _csv(METRIC_FIELDS, rows)
 
 
@@ -72,36 +78,53 @@ def gradients_csv(rows: list[dict[str, Any]]) -> str:
 
 @dataclass(frozen=True)
 class TestScore:
-    """The test set's loss and accuracy under one checkpoint of a run (a line of ``test.json``)."""
+    """The test set's scores under one checkpoint of a run (a line of ``test.json``): a classifier's loss and
+    accuracy, or a detector's loss, mAP@0.5 and mAP@0.5:0.95 (its accuracy None)."""
 
     checkpoint: str           # the file in the run folder: LAST or BEST
     epoch: int | None         # epochs it had trained (None: a test.json of an older version)
     loss: float
-    accuracy: float
+    accuracy: float | None
+    map50: float | None = None
+    map50_95: float | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """Its scores as test.json writes them (a detector's without ``accuracy``)."""
+        if self.accuracy is None:
+            return {"loss": self.loss, "map50": self.map50, "map50_95": self.map50_95}
+        return {"loss": self.loss, "accuracy": self.accuracy}
 
 
 def test_json(n: int, last: TestScore, best: TestScore | None) -> str:
     """``test.json``'s text: last.npz's scores at the top level (the keys older readers know), best.npz's
     under ``best``."""
-    record: dict[str, Any] = {"loss": last.loss, "accuracy": last.accuracy, "n": n, "checkpoint": last.checkpoint,
-                              "epoch": last.epoch}
+    record: dict[str, Any] = {**last.fields(), "n": n, "checkpoint": last.checkpoint, "epoch": last.epoch}
     if best is not None:
-        record["best"] = {"checkpoint": best.checkpoint, "epoch": best.epoch, "loss": best.loss,
-                          "accuracy": best.accuracy}
+        record["best"] = {"checkpoint": best.checkpoint, "epoch": best.epoch, **best.fields()}
     return json.dumps(record) + "\n"
+
+
+def _score(record: dict[str, Any], default: str) -> TestScore | None:
+    def value(key: str) -> float | None:
+        v = record.get(key)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    accuracy, map50 = value("accuracy"), value("map50")
+    if accuracy is None and map50 is None:
+        return None
+    loss = value("loss")
+    return TestScore(str(record.get("checkpoint", default)), _int_or_none(record.get("epoch")),
+                     math.nan if loss is None else loss, accuracy, map50, value("map50_95"))
 
 
 def test_scores(test: dict[str, Any] | None) -> tuple[TestScore, ...]:
     """The scores a ``test.json`` record holds: last.npz's, then best.npz's when it says."""
-    if not test or not isinstance(test.get("accuracy"), (int, float)):
+    last = _score(test, LAST) if test else None
+    if last is None:
         return ()
-    scores = [TestScore(str(test.get("checkpoint", LAST)), _int_or_none(test.get("epoch")),
-                        float(test.get("loss", math.nan)), float(test["accuracy"]))]
     best = test.get("best")
-    if isinstance(best, dict) and isinstance(best.get("accuracy"), (int, float)):
-        scores.append(TestScore(str(best.get("checkpoint", BEST)), _int_or_none(best.get("epoch")),
-                                float(best.get("loss", math.nan)), float(best["accuracy"])))
-    return tuple(scores)
+    best_score = _score(best, BEST) if isinstance(best, dict) else None
+    return (last,) if best_score is None else (last, best_score)
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -140,7 +140,7 @@ def load(model: str, weights: str | os.PathLike[str], *, dataset: str | None = N
     graph = build(model_spec, aux=aux)
     if source is not None:
         plan = inputs.plan(source.title, source.image_shape, graph.input_shape, model_spec.name)
-        inputs.check_outputs(graph.output_shape, len(source.classes), source.title, model_spec.name)
+        inputs.check_outputs(graph[graph.output], len(source.classes), source.title, model_spec.name)
     net = network(model_spec, graph, saved, fast=fast, dtype=dtype)
     return Trained(model_spec, graph, saved, source, plan, net, sized.changes)
 
