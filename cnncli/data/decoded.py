@@ -24,7 +24,8 @@ from .registry import DatasetInfo
 _FORMAT = 2  # 2: images (N, C, H, W)
 
 
-def _identity(path: Path) -> dict[str, object]:
+def identity(path: Path) -> dict[str, object]:
+    """What tells a file apart from its later versions without reading it: resolved path, size, mtime (ns)."""
     st = path.stat()
     return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
@@ -59,7 +60,7 @@ def load(
             return None
         for key, path in sources.items():
             entry = record["sources"][key]
-            if {k: entry.get(k) for k in ("path", "size", "mtime_ns")} != _identity(path):
+            if {k: entry.get(k) for k in ("path", "size", "mtime_ns")} != identity(path):
                 return None
             if expected.get(key) is not None and entry.get("sha256") != expected[key]:
                 return None
@@ -107,7 +108,7 @@ def save(
             arrays[kind] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
         record = {
             "format": _FORMAT,
-            "sources": {key: {**_identity(path), "sha256": digests[key]} for key, path in sources.items()},
+            "sources": {key: {**identity(path), "sha256": digests[key]} for key, path in sources.items()},
             "arrays": arrays,
         }
         write_text_atomic(record_path, json.dumps(record, indent=1))
