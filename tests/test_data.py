@@ -124,6 +124,9 @@ def test_dataset_names_have_one_home():
 
     assert tuple(data.DATASETS) == DATASET_NAMES
     assert CHOICES == DATASET_NAMES + (FOLDER,) + DETECTION + (YOLO,)
+    from cnncli.data import mnist_detect
+
+    assert tuple(mnist_detect.DATASETS) == DETECTION
     assert tuple(d.value for d in cli.Dataset) == CHOICES
     assert tuple(spec.TRAIN_OPTIONS["dataset"].choices) == CHOICES
     # The CLI reads the names without the data code (nor numpy): --help stays fast.

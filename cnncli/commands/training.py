@@ -168,6 +168,7 @@ class RunStart:
     start: Start | None = None                # the weights a fine-tuning run started from
     frozen: Frozen | None = None              # the layers that do not train
     replan: Replan | None = None              # a resumed run's schedule changed by another --epochs
+    task: str = "classification"              # or "detection" (cnncli.commands.tasks)
 
 
 @dataclass(frozen=True)
@@ -831,7 +832,7 @@ class _Run:
                                      self.graph.total_params, self.steps_per_epoch, self.epoch,
                                      self.batch, cfg.out, self.inputs, self.data_source.notes,
                                      getattr(self.net, "description", ""), self.advice, self.head, self.start,
-                                     self.frozen, self.replan))
+                                     self.frozen, self.replan, self.task.kind))
         bs = cfg.batch_size
         n = len(self.x_train)
         augmentation = self.inputs.augmentation

@@ -100,6 +100,9 @@ NAME = "mnist-detect"
 #: The datasets whose images the canvases are made of.
 BASES: tuple[str, ...] = ("mnist", "fashion-mnist")
 
+#: The detection datasets by name (cnncli.dataset_names.DETECTION), and the base each is made of.
+DATASETS: dict[str, str] = {NAME: "mnist", "fashion-mnist-detect": "fashion-mnist"}
+
 SPLITS: tuple[str, ...] = ("train", "test")
 
 #: Canvases per split when ``count`` is not given.

@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from cnncli import data, extras
-from cnncli.data import DownloadEvent, class_lists, folder
-from cnncli.dataset_names import FOLDER
+from cnncli.data import DownloadEvent, class_lists, folder, mnist_detect
+from cnncli.dataset_names import DETECTION, FOLDER
 from cnncli.errors import CheckpointError, UsageError
 
 __all__ = ["FOLDER", "Source", "open_source"]
@@ -73,6 +73,9 @@ class Source:
         """Images uint8 (N, C, H, W) (a read-only memory map for a folder) and labels int64 (N,)."""
         if split in self._splits:
             return self._splits[split]
+        if self.name in DETECTION:
+            return mnist_detect.load(split, data_dir, size=self.image_shape[1], base=mnist_detect.DATASETS[self.name],
+                                     progress=progress)
         if self.root is None:
             return data.load(self.name, split, data_dir, progress=progress)
         which = split if self.folder_labels is None else folder.ALL  # no image of it was trained on
@@ -145,6 +148,8 @@ def open_source(name: str, data_dir: Path | None = None, input_shape: tuple[int,
                          "weights on your own images (predict's image files, features --image FILE) or on a folder "
                          f"of them (--dataset {FOLDER} --data-dir DIR, DIR holding one folder per {title} class, "
                          "named by its WordNet id, n02099601, or name, golden retriever)")
+    if name in DETECTION:
+        return _canvases(name, data_dir, input_shape, progress)
     if name != FOLDER:
         info = data.get(name)
         return Source(info.name, info.title, tuple(info.classes), tuple(info.image_shape),  # type: ignore[arg-type]
@@ -182,6 +187,25 @@ def open_source(name: str, data_dir: Path | None = None, input_shape: tuple[int,
                     (rule, folder.describe(shape, resize), *prepared, *dataset.notes), resize)
     if split == "train":
         source._splits["train"] = (images, labels)
+    return source
+
+
+def _canvases(name: str, data_dir: Path | None, input_shape: tuple[int, ...] | None, progress) -> Source:
+    """``mnist-detect`` (or Fashion-MNIST's) at the model's input size; its statistics are its training canvases'."""
+    shape = tuple(input_shape or ())
+    if len(shape) != 3 or shape[0] not in (1, 3) or shape[1] != shape[2]:
+        raise UsageError(f"{name} draws square canvases for a model whose input is a square grey or colour image "
+                         f"(1×S×S or 3×S×S), not {'×'.join(map(str, shape)) or 'nothing'}")
+    size = shape[1]
+    base = mnist_detect.DATASETS[name]
+    images, boxes = mnist_detect.load("train", data_dir, size=size, base=base, progress=progress)
+    mean, std = folder.pixel_stats(images)
+    things = "digits" if base == "mnist" else "items"
+    source = Source(name, f"{data.get(base).title} {things} on {size}×{size} canvases", mnist_detect.classes(base),
+                    (1, size, size), mean, std,
+                    notes=(f"1 to 4 {data.get(base).title} {things} a canvas, drawn from the seed 0 (training "
+                           f"canvases from its training images, test canvases from its test images)",))
+    source._splits["train"] = (images, boxes)
     return source
 
 

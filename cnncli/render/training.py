@@ -19,6 +19,7 @@ from rich.text import Text
 from cnncli.commands import recipe
 from cnncli.commands.training import EpochRecord, Frozen, Replan, RunResult, RunStart, Start, StepProgress
 from cnncli.data import DownloadEvent
+from cnncli.engine.yolo import TERMS
 from cnncli.model.head import HeadChange
 from cnncli.records import runs
 from cnncli.render import head_sizes, say
@@ -27,6 +28,10 @@ from cnncli.words import count
 
 _COLUMNS = (("epoch", 7), ("train loss", 10), ("train acc", 9), ("val loss", 9), ("val acc", 8),
             ("lr", 9), ("img/s", 7), ("time", 7))
+#: A detector's table: its training loss, then the loss's terms (cnncli.engine.yolo), in 80 columns (images a
+#: second are in metrics.csv and on the bar).
+_DETECTION_COLUMNS = (("epoch", 5), ("loss", 6), ("coord", 5), ("obj", 5), ("noobj", 5), ("cls", 5),
+                      ("val loss", 8), ("mAP50", 5), ("lr", 7), ("time", 6))
 
 
 def percent(v: float | None) -> str:
@@ -103,12 +108,17 @@ def frozen_line(frozen: Frozen) -> str:
 
 
 def _row(r: EpochRecord, epochs: int) -> list[str]:
+    if r.terms is not None:
+        return [f"{r.epoch}/{epochs}", f"{r.train_loss:.4g}", *(f"{r.terms[t]:.3g}" for t in TERMS),
+                "—" if r.val_loss is None else f"{r.val_loss:.4g}", _map(r.val_map50), f"{r.lr:.2g}",
+                duration(r.seconds)]
     return [f"{r.epoch}/{epochs}", _num(r.train_loss), percent(r.train_acc), _num(r.val_loss), percent(r.val_acc),
             f"{r.lr:.3g}", f"{r.images_per_s:,.0f}", duration(r.seconds)]
 
 
-def _table(header: bool) -> Table:
-    cols = [Column(name, width=w, justify="right", no_wrap=True) for name, w in _COLUMNS]
+def _table(header: bool, detecting: bool = False) -> Table:
+    cols = [Column(name, width=w, justify="right", no_wrap=True)
+            for name, w in (_DETECTION_COLUMNS if detecting else _COLUMNS)]
     return Table(*cols, box=None, show_header=header, header_style="bold", pad_edge=False)
 
 
@@ -139,6 +149,7 @@ class Reporter:
         self.downloads = Downloads(console)
         self.epochs = 0
         self.epoch = 0
+        self.detecting = False
 
     # -- downloads --
     def download(self, event: DownloadEvent) -> None:
@@ -152,6 +163,7 @@ class Reporter:
         self._stop_downloads()
         c = run.config
         self.epochs = c.epochs
+        self.detecting = run.task == "detection"
         title = run.inputs.dataset if run.inputs is not None else c.dataset
         opt = f"{c.optimizer} lr {c.lr:g}"
         if c.optimizer == "sgd" and c.momentum:
@@ -189,12 +201,13 @@ class Reporter:
         for a in run.advice:
             say(self.console, f"warning: {advice(a)}", "yellow")
         # The epochs' table, one row per finished epoch, on a terminal and in a log alike (80 columns).
-        self.console.print(_table(header=True))
+        self.console.print(_table(header=True, detecting=self.detecting))
         if not self.live:
             return
+        accuracy = () if self.detecting else (TextColumn("acc {task.fields[acc]:6.2%}"),)
         self.progress = _Progress(
             TextColumn("epoch {task.fields[epoch]}"), BarColumn(bar_width=30), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("acc {task.fields[acc]:6.2%}"),
+            TextColumn("loss {task.fields[loss]:.4f}"), *accuracy,
             TextColumn("{task.fields[ips]:>6,.0f} img/s"), TextColumn("eta"), TimeRemainingColumn(),
             console=self.console, transient=True)
         self.progress.start()
@@ -221,7 +234,7 @@ class Reporter:
         return self.overall(epoch, batch, steps) if self.overall else ""
 
     def epoch_end(self, record: EpochRecord) -> None:
-        table = _table(header=False)
+        table = _table(header=False, detecting=self.detecting)
         table.add_row(*_row(record, self.epochs))
         (self.progress.console if self.progress is not None else self.console).print(table)
 
@@ -239,7 +252,14 @@ class Reporter:
 def _score(score: runs.TestScore, same_as_best: bool) -> str:
     files = f"{runs.BEST} and {score.checkpoint}" if same_as_best else score.checkpoint
     epoch = f", epoch {score.epoch}" if score.epoch is not None else ""
+    if score.accuracy is None:
+        return (f"[bold]{_map(score.map50)}[/] mAP@0.5, {_map(score.map50_95)} mAP@0.5:0.95 ({files}{epoch}; "
+                f"loss {_num(score.loss)})")
     return f"[bold]{percent(score.accuracy)}[/] ({files}{epoch}; loss {_num(score.loss)})"
+
+
+def _map(v: float | None) -> str:
+    return "—" if v is None else f"{v:.3f}"
 
 
 def test_line(scores: tuple[runs.TestScore, ...], n_test: int, title: str) -> str:
@@ -251,7 +271,8 @@ def test_line(scores: tuple[runs.TestScore, ...], n_test: int, title: str) -> st
         shown = _score(last, same_as_best=True)
     else:
         shown = " · ".join(_score(s, False) for s in (best, last) if s is not None)
-    return f"[bold]Test accuracy[/] {shown} on {count(n_test, 'test image')} of {escape(title)}"
+    what = "Test accuracy" if last.accuracy is not None else "Test"
+    return f"[bold]{what}[/] {shown} on {count(n_test, 'test image')} of {escape(title)}"
 
 
 def _files(result: RunResult) -> str:
@@ -284,7 +305,8 @@ def show_result(result: RunResult, console: Console) -> None:
     if result.status == "completed":
         parts = [f"{_epochs_run(result)} in {duration(result.seconds)}"]
         if result.best_epoch is not None and result.best_val_acc is not None:
-            parts.append(f"best validation accuracy {percent(result.best_val_acc)} at epoch {result.best_epoch}")
+            value = percent(result.best_val_acc) if result.metric == "accuracy" else _map(result.best_val_acc)
+            parts.append(f"best validation {result.metric} {value} at epoch {result.best_epoch}")
         say(console, "; ".join(parts))
         say(console, _files(result))
         return
