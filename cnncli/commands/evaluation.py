@@ -5,6 +5,11 @@
 per-class precision, recall and F1, the most confused pairs of classes and the
 most confident mistakes (with their pixels, for drawing). :func:`scores` does
 the arithmetic on labels and predictions alone, so it can be checked by hand.
+
+A detector (:mod:`cnncli.commands.tasks`) is scored as COCO scores one instead: a
+:class:`DetectionEvalResult` with mAP@0.5 and mAP@0.5:0.95, each class's AP and
+its precision–recall curve (:mod:`cnncli.commands.average_precision`), and the
+loss term by term.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from cnncli import data
+from cnncli.commands import tasks
+from cnncli.commands.average_precision import ClassAP
 from cnncli.engine import losses
 from cnncli.errors import UsageError
 from cnncli.model.head import HeadChange
@@ -90,6 +97,31 @@ class EvalResult:
     head: tuple[HeadChange, ...] = ()  # heads sized as the weights file holds them (it records no classes)
 
 
+@dataclass
+class DetectionEvalResult:
+    """Everything ``cnncli eval`` shows of a detector: COCO's scores of the boxes it finds (every box scoring
+    at least ``conf``, after non-maximum suppression at ``iou``: :data:`cnncli.commands.tasks.SCORE_CONF`)."""
+
+    model: str
+    checkpoint: Path
+    dataset: str
+    split: str
+    n: int
+    loss: float
+    terms: dict[str, float]
+    map50: float | None
+    map50_95: float | None
+    class_names: list[str]
+    per_class: tuple[ClassAP, ...]
+    objects: int               # ground-truth boxes in the split
+    conf: float
+    iou: float
+    dataset_title: str = ""
+    epoch: int | None = None
+    step: int = 0
+    head: tuple[HeadChange, ...] = ()
+
+
 # --------------------------------------------------------------------------- arithmetic
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray, classes: int,
@@ -143,7 +175,7 @@ def worst_mistakes(probs: np.ndarray, y_true: np.ndarray, images: np.ndarray, co
 def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split: str = "test",
              data_dir: Path | None = None, batch_size: int = 500, top_k: int | None = None,
              worst: int = 6, progress: data.ProgressCallback | None = None,
-             skip_model_check: bool = False) -> EvalResult:
+             skip_model_check: bool = False) -> EvalResult | DetectionEvalResult:
     """Score ``checkpoint`` (weights of ``model``, or the name of published weights) on ``split`` of ``dataset``.
 
     ``progress`` receives the download events of the dataset's files (and of published weights). ``top_k``
@@ -167,8 +199,19 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
     classes = len(info.classes)
     top_k = trained.default_top_k(classes) if top_k is None else top_k
     images, labels = info.load(split, data_dir, progress=progress)
-    loss = losses.get(model_spec.loss)
+    loss = losses.get(model_spec.loss).bound(graph)
     outputs = net.predict(images, batch_size, loss.source(graph), plan.preparer(net.dtype, info.normalise))
+    task = tasks.of(graph)
+    tasks.check_labels(task, labels, info.title, model_spec.name)
+    if isinstance(task, tasks.Detection):
+        s = task.score(outputs, labels, plan, loss)
+        return DetectionEvalResult(
+            model=model_spec.name, checkpoint=Path(checkpoint), dataset=info.name, dataset_title=info.title,
+            split=split, n=len(labels), loss=s.loss, terms=s.terms.as_dict(), map50=s.details.map50,
+            map50_95=s.details.map50_95, class_names=list(info.classes), per_class=s.details.per_class,
+            objects=len(labels.classes), conf=tasks.SCORE_CONF, iou=tasks.SCORE_IOU,
+            epoch=saved.epoch if "epoch" in saved.meta else None, step=int(saved.meta.get("batch", 0) or 0),
+            head=loaded.head)
     loss_value, _ = loss.fn(outputs, labels) if len(labels) else (0.0, None)
     probs = loss.probabilities(outputs)
     s = scores(labels, probs.argmax(axis=1), classes, list(info.classes))

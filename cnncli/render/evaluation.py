@@ -15,8 +15,10 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from cnncli.commands.evaluation import EvalResult, Mistake
+from cnncli.commands.average_precision import RECALL_POINTS
+from cnncli.commands.evaluation import DetectionEvalResult, EvalResult, Mistake
 from cnncli.render import colour_on, head_record, say, tables, weights_head
+from cnncli.render.charts import Series, line_chart
 from cnncli.render.pictures import picture, shrink
 from cnncli.words import count
 
@@ -41,9 +43,35 @@ def as_dict(result: EvalResult) -> dict[str, Any]:
     }
 
 
+def detection_dict(result: DetectionEvalResult) -> dict[str, Any]:
+    """A detector's JSON record: ``map50`` and ``map50_95`` first, then the loss, the classes' AP (null for a
+    class without objects in the split) and their precision at the 101 recall points 0, 0.01, ..., 1 at IoU 0.5."""
+    return {
+        "map50": result.map50,
+        "map50_95": result.map50_95,
+        "loss": result.loss,
+        "terms": result.terms,
+        "n": result.n,
+        "objects": result.objects,
+        "per_class": [{"class": c.cls, "name": result.class_names[c.cls], "objects": c.truths,
+                       "detections": c.detections, "ap50": c.ap50, "ap50_95": c.ap50_95, "recall50": c.recall50}
+                      for c in result.per_class],
+        "precision50": [None if c.precision50 is None else [round(float(p), 6) for p in c.precision50]
+                        for c in result.per_class],
+        "conf": result.conf,
+        "iou": result.iou,
+        "dataset": result.dataset,
+        "split": result.split,
+        "model": result.model,
+        "checkpoint": str(result.checkpoint),
+        "epoch": result.epoch,
+        "step": result.step,
+    }
+
+
 def _dumps(record: dict[str, Any]) -> str:
     """Indented JSON with each confusion row and each per-class record kept on one line."""
-    rows = {"confusion": record["confusion"], "per_class": record["per_class"]}
+    rows = {k: record[k] for k in ("confusion", "per_class", "precision50") if k in record}
     marked = {k: [f"@row{i}" for i in range(len(v))] if k in rows else v for k, v in record.items()}
     text = json.dumps(marked, indent=2)
     for key, values in rows.items():
@@ -135,8 +163,64 @@ def _trained(result: EvalResult) -> str:
     return f" (epoch {result.epoch + 1}, step {result.step})" if result.step else f" (epoch {result.epoch})"
 
 
-def show(result: EvalResult, fmt: str, console: Console) -> None:
+def _ap(v: float | None) -> str:
+    return "—" if v is None else f"{v:.3f}"
+
+
+def _ap_table(result: DetectionEvalResult) -> Table:
+    table = Table(title="Per class", title_justify="left", header_style="bold", show_edge=False, pad_edge=False)
+    table.add_column("class", overflow="fold")
+    for name in ("objects", "found", "AP@0.5", "AP@.5:.95", "recall@0.5"):
+        table.add_column(name, justify="right", no_wrap=True)
+    scored = [c.ap50 for c in result.per_class if c.ap50 is not None]
+    worst = min(scored, default=None)
+    for c in result.per_class:
+        name = result.class_names[c.cls]
+        label = name if name == str(c.cls) else f"{c.cls} {name}"
+        table.add_row(label, f"{c.truths:,}", f"{c.detections:,}", _ap(c.ap50), _ap(c.ap50_95), _ap(c.recall50),
+                      style="red" if worst is not None and c.ap50 == worst else "")
+    return table
+
+
+def _pr_chart(result: DetectionEvalResult, colour: bool, width: int) -> Text:
+    """Precision against recall at IoU 0.5: the mean over the classes (whose area is mAP@0.5) and the best and
+    worst classes."""
+    curves = [c for c in result.per_class if c.precision50 is not None]
+    mean = np.mean([c.precision50 for c in curves], axis=0)
+    series = [Series("all classes", list(zip(RECALL_POINTS, mean)))]
+    best, worst = max(curves, key=lambda c: c.ap50), min(curves, key=lambda c: c.ap50)
+    for label, c in (("best", best), ("worst", worst))[:1 if best is worst else 2]:
+        series.append(Series(f"{label}: {result.class_names[c.cls]}", list(zip(RECALL_POINTS, c.precision50))))
+    return line_chart(series, width=min(width, 72), height=10, colour=colour,
+                      title="Precision–recall at IoU 0.5", x_range=(0.0, 1.0), x_label="recall", integer_x=False)
+
+
+def show_detection(result: DetectionEvalResult, fmt: str, console: Console) -> None:
+    """Print a detector's evaluation: its mAP, the loss by term, each class's AP and the precision–recall chart."""
+    if fmt == "json":
+        console.print(_dumps(detection_dict(result)), markup=False, highlight=False, soft_wrap=True)
+        return
+    title = result.dataset_title or result.dataset
+    say(console, Text.assemble((result.model, "bold"), f" · {result.checkpoint}{_trained(result)} · {title} "
+                                                       f"{result.split} ({count(result.n, 'image')}, "
+                                                       f"{count(result.objects, 'object')})"))
+    say(console, Text.assemble("mAP@0.5 ", (_ap(result.map50), "bold"), " · mAP@0.5:0.95 ",
+                               (_ap(result.map50_95), "bold"), f" · loss {result.loss:.4f} (",
+                               ", ".join(f"{k} {v:.3f}" for k, v in result.terms.items()), ")"))
+    say(console, f"boxes scoring at least {result.conf:g}, after non-maximum suppression at IoU {result.iou:g}, "
+                 "ranked as COCO ranks them (101-point interpolated precision)")
+    console.print()
+    console.print(_ap_table(result))
+    if any(c.precision50 is not None for c in result.per_class):
+        console.print()
+        console.print(_pr_chart(result, colour_on(console), console.width))
+
+
+def show(result: EvalResult | DetectionEvalResult, fmt: str, console: Console) -> None:
     """Print an evaluation as tables and pictures (``table``) or as one JSON object (``json``)."""
+    if isinstance(result, DetectionEvalResult):
+        show_detection(result, fmt, console)
+        return
     if fmt == "json":
         console.print(_dumps(as_dict(result)), markup=False, highlight=False, soft_wrap=True)
         return
