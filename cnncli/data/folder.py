@@ -110,15 +110,23 @@ from .registry import DataWarning
 
 __all__ = [
     "ALL",
+    "DECODER",
     "IMAGE_SUFFIXES",
     "FolderDataset",
     "ImageFile",
     "Progress",
     "cache_folder",
+    "check_shape",
     "decode_image",
+    "decode_to_cache",
     "describe",
+    "digest",
+    "listing",
     "load",
+    "open_cached",
     "pixel_stats",
+    "read_image",
+    "remove_stale",
     "scan",
 ]
 
@@ -131,8 +139,9 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 #: ``progress(done, total)``: files decoded (or left out) so far, files in the split.
 Progress = Callable[[int, int], None]
 
-# Bumped whenever decoding changes what an image becomes: every cached split is decoded again.
-_DECODER = 1
+#: Bumped whenever reading or decoding changes what an image becomes: every cached split (of image folders and of
+#: the folders that read images with :func:`read_image`) is decoded again.
+DECODER = 1
 _RECORD_FORMAT = 1
 _PROGRESS_EVERY = 0.1  # seconds
 _SHOWN = 5  # file names shown in a message before "and N more"
@@ -370,7 +379,7 @@ def _pillow():
 def describe(shape: Sequence[int], resize: int | None = None) -> str:
     """What :func:`decode_image` does to an image, in words, e.g. ``RGB, resized (shorter side to 32) and
     centre-cropped to 32×32``."""
-    c, h, w = _check_shape(shape)
+    c, h, w = check_shape(shape)
     colour = "grey" if c == 1 else "RGB"
     if resize is not None:
         return f"{colour}, resized (shorter side to {resize}) and centre-cropped to {h}×{w}"
@@ -382,17 +391,52 @@ def describe(shape: Sequence[int], resize: int | None = None) -> str:
 def decode_image(path: str | os.PathLike[str], shape: Sequence[int], resize: int | None = None) -> np.ndarray:
     """One image file as uint8 (C, H, W); ``resize``: torchvision's rule (the shorter side to it before the
     crop) instead of covering H × W; see the module docstring. Pillow's errors pass through."""
-    image_mod, image_ops = _pillow()
-    c, h, w = _check_shape(shape)
+    image_mod, _ = _pillow()
+    c, h, w = check_shape(shape)
     if resize is not None and resize < max(h, w):
         raise UsageError(f"resizing the shorter side to {resize} leaves too little for a {h}×{w} crop")
+    # JPEGs are decoded at a reduced scale that still leaves twice the resized size (the cover rule only)
+    img, _ = read_image(path, c, draft_side=max(h, w) if resize is None else None)
+    if resize is None:
+        scale = max(h / img.height, w / img.width)
+        size = (max(w, round(img.width * scale)), max(h, round(img.height * scale)))
+    else:
+        size = shorter_side_to(img.size, resize)
+    if size != img.size:
+        img = img.resize(size, image_mod.Resampling.BILINEAR)
+    if resize is None:
+        left, top = (size[0] - w) // 2, (size[1] - h) // 2
+    else:
+        left, top = int(round((size[0] - w) / 2.0)), int(round((size[1] - h) / 2.0))
+    img = img.crop((left, top, left + w, top + h))
+    pixels = np.asarray(img, dtype=np.uint8)
+    return np.ascontiguousarray(pixels[None] if c == 1 else pixels.transpose(2, 0, 1))
+
+
+#: EXIF orientations that turn an image a quarter (its width and height swap when it is turned upright).
+_QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def read_image(path: str | os.PathLike[str], channels: int, draft_side: int | None = None):
+    """An image file read as every image of cnncli is, before any resizing: ``(image, (width, height))``.
+
+    The Pillow image is loaded (the file closed), turned upright by its EXIF orientation, its transparent parts
+    laid on white, 16-bit pixels scaled to 8 bits, and converted to grey (``channels`` 1, mode ``L``) or RGB (3).
+    ``(width, height)`` is the upright image's size in the file. ``draft_side``: a JPEG may be decoded at 1/2,
+    1/4 or 1/8 scale as long as its shorter side stays at least twice ``draft_side``; the image returned is
+    then smaller than ``(width, height)``. Pillow's errors pass through.
+    """
+    image_mod, image_ops = _pillow()
     with image_mod.open(path) as img:
-        if img.format in ("JPEG", "MPO") and resize is None:
-            # Decode at 1/2, 1/4 or 1/8 scale when that still leaves twice the resized size (any orientation).
-            s = 2 * max(h, w) / min(img.width, img.height)
+        width, height = img.size  # before a draft shrinks it
+        if img.format in ("JPEG", "MPO") and draft_side is not None:
+            s = 2 * draft_side / min(img.width, img.height)
             if s < 1:
                 img.draft(None, (math.ceil(img.width * s), math.ceil(img.height * s)))
         img.load()
+        # the orientation exif_transpose reads, read as it reads it (after load)
+        if img.getexif().get(0x0112, 1) in _QUARTER_TURNS:
+            width, height = height, width
         image_ops.exif_transpose(img, in_place=True)
         if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
             wide = np.asarray(img).astype(np.int64)
@@ -400,21 +444,7 @@ def decode_image(path: str | os.PathLike[str], shape: Sequence[int], resize: int
         if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
             rgba = img.convert("RGBA")
             img = image_mod.alpha_composite(image_mod.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-        img = img.convert("L" if c == 1 else "RGB")
-        if resize is None:
-            scale = max(h / img.height, w / img.width)
-            size = (max(w, round(img.width * scale)), max(h, round(img.height * scale)))
-        else:
-            size = shorter_side_to(img.size, resize)
-        if size != img.size:
-            img = img.resize(size, image_mod.Resampling.BILINEAR)
-        if resize is None:
-            left, top = (size[0] - w) // 2, (size[1] - h) // 2
-        else:
-            left, top = int(round((size[0] - w) / 2.0)), int(round((size[1] - h) / 2.0))
-        img = img.crop((left, top, left + w, top + h))
-        pixels = np.asarray(img, dtype=np.uint8)
-    return np.ascontiguousarray(pixels[None] if c == 1 else pixels.transpose(2, 0, 1))
+        return img.convert("L" if channels == 1 else "RGB"), (width, height)
 
 
 def shorter_side_to(size: tuple[int, int], resize: int) -> tuple[int, int]:
@@ -444,7 +474,8 @@ def cache_folder() -> Path:
     return cache_dir() / "image-folder"
 
 
-def _digest(value: object) -> str:
+def digest(value: object) -> str:
+    """A short hash of a JSON-able value, for cache file names."""
     text = json.dumps(value, sort_keys=True, ensure_ascii=True)
     return hashlib.sha256(text.encode("ascii")).hexdigest()[:20]
 
@@ -462,9 +493,9 @@ def _cache_stem(dataset: FolderDataset, split: str, shape: tuple[int, int, int],
     where = {"root": str(dataset.root), "split": split, "shape": list(shape), "rule": rule}
     if resize is not None:  # absent otherwise: the caches of the usual rule keep their names
         where["resize"] = int(resize)
-    slot = _digest(where)
-    content = _digest({
-        "decoder": _DECODER,
+    slot = digest(where)
+    content = digest({
+        "decoder": DECODER,
         "pillow": PIL.__version__,
         "classes": list(dataset.classes),
         "files": [[f.name, f.label, f.size, f.mtime_ns] for f in files],
@@ -472,32 +503,36 @@ def _cache_stem(dataset: FolderDataset, split: str, shape: tuple[int, int, int],
     return slot, f"{slot}-{content}"
 
 
-def _open_cached(npy: Path, record_path: Path, files: Sequence[ImageFile],
-                 shape: tuple[int, int, int]) -> tuple[np.ndarray, list[dict[str, str]]] | None:
-    """The cached array and the files left out, or None when there is no complete, consistent entry."""
+def open_cached(npy: Path, record_path: Path, names: Sequence[str],
+                shape: tuple[int, int, int]) -> tuple[np.ndarray, dict] | None:
+    """A split :func:`decode_to_cache` wrote: the array memory-mapped read-only and its record (``record["skipped"]``:
+    the files left out, each ``{"file": name, "reason": why}``), or None when there is no complete, consistent
+    entry for the files ``names``."""
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
         if record.get("format") != _RECORD_FORMAT:
             return None
         skipped = record["skipped"]
-        names = {f.name for f in files}
-        if not all(isinstance(s, dict) and s.get("file") in names for s in skipped):
+        known = set(names)
+        if not all(isinstance(s, dict) and s.get("file") in known for s in skipped):
             return None
         images = np.lib.format.open_memmap(npy, mode="r")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    if images.dtype != np.uint8 or images.shape != (len(files) - len(skipped), *shape):
+    if images.dtype != np.uint8 or images.shape != (len(names) - len(skipped), *shape):
         return None
-    return images, skipped
+    return images, record
 
 
-def _remove_stale(folder: Path, slot: str, keep: str) -> None:
-    """Remove entries this one replaces (same slot) and temporary files of dead processes on this machine."""
+def remove_stale(folder: Path, slot: str, keep: str) -> None:
+    """Remove the cache entries ``keep`` replaces (names ``<slot>-...`` ending in ``.npy``, ``.json`` or ``.npz``
+    that do not start with ``<keep>.``) and the temporary files of dead processes on this machine."""
     host = _host()
     for path in folder.iterdir():
         name = path.name
         try:
-            if name.startswith(slot + "-") and not name.startswith(keep + ".") and name.endswith((".npy", ".json")):
+            if (name.startswith(slot + "-") and not name.startswith(keep + ".")
+                    and name.endswith((".npy", ".json", ".npz"))):
                 path.unlink()
             elif name.startswith(".") and name.endswith(".part"):
                 owner = name[:-len(".part")].rsplit(".", 1)[-1]     # "<host>-<pid>"
@@ -528,17 +563,24 @@ def _write_npy_header(out, shape: tuple[int, ...]) -> None:
               "shape": tuple(int(d) for d in shape)})
 
 
-def _decode_split(dataset: FolderDataset, files: Sequence[ImageFile], shape: tuple[int, int, int],
-                  folder: Path, stem: str, progress: Progress | None,
-                  resize: int | None = None) -> list[dict[str, str]]:
-    """Decode ``files`` into ``folder/stem.npy`` and its record, atomically; return the files left out."""
+def decode_to_cache(source: Path, items: Sequence[tuple[str, Path]], decode: Callable[[Path], np.ndarray],
+                    shape: tuple[int, int, int], folder: Path, stem: str, progress: Progress | None,
+                    finish: Callable[[list[dict[str, str]]], dict | None] | None = None) -> list[dict[str, str]]:
+    """Decode the files ``items`` (``(name, path)``: the name the record and the messages use) one at a time with
+    ``decode(path) -> uint8 shape`` into ``folder/stem.npy`` and its record ``stem.json``, atomically (module
+    docstring); return the files left out (``decode`` raised one of :func:`unreadable_errors`).
+
+    ``source``: the dataset's folder, for the record and the messages. ``finish(skipped)``, once every file is
+    decoded and before anything gets its final name, may refuse the result (raise) or give more fields for the
+    record (a dict). Temporary files are removed whatever happens; an ``OSError`` writing is a :class:`UsageError`.
+    """
     unreadable = unreadable_errors()
     per_image = int(np.prod(shape))
-    need = len(files) * per_image + 4096
+    need = len(items) * per_image + 4096
     free = shutil.disk_usage(folder).free
     if free < need:
         raise UsageError(
-            f"decoding {dataset.root} needs {_mb(need)} in the cache folder {folder}, which has {_mb(free)} free: "
+            f"decoding {source} needs {_mb(need)} in the cache folder {folder}, which has {_mb(free)} free: "
             "free some space or point XDG_CACHE_HOME at a larger disk")
     tag = f"{_host()}-{os.getpid()}"
     fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".{tag}.part", dir=folder)
@@ -546,18 +588,18 @@ def _decode_split(dataset: FolderDataset, files: Sequence[ImageFile], shape: tup
     extra: Path | None = None
     try:
         skipped: list[dict[str, str]] = []
-        total = len(files)
+        total = len(items)
         last = time.monotonic()
         if progress is not None:
             progress(0, total)
         with os.fdopen(fd, "wb") as out:
             _write_npy_header(out, (total, *shape))
             header = out.tell()
-            for done, f in enumerate(files, 1):
+            for done, (name, path) in enumerate(items, 1):
                 try:
-                    pixels = decode_image(dataset.root / f.name, shape, resize)
+                    pixels = decode(path)
                 except unreadable as e:
-                    skipped.append({"file": f.name, "reason": _reason(e)})
+                    skipped.append({"file": name, "reason": _reason(e)})
                 else:
                     out.write(pixels.tobytes())
                 if progress is not None and (done == total or time.monotonic() - last >= _PROGRESS_EVERY):
@@ -565,7 +607,7 @@ def _decode_split(dataset: FolderDataset, files: Sequence[ImageFile], shape: tup
                     last = time.monotonic()
             out.flush()
             os.fsync(out.fileno())
-        _check_every_class_left(dataset, files, skipped)
+        more = finish(skipped) if finish is not None else None
         if skipped:
             # The header promised every file: copy the images kept under a header of their number.
             kept = total - len(skipped)
@@ -583,8 +625,8 @@ def _decode_split(dataset: FolderDataset, files: Sequence[ImageFile], shape: tup
                 os.fsync(out.fileno())
             tmp.unlink()
             tmp, extra = extra, None
-        record = {"format": _RECORD_FORMAT, "root": str(dataset.root), "shape": list(shape),
-                  "images": total - len(skipped), "skipped": skipped}
+        record = {"format": _RECORD_FORMAT, "root": str(source), "shape": list(shape),
+                  "images": total - len(skipped), "skipped": skipped, **(more or {})}
         # The record first, the array last: an array under its final name always has its record.
         write_text_atomic(folder / f"{stem}.json", json.dumps(record, indent=1))
         os.replace(tmp, folder / f"{stem}.npy")
@@ -597,7 +639,7 @@ def _decode_split(dataset: FolderDataset, files: Sequence[ImageFile], shape: tup
                 except OSError:
                     pass
         if isinstance(e, OSError):
-            raise UsageError(f"cannot write the decoded images of {dataset.root} to the cache folder {folder}: "
+            raise UsageError(f"cannot write the decoded images of {source} to the cache folder {folder}: "
                              f"{e.strerror or e} (point XDG_CACHE_HOME elsewhere, or free some space)") from None
         raise
     return skipped
@@ -612,7 +654,7 @@ def _check_every_class_left(dataset: FolderDataset, files: Sequence[ImageFile],
         if left == 0:
             lost = [s for s in skipped if label_of[s["file"]] == label]
             raise UsageError(f"no image of class {dataset.classes[label]!r} in {dataset.root} could be read: "
-                             + _listing(lost))
+                             + listing(lost))
 
 
 # --------------------------------------------------------------------------- loading
@@ -637,31 +679,34 @@ def load(
     :class:`DataWarning`.
     """
     split = _check_split(split)
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     test_share = _check_share(test_share)
     files = dataset.split_files(split, seed, test_share)
     folder = cache_folder()
     slot, stem = _cache_stem(dataset, split, shape, seed, test_share, files, resize)
     npy, record = folder / f"{stem}.npy", folder / f"{stem}.json"
-    cached = _open_cached(npy, record, files, shape)
+    names = [f.name for f in files]
+    cached = open_cached(npy, record, names, shape)
     if cached is None:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UsageError(f"cannot create the cache folder {folder} for the decoded images of "
                              f"{dataset.root}: {e.strerror or e} (point XDG_CACHE_HOME elsewhere)") from None
-        _remove_stale(folder, slot, keep=stem)
-        _decode_split(dataset, files, shape, folder, stem, progress, resize)
-        cached = _open_cached(npy, record, files, shape)
+        remove_stale(folder, slot, keep=stem)
+        decode_to_cache(dataset.root, [(name, dataset.root / name) for name in names],
+                        lambda path: decode_image(path, shape, resize), shape, folder, stem, progress,
+                        finish=lambda skipped: _check_every_class_left(dataset, files, skipped))
+        cached = open_cached(npy, record, names, shape)
         if cached is None:  # pragma: no cover - written and read back by this very process
             raise UsageError(f"the decoded images of {dataset.root} in {folder} could not be read back")
-    images, skipped = cached
+    images, skipped = cached[0], cached[1]["skipped"]
     if skipped:
         warnings.warn(
             f"{len(skipped)} of {count(len(files), 'image' if split == ALL else f'{split} image')} in {dataset.root} "
             "could not be read and "
             f"{_are(len(skipped))} left out: "
-            + _listing(skipped) + ". Fix or delete them; the folder is decoded again when it changes.",
+            + listing(skipped) + ". Fix or delete them; the folder is decoded again when it changes.",
             DataWarning, stacklevel=2)
     out = {s["file"] for s in skipped}
     labels = np.array([f.label for f in files if f.name not in out], dtype=np.int64)
@@ -700,14 +745,15 @@ def _check_split(split: str) -> str:
     return key
 
 
-def _check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
+def check_shape(shape: Sequence[int], what: str = "image folder images") -> tuple[int, int, int]:
+    """``shape`` as (C, H, W) ints, C 1 (grey) or 3 (RGB); a :class:`UsageError` naming ``what`` otherwise."""
     try:
         dims = tuple(shape)
     except TypeError:
         dims = ()
     if (len(dims) != 3 or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) for d in dims)
             or dims[0] not in (1, 3) or dims[1] < 1 or dims[2] < 1):
-        raise UsageError(f"image folder images must be shaped (C, H, W) with C 1 (grey) or 3 (RGB) and H, W "
+        raise UsageError(f"{what} must be shaped (C, H, W) with C 1 (grey) or 3 (RGB) and H, W "
                          f"at least 1, got {shape!r}")
     return int(dims[0]), int(dims[1]), int(dims[2])
 
@@ -725,7 +771,8 @@ def _reason(e: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
-def _listing(skipped: Sequence[dict[str, str]]) -> str:
+def listing(skipped: Sequence[dict[str, str]]) -> str:
+    """The files left out, ``name (why)``, the first few then ``and N more``."""
     shown = "; ".join(f"{s['file']} ({s['reason']})" for s in skipped[:_SHOWN])
     more = len(skipped) - _SHOWN
     return shown + (f"; and {more} more" if more > 0 else "")
