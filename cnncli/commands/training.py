@@ -36,6 +36,7 @@ from cnncli.atomic import write_text_atomic
 from cnncli.commands import recipe, tasks
 from cnncli.data import DownloadEvent
 from cnncli.data.source import FOLDER, Source, check_readable, open_source
+from cnncli.dataset_names import YOLO
 from cnncli.engine import losses, optim
 from cnncli.engine.network import Network
 from cnncli.engine.yolo import TERMS
@@ -538,7 +539,7 @@ def _configure_resume(model: str, model_spec: spec.ModelSpec, given: dict[str, A
         raise UsageError(f"--dtype {dtype} differs from the resumed run's {saved_dtype}")
     dtype = saved_dtype
     saved_engine = saved.get("engine", "numba")
-    if data_dir is None and settings.get("dataset") == FOLDER and isinstance(saved.get("data_dir"), str):
+    if data_dir is None and settings.get("dataset") in (FOLDER, YOLO) and isinstance(saved.get("data_dir"), str):
         data_dir = Path(saved["data_dir"])  # the folder the run trained on, as its config recorded it
     return RunConfig(model=model, name=model_spec.name, **settings, limit=saved_limit, dtype=dtype,
                      out=out, data_dir=data_dir, resume=resume, spec=model_spec,
@@ -684,10 +685,16 @@ class _Run:
                                  f"{plural(len(images), 'training image')} of {info.title}")
             images, labels = images[:cfg.limit], labels[:cfg.limit]
         n = len(images)
-        train_idx, val_idx = data.train_val_split(n, validation_count(n, cfg.val_size), cfg.seed)
+        own = info.validation()
+        if own is None:
+            train_idx, val_idx = data.train_val_split(n, validation_count(n, cfg.val_size), cfg.seed)
+            val_images, val_labels = images, labels
+        else:  # the dataset's own validation split (a YOLO folder's val)
+            val_images, val_labels = info.load(own, cfg.data_dir, progress=self.reporter.download)
+            train_idx, val_idx = np.arange(n), np.arange(len(val_images))
         # Images stay uint8, where they are (a memory map for a big folder), until a batch is made.
         self.x_train, self.y_train = _Rows(images, train_idx), labels[train_idx]
-        self.x_val, self.y_val = _Rows(images, val_idx), labels[val_idx]
+        self.x_val, self.y_val = _Rows(val_images, val_idx), val_labels[val_idx]
         self.test_images, self.test_labels = test_images, test_labels
 
         self.loss = losses.get(model_spec.loss).bound(self.graph)
@@ -740,9 +747,10 @@ class _Run:
                 fresh.append(h.name)
             elif any(t is None for t in theirs) or all(t.shape == own[k].shape for t, k in zip(theirs, keys)):
                 continue  # loaded as it is (what is missing is named by the load)
-            elif all(t.shape[:-1] == own[k].shape[:-1] for t, k in zip(theirs, keys)):  # only the units differ
+            elif all(_but_units(t.shape, h.kind) == _but_units(own[k].shape, h.kind)
+                     for t, k in zip(theirs, keys)):  # only the units differ
                 replaced.append(h.name)
-                units = int(theirs[0].shape[-1])
+                units = int(theirs[0].shape[0 if h.kind == "conv" else -1])
             else:
                 continue  # another input size: the load names it
             weights.update({k: own[k] for k in keys})
@@ -976,6 +984,12 @@ class _Run:
                          dataset_title=self.data_source.title if hasattr(self, "data_source") else "",
                          lead=self.lead, files=tuple(runs.listing(self.cfg.out)) if self.lead else (),
                          first_epoch=getattr(self, "first_epoch", 1), **extra)
+
+
+def _but_units(shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
+    """A head parameter's shape without its units' axis: a dense head's last (in, units), a detector's
+    convolution's first (filters, in, kh, kw)."""
+    return tuple(shape[1:]) if kind == "conv" else tuple(shape[:-1])
 
 
 def _best_validation(history: list[EpochRecord], best_epoch: int | None) -> float | None:

@@ -13,6 +13,14 @@ splits, whichever kind it is:
   when it is first opened. The test split is drawn with a fixed seed, not the
   run's, so runs with different seeds are scored on the same images.
 
+* **boxes** (detection): ``mnist-detect`` (canvases of MNIST's digits drawn at the
+  model's input size, :mod:`cnncli.data.mnist_detect`) and a **YOLO folder**
+  (``--dataset yolo --data-dir DIR``, :mod:`cnncli.data.yolo`): labels are
+  :class:`~cnncli.engine.boxes.Boxes`; images are letterboxed to the model's input,
+  normalised with the training images' statistics; a YOLO folder's ``val`` split
+  is the run's validation set (:meth:`Source.validation`) and its ``test`` split
+  (else ``val``) the test set.
+
 * the **classes of published weights** (``imagenet``; :mod:`cnncli.data.class_lists`):
   no images of their own, so not a dataset to load; an image folder laid out by
   their classes is read as them (:func:`open_source` with ``classes``): each
@@ -34,8 +42,8 @@ from typing import Any
 import numpy as np
 
 from cnncli import data, extras
-from cnncli.data import DownloadEvent, class_lists, folder, mnist_detect
-from cnncli.dataset_names import DETECTION, FOLDER
+from cnncli.data import DownloadEvent, class_lists, folder, mnist_detect, yolo
+from cnncli.dataset_names import DETECTION, FOLDER, YOLO
 from cnncli.errors import CheckpointError, UsageError
 
 __all__ = ["FOLDER", "Source", "open_source"]
@@ -73,6 +81,12 @@ class Source:
         """Images uint8 (N, C, H, W) (a read-only memory map for a folder) and labels int64 (N,)."""
         if split in self._splits:
             return self._splits[split]
+        if self.name == YOLO:
+            dataset = yolo.scan(self.root)
+            which = split if split != "test" or "test" in dataset.splits else "val"
+            self._splits[split] = yolo.load(dataset, which, self.image_shape, progress=_decoding(progress, which,
+                                                                                                   self.root))
+            return self._splits[split]
         if self.name in DETECTION:
             return mnist_detect.load(split, data_dir, size=self.image_shape[1], base=mnist_detect.DATASETS[self.name],
                                      progress=progress)
@@ -85,6 +99,13 @@ class Source:
             labels = np.asarray(self.folder_labels, dtype=np.int64)[labels]
         self._splits[split] = (images, labels)
         return images, labels
+
+    def validation(self) -> str | None:
+        """The split that is this source's own validation set (a YOLO folder's ``val``), or None: the run carves
+        one out of ``train``."""
+        if self.name == YOLO and self.root is not None and "val" in yolo.scan(self.root).splits:
+            return "val"
+        return None
 
     def to_config(self) -> dict[str, Any]:
         return {"name": self.name, "title": self.title, "classes": list(self.classes),
@@ -118,10 +139,10 @@ def _decoding(progress, split: str, root: Path):
 
 
 def check_readable(name: str) -> None:
-    """What opening the dataset ``name`` will need, checked before any work: an image folder is decoded
-    with Pillow (the images extra)."""
-    if name == FOLDER:
-        extras.require("images", "reading image folders")
+    """What opening the dataset ``name`` will need, checked before any work: an image folder or a YOLO folder is
+    decoded with Pillow (the images extra)."""
+    if name in (FOLDER, YOLO):
+        extras.require("images", "reading image folders" if name == FOLDER else "reading YOLO folders")
 
 
 def open_source(name: str, data_dir: Path | None = None, input_shape: tuple[int, ...] | None = None,
@@ -150,6 +171,8 @@ def open_source(name: str, data_dir: Path | None = None, input_shape: tuple[int,
                          "named by its WordNet id, n02099601, or name, golden retriever)")
     if name in DETECTION:
         return _canvases(name, data_dir, input_shape, progress)
+    if name == YOLO:
+        return _yolo_folder(data_dir, input_shape, progress)
     if name != FOLDER:
         info = data.get(name)
         return Source(info.name, info.title, tuple(info.classes), tuple(info.image_shape),  # type: ignore[arg-type]
@@ -205,6 +228,29 @@ def _canvases(name: str, data_dir: Path | None, input_shape: tuple[int, ...] | N
                     (1, size, size), mean, std,
                     notes=(f"1 to 4 {data.get(base).title} {things} a canvas, drawn from the seed 0 (training "
                            f"canvases from its training images, test canvases from its test images)",))
+    source._splits["train"] = (images, boxes)
+    return source
+
+
+def _yolo_folder(data_dir: Path | None, input_shape: tuple[int, ...] | None, progress) -> Source:
+    """A YOLO folder letterboxed to the model's input; its statistics are its training images'."""
+    if data_dir is None:
+        raise UsageError(f"--dataset {YOLO} needs --data-dir DIR: a folder in the YOLO layout (data.yaml with names "
+                         "and the train and val image folders; labels/ beside images/)")
+    shape = tuple(input_shape or ())
+    if len(shape) != 3 or shape[0] not in (1, 3):
+        raise UsageError(f"a YOLO folder trains models whose input is a grey or colour image (1×H×W or 3×H×W), "
+                         f"not {'×'.join(map(str, shape)) or 'nothing'}")
+    root = Path(data_dir)
+    dataset = yolo.scan(root)
+    images, boxes = yolo.load(dataset, "train", shape, progress=_decoding(progress, "train", root))
+    mean, std = folder.pixel_stats(images)
+    test = "test" if "test" in dataset.splits else "val" if "val" in dataset.splits else None
+    split_notes = ["validation: its val split" if "val" in dataset.splits else
+                   "validation: carved out of its train split (it has no val split)",
+                   f"test: its {test} split" if test else "it has no val or test split to score on"]
+    source = Source(YOLO, dataset.title, dataset.names, shape, tuple(mean), tuple(std),  # type: ignore[arg-type]
+                    root.resolve(), (dataset.summary(), yolo.describe(shape), *split_notes, *dataset.notes))
     source._splits["train"] = (images, boxes)
     return source
 

@@ -9,6 +9,10 @@ layer reached is the head if it is a dense layer
 * whose output nothing else reads (resizing it changes no other layer's shape), and
 * whose initial values the file does not write out as numbers (those have the file's size).
 
+A detector's head is the convolution a ``yolo`` output reads (alone, as it is, of ``5B + C`` filters: five
+numbers a box, then one score a class), under the same two conditions; its size in classes is its filters less
+the boxes' ``5B``.
+
 A model's heads are its main output's head and, for a model with auxiliary classifiers (GoogLeNet), each
 auxiliary output's. A model whose main output or one of whose auxiliary outputs has no head has no heads
 at all: its outputs are what the file says, and a dataset with another number of classes is refused as
@@ -38,12 +42,14 @@ __all__ = ["HeadChange", "Resized", "heads", "resize", "units_held"]
 
 @dataclass(frozen=True)
 class HeadChange:
-    """Head ``layer`` sized from ``before`` to ``after`` units; ``aux``: an auxiliary classifier's."""
+    """Head ``layer`` sized from ``before`` to ``after`` units; ``aux``: an auxiliary classifier's; ``unit``: what
+    the numbers count (a detector's head has five filters a box besides its classes: it counts classes)."""
 
     layer: str
     before: int
     after: int
     aux: bool = False
+    unit: str = "units"
 
 
 @dataclass(frozen=True)
@@ -66,9 +72,28 @@ def _numbers_written_out(init) -> bool:
     return isinstance(init, dict) and any(isinstance(v, list) for v in init.values())
 
 
+def _reserved(model_spec: ModelSpec, h: NodeSpec) -> int:
+    """The outputs of head ``h`` that are not classes: a detector's ``5B`` box numbers; a classifier's none."""
+    return 5 * model_spec.node(model_spec.output).options["boxes"] if h.kind == "conv" else 0
+
+
+def _size_key(h: NodeSpec) -> str:
+    return "filters" if h.kind == "conv" else "units"
+
+
 def _head_of(model_spec: ModelSpec, output: str, readers: dict[str, list[str]]) -> NodeSpec | None:
-    """The dense layer that makes ``output`` (see the module docstring), or None."""
+    """The dense layer that makes ``output``, or the convolution a yolo output reads (see the module docstring),
+    or None."""
     node = model_spec.node(output)
+    if node.kind == "yolo":
+        (source,) = node.inputs
+        if source == "input":
+            return None
+        conv = model_spec.node(source)
+        plain = conv.kind == "conv" and conv.options["groups"] == 1 and conv.options["connections"] is None
+        if not plain or _numbers_written_out(conv.init) or readers.get(conv.name, []) != [node.name]:
+            return None
+        return conv
     chain = [node.name]
     while passes_through(node.kind):
         (source,) = node.inputs
@@ -98,13 +123,14 @@ def resize(model_spec: ModelSpec, classes: int) -> Resized:
     """``model_spec`` with every head sized to ``classes`` units; itself (no changes) when they have that size
     already or the model has no heads."""
     found = heads(model_spec)
-    changes = tuple(HeadChange(h.name, h.options["units"], classes, aux=i > 0)
-                    for i, h in enumerate(found) if h.options["units"] != classes)
+    changes = tuple(HeadChange(h.name, h.options[_size_key(h)] - _reserved(model_spec, h), classes, aux=i > 0,
+                               unit="classes" if h.kind == "conv" else "units")
+                    for i, h in enumerate(found) if h.options[_size_key(h)] - _reserved(model_spec, h) != classes)
     if not changes:
         return Resized(model_spec)
-    changed = {c.layer for c in changes}
-    nodes = [dataclasses.replace(n, options={**n.options, "units": classes}) if n.name in changed else n
-             for n in model_spec.nodes]
+    changed = {h.name: h for h in found if h.name in {c.layer for c in changes}}
+    nodes = [dataclasses.replace(n, options={**n.options, _size_key(n): classes + _reserved(model_spec, n)})
+             if n.name in changed else n for n in model_spec.nodes]
     return Resized(dataclasses.replace(model_spec, nodes=nodes, classes=classes), changes)
 
 
@@ -123,6 +149,15 @@ def units_held(model_spec: ModelSpec, weights: Mapping, shapes: Mapping[str, tup
         if key not in weights:
             continue  # weights without this head (a backbone's; the inference network's, without aux heads)
         got, want = tuple(weights[key].shape), tuple(shapes[key])
+        reserved = _reserved(model_spec, h)
+        if h.kind == "conv":  # (filters, inputs, kh, kw): filters = 5B + classes
+            if len(got) != 4 or got[1:] != want[1:] or got[0] <= reserved:
+                raise CheckpointError(
+                    f"{source}: its head weight '{key}' has shape {fmt_shape(got)}, which fits no number of classes: "
+                    f"{h.name} is {fmt_shape(want[1:])} a filter in this model, with {reserved} filters for the "
+                    f"boxes and one a class (are these weights of another model?)")
+            held[h.name] = got[0] - reserved
+            continue
         if len(got) != 2 or got[0] != want[0] or got[1] < 1:
             raise CheckpointError(f"{source}: its head weight '{key}' has shape {fmt_shape(got)} (inputs × units), "
                                   f"which fits no number of classes: {h.name} takes {want[0]} inputs in this model, so its weight "

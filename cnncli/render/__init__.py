@@ -56,8 +56,8 @@ def head_sizes(changes) -> str:
     """Heads sized to other classes (:class:`cnncli.model.head.HeadChange`), in words: ``fc: 10 → 3 units``."""
     after = changes[0].after
     if len({c.before for c in changes}) == 1:
-        return f"{', '.join(c.layer for c in changes)}: {changes[0].before} → {after} units"
-    return ", ".join(f"{c.layer}: {c.before} → {after} units" for c in changes)
+        return f"{', '.join(c.layer for c in changes)}: {changes[0].before} → {after} {changes[0].unit}"
+    return ", ".join(f"{c.layer}: {c.before} → {after} {c.unit}" for c in changes)
 
 
 def weights_head(changes) -> str:

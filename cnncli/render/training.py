@@ -30,7 +30,7 @@ _COLUMNS = (("epoch", 7), ("train loss", 10), ("train acc", 9), ("val loss", 9),
             ("lr", 9), ("img/s", 7), ("time", 7))
 #: A detector's table: its training loss, then the loss's terms (cnncli.engine.yolo), in 80 columns (images a
 #: second are in metrics.csv and on the bar).
-_DETECTION_COLUMNS = (("epoch", 5), ("loss", 6), ("coord", 5), ("obj", 5), ("noobj", 5), ("cls", 5),
+_DETECTION_COLUMNS = (("epoch", 5), ("loss", 6), ("coord", 6), ("obj", 6), ("noobj", 6), ("cls", 6),
                       ("val loss", 8), ("mAP50", 5), ("lr", 7), ("time", 6))
 
 
@@ -73,6 +73,8 @@ def advice(a: recipe.Advice) -> str:
 
 def head_line(changes: tuple[HeadChange, ...], title: str) -> str:
     """The model's heads sized to the data's classes: ``head: fc: 10 → 3 units for the 3 classes of ...``."""
+    if changes[0].unit == "classes":  # a detector's head
+        return f"head: {head_sizes(changes)}, those of {title}"
     return f"head: {head_sizes(changes)} for the {count(changes[0].after, 'class')} of {title}"
 
 
