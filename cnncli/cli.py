@@ -433,9 +433,18 @@ def predict(
                                               rich_help_panel=_INPUT),
     data_dir: Optional[Path] = _variant(_DATA_DIR, rich_help_panel=_INPUT),
     fmt: Format = typer.Option(Format.table, "--format", metavar="FORMAT", help="table or json."),
+    conf: Optional[float] = typer.Option(None, "--conf", metavar="SCORE", min=0.0, max=1.0, help="A detector's: the "
+                                         "least score of a box shown, objectness × class probability (default: 0.25).",
+                                         show_default=False),
+    iou: Optional[float] = typer.Option(None, "--iou", metavar="IOU", min=0.0, max=1.0, help="A detector's: boxes of "
+                                        "a class overlapping a better one by more than this are suppressed (default: "
+                                        "0.45).", show_default=False),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="A detector's: write each image with its "
+                                       "boxes drawn to DIR/<name>.png."),
     skip_model_check: bool = _SKIP_MODEL_CHECK,
 ) -> None:
-    """The top classes of image files under a checkpoint, each image drawn as the network saw it.
+    """The top classes of image files under a checkpoint, each image drawn as the network saw it; a detector's
+    boxes, drawn on the image.
 
     An image that looks inverted against the training images gets a warning suggesting --invert; files
     that cannot be read are left out, named, and make the exit status 2.
@@ -447,7 +456,7 @@ def predict(
     with _downloads(fmt, console) as shown:
         result = predict_mod.predict(model, checkpoint, images, top_k=top_k, invert=invert,
                                      dataset=dataset.value if dataset else None, data_dir=data_dir,
-                                     skip_model_check=skip_model_check, progress=shown)
+                                     skip_model_check=skip_model_check, progress=shown, conf=conf, iou=iou, out=out)
     render.show(result, fmt.value, console)
     predict_mod.check_complete(result)  # files left out: named above, and status 2
 

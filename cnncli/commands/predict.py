@@ -11,6 +11,13 @@ there it goes the way the training's images went (:mod:`cnncli.records.inputs`:
 adaptation to the model's input, the dataset's normalisation), so a checkpoint
 from ``train`` predicts without further flags. The dataset is the one the
 checkpoint was trained on (its run configuration), else the model file's.
+
+A detector (:mod:`cnncli.commands.tasks`) finds boxes instead: each image is
+letterboxed to the model's input as YOLO folders are (:mod:`cnncli.data.yolo`:
+scaled to fit, aspect kept, centred on grey), its boxes scoring at least
+``--conf`` kept after non-maximum suppression at ``--iou``, and given back in the
+image file's own pixels (:class:`DetectResult`); ``--out DIR`` writes each image
+with its boxes drawn (:func:`draw_boxes`).
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli import extras
-from cnncli.data import folder
+from cnncli import atomic, extras
+from cnncli.commands import tasks
+from cnncli.data import folder, yolo
 from cnncli.data.source import Source
 from cnncli.engine import losses
 from cnncli.errors import UsageError
@@ -101,6 +109,46 @@ class PredictResult:
     invert: bool = False       # --invert was given
     skipped: tuple[Skipped, ...] = ()
     head: tuple[HeadChange, ...] = ()  # heads sized as the weights file holds them (it records no classes)
+
+
+@dataclass(frozen=True)
+class Found:
+    """One object found: its class, score (objectness × class probability) and box (x0, y0, x1, y1) in the image
+    file's pixels."""
+
+    name: str
+    cls: int
+    score: float
+    box: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class ImageDetections:
+    """One image: what the network saw (uint8 (C, H, W), letterboxed), where the image lies in it, what it found
+    (best first) and the same boxes in the network's input pixels (for drawing what it saw)."""
+
+    path: Path
+    pixels: np.ndarray
+    letterbox: yolo.Letterbox
+    found: list[Found]
+    input_boxes: np.ndarray          # (m, 4) xyxy in the input's pixels
+    warnings: tuple[InputWarning, ...] = ()
+
+
+@dataclass(frozen=True)
+class DetectResult:
+    model: str
+    checkpoint: Path
+    dataset: str
+    dataset_title: str
+    input: str                       # the letterbox, in words
+    conf: float
+    iou: float
+    images: list[ImageDetections]
+    invert: bool = False
+    skipped: tuple[Skipped, ...] = ()
+    written: tuple[Path, ...] = ()   # --out: the pictures written
+    head: tuple[HeadChange, ...] = ()
 
 
 def polarity_warning(pixels: np.ndarray, source: Source, inverted: bool = False) -> InputWarning | None:
@@ -212,29 +260,134 @@ def _listing(skipped: tuple[Skipped, ...] | list[Skipped]) -> str:
     return "; ".join(map(str, skipped[:_NAMED])) + (f"; and {more} more" if more > 0 else "")
 
 
-def check_complete(result: PredictResult) -> None:
+def check_complete(result: PredictResult | DetectResult) -> None:
     """Raise :class:`UsageError` (exit status 2) naming what was left out, if anything was."""
     if result.skipped:
-        n, done = len(result.skipped), len(result.predictions)
+        n = len(result.skipped)
+        done = len(result.images if isinstance(result, DetectResult) else result.predictions)
         raise UsageError(f"{count(n, 'input')} left out ({count(done, 'image')} predicted): "
                          f"{_listing(result.skipped)}")
 
 
+def _check_thresholds(conf: float, iou: float) -> None:
+    if not 0 <= conf <= 1:
+        raise UsageError(f"--conf must be a score between 0 and 1, got {conf}")
+    if not 0 <= iou <= 1:
+        raise UsageError(f"--iou must be an overlap between 0 and 1, got {iou}")
+
+
+def _out_files(out: Path | None, files: list[Path | Skipped]) -> dict[Path, Path]:
+    """Where ``--out`` writes each image's picture (``OUT/<name>.png``), checked before any work: a folder that
+    can be made, no two images to one file, and no file of the user's written over."""
+    if out is None:
+        return {}
+    atomic.check_folder(out, "--out")
+    targets: dict[Path, Path] = {}
+    for f in files:
+        if isinstance(f, Skipped):
+            continue
+        target = Path(out) / f"{Path(f).stem}.png"
+        if target in targets.values():
+            raise UsageError(f"--out {out}: two images would be drawn to {target.name} ({f} and another of the same "
+                             "name): give them from separate runs")
+        if target.exists():
+            raise UsageError(f"--out {out}: {target} exists already and is not written over; choose another folder")
+        targets[Path(f)] = target
+    return targets
+
+
+#: The colours of the classes' boxes (RGB), by class number.
+PALETTE = ((0, 200, 255), (255, 80, 200), (80, 220, 80), (255, 200, 0), (90, 120, 255), (255, 90, 60),
+           (0, 255, 200), (200, 120, 255))
+
+
+def draw_boxes(path: Path, found: list[Found], target: Path) -> None:
+    """The image file at ``path`` with each object's box, class and score drawn, written whole to ``target`` (PNG)."""
+    from PIL import Image, ImageDraw, ImageOps
+
+    with Image.open(path) as opened:
+        image = ImageOps.exif_transpose(opened).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    width = max(1, round(max(image.size) / 300))
+    for f in found:
+        colour = PALETTE[f.cls % len(PALETTE)]
+        draw.rectangle(f.box, outline=colour, width=width)
+        label = f"{f.name} {f.score:.2f}"
+        corner = (f.box[0], max(0.0, f.box[1] - 11))
+        draw.rectangle(draw.textbbox(corner, label), fill=colour)
+        draw.text(corner, label, fill=(0, 0, 0))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_atomic(target, lambda handle: image.save(handle, format="PNG"))
+
+
+def detect(loaded: trained.Trained, files: list[Path | Skipped], *, conf: float, iou: float, invert: bool,
+           out: Path | None, checkpoint: Path) -> DetectResult:
+    """The boxes a detector finds in each image file (module docstring)."""
+    _check_thresholds(conf, iou)
+    targets = _out_files(out, files)
+    model_spec, graph, info, plan, net = loaded.spec, loaded.graph, loaded.source, loaded.plan, loaded.network
+    task = tasks.Detection.of(graph)
+    read: list[tuple[Path, np.ndarray, yolo.Letterbox]] = []
+    skipped: list[Skipped] = []
+    unreadable = folder.unreadable_errors()
+    for f in files:
+        if isinstance(f, Skipped):
+            skipped.append(f)
+            continue
+        if not f.is_file():
+            skipped.append(Skipped(f, "does not exist" if not f.exists() else "is not a file"))
+            continue
+        try:
+            pixels, box = yolo.read_letterboxed(f, info.image_shape)
+        except unreadable as e:
+            text = (str(e).replace(repr(str(f)), "").strip() or type(e).__name__).splitlines()[0][:200]
+            skipped.append(Skipped(f, f"not a PNG or JPEG image Pillow can read: {text}"))
+            continue
+        read.append((f, 255 - pixels if invert else pixels, box))
+    if not read:
+        raise UsageError(f"cannot read any image: {_listing(skipped)}")
+    pixels = np.stack([p for _, p, _ in read])
+    raw = net.predict(pixels, 32, graph.output, plan.preparer(net.dtype, info.normalise))
+    boxes, scores = task.find(raw, conf, iou)
+    results, written = [], []
+    for i, (f, px, box) in enumerate(read):
+        xyxy, classes = boxes.image(i)
+        score = scores[boxes.offsets[i]:boxes.offsets[i + 1]]
+        found = [Found(info.classes[c], int(c), float(s), tuple(float(v) for v in b))  # type: ignore[arg-type]
+                 for c, s, b in zip(classes, score, box.to_image(xyxy))]
+        warning = polarity_warning(px, info, invert)
+        results.append(ImageDetections(f, px, box, found, np.asarray(xyxy), (warning,) if warning else ()))
+        if f in targets:
+            draw_boxes(f, found, targets[f])
+            written.append(targets[f])
+    return DetectResult(model_spec.name, Path(checkpoint), info.name, info.title, yolo.describe(info.image_shape),
+                        conf, iou, results, invert, tuple(skipped), tuple(written), loaded.head)
+
+
 def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int | None = None, invert: bool = False,
             dataset: str | None = None, data_dir: Path | None = None, skip_model_check: bool = False,
-            progress=None) -> PredictResult:
+            progress=None, conf: float | None = None, iou: float | None = None,
+            out: Path | None = None) -> PredictResult | DetectResult:
     """The ``top_k`` classes (default :func:`~cnncli.records.trained.default_top_k`) of each image (files, or folders
     of them) under ``checkpoint``'s weights, or published weights by name (``progress`` receiving their
     download's events); refused when trained for another network, unless ``skip_model_check``.
 
     The classes and the images' preparation are the ones the checkpoint recorded; ``dataset`` (and
-    ``data_dir``) name the data they come from instead, for weights that record none (a PyTorch state dict)."""
+    ``data_dir``) name the data they come from instead, for weights that record none (a PyTorch state dict).
+    A detector's weights give a :class:`DetectResult` (``conf``, ``iou``, ``out``: :func:`detect`); ``out`` is a
+    detector's alone."""
     if top_k is not None and top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
     extras.require("images", "reading image files (PNG, JPEG)")
     loaded = trained.load(model, checkpoint, dataset=dataset, data_dir=data_dir, data=trained.RECORDED,
                           skip_model_check=skip_model_check, progress=progress)
     model_spec, graph, info, plan, net = loaded.spec, loaded.graph, loaded.source, loaded.plan, loaded.network
+    if graph[graph.output].kind == "yolo":
+        return detect(loaded, _files(images), conf=tasks.CONF if conf is None else conf,
+                      iou=tasks.IOU if iou is None else iou, invert=invert, out=out, checkpoint=checkpoint)
+    if out is not None:
+        raise UsageError(f"--out draws a detector's boxes; {model_spec.name} is a classifier (its classes of each "
+                         "image are shown in the terminal, or with --format json)")
     read: list[Path] = []
     decoded: list[np.ndarray] = []
     skipped: list[Skipped] = []
