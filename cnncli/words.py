@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 #: Nouns whose plural is not the singular plus "s".
-_IRREGULAR = {"class": "classes", "process": "processes", "batch": "batches"}
+_IRREGULAR = {"class": "classes", "process": "processes", "batch": "batches", "box": "boxes"}
 
 
 def plural(n: float, noun: str) -> str:

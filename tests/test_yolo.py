@@ -144,3 +144,21 @@ def test_the_loss_of_a_batch_is_the_mean_of_its_images():
     parts = [yolo.loss(t[i:i + 1], target[i:i + 1], head) for i in range(3)]
     assert whole == pytest.approx(np.mean([v for v, _, _ in parts]))
     np.testing.assert_allclose(grad, np.concatenate([g for _, g, _ in parts]) / 3)
+
+
+@pytest.mark.parametrize("anchors", [None, ((1.5, 1.0), (0.6, 1.4))], ids=["paper", "anchors"])
+def test_the_responsible_boxes_add_up_to_the_loss_s_terms(anchors):
+    head = _head(anchors=anchors)
+    batch = _batch()
+    target, dropped = yolo.encode(batch, head, SIZE, np.float64)
+    t = np.random.default_rng(5).normal(0, 1, target.shape)
+    _, _, terms = yolo.loss(t, target, head)
+    found = yolo.responsible(t, target, head)
+    # Every object has its box but one with anchors: image 0's two objects in one cell both fit the wide anchor.
+    assert (len(found), dropped) == ((len(batch.classes), 0) if anchors is None else (len(batch.classes) - 1, 1))
+    assert sum(f.coord for f in found) == pytest.approx(terms.coord * len(batch))
+    assert sum(f.obj for f in found) == pytest.approx(terms.obj * len(batch))
+    # Each object's centre, as a fraction of the input, is the one encoded.
+    centres = {(round(f.truth[0] * SIZE[1], 6), round(f.truth[1] * SIZE[0], 6)) for f in found}
+    xyxy = batch.xyxy.astype(np.float64)
+    assert centres <= {(round((a + c) / 2, 6), round((b + d) / 2, 6)) for a, b, c, d in xyxy}

@@ -49,7 +49,7 @@ import numpy as np
 
 from cnncli.engine.boxes import Boxes
 
-__all__ = ["Head", "Terms", "TERMS", "decode", "encode", "loss"]
+__all__ = ["Head", "Responsible", "Terms", "TERMS", "decode", "encode", "loss", "responsibility", "responsible"]
 
 #: The loss's terms, in the order tables show them.
 TERMS = ("coord", "obj", "noobj", "cls")
@@ -312,3 +312,59 @@ def decode(t: np.ndarray, head: Head, size: tuple[int, int]) -> tuple[np.ndarray
     xyxy = np.clip(xyxy, 0, [width, height, width, height])
     classes = np.broadcast_to(best[:, None], score.shape)
     return xyxy.reshape(n, -1, 4), score.reshape(n, -1), classes.reshape(n, -1)
+
+
+@dataclass(frozen=True)
+class Responsible:
+    """One box answering for an object (:func:`responsibility`), and what it costs: in image ``image``, cell
+    (``row``, ``col``), box ``box`` for the object in slot ``slot``; the object's and the box's centre and size as
+    fractions of the input (cx, cy, w, h); their IoU, the objectness p = σ(to) and its target ĉ; the coordinates'
+    and the objectness's terms of the loss (weighted, of this image: not divided by the batch)."""
+
+    image: int
+    row: int
+    col: int
+    box: int
+    slot: int
+    truth: tuple[float, float, float, float]
+    predicted: tuple[float, float, float, float]
+    iou: float
+    p: float
+    c_hat: float
+    coord: float
+    obj: float
+
+
+def responsible(t: np.ndarray, target: np.ndarray, head: Head) -> list[Responsible]:
+    """Every box of ``t`` that answers for an object of ``target``, with its share of the loss (what
+    ``backprop-trace`` shows of a detector); their ``coord`` and ``obj`` add up to :func:`loss`'s terms × N."""
+    n, _, sh, sw = t.shape
+    b = head.boxes
+    pred = _predicted(t, head)
+    owner, c_hat = responsibility(t, target, head, pred)
+    slots = target[:, :5 * b].reshape(n, b, 5, sh, sw).astype(np.float64)
+    s, raw = pred["s"], pred["raw"]
+    found = []
+    for i, box, r, c in zip(*np.nonzero(owner >= 0)):
+        slot = int(owner[i, box, r, c])
+        gx, gy, gw, gh, _ = slots[i, slot, :, r, c]
+        if head.anchors is None:
+            dw, dh = s[i, box, 2, r, c] - np.sqrt(gw), s[i, box, 3, r, c] - np.sqrt(gh)
+        else:
+            aw, ah = head.anchors[box]
+            dw = raw[i, box, 2, r, c] - np.log(max(gw * sw / aw, np.finfo(np.float64).tiny))
+            dh = raw[i, box, 3, r, c] - np.log(max(gh * sh / ah, np.finfo(np.float64).tiny))
+        dx, dy = s[i, box, 0, r, c] - gx, s[i, box, 1, r, c] - gy
+        p = float(s[i, box, 4, r, c])
+        ch = float(c_hat[i, box, r, c])
+        found.append(Responsible(
+            int(i), int(r), int(c), int(box), slot, ((c + gx) / sw, (r + gy) / sh, gw, gh),
+            tuple(float(pred[k][i, box, r, c]) for k in ("cx", "cy", "w", "h")),  # type: ignore[arg-type]
+            _iou_of(pred, i, box, r, c, ((c + gx) / sw, (r + gy) / sh, gw, gh)), p, ch,
+            float(head.coord * (dx * dx + dy * dy + dw * dw + dh * dh)), float(head.obj * (p - ch) ** 2)))
+    return found
+
+
+def _iou_of(pred: dict[str, np.ndarray], i, box, r, c, truth) -> float:
+    return float(_centred_iou(pred["cx"][i, box, r, c], pred["cy"][i, box, r, c], pred["w"][i, box, r, c],
+                              pred["h"][i, box, r, c], *truth))

@@ -15,6 +15,10 @@ into records, and :mod:`cnncli.render.trace` draws them. Four views:
   receives which share of each output's gradient.
 * **network** — any other model: per-layer activation and gradient statistics
   from the output back to the input, to see gradients vanish (VGG) or not (ResNet).
+* **detection** — a detector (a ``yolo`` head) on a test image and its boxes
+  (``--sample``): the network view, plus the loss term by term and, for each
+  object, the cell and the box responsible for it, the box it predicts, their IoU
+  and what the object costs (:func:`cnncli.engine.yolo.responsible`).
 
 The three ``slide-conv/pool`` names are trace modes, not model files: they
 live in :data:`MODES`. ``run`` is what the CLI calls.
@@ -303,7 +307,51 @@ class NetworkTrace:
         return d
 
 
-Trace = WorkedTrace | ConvTrace | PoolTrace | NetworkTrace
+@dataclass
+class TracedObject:
+    """An object of a detector's image and the box answering for it (:class:`cnncli.engine.yolo.Responsible`):
+    boxes in the input's pixels (x0, y0, x1, y1)."""
+
+    cls: int
+    name: str
+    cell: tuple[int, int]              # (row, column) of the grid
+    box: int                           # which of the cell's boxes answers for it
+    truth: tuple[float, float, float, float]
+    predicted: tuple[float, float, float, float]
+    iou: float
+    p: float                           # objectness σ(to)
+    c_hat: float                       # its target
+    coord: float                       # the object's terms of the loss
+    obj: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"class": self.cls, "name": self.name, "cell": list(self.cell), "box": self.box,
+                "truth": list(self.truth), "predicted": list(self.predicted), "iou": self.iou,
+                "objectness": self.p, "objectness_target": self.c_hat, "coord": self.coord, "obj": self.obj}
+
+
+@dataclass
+class DetectionTrace:
+    """A detector on one image: the network view (per-layer statistics) and the yolo loss's terms, each object
+    with the cell and box responsible for it; ``dropped``: objects whose cell had no box left for them."""
+
+    network: NetworkTrace
+    terms: dict[str, float]
+    grid: tuple[int, int]
+    boxes: int
+    objects: list[TracedObject]
+    dropped: int
+    idle_boxes: int                    # boxes answering for nothing (their loss is the noobj term)
+    idle_max_p: float                  # the highest objectness among them
+    mode: str = "detection"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.network.to_dict(), "mode": self.mode, "terms": self.terms, "grid": list(self.grid),
+                "boxes_per_cell": self.boxes, "objects": [o.to_dict() for o in self.objects],
+                "dropped": self.dropped, "idle_boxes": self.idle_boxes, "idle_max_objectness": self.idle_max_p}
+
+
+Trace = WorkedTrace | ConvTrace | PoolTrace | NetworkTrace | DetectionTrace
 
 
 # ------------------------------------------------------------------------ parsing the options
@@ -524,6 +572,30 @@ def _sample(model_spec: spec.ModelSpec, saved: checkpoint.Checkpoint | None, ind
     return x, int(labels[index]), f"{dataset} test image {index} (label {int(labels[index])}{adapted})"
 
 
+def _detection_sample(model_spec: spec.ModelSpec, saved: checkpoint.Checkpoint | None, index: int | None,
+                      data_dir: Path | None, shape: tuple[int, ...], progress=None):
+    """Test image ``index`` of a detector's dataset and its boxes in the input's pixels: (x, Boxes, source, names)."""
+    from cnncli.data.source import open_source
+    from cnncli.records import inputs
+
+    if index is None:
+        raise UsageError(f"model '{model_spec.name}' is a detector: its loss needs an image's boxes, so trace a test "
+                         "image of its dataset with --sample I (--input and --target give no boxes)")
+    if saved is not None:
+        dataset, data_dir = saved.data_for(model_spec, None, data_dir)
+    else:
+        dataset = model_spec.train.get("dataset")
+    source = open_source(dataset, data_dir, tuple(shape), progress=progress)
+    plan = inputs.plan(source.title, source.image_shape, tuple(shape), model_spec.name)
+    images, labels = source.load("test", data_dir, progress=progress)
+    if not 0 <= index < len(images):
+        raise UsageError(f"--sample {index} is out of range: the {dataset} test set has "
+                         f"{count(len(images), 'image')} (0..{len(images) - 1})")
+    x = plan.batch(images[index:index + 1], np.float64, source.normalise)
+    boxes = plan.boxes(labels[np.array([index])])
+    return x, boxes, f"{source.title} test image {index} ({count(len(boxes.classes), 'object')})", source.classes
+
+
 def _inputs(model_spec: spec.ModelSpec, net: Network, saved: checkpoint.Checkpoint | None, input: str | None,
             sample: int | None, target: str | None, loss_name: str, data_dir: Path | None,
             progress=None) -> tuple[np.ndarray, np.ndarray, str]:
@@ -727,11 +799,14 @@ _TRAIN_MODE_KINDS = ("batchnorm", "dropout")
 
 
 def _network_trace(model_spec: spec.ModelSpec, net: Network, x: np.ndarray, y: np.ndarray, loss,
-                   lr: float, steps: int, source: str, target_text: str, dump: Path | None) -> NetworkTrace:
+                   lr: float, steps: int, source: str, target_text: str, dump: Path | None,
+                   on_first: Callable[[], Any] | None = None) -> NetworkTrace:
     rows: list[LayerStats] = []
     captured: dict[str, Any] = {}
 
     def record(value: float) -> None:
+        if on_first is not None:
+            on_first()
         captured["dump"] = _dump_if(dump, net)
         captured["loss"] = value
         captured["predicted"] = int(np.argmax(net.values[net.graph.output][0]))
@@ -767,6 +842,46 @@ def _network_trace(model_spec: spec.ModelSpec, net: Network, x: np.ndarray, y: n
         predicted=captured["predicted"], train_mode_layers=kinds, layers=rows, steps=losses_seen,
         dump=captured["dump"],
     )
+
+
+def _detection_trace(model_spec: spec.ModelSpec, net: Network, saved, sample: int | None, data_dir: Path | None,
+                     loss, lr: float, steps: int, dump: Path | None, progress=None) -> DetectionTrace:
+    from cnncli.engine import yolo
+
+    node = net.graph[net.graph.output]
+    head = yolo.Head.of(node)
+    x, boxes, source, names = _detection_sample(model_spec, saved, sample, data_dir, net.graph.input_shape, progress)
+    size = tuple(net.graph.input_shape[1:])
+    target, dropped = yolo.encode(boxes, head, size, np.float64)
+    seen: dict[str, np.ndarray] = {}
+
+    # The head's output at the traced (first) pass, before the step changes the weights.
+    traced = _network_trace(model_spec, net, x, target, loss, lr, steps, source,
+                            count(len(boxes.classes), "box"), dump,
+                            on_first=lambda: seen.setdefault("t", net.values[node.name].copy()))
+    traced.predicted = None
+    t = seen["t"]
+    _, _, terms = yolo.loss(t, target, head)
+    found = yolo.responsible(t, target, head)
+    height, width = size
+
+    def pixels(cxcywh) -> tuple[float, float, float, float]:
+        cx, cy, w, h = cxcywh
+        return (float((cx - w / 2) * width), float((cy - h / 2) * height), float((cx + w / 2) * width),
+                float((cy + h / 2) * height))
+
+    objects = []
+    for f in found:
+        truth = pixels(f.truth)
+        # The object's class: that of the image's box the slot encodes (the nearest; they are equal to rounding).
+        cls = int(boxes.classes[int(np.argmin(np.abs(boxes.xyxy - np.array(truth, np.float32)).max(axis=1)))])
+        objects.append(TracedObject(cls, names[cls], (f.row, f.col), f.box, truth, pixels(f.predicted), f.iou, f.p,
+                                    f.c_hat, f.coord, f.obj))
+    owner, _ = yolo.responsibility(t, target, head)
+    p = 1 / (1 + np.exp(-t[:, :5 * head.boxes].reshape(1, head.boxes, 5, *head.grid)[:, :, 4]))
+    idle = owner < 0
+    return DetectionTrace(traced, terms.as_dict(), head.grid, head.boxes, objects, dropped, int(idle.sum()),
+                          float(p[idle].max()) if idle.any() else 0.0)
 
 
 def _describe_target(y: np.ndarray) -> str:
@@ -946,8 +1061,15 @@ def run(model: str = "slide-mlp", loss: str | None = None, lr: float | None = No
         model_spec, net, saved = _network(model, weights, skip_model_check, progress)
     except UnknownModel as e:
         raise UnknownModel(f"{e}\nbuilt-in traces: {', '.join(MODES)}") from None
-    loss_obj = losses_mod.get(_loss_name(loss, model_spec))
+    loss_obj = losses_mod.get(_loss_name(loss, model_spec)).bound(net.graph)
     rate = _check_lr(lr if lr is not None else float(model_spec.train_setting("lr")))
+    if net.graph[net.graph.output].kind == "yolo":
+        if loss_obj.name != "yolo":
+            raise UsageError(f"model '{model_spec.name}' is a detector: its loss is yolo, not {loss_obj.name}")
+        if input is not None or target is not None or compare_slides:
+            raise UsageError(f"model '{model_spec.name}' is a detector: trace a test image and its boxes with "
+                             "--sample I (--input, --target and --compare-slides are for classifiers)")
+        return _detection_trace(model_spec, net, saved, sample, data_dir, loss_obj, rate, steps, dump, progress)
     x, y, source = _inputs(model_spec, net, saved, input, sample, target, loss_obj.name, data_dir, progress)
     pairs = worked_chain(net.graph)
     if pairs is not None:

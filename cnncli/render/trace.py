@@ -22,6 +22,7 @@ from rich.text import Text
 
 from cnncli.model.kinds import fmt_shape
 from cnncli.render import say, tables
+from cnncli.words import count
 
 _FORMATS = ("table", "json")
 _SIG = 5                 # significant digits of a number shown alone or inside a formula
@@ -543,10 +544,11 @@ def _maybe(v: float | None, fmt: Callable[[float], str] = _n) -> str:
     return "–" if v is None else fmt(v)
 
 
-def _show_network(t, console: Console) -> None:
-    _line(console, f"Backpropagation trace: {t.model} — {fmt_shape(t.input_shape)} {t.input_source}, "
-                   f"target {t.target}, loss {t.loss_name}, lr {_n(t.lr)}", "bold")
-    _line(console, f"E = {_n(t.loss)}; the network predicts class {t.predicted}")
+def _show_network(t, console: Console, heading: bool = True) -> None:
+    if heading:
+        _line(console, f"Backpropagation trace: {t.model} — {fmt_shape(t.input_shape)} {t.input_source}, "
+                       f"target {t.target}, loss {t.loss_name}, lr {_n(t.lr)}", "bold")
+        _line(console, f"E = {_n(t.loss)}; the network predicts class {t.predicted}")
     logs = [math.log10(r.grad_norm) for r in t.layers if r.grad_norm]
     lo, hi = (min(logs), max(logs)) if logs else (0.0, 0.0)
     # Two cells between columns, not three: GoogLeNet's names and kinds then fit two blocks of 80 columns.
@@ -585,6 +587,37 @@ def _show_network(t, console: Console) -> None:
     _dump_note(console, t)
 
 
+def _show_detection(t, console: Console) -> None:
+    n = t.network
+    _line(console, f"Backpropagation trace: {n.model} — {fmt_shape(n.input_shape)} {n.input_source}, "
+                   f"loss yolo, lr {_n(n.lr)}", "bold")
+    terms = " + ".join(f"{k} {_n(v, 4)}" for k, v in t.terms.items())
+    _line(console, f"E = {terms} = {_n(n.loss)}")
+    _note(console, f"A {t.grid[0]}×{t.grid[1]} grid, {t.boxes} boxes a cell: an object belongs to the cell holding "
+                   "its centre, and the cell's box whose prediction overlaps it most (highest IoU) answers for it: "
+                   "coord is that box's error in x, y, √w, √h; obj its objectness p against its target ĉ (the IoU); "
+                   "noobj the objectness of every other box; cls the cell's class scores (cross-entropy).")
+    table = _table("Each object and the box responsible for it (boxes in input pixels x0, y0, x1, y1)", console,
+                   padding=(0, 1, 0, 0))
+    for header in ("class", "cell", "box", "object", "predicted", "IoU", "p", "ĉ", "coord", "obj"):
+        _col(table, header, justify="left" if header in ("class", "object", "predicted") else "right", no_wrap=True)
+    for o in t.objects:
+        _row(table, o.name, f"{o.cell[0]},{o.cell[1]}", str(o.box), _box(o.truth), _box(o.predicted),
+             f"{o.iou:.2f}", f"{o.p:.2f}", f"{o.c_hat:.2f}", _n(o.coord, 3), _n(o.obj, 3))
+    _print(console, table)
+    if t.dropped:
+        _note(console, f"{count(t.dropped, 'object')} found no box left in its cell and cost nothing (a cell answers "
+                       f"for at most {t.boxes} objects)")
+    _note(console, f"The other {count(t.idle_boxes, 'box')} answer for nothing: their objectness is pushed "
+                   f"towards 0 (noobj {_n(t.terms['noobj'], 3)}; the highest of them is {t.idle_max_p:.2f}).")
+    console.print()
+    _show_network(n, console, heading=False)
+
+
+def _box(b) -> str:
+    return "[" + ",".join(f"{v:.0f}" for v in b) + "]"
+
+
 # ------------------------------------------------------------------------------ dispatch
 
 _VIEWS: dict[str, Callable[[Any, Console], None]] = {
@@ -593,6 +626,7 @@ _VIEWS: dict[str, Callable[[Any, Console], None]] = {
     "maxpool": _show_pool,
     "avgpool": _show_pool,
     "network": _show_network,
+    "detection": _show_detection,
 }
 
 
