@@ -64,7 +64,10 @@ def export(model: str, checkpoint: Path, to: str, out: Path, *, skip_model_check
     loaded = trained.load(model, checkpoint, data=None, skip_model_check=skip_model_check,
                           progress=progress)
     model_spec, graph, net = loaded.spec, loaded.graph, loaded.network
-    meaning = "logits (softmax is in the loss)" if model_spec.loss == "cross_entropy" else "the model's output"
+    meaning = {"cross_entropy": "logits (softmax is in the loss)",
+               "yolo": "the raw yolo head, 5 numbers a box then the class scores, a cell each (decoding and "
+                       "non-maximum suppression follow it: cnncli/engine/yolo.py, cnncli predict)"}.get(
+        model_spec.loss, "the model's output")
     shapes = (("batch", *graph.input_shape), ("batch", *graph.output_shape))
     if to == "onnx":
         data = onnx_model.to_onnx(graph, net.params, net.buffers, model_spec.name).SerializeToString()
