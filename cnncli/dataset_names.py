@@ -15,6 +15,11 @@ DETECTION: tuple[str, ...] = ("mnist-detect", "fashion-mnist-detect")
 #: ... and a folder of the user's own in the YOLO layout (``--data-dir DIR``; cnncli.data.yolo).
 YOLO = "yolo"
 
+def of_boxes(name: str) -> bool:
+    """Whether dataset ``name`` labels its images with boxes (trains detectors) rather than one class each."""
+    return name in DETECTION or name == YOLO
+
+
 #: The class lists of published weights (a model file's ``weights: classes:``; cnncli.data.class_lists):
 #: classes without images, so no dataset cnncli loads.
 CLASS_LISTS: tuple[str, ...] = ("imagenet",)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnncli.commands.average_precision import MAX_DETS, DetectionScores, detection_scores
+from cnncli.dataset_names import of_boxes
 from cnncli.engine import yolo
 from cnncli.engine.boxes import Boxes, nms
 from cnncli.errors import UsageError
@@ -128,11 +129,27 @@ def of(graph) -> Classification | Detection:
     return Detection.of(graph) if graph[graph.output].kind == "yolo" else Classification()
 
 
+def detects(model_spec) -> bool:
+    """Whether the model a file describes is a detector (its output a yolo head), known before any graph is built."""
+    return model_spec.node(model_spec.output).kind == "yolo"
+
+
+def check_dataset(model_spec, dataset: str) -> None:
+    """A detector trains on a dataset of boxes, a classifier on one of classes (:func:`cnncli.dataset_names.of_boxes`),
+    checked before the dataset is opened."""
+    if of_boxes(dataset) != detects(model_spec):
+        raise _mismatch(model_spec.name, detects(model_spec), dataset, of_boxes(dataset))
+
+
 def check_labels(task: Classification | Detection, labels, dataset: str, model: str) -> None:
-    """A detector trains on boxes, a classifier on class indices: anything else is a UsageError naming both."""
-    if isinstance(labels, Boxes) == isinstance(task, Detection):
-        return
-    what = "boxes" if isinstance(labels, Boxes) else "one class an image"
-    raise UsageError(f"model '{model}' is a {task.kind} model (it learns {task.labels}), but {dataset} labels its "
-                     f"images with {what}: train a {'detector' if isinstance(labels, Boxes) else 'classifier'} "
-                     f"on it (cnncli models lists them)")
+    """The same rule for labels loaded (``dataset`` its title)."""
+    if isinstance(labels, Boxes) != isinstance(task, Detection):
+        raise _mismatch(model, isinstance(task, Detection), dataset, isinstance(labels, Boxes))
+
+
+def _mismatch(model: str, detector: bool, dataset: str, boxes: bool) -> UsageError:
+    task = Detection if detector else Classification
+    what = "boxes" if boxes else "one class an image"
+    return UsageError(f"model '{model}' is a {task.kind} model (it learns {task.labels}), but {dataset} labels its "
+                      f"images with {what}: train a {'detector' if boxes else 'classifier'} on it (cnncli models "
+                      "lists them)")

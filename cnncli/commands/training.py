@@ -641,6 +641,7 @@ class _Run:
     def prepare(self) -> None:
         cfg = self.cfg
         model_spec = cfg.spec or spec.load(cfg.model)
+        tasks.check_dataset(model_spec, cfg.dataset)
         info = self.data_source = open_source(cfg.dataset, cfg.data_dir, model_spec.input,
                                               prepared_as=_prepared_as(model_spec, cfg.weights),
                                               progress=self.reporter.download)

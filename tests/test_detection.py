@@ -1,0 +1,212 @@
+"""Detection end to end: a small detector trained on mnist-detect and on a YOLO folder, resumed, scored, asked for
+boxes and traced; and the mistakes a user can make with detectors (cnncli.commands.tasks)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import SignalAt, assert_same_weights, needs_mnist, run_main
+
+from cnncli.commands import evaluation, training
+from cnncli.data import mnist_detect
+from cnncli.engine import yolo
+from cnncli.records import runs
+
+TINY = """
+name: tiny-detector
+input: [1, 64, 64]
+classes: 10
+loss: yolo
+train: {dataset: mnist-detect, optimizer: adam, lr: 0.003, batch_size: 16, epochs: 2, crop_padding: 4, val_size: 64}
+layers:
+  - conv: {filters: 8, kernel: 3, padding: 1, stride: 2}
+  - relu
+  - maxpool: {kernel: 2}
+  - conv: {filters: 16, kernel: 3, padding: 1}
+  - relu
+  - maxpool: {kernel: 2}
+  - maxpool: {kernel: 2}
+  - conv: {name: head, filters: 20, kernel: 1}
+  - yolo: {boxes: 2}
+"""
+
+pytestmark = [needs_mnist, pytest.mark.usefixtures("mnist_env")]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("model") / "tiny-detector.yaml"
+    path.write_text(TINY)
+    return str(path)
+
+
+def run(model: str, out: Path, reporter=None, limit: int = 320, **overrides) -> training.RunResult:
+    return training.train(training.configure(model, overrides, limit=limit, out=out), reporter)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny, tmp_path_factory) -> training.RunResult:
+    """The tiny detector's run with the file's settings (2 epochs, seed 0) on 320 canvases, uninterrupted."""
+    return run(tiny, tmp_path_factory.mktemp("reference") / "run")
+
+
+def test_a_detector_trains_with_its_loss_terms_and_is_scored_by_map(reference):
+    assert reference.status == "completed" and reference.metric == "mAP@0.5"
+    folder = reference.run_dir
+    lines = (folder / runs.METRICS).read_text().splitlines()
+    assert tuple(lines[0].split(",")) == runs.DETECTION_FIELDS and len(lines) == 3
+    first = reference.history[0]
+    assert set(first.terms) == set(yolo.TERMS) and first.train_acc is None and first.val_acc is None
+    assert first.train_loss == pytest.approx(sum(first.terms.values()))  # the loss is the sum of its terms
+    assert 0 <= first.val_map50 <= 1 and 0 <= first.val_map50_95 <= first.val_map50
+    assert reference.history[1].train_loss < first.train_loss
+    test = json.loads((folder / runs.TEST).read_text())
+    assert test["map50"] == reference.test_map50 and test["map50_95"] == reference.test_map50_95
+    assert "accuracy" not in test and test["n"] == 2000
+
+
+def test_an_interrupted_detector_resumes_bit_for_bit(tiny, reference, tmp_path):
+    part = run(tiny, tmp_path / "part", reporter=SignalAt(1, 5))
+    assert part.status == "interrupted"
+    resumed = training.train(training.configure(tiny, {}, resume=tmp_path / "part" / "last.npz"))
+    assert resumed.status == "completed"
+    assert_same_weights(reference.last_path, tmp_path / "part" / "last.npz")
+    assert [(r.train_loss, r.terms, r.val_map50) for r in resumed.history] == \
+        [(r.train_loss, r.terms, r.val_map50) for r in reference.history]
+    assert resumed.test_map50 == reference.test_map50
+
+
+def test_eval_scores_a_detector_as_training_did(tiny, reference, capsys):
+    scored = evaluation.evaluate(tiny, reference.last_path)
+    assert isinstance(scored, evaluation.DetectionEvalResult)
+    assert scored.map50 == pytest.approx(reference.test_map50) and scored.map50_95 == pytest.approx(
+        reference.test_map50_95)
+    code, out, _ = run_main(["eval", tiny, "--weights", str(reference.last_path), "--format", "json"], capsys)
+    record = json.loads(out)
+    assert code == 0 and list(record)[:2] == ["map50", "map50_95"]
+    assert record["map50"] == pytest.approx(scored.map50)
+    assert [c["objects"] for c in record["per_class"]] == [c.truths for c in scored.per_class]
+    assert sum(c.truths for c in scored.per_class) == scored.objects
+    assert all(len(p) == 101 for p in record["precision50"] if p is not None)
+    code, out, _ = run_main(["eval", tiny, "--weights", str(reference.last_path)], capsys)
+    assert code == 0 and "mAP@0.5" in out and "Precision–recall at IoU 0.5" in out
+
+
+def _canvas_files(folder: Path) -> tuple[Path, Path]:
+    """Test canvas 0 as a PNG, and the same canvas twice as large (each pixel 2×2)."""
+    from PIL import Image
+
+    canvases, _ = mnist_detect.load("test", size=64)
+    folder.mkdir(parents=True, exist_ok=True)
+    one, two = folder / "canvas.png", folder / "canvas-2x.png"
+    Image.fromarray(canvases[0, 0]).save(one)
+    Image.fromarray(np.kron(canvases[0, 0], np.ones((2, 2), np.uint8))).save(two)
+    return one, two
+
+
+def test_predict_gives_boxes_in_each_file_s_own_pixels(tiny, reference, tmp_path, capsys):
+    one, two = _canvas_files(tmp_path / "images")
+    code, out, _ = run_main(["predict", tiny, "--weights", str(reference.last_path), str(one), str(two),
+                             "--conf", "0", "--format", "json"], capsys)
+    assert code == 0
+    small, large = json.loads(out)["images"]
+    assert (small["width"], large["width"]) == (64, 128)
+    assert small["boxes"], "at --conf 0 every box that survives suppression is shown"
+    # The large file is the small one scaled by 2: the network sees (nearly) the same input, the boxes come back
+    # in the large file's pixels.
+    top_small, top_large = small["boxes"][0], large["boxes"][0]
+    assert top_small["class"] == top_large["class"]
+    np.testing.assert_allclose(np.array(top_large["box"]), 2 * np.array(top_small["box"]), atol=1.0)
+    assert set(top_small) == {"name", "class", "score", "box"}
+
+
+def test_predict_out_draws_each_image_and_never_writes_over(tiny, reference, tmp_path, capsys):
+    one, _ = _canvas_files(tmp_path / "images")
+    out = tmp_path / "drawn"
+    code, text, _ = run_main(["predict", tiny, "--weights", str(reference.last_path), str(one), "--out", str(out)],
+                             capsys)
+    assert code == 0 and (out / "canvas.png").is_file() and "drawn:" in text
+    before = (out / "canvas.png").read_bytes()
+    code, _, err = run_main(["predict", tiny, "--weights", str(reference.last_path), str(one), "--out", str(out)],
+                            capsys)
+    assert code == 2 and "exists already and is not written over" in err
+    assert (out / "canvas.png").read_bytes() == before
+
+
+def test_backprop_trace_of_a_detector_shows_each_object_s_box(tiny, reference, capsys):
+    code, out, _ = run_main(["backprop-trace", tiny, "--weights", str(reference.last_path), "--sample", "3",
+                             "--format", "json"], capsys)
+    trace = json.loads(out)
+    assert code == 0 and trace["mode"] == "detection"
+    _, boxes = mnist_detect.load("test", size=64)
+    assert len(trace["objects"]) + trace["dropped"] == boxes.counts[3]
+    assert sum(o["coord"] for o in trace["objects"]) == pytest.approx(trace["terms"]["coord"])
+    assert trace["loss"] == pytest.approx(sum(trace["terms"].values()))
+    code, _, err = run_main(["backprop-trace", tiny, "--weights", str(reference.last_path)], capsys)
+    assert code == 2 and "--sample" in err
+
+
+def _shapes_folder(root: Path, n_train: int = 48, n_val: int = 16) -> Path:
+    """A YOLO folder of squares (class 0) and discs (class 1) on images of several sizes."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for i in range(n):
+            w, h = int(rng.integers(40, 80)), int(rng.integers(40, 80))
+            image = Image.new("RGB", (w, h), (20, 20, 20))
+            draw, lines = ImageDraw.Draw(image), []
+            for _ in range(int(rng.integers(1, 3))):
+                c, s = int(rng.integers(0, 2)), int(rng.integers(10, 20))
+                x0, y0 = int(rng.integers(0, w - s)), int(rng.integers(0, h - s))
+                (draw.rectangle if c == 0 else draw.ellipse)([x0, y0, x0 + s - 1, y0 + s - 1], fill=(230, 230, 230))
+                lines.append(f"{c} {(x0 + s / 2) / w:.6f} {(y0 + s / 2) / h:.6f} {s / w:.6f} {s / h:.6f}")
+            image.save(root / "images" / split / f"{i:03d}.png")
+            (root / "labels" / split / f"{i:03d}.txt").write_text("\n".join(lines) + "\n")
+    (root / "data.yaml").write_text("names: [square, disc]\ntrain: images/train\nval: images/val\n")
+    return root
+
+
+def test_a_yolo_folder_trains_a_detector_sized_to_its_classes(tiny, tmp_path, capsys):
+    data = _shapes_folder(tmp_path / "shapes")
+    code, out, _ = run_main(["train", tiny, "--dataset", "yolo", "--data-dir", str(data), "--epochs", "1",
+                             "--out", str(tmp_path / "run")], capsys)
+    assert code == 0, out
+    assert "head: head: 10 → 2 classes, those of YOLO folder shapes" in out
+    assert "validation: its val split" in out
+    test = json.loads((tmp_path / "run" / runs.TEST).read_text())
+    assert test["n"] == 16  # no test split: the val split scores the run
+    code, out, _ = run_main(["predict", tiny, "--weights", str(tmp_path / "run" / "last.npz"),
+                             str(data / "images" / "val" / "000.png"), "--conf", "0", "--format", "json"], capsys)
+    boxes = json.loads(out)["images"][0]["boxes"]
+    assert code == 0 and boxes and {b["name"] for b in boxes} <= {"square", "disc"}
+
+
+def test_a_bad_label_line_stops_the_run_naming_the_file_and_line(tiny, tmp_path, capsys):
+    data = _shapes_folder(tmp_path / "shapes", 8, 4)
+    (data / "labels" / "train" / "002.txt").write_text("0 0.5 0.5 0.2 0.2\n7 0.5 0.5 0.2 0.2\n")
+    code, _, err = run_main(["train", tiny, "--dataset", "yolo", "--data-dir", str(data), "--epochs", "1",
+                             "--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and "labels/train/002.txt" in err and "line 2" in err
+    assert not (tmp_path / "run" / "last.npz").exists()
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["train", "{tiny}", "--dataset", "mnist", "--limit", "64"], "is a detection model"),
+    (["train", "lenet5", "--dataset", "mnist-detect", "--limit", "64"], "is a classification model"),
+    (["train", "{tiny}", "--dataset", "yolo"], "--dataset yolo needs --data-dir DIR"),
+    (["predict", "lenet5", "x.png", "--out", "drawn"], "--out draws a detector's boxes"),
+], ids=["detector-on-labels", "classifier-on-boxes", "yolo-without-folder", "classifier-out"])
+def test_detection_mistakes_exit_2(tiny, tmp_path, capsys, argv, fragment, lenet_checkpoint):
+    argv = [a.replace("{tiny}", tiny) for a in argv]
+    if argv[0] == "predict":
+        argv += ["--weights", str(lenet_checkpoint[0])]
+    else:
+        argv += ["--out", str(tmp_path / "run")]
+    code, _, err = run_main(argv, capsys)
+    assert code == 2 and fragment in " ".join(err.split())
