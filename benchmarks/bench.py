@@ -81,6 +81,13 @@ and inference output against cnncli's in float64).
     are the layers no other workload has): cnncli's ``predict``, PyTorch's ``eval()`` under
     ``inference_mode``; median of 3 passes after one batch as warm-up.
 
+``infer-yolo-mnist``, ``infer-yolo-mnist-1``, ``infer-yolo-mnist-1core``
+    The detector models/yolo-mnist.yaml (1x96x96, its raw yolo head: decoding
+    and non-maximum suppression are post-processing, the same on both sides)
+    in inference as above: batches of 32 over 640 images, batches of 1 over
+    200 images (real time: a camera's frames one at a time), and batches of 1
+    on one core (one Numba thread, one PyTorch thread).
+
 Every modern workload also reports GFLOPS: the graph's multiply-accumulates per
 image (``cnncli summarize``: conv and dense layers) x 2, x 3 for training and
 forward + backward (x 1 for inference), x images/s; with frozen layers, the
@@ -126,7 +133,7 @@ CLASSIC_WORKLOADS = ("train64", "train256", "infer", "vgg", "startup")
 MODERN_WORKLOADS = ("resnet20", "resnet20-mnist", "resnet56", "vgg11bn", "resnet18", "googlenet", "finetune-resnet18",
                     "infer-resnet20",
                     "infer-resnet56", "infer-vgg11bn", "infer-vgg16", "infer-resnet18", "infer-resnet50",
-                    "infer-googlenet")
+                    "infer-googlenet", "infer-yolo-mnist", "infer-yolo-mnist-1", "infer-yolo-mnist-1core")
 WORKLOADS = CLASSIC_WORKLOADS + MODERN_WORKLOADS
 # Names on the command line that stand for several workloads; no workload names means "classic".
 GROUPS = {"classic": CLASSIC_WORKLOADS, "modern": MODERN_WORKLOADS, "all": WORKLOADS}
@@ -144,6 +151,9 @@ LABELS = {
     "infer-vgg11bn": "VGG-11-BN inference, batch 1000", "infer-vgg16": "VGG-16 inference, batch 32",
     "infer-resnet18": "ResNet-18 inference, batch 32", "infer-resnet50": "ResNet-50 inference, batch 32",
     "infer-googlenet": "GoogLeNet inference, batch 32",
+    "infer-yolo-mnist": "yolo-mnist detector inference, batch 32",
+    "infer-yolo-mnist-1": "yolo-mnist detector inference, batch 1",
+    "infer-yolo-mnist-1core": "yolo-mnist detector inference, batch 1, one core",
 }
 TARGETS = {"train64": "≥ 1.5x", "train256": "≥ 1.5x", "infer": "≥ 1.5x", "vgg": "≤ 1.5x time, ≤ 2x memory"}
 
@@ -436,7 +446,8 @@ class Modern(NamedTuple):
     ``mode``: ``train`` (steps of SGD, throughput in windows), ``pass`` (forward + backward, no
     optimizer step, seconds per pass and peak memory) or ``infer`` (eval mode over ``images``).
     ``classes``: the heads sized to that many classes, as ``train`` sizes them to a dataset's
-    (:mod:`cnncli.model.head`); ``freeze``: the layers that do not learn, as ``train --freeze`` says.
+    (:mod:`cnncli.model.head`); ``freeze``: the layers that do not learn, as ``train --freeze`` says;
+    ``threads``: the threads each engine may use (None: all the cores).
     """
 
     model: str
@@ -446,6 +457,7 @@ class Modern(NamedTuple):
     images: int = 0
     classes: int | None = None
     freeze: str | None = None
+    threads: int | None = None
 
 
 MODERN = {
@@ -463,6 +475,9 @@ MODERN = {
     "infer-resnet18": Modern("resnet18", None, 32, "infer", 128),
     "infer-resnet50": Modern("resnet50", None, 32, "infer", 128),
     "infer-googlenet": Modern("googlenet", None, 32, "infer", 128),
+    "infer-yolo-mnist": Modern("yolo-mnist", None, 32, "infer", 640),
+    "infer-yolo-mnist-1": Modern("yolo-mnist", None, 1, "infer", 200),
+    "infer-yolo-mnist-1core": Modern("yolo-mnist", None, 1, "infer", 200, threads=1),
 }
 # Tiny shapes for `--smoke` (and the tests): the same code paths in seconds, numbers meaningless
 # (the classic workloads' are SMOKE_LENET_IMAGES and SMOKE_VGG_INPUT). Training keeps 32 samples so that cnncli still splits the batch into two parts.
@@ -481,6 +496,9 @@ SMOKE = {
     "infer-resnet18": Modern("resnet18", (3, 64, 64), 2, "infer"),
     "infer-resnet50": Modern("resnet50", (3, 64, 64), 2, "infer"),
     "infer-googlenet": Modern("googlenet", (3, 64, 64), 2, "infer"),
+    "infer-yolo-mnist": Modern("yolo-mnist", None, 4, "infer"),
+    "infer-yolo-mnist-1": Modern("yolo-mnist", None, 1, "infer"),
+    "infer-yolo-mnist-1core": Modern("yolo-mnist", None, 1, "infer", threads=1),
 }
 TRAIN_LR = 0.1
 TRAIN_MOMENTUM = 0.9
@@ -735,6 +753,8 @@ def torch_network(graph, params: dict | None = None, buffers: dict | None = None
             "add": lambda xs: sum(xs[1:], xs[0]),
             "concat": lambda xs: torch.cat(xs, 1),
         }
+        if kind == "yolo":  # the raw head, as export writes it
+            return None, lambda xs: xs[0]
         if kind in simple:
             return None, simple[kind]
         if kind == "shortcut_pad":
@@ -1035,6 +1055,15 @@ def main() -> int:
     args = ap.parse_args()
 
     if args.worker:
+        threads = MODERN.get(args.worker[1], Modern("", None, 0, "")).threads
+        if threads is not None:  # before either engine starts its thread pools
+            import numba
+
+            numba.set_num_threads(threads)
+            if args.worker[0] == "torch":
+                import torch
+
+                torch.set_num_threads(threads)
         print(json.dumps(WORKERS[tuple(args.worker)]()))
         return 0
 

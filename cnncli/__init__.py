@@ -7,8 +7,9 @@ model to what the user sees:
                 (no Numba: ``summarize``, ``models`` and ``--help`` stop here)
     engine/     arrays, layers with backward beside forward, Numba kernels, losses,
                 optimizers, the runnable network; its docstring is the engine map
-    data/       datasets (MNIST, Fashion-MNIST, CIFAR, image folders): found,
-                downloaded, verified, decoded; ``source`` is what a run reads
+    data/       datasets (MNIST, Fashion-MNIST, CIFAR, image folders; of boxes:
+                mnist-detect, YOLO folders): found, downloaded, verified,
+                decoded; ``source`` is what a run reads
     exchange/   other engines' files: PyTorch state dicts read without torch, the
                 PyTorch module and ONNX graph ``export`` writes, the torch engine
     records/    what a run is made of and leaves behind: checkpoints, run folders,
@@ -16,7 +17,8 @@ model to what the user sees:
                 published weights, and ``trained``, the one loader of a trained model
     lecture/    the lecture's hand-worked numbers and ``backprop-trace``
     commands/   what each command computes, as records (``training``, ``evaluation``,
-                ``predict``, ``features``, ``explain``, ``compare``, ``export``, ``summary``)
+                ``predict``, ``features``, ``explain``, ``compare``, ``export``, ``summary``);
+                ``tasks`` (classification or detection) and ``average_precision`` (COCO's mAP)
     render/     the only package that imports Rich; draws the commands' records
     cli         the only module that imports Typer
 

@@ -1,5 +1,8 @@
 """Datasets: MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100, found on disk or downloaded, verified, decoded.
 
+(The datasets of boxes are :mod:`.mnist_detect`, drawn from MNIST's files, and :mod:`.yolo`, a folder of the
+user's in the YOLO layout; image folders are :mod:`.folder`; :mod:`.source` opens any of them for a run.)
+
 Every dataset loads the same way (:func:`load`): images uint8 (N, C, H, W)
 (MNIST's 1×28×28, CIFAR's 3×32×32), labels int64 (N,), for the ``train`` or
 ``test`` split. The files are
