@@ -469,6 +469,15 @@ def unreadable_errors() -> tuple[type[BaseException], ...]:
 # --------------------------------------------------------------------------- the cache
 
 
+def make_cache(folder: Path, of: Path) -> None:
+    """Make the cache ``folder`` for the decoded images of ``of``; a UsageError saying why it cannot be made."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create the cache folder {folder} for the decoded images of {of}: "
+                         f"{e.strerror or e} (point XDG_CACHE_HOME elsewhere)") from None
+
+
 def cache_folder() -> Path:
     """Where decoded image folders are kept: ``<cnncli cache>/image-folder``."""
     return cache_dir() / "image-folder"
@@ -688,11 +697,7 @@ def load(
     names = [f.name for f in files]
     cached = open_cached(npy, record, names, shape)
     if cached is None:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UsageError(f"cannot create the cache folder {folder} for the decoded images of "
-                             f"{dataset.root}: {e.strerror or e} (point XDG_CACHE_HOME elsewhere)") from None
+        make_cache(folder, dataset.root)
         remove_stale(folder, slot, keep=stem)
         decode_to_cache(dataset.root, [(name, dataset.root / name) for name in names],
                         lambda path: decode_image(path, shape, resize), shape, folder, stem, progress,

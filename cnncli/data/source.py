@@ -180,10 +180,7 @@ def open_source(name: str, data_dir: Path | None = None, input_shape: tuple[int,
     if data_dir is None:
         raise UsageError(f"--dataset {FOLDER} needs --data-dir DIR: a folder with one subfolder of images per class "
                          "(or train/ and test/ folders holding them)")
-    shape = tuple(input_shape or ())
-    if len(shape) != 3 or shape[0] not in (1, 3):
-        raise UsageError(f"an image folder trains models whose input is a grey or colour image (1×H×W or 3×H×W), "
-                         f"not {'×'.join(map(str, shape)) or 'nothing'}")
+    shape = _image_input(input_shape, "an image folder")
     listed = classes is not None and class_lists.is_class_list(classes.name)
     dataset = _scan(Path(data_dir), listed)
     if listed:
@@ -213,12 +210,19 @@ def open_source(name: str, data_dir: Path | None = None, input_shape: tuple[int,
     return source
 
 
+def _image_input(input_shape: tuple[int, ...] | None, what: str, square: bool = False) -> tuple[int, int, int]:
+    """The model's input, which must be a grey or colour image (a square one when ``square``) for ``what``."""
+    shape = tuple(input_shape or ())
+    if len(shape) != 3 or shape[0] not in (1, 3) or (square and shape[1] != shape[2]):
+        kind = "a square grey or colour image (1×S×S or 3×S×S)" if square else \
+            "a grey or colour image (1×H×W or 3×H×W)"
+        raise UsageError(f"{what} trains models whose input is {kind}, not {'×'.join(map(str, shape)) or 'nothing'}")
+    return shape  # type: ignore[return-value]
+
+
 def _canvases(name: str, data_dir: Path | None, input_shape: tuple[int, ...] | None, progress) -> Source:
     """``mnist-detect`` (or Fashion-MNIST's) at the model's input size; its statistics are its training canvases'."""
-    shape = tuple(input_shape or ())
-    if len(shape) != 3 or shape[0] not in (1, 3) or shape[1] != shape[2]:
-        raise UsageError(f"{name} draws square canvases for a model whose input is a square grey or colour image "
-                         f"(1×S×S or 3×S×S), not {'×'.join(map(str, shape)) or 'nothing'}")
+    shape = _image_input(input_shape, f"{name} (square canvases)", square=True)
     size = shape[1]
     base = mnist_detect.DATASETS[name]
     images, boxes = mnist_detect.load("train", data_dir, size=size, base=base, progress=progress)
@@ -237,10 +241,7 @@ def _yolo_folder(data_dir: Path | None, input_shape: tuple[int, ...] | None, pro
     if data_dir is None:
         raise UsageError(f"--dataset {YOLO} needs --data-dir DIR: a folder in the YOLO layout (data.yaml with names "
                          "and the train and val image folders; labels/ beside images/)")
-    shape = tuple(input_shape or ())
-    if len(shape) != 3 or shape[0] not in (1, 3):
-        raise UsageError(f"a YOLO folder trains models whose input is a grey or colour image (1×H×W or 3×H×W), "
-                         f"not {'×'.join(map(str, shape)) or 'nothing'}")
+    shape = _image_input(input_shape, "a YOLO folder")
     root = Path(data_dir)
     dataset = yolo.scan(root)
     images, boxes = yolo.load(dataset, "train", shape, progress=_decoding(progress, "train", root))

@@ -741,11 +741,7 @@ def load_split(dataset: YoloDataset, split: str, shape: Sequence[int],
     kept_boxes = _open_boxes(npz, decoded, len(dataset.names), shape) if decoded is not None else None
     labels = _read_labels(dataset, split, files) if kept_boxes is None else None
     if decoded is None:
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UsageError(f"cannot create the cache folder {cache} for the decoded images of {dataset.yaml}: "
-                             f"{e.strerror or e} (point XDG_CACHE_HOME elsewhere)") from None
+        folder.make_cache(cache, dataset.yaml)
         folder.remove_stale(cache, slot, keep=stem)
         _decode(dataset, split, files, shape, cache, stem, progress)
         decoded = _open_images(npy, record, names, shape)

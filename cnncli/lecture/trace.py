@@ -542,8 +542,6 @@ def _sample(model_spec: spec.ModelSpec, saved: checkpoint.Checkpoint | None, ind
             shape: tuple[int, ...], progress=None) -> tuple[np.ndarray, int, str]:
     """Test image ``index`` of the dataset the weights were trained on (else the model file's)."""
     from cnncli.data import class_lists
-    from cnncli.data.source import open_source
-    from cnncli.records import inputs
 
     if saved is not None:
         dataset, data_dir = saved.data_for(model_spec, None, data_dir)
@@ -560,24 +558,29 @@ def _sample(model_spec: spec.ModelSpec, saved: checkpoint.Checkpoint | None, ind
                          "(resized and normalised as the weights expect), or leave --sample out to trace a random "
                          "input. backprop-trace reads arrays, not image files; a photo's input gradient is what "
                          "`cnncli explain` draws with the same --weights, --image FILE and --method saliency")
-    source = open_source(dataset, data_dir, tuple(shape))
-    # The image reaches the network as training images do: adapted to its input, then normalised.
-    plan = inputs.plan(source.title, source.image_shape, tuple(shape), model_spec.name)
+    _, plan, x, labels = _test_image(dataset, data_dir, index, shape, model_spec.name, progress)
+    adapted = "" if plan.identity else f", {plan.describe()}"
+    return x, int(labels[index]), f"{dataset} test image {index} (label {int(labels[index])}{adapted})"
+
+
+def _test_image(dataset: str, data_dir: Path | None, index: int, shape: tuple[int, ...], model: str, progress):
+    """Test image ``index`` of ``dataset`` as the network takes it, as training images reach it (adapted to its
+    input, then normalised): (the source, its input plan, x (1, *shape) float64, the split's labels)."""
+    from cnncli.data.source import open_source
+    from cnncli.records import inputs
+
+    source = open_source(dataset, data_dir, tuple(shape), progress=progress)
+    plan = inputs.plan(source.title, source.image_shape, tuple(shape), model)
     images, labels = source.load("test", data_dir, progress=progress)
     if not 0 <= index < len(images):
         raise UsageError(f"--sample {index} is out of range: the {dataset} test set has "
                          f"{count(len(images), 'image')} (0..{len(images) - 1})")
-    x = plan.batch(images[index:index + 1], np.float64, source.normalise)
-    adapted = "" if plan.identity else f", {plan.describe()}"
-    return x, int(labels[index]), f"{dataset} test image {index} (label {int(labels[index])}{adapted})"
+    return source, plan, plan.batch(images[index:index + 1], np.float64, source.normalise), labels
 
 
 def _detection_sample(model_spec: spec.ModelSpec, saved: checkpoint.Checkpoint | None, index: int | None,
                       data_dir: Path | None, shape: tuple[int, ...], progress=None):
     """Test image ``index`` of a detector's dataset and its boxes in the input's pixels: (x, Boxes, source, names)."""
-    from cnncli.data.source import open_source
-    from cnncli.records import inputs
-
     if index is None:
         raise UsageError(f"model '{model_spec.name}' is a detector: its loss needs an image's boxes, so trace a test "
                          "image of its dataset with --sample I (--input and --target give no boxes)")
@@ -585,13 +588,7 @@ def _detection_sample(model_spec: spec.ModelSpec, saved: checkpoint.Checkpoint |
         dataset, data_dir = saved.data_for(model_spec, None, data_dir)
     else:
         dataset = model_spec.train.get("dataset")
-    source = open_source(dataset, data_dir, tuple(shape), progress=progress)
-    plan = inputs.plan(source.title, source.image_shape, tuple(shape), model_spec.name)
-    images, labels = source.load("test", data_dir, progress=progress)
-    if not 0 <= index < len(images):
-        raise UsageError(f"--sample {index} is out of range: the {dataset} test set has "
-                         f"{count(len(images), 'image')} (0..{len(images) - 1})")
-    x = plan.batch(images[index:index + 1], np.float64, source.normalise)
+    source, plan, x, labels = _test_image(dataset, data_dir, index, shape, model_spec.name, progress)
     boxes = plan.boxes(labels[np.array([index])])
     return x, boxes, f"{source.title} test image {index} ({count(len(boxes.classes), 'object')})", source.classes
 
