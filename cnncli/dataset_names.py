@@ -11,7 +11,7 @@ DATASET_NAMES: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10", "cifar100
 FOLDER = "image-folder"
 
 #: Datasets of boxes (detection): canvases of digits made from MNIST's files (cnncli.data.mnist_detect) ...
-DETECTION: tuple[str, ...] = ("mnist-detect", "fashion-mnist-detect")
+DETECTION: tuple[str, ...] = ("mnist-detect", "fashion-mnist-detect", "mnist-locate")
 #: ... and a folder of the user's own in the YOLO layout (``--data-dir DIR``; cnncli.data.yolo).
 YOLO = "yolo"
 

@@ -27,6 +27,7 @@ CASES = {
     "add": "input: [3, 4, 4]\nlayers:\n  - conv: {name: a, filters: 3, kernel: 1}\n  - conv: {name: b, filters: 3, "
            "kernel: 3, padding: 1, input: input}\n  - add: {inputs: [a, b, input]}",
     "yolo": "input: [3, 4, 4]\nclasses: 2\nlayers:\n  - conv: {filters: 12, kernel: 1}\n  - yolo: {boxes: 2}",
+    "localize": "input: [6]\nclasses: 3\nlayers:\n  - dense: {units: 7}\n  - localize",
     "concat": "input: [3, 4, 4]\nlayers:\n  - conv: {name: a, filters: 2, kernel: 1}\n  - relu: {name: b, input: input}\n"
               "  - concat: {inputs: [a, b]}",
 }

@@ -57,7 +57,9 @@ def test_a_detector_trains_with_its_loss_terms_and_is_scored_by_map(reference):
     assert reference.status == "completed" and reference.metric == "mAP@0.5"
     folder = reference.run_dir
     lines = (folder / runs.METRICS).read_text().splitlines()
-    assert tuple(lines[0].split(",")) == runs.DETECTION_FIELDS and len(lines) == 3
+    assert tuple(lines[0].split(",")) == ("epoch", "train_loss", "coord", "obj", "noobj", "cls", "val_loss",
+                                          "val_map50", "val_map50_95", "lr", "images_per_s", "seconds")
+    assert len(lines) == 3
     first = reference.history[0]
     assert set(first.terms) == set(yolo.TERMS) and first.train_acc is None and first.val_acc is None
     assert first.train_loss == pytest.approx(sum(first.terms.values()))  # the loss is the sum of its terms
@@ -210,3 +212,38 @@ def test_detection_mistakes_exit_2(tiny, tmp_path, capsys, argv, fragment, lenet
         argv += ["--out", str(tmp_path / "run")]
     code, _, err = run_main(argv, capsys)
     assert code == 2 and fragment in " ".join(err.split())
+
+
+LOCATE = """
+name: tiny-locator
+input: [1, 64, 64]
+classes: 10
+loss: localize
+train: {dataset: mnist-locate, optimizer: adam, lr: 0.003, batch_size: 32, epochs: 2, val_size: 64}
+layers:
+  - conv: {filters: 8, kernel: 3, padding: 1, stride: 2}
+  - relu
+  - maxpool: {kernel: 4}
+  - flatten
+  - dense: {units: 14}
+  - localize
+"""
+
+
+def test_a_localizer_learns_one_box_an_image(tmp_path, capsys):
+    model = tmp_path / "tiny-locator.yaml"
+    model.write_text(LOCATE)
+    result = run(str(model), tmp_path / "run")
+    assert result.status == "completed" and set(result.history[0].terms) == {"cls", "box"}
+    assert result.history[1].terms["box"] < result.history[0].terms["box"]
+    one, _ = _canvas_files(tmp_path / "images")
+    code, out, _ = run_main(["predict", str(model), "--weights", str(result.last_path), str(one), "--conf", "0",
+                             "--format", "json"], capsys)
+    assert code == 0 and len(json.loads(out)["images"][0]["boxes"]) == 1  # one box an image, whatever its score
+    code, out, _ = run_main(["backprop-trace", str(model), "--weights", str(result.last_path), "--sample", "0",
+                             "--format", "json"], capsys)
+    trace = json.loads(out)
+    assert code == 0 and trace["located"]["iou"] >= 0 and set(trace["terms"]) == {"cls", "box"}
+    # mnist-locate's canvases hold one digit each: the trace's object is the test canvas's only box.
+    _, boxes = mnist_detect.load("test", size=64, digits=(1, 1))
+    assert trace["located"]["truth"] == pytest.approx(boxes.xyxy[0].tolist())

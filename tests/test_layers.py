@@ -62,6 +62,7 @@ CASES: dict[str, list[tuple[tuple[int, ...], str, bool]]] = {
     "add": [((2, 3, 4, 4), "add: {inputs: [input, b]}", True)],
     "concat": [((2, 3, 4, 4), "concat: {inputs: [input, b]}", True)],
     "yolo": [((2, 7, 3, 4), "yolo: {boxes: 1}", True)],
+    "localize": [((3, 6), "localize", True)],
 }
 
 

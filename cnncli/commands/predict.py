@@ -31,7 +31,7 @@ from cnncli import atomic, extras
 from cnncli.commands import tasks
 from cnncli.data import folder, yolo
 from cnncli.data.source import Source
-from cnncli.engine import losses
+from cnncli.engine import heads, losses
 from cnncli.errors import UsageError
 from cnncli.model.head import HeadChange
 from cnncli.records import inputs, trained
@@ -382,7 +382,7 @@ def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int | No
     loaded = trained.load(model, checkpoint, dataset=dataset, data_dir=data_dir, data=trained.RECORDED,
                           skip_model_check=skip_model_check, progress=progress)
     model_spec, graph, info, plan, net = loaded.spec, loaded.graph, loaded.source, loaded.plan, loaded.network
-    if graph[graph.output].kind == "yolo":
+    if heads.of(graph[graph.output]) is not None:
         return detect(loaded, _files(images), conf=tasks.CONF if conf is None else conf,
                       iou=tasks.IOU if iou is None else iou, invert=invert, out=out, checkpoint=checkpoint)
     if out is not None:

@@ -369,6 +369,8 @@ def _detail(kind: str, o: dict) -> str:
         return f"size {o['size']}"
     if kind == "yolo":
         return f"{o['boxes']} boxes" + (", anchors" if o["anchors"] else "")
+    if kind == "localize":
+        return "class + box"
     return ""
 
 

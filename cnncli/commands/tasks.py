@@ -1,6 +1,7 @@
 """What a model is trained to do: name a class (classification) or find the objects (detection).
 
-A model's task follows from its output (:func:`of`): a ``yolo`` head detects, anything else classifies. The two
+A model's task follows from its output (:func:`of`): a detection head (:mod:`cnncli.engine.heads`: ``yolo``,
+``localize``) detects, anything else classifies. The two
 differ in what a dataset's labels are (class indices (N,), or :class:`~cnncli.engine.boxes.Boxes`), in the target
 a loss reads, in what a step adds up and in what scores a model; training, ``eval`` and ``predict`` ask the task
 rather than testing for it:
@@ -25,7 +26,7 @@ import numpy as np
 
 from cnncli.commands.average_precision import MAX_DETS, DetectionScores, detection_scores
 from cnncli.dataset_names import of_boxes
-from cnncli.engine import yolo
+from cnncli.engine import heads
 from cnncli.engine.boxes import Boxes, nms
 from cnncli.errors import UsageError
 
@@ -47,7 +48,7 @@ class Score:
     loss: float
     value: float | None
     map50_95: float | None = None
-    terms: yolo.Terms | None = None
+    terms: object | None = None          # the head module's Terms
     details: DetectionScores | None = None
 
 
@@ -80,25 +81,29 @@ class Detection:
     metric = "mAP@0.5"
     labels = "boxes"
 
-    def __init__(self, head: yolo.Head, size: tuple[int, int]):
+    def __init__(self, module, head, size: tuple[int, int]):
+        self.module = module  # the head's module (cnncli.engine.heads)
         self.head = head
         self.size = size  # the input's (H, W): where the boxes' pixels are
+        self.terms: tuple[str, ...] = module.TERMS
 
     @classmethod
     def of(cls, graph) -> Detection:
-        return cls(yolo.Head.of(graph[graph.output]), tuple(graph.input_shape[1:]))
+        node = graph[graph.output]
+        module = heads.of(node)
+        return cls(module, module.Head.of(node), tuple(graph.input_shape[1:]))
 
     def target(self, labels: Boxes, plan, draws=None, dtype=np.float32) -> np.ndarray:
         """The head's target (N, 5B + C, S_h, S_w) of a batch's boxes, moved as ``plan`` moves their pixels."""
-        target, _ = yolo.encode(plan.boxes(labels, draws), self.head, self.size, dtype)
+        target, _ = self.module.encode(plan.boxes(labels, draws), self.head, self.size, dtype)
         return target
 
     def sums(self) -> dict[str, float]:
         """What :meth:`step` adds up over an epoch (each term of the loss times the images), at zero."""
-        return {name: 0.0 for name in yolo.TERMS}
+        return {name: 0.0 for name in self.terms}
 
     def step(self, out: np.ndarray, target: np.ndarray) -> dict[str, float]:
-        _, _, terms = yolo.loss(out, target, self.head)
+        _, _, terms = self.module.loss(out, target, self.head)
         return {name: value * len(out) for name, value in terms.as_dict().items()}
 
     def find(self, out: np.ndarray, conf: float = CONF, iou: float = IOU, max_dets: int = MAX_DETS
@@ -106,7 +111,7 @@ class Detection:
         """The boxes the head's outputs (N, 5B + C, S_h, S_w) find, in the input's pixels: those scoring at least
         ``conf``, after class-wise non-maximum suppression at ``iou``, at most ``max_dets`` an image, best first;
         (Boxes of N images, scores (M,))."""
-        xyxy, score, classes = yolo.decode(out, self.head, self.size)
+        xyxy, score, classes = self.module.decode(out, self.head, self.size)
         found, kept_scores = [], []
         for i in range(len(out)):
             keep = np.flatnonzero(score[i] >= conf)
@@ -117,21 +122,22 @@ class Detection:
 
     def score(self, out: np.ndarray, labels: Boxes, plan, loss) -> Score:
         truth = plan.boxes(labels)
-        target, _ = yolo.encode(truth, self.head, self.size, out.dtype)
-        value, _, terms = yolo.loss(out, target, self.head)
+        target, _ = self.module.encode(truth, self.head, self.size, out.dtype)
+        value, _, terms = self.module.loss(out, target, self.head)
         found, scores = self.find(out, SCORE_CONF, SCORE_IOU)
         details = detection_scores(truth, found, scores, self.head.classes)
         return Score(float(value), details.map50, details.map50_95, terms, details)
 
 
 def of(graph) -> Classification | Detection:
-    """The task of the network ``graph``: detection when its output is a yolo head."""
-    return Detection.of(graph) if graph[graph.output].kind == "yolo" else Classification()
+    """The task of the network ``graph``: detection when its output is a detection head."""
+    return Detection.of(graph) if heads.of(graph[graph.output]) is not None else Classification()
 
 
 def detects(model_spec) -> bool:
-    """Whether the model a file describes is a detector (its output a yolo head), known before any graph is built."""
-    return model_spec.node(model_spec.output).kind == "yolo"
+    """Whether the model a file describes is a detector (its output a detection head), known before any graph is
+    built."""
+    return model_spec.node(model_spec.output).kind in heads.HEADS
 
 
 def check_dataset(model_spec, dataset: str) -> None:

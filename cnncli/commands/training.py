@@ -39,7 +39,6 @@ from cnncli.data.source import FOLDER, Source, check_readable, open_source
 from cnncli.dataset_names import YOLO
 from cnncli.engine import losses, optim
 from cnncli.engine.network import Network
-from cnncli.engine.yolo import TERMS
 from cnncli.errors import CheckpointError, TrainingStopped, UsageError, WorkerLost
 from cnncli.model import head, spec
 from cnncli.model.graph import ancestors, build
@@ -170,6 +169,7 @@ class RunStart:
     frozen: Frozen | None = None              # the layers that do not train
     replan: Replan | None = None              # a resumed run's schedule changed by another --epochs
     task: str = "classification"              # or "detection" (cnncli.commands.tasks)
+    terms: tuple[str, ...] = ()               # a detector's loss terms, shown each epoch
 
 
 @dataclass(frozen=True)
@@ -841,7 +841,8 @@ class _Run:
                                      self.graph.total_params, self.steps_per_epoch, self.epoch,
                                      self.batch, cfg.out, self.inputs, self.data_source.notes,
                                      getattr(self.net, "description", ""), self.advice, self.head, self.start,
-                                     self.frozen, self.replan, self.task.kind))
+                                     self.frozen, self.replan, self.task.kind,
+                                     getattr(self.task, "terms", ())))
         bs = cfg.batch_size
         n = len(self.x_train)
         augmentation = self.inputs.augmentation
@@ -907,7 +908,7 @@ class _Run:
         record = EpochRecord(self.epoch + 1, p["loss_sum"] / seen, None if detecting else p["correct"] / seen,
                              None if val is None else val.loss, None if val is None or detecting else val.value,
                              self.last_lr, seen / max(train_seconds, 1e-9), time.perf_counter() - t0,
-                             {t: p[t] / seen for t in TERMS} if detecting else None,
+                             {t: p[t] / seen for t in self.task.terms} if detecting else None,
                              val.value if detecting and val is not None else None,
                              val.map50_95 if detecting and val is not None else None)
         self.flow.end_epoch(self.epoch + 1, self.net.params)

@@ -100,8 +100,13 @@ NAME = "mnist-detect"
 #: The datasets whose images the canvases are made of.
 BASES: tuple[str, ...] = ("mnist", "fashion-mnist")
 
-#: The detection datasets by name (cnncli.dataset_names.DETECTION), and the base each is made of.
-DATASETS: dict[str, str] = {NAME: "mnist", "fashion-mnist-detect": "fashion-mnist"}
+#: The detection datasets by name (cnncli.dataset_names.DETECTION): the base each is made of, and the least and
+#: most digits a canvas (``mnist-locate``: one, for single-object localization).
+DATASETS: dict[str, tuple[str, tuple[int, int]]] = {
+    NAME: ("mnist", (1, 4)),
+    "fashion-mnist-detect": ("fashion-mnist", (1, 4)),
+    "mnist-locate": ("mnist", (1, 1)),
+}
 
 SPLITS: tuple[str, ...] = ("train", "test")
 
@@ -131,6 +136,7 @@ def load(
     base: str = "mnist",
     progress: ProgressCallback | None = None,
     seed: int = 0,
+    digits: tuple[int, int] = (1, 4),
 ) -> tuple[np.ndarray, Boxes]:
     """One split of ``mnist-detect``: canvases uint8 (count, 1, size, size) and their :class:`Boxes`.
 
@@ -152,14 +158,16 @@ def load(
     files = dict(zip(("images", "labels"), info.splits[split]))
     identity = {kind: {**decoded.identity(path), "sha256": info.sha256.get(files[kind])}
                 for kind, path in sources.items()}
-    slot = _digest({"base": base, "split": split, "count": count, "size": size, "seed": seed})
+    digits = _check_range(digits, "digits", 1, _SLOTS)
+    slot = _digest({"base": base, "split": split, "count": count, "size": size, "seed": seed,
+                    **({} if digits == (1, _SLOTS) else {"digits": list(digits)})})
     content = _digest({"sources": identity, "generator": GENERATOR_VERSION, "format": _CACHE_FORMAT})
     path = cache_folder() / f"{base}-{split}-{slot}-{content}.npz"
     cached = _read(path, count, size, len(info.classes))
     if cached is not None:
         return cached
     images, labels = idx.load_split(info, split, data_dir, progress)
-    canvases, boxes = generate(images, labels, count, size, seed=(seed, _SPLIT_STREAM[split]))
+    canvases, boxes = generate(images, labels, count, size, seed=(seed, _SPLIT_STREAM[split]), digits=digits)
     _write(path, f"{base}-{split}-{slot}-", canvases, boxes)
     return canvases, boxes
 

@@ -88,8 +88,9 @@ class Source:
                                                                                                    self.root))
             return self._splits[split]
         if self.name in DETECTION:
-            return mnist_detect.load(split, data_dir, size=self.image_shape[1], base=mnist_detect.DATASETS[self.name],
-                                     progress=progress)
+            base, digits = mnist_detect.DATASETS[self.name]
+            return mnist_detect.load(split, data_dir, size=self.image_shape[1], base=base, progress=progress,
+                                     digits=digits)
         if self.root is None:
             return data.load(self.name, split, data_dir, progress=progress)
         which = split if self.folder_labels is None else folder.ALL  # no image of it was trained on
@@ -224,16 +225,21 @@ def _canvases(name: str, data_dir: Path | None, input_shape: tuple[int, ...] | N
     """``mnist-detect`` (or Fashion-MNIST's) at the model's input size; its statistics are its training canvases'."""
     shape = _image_input(input_shape, f"{name} (square canvases)", square=True)
     size = shape[1]
-    base = mnist_detect.DATASETS[name]
-    images, boxes = mnist_detect.load("train", data_dir, size=size, base=base, progress=progress)
+    base, digits = mnist_detect.DATASETS[name]
+    images, boxes = mnist_detect.load("train", data_dir, size=size, base=base, progress=progress, digits=digits)
     mean, std = folder.pixel_stats(images)
     things = "digits" if base == "mnist" else "items"
     source = Source(name, f"{data.get(base).title} {things} on {size}×{size} canvases", mnist_detect.classes(base),
                     (1, size, size), mean, std,
-                    notes=(f"1 to 4 {data.get(base).title} {things} a canvas, drawn from the seed 0 (training "
-                           f"canvases from its training images, test canvases from its test images)",))
+                    notes=(f"{_how_many(digits)} {data.get(base).title} {things[:-1] if digits == (1, 1) else things} "
+                           "a canvas, drawn from the seed 0 (training canvases from its training images, test "
+                           "canvases from its test images)",))
     source._splits["train"] = (images, boxes)
     return source
+
+
+def _how_many(digits: tuple[int, int]) -> str:
+    return str(digits[0]) if digits[0] == digits[1] else f"{digits[0]} to {digits[1]}"
 
 
 def _yolo_folder(data_dir: Path | None, input_shape: tuple[int, ...] | None, progress) -> Source:

@@ -570,6 +570,13 @@ class Yolo(Layer):
 
 
 @register
+class Localize(Yolo):
+    """The single-object localization head (:mod:`cnncli.engine.localize`): x (N, C + 4) passed on as it is."""
+
+    kind = "localize"
+
+
+@register
 class LRN(Layer):
     """Local response normalization across channels, as PyTorch's LocalResponseNorm.
 

@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from cnncli.engine import yolo
+from cnncli.engine.heads import HEADS
 from cnncli.errors import UsageError
 from cnncli.model.spec import LOSS_ALIASES
 
@@ -125,21 +125,26 @@ def _unbound(out: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
     raise TypeError("this loss reads its head's settings: use Loss.bound(graph)")
 
 
-def _yolo_for(node) -> Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]:
-    head = yolo.Head.of(node)
+def _head_loss(module) -> Callable:
+    """The loss of a detection head module (:mod:`cnncli.engine.yolo`, :mod:`cnncli.engine.localize`) bound to a
+    graph's node of its kind."""
+    def bind(node) -> Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]:
+        head = module.Head.of(node)
 
-    def fn(out: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
-        value, grad, _ = yolo.loss(out, target, head)
-        return value, grad
+        def fn(out: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
+            value, grad, _ = module.loss(out, target, head)
+            return value, grad
 
-    return fn
+        return fn
+
+    return bind
 
 
 LOSSES: dict[str, Loss] = {
     "cross_entropy": Loss("cross_entropy", softmax_cross_entropy, fuses_softmax=True),
     "bce": Loss("bce", binary_cross_entropy),
     "mse": Loss("mse", half_squared_error),
-    "yolo": Loss("yolo", _unbound, head="yolo", binds=_yolo_for),
+    **{kind: Loss(kind, _unbound, head=kind, binds=_head_loss(module)) for kind, module in HEADS.items()},
 }
 
 #: Command-line spellings (the one list: cnncli.model.spec).

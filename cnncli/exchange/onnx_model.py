@@ -184,6 +184,7 @@ EMIT: dict[str, Callable] = {
     "batchnorm": _batchnorm,
     "dropout": _unary("Identity"),
     "yolo": _unary("Identity"),  # the raw head; decoding and non-maximum suppression follow the graph
+    "localize": _unary("Identity"),  # class scores, then the box's raw numbers
     "lrn": lambda b, node, xs, out: b.op("LRN", xs, out, node.name, size=node.options["size"],
                                          alpha=float(node.options["alpha"]), beta=float(node.options["beta"]),
                                          bias=float(node.options["k"])),

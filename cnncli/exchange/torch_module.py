@@ -122,6 +122,7 @@ def _call(node, xs: list[str], ref: str) -> str:
         "softmax": lambda: f"torch.softmax({x}, 1)",
         "dropout": lambda: f"F.dropout({x}, {o['rate']!r}, self.training)",
         "yolo": lambda: f"{x}  # the raw yolo head: decoding and non-maximum suppression follow the module",
+        "localize": lambda: f"{x}  # class scores, then the box's raw numbers (sigmoid: its centre and size)",
         "lrn": lambda: f"F.local_response_norm({x}, {o['size']}, {o['alpha']!r}, {o['beta']!r}, {o['k']!r})",
         "add": lambda: " + ".join(xs),
         "concat": lambda: f"torch.cat([{', '.join(xs)}], 1)",
@@ -132,7 +133,7 @@ def _call(node, xs: list[str], ref: str) -> str:
 #: Layer kinds the translation covers (a test checks it is every kind).
 KINDS_COVERED = ("conv", "dense", "batchnorm", "subsample", "maxpool", "avgpool", "shortcut_pad", "adaptive_avgpool",
                  "global_avgpool", "flatten", "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "dropout", "lrn",
-                 "add", "concat", "yolo")
+                 "add", "concat", "yolo", "localize")
 
 _SUBSAMPLE = '''
 

@@ -37,6 +37,7 @@ from cnncli import atomic
 from cnncli.atomic import write_atomic
 from cnncli.engine import losses as losses_mod
 from cnncli.engine import optim
+from cnncli.engine.boxes import iou
 from cnncli.engine.network import Network
 from cnncli.errors import UnknownModel, UsageError
 from cnncli.model import graph as graph_mod
@@ -331,6 +332,25 @@ class TracedObject:
 
 
 @dataclass
+class Located:
+    """A localizer's one object and the box and class it predicts (boxes in input pixels x0, y0, x1, y1)."""
+
+    cls: int
+    name: str
+    truth: tuple[float, float, float, float]
+    predicted_cls: int
+    predicted_name: str
+    probability: float
+    predicted: tuple[float, float, float, float]
+    iou: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"class": self.cls, "name": self.name, "truth": list(self.truth), "predicted_class": self.predicted_cls,
+                "predicted_name": self.predicted_name, "probability": self.probability,
+                "predicted": list(self.predicted), "iou": self.iou}
+
+
+@dataclass
 class DetectionTrace:
     """A detector on one image: the network view (per-layer statistics) and the yolo loss's terms, each object
     with the cell and box responsible for it; ``dropped``: objects whose cell had no box left for them."""
@@ -343,9 +363,13 @@ class DetectionTrace:
     dropped: int
     idle_boxes: int                    # boxes answering for nothing (their loss is the noobj term)
     idle_max_p: float                  # the highest objectness among them
+    located: Located | None = None     # a localizer's (its head has no grid)
     mode: str = "detection"
 
     def to_dict(self) -> dict[str, Any]:
+        if self.located is not None:
+            return {**self.network.to_dict(), "mode": self.mode, "terms": self.terms,
+                    "located": self.located.to_dict()}
         return {**self.network.to_dict(), "mode": self.mode, "terms": self.terms, "grid": list(self.grid),
                 "boxes_per_cell": self.boxes, "objects": [o.to_dict() for o in self.objects],
                 "dropped": self.dropped, "idle_boxes": self.idle_boxes, "idle_max_objectness": self.idle_max_p}
@@ -843,13 +867,14 @@ def _network_trace(model_spec: spec.ModelSpec, net: Network, x: np.ndarray, y: n
 
 def _detection_trace(model_spec: spec.ModelSpec, net: Network, saved, sample: int | None, data_dir: Path | None,
                      loss, lr: float, steps: int, dump: Path | None, progress=None) -> DetectionTrace:
-    from cnncli.engine import yolo
+    from cnncli.engine import heads, yolo
 
     node = net.graph[net.graph.output]
-    head = yolo.Head.of(node)
+    module = heads.of(node)
+    head = module.Head.of(node)
     x, boxes, source, names = _detection_sample(model_spec, saved, sample, data_dir, net.graph.input_shape, progress)
     size = tuple(net.graph.input_shape[1:])
-    target, dropped = yolo.encode(boxes, head, size, np.float64)
+    target, dropped = module.encode(boxes, head, size, np.float64)
     seen: dict[str, np.ndarray] = {}
 
     # The head's output at the traced (first) pass, before the step changes the weights.
@@ -858,7 +883,14 @@ def _detection_trace(model_spec: spec.ModelSpec, net: Network, saved, sample: in
                             on_first=lambda: seen.setdefault("t", net.values[node.name].copy()))
     traced.predicted = None
     t = seen["t"]
-    _, _, terms = yolo.loss(t, target, head)
+    _, _, terms = module.loss(t, target, head)
+    if module is not yolo:  # a localizer: its one box against the image's one object
+        (predicted,), (score,), (cls,) = (a[0] for a in module.decode(t, head, size))
+        truth = boxes.xyxy[0].astype(np.float64)
+        located = Located(int(boxes.classes[0]), names[int(boxes.classes[0])], tuple(map(float, truth)),
+                          int(cls), names[int(cls)], float(score), tuple(map(float, predicted)),
+                          float(iou(truth[None], predicted[None])[0, 0]))
+        return DetectionTrace(traced, terms.as_dict(), (1, 1), 1, [], 0, 0, 0.0, located=located)
     found = yolo.responsible(t, target, head)
     height, width = size
 
@@ -1060,9 +1092,10 @@ def run(model: str = "slide-mlp", loss: str | None = None, lr: float | None = No
         raise UnknownModel(f"{e}\nbuilt-in traces: {', '.join(MODES)}") from None
     loss_obj = losses_mod.get(_loss_name(loss, model_spec)).bound(net.graph)
     rate = _check_lr(lr if lr is not None else float(model_spec.train_setting("lr")))
-    if net.graph[net.graph.output].kind == "yolo":
-        if loss_obj.name != "yolo":
-            raise UsageError(f"model '{model_spec.name}' is a detector: its loss is yolo, not {loss_obj.name}")
+    head_kind = net.graph[net.graph.output].kind
+    if head_kind in ("yolo", "localize"):
+        if loss_obj.name != head_kind:
+            raise UsageError(f"model '{model_spec.name}' is a detector: its loss is {head_kind}, not {loss_obj.name}")
         if input is not None or target is not None or compare_slides:
             raise UsageError(f"model '{model_spec.name}' is a detector: trace a test image and its boxes with "
                              "--sample I (--input, --target and --compare-slides are for classifiers)")

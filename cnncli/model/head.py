@@ -11,7 +11,7 @@ layer reached is the head if it is a dense layer
 
 A detector's head is the convolution a ``yolo`` output reads (alone, as it is, of ``5B + C`` filters: five
 numbers a box, then one score a class), under the same two conditions; its size in classes is its filters less
-the boxes' ``5B``.
+the boxes' ``5B``. A localizer's is the dense layer a ``localize`` output reads, its units the classes and 4.
 
 A model's heads are its main output's head and, for a model with auxiliary classifiers (GoogLeNet), each
 auxiliary output's. A model whose main output or one of whose auxiliary outputs has no head has no heads
@@ -73,8 +73,12 @@ def _numbers_written_out(init) -> bool:
 
 
 def _reserved(model_spec: ModelSpec, h: NodeSpec) -> int:
-    """The outputs of head ``h`` that are not classes: a detector's ``5B`` box numbers; a classifier's none."""
-    return 5 * model_spec.node(model_spec.output).options["boxes"] if h.kind == "conv" else 0
+    """The outputs of head ``h`` that are not classes: a detector's ``5B`` box numbers, a localizer's 4; a
+    classifier's none."""
+    output = model_spec.node(model_spec.output)
+    if list(output.inputs) != [h.name]:
+        return 0
+    return {"yolo": lambda: 5 * output.options["boxes"], "localize": lambda: 4}.get(output.kind, lambda: 0)()
 
 
 def _size_key(h: NodeSpec) -> str:
@@ -85,6 +89,13 @@ def _head_of(model_spec: ModelSpec, output: str, readers: dict[str, list[str]]) 
     """The dense layer that makes ``output``, or the convolution a yolo output reads (see the module docstring),
     or None."""
     node = model_spec.node(output)
+    if node.kind == "localize":
+        (source,) = node.inputs
+        dense = None if source == "input" else model_spec.node(source)
+        if dense is None or dense.kind != "dense" or _numbers_written_out(dense.init) \
+                or readers.get(dense.name, []) != [node.name]:
+            return None
+        return dense
     if node.kind == "yolo":
         (source,) = node.inputs
         if source == "input":
@@ -124,7 +135,7 @@ def resize(model_spec: ModelSpec, classes: int) -> Resized:
     already or the model has no heads."""
     found = heads(model_spec)
     changes = tuple(HeadChange(h.name, h.options[_size_key(h)] - _reserved(model_spec, h), classes, aux=i > 0,
-                               unit="classes" if h.kind == "conv" else "units")
+                               unit="classes" if _reserved(model_spec, h) else "units")
                     for i, h in enumerate(found) if h.options[_size_key(h)] - _reserved(model_spec, h) != classes)
     if not changes:
         return Resized(model_spec)
@@ -158,11 +169,11 @@ def units_held(model_spec: ModelSpec, weights: Mapping, shapes: Mapping[str, tup
                     f"boxes and one a class (are these weights of another model?)")
             held[h.name] = got[0] - reserved
             continue
-        if len(got) != 2 or got[0] != want[0] or got[1] < 1:
+        if len(got) != 2 or got[0] != want[0] or got[1] <= reserved:
             raise CheckpointError(f"{source}: its head weight '{key}' has shape {fmt_shape(got)} (inputs × units), "
                                   f"which fits no number of classes: {h.name} takes {want[0]} inputs in this model, so its weight "
                                   f"is {want[0]}×N for N classes (are these weights of another model?)")
-        held[h.name] = got[1]
+        held[h.name] = got[1] - reserved
     if len(set(held.values())) > 1:
         sizes = ", ".join(f"{name} {units}" for name, units in held.items())
         raise CheckpointError(f"{source}: its heads have different numbers of units ({sizes}); a model's heads all "

@@ -272,6 +272,13 @@ def _yolo_classes(o: dict, out: Shape) -> int:
     return out[0] - 5 * o["boxes"]
 
 
+def _localize_shape(o: dict, s: list[Shape]) -> Shape:
+    if len(s[0]) != 1 or s[0][0] < 5:
+        raise ShapeProblem(f"a localize head reads one score a class, then 4 numbers of the box, from a flat input "
+                           f"of at least 5 features, got {fmt_shape(s[0])}")
+    return s[0]
+
+
 def _channels(o: dict, s: list[Shape]) -> dict[str, Shape]:
     return {"weight": (s[0][0],), "bias": (s[0][0],)}
 
@@ -401,6 +408,13 @@ KINDS: dict[str, Kind] = {
                  "rescore": Option("bool", True, "objectness target of a responsible box: its IoU with the object "
                                    "(the paper), or 1"),
              }, classes=_yolo_classes),
+        Kind("localize",
+             "single-object localization head: reads one score a class, then the box (x, y, w, h); passes its input "
+             "on as it is and gives the localize loss its settings (cnncli.engine.localize)",
+             _localize_shape, {
+                 "box": Option("float", 5.0, "weight of the box's squared error", check=_non_negative),
+                 "cls": Option("float", 1.0, "weight of the class scores' cross-entropy", check=_non_negative),
+             }, classes=lambda o, out: out[0] - 4),
     ]
 }
 

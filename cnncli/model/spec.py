@@ -34,7 +34,7 @@ from cnncli.model.kinds import COMMON_OPTIONS, KINDS, Option, Shape, is_parametr
 #: of each. The engine's registries (``engine.losses.LOSSES``, ``engine.optim.OPTIMIZERS``,
 #: ``records.schedule.SCHEDULES``) implement exactly these names (tests/test_layout.py holds them equal); the lists
 #: live here because this module must not load the engine.
-LOSSES = ("cross_entropy", "bce", "mse", "yolo")
+LOSSES = ("cross_entropy", "bce", "mse", "yolo", "localize")
 LOSS_ALIASES = {"ce": "cross_entropy"}  # the command line's short spellings
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")

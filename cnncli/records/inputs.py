@@ -284,6 +284,10 @@ def check_outputs(output: Node, classes: int, dataset: str, model: str) -> None:
     scored = output_classes(output)
     if scored == classes:
         return
+    if output.kind == "localize":
+        raise UsageError(f"model '{model}' scores {scored} classes in its localize head ({output.out_shape[0]} "
+                         f"numbers: one a class, then 4 of the box), but {dataset} has {classes} classes: the "
+                         f"layer before the head needs {classes + 4} units")
     if output.kind == "yolo":
         boxes = output.options["boxes"]
         raise UsageError(f"model '{model}' scores {scored} classes in its yolo head ({output.out_shape[0]} channels: "

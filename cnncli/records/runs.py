@@ -35,9 +35,11 @@ import yaml
 from cnncli.errors import UsageError
 
 METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "seconds")
-#: A detector's metrics.csv: the training loss by term (cnncli.engine.yolo.TERMS) and the validation mAP.
-DETECTION_FIELDS = ("epoch", "train_loss", "coord", "obj", "noobj", "cls", "val_loss", "val_map50", "val_map50_95",
-                    "lr", "images_per_s", "seconds")
+
+
+def detection_fields(terms: tuple[str, ...]) -> tuple[str, ...]:
+    """A detector's metrics.csv columns: the training loss, its terms (cnncli.engine.heads) and the validation mAP."""
+    return ("epoch", "train_loss", *terms, "val_loss", "val_map50", "val_map50_95", "lr", "images_per_s", "seconds")
 GRADIENT_FIELDS = ("epoch", "layer", "kind", "grad_norm", "update_ratio", "weight_norm")
 _TEXT_FIELDS = ("layer", "kind")
 
@@ -65,9 +67,9 @@ def _csv(fields: tuple[str, ...], rows: list[dict[str, Any]]) -> str:
 
 def metrics_csv(rows: list[dict[str, Any]]) -> str:
     """``metrics.csv``'s text: a header and one row per epoch record (a dict with :data:`METRIC_FIELDS`; a
-    detector's, with its loss's ``terms``, :data:`DETECTION_FIELDS`)."""
+    detector's, with its loss's ``terms``, :func:`detection_fields`)."""
     if rows and rows[0].get("terms") is not None:
-        return _csv(DETECTION_FIELDS, [{**row, **row["terms"]} for row in rows])
+        return _csv(detection_fields(tuple(rows[0]["terms"])), [{**row, **row["terms"]} for row in rows])
     return _csv(METRIC_FIELDS, rows)
 
 

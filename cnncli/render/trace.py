@@ -593,6 +593,15 @@ def _show_detection(t, console: Console) -> None:
                    f"loss yolo, lr {_n(n.lr)}", "bold")
     terms = " + ".join(f"{k} {_n(v, 4)}" for k, v in t.terms.items())
     _line(console, f"E = {terms} = {_n(n.loss)}")
+    if t.located is not None:
+        o = t.located
+        _line(console, f"object {o.name} {_box(o.truth)}; predicted {o.predicted_name} ({o.probability:.2f}) "
+                       f"{_box(o.predicted)}, IoU {o.iou:.2f}")
+        _note(console, "A localizer finds one object an image: cls is the cross-entropy of its class scores, box "
+                       "the squared error of its box's centre and size (as fractions of the input).")
+        console.print()
+        _show_network(n, console, heading=False)
+        return
     _note(console, f"A {t.grid[0]}×{t.grid[1]} grid, {t.boxes} boxes a cell: an object belongs to the cell holding "
                    "its centre, and the cell's box whose prediction overlaps it most (highest IoU) answers for it: "
                    "coord is that box's error in x, y, √w, √h; obj its objectness p against its target ĉ (the IoU); "

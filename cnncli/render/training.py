@@ -19,7 +19,6 @@ from rich.text import Text
 from cnncli.commands import recipe
 from cnncli.commands.training import EpochRecord, Frozen, Replan, RunResult, RunStart, Start, StepProgress
 from cnncli.data import DownloadEvent
-from cnncli.engine.yolo import TERMS
 from cnncli.model.head import HeadChange
 from cnncli.records import runs
 from cnncli.render import head_sizes, say
@@ -28,10 +27,13 @@ from cnncli.words import count
 
 _COLUMNS = (("epoch", 7), ("train loss", 10), ("train acc", 9), ("val loss", 9), ("val acc", 8),
             ("lr", 9), ("img/s", 7), ("time", 7))
-#: A detector's table: its training loss, then the loss's terms (cnncli.engine.yolo), in 80 columns (images a
-#: second are in metrics.csv and on the bar).
-_DETECTION_COLUMNS = (("epoch", 5), ("loss", 6), ("coord", 6), ("obj", 6), ("noobj", 6), ("cls", 6),
-                      ("val loss", 8), ("mAP50", 5), ("lr", 7), ("time", 6))
+
+
+def _detection_columns(terms: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    """A detector's table: its training loss, then the loss's terms (cnncli.engine.heads), in 80 columns (images a
+    second are in metrics.csv and on the bar)."""
+    return (("epoch", 5), ("loss", 6), *((t, 6) for t in terms), ("val loss", 8), ("mAP50", 5), ("lr", 7),
+            ("time", 6))
 
 
 def percent(v: float | None) -> str:
@@ -111,16 +113,17 @@ def frozen_line(frozen: Frozen) -> str:
 
 def _row(r: EpochRecord, epochs: int) -> list[str]:
     if r.terms is not None:
-        return [f"{r.epoch}/{epochs}", f"{r.train_loss:.4g}", *(f"{r.terms[t]:.3g}" for t in TERMS),
+        return [f"{r.epoch}/{epochs}", f"{r.train_loss:.4g}", *(f"{v:.3g}" for v in r.terms.values()),
                 "—" if r.val_loss is None else f"{r.val_loss:.4g}", _map(r.val_map50), f"{r.lr:.2g}",
                 duration(r.seconds)]
     return [f"{r.epoch}/{epochs}", _num(r.train_loss), percent(r.train_acc), _num(r.val_loss), percent(r.val_acc),
             f"{r.lr:.3g}", f"{r.images_per_s:,.0f}", duration(r.seconds)]
 
 
-def _table(header: bool, detecting: bool = False) -> Table:
+def _table(header: bool, terms: tuple[str, ...] | None = None) -> Table:
+    """The epochs' table: a classifier's columns, or (``terms``) a detector's."""
     cols = [Column(name, width=w, justify="right", no_wrap=True)
-            for name, w in (_DETECTION_COLUMNS if detecting else _COLUMNS)]
+            for name, w in (_COLUMNS if terms is None else _detection_columns(terms))]
     return Table(*cols, box=None, show_header=header, header_style="bold", pad_edge=False)
 
 
@@ -151,7 +154,7 @@ class Reporter:
         self.downloads = Downloads(console)
         self.epochs = 0
         self.epoch = 0
-        self.detecting = False
+        self.terms: tuple[str, ...] | None = None  # a detector's loss terms
 
     # -- downloads --
     def download(self, event: DownloadEvent) -> None:
@@ -165,7 +168,7 @@ class Reporter:
         self._stop_downloads()
         c = run.config
         self.epochs = c.epochs
-        self.detecting = run.task == "detection"
+        self.terms = run.terms if run.task == "detection" else None
         title = run.inputs.dataset if run.inputs is not None else c.dataset
         opt = f"{c.optimizer} lr {c.lr:g}"
         if c.optimizer == "sgd" and c.momentum:
@@ -203,10 +206,10 @@ class Reporter:
         for a in run.advice:
             say(self.console, f"warning: {advice(a)}", "yellow")
         # The epochs' table, one row per finished epoch, on a terminal and in a log alike (80 columns).
-        self.console.print(_table(header=True, detecting=self.detecting))
+        self.console.print(_table(header=True, terms=self.terms))
         if not self.live:
             return
-        accuracy = () if self.detecting else (TextColumn("acc {task.fields[acc]:6.2%}"),)
+        accuracy = () if self.terms is not None else (TextColumn("acc {task.fields[acc]:6.2%}"),)
         self.progress = _Progress(
             TextColumn("epoch {task.fields[epoch]}"), BarColumn(bar_width=30), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.4f}"), *accuracy,
@@ -236,7 +239,7 @@ class Reporter:
         return self.overall(epoch, batch, steps) if self.overall else ""
 
     def epoch_end(self, record: EpochRecord) -> None:
-        table = _table(header=False, detecting=self.detecting)
+        table = _table(header=False, terms=self.terms)
         table.add_row(*_row(record, self.epochs))
         (self.progress.console if self.progress is not None else self.console).print(table)
 
