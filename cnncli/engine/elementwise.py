@@ -75,3 +75,9 @@ def relu_grad(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
     dx = np.empty(dy.shape, dtype=dy.dtype)
     _relu_grad(_flat(dy), _flat(y).astype(dy.dtype, copy=False), dx.reshape(-1))
     return dx
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """σ(x) = 1/(1 + e^-x) elementwise, in x's dtype; split by sign so that e^-x never overflows."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)

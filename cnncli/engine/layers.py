@@ -418,10 +418,7 @@ class Sigmoid(Layer):
     cached = ("y",)
 
     def forward(self, xs, train):
-        x = xs[0]
-        # Split by sign so that e^-x never overflows.
-        e = np.exp(-np.abs(x))
-        self.y = np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
+        self.y = elementwise.sigmoid(xs[0])
         return self.y
 
     def backward(self, dy):

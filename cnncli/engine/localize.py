@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnncli.engine.boxes import Boxes
+from cnncli.engine.elementwise import sigmoid
 from cnncli.errors import DataError
 
 __all__ = ["Head", "Terms", "TERMS", "decode", "encode", "loss"]
@@ -66,11 +67,6 @@ class Terms:
         return {name: getattr(self, name) for name in TERMS}
 
 
-def _sigmoid(t: np.ndarray) -> np.ndarray:
-    e = np.exp(-np.abs(t))
-    return np.where(t >= 0, 1 / (1 + e), e / (1 + e))
-
-
 def encode(boxes: Boxes, head: Head, size: tuple[int, int], dtype=np.float32) -> tuple[np.ndarray, int]:
     """The target (N, C + 4) of a batch whose images hold one object each, xyxy pixels of an input of ``size``
     (H, W); (target, 0): nothing is dropped."""
@@ -97,7 +93,7 @@ def loss(t: np.ndarray, target: np.ndarray, head: Head) -> tuple[float, np.ndarr
     z = z - z.max(axis=1, keepdims=True)
     log_q = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     y = target[:, :c].astype(np.float64)
-    b = _sigmoid(t[:, c:].astype(np.float64))
+    b = sigmoid(t[:, c:].astype(np.float64))
     d = b - target[:, c:]
     cls = -head.cls * np.sum(y * log_q)
     box = head.box * np.sum(d * d)
@@ -115,7 +111,7 @@ def decode(t: np.ndarray, head: Head, size: tuple[int, int]) -> tuple[np.ndarray
     z = z - z.max(axis=1, keepdims=True)
     q = np.exp(z)
     q /= q.sum(axis=1, keepdims=True)
-    cx, cy, w, h = _sigmoid(t[:, head.classes:].astype(np.float64)).T
+    cx, cy, w, h = sigmoid(t[:, head.classes:].astype(np.float64)).T
     xyxy = np.stack([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height], axis=1)
     xyxy = np.clip(xyxy, 0, [width, height, width, height])
     return xyxy[:, None], q.max(axis=1)[:, None], q.argmax(axis=1)[:, None]

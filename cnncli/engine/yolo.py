@@ -48,6 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnncli.engine.boxes import Boxes
+from cnncli.engine.elementwise import sigmoid
 
 __all__ = ["Head", "Responsible", "Terms", "TERMS", "decode", "encode", "loss", "responsibility", "responsible"]
 
@@ -98,12 +99,6 @@ class Terms:
 
     def as_dict(self) -> dict[str, float]:
         return {name: getattr(self, name) for name in TERMS}
-
-
-def _sigmoid(t: np.ndarray) -> np.ndarray:
-    # exp of a negative number only: no overflow for big |t| in float32.
-    e = np.exp(-np.abs(t))
-    return np.where(t >= 0, 1 / (1 + e), e / (1 + e))
 
 
 def _size_iou(w0, h0, w1, h1) -> np.ndarray:
@@ -177,7 +172,7 @@ def _predicted(t: np.ndarray, head: Head) -> dict[str, np.ndarray]:
     n, _, sh, sw = t.shape
     b = head.boxes
     p = t[:, :5 * b].reshape(n, b, 5, sh, sw).astype(np.float64)
-    s = _sigmoid(p)
+    s = sigmoid(p)
     cols = np.arange(sw)[None, None, None, :]
     rows = np.arange(sh)[None, None, :, None]
     if head.anchors is None:
