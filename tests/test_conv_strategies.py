@@ -44,7 +44,7 @@ def old_plain_choice(x_shape, w_shape, stride, padding, dilation, groups, itemsi
     winograd = (rules.winograd_applies((kh, kw), (sh, sw), (dh, dw), groups)
                 and rules.winograd_pays(c, n, oh, ow))
     blocked = (not winograd and rules.blocked_applies((sh, sw), (ph, pw), (kh, kw), (dh, dw), groups)
-               and rules.blocked_pays(c, f, kh * kw))
+               and rules.blocked_pays(c, f, kh * kw, simd.VECTOR_REGISTERS))
     outer = rules.outer_applies((sh, sw), groups, f, simd.lanes(itemsize)) and rules.outer_pays(c)
     in_kernel = blas.FUNCTIONS is not None and not direct
     by_taps = in_kernel and rules.tap_gemms(unit, cg, wp, ow)

@@ -1051,6 +1051,23 @@ def test_relu_kernels_equal_numpy_and_let_nan_through(dtype):
     np.testing.assert_array_equal(elementwise.relu(big), np.maximum(big, 0))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_leaky_relu_kernels_equal_the_obvious_products(dtype):
+    """Against numpy's x·(1 if x > 0 else slope), the product in the array's dtype (PyTorch's leaky_relu)."""
+    from cnncli.engine import elementwise
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(100_003).astype(dtype)  # several parallel jobs, a ragged last one
+    x[:3] = [np.nan, 0.0, -0.0]
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    slope = 0.1
+    y = elementwise.leaky_relu(x, slope)
+    np.testing.assert_array_equal(y, np.where(x > 0, x, x * np.asarray(slope, dtype)))
+    assert np.isnan(y[0])
+    np.testing.assert_array_equal(elementwise.leaky_relu_grad(dy, y, slope),
+                                  np.where(x > 0, dy, dy * np.asarray(slope, dtype)))
+
+
 # ---------------------------------------------------------------------------
 # GEMM called from inside a kernel (cnncli.engine.blas)
 # ---------------------------------------------------------------------------

@@ -100,7 +100,8 @@ strategy   applies when                                 pays when (``rules``)   
 winograd   3×3, stride 1, dilation 1, one group         ``winograd_pays``: >= 32 channels, 256 tiles   winograd.py
 lanes      a fused chain                                ``lanes``: >= ``MIN_LANES`` samples, small     fast/lanes.py
 fused      a fused chain                                always                                         fast/fused.py
-blocked    'same' stride 1, one group                   ``blocked_pays``: 8-64 filters, <= 9 taps      blocked.py
+blocked    'same' stride 1, one group                   ``blocked_pays``: 8-64 filters, <= 9 taps,     blocked.py
+                                                        32 vector registers (AVX-512)
 outer      strided, one group, filters fill vectors     ``outer_pays``: <= 64 channels; forward only   blocked.py
 depthwise  stride 1, dilation 1                         ``depthwise``: <= 2 filters, 32 taps a group   conv/general.py
 taps       stride 1, a CBLAS GEMM                       ``tap_gemms``; backward: not direct weights    conv/general.py

@@ -1,4 +1,4 @@
-"""ReLU and its gradient as one pass each, alone or after a residual sum.
+"""ReLU (and leaky ReLU) and its gradient as one pass each, alone or after a residual sum.
 
 numpy's ReLU takes a pass for the mask, one for the product and one for the
 gradient's product, with a boolean mask kept in between; here the forward
@@ -17,7 +17,7 @@ from numba import prange
 
 from cnncli.engine.jit import exact_parallel_kernel
 
-__all__ = ["add_relu", "relu", "relu_grad"]
+__all__ = ["add_relu", "leaky_relu", "leaky_relu_grad", "relu", "relu_grad", "sigmoid"]
 
 _SPAN = 1 << 14  # values per parallel job: enough work to be worth a thread's wake-up
 
@@ -48,6 +48,23 @@ def _relu_grad(dy, y, dx):
             dx[i] = dy[i] if y[i] > 0 else 0
 
 
+@exact_parallel_kernel
+def _leaky_relu(x, slope, y):
+    n = x.size
+    for job in prange((n + _SPAN - 1) // _SPAN):
+        for i in range(job * _SPAN, min(n, (job + 1) * _SPAN)):
+            v = x[i]
+            y[i] = v if v > 0 else slope * v
+
+
+@exact_parallel_kernel
+def _leaky_relu_grad(dy, y, slope, dx):
+    n = dy.size
+    for job in prange((n + _SPAN - 1) // _SPAN):
+        for i in range(job * _SPAN, min(n, (job + 1) * _SPAN)):
+            dx[i] = dy[i] if y[i] > 0 else slope * dy[i]
+
+
 def _flat(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x).reshape(-1)
 
@@ -74,6 +91,23 @@ def relu_grad(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
         raise ValueError(f"dy {dy.shape} and y {y.shape} must have one shape")
     dx = np.empty(dy.shape, dtype=dy.dtype)
     _relu_grad(_flat(dy), _flat(y).astype(dy.dtype, copy=False), dx.reshape(-1))
+    return dx
+
+
+def leaky_relu(x: np.ndarray, slope: float) -> np.ndarray:
+    """x where x > 0, else slope·x (slope >= 0), a new array like x; the product in x's dtype, as PyTorch's."""
+    y = np.empty(x.shape, dtype=x.dtype)
+    _leaky_relu(_flat(x), x.dtype.type(slope), y.reshape(-1))
+    return y
+
+
+def leaky_relu_grad(dy: np.ndarray, y: np.ndarray, slope: float) -> np.ndarray:
+    """The gradient through a leaky ReLU whose output was ``y``: dy where y > 0 (exactly where x > 0, the slope
+    being >= 0), else slope·dy."""
+    if dy.shape != y.shape:
+        raise ValueError(f"dy {dy.shape} and y {y.shape} must have one shape")
+    dx = np.empty(dy.shape, dtype=dy.dtype)
+    _leaky_relu_grad(_flat(dy), _flat(y).astype(dy.dtype, copy=False), dy.dtype.type(slope), dx.reshape(-1))
     return dx
 
 

@@ -397,17 +397,17 @@ class ReLU(Layer):
 
 @register
 class LeakyReLU(Layer):
-    """x if x > 0 else slope·x, elementwise."""
+    """x if x > 0 else slope·x, elementwise; ∂/∂x is 1 where x > 0, else slope (:mod:`cnncli.engine.elementwise`)."""
 
     kind = "leaky_relu"
-    cached = ("factor",)
+    cached = ("y",)
 
     def forward(self, xs, train):
-        self.factor = np.where(xs[0] > 0, 1.0, self.o["slope"]).astype(xs[0].dtype)
-        return xs[0] * self.factor
+        self.y = elementwise.leaky_relu(xs[0], self.o["slope"])
+        return self.y
 
     def backward(self, dy):
-        return [dy * self.factor]
+        return [elementwise.leaky_relu_grad(dy, self.y, self.o["slope"])]
 
 
 @register

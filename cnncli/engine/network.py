@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from cnncli.engine import rules, threads
 from cnncli.engine.batch import Place, whole
 from cnncli.engine.fast.vector import ACTIVATIONS
 from cnncli.engine.init import initial_value
@@ -269,6 +270,9 @@ class Network:
         draw = self._draw(train)
         slices = self._split(x.shape[0])
         if slices is None:
+            if self.fast and not train and rules.serial(len(x) * self.graph.macs):
+                with threads.numba_threads(1):
+                    return self.forward_part(x, train, whole(len(x), draw, self.seed), keep)
             return self.forward_part(x, train, whole(len(x), draw, self.seed), keep)
         return self.parts.forward(self._check_input(x), slices, train, draw, keep)
 

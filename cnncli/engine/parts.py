@@ -211,7 +211,6 @@ class Parts:
     def _in_processes(self, group, x, target, loss, train, slices, draw):
         """The first part here, the others in the child processes: [(loss, output, grads)], or None when a
         worker was lost (the running statistics are then as they were before the step)."""
-        import numba
 
         net = self.net
         places = self.places(slices, draw)
@@ -222,12 +221,8 @@ class Parts:
             if self.exchanging(train):
                 places[0] = dataclasses.replace(places[0], exchange=exchange)
             # One Numba thread here too: the other cores run the other parts.
-            threads_before = numba.get_num_threads()
-            numba.set_num_threads(1)
-            try:
+            with threads.numba_threads(1):
                 first = net.loss_and_backward_part(x[slices[0]], target[slices[0]], loss, train, places[0])
-            finally:
-                numba.set_num_threads(threads_before)
             return [(first[0], first[1], net.grads)] + group.collect()
         except processes.WorkerLost as e:
             self._lost(e)

@@ -319,12 +319,16 @@ def blocked_applies(stride: tuple[int, int], padding: tuple[int, int], kernel: t
 BLOCKED_MIN_FILTERS = 8
 BLOCKED_MAX_CHANNELS = 64
 BLOCKED_MAX_TAPS = 9
+#: ... on a CPU of at least this many vector registers (AVX-512's 32): with AVX2's 16 the register block
+#: (:func:`register_block`) is a quarter of the size, and the tap and group GEMMs are 2-6x faster. See: thresholds table.
+BLOCKED_MIN_REGISTERS = 32
 
 
-def blocked_pays(channels: int, filters: int, taps: int) -> bool:
-    """Whether the blocked convolution is the faster path for a layer it applies to (``taps`` = KH·KW)."""
-    return (filters >= BLOCKED_MIN_FILTERS and max(channels, filters) <= BLOCKED_MAX_CHANNELS
-            and taps <= BLOCKED_MAX_TAPS)
+def blocked_pays(channels: int, filters: int, taps: int, registers: int) -> bool:
+    """Whether the blocked convolution is the faster path for a layer it applies to (``taps`` = KH·KW) on a CPU
+    of ``registers`` vector registers."""
+    return (registers >= BLOCKED_MIN_REGISTERS and filters >= BLOCKED_MIN_FILTERS
+            and max(channels, filters) <= BLOCKED_MAX_CHANNELS and taps <= BLOCKED_MAX_TAPS)
 
 
 def outer_applies(stride: tuple[int, int], groups: int, filters: int, lanes: int) -> bool:
@@ -410,6 +414,17 @@ MAXPOOL_VECTOR_COLUMNS = 48
 #: A batch is split across cores only into parts of at least this many samples: a smaller part runs its lanes
 #: (MIN_LANES) half empty. See: thresholds table.
 MIN_PART = 16
+
+
+#: An inference pass that runs whole (not split into parts) and does fewer multiply-accumulates than this runs
+#: its kernels on one Numba thread: waking the other threads for each of its layers costs more than they save (a
+#: detector's frame, one image at a time). See: thresholds table.
+SERIAL_MACS = 200_000_000
+
+
+def serial(macs: int) -> bool:
+    """Whether an unsplit inference pass of ``macs`` multiply-accumulates runs on one thread."""
+    return macs < SERIAL_MACS
 
 
 def part_count(n: int, cores: int) -> int:

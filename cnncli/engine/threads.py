@@ -45,7 +45,7 @@ from contextlib import contextmanager
 
 from cnncli.engine import rules
 
-__all__ = ["configure", "matmul", "pool", "set_blas_threads", "status"]
+__all__ = ["configure", "matmul", "numba_threads", "pool", "set_blas_threads", "status"]
 
 # The names numpy's OpenBLAS builds export the setter under, newest first:
 # numpy 2.x wheels bundle scipy-openblas (64-bit ints, prefixed symbols);
@@ -149,6 +149,19 @@ def _one_numba_thread() -> None:
     import numba
 
     numba.set_num_threads(1)
+
+
+@contextmanager
+def numba_threads(n: int) -> Iterator[None]:
+    """Run the block's Numba kernels on ``n`` threads (this thread's setting), then go back to the setting before."""
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
 
 
 def pool(at_least: int = 1):

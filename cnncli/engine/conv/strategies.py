@@ -83,7 +83,7 @@ STRATEGIES: tuple[Strategy, ...] = (
     Strategy("blocked", "blocked.py",
              lambda call: _plain(call) and rules.blocked_applies(call.stride, call.padding, call.kernel,
                                                                  call.dilation, call.groups),
-             lambda call, p: rules.blocked_pays(call.c, call.f, call.kh * call.kw),
+             lambda call, p: rules.blocked_pays(call.c, call.f, call.kh * call.kw, simd.VECTOR_REGISTERS),
              general.blocked_forward, general.blocked_backward),
     Strategy("outer", "blocked.py",
              lambda call: _plain(call) and rules.outer_applies(call.stride, call.groups, call.f,
