@@ -156,6 +156,7 @@ _DATASETS = either(CHOICES)
 # The panels of the help of commands with many options (options without one are under "Options").
 _RECIPE, _DATA_AUGMENT, _RUN_FOLDER, _ENGINE = "Recipe", "Data and augmentation", "Run folder", "Engine"
 _DATA, _INPUT, _OUTPUT, _STEP, _SLIDES = "Data", "Input", "Output", "Network and step", "Slides 26–28"
+_DETECTORS = "Detectors (yolo and localize heads)"
 _FINE_TUNE = "Fine-tuning"
 
 # The training recipe's flags, declared once: train and compare take the same ones.
@@ -377,7 +378,8 @@ def evaluate(
 def backprop_trace(
     model: str = typer.Argument("slide-mlp", help="slide-mlp (the lecture's example), slide-conv, "
                                                   "slide-maxpool, slide-avgpool, or any model."),
-    loss: Optional[LossName] = typer.Option(None, "--loss", metavar="NAME", help="ce, bce or mse (model's default).",
+    loss: Optional[LossName] = typer.Option(None, "--loss", metavar="NAME", help="ce, bce or mse; a detector's, "
+                                            "yolo or localize (the model's by default).",
                                             rich_help_panel=_STEP),
     lr: Optional[float] = typer.Option(None, "--lr", metavar="NUMBER", help="Learning rate of the shown update.",
                                        rich_help_panel=_STEP),
@@ -433,14 +435,14 @@ def predict(
                                               rich_help_panel=_INPUT),
     data_dir: Optional[Path] = _variant(_DATA_DIR, rich_help_panel=_INPUT),
     fmt: Format = typer.Option(Format.table, "--format", metavar="FORMAT", help="table or json."),
-    conf: Optional[float] = typer.Option(None, "--conf", metavar="SCORE", min=0.0, max=1.0, help="A detector's: the "
-                                         "least score of a box shown, objectness × class probability (default: 0.25).",
-                                         show_default=False),
-    iou: Optional[float] = typer.Option(None, "--iou", metavar="IOU", min=0.0, max=1.0, help="A detector's: boxes of "
-                                        "a class overlapping a better one by more than this are suppressed (default: "
-                                        "0.45).", show_default=False),
-    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="A detector's: write each image with its "
-                                       "boxes drawn to DIR/<name>.png."),
+    conf: Optional[float] = typer.Option(None, "--conf", metavar="SCORE", help="The least score of a box shown, "
+                                         "objectness × class probability, 0 to 1 (default: 0.25).",
+                                         show_default=False, rich_help_panel=_DETECTORS),
+    iou: Optional[float] = typer.Option(None, "--iou", metavar="IOU", help="Boxes of a class overlapping a better one "
+                                        "by more than this are suppressed, 0 to 1 (default: 0.45).",
+                                        show_default=False, rich_help_panel=_DETECTORS),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Write each image with its boxes drawn to "
+                                       "DIR/<name>.png.", rich_help_panel=_DETECTORS),
     skip_model_check: bool = _SKIP_MODEL_CHECK,
 ) -> None:
     """The top classes of image files under a checkpoint, each image drawn as the network saw it; a detector's

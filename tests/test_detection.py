@@ -247,3 +247,11 @@ def test_a_localizer_learns_one_box_an_image(tmp_path, capsys):
     # mnist-locate's canvases hold one digit each: the trace's object is the test canvas's only box.
     _, boxes = mnist_detect.load("test", size=64, digits=(1, 1))
     assert trace["located"]["truth"] == pytest.approx(boxes.xyxy[0].tolist())
+
+
+def test_predict_s_help_gives_the_thresholds_the_task_uses(capsys):
+    from cnncli.commands import tasks
+
+    code, out, _ = run_main(["predict", "--help"], capsys)
+    text = " ".join(out.replace("│", " ").split())
+    assert code == 0 and f"(default: {tasks.CONF:g})" in text and f"(default: {tasks.IOU:g})" in text

@@ -20,7 +20,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from cnncli.engine import conv, pool, rules
+from cnncli.engine import conv, pool, rules, simd
 from cnncli.model.kinds import window_output
 
 DTYPES = [np.float32, np.float64]
@@ -1222,14 +1222,18 @@ def takes(name: str, call) -> bool:
     return conv.pick(call).name == name
 
 
-def test_blocked_takes_the_narrow_same_layers():
-    """The rule sends 'same' stride-1 layers of one group with 8-64 filters, at most 64 channels and up to 9 taps
-    that Winograd does not take to the register-blocked loops, and nothing else; every named blocked case is one
-    it applies to (so that the "blocked" paths above run it rather than falling back)."""
+def test_blocked_takes_the_narrow_same_layers(monkeypatch):
+    """On a CPU of 32 vector registers the rule sends 'same' stride-1 layers of one group with 8-64 filters, at most
+    64 channels and up to 9 taps that Winograd does not take to the register-blocked loops, and nothing else; on one
+    of 16 (AVX2), none; every named blocked case is one it applies to (so that the "blocked" paths above run it
+    rather than falling back)."""
     def blocked(c, f, kernel, padding, stride=(1, 1), dilation=(1, 1), groups=1, hw=(8, 8)):
         return takes("blocked", conv.Call((2, c, *hw), (f, c // groups, *kernel), stride, padding, dilation, groups,
                                           4))
 
+    monkeypatch.setattr(simd, "VECTOR_REGISTERS", 16)
+    assert not blocked(16, 16, (3, 3), (1, 1), hw=(32, 32)) and not blocked(64, 64, (1, 1), (0, 0), hw=(24, 24))
+    monkeypatch.setattr(simd, "VECTOR_REGISTERS", 32)
     assert blocked(16, 16, (3, 3), (1, 1), hw=(32, 32)) and blocked(32, 32, (3, 3), (1, 1), hw=(16, 16))
     assert blocked(3, 16, (3, 3), (1, 1)) and blocked(16, 8, (1, 1), (0, 0))
     assert blocked(64, 64, (3, 3), (1, 1), hw=(7, 7)) and blocked(64, 64, (1, 1), (0, 0), hw=(24, 24))
