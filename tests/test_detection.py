@@ -255,3 +255,13 @@ def test_predict_s_help_gives_the_thresholds_the_task_uses(capsys):
     code, out, _ = run_main(["predict", "--help"], capsys)
     text = " ".join(out.replace("│", " ").split())
     assert code == 0 and f"(default: {tasks.CONF:g})" in text and f"(default: {tasks.IOU:g})" in text
+
+
+def test_plot_draws_a_detector_s_loss_and_map(reference, capsys):
+    code, out, _ = run_main(["plot", str(reference.run_dir), "--format", "json"], capsys)
+    (curves,) = json.loads(out)["runs"]
+    # metrics.csv keeps six significant digits
+    assert code == 0 and curves["val_map50"] == pytest.approx([r.val_map50 for r in reference.history], rel=1e-5)
+    assert curves["train_acc"] == [None, None] and curves["test_map50"] == reference.test_map50
+    code, out, _ = run_main(["plot", str(reference.run_dir)], capsys)
+    assert code == 0 and "validation mAP (%)" in out and "accuracy" not in out

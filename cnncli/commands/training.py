@@ -198,7 +198,7 @@ class EpochRecord:
     lr: float                 # of the epoch's last step
     images_per_s: float
     seconds: float            # training and validation
-    #: A detector's: the training loss by term (cnncli.engine.yolo.TERMS), the validation mAP@0.5 and mAP@0.5:0.95.
+    #: A detector's: the training loss by term (its head's, cnncli.engine.heads), the validation mAP@0.5 and mAP@0.5:0.95.
     terms: dict[str, float] | None = None
     val_map50: float | None = None
     val_map50_95: float | None = None

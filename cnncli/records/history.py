@@ -18,9 +18,15 @@ from typing import Any
 from cnncli.errors import UsageError
 from cnncli.records import runs
 
-#: Columns of a run's curves: (metrics.csv field, what it is).
+#: Columns of a run's curves: (metrics.csv field, what it is); a classifier has the accuracies, a detector the mAPs.
 CURVES = (("train_loss", "training loss"), ("val_loss", "validation loss"),
-          ("train_acc", "training accuracy"), ("val_acc", "validation accuracy"))
+          ("train_acc", "training accuracy"), ("val_acc", "validation accuracy"),
+          ("val_map50", "validation mAP@0.5"), ("val_map50_95", "validation mAP@0.5:0.95"))
+#: The charts of ``plot``: (the fields drawn together, the title); a chart none of the runs has is left out.
+PANELS = ((("train_loss", "val_loss"), "loss"), (("train_acc", "val_acc"), "accuracy (%)"),
+          (("val_map50", "val_map50_95"), "validation mAP (%)"))
+#: The fields drawn as percentages.
+PERCENT = ("train_acc", "val_acc", "val_map50", "val_map50_95")
 #: Gradient-flow values a heat map can show: gradients.csv field -> its title.
 GRADIENT_METRICS = {"grad_norm": "gradient norm ‖∂E/∂W‖", "update_ratio": "update ratio lr·‖∂E/∂W‖/‖W‖",
                     "weight_norm": "weight norm ‖W‖"}
@@ -45,17 +51,23 @@ class RunCurves:
     epochs: list[int]
     values: dict[str, list[float | None]]      # CURVES field -> one value per epoch
     test_acc: float | None = None
+    test_map50: float | None = None            # a detector's
 
     def to_json(self) -> dict[str, Any]:
         return {"label": self.label, "folder": self.folder, "model": self.model, "dataset": self.dataset,
                 "complete": self.complete, "epochs_planned": self.epochs_planned, "epochs": self.epochs,
-                **self.values, "test_acc": self.test_acc}
+                **self.values, "test_acc": self.test_acc, "test_map50": self.test_map50}
 
 
 @dataclass
 class Curves:
     runs: list[RunCurves]
     empty: list[str] = field(default_factory=list)   # runs with no finished epoch yet
+
+    def panels(self) -> list[tuple[tuple[str, ...], str]]:
+        """The charts (:data:`PANELS`) some run has values for."""
+        return [(keys, title) for keys, title in PANELS
+                if any(v is not None for r in self.runs for k in keys for v in r.values[k])]
 
     @property
     def x_range(self) -> tuple[int, int]:
@@ -110,8 +122,9 @@ def curves(paths: Sequence[str | Path]) -> Curves:
             label=label, folder=str(folder.path), model=folder.model, dataset=str(folder.config.get("dataset", "")),
             complete=folder.complete, epochs_planned=folder.epochs_planned,
             epochs=[row["epoch"] for row in folder.metrics],
-            values={key: [row[key] for row in folder.metrics] for key, _ in CURVES},
-            test_acc=folder.test.get("accuracy") if folder.test else None))
+            values={key: [row.get(key) for row in folder.metrics] for key, _ in CURVES},
+            test_acc=folder.test.get("accuracy") if folder.test else None,
+            test_map50=folder.test.get("map50") if folder.test else None))
     if not out:
         which = ", ".join(str(p) for p in paths)
         raise UsageError(f"{which}: no epoch has finished yet (metrics.csv gets a row at the end of each "

@@ -182,7 +182,19 @@ class RunFolder:
         return self.test is not None
 
 
-def _read_csv(path: Path, fields: tuple[str, ...]) -> list[dict[str, Any]]:
+def _metric_fields(header: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The columns of a metrics.csv whose header is ``header``: a classifier's, or a detector's with its terms."""
+    if header == METRIC_FIELDS:
+        return header
+    head, tail = detection_fields(())[:2], detection_fields(())[2:]
+    if header[:2] == head and header[-len(tail):] == tail and len(header) > len(head) + len(tail):
+        return header
+    return None
+
+
+def _read_csv(path: Path, fields) -> list[dict[str, Any]]:
+    """The rows of a CSV file of ours; ``fields``: its columns, or a function of its header giving them (None: not
+    one of ours)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -193,9 +205,11 @@ def _read_csv(path: Path, fields: tuple[str, ...]) -> list[dict[str, Any]]:
     header = next(reader, None)
     if header is None:
         return []
-    if tuple(header) != fields:
+    expected = fields if isinstance(fields, tuple) else METRIC_FIELDS
+    fields = fields(tuple(header)) if callable(fields) else fields
+    if fields is None or tuple(header) != fields:
         raise UsageError(f"{path} is not a cnncli {path.name}: its header is {','.join(header)}, "
-                         f"expected {','.join(fields)}")
+                         f"expected {','.join(expected)}")
     rows = []
     for line, cells in enumerate(reader, start=2):
         if len(cells) != len(fields):
@@ -236,5 +250,5 @@ def load(path: str | Path) -> RunFolder:
         pass
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot read {path / TEST}: {e}") from None
-    return RunFolder(path, config, _read_csv(path / METRICS, METRIC_FIELDS),
+    return RunFolder(path, config, _read_csv(path / METRICS, _metric_fields),
                      _read_csv(path / GRADIENTS, GRADIENT_FIELDS), test if isinstance(test, dict) else None)

@@ -20,7 +20,7 @@ import numpy as np
 from cnncli import atomic, extras
 from cnncli.atomic import write_atomic
 from cnncli.errors import UsageError
-from cnncli.records.history import CURVES, ERRORS_ON_LOG_AXIS, Curves, GradientMap
+from cnncli.records.history import CURVES, ERRORS_ON_LOG_AXIS, PERCENT, Curves, GradientMap
 
 if TYPE_CHECKING:  # the commands' records, named in annotations only: checking --out must not load the engine
     from cnncli.commands.explain import Explanation
@@ -73,7 +73,7 @@ def curves_figure(curves: Curves, error: bool = False):
         panels = [(("train_acc",), "training error (%)"), (("val_acc",), "validation error (%)")]
         panels = [p for p in panels if any(v is not None for r in curves.runs for v in r.values[p[0][0]])]
     else:
-        panels = [(("train_loss", "val_loss"), "loss"), (("train_acc", "val_acc"), "accuracy (%)")]
+        panels = curves.panels()
     fig = _figure(figsize=(6.4 * len(panels), 4.2), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     names = dict(CURVES)
@@ -84,7 +84,7 @@ def curves_figure(curves: Curves, error: bool = False):
                 values = run.values[key]
                 if all(v is None for v in values):
                     continue
-                ys = [np.nan if v is None else (100 * (1 - v) if error else 100 * v if "acc" in key else v)
+                ys = [np.nan if v is None else (100 * (1 - v) if error else 100 * v if key in PERCENT else v)
                       for v in values]
                 if error:
                     label = run.label  # the panel says which error

@@ -8,13 +8,17 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cnncli.records.history import Curves, GradientMap
+from cnncli.records.history import CURVES, PERCENT, Curves, GradientMap
 from cnncli.render import colour_on, say
 from cnncli.render.charts import Series, heat_map, line_chart
 from cnncli.words import plural
 
 CHART_ROWS = 10      # rows of braille per chart (40 dots high)
 MAX_WIDTH = 120      # charts wider than this are harder to read, not clearer
+
+
+#: What each curve is (metrics.csv field -> words).
+NAMES = dict(CURVES)
 
 
 def width(console: Console) -> int:
@@ -29,7 +33,8 @@ def series(curves: Curves, keys: tuple[str, ...], value: Callable[[float], float
             values = run.values[key]
             if all(v is None for v in values):
                 continue
-            what = "training" if key.startswith("train") else "validation"
+            what = "training" if key.startswith("train") else NAMES[key].replace("validation ", "") \
+                if key.startswith("val_map") else "validation"
             label = (f"{run.label} {what}" if len(keys) > 1 else run.label) if len(curves.runs) > 1 else what
             out.append(Series(label, [(e, None if v is None else value(v)) for e, v in zip(run.epochs, values)]))
     return out
@@ -40,7 +45,8 @@ def _state(run) -> str:
     planned = f" of {run.epochs_planned}" if run.epochs_planned else ""
     epochs = plural(run.epochs_planned or done, "epoch")
     if run.complete:
-        test = f", test accuracy {100 * run.test_acc:.2f} % (last.npz)" if run.test_acc is not None else ""
+        test = f", test accuracy {100 * run.test_acc:.2f} % (last.npz)" if run.test_acc is not None else \
+            f", test mAP@0.5 {run.test_map50:.3f} (last.npz)" if run.test_map50 is not None else ""
         return f"{done}{planned} {epochs}, complete{test}"
     return f"{done}{planned} {epochs} so far (training, or stopped: train on with the option below)"
 
@@ -77,8 +83,8 @@ def show_curves(curves: Curves, fmt: str, console: Console, out: Path | None = N
             console.print(f"  --resume {run.folder}/last.npz", markup=False, highlight=False, soft_wrap=True)
     for name in curves.empty:
         say(console, f"{name}: no finished epoch yet")
-    for keys, title, value in ((("train_loss", "val_loss"), "loss", lambda v: v),
-                               (("train_acc", "val_acc"), "accuracy (%)", lambda v: 100 * v)):
+    for keys, title in curves.panels():
+        value = (lambda v: 100 * v) if keys[0] in PERCENT else (lambda v: v)
         console.print()
         console.print(line_chart(series(curves, keys, value), width=chart_width, height=CHART_ROWS, colour=colour,
                                  title=title, x_range=curves.x_range, x_label="epoch"))
