@@ -203,7 +203,8 @@ def test_a_bad_label_line_stops_the_run_naming_the_file_and_line(tiny, tmp_path,
     (["train", "lenet5", "--dataset", "mnist-detect", "--limit", "64"], "is a classification model"),
     (["train", "{tiny}", "--dataset", "yolo"], "--dataset yolo needs --data-dir DIR"),
     (["predict", "lenet5", "x.png", "--out", "drawn"], "--out draws a detector's boxes"),
-], ids=["detector-on-labels", "classifier-on-boxes", "yolo-without-folder", "classifier-out"])
+    (["compare", "lenet5", "{tiny}", "--epochs", "1"], "is a detector: train each detector"),
+], ids=["detector-on-labels", "classifier-on-boxes", "yolo-without-folder", "classifier-out", "compare-detector"])
 def test_detection_mistakes_exit_2(tiny, tmp_path, capsys, argv, fragment, lenet_checkpoint):
     argv = [a.replace("{tiny}", tiny) for a in argv]
     if argv[0] == "predict":

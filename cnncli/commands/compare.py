@@ -26,7 +26,7 @@ import yaml
 
 from cnncli import atomic
 from cnncli.atomic import write_text_atomic
-from cnncli.commands import training
+from cnncli.commands import tasks, training
 from cnncli.data.source import open_source
 from cnncli.errors import ModelMismatch, UsageError
 from cnncli.model import head, spec
@@ -100,6 +100,9 @@ def plan(models: list[str], overrides: dict[str, Any], *, limit: int | None = No
     settings = training.resolve(specs[0], overrides)
     entries = []
     for model, model_spec in zip(models, specs):
+        if tasks.detects(model_spec):
+            raise UsageError(f"compare sets classifiers' errors side by side; {model_spec.name} is a detector: train "
+                             "each detector with `cnncli train` and draw their runs together with `cnncli plot RUN...`")
         source = open_source(settings["dataset"], data_dir, model_spec.input)
         # Every model must take the dataset before any trains (train would find out only when it starts),
         # its head sized to the dataset's classes as train sizes it.
