@@ -266,3 +266,12 @@ def test_plot_draws_a_detector_s_loss_and_map(reference, capsys):
     assert curves["train_acc"] == [None, None] and curves["test_map50"] == reference.test_map50
     code, out, _ = run_main(["plot", str(reference.run_dir)], capsys)
     assert code == 0 and "validation mAP (%)" in out and "accuracy" not in out
+
+
+def test_features_of_a_detector_name_its_boxes_and_explain_refuses_it(tiny, reference, capsys):
+    code, out, _ = run_main(["features", tiny, "--weights", str(reference.last_path), "--sample", "0",
+                             "--format", "json"], capsys)
+    record = json.loads(out)
+    assert code == 0 and "objects" in record["image"]
+    code, _, err = run_main(["explain", tiny, "--weights", str(reference.last_path), "--sample", "0"], capsys)
+    assert code == 2 and "is a detector" in err

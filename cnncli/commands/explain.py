@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli import extras
+from cnncli.commands import tasks
 from cnncli.commands.features import map_layer
 from cnncli.commands.predict import Guess, InputWarning, one_image
 from cnncli.data.source import Source
@@ -180,6 +181,10 @@ def load_subject(model: str, weights: Path, *, sample: int | None, image: Path |
     loaded = trained.load(model, weights, dataset=dataset, data_dir=data_dir,
                           data=trained.RECORDED if image is not None else trained.OPEN, progress=progress,
                           skip_model_check=skip_model_check, fast=fast)
+    if tasks.detects(loaded.spec):
+        raise UsageError(f"explain shows what a classifier's decision rests on; {loaded.spec.name} is a detector: "
+                         "`cnncli backprop-trace` with --sample I shows each object, the box answering for it and its "
+                         "loss, and `cnncli features` its layers' maps")
     picked = one_image(loaded.source, sample=sample, image=image, invert=invert, data_dir=data_dir,
                        progress=progress)
     return Subject(loaded.spec, loaded.graph, loaded.checkpoint, loaded.source, loaded.plan, loaded.network,

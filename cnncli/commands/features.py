@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli import extras
+from cnncli.commands import tasks
 from cnncli.commands.predict import Guess, InputWarning, one_image
 from cnncli.engine import losses
 from cnncli.errors import UsageError
@@ -137,10 +138,15 @@ def features(model: str, checkpoint: Path, *, sample: int | None = None, image: 
 
     loss = losses.get(loaded.spec.loss)
     out = net.forward(plan.batch(pixels[None], net.dtype, info.normalise))
-    probs = loss.probabilities(out)[0]
     k = trained.default_top_k(len(info.classes)) if top_k is None else top_k
-    order = np.argsort(-probs, kind="stable")[:min(k, len(info.classes))]
-    guesses = [Guess(int(i), info.classes[i], float(probs[i])) for i in order]
+    task = tasks.of(graph)
+    if isinstance(task, tasks.Detection):  # a detector's guesses: the boxes it finds, best first, and their scores
+        found, scores = task.find(out)
+        guesses = [Guess(int(c), info.classes[c], float(s)) for c, s in zip(found.classes[:k], scores[:k])]
+    else:
+        probs = loss.probabilities(out)[0]
+        order = np.argsort(-probs, kind="stable")[:min(k, len(info.classes))]
+        guesses = [Guess(int(i), info.classes[i], float(probs[i])) for i in order]
 
     maps = []
     for node in chosen:

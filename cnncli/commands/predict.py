@@ -32,6 +32,7 @@ from cnncli.commands import tasks
 from cnncli.data import folder, yolo
 from cnncli.data.source import Source
 from cnncli.engine import heads, losses
+from cnncli.engine.boxes import Boxes
 from cnncli.errors import UsageError
 from cnncli.model.head import HeadChange
 from cnncli.records import inputs, trained
@@ -233,6 +234,11 @@ def one_image(info: Source, *, sample: int | None, image: Path | None, invert: b
         if not 0 <= sample < len(images):
             raise UsageError(f"--sample {sample} is out of range: the {info.title} test set has "
                              f"{count(len(images), 'image')} (0..{len(images) - 1})")
+        if isinstance(labels, Boxes):  # a dataset of boxes: the image's objects, no one class
+            _, classes = labels.image(sample)
+            what = ", ".join(info.classes[c] for c in classes) or "none"
+            return OneImage(np.asarray(images[sample]), None,
+                            f"{info.title} test image {sample} ({count(len(classes), 'object')}: {what})", ())
         label = int(labels[sample])
         return OneImage(np.asarray(images[sample]), label,
                         f"{info.title} test image {sample} (class {info.classes[label]})", ())
