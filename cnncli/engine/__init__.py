@@ -19,9 +19,12 @@ worker          the worker process's own side (its replica's loop)
 layers          forward and backward of every layer kind, side by side,
                 registered in ``LAYERS`` (one per kind of model.kinds)
 losses, optim   loss functions (value and gradient), SGD and Adam
-boxes, yolo     detection: the ragged record of labelled boxes, IoU and
-                non-maximum suppression; the yolo head's targets,
-                responsibility, decoding and loss (value and gradient)
+boxes           detection's vocabulary: the ragged record of labelled
+                boxes, IoU, non-maximum suppression
+heads           the detection heads by layer kind: ``yolo`` (a grid of
+                boxes: targets, responsibility, decoding, loss) and
+                ``localize`` (one class and box an image), each a module
+                of the same functions, value and gradient
 init            initial parameter values, a registry of named schemes
 conv/           the convolution: the plain reference (``reference``), the
                 ordered table of strategies and the picker
