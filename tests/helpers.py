@@ -225,3 +225,18 @@ def central_difference(arr: np.ndarray, idx, energy, eps: float = 1e-6) -> float
     down = energy()
     arr[idx] = old
     return (up - down) / (2 * eps)
+
+
+def count_image_opens(monkeypatch) -> list[str]:
+    """The paths Pillow opens from now on (the test's ``monkeypatch`` undoes the spy): what a cache saves."""
+    from PIL import Image
+
+    opened: list[str] = []
+    real = Image.open
+
+    def spy(fp, *args, **kwargs):
+        opened.append(str(fp))
+        return real(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", spy)
+    return opened

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 PIL = pytest.importorskip("PIL")
+from helpers import count_image_opens  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from cnncli.data import DataWarning, folder  # noqa: E402
@@ -72,18 +73,6 @@ def decode(tmp_path, image: Image.Image, shape, name="x.png", **save) -> np.ndar
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, **save)
     return folder.decode_image(path, shape)
-
-
-def count_opens(monkeypatch) -> list[str]:
-    opened: list[str] = []
-    real = Image.open
-
-    def spy(fp, *args, **kwargs):
-        opened.append(str(fp))
-        return real(fp, *args, **kwargs)
-
-    monkeypatch.setattr(Image, "open", spy)
-    return opened
 
 
 def cached_files(cache: Path) -> list[str]:
@@ -305,7 +294,7 @@ def test_second_load_reads_the_cache(tmp_path, monkeypatch, cache_home):
 def test_a_changed_folder_decodes_again(tmp_path, monkeypatch, cache_home):
     root = flat_folder(tmp_path / "pets")
     x, _ = folder.load(folder.scan(root), "train", (3, 8, 8), seed=1)
-    opened = count_opens(monkeypatch)
+    opened = count_image_opens(monkeypatch)
     folder.load(folder.scan(root), "train", (3, 8, 8), seed=1)
     assert opened == []
     touched = root / folder.scan(root).split_files("train", 1)[9].name

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 PIL = pytest.importorskip("PIL")
+from helpers import count_image_opens  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from cnncli.data import DataWarning, folder, yolo  # noqa: E402
@@ -428,23 +429,11 @@ def test_unreadable_images_are_left_out_with_their_labels(tmp_path):
 # --------------------------------------------------------------------------- the cache
 
 
-def count_opens(monkeypatch) -> list[str]:
-    opened: list[str] = []
-    real = Image.open
-
-    def spy(fp, *args, **kwargs):
-        opened.append(str(fp))
-        return real(fp, *args, **kwargs)
-
-    monkeypatch.setattr(Image, "open", spy)
-    return opened
-
-
 def test_the_cache_gives_identical_arrays_and_follows_changes(tmp_path, monkeypatch, cache_home):
     root = dataset(tmp_path / "shapes")
     first = loaded(yolo.scan(root))
     assert sorted(p.suffix for p in cache_home.iterdir()) == [".json", ".npy", ".npz"]
-    opened = count_opens(monkeypatch)
+    opened = count_image_opens(monkeypatch)
     read = []
     real_read = yolo._read_labels
     monkeypatch.setattr(yolo, "_read_labels", lambda *args: read.append(args[1]) or real_read(*args))
