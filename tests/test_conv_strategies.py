@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from cnncli import engine
-from cnncli.commands import training
 from cnncli.engine import blas, conv, rules, simd
 from cnncli.engine.network import Network, fused_chains
 from cnncli.model import graph, spec
@@ -17,7 +16,7 @@ from cnncli.model.kinds import window_output
 
 # The batch sizes a model's convolutions see: its recipe's (per dataset too), eval's and train's evaluation
 # batches, predict's, and one image (explain, predict of one file); each split into parts on one or two cores.
-OTHER_BATCHES = (training.EVAL_BATCH, 500, 256, 1)
+OTHER_BATCHES = (rules.MAX_SCORE_BATCH, 500, 256, 1)
 DTYPES = (np.float32, np.float64)
 
 

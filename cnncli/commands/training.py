@@ -37,7 +37,7 @@ from cnncli.commands import recipe, tasks
 from cnncli.data import DownloadEvent
 from cnncli.data.source import FOLDER, Source, check_readable, open_source
 from cnncli.dataset_names import YOLO
-from cnncli.engine import losses, optim
+from cnncli.engine import losses, optim, rules
 from cnncli.engine.network import Network
 from cnncli.errors import CheckpointError, TrainingStopped, UsageError, WorkerLost
 from cnncli.model import head, spec
@@ -48,8 +48,6 @@ from cnncli.records.gradflow import GradientFlow
 from cnncli.records.schedule import Plan, first_change, learning_rate
 from cnncli.words import count, plural
 
-#: Images per forward pass when scoring the validation and test sets (no gradients kept).
-EVAL_BATCH = 1000
 #: With ``--limit``, the validation set is at most this share of the images.
 MAX_VAL_SHARE = 0.1
 
@@ -699,6 +697,9 @@ class _Run:
         self.test_images, self.test_labels = test_images, test_labels
 
         self.loss = losses.get(model_spec.loss).bound(self.graph)
+        # Images per forward pass when scoring the validation and test sets (no gradients kept).
+        self.score_batch = rules.score_batch(max(math.prod(n.out_shape) for n in self.graph.nodes)
+                                             * np.dtype(cfg.dtype).itemsize)
         self.source = self.loss.source(self.graph)
         self.opt = optim.make(cfg.optimizer, self.net.trainable(), cfg.lr, momentum=cfg.momentum,
                               nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
@@ -825,7 +826,7 @@ class _Run:
         return {"loss_sum": 0.0, "seen": 0, "seconds": 0.0, **self.task.sums()}
 
     def score(self, images: np.ndarray, y) -> tasks.Score:
-        out = self.net.predict(images, EVAL_BATCH, self.source, self.make_batch)
+        out = self.net.predict(images, self.score_batch, self.source, self.make_batch)
         return self.task.score(out, y, self.inputs, self.loss)
 
     def test_score(self, checkpoint_name: str, epoch: int) -> runs.TestScore:

@@ -427,6 +427,19 @@ def serial(macs: int) -> bool:
     return macs < SERIAL_MACS
 
 
+#: A scoring pass (validation, test) runs batches whose largest layer output is at most this many bytes, and at
+#: most MAX_SCORE_BATCH images: 1000 MNIST digits at a time, but 96×96 canvases a hundred at a time (a thousand
+#: would hold 590 MB in one layer's output and run at half the speed). See: thresholds table.
+SCORE_BATCH_BYTES = 64 << 20
+MAX_SCORE_BATCH = 1000
+
+
+def score_batch(largest_output_bytes: int) -> int:
+    """Images per forward pass when scoring a set, for a network whose largest layer output is
+    ``largest_output_bytes`` a sample."""
+    return max(1, min(MAX_SCORE_BATCH, SCORE_BATCH_BYTES // max(1, largest_output_bytes)))
+
+
 def part_count(n: int, cores: int) -> int:
     """How many parts a batch of ``n`` splits into on ``cores`` cores."""
     return max(1, min(cores, n // MIN_PART))
