@@ -362,7 +362,8 @@ def evaluate(
                                rich_help_panel=_OUTPUT),
     skip_model_check: bool = _SKIP_MODEL_CHECK,
 ) -> None:
-    """Accuracy, confusion matrix, per-class scores and the worst mistakes of a checkpoint."""
+    """Accuracy, confusion matrix, per-class scores and the worst mistakes of a checkpoint; a detector's COCO mAP,
+    per-class AP and precision-recall chart."""
     from cnncli.commands import evaluation
     from cnncli.render import evaluation as render
 

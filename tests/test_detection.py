@@ -79,6 +79,11 @@ def test_an_interrupted_detector_resumes_bit_for_bit(tiny, reference, tmp_path):
     assert [(r.train_loss, r.terms, r.val_map50) for r in resumed.history] == \
         [(r.train_loss, r.terms, r.val_map50) for r in reference.history]
     assert resumed.test_map50 == reference.test_map50
+    # the terms keep the head's order through the checkpoint: the same metrics.csv but for the timings (img/s, s)
+    def untimed(path):
+        return [line.split(",")[:-2] for line in path.read_text().splitlines()]
+
+    assert untimed(tmp_path / "part" / runs.METRICS) == untimed(reference.run_dir / runs.METRICS)
 
 
 def test_eval_scores_a_detector_as_training_did(tiny, reference, capsys):
@@ -183,19 +188,24 @@ def test_a_yolo_folder_trains_a_detector_sized_to_its_classes(tiny, tmp_path, ca
     assert "validation: its val split" in out
     test = json.loads((tmp_path / "run" / runs.TEST).read_text())
     assert test["n"] == 16  # no test split: the val split scores the run
+    # eval finds the folder the run trained on (its config), as --resume does
+    code, out, _ = run_main(["eval", tiny, "--weights", str(tmp_path / "run" / "best.npz"), "--format", "json"], capsys)
+    assert code == 0 and json.loads(out)["map50"] == pytest.approx(test["best"]["map50"])
     code, out, _ = run_main(["predict", tiny, "--weights", str(tmp_path / "run" / "last.npz"),
                              str(data / "images" / "val" / "000.png"), "--conf", "0", "--format", "json"], capsys)
     boxes = json.loads(out)["images"][0]["boxes"]
     assert code == 0 and boxes and {b["name"] for b in boxes} <= {"square", "disc"}
 
 
-def test_a_bad_label_line_stops_the_run_naming_the_file_and_line(tiny, tmp_path, capsys):
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_bad_label_line_stops_the_run_naming_the_file_and_line(tiny, tmp_path, capsys, split):
     data = _shapes_folder(tmp_path / "shapes", 8, 4)
-    (data / "labels" / "train" / "002.txt").write_text("0 0.5 0.5 0.2 0.2\n7 0.5 0.5 0.2 0.2\n")
-    code, _, err = run_main(["train", tiny, "--dataset", "yolo", "--data-dir", str(data), "--epochs", "1",
-                             "--out", str(tmp_path / "run")], capsys)
-    assert code == 2 and "labels/train/002.txt" in err and "line 2" in err
+    (data / "labels" / split / "002.txt").write_text("0 0.5 0.5 0.2 0.2\n7 0.5 0.5 0.2 0.2\n")
+    code, out, err = run_main(["train", tiny, "--dataset", "yolo", "--data-dir", str(data), "--epochs", "1",
+                               "--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and f"labels/{split}/002.txt" in err and "line 2" in err
     assert not (tmp_path / "run" / "last.npz").exists()
+    assert "decod" not in out + err  # found before any image is decoded
 
 
 @pytest.mark.parametrize("argv,fragment", [
@@ -238,9 +248,13 @@ def test_a_localizer_learns_one_box_an_image(tmp_path, capsys):
     assert result.status == "completed" and set(result.history[0].terms) == {"cls", "box"}
     assert result.history[1].terms["box"] < result.history[0].terms["box"]
     one, _ = _canvas_files(tmp_path / "images")
-    code, out, _ = run_main(["predict", str(model), "--weights", str(result.last_path), str(one), "--conf", "0",
-                             "--format", "json"], capsys)
+    code, out, _ = run_main(["predict", str(model), "--weights", str(result.last_path), str(one), "--format", "json"],
+                            capsys)
     assert code == 0 and len(json.loads(out)["images"][0]["boxes"]) == 1  # one box an image, whatever its score
+    # a localizer on canvases of several digits is refused before any step: no run folder is left
+    code, _, err = run_main(["train", str(model), "--dataset", "mnist-detect", "--limit", "64", "--out",
+                             str(tmp_path / "many")], capsys)
+    assert code == 2 and "finds one object an image" in err and not (tmp_path / "many").exists()
     code, out, _ = run_main(["backprop-trace", str(model), "--weights", str(result.last_path), "--sample", "0",
                              "--format", "json"], capsys)
     trace = json.loads(out)
@@ -248,6 +262,15 @@ def test_a_localizer_learns_one_box_an_image(tmp_path, capsys):
     # mnist-locate's canvases hold one digit each: the trace's object is the test canvas's only box.
     _, boxes = mnist_detect.load("test", size=64, digits=(1, 1))
     assert trace["located"]["truth"] == pytest.approx(boxes.xyxy[0].tolist())
+
+
+def test_a_yolo_folder_may_be_flipped_and_canvases_of_digits_not():
+    """A model file's flip is for pictures: kept for a YOLO folder, left off for digits (a mirrored digit is none)."""
+    from cnncli.model import spec
+
+    assert training.resolve(spec.load("yolo-resnet"), {"dataset": "yolo"})["flip"] is True
+    assert training.resolve(spec.load("yolo-resnet"), {"dataset": "mnist-detect"})["flip"] is False
+    assert training.resolve(spec.load("yolo-resnet"), {"dataset": "mnist-detect", "flip": True})["flip"] is True
 
 
 def test_predict_s_help_gives_the_thresholds_the_task_uses(capsys):

@@ -348,7 +348,7 @@ def test_label_errors_are_reported_together_with_file_and_line(tmp_path):
     assert text.startswith(f"9 problems in the label files of the train split of {ds.yaml}: ")
     expected = [
         "labels/train/a.txt line 2: 4 numbers; a box is 5 (class cx cy w h) and a polygon an odd number from 7 "
-        "(class x1 y1 ...); is the class missing?",
+        "(class x1 y1 ...) (the class left out?)",
         "labels/train/a.txt line 3: 6 numbers; a box is 5 (class cx cy w h) and a polygon an odd number from 7 "
         "(class x1 y1 ...); a sixth number is a prediction's confidence, which a label has not",
         "labels/train/a.txt line 4: 'cat' is not a number",

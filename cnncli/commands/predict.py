@@ -150,6 +150,7 @@ class DetectResult:
     skipped: tuple[Skipped, ...] = ()
     written: tuple[Path, ...] = ()   # --out: the pictures written
     head: tuple[HeadChange, ...] = ()
+    one_object: bool = False         # a localizer: one box an image, its class's probability its score
 
 
 def polarity_warning(pixels: np.ndarray, source: Source, inverted: bool = False) -> InputWarning | None:
@@ -294,8 +295,9 @@ def _out_files(out: Path | None, files: list[Path | Skipped]) -> dict[Path, Path
             continue
         target = Path(out) / f"{Path(f).stem}.png"
         if target in targets.values():
-            raise UsageError(f"--out {out}: two images would be drawn to {target.name} ({f} and another of the same "
-                             "name): give them from separate runs")
+            first = next(src for src, t in targets.items() if t == target)
+            raise UsageError(f"--out {out}: two images would be drawn to {target.name} ({first} and {f}): give them "
+                             "from separate runs")
         if target.exists():
             raise UsageError(f"--out {out}: {target} exists already and is not written over; choose another folder")
         targets[Path(f)] = target
@@ -326,13 +328,17 @@ def draw_boxes(path: Path, found: list[Found], target: Path) -> None:
     atomic.write_atomic(target, lambda handle: image.save(handle, format="PNG"))
 
 
-def detect(loaded: trained.Trained, files: list[Path | Skipped], *, conf: float, iou: float, invert: bool,
-           out: Path | None, checkpoint: Path) -> DetectResult:
-    """The boxes a detector finds in each image file (module docstring)."""
-    _check_thresholds(conf, iou)
-    targets = _out_files(out, files)
+def detect(loaded: trained.Trained, files: list[Path | Skipped], *, conf: float | None, iou: float | None,
+           invert: bool, out: Path | None, checkpoint: Path) -> DetectResult:
+    """The boxes a detector finds in each image file (module docstring). ``conf`` None: :data:`tasks.CONF`, or 0 for
+    a localizer, whose one box an image is always shown; ``iou`` None: :data:`tasks.IOU`."""
     model_spec, graph, info, plan, net = loaded.spec, loaded.graph, loaded.source, loaded.plan, loaded.network
     task = tasks.Detection.of(graph)
+    one_object = task.module.ONE_OBJECT
+    conf = (0.0 if one_object else tasks.CONF) if conf is None else conf
+    iou = tasks.IOU if iou is None else iou
+    _check_thresholds(conf, iou)
+    targets = _out_files(out, files)
     read: list[tuple[Path, np.ndarray, yolo.Letterbox]] = []
     skipped: list[Skipped] = []
     unreadable = folder.unreadable_errors()
@@ -367,7 +373,7 @@ def detect(loaded: trained.Trained, files: list[Path | Skipped], *, conf: float,
             draw_boxes(f, found, targets[f])
             written.append(targets[f])
     return DetectResult(model_spec.name, Path(checkpoint), info.name, info.title, yolo.describe(info.image_shape),
-                        conf, iou, results, invert, tuple(skipped), tuple(written), loaded.head)
+                        conf, iou, results, invert, tuple(skipped), tuple(written), loaded.head, one_object)
 
 
 def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int | None = None, invert: bool = False,
@@ -389,8 +395,7 @@ def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int | No
                           skip_model_check=skip_model_check, progress=progress)
     model_spec, graph, info, plan, net = loaded.spec, loaded.graph, loaded.source, loaded.plan, loaded.network
     if heads.of(graph[graph.output]) is not None:
-        return detect(loaded, _files(images), conf=tasks.CONF if conf is None else conf,
-                      iou=tasks.IOU if iou is None else iou, invert=invert, out=out, checkpoint=checkpoint)
+        return detect(loaded, _files(images), conf=conf, iou=iou, invert=invert, out=out, checkpoint=checkpoint)
     if out is not None:
         raise UsageError(f"--out draws a detector's boxes; {model_spec.name} is a classifier (its classes of each "
                          "image are shown in the terminal, or with --format json)")

@@ -148,9 +148,15 @@ def check_dataset(model_spec, dataset: str) -> None:
 
 
 def check_labels(task: Classification | Detection, labels, dataset: str, model: str) -> None:
-    """The same rule for labels loaded (``dataset`` its title)."""
+    """The same rule for labels loaded (``dataset`` its title); and a head that finds one object an image
+    (``localize``) wants images of one object each. Checked before any step, so no run folder is left behind."""
     if isinstance(labels, Boxes) != isinstance(task, Detection):
         raise _mismatch(model, isinstance(task, Detection), dataset, isinstance(labels, Boxes))
+    if isinstance(task, Detection) and task.module.ONE_OBJECT and len(labels) and (labels.counts != 1).any():
+        i = int(np.flatnonzero(labels.counts != 1)[0])
+        raise UsageError(f"model '{model}' finds one object an image (a localize head), but image {i} of {dataset} "
+                         f"has {int(labels.counts[i])}: train a detector with a yolo head on it (yolo-mnist, "
+                         "yolo-resnet), or a localizer on images of one object each (mnist-locate)")
 
 
 def _mismatch(model: str, detector: bool, dataset: str, boxes: bool) -> UsageError:

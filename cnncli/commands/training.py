@@ -34,7 +34,7 @@ import yaml
 from cnncli import __version__, atomic, data
 from cnncli.atomic import write_text_atomic
 from cnncli.commands import recipe, tasks
-from cnncli.data import DownloadEvent
+from cnncli.data import DownloadEvent, mnist_detect
 from cnncli.data.source import FOLDER, Source, check_readable, open_source
 from cnncli.dataset_names import YOLO
 from cnncli.engine import losses, optim, rules
@@ -469,8 +469,13 @@ def resolve(model_spec: spec.ModelSpec, overrides: dict[str, Any]) -> dict[str, 
 
 
 def _mirror_ok(dataset: str) -> bool:
-    """Whether ``dataset``'s images may be flipped left-right (digits may not); a user's folder may."""
-    return dataset == FOLDER or data.get(dataset).mirror_ok
+    """Whether ``dataset``'s images may be flipped left-right (digits may not); a user's folder (of classes or of
+    boxes) may; canvases of digits or items as their base dataset's images."""
+    if dataset in (FOLDER, YOLO):
+        return True
+    if dataset in mnist_detect.DATASETS:
+        return data.get(mnist_detect.DATASETS[dataset][0]).mirror_ok
+    return data.get(dataset).mirror_ok
 
 
 def _fresh_out(name: str, out: Path | None) -> Path:
@@ -777,7 +782,9 @@ class _Run:
         try:
             self.epoch, self.batch, self.step = int(m["epoch"]), int(m["batch"]), int(m["step"])
             self.partial = {k: type(v)(m["partial"][k]) for k, v in self.partial.items()}
-            self.history = [EpochRecord(**r) for r in m["history"]]
+            # a checkpoint's record may hold a detector's terms in any order: the table's and metrics.csv's is the head's
+            self.history = [EpochRecord(**{**r, "terms": None if r.get("terms") is None else
+                                           {t: r["terms"][t] for t in self.task.terms}}) for r in m["history"]]
             self.best_epoch, self.best_score = m["best_epoch"], m["best_score"]
             self.flow.restore(m.get("gradient_flow"))
         except (KeyError, TypeError, ValueError) as e:

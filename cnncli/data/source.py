@@ -250,6 +250,7 @@ def _yolo_folder(data_dir: Path | None, input_shape: tuple[int, ...] | None, pro
     shape = _image_input(input_shape, "a YOLO folder")
     root = Path(data_dir)
     dataset = yolo.scan(root)
+    yolo.check_labels(dataset)
     images, boxes = yolo.load(dataset, "train", shape, progress=_decoding(progress, "train", root))
     mean, std = folder.pixel_stats(images)
     test = "test" if "test" in dataset.splits else "val" if "val" in dataset.splits else None

@@ -289,6 +289,9 @@ def scan(root: str | os.PathLike[str]) -> YoloDataset:
     base = _base(data, yaml_path)
     kpt_shape = _kpt_shape(data, yaml_path)
     notes: list[str] = []
+    if os.path.abspath(base) != os.path.abspath(yaml_path.parent):
+        # a copied folder whose yaml still names the original's path reads the original's images and labels
+        notes.append(f"{yaml_path.name}'s path: is {base}: the splits' images and labels are read there")
     if data.get("val") in (None, "") and data.get("validation") not in (None, ""):
         data["val"] = data["validation"]
         notes.append(f"{yaml_path.name}'s validation: is read as its val split")
@@ -583,6 +586,13 @@ class _Labels:
 _NO_OBJECTS = _Labels(np.zeros((0, 4)), np.zeros(0, np.int64))
 
 
+def check_labels(dataset: YoloDataset) -> None:
+    """Read every split's label files, no image: a :class:`DataError` listing a split's problems, before any
+    decoding (a bad line in ``val`` stops the run before ``train``'s images are decoded)."""
+    for split, files in dataset.splits.items():
+        _read_labels(dataset, split, files)
+
+
 def _read_labels(dataset: YoloDataset, split: str, files: Sequence[YoloFile]) -> list[_Labels]:
     """Every file's labels; a :class:`DataError` listing every problem of the split's label files."""
     problems: list[str] = []
@@ -677,7 +687,7 @@ def _count_problem(n: int, kpt_shape: tuple[int, int] | None) -> str:
                 f"numbers, as kpt_shape: [{k}, {d}] says)")
     text = f"{count(n, 'number')}; a box is 5 (class cx cy w h) and a polygon an odd number from 7 (class x1 y1 ...)"
     if n == 4:
-        text += "; is the class missing?"
+        text += " (the class left out?)"
     elif n == 6:
         text += "; a sixth number is a prediction's confidence, which a label has not"
     return text

@@ -6,7 +6,7 @@
 ==========  ==========================================================================================
 
 Each module has ``Head`` (``Head.of(node)``: the settings a graph's node of its kind gives), ``TERMS`` (the loss's
-terms), ``encode(boxes, head, size, dtype) -> (target, dropped)``, ``loss(t, target, head) -> (value, gradient,
+terms), ``ONE_OBJECT`` (whether it finds exactly one object an image), ``encode(boxes, head, size, dtype) -> (target, dropped)``, ``loss(t, target, head) -> (value, gradient,
 terms)`` and ``decode(t, head, size) -> (xyxy, score, class)`` of every candidate box. The yolo and localize losses
 (:mod:`cnncli.engine.losses`), the detection task (:mod:`cnncli.commands.tasks`) and the trace ask here.
 """

@@ -36,6 +36,8 @@ __all__ = ["Head", "Terms", "TERMS", "decode", "encode", "loss"]
 
 #: The loss's terms, in the order tables show them.
 TERMS = ("cls", "box")
+#: It finds exactly one object an image (a dataset's images must each hold one).
+ONE_OBJECT = True
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,8 @@ __all__ = ["Head", "Responsible", "Terms", "TERMS", "decode", "encode", "loss", 
 
 #: The loss's terms, in the order tables show them.
 TERMS = ("coord", "obj", "noobj", "cls")
+#: It finds any number of objects an image.
+ONE_OBJECT = False
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from cnncli.atomic import write_atomic
-from cnncli.dataset_names import FOLDER
+from cnncli.dataset_names import FOLDER, YOLO
 from cnncli.errors import CheckpointError, ModelMismatch
 from cnncli.exchange import pth
 
@@ -111,7 +111,7 @@ class Checkpoint:
         recorded = self.meta.get("source")
         trained_on = recorded.get("name") if isinstance(recorded, dict) else None  # published weights' classes
         name = dataset or config.get("dataset") or trained_on or model_spec.train_setting("dataset")
-        if name == FOLDER and data_dir is None and config.get("data_dir"):
+        if name in (FOLDER, YOLO) and data_dir is None and config.get("data_dir"):
             data_dir = Path(config["data_dir"])  # the folder the checkpoint was trained on
         return name, data_dir
 

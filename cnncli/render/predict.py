@@ -117,8 +117,12 @@ def show_detections(result: DetectResult, fmt: str, console: Console) -> None:
         return
     say(console, Text.assemble((result.model, "bold"), f" · {result.checkpoint} · classes of {result.dataset_title} "
                                                        f"· input {result.input}"))
-    say(console, f"boxes scoring at least {result.conf:g} (objectness × class probability), after non-maximum "
-                 f"suppression at IoU {result.iou:g}; in each image file's pixels")
+    if result.one_object:
+        say(console, f"one box an image, scored by its class's probability (shown from {result.conf:g}); in each "
+                     "image file's pixels")
+    else:
+        say(console, f"boxes scoring at least {result.conf:g} (objectness × class probability), after non-maximum "
+                     f"suppression at IoU {result.iou:g}; in each image file's pixels")
     if result.head:
         say(console, weights_head(result.head))
     colour = colour_on(console)

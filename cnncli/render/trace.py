@@ -590,7 +590,7 @@ def _show_network(t, console: Console, heading: bool = True) -> None:
 def _show_detection(t, console: Console) -> None:
     n = t.network
     _line(console, f"Backpropagation trace: {n.model} — {fmt_shape(n.input_shape)} {n.input_source}, "
-                   f"loss yolo, lr {_n(n.lr)}", "bold")
+                   f"loss {n.loss_name}, lr {_n(n.lr)}", "bold")
     terms = " + ".join(f"{k} {_n(v, 4)}" for k, v in t.terms.items())
     _line(console, f"E = {terms} = {_n(n.loss)}")
     if t.located is not None:
