@@ -17,7 +17,7 @@ from numba import prange
 
 from cnncli.engine.jit import exact_parallel_kernel
 
-__all__ = ["add_relu", "leaky_relu", "leaky_relu_grad", "relu", "relu_grad", "sigmoid"]
+__all__ = ["add_relu", "leaky_relu", "leaky_relu_grad", "log_softmax", "relu", "relu_grad", "sigmoid", "softmax"]
 
 _SPAN = 1 << 14  # values per parallel job: enough work to be worth a thread's wake-up
 
@@ -115,3 +115,15 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     """σ(x) = 1/(1 + e^-x) elementwise, in x's dtype; split by sign so that e^-x never overflows."""
     e = np.exp(-np.abs(x))
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+
+
+def softmax(z: np.ndarray, axis: int = 1) -> np.ndarray:
+    """e^z / Σ e^z along ``axis`` (the classes), through z − max(z) so that e^z never overflows."""
+    e = np.exp(z - z.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def log_softmax(z: np.ndarray, axis: int = 1) -> np.ndarray:
+    """ln softmax(z) along ``axis``, as z − max(z) − ln Σ e^(z − max(z)): finite where softmax underflows to 0."""
+    z = z - z.max(axis=axis, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))

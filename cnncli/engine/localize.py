@@ -29,8 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnncli.engine.boxes import Boxes
-from cnncli.engine.elementwise import sigmoid
+from cnncli.engine.elementwise import log_softmax, sigmoid, softmax
 from cnncli.errors import DataError
+from cnncli.model.graph import output_classes
 
 __all__ = ["Head", "Terms", "TERMS", "decode", "encode", "loss"]
 
@@ -51,7 +52,7 @@ class Head:
     @classmethod
     def of(cls, node) -> Head:
         """The head a graph's ``localize`` node (:class:`cnncli.model.graph.Node`) describes."""
-        return cls(node.out_shape[0] - 4, node.options["box"], node.options["cls"])
+        return cls(output_classes(node), node.options["box"], node.options["cls"])
 
 
 @dataclass(frozen=True)
@@ -91,9 +92,7 @@ def loss(t: np.ndarray, target: np.ndarray, head: Head) -> tuple[float, np.ndarr
     the value by term)."""
     n = len(t)
     c = head.classes
-    z = t[:, :c].astype(np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    log_q = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    log_q = log_softmax(t[:, :c].astype(np.float64))
     y = target[:, :c].astype(np.float64)
     b = sigmoid(t[:, c:].astype(np.float64))
     d = b - target[:, c:]
@@ -109,10 +108,7 @@ def decode(t: np.ndarray, head: Head, size: tuple[int, int]) -> tuple[np.ndarray
     """Each image's one box: xyxy pixels of an input of ``size`` (H, W), (N, 1, 4); its class's probability (N, 1);
     its class (N, 1)."""
     height, width = size
-    z = t[:, :head.classes].astype(np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    q = np.exp(z)
-    q /= q.sum(axis=1, keepdims=True)
+    q = softmax(t[:, :head.classes].astype(np.float64))
     cx, cy, w, h = sigmoid(t[:, head.classes:].astype(np.float64)).T
     xyxy = np.stack([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height], axis=1)
     xyxy = np.clip(xyxy, 0, [width, height, width, height])

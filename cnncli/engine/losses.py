@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from cnncli.engine.elementwise import softmax
 from cnncli.engine.heads import HEADS
 from cnncli.errors import UsageError
 from cnncli.model.spec import LOSS_ALIASES
@@ -114,11 +115,7 @@ class Loss:
 
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
         """Class probabilities (N, K) from what this loss reads (N, K): softmax of logits, else the outputs as they are."""
-        if self.fuses_softmax:
-            z = outputs - outputs.max(axis=1, keepdims=True)
-            e = np.exp(z)
-            return e / e.sum(axis=1, keepdims=True)
-        return outputs
+        return softmax(outputs) if self.fuses_softmax else outputs
 
 
 def _unbound(out: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:

@@ -48,7 +48,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnncli.engine.boxes import Boxes
-from cnncli.engine.elementwise import sigmoid
+from cnncli.engine.elementwise import log_softmax, sigmoid, softmax
+from cnncli.model.graph import output_classes
 
 __all__ = ["Head", "Responsible", "Terms", "TERMS", "decode", "encode", "loss", "responsibility", "responsible"]
 
@@ -77,9 +78,9 @@ class Head:
     def of(cls, node) -> Head:
         """The head a graph's ``yolo`` node (:class:`cnncli.model.graph.Node`) describes."""
         o = node.options
-        channels, sh, sw = node.out_shape
-        return cls(o["boxes"], channels - 5 * o["boxes"], (sh, sw), o["anchors"], o["coord"], o["obj"],
-                   o["noobj"], o["cls"], o["rescore"])
+        _, sh, sw = node.out_shape
+        return cls(o["boxes"], output_classes(node), (sh, sw), o["anchors"], o["coord"], o["obj"], o["noobj"],
+                   o["cls"], o["rescore"])
 
     @property
     def channels(self) -> int:
@@ -259,11 +260,9 @@ def loss(t: np.ndarray, target: np.ndarray, head: Head, fixed: tuple[np.ndarray,
     noobj = head.noobj * np.sum(~resp * so * so)
     grad_p[:, :, 4] = (2 * head.obj * resp * do + 2 * head.noobj * ~resp * so) * ds[:, :, 4]
     # classes
-    z = t[:, 5 * b:].astype(np.float64)
     y = target[:, 5 * b:].astype(np.float64)
     has = y.sum(axis=1, keepdims=True)                                         # 1 in cells with objects, else 0
-    z = z - z.max(axis=1, keepdims=True)
-    log_q = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    log_q = log_softmax(t[:, 5 * b:].astype(np.float64))
     cls = -head.cls * np.sum(y * log_q)
     grad_c = head.cls * (np.exp(log_q) * has - y)
     grad = np.concatenate([grad_p.reshape(n, 5 * b, sh, sw), grad_c], axis=1) / max(n, 1)
@@ -297,10 +296,7 @@ def decode(t: np.ndarray, head: Head, size: tuple[int, int]) -> tuple[np.ndarray
     n, _, sh, sw = t.shape
     height, width = size
     pred = _predicted(t, head)
-    z = t[:, 5 * head.boxes:].astype(np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    q = np.exp(z)
-    q /= q.sum(axis=1, keepdims=True)                                          # (N, C, S_h, S_w)
+    q = softmax(t[:, 5 * head.boxes:].astype(np.float64))                     # (N, C, S_h, S_w)
     best = q.argmax(axis=1)
     q_best = q.max(axis=1)
     score = pred["s"][:, :, 4] * q_best[:, None]                               # (N, B, S_h, S_w)

@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cnncli.errors import CheckpointError
-from cnncli.model.kinds import fmt_shape, passes_through
+from cnncli.model.kinds import KINDS, fmt_shape, passes_through
 from cnncli.model.spec import ModelSpec, NodeSpec
 
 __all__ = ["HeadChange", "Resized", "heads", "resize", "units_held"]
@@ -76,9 +76,7 @@ def _reserved(model_spec: ModelSpec, h: NodeSpec) -> int:
     """The outputs of head ``h`` that are not classes: a detector's ``5B`` box numbers, a localizer's 4; a
     classifier's none."""
     output = model_spec.node(model_spec.output)
-    if list(output.inputs) != [h.name]:
-        return 0
-    return {"yolo": lambda: 5 * output.options["boxes"], "localize": lambda: 4}.get(output.kind, lambda: 0)()
+    return KINDS[output.kind].reserved(output.options) if list(output.inputs) == [h.name] else 0
 
 
 def _size_key(h: NodeSpec) -> str:

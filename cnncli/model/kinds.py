@@ -83,6 +83,9 @@ class Kind:
     macs: Callable[[dict, list[Shape], Shape], int] = lambda o, s, out: 0
     #: The classes an output of this kind scores: a flat output's units; a detection head's class channels.
     classes: Callable[[dict, Shape], int | None] = lambda o, out: out[0] if len(out) == 1 else None
+    #: A detection head's numbers that are not class scores (its boxes'), which come before them: the layer
+    #: before it has this many outputs more than classes (cnncli.model.head sizes it so). 0 for other kinds.
+    reserved: Callable[[dict], int] = lambda o: 0
 
 
 def fmt_shape(shape: Shape) -> str:
@@ -260,7 +263,7 @@ def _flatten(o: dict, s: list[Shape]) -> Shape:
 
 def _yolo_shape(o: dict, s: list[Shape]) -> Shape:
     c, _, _ = _image(s[0], "yolo")
-    if c - 5 * o["boxes"] < 1:
+    if c - _yolo_reserved(o) < 1:
         raise ShapeProblem(f"a yolo head of {o['boxes']} boxes reads 5 numbers a box (x, y, w, h, objectness) and "
                            f"then one score a class, so at least {5 * o['boxes'] + 1} channels, got {c}")
     if o["anchors"] is not None and len(o["anchors"]) != o["boxes"]:
@@ -268,12 +271,23 @@ def _yolo_shape(o: dict, s: list[Shape]) -> Shape:
     return s[0]
 
 
-def _yolo_classes(o: dict, out: Shape) -> int:
-    return out[0] - 5 * o["boxes"]
+def _yolo_reserved(o: dict) -> int:
+    """Five numbers a box (x, y, w, h, objectness) before a yolo head's class scores."""
+    return 5 * o["boxes"]
+
+
+def _localize_reserved(o: dict) -> int:
+    """The box's four numbers after a localize head's class scores."""
+    return 4
+
+
+def _less(reserved: Callable[[dict], int]) -> Callable[[dict, Shape], int]:
+    """A detection head's classes: its channels (or features) less its ``reserved`` numbers."""
+    return lambda o, out: out[0] - reserved(o)
 
 
 def _localize_shape(o: dict, s: list[Shape]) -> Shape:
-    if len(s[0]) != 1 or s[0][0] < 5:
+    if len(s[0]) != 1 or s[0][0] < _localize_reserved(o) + 1:
         raise ShapeProblem(f"a localize head reads one score a class, then 4 numbers of the box, from a flat input "
                            f"of at least 5 features, got {fmt_shape(s[0])}")
     return s[0]
@@ -395,7 +409,7 @@ KINDS: dict[str, Kind] = {
              "gives the yolo loss its settings (cnncli.engine.yolo)",
              _yolo_shape, {
                  "boxes": Option("int", 2, "boxes each cell predicts", check=_positive),
-                 "anchors": Option("sizes", None, "a [w, h] prior a box, in input pixels (YOLOv2's anchors); "
+                 "anchors": Option("sizes", None, "a [w, h] prior a box, in grid cells (YOLOv2's anchors); "
                                    "none: the paper's boxes, sized by √w, √h"),
                  "coord": Option("float", 5.0, "weight of the box coordinates' loss (the paper's λcoord)",
                                  check=_non_negative),
@@ -407,14 +421,14 @@ KINDS: dict[str, Kind] = {
                                check=_non_negative),
                  "rescore": Option("bool", True, "objectness target of a responsible box: its IoU with the object "
                                    "(the paper), or 1"),
-             }, classes=_yolo_classes),
+             }, classes=_less(_yolo_reserved), reserved=_yolo_reserved),
         Kind("localize",
              "single-object localization head: reads one score a class, then the box (x, y, w, h); passes its input "
              "on as it is and gives the localize loss its settings (cnncli.engine.localize)",
              _localize_shape, {
                  "box": Option("float", 5.0, "weight of the box's squared error", check=_non_negative),
                  "cls": Option("float", 1.0, "weight of the class scores' cross-entropy", check=_non_negative),
-             }, classes=lambda o, out: out[0] - 4),
+             }, classes=_less(_localize_reserved), reserved=_localize_reserved),
     ]
 }
 
