@@ -199,6 +199,13 @@ def read_image(path: Path, shape: tuple[int, int, int], invert: bool = False, re
     Raises :class:`UnreadableImage` (a :class:`UsageError`) if it does not exist or cannot be decoded, and a
     :class:`UsageError` if Pillow is not installed.
     """
+    pixels = _decoded(path, lambda p: folder.decode_image(p, shape, resize))
+    return 255 - pixels if invert else pixels
+
+
+def _decoded(path: Path, decode):
+    """``decode(path)`` of an image file that exists; :class:`UnreadableImage` when it does not or Pillow cannot read
+    it (a :class:`UsageError` first when Pillow is not installed)."""
     unreadable = folder.unreadable_errors()  # first: without Pillow, that is the message
     path = Path(path)
     if not path.exists():
@@ -206,12 +213,11 @@ def read_image(path: Path, shape: tuple[int, int, int], invert: bool = False, re
     if not path.is_file():
         raise UnreadableImage(path, "is not a file")
     try:
-        pixels = folder.decode_image(path, shape, resize)
+        return decode(path)
     except unreadable as e:
         # Pillow's reason, without the file name it repeats ("cannot identify image file '...'")
         text = (str(e).replace(repr(str(path)), "").strip() or type(e).__name__).splitlines()[0][:200]
         raise UnreadableImage(path, f"not a PNG or JPEG image Pillow can read: {text}") from None
-    return 255 - pixels if invert else pixels
 
 
 @dataclass(frozen=True)
@@ -341,19 +347,14 @@ def detect(loaded: trained.Trained, files: list[Path | Skipped], *, conf: float 
     targets = _out_files(out, files)
     read: list[tuple[Path, np.ndarray, yolo.Letterbox]] = []
     skipped: list[Skipped] = []
-    unreadable = folder.unreadable_errors()
     for f in files:
         if isinstance(f, Skipped):
             skipped.append(f)
             continue
-        if not f.is_file():
-            skipped.append(Skipped(f, "does not exist" if not f.exists() else "is not a file"))
-            continue
         try:
-            pixels, box = yolo.read_letterboxed(f, info.image_shape)
-        except unreadable as e:
-            text = (str(e).replace(repr(str(f)), "").strip() or type(e).__name__).splitlines()[0][:200]
-            skipped.append(Skipped(f, f"not a PNG or JPEG image Pillow can read: {text}"))
+            pixels, box = _decoded(f, lambda p: yolo.read_letterboxed(p, info.image_shape))
+        except UnreadableImage as e:
+            skipped.append(e.skipped)
             continue
         read.append((f, 255 - pixels if invert else pixels, box))
     if not read:
