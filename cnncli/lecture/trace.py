@@ -36,8 +36,10 @@ import numpy as np
 from cnncli import atomic
 from cnncli.atomic import write_atomic
 from cnncli.engine import losses as losses_mod
-from cnncli.engine import optim
-from cnncli.engine.boxes import iou
+from cnncli.engine import optim, yolo
+from cnncli.engine.boxes import from_yolo, iou
+from cnncli.engine.elementwise import sigmoid
+from cnncli.engine.heads import HEADS
 from cnncli.engine.network import Network
 from cnncli.errors import UnknownModel, UsageError
 from cnncli.model import graph as graph_mod
@@ -867,10 +869,8 @@ def _network_trace(model_spec: spec.ModelSpec, net: Network, x: np.ndarray, y: n
 
 def _detection_trace(model_spec: spec.ModelSpec, net: Network, saved, sample: int | None, data_dir: Path | None,
                      loss, lr: float, steps: int, dump: Path | None, progress=None) -> DetectionTrace:
-    from cnncli.engine import heads, yolo
-
     node = net.graph[net.graph.output]
-    module = heads.of(node)
+    module = HEADS[node.kind]
     head = module.Head.of(node)
     x, boxes, source, names = _detection_sample(model_spec, saved, sample, data_dir, net.graph.input_shape, progress)
     size = tuple(net.graph.input_shape[1:])
@@ -884,7 +884,7 @@ def _detection_trace(model_spec: spec.ModelSpec, net: Network, saved, sample: in
     traced.predicted = None
     t = seen["t"]
     _, _, terms = module.loss(t, target, head)
-    if module is not yolo:  # a localizer: its one box against the image's one object
+    if module.ONE_OBJECT:  # a localizer: its one box against the image's one object
         (predicted,), (score,), (cls,) = (a[0] for a in module.decode(t, head, size))
         truth = boxes.xyxy[0].astype(np.float64)
         located = Located(int(boxes.classes[0]), names[int(boxes.classes[0])], tuple(map(float, truth)),
@@ -895,9 +895,7 @@ def _detection_trace(model_spec: spec.ModelSpec, net: Network, saved, sample: in
     height, width = size
 
     def pixels(cxcywh) -> tuple[float, float, float, float]:
-        cx, cy, w, h = cxcywh
-        return (float((cx - w / 2) * width), float((cy - h / 2) * height), float((cx + w / 2) * width),
-                float((cy + h / 2) * height))
+        return tuple(float(v) for v in from_yolo(np.array(cxcywh), width, height)[0])  # type: ignore[return-value]
 
     objects = []
     for f in found:
@@ -907,7 +905,7 @@ def _detection_trace(model_spec: spec.ModelSpec, net: Network, saved, sample: in
         objects.append(TracedObject(cls, names[cls], (f.row, f.col), f.box, truth, pixels(f.predicted), f.iou, f.p,
                                     f.c_hat, f.coord, f.obj))
     owner, _ = yolo.responsibility(t, target, head)
-    p = 1 / (1 + np.exp(-t[:, :5 * head.boxes].reshape(1, head.boxes, 5, *head.grid)[:, :, 4]))
+    p = sigmoid(t[:, :5 * head.boxes].reshape(1, head.boxes, 5, *head.grid)[:, :, 4])
     idle = owner < 0
     return DetectionTrace(traced, terms.as_dict(), head.grid, head.boxes, objects, dropped, int(idle.sum()),
                           float(p[idle].max()) if idle.any() else 0.0)
@@ -1093,7 +1091,7 @@ def run(model: str = "slide-mlp", loss: str | None = None, lr: float | None = No
     loss_obj = losses_mod.get(_loss_name(loss, model_spec)).bound(net.graph)
     rate = _check_lr(lr if lr is not None else float(model_spec.train_setting("lr")))
     head_kind = net.graph[net.graph.output].kind
-    if head_kind in ("yolo", "localize"):
+    if head_kind in HEADS:
         if loss_obj.name != head_kind:
             raise UsageError(f"model '{model_spec.name}' is a detector: its loss is {head_kind}, not {loss_obj.name}")
         if input is not None or target is not None or compare_slides:
