@@ -58,6 +58,7 @@ class Classification:
     kind = "classification"
     metric = "accuracy"
     labels = "class indices"
+    terms: tuple[str, ...] = ()  # its loss has no terms to show
 
     def sums(self) -> dict[str, int]:
         """What :meth:`step` adds up over an epoch, at zero."""

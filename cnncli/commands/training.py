@@ -202,12 +202,17 @@ class EpochRecord:
     val_map50_95: float | None = None
 
     @property
+    def val_score(self) -> float | None:
+        """The validation score: accuracy, or a detector's mAP@0.5; None without a validation set."""
+        return self.val_map50 if self.terms is not None else self.val_acc
+
+    @property
     def score(self) -> float | None:
-        """What ranks the epochs for best.npz: the validation score (accuracy, or a detector's mAP@0.5); without a
-        validation set, a classifier's training accuracy (a detector's: None, every epoch is the best so far)."""
-        if self.terms is not None:
-            return self.val_map50
-        return self.val_acc if self.val_acc is not None else self.train_acc
+        """What ranks the epochs for best.npz: the validation score; without a validation set, a classifier's
+        training accuracy (a detector's: None, every epoch is the best so far)."""
+        if self.val_score is not None or self.terms is not None:
+            return self.val_score
+        return self.train_acc
 
 
 @dataclass
@@ -849,8 +854,7 @@ class _Run:
                                      self.graph.total_params, self.steps_per_epoch, self.epoch,
                                      self.batch, cfg.out, self.inputs, self.data_source.notes,
                                      getattr(self.net, "description", ""), self.advice, self.head, self.start,
-                                     self.frozen, self.replan, self.task.kind,
-                                     getattr(self.task, "terms", ())))
+                                     self.frozen, self.replan, self.task.kind, self.task.terms))
         bs = cfg.batch_size
         n = len(self.x_train)
         augmentation = self.inputs.augmentation
@@ -1003,11 +1007,8 @@ def _but_units(shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
 
 
 def _best_validation(history: list[EpochRecord], best_epoch: int | None) -> float | None:
-    """The best epoch's validation score (accuracy, or a detector's mAP@0.5); None without one."""
-    if best_epoch is None:
-        return None
-    record = history[best_epoch - 1]
-    return record.val_map50 if record.terms is not None else record.val_acc
+    """The best epoch's validation score (:attr:`EpochRecord.val_score`); None without one."""
+    return None if best_epoch is None else history[best_epoch - 1].val_score
 
 
 def finished(config: RunConfig) -> RunResult | None:
