@@ -356,8 +356,8 @@ def evaluate(
     top_k: Optional[int] = typer.Option(None, "--top-k", metavar="K", min=1, help="Also report top-k accuracy "
                                         "(default: 3; 5 for 100 classes or more).", show_default=False,
                                         rich_help_panel=_OUTPUT),
-    worst: int = typer.Option(6, "--worst", metavar="N", min=0, help="How many of the worst mistakes to draw.",
-                              rich_help_panel=_OUTPUT),
+    worst: Optional[int] = typer.Option(None, "--worst", metavar="N", min=0, help="How many of the worst mistakes "
+                                        "to draw (default: 6).", show_default=False, rich_help_panel=_OUTPUT),
     fmt: Format = typer.Option(Format.table, "--format", metavar="FORMAT", help="table or json.",
                                rich_help_panel=_OUTPUT),
     skip_model_check: bool = _SKIP_MODEL_CHECK,

@@ -102,6 +102,15 @@ def test_eval_scores_a_detector_as_training_did(tiny, reference, capsys):
     assert code == 0 and "mAP@0.5" in out and "Precision–recall at IoU 0.5" in out
 
 
+@pytest.mark.parametrize("options,named", [(["--top-k", "2"], "--top-k is"), (["--worst", "0"], "--worst is"),
+                                           (["--worst", "3", "--top-k", "1"], "--top-k and --worst are")])
+def test_eval_refuses_a_classifier_s_options_for_a_detector(tiny, reference, options, named, capsys):
+    # Accepted and ignored, they would promise output that never comes.
+    code, out, err = run_main(["eval", tiny, "--weights", str(reference.last_path), *options], capsys)
+    assert code == 2 and out == ""
+    assert f"error: {named} for a classifier" in err and "is a detector, scored by mAP" in err
+
+
 def _canvas_files(folder: Path) -> tuple[Path, Path]:
     """Test canvas 0 as a PNG, and the same canvas twice as large (each pixel 2×2)."""
     from PIL import Image

@@ -29,6 +29,8 @@ from cnncli.records import trained
 
 #: Most confused pairs listed.
 CONFUSED_PAIRS = 5
+#: How many of the worst mistakes a classifier's evaluation draws unless told (--worst).
+WORST = 6
 @dataclass(frozen=True)
 class ClassScore:
     """Precision, recall and F1 of one class; ``support`` is how many images truly belong to it."""
@@ -174,12 +176,13 @@ def worst_mistakes(probs: np.ndarray, y_true: np.ndarray, images: np.ndarray, co
 
 def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split: str = "test",
              data_dir: Path | None = None, batch_size: int = 500, top_k: int | None = None,
-             worst: int = 6, progress: data.ProgressCallback | None = None,
+             worst: int | None = None, progress: data.ProgressCallback | None = None,
              skip_model_check: bool = False) -> EvalResult | DetectionEvalResult:
     """Score ``checkpoint`` (weights of ``model``, or the name of published weights) on ``split`` of ``dataset``.
 
     ``progress`` receives the download events of the dataset's files (and of published weights). ``top_k``
-    defaults to :func:`~cnncli.records.trained.default_top_k`.
+    defaults to :func:`~cnncli.records.trained.default_top_k`, ``worst`` to :data:`WORST`; a detector, scored by
+    mAP, takes neither (UsageError when one is given).
 
     The dataset defaults to the one the checkpoint was trained on, else the
     model file's. A checkpoint that does not fit the model is a CheckpointError
@@ -190,18 +193,24 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     if top_k is not None and top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
-    if worst < 0:
+    if worst is not None and worst < 0:
         raise UsageError(f"--worst must not be negative, got {worst}")
     loaded = trained.load(model, checkpoint, dataset=dataset, data_dir=data_dir, progress=progress,
                           skip_model_check=skip_model_check)
     model_spec, graph, saved, net = loaded.spec, loaded.graph, loaded.checkpoint, loaded.network
     info, plan = loaded.source, loaded.plan
+    task = tasks.of(graph)
+    if isinstance(task, tasks.Detection):
+        given = [name for name, value in (("--top-k", top_k), ("--worst", worst)) if value is not None]
+        if given:
+            raise UsageError(f"{' and '.join(given)} {'are' if len(given) > 1 else 'is'} for a classifier: "
+                             f"{model_spec.name} is a detector, scored by mAP (per class: its AP and recall)")
     classes = len(info.classes)
     top_k = trained.default_top_k(classes) if top_k is None else top_k
+    worst = WORST if worst is None else worst
     images, labels = info.load(split, data_dir, progress=progress)
     loss = losses.get(model_spec.loss).bound(graph)
     outputs = net.predict(images, batch_size, loss.source(graph), plan.preparer(net.dtype, info.normalise))
-    task = tasks.of(graph)
     tasks.check_labels(task, labels, info.title, model_spec.name)
     if isinstance(task, tasks.Detection):
         s = task.score(outputs, labels, plan, loss)
