@@ -3,6 +3,7 @@ boxes and traced; and the mistakes a user can make with detectors (cnncli.comman
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import SignalAt, assert_same_weights, needs_mnist, run_main
 
-from cnncli.commands import evaluation, training
+from cnncli.commands import evaluation, tasks, training
 from cnncli.data import mnist_detect
 from cnncli.engine import yolo
 from cnncli.records import runs
@@ -300,10 +301,18 @@ def test_plot_draws_a_detector_s_loss_and_map(reference, capsys):
     assert code == 0 and "validation mAP (%)" in out and "accuracy" not in out
 
 
-def test_features_of_a_detector_name_its_boxes_and_explain_refuses_it(tiny, reference, capsys):
+def test_features_of_a_detector_name_its_boxes_and_explain_refuses_it(tiny, reference, capsys, monkeypatch):
+    # every box that survives suppression, as predict --conf 0 shows them: the tiny detector scores low
+    monkeypatch.setattr(tasks.Detection, "find", functools.partialmethod(tasks.Detection.find, conf=0.0))
     code, out, _ = run_main(["features", tiny, "--weights", str(reference.last_path), "--sample", "0",
                              "--format", "json"], capsys)
     record = json.loads(out)
-    assert code == 0 and "objects" in record["image"]
+    assert code == 0 and "objects" in record["image"] and "prediction" not in record
+    # its boxes as predict names them, best first: a box's score is no class probability
+    assert record["boxes"] and all(set(b) == {"name", "class", "score"} for b in record["boxes"])
+    scores = [b["score"] for b in record["boxes"]]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    code, out, _ = run_main(["features", tiny, "--weights", str(reference.last_path), "--sample", "0"], capsys)
+    assert code == 0 and "boxes (scores): " in out and "prediction" not in out and " %" not in out
     code, _, err = run_main(["explain", tiny, "--weights", str(reference.last_path), "--sample", "0"], capsys)
     assert code == 2 and "is a detector" in err

@@ -76,12 +76,13 @@ class FeatureResult:
     pixels: np.ndarray        # uint8 (C, H, W): the image as the dataset has it
     label: int | None         # the true class of a test image
     class_names: list[str]
-    guesses: list[Guess]
+    guesses: list[Guess]      # a classifier's top classes; a detector's boxes (probability: the box's score)
     input: str                # the adaptation, in words
     layers: list[LayerMaps]
     filters: Filters | None
     warnings: tuple[InputWarning, ...] = ()   # about an image file (predict's polarity check)
     head: tuple[HeadChange, ...] = ()         # heads sized as the weights file holds them (it records no classes)
+    boxes: bool = False                       # the guesses are a detector's boxes
 
 
 def scale_to_bytes(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
@@ -164,4 +165,5 @@ def features(model: str, checkpoint: Path, *, sample: int | None = None, image: 
         shown_w = w if w.shape[1] == 3 else w[:, :1]
         filters = Filters(first.name, tuple(w.shape), shown_w, scale_to_bytes(shown_w, (1, 2, 3)))
     return FeatureResult(loaded.spec.name, Path(checkpoint), picked.what, pixels, picked.label, list(info.classes),
-                         guesses, plan.describe(), maps, filters, picked.warnings, loaded.head)
+                         guesses, plan.describe(), maps, filters, picked.warnings, loaded.head,
+                         boxes=isinstance(task, tasks.Detection))

@@ -43,11 +43,14 @@ def _num(v: float) -> str:
 
 
 def as_dict(result: FeatureResult) -> dict[str, Any]:
-    """The JSON record: prediction, per-map statistics and the raw values of the shown maps and filters."""
+    """The JSON record: prediction (a detector's: boxes, with predict's names and scores), per-map statistics and
+    the raw values of the shown maps and filters."""
     return {
         "model": result.model, "checkpoint": str(result.checkpoint), "image": result.source,
         "label": result.label, "input": result.input,
-        "prediction": [{"class": g.label, "name": g.name, "probability": g.probability} for g in result.guesses],
+        **({"boxes": [{"name": g.name, "class": g.label, "score": g.probability} for g in result.guesses]}
+           if result.boxes else
+           {"prediction": [{"class": g.label, "name": g.name, "probability": g.probability} for g in result.guesses]}),
         "warnings": [{"kind": w.kind, "message": w.message} for w in result.warnings],
         "head": head_record(result.head),
         "filters": None if result.filters is None else {
@@ -73,11 +76,14 @@ def show(result: FeatureResult, fmt: str, console: Console, out: Path | None = N
         return
     colour = colour_on(console)
     width = max(console.width - 2, MIN_CELLS)
-    guesses = ", ".join(f"{g.name} {100 * g.probability:.1f} %" for g in result.guesses)
+    if result.boxes:  # a box's score (objectness × class probability), as predict shows it
+        guesses = ", ".join(f"{g.name} {g.probability:.2f}" for g in result.guesses) or "none"
+    else:
+        guesses = ", ".join(f"{g.name} {100 * g.probability:.1f} %" for g in result.guesses)
     say(console, f"{result.model} with {result.checkpoint}: {result.source}; input {result.input}")
     if result.head:
         say(console, weights_head(result.head))
-    say(console, f"prediction: {guesses}")
+    say(console, f"{'boxes (scores)' if result.boxes else 'prediction'}: {guesses}")
     for w in result.warnings:
         say(console, f"warning: {w.message}")
     tiles = [_tile("input", result.pixels, colour, width)]
