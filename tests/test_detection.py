@@ -223,12 +223,16 @@ def test_a_bad_label_line_stops_the_run_naming_the_file_and_line(tiny, tmp_path,
     (["train", "lenet5", "--dataset", "mnist-detect", "--limit", "64"], "is a classification model"),
     (["train", "{tiny}", "--dataset", "yolo"], "--dataset yolo needs --data-dir DIR"),
     (["predict", "lenet5", "x.png", "--out", "drawn"], "--out draws a detector's boxes"),
+    (["predict", "lenet5", "x.png", "--conf", "0.5"], "--conf is for a detector's boxes: lenet5 is a classifier"),
+    (["predict", "lenet5", "x.png", "--conf", "0.5", "--iou", "0.3"], "--conf and --iou are for a detector's boxes"),
+    (["predict", "{tiny}", "x.png", "--top-k", "2"], "--top-k is for a classifier: tiny-detector is a detector"),
     (["compare", "lenet5", "{tiny}", "--epochs", "1"], "is a detector: train each detector"),
-], ids=["detector-on-labels", "classifier-on-boxes", "yolo-without-folder", "classifier-out", "compare-detector"])
-def test_detection_mistakes_exit_2(tiny, tmp_path, capsys, argv, fragment, lenet_checkpoint):
+], ids=["detector-on-labels", "classifier-on-boxes", "yolo-without-folder", "classifier-out", "classifier-conf",
+        "classifier-conf-iou", "detector-top-k", "compare-detector"])
+def test_detection_mistakes_exit_2(tiny, tmp_path, capsys, argv, fragment, lenet_checkpoint, reference):
     argv = [a.replace("{tiny}", tiny) for a in argv]
     if argv[0] == "predict":
-        argv += ["--weights", str(lenet_checkpoint[0])]
+        argv += ["--weights", str(reference.last_path if argv[1] == tiny else lenet_checkpoint[0])]
     else:
         argv += ["--out", str(tmp_path / "run")]
     code, _, err = run_main(argv, capsys)

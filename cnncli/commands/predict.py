@@ -396,10 +396,17 @@ def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int | No
                           skip_model_check=skip_model_check, progress=progress)
     model_spec, graph, info, plan, net = loaded.spec, loaded.graph, loaded.source, loaded.plan, loaded.network
     if heads.of(graph[graph.output]) is not None:
+        if top_k is not None:
+            raise UsageError(f"--top-k is for a classifier: {model_spec.name} is a detector (the boxes shown are "
+                             "the ones scoring at least --conf)")
         return detect(loaded, _files(images), conf=conf, iou=iou, invert=invert, out=out, checkpoint=checkpoint)
     if out is not None:
         raise UsageError(f"--out draws a detector's boxes; {model_spec.name} is a classifier (its classes of each "
                          "image are shown in the terminal, or with --format json)")
+    given = [name for name, value in (("--conf", conf), ("--iou", iou)) if value is not None]
+    if given:
+        raise UsageError(f"{' and '.join(given)} {'are' if len(given) > 1 else 'is'} for a detector's boxes: "
+                         f"{model_spec.name} is a classifier (--top-k says how many classes to show)")
     read: list[Path] = []
     decoded: list[np.ndarray] = []
     skipped: list[Skipped] = []
