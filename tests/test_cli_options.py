@@ -55,6 +55,12 @@ def _command(name: str):
     return typer.main.get_command(app).commands[name]
 
 
+def test_eval_help_states_the_worst_mistakes_default_the_command_uses():
+    # The CLI states it in words (it does not import the commands to start); evaluation.WORST is the value.
+    (option,) = [p for p in _command("eval").params if p.name == "worst"]
+    assert option.default is None and f"(default: {evaluation.WORST})" in option.help
+
+
 def test_every_command_that_reads_weights_takes_both_names():
     readers = []
     for name in typer.main.get_command(app).commands:
