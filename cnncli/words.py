@@ -1,5 +1,5 @@
 """Words in messages: the one home of plurals ("1 epoch", "20 epochs", "1,500 files"), of alternatives
-("a, b or c") and of lists cut short ("a, b, … (7 more)")."""
+("a, b or c"), of subjects taken together ("a and b are") and of lists cut short ("a, b, … (7 more)")."""
 
 from __future__ import annotations
 
@@ -22,6 +22,14 @@ def either(names: list[str] | tuple[str, ...]) -> str:
     """Alternatives in a sentence: ``a``, ``a or b``, ``a, b or c``."""
     names = list(names)
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def are(names: list[str] | tuple[str, ...]) -> str:
+    """Names as the subject of a sentence, with its verb: ``a is``, ``a and b are``, ``a, b and c are``."""
+    names = list(names)
+    if len(names) == 1:
+        return f"{names[0]} is"
+    return f"{', '.join(names[:-1])} and {names[-1]} are"
 
 
 def listed(names: list[str] | tuple[str, ...], most: int) -> str:

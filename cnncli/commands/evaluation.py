@@ -26,6 +26,7 @@ from cnncli.engine import losses
 from cnncli.errors import UsageError
 from cnncli.model.head import HeadChange
 from cnncli.records import trained
+from cnncli.words import are
 
 #: Most confused pairs listed.
 CONFUSED_PAIRS = 5
@@ -203,7 +204,7 @@ def evaluate(model: str, checkpoint: Path, *, dataset: str | None = None, split:
     if isinstance(task, tasks.Detection):
         given = [name for name, value in (("--top-k", top_k), ("--worst", worst)) if value is not None]
         if given:
-            raise UsageError(f"{' and '.join(given)} {'are' if len(given) > 1 else 'is'} for a classifier: "
+            raise UsageError(f"{are(given)} for a classifier: "
                              f"{model_spec.name} is a detector, scored by mAP (per class: its AP and recall)")
     classes = len(info.classes)
     top_k = trained.default_top_k(classes) if top_k is None else top_k

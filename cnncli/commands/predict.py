@@ -36,7 +36,7 @@ from cnncli.engine.boxes import Boxes
 from cnncli.errors import UsageError
 from cnncli.model.head import HeadChange
 from cnncli.records import inputs, trained
-from cnncli.words import count
+from cnncli.words import are, count
 
 __all__ = ["Guess", "ImagePrediction", "InputWarning", "OneImage", "PredictResult", "Skipped", "UnreadableImage",
            "IMAGE_SUFFIXES", "POLARITY_FAR", "POLARITY_NEAR", "check_complete", "one_image", "polarity_warning", "predict",
@@ -405,7 +405,7 @@ def predict(model: str, checkpoint: Path, images: list[Path], *, top_k: int | No
                          "image are shown in the terminal, or with --format json)")
     given = [name for name, value in (("--conf", conf), ("--iou", iou)) if value is not None]
     if given:
-        raise UsageError(f"{' and '.join(given)} {'are' if len(given) > 1 else 'is'} for a detector's boxes: "
+        raise UsageError(f"{are(given)} for a detector's boxes: "
                          f"{model_spec.name} is a classifier (--top-k says how many classes to show)")
     read: list[Path] = []
     decoded: list[np.ndarray] = []
